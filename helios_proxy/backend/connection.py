@@ -1,0 +1,222 @@
+"""A logged-in connection to one PostgreSQL server, plus the small client the proxy itself needs."""
+import logging
+import time
+
+from gevent import socket, ssl
+
+from ..errors import BackendError, CONNECTION_FAILURE, INVALID_PASSWORD, SQLCLIENT_UNABLE_TO_ESTABLISH
+from ..protocol import codec, messages as m
+from ..protocol.framing import MessageBuffer
+from ..protocol.scram import MECHANISM, ScramClient, md5_hash, md5_response
+
+log = logging.getLogger(__name__)
+RECV_SIZE = 65536
+
+
+class ServerConnection:
+    """One backend connection. After `connect()` it is idle (ReadyForQuery 'I')."""
+
+    def __init__(self, node, database, credentials, options):
+        self.node = node
+        self.database = database
+        self.credentials = credentials
+        self.options = options          # the config sections it needs: pool, tls, server
+        self.sock = None
+        self.pid = 0
+        self.secret = 0
+        self.params = {}                # ParameterStatus values as the server reported them
+        self.tx_status = m.TX_IDLE
+        self.created = self.last_used = time.monotonic()
+        self.rbuf = MessageBuffer(1 << 30)
+        self.broken = False
+
+    def __repr__(self):
+        return f"<server {self.node.name} pid={self.pid} db={self.database} user={self.credentials.user}>"
+
+    # --- connecting -------------------------------------------------------------------------
+    def connect(self, startup_params=None):
+        timeout = self.options.pool.connect_timeout
+        addr = (self.node.host, self.node.port)
+        try:
+            sock = socket.create_connection(addr, timeout=timeout)
+        except OSError as e:
+            raise BackendError(f"could not connect to server {self.node.name} at {addr[0]}:{addr[1]}: "
+                               f"{e.strerror or e}", sqlstate=SQLCLIENT_UNABLE_TO_ESTABLISH) from e
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.options.server.tcp_keepalive:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            self.sock = self._negotiate_tls(sock)
+            params = {"user": self.credentials.user, "database": self.database}
+            params.update(startup_params or {})
+            self.sock.sendall(codec.startup_message(params))
+            self._login()
+            self.sock.settimeout(None)
+        except BaseException:
+            self.close()
+            raise
+        self.created = self.last_used = time.monotonic()
+        return self
+
+    def _negotiate_tls(self, sock):
+        mode = self.options.tls.server_mode
+        if mode == "disable":
+            return sock
+        sock.sendall(codec.special_request(m.SSL_REQUEST_CODE))
+        answer = sock.recv(1)
+        if answer == b"S":
+            ctx = ssl.create_default_context(cafile=self.options.tls.server_ca_file or None)
+            if mode != "verify-full":
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            return ctx.wrap_socket(sock, server_hostname=self.node.host)
+        if answer == b"N" and mode == "prefer":
+            return sock
+        raise BackendError(f"server {self.node.name} does not support TLS (tls.server_mode = {mode!r})")
+
+    def _login(self):
+        scram = None
+        while True:
+            mtype, body = self.read_message()
+            if mtype == m.AUTHENTICATION:
+                code = int.from_bytes(body[:4], "big", signed=True)
+                if code == m.AUTH_OK:
+                    continue
+                scram = self._answer_auth(code, body[4:], scram)
+            elif mtype == m.PARAMETER_STATUS:
+                name, value = codec.parse_parameter_status(body)
+                self.params[name] = value
+            elif mtype == m.BACKEND_KEY_DATA:
+                self.pid = int.from_bytes(body[:4], "big", signed=True)
+                self.secret = int.from_bytes(body[4:8], "big", signed=True)
+            elif mtype == m.READY_FOR_QUERY:
+                self.tx_status = body
+                return
+            elif mtype == m.ERROR_RESPONSE:
+                raise BackendError("server login failed", fields=codec.parse_fields(body))
+            elif mtype in (m.NOTICE_RESPONSE, m.NEGOTIATE_PROTOCOL_VERSION):
+                continue
+            else:
+                raise BackendError(f"unexpected message {mtype!r} from server during login")
+
+    def _answer_auth(self, code, payload, scram):
+        creds = self.credentials
+        if code == m.AUTH_CLEARTEXT:
+            self._need(creds.password is not None, "a password")
+            self.sock.sendall(codec.password(creds.password))
+        elif code == m.AUTH_MD5:
+            stored = creds.md5 or (md5_hash(creds.password, creds.user) if creds.password is not None else None)
+            self._need(stored, "a password or an md5 secret")
+            self.sock.sendall(codec.password(md5_response(stored, payload[:4])))
+        elif code == m.AUTH_SASL:
+            mechanisms = bytes(payload).split(b"\0")
+            if MECHANISM.encode() not in mechanisms:
+                raise BackendError(f"server {self.node.name} offers no supported SASL mechanism")
+            if creds.password is not None:
+                scram = ScramClient(password=creds.password)
+            else:
+                self._need(creds.client_key and creds.scram, "a password or a SCRAM login by the client")
+                scram = ScramClient(client_key=creds.client_key, server_key=creds.scram.server_key)
+            self.sock.sendall(codec.sasl_initial_response(MECHANISM, scram.first().encode()))
+        elif code == m.AUTH_SASL_CONTINUE:
+            self.sock.sendall(codec.sasl_response(scram.final(bytes(payload).decode()).encode()))
+        elif code == m.AUTH_SASL_FINAL:
+            try:
+                scram.verify(bytes(payload).decode())
+            except PermissionError as e:
+                raise BackendError(f"server {self.node.name}: {e}") from e
+        else:
+            raise BackendError(f"server {self.node.name} asks for an unsupported authentication method ({code})")
+        return scram
+
+    def _need(self, have, what):
+        if not have:
+            raise BackendError(f"server login failed: the server asks user \"{self.credentials.user}\" for "
+                               f"a password, and the proxy has no {what} for it",
+                               fields={"S": "FATAL", "C": INVALID_PASSWORD,
+                                       "M": f"password authentication failed for user "
+                                            f"\"{self.credentials.user}\""})
+
+    # --- reading ----------------------------------------------------------------------------
+    def read_message(self):
+        while True:
+            msg = self.rbuf.next_message()
+            if msg is not None:
+                return msg
+            data = self.sock.recv(RECV_SIZE)
+            if not data:
+                self.broken = True
+                raise BackendError(f"server {self.node.name} closed the connection unexpectedly",
+                                   sqlstate=CONNECTION_FAILURE)
+            self.rbuf.feed(data)
+
+    # --- the proxy's own queries --------------------------------------------------------------
+    def execute(self, sql, params=None):
+        """Run one statement (extended protocol when params given); return rows of text or None.
+
+        An ErrorResponse raises BackendError after the connection is back at ReadyForQuery.
+        """
+        if params is None:
+            self.sock.sendall(codec.query(sql))
+        else:
+            self.sock.sendall(codec.parse(sql) + codec.bind(params) + codec.execute() + codec.SYNC)
+        rows, error = [], None
+        while True:
+            mtype, body = self.read_message()
+            if mtype == m.DATA_ROW:
+                rows.append([c.decode() if c is not None else None for c in codec.parse_data_row(body)])
+            elif mtype == m.ERROR_RESPONSE:
+                error = codec.parse_fields(body)
+            elif mtype == m.PARAMETER_STATUS:
+                name, value = codec.parse_parameter_status(body)
+                self.params[name] = value
+            elif mtype == m.READY_FOR_QUERY:
+                self.tx_status = body
+                break
+        if error:
+            raise BackendError("query failed", fields=error, severity="ERROR")
+        return rows
+
+    def cancel(self):
+        """Ask the server to cancel what this connection runs (a separate short connection)."""
+        send_cancel(self.node, self.pid, self.secret)
+
+    def idle_and_clean(self):
+        """True if the socket has nothing unread and is not at EOF (a cheap liveness check)."""
+        if self.broken or self.rbuf.pending():
+            return False
+        try:
+            raw = self.sock
+            raw.setblocking(False)
+            try:
+                raw.recv(1, socket.MSG_PEEK) if not isinstance(raw, ssl.SSLSocket) else raw.recv(1)
+            finally:
+                raw.setblocking(True)
+            return False  # unexpected data or EOF: unusable
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return True
+        except OSError:
+            return False
+
+    def close(self, terminate=True):
+        sock, self.sock = self.sock, None
+        self.broken = True
+        if sock is None:
+            return
+        try:
+            if terminate:
+                sock.settimeout(1)
+                sock.sendall(codec.TERMINATE)
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+
+def send_cancel(node, pid, secret, timeout=5.0):
+    try:
+        with socket.create_connection((node.host, node.port), timeout=timeout) as s:
+            s.sendall(codec.special_request(m.CANCEL_REQUEST_CODE, pid, secret))
+            s.recv(1)  # the server closes once it has read the request
+    except OSError as e:
+        log.warning("cancel request to %s failed: %s", node.name, e)

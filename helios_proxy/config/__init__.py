@@ -1,0 +1,2 @@
+"""Configuration: every setting declared once (schema.py), loaded from TOML plus environment (loader.py)."""
+from .loader import Config, load, load_file  # noqa: F401

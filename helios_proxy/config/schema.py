@@ -1,0 +1,115 @@
+"""Every setting, declared once: section, key, type, default, validation and a one-line description.
+
+The loader, `helios-proxy check-config` and docs/configuration.md are all derived from this table.
+"""
+from dataclasses import dataclass
+
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class Setting:
+    section: str
+    key: str
+    type: type
+    default: object
+    description: str
+    choices: tuple = ()
+    min: float = None
+    max: float = None
+    secret: bool = False      # never logged, redacted in /config
+    reloadable: bool = False  # applied on SIGHUP without a restart
+    validate: object = None   # callable(value) -> error text or None
+
+    @property
+    def path(self):
+        return f"{self.section}.{self.key}"
+
+
+def address(value):
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return "expected \"host:port\" with a port between 1 and 65535"
+    return None
+
+
+S = Setting
+SETTINGS = (
+    # [server]: the client-facing listener
+    S("server", "listen", str, "127.0.0.1:6432", "Address clients connect to (host:port).", validate=address),
+    S("server", "max_client_conn", int, 1000, "Most client connections at once; more get SQLSTATE 53300.",
+      min=1, reloadable=True),
+    S("server", "client_login_timeout", float, 60.0,
+      "Seconds a client may take from connect to finished login.", min=0.1, reloadable=True),
+    S("server", "client_idle_timeout", float, 0.0,
+      "Close a client idle (outside a transaction) this many seconds; 0 disables.", min=0, reloadable=True),
+    S("server", "shutdown_timeout", float, 30.0,
+      "On SIGTERM, seconds to let sessions finish before closing them.", min=0, reloadable=True),
+    S("server", "max_startup_packet", int, 10000,
+      "Largest startup packet accepted, in bytes (PostgreSQL's own limit is 10000).", min=64, max=1 << 20),
+    S("server", "max_message_size", int, 256 << 20,
+      "Largest single protocol message accepted from a client, in bytes.", min=1024, max=GiB - 1),
+    S("server", "tcp_keepalive", bool, True, "Enable TCP keepalive on client and server sockets."),
+    # [admin]: the REST API (served from the admin issue on)
+    S("admin", "listen", str, "127.0.0.1:9090", "Address of the admin REST API (host:port).", validate=address),
+    S("admin", "token", str, "", "Bearer token for the admin API; may also come from HELIOS_ADMIN__TOKEN.",
+      secret=True),
+    # [pool]: backend connection pools, one per (node, database, user)
+    S("pool", "mode", str, "session", "When a server connection returns to the pool.",
+      choices=("session", "transaction", "statement")),
+    S("pool", "min_size", int, 0, "Server connections kept open per pool once it exists.", min=0,
+      reloadable=True),
+    S("pool", "max_size", int, 20, "Most server connections per pool; further clients wait.", min=1,
+      reloadable=True),
+    S("pool", "idle_timeout", float, 600.0, "Close a server connection idle this many seconds (above min_size).",
+      min=0, reloadable=True),
+    S("pool", "acquire_timeout", float, 120.0,
+      "Seconds a client waits for a server connection before an error (PgBouncer's query_wait_timeout).",
+      min=0.1, reloadable=True),
+    S("pool", "connect_timeout", float, 5.0, "Seconds to connect and log in to a backend.", min=0.1,
+      reloadable=True),
+    S("pool", "reset_query", str, "DISCARD ALL", "Run on a server connection before another client gets it.",
+      reloadable=True),
+    S("pool", "check_after", float, 30.0,
+      "Run check_query on a connection idle longer than this before handing it out; 0 always.", min=0,
+      reloadable=True),
+    S("pool", "check_query", str, "SELECT 1", "Cheap query that proves a pooled connection alive.",
+      reloadable=True),
+    S("pool", "server_lifetime", float, 3600.0, "Close a server connection this many seconds after it opened.",
+      min=0, reloadable=True),
+    # [auth]: how clients prove who they are, and how the proxy logs in to PostgreSQL
+    S("auth", "method", str, "trust", "Client authentication the proxy performs.",
+      choices=("trust", "md5", "scram-sha-256"), reloadable=True),
+    S("auth", "users_file", str, "",
+      "PgBouncer userlist.txt: '\"user\" \"secret\"' per line; plaintext, md5... or SCRAM-SHA-256$...",
+      reloadable=True),
+    S("auth", "auth_user", str, "",
+      "Backend user that runs auth_query for users missing from users_file; empty disables.", reloadable=True),
+    S("auth", "auth_query", str, "SELECT usename, passwd FROM pg_shadow WHERE usename = $1",
+      "Query returning (user, secret) for $1, run as auth_user.", reloadable=True),
+    # [tls]: client side and backend side TLS
+    S("tls", "client_mode", str, "disable", "TLS towards clients: disable, allow/prefer (offer), require.",
+      choices=("disable", "allow", "prefer", "require")),
+    S("tls", "client_cert_file", str, "", "Certificate (PEM) presented to clients."),
+    S("tls", "client_key_file", str, "", "Private key (PEM) of client_cert_file.", secret=False),
+    S("tls", "server_mode", str, "disable", "TLS towards backends: disable, prefer, require, verify-full.",
+      choices=("disable", "prefer", "require", "verify-full")),
+    S("tls", "server_ca_file", str, "", "CA bundle used to verify backends with server_mode = verify-full."),
+    # [pipeline]: optional per-query stages
+    S("pipeline", "max_query_bytes", int, 0,
+      "Reject SQL text longer than this with SQLSTATE 54000; 0 disables the stage.", min=0, reloadable=True),
+    # [log]
+    S("log", "level", str, "info", "Log level.", choices=("debug", "info", "warning", "error"), reloadable=True),
+    S("log", "connections", bool, True, "Log one line per client connect, login and disconnect.",
+      reloadable=True),
+)
+
+NODE_SETTINGS = (
+    S("nodes", "name", str, None, "Unique node name."),
+    S("nodes", "host", str, "127.0.0.1", "Host name or address of the PostgreSQL server."),
+    S("nodes", "port", int, 5432, "Port of the PostgreSQL server.", min=1, max=65535),
+    S("nodes", "role", str, "primary", "Configured role; the topology may learn otherwise.",
+      choices=("primary", "standby")),
+    S("nodes", "weight", int, 1, "Relative share of reads for load balancing.", min=0),
+    S("nodes", "priority", int, 0, "Failover preference among equals (higher first).",),
+)

@@ -1,0 +1,32 @@
+"""The per-query pipeline: a QueryContext passes through the ordered, enabled stages.
+
+STAGES below is the whole pipeline in order (the spec's data-flow diagram); a stage whose feature
+is off is left out of the built tuple, so it costs nothing per query. With no stage enabled the
+session does not even build a QueryContext.
+"""
+from .context import QueryContext  # noqa: F401
+from .stage import Action, Stage, StageResult  # noqa: F401
+from .stages.query_size import QuerySizeLimit
+
+# In the spec's order: auth proxy, tenant, rate limit, circuit breaker, plugins, rewriter,
+# analytics, routing hints, cache, schema router, lag router, load balancer. Later issues add theirs.
+STAGES = (
+    QuerySizeLimit,
+)
+
+
+def build(config):
+    """Instantiate the stages the configuration enables, in pipeline order."""
+    return tuple(stage(config) for stage in STAGES if stage.enabled(config))
+
+
+def run(stages, ctx):
+    """Pass ctx through stages until one does not CONTINUE; return the deciding result."""
+    for stage in stages:
+        result = stage.process(ctx)
+        if result.action is not Action.CONTINUE:
+            if result.action is Action.REWRITE:
+                ctx.sql = result.sql
+                continue
+            return result
+    return StageResult.CONTINUE

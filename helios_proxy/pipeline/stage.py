@@ -1,0 +1,52 @@
+"""The Stage interface and the StageResult a stage returns: continue, reject, rewrite or respond."""
+import enum
+from dataclasses import dataclass
+
+
+class Action(enum.Enum):
+    CONTINUE = "continue"
+    REJECT = "reject"      # answer with an ErrorResponse (sqlstate, message)
+    REWRITE = "rewrite"    # replace the SQL text and go on
+    RESPOND = "respond"    # answer from the proxy with ready-made backend messages
+
+
+@dataclass(frozen=True)
+class StageResult:
+    action: Action
+    sqlstate: str = None
+    message: str = None
+    sql: str = None
+    payload: bytes = None  # RESPOND: complete backend messages, without ReadyForQuery
+
+    @classmethod
+    def reject(cls, sqlstate, message):
+        return cls(Action.REJECT, sqlstate=sqlstate, message=message)
+
+    @classmethod
+    def rewrite(cls, sql):
+        return cls(Action.REWRITE, sql=sql)
+
+    @classmethod
+    def respond(cls, payload):
+        return cls(Action.RESPOND, payload=payload)
+
+
+StageResult.CONTINUE = StageResult(Action.CONTINUE)
+
+
+class Stage:
+    """One step of the pipeline. Subclasses set `name` and implement `process`."""
+
+    name = "stage"
+
+    def __init__(self, config):
+        self.config = config
+
+    @classmethod
+    def enabled(cls, config):
+        """Whether the configuration turns this stage on; off stages are not built."""
+        return True
+
+    def process(self, ctx):
+        """Inspect or change ctx; return a StageResult."""
+        raise NotImplementedError

@@ -1,0 +1,197 @@
+"""A pool of server connections for one (node, database, user), and the manager that owns them."""
+import logging
+import time
+from collections import deque
+
+import gevent
+from gevent.event import AsyncResult
+
+from ..backend.connection import ServerConnection
+from ..errors import BackendError, ProxyError, QUERY_CANCELED
+
+log = logging.getLogger(__name__)
+
+
+class Pool:
+    """Idle connections are reused last-in-first-out; waiting clients are served first-in-first-out."""
+
+    def __init__(self, node, database, credentials, config):
+        self.node = node
+        self.database = database
+        self.credentials = credentials
+        self.config = config
+        self.idle = deque()
+        self.size = 0                # idle + in use + being opened
+        self.waiters = deque()
+        self.wait_started = {}       # waiter -> monotonic start, for maxwait
+
+    @property
+    def key(self):
+        return (self.node.name, self.database, self.credentials.user)
+
+    def __repr__(self):
+        return f"<pool {self.node.name}/{self.database}/{self.credentials.user} size={self.size}>"
+
+    # --- acquire / release ------------------------------------------------------------------
+    def acquire(self, timeout=None):
+        """Return a logged-in, idle server connection; raise ProxyError on timeout or login failure."""
+        timeout = self.config.pool.acquire_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            conn = self._take_idle()
+            if conn is not None:
+                return conn
+            if self.size < self.config.pool.max_size:
+                return self._open()
+            conn = self._wait(deadline)
+            if conn is not None:
+                return conn
+
+    def release(self, conn, reusable=True):
+        """Give a connection back; a connection that is not reusable is closed."""
+        now = time.monotonic()
+        lifetime = self.config.pool.server_lifetime
+        if not reusable or conn.broken or (lifetime and now - conn.created > lifetime):
+            self._discard(conn)
+            return
+        conn.last_used = now
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            self.wait_started.pop(waiter, None)
+            if not waiter.ready():
+                waiter.set(conn)
+                return
+        self.idle.append(conn)
+
+    def _take_idle(self):
+        cfg = self.config.pool
+        while self.idle:
+            conn = self.idle.pop()
+            now = time.monotonic()
+            if cfg.server_lifetime and now - conn.created > cfg.server_lifetime or not conn.idle_and_clean():
+                self._discard(conn)
+                continue
+            if now - conn.last_used >= cfg.check_after:
+                try:
+                    conn.execute(cfg.check_query)
+                except (BackendError, OSError) as e:
+                    log.info("%r failed its health check (%s); closing it", conn, e)
+                    self._discard(conn)
+                    continue
+            return conn
+        return None
+
+    def _open(self):
+        self.size += 1
+        try:
+            conn = ServerConnection(self.node, self.database, self.credentials, self.config)
+            return conn.connect()
+        except BaseException:
+            self.size -= 1
+            self._wake_one()
+            raise
+
+    def _wait(self, deadline):
+        waiter = AsyncResult()
+        self.waiters.append(waiter)
+        self.wait_started[waiter] = time.monotonic()
+        try:
+            return waiter.get(timeout=max(0.0, deadline - time.monotonic()))
+        except gevent.Timeout:
+            if waiter.ready():
+                return waiter.get()
+            raise ProxyError(f"timed out after {self.config.pool.acquire_timeout:g} s waiting for a server "
+                             f"connection (pool {self.node.name}/{self.database}/{self.credentials.user} "
+                             f"has {self.size} of max_size {self.config.pool.max_size} in use)",
+                             sqlstate=QUERY_CANCELED) from None
+        finally:
+            self.wait_started.pop(waiter, None)
+            try:
+                self.waiters.remove(waiter)
+            except ValueError:
+                pass
+
+    def _discard(self, conn):
+        conn.close()
+        self.size -= 1
+        self._wake_one()
+
+    def _wake_one(self):
+        """A slot freed up: let the first waiter open a connection of its own."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.ready():
+                waiter.set(None)
+                return
+
+    # --- maintenance ------------------------------------------------------------------------
+    def maintain(self):
+        """Close connections idle too long or too old; open up to min_size."""
+        cfg, now = self.config.pool, time.monotonic()
+        keep = deque()
+        while self.idle:
+            conn = self.idle.popleft()
+            too_idle = cfg.idle_timeout and now - conn.last_used > cfg.idle_timeout and self.size > cfg.min_size
+            too_old = cfg.server_lifetime and now - conn.created > cfg.server_lifetime
+            if too_idle or too_old:
+                self._discard(conn)
+            else:
+                keep.append(conn)
+        self.idle.extend(keep)
+        while self.size < cfg.min_size and not self.waiters:
+            try:
+                self.release(self._open())
+            except (ProxyError, OSError) as e:
+                log.warning("%r: could not open a connection to reach min_size: %s", self, e)
+                break
+
+    def close_idle(self):
+        while self.idle:
+            self._discard(self.idle.pop())
+
+    def stats(self):
+        now = time.monotonic()
+        return {"node": self.node.name, "database": self.database, "user": self.credentials.user,
+                "sv_idle": len(self.idle), "sv_active": self.size - len(self.idle),
+                "cl_waiting": len(self.waiters),
+                "maxwait": max((now - t for t in self.wait_started.values()), default=0.0)}
+
+
+class PoolManager:
+    """Owns every pool, creates them on first use, and runs their periodic maintenance."""
+
+    def __init__(self, config):
+        self.config = config
+        self.pools = {}
+        self._maintainer = None
+
+    def get(self, node, database, credentials):
+        key = (node.name, database, credentials.user)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = Pool(node, database, credentials, self.config)
+        elif credentials.known and (credentials.password is not None or credentials.client_key):
+            pool.credentials = credentials  # the freshest login wins (password changed, SCRAM keys)
+        return pool
+
+    def reconfigure(self, config):
+        self.config = config
+        for pool in self.pools.values():
+            pool.config = config
+
+    def start(self, interval=1.0):
+        def loop():
+            while True:
+                gevent.sleep(interval)
+                for pool in list(self.pools.values()):
+                    try:
+                        pool.maintain()
+                    except Exception:
+                        log.exception("maintenance of %r failed", pool)
+        self._maintainer = gevent.spawn(loop)
+
+    def close(self):
+        if self._maintainer:
+            self._maintainer.kill()
+        for pool in self.pools.values():
+            pool.close_idle()

@@ -1,0 +1,1 @@
+"""Client side: the listener, one session greenlet per client, authentication, TLS, cancel map."""

@@ -1,0 +1,112 @@
+"""Client authentication done by the proxy: trust, md5 and SCRAM-SHA-256 (the proxy as SCRAM server).
+
+Secrets come from the users file or, for users not in it, from `auth_query` run on the backend as
+`auth_user` with the user name as a bind parameter.
+"""
+import hmac
+import logging
+import os
+from struct import unpack_from
+
+from ..backend.credentials import Credentials
+from ..errors import AuthenticationFailed, BackendError, ProtocolViolation, ProxyError
+from ..protocol import codec, messages as m
+from ..protocol.codec import read_cstr
+from ..protocol.scram import MECHANISM, ScramSecret, ScramServer, md5_hash, md5_response
+
+log = logging.getLogger(__name__)
+
+
+def password_failed(user):
+    return AuthenticationFailed(f'password authentication failed for user "{user}"')
+
+
+class Authenticator:
+    """Looks up a user's secret and runs the configured method against a client."""
+
+    def __init__(self, config, users, pools, primary):
+        self.config = config
+        self.users = users          # {user: secret} from users_file
+        self.pools = pools          # PoolManager, for auth_query
+        self.primary = primary      # callable -> node to run auth_query on
+        self._plain_scram = {}      # user -> (password, ScramSecret) derived once per password
+
+    def lookup(self, user, database):
+        """Credentials for user; unknown secrets give Credentials with known == False."""
+        if user in self.users:
+            return Credentials.from_secret(user, self.users[user])
+        auth_user = self.config.auth.auth_user
+        if auth_user and user != auth_user:
+            return Credentials.from_secret(user, self._auth_query(user, database))
+        return Credentials(user)
+
+    def _auth_query(self, user, database):
+        creds = Credentials.from_secret(self.config.auth.auth_user, self.users.get(self.config.auth.auth_user))
+        pool = self.pools.get(self.primary(), database, creds)
+        try:
+            conn = pool.acquire()
+        except ProxyError as e:
+            raise BackendError(f"auth_query could not connect as auth_user: {e.message}") from e
+        ok = False
+        try:
+            rows = conn.execute(self.config.auth.auth_query, [user])
+            ok = conn.tx_status == m.TX_IDLE
+        except BackendError as e:
+            log.error("auth_query failed: %s", e.message)
+            raise BackendError("authentication query failed", sqlstate="28000") from e
+        finally:
+            pool.release(conn, reusable=ok)
+        return rows[0][1] if rows and len(rows[0]) > 1 else None
+
+    def authenticate(self, client, creds):
+        """Run the configured method over `client` (send(bytes), read_password()); return creds for the backend."""
+        method = self.config.auth.method
+        if method == "trust":
+            return creds
+        if creds.scram or (method == "scram-sha-256" and creds.password is not None):
+            return self._scram(client, creds)
+        if method == "scram-sha-256":  # an md5 secret, or none: fail like PostgreSQL, after the exchange
+            self._scram(client, Credentials(creds.user, scram=ScramSecret.from_password(os.urandom(16).hex())))
+            raise password_failed(creds.user)
+        return self._md5(client, creds)
+
+    def _md5(self, client, creds):
+        salt = os.urandom(4)
+        client.send(codec.authentication(m.AUTH_MD5, salt))
+        answer = read_cstr(client.read_password(), 0)[0]
+        stored = creds.md5
+        if stored is None and creds.password is not None:
+            stored = md5_hash(creds.password, creds.user)
+        if stored is None or not hmac.compare_digest(answer, md5_response(stored, salt)):
+            raise password_failed(creds.user)
+        return creds
+
+    def _scram(self, client, creds):
+        secret = creds.scram or self._secret_for_password(creds)
+        server = ScramServer(secret)
+        client.send(codec.authentication(m.AUTH_SASL, codec.cstr(MECHANISM) + b"\0"))
+        body = client.read_password()
+        mechanism, pos = read_cstr(body, 0)
+        if mechanism != MECHANISM:
+            raise ProtocolViolation("client selected an invalid SASL authentication mechanism")
+        length = unpack_from("!i", body, pos)[0]
+        try:
+            first = bytes(body[pos + 4:pos + 4 + length]).decode()
+            client.send(codec.authentication(m.AUTH_SASL_CONTINUE, server.first(first).encode()))
+            final = server.final(bytes(client.read_password()).decode())
+        except PermissionError:
+            raise password_failed(creds.user) from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ProtocolViolation(f"malformed SCRAM message: {e}") from None
+        client.send(codec.authentication(m.AUTH_SASL_FINAL, final.encode()))
+        if creds.password is None:  # SCRAM passthrough: log in to the backend with the client's key
+            creds = Credentials(creds.user, scram=secret, client_key=server.client_key)
+        return creds
+
+    def _secret_for_password(self, creds):
+        cached = self._plain_scram.get(creds.user)
+        if cached and cached[0] == creds.password:
+            return cached[1]
+        secret = ScramSecret.from_password(creds.password)
+        self._plain_scram[creds.user] = (creds.password, secret)
+        return secret

@@ -1,0 +1,152 @@
+"""A client's startup phase: SSL/GSS negotiation, the startup packet, authentication, server login.
+
+Ends with the client holding a server connection, having seen AuthenticationOk, the server's
+ParameterStatus values, BackendKeyData and ReadyForQuery, exactly as PostgreSQL would send them.
+"""
+import logging
+import gevent
+from gevent import socket, ssl
+
+from ..errors import (BackendError, FEATURE_NOT_SUPPORTED, FatalError, INVALID_AUTHORIZATION,
+                      ProtocolViolation, TooManyConnections)
+from ..protocol import codec, messages as m
+from ..protocol.startup import (CANCEL_REQUEST, GSSENC_REQUEST, SSL_REQUEST, parse_options, parse_startup,
+                                startup_length)
+
+log = logging.getLogger(__name__)
+NOT_FORWARDED = frozenset(("user", "database", "options", "replication"))
+
+
+class LoginTimeout(Exception):
+    pass
+
+
+def read_exact(sock, n):
+    chunks, left = [], n
+    while left:
+        data = sock.recv(left)
+        if not data:
+            raise ConnectionResetError("client closed the connection during startup")
+        chunks.append(data)
+        left -= len(data)
+    return b"".join(chunks)
+
+
+def has_buffered_data(sock):
+    """True if the client sent more bytes than the packet read so far (kernel buffer, not consumed)."""
+    sock.setblocking(False)
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK))
+    except (BlockingIOError, InterruptedError):
+        return False
+    finally:
+        sock.setblocking(True)
+
+
+def startup(session):
+    """Negotiate encryption and read the StartupMessage; return it, or None after a CancelRequest."""
+    proxy, tls_ctx = session.proxy, session.proxy.tls_context
+    limit = proxy.config.server.max_startup_packet
+    negotiated = False
+    while True:
+        header = read_exact(session.sock, 4)
+        packet = header + read_exact(session.sock, startup_length(header, limit) - 4)
+        pkt = parse_startup(packet)
+        if pkt.kind == CANCEL_REQUEST:
+            proxy.cancels.cancel(pkt.pid, pkt.secret, session.peer)
+            return None
+        if pkt.kind in (SSL_REQUEST, GSSENC_REQUEST):
+            if negotiated and pkt.kind == SSL_REQUEST:
+                raise ProtocolViolation("SSLRequest received twice")
+            accept = pkt.kind == SSL_REQUEST and tls_ctx is not None
+            # CVE-2021-23214: bytes sent before our answer could be read were not protected by TLS
+            # (and may be injected); never process them, whatever the answer.
+            if has_buffered_data(session.sock):
+                raise ProtocolViolation("received unencrypted data after SSL request",
+                                        detail="This could be either a client-software bug or evidence "
+                                               "of an attempted man-in-the-middle attack.")
+            session.sock.sendall(b"S" if accept else b"N")
+            if accept:
+                session.sock = tls_ctx.wrap_socket(session.sock, server_side=True)
+                session.tls = True
+            negotiated = negotiated or pkt.kind == SSL_REQUEST
+            continue
+        return pkt
+
+
+def login(session, pkt):
+    """Check the startup packet, authenticate the client, attach a server, greet the client."""
+    proxy, cfg = session.proxy, session.proxy.config
+    params = pkt.params
+    user = params.get("user")
+    if not user:
+        raise FatalError("no PostgreSQL user name specified in startup packet", sqlstate=INVALID_AUTHORIZATION)
+    session.user, session.database = user, params.get("database") or user
+    session.application_name = params.get("application_name", "")
+    if params.get("replication", "false").lower() not in ("false", "off", "no", "0"):
+        raise FatalError("replication connections are not supported by HeliosProxy",
+                         sqlstate=FEATURE_NOT_SUPPORTED)
+    if len(proxy.sessions) > cfg.server.max_client_conn:
+        raise TooManyConnections(f"no more connections allowed (max_client_conn = {cfg.server.max_client_conn})")
+    if cfg.tls.client_mode == "require" and not session.tls:
+        raise FatalError(f'no encryption: TLS is required for host "{session.peer[0]}", user "{user}", '
+                         f'database "{session.database}" (tls.client_mode = require)',
+                         sqlstate=INVALID_AUTHORIZATION)
+    settings = {k: v for k, v in params.items() if k not in NOT_FORWARDED}
+    settings.update(parse_options(params.get("options", "")))
+    if pkt.minor > 0 or pkt.extensions:
+        session.send(codec.negotiate_protocol_version(0, pkt.extensions))
+
+    creds = proxy.authenticator.lookup(user, session.database)
+    creds = proxy.authenticator.authenticate(session, creds)
+    session.send(codec.authentication(m.AUTH_OK))
+    session.login_timer.cancel()  # authenticated; waiting for a server has its own timeout
+
+    node = proxy.primary()
+    pool = proxy.pools.get(node, session.database, creds)
+    server = pool.acquire()
+    session.attach(pool, server)
+    apply_settings(server, settings)
+    greeting = [codec.parameter_status(k, v) for k, v in server.params.items()]
+    session.secret = proxy.cancels.register(session, server.pid)
+    greeting.append(codec.backend_key_data(server.pid, session.secret))
+    greeting.append(codec.ready_for_query(server.tx_status))
+    session.send(b"".join(greeting))
+
+
+def apply_settings(server, settings):
+    """Make the server's session settings match what the client asked for in its startup packet."""
+    reported = {k.lower(): v for k, v in server.params.items()}
+    todo = [(k, v) for k, v in settings.items() if reported.get(k.lower()) != v]
+    if not todo:
+        return
+    args, calls = [], []
+    for i, (name, value) in enumerate(todo):
+        calls.append(f"pg_catalog.set_config(${2 * i + 1}, ${2 * i + 2}, false)")
+        args += [name, value]
+    try:
+        server.execute("SELECT " + ", ".join(calls), args)
+    except BackendError as e:
+        e.severity = "FATAL"
+        e.fields["S"] = e.fields["V"] = "FATAL"
+        raise
+
+
+def run(session):
+    """The whole startup phase under the login timeout; False if the connection ends here."""
+    cfg = session.proxy.config.server
+    session.login_timer = gevent.Timeout(cfg.client_login_timeout, LoginTimeout)
+    session.login_timer.start()
+    try:
+        pkt = startup(session)
+        if pkt is None:
+            return False
+        login(session, pkt)
+        return True
+    except LoginTimeout:
+        raise FatalError("canceling authentication due to timeout", sqlstate="08006") from None
+    except ssl.SSLError as e:
+        raise ConnectionResetError(f"TLS handshake failed: {e}") from e
+    finally:
+        session.login_timer.cancel()
+

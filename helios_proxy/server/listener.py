@@ -1,0 +1,132 @@
+"""The Proxy: gevent StreamServer on the client port, the session registry, signals and shutdown.
+
+Signal handlers only queue a command; `serve_forever` does the work (stop, reload) in the main
+greenlet, as gunicorn's arbiter does.
+"""
+import logging
+import signal
+
+import gevent
+from gevent.queue import Queue
+from gevent.server import StreamServer
+from gevent import socket
+
+from .. import pipeline
+from ..config import load_file
+from ..config.schema import SETTINGS
+from ..errors import ConfigError
+from ..pool import PoolManager
+from .auth import Authenticator
+from .cancel import CancelMap
+from .session import ClientSession
+from .tls import client_context
+from .userlist import load_userlist
+
+log = logging.getLogger(__name__)
+
+
+def parse_address(text):
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class Proxy:
+    def __init__(self, config):
+        self.config = config
+        self.sessions = set()
+        self.cancels = CancelMap()
+        self.pools = PoolManager(config)
+        self.tls_context = client_context(config.tls)
+        self.stages = pipeline.build(config)
+        self.authenticator = Authenticator(config, load_userlist(config.auth.users_file), self.pools,
+                                           self.primary)
+        self.commands = Queue()
+        self.server = None
+
+    # --- topology (the topology issue replaces this with the primary tracker) ---------------
+    def primary(self):
+        return next(n for n in self.config.nodes if n.role == "primary")
+
+    # --- serving ----------------------------------------------------------------------------
+    def start(self):
+        host, port = parse_address(self.config.server.listen)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(1024)
+        self.server = StreamServer(listener, self.handle)
+        self.server.start()
+        self.pools.start()
+        log.info("HeliosProxy listening on %s (pool mode %s, %d node(s))", self.config.server.listen,
+                 self.config.pool.mode, len(self.config.nodes))
+
+    def handle(self, sock, peer):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.config.server.tcp_keepalive:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        session = ClientSession(self, sock, peer)
+        self.sessions.add(session)
+        try:
+            session.run()
+        finally:
+            self.sessions.discard(session)
+
+    def install_signals(self):
+        for signum, command in ((signal.SIGTERM, "term"), (signal.SIGINT, "int"), (signal.SIGHUP, "hup")):
+            gevent.signal_handler(signum, self.commands.put, command)
+
+    def serve_forever(self):
+        """Run until SIGTERM (graceful) or SIGINT (immediate); SIGHUP reloads."""
+        self.start()
+        self.install_signals()
+        while True:
+            command = self.commands.get()
+            if command == "hup":
+                self.reload()
+            elif command == "term":
+                self.shutdown(self.config.server.shutdown_timeout)
+                return
+            elif command == "int":
+                self.shutdown(0)
+                return
+
+    def shutdown(self, timeout):
+        log.info("shutting down: %d session(s), waiting up to %g s", len(self.sessions), timeout)
+        self.server.close()  # stop accepting
+        with gevent.Timeout(timeout, False):
+            while self.sessions:
+                gevent.sleep(0.05)
+        for session in list(self.sessions):
+            session.terminate("terminating connection due to administrator command")
+        with gevent.Timeout(2, False):
+            while self.sessions:
+                gevent.sleep(0.02)
+        self.pools.close()
+        log.info("stopped")
+
+    def reload(self):
+        """Re-read the config file and apply what can change without a restart."""
+        try:
+            new = load_file(self.config.source)
+            users = load_userlist(new.auth.users_file)
+        except ConfigError as e:
+            log.error("reload failed, keeping the running configuration: %s", e)
+            return False
+        fixed = [s.path for s in SETTINGS if not s.reloadable and
+                 getattr(getattr(new, s.section), s.key) != getattr(getattr(self.config, s.section), s.key)]
+        if fixed:
+            log.warning("reload: %s need(s) a restart to change; keeping the running values", ", ".join(fixed))
+            for path in fixed:
+                section, key = path.split(".")
+                setattr(getattr(new, section), key, getattr(getattr(self.config, section), key))
+        if [vars(n) for n in new.nodes] != [vars(n) for n in self.config.nodes]:
+            log.info("reload: nodes changed")
+        self.config = new
+        self.pools.reconfigure(new)
+        self.stages = pipeline.build(new)
+        self.authenticator.config = new
+        self.authenticator.users = users
+        logging.getLogger().setLevel(new.log.level.upper())
+        log.info("configuration reloaded from %s", new.source)
+        return True
