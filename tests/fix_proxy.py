@@ -1,0 +1,135 @@
+"""Run the real `helios-proxy run` as a subprocess with a generated TOML config."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import psycopg2
+import pytest
+
+from helios_proxy.devcluster import free_port
+
+BIN = os.path.join(os.path.dirname(sys.executable), "helios-proxy")
+
+
+def toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(v)
+
+
+def render_config(sections, nodes):
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    for node in nodes:
+        lines.append("[[nodes]]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in node.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+class ProxyProcess:
+    def __init__(self, workdir, cluster, **sections):
+        self.port = free_port()
+        self.workdir = workdir
+        sections.setdefault("server", {})
+        sections["server"].setdefault("listen", f"127.0.0.1:{self.port}")
+        self.nodes = sections.pop("nodes", None) or [
+            {"name": "primary", "host": "127.0.0.1", "port": cluster.primary_port, "role": "primary"}]
+        self.sections = sections
+        self.config_path = os.path.join(workdir, f"helios-{self.port}.toml")
+        self.log_path = os.path.join(workdir, f"helios-{self.port}.log")
+        self.proc = None
+
+    def write_config(self):
+        with open(self.config_path, "w") as f:
+            f.write(render_config(self.sections, self.nodes))
+
+    def start(self, wait=True, env=None):
+        self.write_config()
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([BIN, "run", "-c", self.config_path], stdout=self.log,
+                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        if wait:
+            self.wait_listening()
+        return self
+
+    def wait_listening(self, timeout=15):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"helios-proxy exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"helios-proxy did not listen on {self.port}:\n{self.output()}")
+
+    def output(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def dsn(self, **kw):
+        params = dict(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres")
+        params.update(kw)
+        return " ".join(f"{k}={v}" for k, v in params.items())
+
+    def connect(self, **kw):
+        params = dict(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", connect_timeout=10)
+        params.update(kw)
+        return psycopg2.connect(**params)
+
+    def signal(self, signum):
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout=15):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc:
+            self.log.close()
+        assert "Traceback" not in self.output(), self.output()
+
+
+@pytest.fixture
+def start_proxy(cluster, tmp_path):
+    """start_proxy(server={...}, pool={...}, auth={...}, nodes=[...]) -> a running ProxyProcess."""
+    started = []
+
+    def start(**sections):
+        p = ProxyProcess(str(tmp_path), cluster, **sections).start()
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy(cluster, tmp_path_factory):
+    """A shared session-mode, trust-auth proxy in front of the primary."""
+    p = ProxyProcess(str(tmp_path_factory.mktemp("proxy")), cluster, pool={"max_size": 10}).start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="session")
+def psql_bin():
+    path = shutil.which("psql")
+    if not path:
+        pytest.skip("psql not installed")
+    return path
