@@ -31,3 +31,29 @@ def direct(cluster):
     conn.autocommit = True
     yield conn
     conn.close()
+
+
+@pytest.fixture(scope="session")
+def tls_files(cluster):
+    """A self-signed certificate and key (for the proxy's clients), also enabled as the primary's TLS."""
+    import pwd
+    import shutil
+    import subprocess
+    base = os.path.join(cluster.base, "tls")
+    os.makedirs(base, exist_ok=True)
+    cert, key = os.path.join(base, "server.crt"), os.path.join(base, "server.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True)
+    os.chmod(key, 0o600)
+    pg_cert, pg_key = os.path.join(cluster.datadir(0), "server.crt"), os.path.join(cluster.datadir(0), "server.key")
+    shutil.copy(cert, pg_cert)
+    shutil.copy(key, pg_key)
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        for path in (pg_cert, pg_key):
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+    os.chmod(pg_key, 0o600)
+    cluster.sql("ALTER SYSTEM SET ssl = on")
+    cluster.sql("SELECT pg_reload_conf()")
+    return {"cert": cert, "key": key}

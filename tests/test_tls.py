@@ -1,0 +1,60 @@
+"""TLS towards clients (the proxy as TLS server) and towards backends."""
+import psycopg2
+import pytest
+
+
+def test_client_tls_prefer_encrypts_when_asked(start_proxy, tls_files):
+    proxy = start_proxy(tls={"client_mode": "prefer", "client_cert_file": tls_files["cert"],
+                             "client_key_file": tls_files["key"]})
+    conn = proxy.connect(sslmode="require")
+    assert conn.info.ssl_in_use
+    cur = conn.cursor()
+    cur.execute("select count(*) from generate_series(1, 100000)")
+    assert cur.fetchone()[0] == 100000
+    conn.close()
+    plain = proxy.connect(sslmode="disable")
+    assert not plain.info.ssl_in_use
+    plain.close()
+
+
+def test_client_tls_verify_full_against_proxy_cert(start_proxy, tls_files):
+    proxy = start_proxy(tls={"client_mode": "require", "client_cert_file": tls_files["cert"],
+                             "client_key_file": tls_files["key"]})
+    conn = proxy.connect(sslmode="verify-full", sslrootcert=tls_files["cert"])
+    assert conn.info.ssl_in_use
+    conn.close()
+
+
+def test_client_tls_require_rejects_plaintext(start_proxy, tls_files):
+    proxy = start_proxy(tls={"client_mode": "require", "client_cert_file": tls_files["cert"],
+                             "client_key_file": tls_files["key"]})
+    with pytest.raises(psycopg2.OperationalError, match="TLS is required"):
+        proxy.connect(sslmode="disable")
+
+
+def test_client_tls_disabled_answers_no(start_proxy):
+    proxy = start_proxy()
+    with pytest.raises(psycopg2.OperationalError, match="does not support SSL"):
+        proxy.connect(sslmode="require")
+    assert not proxy.connect(sslmode="prefer").info.ssl_in_use
+
+
+def test_backend_tls_require(start_proxy, tls_files):
+    proxy = start_proxy(tls={"server_mode": "require"})
+    cur = proxy.connect().cursor()
+    cur.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()")
+    assert cur.fetchone()[0] is True
+
+
+def test_backend_tls_verify_full(start_proxy, tls_files):
+    proxy = start_proxy(tls={"server_mode": "verify-full", "server_ca_file": tls_files["cert"]})
+    cur = proxy.connect().cursor()
+    cur.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()")
+    assert cur.fetchone()[0] is True
+
+
+def test_backend_tls_required_but_unsupported_is_a_clear_error(start_proxy, cluster, tls_files):
+    standby = {"name": "standby1", "host": "127.0.0.1", "port": cluster.ports[1], "role": "primary"}
+    proxy = start_proxy(tls={"server_mode": "require"}, nodes=[standby])
+    with pytest.raises(psycopg2.OperationalError, match="does not support TLS"):
+        proxy.connect()
