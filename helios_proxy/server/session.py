@@ -145,6 +145,8 @@ class ClientSession:
         server, pool = self.server, self.pool
         self.server = self.pool = None
         reusable = not server.broken and self.outstanding == 0 and not self.in_extended
+        if self.outstanding and not server.broken:
+            server.cancel()  # stop the orphaned query now, not when it next writes to a closed socket
         if reusable:
             try:
                 if server.tx_status != m.TX_IDLE:

@@ -1,0 +1,167 @@
+"""Bad input gets a clear ErrorResponse or a clean close; the proxy stays up and other sessions are untouched."""
+import os
+import socket
+import struct
+import time
+
+import psycopg2
+import pytest
+
+from helios_proxy.protocol import codec
+
+
+def raw_connect(proxy):
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+    return s
+
+
+def read_all(s, limit=65536):
+    data = b""
+    try:
+        while len(data) < limit:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except (socket.timeout, ConnectionResetError):
+        pass
+    return data
+
+
+def error_fields(data):
+    """The fields of the first ErrorResponse in data."""
+    pos = data.index(b"E")
+    length = struct.unpack_from("!i", data, pos + 1)[0]
+    return codec.parse_fields(data[pos + 5:pos + 1 + length])
+
+
+@pytest.fixture(scope="module")
+def survivor(proxy):
+    """A session opened before the abuse, checked after it."""
+    conn = proxy.connect()
+    conn.autocommit = True
+    yield conn
+    cur = conn.cursor()
+    cur.execute("select 'survived'")
+    assert cur.fetchone()[0] == "survived"
+    conn.close()
+
+
+CASES = {
+    "random bytes": os.urandom(64),
+    "zero length": struct.pack("!i", 0),
+    "negative length": struct.pack("!i", -5),
+    "2 GB length": struct.pack("!ii", 2**31 - 1, 196608),
+    "length just over limit": struct.pack("!ii", 10001, 196608),
+    "password before startup": b"p\x00\x00\x00\x08abc\x00",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_garbage_startup_is_refused_with_protocol_violation(proxy, survivor, name):
+    s = raw_connect(proxy)
+    s.sendall(CASES[name])
+    data = read_all(s)
+    s.close()
+    if data:  # random bytes may also look like a short, incomplete packet: then a clean close is right
+        fields = error_fields(data)
+        assert fields["S"] == "FATAL" and fields["C"] in ("08P01", "0A000"), fields
+    assert psycopg2.connect(proxy.dsn()).closed == 0
+
+
+def test_unknown_protocol_version(proxy, survivor):
+    s = raw_connect(proxy)
+    body = struct.pack("!i", 2 << 16) + b"user\0postgres\0\0"
+    s.sendall(struct.pack("!i", len(body) + 4) + body)
+    fields = error_fields(read_all(s))
+    assert fields["C"] == "0A000" and "unsupported frontend protocol 2.0" in fields["M"]
+
+
+def test_newer_minor_version_gets_negotiate_protocol_version(proxy, survivor):
+    s = raw_connect(proxy)
+    body = struct.pack("!i", (3 << 16) | 5) + b"user\0postgres\0_pq_.fancy\0on\0\0"
+    s.sendall(struct.pack("!i", len(body) + 4) + body)
+    data = b""
+    while not data.endswith(codec.ready_for_query()):
+        data += s.recv(4096)
+    assert data[:1] == b"v"
+    minor, count = struct.unpack_from("!ii", data, 5)
+    assert (minor, count) == (0, 1) and b"_pq_.fancy\0" in data
+    s.sendall(codec.TERMINATE)
+    s.close()
+
+
+def test_ssl_request_followed_by_plaintext_in_same_packet(proxy, survivor):
+    s = raw_connect(proxy)
+    startup = codec.startup_message({"user": "postgres", "database": "postgres"})
+    s.sendall(codec.special_request(80877103) + startup)
+    data = read_all(s)
+    assert b"SCRAM" not in data and b"R\x00" not in data  # the startup packet was never processed
+    fields = error_fields(data)
+    assert fields["C"] == "08P01" and "unencrypted data after SSL request" in fields["M"]
+
+
+def test_truncated_message_then_disconnect(proxy, survivor):
+    s = raw_connect(proxy)
+    s.sendall(codec.startup_message({"user": "postgres", "database": "postgres"}))
+    while not s.recv(4096).endswith(codec.ready_for_query()):
+        pass
+    s.sendall(b"Q\x00\x00\x10\x00select")  # says 4096 bytes, sends 6
+    s.close()
+    time.sleep(0.3)
+
+
+def test_invalid_message_length_after_login(proxy, survivor):
+    s = raw_connect(proxy)
+    s.sendall(codec.startup_message({"user": "postgres", "database": "postgres"}))
+    data = b""
+    while not data.endswith(codec.ready_for_query()):
+        data += s.recv(4096)
+    s.sendall(b"Q\x00\x00\x00\x02")
+    fields = error_fields(read_all(s))
+    assert fields["C"] == "08P01" and "invalid message length" in fields["M"]
+
+
+def test_disconnect_mid_query_closes_or_cleans_the_server(proxy, survivor, direct):
+    conn = proxy.connect(application_name="mid-query")
+    conn.autocommit = True
+    pid = conn.get_backend_pid()
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    sock.sendall(codec.query("select pg_sleep(30)"))
+    time.sleep(0.3)
+    sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+    assert_backend_not_dirty(direct, pid)
+
+
+def test_disconnect_mid_transaction_rolls_back(proxy, survivor, direct):
+    direct.cursor().execute("drop table if exists dirty_test; create table dirty_test(i int)")
+    conn = proxy.connect(application_name="mid-tx")
+    pid = conn.get_backend_pid()
+    conn.cursor().execute("insert into dirty_test values (1)")  # open transaction, not committed
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+    assert_backend_not_dirty(direct, pid)
+    cur = direct.cursor()
+    cur.execute("select count(*) from dirty_test")
+    assert cur.fetchone()[0] == 0
+    # The next client may get that same server connection, and it must be clean.
+    fresh = proxy.connect()
+    fresh.autocommit = True  # so a transaction left open on the server would show in now()
+    cur = fresh.cursor()
+    cur.execute("select current_setting('application_name'), now() = statement_timestamp()")
+    assert cur.fetchone() == ("", True)
+
+
+def assert_backend_not_dirty(direct, pid, timeout=10):
+    """The backend is gone, or idle outside a transaction with its session reset."""
+    cur = direct.cursor()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        cur.execute("select state, application_name from pg_stat_activity where pid = %s", (pid,))
+        row = cur.fetchone()
+        if row is None or (row[0] == "idle" and row[1] == ""):
+            return
+        time.sleep(0.1)
+    pytest.fail(f"backend {pid} left dirty: {row}")
