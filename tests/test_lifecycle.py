@@ -1,0 +1,188 @@
+"""Server lifecycle: connection limits, timeouts, signals (SIGTERM, SIGINT, SIGHUP), pool behaviour."""
+import signal
+import threading
+import time
+
+import psycopg
+import psycopg2
+import pytest
+
+from .wire import startup_error
+
+
+def test_max_client_conn_refused_with_53300(start_proxy):
+    proxy = start_proxy(server={"max_client_conn": 2})
+    held = [proxy.connect(), proxy.connect()]
+    with pytest.raises(psycopg2.OperationalError, match="no more connections allowed"):
+        proxy.connect()
+    error = startup_error(proxy.port, user="postgres", database="postgres")
+    assert (error["S"], error["C"]) == ("FATAL", "53300")
+    held.pop().close()
+    time.sleep(0.2)
+    assert proxy.connect().closed == 0
+
+
+def test_login_timeout_closes_silent_client(start_proxy):
+    import socket
+    proxy = start_proxy(server={"client_login_timeout": 0.5})
+    s = socket.create_connection(("127.0.0.1", proxy.port))
+    s.settimeout(5)
+    started = time.monotonic()
+    data = s.recv(4096)  # we never send a startup packet
+    assert time.monotonic() - started < 4
+    assert data == b"" or b"timeout" in data
+
+
+def test_idle_timeout_57P05_but_not_inside_a_transaction(start_proxy):
+    proxy = start_proxy(server={"client_idle_timeout": 0.5})
+    in_tx = proxy.connect()
+    in_tx.cursor().execute("select 1")  # psycopg2 opened a transaction
+    idle = psycopg.connect(proxy.dsn(), autocommit=True)
+    time.sleep(1.2)
+    with pytest.raises(psycopg.OperationalError) as info:
+        idle.execute("select 1")
+    assert "idle-session timeout" in str(info.value)
+    cur = in_tx.cursor()
+    cur.execute("select 2")
+    assert cur.fetchone()[0] == 2
+
+
+def test_sigterm_lets_running_queries_finish_and_refuses_new_clients(start_proxy):
+    proxy = start_proxy(server={"shutdown_timeout": 10})
+    conn = proxy.connect()
+    conn.autocommit = True
+    result = {}
+
+    def work():
+        cur = conn.cursor()
+        cur.execute("select pg_sleep(1.5), 'finished'")
+        result["row"] = cur.fetchone()
+        conn.close()
+
+    t = threading.Thread(target=work)
+    t.start()
+    time.sleep(0.3)
+    proxy.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    with pytest.raises(psycopg2.OperationalError):
+        proxy.connect()
+    t.join()
+    assert result["row"][1] == "finished"
+    assert proxy.proc.wait(10) == 0
+
+
+def test_sigterm_closes_sessions_left_after_shutdown_timeout(start_proxy):
+    proxy = start_proxy(server={"shutdown_timeout": 0.5})
+    conn = psycopg.connect(proxy.dsn(), autocommit=True)
+    proxy.signal(signal.SIGTERM)
+    assert proxy.proc.wait(10) == 0
+    with pytest.raises(psycopg.OperationalError):
+        conn.execute("select 1")
+
+
+def test_sigint_is_immediate_with_57P01(start_proxy):
+    proxy = start_proxy(server={"shutdown_timeout": 30})
+    conn = psycopg.connect(proxy.dsn(), autocommit=True)
+    result = {}
+
+    def work():
+        try:
+            conn.execute("select pg_sleep(20)")
+        except psycopg.Error as e:
+            result["error"] = e
+
+    t = threading.Thread(target=work)
+    t.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    proxy.signal(signal.SIGINT)
+    assert proxy.proc.wait(10) == 0
+    t.join(10)
+    assert time.monotonic() - started < 8
+    assert result["error"].sqlstate == "57P01"
+
+
+def test_sighup_reloads_limits_and_survives_a_bad_file(start_proxy):
+    proxy = start_proxy(server={"max_client_conn": 1})
+    first = proxy.connect()
+    with pytest.raises(psycopg2.OperationalError, match="no more connections"):
+        proxy.connect()
+    proxy.sections["server"]["max_client_conn"] = 5
+    proxy.write_config()
+    proxy.signal(signal.SIGHUP)
+    deadline = time.time() + 5
+    while "configuration reloaded" not in proxy.output() and time.time() < deadline:
+        time.sleep(0.05)
+    second = proxy.connect()
+    with open(proxy.config_path, "a") as f:
+        f.write("\n[pool]\nmax_size = -3\n")
+    proxy.signal(signal.SIGHUP)
+    deadline = time.time() + 5
+    while "reload failed" not in proxy.output() and time.time() < deadline:
+        time.sleep(0.05)
+    assert "pool.max_size" in proxy.output()
+    third = proxy.connect()  # still running with the last good configuration
+    for c in (first, second, third):
+        c.close()
+
+
+def test_pool_replaces_a_server_connection_that_died_while_idle(start_proxy, direct):
+    proxy = start_proxy(pool={"check_after": 0})
+    conn = proxy.connect()
+    pid = conn.get_backend_pid()
+    conn.close()
+    direct.cursor().execute("select pg_terminate_backend(%s)", (pid,))
+    time.sleep(0.2)
+    again = proxy.connect()
+    assert again.get_backend_pid() != pid
+    cur = again.cursor()
+    cur.execute("select 1")
+    assert cur.fetchone()[0] == 1
+
+
+def test_waiting_for_a_full_pool_times_out_with_a_clear_error(start_proxy):
+    proxy = start_proxy(pool={"max_size": 1, "acquire_timeout": 0.5})
+    held = proxy.connect()
+    started = time.monotonic()
+    with pytest.raises(psycopg2.OperationalError, match="waiting for a server connection"):
+        proxy.connect()
+    assert time.monotonic() - started < 5
+    held.close()
+
+
+def test_waiters_get_the_connection_when_it_is_released(start_proxy):
+    proxy = start_proxy(pool={"max_size": 1})
+    held = proxy.connect()
+    got = {}
+
+    def wait():
+        c = proxy.connect()
+        got["pid"] = c.get_backend_pid()
+        c.close()
+
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(0.5)
+    assert "pid" not in got
+    pid = held.get_backend_pid()
+    held.close()
+    t.join(10)
+    assert got["pid"] == pid
+
+
+def test_min_size_warms_up_and_idle_timeout_trims(start_proxy, direct):
+    proxy = start_proxy(pool={"min_size": 2, "idle_timeout": 0.5, "max_size": 5})
+    conns = [proxy.connect(application_name="warm") for _ in range(4)]
+    for c in conns:
+        c.close()
+    cur = direct.cursor()
+
+    def count():
+        cur.execute("select count(*) from pg_stat_activity where backend_type = 'client backend' "
+                    "and client_port is not null and pid <> pg_backend_pid() and datname = 'postgres' "
+                    "and usename = 'postgres' and application_name = ''")
+        return cur.fetchone()[0]
+    deadline = time.time() + 10
+    while count() > 2 and time.time() < deadline:
+        time.sleep(0.2)
+    assert count() >= 2
