@@ -1,0 +1,107 @@
+"""Configuration: validation names the key and the value, env overrides, check-config, generated docs."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helios_proxy.config import load
+from helios_proxy.config.docs import render
+from helios_proxy.config.schema import SETTINGS
+from helios_proxy.errors import ConfigError
+from helios_proxy.server.userlist import parse_userlist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NODE = {"name": "p", "host": "127.0.0.1", "port": 5432, "role": "primary"}
+
+
+def cfg(**sections):
+    data = {"nodes": [NODE], **sections}
+    return load(data, environ={})
+
+
+def test_defaults_and_required_keys():
+    c = cfg()
+    assert c.server.listen == "127.0.0.1:6432" and c.pool.mode == "session" and c.auth.method == "trust"
+    assert c.nodes[0].weight == 1
+
+
+@pytest.mark.parametrize("sections, message", [
+    ({"server": {"listen": 12}}, "server.listen: expected str, got 12"),
+    ({"server": {"listen": "nohost"}}, "server.listen: 'nohost'"),
+    ({"server": {"max_client_conn": 0}}, "server.max_client_conn: 0 is below the minimum"),
+    ({"server": {"max_client_conn": True}}, "server.max_client_conn: expected int"),
+    ({"pool": {"mode": "weird"}}, "pool.mode: 'weird' is not one of"),
+    ({"pool": {"bogus": 1}}, "pool.bogus: unknown setting"),
+    ({"bogus": {}}, "unknown section [bogus]"),
+    ({"auth": {"method": "md5"}}, "auth.method: 'md5' needs auth.users_file"),
+    ({"auth": {"users_file": "/nonexistent"}}, "auth.users_file: '/nonexistent': no such file"),
+    ({"pool": {"min_size": 5, "max_size": 2}}, "pool.min_size"),
+    ({"tls": {"client_mode": "require"}}, "tls.client_mode"),
+])
+def test_errors_name_the_key_and_value(sections, message):
+    with pytest.raises(ConfigError) as info:
+        cfg(**sections)
+    assert message in str(info.value)
+
+
+def test_nodes_are_checked():
+    with pytest.raises(ConfigError, match="at least one"):
+        load({}, environ={})
+    with pytest.raises(ConfigError, match=r"nodes\[1\].name: 'p' is used twice"):
+        load({"nodes": [NODE, NODE]}, environ={})
+    with pytest.raises(ConfigError, match=r"nodes\[0\].port: 70000 is above"):
+        load({"nodes": [{**NODE, "port": 70000}]}, environ={})
+
+
+def test_environment_overrides_by_type():
+    c = load({"nodes": [NODE]}, environ={"HELIOS_POOL__MAX_SIZE": "50", "HELIOS_LOG__CONNECTIONS": "off",
+                                          "HELIOS_SERVER__CLIENT_IDLE_TIMEOUT": "2.5"})
+    assert (c.pool.max_size, c.log.connections, c.server.client_idle_timeout) == (50, False, 2.5)
+    with pytest.raises(ConfigError, match="HELIOS_POOL__MAX_SIZE"):
+        load({"nodes": [NODE]}, environ={"HELIOS_POOL__MAX_SIZE": "many"})
+
+
+def test_secrets_are_redacted():
+    c = load({"nodes": [NODE], "admin": {"token": "s3cret"}}, environ={})
+    assert "s3cret" not in repr(c.redacted())
+
+
+def test_check_config_cli(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('[[nodes]]\nname = "p"\nport = 5432\n')
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server]\nlisten = 12\n")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[server\n")
+    run = [sys.executable, "-m", "helios_proxy", "check-config", "-c"]
+    assert subprocess.run(run + [str(good)], capture_output=True).returncode == 0
+    out = subprocess.run(run + [str(bad)], capture_output=True, text=True)
+    assert out.returncode == 1 and "server.listen" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run(run + [str(broken)], capture_output=True, text=True)
+    assert out.returncode == 1 and "invalid TOML" in out.stderr
+
+
+@pytest.mark.parametrize("name", ["helios-proxy.toml", "helios-proxy.minimal.toml"])
+def test_example_configs_are_valid(name):
+    out = subprocess.run([sys.executable, "-m", "helios_proxy", "check-config", "-c",
+                          os.path.join(ROOT, "etc", name)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_full_example_mentions_every_setting():
+    text = open(os.path.join(ROOT, "etc", "helios-proxy.toml")).read()
+    missing = [s.path for s in SETTINGS if f"\n{s.key} = " not in text]
+    assert not missing
+
+
+def test_configuration_docs_are_current():
+    with open(os.path.join(ROOT, "docs", "configuration.md")) as f:
+        assert f.read() == render(), "run: python -m helios_proxy.config.docs > docs/configuration.md"
+
+
+def test_userlist_format():
+    users = parse_userlist('"alice" "pw"\n; comment\n"bo""b" "md5abc"\n\n"c" "SCRAM-SHA-256$1:a$b:c"\n')
+    assert users == {"alice": "pw", 'bo"b': "md5abc", "c": "SCRAM-SHA-256$1:a$b:c"}
+    with pytest.raises(ConfigError, match=":1:"):
+        parse_userlist('"alice" pw\n')
