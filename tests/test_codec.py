@@ -43,8 +43,17 @@ def test_stream_scanner_finds_wanted_messages_in_any_chunking():
             step = rng.randint(1, 9000)
             got += scanner.feed(stream[pos:pos + step])
             pos += step
-        assert got == [(ord("S"), b"TimeZone\0UTC\0"), (ord("Z"), b"T")]
+        assert [(t, b) for t, b, _ in got] == [(ord("S"), b"TimeZone\0UTC\0"), (ord("Z"), b"T")]
         assert scanner.at_boundary()
+
+
+def test_stream_scanner_reports_offsets_and_partial_tail():
+    scanner = StreamScanner((ord("Z"),))
+    data = codec.message(b"D", b"abc") + codec.ready_for_query()
+    assert scanner.feed(data + b"Z\0") == [(ord("Z"), b"I", len(data))]
+    assert scanner.partial() == 2
+    assert scanner.feed(b"\0\0\5T") == [(ord("Z"), b"T", 4)]
+    assert scanner.partial() == 0
 
 
 def test_stream_scanner_refuses_bad_length():

@@ -62,8 +62,10 @@ class MessageBuffer:
 class StreamScanner:
     """Walks message boundaries of a stream fed in arbitrary chunks.
 
-    `feed(data)` returns the complete messages whose type is in `wanted` as (type_int, body);
-    every other message is skipped without being copied. The caller forwards `data` unchanged.
+    `feed(data)` returns the complete messages whose type is in `wanted` as (type_int, body, end),
+    `end` being the offset in `data` just past the message; every other message is skipped without
+    being copied. `partial()` tells how many trailing bytes belong to a header or wanted message
+    not complete yet, so a relay that holds those back always sends wanted messages whole.
     """
 
     __slots__ = ("wanted", "skip", "head", "body_type", "body", "body_left", "max_size")
@@ -92,7 +94,7 @@ class StreamScanner:
                 self.body_left -= step
                 pos += step
                 if not self.body_left:
-                    out.append((self.body_type, self.body))
+                    out.append((self.body_type, self.body, pos))
                     self.body_type, self.body = None, b""
                 continue
             if self.head or n - pos < 5:
@@ -111,7 +113,7 @@ class StreamScanner:
             if mtype in self.wanted:
                 body_len = length - 4
                 if n - pos >= body_len:
-                    out.append((mtype, bytes(data[pos:pos + body_len])))
+                    out.append((mtype, bytes(data[pos:pos + body_len]), pos + body_len))
                     pos += body_len
                 else:
                     self.body_type, self.body_left = mtype, body_len
@@ -119,6 +121,11 @@ class StreamScanner:
             else:
                 self.skip = length - 4
         return out
+
+    def partial(self):
+        if self.head:
+            return len(self.head)
+        return 5 + len(self.body) if self.body_type is not None else 0
 
     def at_boundary(self):
         return not (self.skip or self.head or self.body_type is not None)

@@ -6,12 +6,12 @@ session always knows whether its server connection is idle, busy or in a transac
 directions, two greenlets: neither side can stall the other (pipelined clients, COPY, NOTIFY).
 """
 import itertools
+from collections import deque
 import logging
 import time
 
 import gevent
 from gevent import socket
-from gevent.event import Event
 from gevent.lock import Semaphore
 
 from .. import pipeline
@@ -28,7 +28,6 @@ _ids = itertools.count(1)
 
 Q, P, S, X, F = (t[0] for t in (m.QUERY, m.PARSE, m.SYNC, m.TERMINATE, m.FUNCTION_CALL))
 EXTENDED = frozenset(b"PBDECH")
-_SAME = object()  # the pipeline left the message unchanged
 # Server messages the pump must see: ReadyForQuery and ParameterStatus.
 PUMP_WANTS = (m.READY_FOR_QUERY[0], m.PARAMETER_STATUS[0])
 
@@ -53,8 +52,8 @@ class ClientSession:
         self.in_extended = False      # extended-protocol messages sent since the last Sync
         self.skip_to_sync = False     # a rejected extended query: drop messages up to Sync
         self._pending_error = None    # the ErrorResponse to send at that Sync
-        self.idle = Event()           # set while outstanding == 0
-        self.idle.set()
+        self.ready_seen = 0           # ReadyForQuery messages relayed so far
+        self.answers = deque()        # (ready_seen to wait for, before it?, payload): proxy answers
         self.write_lock = Semaphore()
         self.pump = None
         self.closing = None           # reason, once the proxy decided to end the session
@@ -161,25 +160,46 @@ class ClientSession:
         pool.release(server, reusable)
 
     def _pump(self, server):
-        """Relay the server's bytes to the client, tracking ReadyForQuery and ParameterStatus."""
+        """Relay the server's bytes to the client, tracking ReadyForQuery and ParameterStatus.
+
+        Bytes of a ReadyForQuery/ParameterStatus not yet complete are held back, so a proxy
+        answer queued in self.answers can be spliced in exactly before or after a ReadyForQuery.
+        """
         scanner = StreamScanner(PUMP_WANTS)
         recv, send = server.sock.recv, self.send
+        held = b""
         try:
             while True:
                 data = recv(RECV_SIZE)
                 if not data:
                     raise ConnectionResetError("server closed the connection")
-                for mtype, body in scanner.feed(data):
+                found = scanner.feed(data)
+                shift = len(held)
+                if shift:
+                    data, held = held + data, b""
+                sent = 0
+                for mtype, body, end in found:
                     if mtype == 90:  # 'Z'
                         server.tx_status = body
                         self.outstanding -= 1
-                        if self.outstanding <= 0:
-                            self.outstanding = 0
-                            self.idle.set()
+                        self.ready_seen += 1
+                        if self.answers and self.answers[0][0] == self.ready_seen:
+                            _, before, payload = self.answers.popleft()
+                            cut = end + shift - 6 if before else end + shift
+                            tail = b"" if before else codec.ready_for_query(body)
+                            send(data[sent:cut] + payload + tail)
+                            sent = cut
                     else:
                         name, value = codec.parse_parameter_status(body)
                         server.params[name] = value
-                send(data)
+                partial = scanner.partial()
+                if partial:
+                    held = data[len(data) - partial:]
+                    data = data[sent:len(data) - partial]
+                elif sent:
+                    data = data[sent:]
+                if data:
+                    send(data)
         except ProtocolViolation as e:
             server.broken = True
             self._server_lost(f"protocol violation from server: {e.message}")
@@ -234,24 +254,24 @@ class ClientSession:
                 start = end
                 if mtype == S:
                     self.skip_to_sync = False
-                    self._answer(self._pending_error)
+                    self._answer_at_sync(send)
                 continue
             if mtype == X:
                 if begin > start:
                     send(data[start:begin])
                 return False
             if stages and (mtype == Q or mtype == P):
-                replacement = self._run_pipeline(mtype, bytes(data[begin + 5:end]))
-                if replacement is not _SAME:
+                forward, payload = self._run_pipeline(mtype, bytes(data[begin + 5:end]))
+                if payload is not None:  # changed or answered: send what came before, then this
                     if begin > start:
                         send(data[start:begin])
                     start = end
-                    if replacement is None:
+                    if not forward:
+                        self._refuse(mtype, payload)
                         continue
-                    send(replacement)
+                    send(payload)
             if mtype == Q or mtype == S or mtype == F:
                 self.outstanding += 1
-                self.idle.clear()
                 self.in_extended = False
             elif mtype in EXTENDED:
                 self.in_extended = True
@@ -260,7 +280,11 @@ class ClientSession:
         return True
 
     def _run_pipeline(self, mtype, body):
-        """Run the stages on a Query or Parse: _SAME, a replacement message, or None if answered here."""
+        """Run the stages on a Query or Parse.
+
+        Returns (True, None) to forward it unchanged, (True, message) to forward a rewritten
+        message, or (False, payload) when the proxy answers it itself.
+        """
         if mtype == Q:
             sql, name, rest = codec.read_cstr(body, 0)[0], "", b""
         else:
@@ -271,26 +295,43 @@ class ClientSession:
         result = pipeline.run(self.proxy.stages, ctx)
         if result.action is Action.CONTINUE:
             if ctx.sql == sql:
-                return _SAME
+                return True, None
             if mtype == Q:
-                return codec.query(ctx.sql)
-            return codec.message(m.PARSE, codec.cstr(name) + codec.cstr(ctx.sql) + rest)
+                return True, codec.query(ctx.sql)
+            return True, codec.message(m.PARSE, codec.cstr(name) + codec.cstr(ctx.sql) + rest)
         if result.action is Action.REJECT:
-            error = codec.error_response(result.sqlstate, result.message)
-        elif mtype == Q:
-            error = result.payload
-        else:
-            error = codec.error_response(FEATURE_NOT_SUPPORTED,
-                                         "a proxy answer is not available for extended-protocol queries")
+            return False, codec.error_response(result.sqlstate, result.message)
         if mtype == Q:
-            self._answer(error)
+            return False, result.payload
+        return False, codec.error_response(FEATURE_NOT_SUPPORTED,
+                                           "a proxy answer is not available for extended-protocol queries")
+
+    def _refuse(self, mtype, payload):
+        """Answer a Query now; for extended protocol, drop messages up to Sync and answer there."""
+        if mtype == Q:
+            self._answer(payload)
         else:
             self.skip_to_sync = True
-            self._pending_error = error
-        return None
+            self._pending_error = payload
+
+    def _answer_at_sync(self, send):
+        """The client's Sync after a refused extended message: the error, then ReadyForQuery."""
+        payload, self._pending_error = self._pending_error, None
+        if self.in_extended:
+            # Messages of this batch before the refused one already reached the server: let it
+            # finish them (Sync) and put our error before its ReadyForQuery.
+            # Unlike PostgreSQL, their effects are not rolled back with the batch.
+            send(codec.SYNC)
+            self.outstanding += 1
+            self.in_extended = False
+            self.answers.append((self.ready_seen + self.outstanding, True, payload))
+        else:
+            self._answer(payload)
 
     def _answer(self, payload):
-        """Answer the client from the proxy once the server has answered everything before it."""
-        self._pending_error = None
-        self.idle.wait()
-        self.send((payload or b"") + codec.ready_for_query(self.server.tx_status))
+        """Answer the client from the proxy after the server has answered everything sent before."""
+        payload = payload or b""
+        if self.outstanding:
+            self.answers.append((self.ready_seen + self.outstanding, False, payload))
+        else:
+            self.send(payload + codec.ready_for_query(self.server.tx_status))
