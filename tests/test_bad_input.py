@@ -165,3 +165,21 @@ def assert_backend_not_dirty(direct, pid, timeout=10):
             return
         time.sleep(0.1)
     pytest.fail(f"backend {pid} left dirty: {row}")
+
+
+def test_gssenc_request_is_declined_then_login_works(proxy):
+    s = raw_connect(proxy)
+    s.sendall(codec.special_request(80877104))
+    assert s.recv(1) == b"N"
+    s.sendall(codec.startup_message({"user": "postgres", "database": "postgres"}))
+    data = b""
+    while not data.endswith(codec.ready_for_query()):
+        data += s.recv(4096)
+    s.close()
+
+
+def test_cancel_request_with_unknown_key_is_ignored(proxy, survivor):
+    s = raw_connect(proxy)
+    s.sendall(codec.special_request(80877102, 12345, 67890))
+    assert read_all(s) == b""
+    s.close()
