@@ -2,6 +2,7 @@
 import logging
 import time
 
+import gevent
 from gevent import socket, ssl
 
 from ..errors import BackendError, CONNECTION_FAILURE, INVALID_PASSWORD, SQLCLIENT_UNABLE_TO_ESTABLISH
@@ -26,6 +27,7 @@ class ServerConnection:
         self.secret = 0
         self.params = {}                # ParameterStatus values as the server reported them
         self.tx_status = m.TX_IDLE
+        self.settings_key = ()          # whose session settings it carries (pool/session_state.py)
         self.created = self.last_used = time.monotonic()
         self.rbuf = MessageBuffer(1 << 30)
         self.broken = False
@@ -179,7 +181,7 @@ class ServerConnection:
 
     def cancel(self):
         """Ask the server to cancel what this connection runs (a separate short connection)."""
-        send_cancel(self.node, self.pid, self.secret)
+        gevent.spawn(send_cancel, self.node, self.pid, self.secret)
 
     def idle_and_clean(self):
         """True if the socket has nothing unread and is not at EOF (a cheap liveness check)."""

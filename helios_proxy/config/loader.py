@@ -131,9 +131,6 @@ def _check_cross(cfg):
         value = getattr(getattr(cfg, section), key)
         if value and not os.path.isfile(value):
             raise ConfigError(f"{path}: {value!r}: no such file")
-    if cfg.pool.mode != "session":
-        raise ConfigError(f"pool.mode: {cfg.pool.mode!r} is not available yet; this build pools in "
-                          "session mode only")
     if not any(n.role == "primary" for n in cfg.nodes):
         raise ConfigError("nodes: no node has role = \"primary\"")
 

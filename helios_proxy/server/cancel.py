@@ -2,10 +2,6 @@
 import logging
 import random
 
-import gevent
-
-from ..backend.connection import send_cancel
-
 log = logging.getLogger(__name__)
 
 
@@ -28,11 +24,8 @@ class CancelMap:
     def cancel(self, pid, secret, peer):
         """Forward a client's CancelRequest to the backend running that session's query, if any."""
         session = self.sessions.get((pid, secret))
-        server = session.server if session is not None else None
-        if server is None or server.broken:
-            log.info("cancel request from %s matches no active session", peer)
+        if session is None or not session.cancel():
+            log.info("cancel request from %s matches no running query", peer)
             return False
-        log.info("cancel request from %s for session %s forwarded to %s pid %d",
-                 peer, session.id, server.node.name, server.pid)
-        gevent.spawn(send_cancel, server.node, server.pid, server.secret)
+        log.info("cancel request from %s for session %s", peer, session.id)
         return True

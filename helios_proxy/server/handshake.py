@@ -9,6 +9,7 @@ from gevent import socket, ssl
 
 from ..errors import (BackendError, FEATURE_NOT_SUPPORTED, FatalError, INVALID_AUTHORIZATION,
                       ProtocolViolation, TooManyConnections)
+from ..pool import session_state
 from ..protocol import codec, messages as m
 from ..protocol.startup import (CANCEL_REQUEST, GSSENC_REQUEST, SSL_REQUEST, parse_options, parse_startup,
                                 startup_length)
@@ -102,34 +103,31 @@ def login(session, pkt):
     session.send(codec.authentication(m.AUTH_OK))
     session.login_timer.cancel()  # authenticated; waiting for a server has its own timeout
 
+    # A server connection proves the database and user, gives the ParameterStatus values the
+    # client sees, and (session pooling) is the client's for the whole session.
     node = proxy.primary()
     pool = proxy.pools.get(node, session.database, creds)
     server = pool.acquire()
     session.attach(pool, server)
-    apply_settings(server, settings)
-    greeting = [codec.parameter_status(k, v) for k, v in server.params.items()]
-    session.secret = proxy.cancels.register(session, server.pid)
-    greeting.append(codec.backend_key_data(server.pid, session.secret))
-    greeting.append(codec.ready_for_query(server.tx_status))
-    session.send(b"".join(greeting))
-
-
-def apply_settings(server, settings):
-    """Make the server's session settings match what the client asked for in its startup packet."""
     reported = {k.lower(): v for k, v in server.params.items()}
-    todo = [(k, v) for k, v in settings.items() if reported.get(k.lower()) != v]
-    if not todo:
-        return
-    args, calls = [], []
-    for i, (name, value) in enumerate(todo):
-        calls.append(f"pg_catalog.set_config(${2 * i + 1}, ${2 * i + 2}, false)")
-        args += [name, value]
+    session.settings = {k: v for k, v in settings.items() if reported.get(k.lower()) != v}
     try:
-        server.execute("SELECT " + ", ".join(calls), args)
-    except BackendError as e:
+        session_state.apply(server, session.settings)
+    except BackendError as e:  # as PostgreSQL reports a bad startup parameter: FATAL
         e.severity = "FATAL"
         e.fields["S"] = e.fields["V"] = "FATAL"
         raise
+    greeting = [codec.parameter_status(k, v) for k, v in server.params.items()]
+    # Session pooling shows the real backend pid (pg_backend_pid(), NOTIFY agree); pooled modes
+    # a pid of the proxy's own, since the client's backend changes with every transaction.
+    session.backend_pid = session.id if session.pooled else server.pid
+    session.secret = proxy.cancels.register(session, session.backend_pid)
+    greeting.append(codec.backend_key_data(session.backend_pid, session.secret))
+    greeting.append(codec.ready_for_query(server.tx_status))
+    if session.pooled:
+        session.server = None
+        pool.release(server)
+    session.send(b"".join(greeting))
 
 
 def run(session):

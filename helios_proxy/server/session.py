@@ -1,9 +1,10 @@
-"""One client session: a greenlet that reads the client, and a pump greenlet that relays the server.
+"""One client session: a greenlet that reads the client, and a pump greenlet (relay.py) per server lease.
 
-The session greenlet frames client messages, passes queries through the pipeline and forwards them
-in one send per batch; the pump streams the server's replies back, tracking ReadyForQuery so the
-session always knows whether its server connection is idle, busy or in a transaction. Two
-directions, two greenlets: neither side can stall the other (pipelined clients, COPY, NOTIFY).
+The session greenlet frames client messages, passes queries through the pipeline, leases a server
+connection when a transaction starts and forwards messages in one send per batch; the pump streams
+the server's replies back. Two directions, two greenlets: neither side can stall the other
+(pipelined clients, COPY, NOTIFY). In session pooling the lease lasts the whole session; in
+transaction and statement pooling it ends at the ReadyForQuery that leaves the server idle.
 """
 import itertools
 from collections import deque
@@ -15,12 +16,15 @@ from gevent import socket
 from gevent.lock import Semaphore
 
 from .. import pipeline
-from ..errors import (ADMIN_SHUTDOWN, CONNECTION_FAILURE, FEATURE_NOT_SUPPORTED, IDLE_SESSION_TIMEOUT,
+from gevent.event import Event
+
+from ..errors import (ADMIN_SHUTDOWN, FEATURE_NOT_SUPPORTED, IDLE_SESSION_TIMEOUT, QUERY_CANCELED,
                       FatalError, ProtocolViolation, ProxyError)
 from ..pipeline.stage import Action
+from ..pool import session_state
 from ..protocol import codec, messages as m
-from ..protocol.framing import MessageBuffer, StreamScanner
-from . import handshake
+from ..protocol.framing import MessageBuffer
+from . import handshake, relay
 
 log = logging.getLogger(__name__)
 RECV_SIZE = 65536
@@ -28,12 +32,14 @@ _ids = itertools.count(1)
 
 Q, P, S, X, F = (t[0] for t in (m.QUERY, m.PARSE, m.SYNC, m.TERMINATE, m.FUNCTION_CALL))
 EXTENDED = frozenset(b"PBDECH")
-# Server messages the pump must see: ReadyForQuery and ParameterStatus.
-PUMP_WANTS = (m.READY_FOR_QUERY[0], m.PARAMETER_STATUS[0])
 
 
 class IdleTimeout(Exception):
     pass
+
+
+class QueryCanceledWhileWaiting(ProxyError):
+    sqlstate = QUERY_CANCELED
 
 
 class ClientSession:
@@ -58,6 +64,14 @@ class ClientSession:
         self.pump = None
         self.closing = None           # reason, once the proxy decided to end the session
         self.login_timer = None
+        self.pooled = proxy.config.pool.mode != "session"  # leases end with each transaction
+        self.pinned = None            # why this client keeps its server connection (pooled modes)
+        self.settings = {}            # session settings the client expects on any server
+        self.settings_dirty = False   # the client ran SET/RESET/DISCARD: capture at lease end
+        self.idle_lease = Event()     # set while no lease is being ended
+        self.idle_lease.set()
+        self.waiting = None           # the greenlet waiting for a server, while it waits
+        self.backend_pid = 0          # the pid in the BackendKeyData the client got
 
     def __repr__(self):
         return f"<session {self.id} {self.peer[0]}:{self.peer[1]} user={self.user} db={self.database}>"
@@ -89,8 +103,9 @@ class ClientSession:
     def finish(self, reason):
         if self.pump is not None:
             self.pump.kill(block=True)
+        self.idle_lease.wait()
+        self.proxy.cancels.unregister(self.backend_pid, self.secret)
         if self.server is not None:
-            self.proxy.cancels.unregister(self.server.pid, self.secret)
             self.release_server()
         try:
             self.sock.close()
@@ -135,14 +150,70 @@ class ClientSession:
             raise ProtocolViolation(f"invalid message length {length} for password message")
         return handshake.read_exact(self.sock, length - 4)
 
-    # --- server attachment ------------------------------------------------------------------
+    # --- server leases ----------------------------------------------------------------------
     def attach(self, pool, server):
         self.pool, self.server = pool, server
 
+    def lease(self):
+        """Lease a server connection for the next transaction (pooled modes) and start its pump."""
+        self.idle_lease.wait()
+        self.waiting = gevent.getcurrent()
+        try:
+            server = self.pool.acquire()
+        finally:
+            self.waiting = None
+        try:
+            session_state.apply(server, self.settings)
+        except BaseException:
+            self.pool.release(server, reusable=server.tx_status == m.TX_IDLE and not server.broken)
+            raise
+        self.server = server
+        self.pump = gevent.spawn(relay.pump, self, server)
+
+    def may_release(self):
+        """Called by the pump at each ReadyForQuery: does the lease end here?"""
+        return (self.pooled and self.outstanding == 0 and not self.in_extended and not self.pinned
+                and self.server.tx_status == m.TX_IDLE and self.closing is None)
+
+    def detach(self):
+        """The pump is ending the lease: from now on the next message needs a new one."""
+        self.server = None
+        self.pump = None
+        self.idle_lease.clear()
+
+    def end_lease(self, server):
+        """Back to the pool after a transaction (pooled modes), carrying the client's new settings."""
+        try:
+            if self.settings_dirty:
+                self.settings_dirty = False
+                self.settings = session_state.capture(server)
+            self.pool.release(server, reusable=server.tx_status == m.TX_IDLE)
+        except (ProxyError, OSError) as e:
+            log.info("%r: ending the lease of %r failed (%s); closing it", self, server, e)
+            self.pool.release(server, reusable=False)
+        finally:
+            self.idle_lease.set()
+
+    def pin(self, reason):
+        """Keep the current (or next) server connection for the rest of the session."""
+        if self.pooled and not self.pinned:
+            self.pinned = reason
+            log.info("%r pinned to its server connection: it uses %s", self, reason)
+
+    def cancel(self):
+        """A CancelRequest for this session: cancel its server's query, or stop waiting for a server."""
+        if self.server is not None and not self.server.broken:
+            self.server.cancel()
+            return True
+        if self.waiting is not None:
+            self.waiting.kill(QueryCanceledWhileWaiting("canceling statement due to user request"), block=False)
+            return True
+        return False
+
     def release_server(self):
-        """Return the server to its pool if its state is known and clean, else close it."""
+        """At session end: return the server to its pool if its state is known and clean, else close it."""
         server, pool = self.server, self.pool
-        self.server = self.pool = None
+        self.server = None
         reusable = not server.broken and self.outstanding == 0 and not self.in_extended
         if self.outstanding and not server.broken:
             server.cancel()  # stop the orphaned query now, not when it next writes to a closed socket
@@ -151,80 +222,27 @@ class ClientSession:
                 if server.tx_status != m.TX_IDLE:
                     server.execute("ROLLBACK")
                 reset = self.proxy.config.pool.reset_query
-                if reset:
+                if reset and (not self.pooled or self.pinned or self.settings_dirty):
                     server.execute(reset)
+                    server.settings_key = ()
+                elif self.pooled and self.settings:
+                    session_state.apply(server, {})
                 reusable = server.tx_status == m.TX_IDLE
             except (ProxyError, OSError) as e:
                 log.info("reset of %r failed (%s); closing it", server, e)
                 reusable = False
         pool.release(server, reusable)
 
-    def _pump(self, server):
-        """Relay the server's bytes to the client, tracking ReadyForQuery and ParameterStatus.
-
-        Bytes of a ReadyForQuery/ParameterStatus not yet complete are held back, so a proxy
-        answer queued in self.answers can be spliced in exactly before or after a ReadyForQuery.
-        """
-        scanner = StreamScanner(PUMP_WANTS)
-        recv, send = server.sock.recv, self.send
-        held = b""
-        try:
-            while True:
-                data = recv(RECV_SIZE)
-                if not data:
-                    raise ConnectionResetError("server closed the connection")
-                found = scanner.feed(data)
-                shift = len(held)
-                if shift:
-                    data, held = held + data, b""
-                sent = 0
-                for mtype, body, end in found:
-                    if mtype == 90:  # 'Z'
-                        server.tx_status = body
-                        self.outstanding -= 1
-                        self.ready_seen += 1
-                        if self.answers and self.answers[0][0] == self.ready_seen:
-                            _, before, payload = self.answers.popleft()
-                            cut = end + shift - 6 if before else end + shift
-                            tail = b"" if before else codec.ready_for_query(body)
-                            send(data[sent:cut] + payload + tail)
-                            sent = cut
-                    else:
-                        name, value = codec.parse_parameter_status(body)
-                        server.params[name] = value
-                partial = scanner.partial()
-                if partial:
-                    held = data[len(data) - partial:]
-                    data = data[sent:len(data) - partial]
-                elif sent:
-                    data = data[sent:]
-                if data:
-                    send(data)
-        except ProtocolViolation as e:
-            server.broken = True
-            self._server_lost(f"protocol violation from server: {e.message}")
-        except OSError as e:
-            server.broken = True
-            self._server_lost(str(e))
-        except Exception:
-            log.exception("%r: relaying from the server failed", self)
-            server.broken = True
-            self._server_lost("internal error")
-
-    def _server_lost(self, why):
-        log.warning("%r: server %s lost: %s", self, self.server.node.name if self.server else "?", why)
-        if self.closing is None:
-            self.terminate("server closed the connection unexpectedly", sqlstate=CONNECTION_FAILURE)
-
     # --- the client side ----------------------------------------------------------------------
     def relay(self):
         cfg = self.proxy.config.server
         buf = MessageBuffer(cfg.max_message_size)
         recv = self.sock.recv
-        self.pump = gevent.spawn(self._pump, self.server)
+        if self.server is not None:
+            self.pump = gevent.spawn(relay.pump, self, self.server)
         while True:
             timeout = cfg.client_idle_timeout
-            if timeout and self.outstanding == 0 and self.server.tx_status == m.TX_IDLE:
+            if timeout and self.outstanding == 0 and (self.server is None or self.server.tx_status == m.TX_IDLE):
                 try:
                     with gevent.Timeout(timeout, IdleTimeout):
                         data = recv(RECV_SIZE)
@@ -242,8 +260,8 @@ class ClientSession:
 
     def forward(self, buf):
         """Forward every complete message in buf, one send per run; False once the client sent Terminate."""
-        data, send = buf.buf, self.server.sock.sendall
-        stages = self.proxy.stages
+        data, stages = buf.buf, self.proxy.stages
+        send = self.server.sock.sendall if self.server is not None else None
         start = buf.pos  # first byte of the run not yet forwarded
         while True:
             msg = buf.next()
@@ -260,6 +278,14 @@ class ClientSession:
                 if begin > start:
                     send(data[start:begin])
                 return False
+            if self.server is None:  # pooled modes: a new transaction needs a lease (nothing unsent here)
+                try:
+                    self.lease()
+                except ProxyError as e:
+                    start = end
+                    self._refuse(mtype, codec.error_response(e.sqlstate, e.message, detail=e.detail))
+                    continue
+                send = self.server.sock.sendall
             if stages and (mtype == Q or mtype == P):
                 forward, payload = self._run_pipeline(mtype, bytes(data[begin + 5:end]))
                 if payload is not None:  # changed or answered: send what came before, then this
@@ -308,7 +334,7 @@ class ClientSession:
 
     def _refuse(self, mtype, payload):
         """Answer a Query now; for extended protocol, drop messages up to Sync and answer there."""
-        if mtype == Q:
+        if mtype == Q or mtype == S or mtype == F:
             self._answer(payload)
         else:
             self.skip_to_sync = True
@@ -334,4 +360,5 @@ class ClientSession:
         if self.outstanding:
             self.answers.append((self.ready_seen + self.outstanding, False, payload))
         else:
-            self.send(payload + codec.ready_for_query(self.server.tx_status))
+            status = self.server.tx_status if self.server is not None else m.TX_IDLE
+            self.send(payload + codec.ready_for_query(status))

@@ -1,0 +1,100 @@
+"""Keeps transaction and statement pooling correct: notes SETs to carry to the next server connection,
+pins a client whose SQL creates session state (LISTEN, temp tables, WITH HOLD cursors, session
+advisory locks, PREPARE, named protocol-level statements) to its server connection, and refuses
+transaction blocks in statement mode.
+
+A regular expression screens each query first; only a query that may contain such a statement is
+parsed (pglast, PostgreSQL's own parser), and parse results are cached by query text.
+"""
+import re
+
+from cachetools import LRUCache
+from pglast import ast, parse_sql
+from pglast.parser import ParseError
+
+from ...errors import FEATURE_NOT_SUPPORTED
+from ..stage import Stage, StageResult
+
+SCREEN = re.compile(r"\b(set|reset|discard|listen|temp|temporary|hold|advisory_lock|advisory_lock_shared|"
+                    r"prepare|begin|start|unlisten|load)\b", re.I)
+ADVISORY = re.compile(r"\bpg_(try_)?advisory_lock(_shared)?\s*\(", re.I)
+CURSOR_OPT_HOLD = 0x0020
+
+
+class Effects:
+    """What a query does to session state."""
+    __slots__ = ("settings", "pin", "begins")
+
+    def __init__(self, settings=False, pin=None, begins=False):
+        self.settings, self.pin, self.begins = settings, pin, begins
+
+
+NOTHING = Effects()
+
+
+def analyze(sql):
+    """The session-state effects of sql (all its statements)."""
+    try:
+        stmts = parse_sql(sql)
+    except ParseError:
+        return NOTHING  # PostgreSQL will report the syntax error itself
+    fx = Effects()
+    for raw in stmts:
+        s = raw.stmt
+        if isinstance(s, ast.VariableSetStmt):
+            fx.settings = fx.settings or not s.is_local
+        elif isinstance(s, ast.DiscardStmt):
+            fx.settings = True
+        elif isinstance(s, ast.ListenStmt):
+            fx.pin = "LISTEN"
+        elif isinstance(s, (ast.CreateStmt, ast.CreateTableAsStmt, ast.ViewStmt)) and _temp(s):
+            fx.pin = "a temporary table"
+        elif isinstance(s, ast.SelectStmt) and s.intoClause and s.intoClause.rel.relpersistence == "t":
+            fx.pin = "a temporary table"
+        elif isinstance(s, ast.DeclareCursorStmt) and s.options & CURSOR_OPT_HOLD:
+            fx.pin = "a WITH HOLD cursor"
+        elif isinstance(s, ast.PrepareStmt):
+            fx.pin = "PREPARE"
+        elif isinstance(s, ast.LoadStmt):
+            fx.pin = "LOAD"
+        elif isinstance(s, ast.TransactionStmt) and s.kind.name in ("TRANS_STMT_BEGIN", "TRANS_STMT_START"):
+            fx.begins = True
+    if ADVISORY.search(sql):
+        fx.pin = "a session-level advisory lock"
+    return fx
+
+
+def _temp(stmt):
+    rel = stmt.relation if isinstance(stmt, ast.CreateStmt) else (
+        stmt.into.rel if isinstance(stmt, ast.CreateTableAsStmt) else stmt.view)
+    return rel is not None and rel.relpersistence == "t"
+
+
+class PoolingGuard(Stage):
+    name = "pooling_guard"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.cache = LRUCache(maxsize=4096)
+
+    @classmethod
+    def enabled(cls, config):
+        return config.pool.mode != "session"
+
+    def process(self, ctx):
+        session = ctx.session
+        if ctx.statement and ctx.protocol == "extended":
+            session.pin("a named prepared statement")
+        if not SCREEN.search(ctx.sql):
+            return StageResult.CONTINUE
+        fx = self.cache.get(ctx.sql)
+        if fx is None:
+            fx = self.cache[ctx.sql] = analyze(ctx.sql)
+        if fx.begins and self.config.pool.mode == "statement":
+            return StageResult.reject(FEATURE_NOT_SUPPORTED,
+                                      "transaction blocks are not allowed in statement pooling mode")
+        if fx.settings:
+            session.settings_dirty = True
+        if fx.pin:
+            session.pin(fx.pin)
+        return StageResult.CONTINUE
