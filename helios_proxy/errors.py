@@ -58,9 +58,9 @@ class BackendError(FatalError):
 
     sqlstate = CONNECTION_FAILURE
 
-    def __init__(self, message, fields=None, **kw):
+    def __init__(self, message, fields=None, sqlstate=None, **kw):
         fields = fields or {}
-        super().__init__(fields.get("M", message), sqlstate=fields.get("C"), detail=fields.get("D"),
+        super().__init__(fields.get("M", message), sqlstate=fields.get("C", sqlstate), detail=fields.get("D"),
                          hint=fields.get("H"), **kw)
         self.fields = fields
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from helios_proxy.config import load
-from helios_proxy.config.docs import render
+from helios_proxy.config.docs import render, render_example
 from helios_proxy.config.schema import SETTINGS
 from helios_proxy.errors import ConfigError
 from helios_proxy.server.userlist import parse_userlist
@@ -89,10 +89,10 @@ def test_example_configs_are_valid(name):
     assert out.returncode == 0, out.stderr
 
 
-def test_full_example_mentions_every_setting():
+def test_full_example_is_current_and_mentions_every_setting():
     text = open(os.path.join(ROOT, "etc", "helios-proxy.toml")).read()
-    missing = [s.path for s in SETTINGS if f"\n{s.key} = " not in text]
-    assert not missing
+    assert text == render_example(), "run: python -m helios_proxy.config.docs example > etc/helios-proxy.toml"
+    assert not [s.path for s in SETTINGS if f"\n{s.key} = " not in text]
 
 
 def test_configuration_docs_are_current():

@@ -8,6 +8,7 @@ from gevent import socket, ssl
 from ..errors import BackendError, CONNECTION_FAILURE, INVALID_PASSWORD, SQLCLIENT_UNABLE_TO_ESTABLISH
 from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
+from ..pool.prepared import ServerStatements
 from ..protocol.scram import MECHANISM, ScramClient, md5_hash, md5_response
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class ServerConnection:
         self.params = {}                # ParameterStatus values as the server reported them
         self.tx_status = m.TX_IDLE
         self.settings_key = ()          # whose session settings it carries (pool/session_state.py)
+        self.statements = ServerStatements(options.pool.prepared_statements_cap)  # pool/prepared.py
         self.created = self.last_used = time.monotonic()
         self.rbuf = MessageBuffer(1 << 30)
         self.broken = False

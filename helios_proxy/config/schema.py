@@ -75,6 +75,9 @@ SETTINGS = (
       reloadable=True),
     S("pool", "check_query", str, "SELECT 1", "Cheap query that proves a pooled connection alive.",
       reloadable=True),
+    S("pool", "prepared_statements_cap", int, 100,
+      "Named prepared statements kept per server connection in pooled modes (LRU); 0 is not allowed.",
+      min=1),
     S("pool", "server_lifetime", float, 3600.0, "Close a server connection this many seconds after it opened.",
       min=0, reloadable=True),
     # [auth]: how clients prove who they are, and how the proxy logs in to PostgreSQL

@@ -12,14 +12,15 @@ from ..protocol.framing import StreamScanner
 
 log = logging.getLogger(__name__)
 RECV_SIZE = 65536
-READY = m.READY_FOR_QUERY[0]
-WANTS = (READY, m.PARAMETER_STATUS[0])
+READY, PARAMETER_STATUS = m.READY_FOR_QUERY[0], m.PARAMETER_STATUS[0]
+# Every message but DataRow and CopyData (the bulk of the bytes) is seen whole by the plan.
+WANTS = frozenset(range(256)) - {m.DATA_ROW[0], m.COPY_DATA[0]}
 
 
 def pump(session, server):
     """Relay until the server is released (pooling) or lost; never raises."""
     scanner = StreamScanner(WANTS)
-    recv, send = server.sock.recv, session.send
+    recv, send, on_message = server.sock.recv, session.send, session.plan.on_message
     held = b""  # trailing bytes of a ReadyForQuery/ParameterStatus not complete yet
     try:
         while True:
@@ -30,29 +31,31 @@ def pump(session, server):
             shift = len(held)
             if shift:
                 data, held = held + data, b""
-            sent = 0
-            release = False
+            sent, out, release = 0, [], False
             for mtype, body, end in found:
                 if mtype == READY:
                     server.tx_status = body
                     session.outstanding -= 1
-                    session.ready_seen += 1
-                    if session.answers and session.answers[0][0] == session.ready_seen:
-                        _, before, payload = session.answers.popleft()
-                        cut = end + shift - 6 if before else end + shift
-                        tail = b"" if before else codec.ready_for_query(body)
-                        send(data[sent:cut] + payload + tail)
-                        sent = cut
-                    release = session.may_release()
-                else:
+                elif mtype == PARAMETER_STATUS:
                     name, value = codec.parse_parameter_status(body)
                     server.params[name] = value
+                drop, extra = on_message(mtype, body)
+                if drop or extra:  # edit the stream: cut this message out, or add after it
+                    end += shift
+                    out.append(data[sent:end - 5 - len(body) if drop else end])
+                    out.append(extra)
+                    sent = end
+                if mtype == READY:
+                    release = session.may_release()
             partial = scanner.partial()
+            stop = len(data) - partial
             if partial:
-                held = data[len(data) - partial:]
-                data = data[sent:len(data) - partial]
-            elif sent:
-                data = data[sent:]
+                held = data[stop:]
+            if out:
+                out.append(data[sent:stop])
+                data = b"".join(out)
+            elif sent or partial:
+                data = data[sent:stop]
             if release:
                 session.detach()  # before the client can send its next query
             if data:

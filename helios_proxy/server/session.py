@@ -7,7 +7,6 @@ the server's replies back. Two directions, two greenlets: neither side can stall
 transaction and statement pooling it ends at the ReadyForQuery that leaves the server idle.
 """
 import itertools
-from collections import deque
 import logging
 import time
 
@@ -15,27 +14,19 @@ import gevent
 from gevent import socket
 from gevent.lock import Semaphore
 
-from .. import pipeline
 from gevent.event import Event
 
-from ..errors import (ADMIN_SHUTDOWN, FEATURE_NOT_SUPPORTED, IDLE_SESSION_TIMEOUT, QUERY_CANCELED,
-                      FatalError, ProtocolViolation, ProxyError)
-from ..pipeline.stage import Action
+from ..errors import ADMIN_SHUTDOWN, QUERY_CANCELED, FatalError, ProtocolViolation, ProxyError
 from ..pool import session_state
+from ..pool.prepared import ClientStatements
 from ..protocol import codec, messages as m
-from ..protocol.framing import MessageBuffer
 from . import handshake, relay
+from .forward import Forwarder
+from .plan import ResponsePlan
 
 log = logging.getLogger(__name__)
 RECV_SIZE = 65536
 _ids = itertools.count(1)
-
-Q, P, S, X, F = (t[0] for t in (m.QUERY, m.PARSE, m.SYNC, m.TERMINATE, m.FUNCTION_CALL))
-EXTENDED = frozenset(b"PBDECH")
-
-
-class IdleTimeout(Exception):
-    pass
 
 
 class QueryCanceledWhileWaiting(ProxyError):
@@ -56,10 +47,9 @@ class ClientSession:
         self.started = time.monotonic()
         self.outstanding = 0          # Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
         self.in_extended = False      # extended-protocol messages sent since the last Sync
-        self.skip_to_sync = False     # a rejected extended query: drop messages up to Sync
-        self._pending_error = None    # the ErrorResponse to send at that Sync
-        self.ready_seen = 0           # ReadyForQuery messages relayed so far
-        self.answers = deque()        # (ready_seen to wait for, before it?, payload): proxy answers
+        self.plan = ResponsePlan()    # what the client expects back, in order (plan.py)
+        self.statements = ClientStatements()  # its named prepared statements (pooled modes)
+        self.discard_pending = False  # it sent DISCARD ALL / DEALLOCATE ALL to the next server
         self.write_lock = Semaphore()
         self.pump = None
         self.closing = None           # reason, once the proxy decided to end the session
@@ -82,7 +72,9 @@ class ClientSession:
         try:
             if handshake.run(self):
                 self.log_event("login")
-                self.relay()
+                if self.server is not None:  # session pooling: the lease from login goes on
+                    self.pump = gevent.spawn(relay.pump, self, self.server)
+                Forwarder(self).run()
         except FatalError as e:
             reason = f"{e.sqlstate} {e.message}"
             self.send_error(e)
@@ -106,7 +98,10 @@ class ClientSession:
         self.idle_lease.wait()
         self.proxy.cancels.unregister(self.backend_pid, self.secret)
         if self.server is not None:
-            self.release_server()
+            try:
+                self.release_server()
+            except Exception:  # never let cleanup take more than this session
+                log.exception("%r: releasing its server failed", self)
         try:
             self.sock.close()
         except OSError:
@@ -173,7 +168,15 @@ class ClientSession:
     def may_release(self):
         """Called by the pump at each ReadyForQuery: does the lease end here?"""
         return (self.pooled and self.outstanding == 0 and not self.in_extended and not self.pinned
-                and self.server.tx_status == m.TX_IDLE and self.closing is None)
+                and not self.plan and self.server.tx_status == m.TX_IDLE and self.closing is None)
+
+    def release_if_idle(self):
+        """After the proxy answered a request itself: end a lease the server has nothing left for."""
+        if self.server is not None and self.may_release():
+            server, pump = self.server, self.pump
+            self.detach()
+            pump.kill()  # it waits in recv; nothing more will come
+            self.end_lease(server)
 
     def detach(self):
         """The pump is ending the lease: from now on the next message needs a new one."""
@@ -225,140 +228,11 @@ class ClientSession:
                 if reset and (not self.pooled or self.pinned or self.settings_dirty):
                     server.execute(reset)
                     server.settings_key = ()
+                    server.statements.clear()
                 elif self.pooled and self.settings:
                     session_state.apply(server, {})
                 reusable = server.tx_status == m.TX_IDLE
-            except (ProxyError, OSError) as e:
+            except Exception as e:  # whatever went wrong, the pool gets its slot back
                 log.info("reset of %r failed (%s); closing it", server, e)
                 reusable = False
         pool.release(server, reusable)
-
-    # --- the client side ----------------------------------------------------------------------
-    def relay(self):
-        cfg = self.proxy.config.server
-        buf = MessageBuffer(cfg.max_message_size)
-        recv = self.sock.recv
-        if self.server is not None:
-            self.pump = gevent.spawn(relay.pump, self, self.server)
-        while True:
-            timeout = cfg.client_idle_timeout
-            if timeout and self.outstanding == 0 and (self.server is None or self.server.tx_status == m.TX_IDLE):
-                try:
-                    with gevent.Timeout(timeout, IdleTimeout):
-                        data = recv(RECV_SIZE)
-                except IdleTimeout:
-                    self.terminate("terminating connection due to idle-session timeout",
-                                   sqlstate=IDLE_SESSION_TIMEOUT)
-                    return
-            else:
-                data = recv(RECV_SIZE)
-            if not data:
-                return
-            buf.feed(data)
-            if not self.forward(buf):
-                return
-
-    def forward(self, buf):
-        """Forward every complete message in buf, one send per run; False once the client sent Terminate."""
-        data, stages = buf.buf, self.proxy.stages
-        send = self.server.sock.sendall if self.server is not None else None
-        start = buf.pos  # first byte of the run not yet forwarded
-        while True:
-            msg = buf.next()
-            if msg is None:
-                break
-            mtype, begin, end = msg
-            if self.skip_to_sync:
-                start = end
-                if mtype == S:
-                    self.skip_to_sync = False
-                    self._answer_at_sync(send)
-                continue
-            if mtype == X:
-                if begin > start:
-                    send(data[start:begin])
-                return False
-            if self.server is None:  # pooled modes: a new transaction needs a lease (nothing unsent here)
-                try:
-                    self.lease()
-                except ProxyError as e:
-                    start = end
-                    self._refuse(mtype, codec.error_response(e.sqlstate, e.message, detail=e.detail))
-                    continue
-                send = self.server.sock.sendall
-            if stages and (mtype == Q or mtype == P):
-                forward, payload = self._run_pipeline(mtype, bytes(data[begin + 5:end]))
-                if payload is not None:  # changed or answered: send what came before, then this
-                    if begin > start:
-                        send(data[start:begin])
-                    start = end
-                    if not forward:
-                        self._refuse(mtype, payload)
-                        continue
-                    send(payload)
-            if mtype == Q or mtype == S or mtype == F:
-                self.outstanding += 1
-                self.in_extended = False
-            elif mtype in EXTENDED:
-                self.in_extended = True
-        if buf.pos > start:
-            send(data[start:buf.pos])
-        return True
-
-    def _run_pipeline(self, mtype, body):
-        """Run the stages on a Query or Parse.
-
-        Returns (True, None) to forward it unchanged, (True, message) to forward a rewritten
-        message, or (False, payload) when the proxy answers it itself.
-        """
-        if mtype == Q:
-            sql, name, rest = codec.read_cstr(body, 0)[0], "", b""
-        else:
-            name, pos = codec.read_cstr(body, 0)
-            sql, pos = codec.read_cstr(body, pos)
-            rest = body[pos:]
-        ctx = pipeline.QueryContext(self, sql, "simple" if mtype == Q else "extended", name)
-        result = pipeline.run(self.proxy.stages, ctx)
-        if result.action is Action.CONTINUE:
-            if ctx.sql == sql:
-                return True, None
-            if mtype == Q:
-                return True, codec.query(ctx.sql)
-            return True, codec.message(m.PARSE, codec.cstr(name) + codec.cstr(ctx.sql) + rest)
-        if result.action is Action.REJECT:
-            return False, codec.error_response(result.sqlstate, result.message)
-        if mtype == Q:
-            return False, result.payload
-        return False, codec.error_response(FEATURE_NOT_SUPPORTED,
-                                           "a proxy answer is not available for extended-protocol queries")
-
-    def _refuse(self, mtype, payload):
-        """Answer a Query now; for extended protocol, drop messages up to Sync and answer there."""
-        if mtype == Q or mtype == S or mtype == F:
-            self._answer(payload)
-        else:
-            self.skip_to_sync = True
-            self._pending_error = payload
-
-    def _answer_at_sync(self, send):
-        """The client's Sync after a refused extended message: the error, then ReadyForQuery."""
-        payload, self._pending_error = self._pending_error, None
-        if self.in_extended:
-            # Messages of this batch before the refused one already reached the server: let it
-            # finish them (Sync) and put our error before its ReadyForQuery.
-            # Unlike PostgreSQL, their effects are not rolled back with the batch.
-            send(codec.SYNC)
-            self.outstanding += 1
-            self.in_extended = False
-            self.answers.append((self.ready_seen + self.outstanding, True, payload))
-        else:
-            self._answer(payload)
-
-    def _answer(self, payload):
-        """Answer the client from the proxy after the server has answered everything sent before."""
-        payload = payload or b""
-        if self.outstanding:
-            self.answers.append((self.ready_seen + self.outstanding, False, payload))
-        else:
-            status = self.server.tx_status if self.server is not None else m.TX_IDLE
-            self.send(payload + codec.ready_for_query(status))

@@ -1,0 +1,107 @@
+"""Protocol-level named prepared statements under transaction/statement pooling.
+
+A client's statement names are its own; on the server each statement gets a name derived from its
+text and parameter types, so clients that prepare the same query share one server-side statement.
+Each server connection remembers which statements it has (an LRU, capped by
+`pool.prepared_statements_cap`); a client's Bind or Describe on a connection that lacks the
+statement is preceded by a Parse the client never sees. The response plan (server/plan.py) hides
+the replies to those extra messages and answers the client's own Parse/Close where the server was
+not asked.
+"""
+import hashlib
+from collections import OrderedDict
+
+from ..errors import ProxyError
+from ..protocol import codec
+from ..protocol.codec import read_cstr
+
+DUPLICATE_PREPARED = "42P05"
+UNDEFINED_PREPARED = "26000"
+
+
+class Statement:
+    __slots__ = ("server_name", "parse")
+
+    def __init__(self, server_name, parse):
+        self.server_name, self.parse = server_name, parse  # parse: a whole Parse message, server name
+
+
+def server_name(rest):
+    """A server-side name from the query text and parameter types (the Parse body after its name)."""
+    return "helios_" + hashlib.blake2b(rest, digest_size=12).hexdigest()
+
+
+class ClientStatements:
+    """The named statements one client prepared, by the client's names."""
+
+    def __init__(self):
+        self.by_name = {}
+
+    def parse(self, body):
+        """Register a named Parse; returns (client name, Statement). Raises ProxyError 42P05."""
+        name, pos = read_cstr(body, 0)
+        if name in self.by_name:
+            raise ProxyError(f'prepared statement "{name}" already exists', sqlstate=DUPLICATE_PREPARED)
+        rest = bytes(body[pos:])
+        sname = server_name(rest)
+        stmt = Statement(sname, codec.message(b"P", codec.cstr(sname) + rest))
+        self.by_name[name] = stmt
+        return name, stmt
+
+    def lookup(self, name):
+        stmt = self.by_name.get(name)
+        if stmt is None:
+            raise ProxyError(f'prepared statement "{name}" does not exist', sqlstate=UNDEFINED_PREPARED)
+        return stmt
+
+    def forget(self, name):
+        self.by_name.pop(name, None)
+
+    def clear(self):
+        self.by_name.clear()
+
+
+class ServerStatements:
+    """The statements one server connection has, least recently used first."""
+
+    def __init__(self, cap):
+        self.names = OrderedDict()
+        self.cap = cap
+
+    def __contains__(self, name):
+        if name in self.names:
+            self.names.move_to_end(name)
+            return True
+        return False
+
+    def add(self, name):
+        """Record name; return the names evicted to stay under the cap (the caller closes them)."""
+        self.names[name] = None
+        evicted = []
+        while len(self.names) > self.cap:
+            evicted.append(self.names.popitem(last=False)[0])
+        return evicted
+
+    def discard(self, name):
+        self.names.pop(name, None)
+
+    def clear(self):
+        self.names.clear()
+
+
+def rename_bind(body, sname):
+    portal, pos = read_cstr(body, 0)
+    _, pos = read_cstr(body, pos)
+    return codec.message(b"B", codec.cstr(portal) + codec.cstr(sname) + bytes(body[pos:]))
+
+
+def describe_statement(sname):
+    return codec.message(b"D", b"S" + codec.cstr(sname))
+
+
+def close_statement(sname):
+    return codec.message(b"C", b"S" + codec.cstr(sname))
+
+
+PARSE_COMPLETE = codec.message(b"1")
+CLOSE_COMPLETE = codec.message(b"3")

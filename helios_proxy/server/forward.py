@@ -1,0 +1,254 @@
+"""The client-to-server direction of a session: frame the client's messages, run the pipeline on its
+queries, lease a server when a transaction starts, translate named prepared statements (pooled
+modes), and forward everything else untouched, one send per run of messages.
+
+Each forwarded request gets an entry in the session's response plan (server/plan.py), so answers
+the proxy gives itself go out in the order the client asked.
+"""
+import gevent
+
+from .. import pipeline
+from ..errors import FEATURE_NOT_SUPPORTED, IDLE_SESSION_TIMEOUT, ProxyError
+from ..pipeline.stage import Action
+from ..pool import prepared
+from ..protocol import codec, messages as m
+from ..protocol.framing import MessageBuffer
+from . import plan as p
+
+RECV_SIZE = 65536
+Q, P, S, X, F, B, D, C = (t[0] for t in (m.QUERY, m.PARSE, m.SYNC, m.TERMINATE, m.FUNCTION_CALL, m.BIND,
+                                         m.DESCRIBE, m.CLOSE))
+EXTENDED = frozenset(b"PBDECH")
+STATEMENT = ord("S")
+
+
+class IdleTimeout(Exception):
+    pass
+
+
+class Forwarder:
+    def __init__(self, session):
+        self.session = session
+        self.skip_to_sync = False  # a refused extended message: drop messages up to Sync
+        self.pending_error = None  # the ErrorResponse to answer at that Sync
+
+    def run(self):
+        """Read the client until it leaves (Terminate or EOF)."""
+        session = self.session
+        cfg = session.proxy.config.server
+        buf = MessageBuffer(cfg.max_message_size)
+        recv = session.sock.recv
+        while True:
+            timeout = cfg.client_idle_timeout
+            if timeout and session.outstanding == 0 and (session.server is None
+                                                         or session.server.tx_status == m.TX_IDLE):
+                try:
+                    with gevent.Timeout(timeout, IdleTimeout):
+                        data = recv(RECV_SIZE)
+                except IdleTimeout:
+                    session.terminate("terminating connection due to idle-session timeout",
+                                      sqlstate=IDLE_SESSION_TIMEOUT)
+                    return
+            else:
+                data = recv(RECV_SIZE)
+            if not data:
+                return
+            buf.feed(data)
+            if not self.forward(buf):
+                return
+
+    def forward(self, buf):
+        """Forward every complete message in buf; False once the client sent Terminate."""
+        session = self.session
+        data, stages, plan = buf.buf, session.proxy.stages, session.plan
+        send = session.server.sock.sendall if session.server is not None else None
+        start = buf.pos  # first byte of the run not yet sent
+        while True:
+            msg = buf.next()
+            if msg is None:
+                break
+            mtype, begin, end = msg
+            if self.skip_to_sync:
+                start = end
+                if mtype == S:
+                    self.skip_to_sync = False
+                    self.answer_at_sync(send)
+                continue
+            if mtype == X:
+                if begin > start:
+                    send(data[start:begin])
+                return False
+            replacement = None
+            if stages and (mtype == Q or mtype == P):
+                forward, replacement = self.run_pipeline(mtype, bytes(data[begin + 5:end]))
+                if not forward:
+                    if begin > start:
+                        send(data[start:begin])
+                    start = end
+                    self.refuse(mtype, replacement)
+                    continue
+            if session.server is None:  # pooled modes: a new transaction needs a lease (nothing unsent)
+                try:
+                    session.lease()
+                except ProxyError as e:
+                    start = end
+                    self.refuse(mtype, codec.error_response(e.sqlstate, e.message, detail=e.detail))
+                    continue
+                send = session.server.sock.sendall
+            if session.discard_pending:  # DISCARD ALL / DEALLOCATE ALL drops the server's statements
+                session.discard_pending = False
+                session.server.statements.clear()
+            if session.pooled and (mtype == P or mtype == B or mtype == D or mtype == C):
+                try:
+                    translated = self.translate(mtype, replacement or bytes(data[begin:end]))
+                except ProxyError as e:
+                    if begin > start:
+                        send(data[start:begin])
+                    start = end
+                    self.refuse(mtype, codec.error_response(e.sqlstate, e.message))
+                    continue
+                if translated is not None:
+                    if begin > start:
+                        send(data[start:begin])
+                    start = end
+                    if translated:
+                        send(translated)
+                    self.count(mtype)
+                    continue
+            if replacement is not None:
+                if begin > start:
+                    send(data[start:begin])
+                start = end
+                send(replacement)
+            kind = p.KIND.get(mtype)
+            if kind is not None:
+                plan.expect(kind)
+            elif mtype == D:
+                plan.expect(p.DESCRIBE_STATEMENT if data[begin + 5] == STATEMENT else p.DESCRIBE_PORTAL)
+            self.count(mtype)
+        if buf.pos > start:
+            send(data[start:buf.pos])
+        return True
+
+    def count(self, mtype):
+        session = self.session
+        if mtype == Q or mtype == S or mtype == F:
+            session.outstanding += 1
+            session.in_extended = False
+        elif mtype in EXTENDED:
+            session.in_extended = True
+
+    # --- the pipeline ---------------------------------------------------------------------------
+    def run_pipeline(self, mtype, body):
+        """Run the stages on a Query or Parse: (True, None) forward as is, (True, message) forward a
+        rewritten message, (False, payload) the proxy answers it."""
+        if mtype == Q:
+            sql, name, rest = codec.read_cstr(body, 0)[0], "", b""
+        else:
+            name, pos = codec.read_cstr(body, 0)
+            sql, pos = codec.read_cstr(body, pos)
+            rest = body[pos:]
+        ctx = pipeline.QueryContext(self.session, sql, "simple" if mtype == Q else "extended", name)
+        result = pipeline.run(self.session.proxy.stages, ctx)
+        if result.action is Action.CONTINUE:
+            if ctx.sql == sql:
+                return True, None
+            if mtype == Q:
+                return True, codec.query(ctx.sql)
+            return True, codec.message(m.PARSE, codec.cstr(name) + codec.cstr(ctx.sql) + rest)
+        if result.action is Action.REJECT:
+            return False, codec.error_response(result.sqlstate, result.message)
+        if mtype == Q:
+            return False, result.payload
+        return False, codec.error_response(FEATURE_NOT_SUPPORTED,
+                                           "a proxy answer is not available for extended-protocol queries")
+
+    # --- named prepared statements in pooled modes ---------------------------------------------
+    def translate(self, mtype, message):
+        """Bytes to send instead of a Parse/Bind/Describe/Close naming a statement (b"" for nothing),
+        or None when the message names no statement. Raises ProxyError as PostgreSQL would."""
+        session, body = self.session, message[5:]
+        plan, server = session.plan, session.server
+        if mtype == P:
+            if body[0] == 0:
+                return None
+            name, stmt = session.statements.parse(body)
+            if stmt.server_name in server.statements:
+                self.answer_now(plan.fake(prepared.PARSE_COMPLETE))
+                return b""
+            out = self.make_room(stmt.server_name)
+
+            def failed(name=name, sname=stmt.server_name, server=server):
+                session.statements.forget(name)
+                server.statements.discard(sname)
+            plan.expect(p.ONE, on_fail=failed)
+            return out + stmt.parse
+        if mtype == B:
+            portal, pos = codec.read_cstr(body, 0)
+            if body[pos] == 0:
+                return None
+            stmt = session.statements.lookup(codec.read_cstr(body, pos)[0])
+            out = self.ensure(stmt)
+            plan.expect(p.ONE)
+            return out + prepared.rename_bind(body, stmt.server_name)
+        if body[0] != STATEMENT or body[1] == 0:
+            return None
+        name = codec.read_cstr(body, 1)[0]
+        if mtype == D:
+            stmt = session.statements.lookup(name)
+            out = self.ensure(stmt)
+            plan.expect(p.DESCRIBE_STATEMENT)
+            return out + prepared.describe_statement(stmt.server_name)
+        session.statements.forget(name)  # Close: the server keeps it for other clients
+        self.answer_now(plan.fake(prepared.CLOSE_COMPLETE))
+        return b""
+
+    def ensure(self, stmt):
+        """A Parse (answered invisibly) when the leased server lacks stmt, else nothing."""
+        server = self.session.server
+        if stmt.server_name in server.statements:
+            return b""
+        out = self.make_room(stmt.server_name)
+        self.session.plan.expect(p.ONE, drop=True,
+                                 on_fail=lambda: server.statements.discard(stmt.server_name))
+        return out + stmt.parse
+
+    def make_room(self, sname):
+        """Record sname on the server; Close (invisibly) what the LRU cap evicts."""
+        out = b""
+        for evicted in self.session.server.statements.add(sname):
+            self.session.plan.expect(p.ONE, drop=True)
+            out += prepared.close_statement(evicted)
+        return out
+
+    # --- answers from the proxy -----------------------------------------------------------------
+    def refuse(self, mtype, payload):
+        """Answer a Query/Sync/FunctionCall now; an extended message: drop up to Sync, answer there."""
+        if mtype == Q or mtype == S or mtype == F:
+            self.answer(payload)
+        else:
+            self.skip_to_sync = True
+            self.pending_error = payload
+
+    def answer_at_sync(self, send):
+        session = self.session
+        payload, self.pending_error = self.pending_error, None
+        if session.in_extended:
+            # Messages of this batch before the refused one reached the server: it finishes them
+            # at our Sync, and our error goes right before its ReadyForQuery. (Unlike PostgreSQL,
+            # their effects are not rolled back with the batch.)
+            self.answer_now(session.plan.fake(payload))
+            send(codec.SYNC)
+            session.plan.expect(p.SYNC)
+            self.count(S)
+        else:
+            self.answer(payload)
+
+    def answer(self, payload):
+        """An answer and a ReadyForQuery, after everything the server still owes the client."""
+        self.answer_now(self.session.plan.fake(payload or b"", p.READY_NOW))
+
+    def answer_now(self, ready):
+        if ready:
+            self.session.send(ready)
+            self.session.release_if_idle()

@@ -1,0 +1,97 @@
+"""The response plan: what the client expects back, in order, and what the proxy changes in it.
+
+The session appends one entry per forwarded request message (the server answers each in order)
+and one FAKE entry per answer the proxy gives itself (a refused query, a ParseComplete for a
+statement the server already has). The pump feeds every server message through `on_message`,
+which says whether to drop it and which proxy answers to emit right after it. Extended-protocol
+errors make the server skip to Sync; the plan skips the same entries (its fakes are not sent, as
+PostgreSQL would not send them either).
+"""
+from collections import deque
+
+from ..protocol import codec
+
+QUERY, SYNC, ONE, DESCRIBE_STATEMENT, DESCRIBE_PORTAL, EXECUTE, FAKE = range(7)
+# Request message type -> entry kind (Describe is decided by its first byte).
+KIND = {ord("Q"): QUERY, ord("F"): QUERY, ord("S"): SYNC, ord("P"): ONE, ord("B"): ONE, ord("C"): ONE,
+        ord("E"): EXECUTE}
+ENDS = {ONE: frozenset(b"123"), DESCRIBE_STATEMENT: frozenset(b"Tn"), DESCRIBE_PORTAL: frozenset(b"Tn"),
+        EXECUTE: frozenset(b"CIs"), SYNC: frozenset(b"Z"), QUERY: frozenset(b"Z")}
+ASYNC = frozenset(b"NAS")  # NoticeResponse, NotificationResponse, ParameterStatus: anywhere
+ERROR, READY = ord("E"), ord("Z")
+READY_NOW = object()  # in a FAKE payload list: a ReadyForQuery with the status of that moment
+
+
+class Entry:
+    __slots__ = ("kind", "drop", "payload", "on_fail")
+
+    def __init__(self, kind, drop=False, payload=None, on_fail=None):
+        self.kind, self.drop, self.payload, self.on_fail = kind, drop, payload, on_fail
+
+
+class ResponsePlan:
+    def __init__(self):
+        self.entries = deque()
+        self.skipping = False   # an extended-protocol error: the server answers nothing until Sync
+        self.status = b"I"      # transaction status of the last ReadyForQuery
+
+    def __bool__(self):
+        return bool(self.entries)
+
+    def expect(self, kind, drop=False, on_fail=None):
+        self.entries.append(Entry(kind, drop, on_fail=on_fail))
+
+    def fake(self, *payload):
+        """Queue a proxy answer; returns it at once (bytes) when nothing is pending before it."""
+        if not self.entries:
+            return self._render(payload)
+        self.entries.append(Entry(FAKE, payload=payload))
+        return None
+
+    def _render(self, payload):
+        return b"".join(codec.ready_for_query(self.status) if p is READY_NOW else p for p in payload)
+
+    def on_message(self, mtype, body):
+        """(drop this message?, bytes to send right after it) for one server message."""
+        entries = self.entries
+        if not entries or mtype in ASYNC:
+            if mtype == READY:
+                self.status = body
+            return False, b""
+        head = entries[0]
+        if mtype == READY:
+            self.status = body
+            if self.skipping:
+                self._skip_to_sync()
+                return False, self._fakes()
+        if self.skipping:
+            return False, b""
+        kind = head.kind
+        if mtype == ERROR and kind != QUERY and kind != SYNC:
+            entries.popleft()  # this request failed; the server now skips to Sync
+            if head.on_fail:
+                head.on_fail()
+            self.skipping = True
+            return False, b""
+        if mtype not in ENDS[kind]:
+            return False, b""  # rows, ParameterDescription, copy messages... of the head entry
+        entries.popleft()
+        return head.drop, self._fakes()
+
+    def _skip_to_sync(self):
+        """The server skipped every entry up to the Sync whose ReadyForQuery just came."""
+        self.skipping = False
+        entries = self.entries
+        while entries:
+            entry = entries.popleft()
+            if entry.kind == SYNC:
+                return
+            if entry.on_fail:
+                entry.on_fail()
+
+    def _fakes(self):
+        out = []
+        entries = self.entries
+        while entries and entries[0].kind == FAKE:
+            out.append(self._render(entries.popleft().payload))
+        return b"".join(out)
