@@ -4,6 +4,7 @@ import time
 from collections import deque
 
 import gevent
+from cachetools import LRUCache
 from gevent.event import AsyncResult
 
 from ..backend.connection import ServerConnection
@@ -24,6 +25,8 @@ class Pool:
         self.size = 0                # idle + in use + being opened
         self.waiters = deque()
         self.wait_started = {}       # waiter -> monotonic start, for maxwait
+        self.known_statements = LRUCache(maxsize=10000)  # server names parsed OK here (pool/prepared.py)
+        self.server_params = None    # ParameterStatus of a fresh connection: greets pooled-mode logins
 
     @property
     def key(self):
@@ -46,6 +49,13 @@ class Pool:
             conn = self._wait(deadline)
             if conn is not None:
                 return conn
+
+    def try_acquire(self):
+        """A connection if one is idle or may be opened now, else None (never waits)."""
+        conn = self._take_idle()
+        if conn is None and self.size < self.config.pool.max_size and not self.waiters:
+            conn = self._open()
+        return conn
 
     def release(self, conn, reusable=True):
         """Give a connection back; a connection that is not reusable is closed."""
@@ -84,8 +94,10 @@ class Pool:
     def _open(self):
         self.size += 1
         try:
-            conn = ServerConnection(self.node, self.database, self.credentials, self.config)
-            return conn.connect()
+            conn = ServerConnection(self.node, self.database, self.credentials, self.config).connect()
+            if self.server_params is None:
+                self.server_params = dict(conn.params)
+            return conn
         except BaseException:
             self.size -= 1
             self._wake_one()

@@ -8,7 +8,7 @@ the proxy gives itself go out in the order the client asked.
 import gevent
 
 from .. import pipeline
-from ..errors import FEATURE_NOT_SUPPORTED, IDLE_SESSION_TIMEOUT, ProxyError
+from ..errors import FEATURE_NOT_SUPPORTED, IDLE_SESSION_TIMEOUT, FatalError, ProxyError
 from ..pipeline.stage import Action
 from ..pool import prepared
 from ..protocol import codec, messages as m
@@ -87,9 +87,30 @@ class Forwarder:
                     start = end
                     self.refuse(mtype, replacement)
                     continue
+            if session.pooled and (mtype == P or mtype == C):
+                try:
+                    local = self.answer_locally(mtype, replacement or bytes(data[begin:end]))
+                except ProxyError as e:
+                    local = e
+                if local is not None:
+                    if begin > start:
+                        send(data[start:begin])
+                    start = end
+                    if isinstance(local, ProxyError):
+                        self.refuse(mtype, codec.error_response(local.sqlstate, local.message))
+                    continue
             if session.server is None:  # pooled modes: a new transaction needs a lease (nothing unsent)
+                if mtype == S and not session.in_extended:  # all before it was answered here
+                    start = end
+                    self.answer(b"")
+                    continue
+                if mtype == m.FLUSH[0]:
+                    start = end
+                    continue
                 try:
                     session.lease()
+                except FatalError:
+                    raise
                 except ProxyError as e:
                     start = end
                     self.refuse(mtype, codec.error_response(e.sqlstate, e.message, detail=e.detail))
@@ -98,7 +119,7 @@ class Forwarder:
             if session.discard_pending:  # DISCARD ALL / DEALLOCATE ALL drops the server's statements
                 session.discard_pending = False
                 session.server.statements.clear()
-            if session.pooled and (mtype == P or mtype == B or mtype == D or mtype == C):
+            if session.pooled and (mtype == P or mtype == B or mtype == D):
                 try:
                     translated = self.translate(mtype, replacement or bytes(data[begin:end]))
                 except ProxyError as e:
@@ -113,7 +134,7 @@ class Forwarder:
                     start = end
                     if translated:
                         send(translated)
-                    self.count(mtype)
+                        self.count(mtype)
                     continue
             if replacement is not None:
                 if begin > start:
@@ -164,16 +185,36 @@ class Forwarder:
                                            "a proxy answer is not available for extended-protocol queries")
 
     # --- named prepared statements in pooled modes ---------------------------------------------
-    def translate(self, mtype, message):
-        """Bytes to send instead of a Parse/Bind/Describe/Close naming a statement (b"" for nothing),
-        or None when the message names no statement. Raises ProxyError as PostgreSQL would."""
+    def answer_locally(self, mtype, message):
+        """Answer a named Parse of a statement the pool already knows to be valid, or a Close of a
+        statement, without a server (True); None when a server is needed. Raises ProxyError."""
         session, body = self.session, message[5:]
-        plan, server = session.plan, session.server
         if mtype == P:
             if body[0] == 0:
                 return None
             name, stmt = session.statements.parse(body)
-            if stmt.server_name in server.statements:
+            if stmt.server_name not in session.pool.known_statements:
+                session.statements.forget(name)  # translate() registers it again with the server
+                return None
+            self.answer_now(session.plan.fake(prepared.PARSE_COMPLETE))
+            return True
+        if body[0] != STATEMENT or body[1] == 0:
+            return None
+        session.statements.forget(codec.read_cstr(body, 1)[0])  # the server keeps it for others
+        self.answer_now(session.plan.fake(prepared.CLOSE_COMPLETE))
+        return True
+
+    def translate(self, mtype, message):
+        """Bytes to send instead of a Parse/Bind/Describe naming a statement, or None when the
+        message names no statement. Raises ProxyError as PostgreSQL would."""
+        session, body = self.session, message[5:]
+        plan, server, known = session.plan, session.server, session.pool.known_statements
+        if mtype == P:
+            if body[0] == 0:
+                return None
+            name, stmt = session.statements.parse(body)
+            known[stmt.server_name] = True
+            if stmt.server_name in server.statements:  # valid for the server, not yet for the pool
                 self.answer_now(plan.fake(prepared.PARSE_COMPLETE))
                 return b""
             out = self.make_room(stmt.server_name)
@@ -181,6 +222,7 @@ class Forwarder:
             def failed(name=name, sname=stmt.server_name, server=server):
                 session.statements.forget(name)
                 server.statements.discard(sname)
+                known.pop(sname, None)
             plan.expect(p.ONE, on_fail=failed)
             return out + stmt.parse
         if mtype == B:
@@ -193,15 +235,10 @@ class Forwarder:
             return out + prepared.rename_bind(body, stmt.server_name)
         if body[0] != STATEMENT or body[1] == 0:
             return None
-        name = codec.read_cstr(body, 1)[0]
-        if mtype == D:
-            stmt = session.statements.lookup(name)
-            out = self.ensure(stmt)
-            plan.expect(p.DESCRIBE_STATEMENT)
-            return out + prepared.describe_statement(stmt.server_name)
-        session.statements.forget(name)  # Close: the server keeps it for other clients
-        self.answer_now(plan.fake(prepared.CLOSE_COMPLETE))
-        return b""
+        stmt = session.statements.lookup(codec.read_cstr(body, 1)[0])
+        out = self.ensure(stmt)
+        plan.expect(p.DESCRIBE_STATEMENT)
+        return out + prepared.describe_statement(stmt.server_name)
 
     def ensure(self, stmt):
         """A Parse (answered invisibly) when the leased server lacks stmt, else nothing."""

@@ -107,27 +107,43 @@ def login(session, pkt):
     # client sees, and (session pooling) is the client's for the whole session.
     node = proxy.primary()
     pool = proxy.pools.get(node, session.database, creds)
-    server = pool.acquire()
-    session.attach(pool, server)
-    reported = {k.lower(): v for k, v in server.params.items()}
+    session.pool = pool
+    if session.pooled and pool.server_params is not None:
+        server = pool.try_acquire()  # pooled modes never wait at login once the pool is known
+    else:
+        server = pool.acquire()
+    params = dict(server.params if server is not None else pool.server_params)
+    reported = {k.lower(): v for k, v in params.items()}
     session.settings = {k: v for k, v in settings.items() if reported.get(k.lower()) != v}
-    try:
-        session_state.apply(server, session.settings)
-    except BackendError as e:  # as PostgreSQL reports a bad startup parameter: FATAL
-        e.severity = "FATAL"
-        e.fields["S"] = e.fields["V"] = "FATAL"
-        raise
-    greeting = [codec.parameter_status(k, v) for k, v in server.params.items()]
+    if server is not None:
+        session.attach(pool, server)
+        apply_settings(server, session.settings)
+        session.settings_checked = True
+        params = server.params
+    else:  # what the server will report once the settings are applied at the first lease
+        names = {k.lower(): k for k in params}
+        params.update({names[k.lower()]: v for k, v in session.settings.items() if k.lower() in names})
+    greeting = [codec.parameter_status(k, v) for k, v in params.items()]
     # Session pooling shows the real backend pid (pg_backend_pid(), NOTIFY agree); pooled modes
     # a pid of the proxy's own, since the client's backend changes with every transaction.
     session.backend_pid = session.id if session.pooled else server.pid
     session.secret = proxy.cancels.register(session, session.backend_pid)
     greeting.append(codec.backend_key_data(session.backend_pid, session.secret))
-    greeting.append(codec.ready_for_query(server.tx_status))
-    if session.pooled:
+    greeting.append(codec.ready_for_query(m.TX_IDLE))
+    if session.pooled and server is not None:
         session.server = None
         pool.release(server)
     session.send(b"".join(greeting))
+
+
+def apply_settings(server, settings):
+    """Apply a client's startup settings; a bad one is FATAL, as PostgreSQL reports it at login."""
+    try:
+        session_state.apply(server, settings)
+    except BackendError as e:
+        e.severity = "FATAL"
+        e.fields["S"] = e.fields["V"] = "FATAL"
+        raise
 
 
 def run(session):

@@ -62,6 +62,7 @@ class ClientSession:
         self.idle_lease.set()
         self.waiting = None           # the greenlet waiting for a server, while it waits
         self.backend_pid = 0          # the pid in the BackendKeyData the client got
+        self.settings_checked = False  # startup settings applied once without error
 
     def __repr__(self):
         return f"<session {self.id} {self.peer[0]}:{self.peer[1]} user={self.user} db={self.database}>"
@@ -158,7 +159,11 @@ class ClientSession:
         finally:
             self.waiting = None
         try:
-            session_state.apply(server, self.settings)
+            if self.settings_checked:
+                session_state.apply(server, self.settings)
+            else:  # greeted without a server: the startup settings are checked now, FATAL if bad
+                handshake.apply_settings(server, self.settings)
+                self.settings_checked = True
         except BaseException:
             self.pool.release(server, reusable=server.tx_status == m.TX_IDLE and not server.broken)
             raise

@@ -1,0 +1,288 @@
+"""Transaction and statement pooling: many clients over few server connections, without the
+application noticing (settings, prepared statements, locks, cancel, pinning)."""
+import os
+import socket
+import threading
+import time
+
+import psycopg
+import psycopg2
+import pytest
+
+from helios_proxy.protocol import codec
+
+from .wire import Wire, error_of
+
+
+def server_connections(direct, app=""):
+    cur = direct.cursor()
+    cur.execute("select count(*) from pg_stat_activity where backend_type = 'client backend' "
+                "and pid <> pg_backend_pid() and datname = 'postgres' and usename = 'postgres' "
+                "and client_port is not null and application_name = %s", (app,))
+    return cur.fetchone()[0]
+
+
+def run_threads(n, target):
+    errors = []
+
+    def wrapped(i):
+        try:
+            target(i)
+        except Exception as e:  # reported by the caller
+            errors.append(repr(e))
+    threads = [threading.Thread(target=wrapped, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return errors
+
+
+@pytest.fixture
+def txn(start_proxy):
+    return start_proxy(pool={"mode": "transaction", "max_size": 5})
+
+
+def test_200_clients_over_5_server_connections_exactly_once(txn, direct):
+    d = direct.cursor()
+    d.execute("drop table if exists pool_counts; create table pool_counts(id int primary key, n int)")
+    d.execute("insert into pool_counts select g, 0 from generate_series(1, 20) g")
+    peak = [0]
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], server_connections(direct))
+            time.sleep(0.02)
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+
+    def client(i):
+        conn = txn.connect()
+        for j in range(10):
+            cur = conn.cursor()
+            cur.execute("update pool_counts set n = n + 1 where id = %s", ((i + j) % 20 + 1,))
+            cur.execute("select pg_sleep(0.001)")
+            conn.commit()
+        conn.close()
+    errors = run_threads(200, client)
+    done.set()
+    watcher.join()
+    assert not errors, errors[:3]
+    d.execute("select sum(n) from pool_counts")
+    assert d.fetchone()[0] == 2000
+    assert peak[0] <= 5
+
+
+def test_psycopg3_auto_prepare_shares_servers_without_pinning(txn, direct):
+    pids_seen = []
+
+    def client(i):
+        with psycopg.connect(txn.dsn(), prepare_threshold=0) as conn:
+            pids = set()
+            for k in range(30):
+                row = conn.execute("select %s::int * 2, pg_backend_pid()", (k,)).fetchone()
+                assert row[0] == 2 * k
+                pids.add(row[1])
+                conn.commit()
+            pids_seen.append(len(pids))
+    errors = run_threads(20, client)
+    assert not errors, errors[:3]
+    assert max(pids_seen) > 1  # clients moved between server connections: not pinned
+    assert "pinned" not in txn.output()
+    cur = direct.cursor()
+    cur.execute("select count(*) from pg_stat_activity where query like 'select $1::int * 2%'")
+    assert cur.fetchone()[0] <= 5
+
+
+@pytest.mark.parametrize("mode", ["simple", "extended", "prepared"])
+def test_pgbench_in_transaction_mode(start_proxy, cluster, mode):
+    proxy = start_proxy(pool={"mode": "transaction", "max_size": 3})
+    import subprocess
+    subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", str(cluster.primary_port), "-U", "postgres", "-i",
+                    "-s", "1", "-q", "postgres"], check=True, capture_output=True, timeout=120)
+    out = subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", str(proxy.port), "-U", "postgres", "-M", mode,
+                          "-c", "8", "-j", "2", "-t", "100", "postgres"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "number of transactions actually processed: 800/800" in out.stdout
+
+
+def test_killed_client_leaves_no_lock_or_transaction(txn, direct):
+    d = direct.cursor()
+    d.execute("drop table if exists pool_locks; create table pool_locks(id int primary key); "
+              "insert into pool_locks values (1)")
+    conn = txn.connect(application_name="killed")
+    cur = conn.cursor()
+    cur.execute("select * from pool_locks where id = 1 for update")
+    cur.execute("select pg_advisory_xact_lock(42), pg_backend_pid()")
+    pid = cur.fetchone()[1]
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        d.execute("select count(*) from pg_locks where pid = %s and locktype in ('advisory', 'transactionid')",
+                  (pid,))
+        locks = d.fetchone()[0]
+        d.execute("select coalesce(state, 'gone') from pg_stat_activity where pid = %s", (pid,))
+        state = (d.fetchone() or ["gone"])[0]
+        if locks == 0 and state in ("idle", "gone"):
+            break
+        time.sleep(0.05)
+    assert (locks, state in ("idle", "gone")) == (0, True)
+    other = txn.connect()
+    ocur = other.cursor()
+    ocur.execute("select * from pool_locks where id = 1 for update nowait")
+    other.commit()
+
+
+def test_settings_follow_the_client_and_never_leak(start_proxy):
+    proxy = start_proxy(pool={"mode": "transaction", "max_size": 1})  # every client shares one server
+    a = proxy.connect(application_name="client-a")
+    a.autocommit = True
+    b = proxy.connect(application_name="client-b")
+    b.autocommit = True
+    ca, cb = a.cursor(), b.cursor()
+    ca.execute("set search_path = pool_schema, public")
+    ca.execute("set statement_timeout = 7000")
+    cb.execute("set local statement_timeout = 1")  # local: gone with its implicit transaction
+    for _ in range(5):
+        ca.execute("select current_setting('search_path'), current_setting('statement_timeout'), "
+                   "current_setting('application_name')")
+        assert ca.fetchone() == ("pool_schema, public", "7s", "client-a")
+        cb.execute("select current_setting('search_path'), current_setting('statement_timeout'), "
+                   "current_setting('application_name')")
+        assert cb.fetchone() == ('"$user", public', "0", "client-b")
+    ca.execute("reset statement_timeout")
+    ca.execute("show statement_timeout")
+    assert ca.fetchone()[0] == "0"
+    ca.execute("show search_path")
+    assert ca.fetchone()[0] == "pool_schema, public"
+
+
+def test_parameter_status_stays_consistent(start_proxy):
+    proxy = start_proxy(pool={"mode": "transaction", "max_size": 1})
+    with psycopg.connect(proxy.dsn(application_name="first"), autocommit=True) as a, \
+            psycopg.connect(proxy.dsn(application_name="second"), autocommit=True) as b:
+        a.execute("set application_name = 'renamed'")
+        b.execute("select 1")
+        assert a.info.parameter_status("application_name") == "renamed"
+        assert b.info.parameter_status("application_name") == "second"
+        assert a.execute("show application_name").fetchone()[0] == "renamed"
+
+
+def test_statement_mode_refuses_transactions(start_proxy):
+    proxy = start_proxy(pool={"mode": "statement", "max_size": 2})
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        cur = conn.execute("select 1; select 2")
+        assert cur.nextset() and cur.fetchone()[0] == 2
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="statement pooling"):
+            conn.execute("begin")
+        assert conn.execute("select 'still usable'").fetchone()[0] == "still usable"
+    with pytest.raises(psycopg2.errors.FeatureNotSupported):
+        proxy.connect().cursor().execute("select 1")  # psycopg2 opens a transaction first
+
+
+def test_listen_pins_the_client_and_notifications_arrive(txn):
+    listener = txn.connect()
+    listener.autocommit = True
+    listener.cursor().execute("listen pool_chan")
+    sender = txn.connect()
+    sender.autocommit = True
+    sender.cursor().execute("notify pool_chan, 'hi'")
+    import select
+    deadline = time.time() + 10
+    while not listener.notifies and time.time() < deadline:
+        select.select([listener], [], [], 0.5)
+        listener.poll()
+    assert listener.notifies and listener.notifies[0].payload == "hi"
+    assert "pinned to its server connection: it uses LISTEN" in txn.output()
+
+
+def test_temp_table_and_with_hold_cursor_pin(txn):
+    conn = txn.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("create temp table pin_t(i int)")
+    for i in range(5):
+        cur.execute("insert into pin_t values (%s)", (i,))
+    cur.execute("select count(*) from pin_t")
+    assert cur.fetchone()[0] == 5
+    other = txn.connect()
+    other.autocommit = True
+    other.cursor().execute("declare c cursor with hold for select generate_series(1, 3)")
+    c2 = other.cursor()
+    c2.execute("fetch all from c")
+    assert [r[0] for r in c2.fetchall()] == [1, 2, 3]
+
+
+def test_cancel_running_query_in_transaction_mode(txn):
+    conn = txn.connect()
+    threading.Timer(0.5, conn.cancel).start()
+    with pytest.raises(psycopg2.errors.QueryCanceled):
+        conn.cursor().execute("select pg_sleep(20)")
+    conn.rollback()
+
+
+def test_cancel_while_waiting_for_a_server_leaves_the_queue(start_proxy):
+    proxy = start_proxy(pool={"mode": "transaction", "max_size": 1, "acquire_timeout": 30})
+    holder = proxy.connect()
+    holder.cursor().execute("select 1")  # holds the only server in an open transaction
+    waiter = proxy.connect()
+    threading.Timer(0.5, waiter.cancel).start()
+    started = time.monotonic()
+    with pytest.raises(psycopg2.errors.QueryCanceled):
+        waiter.cursor().execute("select 'never ran'")
+    assert time.monotonic() - started < 10
+    waiter.rollback()
+    holder.commit()
+    cur = waiter.cursor()
+    cur.execute("select 'after'")
+    assert cur.fetchone()[0] == "after"
+
+
+def test_prepared_statement_errors_match_postgres(cluster, txn):
+    def exchange(port):
+        w = Wire(port)
+        w.startup(user="postgres", database="postgres")
+        out = []
+        steps = [
+            codec.parse("select $1::int", name="a") + codec.SYNC,
+            codec.parse("select 2", name="a") + codec.SYNC,                       # 42P05
+            codec.bind(["1"], statement="nope") + codec.execute() + codec.SYNC,   # 26000
+            codec.parse("selec oops", name="bad") + codec.SYNC,                   # 42601
+            codec.parse("select 'bad ok'", name="bad") + codec.SYNC,              # name free again
+            codec.bind([], statement="bad") + codec.execute() + codec.SYNC,
+            codec.message(b"C", b"Sa\0") + codec.SYNC,
+            codec.parse("select 'a again'", name="a") + codec.bind([], statement="a") + codec.execute()
+            + codec.SYNC,
+            codec.query("deallocate a"),
+            codec.bind([], statement="a") + codec.execute() + codec.SYNC,         # 26000 after DEALLOCATE
+        ]
+        for step in steps:
+            w.send(step)
+            msgs = w.until_ready()
+            err = error_of(msgs)
+            out.append(([t for t, _ in msgs], err and err["C"], [b for t, b in msgs if t == b"D"]))
+        w.close()
+        return out
+    assert exchange(txn.port) == exchange(cluster.primary_port)
+
+
+def test_server_statements_are_shared_and_capped(start_proxy, direct):
+    proxy = start_proxy(pool={"mode": "transaction", "max_size": 1, "prepared_statements_cap": 2})
+
+    def client(i):
+        with psycopg.connect(proxy.dsn(), prepare_threshold=0, autocommit=True) as conn:
+            for k in range(12):
+                q = f"select {k % 4} + %s::int"
+                assert conn.execute(q, (i,)).fetchone()[0] == k % 4 + i
+    errors = run_threads(4, client)
+    assert not errors, errors[:3]
+    w = Wire(proxy.port)
+    w.startup(user="postgres", database="postgres")
+    w.send(codec.query("select count(*) from pg_prepared_statements"))
+    rows = [b for t, b in w.until_ready() if t == b"D"]
+    assert int(codec.parse_data_row(rows[0])[0]) <= 2
+    w.close()
