@@ -26,9 +26,14 @@ def toml_value(v):
 def render_config(sections, nodes):
     lines = []
     for section, values in sections.items():
+        tables = {k: v for k, v in values.items() if isinstance(v, dict)}  # [section.NAME]
         lines.append(f"[{section}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
+        lines += [f"{k} = {toml_value(v)}" for k, v in values.items() if k not in tables]
         lines.append("")
+        for name, table in tables.items():
+            lines.append(f'[{section}."{name}"]')
+            lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
+            lines.append("")
     for node in nodes:
         lines.append("[[nodes]]")
         lines += [f"{k} = {toml_value(v)}" for k, v in node.items()]

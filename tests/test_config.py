@@ -37,6 +37,9 @@ def test_defaults_and_required_keys():
     ({"auth": {"method": "md5"}}, "auth.method: 'md5' needs auth.users_file"),
     ({"auth": {"users_file": "/nonexistent"}}, "auth.users_file: '/nonexistent': no such file"),
     ({"pool": {"min_size": 5, "max_size": 2}}, "pool.min_size"),
+    ({"databases": {"app": {"min_size": 30}}}, "databases.app.min_size: 30 is above max_size 20"),
+    ({"databases": {"app": {"mode": "x"}}}, "databases.app.mode: 'x' is not one of"),
+    ({"users": {"bob": {"bogus": 1}}}, "users.bob.bogus: unknown setting"),
     ({"tls": {"client_mode": "require"}}, "tls.client_mode"),
 ])
 def test_errors_name_the_key_and_value(sections, message):

@@ -286,3 +286,61 @@ def test_server_statements_are_shared_and_capped(start_proxy, direct):
     rows = [b for t, b in w.until_ready() if t == b"D"]
     assert int(codec.parse_data_row(rows[0])[0]) <= 2
     w.close()
+
+
+def test_mode_per_database_and_per_user(start_proxy, cluster):
+    proxy = start_proxy(pool={"mode": "session", "max_size": 1},
+                        databases={"app": {"mode": "transaction"}},
+                        users={"app": {"mode": "statement"}})
+    # postgres/postgres: session pooling, the real backend pid
+    s = proxy.connect()
+    cur = s.cursor()
+    cur.execute("select pg_backend_pid()")
+    assert cur.fetchone()[0] == s.get_backend_pid()
+    s.close()
+    # database app as postgres: transaction pooling, two clients share the one server connection
+    a, b = proxy.connect(dbname="app"), proxy.connect(dbname="app")
+    for c in (a, b, a, b):
+        cur = c.cursor()
+        cur.execute("select current_database()")
+        assert cur.fetchone()[0] == "app"
+        c.commit()
+    # user app: statement pooling, whatever the database
+    with psycopg.connect(proxy.dsn(user="app", dbname="app"), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            conn.execute("begin")
+
+
+def test_max_db_connections_across_users(start_proxy, direct):
+    proxy = start_proxy(pool={"mode": "transaction", "max_size": 5, "max_db_connections": 1})
+    a = proxy.connect(application_name="cap-a")
+    a.cursor().execute("select 1")  # holds the database's only server connection in a transaction
+    result = {}
+
+    def other_user():
+        conn = proxy.connect(user="app", application_name="cap-b")
+        cur = conn.cursor()
+        cur.execute("select current_user")
+        result["user"] = cur.fetchone()[0]
+        conn.commit()
+    t = threading.Thread(target=other_user)
+    t.start()
+    time.sleep(0.5)
+    assert "user" not in result  # waits: the database is at its limit
+    a.commit()  # a's connection goes idle; the proxy closes it to make room for user app
+    t.join(10)
+    assert result["user"] == "app"
+
+
+def test_reserve_pool_serves_a_client_that_waited(start_proxy):
+    proxy = start_proxy(pool={"mode": "transaction", "max_size": 1, "reserve_size": 1, "reserve_timeout": 0.3})
+    holder = proxy.connect()
+    holder.cursor().execute("select 1")
+    started = time.monotonic()
+    other = proxy.connect()
+    cur = other.cursor()
+    cur.execute("select 'from the reserve'")
+    assert cur.fetchone()[0] == "from the reserve"
+    assert 0.25 < time.monotonic() - started < 5
+    other.commit()
+    holder.commit()

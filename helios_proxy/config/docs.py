@@ -5,7 +5,7 @@
 """
 import sys
 
-from .schema import NODE_SETTINGS, SETTINGS
+from .schema import DATABASE_SETTINGS, NODE_SETTINGS, SETTINGS, USER_SETTINGS
 
 HEADER = """# Configuration reference
 
@@ -18,19 +18,19 @@ effect on SIGHUP; the others need a restart. Secret settings never appear in log
 """
 
 
-def _fmt(value):
+def _fmt(value, none="(required)"):
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return f'"{value}"'
-    return "(required)" if value is None else repr(value)
+    return none if value is None else repr(value)
 
 
 def _num(v):
     return int(v) if float(v).is_integer() else v
 
 
-def _row(s):
+def _row(s, none="(required)"):
     notes = []
     if s.choices:
         notes.append("one of " + ", ".join(f"`{c}`" for c in s.choices))
@@ -44,7 +44,7 @@ def _row(s):
         notes.append("*secret*")
     extra = f" ({'; '.join(notes)})" if notes else ""
     desc = s.description.replace("|", "\\|")
-    return f"| `{s.key}` | {s.type.__name__} | `{_fmt(s.default)}` | {desc}{extra} |"
+    return f"| `{s.key}` | {s.type.__name__} | `{_fmt(s.default, none)}` | {desc}{extra} |"
 
 
 def render():
@@ -56,6 +56,11 @@ def render():
     for section in sections:
         out.append(f"\n## [{section}]\n\n| key | type | default | description |\n|---|---|---|---|")
         out.extend(_row(s) for s in SETTINGS if s.section == section)
+    for section, doc, table in (("databases", "Overrides for one database; unset keys inherit [pool].",
+                                 DATABASE_SETTINGS),
+                                ("users", "Overrides for one user.", USER_SETTINGS)):
+        out.append(f"\n## [{section}.NAME]\n\n{doc}\n\n| key | type | default | description |\n|---|---|---|---|")
+        out.extend(_row(s, "(inherit)") for s in table)
     out.append("\n## [[nodes]]\n\nOne table per PostgreSQL server.\n\n"
                "| key | type | default | description |\n|---|---|---|---|")
     out.extend(_row(s) for s in NODE_SETTINGS)
@@ -82,6 +87,9 @@ def render_example():
             out.append(f"\n[{section}]")
         out.append(f"# {s.description}")
         out.append(f"{s.key} = {_toml(s.default)}")
+    out.append("\n# Per-database and per-user overrides, for example:\n# [databases.reporting]\n"
+               "# mode = \"session\"\n# max_size = 5\n# [users.batch]\n# mode = \"session\"\n"
+               "# max_connections = 2")
     out.append("\n# One [[nodes]] table per PostgreSQL server.")
     for name, port, role, priority in EXAMPLE_NODES:
         out.append(f'\n[[nodes]]\nname = "{name}"\nhost = "127.0.0.1"\nport = {port}\nrole = "{role}"\n'

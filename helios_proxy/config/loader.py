@@ -4,7 +4,7 @@ import tomllib
 from types import SimpleNamespace
 
 from ..errors import ConfigError
-from .schema import NODE_SETTINGS, SETTINGS
+from .schema import DATABASE_SETTINGS, NODE_SETTINGS, SETTINGS, USER_SETTINGS
 
 ENV_PREFIX = "HELIOS_"
 SECTIONS = {}
@@ -18,6 +18,24 @@ class Config(SimpleNamespace):
 
     source = None
 
+    def pool_setting(self, database, key):
+        """A [pool] setting as it applies to database ([databases.NAME] overrides)."""
+        override = getattr(self.databases.get(database), key, None)
+        return getattr(self.pool, key) if override is None else override
+
+    def user_setting(self, user, key):
+        return getattr(self.users.get(user), key, None)
+
+    def mode_for(self, database, user):
+        """The pool mode of a client: [users.NAME] > [databases.NAME] > [pool]."""
+        return self.user_setting(user, "mode") or self.pool_setting(database, "mode")
+
+    @property
+    def pooled_modes(self):
+        """Whether any client may get transaction or statement pooling."""
+        modes = {self.pool.mode} | {t.mode for t in (*self.databases.values(), *self.users.values())}
+        return bool(modes - {"session", None})
+
     def redacted(self):
         """The configuration as plain data with secrets replaced, safe to log or serve."""
         out = {}
@@ -26,6 +44,8 @@ class Config(SimpleNamespace):
             out[section] = {k: ("********" if s.secret and getattr(values, k) else getattr(values, k))
                             for k, s in keys.items()}
         out["nodes"] = [vars(n).copy() for n in self.nodes]
+        out["databases"] = {k: vars(v).copy() for k, v in self.databases.items()}
+        out["users"] = {k: vars(v).copy() for k, v in self.users.items()}
         return out
 
 
@@ -66,7 +86,7 @@ def load(data, environ=None, source=None):
     environ = os.environ if environ is None else environ
     if not isinstance(data, dict):
         raise ConfigError("configuration must be a TOML table")
-    unknown = set(data) - set(SECTIONS) - {"nodes", "plugins"}
+    unknown = set(data) - set(SECTIONS) - {"nodes", "plugins", "databases", "users"}
     if unknown:
         raise ConfigError(f"unknown section [{sorted(unknown)[0]}]; known: {', '.join(sorted(SECTIONS))}, nodes")
     cfg = Config(source=source)
@@ -88,6 +108,8 @@ def load(data, environ=None, source=None):
                 values[key] = setting.default
         setattr(cfg, section, SimpleNamespace(**values))
     cfg.nodes = _load_nodes(data.get("nodes", []))
+    cfg.databases = _load_named(data.get("databases", {}), "databases", DATABASE_SETTINGS)
+    cfg.users = _load_named(data.get("users", {}), "users", USER_SETTINGS)
     cfg.plugins = data.get("plugins", {})
     _check_cross(cfg)
     return cfg
@@ -118,9 +140,28 @@ def _load_nodes(entries):
     return nodes
 
 
+def _load_named(tables, section, settings):
+    """[section.NAME] tables of overrides: {NAME: namespace}, unset keys None."""
+    if not isinstance(tables, dict):
+        raise ConfigError(f"[{section}] must hold tables such as [{section}.NAME]")
+    keys, out = {s.key: s for s in settings}, {}
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{section}.{name}: must be a table")
+        extra = set(table) - set(keys)
+        if extra:
+            raise ConfigError(f"{section}.{name}.{sorted(extra)[0]}: unknown setting")
+        out[name] = SimpleNamespace(**{k: _coerce(s, table[k], f"{section}.{name}.{k}") if k in table else None
+                                       for k, s in keys.items()})
+    return out
+
+
 def _check_cross(cfg):
-    if cfg.pool.min_size > cfg.pool.max_size:
-        raise ConfigError(f"pool.min_size: {cfg.pool.min_size} is above pool.max_size {cfg.pool.max_size}")
+    for database in (None, *cfg.databases):
+        low, high = cfg.pool_setting(database, "min_size"), cfg.pool_setting(database, "max_size")
+        if low > high:
+            where = f"databases.{database}" if database else "pool"
+            raise ConfigError(f"{where}.min_size: {low} is above max_size {high}")
     if cfg.tls.client_mode != "disable" and not (cfg.tls.client_cert_file and cfg.tls.client_key_file):
         raise ConfigError(f"tls.client_mode: {cfg.tls.client_mode!r} needs tls.client_cert_file and "
                           "tls.client_key_file")

@@ -63,6 +63,15 @@ SETTINGS = (
       reloadable=True),
     S("pool", "idle_timeout", float, 600.0, "Close a server connection idle this many seconds (above min_size).",
       min=0, reloadable=True),
+    S("pool", "max_db_connections", int, 0,
+      "Most server connections to one database over all its pools (users, nodes); 0 = no limit.", min=0,
+      reloadable=True),
+    S("pool", "max_user_connections", int, 0,
+      "Most server connections for one user over all its pools; 0 = no limit.", min=0, reloadable=True),
+    S("pool", "reserve_size", int, 0,
+      "Extra connections a pool may open for clients that waited reserve_timeout.", min=0, reloadable=True),
+    S("pool", "reserve_timeout", float, 5.0, "Seconds a client waits before the reserve may serve it.",
+      min=0, reloadable=True),
     S("pool", "acquire_timeout", float, 120.0,
       "Seconds a client waits for a server connection before an error (PgBouncer's query_wait_timeout).",
       min=0.1, reloadable=True),
@@ -105,6 +114,20 @@ SETTINGS = (
     S("log", "level", str, "info", "Log level.", choices=("debug", "info", "warning", "error"), reloadable=True),
     S("log", "connections", bool, True, "Log one line per client connect, login and disconnect.",
       reloadable=True),
+)
+
+# [databases.NAME] and [users.NAME]: per-database and per-user overrides (unset keys inherit [pool]).
+DATABASE_SETTINGS = (
+    S("databases", "mode", str, None, "Pool mode for this database.", choices=("session", "transaction",
+                                                                               "statement")),
+    S("databases", "max_size", int, None, "max_size of this database's pools.", min=1),
+    S("databases", "min_size", int, None, "min_size of this database's pools.", min=0),
+)
+USER_SETTINGS = (
+    S("users", "mode", str, None, "Pool mode for this user (wins over the database's).",
+      choices=("session", "transaction", "statement")),
+    S("users", "max_connections", int, None, "Most server connections for this user over all its pools.",
+      min=1),
 )
 
 NODE_SETTINGS = (

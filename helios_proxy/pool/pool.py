@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 class Pool:
     """Idle connections are reused last-in-first-out; waiting clients are served first-in-first-out."""
 
-    def __init__(self, node, database, credentials, config):
+    def __init__(self, node, database, credentials, config, manager=None):
+        self.manager = manager       # enforces limits across pools (max_db/user_connections)
         self.node = node
         self.database = database
         self.credentials = credentials
@@ -36,26 +37,45 @@ class Pool:
         return f"<pool {self.node.name}/{self.database}/{self.credentials.user} size={self.size}>"
 
     # --- acquire / release ------------------------------------------------------------------
+    @property
+    def max_size(self):
+        return self.config.pool_setting(self.database, "max_size")
+
+    @property
+    def min_size(self):
+        return self.config.pool_setting(self.database, "min_size")
+
     def acquire(self, timeout=None):
-        """Return a logged-in, idle server connection; raise ProxyError on timeout or login failure."""
-        timeout = self.config.pool.acquire_timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
+        """Return a logged-in, idle server connection; raise ProxyError on timeout or login failure.
+
+        A client that has waited `reserve_timeout` may open up to `reserve_size` connections
+        beyond max_size (PgBouncer's reserve pool).
+        """
+        cfg = self.config.pool
+        started = time.monotonic()
+        deadline = started + (cfg.acquire_timeout if timeout is None else timeout)
+        reserve_at = started + cfg.reserve_timeout if cfg.reserve_size else deadline
         while True:
             conn = self._take_idle()
             if conn is not None:
                 return conn
-            if self.size < self.config.pool.max_size:
+            now = time.monotonic()
+            limit = self.max_size + (cfg.reserve_size if now >= reserve_at else 0)
+            if self.size < limit and self._room():
                 return self._open()
-            conn = self._wait(deadline)
+            conn = self._wait(reserve_at if now < reserve_at else deadline, deadline)
             if conn is not None:
                 return conn
 
     def try_acquire(self):
         """A connection if one is idle or may be opened now, else None (never waits)."""
         conn = self._take_idle()
-        if conn is None and self.size < self.config.pool.max_size and not self.waiters:
+        if conn is None and self.size < self.max_size and not self.waiters and self._room():
             conn = self._open()
         return conn
+
+    def _room(self):
+        return self.manager is None or self.manager.has_room(self)
 
     def release(self, conn, reusable=True):
         """Give a connection back; a connection that is not reusable is closed."""
@@ -72,6 +92,8 @@ class Pool:
                 waiter.set(conn)
                 return
         self.idle.append(conn)
+        if self.manager is not None:  # an idle connection here may make room for a sibling's waiter
+            self.manager.room_freed(self)
 
     def _take_idle(self):
         cfg = self.config.pool
@@ -103,18 +125,21 @@ class Pool:
             self._wake_one()
             raise
 
-    def _wait(self, deadline):
+    def _wait(self, until, deadline):
+        """Wait in line until `until`: a connection handed over, or None to look again."""
         waiter = AsyncResult()
         self.waiters.append(waiter)
         self.wait_started[waiter] = time.monotonic()
         try:
-            return waiter.get(timeout=max(0.0, deadline - time.monotonic()))
+            return waiter.get(timeout=max(0.0, until - time.monotonic()))
         except gevent.Timeout:
             if waiter.ready():
                 return waiter.get()
+            if time.monotonic() < deadline:
+                return None
             raise ProxyError(f"timed out after {self.config.pool.acquire_timeout:g} s waiting for a server "
                              f"connection (pool {self.node.name}/{self.database}/{self.credentials.user} "
-                             f"has {self.size} of max_size {self.config.pool.max_size} in use)",
+                             f"has {self.size} of max_size {self.max_size} in use)",
                              sqlstate=QUERY_CANCELED) from None
         finally:
             self.wait_started.pop(waiter, None)
@@ -127,6 +152,8 @@ class Pool:
         conn.close()
         self.size -= 1
         self._wake_one()
+        if self.manager is not None:
+            self.manager.room_freed(self)
 
     def _wake_one(self):
         """A slot freed up: let the first waiter open a connection of its own."""
@@ -143,14 +170,14 @@ class Pool:
         keep = deque()
         while self.idle:
             conn = self.idle.popleft()
-            too_idle = cfg.idle_timeout and now - conn.last_used > cfg.idle_timeout and self.size > cfg.min_size
+            too_idle = cfg.idle_timeout and now - conn.last_used > cfg.idle_timeout and self.size > self.min_size
             too_old = cfg.server_lifetime and now - conn.created > cfg.server_lifetime
             if too_idle or too_old:
                 self._discard(conn)
             else:
                 keep.append(conn)
         self.idle.extend(keep)
-        while self.size < cfg.min_size and not self.waiters:
+        while self.size < self.min_size and not self.waiters and self._room():
             try:
                 self.release(self._open())
             except (ProxyError, OSError) as e:
@@ -181,10 +208,38 @@ class PoolManager:
         key = (node.name, database, credentials.user)
         pool = self.pools.get(key)
         if pool is None:
-            pool = self.pools[key] = Pool(node, database, credentials, self.config)
+            pool = self.pools[key] = Pool(node, database, credentials, self.config, self)
         elif credentials.known and (credentials.password is not None or credentials.client_key):
             pool.credentials = credentials  # the freshest login wins (password changed, SCRAM keys)
         return pool
+
+    # --- limits across pools -------------------------------------------------------------------
+    def has_room(self, pool):
+        """Whether pool may open one more connection under max_db/max_user_connections; if not,
+        close an idle connection of a sibling pool to make room when one exists."""
+        for siblings, cap in self._limits(pool):
+            if sum(p.size for p in siblings) >= cap:
+                idle = next((p for p in siblings if p.idle and p is not pool), None)
+                if idle is None:
+                    return False
+                idle._discard(idle.idle.popleft())
+        return True
+
+    def room_freed(self, pool):
+        """A connection closed: a client waiting in a sibling pool held back by a limit may go on."""
+        for siblings, _ in self._limits(pool):
+            for other in siblings:
+                if other is not pool and other.waiters:
+                    other._wake_one()
+                    return
+
+    def _limits(self, pool):
+        cfg, user = self.config, pool.credentials.user
+        if cfg.pool.max_db_connections:
+            yield [p for p in self.pools.values() if p.database == pool.database], cfg.pool.max_db_connections
+        user_cap = cfg.user_setting(user, "max_connections") or cfg.pool.max_user_connections
+        if user_cap:
+            yield [p for p in self.pools.values() if p.credentials.user == user], user_cap
 
     def reconfigure(self, config):
         self.config = config

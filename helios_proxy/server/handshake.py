@@ -83,6 +83,8 @@ def login(session, pkt):
     if not user:
         raise FatalError("no PostgreSQL user name specified in startup packet", sqlstate=INVALID_AUTHORIZATION)
     session.user, session.database = user, params.get("database") or user
+    session.mode = cfg.mode_for(session.database, user)
+    session.pooled = session.mode != "session"
     session.application_name = params.get("application_name", "")
     if params.get("replication", "false").lower() not in ("false", "off", "no", "0"):
         raise FatalError("replication connections are not supported by HeliosProxy",

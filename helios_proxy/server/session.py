@@ -54,7 +54,8 @@ class ClientSession:
         self.pump = None
         self.closing = None           # reason, once the proxy decided to end the session
         self.login_timer = None
-        self.pooled = proxy.config.pool.mode != "session"  # leases end with each transaction
+        self.mode = "session"         # pool mode, known once user and database are (handshake)
+        self.pooled = False           # transaction/statement: leases end with each transaction
         self.pinned = None            # why this client keeps its server connection (pooled modes)
         self.settings = {}            # session settings the client expects on any server
         self.settings_dirty = False   # the client ran SET/RESET/DISCARD: capture at lease end

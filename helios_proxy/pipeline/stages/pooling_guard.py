@@ -89,16 +89,16 @@ class PoolingGuard(Stage):
 
     @classmethod
     def enabled(cls, config):
-        return config.pool.mode != "session"
+        return config.pooled_modes
 
     def process(self, ctx):
         session = ctx.session
-        if not SCREEN.search(ctx.sql):
+        if not session.pooled or not SCREEN.search(ctx.sql):
             return StageResult.CONTINUE
         fx = self.cache.get(ctx.sql)
         if fx is None:
             fx = self.cache[ctx.sql] = analyze(ctx.sql)
-        if fx.begins and self.config.pool.mode == "statement":
+        if fx.begins and session.mode == "statement":
             return StageResult.reject(FEATURE_NOT_SUPPORTED,
                                       "transaction blocks are not allowed in statement pooling mode")
         if fx.settings:
