@@ -23,6 +23,7 @@ def run(path):
     """Run the proxy in the foreground until SIGTERM/SIGINT."""
     from gevent import monkey
     monkey.patch_all()
+    _raise_open_files_limit()
     from .config import load_file
     try:
         config = load_file(path)
@@ -37,6 +38,14 @@ def run(path):
         raise click.ClickException(str(e)) from None
     except OSError as e:
         raise click.ClickException(f"cannot listen on {config.server.listen}: {e.strerror or e}") from None
+
+
+def _raise_open_files_limit():
+    """Every client and server connection is a file descriptor: allow as many as the system lets us."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 @main.command("check-config")
