@@ -9,6 +9,7 @@ from ..errors import BackendError, CONNECTION_FAILURE, INVALID_PASSWORD, SQLCLIE
 from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
 from ..pool.prepared import ServerStatements
+from ..sockets import sendall
 from ..protocol.scram import MECHANISM, ScramClient, md5_hash, md5_response
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,9 @@ class ServerConnection:
                                        "M": f"password authentication failed for user "
                                             f"\"{self.credentials.user}\""})
 
+    def send(self, data):
+        sendall(self.sock, data)
+
     # --- reading ----------------------------------------------------------------------------
     def read_message(self):
         while True:
@@ -185,10 +189,13 @@ class ServerConnection:
         """Ask the server to cancel what this connection runs (a separate short connection)."""
         gevent.spawn(send_cancel, self.node, self.pid, self.secret)
 
-    def idle_and_clean(self):
-        """True if the socket has nothing unread and is not at EOF (a cheap liveness check)."""
+    def idle_and_clean(self, quiet_for=1.0):
+        """True if the socket has nothing unread and is not at EOF (a cheap liveness check, made only
+        when the connection has been idle `quiet_for` seconds: it costs three system calls)."""
         if self.broken or self.rbuf.pending():
             return False
+        if time.monotonic() - self.last_used < quiet_for:
+            return True
         try:
             raw = self.sock
             raw.setblocking(False)

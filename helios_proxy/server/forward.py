@@ -61,7 +61,7 @@ class Forwarder:
         """Forward every complete message in buf; False once the client sent Terminate."""
         session = self.session
         data, stages, plan = buf.buf, session.proxy.stages, session.plan
-        send = session.server.sock.sendall if session.server is not None else None
+        send = session.server.send if session.server is not None else None
         start = buf.pos  # first byte of the run not yet sent
         while True:
             msg = buf.next()
@@ -115,7 +115,7 @@ class Forwarder:
                     start = end
                     self.refuse(mtype, codec.error_response(e.sqlstate, e.message, detail=e.detail))
                     continue
-                send = session.server.sock.sendall
+                send = session.server.send
             if session.discard_pending:  # DISCARD ALL / DEALLOCATE ALL drops the server's statements
                 session.discard_pending = False
                 session.server.statements.clear()

@@ -115,7 +115,9 @@ def login(session, pkt):
     else:
         server = pool.acquire()
     params = dict(server.params if server is not None else pool.server_params)
-    reported = {k.lower(): v for k, v in params.items()}
+    # Settings are what the client wants beyond a fresh connection's defaults (pool.server_params),
+    # not beyond this connection's, which may carry the last client's settings.
+    reported = {k.lower(): v for k, v in pool.server_params.items()}
     session.settings = {k: v for k, v in settings.items() if reported.get(k.lower()) != v}
     if server is not None:
         session.attach(pool, server)

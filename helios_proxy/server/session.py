@@ -12,13 +12,14 @@ import time
 
 import gevent
 from gevent import socket
-from gevent.lock import Semaphore
-
 from gevent.event import Event
+from gevent.lock import Semaphore
 
 from ..errors import ADMIN_SHUTDOWN, QUERY_CANCELED, FatalError, ProtocolViolation, ProxyError
 from ..pool import session_state
+from ..sockets import sendall
 from ..pool.prepared import ClientStatements
+from ..pool.reset import reset_for_reuse
 from ..protocol import codec, messages as m
 from . import handshake, relay
 from .forward import Forwarder
@@ -57,13 +58,22 @@ class ClientSession:
         self.mode = "session"         # pool mode, known once user and database are (handshake)
         self.pooled = False           # transaction/statement: leases end with each transaction
         self.pinned = None            # why this client keeps its server connection (pooled modes)
-        self.settings = {}            # session settings the client expects on any server
+        self.settings = {}            # session settings the client expects on any server (+ settings_key)
         self.settings_dirty = False   # the client ran SET/RESET/DISCARD: capture at lease end
         self.idle_lease = Event()     # set while no lease is being ended
         self.idle_lease.set()
         self.waiting = None           # the greenlet waiting for a server, while it waits
         self.backend_pid = 0          # the pid in the BackendKeyData the client got
         self.settings_checked = False  # startup settings applied once without error
+
+    @property
+    def settings(self):
+        return self._settings
+
+    @settings.setter
+    def settings(self, value):
+        self._settings = value
+        self.settings_key = session_state.settings_key(value)
 
     def __repr__(self):
         return f"<session {self.id} {self.peer[0]}:{self.peer[1]} user={self.user} db={self.database}>"
@@ -129,7 +139,7 @@ class ClientSession:
     # --- writing to the client --------------------------------------------------------------
     def send(self, data):
         with self.write_lock:
-            self.sock.sendall(data)
+            sendall(self.sock, data)
 
     def send_error(self, exc):
         try:
@@ -161,7 +171,7 @@ class ClientSession:
             self.waiting = None
         try:
             if self.settings_checked:
-                session_state.apply(server, self.settings)
+                session_state.apply(server, self.settings, self.settings_key)
             else:  # greeted without a server: the startup settings are checked now, FATAL if bad
                 handshake.apply_settings(server, self.settings)
                 self.settings_checked = True
@@ -197,7 +207,7 @@ class ClientSession:
                 self.settings_dirty = False
                 self.settings = session_state.capture(server)
             self.pool.release(server, reusable=server.tx_status == m.TX_IDLE)
-        except (ProxyError, OSError) as e:
+        except Exception as e:  # the pool gets its slot back whatever went wrong
             log.info("%r: ending the lease of %r failed (%s); closing it", self, server, e)
             self.pool.release(server, reusable=False)
         finally:
@@ -220,25 +230,9 @@ class ClientSession:
         return False
 
     def release_server(self):
-        """At session end: return the server to its pool if its state is known and clean, else close it."""
-        server, pool = self.server, self.pool
-        self.server = None
-        reusable = not server.broken and self.outstanding == 0 and not self.in_extended
-        if self.outstanding and not server.broken:
-            server.cancel()  # stop the orphaned query now, not when it next writes to a closed socket
-        if reusable:
-            try:
-                if server.tx_status != m.TX_IDLE:
-                    server.execute("ROLLBACK")
-                reset = self.proxy.config.pool.reset_query
-                if reset and (not self.pooled or self.pinned or self.settings_dirty):
-                    server.execute(reset)
-                    server.settings_key = ()
-                    server.statements.clear()
-                elif self.pooled and self.settings:
-                    session_state.apply(server, {})
-                reusable = server.tx_status == m.TX_IDLE
-            except Exception as e:  # whatever went wrong, the pool gets its slot back
-                log.info("reset of %r failed (%s); closing it", server, e)
-                reusable = False
-        pool.release(server, reusable)
+        """At session end: back to the pool if its state is known and clean (pool/reset.py), else closed."""
+        server, self.server = self.server, None
+        reusable = reset_for_reuse(server, self.proxy.config.pool.reset_query,
+                                   in_flight=bool(self.outstanding or self.in_extended),
+                                   full_reset=not self.pooled or bool(self.pinned) or self.settings_dirty)
+        self.pool.release(server, reusable)
