@@ -344,3 +344,55 @@ def test_reserve_pool_serves_a_client_that_waited(start_proxy):
     assert 0.25 < time.monotonic() - started < 5
     other.commit()
     holder.commit()
+
+
+def test_sql_prepare_execute_deallocate_without_pinning(start_proxy, cluster):
+    proxy = start_proxy(pool={"mode": "transaction", "max_size": 2})
+
+    def exchange(port):
+        w = Wire(port)
+        w.startup(user="postgres", database="postgres")
+        out = []
+        for sql in ["PREPARE p1 (int) AS SELECT $1 * 10",
+                    "EXECUTE p1(4)",
+                    "PREPARE p1 AS SELECT 2",                 # 42P05
+                    "EXECUTE nope(1)",                        # 26000
+                    "PREPARE bad AS SELEC 1",                 # syntax error: bad stays undefined
+                    "EXECUTE bad",
+                    "PREPARE p2 (text) AS SELECT upper($1)",
+                    "EXPLAIN (COSTS OFF) EXECUTE p2('x')",
+                    "DEALLOCATE p1",
+                    "EXECUTE p1(1)",                          # 26000 again
+                    "DEALLOCATE ALL",
+                    "EXECUTE p2('y')"]:
+            w.send(codec.query(sql))
+            msgs = w.until_ready()
+            err = error_of(msgs)
+            out.append((sql, err and err["C"], [b for t, b in msgs if t == b"D"]))
+        w.close()
+        return out
+    via = exchange(proxy.port)
+    assert via == exchange(cluster.primary_port)
+    assert via[1][2] == [b"\x00\x01\x00\x00\x00\x0240"]
+    assert "pinned" not in proxy.output()
+
+
+def test_sql_prepared_statement_follows_the_client_across_servers(start_proxy):
+    proxy = start_proxy(pool={"mode": "transaction", "max_size": 3})
+    holders = []
+    conn = proxy.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("PREPARE q (int) AS SELECT $1 + 1, pg_backend_pid()")
+    pids = set()
+    for i in range(3):
+        other = proxy.connect()
+        other.cursor().execute("select 1")  # holds a server connection in a transaction
+        holders.append(other)
+        cur.execute("EXECUTE q(%s)", (i,))
+        value, pid = cur.fetchone()
+        assert value == i + 1
+        pids.add(pid)
+        if len(holders) == 2:
+            break
+    assert len(pids) >= 2

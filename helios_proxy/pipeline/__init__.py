@@ -8,12 +8,14 @@ from .context import QueryContext  # noqa: F401
 from .stage import Action, Stage, StageResult  # noqa: F401
 from .stages.pooling_guard import PoolingGuard
 from .stages.query_size import QuerySizeLimit
+from .stages.sql_prepare import SqlPreparedStatements
 
 # In the spec's order: auth proxy, tenant, rate limit, circuit breaker, plugins, rewriter,
 # analytics, routing hints, cache, schema router, lag router, load balancer. Later issues add theirs.
 STAGES = (
     QuerySizeLimit,
     PoolingGuard,   # transaction/statement pooling only: settings, pinning, statement-mode refusals
+    SqlPreparedStatements,  # transaction/statement pooling only: PREPARE/EXECUTE/DEALLOCATE
 )
 
 

@@ -32,16 +32,36 @@ def server_name(rest):
 
 
 class ClientStatements:
-    """The named statements one client prepared, by the client's names."""
+    """The named statements one client prepared, by the client's names: protocol-level (Parse) and
+    SQL-level (PREPARE), which share one namespace as in PostgreSQL."""
 
     def __init__(self):
         self.by_name = {}
+        self.sql = {}  # SQL-level: Statement.parse holds the server's PREPARE text
+
+    def _check_free(self, name):
+        if name in self.by_name or name in self.sql:
+            raise ProxyError(f'prepared statement "{name}" already exists', sqlstate=DUPLICATE_PREPARED)
+
+    def add_sql(self, name, stmt):
+        self._check_free(name)
+        self.sql[name] = stmt
+        return stmt
+
+    def lookup_sql(self, name):
+        stmt = self.sql.get(name)
+        if stmt is None:
+            raise ProxyError(f'prepared statement "{name}" does not exist', sqlstate=UNDEFINED_PREPARED)
+        return stmt
+
+    def deallocate(self, name):
+        if self.by_name.pop(name, None) is None and self.sql.pop(name, None) is None:
+            raise ProxyError(f'prepared statement "{name}" does not exist', sqlstate=UNDEFINED_PREPARED)
 
     def parse(self, body):
         """Register a named Parse; returns (client name, Statement). Raises ProxyError 42P05."""
         name, pos = read_cstr(body, 0)
-        if name in self.by_name:
-            raise ProxyError(f'prepared statement "{name}" already exists', sqlstate=DUPLICATE_PREPARED)
+        self._check_free(name)
         rest = bytes(body[pos:])
         sname = server_name(rest)
         stmt = Statement(sname, codec.message(b"P", codec.cstr(sname) + rest))
@@ -56,9 +76,11 @@ class ClientStatements:
 
     def forget(self, name):
         self.by_name.pop(name, None)
+        self.sql.pop(name, None)
 
     def clear(self):
         self.by_name.clear()
+        self.sql.clear()
 
 
 class ServerStatements:

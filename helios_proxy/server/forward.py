@@ -13,6 +13,7 @@ from ..pipeline.stage import Action
 from ..pool import prepared
 from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
+from ..pipeline.stages.sql_prepare import PREPARE_DONE
 from . import plan as p
 
 RECV_SIZE = 65536
@@ -113,12 +114,23 @@ class Forwarder:
                     raise
                 except ProxyError as e:
                     start = end
+                    session.sql_prepare, session.sql_needs = None, ()
                     self.refuse(mtype, codec.error_response(e.sqlstate, e.message, detail=e.detail))
                     continue
                 send = session.server.send
             if session.discard_pending:  # DISCARD ALL / DEALLOCATE ALL drops the server's statements
                 session.discard_pending = False
                 session.server.statements.clear()
+            if mtype == Q and (session.sql_prepare is not None or session.sql_needs):
+                if begin > start:
+                    send(data[start:begin])
+                start = end
+                answered, prefix, on_fail = self.sql_statements()
+                if not answered:
+                    send(prefix + (replacement or bytes(data[begin:end])))
+                    plan.expect(p.QUERY, on_fail=on_fail)
+                    self.count(Q)
+                continue
             if session.pooled and (mtype == P or mtype == B or mtype == D):
                 try:
                     translated = self.translate(mtype, replacement or bytes(data[begin:end]))
@@ -239,6 +251,40 @@ class Forwarder:
         out = self.ensure(stmt)
         plan.expect(p.DESCRIBE_STATEMENT)
         return out + prepared.describe_statement(stmt.server_name)
+
+    def sql_statements(self):
+        """For a Query the sql_prepare stage rewrote: (answered here?, bytes to send before it,
+        on_fail for its plan entry)."""
+        session = self.session
+        server, plan, known = session.server, session.plan, session.pool.known_statements
+        prepare, needs = session.sql_prepare, session.sql_needs
+        session.sql_prepare, session.sql_needs = None, ()
+        if prepare is not None:
+            name, stmt = prepare
+            if stmt.server_name in server.statements:
+                self.answer_now(plan.fake(PREPARE_DONE, p.READY_NOW))
+                return True, b"", None
+            prefix = self.make_room(stmt.server_name)
+            known[stmt.server_name] = True
+
+            def failed(name=name, sname=stmt.server_name):
+                session.statements.forget(name)
+                server.statements.discard(sname)
+                known.pop(sname, None)
+            return False, prefix, failed
+        prefix = b""
+        for stmt in needs:
+            if stmt.server_name in server.statements:
+                continue
+            prefix += self.make_room(stmt.server_name)
+            # PREPARE through the unnamed statement, all of it hidden from the client
+            prefix += codec.parse(stmt.parse) + codec.bind([]) + codec.execute() + codec.SYNC
+            plan.expect(p.ONE, drop=True)
+            plan.expect(p.ONE, drop=True)
+            plan.expect(p.EXECUTE, drop=True, on_fail=lambda s=stmt.server_name: server.statements.discard(s))
+            plan.expect(p.SYNC, drop=True)
+            self.count(S)
+        return False, prefix, None
 
     def ensure(self, stmt):
         """A Parse (answered invisibly) when the leased server lacks stmt, else nothing."""

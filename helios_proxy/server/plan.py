@@ -62,11 +62,13 @@ class ResponsePlan:
         if mtype == READY:
             self.status = body
             if self.skipping:
-                self._skip_to_sync()
-                return False, self._fakes()
+                return self._skip_to_sync(), self._fakes()
         if self.skipping:
             return False, b""
         kind = head.kind
+        if mtype == ERROR and kind == QUERY and head.on_fail:
+            head.on_fail()  # a simple query goes on to its ReadyForQuery; only note the failure
+            head.on_fail = None
         if mtype == ERROR and kind != QUERY and kind != SYNC:
             entries.popleft()  # this request failed; the server now skips to Sync
             if head.on_fail:
@@ -79,15 +81,17 @@ class ResponsePlan:
         return head.drop, self._fakes()
 
     def _skip_to_sync(self):
-        """The server skipped every entry up to the Sync whose ReadyForQuery just came."""
+        """The server skipped every entry up to the Sync whose ReadyForQuery just came; returns
+        whether to drop that ReadyForQuery."""
         self.skipping = False
         entries = self.entries
         while entries:
             entry = entries.popleft()
             if entry.kind == SYNC:
-                return
+                return entry.drop  # the proxy's own Sync: its ReadyForQuery is not the client's
             if entry.on_fail:
                 entry.on_fail()
+        return False
 
     def _fakes(self):
         out = []

@@ -51,6 +51,8 @@ class ClientSession:
         self.plan = ResponsePlan()    # what the client expects back, in order (plan.py)
         self.statements = ClientStatements()  # its named prepared statements (pooled modes)
         self.discard_pending = False  # it sent DISCARD ALL / DEALLOCATE ALL to the next server
+        self.sql_prepare = None       # (name, Statement): this Query is a PREPARE to run on the server
+        self.sql_needs = ()           # Statements this Query EXECUTEs: prepare them on the server first
         self.write_lock = Semaphore()
         self.pump = None
         self.closing = None           # reason, once the proxy decided to end the session

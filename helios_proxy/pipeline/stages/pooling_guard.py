@@ -1,8 +1,7 @@
 """Keeps transaction and statement pooling correct: notes SETs to carry to the next server connection,
 pins a client whose SQL creates session state (LISTEN, temp tables, WITH HOLD cursors, session
-advisory locks, SQL-level PREPARE, LOAD) to its server connection, answers DEALLOCATE of the
-client's protocol-level statements itself (they live under other names on the servers, see
-pool/prepared.py), and refuses transaction blocks in statement mode.
+advisory locks, LOAD) to its server connection, and refuses transaction blocks in statement mode.
+(Prepared statements have their own stage, sql_prepare.py, and pool/prepared.py.)
 
 A regular expression screens each query first; only a query that may contain such a statement is
 parsed (pglast, PostgreSQL's own parser), and parse results are cached by query text.
@@ -13,24 +12,22 @@ from cachetools import LRUCache
 from pglast import ast, parse_sql
 from pglast.parser import ParseError
 
-from ...errors import FEATURE_NOT_SUPPORTED, ProxyError
-from ...protocol import codec
+from ...errors import FEATURE_NOT_SUPPORTED
 from ..stage import Stage, StageResult
 
 SCREEN = re.compile(r"\b(set|reset|discard|listen|temp|temporary|hold|advisory_lock|advisory_lock_shared|"
-                    r"prepare|deallocate|begin|start|unlisten|load)\b", re.I)
+                    r"begin|start|unlisten|load)\b", re.I)
 ADVISORY = re.compile(r"\bpg_(try_)?advisory_lock(_shared)?\s*\(", re.I)
 CURSOR_OPT_HOLD = 0x0020
 
 
 class Effects:
     """What a query does to session state."""
-    __slots__ = ("settings", "pin", "begins", "discard", "deallocate")
+    __slots__ = ("settings", "pin", "begins", "discard")
 
     def __init__(self, settings=False, pin=None, begins=False):
         self.settings, self.pin, self.begins = settings, pin, begins
         self.discard = False      # DISCARD ALL: every prepared statement goes too
-        self.deallocate = None    # the query is one DEALLOCATE: its name, or True for ALL
 
 
 NOTHING = Effects()
@@ -50,11 +47,6 @@ def analyze(sql):
         elif isinstance(s, ast.DiscardStmt):
             fx.settings = True
             fx.discard = s.target.name == "DISCARD_ALL"
-        elif isinstance(s, ast.DeallocateStmt):
-            if len(stmts) == 1:
-                fx.deallocate = True if s.isall else s.name
-            else:
-                fx.pin = "DEALLOCATE inside a multi-statement query"
         elif isinstance(s, ast.ListenStmt):
             fx.pin = "LISTEN"
         elif isinstance(s, (ast.CreateStmt, ast.CreateTableAsStmt, ast.ViewStmt)) and _temp(s):
@@ -63,8 +55,6 @@ def analyze(sql):
             fx.pin = "a temporary table"
         elif isinstance(s, ast.DeclareCursorStmt) and s.options & CURSOR_OPT_HOLD:
             fx.pin = "a WITH HOLD cursor"
-        elif isinstance(s, ast.PrepareStmt):
-            fx.pin = "PREPARE"
         elif isinstance(s, ast.LoadStmt):
             fx.pin = "LOAD"
         elif isinstance(s, ast.TransactionStmt) and s.kind.name in ("TRANS_STMT_BEGIN", "TRANS_STMT_START"):
@@ -108,28 +98,4 @@ class PoolingGuard(Stage):
         if fx.discard:
             session.statements.clear()
             session.discard_pending = True
-        if fx.deallocate is not None:
-            return self.deallocate(ctx, fx.deallocate)
-        return StageResult.CONTINUE
-
-    def deallocate(self, ctx, name):
-        session = ctx.session
-        if ctx.protocol != "simple":
-            return StageResult.reject(FEATURE_NOT_SUPPORTED, "DEALLOCATE through the extended protocol is not "
-                                      "supported with transaction pooling; use a Close message")
-        if name is True:
-            session.statements.clear()
-            if session.pinned:  # SQL-level statements live on the pinned server: it must run there
-                session.discard_pending = True
-                return StageResult.CONTINUE
-            return StageResult.respond(codec.message(b"C", b"DEALLOCATE ALL\0"))
-        if name in session.statements.by_name:
-            session.statements.forget(name)
-            return StageResult.respond(codec.message(b"C", b"DEALLOCATE\0"))
-        if session.pinned:
-            return StageResult.CONTINUE
-        try:
-            session.statements.lookup(name)
-        except ProxyError as e:
-            return StageResult.reject(e.sqlstate, e.message)
         return StageResult.CONTINUE
