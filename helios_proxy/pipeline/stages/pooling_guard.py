@@ -13,10 +13,11 @@ from pglast import ast, parse_sql
 from pglast.parser import ParseError
 
 from ...errors import FEATURE_NOT_SUPPORTED
+from ..sqltext import leading
 from ..stage import Stage, StageResult
 
-SCREEN = re.compile(r"\b(set|reset|discard|listen|temp|temporary|hold|advisory_lock|advisory_lock_shared|"
-                    r"begin|start|unlisten|load)\b", re.I)
+LEADING = leading("set", "reset", "discard", "listen", "unlisten", "load", "begin", "start", "declare")
+ANYWHERE = re.compile(r"\btemp(orary)?\b|advisory_lock", re.I)
 ADVISORY = re.compile(r"\bpg_(try_)?advisory_lock(_shared)?\s*\(", re.I)
 CURSOR_OPT_HOLD = 0x0020
 
@@ -83,7 +84,7 @@ class PoolingGuard(Stage):
 
     def process(self, ctx):
         session = ctx.session
-        if not session.pooled or not SCREEN.search(ctx.sql):
+        if not session.pooled or not (LEADING.search(ctx.sql) or ANYWHERE.search(ctx.sql)):
             return StageResult.CONTINUE
         fx = self.cache.get(ctx.sql)
         if fx is None:

@@ -18,9 +18,12 @@ from pglast.visitors import Visitor
 from ...errors import ProxyError
 from ...pool.prepared import Statement
 from ...protocol import codec
+from ..sqltext import leading
 from ..stage import Stage, StageResult
 
-SCREEN = re.compile(r"\b(prepare|execute|deallocate)\b", re.I)
+LEADING = leading("prepare", "execute", "deallocate")
+NESTED = leading("explain", "create")  # EXPLAIN EXECUTE p, CREATE TABLE t AS EXECUTE p
+EXECUTE = re.compile(r"\bexecute\b", re.I)
 PREPARE_DONE = codec.message(b"C", b"PREPARE\0")
 
 
@@ -98,7 +101,8 @@ class SqlPreparedStatements(Stage):
 
     def process(self, ctx):
         session = ctx.session
-        if not session.pooled or not SCREEN.search(ctx.sql):
+        sql = ctx.sql
+        if not session.pooled or not (LEADING.search(sql) or (EXECUTE.search(sql) and NESTED.search(sql))):
             return StageResult.CONTINUE
         plan = self.plans.get(ctx.sql)
         if plan is None:
