@@ -57,3 +57,22 @@ def tls_files(cluster):
     cluster.sql("ALTER SYSTEM SET ssl = on")
     cluster.sql("SELECT pg_reload_conf()")
     return {"cert": cert, "key": key}
+
+
+@pytest.fixture(scope="session")
+def pgbench(cluster):
+    """pgbench(port, mode, clients, transactions) -> its stdout; tables initialized once."""
+    import subprocess
+    subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", str(cluster.primary_port), "-U", "postgres", "-i",
+                    "-s", "1", "-q", "postgres"], check=True, capture_output=True, timeout=120)
+
+    def run(port, mode, clients, transactions):
+        out = subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-M", mode,
+                              "-c", str(clients), "-j", "2", "-t", str(transactions), "postgres"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        total = clients * transactions
+        assert f"number of transactions actually processed: {total}/{total}" in out.stdout
+        assert "number of failed transactions: 0" in out.stdout
+        return out.stdout
+    return run

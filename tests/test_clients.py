@@ -213,15 +213,8 @@ def test_parameter_status_matches_backend(proxy, cluster):
 
 
 @pytest.mark.parametrize("mode", ["simple", "extended", "prepared"])
-def test_pgbench(proxy, cluster, mode):
-    subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", str(cluster.primary_port), "-U", "postgres", "-i",
-                    "-s", "1", "-q", "postgres"], check=True, capture_output=True, timeout=120)
-    out = subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", str(proxy.port), "-U", "postgres", "-M", mode,
-                          "-c", "4", "-j", "2", "-t", "200", "postgres"], capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "number of transactions actually processed: 800/800" in out.stdout
-    assert "number of failed transactions: 0" in out.stdout
+def test_pgbench(proxy, pgbench, mode):
+    pgbench(proxy.port, mode, clients=4, transactions=200)
 
 
 def test_clean_close_returns_connection_to_pool(proxy, direct):

@@ -91,22 +91,8 @@ def load(data, environ=None, source=None):
         raise ConfigError(f"unknown section [{sorted(unknown)[0]}]; known: {', '.join(sorted(SECTIONS))}, nodes")
     cfg = Config(source=source)
     for section, keys in SECTIONS.items():
-        given = data.get(section, {})
-        if not isinstance(given, dict):
-            raise ConfigError(f"[{section}] must be a table")
-        extra = set(given) - set(keys)
-        if extra:
-            raise ConfigError(f"{section}.{sorted(extra)[0]}: unknown setting")
-        values = {}
-        for key, setting in keys.items():
-            var = f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
-            if var in environ:
-                values[key] = _coerce(setting, _from_env(setting, environ[var], var), var)
-            elif key in given:
-                values[key] = _coerce(setting, given[key], setting.path)
-            else:
-                values[key] = setting.default
-        setattr(cfg, section, SimpleNamespace(**values))
+        env = {key: f"{ENV_PREFIX}{section.upper()}__{key.upper()}" for key in keys}
+        setattr(cfg, section, _table(data.get(section, {}), keys, section, environ, env))
     cfg.nodes = _load_nodes(data.get("nodes", []))
     cfg.databases = _load_named(data.get("databases", {}), "databases", DATABASE_SETTINGS)
     cfg.users = _load_named(data.get("users", {}), "users", USER_SETTINGS)
@@ -115,28 +101,41 @@ def load(data, environ=None, source=None):
     return cfg
 
 
+def _table(given, keys, where, environ=None, env=None, required=False):
+    """Validate one table against its settings: {key: value} as a namespace.
+
+    Unset keys take their default (an environment variable first, when env names one); with
+    `required`, a setting without a default must be given.
+    """
+    if not isinstance(given, dict):
+        raise ConfigError(f"[{where}] must be a table")
+    extra = set(given) - set(keys)
+    if extra:
+        raise ConfigError(f"{where}.{sorted(extra)[0]}: unknown setting")
+    values = {}
+    for key, setting in keys.items():
+        var = env.get(key) if env else None
+        if var and var in environ:
+            values[key] = _coerce(setting, _from_env(setting, environ[var], var), var)
+        elif key in given:
+            values[key] = _coerce(setting, given[key], f"{where}.{key}")
+        elif required and setting.default is None:
+            raise ConfigError(f"{where}.{key}: required")
+        else:
+            values[key] = setting.default
+    return SimpleNamespace(**values)
+
+
 def _load_nodes(entries):
     if not isinstance(entries, list) or not entries:
         raise ConfigError("nodes: at least one [[nodes]] entry (name, host, port, role) is required")
     nodes, names = [], set()
     for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise ConfigError(f"nodes[{i}]: must be a table")
-        extra = set(entry) - set(NODE_KEYS)
-        if extra:
-            raise ConfigError(f"nodes[{i}].{sorted(extra)[0]}: unknown setting")
-        values = {}
-        for key, setting in NODE_KEYS.items():
-            if key in entry:
-                values[key] = _coerce(setting, entry[key], f"nodes[{i}].{key}")
-            elif setting.default is None:
-                raise ConfigError(f"nodes[{i}].{key}: required")
-            else:
-                values[key] = setting.default
-        if values["name"] in names:
-            raise ConfigError(f"nodes[{i}].name: {values['name']!r} is used twice")
-        names.add(values["name"])
-        nodes.append(SimpleNamespace(**values))
+        node = _table(entry, NODE_KEYS, f"nodes[{i}]", required=True)
+        if node.name in names:
+            raise ConfigError(f"nodes[{i}].name: {node.name!r} is used twice")
+        names.add(node.name)
+        nodes.append(node)
     return nodes
 
 
@@ -144,16 +143,8 @@ def _load_named(tables, section, settings):
     """[section.NAME] tables of overrides: {NAME: namespace}, unset keys None."""
     if not isinstance(tables, dict):
         raise ConfigError(f"[{section}] must hold tables such as [{section}.NAME]")
-    keys, out = {s.key: s for s in settings}, {}
-    for name, table in tables.items():
-        if not isinstance(table, dict):
-            raise ConfigError(f"{section}.{name}: must be a table")
-        extra = set(table) - set(keys)
-        if extra:
-            raise ConfigError(f"{section}.{name}.{sorted(extra)[0]}: unknown setting")
-        out[name] = SimpleNamespace(**{k: _coerce(s, table[k], f"{section}.{name}.{k}") if k in table else None
-                                       for k, s in keys.items()})
-    return out
+    keys = {s.key: s for s in settings}
+    return {name: _table(table, keys, f"{section}.{name}") for name, table in tables.items()}
 
 
 def _check_cross(cfg):

@@ -49,14 +49,11 @@ class ClientStatements:
         return stmt
 
     def lookup_sql(self, name):
-        stmt = self.sql.get(name)
-        if stmt is None:
-            raise ProxyError(f'prepared statement "{name}" does not exist', sqlstate=UNDEFINED_PREPARED)
-        return stmt
+        return self.sql.get(name) or _undefined(name)
 
     def deallocate(self, name):
         if self.by_name.pop(name, None) is None and self.sql.pop(name, None) is None:
-            raise ProxyError(f'prepared statement "{name}" does not exist', sqlstate=UNDEFINED_PREPARED)
+            _undefined(name)
 
     def parse(self, body):
         """Register a named Parse; returns (client name, Statement). Raises ProxyError 42P05."""
@@ -69,10 +66,7 @@ class ClientStatements:
         return name, stmt
 
     def lookup(self, name):
-        stmt = self.by_name.get(name)
-        if stmt is None:
-            raise ProxyError(f'prepared statement "{name}" does not exist', sqlstate=UNDEFINED_PREPARED)
-        return stmt
+        return self.by_name.get(name) or _undefined(name)
 
     def forget(self, name):
         self.by_name.pop(name, None)
@@ -81,6 +75,10 @@ class ClientStatements:
     def clear(self):
         self.by_name.clear()
         self.sql.clear()
+
+
+def _undefined(name):
+    raise ProxyError(f'prepared statement "{name}" does not exist', sqlstate=UNDEFINED_PREPARED)
 
 
 class ServerStatements:
