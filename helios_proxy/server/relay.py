@@ -21,7 +21,7 @@ def pump(session, server):
     """Relay until the server is released (pooling) or lost; never raises."""
     scanner = StreamScanner(WANTS)
     recv, send, on_message = server.sock.recv, session.send, session.plan.on_message
-    held = b""  # trailing bytes of a ReadyForQuery/ParameterStatus not complete yet
+    held = b""  # trailing bytes of a message the plan must see whole, not complete yet
     try:
         while True:
             data = recv(RECV_SIZE)
@@ -56,13 +56,17 @@ def pump(session, server):
                 data = b"".join(out)
             elif sent or partial:
                 data = data[sent:stop]
-            if release:
-                session.detach()  # before the client can send its next query
-            if data:
-                send(data)
-            if release:
+            if not release:
+                if data:
+                    send(data)
+                continue
+            session.detach()  # before the client can send its next query
+            try:
+                if data:
+                    send(data)
+            finally:  # also when the session is being killed: the pool gets the connection back
                 session.end_lease(server)
-                return
+            return
     except ProtocolViolation as e:
         lost(session, server, f"protocol violation from server: {e.message}")
     except OSError as e:

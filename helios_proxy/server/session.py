@@ -17,16 +17,15 @@ from gevent.lock import Semaphore
 
 from ..errors import ADMIN_SHUTDOWN, QUERY_CANCELED, FatalError, ProtocolViolation, ProxyError
 from ..pool import session_state
-from ..sockets import sendall
 from ..pool.prepared import ClientStatements
 from ..pool.reset import reset_for_reuse
 from ..protocol import codec, messages as m
+from ..sockets import sendall
 from . import handshake, relay
 from .forward import Forwarder
 from .plan import ResponsePlan
 
 log = logging.getLogger(__name__)
-RECV_SIZE = 65536
 _ids = itertools.count(1)
 
 
