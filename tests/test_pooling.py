@@ -28,7 +28,7 @@ def run_threads(n, target):
     def wrapped(i):
         try:
             target(i)
-        except Exception as e:  # reported by the caller
+        except BaseException as e:  # reported by the caller (pytest's failures are BaseExceptions)
             errors.append(repr(e))
     threads = [threading.Thread(target=wrapped, args=(i,)) for i in range(n)]
     for t in threads:
@@ -390,3 +390,90 @@ def test_sql_prepared_statement_follows_the_client_across_servers(start_proxy):
         if len(holders) == 2:
             break
     assert len(pids) >= 2
+
+
+def test_mixed_workload_soak_leaves_pool_clean(start_proxy, direct):
+    """30 clients for a few seconds: auto-prepare, pipelines, errors, SET, cancels, killed clients,
+    SQL PREPARE, over 4 server connections. No client error, the pool ends idle and within bounds."""
+    proxy = start_proxy(pool={"mode": "transaction", "max_size": 4, "acquire_timeout": 20})
+    dsn = proxy.dsn()
+    stop = time.time() + 6
+
+    def worker(i):
+        import random
+        rng = random.Random(i)
+        for _ in range(200):  # bounded in count as well as time
+            if time.time() > stop:
+                return
+            kind = rng.randrange(6)
+            try:
+                one(i, kind, rng)
+            except Exception as e:
+                raise AssertionError(f"kind {kind}: {e!r}") from e
+
+    def one(i, kind, rng):
+        if True:
+            if kind == 0:
+                with psycopg.connect(dsn, prepare_threshold=0, autocommit=True) as c:
+                    for k in range(rng.randrange(1, 10)):
+                        assert c.execute("select %s::int + 1", (k,)).fetchone()[0] == k + 1
+            elif kind == 1:
+                with psycopg.connect(dsn) as c:
+                    with c.pipeline():
+                        curs = [c.execute("select %s::text", (str(k),)) for k in range(10)]
+                    assert [cur.fetchone()[0] for cur in curs] == [str(k) for k in range(10)]
+                    c.commit()
+            elif kind == 2:
+                c = psycopg2.connect(dsn)
+                cur = c.cursor()
+                with pytest.raises(psycopg2.errors.DivisionByZero):
+                    cur.execute("select 1/0")
+                c.rollback()
+                cur.execute("set statement_timeout = 5000")
+                c.commit()
+                cur.execute("select current_setting('statement_timeout')")
+                assert cur.fetchone()[0] == "5s"
+                c.close()
+            elif kind == 3:  # the cancel may also come before the query runs: then it has no effect
+                c = psycopg2.connect(dsn)
+                c.autocommit = True
+                timer = threading.Timer(0.05, c.cancel)
+                timer.start()
+                try:
+                    c.cursor().execute("select pg_sleep(0.5)")
+                except psycopg2.errors.QueryCanceled:
+                    pass
+                finally:
+                    timer.cancel()
+                    timer.join()
+                    c.close()
+            elif kind == 4:
+                c = psycopg2.connect(dsn)
+                c.cursor().execute("select 1")
+                s = socket.socket(fileno=os.dup(c.fileno()))
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            else:
+                c = psycopg2.connect(dsn)
+                c.autocommit = True
+                cur = c.cursor()
+                cur.execute(f"prepare q{i} (int) as select $1")
+                cur.execute(f"execute q{i}(3)")
+                assert cur.fetchone()[0] == 3
+                c.close()
+    errors = run_threads(30, worker)
+    assert not errors, sorted(set(errors))[:5]
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        cur = direct.cursor()
+        cur.execute("select count(*), count(*) filter (where state <> 'idle') from pg_stat_activity "
+                    "where backend_type = 'client backend' and pid <> pg_backend_pid() "
+                    "and datname = 'postgres' and client_port is not null and application_name = ''")
+        total, busy = cur.fetchone()
+        if busy == 0:
+            break
+        time.sleep(0.1)
+    cur.execute("select state, query from pg_stat_activity where backend_type = 'client backend' "
+                "and pid <> pg_backend_pid() and datname = 'postgres' and state <> 'idle'")
+    assert (busy, total <= 4) == (0, True), cur.fetchall()
+    assert proxy.connect().closed == 0

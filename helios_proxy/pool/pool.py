@@ -45,11 +45,12 @@ class Pool:
     def min_size(self):
         return self.config.pool_setting(self.database, "min_size")
 
-    def acquire(self, timeout=None):
+    def acquire(self, timeout=None, waiting=None):
         """Return a logged-in, idle server connection; raise ProxyError on timeout or login failure.
 
         A client that has waited `reserve_timeout` may open up to `reserve_size` connections
-        beyond max_size (PgBouncer's reserve pool).
+        beyond max_size (PgBouncer's reserve pool). `waiting(result)` is told the AsyncResult it
+        waits on, so that a cancel can end the wait with set_exception().
         """
         cfg = self.config.pool
         started = time.monotonic()
@@ -63,7 +64,7 @@ class Pool:
             limit = self.max_size + (cfg.reserve_size if now >= reserve_at else 0)
             if self.size < limit and self._room():
                 return self._open()
-            conn = self._wait(reserve_at if now < reserve_at else deadline, deadline)
+            conn = self._wait(reserve_at if now < reserve_at else deadline, deadline, waiting)
             if conn is not None:
                 return conn
 
@@ -125,15 +126,17 @@ class Pool:
             self._wake_one()
             raise
 
-    def _wait(self, until, deadline):
+    def _wait(self, until, deadline, waiting=None):
         """Wait in line until `until`: a connection handed over, or None to look again."""
         waiter = AsyncResult()
+        if waiting is not None:
+            waiting(waiter)
         self.waiters.append(waiter)
         self.wait_started[waiter] = time.monotonic()
         try:
             return waiter.get(timeout=max(0.0, until - time.monotonic()))
         except gevent.Timeout:
-            if waiter.ready():
+            if waiter.ready() and waiter.successful():
                 return waiter.get()
             if time.monotonic() < deadline:
                 return None

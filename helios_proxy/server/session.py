@@ -63,7 +63,7 @@ class ClientSession:
         self.settings_dirty = False   # the client ran SET/RESET/DISCARD: capture at lease end
         self.idle_lease = Event()     # set while no lease is being ended
         self.idle_lease.set()
-        self.waiting = None           # the greenlet waiting for a server, while it waits
+        self.waiting = None           # the AsyncResult it waits on for a server, while it waits
         self.backend_pid = 0          # the pid in the BackendKeyData the client got
         self.settings_checked = False  # startup settings applied once without error
 
@@ -165,9 +165,8 @@ class ClientSession:
     def lease(self):
         """Lease a server connection for the next transaction (pooled modes) and start its pump."""
         self.idle_lease.wait()
-        self.waiting = gevent.getcurrent()
         try:
-            server = self.pool.acquire()
+            server = self.pool.acquire(waiting=self._waiting_on)
         finally:
             self.waiting = None
         try:
@@ -181,6 +180,9 @@ class ClientSession:
             raise
         self.server = server
         self.pump = gevent.spawn(relay.pump, self, server)
+
+    def _waiting_on(self, result):
+        self.waiting = result
 
     def may_release(self):
         """Called by the pump at each ReadyForQuery: does the lease end here?"""
@@ -225,8 +227,8 @@ class ClientSession:
         if self.server is not None and not self.server.broken:
             self.server.cancel()
             return True
-        if self.waiting is not None:
-            self.waiting.kill(QueryCanceledWhileWaiting("canceling statement due to user request"), block=False)
+        if self.waiting is not None and not self.waiting.ready():  # out of the queue, error to the client
+            self.waiting.set_exception(QueryCanceledWhileWaiting("canceling statement due to user request"))
             return True
         return False
 
