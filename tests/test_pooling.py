@@ -253,6 +253,10 @@ def test_prepared_statement_errors_match_postgres(cluster, txn):
             + codec.SYNC,
             codec.query("deallocate a"),
             codec.bind([], statement="a") + codec.execute() + codec.SYNC,         # 26000 after DEALLOCATE
+            codec.query("discard all"),
+            codec.bind([], statement="bad") + codec.execute() + codec.SYNC,       # 26000 after DISCARD ALL
+            codec.parse("select 'fresh'", name="bad") + codec.bind([], statement="bad") + codec.execute()
+            + codec.SYNC,
         ]
         for step in steps:
             w.send(step)
