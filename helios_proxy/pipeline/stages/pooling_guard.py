@@ -8,13 +8,13 @@ parsed (pglast, PostgreSQL's own parser), and parse results are cached by query 
 """
 import re
 
-from cachetools import LRUCache
 from pglast import ast, parse_sql
 from pglast.parser import ParseError
 
 from ...errors import FEATURE_NOT_SUPPORTED
 from ..sqltext import leading
-from ..stage import Stage, StageResult
+from ..stage import StageResult
+from .pooled import PooledSqlStage
 
 LEADING = leading("set", "reset", "discard", "listen", "unlisten", "load", "begin", "start", "declare")
 ANYWHERE = re.compile(r"\btemp(orary)?\b|advisory_lock", re.I)
@@ -71,24 +71,16 @@ def _temp(stmt):
     return rel is not None and rel.relpersistence == "t"
 
 
-class PoolingGuard(Stage):
+class PoolingGuard(PooledSqlStage):
     name = "pooling_guard"
+    analyze = staticmethod(analyze)
 
-    def __init__(self, config):
-        super().__init__(config)
-        self.cache = LRUCache(maxsize=4096)
+    @staticmethod
+    def screen(sql):
+        return LEADING.search(sql) or ANYWHERE.search(sql)
 
-    @classmethod
-    def enabled(cls, config):
-        return config.pooled_modes
-
-    def process(self, ctx):
+    def act(self, ctx, fx):
         session = ctx.session
-        if not session.pooled or not (LEADING.search(ctx.sql) or ANYWHERE.search(ctx.sql)):
-            return StageResult.CONTINUE
-        fx = self.cache.get(ctx.sql)
-        if fx is None:
-            fx = self.cache[ctx.sql] = analyze(ctx.sql)
         if fx.begins and session.mode == "statement":
             return StageResult.reject(FEATURE_NOT_SUPPORTED,
                                       "transaction blocks are not allowed in statement pooling mode")

@@ -19,7 +19,8 @@ from ...errors import ProxyError
 from ...pool.prepared import Statement
 from ...protocol import codec
 from ..sqltext import leading
-from ..stage import Stage, StageResult
+from ..stage import StageResult
+from .pooled import PooledSqlStage
 
 LEADING = leading("prepare", "execute", "deallocate")
 NESTED = leading("explain", "create")  # EXPLAIN EXECUTE p, CREATE TABLE t AS EXECUTE p
@@ -87,26 +88,20 @@ def rename_executes(sql, mapping):
     return RawStream()(stmts)
 
 
-class SqlPreparedStatements(Stage):
+class SqlPreparedStatements(PooledSqlStage):
     name = "sql_prepare"
+    analyze = staticmethod(analyze)
 
     def __init__(self, config):
         super().__init__(config)
-        self.plans = LRUCache(maxsize=4096)
         self.rewrites = LRUCache(maxsize=4096)
 
-    @classmethod
-    def enabled(cls, config):
-        return config.pooled_modes
+    @staticmethod
+    def screen(sql):
+        return LEADING.search(sql) or (EXECUTE.search(sql) and NESTED.search(sql))
 
-    def process(self, ctx):
+    def act(self, ctx, plan):
         session = ctx.session
-        sql = ctx.sql
-        if not session.pooled or not (LEADING.search(sql) or (EXECUTE.search(sql) and NESTED.search(sql))):
-            return StageResult.CONTINUE
-        plan = self.plans.get(ctx.sql)
-        if plan is None:
-            plan = self.plans[ctx.sql] = analyze(ctx.sql)
         if plan.pin:
             session.pin(plan.pin)
             return StageResult.CONTINUE

@@ -1,0 +1,25 @@
+"""Base of the stages that keep transaction and statement pooling transparent: they look only at the
+queries a cheap text screen lets through, and analyze each query text once (LRU cache)."""
+from cachetools import LRUCache
+
+from ..stage import Stage, StageResult
+
+
+class PooledSqlStage(Stage):
+    """Subclasses define `screen(sql)`, `analyze(sql)` and `act(ctx, analysis)`."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.analyses = LRUCache(maxsize=4096)
+
+    @classmethod
+    def enabled(cls, config):
+        return config.pooled_modes
+
+    def process(self, ctx):
+        if not ctx.session.pooled or not self.screen(ctx.sql):
+            return StageResult.CONTINUE
+        analysis = self.analyses.get(ctx.sql)
+        if analysis is None:
+            analysis = self.analyses[ctx.sql] = self.analyze(ctx.sql)
+        return self.act(ctx, analysis)
