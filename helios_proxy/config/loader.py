@@ -51,6 +51,10 @@ class Config(SimpleNamespace):
 
 def _coerce(setting, value, path):
     kind = setting.type
+    if kind is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path}: expected a list of strings, got {value!r}")
+        return value
     ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
@@ -72,6 +76,8 @@ def _coerce(setting, value, path):
 def _from_env(setting, text, var):
     """Parse an environment override by the setting's type."""
     try:
+        if setting.type is list:
+            return [v.strip() for v in text.split(",") if v.strip()]
         if setting.type is bool:
             if text.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
                 raise ValueError(text)

@@ -110,6 +110,19 @@ SETTINGS = (
     # [pipeline]: optional per-query stages
     S("pipeline", "max_query_bytes", int, 0,
       "Reject SQL text longer than this with SQLSTATE 54000; 0 disables the stage.", min=0, reloadable=True),
+    # [routing]: read/write splitting in transaction and statement pooling (needs standbys)
+    S("routing", "enabled", bool, True, "Send reads to standbys when standbys are configured (pooled modes)."),
+    S("routing", "strategy", str, "round_robin", "How a read picks among standbys.",
+      choices=("round_robin", "weighted", "random", "least_connections", "latency"), reloadable=True),
+    S("routing", "primary_reads", str, "if_no_standby", "Whether the primary also serves reads.",
+      choices=("never", "always", "if_no_standby"), reloadable=True),
+    S("routing", "read_only_functions", list, [],
+      "Volatile functions that are still safe on a standby (beside the built-in list).", reloadable=True),
+    S("routing", "volatile_functions", list, [],
+      "Functions that always send a query to the primary, whatever the catalog says.", reloadable=True),
+    S("routing", "ryw_timeout", float, 0.05,
+      "Seconds a read after the client's own write may wait for a standby to replay it, else primary.",
+      min=0, reloadable=True),
     # [log]
     S("log", "level", str, "info", "Log level.", choices=("debug", "info", "warning", "error"), reloadable=True),
     S("log", "connections", bool, True, "Log one line per client connect, login and disconnect.",

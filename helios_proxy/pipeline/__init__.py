@@ -8,6 +8,7 @@ from .context import QueryContext  # noqa: F401
 from .stage import Action, Stage, StageResult  # noqa: F401
 from .stages.pooling_guard import PoolingGuard
 from .stages.query_size import QuerySizeLimit
+from .stages.route import Route
 from .stages.sql_prepare import SqlPreparedStatements
 
 # In the spec's order: auth proxy, tenant, rate limit, circuit breaker, plugins, rewriter,
@@ -16,6 +17,7 @@ STAGES = (
     QuerySizeLimit,
     PoolingGuard,   # transaction/statement pooling only: settings, pinning, statement-mode refusals
     SqlPreparedStatements,  # transaction/statement pooling only: PREPARE/EXECUTE/DEALLOCATE
+    Route,          # read/write splitting: hints, SET helios.route, classification -> next lease
 )
 
 

@@ -20,10 +20,11 @@ UNDEFINED_PREPARED = "26000"
 
 
 class Statement:
-    __slots__ = ("server_name", "parse")
+    __slots__ = ("server_name", "parse", "route")
 
     def __init__(self, server_name, parse):
         self.server_name, self.parse = server_name, parse  # parse: a whole Parse message, server name
+        self.route = None  # where a lease for executing it goes (set by the route stage at Parse)
 
 
 def server_name(rest):

@@ -108,6 +108,8 @@ class Forwarder:
                 if mtype == m.FLUSH[0]:
                     start = end
                     continue
+                if mtype == B and session.next_target is None:  # a named statement: where its Parse went
+                    self.route_of_bind(data[begin + 5:end])
                 try:
                     session.lease()
                 except FatalError:
@@ -208,6 +210,7 @@ class Forwarder:
             if stmt.server_name not in session.pool.known_statements:
                 session.statements.forget(name)  # translate() registers it again with the server
                 return None
+            stmt.route = session.next_target
             self.answer_now(session.plan.fake(prepared.PARSE_COMPLETE))
             return True
         if body[0] != STATEMENT or body[1] == 0:
@@ -225,6 +228,7 @@ class Forwarder:
             if body[0] == 0:
                 return None
             name, stmt = session.statements.parse(body)
+            stmt.route = (session.lease_target, None)
             known[stmt.server_name] = True
             if stmt.server_name in server.statements:  # valid for the server, not yet for the pool
                 self.answer_now(plan.fake(prepared.PARSE_COMPLETE))
@@ -285,6 +289,14 @@ class Forwarder:
             plan.expect(p.SYNC, drop=True)
             self.count(S)
         return False, prefix, None
+
+    def route_of_bind(self, body):
+        """Send a Bind of a named statement where the statement's Parse was routed."""
+        pos = body.index(b"\0") + 1
+        name = codec.read_cstr(body, pos)[0]
+        stmt = self.session.statements.by_name.get(name) if name else None
+        if stmt is not None:
+            self.session.next_target = stmt.route
 
     def ensure(self, stmt):
         """A Parse (answered invisibly) when the leased server lacks stmt, else nothing."""

@@ -16,6 +16,7 @@ from ..config import load_file
 from ..config.schema import SETTINGS
 from ..errors import ConfigError
 from ..pool import PoolManager
+from ..routing.router import Router
 from .auth import Authenticator
 from .cancel import CancelMap
 from .session import ClientSession
@@ -37,6 +38,7 @@ class Proxy:
         self.cancels = CancelMap()
         self.pools = PoolManager(config)
         self.tls_context = client_context(config.tls)
+        self.router = Router(config)
         self.stages = pipeline.build(config)
         self.authenticator = Authenticator(config, load_userlist(config.auth.users_file), self.pools,
                                            self.primary)
@@ -45,7 +47,7 @@ class Proxy:
 
     # --- topology (the topology issue replaces this with the primary tracker) ---------------
     def primary(self):
-        return next(n for n in self.config.nodes if n.role == "primary")
+        return self.router.primary()
 
     # --- serving ----------------------------------------------------------------------------
     def start(self):
@@ -124,6 +126,7 @@ class Proxy:
             log.info("reload: nodes changed")
         self.config = new
         self.pools.reconfigure(new)
+        self.router.configure(new)
         self.stages = pipeline.build(new)
         self.authenticator.config = new
         self.authenticator.users = users

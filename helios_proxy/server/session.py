@@ -52,6 +52,11 @@ class ClientSession:
         self.discard_pending = False  # it sent DISCARD ALL / DEALLOCATE ALL to the next server
         self.sql_prepare = None       # (name, Statement): this Query is a PREPARE to run on the server
         self.sql_needs = ()           # Statements this Query EXECUTEs: prepare them on the server first
+        self.next_target = None       # (primary|standby, node name or None) for the next lease (route stage)
+        self.route_override = None    # SET helios.route
+        self.lease_pool = None        # the pool the current lease came from
+        self.lease_target = None
+        self.ryw_lsn = None           # WAL position of the client's last primary transaction
         self.write_lock = Semaphore()
         self.pump = None
         self.closing = None           # reason, once the proxy decided to end the session
@@ -160,15 +165,34 @@ class ClientSession:
 
     # --- server leases ----------------------------------------------------------------------
     def attach(self, pool, server):
-        self.pool, self.server = pool, server
+        self.pool, self.server, self.lease_pool = pool, server, pool
 
     def lease(self):
         """Lease a server connection for the next transaction (pooled modes) and start its pump."""
         self.idle_lease.wait()
+        router = self.proxy.router
+        target, node_name = self.next_target or ("primary", None)
+        self.next_target = None
+        node = router.pick(target, node_name)
+        pool = self.pool if node is self.pool.node else self.proxy.pools.get(node, self.database,
+                                                                             self.pool.credentials)
         try:
-            server = self.pool.acquire(waiting=self._waiting_on)
+            server = pool.acquire(waiting=self._waiting_on)
         finally:
             self.waiting = None
+        if target == "standby" and self.ryw_lsn and node is not self.pool.node:
+            try:
+                fresh = router.caught_up(node, server, self.ryw_lsn)
+            except BaseException:
+                pool.release(server, reusable=False)
+                raise
+            if not fresh:  # not replayed in time: read your writes from the primary
+                pool.release(server)
+                target, node, pool = "primary", self.pool.node, self.pool
+                server = pool.acquire(waiting=self._waiting_on)
+                self.waiting = None
+        router.count(node, target)
+        self.lease_pool, self.lease_target = pool, target
         try:
             if self.settings_checked:
                 session_state.apply(server, self.settings, self.settings_key)
@@ -176,7 +200,7 @@ class ClientSession:
                 handshake.apply_settings(server, self.settings)
                 self.settings_checked = True
         except BaseException:
-            self.pool.release(server, reusable=server.tx_status == m.TX_IDLE and not server.broken)
+            pool.release(server, reusable=server.tx_status == m.TX_IDLE and not server.broken)
             raise
         self.server = server
         self.pump = gevent.spawn(relay.pump, self, server)
@@ -209,10 +233,12 @@ class ClientSession:
             if self.settings_dirty:
                 self.settings_dirty = False
                 self.settings = session_state.capture(server)
-            self.pool.release(server, reusable=server.tx_status == m.TX_IDLE)
+            if self.lease_target == "primary" and self.proxy.router.active(self.proxy.config):
+                self.ryw_lsn = self.proxy.router.write_position(server)
+            self.lease_pool.release(server, reusable=server.tx_status == m.TX_IDLE)
         except Exception as e:  # the pool gets its slot back whatever went wrong
             log.info("%r: ending the lease of %r failed (%s); closing it", self, server, e)
-            self.pool.release(server, reusable=False)
+            self.lease_pool.release(server, reusable=False)
         finally:
             self.idle_lease.set()
 
@@ -238,4 +264,4 @@ class ClientSession:
         reusable = reset_for_reuse(server, self.proxy.config.pool.reset_query,
                                    in_flight=bool(self.outstanding or self.in_extended),
                                    full_reset=not self.pooled or bool(self.pinned) or self.settings_dirty)
-        self.pool.release(server, reusable)
+        (self.lease_pool or self.pool).release(server, reusable)

@@ -1,0 +1,104 @@
+"""The router: where a lease goes. Reads to a standby chosen by the balancer (the primary when the
+config says so or none is fit), writes to the primary, and read-your-writes: after a client's
+transaction on the primary, its reads only go to a standby that has replayed that transaction's
+WAL position (checked on the standby, waiting at most `routing.ryw_timeout`), else to the primary.
+"""
+import logging
+import time
+
+import gevent
+
+from .balancer import Balancer
+from .classify import CATALOG_QUERY, Classifier
+
+log = logging.getLogger(__name__)
+PRIMARY, STANDBY = "primary", "standby"
+
+
+def lsn(text):
+    """'16/B374D848' -> an int; None stays None."""
+    if not text:
+        return None
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+class Router:
+    def __init__(self, config):
+        self.configure(config)
+        self.replayed = {}  # node name -> highest replay LSN seen there
+        self.stats = {}     # node name -> {"reads": n, "writes": n}
+
+    def configure(self, config):
+        self.config = config
+        r = config.routing
+        self.classifier = Classifier(r.read_only_functions, r.volatile_functions)
+        self.balancer = Balancer(r.strategy)
+
+    @staticmethod
+    def active(config):
+        return (config.routing.enabled and config.pooled_modes
+                and any(n.role == STANDBY for n in config.nodes))
+
+    def primary(self):
+        return next(n for n in self.config.nodes if n.role == PRIMARY)
+
+    def node(self, name):
+        return next(n for n in self.config.nodes if n.name == name)
+
+    def read_nodes(self):
+        standbys = [n for n in self.config.nodes if n.role == STANDBY]
+        mode = self.config.routing.primary_reads
+        if mode == "always" or (mode == "if_no_standby" and not standbys):
+            return standbys + [self.primary()]
+        return standbys
+
+    def pick(self, target, node_name=None):
+        if node_name:
+            return self.node(node_name)
+        if target == STANDBY:
+            node = self.balancer.choose(self.read_nodes())
+            if node is not None:
+                return node
+        return self.primary()
+
+    def count(self, node, target):
+        stats = self.stats.setdefault(node.name, {"reads": 0, "writes": 0})
+        stats["reads" if target == STANDBY else "writes"] += 1
+
+    # --- the catalog of read-only functions ---------------------------------------------------
+    def ensure_catalog(self, session):
+        """Load the database's non-volatile function names once (from the primary)."""
+        database = session.database
+        if database in self.classifier.catalog:
+            return
+        self.classifier.load_catalog(database, ())  # others meanwhile: unknown functions are writes
+        conn = session.pool.acquire()
+        ok = False
+        try:
+            rows = conn.execute(CATALOG_QUERY)
+            self.classifier.load_catalog(database, [r[0] for r in rows])
+            ok = True
+        finally:
+            session.pool.release(conn, reusable=ok)
+
+    # --- read-your-writes ----------------------------------------------------------------------
+    def caught_up(self, node, server, wanted):
+        """Whether node has replayed LSN `wanted`, asking it (briefly waiting) when not known yet."""
+        if self.replayed.get(node.name, -1) >= wanted:
+            return True
+        deadline = time.monotonic() + self.config.routing.ryw_timeout
+        while True:
+            seen = lsn(server.execute("SELECT pg_catalog.pg_last_wal_replay_lsn()")[0][0])
+            if seen is None:  # not a standby (e.g. the primary serving reads)
+                return True
+            self.replayed[node.name] = max(seen, self.replayed.get(node.name, -1))
+            if seen >= wanted:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            gevent.sleep(0.002)
+
+    @staticmethod
+    def write_position(server):
+        return lsn(server.execute("SELECT pg_catalog.pg_current_wal_lsn()")[0][0])
