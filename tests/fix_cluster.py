@@ -1,4 +1,4 @@
-"""A real PostgreSQL 15 primary + streaming standby for the whole test session, on free loopback ports."""
+"""A real PostgreSQL 15 primary + two streaming standbys for the whole test session, on free loopback ports."""
 import os
 import tempfile
 
@@ -12,7 +12,7 @@ from helios_proxy.devcluster import Cluster, USERS
 def cluster():
     base = tempfile.mkdtemp(prefix="helios-test-pg-")
     os.chmod(base, 0o755)
-    c = Cluster(os.path.join(base, "cluster"), standbys=1).start()
+    c = Cluster(os.path.join(base, "cluster"), standbys=2).start()
     c.wait_replayed()
     yield c
     c.destroy()

@@ -101,4 +101,5 @@ class Router:
 
     @staticmethod
     def write_position(server):
-        return lsn(server.execute("SELECT pg_catalog.pg_current_wal_lsn()")[0][0])
+        """Where the primary's WAL ends now: past the commit just made, even an asynchronous one."""
+        return lsn(server.execute("SELECT pg_catalog.pg_current_wal_insert_lsn()")[0][0])

@@ -1,0 +1,191 @@
+"""Read/write splitting in transaction pooling: reads to standbys, writes and transactions to the
+primary, hints, SET helios.route, read-your-writes, weighted balancing, the classifier's table."""
+import collections
+import random
+
+import psycopg
+import psycopg2
+import pytest
+
+from helios_proxy.routing.balancer import Balancer
+from helios_proxy.routing.classify import BEGIN_READ_ONLY, READ, WRITE, Classifier
+from helios_proxy.routing.hints import parse_hints
+from helios_proxy.errors import ProxyError
+
+
+def nodes(cluster, **weights):
+    out = [{"name": "primary", "host": "127.0.0.1", "port": cluster.ports[0], "role": "primary"}]
+    for i, port in enumerate(cluster.ports[1:], 1):
+        out.append({"name": f"standby{i}", "host": "127.0.0.1", "port": port, "role": "standby",
+                    "weight": weights.get(f"standby{i}", 1)})
+    return out
+
+
+@pytest.fixture(scope="module")
+def routed(cluster, tmp_path_factory):
+    from .fix_proxy import ProxyProcess
+    p = ProxyProcess(str(tmp_path_factory.mktemp("routing")), cluster, pool={"mode": "transaction"},
+                     nodes=nodes(cluster)).start()
+    yield p
+    p.stop()
+
+
+def ports_of(cur, sql, n):
+    seen = collections.Counter()
+    for _ in range(n):
+        cur.execute(sql)
+        seen[cur.fetchone()[0]] += 1
+    return seen
+
+
+def test_reads_spread_over_standbys_writes_on_primary(routed, cluster):
+    conn = routed.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    seen = ports_of(cur, "select inet_server_port()", 60)
+    assert seen[cluster.ports[1]] > 15 and seen[cluster.ports[2]] > 15 and seen[cluster.ports[0]] == 0
+    cur.execute("select pg_is_in_recovery()")
+    assert cur.fetchone()[0] is True
+    cur.execute("create table if not exists routed_t(id serial primary key, v text)")
+    cur.execute("insert into routed_t(v) values ('x') returning inet_server_port()")
+    assert cur.fetchone()[0] == cluster.ports[0]
+    for sql in ("select inet_server_port() from routed_t limit 1 for update",
+                "with w as (insert into routed_t(v) values ('cte') returning id) "
+                "select inet_server_port() from w",
+                "select inet_server_port(), nextval('routed_t_id_seq')"):
+        cur.execute(sql)
+        assert cur.fetchone()[0] == cluster.ports[0], sql
+
+
+def test_transactions_on_primary_unless_read_only(routed, cluster):
+    conn = routed.connect()
+    cur = conn.cursor()
+    cur.execute("select inet_server_port()")  # psycopg2 sent BEGIN first: a read-write transaction
+    first = cur.fetchone()[0]
+    cur.execute("select inet_server_port()")
+    assert first == cur.fetchone()[0] == cluster.ports[0]
+    conn.commit()
+    cluster.wait_replayed()  # else read-your-writes may rightly keep this client's reads on the primary
+    conn.set_session(readonly=True)
+    cur.execute("select inet_server_port()")
+    assert cur.fetchone()[0] in cluster.ports[1:]
+    conn.commit()
+
+
+def test_hints_and_session_override(routed, cluster):
+    conn = routed.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("/*+ route=primary */ select inet_server_port()")
+    assert cur.fetchone()[0] == cluster.ports[0]
+    cur.execute("/*+ node=standby2 */ select inet_server_port()")
+    assert cur.fetchone()[0] == cluster.ports[2]
+    with pytest.raises(psycopg2.errors.InvalidParameterValue, match="unknown routing hint"):
+        cur.execute("/*+ rout=primary */ select 1")
+    with pytest.raises(psycopg2.errors.InvalidParameterValue, match="unknown node"):
+        cur.execute("/*+ node=nowhere */ select 1")
+    cur.execute("set helios.route = primary")
+    assert set(ports_of(cur, "select inet_server_port()", 10)) == {cluster.ports[0]}
+    cur.execute("set helios.route = auto")
+    assert cluster.ports[0] not in ports_of(cur, "select inet_server_port()", 10)
+
+
+def test_read_your_writes_1000_times_while_reads_reach_standbys(routed, cluster):
+    conn = routed.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("create table if not exists ryw_t(id serial primary key, v int)")
+    misses, standby_reads = 0, 0
+    for i in range(1000):
+        cur.execute("insert into ryw_t(v) values (%s) returning id", (i,))
+        rid = cur.fetchone()[0]
+        cur.execute("select count(*), inet_server_port() from ryw_t where id = %s", (rid,))
+        found, port = cur.fetchone()
+        misses += found != 1
+        standby_reads += port != cluster.ports[0]
+    assert misses == 0
+    assert standby_reads > 100
+
+
+def test_prepared_reads_go_to_standbys(routed, cluster):
+    with psycopg.connect(routed.dsn(), prepare_threshold=0, autocommit=True) as conn:
+        seen = collections.Counter(conn.execute("select inet_server_port() where %s::int > 0", (i,)).fetchone()[0]
+                                   for i in range(1, 40))
+    assert seen[cluster.ports[0]] == 0 and len(seen) == 2
+
+
+def test_weighted_distribution(start_proxy, cluster):
+    proxy = start_proxy(pool={"mode": "transaction"}, routing={"strategy": "weighted"},
+                        nodes=nodes(cluster, standby1=1, standby2=3))
+    conn = proxy.connect()
+    conn.autocommit = True
+    seen = ports_of(conn.cursor(), "select inet_server_port()", 200)
+    assert seen[cluster.ports[1]] == 50 and seen[cluster.ports[2]] == 150
+
+
+def test_session_mode_does_not_split(start_proxy, cluster):
+    proxy = start_proxy(nodes=nodes(cluster))
+    conn = proxy.connect()
+    conn.autocommit = True
+    assert set(ports_of(conn.cursor(), "select inet_server_port()", 5)) == {cluster.ports[0]}
+
+
+CLASSIFIED = [
+    ("select 1", READ), ("SELECT now(), count(*) FROM t", READ), ("values (1)", READ), ("table t", READ),
+    ("show search_path", READ), ("explain select 1", READ), ("explain analyze select 1", READ),
+    ("/* comment */ select 1", READ), ("select 1; select 2", READ), ("select pg_is_in_recovery()", READ),
+    ("begin read only", BEGIN_READ_ONLY), ("start transaction isolation level serializable, read only",
+                                           BEGIN_READ_ONLY),
+    ("insert into t values (1)", WRITE), ("update t set a = 1", WRITE), ("delete from t", WRITE),
+    ("with x as (insert into t values (1) returning *) select * from x", WRITE),
+    ("select * from t for update", WRITE), ("select * from t for share", WRITE),
+    ("select nextval('s')", WRITE), ("select pg_advisory_lock(1)", WRITE), ("select set_config('a', 'b', false)",
+                                                                           WRITE),
+    ("select * into t2 from t", WRITE), ("create temp table x(i int)", WRITE), ("do $$ begin end $$", WRITE),
+    ("copy t to stdout", WRITE), ("select 1; delete from t", WRITE), ("explain analyze delete from t", WRITE),
+    ("selec 1", WRITE), ("select unknown_function()", WRITE), ("begin", WRITE), ("set x = 1", WRITE),
+    ("listen c", WRITE), ("call p()", WRITE),
+]
+
+
+@pytest.mark.parametrize("sql, kind", CLASSIFIED)
+def test_classification_table(sql, kind):
+    c = Classifier(volatile=["my_writer"])
+    c.load_catalog("db", ["now", "count", "generate_series"])
+    assert c.classify(sql, "db") == kind
+
+
+def test_configured_function_lists():
+    c = Classifier(read_only=["my_report"], volatile=["now"])
+    c.load_catalog("db", ["now", "count"])
+    assert c.classify("select my_report()", "db") == READ
+    assert c.classify("select now()", "db") == WRITE
+
+
+def test_hint_parsing():
+    assert parse_hints("/*+ route=standby node=a */ select 1", {"a"}) == {"route": "standby", "node": "a"}
+    assert parse_hints("select /*+ route=primary */ 1", {"a"}) == {}  # only a leading comment counts
+    for bad in ("/*+ route=sideways */ select 1", "/*+ speed=fast */ select 1", "/*+ route */ select 1"):
+        with pytest.raises(ProxyError):
+            parse_hints(bad, {"a"})
+
+
+def test_balancer_strategies():
+    class N:
+        def __init__(self, name, weight):
+            self.name, self.weight = name, weight
+    a, b = N("a", 1), N("b", 3)
+    weighted = Balancer("weighted")
+    assert collections.Counter(weighted.choose([a, b]).name for _ in range(400)) == {"a": 100, "b": 300}
+    rr = Balancer("round_robin")
+    assert [rr.choose([a, b]).name for _ in range(4)] == ["a", "b", "a", "b"]
+    rnd = Balancer("random", rng=random.Random(1))
+    counts = collections.Counter(rnd.choose([a, b]).name for _ in range(4000))
+    assert 800 < counts["a"] < 1200
+    least = Balancer("least_connections")
+    least.started(a)
+    assert least.choose([a, N("c", 1)]).name == "c"
+    fast = Balancer("latency")
+    fast.finished(a, 0.010)
+    fast.finished(b, 0.001)
+    assert fast.choose([a, b]).name == "b"
