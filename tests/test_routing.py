@@ -189,3 +189,29 @@ def test_balancer_strategies():
     fast.finished(a, 0.010)
     fast.finished(b, 0.001)
     assert fast.choose([a, b]).name == "b"
+
+
+def test_standby_beyond_max_lag_gets_no_reads(start_proxy, cluster, direct):
+    proxy = start_proxy(pool={"mode": "transaction"}, nodes=nodes(cluster),
+                        routing={"max_lag_bytes": 256 * 1024, "lag_check_interval": 0.05})
+    conn = proxy.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    assert len(ports_of(cur, "select inet_server_port()", 20)) == 2  # both standbys in use
+    paused = psycopg2.connect(host="127.0.0.1", port=cluster.ports[2], user="postgres", dbname="postgres")
+    paused.autocommit = True
+    paused.cursor().execute("select pg_wal_replay_pause()")
+    try:
+        direct.cursor().execute("drop table if exists lag_t; create table lag_t as "
+                                "select g, repeat('x', 200) from generate_series(1, 20000) g")
+        import time
+        time.sleep(0.5)  # a few lag checks
+        seen = ports_of(cur, "select inet_server_port()", 40)
+        assert seen == {cluster.ports[1]: 40}
+    finally:
+        paused.cursor().execute("select pg_wal_replay_resume()")
+        paused.close()
+    cluster.wait_replayed()
+    import time
+    time.sleep(0.3)
+    assert len(ports_of(cur, "select inet_server_port()", 20)) == 2  # back once it caught up

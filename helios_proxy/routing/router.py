@@ -28,6 +28,7 @@ class Router:
         self.configure(config)
         self.replayed = {}  # node name -> highest replay LSN seen there
         self.stats = {}     # node name -> {"reads": n, "writes": n}
+        self.lag = None     # LagMonitor, once started (lag.py)
 
     def configure(self, config):
         self.config = config
@@ -46,8 +47,11 @@ class Router:
     def node(self, name):
         return next(n for n in self.config.nodes if n.name == name)
 
+    def standbys(self):
+        return [n for n in self.config.nodes if n.role == STANDBY]
+
     def read_nodes(self):
-        standbys = [n for n in self.config.nodes if n.role == STANDBY]
+        standbys = [n for n in self.standbys() if self.lag is None or not self.lag.too_far(n)]
         mode = self.config.routing.primary_reads
         if mode == "always" or (mode == "if_no_standby" and not standbys):
             return standbys + [self.primary()]

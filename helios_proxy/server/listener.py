@@ -16,6 +16,7 @@ from ..config import load_file
 from ..config.schema import SETTINGS
 from ..errors import ConfigError
 from ..pool import PoolManager
+from ..routing.lag import LagMonitor
 from ..routing.router import Router
 from .auth import Authenticator
 from .cancel import CancelMap
@@ -60,6 +61,9 @@ class Proxy:
         self.server = StreamServer(listener, self.handle)
         self.server.start()
         self.pools.start()
+        if Router.active(self.config):
+            self.router.lag = LagMonitor(self.router, self.pools)
+            self.router.lag.start()
         log.info("HeliosProxy listening on %s (pool mode %s, %d node(s))", self.config.server.listen,
                  self.config.pool.mode, len(self.config.nodes))
 

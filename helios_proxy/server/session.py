@@ -56,6 +56,7 @@ class ClientSession:
         self.route_override = None    # SET helios.route
         self.lease_pool = None        # the pool the current lease came from
         self.lease_target = None
+        self.lease_started = 0.0
         self.ryw_lsn = None           # WAL position of the client's last primary transaction
         self.write_lock = Semaphore()
         self.pump = None
@@ -192,7 +193,8 @@ class ClientSession:
                 server = pool.acquire(waiting=self._waiting_on)
                 self.waiting = None
         router.count(node, target)
-        self.lease_pool, self.lease_target = pool, target
+        router.balancer.started(node)
+        self.lease_pool, self.lease_target, self.lease_started = pool, target, time.monotonic()
         try:
             if self.settings_checked:
                 session_state.apply(server, self.settings, self.settings_key)
@@ -233,8 +235,10 @@ class ClientSession:
             if self.settings_dirty:
                 self.settings_dirty = False
                 self.settings = session_state.capture(server)
-            if self.lease_target == "primary" and self.proxy.router.active(self.proxy.config):
-                self.ryw_lsn = self.proxy.router.write_position(server)
+            router = self.proxy.router
+            router.balancer.finished(server.node, time.monotonic() - self.lease_started)
+            if self.lease_target == "primary" and router.active(self.proxy.config):
+                self.ryw_lsn = router.write_position(server)
             self.lease_pool.release(server, reusable=server.tx_status == m.TX_IDLE)
         except Exception as e:  # the pool gets its slot back whatever went wrong
             log.info("%r: ending the lease of %r failed (%s); closing it", self, server, e)
