@@ -215,3 +215,25 @@ def test_standby_beyond_max_lag_gets_no_reads(start_proxy, cluster, direct):
     import time
     time.sleep(0.3)
     assert len(ports_of(cur, "select inet_server_port()", 20)) == 2  # back once it caught up
+
+
+def test_read_your_writes_token_across_sessions(routed, cluster):
+    writer = routed.connect()
+    writer.autocommit = True
+    wc = writer.cursor()
+    wc.execute("create table if not exists token_t(id int)")
+    reader = routed.connect()
+    reader.autocommit = True
+    rc = reader.cursor()
+    missed = 0
+    for i in range(200):
+        wc.execute("insert into token_t values (%s)", (i,))
+        wc.execute("show helios.write_lsn")
+        token = wc.fetchone()[0]
+        assert "/" in token
+        rc.execute("set helios.read_after = %s", (token,))
+        rc.execute("select count(*) from token_t where id = %s", (i,))
+        missed += rc.fetchone()[0] != 1
+    assert missed == 0
+    with pytest.raises(psycopg2.errors.InvalidParameterValue, match="helios.read_after"):
+        rc.execute("set helios.read_after = 'nonsense'")

@@ -60,6 +60,14 @@ def parse_fields(body):
     return fields
 
 
+def text_result(column, value, tag):
+    """A one-column, one-row text result as a server sends it (RowDescription, DataRow, CommandComplete)."""
+    description = pack("!h", 1) + cstr(column) + pack("!ihihih", 0, 0, 25, -1, -1, 0)
+    data = value.encode()
+    return (message(m.ROW_DESCRIPTION, description) + message(m.DATA_ROW, pack("!hi", 1, len(data)) + data)
+            + message(m.COMMAND_COMPLETE, cstr(tag)))
+
+
 def ready_for_query(status=m.TX_IDLE):
     return message(m.READY_FOR_QUERY, status)
 

@@ -66,9 +66,10 @@ class Router:
                 return node
         return self.primary()
 
-    def count(self, node, target):
-        stats = self.stats.setdefault(node.name, {"reads": 0, "writes": 0})
-        stats["reads" if target == STANDBY else "writes"] += 1
+    def count(self, node, what):
+        """Per-node statistics: reads, writes (by lease target), errors."""
+        stats = self.stats.setdefault(node.name, {"reads": 0, "writes": 0, "errors": 0})
+        stats["reads" if what == STANDBY else "writes" if what == PRIMARY else what] += 1
 
     # --- the catalog of read-only functions ---------------------------------------------------
     def ensure_catalog(self, session):

@@ -12,7 +12,7 @@ from ..protocol.framing import StreamScanner
 
 log = logging.getLogger(__name__)
 RECV_SIZE = 65536
-READY, PARAMETER_STATUS = m.READY_FOR_QUERY[0], m.PARAMETER_STATUS[0]
+READY, PARAMETER_STATUS, ERROR = m.READY_FOR_QUERY[0], m.PARAMETER_STATUS[0], m.ERROR_RESPONSE[0]
 # Every message but DataRow and CopyData (the bulk of the bytes) is seen whole by the plan.
 WANTS = frozenset(range(256)) - {m.DATA_ROW[0], m.COPY_DATA[0]}
 
@@ -21,6 +21,7 @@ def pump(session, server):
     """Relay until the server is released (pooling) or lost; never raises."""
     scanner = StreamScanner(WANTS)
     recv, send, on_message = server.sock.recv, session.send, session.plan.on_message
+    router = session.proxy.router
     held = b""  # trailing bytes of a message the plan must see whole, not complete yet
     try:
         while True:
@@ -36,6 +37,8 @@ def pump(session, server):
                 if mtype == READY:
                     server.tx_status = body
                     session.outstanding -= 1
+                elif mtype == ERROR:
+                    router.count(server.node, "errors")
                 elif mtype == PARAMETER_STATUS:
                     name, value = codec.parse_parameter_status(body)
                     server.params[name] = value

@@ -3,6 +3,10 @@
 Only the first query of a transaction decides: inside a lease everything follows it. Order of
 precedence: a /*+ route=... */ or /*+ node=... */ hint, the session's SET helios.route, then the
 classification (routing/classify.py). A pinned session stays on the primary.
+
+Read-your-writes across sessions: `SHOW helios.write_lsn` gives the WAL position of this session's
+last write transaction; another session that runs `SET helios.read_after = '<that LSN>'` reads only
+from standbys that have replayed it (or from the primary).
 """
 import re
 
@@ -10,10 +14,13 @@ from ...errors import ProxyError
 from ...protocol import codec
 from ...routing.classify import BEGIN_READ_ONLY, READ
 from ...routing.hints import INVALID_PARAMETER_VALUE, parse_hints
-from ...routing.router import PRIMARY, STANDBY, Router
+from ...routing.router import PRIMARY, STANDBY, Router, lsn
 from ..stage import Stage, StageResult
 
 SET_ROUTE = re.compile(r"^\s*set\s+(?:session\s+)?helios\.route\s*(?:=|to)\s*'?(\w+)'?\s*;?\s*$", re.I)
+SET_READ_AFTER = re.compile(r"^\s*set\s+(?:session\s+)?helios\.read_after\s*(?:=|to)\s*'([^']*)'\s*;?\s*$", re.I)
+LSN_TEXT = re.compile(r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$")
+SHOW_WRITE_LSN = re.compile(r"^\s*show\s+helios\.write_lsn\s*;?\s*$", re.I)
 ROUTE_VALUES = {"primary": PRIMARY, "standby": STANDBY, "auto": None, "default": None}
 
 
@@ -30,6 +37,10 @@ class Route(Stage):
             return StageResult.CONTINUE
         router = session.proxy.router
         sql = ctx.sql
+        if "helios." in sql:
+            answer = self.session_command(session, sql)
+            if answer is not None:
+                return answer
         override = SET_ROUTE.match(sql)
         if override:
             value = override.group(1).lower()
@@ -57,3 +68,20 @@ class Route(Stage):
             target = (STANDBY if kind in (READ, BEGIN_READ_ONLY) else PRIMARY, None)
         session.next_target = target
         return StageResult.CONTINUE
+
+    @staticmethod
+    def session_command(session, sql):
+        """SHOW helios.write_lsn / SET helios.read_after, answered by the proxy."""
+        if SHOW_WRITE_LSN.match(sql):
+            value = session.ryw_lsn
+            text = f"{value >> 32:X}/{value & 0xFFFFFFFF:X}" if value else ""
+            return StageResult.respond(codec.text_result("helios.write_lsn", text, "SHOW"))
+        token = SET_READ_AFTER.match(sql)
+        if token:
+            if not LSN_TEXT.match(token.group(1)):
+                return StageResult.reject(INVALID_PARAMETER_VALUE, f"invalid value for helios.read_after: "
+                                          f"{token.group(1)!r} (expected an LSN from SHOW helios.write_lsn)")
+            wanted = lsn(token.group(1))
+            session.ryw_lsn = max(wanted, session.ryw_lsn or 0)
+            return StageResult.respond(codec.message(b"C", b"SET\0"))
+        return None
