@@ -56,15 +56,18 @@ def start_pgbouncer(base, pg_port, pool_size, mode):
     return proc, port
 
 
-def start_helios(base, pg_port, pool_size, mode):
+def start_helios(base, pg_port, pool_size, mode, standby_ports=()):
+    """helios-proxy run in front of the primary (and standbys: then reads go to them)."""
     port = free_port()
-    cfg = os.path.join(base, "helios.toml")
+    cfg = os.path.join(base, f"helios-{port}.toml")
+    nodes = f'[[nodes]]\nname = "primary"\nhost = "127.0.0.1"\nport = {pg_port}\nrole = "primary"\n'
+    for i, sport in enumerate(standby_ports, 1):
+        nodes += f'[[nodes]]\nname = "standby{i}"\nhost = "127.0.0.1"\nport = {sport}\nrole = "standby"\n'
     with open(cfg, "w") as f:
-        f.write(f'[server]\nlisten = "127.0.0.1:{port}"\nmax_client_conn = 20000\n[pool]\nmode = "{mode}"\nmax_size = {pool_size}\n'
-                f'[log]\nconnections = false\n[[nodes]]\nname = "primary"\nhost = "127.0.0.1"\n'
-                f'port = {pg_port}\nrole = "primary"\n')
+        f.write(f'[server]\nlisten = "127.0.0.1:{port}"\nmax_client_conn = 20000\n[pool]\nmode = "{mode}"\n'
+                f'max_size = {pool_size}\n[log]\nconnections = false\n{nodes}')
     exe = os.path.join(sys.prefix, "bin", "helios-proxy")
-    proc = subprocess.Popen([exe, "run", "-c", cfg], stdout=open(os.path.join(base, "helios.log"), "w"),
+    proc = subprocess.Popen([exe, "run", "-c", cfg], stdout=open(os.path.join(base, f"helios-{port}.log"), "w"),
                             stderr=subprocess.STDOUT)
     wait_port(port)
     return proc, port
