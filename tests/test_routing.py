@@ -237,3 +237,14 @@ def test_read_your_writes_token_across_sessions(routed, cluster):
     assert missed == 0
     with pytest.raises(psycopg2.errors.InvalidParameterValue, match="helios.read_after"):
         rc.execute("set helios.read_after = 'nonsense'")
+
+
+def test_unreachable_standby_does_not_fail_clients(start_proxy, cluster):
+    from helios_proxy.devcluster import free_port
+    dead = {"name": "dead", "host": "127.0.0.1", "port": free_port(), "role": "standby"}
+    proxy = start_proxy(pool={"mode": "transaction"}, nodes=nodes(cluster)[:2] + [dead])
+    conn = proxy.connect()
+    conn.autocommit = True
+    seen = ports_of(conn.cursor(), "select inet_server_port()", 20)
+    assert set(seen) <= {cluster.ports[0], cluster.ports[1]} and seen[cluster.ports[1]] >= 9
+    assert "standby dead unreachable" in proxy.output()

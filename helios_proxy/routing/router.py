@@ -29,6 +29,7 @@ class Router:
         self.replayed = {}  # node name -> highest replay LSN seen there
         self.stats = {}     # node name -> {"reads": n, "writes": n}
         self.lag = None     # LagMonitor, once started (lag.py)
+        self.down_until = {}  # node name -> monotonic time before which it gets no reads
 
     def configure(self, config):
         self.config = config
@@ -51,7 +52,9 @@ class Router:
         return [n for n in self.config.nodes if n.role == STANDBY]
 
     def read_nodes(self):
-        standbys = [n for n in self.standbys() if self.lag is None or not self.lag.too_far(n)]
+        now = time.monotonic()
+        standbys = [n for n in self.standbys() if self.down_until.get(n.name, 0) <= now
+                    and (self.lag is None or not self.lag.too_far(n))]
         mode = self.config.routing.primary_reads
         if mode == "always" or (mode == "if_no_standby" and not standbys):
             return standbys + [self.primary()]
@@ -65,6 +68,11 @@ class Router:
             if node is not None:
                 return node
         return self.primary()
+
+    def unreachable(self, node, seconds=5.0):
+        """A standby could not be reached: no reads for it for a while (health checks come later)."""
+        log.warning("standby %s unreachable: no reads for %g s", node.name, seconds)
+        self.down_until[node.name] = time.monotonic() + seconds
 
     def count(self, node, what):
         """Per-node statistics: reads, writes (by lease target), errors."""

@@ -15,7 +15,7 @@ from gevent import socket
 from gevent.event import Event
 from gevent.lock import Semaphore
 
-from ..errors import ADMIN_SHUTDOWN, QUERY_CANCELED, FatalError, ProtocolViolation, ProxyError
+from ..errors import ADMIN_SHUTDOWN, QUERY_CANCELED, BackendError, FatalError, ProtocolViolation, ProxyError
 from ..pool import session_state
 from ..pool.prepared import ClientStatements
 from ..pool.reset import reset_for_reuse
@@ -178,6 +178,12 @@ class ClientSession:
         pool = self.pool if node is self.pool.node else self.proxy.pools.get(node, self.database,
                                                                              self.pool.credentials)
         try:
+            server = pool.acquire(waiting=self._waiting_on)
+        except BackendError:
+            if node is self.pool.node:
+                raise
+            router.unreachable(node)  # a standby that fails is not the client's failure: use the primary
+            target, node, pool = "primary", self.pool.node, self.pool
             server = pool.acquire(waiting=self._waiting_on)
         finally:
             self.waiting = None
