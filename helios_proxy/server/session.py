@@ -171,36 +171,7 @@ class ClientSession:
     def lease(self):
         """Lease a server connection for the next transaction (pooled modes) and start its pump."""
         self.idle_lease.wait()
-        router = self.proxy.router
-        target, node_name = self.next_target or ("primary", None)
-        self.next_target = None
-        node = router.pick(target, node_name)
-        pool = self.pool if node is self.pool.node else self.proxy.pools.get(node, self.database,
-                                                                             self.pool.credentials)
-        try:
-            server = pool.acquire(waiting=self._waiting_on)
-        except BackendError:
-            if node is self.pool.node:
-                raise
-            router.unreachable(node)  # a standby that fails is not the client's failure: use the primary
-            target, node, pool = "primary", self.pool.node, self.pool
-            server = pool.acquire(waiting=self._waiting_on)
-        finally:
-            self.waiting = None
-        if target == "standby" and self.ryw_lsn and node is not self.pool.node:
-            try:
-                fresh = router.caught_up(node, server, self.ryw_lsn)
-            except BaseException:
-                pool.release(server, reusable=False)
-                raise
-            if not fresh:  # not replayed in time: read your writes from the primary
-                pool.release(server)
-                target, node, pool = "primary", self.pool.node, self.pool
-                server = pool.acquire(waiting=self._waiting_on)
-                self.waiting = None
-        router.count(node, target)
-        router.balancer.started(node)
-        self.lease_pool, self.lease_target, self.lease_started = pool, target, time.monotonic()
+        target, pool, server = self._acquire_routed()
         try:
             if self.settings_checked:
                 session_state.apply(server, self.settings, self.settings_key)
@@ -210,8 +181,47 @@ class ClientSession:
         except BaseException:
             pool.release(server, reusable=server.tx_status == m.TX_IDLE and not server.broken)
             raise
+        router = self.proxy.router
+        router.count(server.node, target)
+        router.balancer.started(server.node)
+        self.lease_pool, self.lease_target, self.lease_started = pool, target, time.monotonic()
         self.server = server
         self.pump = gevent.spawn(relay.pump, self, server)
+
+    def _acquire_routed(self):
+        """(target, pool, server) where the route stage sent the next transaction; the primary when
+        that standby is unreachable or has not replayed the client's last write in time."""
+        router = self.proxy.router
+        target, node_name = self.next_target or ("primary", None)
+        self.next_target = None
+        node = router.pick(target, node_name)
+        if node is not self.pool.node:
+            pool = self.proxy.pools.get(node, self.database, self.pool.credentials)
+            try:
+                server = self._acquire(pool)
+            except BackendError:  # a standby that fails is not the client's failure
+                router.unreachable(node)
+            else:
+                if target != "standby" or not self.ryw_lsn or self._replayed(router, pool, server):
+                    return target, pool, server
+        return "primary", self.pool, self._acquire(self.pool)
+
+    def _acquire(self, pool):
+        try:
+            return pool.acquire(waiting=self._waiting_on)
+        finally:
+            self.waiting = None
+
+    def _replayed(self, router, pool, server):
+        """Read-your-writes: has this standby replayed the client's last write? If not, give it back."""
+        try:
+            fresh = router.caught_up(server.node, server, self.ryw_lsn)
+        except BaseException:
+            pool.release(server, reusable=False)
+            raise
+        if not fresh:
+            pool.release(server)
+        return fresh
 
     def _waiting_on(self, result):
         self.waiting = result
