@@ -36,6 +36,7 @@ class Router:
         r = config.routing
         self.classifier = Classifier(r.read_only_functions, r.volatile_functions)
         self.balancer = Balancer(r.strategy)
+        self.on = self.active(config)  # splitting reads at all (decided once per configuration)
 
     @staticmethod
     def active(config):

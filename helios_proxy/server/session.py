@@ -183,7 +183,8 @@ class ClientSession:
             raise
         router = self.proxy.router
         router.count(server.node, target)
-        router.balancer.started(server.node)
+        if router.on:
+            router.balancer.started(server.node)
         self.lease_pool, self.lease_target, self.lease_started = pool, target, time.monotonic()
         self.server = server
         self.pump = gevent.spawn(relay.pump, self, server)
@@ -252,9 +253,10 @@ class ClientSession:
                 self.settings_dirty = False
                 self.settings = session_state.capture(server)
             router = self.proxy.router
-            router.balancer.finished(server.node, time.monotonic() - self.lease_started)
-            if self.lease_target == "primary" and router.active(self.proxy.config):
-                self.ryw_lsn = router.write_position(server)
+            if router.on:
+                router.balancer.finished(server.node, time.monotonic() - self.lease_started)
+                if self.lease_target == "primary":
+                    self.ryw_lsn = router.write_position(server)
             self.lease_pool.release(server, reusable=server.tx_status == m.TX_IDLE)
         except Exception as e:  # the pool gets its slot back whatever went wrong
             log.info("%r: ending the lease of %r failed (%s); closing it", self, server, e)
