@@ -248,3 +248,45 @@ def test_unreachable_standby_does_not_fail_clients(start_proxy, cluster):
     seen = ports_of(conn.cursor(), "select inet_server_port()", 20)
     assert set(seen) <= {cluster.ports[0], cluster.ports[1]} and seen[cluster.ports[1]] >= 9
     assert "standby dead unreachable" in proxy.output()
+
+
+def test_mixed_routed_workload_soak(routed, cluster, direct):
+    """20 clients for a few seconds mixing reads, writes, transactions, prepared statements and
+    read-your-writes checks; no error, no missed own write."""
+    import threading
+    import time
+    direct.cursor().execute("create table if not exists soak_r(id serial primary key, owner int, v int)")
+    cluster.wait_replayed()
+    stop = time.time() + 5
+    errors = []
+
+    def worker(i):
+        rng = random.Random(i)
+        try:
+            with psycopg.connect(routed.dsn(), prepare_threshold=rng.choice([0, None]),
+                                 autocommit=True) as conn:
+                for _ in range(300):
+                    if time.time() > stop:
+                        return
+                    kind = rng.randrange(4)
+                    if kind == 0:
+                        rid = conn.execute("insert into soak_r(owner, v) values (%s, %s) returning id",
+                                           (i, rng.randrange(100))).fetchone()[0]
+                        assert conn.execute("select count(*) from soak_r where id = %s", (rid,)).fetchone()[0] == 1
+                    elif kind == 1:
+                        with conn.transaction():
+                            conn.execute("update soak_r set v = v + 1 where owner = %s", (i,))
+                            conn.execute("select sum(v) from soak_r where owner = %s", (i,)).fetchone()
+                    elif kind == 2:
+                        conn.execute("select inet_server_port(), %s::int", (i,)).fetchone()
+                    else:
+                        with pytest.raises(psycopg.errors.DivisionByZero):
+                            conn.execute("select 1 / (%s::int - %s::int)", (i, i))
+        except BaseException as e:
+            errors.append(repr(e)[:200])
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:3]
