@@ -58,3 +58,15 @@ def test_backend_tls_required_but_unsupported_is_a_clear_error(start_proxy, clus
     proxy = start_proxy(tls={"server_mode": "require"}, nodes=[standby])
     with pytest.raises(psycopg2.OperationalError, match="does not support TLS"):
         proxy.connect()
+
+
+def test_client_tls_with_transaction_pooling(start_proxy, tls_files):
+    proxy = start_proxy(pool={"mode": "transaction", "max_size": 1},
+                        tls={"client_mode": "require", "client_cert_file": tls_files["cert"],
+                             "client_key_file": tls_files["key"]})
+    a, b = proxy.connect(sslmode="require"), proxy.connect(sslmode="require")
+    for conn in (a, b, a, b):
+        cur = conn.cursor()
+        cur.execute("select count(*) from generate_series(1, 50000)")
+        assert cur.fetchone()[0] == 50000
+        conn.commit()
