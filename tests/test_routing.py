@@ -247,7 +247,7 @@ def test_unreachable_standby_does_not_fail_clients(start_proxy, cluster):
     conn.autocommit = True
     seen = ports_of(conn.cursor(), "select inet_server_port()", 20)
     assert set(seen) <= {cluster.ports[0], cluster.ports[1]} and seen[cluster.ports[1]] >= 9
-    assert "standby dead unreachable" in proxy.output()
+    assert "node dead is unhealthy" in proxy.output()
 
 
 def test_mixed_routed_workload_soak(routed, cluster, direct):
@@ -290,3 +290,29 @@ def test_mixed_routed_workload_soak(routed, cluster, direct):
     for t in threads:
         t.join(60)
     assert not errors, errors[:3]
+
+
+def test_health_probes_take_a_stopped_standby_out_and_back(start_proxy, cluster):
+    import subprocess
+    import time
+    proxy = start_proxy(pool={"mode": "transaction"}, nodes=nodes(cluster),
+                        health={"interval": 0.1, "failure_threshold": 2, "success_threshold": 2})
+    conn = proxy.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    assert len(ports_of(cur, "select inet_server_port()", 10)) == 2
+    pg_ctl = [f"{cluster.bin}/pg_ctl", "-D", cluster.datadir(2), "-w"]
+    subprocess.run(pg_ctl + ["-m", "fast", "stop"], user=cluster.user, check=True, capture_output=True)
+    try:
+        deadline = time.time() + 10
+        while "node standby2 is unhealthy" not in proxy.output() and time.time() < deadline:
+            time.sleep(0.05)
+        assert set(ports_of(cur, "select inet_server_port()", 20)) == {cluster.ports[1]}  # no client errors
+    finally:
+        subprocess.run(pg_ctl + ["-l", cluster.datadir(2) + ".log", "-o",
+                                 f"-p {cluster.ports[2]} -k {cluster.base}", "start"],
+                       user=cluster.user, check=True, capture_output=True)
+    deadline = time.time() + 15
+    while "node standby2 is healthy again" not in proxy.output() and time.time() < deadline:
+        time.sleep(0.05)
+    assert len(ports_of(cur, "select inet_server_port()", 20)) == 2

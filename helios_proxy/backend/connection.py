@@ -39,8 +39,8 @@ class ServerConnection:
         return f"<server {self.node.name} pid={self.pid} db={self.database} user={self.credentials.user}>"
 
     # --- connecting -------------------------------------------------------------------------
-    def connect(self, startup_params=None):
-        timeout = self.options.pool.connect_timeout
+    def connect(self, startup_params=None, connect_timeout=None):
+        timeout = connect_timeout or self.options.pool.connect_timeout
         addr = (self.node.host, self.node.port)
         try:
             sock = socket.create_connection(addr, timeout=timeout)

@@ -130,6 +130,19 @@ SETTINGS = (
     S("routing", "ryw_timeout", float, 0.05,
       "Seconds a read after the client's own write may wait for a standby to replay it, else primary.",
       min=0, reloadable=True),
+    # [health]: probes of every node (topology/health.py)
+    S("health", "interval", float, 1.0, "Seconds between probes of each node.", min=0.01, reloadable=True),
+    S("health", "timeout", float, 2.0, "Seconds a probe may take (connect, login, query).", min=0.01,
+      reloadable=True),
+    S("health", "failure_threshold", int, 3, "Failed probes in a row that make a node unhealthy.", min=1,
+      reloadable=True),
+    S("health", "success_threshold", int, 2, "Good probes in a row that make it healthy again.", min=1,
+      reloadable=True),
+    S("health", "user", str, "postgres", "User the probes log in as (password: health.password or "
+      "users_file).", reloadable=True),
+    S("health", "password", str, "", "Password of health.user, when users_file has none.", secret=True,
+      reloadable=True),
+    S("health", "database", str, "postgres", "Database the probes connect to.", reloadable=True),
     # [log]
     S("log", "level", str, "info", "Log level.", choices=("debug", "info", "warning", "error"), reloadable=True),
     S("log", "connections", bool, True, "Log one line per client connect, login and disconnect.",

@@ -29,7 +29,7 @@ class Router:
         self.replayed = {}  # node name -> highest replay LSN seen there
         self.stats = {}     # node name -> {"reads": n, "writes": n}
         self.lag = None     # LagMonitor, once started (lag.py)
-        self.down_until = {}  # node name -> monotonic time before which it gets no reads
+        self.health = None  # HealthChecker (topology/health.py), once started
 
     def configure(self, config):
         self.config = config
@@ -53,8 +53,7 @@ class Router:
         return [n for n in self.config.nodes if n.role == STANDBY]
 
     def read_nodes(self):
-        now = time.monotonic()
-        standbys = [n for n in self.standbys() if self.down_until.get(n.name, 0) <= now
+        standbys = [n for n in self.standbys() if (self.health is None or self.health.healthy(n))
                     and (self.lag is None or not self.lag.too_far(n))]
         mode = self.config.routing.primary_reads
         if mode == "always" or (mode == "if_no_standby" and not standbys):
@@ -70,10 +69,10 @@ class Router:
                 return node
         return self.primary()
 
-    def unreachable(self, node, seconds=5.0):
-        """A standby could not be reached: no reads for it for a while (health checks come later)."""
-        log.warning("standby %s unreachable: no reads for %g s", node.name, seconds)
-        self.down_until[node.name] = time.monotonic() + seconds
+    def unreachable(self, node, reason):
+        """A client could not reach a standby: unhealthy until the probes see it back."""
+        if self.health is not None:
+            self.health.failed(node, reason, at_once=True)
 
     def count(self, node, what):
         """Per-node statistics: reads, writes (by lease target), errors."""

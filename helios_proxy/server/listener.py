@@ -17,6 +17,7 @@ from ..config.schema import SETTINGS
 from ..errors import ConfigError
 from ..pool import PoolManager
 from ..routing.lag import LagMonitor
+from ..topology.health import HealthChecker
 from ..routing.router import Router
 from .auth import Authenticator
 from .cancel import CancelMap
@@ -61,6 +62,8 @@ class Proxy:
         self.server = StreamServer(listener, self.handle)
         self.server.start()
         self.pools.start()
+        self.router.health = HealthChecker(self.config, self.authenticator.users)
+        self.router.health.start()
         if Router.active(self.config):
             self.router.lag = LagMonitor(self.router, self.pools)
             self.router.lag.start()
@@ -108,6 +111,9 @@ class Proxy:
         with gevent.Timeout(2, False):
             while self.sessions:
                 gevent.sleep(0.02)
+        for monitor in (self.router.health, self.router.lag):
+            if monitor is not None:
+                monitor.stop()
         self.pools.close()
         log.info("stopped")
 
@@ -134,6 +140,8 @@ class Proxy:
         self.stages = pipeline.build(new)
         self.authenticator.config = new
         self.authenticator.users = users
+        if self.router.health is not None:
+            self.router.health.config, self.router.health.users = new, users
         logging.getLogger().setLevel(new.log.level.upper())
         log.info("configuration reloaded from %s", new.source)
         return True

@@ -200,8 +200,8 @@ class ClientSession:
             pool = self.proxy.pools.get(node, self.database, self.pool.credentials)
             try:
                 server = self._acquire(pool)
-            except BackendError:  # a standby that fails is not the client's failure
-                router.unreachable(node)
+            except BackendError as e:  # a standby that fails is not the client's failure
+                router.unreachable(node, e.message)
             else:
                 if target != "standby" or not self.ryw_lsn or self._replayed(router, pool, server):
                     return target, pool, server
