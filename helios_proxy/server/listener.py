@@ -137,6 +137,9 @@ class Proxy:
         self.config = new
         self.pools.reconfigure(new)
         self.router.configure(new)
+        if self.router.on and self.router.lag is None:  # splitting turned on by this reload
+            self.router.lag = LagMonitor(self.router, self.pools)
+            self.router.lag.start()
         self.stages = pipeline.build(new)
         self.authenticator.config = new
         self.authenticator.users = users
