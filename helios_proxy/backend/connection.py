@@ -189,20 +189,21 @@ class ServerConnection:
         """Ask the server to cancel what this connection runs (a separate short connection)."""
         gevent.spawn(send_cancel, self.node, self.pid, self.secret)
 
-    def idle_and_clean(self, quiet_for=1.0):
-        """True if the socket has nothing unread and is not at EOF (a cheap liveness check, made only
-        when the connection has been idle `quiet_for` seconds: it costs three system calls)."""
+    def idle_and_clean(self):
+        """True if the socket has nothing unread and is not at EOF: a liveness check before reuse,
+        one non-blocking peek on the plain socket (TLS sockets: a non-blocking read)."""
         if self.broken or self.rbuf.pending():
             return False
-        if time.monotonic() - self.last_used < quiet_for:
-            return True
+        sock = self.sock
         try:
-            raw = self.sock
-            raw.setblocking(False)
-            try:
-                raw.recv(1, socket.MSG_PEEK) if not isinstance(raw, ssl.SSLSocket) else raw.recv(1)
-            finally:
-                raw.setblocking(True)
+            if isinstance(sock, ssl.SSLSocket):
+                sock.setblocking(False)
+                try:
+                    sock.recv(1)
+                finally:
+                    sock.setblocking(True)
+            else:  # gevent's socket would wait on EAGAIN: ask the real socket underneath
+                sock._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
             return False  # unexpected data or EOF: unusable
         except (BlockingIOError, ssl.SSLWantReadError):
             return True

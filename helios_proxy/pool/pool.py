@@ -260,6 +260,12 @@ class PoolManager:
                         log.exception("maintenance of %r failed", pool)
         self._maintainer = gevent.spawn(loop)
 
+    def close_idle(self, node):
+        """Close the idle connections of every pool of node."""
+        for pool in list(self.pools.values()):
+            if pool.node.name == node.name:
+                pool.close_idle()
+
     def close(self):
         if self._maintainer:
             self._maintainer.kill()

@@ -62,7 +62,9 @@ class Proxy:
         self.server = StreamServer(listener, self.handle)
         self.server.start()
         self.pools.start()
-        self.router.health = HealthChecker(self.config, self.authenticator.users)
+        # Idle pooled connections of a node that went down (or came back) may be dead: drop them.
+        self.router.health = HealthChecker(self.config, self.authenticator.users,
+                                           lambda node, healthy: self.pools.close_idle(node))
         self.router.health.start()
         if Router.active(self.config):
             self.router.lag = LagMonitor(self.router, self.pools)

@@ -32,9 +32,10 @@ class NodeHealth:
 
 
 class HealthChecker:
-    def __init__(self, config, users):
+    def __init__(self, config, users, on_change=None):
         self.config = config
         self.users = users          # users_file secrets, for the probe user's password
+        self.on_change = on_change  # callable(node, healthy) at every transition
         self.nodes = {}             # name -> NodeHealth
         self._loop = None
 
@@ -91,6 +92,7 @@ class HealthChecker:
         if not state.healthy and state.successes >= self.config.health.success_threshold:
             state.healthy = True
             log.warning("node %s is healthy again", node.name)
+            self._changed(node, True)
 
     def failed(self, node, reason, at_once=False):
         """A failed probe, or (at_once) a failed client connection attempt."""
@@ -100,3 +102,11 @@ class HealthChecker:
         if state.healthy and (at_once or state.failures >= self.config.health.failure_threshold):
             state.healthy = False
             log.warning("node %s is unhealthy: %s", node.name, reason)
+            self._changed(node, False)
+
+    def _changed(self, node, healthy):
+        if self.on_change is not None:
+            try:
+                self.on_change(node, healthy)
+            except Exception:
+                log.exception("reacting to the health of %s failed", node.name)
