@@ -42,28 +42,33 @@ class LagMonitor:
                 log.exception("replication lag check failed")
 
     def _query(self, node, sql):
+        """sql's first row on node, through an idle connection of one of its pools; None if none."""
         for pool in list(self.pools.pools.values()):
             if pool.node.name != node.name:
                 continue
-            conn = pool.try_acquire()
-            if conn is None:
-                continue
-            ok = False
+            conn, ok = None, False
             try:
+                conn = pool.try_acquire()
+                if conn is None:
+                    continue
                 rows = conn.execute(sql)
                 ok = True
                 return rows[0]
-            except (ProxyError, OSError) as e:
-                log.info("lag check on %s failed: %s", node.name, e)
+            except (ProxyError, OSError) as e:  # a node that is down: its health says so, not us
+                log.debug("lag check on %s failed: %s", node.name, e)
                 return None
             finally:
-                pool.release(conn, reusable=ok)
+                if conn is not None:
+                    pool.release(conn, reusable=ok)
         return None
 
     def check(self):
         primary = self._query(self.router.primary(), PRIMARY_QUERY)
         head = lsn(primary[0]) if primary else None
+        health = self.router.health
         for node in self.router.standbys():
+            if health is not None and not health.healthy(node):
+                continue
             row = self._query(node, STANDBY_QUERY)
             if row is None or row[0] is None:
                 continue

@@ -55,7 +55,8 @@ class ClientSession:
         self.next_target = None       # (primary|standby, node name or None) for the next lease (route stage)
         self.route_override = None    # SET helios.route
         self.lease_pool = None        # the pool the current lease came from
-        self.lease_target = None
+        self.lease_target = None      # where the current lease went (primary|standby)
+        self.lease_intent = None      # where routing wanted it to go
         self.lease_started = 0.0
         self.ryw_lsn = None           # WAL position of the client's last primary transaction
         self.write_lock = Semaphore()
@@ -195,6 +196,7 @@ class ClientSession:
         router = self.proxy.router
         target, node_name = self.next_target or ("primary", None)
         self.next_target = None
+        self.lease_intent = target  # a read that falls back to the primary is still a read
         node = router.pick(target, node_name)
         if node is not self.pool.node:
             pool = self.proxy.pools.get(node, self.database, self.pool.credentials)
@@ -255,7 +257,7 @@ class ClientSession:
             router = self.proxy.router
             if router.on:
                 router.balancer.finished(server.node, time.monotonic() - self.lease_started)
-                if self.lease_target == "primary":
+                if self.lease_intent == "primary":  # may have written: later reads must see it
                     self.ryw_lsn = router.write_position(server)
             self.lease_pool.release(server, reusable=server.tx_status == m.TX_IDLE)
         except Exception as e:  # the pool gets its slot back whatever went wrong
