@@ -8,6 +8,7 @@ from cachetools import LRUCache
 from gevent.event import AsyncResult
 
 from ..backend.connection import ServerConnection
+from ..periodic import Periodic
 from ..errors import BackendError, ProxyError, QUERY_CANCELED
 
 log = logging.getLogger(__name__)
@@ -199,13 +200,12 @@ class Pool:
                 "maxwait": max((now - t for t in self.wait_started.values()), default=0.0)}
 
 
-class PoolManager:
-    """Owns every pool, creates them on first use, and runs their periodic maintenance."""
+class PoolManager(Periodic):
+    """Owns every pool, creates them on first use, and runs their maintenance every second."""
 
     def __init__(self, config):
         self.config = config
         self.pools = {}
-        self._maintainer = None
 
     def get(self, node, database, credentials):
         key = (node.name, database, credentials.user)
@@ -249,16 +249,15 @@ class PoolManager:
         for pool in self.pools.values():
             pool.config = config
 
-    def start(self, interval=1.0):
-        def loop():
-            while True:
-                gevent.sleep(interval)
-                for pool in list(self.pools.values()):
-                    try:
-                        pool.maintain()
-                    except Exception:
-                        log.exception("maintenance of %r failed", pool)
-        self._maintainer = gevent.spawn(loop)
+    def interval(self):
+        return 1.0
+
+    def tick(self):
+        for pool in list(self.pools.values()):
+            try:
+                pool.maintain()
+            except Exception:  # one pool's trouble must not stop the others' maintenance
+                log.exception("maintenance of %r failed", pool)
 
     def close_idle(self, node):
         """Close the idle connections of every pool of node."""
@@ -267,7 +266,6 @@ class PoolManager:
                 pool.close_idle()
 
     def close(self):
-        if self._maintainer:
-            self._maintainer.kill()
+        self.stop()
         for pool in self.pools.values():
             pool.close_idle()

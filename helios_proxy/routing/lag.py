@@ -7,9 +7,8 @@ own; a node no client has used yet is not measured (and not excluded).
 """
 import logging
 
-import gevent
-
 from ..errors import ProxyError
+from ..periodic import Periodic
 from .router import lsn
 
 log = logging.getLogger(__name__)
@@ -19,27 +18,14 @@ STANDBY_QUERY = ("SELECT pg_catalog.pg_last_wal_replay_lsn(), CASE WHEN pg_catal
 PRIMARY_QUERY = "SELECT pg_catalog.pg_current_wal_lsn()"
 
 
-class LagMonitor:
+class LagMonitor(Periodic):
     def __init__(self, router, pools):
         self.router = router
         self.pools = pools
         self.lag = {}   # standby name -> (lag bytes, lag ms)
-        self._greenlet = None
 
-    def start(self):
-        self._greenlet = gevent.spawn(self._loop)
-
-    def stop(self):
-        if self._greenlet is not None:
-            self._greenlet.kill()
-
-    def _loop(self):
-        while True:
-            gevent.sleep(self.router.config.routing.lag_check_interval)
-            try:
-                self.check()
-            except Exception:  # a bug here must not stop the checks, nor the proxy
-                log.exception("replication lag check failed")
+    def interval(self):
+        return self.router.config.routing.lag_check_interval
 
     def _query(self, node, sql):
         """sql's first row on node, through an idle connection of one of its pools; None if none."""
@@ -62,7 +48,7 @@ class LagMonitor:
                     pool.release(conn, reusable=ok)
         return None
 
-    def check(self):
+    def tick(self):
         primary = self._query(self.router.primary(), PRIMARY_QUERY)
         head = lsn(primary[0]) if primary else None
         health = self.router.health

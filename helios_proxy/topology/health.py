@@ -14,6 +14,7 @@ import gevent
 from ..backend.connection import ServerConnection
 from ..backend.credentials import Credentials
 from ..errors import INVALID_AUTHORIZATION, INVALID_PASSWORD, ProxyError
+from ..periodic import Periodic
 
 log = logging.getLogger(__name__)
 PROBE = "SELECT pg_catalog.pg_is_in_recovery()"
@@ -31,13 +32,12 @@ class NodeHealth:
         self.checked = None
 
 
-class HealthChecker:
+class HealthChecker(Periodic):
     def __init__(self, config, users, on_change=None):
         self.config = config
         self.users = users          # users_file secrets, for the probe user's password
         self.on_change = on_change  # callable(node, healthy) at every transition
         self.nodes = {}             # name -> NodeHealth
-        self._loop = None
 
     def state(self, node):
         return self.nodes.setdefault(node.name, NodeHealth())
@@ -46,18 +46,12 @@ class HealthChecker:
         state = self.nodes.get(node.name)
         return state is None or state.healthy
 
-    def start(self):
-        self._loop = gevent.spawn(self._run)
+    def interval(self):
+        return self.config.health.interval
 
-    def stop(self):
-        if self._loop is not None:
-            self._loop.kill()
-
-    def _run(self):
-        while True:
-            probes = [gevent.spawn(self.probe, node) for node in self.config.nodes]
-            gevent.joinall(probes, timeout=self.config.health.timeout + 1)
-            gevent.sleep(self.config.health.interval)
+    def tick(self):
+        probes = [gevent.spawn(self.probe, node) for node in self.config.nodes]
+        gevent.joinall(probes, timeout=self.config.health.timeout + 1)
 
     def _credentials(self):
         cfg = self.config.health
