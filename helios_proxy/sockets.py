@@ -1,4 +1,5 @@
 """Socket helpers shared by the client and server sides."""
+import socket
 
 
 def sendall(sock, data):
@@ -10,3 +11,12 @@ def sendall(sock, data):
     sent = sock.send(data)
     if sent < len(data):
         sock.sendall(memoryview(data)[sent:])
+
+
+def peek(sock):
+    """What the kernel holds unread for a plain gevent socket, without waiting and without
+    consuming it: one byte, b"" at EOF, or None when nothing has arrived."""
+    try:  # the real socket underneath: gevent's recv() would wait on EAGAIN
+        return sock._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return None

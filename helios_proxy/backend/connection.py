@@ -9,7 +9,7 @@ from ..errors import BackendError, CONNECTION_FAILURE, INVALID_PASSWORD, SQLCLIE
 from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
 from ..pool.prepared import ServerStatements
-from ..sockets import sendall
+from ..sockets import peek, sendall
 from ..protocol.scram import MECHANISM, ScramClient, md5_hash, md5_response
 
 log = logging.getLogger(__name__)
@@ -202,8 +202,8 @@ class ServerConnection:
                     sock.recv(1)
                 finally:
                     sock.setblocking(True)
-            else:  # gevent's socket would wait on EAGAIN: ask the real socket underneath
-                sock._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            elif peek(sock) is None:
+                return True
             return False  # unexpected data or EOF: unusable
         except (BlockingIOError, ssl.SSLWantReadError):
             return True

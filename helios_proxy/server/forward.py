@@ -19,7 +19,6 @@ from . import plan as p
 RECV_SIZE = 65536
 Q, P, S, X, F, B, D, C = (t[0] for t in (m.QUERY, m.PARSE, m.SYNC, m.TERMINATE, m.FUNCTION_CALL, m.BIND,
                                          m.DESCRIBE, m.CLOSE))
-EXTENDED = frozenset(b"PBDECH")
 STATEMENT = ord("S")
 
 
@@ -170,7 +169,7 @@ class Forwarder:
         if mtype == Q or mtype == S or mtype == F:
             session.outstanding += 1
             session.in_extended = False
-        elif mtype in EXTENDED:
+        elif mtype in m.EXTENDED:
             session.in_extended = True
 
     # --- the pipeline ---------------------------------------------------------------------------

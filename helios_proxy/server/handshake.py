@@ -5,11 +5,12 @@ ParameterStatus values, BackendKeyData and ReadyForQuery, exactly as PostgreSQL 
 """
 import logging
 import gevent
-from gevent import socket, ssl
+from gevent import ssl
 
 from ..errors import (BackendError, FEATURE_NOT_SUPPORTED, FatalError, INVALID_AUTHORIZATION,
                       ProtocolViolation, TooManyConnections)
 from ..pool import session_state
+from ..sockets import peek
 from ..protocol import codec, messages as m
 from ..protocol.startup import (CANCEL_REQUEST, GSSENC_REQUEST, SSL_REQUEST, parse_options, parse_startup,
                                 startup_length)
@@ -33,17 +34,6 @@ def read_exact(sock, n):
     return b"".join(chunks)
 
 
-def has_buffered_data(sock):
-    """True if the client sent more bytes than the packet read so far (kernel buffer, not consumed)."""
-    sock.setblocking(False)
-    try:
-        return bool(sock.recv(1, socket.MSG_PEEK))
-    except (BlockingIOError, InterruptedError):
-        return False
-    finally:
-        sock.setblocking(True)
-
-
 def startup(session):
     """Negotiate encryption and read the StartupMessage; return it, or None after a CancelRequest."""
     proxy, tls_ctx = session.proxy, session.proxy.tls_context
@@ -62,7 +52,7 @@ def startup(session):
             accept = pkt.kind == SSL_REQUEST and tls_ctx is not None
             # CVE-2021-23214: bytes sent before our answer could be read were not protected by TLS
             # (and may be injected); never process them, whatever the answer.
-            if has_buffered_data(session.sock):
+            if peek(session.sock):  # more bytes than the packet read so far
                 raise ProtocolViolation("received unencrypted data after SSL request",
                                         detail="This could be either a client-software bug or evidence "
                                                "of an attempted man-in-the-middle attack.")
@@ -85,7 +75,6 @@ def login(session, pkt):
     session.user, session.database = user, params.get("database") or user
     session.mode = cfg.mode_for(session.database, user)
     session.pooled = session.mode != "session"
-    session.application_name = params.get("application_name", "")
     if params.get("replication", "false").lower() not in ("false", "off", "no", "0"):
         raise FatalError("replication connections are not supported by HeliosProxy",
                          sqlstate=FEATURE_NOT_SUPPORTED)

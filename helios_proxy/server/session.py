@@ -41,7 +41,6 @@ class ClientSession:
         self.id = next(_ids)
         self.tls = False
         self.user = self.database = None
-        self.application_name = ""
         self.pool = self.server = None
         self.secret = 0
         self.started = time.monotonic()
