@@ -176,14 +176,17 @@ class Forwarder:
     def run_pipeline(self, mtype, body):
         """Run the stages on a Query or Parse: (True, None) forward as is, (True, message) forward a
         rewritten message, (False, payload) the proxy answers it."""
+        session = self.session
+        if not session.idle_lease.is_set():  # stages see the state the ending lease leaves behind
+            session.idle_lease.wait()         # (settings, read-your-writes position)
         if mtype == Q:
             sql, name, rest = codec.read_cstr(body, 0)[0], "", b""
         else:
             name, pos = codec.read_cstr(body, 0)
             sql, pos = codec.read_cstr(body, pos)
             rest = body[pos:]
-        ctx = pipeline.QueryContext(self.session, sql, "simple" if mtype == Q else "extended", name)
-        result = pipeline.run(self.session.proxy.stages, ctx)
+        ctx = pipeline.QueryContext(session, sql, "simple" if mtype == Q else "extended", name)
+        result = pipeline.run(session.proxy.stages, ctx)
         if result.action is Action.CONTINUE:
             if ctx.sql == sql:
                 return True, None

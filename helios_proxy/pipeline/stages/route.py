@@ -73,7 +73,6 @@ class Route(Stage):
     def session_command(session, sql):
         """SHOW helios.write_lsn / SET helios.read_after, answered by the proxy."""
         if SHOW_WRITE_LSN.match(sql):
-            session.idle_lease.wait()  # the lease that just ended records its position after replying
             value = session.ryw_lsn
             text = f"{value >> 32:X}/{value & 0xFFFFFFFF:X}" if value else ""
             return StageResult.respond(codec.text_result("helios.write_lsn", text, "SHOW"))
