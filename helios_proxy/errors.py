@@ -67,3 +67,12 @@ class BackendError(FatalError):
 
 class ConfigError(Exception):
     """An invalid configuration; the message names the key and the bad value."""
+
+
+def node_unreachable(exc):
+    """Whether exc means the server itself is down or going away (not a refusal of this client):
+    a socket error, a connection failure (08xxx) or a shutdown/startup/recovery refusal (57P01-03)."""
+    if isinstance(exc, OSError):
+        return True
+    return isinstance(exc, BackendError) and (exc.sqlstate.startswith("08") or
+                                              exc.sqlstate in ("57P01", "57P02", "57P03"))

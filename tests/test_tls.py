@@ -55,7 +55,7 @@ def test_backend_tls_verify_full(start_proxy, tls_files):
 
 def test_backend_tls_required_but_unsupported_is_a_clear_error(start_proxy, cluster, tls_files):
     standby = {"name": "standby1", "host": "127.0.0.1", "port": cluster.ports[1], "role": "primary"}
-    proxy = start_proxy(tls={"server_mode": "require"}, nodes=[standby])
+    proxy = start_proxy(tls={"server_mode": "require"}, nodes=[standby], failover={"buffer_timeout": 1})
     with pytest.raises(psycopg2.OperationalError, match="does not support TLS"):
         proxy.connect()
 

@@ -143,6 +143,33 @@ SETTINGS = (
     S("health", "password", str, "", "Password of health.user, when users_file has none.", secret=True,
       reloadable=True),
     S("health", "database", str, "postgres", "Database the probes connect to.", reloadable=True),
+    # [topology]: where the proxy learns which node is the primary (topology/)
+    S("topology", "provider", str, "postgres", "postgres: probes find the primary and follow promotions; "
+      "patroni: Patroni's REST API decides; standalone: only the admin API/CLI sets the primary.",
+      choices=("postgres", "patroni", "standalone")),
+    S("topology", "patroni_url", str, "", "Patroni REST API base URL (provider = patroni), e.g. "
+      "http://127.0.0.1:8008; its /cluster is polled every health.interval."),
+    # [failover]: what happens when the primary is lost (topology/failover.py)
+    S("failover", "mode", str, "external", "promote: the proxy runs pg_promote() on the best standby; "
+      "command: it runs failover.promote_command; external: it waits for someone else to promote and follows.",
+      choices=("promote", "command", "external"), reloadable=True),
+    S("failover", "promote_command", str, "", "Shell command for mode = command; {node} {host} {port} "
+      "{old_primary} are replaced.", reloadable=True),
+    S("failover", "fence_command", str, "", "Shell command run on a planned switchover to fence the old "
+      "primary (e.g. stop it); {node} {host} {port} are replaced.", reloadable=True),
+    S("failover", "command_timeout", float, 60.0, "Seconds promote/fence commands and pg_promote() may take.",
+      min=1, reloadable=True),
+    S("failover", "max_failover_lag_bytes", int, 16 << 20, "Never promote a standby this many WAL bytes "
+      "behind the last position seen on the primary; 0 = no limit.", min=0, reloadable=True),
+    S("failover", "repoint_standbys", bool, True, "After a promotion, point the other standbys at the new "
+      "primary (ALTER SYSTEM SET primary_conninfo + reload; needs a superuser as health.user).",
+      reloadable=True),
+    S("failover", "buffer_timeout", float, 15.0, "Seconds a write waits for a confirmed primary during a "
+      "failover or switchover before it fails with 57P03.", min=0, reloadable=True),
+    S("failover", "buffer_max_queries", int, 1000, "Most clients waiting for a primary at once; more fail "
+      "at once with 57P03.", min=0, reloadable=True),
+    S("failover", "switchover_timeout", float, 10.0, "Planned switchover: seconds in-flight transactions "
+      "get to finish, and the target to replay all WAL.", min=0, reloadable=True),
     # [log]
     S("log", "level", str, "info", "Log level.", choices=("debug", "info", "warning", "error"), reloadable=True),
     S("log", "connections", bool, True, "Log one line per client connect, login and disconnect.",
@@ -171,4 +198,6 @@ NODE_SETTINGS = (
       choices=("primary", "standby")),
     S("nodes", "weight", int, 1, "Relative share of reads for load balancing.", min=0),
     S("nodes", "priority", int, 0, "Failover preference among equals (higher first).",),
+    S("nodes", "application_name", str, "", "The name this standby streams under (primary_conninfo "
+      "application_name, as in synchronous_standby_names); default: the node name."),
 )

@@ -9,7 +9,7 @@ import logging
 
 from ..errors import ProxyError
 from ..periodic import Periodic
-from .router import lsn
+from ..lsn import lsn
 
 log = logging.getLogger(__name__)
 STANDBY_QUERY = ("SELECT pg_catalog.pg_last_wal_replay_lsn(), CASE WHEN pg_catalog.pg_last_wal_receive_lsn() "
@@ -49,7 +49,8 @@ class LagMonitor(Periodic):
         return None
 
     def tick(self):
-        primary = self._query(self.router.primary(), PRIMARY_QUERY)
+        node = self.router.primary()
+        primary = self._query(node, PRIMARY_QUERY) if node is not None else None
         head = lsn(primary[0]) if primary else None
         health = self.router.health
         for node in self.router.standbys():

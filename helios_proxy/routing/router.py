@@ -8,6 +8,7 @@ import time
 
 import gevent
 
+from ..lsn import lsn
 from .balancer import Balancer
 from .classify import CATALOG_QUERY, Classifier
 
@@ -15,21 +16,14 @@ log = logging.getLogger(__name__)
 PRIMARY, STANDBY = "primary", "standby"
 
 
-def lsn(text):
-    """'16/B374D848' -> an int; None stays None."""
-    if not text:
-        return None
-    high, _, low = text.partition("/")
-    return (int(high, 16) << 32) | int(low, 16)
-
-
 class Router:
-    def __init__(self, config):
+    def __init__(self, config, tracker):
         self.configure(config)
-        self.replayed = {}  # node name -> highest replay LSN seen there
-        self.stats = {}     # node name -> {"reads": n, "writes": n}
-        self.lag = None     # LagMonitor, once started (lag.py)
-        self.health = None  # HealthChecker (topology/health.py), once started
+        self.tracker = tracker  # which node is the primary, which are standbys (topology/tracker.py)
+        self.replayed = {}      # node name -> highest replay LSN seen there
+        self.stats = {}         # node name -> {"reads": n, "writes": n}
+        self.lag = None         # LagMonitor, once started (lag.py)
+        self.health = None      # HealthChecker (topology/health.py), once started
 
     def configure(self, config):
         self.config = config
@@ -44,35 +38,47 @@ class Router:
                 and any(n.role == STANDBY for n in config.nodes))
 
     def primary(self):
-        return next(n for n in self.config.nodes if n.role == PRIMARY)
+        """The confirmed primary, or None during a failover or switchover (writes then wait in the
+        switchover buffer, topology/buffer.py)."""
+        return self.tracker.current()
 
     def node(self, name):
         return next(n for n in self.config.nodes if n.name == name)
 
     def standbys(self):
-        return [n for n in self.config.nodes if n.role == STANDBY]
+        return self.tracker.standbys()
 
     def read_nodes(self):
         standbys = [n for n in self.standbys() if (self.health is None or self.health.healthy(n))
                     and (self.lag is None or not self.lag.too_far(n))]
         mode = self.config.routing.primary_reads
-        if mode == "always" or (mode == "if_no_standby" and not standbys):
-            return standbys + [self.primary()]
+        primary = self.primary()
+        if primary is not None and (mode == "always" or (mode == "if_no_standby" and not standbys)):
+            return standbys + [primary]
         return standbys
 
     def pick(self, target, node_name=None):
+        """The node for a lease: a named node, a standby for a read; None means the primary."""
         if node_name:
             return self.node(node_name)
         if target == STANDBY:
-            node = self.balancer.choose(self.read_nodes())
-            if node is not None:
-                return node
-        return self.primary()
+            return self.balancer.choose(self.read_nodes())
+        return None
 
     def unreachable(self, node, reason):
-        """A client could not reach a standby: unhealthy until the probes see it back."""
-        if self.health is not None:
+        """A client could not reach a standby: unhealthy until the probes see it back. (The
+        primary is only suspected: the probes decide, since losing it starts a failover.)"""
+        if self.health is None:
+            return
+        if node.name == self.tracker.primary:
+            self.health.suspect(node, reason)
+        else:
             self.health.failed(node, reason, at_once=True)
+
+    def suspect(self, node, reason):
+        """A client's connection to node failed: have the health checker look at once."""
+        if self.health is not None:
+            self.health.suspect(node, reason)
 
     def count(self, node, what):
         """Per-node statistics: reads, writes (by lease target), errors."""

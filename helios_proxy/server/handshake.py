@@ -7,7 +7,7 @@ import logging
 import gevent
 from gevent import ssl
 
-from ..errors import (BackendError, FEATURE_NOT_SUPPORTED, FatalError, INVALID_AUTHORIZATION,
+from ..errors import (BackendError, FEATURE_NOT_SUPPORTED, node_unreachable, FatalError, INVALID_AUTHORIZATION,
                       ProtocolViolation, TooManyConnections)
 from ..pool import session_state
 from ..sockets import peek
@@ -96,13 +96,19 @@ def login(session, pkt):
 
     # A server connection proves the database and user, gives the ParameterStatus values the
     # client sees, and (session pooling) is the client's for the whole session.
-    node = proxy.primary()
-    pool = proxy.pools.get(node, session.database, creds)
-    session.pool = pool
+    # During a failover, pooled-mode logins are greeted from a pool known before and their first
+    # transaction waits in the switchover buffer; other logins wait there now.
+    pool = session.pool = proxy.pools.get(proxy.known_primary(), session.database, creds)
+    server = None
     if session.pooled and pool.server_params is not None:
-        server = pool.try_acquire()  # pooled modes never wait at login once the pool is known
+        try:
+            if proxy.router.primary() is not None:
+                server = pool.try_acquire()  # pooled modes never wait at login once the pool is known
+        except (BackendError, OSError) as e:
+            if not node_unreachable(e):
+                raise
     else:
-        server = pool.acquire()
+        pool, server = session.acquire_primary()
     params = dict(server.params if server is not None else pool.server_params)
     # Settings are what the client wants beyond a fresh connection's defaults (pool.server_params),
     # not beyond this connection's, which may carry the last client's settings.

@@ -17,7 +17,12 @@ from ..config.schema import SETTINGS
 from ..errors import ConfigError
 from ..pool import PoolManager
 from ..routing.lag import LagMonitor
+from ..topology.buffer import SwitchoverBuffer
+from ..topology.failover import FailoverController
 from ..topology.health import HealthChecker
+from ..topology.nodeops import NodeOps
+from ..topology.patroni import PatroniProvider
+from ..topology.tracker import PrimaryTracker
 from ..routing.router import Router
 from .auth import Authenticator
 from .cancel import CancelMap
@@ -40,16 +45,37 @@ class Proxy:
         self.cancels = CancelMap()
         self.pools = PoolManager(config)
         self.tls_context = client_context(config.tls)
-        self.router = Router(config)
+        self.tracker = PrimaryTracker(config, follow=config.topology.provider == "postgres")
+        self.buffer = SwitchoverBuffer(self.tracker, config)
+        self.router = Router(config, self.tracker)
         self.stages = pipeline.build(config)
         self.authenticator = Authenticator(config, load_userlist(config.auth.users_file), self.pools,
                                            self.primary)
+        self.health = HealthChecker(config, self.authenticator.users, self._health_changed,
+                                    self._observed)
+        self.router.health = self.health
+        self.ops = NodeOps(config, self.health.credentials)
+        self.failover = FailoverController(config, self.tracker, self.health, self.ops)
+        self.patroni = PatroniProvider(config, self.tracker) if config.topology.provider == "patroni" else None
+        self.admin = None
         self.commands = Queue()
         self.server = None
 
-    # --- topology (the topology issue replaces this with the primary tracker) ---------------
+    # --- topology -----------------------------------------------------------------------------
     def primary(self):
-        return self.router.primary()
+        """The confirmed primary, waiting in the switchover buffer while there is none."""
+        return self.buffer.primary()
+
+    def known_primary(self):
+        """The primary as last known, confirmed or not (the pool a client's login starts from)."""
+        return self.tracker.node(self.tracker.primary)
+
+    def _health_changed(self, node, healthy, reason):
+        self.pools.close_idle(node)  # idle connections of a node that went down (or came back) may be dead
+        self.tracker.health_changed(node.name, healthy, reason)
+
+    def _observed(self, node, in_recovery, timeline, lsn):
+        self.tracker.observe(node.name, in_recovery, timeline, lsn)
 
     # --- serving ----------------------------------------------------------------------------
     def start(self):
@@ -62,10 +88,9 @@ class Proxy:
         self.server = StreamServer(listener, self.handle)
         self.server.start()
         self.pools.start()
-        # Idle pooled connections of a node that went down (or came back) may be dead: drop them.
-        self.router.health = HealthChecker(self.config, self.authenticator.users,
-                                           lambda node, healthy: self.pools.close_idle(node))
-        self.router.health.start()
+        self.health.start()
+        if self.patroni is not None:
+            self.patroni.start()
         if Router.active(self.config):
             self.router.lag = LagMonitor(self.router, self.pools)
             self.router.lag.start()
@@ -113,7 +138,7 @@ class Proxy:
         with gevent.Timeout(2, False):
             while self.sessions:
                 gevent.sleep(0.02)
-        for monitor in (self.router.health, self.router.lag):
+        for monitor in (self.health, self.router.lag, self.patroni, self.failover):
             if monitor is not None:
                 monitor.stop()
         self.pools.close()
@@ -145,8 +170,10 @@ class Proxy:
         self.stages = pipeline.build(new)
         self.authenticator.config = new
         self.authenticator.users = users
-        if self.router.health is not None:
-            self.router.health.config, self.router.health.users = new, users
+        self.health.config, self.health.users = new, users
+        for part in (self.tracker, self.buffer, self.ops, self.failover, self.patroni):
+            if part is not None:
+                part.config = new
         logging.getLogger().setLevel(new.log.level.upper())
         log.info("configuration reloaded from %s", new.source)
         return True

@@ -82,5 +82,6 @@ def pump(session, server):
 def lost(session, server, why):
     server.broken = True
     log.warning("%r: server %s lost: %s", session, server.node.name, why)
+    session.proxy.router.suspect(server.node, why)  # the node may be down: the health checker looks now
     if session.closing is None:
         session.terminate("server closed the connection unexpectedly", sqlstate=CONNECTION_FAILURE)

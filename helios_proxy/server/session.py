@@ -15,7 +15,8 @@ from gevent import socket
 from gevent.event import Event
 from gevent.lock import Semaphore
 
-from ..errors import ADMIN_SHUTDOWN, QUERY_CANCELED, BackendError, FatalError, ProtocolViolation, ProxyError
+from ..errors import (ADMIN_SHUTDOWN, QUERY_CANCELED, BackendError, FatalError, ProtocolViolation, ProxyError,
+                      node_unreachable)
 from ..pool import session_state
 from ..pool.prepared import ClientStatements
 from ..pool.reset import reset_for_reuse
@@ -197,7 +198,7 @@ class ClientSession:
         self.next_target = None
         self.lease_intent = target  # a read that falls back to the primary is still a read
         node = router.pick(target, node_name)
-        if node is not self.pool.node:
+        if node is not None:
             pool = self.proxy.pools.get(node, self.database, self.pool.credentials)
             try:
                 server = self._acquire(pool)
@@ -206,7 +207,29 @@ class ClientSession:
             else:
                 if target != "standby" or not self.ryw_lsn or self._replayed(router, pool, server):
                     return target, pool, server
-        return "primary", self.pool, self._acquire(self.pool)
+        pool, server = self.acquire_primary()
+        return "primary", pool, server
+
+    def acquire_primary(self):
+        """(pool, server) on the confirmed primary. While there is none (failover, switchover) wait
+        in the switchover buffer; a primary that cannot be reached is reported to the health
+        checker and tried again until it is replaced or failover.buffer_timeout has passed."""
+        proxy = self.proxy
+        deadline = time.monotonic() + proxy.config.failover.buffer_timeout
+        while True:
+            try:
+                node = proxy.buffer.primary(deadline, self._waiting_on)
+            finally:
+                self.waiting = None
+            if node.name != self.pool.node.name:  # the primary changed: this client's home pool too
+                self.pool = proxy.pools.get(node, self.database, self.pool.credentials)
+            try:
+                return self.pool, self._acquire(self.pool)
+            except (BackendError, OSError) as e:
+                if not node_unreachable(e) or time.monotonic() >= deadline:
+                    raise
+                proxy.router.suspect(node, getattr(e, "message", None) or str(e))
+                gevent.sleep(0.05)
 
     def _acquire(self, pool):
         try:

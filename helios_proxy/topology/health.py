@@ -15,29 +15,41 @@ from ..backend.connection import ServerConnection
 from ..backend.credentials import Credentials
 from ..errors import INVALID_AUTHORIZATION, INVALID_PASSWORD, ProxyError
 from ..periodic import Periodic
+from ..lsn import lsn
 
 log = logging.getLogger(__name__)
-PROBE = "SELECT pg_catalog.pg_is_in_recovery()"
+# One round trip: role, WAL position (received on a standby, written on a primary), the primary's
+# timeline (from its current WAL file name) and which standbys it streams to, synchronously or not.
+PROBE = ("SELECT r, CASE WHEN r THEN COALESCE(pg_catalog.pg_last_wal_receive_lsn(), "
+         "pg_catalog.pg_last_wal_replay_lsn()) ELSE pg_catalog.pg_current_wal_lsn() END, "
+         "CASE WHEN r THEN NULL ELSE pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()) END, "
+         "CASE WHEN r THEN NULL ELSE (SELECT pg_catalog.string_agg(application_name || ':' || "
+         "COALESCE(sync_state, '?'), ',') FROM pg_catalog.pg_stat_replication) END "
+         "FROM pg_catalog.pg_is_in_recovery() r")
 APPLICATION_NAME = "helios-health"  # how the probes show in pg_stat_activity
 
 
 class NodeHealth:
-    __slots__ = ("healthy", "failures", "successes", "in_recovery", "error", "checked")
+    __slots__ = ("healthy", "failures", "successes", "in_recovery", "lsn", "error", "checked", "suspect")
 
     def __init__(self):
         self.healthy = True
         self.failures = self.successes = 0
         self.in_recovery = None
+        self.lsn = None       # last WAL position seen (received on a standby, written on a primary)
         self.error = None
         self.checked = None
+        self.suspect = None   # the greenlet probing it quickly after a client saw it fail
 
 
 class HealthChecker(Periodic):
-    def __init__(self, config, users, on_change=None):
+    def __init__(self, config, users, on_change=None, on_observe=None):
         self.config = config
-        self.users = users          # users_file secrets, for the probe user's password
-        self.on_change = on_change  # callable(node, healthy) at every transition
-        self.nodes = {}             # name -> NodeHealth
+        self.users = users            # users_file secrets, for the probe user's password
+        self.on_change = on_change    # callable(node, healthy, reason) at every transition
+        self.on_observe = on_observe  # callable(node, in_recovery, timeline, lsn) after each good probe
+        self.nodes = {}               # name -> NodeHealth
+        self.replication = {}         # standby application_name -> sync_state, as the primary last said
 
     def state(self, node):
         return self.nodes.setdefault(node.name, NodeHealth())
@@ -50,10 +62,31 @@ class HealthChecker(Periodic):
         return self.config.health.interval
 
     def tick(self):
+        self.probe_all()
+
+    def probe_all(self):
+        """One probe of every node at once; returns when all have answered or timed out."""
         probes = [gevent.spawn(self.probe, node) for node in self.config.nodes]
         gevent.joinall(probes, timeout=self.config.health.timeout + 1)
 
-    def _credentials(self):
+    def suspect(self, node, reason):
+        """A client saw node fail: probe it again at once, and quickly until it is decided."""
+        state = self.state(node)
+        if not state.healthy or (state.suspect is not None and not state.suspect.dead):
+            return
+        log.info("node %s suspected down (%s); probing it now", node.name, reason)
+        state.suspect = gevent.spawn(self._probe_quickly, node)
+
+    def _probe_quickly(self, node):
+        state = self.state(node)
+        spacing = min(0.1, self.config.health.interval)
+        for _ in range(self.config.health.failure_threshold):
+            self.probe(node)
+            if not state.healthy or state.failures == 0:
+                return
+            gevent.sleep(spacing)
+
+    def credentials(self):
         cfg = self.config.health
         secret = cfg.password or self.users.get(cfg.user)
         return Credentials.from_secret(cfg.user, secret)
@@ -61,11 +94,11 @@ class HealthChecker(Periodic):
     def probe(self, node):
         """One probe of node; updates its state."""
         cfg = self.config
-        conn = ServerConnection(node, cfg.health.database, self._credentials(), cfg)
+        conn = ServerConnection(node, cfg.health.database, self.credentials(), cfg)
         try:
             with gevent.Timeout(cfg.health.timeout, TimeoutError(f"no answer in {cfg.health.timeout:g} s")):
                 conn.connect({"application_name": APPLICATION_NAME}, connect_timeout=cfg.health.timeout)
-                in_recovery = conn.execute(PROBE)[0][0] == "t"
+                row = conn.execute(PROBE)[0]
         except ProxyError as e:
             if e.sqlstate in (INVALID_PASSWORD, INVALID_AUTHORIZATION):
                 log.warning("health probe of %s cannot log in as %r: %s (check [health])", node.name,
@@ -75,18 +108,32 @@ class HealthChecker(Periodic):
         except (OSError, TimeoutError) as e:
             self.failed(node, str(e) or type(e).__name__)
         else:
-            self._succeeded(node, in_recovery)
+            self._succeeded(node, row)
         finally:
             conn.close()
 
-    def _succeeded(self, node, in_recovery):
+    def _succeeded(self, node, row):
+        in_recovery = row[0] == "t"
+        timeline = int(row[2][:8], 16) if row[2] else None
         state = self.state(node)
         state.failures, state.successes = 0, state.successes + 1
-        state.in_recovery, state.error, state.checked = in_recovery, None, time.monotonic()
+        state.in_recovery, state.lsn = in_recovery, lsn(row[1])
+        state.error, state.checked = None, time.monotonic()
+        if not in_recovery and row[3] is not None:
+            self.replication = dict(item.rsplit(":", 1) for item in row[3].split(",") if item)
         if not state.healthy and state.successes >= self.config.health.success_threshold:
             state.healthy = True
             log.warning("node %s is healthy again", node.name)
-            self._changed(node, True)
+            self._changed(node, True, None)
+        if state.healthy and self.on_observe is not None:
+            try:
+                self.on_observe(node, in_recovery, timeline, state.lsn)
+            except Exception:
+                log.exception("reacting to the probe of %s failed", node.name)
+
+    def is_sync(self, node):
+        """Whether the primary last reported node as a synchronous standby."""
+        return self.replication.get(node.application_name or node.name) in ("sync", "quorum")
 
     def failed(self, node, reason, at_once=False):
         """A failed probe, or (at_once) a failed client connection attempt."""
@@ -96,11 +143,11 @@ class HealthChecker(Periodic):
         if state.healthy and (at_once or state.failures >= self.config.health.failure_threshold):
             state.healthy = False
             log.warning("node %s is unhealthy: %s", node.name, reason)
-            self._changed(node, False)
+            self._changed(node, False, reason)
 
-    def _changed(self, node, healthy):
+    def _changed(self, node, healthy, reason):
         if self.on_change is not None:
             try:
-                self.on_change(node, healthy)
+                self.on_change(node, healthy, reason)
             except Exception:
                 log.exception("reacting to the health of %s failed", node.name)

@@ -1,0 +1,66 @@
+"""The Patroni topology provider: for users who already run Patroni, Patroni decides who the
+primary is and the proxy follows. Its REST API's `GET /cluster` is polled every `health.interval`:
+the running member with role "leader" (or "master") becomes the confirmed primary; no leader
+clears the primary (writes wait in the switchover buffer). Members map to nodes by name, else by
+host and port. The proxy's own health probes still decide which standbys take reads.
+"""
+import json
+import logging
+import urllib.request
+
+from ..periodic import Periodic
+from .tracker import CONFIRMED, PRIMARY, STANDBY
+
+log = logging.getLogger(__name__)
+LEADER_ROLES = ("leader", "master")
+
+
+class PatroniProvider(Periodic):
+    def __init__(self, config, tracker):
+        self.config = config
+        self.tracker = tracker
+        self.error = None
+
+    def interval(self):
+        return self.config.health.interval
+
+    def fetch(self):
+        url = self.config.topology.patroni_url.rstrip("/") + "/cluster"
+        with urllib.request.urlopen(url, timeout=self.config.health.timeout) as response:
+            return json.load(response)
+
+    def _node_for(self, member):
+        for node in self.config.nodes:
+            if node.name == member.get("name"):
+                return node
+        for node in self.config.nodes:
+            if node.host == member.get("host") and node.port == int(member.get("port") or 0):
+                return node
+        return None
+
+    def tick(self):
+        try:
+            cluster = self.fetch()
+        except (OSError, ValueError) as e:
+            if self.error is None:
+                log.error("Patroni API %s unreachable: %s (the primary stays as it was)",
+                          self.config.topology.patroni_url, e)
+            self.error = str(e)
+            return
+        self.error = None
+        tracker, leader = self.tracker, None
+        for member in cluster.get("members", []):
+            node = self._node_for(member)
+            if node is None:
+                continue
+            running = member.get("state") in ("running", "streaming")
+            if member.get("role") in LEADER_ROLES and running:
+                leader = node
+            elif running:
+                tracker.roles[node.name] = STANDBY
+        if leader is None:
+            tracker.clear_primary("Patroni reports no running leader")
+        elif tracker.primary != leader.name or tracker.state != CONFIRMED:
+            tracker.set_primary(leader.name, "Patroni leader")
+            tracker.roles[leader.name] = PRIMARY
+            tracker.confirm_primary("Patroni leader")

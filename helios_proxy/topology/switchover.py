@@ -1,0 +1,85 @@
+"""Planned switchover: move the primary role to a chosen standby with no errors for clients that
+are between transactions.
+
+1. new primary transactions are paused (they wait in the switchover buffer, buffer.py);
+2. transactions in flight on the old primary get `failover.switchover_timeout` to finish; sessions
+   still holding it after that (session pooling, pinned clients) are ended with 57P01;
+3. the old primary is fenced: no traffic from the proxy until `enable`, and
+   `failover.fence_command` runs when set (e.g. stop it, so nothing else writes there);
+4. the target replays every WAL byte the old primary wrote, then is promoted and confirmed;
+5. the buffer drains to it; the other standbys are pointed at it.
+
+A failure before the promotion puts everything back as it was (the old primary un-fenced).
+"""
+import logging
+import time
+
+import gevent
+
+from .nodeops import NodeOperationFailed
+from .tracker import STANDBY
+
+log = logging.getLogger(__name__)
+
+
+def switchover(proxy, target_name):
+    """Run a planned switchover to node target_name; returns a summary dict or raises
+    NodeOperationFailed (with the reason) when it cannot be done."""
+    tracker, buffer, controller = proxy.tracker, proxy.buffer, proxy.failover
+    cfg = proxy.config.failover
+    target = tracker.node(target_name)
+    if target is None:
+        raise NodeOperationFailed(f"no node named {target_name!r}")
+    old = tracker.current()
+    if old is None:
+        raise NodeOperationFailed("there is no confirmed primary to switch over from (use failover)")
+    if target.name == old.name:
+        raise NodeOperationFailed(f"{target.name} is the primary already")
+    state = proxy.health.state(target)
+    if tracker.roles.get(target.name) != STANDBY or not tracker.usable(target.name) or not state.healthy:
+        raise NodeOperationFailed(f"{target.name} is not a healthy, enabled standby")
+    if tracker.busy:
+        raise NodeOperationFailed("a failover or switchover is already running")
+    started = time.monotonic()
+    tracker.busy = True
+    buffer.pause(f"switchover from {old.name} to {target.name}")
+    promoted = False
+    try:
+        ended = _drain(proxy, old, cfg.switchover_timeout)
+        head = proxy.ops.position(old)
+        tracker.fence(old.name, f"switchover to {target.name}")
+        if cfg.fence_command:
+            proxy.ops.command(cfg.fence_command, node=old.name, host=old.host, port=old.port)
+        proxy.ops.wait_replayed(target, head, max(cfg.switchover_timeout, 1.0))
+        controller.promote(target, old.name)
+        promoted = True
+    except BaseException:
+        if not promoted:
+            tracker.enable(old.name)
+            tracker.set_primary(old.name, "switchover failed; keeping the old primary")
+            tracker.confirm_primary("switchover failed")
+        raise
+    finally:
+        tracker.busy = False
+        buffer.resume()
+    took = time.monotonic() - started
+    controller._record("switchover", old.name, target.name, started)
+    return {"old": old.name, "new": target.name, "seconds": round(took, 3), "sessions_ended": ended,
+            "longest_wait": round(buffer.longest_wait, 3)}
+
+
+def _drain(proxy, node, timeout):
+    """Wait until no session holds a server connection to node; end those that still do after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        holding = [s for s in list(proxy.sessions) if s.server is not None and s.server.node.name == node.name]
+        if not holding:
+            return 0
+        if time.monotonic() >= deadline:
+            for session in holding:
+                session.terminate(f"terminating connection: switchover away from {node.name}")
+            log.warning("switchover: ended %d session(s) still using %s after %g s", len(holding), node.name,
+                        timeout)
+            gevent.sleep(0.05)
+            return len(holding)
+        gevent.sleep(0.01)

@@ -1,0 +1,191 @@
+"""The primary tracker: which node takes writes now, learned from a topology provider.
+
+    set_primary(node)        confirm_primary()          clear_primary()
+    ----------------> PENDING ----------------> CONFIRMED ------------> NONE
+                         |   (node lost / demoted)   |
+                         +---------------------------+--> NONE
+
+Writes go to the primary only while it is CONFIRMED; otherwise they wait in the switchover buffer
+(buffer.py). Every transition is broadcast to the subscribers as a TopologyEvent (events.py).
+
+The configured primary starts CONFIRMED (the config is trusted until a probe says otherwise).
+With the PostgreSQL provider, probe observations move the primary on their own: a PENDING primary
+is confirmed once it answers as not in recovery; a confirmed primary found in recovery is cleared;
+a node promoted by someone else is followed. Split-brain guard: when a second node claims to be
+primary, the one with the newer timeline (then the higher WAL position) keeps or takes the role and
+the other gets no traffic ("stale") until it is a standby again; on an exact tie the primary is
+cleared and writes wait for the operator (`helios-proxy primary set NODE` or the admin API).
+Fencing (planned switchover, the operator) is sticky: a fenced node gets no traffic until enabled.
+"""
+import logging
+import time
+
+from .events import HealthChanged, NodeLeft, PrimaryChanged
+
+log = logging.getLogger(__name__)
+PENDING, CONFIRMED, NONE = "PENDING", "CONFIRMED", "NONE"
+PRIMARY, STANDBY = "primary", "standby"
+
+
+class Observation:
+    """What one probe saw on a node."""
+    __slots__ = ("in_recovery", "timeline", "lsn", "at")
+
+    def __init__(self, in_recovery, timeline=None, lsn=None):
+        self.in_recovery = in_recovery
+        self.timeline = timeline
+        self.lsn = lsn
+        self.at = time.monotonic()
+
+    def rank(self):
+        return (self.timeline or 0, self.lsn or 0)
+
+
+class PrimaryTracker:
+    def __init__(self, config, follow=True):
+        self.config = config
+        self.follow = follow       # let probe observations move the primary (PostgreSQL provider)
+        self.primary = next(n.name for n in config.nodes if n.role == PRIMARY)
+        self.state = CONFIRMED
+        self.roles = {n.name: n.role for n in config.nodes}
+        self.seen = {}             # node name -> latest Observation
+        self.stale = set()         # claimed primary while another node held the role
+        self.fenced = {}           # node name -> reason (sticky until enable())
+        self.busy = False          # a failover or switchover is choosing the next primary
+        self.reason = None         # why there is no confirmed primary (for clients' error messages)
+        self.subscribers = []
+        self.changes = 0           # primary changes since start (metrics)
+
+    # --- subscribers --------------------------------------------------------------------------
+    def subscribe(self, callback):
+        self.subscribers.append(callback)
+
+    def publish(self, event):
+        for callback in list(self.subscribers):
+            try:
+                callback(event)
+            except Exception:  # one subscriber's bug must not hide the event from the others
+                log.exception("topology subscriber %r failed on %r", callback, event)
+
+    # --- queries -------------------------------------------------------------------------------
+    def node(self, name):
+        return next((n for n in self.config.nodes if n.name == name), None)
+
+    def current(self):
+        """The primary node while it is CONFIRMED, else None."""
+        return self.node(self.primary) if self.state == CONFIRMED else None
+
+    def usable(self, name):
+        return name not in self.fenced and name not in self.stale
+
+    def standbys(self):
+        """Nodes that are standbys (as last seen, else as configured) and may take reads."""
+        return [n for n in self.config.nodes if self.roles.get(n.name, n.role) == STANDBY and self.usable(n.name)]
+
+    def claimants(self):
+        """Nodes last seen as not in recovery, best (newest timeline, highest LSN) first."""
+        found = [(o.rank(), name) for name, o in self.seen.items() if not o.in_recovery]
+        return [name for _, name in sorted(found, reverse=True)]
+
+    # --- the lifecycle ---------------------------------------------------------------------------
+    def set_primary(self, name, why):
+        if self.node(name) is None:
+            raise KeyError(name)
+        old = self.primary if self.state != NONE else None
+        self.primary, self.state = name, PENDING
+        self.stale.discard(name)
+        log.warning("primary: %s PENDING (%s)", name, why)
+        self.publish(PrimaryChanged(old, name, PENDING))
+
+    def confirm_primary(self, why="confirmed"):
+        if self.state == CONFIRMED or self.primary is None:
+            return
+        self.state = CONFIRMED
+        self.changes += 1
+        self.roles[self.primary] = PRIMARY
+        log.warning("primary: %s CONFIRMED (%s)", self.primary, why)
+        self.publish(PrimaryChanged(None, self.primary, CONFIRMED))
+
+    def clear_primary(self, why):
+        if self.state == NONE:
+            return
+        self.state = NONE
+        self.reason = f"{self.primary}: {why}"
+        log.warning("primary: NONE (%s was primary: %s)", self.primary, why)
+        self.publish(PrimaryChanged(self.primary, None, NONE))
+
+    def fence(self, name, reason):
+        """No traffic to name until enable(name)."""
+        self.fenced[name] = reason
+        log.warning("node %s fenced: %s", name, reason)
+        if name == self.primary:
+            self.clear_primary(f"fenced: {reason}")
+        self.publish(NodeLeft(name, reason))
+
+    def enable(self, name):
+        if self.fenced.pop(name, None) is not None:
+            log.warning("node %s enabled again", name)
+
+    # --- what the provider reports -------------------------------------------------------------
+    def health_changed(self, name, healthy, reason=None):
+        self.publish(HealthChanged(name, healthy))
+        if not healthy and name == self.primary:
+            self.clear_primary(f"unhealthy: {reason}" if reason else "unhealthy")
+
+    def observe(self, name, in_recovery, timeline=None, lsn=None):
+        """A probe's answer from node name."""
+        seen = self.seen[name] = Observation(in_recovery, timeline, lsn)
+        self.roles[name] = STANDBY if in_recovery else PRIMARY
+        if in_recovery:
+            if name in self.stale:
+                self.stale.discard(name)
+                log.warning("node %s is a standby now; it takes reads again", name)
+            if name == self.primary and self.state == CONFIRMED and self.follow:
+                self.clear_primary("it is in recovery now (demoted outside the proxy?)")
+            return
+        if name in self.fenced or name in self.stale:
+            return
+        if name == self.primary:
+            if self.state == PENDING:
+                self.confirm_primary("answers as primary")
+            elif self.state == NONE and self.follow and not self.busy and not self._newer_than(seen, name):
+                self.set_primary(name, "the primary is back")
+                self.confirm_primary("answers as primary")
+            return
+        if not self.follow:
+            return
+        current = self.seen.get(self.primary) if self.state != NONE else None
+        if self.state != NONE and current is None:
+            return  # the primary has not been probed yet: compare at the next round
+        if self.state == NONE or current.in_recovery:
+            if not self.busy and not self._newer_than(seen, name):
+                self._take_over(name, "promoted outside the proxy")
+            return
+        if seen.rank() > current.rank():
+            self._make_stale(self.primary, f"{name} claims primary on a newer timeline/WAL position")
+            self._take_over(name, "promoted outside the proxy (newer timeline)")
+        elif seen.rank() < current.rank():
+            self._make_stale(name, f"claims primary too, behind {self.primary}")
+        else:
+            log.error("split brain: %s and %s both claim to be primary at the same timeline and "
+                      "position; writes wait until the operator sets the primary", name, self.primary)
+            self._make_stale(name, "split brain")
+            self._make_stale(self.primary, "split brain")
+            self.clear_primary("split brain")
+
+    def _newer_than(self, seen, name):
+        """Whether another usable node claims primary with a newer timeline/position than seen."""
+        return any(o.rank() > seen.rank() for n, o in self.seen.items()
+                   if n != name and not o.in_recovery and self.usable(n))
+
+    def _take_over(self, name, why):
+        self.set_primary(name, why)
+        self.confirm_primary(why)
+
+    def _make_stale(self, name, why):
+        if name not in self.stale:
+            self.stale.add(name)
+            log.error("node %s gets no traffic: %s", name, why)
+            if name == self.primary:
+                self.clear_primary(why)
+            self.publish(NodeLeft(name, why))
