@@ -65,5 +65,83 @@ def check_config(path):
                f"auth {config.auth.method}, nodes: {nodes}")
 
 
+# --- talking to a running proxy through its admin API ----------------------------------------------
+def _admin_call(path, method, config_path, body=None):
+    """JSON from the admin API of the proxy that config_path configures; exits 1 on an error."""
+    import json
+    import urllib.error
+    import urllib.request
+    from .config import load_file
+    try:
+        config = load_file(config_path)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    url = f"http://{config.admin.listen}{path}"
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"}
+    if config.admin.token:
+        headers["Authorization"] = f"Bearer {config.admin.token}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as e:
+        try:
+            message = json.load(e).get("error")
+        except ValueError:
+            message = e.reason
+        raise click.ClickException(f"{method} {path}: {e.code} {message}") from None
+    except OSError as e:
+        raise click.ClickException(f"cannot reach the admin API at {url}: {e}") from None
+
+
+def _echo_json(data):
+    import json
+    click.echo(json.dumps(data, indent=2))
+
+
+config_option = click.option("-c", "--config", "path", required=True, type=click.Path(dir_okay=False),
+                             help="The running proxy's TOML configuration file (admin.listen, admin.token).")
+
+
+@main.command()
+@click.argument("target")
+@config_option
+def switchover(target, path):
+    """Planned switchover of the primary role to standby TARGET (no errors between transactions)."""
+    _echo_json(_admin_call("/switchover", "POST", path, {"target": target}))
+
+
+@main.command()
+@click.argument("target", required=False)
+@config_option
+def failover(target, path):
+    """Fence the primary and promote TARGET (default: the best standby) now."""
+    _echo_json(_admin_call("/failover", "POST", path, {"target": target} if target else {}))
+
+
+@main.command()
+@config_option
+def nodes(path):
+    """Show every node: role, health, lag, fencing."""
+    _echo_json(_admin_call("/nodes", "GET", path))
+
+
+@main.command()
+@click.argument("action", type=click.Choice(["show", "set", "confirm", "clear"]))
+@click.argument("node", required=False)
+@config_option
+def primary(action, node, path):
+    """Show or set the primary (standalone topology, or to settle a split brain)."""
+    if action == "show":
+        _echo_json(_admin_call("/topology", "GET", path))
+    elif action == "set":
+        if not node:
+            raise click.UsageError("primary set needs a NODE")
+        _echo_json(_admin_call("/primary", "POST", path, {"node": node}))
+    else:
+        _echo_json(_admin_call(f"/primary/{action}", "POST", path, {}))
+
+
 if __name__ == "__main__":
     main()

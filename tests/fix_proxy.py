@@ -47,6 +47,10 @@ class ProxyProcess:
         self.workdir = workdir
         sections.setdefault("server", {})
         sections["server"].setdefault("listen", f"127.0.0.1:{self.port}")
+        self.admin_port = free_port()
+        sections.setdefault("admin", {})
+        sections["admin"].setdefault("listen", f"127.0.0.1:{self.admin_port}")
+        sections["admin"].setdefault("token", "test-token")
         self.nodes = sections.pop("nodes", None) or [
             {"name": "primary", "host": "127.0.0.1", "port": cluster.primary_port, "role": "primary"}]
         self.sections = sections
@@ -92,6 +96,23 @@ class ProxyProcess:
         params = dict(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", connect_timeout=10)
         params.update(kw)
         return psycopg2.connect(**params)
+
+    def api(self, method, path, body=None, token="test-token"):
+        """(status, JSON) from the admin API."""
+        import json
+        import urllib.error
+        import urllib.request
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", data=data, method=method,
+                                         headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as e:
+            return e.code, json.load(e)
 
     def signal(self, signum):
         self.proc.send_signal(signum)

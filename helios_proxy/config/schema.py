@@ -50,7 +50,8 @@ SETTINGS = (
     S("server", "max_message_size", int, 256 << 20,
       "Largest single protocol message accepted from a client, in bytes.", min=1024, max=GiB - 1),
     S("server", "tcp_keepalive", bool, True, "Enable TCP keepalive on client and server sockets."),
-    # [admin]: the REST API (served from the admin issue on)
+    # [admin]: the REST API (admin/)
+    S("admin", "enabled", bool, True, "Serve the admin REST API."),
     S("admin", "listen", str, "127.0.0.1:9090", "Address of the admin REST API (host:port).", validate=address),
     S("admin", "token", str, "", "Bearer token for the admin API; may also come from HELIOS_ADMIN__TOKEN.",
       secret=True),

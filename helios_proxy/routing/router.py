@@ -8,6 +8,7 @@ import time
 
 import gevent
 
+from ..errors import ProxyError
 from ..lsn import lsn
 from .balancer import Balancer
 from .classify import CATALOG_QUERY, Classifier
@@ -92,14 +93,18 @@ class Router:
         if database in self.classifier.catalog:
             return
         self.classifier.load_catalog(database, ())  # others meanwhile: unknown functions are writes
-        conn = session.pool.acquire()
-        ok = False
+        pool, conn, ok = session.pool, None, False
         try:
+            conn = pool.acquire()
             rows = conn.execute(CATALOG_QUERY)
             self.classifier.load_catalog(database, [r[0] for r in rows])
             ok = True
+        except (ProxyError, OSError) as e:  # the primary is away: classify without it, load it later
+            log.info("loading the function catalog of %s failed (%s); trying again later", database, e)
+            self.classifier.catalog.pop(database, None)
         finally:
-            session.pool.release(conn, reusable=ok)
+            if conn is not None:
+                pool.release(conn, reusable=ok)
 
     # --- read-your-writes ----------------------------------------------------------------------
     def caught_up(self, node, server, wanted):

@@ -12,6 +12,7 @@ from gevent.server import StreamServer
 from gevent import socket
 
 from .. import pipeline
+from ..admin import server as admin_server
 from ..config import load_file
 from ..config.schema import SETTINGS
 from ..errors import ConfigError
@@ -91,6 +92,8 @@ class Proxy:
         self.health.start()
         if self.patroni is not None:
             self.patroni.start()
+        if self.config.admin.enabled:
+            self.admin = admin_server.start(self)
         if Router.active(self.config):
             self.router.lag = LagMonitor(self.router, self.pools)
             self.router.lag.start()
@@ -130,6 +133,8 @@ class Proxy:
     def shutdown(self, timeout):
         log.info("shutting down: %d session(s), waiting up to %g s", len(self.sessions), timeout)
         self.server.close()  # stop accepting
+        if self.admin is not None:
+            self.admin.stop(timeout=1)
         with gevent.Timeout(timeout, False):
             while self.sessions:
                 gevent.sleep(0.05)

@@ -60,14 +60,17 @@ class FailoverController:
             try:
                 if self.failover(old, started=started):
                     return
+            except NodeOperationFailed as e:
+                log.error("failover attempt failed: %s", e.message)
             except Exception:
                 log.exception("failover attempt failed")
             self.state = "waiting"
             gevent.sleep(self.config.health.interval)
         self.state = "idle"
 
-    def failover(self, old=None, target=None, started=None):
-        """One attempt: promote target (or the best candidate); True once a primary is confirmed."""
+    def failover(self, old=None, target=None, started=None, fence=False):
+        """One attempt: promote target (or the best candidate); True once a primary is confirmed.
+        With fence (an operator's failover), the old primary is fenced first, even if healthy."""
         tracker = self.tracker
         if tracker.busy:
             raise NodeOperationFailed("a failover or switchover is already running")
@@ -75,6 +78,8 @@ class FailoverController:
         tracker.busy = True
         self.state = "detecting"
         try:
+            if fence and old is not None:
+                tracker.fence(old, "failover by the operator")
             self.health.probe_all()
             if tracker.current() is not None:
                 return True

@@ -1,0 +1,61 @@
+"""The Flask app factory: JSON errors, bearer-token auth, one blueprint per resource.
+
+Reading endpoints are open on loopback; every mutating endpoint (and every endpoint when the API
+listens beyond loopback) needs `Authorization: Bearer <admin.token>`, compared in constant time.
+"""
+import hmac
+import ipaddress
+
+from flask import Flask, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from . import topology
+from .common import ApiError
+
+MUTATING = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def loopback(listen):
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(proxy):
+    app = Flask("helios_proxy.admin")
+    app.config["PROXY"] = proxy
+    app.json.sort_keys = False
+
+    @app.before_request
+    def authorize():
+        config = proxy.config.admin
+        needed = request.method in MUTATING or not loopback(config.listen)
+        if not needed:
+            return None
+        if not config.token:
+            raise ApiError(403, "set admin.token (or HELIOS_ADMIN__TOKEN) to use this endpoint")
+        given = request.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), config.token.encode()):
+            raise ApiError(401, "missing or wrong bearer token")
+        return None
+
+    @app.errorhandler(ApiError)
+    def api_error(e):
+        return jsonify(error=e.message), e.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(e):
+        return jsonify(error=e.description or e.name), e.code
+
+    @app.errorhandler(Exception)
+    def internal_error(e):
+        current_app.logger.exception("admin API request failed")
+        return jsonify(error=f"internal error: {type(e).__name__}"), 500
+
+    app.register_blueprint(topology.bp)
+    return app

@@ -1,0 +1,140 @@
+"""Topology endpoints: nodes and their state, the primary, failover and planned switchover."""
+import time
+
+from flask import Blueprint, jsonify
+
+from ..topology.nodeops import NodeOperationFailed
+from ..topology.switchover import switchover
+from .common import ApiError, json_body, proxy_of
+
+bp = Blueprint("topology", __name__)
+
+
+def node_view(proxy, node):
+    tracker, health = proxy.tracker, proxy.health
+    state = health.state(node)
+    lag = proxy.router.lag.lag.get(node.name) if proxy.router.lag is not None else None
+    role = tracker.roles.get(node.name, node.role)
+    stats = proxy.router.stats.get(node.name, {})
+    return {
+        "name": node.name, "address": f"{node.host}:{node.port}", "configured_role": node.role,
+        "role": role, "primary": tracker.primary == node.name, "primary_state":
+            tracker.state if tracker.primary == node.name else None,
+        "healthy": state.healthy, "in_recovery": state.in_recovery, "last_error": state.error,
+        "last_check_age_s": round(time.monotonic() - state.checked, 3) if state.checked else None,
+        "synchronous": health.is_sync(node) if role == "standby" else None,
+        "lag_bytes": lag[0] if lag else None, "lag_ms": lag[1] if lag else None,
+        "fenced": tracker.fenced.get(node.name), "stale": node.name in tracker.stale,
+        "weight": node.weight, "priority": node.priority,
+        "reads": stats.get("reads", 0), "writes": stats.get("writes", 0), "errors": stats.get("errors", 0),
+    }
+
+
+def find_node(proxy, name):
+    node = proxy.tracker.node(name)
+    if node is None:
+        for candidate in proxy.config.nodes:
+            if f"{candidate.host}:{candidate.port}" == name:
+                return candidate
+        raise ApiError(404, f"no node {name!r}")
+    return node
+
+
+@bp.get("/nodes")
+def nodes():
+    proxy = proxy_of()
+    return jsonify([node_view(proxy, n) for n in proxy.config.nodes])
+
+
+@bp.get("/nodes/<name>")
+def node(name):
+    proxy = proxy_of()
+    return jsonify(node_view(proxy, find_node(proxy, name)))
+
+
+@bp.post("/nodes/<name>/disable")
+def disable(name):
+    proxy = proxy_of()
+    node = find_node(proxy, name)
+    proxy.tracker.fence(node.name, json_body().get("reason") or "disabled by the operator")
+    proxy.pools.close_idle(node)
+    return jsonify(node_view(proxy, node))
+
+
+@bp.post("/nodes/<name>/enable")
+def enable(name):
+    proxy = proxy_of()
+    node = find_node(proxy, name)
+    proxy.tracker.enable(node.name)
+    return jsonify(node_view(proxy, node))
+
+
+@bp.get("/topology")
+def topology():
+    proxy = proxy_of()
+    tracker = proxy.tracker
+    return jsonify(primary=tracker.primary, state=tracker.state, reason=tracker.reason,
+                   provider=proxy.config.topology.provider, failover_mode=proxy.config.failover.mode,
+                   failover_state=proxy.failover.state, failovers=proxy.failover.failovers,
+                   buffer={"waiting": proxy.buffer.depth, "paused": proxy.buffer.paused,
+                           "buffered": proxy.buffer.buffered, "timeouts": proxy.buffer.timeouts,
+                           "longest_wait_s": round(proxy.buffer.longest_wait, 3)},
+                   history=proxy.failover.history)
+
+
+@bp.post("/primary")
+def set_primary():
+    """Standalone provider / operator: {"node": NAME, "confirm": true}."""
+    proxy = proxy_of()
+    body = json_body()
+    node = find_node(proxy, str(body.get("node", "")))
+    proxy.tracker.enable(node.name)
+    proxy.tracker.stale.discard(node.name)
+    proxy.tracker.set_primary(node.name, "set by the operator")
+    if body.get("confirm", True):
+        proxy.tracker.confirm_primary("confirmed by the operator")
+    return topology()
+
+
+@bp.post("/primary/confirm")
+def confirm_primary():
+    proxy_of().tracker.confirm_primary("confirmed by the operator")
+    return topology()
+
+
+@bp.post("/primary/clear")
+def clear_primary():
+    proxy_of().tracker.clear_primary("cleared by the operator")
+    return topology()
+
+
+@bp.post("/switchover")
+def post_switchover():
+    """{"target": NAME}: planned switchover; answers when it is done (or failed)."""
+    proxy = proxy_of()
+    target = json_body().get("target")
+    if not target:
+        raise ApiError(400, 'give the target standby: {"target": "NAME"}')
+    find_node(proxy, str(target))
+    try:
+        result = switchover(proxy, str(target))
+    except NodeOperationFailed as e:
+        raise ApiError(409, f"switchover failed: {e.message}") from None
+    return jsonify(result)
+
+
+@bp.post("/failover")
+def post_failover():
+    """{"target": NAME} or {}: promote that standby (or the best one) now, whatever the primary's state."""
+    proxy = proxy_of()
+    target = json_body().get("target")
+    if target:
+        find_node(proxy, str(target))
+    old = proxy.tracker.primary
+    try:
+        done = proxy.failover.failover(old, target, fence=True)
+    except NodeOperationFailed as e:
+        raise ApiError(409, f"failover failed: {e.message}") from None
+    if not done:
+        raise ApiError(409, "failover failed: no standby can be promoted")
+    return topology()
