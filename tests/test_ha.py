@@ -9,7 +9,7 @@ import time
 import psycopg2
 import pytest
 
-from tests.fix_ha import connect, ha_nodes, query
+from tests.fix_ha import ha_nodes, query
 
 HELIOS = os.path.join(os.path.dirname(sys.executable), "helios-proxy")
 FAST_HEALTH = {"interval": 0.2, "timeout": 1.0, "failure_threshold": 3, "success_threshold": 1}
@@ -110,7 +110,7 @@ def test_failover_promotes_the_sync_standby_and_loses_no_acknowledged_write(star
     assert in_recovery(ha_cluster.ports[2])      # the asynchronous one was not
     present = {r[0] for r in query(ha_cluster.ports[1], "SELECT id FROM ha_rows")}
     lost = [i for i in load.acked if i not in present]
-    assert len(load.acked) > 100 and not lost
+    assert len(load.acked) > 100 and not lost, (len(load.acked), lost[:5])
     # writes go to the new primary
     assert query_proxy(proxy, "INSERT INTO ha_rows (id) VALUES (-1) RETURNING inet_server_port()") == \
         [(ha_cluster.ports[1],)]
@@ -124,8 +124,8 @@ def test_failover_promotes_the_sync_standby_and_loses_no_acknowledged_write(star
     assert topo["primary"] == "standby1" and topo["state"] == "CONFIRMED" and topo["failovers"] == 1
     assert topo["history"][0]["kind"] == "failover"
     # every error a client saw says what happened
-    for _, code, message in load.errors:
-        assert code in ("08006", "57P03", "57P01", None), message
+    for _, code, message in load.errors:  # (libpq drops the SQLSTATE of a FATAL error right before EOF at times)
+        assert code in ("08006", "57P03", "57P01") or "server closed the connection" in message, (code, message)
 
 
 def test_planned_switchover_under_pgbench_has_no_client_errors(start_proxy, ha_cluster):
@@ -275,3 +275,47 @@ def test_operator_disable_and_enable_a_standby(start_proxy, ha_cluster):
     assert ports == {ha_cluster.ports[1], ha_cluster.ports[2]}
     assert proxy.api("POST", "/nodes/standby2/disable", token=None)[0] == 403 or \
         proxy.api("POST", "/nodes/standby2/disable", token=None)[0] == 401
+
+
+def test_patroni_provider_follows_the_leader_patroni_reports(start_proxy, ha_cluster):
+    """Patroni itself is not installed here: a small HTTP server answers GET /cluster in Patroni's
+    documented format while the test does what Patroni would (pg_ctl promote)."""
+    import http.server
+    import json
+    members = {"members": [
+        {"name": "primary", "role": "leader", "state": "running", "host": "127.0.0.1", "port": ha_cluster.ports[0]},
+        {"name": "standby1", "role": "sync_standby", "state": "streaming", "host": "127.0.0.1",
+         "port": ha_cluster.ports[1]},
+        {"name": "standby2", "role": "replica", "state": "streaming", "host": "127.0.0.1",
+         "port": ha_cluster.ports[2]}]}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps(members).encode() if self.path == "/cluster" else b"{}"
+            self.send_response(200 if self.path == "/cluster" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+    api = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=api.serve_forever, daemon=True).start()
+    try:
+        proxy = start_ha_proxy(start_proxy, ha_cluster, failover={"mode": "external"},
+                               topology={"provider": "patroni",
+                                         "patroni_url": f"http://127.0.0.1:{api.server_address[1]}"})
+        assert query_proxy(proxy, "INSERT INTO ha_rows (id) VALUES (1) RETURNING inet_server_port()") == \
+            [(ha_cluster.ports[0],)]
+        ha_cluster._run("pg_ctl", "-D", ha_cluster.datadir(1), "-w", "promote")
+        # the proxy keeps its primary until Patroni says otherwise, even though standby1 answers as primary
+        time.sleep(0.6)
+        # (the old primary waits for its synchronous standby on a write now: ask it a read)
+        assert query_proxy(proxy, "/*+ route=primary */ SELECT inet_server_port()") == [(ha_cluster.ports[0],)]
+        members["members"][0]["role"], members["members"][1]["role"] = "replica", "leader"
+        wait_for(lambda: query_proxy(proxy, "/*+ route=primary */ SELECT inet_server_port()") ==
+                 [(ha_cluster.ports[1],)], 10, "Patroni's new leader as the primary")
+        assert query_proxy(proxy, "INSERT INTO ha_rows (id) VALUES (3) RETURNING inet_server_port()") == \
+            [(ha_cluster.ports[1],)]
+    finally:
+        api.shutdown()

@@ -143,7 +143,12 @@ class ServerConnection:
                                             f"\"{self.credentials.user}\""})
 
     def send(self, data):
-        sendall(self.sock, data)
+        try:
+            sendall(self.sock, data)
+        except OSError as e:  # the client must hear it was the server, not see its own connection drop
+            self.broken = True
+            raise BackendError(f"server {self.node.name} closed the connection unexpectedly ({e.strerror or e})",
+                               sqlstate=CONNECTION_FAILURE) from e
 
     # --- reading ----------------------------------------------------------------------------
     def read_message(self):

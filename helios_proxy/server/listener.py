@@ -16,7 +16,7 @@ from ..admin import server as admin_server
 from ..config import load_file
 from ..config.schema import SETTINGS
 from ..errors import ConfigError
-from ..pool import PoolManager
+from ..pool.pool import PoolManager
 from ..routing.lag import LagMonitor
 from ..topology.buffer import SwitchoverBuffer
 from ..topology.failover import FailoverController

@@ -55,7 +55,7 @@ class Route(Stage):
         except ProxyError as e:
             return StageResult.reject(e.sqlstate, e.message)
         if "node" in hints:
-            target = (STANDBY if router.node(hints["node"]).role == STANDBY else PRIMARY, hints["node"])
+            target = (STANDBY if router.tracker.roles.get(hints["node"]) == STANDBY else PRIMARY, hints["node"])
         elif hints.get("route") in (PRIMARY, STANDBY):
             target = (hints["route"], None)
         elif session.pinned:
