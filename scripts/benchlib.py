@@ -56,16 +56,21 @@ def start_pgbouncer(base, pg_port, pool_size, mode):
     return proc, port
 
 
-def start_helios(base, pg_port, pool_size, mode, standby_ports=()):
-    """helios-proxy run in front of the primary (and standbys: then reads go to them)."""
-    port = free_port()
+def start_helios(base, pg_port, pool_size, mode, standby_ports=(), extra=""):
+    """helios-proxy run in front of the primary (and standbys: then reads go to them); extra: more
+    TOML sections. Returns (process, port); the admin API listens on the port in
+    helios-PORT.admin next to the config."""
+    port, admin_port = free_port(), free_port()
     cfg = os.path.join(base, f"helios-{port}.toml")
     nodes = f'[[nodes]]\nname = "primary"\nhost = "127.0.0.1"\nport = {pg_port}\nrole = "primary"\n'
     for i, sport in enumerate(standby_ports, 1):
         nodes += f'[[nodes]]\nname = "standby{i}"\nhost = "127.0.0.1"\nport = {sport}\nrole = "standby"\n'
     with open(cfg, "w") as f:
         f.write(f'[server]\nlisten = "127.0.0.1:{port}"\nmax_client_conn = 20000\n[pool]\nmode = "{mode}"\n'
-                f'max_size = {pool_size}\n[log]\nconnections = false\n{nodes}')
+                f'max_size = {pool_size}\n[log]\nconnections = false\n[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
+                f'token = "bench"\n{extra}\n{nodes}')
+    with open(os.path.join(base, f"helios-{port}.admin"), "w") as f:
+        f.write(str(admin_port))
     exe = os.path.join(sys.prefix, "bin", "helios-proxy")
     proc = subprocess.Popen([exe, "run", "-c", cfg], stdout=open(os.path.join(base, f"helios-{port}.log"), "w"),
                             stderr=subprocess.STDOUT)
