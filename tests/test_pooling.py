@@ -481,3 +481,35 @@ def test_mixed_workload_soak_leaves_pool_clean(start_proxy, direct):
                 "and pid <> pg_backend_pid() and datname = 'postgres' and state <> 'idle'")
     assert (busy, total <= 4) == (0, True), cur.fetchall()
     assert proxy.connect().closed == 0
+
+
+def test_a_late_cancel_never_hits_the_next_client_of_the_connection(start_proxy):
+    """A cancel request racing the end of its query must not cancel what the next client runs on
+    the same server connection (pool of one): the connection waits until the server took it."""
+    proxy = start_proxy(pool={"mode": "transaction", "max_size": 1})
+    a, b = proxy.connect(), proxy.connect()
+    a.autocommit = b.autocommit = True
+    stop, hit = threading.Event(), []
+
+    def other():
+        cur = b.cursor()
+        while not stop.is_set():
+            try:
+                cur.execute("SELECT pg_sleep(0.002)")
+            except psycopg2.errors.QueryCanceled:
+                hit.append(1)
+    t = threading.Thread(target=other)
+    t.start()
+    try:
+        for i in range(150):
+            timer = threading.Timer(0.004 + (i % 5) * 0.001, a.cancel)
+            timer.start()
+            try:
+                a.cursor().execute("SELECT pg_sleep(0.005)")
+            except psycopg2.errors.QueryCanceled:
+                pass
+            timer.join()
+    finally:
+        stop.set()
+        t.join(30)
+    assert not hit

@@ -80,7 +80,13 @@ class Pool:
         return self.manager is None or self.manager.has_room(self)
 
     def release(self, conn, reusable=True):
-        """Give a connection back; a connection that is not reusable is closed."""
+        """Give a connection back; a connection that is not reusable is closed. One with a cancel
+        request on its way is held back until the server has taken it."""
+        if conn.cancelling is not None:
+            cancelling, conn.cancelling = conn.cancelling, None
+            if not cancelling.dead:
+                gevent.spawn(self._release_after, cancelling, conn, reusable)
+                return
         now = time.monotonic()
         lifetime = self.config.pool.server_lifetime
         if not reusable or conn.broken or (lifetime and now - conn.created > lifetime):
@@ -96,6 +102,10 @@ class Pool:
         self.idle.append(conn)
         if self.manager is not None:  # an idle connection here may make room for a sibling's waiter
             self.manager.room_freed(self)
+
+    def _release_after(self, cancelling, conn, reusable):
+        cancelling.join(timeout=5)
+        self.release(conn, reusable and cancelling.dead)
 
     def _take_idle(self):
         cfg = self.config.pool
