@@ -9,7 +9,7 @@ import ipaddress
 from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import topology
+from . import health, metrics, openapi, ops, resources, status, topology
 from .common import ApiError
 
 MUTATING = ("POST", "PUT", "PATCH", "DELETE")
@@ -57,5 +57,6 @@ def create_app(proxy):
         current_app.logger.exception("admin API request failed")
         return jsonify(error=f"internal error: {type(e).__name__}"), 500
 
-    app.register_blueprint(topology.bp)
+    for module in (status, health, topology, resources, metrics, ops, openapi):
+        app.register_blueprint(module.bp)
     return app

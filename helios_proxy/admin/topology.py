@@ -1,33 +1,12 @@
 """Topology endpoints: nodes and their state, the primary, failover and planned switchover."""
-import time
-
 from flask import Blueprint, jsonify
 
 from ..topology.nodeops import NodeOperationFailed
 from ..topology.switchover import switchover
+from . import views
 from .common import ApiError, json_body, proxy_of
 
 bp = Blueprint("topology", __name__)
-
-
-def node_view(proxy, node):
-    tracker, health = proxy.tracker, proxy.health
-    state = health.state(node)
-    lag = proxy.router.lag.lag.get(node.name) if proxy.router.lag is not None else None
-    role = tracker.roles.get(node.name, node.role)
-    stats = proxy.router.stats.get(node.name, {})
-    return {
-        "name": node.name, "address": f"{node.host}:{node.port}", "configured_role": node.role,
-        "role": role, "primary": tracker.primary == node.name, "primary_state":
-            tracker.state if tracker.primary == node.name else None,
-        "healthy": state.healthy, "in_recovery": state.in_recovery, "last_error": state.error,
-        "last_check_age_s": round(time.monotonic() - state.checked, 3) if state.checked else None,
-        "synchronous": health.is_sync(node) if role == "standby" else None,
-        "lag_bytes": lag[0] if lag else None, "lag_ms": lag[1] if lag else None,
-        "fenced": tracker.fenced.get(node.name), "stale": node.name in tracker.stale,
-        "weight": node.weight, "priority": node.priority,
-        "reads": stats.get("reads", 0), "writes": stats.get("writes", 0), "errors": stats.get("errors", 0),
-    }
 
 
 def find_node(proxy, name):
@@ -43,13 +22,13 @@ def find_node(proxy, name):
 @bp.get("/nodes")
 def nodes():
     proxy = proxy_of()
-    return jsonify([node_view(proxy, n) for n in proxy.config.nodes])
+    return jsonify(views.nodes(proxy))
 
 
 @bp.get("/nodes/<name>")
 def node(name):
     proxy = proxy_of()
-    return jsonify(node_view(proxy, find_node(proxy, name)))
+    return jsonify(views.node(proxy, find_node(proxy, name)))
 
 
 @bp.post("/nodes/<name>/disable")
@@ -58,7 +37,7 @@ def disable(name):
     node = find_node(proxy, name)
     proxy.tracker.fence(node.name, json_body().get("reason") or "disabled by the operator")
     proxy.pools.close_idle(node)
-    return jsonify(node_view(proxy, node))
+    return jsonify(views.node(proxy, node))
 
 
 @bp.post("/nodes/<name>/enable")
@@ -66,7 +45,7 @@ def enable(name):
     proxy = proxy_of()
     node = find_node(proxy, name)
     proxy.tracker.enable(node.name)
-    return jsonify(node_view(proxy, node))
+    return jsonify(views.node(proxy, node))
 
 
 @bp.get("/topology")

@@ -191,6 +191,29 @@ class ServerConnection:
             raise BackendError("query failed", fields=error, severity="ERROR")
         return rows
 
+    def fetch(self, sql, params=(), max_rows=0):
+        """Run one statement with parameters (extended protocol): (columns, rows, truncated).
+        At most max_rows rows (0: all); rows are lists of text or None."""
+        self.sock.sendall(codec.parse(sql) + codec.bind(list(params)) + codec.describe_portal()
+                          + codec.execute(max_rows=max_rows) + codec.SYNC)
+        columns, rows, error, truncated = [], [], None, False
+        while True:
+            mtype, body = self.read_message()
+            if mtype == m.DATA_ROW:
+                rows.append([c.decode() if c is not None else None for c in codec.parse_data_row(body)])
+            elif mtype == m.ROW_DESCRIPTION:
+                columns = codec.parse_row_description(body)
+            elif mtype == m.PORTAL_SUSPENDED:
+                truncated = True
+            elif mtype == m.ERROR_RESPONSE:
+                error = codec.parse_fields(body)
+            elif mtype == m.READY_FOR_QUERY:
+                self.tx_status = body
+                break
+        if error:
+            raise BackendError("query failed", fields=error, severity="ERROR")
+        return columns, rows, truncated
+
     def cancel(self):
         """Ask the server to cancel what this connection runs (a separate short connection). Until
         the server has taken the request (`cancelling` done), the pool does not hand the connection

@@ -55,6 +55,15 @@ SETTINGS = (
     S("admin", "listen", str, "127.0.0.1:9090", "Address of the admin REST API (host:port).", validate=address),
     S("admin", "token", str, "", "Bearer token for the admin API; may also come from HELIOS_ADMIN__TOKEN.",
       secret=True),
+    S("admin", "users", list, [], "Users allowed into the virtual admin database (SHOW POOLS, RELOAD, "
+      "PAUSE ...) on the proxy port.", reloadable=True),
+    S("admin", "database", str, "helios", "Name of the virtual admin database on the proxy port."),
+    S("admin", "sql_enabled", bool, False, "Serve POST /api/sql (runs SQL through the proxy's routing).",
+      reloadable=True),
+    S("admin", "sql_user", str, "postgres", "User /api/sql runs as (password from users_file).", reloadable=True),
+    S("admin", "sql_max_rows", int, 1000, "Most rows /api/sql returns.", min=1, reloadable=True),
+    S("admin", "sql_timeout", float, 5.0, "statement_timeout of /api/sql queries, seconds.", min=0.001,
+      reloadable=True),
     # [pool]: backend connection pools, one per (node, database, user)
     S("pool", "mode", str, "session", "When a server connection returns to the pool.",
       choices=("session", "transaction", "statement")),

@@ -68,6 +68,34 @@ def text_result(column, value, tag):
             + message(m.COMMAND_COMPLETE, cstr(tag)))
 
 
+def table_result(columns, rows, tag):
+    """A text result of any shape (RowDescription, DataRows, CommandComplete); None is NULL."""
+    description = pack("!h", len(columns)) + b"".join(cstr(c) + pack("!ihihih", 0, 0, 25, -1, -1, 0)
+                                                     for c in columns)
+    out = [message(m.ROW_DESCRIPTION, description)]
+    for row in rows:
+        cells = [pack("!h", len(row))]
+        for value in row:
+            if value is None:
+                cells.append(pack("!i", -1))
+            else:
+                data = str(value).encode()
+                cells.append(pack("!i", len(data)) + data)
+        out.append(message(m.DATA_ROW, b"".join(cells)))
+    out.append(message(m.COMMAND_COMPLETE, cstr(tag)))
+    return b"".join(out)
+
+
+def parse_row_description(body):
+    """Column names of a RowDescription."""
+    count, pos, names = unpack_from("!h", body)[0], 2, []
+    for _ in range(count):
+        name, pos = read_cstr(body, pos)
+        names.append(name)
+        pos += 18
+    return names
+
+
 def ready_for_query(status=m.TX_IDLE):
     return message(m.READY_FOR_QUERY, status)
 

@@ -20,6 +20,7 @@ RECV_SIZE = 65536
 Q, P, S, X, F, B, D, C = (t[0] for t in (m.QUERY, m.PARSE, m.SYNC, m.TERMINATE, m.FUNCTION_CALL, m.BIND,
                                          m.DESCRIBE, m.CLOSE))
 STATEMENT = ord("S")
+EXECUTE = m.EXECUTE[0]
 
 
 class IdleTimeout(Exception):
@@ -53,6 +54,7 @@ class Forwarder:
                 data = recv(RECV_SIZE)
             if not data:
                 return
+            session.bytes_in += len(data)
             buf.feed(data)
             if not self.forward(buf):
                 return
@@ -169,8 +171,12 @@ class Forwarder:
         if mtype == Q or mtype == S or mtype == F:
             session.outstanding += 1
             session.in_extended = False
+            if mtype == Q:
+                session.queries += 1
         elif mtype in m.EXTENDED:
             session.in_extended = True
+            if mtype == EXECUTE:
+                session.queries += 1
 
     # --- the pipeline ---------------------------------------------------------------------------
     def run_pipeline(self, mtype, body):

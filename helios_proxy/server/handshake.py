@@ -10,6 +10,7 @@ from gevent import ssl
 from ..errors import (BackendError, FEATURE_NOT_SUPPORTED, node_unreachable, FatalError, INVALID_AUTHORIZATION,
                       ProtocolViolation, TooManyConnections)
 from ..pool import session_state
+from . import admin_db
 from ..sockets import peek
 from ..protocol import codec, messages as m
 from ..protocol.startup import (CANCEL_REQUEST, GSSENC_REQUEST, SSL_REQUEST, parse_options, parse_startup,
@@ -89,8 +90,18 @@ def login(session, pkt):
     if pkt.minor > 0 or pkt.extensions:
         session.send(codec.negotiate_protocol_version(0, pkt.extensions))
 
-    creds = proxy.authenticator.lookup(user, session.database)
+    admin = session.database == cfg.admin.database
+    creds = proxy.authenticator.lookup(user, cfg.health.database if admin else session.database)
     creds = proxy.authenticator.authenticate(session, creds)
+    if admin:
+        if user not in cfg.admin.users:
+            raise FatalError(f'user "{user}" may not use the admin console (admin.users)',
+                             sqlstate=INVALID_AUTHORIZATION)
+        session.admin = True
+        session.backend_pid = session.id
+        session.secret = proxy.cancels.register(session, session.id)
+        session.send(codec.authentication(m.AUTH_OK) + admin_db.greeting(session))
+        return
     session.send(codec.authentication(m.AUTH_OK))
     session.login_timer.cancel()  # authenticated; waiting for a server has its own timeout
 
@@ -108,6 +119,8 @@ def login(session, pkt):
             if not node_unreachable(e):
                 raise
     else:
+        if proxy.paused:  # PAUSE (admin): a session-pooled login waits for RESUME
+            proxy.wait_unpaused(session.database)
         pool, server = session.acquire_primary()
     params = dict(server.params if server is not None else pool.server_params)
     # Settings are what the client wants beyond a fresh connection's defaults (pool.server_params),

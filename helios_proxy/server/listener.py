@@ -5,8 +5,10 @@ greenlet, as gunicorn's arbiter does.
 """
 import logging
 import signal
+import time
 
 import gevent
+from gevent.event import Event
 from gevent.queue import Queue
 from gevent.server import StreamServer
 from gevent import socket
@@ -18,6 +20,7 @@ from ..config.schema import SETTINGS
 from ..errors import ConfigError
 from ..pool.pool import PoolManager
 from ..routing.lag import LagMonitor
+from ..stats import Stats, StatsSampler
 from ..topology.buffer import SwitchoverBuffer
 from ..topology.failover import FailoverController
 from ..topology.health import HealthChecker
@@ -59,6 +62,10 @@ class Proxy:
         self.failover = FailoverController(config, self.tracker, self.health, self.ops)
         self.patroni = PatroniProvider(config, self.tracker) if config.topology.provider == "patroni" else None
         self.admin = None
+        self.stats = Stats()
+        self.api_ryw_lsn = None       # WAL position of the last write through POST /api/sql
+        self.sampler = StatsSampler(self)
+        self.paused = {}              # database (None: all) -> Event cleared while PAUSEd (admin)
         self.commands = Queue()
         self.server = None
 
@@ -78,8 +85,35 @@ class Proxy:
     def _observed(self, node, in_recovery, timeline, lsn):
         self.tracker.observe(node.name, in_recovery, timeline, lsn)
 
+    # --- PAUSE / RESUME (admin) -------------------------------------------------------------
+    def pause(self, database=None, timeout=30.0):
+        """Hold new transactions (of database, or all) and wait until none holds a server
+        connection, up to timeout; returns how many sessions still hold one."""
+        self.paused.setdefault(database, Event()).clear()
+        deadline = time.monotonic() + timeout
+        while True:
+            busy = [s for s in list(self.sessions) if s.server is not None
+                    and (database is None or s.database == database)]
+            if not busy or time.monotonic() >= deadline:
+                return len(busy)
+            gevent.sleep(0.02)
+
+    def resume(self, database=None):
+        gate = self.paused.pop(database, None)
+        if gate is not None:
+            gate.set()
+        return gate is not None
+
+    def wait_unpaused(self, database):
+        for key in (None, database):
+            gate = self.paused.get(key)
+            if gate is not None:
+                gate.wait()
+
     # --- serving ----------------------------------------------------------------------------
     def start(self):
+        if self.config.admin.enabled:  # first: once clients can connect, so can operators
+            self.admin = admin_server.start(self)
         host, port = parse_address(self.config.server.listen)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         listener = socket.socket(family, socket.SOCK_STREAM)
@@ -92,8 +126,7 @@ class Proxy:
         self.health.start()
         if self.patroni is not None:
             self.patroni.start()
-        if self.config.admin.enabled:
-            self.admin = admin_server.start(self)
+        self.sampler.start()
         if Router.active(self.config):
             self.router.lag = LagMonitor(self.router, self.pools)
             self.router.lag.start()
@@ -110,6 +143,8 @@ class Proxy:
             session.run()
         finally:
             self.sessions.discard(session)
+            if session.database is not None:
+                self.stats.session_closed(session)
 
     def install_signals(self):
         for signum, command in ((signal.SIGTERM, "term"), (signal.SIGINT, "int"), (signal.SIGHUP, "hup")):
@@ -143,20 +178,21 @@ class Proxy:
         with gevent.Timeout(2, False):
             while self.sessions:
                 gevent.sleep(0.02)
-        for monitor in (self.health, self.router.lag, self.patroni, self.failover):
+        for monitor in (self.health, self.router.lag, self.patroni, self.failover, self.sampler):
             if monitor is not None:
                 monitor.stop()
         self.pools.close()
         log.info("stopped")
 
     def reload(self):
-        """Re-read the config file and apply what can change without a restart."""
+        """Re-read the config file and apply what can change without a restart. Returns
+        {"reloaded": bool, "restart_required": [setting paths], "error": text or None}."""
         try:
             new = load_file(self.config.source)
             users = load_userlist(new.auth.users_file)
         except ConfigError as e:
             log.error("reload failed, keeping the running configuration: %s", e)
-            return False
+            return {"reloaded": False, "restart_required": [], "error": str(e)}
         fixed = [s.path for s in SETTINGS if not s.reloadable and
                  getattr(getattr(new, s.section), s.key) != getattr(getattr(self.config, s.section), s.key)]
         if fixed:
@@ -181,4 +217,4 @@ class Proxy:
                 part.config = new
         logging.getLogger().setLevel(new.log.level.upper())
         log.info("configuration reloaded from %s", new.source)
-        return True
+        return {"reloaded": True, "restart_required": fixed, "error": None}

@@ -28,6 +28,7 @@ def pump(session, server):
             data = recv(RECV_SIZE)
             if not data:
                 raise ConnectionResetError("server closed the connection")
+            session.bytes_out += len(data)
             found = scanner.feed(data)
             shift = len(held)
             if shift:
@@ -37,6 +38,8 @@ def pump(session, server):
                 if mtype == READY:
                     server.tx_status = body
                     session.outstanding -= 1
+                    if body == b"I":
+                        session.transactions += 1
                 elif mtype == ERROR:
                     router.count(server.node, "errors")
                 elif mtype == PARAMETER_STATUS:

@@ -22,7 +22,7 @@ from ..pool.prepared import ClientStatements
 from ..pool.reset import reset_for_reuse
 from ..protocol import codec, messages as m
 from ..sockets import sendall
-from . import handshake, relay
+from . import admin_db, handshake, relay
 from .forward import Forwarder
 from .plan import ResponsePlan
 
@@ -73,6 +73,10 @@ class ClientSession:
         self.waiting = None           # the AsyncResult it waits on for a server, while it waits
         self.backend_pid = 0          # the pid in the BackendKeyData the client got
         self.settings_checked = False  # startup settings applied once without error
+        self.admin = False            # in the virtual admin database (admin_db.py)
+        self.queries = self.transactions = self.bytes_in = self.bytes_out = 0  # stats.py
+        self.wait_seconds = 0.0       # waiting for a server connection, in total
+        self.wait_started = None      # when the current wait began, while waiting
 
     @property
     def settings(self):
@@ -92,6 +96,9 @@ class ClientSession:
         try:
             if handshake.run(self):
                 self.log_event("login")
+                if self.admin:
+                    admin_db.serve(self)
+                    return
                 if self.server is not None:  # session pooling: the lease from login goes on
                     self.pump = gevent.spawn(relay.pump, self, self.server)
                 Forwarder(self).run()
@@ -172,6 +179,8 @@ class ClientSession:
     def lease(self):
         """Lease a server connection for the next transaction (pooled modes) and start its pump."""
         self.idle_lease.wait()
+        if self.proxy.paused:  # PAUSE (admin): new transactions wait for RESUME
+            self.proxy.wait_unpaused(self.database)
         target, pool, server = self._acquire_routed()
         try:
             if self.settings_checked:
@@ -232,10 +241,12 @@ class ClientSession:
                 gevent.sleep(0.05)
 
     def _acquire(self, pool):
+        self.wait_started = time.monotonic()
         try:
             return pool.acquire(waiting=self._waiting_on)
         finally:
-            self.waiting = None
+            self.wait_seconds += time.monotonic() - self.wait_started
+            self.waiting = self.wait_started = None
 
     def _replayed(self, router, pool, server):
         """Read-your-writes: has this standby replayed the client's last write? If not, give it back."""
@@ -277,8 +288,10 @@ class ClientSession:
                 self.settings_dirty = False
                 self.settings = session_state.capture(server)
             router = self.proxy.router
+            took = time.monotonic() - self.lease_started
+            self.proxy.stats.observe(took)
             if router.on:
-                router.balancer.finished(server.node, time.monotonic() - self.lease_started)
+                router.balancer.finished(server.node, took)
                 if self.lease_intent == "primary":  # may have written: later reads must see it
                     self.ryw_lsn = router.write_position(server)
             self.lease_pool.release(server, reusable=server.tx_status == m.TX_IDLE)

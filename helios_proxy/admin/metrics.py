@@ -1,0 +1,110 @@
+"""/metrics (JSON) and /metrics/prometheus (text format, prometheus-client), both computed at the
+time of the scrape from the proxy's live state and its counters (stats.py): nothing on the hot path.
+Names follow pgbouncer_exporter where it has one, prefixed `helios_`."""
+from flask import Blueprint, Response, jsonify
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from ..stats import BUCKETS
+from . import views
+from .common import proxy_of
+
+bp = Blueprint("metrics", __name__)
+
+
+def snapshot(proxy):
+    """Every number of the proxy as one JSON-able dict."""
+    clients = views.clients(proxy)
+    by_state = {"active": 0, "waiting": 0, "idle": 0}
+    for c in clients:
+        by_state[c["state"]] += 1
+    return {
+        "clients": by_state, "pools": views.pools(proxy), "databases": views.stats(proxy),
+        "nodes": {n["name"]: {k: n[k] for k in ("role", "healthy", "primary", "reads", "writes", "errors",
+                                                  "lag_bytes", "lag_ms")} for n in views.nodes(proxy)},
+        "failovers": proxy.failover.failovers, "primary_changes": proxy.tracker.changes,
+        "buffer": {"waiting": proxy.buffer.depth, "buffered": proxy.buffer.buffered,
+                   "timeouts": proxy.buffer.timeouts},
+        "transaction_seconds": {"buckets": list(BUCKETS), "counts": list(proxy.stats.histogram),
+                                "sum": round(proxy.stats.latency_sum, 6)},
+        "history": [{"t": t, "queries": q, "transactions": x} for t, q, x in proxy.stats.history],
+    }
+
+
+class ProxyCollector:
+    """Builds the metric families from a snapshot at each collect()."""
+
+    def __init__(self, proxy):
+        self.proxy = proxy
+
+    def collect(self):
+        s = snapshot(self.proxy)
+        g = GaugeMetricFamily("helios_client_connections", "Client connections by state.", labels=["state"])
+        for state, n in s["clients"].items():
+            g.add_metric([state], n)
+        yield g
+        labels = ["node", "database", "user"]
+        sv = GaugeMetricFamily("helios_server_connections", "Server connections by state and pool.",
+                               labels=labels + ["state"])
+        waiting = GaugeMetricFamily("helios_pool_waiting_clients", "Clients waiting for a server connection.",
+                                    labels=labels)
+        maxwait = GaugeMetricFamily("helios_pool_maxwait_seconds", "Longest current wait in the pool.",
+                                    labels=labels)
+        for p in s["pools"]:
+            key = [p["node"], p["database"], p["user"]]
+            sv.add_metric(key + ["active"], p["sv_active"])
+            sv.add_metric(key + ["idle"], p["sv_idle"])
+            waiting.add_metric(key, p["cl_waiting"])
+            maxwait.add_metric(key, p["maxwait"])
+        yield from (sv, waiting, maxwait)
+        for name, field, doc in (("queries", "total_query_count", "Queries (Query and Execute messages)."),
+                                 ("transactions", "total_xact_count", "Transactions ended at ReadyForQuery idle."),
+                                 ("received_bytes", "total_received", "Bytes received from clients."),
+                                 ("sent_bytes", "total_sent", "Bytes sent to clients."),
+                                 ("client_wait_seconds", "total_wait_time_s", "Time clients waited for a server.")):
+            c = CounterMetricFamily(f"helios_{name}", doc, labels=["database"])
+            for row in s["databases"]:
+                c.add_metric([row["database"]], row[field])
+            yield c
+        leases = CounterMetricFamily("helios_node_leases", "Server leases per node and route (in pooled modes, "
+                                     "transactions).", labels=["node", "route"])
+        errors = CounterMetricFamily("helios_node_errors", "ErrorResponses from each node.", labels=["node"])
+        healthy = GaugeMetricFamily("helios_node_healthy", "1 when the node passes its health probes.",
+                                    labels=["node"])
+        primary = GaugeMetricFamily("helios_node_primary", "1 for the confirmed primary.", labels=["node"])
+        lag = GaugeMetricFamily("helios_replication_lag_bytes", "Standby replay lag in WAL bytes.", labels=["node"])
+        lag_s = GaugeMetricFamily("helios_replication_lag_seconds", "Standby replay delay.", labels=["node"])
+        for name, n in s["nodes"].items():
+            leases.add_metric([name, "read"], n["reads"])
+            leases.add_metric([name, "write"], n["writes"])
+            errors.add_metric([name], n["errors"])
+            healthy.add_metric([name], 1 if n["healthy"] else 0)
+            primary.add_metric([name], 1 if n["primary"] else 0)
+            if n["lag_bytes"] is not None:
+                lag.add_metric([name], n["lag_bytes"])
+                lag_s.add_metric([name], (n["lag_ms"] or 0) / 1000)
+        yield from (leases, errors, healthy, primary, lag, lag_s)
+        yield CounterMetricFamily("helios_failovers", "Promotions done by the proxy.", value=s["failovers"])
+        yield GaugeMetricFamily("helios_switchover_buffer_depth", "Clients waiting for a primary.",
+                                value=s["buffer"]["waiting"])
+        yield CounterMetricFamily("helios_switchover_buffer_timeouts", "Clients that gave up waiting (57P03).",
+                                  value=s["buffer"]["timeouts"])
+        h = s["transaction_seconds"]
+        cumulative, buckets = 0, []
+        for bound, count in zip(list(h["buckets"]) + ["+Inf"], h["counts"]):
+            cumulative += count
+            buckets.append((str(bound), cumulative))
+        yield HistogramMetricFamily("helios_transaction_duration_seconds", "Time from lease to release of a "
+                                    "server connection (pooled modes).", buckets=buckets, sum_value=h["sum"])
+
+
+@bp.get("/metrics")
+def metrics_json():
+    return jsonify(snapshot(proxy_of()))
+
+
+@bp.get("/metrics/prometheus")
+def metrics_prometheus():
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ProxyCollector(proxy_of()))
+    return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4; charset=utf-8")

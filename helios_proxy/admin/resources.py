@@ -1,0 +1,56 @@
+"""What the proxy holds: /config (secrets redacted), /pools, /sessions (and DELETE one), /stats, /version."""
+from flask import Blueprint, jsonify
+
+from . import views
+from .common import ApiError, proxy_of
+
+bp = Blueprint("resources", __name__)
+
+
+@bp.get("/config")
+def config():
+    return jsonify(proxy_of().config.redacted())
+
+
+@bp.get("/pools")
+def pools():
+    return jsonify(views.pools(proxy_of()))
+
+
+@bp.get("/servers")
+def servers():
+    return jsonify(views.servers(proxy_of()))
+
+
+@bp.get("/sessions")
+def sessions():
+    return jsonify(views.clients(proxy_of()))
+
+
+@bp.get("/sessions/<int:session_id>")
+def session(session_id):
+    for row in views.clients(proxy_of()):
+        if row["id"] == session_id:
+            return jsonify(row)
+    raise ApiError(404, f"no session {session_id}")
+
+
+@bp.delete("/sessions/<int:session_id>")
+def kill_session(session_id):
+    """End a client's connection (FATAL 57P01 to the client); its server connection is cleaned up."""
+    proxy = proxy_of()
+    for s in list(proxy.sessions):
+        if s.id == session_id:
+            s.terminate("terminating connection due to administrator command")
+            return jsonify(killed=session_id)
+    raise ApiError(404, f"no session {session_id}")
+
+
+@bp.get("/stats")
+def stats():
+    return jsonify(views.stats(proxy_of()))
+
+
+@bp.get("/version")
+def version():
+    return jsonify(views.version())

@@ -1,0 +1,103 @@
+"""The rows operators look at, computed from the proxy's live state at the time of asking: the REST
+API (blueprints) and the virtual admin database (server/admin_db.py, SHOW POOLS ...) share them.
+Column names follow PgBouncer's SHOW commands where there is one."""
+import time
+
+from .. import __version__
+
+
+def nodes(proxy):
+    return [node(proxy, n) for n in proxy.config.nodes]
+
+
+def node(proxy, n):
+    tracker, health = proxy.tracker, proxy.health
+    state = health.state(n)
+    lag = proxy.router.lag.lag.get(n.name) if proxy.router.lag is not None else None
+    role = tracker.roles.get(n.name, n.role)
+    stats = proxy.router.stats.get(n.name, {})
+    return {
+        "name": n.name, "address": f"{n.host}:{n.port}", "configured_role": n.role, "role": role,
+        "primary": tracker.primary == n.name,
+        "primary_state": tracker.state if tracker.primary == n.name else None,
+        "healthy": state.healthy, "in_recovery": state.in_recovery, "last_error": state.error,
+        "last_check_age_s": round(time.monotonic() - state.checked, 3) if state.checked else None,
+        "synchronous": health.is_sync(n) if role == "standby" else None,
+        "lag_bytes": lag[0] if lag else None, "lag_ms": lag[1] if lag else None,
+        "fenced": tracker.fenced.get(n.name), "stale": n.name in tracker.stale,
+        "weight": n.weight, "priority": n.priority,
+        "reads": stats.get("reads", 0), "writes": stats.get("writes", 0), "errors": stats.get("errors", 0),
+    }
+
+
+def session_state(session):
+    if session.server is not None:
+        return "active"
+    if session.wait_started is not None or session.waiting is not None:
+        return "waiting"
+    return "idle"
+
+
+def clients(proxy):
+    now = time.monotonic()
+    out = []
+    for s in sorted(proxy.sessions, key=lambda s: s.id):
+        if s.user is None:
+            continue
+        out.append({
+            "id": s.id, "user": s.user, "database": s.database, "state": session_state(s),
+            "addr": s.peer[0], "port": s.peer[1], "tls": s.tls, "mode": s.mode,
+            "connect_time_s": round(now - s.started, 3),
+            "wait_s": round(now - s.wait_started, 3) if s.wait_started is not None else 0.0,
+            "node": s.server.node.name if s.server is not None else None,
+            "server_pid": s.server.pid if s.server is not None else None,
+            "pinned": s.pinned, "application_name": s.settings.get("application_name"),
+            "queries": s.queries, "transactions": s.transactions,
+        })
+    return out
+
+
+def pools(proxy):
+    active = {}
+    for s in list(proxy.sessions):
+        if s.server is not None and s.lease_pool is not None:
+            active[s.lease_pool.key] = active.get(s.lease_pool.key, 0) + 1
+    now, out = time.monotonic(), []
+    for pool in list(proxy.pools.pools.values()):
+        out.append({
+            "database": pool.database, "user": pool.credentials.user, "node": pool.node.name,
+            "mode": proxy.config.mode_for(pool.database, pool.credentials.user),
+            "cl_active": active.get(pool.key, 0), "cl_waiting": len(pool.waiters),
+            "sv_active": pool.size - len(pool.idle), "sv_idle": len(pool.idle),
+            "pool_size": pool.max_size,
+            "maxwait": round(max((now - t for t in pool.wait_started.values()), default=0.0), 3),
+        })
+    return out
+
+
+def servers(proxy):
+    now, out = time.monotonic(), []
+    leased = {id(s.server): s for s in list(proxy.sessions) if s.server is not None}
+    for pool in list(proxy.pools.pools.values()):
+        conns = [(c, "idle") for c in pool.idle]
+        conns += [(s.server, "active") for s in leased.values() if s.lease_pool is pool]
+        for conn, state in conns:
+            client = leased.get(id(conn))
+            out.append({"node": pool.node.name, "database": pool.database, "user": pool.credentials.user,
+                        "state": state, "pid": conn.pid, "client": client.id if client else None,
+                        "connect_time_s": round(now - conn.created, 3),
+                        "idle_s": round(now - conn.last_used, 3) if state == "idle" else 0.0})
+    return out
+
+
+def stats(proxy):
+    rows = []
+    for database, t in sorted(proxy.stats.by_database(proxy.sessions).items()):
+        rows.append({"database": database, "total_xact_count": t["transactions"],
+                     "total_query_count": t["queries"], "total_received": t["bytes_in"],
+                     "total_sent": t["bytes_out"], "total_wait_time_s": round(t["wait_seconds"], 6)})
+    return rows
+
+
+def version():
+    return {"name": "HeliosProxy", "version": __version__}

@@ -1,0 +1,92 @@
+"""The virtual admin database (`admin.database`, default "helios") on the proxy port, for psql users
+coming from PgBouncer: SHOW POOLS | CLIENTS | SERVERS | STATS | NODES | VERSION | HELP, RELOAD,
+PAUSE [db], RESUME [db]. Only users in `admin.users`, authenticated as usual, get in. The rows are
+the admin API's (admin/views.py)."""
+import logging
+
+from ..admin import views
+from ..errors import PROTOCOL_VIOLATION
+from ..protocol import codec, messages as m
+from ..protocol.framing import MessageBuffer
+
+log = logging.getLogger(__name__)
+SYNTAX_ERROR, FEATURE_NOT_SUPPORTED, OBJECT_NOT_IN_STATE = "42601", "0A000", "55000"
+GREETING = {"server_version": "15.0 (HeliosProxy admin)", "server_encoding": "UTF8", "client_encoding": "UTF8",
+            "DateStyle": "ISO, MDY", "integer_datetimes": "on", "standard_conforming_strings": "on",
+            "TimeZone": "UTC", "IntervalStyle": "postgres", "is_superuser": "off"}
+SHOW = {"pools": views.pools, "clients": views.clients, "servers": views.servers, "stats": views.stats,
+        "nodes": views.nodes}
+HELP = ("SHOW POOLS | CLIENTS | SERVERS | STATS | NODES | VERSION | HELP; RELOAD; PAUSE [db]; RESUME [db]")
+
+
+def greeting(session):
+    out = [codec.parameter_status(k, v) for k, v in GREETING.items()]
+    out.append(codec.backend_key_data(session.id, session.secret))
+    out.append(codec.ready_for_query(m.TX_IDLE))
+    return b"".join(out)
+
+
+def serve(session):
+    """Answer the admin console until the client leaves."""
+    buf, skipping = MessageBuffer(), False
+    while True:
+        data = session.sock.recv(65536)
+        if not data:
+            return
+        buf.feed(data)
+        while True:
+            msg = buf.next_message()
+            if msg is None:
+                break
+            mtype, body = msg
+            if mtype == m.TERMINATE:
+                return
+            if mtype == m.QUERY:
+                session.send(answer(session, codec.read_cstr(body, 0)[0]) + codec.ready_for_query(m.TX_IDLE))
+            elif mtype == m.SYNC:
+                skipping = False
+                session.send(codec.ready_for_query(m.TX_IDLE))
+            elif mtype in (m.PARSE, m.BIND, m.DESCRIBE, m.EXECUTE, m.CLOSE, m.FLUSH):
+                if not skipping:
+                    skipping = True
+                    session.send(codec.error_response(FEATURE_NOT_SUPPORTED,
+                                                      "the admin console takes simple queries only"))
+            else:
+                session.send(codec.error_response(PROTOCOL_VIOLATION, f"unexpected message {mtype!r}"))
+
+
+def answer(session, sql):
+    """The reply to one simple query (without ReadyForQuery)."""
+    proxy = session.proxy
+    words = sql.strip().rstrip(";").split()
+    if not words:
+        return codec.message(m.EMPTY_QUERY_RESPONSE)
+    verb, rest = words[0].lower(), [w.lower() for w in words[1:]]
+    log.info("admin console: %s ran %r", session.user, sql.strip())
+    if verb == "show" and len(rest) == 1:
+        what = rest[0]
+        if what == "version":
+            return codec.table_result(["version"], [[views.version()["version"]]], "SHOW")
+        if what == "help":
+            return codec.table_result(["commands"], [[HELP]], "SHOW")
+        if SHOW.get(what):
+            rows = SHOW[what](proxy)
+            columns = list(rows[0]) if rows else ["(none)"]
+            return codec.table_result(columns, [list(r.values()) for r in rows], "SHOW")
+    if verb == "reload" and not rest:
+        result = proxy.reload()
+        if not result["reloaded"]:
+            return codec.error_response(OBJECT_NOT_IN_STATE, f"reload failed: {result['error']}")
+        return codec.message(m.COMMAND_COMPLETE, codec.cstr("RELOAD"))
+    if verb in ("pause", "resume") and len(words) <= 2:
+        database = words[1] if len(words) == 2 else None
+        if verb == "pause":
+            busy = proxy.pause(database)
+            notice = b""
+            if busy:
+                notice = codec.notice_response("01000", f"{busy} session(s) still hold a server connection")
+            return notice + codec.message(m.COMMAND_COMPLETE, codec.cstr("PAUSE"))
+        if not proxy.resume(database):
+            return codec.error_response(OBJECT_NOT_IN_STATE, f"{database or 'all'} is not paused")
+        return codec.message(m.COMMAND_COMPLETE, codec.cstr("RESUME"))
+    return codec.error_response(SYNTAX_ERROR, f"unknown admin command: {sql.strip()[:100]!r}", hint=HELP)

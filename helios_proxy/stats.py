@@ -1,0 +1,63 @@
+"""Traffic counters for the admin API and Prometheus, kept off the hot path: each session counts
+into plain attributes of its own (queries, transactions, bytes, wait time), and these totals
+collect what closed sessions counted. A scrape adds the live sessions to them."""
+import time
+from collections import deque
+
+from .periodic import Periodic
+
+COUNTERS = ("queries", "transactions", "bytes_in", "bytes_out", "wait_seconds")
+# Transaction (lease) durations, seconds: the buckets of the latency histogram.
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Stats:
+    def __init__(self):
+        self.closed = {}              # database -> {counter: total} of sessions that ended
+        self.histogram = [0] * (len(BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.history = deque(maxlen=180)  # (unix time, queries so far, transactions so far)
+        self.started = time.time()
+
+    def session_closed(self, session):
+        totals = self.closed.setdefault(session.database, dict.fromkeys(COUNTERS, 0))
+        for name in COUNTERS:
+            totals[name] += getattr(session, name)
+
+    def observe(self, seconds):
+        """One transaction's duration (pooled modes: from lease to release)."""
+        i = 0
+        while i < len(BUCKETS) and seconds > BUCKETS[i]:
+            i += 1
+        self.histogram[i] += 1
+        self.latency_sum += seconds
+
+    def by_database(self, sessions):
+        """{database: {counter: total}} over closed and live sessions."""
+        out = {db: dict(totals) for db, totals in self.closed.items()}
+        for session in sessions:
+            if session.database is None:
+                continue
+            totals = out.setdefault(session.database, dict.fromkeys(COUNTERS, 0))
+            for name in COUNTERS:
+                totals[name] += getattr(session, name)
+        return out
+
+    def sample(self, sessions):
+        """Remember the running totals now (the status page's chart of queries per second)."""
+        totals = self.by_database(sessions).values()
+        self.history.append((round(time.time(), 1), sum(t["queries"] for t in totals),
+                             sum(t["transactions"] for t in totals)))
+
+
+class StatsSampler(Periodic):
+    """Samples the totals every 2 s for the status page's chart."""
+
+    def __init__(self, proxy):
+        self.proxy = proxy
+
+    def interval(self):
+        return 2.0
+
+    def tick(self):
+        self.proxy.stats.sample(self.proxy.sessions)
