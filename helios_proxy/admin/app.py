@@ -4,25 +4,16 @@ Reading endpoints are open on loopback; every mutating endpoint (and every endpo
 listens beyond loopback) needs `Authorization: Bearer <admin.token>`, compared in constant time.
 """
 import hmac
-import ipaddress
 
 from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
+
+from ..config.loader import loopback
 
 from . import health, metrics, openapi, ops, resources, status, topology
 from .common import ApiError
 
 MUTATING = ("POST", "PUT", "PATCH", "DELETE")
-
-
-def loopback(listen):
-    host = listen.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def create_app(proxy):

@@ -82,7 +82,9 @@ def api_sql():
 def run_sql(proxy, sql, params, database, max_rows):
     cfg, router = proxy.config.admin, proxy.router
     creds = Credentials.from_secret(cfg.sql_user, proxy.authenticator.users.get(cfg.sql_user))
-    read = router.classifier.classify(sql, database) in (READ, BEGIN_READ_ONLY)
+    if router.on:
+        router.ensure_catalog(database, proxy.pools.get(proxy.buffer.primary(), database, creds))
+    read = router.on and router.classifier.classify(sql, database) in (READ, BEGIN_READ_ONLY)
     node = router.pick("standby") if read else None
     pool = server = None
     if node is not None:

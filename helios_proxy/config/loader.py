@@ -1,4 +1,5 @@
 """Load TOML, apply HELIOS_<SECTION>__<KEY> environment overrides, validate against the schema."""
+import ipaddress
 import os
 import tomllib
 from types import SimpleNamespace
@@ -169,8 +170,22 @@ def _check_cross(cfg):
         value = getattr(getattr(cfg, section), key)
         if value and not os.path.isfile(value):
             raise ConfigError(f"{path}: {value!r}: no such file")
+    if cfg.admin.enabled and not loopback(cfg.admin.listen) and not cfg.admin.token:
+        raise ConfigError(f"admin.listen: {cfg.admin.listen!r} is beyond loopback: set admin.token "
+                          "(or HELIOS_ADMIN__TOKEN) too")
     if not any(n.role == "primary" for n in cfg.nodes):
         raise ConfigError("nodes: no node has role = \"primary\"")
+
+
+def loopback(listen):
+    """Whether a host:port listens on loopback only."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_file(path, environ=None):

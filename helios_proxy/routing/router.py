@@ -87,13 +87,12 @@ class Router:
         stats["reads" if what == STANDBY else "writes" if what == PRIMARY else what] += 1
 
     # --- the catalog of read-only functions ---------------------------------------------------
-    def ensure_catalog(self, session):
-        """Load the database's non-volatile function names once (from the primary)."""
-        database = session.database
+    def ensure_catalog(self, database, pool):
+        """Load the database's non-volatile function names once (through pool, on the primary)."""
         if database in self.classifier.catalog:
             return
         self.classifier.load_catalog(database, ())  # others meanwhile: unknown functions are writes
-        pool, conn, ok = session.pool, None, False
+        conn, ok = None, False
         try:
             conn = pool.acquire()
             rows = conn.execute(CATALOG_QUERY)

@@ -28,7 +28,7 @@ def greeting(session):
 
 def serve(session):
     """Answer the admin console until the client leaves."""
-    buf, skipping = MessageBuffer(), False
+    buf, skipping = MessageBuffer(session.proxy.config.server.max_message_size), False
     while True:
         data = session.sock.recv(65536)
         if not data:

@@ -63,7 +63,7 @@ class Route(Stage):
         elif session.route_override:
             target = (session.route_override, None)
         else:
-            router.ensure_catalog(session)
+            router.ensure_catalog(session.database, session.pool)
             kind = router.classifier.classify(sql, session.database)
             target = (STANDBY if kind in (READ, BEGIN_READ_ONLY) else PRIMARY, None)
         session.next_target = target
