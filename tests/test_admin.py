@@ -163,6 +163,7 @@ def test_reload_through_the_api_applies_and_reports_restart_settings(admin_proxy
     admin_proxy.sections["pool"]["max_size"] = 7
     admin_proxy.nodes[1]["weight"] = 3
     admin_proxy.sections["server"]["max_startup_packet"] = 5000
+    admin_proxy.nodes[2]["enabled"] = False
     admin_proxy.write_config()
     status, out = admin_proxy.api("POST", "/reload")
     assert status == 200 and out["reloaded"] and out["restart_required"] == ["server.max_startup_packet"]
@@ -171,6 +172,11 @@ def test_reload_through_the_api_applies_and_reports_restart_settings(admin_proxy
     conn.close()
     assert {p["pool_size"] for p in admin_proxy.api("GET", "/pools")[1]} == {7}
     assert admin_proxy.api("GET", "/nodes/standby1")[1]["weight"] == 3
+    assert admin_proxy.api("GET", "/nodes/standby2")[1]["fenced"] == "disabled in the configuration"
+    admin_proxy.nodes[2]["enabled"] = True
+    admin_proxy.write_config()
+    assert admin_proxy.api("POST", "/reload")[0] == 200
+    assert admin_proxy.api("GET", "/nodes/standby2")[1]["fenced"] is None
 
 
 def test_admin_console_on_the_proxy_port(admin_proxy, psql_bin):

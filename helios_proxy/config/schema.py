@@ -208,6 +208,7 @@ NODE_SETTINGS = (
       choices=("primary", "standby")),
     S("nodes", "weight", int, 1, "Relative share of reads for load balancing.", min=0),
     S("nodes", "priority", int, 0, "Failover preference among equals (higher first).",),
+    S("nodes", "enabled", bool, True, "false: the node gets no traffic (applied on reload too)."),
     S("nodes", "application_name", str, "", "The name this standby streams under (primary_conninfo "
       "application_name, as in synchronous_standby_names); default: the node name."),
 )

@@ -51,6 +51,7 @@ class Proxy:
         self.tls_context = client_context(config.tls)
         self.tracker = PrimaryTracker(config, follow=config.topology.provider == "postgres")
         self.buffer = SwitchoverBuffer(self.tracker, config)
+        self.tracker.apply_config(config)
         self.router = Router(config, self.tracker)
         self.stages = pipeline.build(config)
         self.authenticator = Authenticator(config, load_userlist(config.auth.users_file), self.pools,
@@ -212,7 +213,8 @@ class Proxy:
         self.authenticator.config = new
         self.authenticator.users = users
         self.health.config, self.health.users = new, users
-        for part in (self.tracker, self.buffer, self.ops, self.failover, self.patroni):
+        self.tracker.apply_config(new)
+        for part in (self.buffer, self.ops, self.failover, self.patroni):
             if part is not None:
                 part.config = new
         logging.getLogger().setLevel(new.log.level.upper())

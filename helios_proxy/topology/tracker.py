@@ -56,6 +56,19 @@ class PrimaryTracker:
         self.subscribers = []
         self.changes = 0           # primary changes since start (metrics)
 
+    CONFIG_FENCE = "disabled in the configuration"
+
+    def apply_config(self, config):
+        """Take a (re)loaded configuration: nodes with enabled = false are fenced, others un-fenced
+        when the configuration had fenced them."""
+        self.config = config
+        for n in config.nodes:
+            self.roles.setdefault(n.name, n.role)
+            if not n.enabled and n.name not in self.fenced:
+                self.fence(n.name, self.CONFIG_FENCE)
+            elif n.enabled and self.fenced.get(n.name) == self.CONFIG_FENCE:
+                self.enable(n.name)
+
     # --- subscribers --------------------------------------------------------------------------
     def subscribe(self, callback):
         self.subscribers.append(callback)
