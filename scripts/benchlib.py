@@ -61,6 +61,8 @@ def start_helios(base, pg_port, pool_size, mode, standby_ports=(), extra=""):
     TOML sections. Returns (process, port); the admin API listens on the port in
     helios-PORT.admin next to the config."""
     port, admin_port = free_port(), free_port()
+    while admin_port == port:
+        admin_port = free_port()
     cfg = os.path.join(base, f"helios-{port}.toml")
     nodes = f'[[nodes]]\nname = "primary"\nhost = "127.0.0.1"\nport = {pg_port}\nrole = "primary"\n'
     for i, sport in enumerate(standby_ports, 1):

@@ -48,6 +48,8 @@ class ProxyProcess:
         sections.setdefault("server", {})
         sections["server"].setdefault("listen", f"127.0.0.1:{self.port}")
         self.admin_port = free_port()
+        while self.admin_port == self.port:  # free_port() may hand out the same port twice
+            self.admin_port = free_port()
         sections.setdefault("admin", {})
         sections["admin"].setdefault("listen", f"127.0.0.1:{self.admin_port}")
         sections["admin"].setdefault("token", "test-token")
