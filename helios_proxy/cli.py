@@ -10,7 +10,30 @@ from .errors import ConfigError
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-@click.group()
+class PluginGroup(click.Group):
+    """The command group; installed plugins may add commands (register_commands), loaded only when
+    a command is not a built-in one, so that `run` monkey-patches before any plugin is imported."""
+
+    _loaded = False
+
+    def _load(self):
+        if not self._loaded:
+            self._loaded = True
+            _plugin_commands()
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is None:
+            self._load()
+            command = super().get_command(ctx, name)
+        return command
+
+    def list_commands(self, ctx):
+        self._load()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=PluginGroup)
 @click.version_option(__version__, prog_name="helios-proxy")
 def main():
     """HeliosProxy: a PostgreSQL proxy with pooling, read/write splitting and failover."""
@@ -63,6 +86,41 @@ def check_config(path):
     nodes = ", ".join(f"{n.name} ({n.role}, {n.host}:{n.port})" for n in config.nodes)
     click.echo(f"{path}: OK: listen {config.server.listen}, pool mode {config.pool.mode}, "
                f"auth {config.auth.method}, nodes: {nodes}")
+
+
+@main.command("plugins")
+@click.option("-c", "--config", "path", type=click.Path(dir_okay=False),
+              help="Configuration file ([plugins] settings, wasm_dir); default: none.")
+def plugins_command(path):
+    """List the plugins that would be loaded, where from, and their hooks."""
+    from .config import load, load_file
+    from .plugins.manager import PluginManager
+    try:
+        config = load_file(path) if path else load({"nodes": [{"name": "none", "role": "primary"}]})
+        manager = PluginManager(config).load(wasm=False)
+        if manager.settings.get("wasm_dir"):
+            from .plugins.wasm import WasmHost
+            host = WasmHost(manager, manager.settings)
+            for name, file in host._files().items():
+                host.load(name, file)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    listing = manager.listing()
+    if not listing:
+        click.echo("no plugins (pip install one that has a helios_proxy entry point, or set plugins.wasm_dir)")
+    for name, source, hooks in listing:
+        click.echo(f"{name}: {source}" + (f"; hooks: {', '.join(hooks)}" if hooks else ""))
+
+
+def _plugin_commands():
+    """Let installed plugins add commands (register_commands hook); a broken plugin is skipped."""
+    try:
+        from .config import load
+        from .plugins.manager import PluginManager
+        manager = PluginManager(load({"nodes": [{"name": "none", "role": "primary"}]})).load(wasm=False)
+        manager.notify("register_commands", cli=main)
+    except Exception as e:  # the CLI must work whatever a plugin does
+        click.echo(f"warning: plugins could not add commands: {e}", err=True)
 
 
 # --- talking to a running proxy through its admin API ----------------------------------------------

@@ -50,4 +50,5 @@ def create_app(proxy):
 
     for module in (status, health, topology, resources, metrics, ops, openapi):
         app.register_blueprint(module.bp)
+    proxy.plugins.notify("register_admin_routes", app=app)
     return app

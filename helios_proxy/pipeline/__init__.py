@@ -6,6 +6,7 @@ session does not even build a QueryContext.
 """
 from .context import QueryContext  # noqa: F401
 from .stage import Action, Stage, StageResult  # noqa: F401
+from .stages.plugins import Plugins
 from .stages.pooling_guard import PoolingGuard
 from .stages.query_size import QuerySizeLimit
 from .stages.route import Route
@@ -15,15 +16,23 @@ from .stages.sql_prepare import SqlPreparedStatements
 # analytics, routing hints, cache, schema router, lag router, load balancer. Later issues add theirs.
 STAGES = (
     QuerySizeLimit,
+    Plugins,        # plugins' on_query_start (Python packages and WASM modules), when any implements it
     PoolingGuard,   # transaction/statement pooling only: settings, pinning, statement-mode refusals
     SqlPreparedStatements,  # transaction/statement pooling only: PREPARE/EXECUTE/DEALLOCATE
     Route,          # read/write splitting: hints, SET helios.route, classification -> next lease
 )
 
 
-def build(config):
-    """Instantiate the stages the configuration enables, in pipeline order."""
-    return tuple(stage(config) for stage in STAGES if stage.enabled(config))
+def build(config, plugins=None):
+    """Instantiate the stages the configuration (and the loaded plugins) enable, in pipeline order."""
+    built = []
+    for stage in STAGES:
+        if getattr(stage, "uses_plugins", False):
+            if stage.enabled(config, plugins):
+                built.append(stage(config, plugins))
+        elif stage.enabled(config):
+            built.append(stage(config))
+    return tuple(built)
 
 
 def run(stages, ctx):

@@ -9,3 +9,4 @@ class QueryContext:
     protocol: str = "simple"   # "simple" or "extended"
     statement: str = ""        # prepared statement name (extended)
     tags: dict = field(default_factory=dict)  # annotations stages leave for later stages / logs
+    started: float = 0.0       # monotonic time the pipeline saw it (plugins stage)

@@ -5,11 +5,14 @@ modes), and forward everything else untouched, one send per run of messages.
 Each forwarded request gets an entry in the session's response plan (server/plan.py), so answers
 the proxy gives itself go out in the order the client asked.
 """
+import time
+
 import gevent
 
 from .. import pipeline
 from ..errors import FEATURE_NOT_SUPPORTED, IDLE_SESSION_TIMEOUT, FatalError, ProxyError
 from ..pipeline.stage import Action
+from ..plugins.actions import Outcome
 from ..pool import prepared
 from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
@@ -171,6 +174,9 @@ class Forwarder:
         if mtype == Q or mtype == S or mtype == F:
             session.outstanding += 1
             session.in_extended = False
+            if session.completions is not None:  # one entry per ReadyForQuery the server will send
+                session.completions.append(session.pending_ctx)
+                session.pending_ctx = None
             if mtype == Q:
                 session.queries += 1
         elif mtype in m.EXTENDED:
@@ -193,6 +199,13 @@ class Forwarder:
             rest = body[pos:]
         ctx = pipeline.QueryContext(session, sql, "simple" if mtype == Q else "extended", name)
         result = pipeline.run(session.proxy.stages, ctx)
+        if session.completions is not None:  # a plugin wants on_query_complete
+            if result.action is Action.CONTINUE:
+                session.pending_ctx = ctx    # reported at the ReadyForQuery of its Query or Sync
+            else:
+                session.proxy.plugins.query_complete(ctx, Outcome(
+                    time.monotonic() - ctx.started, error=result.sqlstate,
+                    command_tag=None if result.action is Action.REJECT else "proxy answer"))
         if result.action is Action.CONTINUE:
             if ctx.sql == sql:
                 return True, None

@@ -18,6 +18,7 @@ from ..admin import server as admin_server
 from ..config import load_file
 from ..config.schema import SETTINGS
 from ..errors import ConfigError
+from ..plugins.manager import PluginManager
 from ..pool.pool import PoolManager
 from ..routing.lag import LagMonitor
 from ..stats import Stats, StatsSampler
@@ -52,8 +53,11 @@ class Proxy:
         self.tracker = PrimaryTracker(config, follow=config.topology.provider == "postgres")
         self.buffer = SwitchoverBuffer(self.tracker, config)
         self.tracker.apply_config(config)
+        self.tracker.subscribe(lambda event: self.plugins.notify("on_topology_change", event=event))
         self.router = Router(config, self.tracker)
-        self.stages = pipeline.build(config)
+        self.plugins = PluginManager(config).load()
+        self.plugins.on_refresh = self._plugins_changed
+        self.stages = pipeline.build(config, self.plugins)
         self.authenticator = Authenticator(config, load_userlist(config.auth.users_file), self.pools,
                                            self.primary)
         self.health = HealthChecker(config, self.authenticator.users, self._health_changed,
@@ -69,6 +73,10 @@ class Proxy:
         self.paused = {}              # database (None: all) -> Event cleared while PAUSEd (admin)
         self.commands = Queue()
         self.server = None
+
+    def _plugins_changed(self):
+        """A WASM module came, went or changed its hooks: rebuild the pipeline."""
+        self.stages = pipeline.build(self.config, self.plugins)
 
     # --- topology -----------------------------------------------------------------------------
     def primary(self):
@@ -131,6 +139,7 @@ class Proxy:
         if Router.active(self.config):
             self.router.lag = LagMonitor(self.router, self.pools)
             self.router.lag.start()
+        self.plugins.notify("on_startup", proxy=self)
         log.info("HeliosProxy listening on %s (pool mode %s, %d node(s))", self.config.server.listen,
                  self.config.pool.mode, len(self.config.nodes))
 
@@ -183,6 +192,8 @@ class Proxy:
             if monitor is not None:
                 monitor.stop()
         self.pools.close()
+        self.plugins.notify("on_shutdown", proxy=self)
+        self.plugins.close()
         log.info("stopped")
 
     def reload(self):
@@ -209,7 +220,7 @@ class Proxy:
         if self.router.on and self.router.lag is None:  # splitting turned on by this reload
             self.router.lag = LagMonitor(self.router, self.pools)
             self.router.lag.start()
-        self.stages = pipeline.build(new)
+        self.stages = pipeline.build(new, self.plugins)
         self.authenticator.config = new
         self.authenticator.users = users
         self.health.config, self.health.users = new, users

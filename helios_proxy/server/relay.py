@@ -5,14 +5,17 @@ outstanding) and ParameterStatus, splices proxy answers in exactly before or aft
 ReadyForQuery, and, in transaction/statement pooling, ends the lease when the server goes idle.
 """
 import logging
+import time
 
 from ..errors import CONNECTION_FAILURE, ProtocolViolation
+from ..plugins.actions import Outcome
 from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner
 
 log = logging.getLogger(__name__)
 RECV_SIZE = 65536
 READY, PARAMETER_STATUS, ERROR = m.READY_FOR_QUERY[0], m.PARAMETER_STATUS[0], m.ERROR_RESPONSE[0]
+COMPLETE = m.COMMAND_COMPLETE[0]
 # Every message but DataRow and CopyData (the bulk of the bytes) is seen whole by the plan.
 WANTS = frozenset(range(256)) - {m.DATA_ROW[0], m.COPY_DATA[0]}
 
@@ -23,6 +26,7 @@ def pump(session, server):
     recv, send, on_message = server.sock.recv, session.send, session.plan.on_message
     router = session.proxy.router
     held = b""  # trailing bytes of a message the plan must see whole, not complete yet
+    completions, last_tag, last_error = session.completions, None, None  # plugins' on_query_complete
     try:
         while True:
             data = recv(RECV_SIZE)
@@ -33,7 +37,7 @@ def pump(session, server):
             shift = len(held)
             if shift:
                 data, held = held + data, b""
-            sent, out, release = 0, [], False
+            sent, out, release, answered = 0, [], False, []
             for mtype, body, end in found:
                 if mtype == READY:
                     server.tx_status = body
@@ -45,7 +49,16 @@ def pump(session, server):
                 elif mtype == PARAMETER_STATUS:
                     name, value = codec.parse_parameter_status(body)
                     server.params[name] = value
+                elif mtype == COMPLETE and completions is not None:
+                    last_tag = body
+                if mtype == ERROR and completions is not None:
+                    last_error = codec.parse_fields(body).get("C")
                 drop, extra = on_message(mtype, body)
+                if mtype == READY and completions and not drop:  # a query's answer is complete
+                    entry = completions.popleft()
+                    if entry is not None:
+                        answered.append((entry, last_tag, last_error))
+                    last_tag = last_error = None
                 if drop or extra:  # edit the stream: cut this message out, or add after it
                     end += shift
                     out.append(data[sent:end - 5 - len(body) if drop else end])
@@ -65,6 +78,8 @@ def pump(session, server):
             if not release:
                 if data:
                     send(data)
+                for entry in answered:  # after the answer went to the client
+                    report(session, server, *entry)
                 continue
             session.detach()  # before the client can send its next query
             try:
@@ -72,6 +87,8 @@ def pump(session, server):
                     send(data)
             finally:  # also when the session is being killed: the pool gets the connection back
                 session.end_lease(server)
+            for entry in answered:
+                report(session, server, *entry)
             return
     except ProtocolViolation as e:
         lost(session, server, f"protocol violation from server: {e.message}")
@@ -80,6 +97,14 @@ def pump(session, server):
     except Exception:
         log.exception("%r: relaying from the server failed", session)
         lost(session, server, "internal error")
+
+
+def report(session, server, ctx, tag, error):
+    """on_query_complete for the plugins: how long, what the server answered."""
+    tag = codec.read_cstr(tag, 0)[0] if tag else None
+    rows = int(tag.rsplit(" ", 1)[1]) if tag and tag.rsplit(" ", 1)[-1].isdigit() else None
+    session.proxy.plugins.query_complete(ctx, Outcome(time.monotonic() - ctx.started, tag, rows, error,
+                                                      server.node.name))
 
 
 def lost(session, server, why):

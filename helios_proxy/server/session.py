@@ -7,6 +7,7 @@ the server's replies back. Two directions, two greenlets: neither side can stall
 transaction and statement pooling it ends at the ReadyForQuery that leaves the server idle.
 """
 import itertools
+from collections import deque
 import logging
 import time
 
@@ -74,6 +75,9 @@ class ClientSession:
         self.backend_pid = 0          # the pid in the BackendKeyData the client got
         self.settings_checked = False  # startup settings applied once without error
         self.admin = False            # in the virtual admin database (admin_db.py)
+        # plugins' on_query_complete: the query context of each ReadyForQuery to come (relay.py)
+        self.completions = deque() if proxy.plugins.complete_impls else None
+        self.pending_ctx = None
         self.queries = self.transactions = self.bytes_in = self.bytes_out = 0  # stats.py
         self.wait_seconds = 0.0       # waiting for a server connection, in total
         self.wait_started = None      # when the current wait began, while waiting
@@ -99,6 +103,7 @@ class ClientSession:
                 if self.admin:
                     admin_db.serve(self)
                     return
+                self.proxy.plugins.notify("on_client_connect", session=self)
                 if self.server is not None:  # session pooling: the lease from login goes on
                     self.pump = gevent.spawn(relay.pump, self, self.server)
                 Forwarder(self).run()
@@ -134,6 +139,8 @@ class ClientSession:
         except OSError:
             pass
         self.log_event("closed", reason)
+        if self.user is not None and not self.admin:
+            self.proxy.plugins.notify("on_client_disconnect", session=self, reason=reason)
 
     def log_event(self, event, reason=None):
         if self.proxy.config.log.connections and self.user:

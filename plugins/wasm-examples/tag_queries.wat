@@ -1,0 +1,16 @@
+;; HeliosProxy WASM plugin: tag every query (ctx.tags["wasm"] = "seen"); the audit log shows tags.
+(module
+  (import "env" "tag" (func $tag (param i32 i32 i32 i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "wasm")
+  (data (i32.const 8) "seen")
+  (func (export "alloc") (param $size i32) (result i32)
+    (local $needed i32)
+    (local.set $needed (i32.add (i32.shr_u (i32.add (i32.const 1024) (local.get $size)) (i32.const 16))
+                                (i32.const 1)))
+    (if (i32.gt_u (local.get $needed) (memory.size))
+      (then (drop (memory.grow (i32.sub (local.get $needed) (memory.size))))))
+    (i32.const 1024))
+  (func (export "on_query_start") (param $sql i32) (param $len i32)
+    (call $tag (i32.const 0) (i32.const 4) (i32.const 8) (i32.const 4)))
+)

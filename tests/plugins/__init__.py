@@ -1,0 +1,1 @@
+"""Plugins the plugin tests load with `[plugins] modules = [...]` (no packaging needed)."""

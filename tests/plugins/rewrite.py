@@ -1,0 +1,12 @@
+"""Rewrites `select 'rewrite me'` into a query the server answers differently."""
+from helios_proxy.plugins import actions
+from helios_proxy.plugins.hookspecs import hookimpl
+
+
+@hookimpl
+def on_query_start(ctx):
+    if ctx.sql.strip().lower() == "select 'rewrite me'":
+        return actions.rewrite("select 'rewritten by a plugin'")
+    if ctx.sql.strip().lower() == "show plugin_answer":
+        return actions.respond(["answer"], [["from the proxy"]])
+    return None

@@ -1,0 +1,233 @@
+"""Plugins end to end: the example packages under plugins/ installed through their entry points
+(scripts/test installs them), test plugins from tests/plugins/ by module name, and WASM modules, all
+in a real `helios-proxy run` against the real cluster."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import psycopg2
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "plugins", "wasm-examples")
+HERE = os.path.join(ROOT, "tests", "plugins")
+HELIOS = os.path.join(os.path.dirname(sys.executable), "helios-proxy")
+ENV = {"PYTHONPATH": ROOT}
+
+
+def installed(name):
+    from importlib.metadata import entry_points
+    return any(e.name == name for e in entry_points(group="helios_proxy"))
+
+
+needs_examples = pytest.mark.skipif(not (installed("query_guard") and installed("audit_log")),
+                                    reason="example plugins not installed (scripts/test installs them)")
+
+
+@pytest.fixture
+def plugin_proxy(cluster, tmp_path):
+    from .fix_proxy import ProxyProcess
+    started = []
+
+    def make(plugins, **sections):
+        p = ProxyProcess(str(tmp_path), cluster, plugins=plugins, **sections).start(env=ENV)
+        started.append(p)
+        return p
+    yield make
+    for p in started:
+        p.stop()
+
+
+def run(proxy, sql):
+    conn = proxy.connect()
+    conn.autocommit = True
+    try:
+        cur = conn.cursor()
+        cur.execute(sql)
+        return cur.fetchall() if cur.description else cur.rowcount
+    finally:
+        conn.close()
+
+
+@needs_examples
+def test_helios_proxy_plugins_lists_the_installed_examples():
+    out = subprocess.run([HELIOS, "plugins"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"query_guard: entry point helios_query_guard \(helios-query-guard [\d.]+\); hooks: "
+                     r"on_query_start", out.stdout)
+    assert "audit_log: entry point helios_audit_log:plugin" in out.stdout
+
+
+@needs_examples
+def test_query_guard_rejects_unbounded_delete_through_psql(plugin_proxy, direct, psql_bin):
+    direct.cursor().execute("drop table if exists guarded; create table guarded (id int); "
+                            "insert into guarded values (1), (2)")
+    proxy = plugin_proxy({})
+    psql = [psql_bin, "-h", "127.0.0.1", "-p", str(proxy.port), "-U", "postgres", "-X", "-v", "VERBOSITY=verbose",
+            "-c"]
+    out = subprocess.run(psql + ["delete from guarded"], capture_output=True, text=True, timeout=20)
+    assert out.returncode != 0 and "P0001" in out.stderr and "DELETE without WHERE refused" in out.stderr
+    assert subprocess.run(psql + ["delete from guarded where id = 1"], capture_output=True, timeout=20).returncode == 0
+    cur = direct.cursor()
+    cur.execute("select count(*) from guarded")
+    assert cur.fetchone()[0] == 1
+    with pytest.raises(psycopg2.Error) as info:
+        run(proxy, "update guarded set id = 3")
+    assert info.value.pgcode == "P0001"
+    # disabled by the config: the same statement runs
+    off = plugin_proxy({"query_guard": {"enabled": False}})
+    assert run(off, "update guarded set id = 3") == 1
+
+
+def test_rewrite_and_respond_and_failure_isolation(plugin_proxy):
+    proxy = plugin_proxy({"modules": ["tests.plugins.rewrite", "tests.plugins.broken"],
+                          "tests.plugins.broken": {"budget_ms": 50}})
+    assert run(proxy, "select 'rewrite me'") == [("rewritten by a plugin",)]
+    assert run(proxy, "show plugin_answer") == [("from the proxy",)]
+    assert run(proxy, "select 'boom'") == [("boom",)]        # fail-open: the query goes on
+    started = time.monotonic()
+    assert run(proxy, "select 'slow'") == [("slow",)]        # cut at its budget
+    assert time.monotonic() - started < 0.9
+    out = proxy.output()
+    assert "plugin tests.plugins.broken failed in on_query_start: RuntimeError: boom" in out
+    assert "over its budget of 50 ms" in out
+    closed = plugin_proxy({"modules": ["tests.plugins.broken"], "tests.plugins.broken": {"policy": "fail-closed"}})
+    with pytest.raises(psycopg2.Error) as info:
+        run(closed, "select 'boom'")
+    assert info.value.pgcode == "XX000" and "plugin tests.plugins.broken failed" in str(info.value)
+    assert run(closed, "select 1") == [(1,)]
+
+
+def test_lifecycle_hooks_and_admin_routes(plugin_proxy, tmp_path):
+    notes = tmp_path / "notes.txt"
+    proxy = plugin_proxy({"modules": ["tests.plugins.lifecycle"],
+                          "tests.plugins.lifecycle": {"path": str(notes)}})
+    run(proxy, "select 1")
+    assert proxy.api("GET", "/hello") == (200, {"hello": "from a plugin"})
+    proxy.stop()
+    lines = notes.read_text().split("\n")
+    assert lines[0] == "startup" and "connect postgres" in lines and "disconnect postgres" in lines
+    assert lines[-2] == "shutdown"
+
+
+@needs_examples
+def test_audit_log_has_the_right_rows(plugin_proxy, tmp_path):
+    path = tmp_path / "audit.jsonl"
+    proxy = plugin_proxy({"audit_log": {"path": str(path)}, "wasm_dir": str(tmp_path / "wasm")})
+    (tmp_path / "wasm").mkdir(exist_ok=True)
+    run(proxy, "select generate_series(1, 3)")
+    with pytest.raises(psycopg2.Error):
+        run(proxy, "select * from no_such_table")
+    with pytest.raises(psycopg2.Error):
+        run(proxy, "delete from guarded_nothing")  # refused by the guard: logged with its SQLSTATE
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(path.read_text().splitlines()) < 3:
+        time.sleep(0.05)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    by_sql = {r["sql"]: r for r in rows}
+    ok = by_sql["select generate_series(1, 3)"]
+    assert ok["rows"] == 3 and ok["user"] == "postgres" and ok["node"] == "primary" and ok["error"] is None
+    assert ok["seconds"] > 0 and ok["client"] == "127.0.0.1"
+    assert by_sql["select * from no_such_table"]["error"] == "42P01"
+    refused = by_sql["delete from guarded_nothing"]
+    assert refused["error"] == "P0001" and refused["tags"]["query_guard"].startswith("refused")
+
+
+def copy_wat(src, folder, name):
+    target = os.path.join(folder, name)
+    shutil.copy(src, target + ".tmp")
+    os.replace(target + ".tmp", target)  # atomic: the host never sees half a file
+
+
+def test_wasm_block_pattern_and_tags(plugin_proxy, tmp_path):
+    wasm = tmp_path / "wasm"
+    wasm.mkdir()
+    copy_wat(os.path.join(EXAMPLES, "block_pattern.wat"), wasm, "block_pattern.wat")
+    copy_wat(os.path.join(EXAMPLES, "tag_queries.wat"), wasm, "tag_queries.wat")
+    proxy = plugin_proxy({"wasm_dir": str(wasm), "wasm:block_pattern": {"pattern": "forbidden_fn"},
+                          "query_guard": {"enabled": False}, "audit_log": {"enabled": False}})
+    with pytest.raises(psycopg2.Error) as info:
+        run(proxy, "select forbidden_fn()")
+    assert info.value.pgcode == "42501" and "blocked by the block_pattern WASM plugin" in str(info.value)
+    assert run(proxy, "select pg_sleep(0)") == [("",)]  # the default pattern is replaced by the config
+    listing = subprocess.run([HELIOS, "plugins", "-c", proxy.config_path], capture_output=True, text=True,
+                             timeout=60, env={**os.environ, **ENV})
+    assert "wasm:block_pattern: wasm " in listing.stdout and "wasm:tag_queries" in listing.stdout
+
+
+def test_wasm_sandbox_fuel_memory_corruption_and_hot_reload(plugin_proxy, tmp_path):
+    wasm = tmp_path / "wasm"
+    wasm.mkdir()
+    copy_wat(os.path.join(HERE, "loop.wat"), wasm, "loop.wat")
+    copy_wat(os.path.join(HERE, "grab.wat"), wasm, "grab.wat")
+    copy_wat(os.path.join(EXAMPLES, "tag_queries.wat"), wasm, "live.wat")
+    proxy = plugin_proxy({"wasm_dir": str(wasm), "wasm_memory_mb": 8, "wasm_reload_interval": 0.2,
+                          "wasm:loop": {"policy": "fail-closed"}, "wasm:live": {"pattern": "marker"},
+                          "query_guard": {"enabled": False}, "audit_log": {"enabled": False}})
+    with pytest.raises(psycopg2.Error) as info:  # out of fuel: this query only
+        run(proxy, "select 1")
+    assert info.value.pgcode == "XX000" and "wasm:loop" in str(info.value)
+    assert "wasm:grab failed" in proxy.output() and "wasm trap" in proxy.output()
+    os.remove(wasm / "loop.wat")  # unloaded within the reload interval
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            if run(proxy, "select 1") == [(1,)]:
+                break
+        except psycopg2.Error:
+            time.sleep(0.1)
+    assert run(proxy, "select 'marker'") == [("marker",)]
+    # replace live.wat while queries run: new behaviour within a second, no failed query
+    failures, stop = [], threading.Event()
+
+    def steady():
+        conn = proxy.connect()
+        conn.autocommit = True
+        while not stop.is_set():
+            try:
+                conn.cursor().execute("select 1")
+            except psycopg2.Error as e:
+                failures.append(str(e))
+    t = threading.Thread(target=steady)
+    t.start()
+    try:
+        copy_wat(os.path.join(EXAMPLES, "block_pattern.wat"), wasm, "live.wat")
+        swapped = time.monotonic()
+        blocked = None
+        while time.monotonic() - swapped < 5:
+            try:
+                run(proxy, "select 'marker'")
+            except psycopg2.Error:
+                blocked = time.monotonic() - swapped
+                break
+            time.sleep(0.02)
+        assert blocked is not None and blocked < 1.0
+        # a corrupt file: a clear error, the old version keeps serving
+        with open(wasm / "live.wat.tmp", "w") as f:
+            f.write("(module (this is not wat")
+        os.replace(wasm / "live.wat.tmp", wasm / "live.wat")
+        time.sleep(0.6)
+        with pytest.raises(psycopg2.Error):
+            run(proxy, "select 'marker'")
+    finally:
+        stop.set()
+        t.join(10)
+    assert not failures, failures[:3]
+    assert "wasm plugin wasm:live: " in proxy.output() and "does not load" in proxy.output()
+    assert "the previous version keeps serving" in proxy.output()
+
+
+def test_every_hook_is_documented():
+    from helios_proxy.plugins import hookspecs
+    doc = open(os.path.join(ROOT, "plugins", "README.md")).read()
+    hooks = [name for name in dir(hookspecs) if name.startswith(("on_", "register_"))]
+    assert len(hooks) >= 9
+    missing = [h for h in hooks if f"`{h}(" not in doc]
+    assert not missing, f"hooks missing from plugins/README.md: {missing}"
+    for name in hooks:
+        assert getattr(hookspecs, name).__doc__, name
