@@ -56,9 +56,9 @@ def start_pgbouncer(base, pg_port, pool_size, mode):
     return proc, port
 
 
-def start_helios(base, pg_port, pool_size, mode, standby_ports=(), extra=""):
+def start_helios(base, pg_port, pool_size, mode, standby_ports=(), extra="", plugins="enabled = false\n"):
     """helios-proxy run in front of the primary (and standbys: then reads go to them); extra: more
-    TOML sections. Returns (process, port); the admin API listens on the port in
+    TOML sections; plugins: the body of [plugins] (default: none, whatever is installed). Returns (process, port); the admin API listens on the port in
     helios-PORT.admin next to the config."""
     port, admin_port = free_port(), free_port()
     while admin_port == port:
@@ -70,7 +70,7 @@ def start_helios(base, pg_port, pool_size, mode, standby_ports=(), extra=""):
     with open(cfg, "w") as f:
         f.write(f'[server]\nlisten = "127.0.0.1:{port}"\nmax_client_conn = 20000\n[pool]\nmode = "{mode}"\n'
                 f'max_size = {pool_size}\n[log]\nconnections = false\n[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
-                f'token = "bench"\n{extra}\n{nodes}')
+                f'token = "bench"\n{extra}\n[plugins]\n{plugins}\n{nodes}')
     with open(os.path.join(base, f"helios-{port}.admin"), "w") as f:
         f.write(str(admin_port))
     exe = os.path.join(sys.prefix, "bin", "helios-proxy")
