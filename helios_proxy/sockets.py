@@ -20,3 +20,16 @@ def peek(sock):
         return sock._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except (BlockingIOError, InterruptedError):
         return None
+
+
+# One receive buffer for the whole process. recv(65536) allocates 64 KiB per call, which glibc
+# served with an mmap + munmap pair per transaction (measured with strace: ~20 us of the proxy's
+# ~90 us of CPU per pgbench transaction). Sharing one buffer is safe under gevent: nothing can switch
+# greenlets between the kernel filling it and recv() copying the bytes out.
+_SCRATCH = memoryview(bytearray(1 << 16))
+
+
+def recv(sock):
+    """Up to 64 KiB from sock as bytes (b"" at EOF), waiting cooperatively like sock.recv."""
+    n = sock.recv_into(_SCRATCH)
+    return _SCRATCH[:n].tobytes()

@@ -9,11 +9,10 @@ from ..errors import BackendError, CONNECTION_FAILURE, INVALID_PASSWORD, SQLCLIE
 from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
 from ..pool.prepared import ServerStatements
-from ..sockets import peek, sendall
+from ..sockets import peek, recv, sendall
 from ..protocol.scram import MECHANISM, ScramClient, md5_hash, md5_response
 
 log = logging.getLogger(__name__)
-RECV_SIZE = 65536
 
 
 class ServerConnection:
@@ -157,7 +156,7 @@ class ServerConnection:
             msg = self.rbuf.next_message()
             if msg is not None:
                 return msg
-            data = self.sock.recv(RECV_SIZE)
+            data = recv(self.sock)
             if not data:
                 self.broken = True
                 raise BackendError(f"server {self.node.name} closed the connection unexpectedly",

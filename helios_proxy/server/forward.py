@@ -16,10 +16,10 @@ from ..plugins.actions import Outcome
 from ..pool import prepared
 from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
+from ..sockets import recv
 from ..pipeline.stages.sql_prepare import PREPARE_DONE
 from . import plan as p
 
-RECV_SIZE = 65536
 Q, P, S, X, F, B, D, C = (t[0] for t in (m.QUERY, m.PARSE, m.SYNC, m.TERMINATE, m.FUNCTION_CALL, m.BIND,
                                          m.DESCRIBE, m.CLOSE))
 STATEMENT = ord("S")
@@ -41,20 +41,20 @@ class Forwarder:
         session = self.session
         cfg = session.proxy.config.server
         buf = MessageBuffer(cfg.max_message_size)
-        recv = session.sock.recv
+        sock = session.sock
         while True:
             timeout = cfg.client_idle_timeout
             if timeout and session.outstanding == 0 and (session.server is None
                                                          or session.server.tx_status == m.TX_IDLE):
                 try:
                     with gevent.Timeout(timeout, IdleTimeout):
-                        data = recv(RECV_SIZE)
+                        data = recv(sock)
                 except IdleTimeout:
                     session.terminate("terminating connection due to idle-session timeout",
                                       sqlstate=IDLE_SESSION_TIMEOUT)
                     return
             else:
-                data = recv(RECV_SIZE)
+                data = recv(sock)
             if not data:
                 return
             session.bytes_in += len(data)

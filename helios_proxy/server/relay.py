@@ -7,13 +7,16 @@ ReadyForQuery, and, in transaction/statement pooling, ends the lease when the se
 import logging
 import time
 
+import gevent
+from gevent.event import AsyncResult
+
 from ..errors import CONNECTION_FAILURE, ProtocolViolation
 from ..plugins.actions import Outcome
 from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner
+from ..sockets import recv
 
 log = logging.getLogger(__name__)
-RECV_SIZE = 65536
 READY, PARAMETER_STATUS, ERROR = m.READY_FOR_QUERY[0], m.PARAMETER_STATUS[0], m.ERROR_RESPONSE[0]
 COMPLETE = m.COMMAND_COMPLETE[0]
 # Every message but DataRow and CopyData (the bulk of the bytes) is seen whole by the plan.
@@ -21,15 +24,15 @@ WANTS = frozenset(range(256)) - {m.DATA_ROW[0], m.COPY_DATA[0]}
 
 
 def pump(session, server):
-    """Relay until the server is released (pooling) or lost; never raises."""
+    """Relay until the server is released (pooling: True) or lost (False); never raises."""
     scanner = StreamScanner(WANTS)
-    recv, send, on_message = server.sock.recv, session.send, session.plan.on_message
+    sock, send, on_message = server.sock, session.send, session.plan.on_message
     router = session.proxy.router
     held = b""  # trailing bytes of a message the plan must see whole, not complete yet
     completions, last_tag, last_error = session.completions, None, None  # plugins' on_query_complete
     try:
         while True:
-            data = recv(RECV_SIZE)
+            data = recv(sock)
             if not data:
                 raise ConnectionResetError("server closed the connection")
             session.bytes_out += len(data)
@@ -89,7 +92,7 @@ def pump(session, server):
                 session.end_lease(server)
             for entry in answered:
                 report(session, server, *entry)
-            return
+            return True  # the lease ended and the session let go of this pump
     except ProtocolViolation as e:
         lost(session, server, f"protocol violation from server: {e.message}")
     except OSError as e:
@@ -97,6 +100,36 @@ def pump(session, server):
     except Exception:
         log.exception("%r: relaying from the server failed", session)
         lost(session, server, "internal error")
+
+
+class Pumps:
+    """Reused pump greenlets. A new greenlet costs an mmap + munmap pair (its stack), measured at
+    about a fifth of the proxy's CPU per pooled transaction; a finished pump waits here for the
+    next lease instead of dying. A pump that is killed (session end) is simply not reused."""
+
+    def __init__(self):
+        self.idle = []  # (greenlet, AsyncResult for its next job)
+
+    def start(self, session, server):
+        """A greenlet running pump(session, server); it may be one that served others before."""
+        if self.idle:
+            worker, inbox = self.idle.pop()
+            inbox.set((session, server))
+            return worker
+        return gevent.spawn(self._work, session, server)
+
+    def _work(self, session, server):
+        me = gevent.getcurrent()
+        while True:
+            if not pump(session, server):
+                return  # the session may still hold (and kill) this greenlet: never reuse it
+            session = server = None  # hold no references while idle
+            inbox = AsyncResult()
+            self.idle.append((me, inbox))
+            session, server = inbox.get()
+
+
+PUMPS = Pumps()
 
 
 def report(session, server, ctx, tag, error):

@@ -105,7 +105,7 @@ class ClientSession:
                     return
                 self.proxy.plugins.notify("on_client_connect", session=self)
                 if self.server is not None:  # session pooling: the lease from login goes on
-                    self.pump = gevent.spawn(relay.pump, self, self.server)
+                    self.pump = relay.PUMPS.start(self, self.server)
                 Forwarder(self).run()
         except FatalError as e:
             reason = f"{e.sqlstate} {e.message}"
@@ -204,7 +204,7 @@ class ClientSession:
             router.balancer.started(server.node)
         self.lease_pool, self.lease_target, self.lease_started = pool, target, time.monotonic()
         self.server = server
-        self.pump = gevent.spawn(relay.pump, self, server)
+        self.pump = relay.PUMPS.start(self, server)
 
     def _acquire_routed(self):
         """(target, pool, server) where the route stage sent the next transaction; the primary when
