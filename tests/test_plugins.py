@@ -96,6 +96,8 @@ def test_rewrite_and_respond_and_failure_isolation(plugin_proxy):
     out = proxy.output()
     assert "plugin tests.plugins.broken failed in on_query_start: RuntimeError: boom" in out
     assert "over its budget of 50 ms" in out
+    counts = proxy.api("GET", "/metrics")[1]["plugins"]["tests.plugins.broken"]
+    assert counts["failures"] == 2 and counts["calls"] >= 3
     closed = plugin_proxy({"modules": ["tests.plugins.broken"], "tests.plugins.broken": {"policy": "fail-closed"}})
     with pytest.raises(psycopg2.Error) as info:
         run(closed, "select 'boom'")

@@ -28,6 +28,8 @@ def snapshot(proxy):
         "transaction_seconds": {"buckets": list(BUCKETS), "counts": list(proxy.stats.histogram),
                                 "sum": round(proxy.stats.latency_sum, 6)},
         "history": [{"t": t, "queries": q, "transactions": x} for t, q, x in proxy.stats.history],
+        "plugins": {name: {"calls": proxy.plugins.calls[name], "failures": proxy.plugins.failures[name]}
+                    for name in proxy.plugins.sources},
     }
 
 
@@ -89,6 +91,13 @@ class ProxyCollector:
                                 value=s["buffer"]["waiting"])
         yield CounterMetricFamily("helios_switchover_buffer_timeouts", "Clients that gave up waiting (57P03).",
                                   value=s["buffer"]["timeouts"])
+        calls = CounterMetricFamily("helios_plugin_calls", "Hook calls per plugin.", labels=["plugin"])
+        failures = CounterMetricFamily("helios_plugin_failures", "Plugin calls that raised, trapped or overran "
+                                       "their budget.", labels=["plugin"])
+        for name, counts in s["plugins"].items():
+            calls.add_metric([name], counts["calls"])
+            failures.add_metric([name], counts["failures"])
+        yield from (calls, failures)
         h = s["transaction_seconds"]
         cumulative, buckets = 0, []
         for bound, count in zip(list(h["buckets"]) + ["+Inf"], h["counts"]):
