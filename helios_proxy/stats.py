@@ -2,6 +2,7 @@
 into plain attributes of its own (queries, transactions, bytes, wait time), and these totals
 collect what closed sessions counted. A scrape adds the live sessions to them."""
 import time
+from bisect import bisect_left
 from collections import deque
 
 from .periodic import Periodic
@@ -26,10 +27,7 @@ class Stats:
 
     def observe(self, seconds):
         """One transaction's duration (pooled modes: from lease to release)."""
-        i = 0
-        while i < len(BUCKETS) and seconds > BUCKETS[i]:
-            i += 1
-        self.histogram[i] += 1
+        self.histogram[bisect_left(BUCKETS, seconds)] += 1
         self.latency_sum += seconds
 
     def by_database(self, sessions):

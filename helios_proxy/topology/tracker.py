@@ -44,6 +44,7 @@ class Observation:
 class PrimaryTracker:
     def __init__(self, config, follow=True):
         self.config = config
+        self.by_name = {n.name: n for n in config.nodes}
         self.follow = follow       # let probe observations move the primary (PostgreSQL provider)
         self.primary = next(n.name for n in config.nodes if n.role == PRIMARY)
         self.state = CONFIRMED
@@ -62,6 +63,7 @@ class PrimaryTracker:
         """Take a (re)loaded configuration: nodes with enabled = false are fenced, others un-fenced
         when the configuration had fenced them."""
         self.config = config
+        self.by_name = {n.name: n for n in config.nodes}
         for n in config.nodes:
             self.roles.setdefault(n.name, n.role)
             if not n.enabled and n.name not in self.fenced:
@@ -82,11 +84,11 @@ class PrimaryTracker:
 
     # --- queries -------------------------------------------------------------------------------
     def node(self, name):
-        return next((n for n in self.config.nodes if n.name == name), None)
+        return self.by_name.get(name)
 
     def current(self):
         """The primary node while it is CONFIRMED, else None."""
-        return self.node(self.primary) if self.state == CONFIRMED else None
+        return self.by_name.get(self.primary) if self.state == CONFIRMED else None
 
     def usable(self, name):
         return name not in self.fenced and name not in self.stale
