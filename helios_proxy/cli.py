@@ -78,9 +78,11 @@ def check_config(path):
     """Validate a configuration file and print a summary; exit 1 on the first error."""
     from .config import load_file
     from .server.userlist import load_userlist
+    from .plugins.manager import plugin_settings
     try:
         config = load_file(path)
         load_userlist(config.auth.users_file)
+        plugin_settings(config.plugins)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
     nodes = ", ".join(f"{n.name} ({n.role}, {n.host}:{n.port})" for n in config.nodes)

@@ -41,6 +41,10 @@ def test_defaults_and_required_keys():
     ({"databases": {"app": {"mode": "x"}}}, "databases.app.mode: 'x' is not one of"),
     ({"users": {"bob": {"bogus": 1}}}, "users.bob.bogus: unknown setting"),
     ({"tls": {"client_mode": "require"}}, "tls.client_mode"),
+    ({"topology": {"provider": "patroni"}}, "topology.patroni_url: required"),
+    ({"failover": {"mode": "command"}}, "failover.promote_command: required"),
+    ({"failover": {"mode": "sometimes"}}, "failover.mode: 'sometimes' is not one of"),
+    ({"admin": {"listen": "0.0.0.0:9090"}}, "admin.listen: '0.0.0.0:9090' is beyond loopback"),
 ])
 def test_errors_name_the_key_and_value(sections, message):
     with pytest.raises(ConfigError) as info:

@@ -233,3 +233,14 @@ def test_every_hook_is_documented():
     assert not missing, f"hooks missing from plugins/README.md: {missing}"
     for name in hooks:
         assert getattr(hookspecs, name).__doc__, name
+
+
+def test_bad_plugin_settings_are_clear_config_errors(tmp_path, cluster):
+    from .fix_proxy import ProxyProcess
+    for plugins, message in (({"bogus": 1}, "plugins.bogus: unknown setting"),
+                             ({"query_guard": {"policy": "maybe"}}, "plugins.query_guard.policy"),
+                             ({"budget_ms": "x"}, "plugins.budget_ms: wrong type")):
+        p = ProxyProcess(str(tmp_path), cluster, plugins=plugins)
+        p.write_config()
+        out = subprocess.run([HELIOS, "run", "-c", p.config_path], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -173,6 +173,10 @@ def _check_cross(cfg):
     if cfg.admin.enabled and not loopback(cfg.admin.listen) and not cfg.admin.token:
         raise ConfigError(f"admin.listen: {cfg.admin.listen!r} is beyond loopback: set admin.token "
                           "(or HELIOS_ADMIN__TOKEN) too")
+    if cfg.topology.provider == "patroni" and not cfg.topology.patroni_url:
+        raise ConfigError('topology.patroni_url: required with topology.provider = "patroni"')
+    if cfg.failover.mode == "command" and not cfg.failover.promote_command:
+        raise ConfigError('failover.promote_command: required with failover.mode = "command"')
     if not any(n.role == "primary" for n in cfg.nodes):
         raise ConfigError("nodes: no node has role = \"primary\"")
 

@@ -104,7 +104,11 @@ class PluginManager:
                 continue
             self._register(module, plugin, f"module {module} (plugins.modules)")
         if wasm and self.settings.get("wasm_dir"):
-            from .wasm import WasmHost  # wasmtime is an optional extra
+            try:
+                from .wasm import WasmHost  # wasmtime is an optional extra
+            except ImportError as e:
+                raise PluginError(f"plugins.wasm_dir: WASM plugins need wasmtime ({e}); "
+                                  "pip install 'helios-proxy[wasm]'") from None
             self.wasm = WasmHost(self, self.settings)
             self.wasm.load_all()
         self.pm.check_pending()
