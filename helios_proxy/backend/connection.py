@@ -173,28 +173,17 @@ class ServerConnection:
             self.sock.sendall(codec.query(sql))
         else:
             self.sock.sendall(codec.parse(sql) + codec.bind(params) + codec.execute() + codec.SYNC)
-        rows, error = [], None
-        while True:
-            mtype, body = self.read_message()
-            if mtype == m.DATA_ROW:
-                rows.append([c.decode() if c is not None else None for c in codec.parse_data_row(body)])
-            elif mtype == m.ERROR_RESPONSE:
-                error = codec.parse_fields(body)
-            elif mtype == m.PARAMETER_STATUS:
-                name, value = codec.parse_parameter_status(body)
-                self.params[name] = value
-            elif mtype == m.READY_FOR_QUERY:
-                self.tx_status = body
-                break
-        if error:
-            raise BackendError("query failed", fields=error, severity="ERROR")
-        return rows
+        return self._results()[1]
 
     def fetch(self, sql, params=(), max_rows=0):
         """Run one statement with parameters (extended protocol): (columns, rows, truncated).
         At most max_rows rows (0: all); rows are lists of text or None."""
         self.sock.sendall(codec.parse(sql) + codec.bind(list(params)) + codec.describe_portal()
                           + codec.execute(max_rows=max_rows) + codec.SYNC)
+        return self._results()
+
+    def _results(self):
+        """Read up to ReadyForQuery: (columns, rows, truncated); raise BackendError on an error."""
         columns, rows, error, truncated = [], [], None, False
         while True:
             mtype, body = self.read_message()
@@ -206,6 +195,9 @@ class ServerConnection:
                 truncated = True
             elif mtype == m.ERROR_RESPONSE:
                 error = codec.parse_fields(body)
+            elif mtype == m.PARAMETER_STATUS:
+                name, value = codec.parse_parameter_status(body)
+                self.params[name] = value
             elif mtype == m.READY_FOR_QUERY:
                 self.tx_status = body
                 break
