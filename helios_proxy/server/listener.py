@@ -99,13 +99,17 @@ class Proxy:
         """Hold new transactions (of database, or all) and wait until none holds a server
         connection, up to timeout; returns how many sessions still hold one."""
         self.paused.setdefault(database, Event()).clear()
+        return len(self.wait_released(lambda s: database is None or s.database == database, timeout))
+
+    def wait_released(self, match, timeout):
+        """Wait up to timeout until no session that match(session) selects holds a server
+        connection; returns those that still do."""
         deadline = time.monotonic() + timeout
         while True:
-            busy = [s for s in list(self.sessions) if s.server is not None
-                    and (database is None or s.database == database)]
-            if not busy or time.monotonic() >= deadline:
-                return len(busy)
-            gevent.sleep(0.02)
+            holding = [s for s in list(self.sessions) if s.server is not None and match(s)]
+            if not holding or time.monotonic() >= deadline:
+                return holding
+            gevent.sleep(0.01)
 
     def resume(self, database=None):
         gate = self.paused.pop(database, None)

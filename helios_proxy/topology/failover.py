@@ -85,8 +85,7 @@ class FailoverController:
                 return True
             claimant = next((n for n in tracker.claimants() if n != old and tracker.usable(n)), None)
             if claimant is not None and target is None:
-                tracker.set_primary(claimant, "already promoted")
-                tracker.confirm_primary("answers as primary")
+                tracker.take_over(claimant, "already promoted; answers as primary")
                 self._record("followed", old, claimant, started)
                 return True
             candidate = tracker.node(target) if target else self.choose(old)

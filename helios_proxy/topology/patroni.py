@@ -9,7 +9,7 @@ import logging
 import urllib.request
 
 from ..periodic import Periodic
-from .tracker import CONFIRMED, PRIMARY, STANDBY
+from .tracker import CONFIRMED, STANDBY
 
 log = logging.getLogger(__name__)
 LEADER_ROLES = ("leader", "master")
@@ -61,6 +61,4 @@ class PatroniProvider(Periodic):
         if leader is None:
             tracker.clear_primary("Patroni reports no running leader")
         elif tracker.primary != leader.name or tracker.state != CONFIRMED:
-            tracker.set_primary(leader.name, "Patroni leader")
-            tracker.roles[leader.name] = PRIMARY
-            tracker.confirm_primary("Patroni leader")
+            tracker.take_over(leader.name, "Patroni leader")

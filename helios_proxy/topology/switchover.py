@@ -56,8 +56,7 @@ def switchover(proxy, target_name):
     except BaseException:
         if not promoted:
             tracker.enable(old.name)
-            tracker.set_primary(old.name, "switchover failed; keeping the old primary")
-            tracker.confirm_primary("switchover failed")
+            tracker.take_over(old.name, "switchover failed; keeping the old primary")
         raise
     finally:
         tracker.busy = False
@@ -71,16 +70,10 @@ def switchover(proxy, target_name):
 
 def _drain(proxy, node, timeout):
     """Wait until no session holds a server connection to node; end those that still do after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        holding = [s for s in list(proxy.sessions) if s.server is not None and s.server.node.name == node.name]
-        if not holding:
-            return 0
-        if time.monotonic() >= deadline:
-            for session in holding:
-                session.terminate(f"terminating connection: switchover away from {node.name}")
-            log.warning("switchover: ended %d session(s) still using %s after %g s", len(holding), node.name,
-                        timeout)
-            gevent.sleep(0.05)
-            return len(holding)
-        gevent.sleep(0.01)
+    holding = proxy.wait_released(lambda s: s.server.node.name == node.name, timeout)
+    for session in holding:
+        session.terminate(f"terminating connection: switchover away from {node.name}")
+    if holding:
+        log.warning("switchover: ended %d session(s) still using %s after %g s", len(holding), node.name, timeout)
+        gevent.sleep(0.05)
+    return len(holding)

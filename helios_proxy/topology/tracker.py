@@ -164,8 +164,7 @@ class PrimaryTracker:
             if self.state == PENDING:
                 self.confirm_primary("answers as primary")
             elif self.state == NONE and self.follow and not self.busy and not self._newer_than(seen, name):
-                self.set_primary(name, "the primary is back")
-                self.confirm_primary("answers as primary")
+                self.take_over(name, "the primary is back")
             return
         if not self.follow:
             return
@@ -174,11 +173,11 @@ class PrimaryTracker:
             return  # the primary has not been probed yet: compare at the next round
         if self.state == NONE or current.in_recovery:
             if not self.busy and not self._newer_than(seen, name):
-                self._take_over(name, "promoted outside the proxy")
+                self.take_over(name, "promoted outside the proxy")
             return
         if seen.rank() > current.rank():
             self._make_stale(self.primary, f"{name} claims primary on a newer timeline/WAL position")
-            self._take_over(name, "promoted outside the proxy (newer timeline)")
+            self.take_over(name, "promoted outside the proxy (newer timeline)")
         elif seen.rank() < current.rank():
             self._make_stale(name, f"claims primary too, behind {self.primary}")
         else:
@@ -193,7 +192,8 @@ class PrimaryTracker:
         return any(o.rank() > seen.rank() for n, o in self.seen.items()
                    if n != name and not o.in_recovery and self.usable(n))
 
-    def _take_over(self, name, why):
+    def take_over(self, name, why):
+        """set_primary and confirm_primary at once: for a node known to answer as primary."""
         self.set_primary(name, why)
         self.confirm_primary(why)
 
