@@ -49,13 +49,13 @@ def pump(session, server):
                         session.transactions += 1
                 elif mtype == ERROR:
                     router.count(server.node, "errors")
+                    if completions is not None:
+                        last_error = codec.parse_fields(body).get("C")
                 elif mtype == PARAMETER_STATUS:
                     name, value = codec.parse_parameter_status(body)
                     server.params[name] = value
                 elif mtype == COMPLETE and completions is not None:
                     last_tag = body
-                if mtype == ERROR and completions is not None:
-                    last_error = codec.parse_fields(body).get("C")
                 drop, extra = on_message(mtype, body)
                 if mtype == READY and completions and not drop:  # a query's answer is complete
                     entry = completions.popleft()
