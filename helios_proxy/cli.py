@@ -99,12 +99,7 @@ def plugins_command(path):
     from .plugins.manager import PluginManager
     try:
         config = load_file(path) if path else load({"nodes": [{"name": "none", "role": "primary"}]})
-        manager = PluginManager(config).load(wasm=False)
-        if manager.settings.get("wasm_dir"):
-            from .plugins.wasm import WasmHost
-            host = WasmHost(manager, manager.settings)
-            for name, file in host._files().items():
-                host.load(name, file)
+        manager = PluginManager(config).load(watch=False)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
     listing = manager.listing()

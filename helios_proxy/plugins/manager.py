@@ -75,7 +75,8 @@ class PluginManager:
     def enabled(self):
         return self.settings.get("enabled", True)
 
-    def load(self, wasm=True):
+    def load(self, wasm=True, watch=True):
+        """Register every plugin; with watch, the WASM folder is watched for changes."""
         if not self.enabled:
             return self
         for name, plugin in BUILTINS:
@@ -110,7 +111,7 @@ class PluginManager:
                 raise PluginError(f"plugins.wasm_dir: WASM plugins need wasmtime ({e}); "
                                   "pip install 'helios-proxy[wasm]'") from None
             self.wasm = WasmHost(self, self.settings)
-            self.wasm.load_all()
+            self.wasm.load_all(watch)
         self.pm.check_pending()
         self.refresh()
         return self

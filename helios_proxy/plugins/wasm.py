@@ -226,13 +226,14 @@ class WasmHost(Periodic):
         log.warning("wasm plugin %s loaded from %s", name, path)
         return True
 
-    def load_all(self):
+    def load_all(self, watch=True):
         for name, path in self._files().items():
             if self.manager.tables.get(name, {}).get("enabled", True) is False:
                 self.manager.disabled.append(name)
                 continue
             self.load(name, path)
-        self.start()
+        if watch:
+            self.start()
 
     def tick(self):
         files = self._files()
