@@ -99,6 +99,17 @@ class ProxyProcess:
         params.update(kw)
         return psycopg2.connect(**params)
 
+    def query(self, sql):
+        """sql's rows (the row count for a statement without) over a fresh autocommit connection."""
+        conn = self.connect()
+        try:
+            conn.autocommit = True
+            cur = conn.cursor()
+            cur.execute(sql)
+            return cur.fetchall() if cur.description else cur.rowcount
+        finally:
+            conn.close()
+
     def api(self, method, path, body=None, token="test-token"):
         """(status, JSON) from the admin API."""
         import json

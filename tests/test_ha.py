@@ -112,7 +112,7 @@ def test_failover_promotes_the_sync_standby_and_loses_no_acknowledged_write(star
     lost = [i for i in load.acked if i not in present]
     assert len(load.acked) > 100 and not lost, (len(load.acked), lost[:5])
     # writes go to the new primary
-    assert query_proxy(proxy, "INSERT INTO ha_rows (id) VALUES (-1) RETURNING inet_server_port()") == \
+    assert proxy.query("INSERT INTO ha_rows (id) VALUES (-1) RETURNING inet_server_port()") == \
         [(ha_cluster.ports[1],)]
     # standby2 follows the new primary
     wait_for(lambda: query(ha_cluster.ports[1], "SELECT count(*) FROM pg_stat_replication "
@@ -150,7 +150,7 @@ def test_planned_switchover_under_pgbench_has_no_client_errors(start_proxy, ha_c
     status, nodes = proxy.api("GET", "/nodes")
     by_name = {n["name"]: n for n in nodes}
     assert by_name["standby1"]["primary"] and by_name["primary"]["fenced"]
-    assert query_proxy(proxy, "UPDATE pgbench_branches SET bbalance = bbalance WHERE bid = 1 "
+    assert proxy.query("UPDATE pgbench_branches SET bbalance = bbalance WHERE bid = 1 "
                               "RETURNING inet_server_port()") == [(ha_cluster.ports[1],)]
 
 
@@ -167,13 +167,13 @@ def test_switchover_refuses_bad_targets_with_clear_errors(start_proxy, ha_cluste
 
 def test_promotion_outside_the_proxy_is_followed_and_the_old_primary_gets_no_writes(start_proxy, ha_cluster):
     proxy = start_ha_proxy(start_proxy, ha_cluster, failover={"mode": "external"})
-    query_proxy(proxy, "CREATE SEQUENCE ha_ids")
+    proxy.query("CREATE SEQUENCE ha_ids")
     ha_cluster.wait_replayed()
     ha_cluster._run("pg_ctl", "-D", ha_cluster.datadir(2), "-w", "promote")
     started = time.monotonic()
 
     def writes_to_standby2():
-        return query_proxy(proxy, "INSERT INTO ha_rows (id) VALUES (nextval('ha_ids')) "
+        return proxy.query("INSERT INTO ha_rows (id) VALUES (nextval('ha_ids')) "
                                   "RETURNING inet_server_port()") == [(ha_cluster.ports[2],)]
     wait_for(writes_to_standby2, 10, "writes on the node promoted outside the proxy")
     assert time.monotonic() - started < 5
@@ -198,20 +198,9 @@ def test_all_nodes_down_gives_clear_errors_and_recovers(start_proxy, ha_cluster)
     assert time.monotonic() - started < 5  # bounded by buffer_timeout, not a hang
     assert info.value.pgcode == "57P03" and "failover in progress" in str(info.value)
     ha_cluster.start()
-    wait_for(lambda: query_proxy(proxy, "INSERT INTO ha_rows (id) VALUES (2) RETURNING id") == [(2,)], 20,
+    wait_for(lambda: proxy.query("INSERT INTO ha_rows (id) VALUES (2) RETURNING id") == [(2,)], 20,
              "writes after the cluster came back")
-    assert query_proxy(proxy, "SELECT inet_server_port()")[0][0] in ha_cluster.ports
-
-
-def query_proxy(proxy, sql):
-    conn = proxy.connect()
-    try:
-        conn.autocommit = True
-        cur = conn.cursor()
-        cur.execute(sql)
-        return cur.fetchall() if cur.description else None
-    finally:
-        conn.close()
+    assert proxy.query("SELECT inet_server_port()")[0][0] in ha_cluster.ports
 
 
 def test_primary_restart_is_buffered_without_client_errors(start_proxy, ha_cluster):
@@ -268,10 +257,10 @@ def test_operator_disable_and_enable_a_standby(start_proxy, ha_cluster):
     proxy = start_ha_proxy(start_proxy, ha_cluster, failover={"mode": "external"})
     status, view = proxy.api("POST", "/nodes/standby2/disable", {"reason": "maintenance"})
     assert status == 200 and view["fenced"] == "maintenance"
-    ports = {query_proxy(proxy, "SELECT inet_server_port()")[0][0] for _ in range(20)}
+    ports = {proxy.query("SELECT inet_server_port()")[0][0] for _ in range(20)}
     assert ports == {ha_cluster.ports[1]}
     proxy.api("POST", "/nodes/standby2/enable")
-    ports = {query_proxy(proxy, "SELECT inet_server_port()")[0][0] for _ in range(20)}
+    ports = {proxy.query("SELECT inet_server_port()")[0][0] for _ in range(20)}
     assert ports == {ha_cluster.ports[1], ha_cluster.ports[2]}
     assert proxy.api("POST", "/nodes/standby2/disable", token=None)[0] == 403 or \
         proxy.api("POST", "/nodes/standby2/disable", token=None)[0] == 401
@@ -305,17 +294,17 @@ def test_patroni_provider_follows_the_leader_patroni_reports(start_proxy, ha_clu
         proxy = start_ha_proxy(start_proxy, ha_cluster, failover={"mode": "external"},
                                topology={"provider": "patroni",
                                          "patroni_url": f"http://127.0.0.1:{api.server_address[1]}"})
-        assert query_proxy(proxy, "INSERT INTO ha_rows (id) VALUES (1) RETURNING inet_server_port()") == \
+        assert proxy.query("INSERT INTO ha_rows (id) VALUES (1) RETURNING inet_server_port()") == \
             [(ha_cluster.ports[0],)]
         ha_cluster._run("pg_ctl", "-D", ha_cluster.datadir(1), "-w", "promote")
         # the proxy keeps its primary until Patroni says otherwise, even though standby1 answers as primary
         time.sleep(0.6)
         # (the old primary waits for its synchronous standby on a write now: ask it a read)
-        assert query_proxy(proxy, "/*+ route=primary */ SELECT inet_server_port()") == [(ha_cluster.ports[0],)]
+        assert proxy.query("/*+ route=primary */ SELECT inet_server_port()") == [(ha_cluster.ports[0],)]
         members["members"][0]["role"], members["members"][1]["role"] = "replica", "leader"
-        wait_for(lambda: query_proxy(proxy, "/*+ route=primary */ SELECT inet_server_port()") ==
+        wait_for(lambda: proxy.query("/*+ route=primary */ SELECT inet_server_port()") ==
                  [(ha_cluster.ports[1],)], 10, "Patroni's new leader as the primary")
-        assert query_proxy(proxy, "INSERT INTO ha_rows (id) VALUES (3) RETURNING inet_server_port()") == \
+        assert proxy.query("INSERT INTO ha_rows (id) VALUES (3) RETURNING inet_server_port()") == \
             [(ha_cluster.ports[1],)]
     finally:
         api.shutdown()

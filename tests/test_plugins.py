@@ -43,17 +43,6 @@ def plugin_proxy(cluster, tmp_path):
         p.stop()
 
 
-def run(proxy, sql):
-    conn = proxy.connect()
-    conn.autocommit = True
-    try:
-        cur = conn.cursor()
-        cur.execute(sql)
-        return cur.fetchall() if cur.description else cur.rowcount
-    finally:
-        conn.close()
-
-
 @needs_examples
 def test_helios_proxy_plugins_lists_the_installed_examples():
     out = subprocess.run([HELIOS, "plugins"], capture_output=True, text=True, timeout=60)
@@ -77,21 +66,21 @@ def test_query_guard_rejects_unbounded_delete_through_psql(plugin_proxy, direct,
     cur.execute("select count(*) from guarded")
     assert cur.fetchone()[0] == 1
     with pytest.raises(psycopg2.Error) as info:
-        run(proxy, "update guarded set id = 3")
+        proxy.query("update guarded set id = 3")
     assert info.value.pgcode == "P0001"
     # disabled by the config: the same statement runs
     off = plugin_proxy({"query_guard": {"enabled": False}})
-    assert run(off, "update guarded set id = 3") == 1
+    assert off.query("update guarded set id = 3") == 1
 
 
 def test_rewrite_and_respond_and_failure_isolation(plugin_proxy):
     proxy = plugin_proxy({"modules": ["tests.plugins.rewrite", "tests.plugins.broken"],
                           "tests.plugins.broken": {"budget_ms": 50}})
-    assert run(proxy, "select 'rewrite me'") == [("rewritten by a plugin",)]
-    assert run(proxy, "show plugin_answer") == [("from the proxy",)]
-    assert run(proxy, "select 'boom'") == [("boom",)]        # fail-open: the query goes on
+    assert proxy.query("select 'rewrite me'") == [("rewritten by a plugin",)]
+    assert proxy.query("show plugin_answer") == [("from the proxy",)]
+    assert proxy.query("select 'boom'") == [("boom",)]        # fail-open: the query goes on
     started = time.monotonic()
-    assert run(proxy, "select 'slow'") == [("slow",)]        # cut at its budget
+    assert proxy.query("select 'slow'") == [("slow",)]        # cut at its budget
     assert time.monotonic() - started < 0.9
     out = proxy.output()
     assert "plugin tests.plugins.broken failed in on_query_start: RuntimeError: boom" in out
@@ -100,16 +89,16 @@ def test_rewrite_and_respond_and_failure_isolation(plugin_proxy):
     assert counts["failures"] == 2 and counts["calls"] >= 3
     closed = plugin_proxy({"modules": ["tests.plugins.broken"], "tests.plugins.broken": {"policy": "fail-closed"}})
     with pytest.raises(psycopg2.Error) as info:
-        run(closed, "select 'boom'")
+        closed.query("select 'boom'")
     assert info.value.pgcode == "XX000" and "plugin tests.plugins.broken failed" in str(info.value)
-    assert run(closed, "select 1") == [(1,)]
+    assert closed.query("select 1") == [(1,)]
 
 
 def test_lifecycle_hooks_and_admin_routes(plugin_proxy, tmp_path):
     notes = tmp_path / "notes.txt"
     proxy = plugin_proxy({"modules": ["tests.plugins.lifecycle"],
                           "tests.plugins.lifecycle": {"path": str(notes)}})
-    run(proxy, "select 1")
+    proxy.query("select 1")
     assert proxy.api("GET", "/hello") == (200, {"hello": "from a plugin"})
     proxy.stop()
     lines = notes.read_text().split("\n")
@@ -122,11 +111,11 @@ def test_audit_log_has_the_right_rows(plugin_proxy, tmp_path):
     path = tmp_path / "audit.jsonl"
     proxy = plugin_proxy({"audit_log": {"path": str(path)}, "wasm_dir": str(tmp_path / "wasm")})
     (tmp_path / "wasm").mkdir(exist_ok=True)
-    run(proxy, "select generate_series(1, 3)")
+    proxy.query("select generate_series(1, 3)")
     with pytest.raises(psycopg2.Error):
-        run(proxy, "select * from no_such_table")
+        proxy.query("select * from no_such_table")
     with pytest.raises(psycopg2.Error):
-        run(proxy, "delete from guarded_nothing")  # refused by the guard: logged with its SQLSTATE
+        proxy.query("delete from guarded_nothing")  # refused by the guard: logged with its SQLSTATE
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and len(path.read_text().splitlines()) < 3:
         time.sleep(0.05)
@@ -154,9 +143,9 @@ def test_wasm_block_pattern_and_tags(plugin_proxy, tmp_path):
     proxy = plugin_proxy({"wasm_dir": str(wasm), "wasm:block_pattern": {"pattern": "forbidden_fn"},
                           "query_guard": {"enabled": False}, "audit_log": {"enabled": False}})
     with pytest.raises(psycopg2.Error) as info:
-        run(proxy, "select forbidden_fn()")
+        proxy.query("select forbidden_fn()")
     assert info.value.pgcode == "42501" and "blocked by the block_pattern WASM plugin" in str(info.value)
-    assert run(proxy, "select pg_sleep(0)") == [("",)]  # the default pattern is replaced by the config
+    assert proxy.query("select pg_sleep(0)") == [("",)]  # the default pattern is replaced by the config
     listing = subprocess.run([HELIOS, "plugins", "-c", proxy.config_path], capture_output=True, text=True,
                              timeout=60, env={**os.environ, **ENV})
     assert "wasm:block_pattern: wasm " in listing.stdout and "wasm:tag_queries" in listing.stdout
@@ -172,18 +161,18 @@ def test_wasm_sandbox_fuel_memory_corruption_and_hot_reload(plugin_proxy, tmp_pa
                           "wasm:loop": {"policy": "fail-closed"}, "wasm:live": {"pattern": "marker"},
                           "query_guard": {"enabled": False}, "audit_log": {"enabled": False}})
     with pytest.raises(psycopg2.Error) as info:  # out of fuel: this query only
-        run(proxy, "select 1")
+        proxy.query("select 1")
     assert info.value.pgcode == "XX000" and "wasm:loop" in str(info.value)
     assert "wasm:grab failed" in proxy.output() and "wasm trap" in proxy.output()
     os.remove(wasm / "loop.wat")  # unloaded within the reload interval
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         try:
-            if run(proxy, "select 1") == [(1,)]:
+            if proxy.query("select 1") == [(1,)]:
                 break
         except psycopg2.Error:
             time.sleep(0.1)
-    assert run(proxy, "select 'marker'") == [("marker",)]
+    assert proxy.query("select 'marker'") == [("marker",)]
     # replace live.wat while queries run: new behaviour within a second, no failed query
     failures, stop = [], threading.Event()
 
@@ -203,7 +192,7 @@ def test_wasm_sandbox_fuel_memory_corruption_and_hot_reload(plugin_proxy, tmp_pa
         blocked = None
         while time.monotonic() - swapped < 5:
             try:
-                run(proxy, "select 'marker'")
+                proxy.query("select 'marker'")
             except psycopg2.Error:
                 blocked = time.monotonic() - swapped
                 break
@@ -215,7 +204,7 @@ def test_wasm_sandbox_fuel_memory_corruption_and_hot_reload(plugin_proxy, tmp_pa
         os.replace(wasm / "live.wat.tmp", wasm / "live.wat")
         time.sleep(0.6)
         with pytest.raises(psycopg2.Error):
-            run(proxy, "select 'marker'")
+            proxy.query("select 'marker'")
     finally:
         stop.set()
         t.join(10)
