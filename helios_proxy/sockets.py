@@ -13,11 +13,14 @@ def sendall(sock, data):
         sock.sendall(memoryview(data)[sent:])
 
 
+PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)  # an int: IntFlag's | costs 0.5 us per call
+
+
 def peek(sock):
     """What the kernel holds unread for a plain gevent socket, without waiting and without
     consuming it: one byte, b"" at EOF, or None when nothing has arrived."""
     try:  # the real socket underneath: gevent's recv() would wait on EAGAIN
-        return sock._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        return sock._sock.recv(1, PEEK_NOW)
     except (BlockingIOError, InterruptedError):
         return None
 

@@ -216,6 +216,7 @@ class PoolManager(Periodic):
     def __init__(self, config):
         self.config = config
         self.pools = {}
+        self.limited = self._has_limits(config)
 
     def get(self, node, database, credentials):
         key = (node.name, database, credentials.user)
@@ -240,6 +241,8 @@ class PoolManager(Periodic):
 
     def room_freed(self, pool):
         """A connection closed: a client waiting in a sibling pool held back by a limit may go on."""
+        if not self.limited:  # every release calls this: no cross-pool limit, nothing to do
+            return
         for siblings, _ in self._limits(pool):
             for other in siblings:
                 if other is not pool and other.waiters:
@@ -254,8 +257,14 @@ class PoolManager(Periodic):
         if user_cap:
             yield [p for p in self.pools.values() if p.credentials.user == user], user_cap
 
+    @staticmethod
+    def _has_limits(config):
+        return bool(config.pool.max_db_connections or config.pool.max_user_connections
+                    or any(u.max_connections for u in config.users.values()))
+
     def reconfigure(self, config):
         self.config = config
+        self.limited = self._has_limits(config)
         for pool in self.pools.values():
             pool.config = config
 
