@@ -58,7 +58,7 @@ class Pool:
         deadline = started + (cfg.acquire_timeout if timeout is None else timeout)
         reserve_at = started + cfg.reserve_timeout if cfg.reserve_size else deadline
         while True:
-            conn = self._take_idle()
+            conn = self.take_idle()
             if conn is not None:
                 return conn
             now = time.monotonic()
@@ -71,7 +71,7 @@ class Pool:
 
     def try_acquire(self):
         """A connection if one is idle or may be opened now, else None (never waits)."""
-        conn = self._take_idle()
+        conn = self.take_idle()
         if conn is None and self.size < self.max_size and not self.waiters and self._room():
             conn = self._open()
         return conn
@@ -107,7 +107,8 @@ class Pool:
         cancelling.join(timeout=5)
         self.release(conn, reusable and cancelling.dead)
 
-    def _take_idle(self):
+    def take_idle(self):
+        """An idle connection that passed its checks, or None (never waits, never opens one)."""
         cfg = self.config.pool
         while self.idle:
             conn = self.idle.pop()

@@ -29,6 +29,11 @@ class Entry:
         self.kind, self.drop, self.payload, self.on_fail = kind, drop, payload, on_fail
 
 
+# The usual entry (forward the answer, nothing to run on failure) never changes: one per kind is
+# shared by every plan, saving an object per request message.
+PLAIN = {kind: Entry(kind) for kind in (QUERY, SYNC, ONE, DESCRIBE_STATEMENT, DESCRIBE_PORTAL, EXECUTE)}
+
+
 class ResponsePlan:
     def __init__(self):
         self.entries = deque()
@@ -39,7 +44,7 @@ class ResponsePlan:
         return bool(self.entries)
 
     def expect(self, kind, drop=False, on_fail=None):
-        self.entries.append(Entry(kind, drop, on_fail=on_fail))
+        self.entries.append(Entry(kind, drop, on_fail=on_fail) if drop or on_fail else PLAIN[kind])
 
     def fake(self, *payload):
         """Queue a proxy answer; returns it at once (bytes) when nothing is pending before it."""

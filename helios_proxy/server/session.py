@@ -231,6 +231,11 @@ class ClientSession:
         in the switchover buffer; a primary that cannot be reached is reported to the health
         checker and tried again until it is replaced or failover.buffer_timeout has passed."""
         proxy = self.proxy
+        node = proxy.buffer.ready()
+        if node is not None and node.name == self.pool.node.name:  # the usual case: its own pool
+            server = self.pool.take_idle()
+            if server is not None:
+                return self.pool, server
         deadline = time.monotonic() + proxy.config.failover.buffer_timeout
         while True:
             try:

@@ -43,11 +43,12 @@ class SwitchoverBuffer:
         self.paused = None
         self._drain()
 
-    def _ready(self):
+    def ready(self):
+        """The confirmed primary if a transaction may go there now, else None (never waits)."""
         return None if self.paused else self.tracker.current()
 
     def _drain(self):
-        if self._ready() is None:
+        if self.ready() is None:
             return
         while self.waiters:
             waiter = self.waiters.popleft()
@@ -60,7 +61,7 @@ class SwitchoverBuffer:
     def primary(self, deadline=None, waiting=None):
         """The confirmed primary, waiting for one up to `deadline` (monotonic; default: now +
         buffer_timeout). `waiting(result)` is told what it waits on, so that a cancel can end it."""
-        node = self._ready()
+        node = self.ready()
         if node is not None:
             return node
         cfg = self.config.failover
@@ -92,7 +93,7 @@ class SwitchoverBuffer:
                         self.waiters.remove(waiter)
                     except ValueError:
                         pass
-                node = self._ready()
+                node = self.ready()
             return node
         finally:
             self.longest_wait = max(self.longest_wait, time.monotonic() - started)
