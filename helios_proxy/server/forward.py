@@ -26,6 +26,22 @@ STATEMENT = ord("S")
 EXECUTE = m.EXECUTE[0]
 
 
+# Messages forwarded exactly as they come whenever a server is leased: no pipeline, no statement
+# names to translate (Query, Parse, Bind, Describe, Close and Terminate take the long way).
+PASS = frozenset(range(256)) - {Q, P, B, D, C, X}
+
+
+def names_statement(mtype, data, begin):
+    """Whether a Parse, Bind, Describe or Close in data[begin:] names a prepared statement (the
+    unnamed statement and portals need no translation in pooled modes)."""
+    body = begin + 5
+    if mtype == P:
+        return data[body] != 0
+    if mtype == B:
+        return data[data.index(0, body) + 1] != 0  # after the portal's name
+    return data[body] == STATEMENT and data[body + 1] != 0
+
+
 class IdleTimeout(Exception):
     pass
 
@@ -79,6 +95,12 @@ class Forwarder:
                     self.skip_to_sync = False
                     self.answer_at_sync(send)
                 continue
+            if mtype in PASS and session.server is not None and not session.discard_pending:
+                entry = p.PLAIN_FOR.get(mtype)  # the usual Execute, Sync, Flush, CopyData...: as is
+                if entry is not None:
+                    plan.entries.append(entry)
+                self.count(mtype)
+                continue
             if mtype == X:
                 if begin > start:
                     send(data[start:begin])
@@ -92,7 +114,7 @@ class Forwarder:
                     start = end
                     self.refuse(mtype, replacement)
                     continue
-            if session.pooled and (mtype == P or mtype == C):
+            if session.pooled and (mtype == P or mtype == C) and names_statement(mtype, data, begin):
                 try:
                     local = self.answer_locally(mtype, replacement or bytes(data[begin:end]))
                 except ProxyError as e:
@@ -137,7 +159,7 @@ class Forwarder:
                     plan.expect(p.QUERY, on_fail=on_fail)
                     self.count(Q)
                 continue
-            if session.pooled and (mtype == P or mtype == B or mtype == D):
+            if session.pooled and (mtype == P or mtype == B or mtype == D) and names_statement(mtype, data, begin):
                 try:
                     translated = self.translate(mtype, replacement or bytes(data[begin:end]))
                 except ProxyError as e:
@@ -159,9 +181,9 @@ class Forwarder:
                     send(data[start:begin])
                 start = end
                 send(replacement)
-            kind = p.KIND.get(mtype)
-            if kind is not None:
-                plan.expect(kind)
+            entry = p.PLAIN_FOR.get(mtype)
+            if entry is not None:
+                plan.entries.append(entry)
             elif mtype == D:
                 plan.expect(p.DESCRIBE_STATEMENT if data[begin + 5] == STATEMENT else p.DESCRIBE_PORTAL)
             self.count(mtype)

@@ -20,6 +20,7 @@ ENDS = {ONE: frozenset(b"123"), DESCRIBE_STATEMENT: frozenset(b"Tn"), DESCRIBE_P
 ASYNC = frozenset(b"NAS")  # NoticeResponse, NotificationResponse, ParameterStatus: anywhere
 ERROR, READY = ord("E"), ord("Z")
 READY_NOW = object()  # in a FAKE payload list: a ReadyForQuery with the status of that moment
+PASS = (False, b"")   # on_message's usual answer: forward the message, add nothing
 
 
 class Entry:
@@ -32,6 +33,7 @@ class Entry:
 # The usual entry (forward the answer, nothing to run on failure) never changes: one per kind is
 # shared by every plan, saving an object per request message.
 PLAIN = {kind: Entry(kind) for kind in (QUERY, SYNC, ONE, DESCRIBE_STATEMENT, DESCRIBE_PORTAL, EXECUTE)}
+PLAIN_FOR = {mtype: PLAIN[kind] for mtype, kind in KIND.items()}  # request message type -> its entry
 
 
 class ResponsePlan:
@@ -62,14 +64,14 @@ class ResponsePlan:
         if not entries or mtype in ASYNC:
             if mtype == READY:
                 self.status = body
-            return False, b""
+            return PASS
         head = entries[0]
         if mtype == READY:
             self.status = body
             if self.skipping:
                 return self._skip_to_sync(), self._fakes()
         if self.skipping:
-            return False, b""
+            return PASS
         kind = head.kind
         if mtype == ERROR and kind == QUERY and head.on_fail:
             head.on_fail()  # a simple query goes on to its ReadyForQuery; only note the failure
@@ -79,10 +81,12 @@ class ResponsePlan:
             if head.on_fail:
                 head.on_fail()
             self.skipping = True
-            return False, b""
+            return PASS
         if mtype not in ENDS[kind]:
-            return False, b""  # rows, ParameterDescription, copy messages... of the head entry
+            return PASS  # rows, ParameterDescription, copy messages... of the head entry
         entries.popleft()
+        if not head.drop and (not entries or entries[0].kind != FAKE):
+            return PASS
         return head.drop, self._fakes()
 
     def _skip_to_sync(self):

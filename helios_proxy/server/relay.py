@@ -42,11 +42,23 @@ def pump(session, server):
                 data, held = held + data, b""
             sent, out, release, answered = 0, [], False, []
             for mtype, body, end in found:
+                drop, extra = on_message(mtype, body)
+                if drop or extra:  # edit the stream: cut this message out, or add after it
+                    cut = end + shift
+                    out.append(data[sent:cut - 5 - len(body) if drop else cut])
+                    out.append(extra)
+                    sent = cut
                 if mtype == READY:
                     server.tx_status = body
                     session.outstanding -= 1
                     if body == b"I":
                         session.transactions += 1
+                    if completions and not drop:  # a query's answer is complete
+                        entry = completions.popleft()
+                        if entry is not None:
+                            answered.append((entry, last_tag, last_error))
+                        last_tag = last_error = None
+                    release = session.may_release()
                 elif mtype == ERROR:
                     router.count(server.node, "errors")
                     if completions is not None:
@@ -56,19 +68,6 @@ def pump(session, server):
                     server.params[name] = value
                 elif mtype == COMPLETE and completions is not None:
                     last_tag = body
-                drop, extra = on_message(mtype, body)
-                if mtype == READY and completions and not drop:  # a query's answer is complete
-                    entry = completions.popleft()
-                    if entry is not None:
-                        answered.append((entry, last_tag, last_error))
-                    last_tag = last_error = None
-                if drop or extra:  # edit the stream: cut this message out, or add after it
-                    end += shift
-                    out.append(data[sent:end - 5 - len(body) if drop else end])
-                    out.append(extra)
-                    sent = end
-                if mtype == READY:
-                    release = session.may_release()
             partial = scanner.partial()
             stop = len(data) - partial
             if partial:

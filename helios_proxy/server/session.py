@@ -191,7 +191,8 @@ class ClientSession:
         target, pool, server = self._acquire_routed()
         try:
             if self.settings_checked:
-                session_state.apply(server, self.settings, self.settings_key)
+                if server.settings_key != self.settings_key:  # else it carries them already
+                    session_state.apply(server, self.settings, self.settings_key)
             else:  # greeted without a server: the startup settings are checked now, FATAL if bad
                 handshake.apply_settings(server, self.settings)
                 self.settings_checked = True
@@ -277,7 +278,8 @@ class ClientSession:
     def may_release(self):
         """Called by the pump at each ReadyForQuery: does the lease end here?"""
         return (self.pooled and self.outstanding == 0 and not self.in_extended and not self.pinned
-                and not self.plan and self.server.tx_status == m.TX_IDLE and self.closing is None)
+                and not self.plan.entries and self.server.tx_status == m.TX_IDLE
+                and self.closing is None)
 
     def release_if_idle(self):
         """After the proxy answered a request itself: end a lease the server has nothing left for."""
