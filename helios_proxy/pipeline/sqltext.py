@@ -1,8 +1,8 @@
 """Cheap screens over SQL text, run on every query before the real parser (pglast) is asked.
 
-A screen may say yes too often (the parser then decides), never too rarely. Screens start with
-`mentions`, a plain substring test that rejects the usual query in about a tenth of the time of one
-case-insensitive regular expression search.
+A screen may say yes too often (the parser then decides), never too rarely. A case-insensitive
+regular expression search costs 1.5-3 us per query; `Leading` looks at the first word of a lone
+statement instead and `mentions` is a plain substring test, both about a tenth of that.
 """
 import re
 
@@ -12,6 +12,28 @@ _COMMENTS = r"(?:\s|/\*.*?\*/|--[^\n]*\n)*"
 def leading(*keywords):
     """A regex finding any of keywords at the start of a statement (after ';' or comments)."""
     return re.compile(r"(?:^|;)" + _COMMENTS + r"(?:" + "|".join(keywords) + r")\b", re.I | re.S)
+
+
+_WORD = re.compile(r"[A-Za-z0-9_]*")
+
+
+class Leading:
+    """Finds any of keywords at the start of a statement: by the first word of a lone statement
+    that starts without a comment, else by the regular expression `leading` makes."""
+
+    def __init__(self, *keywords):
+        self.words = frozenset(keywords)
+        self.regex = leading(*keywords)
+
+    def search(self, sql):
+        body = sql.rstrip()
+        if body.endswith(";"):
+            body = body[:-1]
+        if ";" not in body:
+            body = body.lstrip()
+            if body[:1] != "/" and body[:1] != "-":  # no comment before the first word
+                return _WORD.match(body).group().lower() in self.words
+        return self.regex.search(sql) is not None
 
 
 def mentions(sql, keywords):

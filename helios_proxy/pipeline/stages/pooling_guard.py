@@ -3,7 +3,7 @@ pins a client whose SQL creates session state (LISTEN, temp tables, WITH HOLD cu
 advisory locks, LOAD) to its server connection, and refuses transaction blocks in statement mode.
 (Prepared statements have their own stage, sql_prepare.py, and pool/prepared.py.)
 
-A keyword test and then a regular expression screen each query first; only a query that may contain such a statement is
+A cheap screen (sqltext.py) looks at each query first; only a query that may contain such a statement is
 parsed (pglast, PostgreSQL's own parser), and parse results are cached by query text.
 """
 import re
@@ -12,12 +12,12 @@ from pglast import ast, parse_sql
 from pglast.parser import ParseError
 
 from ...errors import FEATURE_NOT_SUPPORTED
-from ..sqltext import leading, mentions
+from ..sqltext import Leading, mentions
 from ..stage import StageResult
 from .pooled import PooledSqlStage
 
-LEADING = leading("set", "reset", "discard", "listen", "unlisten", "load", "begin", "start", "declare")
-KEYWORDS = ("set", "discard", "listen", "load", "begin", "start", "declare", "temp", "advisory_lock")
+LEADING = Leading("set", "reset", "discard", "listen", "unlisten", "load", "begin", "start", "declare")
+ANYWHERE_WORDS = ("temp", "advisory_lock")
 ANYWHERE = re.compile(r"\btemp(orary)?\b|advisory_lock", re.I)
 ADVISORY = re.compile(r"\bpg_(try_)?advisory_lock(_shared)?\s*\(", re.I)
 CURSOR_OPT_HOLD = 0x0020
@@ -78,7 +78,7 @@ class PoolingGuard(PooledSqlStage):
 
     @staticmethod
     def screen(sql):
-        return mentions(sql, KEYWORDS) and (LEADING.search(sql) or ANYWHERE.search(sql))
+        return LEADING.search(sql) or (mentions(sql, ANYWHERE_WORDS) and ANYWHERE.search(sql))
 
     def act(self, ctx, fx):
         session = ctx.session

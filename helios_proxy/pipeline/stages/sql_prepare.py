@@ -18,14 +18,13 @@ from pglast.visitors import Visitor
 from ...errors import ProxyError
 from ...pool.prepared import Statement
 from ...protocol import codec
-from ..sqltext import leading, mentions
+from ..sqltext import Leading, mentions
 from ..stage import StageResult
 from .pooled import PooledSqlStage
 
-LEADING = leading("prepare", "execute", "deallocate")
-NESTED = leading("explain", "create")  # EXPLAIN EXECUTE p, CREATE TABLE t AS EXECUTE p
+LEADING = Leading("prepare", "execute", "deallocate")
+NESTED = Leading("explain", "create")  # EXPLAIN EXECUTE p, CREATE TABLE t AS EXECUTE p
 EXECUTE = re.compile(r"\bexecute\b", re.I)
-KEYWORDS = ("prepare", "execute", "deallocate")
 PREPARE_DONE = codec.message(b"C", b"PREPARE\0")
 
 
@@ -99,7 +98,7 @@ class SqlPreparedStatements(PooledSqlStage):
 
     @staticmethod
     def screen(sql):
-        return mentions(sql, KEYWORDS) and (LEADING.search(sql) or (EXECUTE.search(sql) and NESTED.search(sql)))
+        return LEADING.search(sql) or (mentions(sql, ("execute",)) and NESTED.search(sql) and EXECUTE.search(sql))
 
     def act(self, ctx, plan):
         session = ctx.session
