@@ -1,5 +1,6 @@
 """The `helios-proxy` command: run, check-config, --version."""
 import logging
+import os
 import sys
 
 import click
@@ -42,8 +43,14 @@ def main():
 @main.command()
 @click.option("-c", "--config", "path", required=True, type=click.Path(dir_okay=False),
               help="TOML configuration file.")
-def run(path):
+@click.option("--worker", type=int, default=None, hidden=True, help="Run as this worker (server.workers).")
+@click.option("--admin-socket", type=click.Path(), default=None, hidden=True,
+              help="A worker's private admin API socket.")
+def run(path, worker, admin_socket):
     """Run the proxy in the foreground until SIGTERM/SIGINT."""
+    if worker is not None:  # stopped by the arbiter while still starting: nothing to clean up yet
+        import signal
+        signal.signal(signal.SIGINT, lambda *_: os._exit(0))
     from gevent import monkey
     monkey.patch_all()
     _raise_open_files_limit()
@@ -52,10 +59,18 @@ def run(path):
         config = load_file(path)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-    logging.basicConfig(level=config.log.level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    tag = f"[worker {worker}] " if worker is not None else ""
+    logging.basicConfig(level=config.log.level.upper(), format=LOG_FORMAT.replace("%(name)s", tag + "%(name)s"),
+                        stream=sys.stderr)
+    if worker is None and config.server.workers > 1:
+        from .server.workers import Arbiter
+        try:
+            sys.exit(Arbiter(config, path).serve_forever())
+        except ConfigError as e:
+            raise click.ClickException(str(e)) from None
     from .server.listener import Proxy
     try:
-        proxy = Proxy(config)
+        proxy = Proxy(config, (worker, config.server.workers) if worker is not None else (0, 1), admin_socket)
         proxy.serve_forever()
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
@@ -196,6 +211,10 @@ def primary(action, node, path):
         _echo_json(_admin_call("/primary", "POST", path, {"node": node}))
     else:
         _echo_json(_admin_call(f"/primary/{action}", "POST", path, {}))
+
+
+if __name__ == "__main__":
+    main()
 
 
 if __name__ == "__main__":

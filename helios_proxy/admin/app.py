@@ -23,18 +23,30 @@ def create_app(proxy):
 
     @app.before_request
     def authorize():
-        config = proxy.config.admin
-        needed = request.method in MUTATING or not loopback(config.listen)
-        if not needed:
-            return None
-        if not config.token:
-            raise ApiError(403, "set admin.token (or HELIOS_ADMIN__TOKEN) to use this endpoint")
-        given = request.headers.get("Authorization", "")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), config.token.encode()):
-            raise ApiError(401, "missing or wrong bearer token")
-        return None
+        check_token(proxy.config.admin)
 
+    install_error_handlers(app)
+    for module in (status, health, topology, resources, metrics, ops, openapi):
+        app.register_blueprint(module.bp)
+    proxy.plugins.notify("register_admin_routes", app=app)
+    return app
+
+
+def check_token(config):
+    """Raise ApiError unless this request may go on (config: the [admin] section)."""
+    needed = request.method in MUTATING or not loopback(config.listen)
+    if not needed:
+        return
+    if not config.token:
+        raise ApiError(403, "set admin.token (or HELIOS_ADMIN__TOKEN) to use this endpoint")
+    given = request.headers.get("Authorization", "")
+    scheme, _, token = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), config.token.encode()):
+        raise ApiError(401, "missing or wrong bearer token")
+
+
+def install_error_handlers(app):
+    """Every error as JSON {"error": ...}."""
     @app.errorhandler(ApiError)
     def api_error(e):
         return jsonify(error=e.message), e.status
@@ -47,8 +59,3 @@ def create_app(proxy):
     def internal_error(e):
         current_app.logger.exception("admin API request failed")
         return jsonify(error=f"internal error: {type(e).__name__}"), 500
-
-    for module in (status, health, topology, resources, metrics, ops, openapi):
-        app.register_blueprint(module.bp)
-    proxy.plugins.notify("register_admin_routes", app=app)
-    return app

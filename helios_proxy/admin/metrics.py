@@ -34,13 +34,13 @@ def snapshot(proxy):
 
 
 class ProxyCollector:
-    """Builds the metric families from a snapshot at each collect()."""
+    """Builds the metric families from a snapshot (a callable returning one) at each collect()."""
 
-    def __init__(self, proxy):
-        self.proxy = proxy
+    def __init__(self, source):
+        self.source = source
 
     def collect(self):
-        s = snapshot(self.proxy)
+        s = self.source()
         g = GaugeMetricFamily("helios_client_connections", "Client connections by state.", labels=["state"])
         for state, n in s["clients"].items():
             g.add_metric([state], n)
@@ -114,6 +114,11 @@ def metrics_json():
 
 @bp.get("/metrics/prometheus")
 def metrics_prometheus():
+    proxy = proxy_of()
+    return prometheus_response(lambda: snapshot(proxy))
+
+
+def prometheus_response(source):
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProxyCollector(proxy_of()))
+    registry.register(ProxyCollector(source))
     return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4; charset=utf-8")

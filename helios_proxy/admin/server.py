@@ -1,6 +1,8 @@
 """Serve the admin app with gevent's WSGI server, in the proxy process, in its own greenlets."""
 import logging
+import os
 
+from gevent import socket
 from gevent.pywsgi import WSGIServer
 
 from ..errors import ConfigError
@@ -16,8 +18,17 @@ class _Log:
         log.debug("%s", line.rstrip())
 
 
-def start(proxy):
+def start(proxy, unix_path=None):
+    """Serve on admin.listen, or (a worker of several) on the Unix socket unix_path."""
     cfg = proxy.config.admin
+    if unix_path is not None:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(unix_path + ".new")
+        listener.listen(128)
+        os.rename(unix_path + ".new", unix_path)  # appears whole: the arbiter may connect at once
+        server = WSGIServer(listener, create_app(proxy), log=_Log(), error_log=_Log())
+        server.start()
+        return server
     host, _, port = cfg.listen.rpartition(":")
     server = WSGIServer((host.strip("[]"), int(port)), create_app(proxy), log=_Log(), error_log=_Log())
     try:

@@ -50,6 +50,9 @@ SETTINGS = (
     S("server", "max_message_size", int, 256 << 20,
       "Largest single protocol message accepted from a client, in bytes.", min=1024, max=GiB - 1),
     S("server", "tcp_keepalive", bool, True, "Enable TCP keepalive on client and server sockets."),
+    S("server", "workers", int, 1, "Proxy processes sharing the listen port (SO_REUSEPORT), for machines "
+      "with more cores than one process can use; connection limits are split between them and the admin "
+      "API shows them as one proxy.", min=1, max=64),
     # [admin]: the REST API (admin/)
     S("admin", "enabled", bool, True, "Serve the admin REST API."),
     S("admin", "listen", str, "127.0.0.1:9090", "Address of the admin REST API (host:port).", validate=address),

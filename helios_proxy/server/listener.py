@@ -31,9 +31,10 @@ from ..topology.tracker import PrimaryTracker
 from ..routing.router import Router
 from .auth import Authenticator
 from .cancel import CancelMap
-from .session import ClientSession
+from .session import ClientSession, number_sessions
 from .tls import client_context
 from .userlist import load_userlist
+from .workers import share
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,12 @@ def parse_address(text):
 
 
 class Proxy:
-    def __init__(self, config):
+    def __init__(self, config, worker=(0, 1), admin_socket=None):
+        """worker: (index, count) when this is one of several workers (server/workers.py), which
+        serves its admin API on admin_socket for the arbiter."""
+        self.worker, self.admin_socket = worker, admin_socket
+        config = share(config, *worker)
+        number_sessions(*worker)
         self.config = config
         self.sessions = set()
         self.cancels = CancelMap()
@@ -125,16 +131,20 @@ class Proxy:
 
     # --- serving ----------------------------------------------------------------------------
     def start(self):
-        if self.config.admin.enabled:  # first: once clients can connect, so can operators
-            self.admin = admin_server.start(self)
+        if self.config.admin.enabled and self.admin_socket is None:  # first: when clients can connect,
+            self.admin = admin_server.start(self)                   # so can operators
         host, port = parse_address(self.config.server.listen)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         listener = socket.socket(family, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.worker[1] > 1:  # the workers share the port; the kernel spreads the connections
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         listener.bind((host, port))
         listener.listen(1024)
         self.server = StreamServer(listener, self.handle)
         self.server.start()
+        if self.admin_socket is not None:  # a worker: its socket appearing tells the arbiter it is up
+            self.admin = admin_server.start(self, self.admin_socket)
         self.pools.start()
         self.health.start()
         if self.patroni is not None:
@@ -204,7 +214,7 @@ class Proxy:
         """Re-read the config file and apply what can change without a restart. Returns
         {"reloaded": bool, "restart_required": [setting paths], "error": text or None}."""
         try:
-            new = load_file(self.config.source)
+            new = share(load_file(self.config.source), *self.worker)
             users = load_userlist(new.auth.users_file)
         except ConfigError as e:
             log.error("reload failed, keeping the running configuration: %s", e)

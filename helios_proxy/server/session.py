@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 _ids = itertools.count(1)
 
 
+def number_sessions(index, count):
+    """Session ids of worker index of count: index+1, index+1+count, ... (unique over the workers)."""
+    global _ids
+    _ids = itertools.count(index + 1, count)
+
+
 class QueryCanceledWhileWaiting(ProxyError):
     sqlstate = QUERY_CANCELED
 

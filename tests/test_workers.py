@@ -1,0 +1,147 @@
+"""[server] workers = N: several proxy processes on one port, seen by operators as one proxy."""
+import os
+import signal
+import threading
+import time
+
+import psycopg2
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from helios_proxy.config import load
+from helios_proxy.server.workers import share
+
+from .fix_proxy import ProxyProcess
+
+
+def config(**pool):
+    return load({"server": {"workers": 3, "max_client_conn": 100},
+                 "pool": {"max_size": 5, "min_size": 0, "max_db_connections": 7, **pool},
+                 "failover": {"mode": "promote"},
+                 "users": {"app": {"max_connections": 4}},
+                 "nodes": [{"name": "p", "role": "primary"}]})
+
+
+def test_limits_are_split_so_the_workers_keep_the_configured_totals():
+    shares = [share(config(), i, 3) for i in range(3)]
+    assert [c.pool.max_size for c in shares] == [2, 2, 1]
+    assert sum(c.server.max_client_conn for c in shares) == 100
+    assert sum(c.pool.max_db_connections for c in shares) == 7
+    assert [c.users["app"].max_connections for c in shares] == [2, 1, 1]
+    assert [c.pool.min_size for c in shares] == [0, 0, 0]  # 0 means none, not a share of nothing
+    assert [c.failover.mode for c in shares] == ["promote", "external", "external"]  # one promoter
+    assert [c.pool.max_size for c in (share(config(max_size=2), i, 3) for i in range(3))] == [1, 1, 1]
+
+
+@pytest.fixture
+def workers(cluster, tmp_path):
+    p = ProxyProcess(str(tmp_path), cluster, server={"workers": 2, "max_client_conn": 100},
+                     pool={"mode": "transaction", "max_size": 2}, log={"connections": False})
+    p.start()
+    deadline = time.monotonic() + 30
+    while True:  # the admin API comes up once every worker listens
+        try:
+            status, body = p.api("GET", "/workers")
+            if status == 200 and all(w["running"] for w in body):
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, p.output()
+        time.sleep(0.1)
+    yield p
+    p.stop()
+
+
+def run_clients(p, clients, transactions):
+    errors = []
+
+    def work():
+        try:
+            conn = p.connect()
+            conn.autocommit = True
+            cur = conn.cursor()
+            for i in range(transactions):
+                cur.execute("SELECT %s", (i,))
+                assert cur.fetchone() == (i,)
+            conn.close()
+        except Exception as e:  # reported below
+            errors.append(e)
+    threads = [threading.Thread(target=work) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+
+
+def test_workers_share_the_port_and_the_admin_api_adds_them_up(workers):
+    conns = [workers.connect() for _ in range(16)]  # idle, spread by the kernel over the workers
+    try:
+        status, sessions = workers.api("GET", "/sessions")
+        assert status == 200 and len(sessions) == 16
+        assert {s["worker"] for s in sessions} == {0, 1}, sessions
+        assert len({s["id"] for s in sessions}) == 16  # ids are unique over the workers
+    finally:
+        for c in conns:
+            c.close()
+    run_clients(workers, 12, 50)
+    status, pools = workers.api("GET", "/pools")
+    assert status == 200
+    (pool,) = [p for p in pools if p["database"] == "postgres"]
+    assert pool["pool_size"] == 2  # 1 + 1: the workers together keep max_size
+    assert pool["sv_active"] + pool["sv_idle"] <= 2
+    status, stats = workers.api("GET", "/stats")
+    (db,) = [row for row in stats if row["database"] == "postgres"]
+    assert db["total_xact_count"] >= 600 and db["total_query_count"] >= 600
+    status, metrics = workers.api("GET", "/metrics")
+    assert metrics["workers"] == 2
+    assert sum(metrics["transaction_seconds"]["counts"]) >= 600
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{workers.admin_port}/metrics/prometheus", timeout=30) as r:
+        families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+    total = sum(s.value for s in families["helios_transactions"].samples
+                if s.name == "helios_transactions_total" and s.labels["database"] == "postgres")
+    assert total == db["total_xact_count"]
+    status, listed = workers.api("GET", "/config")
+    assert listed["pool"]["max_size"] == 2 and listed["server"]["workers"] == 2
+
+
+def test_a_session_of_either_worker_can_be_ended_through_the_one_api(workers):
+    conns = [workers.connect() for _ in range(12)]
+    try:
+        status, sessions = workers.api("GET", "/sessions")
+        for worker in (0, 1):
+            victim = next(s for s in sessions if s["worker"] == worker)
+            status, body = workers.api("DELETE", f"/sessions/{victim['id']}")
+            assert status == 200 and body == {"killed": victim["id"]}
+        status, after = workers.api("GET", "/sessions")
+        assert len(after) == 10
+        assert workers.api("DELETE", "/sessions/999999")[0] == 404
+        assert workers.api("DELETE", "/sessions/1", token="wrong")[0] == 401
+    finally:
+        for c in conns:
+            try:
+                c.close()
+            except psycopg2.Error:
+                pass
+
+
+def test_reload_reaches_every_worker_and_a_dead_worker_is_started_again(workers):
+    status, body = workers.api("POST", "/reload")
+    assert status == 200 and body["reloaded"] is True
+    status, before = workers.api("GET", "/workers")
+    os.kill(before[1]["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while True:
+        status, now = workers.api("GET", "/workers")
+        if now[1]["running"] and now[1]["pid"] != before[1]["pid"]:
+            break
+        assert time.monotonic() < deadline, workers.output()
+        time.sleep(0.1)
+    assert now[1]["restarts"] == 1
+    run_clients(workers, 4, 20)  # both serve again
+    workers.stop()
+    assert workers.proc.returncode == 0
+    for w in now:  # no worker outlives the arbiter
+        with pytest.raises(ProcessLookupError):
+            os.kill(w["pid"], 0)
