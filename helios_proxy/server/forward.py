@@ -31,14 +31,18 @@ EXECUTE = m.EXECUTE[0]
 PASS = frozenset(range(256)) - {Q, P, B, D, C, X}
 
 
-def names_statement(mtype, data, begin):
-    """Whether a Parse, Bind, Describe or Close in data[begin:] names a prepared statement (the
-    unnamed statement and portals need no translation in pooled modes)."""
+def names_statement(mtype, data, begin, end):
+    """Whether a Parse, Bind, Describe or Close in data[begin:end] names a prepared statement (the
+    unnamed statement and portals need no translation in pooled modes). A message too short to
+    tell says yes: the translation reports it."""
     body = begin + 5
+    if end - body < 2:
+        return True
     if mtype == P:
         return data[body] != 0
     if mtype == B:
-        return data[data.index(0, body) + 1] != 0  # after the portal's name
+        nul = data.find(0, body, end - 1)  # the end of the portal's name
+        return nul < 0 or data[nul + 1] != 0
     return data[body] == STATEMENT and data[body + 1] != 0
 
 
@@ -114,7 +118,7 @@ class Forwarder:
                     start = end
                     self.refuse(mtype, replacement)
                     continue
-            if session.pooled and (mtype == P or mtype == C) and names_statement(mtype, data, begin):
+            if session.pooled and (mtype == P or mtype == C) and names_statement(mtype, data, begin, end):
                 try:
                     local = self.answer_locally(mtype, replacement or bytes(data[begin:end]))
                 except ProxyError as e:
@@ -159,7 +163,8 @@ class Forwarder:
                     plan.expect(p.QUERY, on_fail=on_fail)
                     self.count(Q)
                 continue
-            if session.pooled and (mtype == P or mtype == B or mtype == D) and names_statement(mtype, data, begin):
+            if (session.pooled and (mtype == P or mtype == B or mtype == D)
+                    and names_statement(mtype, data, begin, end)):
                 try:
                     translated = self.translate(mtype, replacement or bytes(data[begin:end]))
                 except ProxyError as e:
