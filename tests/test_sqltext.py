@@ -20,3 +20,11 @@ def test_leading_agrees_with_its_regular_expression():
 def test_mentions_is_case_insensitive():
     assert mentions("CREATE TEMP TABLE t ()", ("temp",))
     assert not mentions("SELECT 1", ("temp", "advisory_lock"))
+
+
+def test_the_context_screens_the_text_a_stage_rewrote():
+    from helios_proxy.pipeline.context import QueryContext
+    ctx = QueryContext(None, "SELECT 1")
+    assert ctx.word == "select" and ctx.lower == "select 1" and ctx.tags == {}
+    ctx.sql = "/* x */ SET a = 1"
+    assert ctx.word is None and ctx.lower == "/* x */ set a = 1"

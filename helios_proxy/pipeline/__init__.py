@@ -23,6 +23,9 @@ STAGES = (
 )
 
 
+CONTINUE = StageResult.CONTINUE
+
+
 def build(config, plugins=None):
     """Instantiate the stages the configuration (and the loaded plugins) enable, in pipeline order."""
     built = []
@@ -39,7 +42,7 @@ def run(stages, ctx):
     """Pass ctx through stages until one does not CONTINUE; return the deciding result."""
     for stage in stages:
         result = stage.process(ctx)
-        if result.action is not Action.CONTINUE:
+        if result is not CONTINUE and result.action is not Action.CONTINUE:
             if result.action is Action.REWRITE:
                 ctx.sql = result.sql
                 continue

@@ -15,6 +15,22 @@ def leading(*keywords):
 
 
 _WORD = re.compile(r"[A-Za-z0-9_]*")
+UNKNOWN = object()  # first_word not computed yet
+
+
+def first_word(sql):
+    """The lower-case first word of sql when it is one statement (a final ';' allowed) that starts
+    without a comment ("" if it starts with no word, e.g. "(SELECT 1)"); None otherwise, when only
+    a regular expression can tell."""
+    body = sql.rstrip()
+    if body.endswith(";"):
+        body = body[:-1]
+    if ";" in body:
+        return None
+    body = body.lstrip()
+    if body[:1] == "/" or body[:1] == "-":  # perhaps a comment before the first word
+        return None
+    return _WORD.match(body).group().lower()
 
 
 class Leading:
@@ -25,20 +41,20 @@ class Leading:
         self.words = frozenset(keywords)
         self.regex = leading(*keywords)
 
-    def search(self, sql):
-        body = sql.rstrip()
-        if body.endswith(";"):
-            body = body[:-1]
-        if ";" not in body:
-            body = body.lstrip()
-            if body[:1] != "/" and body[:1] != "-":  # no comment before the first word
-                return _WORD.match(body).group().lower() in self.words
+    def search(self, sql, word=UNKNOWN):
+        """word: first_word(sql) when the caller has it already."""
+        if word is UNKNOWN:
+            word = first_word(sql)
+        if word is not None:
+            return word in self.words
         return self.regex.search(sql) is not None
 
 
-def mentions(sql, keywords):
-    """Whether any of keywords (lower case) occurs anywhere in sql, in any letter case."""
-    low = sql.lower()
+def mentions(sql, keywords, low=None):
+    """Whether any of keywords (lower case) occurs anywhere in sql, in any letter case (low:
+    sql.lower() when the caller has it already)."""
+    if low is None:
+        low = sql.lower()
     for keyword in keywords:
         if keyword in low:
             return True

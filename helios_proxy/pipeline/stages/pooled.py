@@ -6,7 +6,8 @@ from ..stage import Stage, StageResult
 
 
 class PooledSqlStage(Stage):
-    """Subclasses define `screen(sql)`, `analyze(sql)` and `act(ctx, analysis)`."""
+    """Subclasses define `screen(ctx)` (cheap, may say yes too often), `analyze(sql)` and
+    `act(ctx, analysis)`."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -17,7 +18,7 @@ class PooledSqlStage(Stage):
         return config.pooled_modes
 
     def process(self, ctx):
-        if not ctx.session.pooled or not self.screen(ctx.sql):
+        if not ctx.session.pooled or not self.screen(ctx):
             return StageResult.CONTINUE
         analysis = self.analyses.get(ctx.sql)
         if analysis is None:

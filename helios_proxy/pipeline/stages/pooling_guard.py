@@ -77,8 +77,9 @@ class PoolingGuard(PooledSqlStage):
     analyze = staticmethod(analyze)
 
     @staticmethod
-    def screen(sql):
-        return LEADING.search(sql) or (mentions(sql, ANYWHERE_WORDS) and ANYWHERE.search(sql))
+    def screen(ctx):
+        sql = ctx.sql
+        return LEADING.search(sql, ctx.word) or (mentions(sql, ANYWHERE_WORDS, ctx.lower) and ANYWHERE.search(sql))
 
     def act(self, ctx, fx):
         session = ctx.session

@@ -18,7 +18,7 @@ from pglast.visitors import Visitor
 from ...errors import ProxyError
 from ...pool.prepared import Statement
 from ...protocol import codec
-from ..sqltext import Leading, mentions
+from ..sqltext import Leading
 from ..stage import StageResult
 from .pooled import PooledSqlStage
 
@@ -97,8 +97,10 @@ class SqlPreparedStatements(PooledSqlStage):
         self.rewrites = LRUCache(maxsize=4096)
 
     @staticmethod
-    def screen(sql):
-        return LEADING.search(sql) or (mentions(sql, ("execute",)) and NESTED.search(sql) and EXECUTE.search(sql))
+    def screen(ctx):
+        sql, word = ctx.sql, ctx.word
+        return LEADING.search(sql, word) or ("execute" in ctx.lower and NESTED.search(sql, word)
+                                             and EXECUTE.search(sql))
 
     def act(self, ctx, plan):
         session = ctx.session
