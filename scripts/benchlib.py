@@ -14,9 +14,19 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    """User + system CPU of pid and of its live child processes (server.workers), in seconds."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += int(fields[11]) + int(fields[12])
+    return total / TICK
 
 
 def wait_port(port, timeout=15):
@@ -56,10 +66,12 @@ def start_pgbouncer(base, pg_port, pool_size, mode):
     return proc, port
 
 
-def start_helios(base, pg_port, pool_size, mode, standby_ports=(), extra="", plugins="enabled = false\n"):
+def start_helios(base, pg_port, pool_size, mode, standby_ports=(), extra="", plugins="enabled = false\n",
+                 workers=1):
     """helios-proxy run in front of the primary (and standbys: then reads go to them); extra: more
-    TOML sections; plugins: the body of [plugins] (default: none, whatever is installed). Returns (process, port); the admin API listens on the port in
-    helios-PORT.admin next to the config."""
+    TOML sections; plugins: the body of [plugins] (default: none, whatever is installed); workers:
+    server.workers. Returns (process, port); the admin API listens on the port in helios-PORT.admin
+    next to the config."""
     port, admin_port = free_port(), free_port()
     while admin_port == port:
         admin_port = free_port()
@@ -68,7 +80,8 @@ def start_helios(base, pg_port, pool_size, mode, standby_ports=(), extra="", plu
     for i, sport in enumerate(standby_ports, 1):
         nodes += f'[[nodes]]\nname = "standby{i}"\nhost = "127.0.0.1"\nport = {sport}\nrole = "standby"\n'
     with open(cfg, "w") as f:
-        f.write(f'[server]\nlisten = "127.0.0.1:{port}"\nmax_client_conn = 20000\n[pool]\nmode = "{mode}"\n'
+        f.write(f'[server]\nlisten = "127.0.0.1:{port}"\nmax_client_conn = 20000\nworkers = {workers}\n'
+                f'[pool]\nmode = "{mode}"\n'
                 f'max_size = {pool_size}\n[log]\nconnections = false\n[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
                 f'token = "bench"\n{extra}\n[plugins]\n{plugins}\n{nodes}')
     with open(os.path.join(base, f"helios-{port}.admin"), "w") as f:
