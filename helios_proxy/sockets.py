@@ -1,6 +1,8 @@
 """Socket helpers shared by the client and server sides."""
 import socket
 
+from gevent import socket as gsocket
+
 
 def sendall(sock, data):
     """Like sock.sendall, in one send() when the kernel takes it all (the usual case).
@@ -36,3 +38,12 @@ def recv(sock):
     """Up to 64 KiB from sock as bytes (b"" at EOF), waiting cooperatively like sock.recv."""
     n = sock.recv_into(_SCRATCH)
     return _SCRATCH[:n].tobytes()
+
+
+def recv_later(sock):
+    """recv() on a socket whose peer cannot have sent anything yet (it waits for our answer):
+    wait until it is readable first, saving the read the kernel would answer EAGAIN (a system call
+    and a Python exception). TLS sockets may hold decrypted bytes: they read at once."""
+    if type(sock) is gsocket.socket:
+        sock._wait(sock._read_event)
+    return recv(sock)

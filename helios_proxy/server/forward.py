@@ -16,7 +16,7 @@ from ..plugins.actions import Outcome
 from ..pool import prepared
 from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
-from ..sockets import recv
+from ..sockets import recv, recv_later
 from ..pipeline.stages.sql_prepare import PREPARE_DONE
 from . import plan as p
 
@@ -73,6 +73,8 @@ class Forwarder:
                     session.terminate("terminating connection due to idle-session timeout",
                                       sqlstate=IDLE_SESSION_TIMEOUT)
                     return
+            elif session.outstanding and not buf.pending():  # it waits for our answer now
+                data = recv_later(sock)
             else:
                 data = recv(sock)
             if not data:
