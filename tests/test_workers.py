@@ -145,3 +145,24 @@ def test_reload_reaches_every_worker_and_a_dead_worker_is_started_again(workers)
     for w in now:  # no worker outlives the arbiter
         with pytest.raises(ProcessLookupError):
             os.kill(w["pid"], 0)
+
+
+def test_a_port_in_use_stops_the_arbiter_with_the_workers_error(cluster, tmp_path):
+    import socket
+    import subprocess
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    port = blocker.getsockname()[1]
+    p = ProxyProcess(str(tmp_path), cluster, server={"workers": 2, "listen": f"127.0.0.1:{port}"})
+    try:
+        p.start(wait=False)
+        try:
+            code = p.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(p.output())
+        assert code == 1
+        assert f"cannot listen on 127.0.0.1:{port}" in p.output()
+        assert "Traceback" not in p.output()
+    finally:
+        blocker.close()

@@ -22,6 +22,8 @@ import time
 import gevent
 from gevent.queue import Queue
 
+from ..errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 # Per-process caps that add up over the workers: [section, key] -> smallest share allowed (0 = off).
@@ -89,33 +91,44 @@ class Arbiter:
 
     def serve_forever(self):
         """Run until SIGTERM/SIGINT; returns the exit status."""
-        for worker in self.workers:
-            self.spawn(worker)
-        for worker in self.workers:
-            if not self._wait_ready(worker):
-                self._stop(signal.SIGINT)
-                return 1
-        if self.config.admin.enabled:
-            from ..admin import front
-            self.admin = front.start(self)
-        for signum, name in ((signal.SIGTERM, "term"), (signal.SIGINT, "int"), (signal.SIGHUP, "hup")):
-            gevent.signal_handler(signum, self.commands.put, name)
-        watcher = gevent.spawn(self._supervise)
-        log.info("HeliosProxy listening on %s with %d workers", self.config.server.listen, len(self.workers))
+        watcher = None
         try:
+            for worker in self.workers:
+                self.spawn(worker)
+            for worker in self.workers:
+                if not self._wait_ready(worker):
+                    return 1
+            if self.config.admin.enabled:
+                from ..admin import front
+                self.admin = front.start(self)
+            for signum, name in ((signal.SIGTERM, "term"), (signal.SIGINT, "int"), (signal.SIGHUP, "hup")):
+                gevent.signal_handler(signum, self.commands.put, name)
+            watcher = gevent.spawn(self._supervise)
+            log.info("HeliosProxy listening on %s with %d workers", self.config.server.listen, len(self.workers))
             while True:
                 command = self.commands.get()
                 if command == "hup":
-                    self.signal_all(signal.SIGHUP)
+                    self.reload()
                 else:
-                    self.stopping = True
                     self._stop(signal.SIGTERM if command == "term" else signal.SIGINT)
                     return 0
         finally:
-            watcher.kill()
+            self.stopping = True
+            if watcher is not None:
+                watcher.kill()
+            self._stop(signal.SIGINT)  # whatever is still running (a failed start): at once
             if self.admin is not None:
                 self.admin.stop(timeout=1)
             shutil.rmtree(self.rundir, ignore_errors=True)
+
+    def reload(self):
+        """SIGHUP: every worker reloads; the arbiter re-reads what its admin API uses (the token)."""
+        from ..config import load_file
+        try:
+            self.config.admin.token = load_file(self.path).admin.token
+        except ConfigError as e:
+            log.error("reload failed, keeping the running configuration: %s", e)
+        self.signal_all(signal.SIGHUP)
 
     def _wait_ready(self, worker, timeout=30):
         """True once the worker serves its admin socket; False if it exits first (bad port...)."""
@@ -145,15 +158,21 @@ class Arbiter:
                 worker.restarts += 1
                 self.spawn(worker)
 
+    def running(self):
+        return [w for w in self.workers if w.process is not None and w.process.poll() is None]
+
     def signal_all(self, signum):
-        for worker in self.workers:
-            if worker.process.poll() is None:
-                worker.process.send_signal(signum)
+        for worker in self.running():
+            worker.process.send_signal(signum)
 
     def _stop(self, signum):
+        """Stop every worker still running (SIGTERM: gracefully, within shutdown_timeout)."""
+        self.stopping = True
+        if not self.running():
+            return
         self.signal_all(signum)
         deadline = time.monotonic() + self.config.server.shutdown_timeout + 5
-        for worker in self.workers:
+        for worker in self.running():
             while worker.process.poll() is None and time.monotonic() < deadline:
                 gevent.sleep(0.05)
             if worker.process.poll() is None:
