@@ -40,8 +40,9 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.unix_path)
 
 
-def ask(worker, method, path, body=b"", headers=None, timeout=60):
-    """(status, content type, body) of one request to a worker's private API."""
+def ask(worker, method, path, body=b"", headers=None, timeout=600):
+    """(status, content type, body) of one request to a worker's private API (a switchover may
+    take minutes: the timeout only guards against a worker that hangs)."""
     conn = UnixHTTPConnection(worker.socket, timeout)
     try:
         conn.request(method, path, body=body or None, headers=headers or {})
