@@ -40,10 +40,16 @@ def recv(sock):
     return _SCRATCH[:n].tobytes()
 
 
+def plain(sock):
+    """A plain gevent socket (not TLS, whose object may hold decrypted bytes the kernel does not
+    see): waiting for the kernel to report it readable is then enough."""
+    return type(sock) is gsocket.socket
+
+
 def recv_later(sock):
     """recv() on a socket whose peer cannot have sent anything yet (it waits for our answer):
     wait until it is readable first, saving the read the kernel would answer EAGAIN (a system call
     and a Python exception). TLS sockets may hold decrypted bytes: they read at once."""
-    if type(sock) is gsocket.socket:
+    if plain(sock):
         sock._wait(sock._read_event)
     return recv(sock)

@@ -20,7 +20,7 @@ ENDS = {ONE: frozenset(b"123"), DESCRIBE_STATEMENT: frozenset(b"Tn"), DESCRIBE_P
 ASYNC = frozenset(b"NAS")  # NoticeResponse, NotificationResponse, ParameterStatus: anywhere
 ERROR, READY = ord("E"), ord("Z")
 READY_NOW = object()  # in a FAKE payload list: a ReadyForQuery with the status of that moment
-PASS = (False, b"")   # on_message's usual answer: forward the message, add nothing
+AS_IS = (False, b"")  # on_message's usual answer: forward the message, add nothing
 
 
 class Entry:
@@ -64,14 +64,14 @@ class ResponsePlan:
         if not entries or mtype in ASYNC:
             if mtype == READY:
                 self.status = body
-            return PASS
+            return AS_IS
         head = entries[0]
         if mtype == READY:
             self.status = body
             if self.skipping:
                 return self._skip_to_sync(), self._fakes()
         if self.skipping:
-            return PASS
+            return AS_IS
         kind = head.kind
         if mtype == ERROR and kind == QUERY and head.on_fail:
             head.on_fail()  # a simple query goes on to its ReadyForQuery; only note the failure
@@ -81,12 +81,12 @@ class ResponsePlan:
             if head.on_fail:
                 head.on_fail()
             self.skipping = True
-            return PASS
+            return AS_IS
         if mtype not in ENDS[kind]:
-            return PASS  # rows, ParameterDescription, copy messages... of the head entry
+            return AS_IS  # rows, ParameterDescription, copy messages... of the head entry
         entries.popleft()
         if not head.drop and (not entries or entries[0].kind != FAKE):
-            return PASS
+            return AS_IS
         return head.drop, self._fakes()
 
     def _skip_to_sync(self):

@@ -8,14 +8,14 @@ import logging
 import time
 
 import gevent
-from gevent import get_hub, socket as gsocket
+from gevent import get_hub
 from gevent.hub import Waiter
 
 from ..errors import CONNECTION_FAILURE, ProtocolViolation
 from ..plugins.actions import Outcome
 from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner
-from ..sockets import recv
+from ..sockets import plain, recv
 
 log = logging.getLogger(__name__)
 READY, PARAMETER_STATUS, ERROR = m.READY_FOR_QUERY[0], m.PARAMETER_STATUS[0], m.ERROR_RESPONSE[0]
@@ -129,7 +129,7 @@ class Pumps:
             return gevent.spawn(self._work, session, server)
         parked = self.idle.pop()
         sock = server.sock
-        if type(sock) is gsocket.socket:
+        if plain(sock):
             parked.watcher = sock._read_event
             parked.watcher.start(parked.waiter.switch, (session, server))
         else:
