@@ -166,3 +166,61 @@ def test_a_port_in_use_stops_the_arbiter_with_the_workers_error(cluster, tmp_pat
         assert "Traceback" not in p.output()
     finally:
         blocker.close()
+
+
+def test_a_switchover_through_the_one_api_moves_every_worker_and_loses_no_write(start_proxy, ha_cluster):
+    """Worker 0 switches over while worker 1 holds its clients; afterwards both write to the new
+    primary, and no write acknowledged through either worker is missing there."""
+    from tests.fix_ha import ha_nodes, query
+    p = start_proxy(server={"workers": 2}, pool={"mode": "transaction", "max_size": 4}, nodes=ha_nodes(ha_cluster),
+                    failover={"mode": "promote"}, log={"connections": False},
+                    health={"interval": 0.2, "timeout": 1.0, "failure_threshold": 3, "success_threshold": 1})
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if all(w["running"] for w in p.api("GET", "/workers")[1]):
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, p.output()
+        time.sleep(0.1)
+    p.query("CREATE TABLE switch_rows (id int PRIMARY KEY)")
+    conns = []
+    while len({s["worker"] for s in p.api("GET", "/sessions")[1]}) < 2:  # writers on both workers
+        assert len(conns) < 40
+        conns.append(p.connect())
+    acked, errors, stop, switched = [], [], threading.Event(), threading.Event()
+    after = [0] * len(conns)  # writes acknowledged to each writer once the switchover was done
+
+    def writer(i, conn):
+        conn.autocommit = True
+        cur = conn.cursor()
+        n = i * 100000
+        while not stop.is_set() and n < (i + 1) * 100000:
+            try:
+                cur.execute("INSERT INTO switch_rows VALUES (%s)", (n,))
+                acked.append(n)
+                after[i] += switched.is_set()
+            except psycopg2.Error as e:
+                errors.append(e)
+                return
+            n += 1
+            time.sleep(0.002)
+    threads = [threading.Thread(target=writer, args=(i, c), daemon=True) for i, c in enumerate(conns)]
+    for t in threads:
+        t.start()
+    time.sleep(1)
+    status, body = p.api("POST", "/switchover", {"target": "standby1"})
+    switched.set()
+    time.sleep(2)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert status == 200, body
+    assert not errors, errors[:3]
+    assert all(after), after  # every writer, on either worker, goes on writing after the switch
+    # through either worker, every acknowledged write is on the new primary: none went to the old one
+    rows = {r[0] for r in query(ha_cluster.ports[1], "SELECT id FROM switch_rows")}
+    assert set(acked) <= rows, sorted(set(acked) - rows)[:10]
+    status, nodes = p.api("GET", "/nodes")
+    assert {n["name"]: n["primary"] for n in nodes}["standby1"]

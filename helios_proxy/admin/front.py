@@ -4,8 +4,9 @@ Served by the arbiter on admin.listen; each worker serves the usual API on a pri
 this front asks them. Counters are added up (/stats, /pools, /metrics, /metrics/prometheus), lists of
 sessions and server connections are joined (session ids are unique over the workers: worker i of n
 numbers its sessions i+1, i+1+n, ...), changes go to every worker (/reload, /pause, /nodes/...),
-and what only one proxy may do (/switchover, /failover, /api/sql) goes to worker 0, as does every
-other reading request (/nodes, /topology, /health, the status page). /workers lists the workers;
+and what only one proxy may do (/failover, /api/sql) goes to worker 0, as does every other reading
+request (/nodes, /topology, /health, the status page). A switchover is done by worker 0 while the
+other workers hold their clients (PAUSE) and then take the new primary from it. /workers lists the workers;
 /config shows the configuration as written (each worker runs with its share of the limits).
 """
 import http.client
@@ -13,6 +14,7 @@ import json
 import logging
 import os
 import socket
+from urllib.parse import quote
 
 import gevent
 from flask import Flask, Response, jsonify, request
@@ -25,7 +27,7 @@ from .metrics import prometheus_response
 
 log = logging.getLogger(__name__)
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-ONE_WORKER = ("/switchover", "/failover", "/api/sql")  # actions a single proxy must take
+ONE_WORKER = ("/failover", "/api/sql")  # actions a single proxy must take
 FIRST = object()  # merge: keep the first worker's value
 
 
@@ -191,6 +193,26 @@ def create_app(arbiter):
 
     def snapshot():
         return merge_snapshots(json_of(ask_all(workers, "GET", "/metrics")))
+
+    @app.post("/switchover")
+    def switchover():
+        """Worker 0 switches over; the others hold their clients meanwhile (PAUSE), learn the new
+        primary from it and go on: no worker writes to the old primary after it was fenced."""
+        path, body, headers = forwarded()
+        others, headers = workers[1:], {**headers, "Content-Type": "application/json"}
+
+        def tell(path, **fields):
+            ask_all(others, "POST", path, json.dumps(fields).encode(), headers)
+        tell("/pause", timeout=arbiter.config.failover.switchover_timeout)
+        try:
+            answer = ask(workers[0], "POST", path, body, headers)
+            if answer[0] < 300:
+                done = json.loads(answer[2])
+                tell(f"/nodes/{quote(done['old'], safe='')}/disable", reason=f"switchover to {done['new']}")
+                tell("/primary", node=done["new"], confirm=True)
+        finally:
+            tell("/resume")
+        return passthrough(answer)
 
     @app.get("/metrics")
     def metrics():
