@@ -38,18 +38,23 @@ def workers(cluster, tmp_path):
     p = ProxyProcess(str(tmp_path), cluster, server={"workers": 2, "max_client_conn": 100},
                      pool={"mode": "transaction", "max_size": 2}, log={"connections": False})
     p.start()
-    deadline = time.monotonic() + 30
-    while True:  # the admin API comes up once every worker listens
+    wait_workers(p)
+    yield p
+    p.stop()
+
+
+def wait_workers(p, timeout=30):
+    """Until the arbiter's admin API answers and every worker is up."""
+    deadline = time.monotonic() + timeout
+    while True:
         try:
             status, body = p.api("GET", "/workers")
             if status == 200 and all(w["running"] for w in body):
-                break
+                return
         except OSError:
             pass
         assert time.monotonic() < deadline, p.output()
         time.sleep(0.1)
-    yield p
-    p.stop()
 
 
 def run_clients(p, clients, transactions):
@@ -175,15 +180,7 @@ def test_a_switchover_through_the_one_api_moves_every_worker_and_loses_no_write(
     p = start_proxy(server={"workers": 2}, pool={"mode": "transaction", "max_size": 4}, nodes=ha_nodes(ha_cluster),
                     failover={"mode": "promote"}, log={"connections": False},
                     health={"interval": 0.2, "timeout": 1.0, "failure_threshold": 3, "success_threshold": 1})
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if all(w["running"] for w in p.api("GET", "/workers")[1]):
-                break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, p.output()
-        time.sleep(0.1)
+    wait_workers(p)
     p.query("CREATE TABLE switch_rows (id int PRIMARY KEY)")
     conns = []
     while len({s["worker"] for s in p.api("GET", "/sessions")[1]}) < 2:  # writers on both workers
