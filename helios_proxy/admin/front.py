@@ -28,7 +28,6 @@ from .metrics import prometheus_response
 log = logging.getLogger(__name__)
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 ONE_WORKER = ("/failover", "/api/sql")  # actions a single proxy must take
-FIRST = object()  # merge: keep the first worker's value
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
