@@ -9,6 +9,7 @@ the replies to those extra messages and answers the client's own Parse/Close whe
 not asked.
 """
 import hashlib
+import re
 from collections import OrderedDict
 
 from ..errors import ProxyError
@@ -19,12 +20,18 @@ DUPLICATE_PREPARED = "42P05"
 UNDEFINED_PREPARED = "26000"
 
 
+# A statement that may change session settings each time it runs (SET, set_config(), DO, CALL):
+# its executions make the session capture its settings at the end of the lease.
+SETS = re.compile(rb"set_config|(?:^|[\0\s;])(?:set|reset|discard|do|call)\s", re.I)
+
+
 class Statement:
-    __slots__ = ("server_name", "parse", "route")
+    __slots__ = ("server_name", "parse", "route", "sets")
 
     def __init__(self, server_name, parse):
         self.server_name, self.parse = server_name, parse  # parse: a whole Parse message, server name
         self.route = None  # where a lease for executing it goes (set by the route stage at Parse)
+        self.sets = SETS.search(parse if isinstance(parse, bytes) else parse.encode()) is not None
 
 
 def server_name(rest):

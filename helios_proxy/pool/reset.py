@@ -25,6 +25,8 @@ def reset_for_reuse(server, reset_query, in_flight, full_reset):
             server.execute("ROLLBACK")
         if full_reset and reset_query:
             server.execute(reset_query)
+            if " ".join(reset_query.upper().split()).rstrip(";") != "DISCARD ALL":
+                server.execute(session_state.RESET)  # a custom reset_query must not leave an identity
             server.settings_key = ()
             server.statements.clear()
         else:

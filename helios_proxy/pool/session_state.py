@@ -3,8 +3,17 @@ server connection serves it: at login, and in transaction/statement pooling at e
 
 A server connection remembers whose settings it carries (`settings_key`), so a client that gets the
 same connection back, or one with identical settings, costs no query.
+
+The identity is part of the settings: `session_authorization` and `role` are hidden from
+pg_settings and survive RESET ALL, so they are captured and applied by name (SET SESSION
+AUTHORIZATION DEFAULT, which also resets the role, comes before RESET ALL). A pool logs in as one
+user, so whatever identity one client reached, the next client of that pool can be given back.
 """
-CAPTURE = "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session'"
+IDENTITY = ("session_authorization", "role")  # applied first, in this order
+CAPTURE = ("SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session' "
+           "UNION ALL SELECT 'session_authorization', pg_catalog.current_setting('session_authorization') "
+           "UNION ALL SELECT 'role', pg_catalog.current_setting('role')")
+RESET = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL"
 
 
 def literal(value):
@@ -16,23 +25,34 @@ def settings_key(settings):
     return tuple(sorted(settings.items()))
 
 
+def ordered(settings):
+    """settings' items with the identity first: a role is granted to the session user, not before."""
+    first = [(k, settings[k]) for k in IDENTITY if k in settings]
+    return first + [(k, v) for k, v in settings.items() if k not in IDENTITY]
+
+
 def apply(server, settings, key=None):
     """Make the server's session settings exactly `settings` ({name: value}); raises BackendError."""
     key = settings_key(settings) if key is None else key
     if server.settings_key == key:
         return
-    statements = ["RESET ALL"] if server.settings_key else []
+    statements = [RESET] if server.settings_key else []
     if settings:
         statements.append("SELECT " + ", ".join(f"pg_catalog.set_config({literal(k)}, {literal(v)}, false)"
-                                                for k, v in settings.items()))
+                                                for k, v in ordered(settings)))
     server.settings_key = None  # unknown until the query succeeds
     server.execute("; ".join(statements))
     server.settings_key = key
 
 
 def capture(server):
-    """The settings the client left on the server: {name: value} of every session-level setting."""
-    rows = server.execute(CAPTURE)
-    settings = {name: value for name, value in rows}
+    """The settings the client left on the server: {name: value} of every session-level setting,
+    and its identity where it differs from the login's."""
+    login = server.credentials.user
+    settings = {}
+    for name, value in server.execute(CAPTURE):
+        if name == "role" and value == "none" or name == "session_authorization" and value == login:
+            continue
+        settings[name] = value
     server.settings_key = settings_key(settings)
     return settings

@@ -296,6 +296,8 @@ class Forwarder:
             if body[pos] == 0:
                 return None
             stmt = session.statements.lookup(codec.read_cstr(body, pos)[0])
+            if stmt.sets:
+                session.settings_dirty = True
             out = self.ensure(stmt)
             plan.expect(p.ONE)
             return out + prepared.rename_bind(body, stmt.server_name)

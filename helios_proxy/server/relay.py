@@ -67,6 +67,8 @@ def pump(session, server):
                 elif mtype == PARAMETER_STATUS:
                     name, value = codec.parse_parameter_status(body)
                     server.params[name] = value
+                    # whatever statement caused it, a setting changed: capture them at lease end
+                    session.settings_dirty = True
                 elif mtype == COMPLETE and completions is not None:
                     last_tag = body
             partial = scanner.partial()

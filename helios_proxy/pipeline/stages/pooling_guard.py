@@ -1,4 +1,5 @@
-"""Keeps transaction and statement pooling correct: notes SETs to carry to the next server connection,
+"""Keeps transaction and statement pooling correct: notes SETs (and set_config(), DO, CALL) whose
+settings must be captured and carried to the next server connection,
 pins a client whose SQL creates session state (LISTEN, temp tables, WITH HOLD cursors, session
 advisory locks, LOAD) to its server connection, and refuses transaction blocks in statement mode.
 (Prepared statements have their own stage, sql_prepare.py, and pool/prepared.py.)
@@ -16,10 +17,12 @@ from ..sqltext import Leading, mentions
 from ..stage import StageResult
 from .pooled import PooledSqlStage
 
-LEADING = Leading("set", "reset", "discard", "listen", "unlisten", "load", "begin", "start", "declare")
-ANYWHERE_WORDS = ("temp", "advisory_lock")
-ANYWHERE = re.compile(r"\btemp(orary)?\b|advisory_lock", re.I)
+LEADING = Leading("set", "reset", "discard", "listen", "unlisten", "load", "begin", "start", "declare", "do",
+                  "call")
+ANYWHERE_WORDS = ("temp", "advisory_lock", "set_config")
+ANYWHERE = re.compile(r"\btemp(orary)?\b|advisory_lock|set_config", re.I)
 ADVISORY = re.compile(r"\bpg_(try_)?advisory_lock(_shared)?\s*\(", re.I)
+SET_CONFIG = re.compile(r"set_config", re.I)
 CURSOR_OPT_HOLD = 0x0020
 
 
@@ -46,6 +49,8 @@ def analyze(sql):
         s = raw.stmt
         if isinstance(s, ast.VariableSetStmt):
             fx.settings = fx.settings or not s.is_local
+        elif isinstance(s, (ast.DoStmt, ast.CallStmt)):  # code that may SET or call set_config()
+            fx.settings = True
         elif isinstance(s, ast.DiscardStmt):
             fx.settings = True
             fx.discard = s.target.name == "DISCARD_ALL"
@@ -61,6 +66,8 @@ def analyze(sql):
             fx.pin = "LOAD"
         elif isinstance(s, ast.TransactionStmt) and s.kind.name in ("TRANS_STMT_BEGIN", "TRANS_STMT_START"):
             fx.begins = True
+    if SET_CONFIG.search(sql):  # set_config(name, value, false) anywhere: a session setting
+        fx.settings = True
     if ADVISORY.search(sql):
         fx.pin = "a session-level advisory lock"
     return fx

@@ -138,6 +138,8 @@ class SqlPreparedStatements(PooledSqlStage):
         if sql is None:
             sql = self.rewrites[key] = rename_executes(ctx.sql, mapping)
         ctx.session.sql_needs = stmts
+        if any(s.sets for s in stmts):
+            ctx.session.settings_dirty = True
         return StageResult.rewrite(sql)
 
     def deallocate(self, ctx, name):

@@ -1,0 +1,116 @@
+"""Transaction pooling never lets one client's identity, settings, bytes or errors reach another
+client on the same server connection (one server connection, so every client shares it)."""
+import psycopg
+import psycopg2
+import pytest
+
+from helios_proxy.protocol import codec
+
+from .wire import Wire, error_of
+
+
+@pytest.fixture(scope="module")
+def roles(cluster):
+    cluster.sql("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'iso_alice') THEN "
+                "CREATE ROLE iso_alice; END IF; END $$")
+    cluster.sql("CREATE TABLE IF NOT EXISTS iso_t (a int); GRANT ALL ON iso_t TO iso_alice")
+    return "iso_alice"
+
+
+@pytest.fixture
+def one(start_proxy):
+    """Transaction pooling over exactly one server connection."""
+    return start_proxy(pool={"mode": "transaction", "max_size": 1})
+
+
+def autocommit(proxy, **kw):
+    conn = proxy.connect(**kw)
+    conn.autocommit = True
+    return conn
+
+
+def one_value(conn, sql):
+    cur = conn.cursor()
+    cur.execute(sql)
+    return cur.fetchone()[0]
+
+
+IDENTITY = "select current_user || '/' || session_user"
+
+
+@pytest.mark.parametrize("statement", ["SET SESSION AUTHORIZATION iso_alice", "SET ROLE iso_alice"])
+def test_identity_changes_follow_their_client_and_never_reach_another(one, roles, statement):
+    a, b = autocommit(one), autocommit(one)
+    try:
+        cur = a.cursor()
+        cur.execute(statement)
+        cur.execute("RESET ALL")  # undoes neither, in PostgreSQL
+        seen_by_a = one_value(a, IDENTITY)
+        assert "iso_alice" in seen_by_a
+        assert one_value(b, IDENTITY) == "postgres/postgres"
+        assert one_value(a, IDENTITY) == seen_by_a  # A keeps its identity on its next transaction
+        cur.execute("RESET ROLE; SET SESSION AUTHORIZATION DEFAULT")
+        assert one_value(a, IDENTITY) == "postgres/postgres"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_startup_role_option_stays_with_its_client(one, roles):
+    a = autocommit(one, options="-c role=iso_alice")
+    b = autocommit(one)
+    try:
+        assert one_value(a, "select current_user") == "iso_alice"
+        assert one_value(b, "select current_user") == "postgres"
+        assert one_value(a, "select current_user") == "iso_alice"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_set_config_inside_a_select_follows_its_client(one):
+    a, b = autocommit(one), autocommit(one)
+    try:
+        one_value(a, "select 1, (select pg_catalog.set_config('search_path', 'leaked_schema', false)) as x")
+        assert one_value(b, "show search_path") == '"$user", public'
+        assert one_value(a, "show search_path") == "leaked_schema"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_reported_setting_changed_by_a_function_does_not_reach_the_next_login(one):
+    a = autocommit(one)
+    try:
+        one_value(a, "select count(*) from (select set_config('default_transaction_read_only', 'on', false)) s")
+        c = autocommit(one)  # logs in after the change: greeted with the server's defaults
+        try:
+            assert c.get_parameter_status("default_transaction_read_only") == "off"
+            cur = c.cursor()
+            cur.execute("create temporary table if not exists x (a int) on commit drop")  # a write works
+            assert one_value(c, "show default_transaction_read_only") == "off"
+        finally:
+            c.close()
+        assert one_value(a, "show default_transaction_read_only") == "on"
+    finally:
+        a.close()
+
+
+def test_a_prepared_statement_calling_set_config_follows_its_client(one):
+    with psycopg.connect(one.dsn(), autocommit=True, prepare_threshold=0) as a, \
+            psycopg.connect(one.dsn(), autocommit=True) as b:
+        for i in range(3):  # prepared at the first execution, then Bind/Execute only
+            a.execute("select pg_catalog.set_config('application_name', %s, false)", (f"app{i}",))
+            assert b.execute("show application_name").fetchone()[0] == ""
+        assert a.execute("show application_name").fetchone()[0] == "app2"
+
+
+def test_settings_changed_by_a_do_block_follow_their_client(one):
+    a, b = autocommit(one), autocommit(one)
+    try:
+        a.cursor().execute("DO $$ BEGIN EXECUTE 'SE' || 'T work_mem = ''7MB'''; END $$")
+        assert one_value(b, "show work_mem") == "4MB"
+        assert one_value(a, "show work_mem") == "7MB"
+    finally:
+        a.close()
+        b.close()
