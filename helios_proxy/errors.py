@@ -1,4 +1,6 @@
 """Error classes of the proxy, each carrying the SQLSTATE a client sees (PostgreSQL errcodes)."""
+import struct
+from contextlib import contextmanager
 
 # SQLSTATE codes the proxy itself raises.
 PROTOCOL_VIOLATION = "08P01"
@@ -76,3 +78,18 @@ def node_unreachable(exc):
         return True
     return isinstance(exc, BackendError) and (exc.sqlstate.startswith("08") or
                                               exc.sqlstate in ("57P01", "57P02", "57P03"))
+
+
+# What decoding a truncated or malformed message raises (a missing NUL, a short field, bad UTF-8).
+DECODING_ERRORS = (IndexError, ValueError, struct.error, UnicodeDecodeError)
+
+
+@contextmanager
+def malformed(what, error=None):
+    """Turn a decoding failure inside the block into ProtocolViolation "invalid <what>" (or into
+    error(message) when given), never a traceback."""
+    try:
+        yield
+    except DECODING_ERRORS as e:
+        message = f"invalid {what}"
+        raise (error(message) if error else ProtocolViolation(message)) from e

@@ -52,7 +52,7 @@ CASES = {
     "zero length": struct.pack("!i", 0),
     "negative length": struct.pack("!i", -5),
     "2 GB length": struct.pack("!ii", 2**31 - 1, 196608),
-    "length just over limit": struct.pack("!ii", 10001, 196608),
+    "length just over limit": struct.pack("!ii", 10005, 196608),  # 10000 + the length word is the most
     "password before startup": b"p\x00\x00\x00\x08abc\x00",
 }
 
@@ -85,8 +85,8 @@ def test_newer_minor_version_gets_negotiate_protocol_version(proxy, survivor):
     while not data.endswith(codec.ready_for_query()):
         data += s.recv(4096)
     assert data[:1] == b"v"
-    minor, count = struct.unpack_from("!ii", data, 5)
-    assert (minor, count) == (0, 1) and b"_pq_.fancy\0" in data
+    version, count = struct.unpack_from("!ii", data, 5)
+    assert (version, count) == (3 << 16, 1) and b"_pq_.fancy\0" in data  # the newest we speak: 3.0
     s.sendall(codec.TERMINATE)
     s.close()
 
@@ -183,3 +183,139 @@ def test_cancel_request_with_unknown_key_is_ignored(proxy, survivor):
     s.sendall(codec.special_request(80877102, 12345, 67890))
     assert read_all(s) == b""
     s.close()
+
+
+def login(port, **params):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(codec.startup_message({"user": "postgres", "database": "postgres", **params}))
+    data = b""
+    while not data.endswith(codec.ready_for_query()):
+        chunk = s.recv(65536)
+        assert chunk, data
+        data += chunk
+    return s
+
+
+def test_startup_packet_of_10004_bytes_is_accepted_like_postgres(proxy):
+    params = {"user": "postgres", "database": "postgres", "application_name": ""}
+    params["application_name"] = "x" * (10004 - len(codec.startup_message(params)))
+    packet = codec.startup_message(params)
+    assert len(packet) == 10004
+    s = raw_connect(proxy)
+    s.sendall(packet)
+    data = b""
+    while not data.endswith(codec.ready_for_query()):
+        chunk = s.recv(65536)
+        assert chunk and b"E" != chunk[:1], chunk
+        data += chunk
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def txn_proxy(cluster, tmp_path_factory):
+    from .fix_proxy import ProxyProcess
+    p = ProxyProcess(str(tmp_path_factory.mktemp("txn")), cluster, pool={"mode": "transaction", "max_size": 2})
+    p.start()
+    yield p
+    p.stop()  # asserts no Traceback in its log
+
+
+MALFORMED = {
+    "empty Query": b"Q\0\0\0\x04",
+    "Query without terminator": b"Q\0\0\0\x0cselect 1",
+    "empty Parse": b"P\0\0\0\x04",
+    "Parse without query terminator": b"P\0\0\0\x0cs1\0select",
+    "named Parse without parameter count": b"P\0\0\0\x0fs1\0select 1\0",
+    "empty Bind": b"B\0\0\0\x04",
+    "Bind without statement terminator": b"B\0\0\0\x08\0s1x",
+    "empty Describe": b"D\0\0\0\x04",
+    "Describe of a statement without terminator": b"D\0\0\0\x07Ss1",
+    "empty Close": b"C\0\0\0\x04",
+    "Close of a statement without terminator": b"C\0\0\0\x07Ss1",
+    "Execute without terminator": b"E\0\0\0\x06ab",
+}
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_message_gets_protocol_violation_and_close(proxy, txn_proxy, mode, name):
+    target = proxy if mode == "session" else txn_proxy
+    s = login(target.port)
+    s.sendall(MALFORMED[name] + codec.SYNC)
+    data = read_all(s)
+    s.close()
+    fields = error_fields(data)
+    assert fields["C"] == "08P01", fields
+    if fields["S"] == "FATAL":  # the proxy had to read it: one FATAL, then the connection closes
+        assert fields["M"] == "invalid message format" and data.count(b"FATAL\0") == 2, data
+    else:  # forwarded as is (nothing for the proxy to read in it): PostgreSQL's own answer
+        assert mode == "session" or name.startswith("Execute"), fields
+    assert target.query("select 'still up'") == [("still up",)]
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_unknown_message_type_is_refused_and_never_reaches_another_client(proxy, txn_proxy, mode):
+    """A query and a message of an unknown type in one write: FATAL 08P01 for that client only,
+    while other clients of the same pool go on without an error (a storm of both, bounded)."""
+    import threading
+    target = proxy if mode == "session" else txn_proxy
+    stop, errors, done = threading.Event(), [], [0]
+
+    def innocent():
+        conn = target.connect()
+        conn.autocommit = True
+        cur = conn.cursor()
+        try:
+            while not stop.is_set():
+                cur.execute("select 1")
+                done[0] += 1
+        except Exception as e:
+            errors.append(repr(e))
+        finally:
+            conn.close()
+    threads = [threading.Thread(target=innocent) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(40):
+            s = login(target.port)
+            s.sendall(codec.query("select pg_sleep(0.001)") + b"y\0\0\0\x04")
+            data = read_all(s)
+            s.close()
+            fields = error_fields(data[data.index(b"E\0"):] if b"FATAL" in data else data)
+            assert fields["C"] == "08P01" and fields["M"] == "invalid frontend message type 121", fields
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not errors and done[0] > 0, errors[:3]
+
+
+@pytest.mark.parametrize("method,message", [
+    ("md5", b"p\0\0\0\x04"),                               # no password at all
+    ("md5", b"p\0\0\0\x07abc"),                             # no terminator
+    ("scram-sha-256", b"p\0\0\0\x12SCRAM-SHA-256\0"),         # no length of the client-first message
+    ("scram-sha-256", b"p\0\0\0\x08SCRA"),                  # no terminator
+])
+def test_short_password_messages_get_protocol_violation(start_proxy, tmp_path, passwords, method, message):
+    path = tmp_path / "userlist.txt"
+    path.write_text("".join(f'"{u}" "{p}"\n' for u, p in passwords.items()))
+    target = start_proxy(auth={"method": method, "users_file": str(path)})
+    s = raw_connect(target)
+    s.sendall(codec.startup_message({"user": "md5_user", "database": "postgres"}))
+    assert s.recv(4096)[:1] == b"R"  # the authentication request
+    s.sendall(message)
+    data = read_all(s)
+    s.close()
+    fields = error_fields(data)
+    assert fields["S"] == "FATAL" and fields["C"] == "08P01", fields
+    assert data.count(b"FATAL\0") == 2  # one FATAL
+    # start_proxy's teardown asserts that the log holds no Traceback
+
+
+def test_gssenc_request_followed_by_plaintext_names_the_gssapi_request(proxy, survivor):
+    s = raw_connect(proxy)
+    s.sendall(codec.special_request(80877104) + codec.startup_message({"user": "postgres"}))
+    fields = error_fields(read_all(s))
+    s.close()
+    assert fields["C"] == "08P01" and fields["M"] == "received unencrypted data after GSSAPI encryption request"

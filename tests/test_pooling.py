@@ -513,3 +513,27 @@ def test_a_late_cancel_never_hits_the_next_client_of_the_connection(start_proxy)
         stop.set()
         t.join(30)
     assert not hit
+
+
+@pytest.mark.parametrize("second", [
+    codec.parse("select 2", name="s1"),       # a duplicate name: 42P05 from the proxy
+    codec.parse("EXECUTE s1", name=""),       # SQL EXECUTE of a protocol-level statement: 26000
+    codec.parse("DEALLOCATE nosuch", name=""),  # 26000
+])
+def test_proxy_errors_in_the_extended_protocol_arrive_on_flush(txn, second):
+    """PostgreSQL sends an error at once (Flush or not) and then ignores everything up to Sync."""
+    w = Wire(txn.port)
+    try:
+        w.startup(user="postgres", database="postgres")
+        w.send(codec.parse("select 1", name="s1") + codec.message(b"H"))
+        assert w.read()[0] == b"1"
+        w.send(second + codec.bind([], statement="s1") + codec.message(b"H"))
+        mtype, body = w.read()  # would wait forever before the fix
+        assert mtype == b"E", (mtype, body)
+        assert codec.parse_fields(body)["C"] in ("42P05", "26000")
+        w.send(codec.SYNC)
+        assert w.read()[0] == b"Z"  # the Bind after the error was skipped: no BindComplete
+        w.send(codec.bind([], statement="s1") + codec.execute() + codec.SYNC)
+        assert [t for t, _ in w.until_ready()] == [b"2", b"D", b"C", b"Z"]
+    finally:
+        w.close()

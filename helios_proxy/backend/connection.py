@@ -5,7 +5,7 @@ import time
 import gevent
 from gevent import socket, ssl
 
-from ..errors import BackendError, CONNECTION_FAILURE, INVALID_PASSWORD, SQLCLIENT_UNABLE_TO_ESTABLISH
+from ..errors import BackendError, CONNECTION_FAILURE, INVALID_PASSWORD, SQLCLIENT_UNABLE_TO_ESTABLISH, malformed
 from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
 from ..pool.prepared import ServerStatements
@@ -55,7 +55,8 @@ class ServerConnection:
             params = {"user": self.credentials.user, "database": self.database}
             params.update(startup_params or {})
             self.sock.sendall(codec.startup_message(params))
-            self._login()
+            with malformed("message from the server during login", self._malformed):
+                self._login()
             self.sock.settimeout(None)
         except BaseException:
             self.close()
@@ -153,7 +154,7 @@ class ServerConnection:
     # --- reading ----------------------------------------------------------------------------
     def read_message(self):
         while True:
-            msg = self.rbuf.next_message()
+            msg = self.rbuf.next_message()  # (framing errors raise ProtocolViolation)
             if msg is not None:
                 return msg
             data = recv(self.sock)
@@ -182,8 +183,17 @@ class ServerConnection:
                           + codec.execute(max_rows=max_rows) + codec.SYNC)
         return self._results()
 
+    def _malformed(self, message):
+        """A server that sends what cannot be decoded is not used again."""
+        self.broken = True
+        return BackendError(f"server {self.node.name}: {message}", sqlstate=CONNECTION_FAILURE)
+
     def _results(self):
         """Read up to ReadyForQuery: (columns, rows, truncated); raise BackendError on an error."""
+        with malformed("message from the server", self._malformed):
+            return self._read_results()
+
+    def _read_results(self):
         columns, rows, error, truncated = [], [], None, False
         while True:
             mtype, body = self.read_message()

@@ -112,8 +112,9 @@ def authentication(code, payload=b""):
     return message(m.AUTHENTICATION, pack("!i", code) + payload)
 
 
-def negotiate_protocol_version(minor, unrecognized):
-    body = pack("!ii", minor, len(unrecognized)) + b"".join(cstr(o) for o in unrecognized)
+def negotiate_protocol_version(version, unrecognized):
+    """version: the newest protocol the server speaks, major << 16 | minor (3.0 is 0x00030000)."""
+    body = pack("!ii", version, len(unrecognized)) + b"".join(cstr(o) for o in unrecognized)
     return message(m.NEGOTIATE_PROTOCOL_VERSION, body)
 
 
@@ -171,6 +172,7 @@ def execute(portal="", max_rows=0):
 
 
 SYNC = message(m.SYNC)
+FLUSH = message(m.FLUSH)
 TERMINATE = message(m.TERMINATE)
 
 

@@ -19,9 +19,10 @@ class StartupPacket:
 
 
 def startup_length(header, max_length):
-    """Validate the 4-byte length that opens every startup packet and return it."""
+    """Validate the 4-byte length that opens every startup packet and return it. As in PostgreSQL,
+    max_length (MAX_STARTUP_PACKET_LENGTH) bounds the packet without its length word."""
     length = unpack_from("!i", header, 0)[0]
-    if length < 8 or length > max_length:
+    if length < 8 or length - 4 > max_length:
         raise ProtocolViolation("invalid length of startup packet")
     return length
 

@@ -9,7 +9,7 @@ import os
 from struct import unpack_from
 
 from ..backend.credentials import Credentials
-from ..errors import AuthenticationFailed, BackendError, ProtocolViolation, ProxyError
+from ..errors import AuthenticationFailed, BackendError, ProtocolViolation, ProxyError, malformed
 from ..protocol import codec, messages as m
 from ..protocol.codec import read_cstr
 from ..protocol.scram import MECHANISM, ScramSecret, ScramServer, md5_hash, md5_response
@@ -73,7 +73,8 @@ class Authenticator:
     def _md5(self, client, creds):
         salt = os.urandom(4)
         client.send(codec.authentication(m.AUTH_MD5, salt))
-        answer = read_cstr(client.read_password(), 0)[0]
+        with malformed("password message"):
+            answer = read_cstr(client.read_password(), 0)[0]
         stored = creds.md5
         if stored is None and creds.password is not None:
             stored = md5_hash(creds.password, creds.user)
@@ -86,10 +87,11 @@ class Authenticator:
         server = ScramServer(secret)
         client.send(codec.authentication(m.AUTH_SASL, codec.cstr(MECHANISM) + b"\0"))
         body = client.read_password()
-        mechanism, pos = read_cstr(body, 0)
-        if mechanism != MECHANISM:
-            raise ProtocolViolation("client selected an invalid SASL authentication mechanism")
-        length = unpack_from("!i", body, pos)[0]
+        with malformed("SASL initial response"):
+            mechanism, pos = read_cstr(body, 0)
+            if mechanism != MECHANISM:
+                raise ProtocolViolation("client selected an invalid SASL authentication mechanism")
+            length = unpack_from("!i", body, pos)[0]
         try:
             first = bytes(body[pos + 4:pos + 4 + length]).decode()
             client.send(codec.authentication(m.AUTH_SASL_CONTINUE, server.first(first).encode()))

@@ -10,7 +10,8 @@ import time
 import gevent
 
 from .. import pipeline
-from ..errors import FEATURE_NOT_SUPPORTED, IDLE_SESSION_TIMEOUT, FatalError, ProxyError
+from ..errors import (DECODING_ERRORS, FEATURE_NOT_SUPPORTED, IDLE_SESSION_TIMEOUT, FatalError, ProtocolViolation,
+                      ProxyError)
 from ..pipeline.stage import Action
 from ..plugins.actions import Outcome
 from ..pool import prepared
@@ -26,9 +27,13 @@ STATEMENT = ord("S")
 EXECUTE = m.EXECUTE[0]
 
 
+# Every message type a client may send once logged in (PostgreSQL's SocketBackend); any other is a
+# protocol violation that ends the session, as in PostgreSQL, and is never forwarded.
+VALID = frozenset(b"QPBEFCDHSXdcf")
 # Messages forwarded exactly as they come whenever a server is leased: no pipeline, no statement
 # names to translate (Query, Parse, Bind, Describe, Close and Terminate take the long way).
-PASS = frozenset(range(256)) - {Q, P, B, D, C, X}
+PASS = VALID - {Q, P, B, D, C, X}
+COPY_MESSAGES = frozenset(b"dcf")  # outside COPY, PostgreSQL ignores them
 
 
 def names_statement(mtype, data, begin, end):
@@ -54,7 +59,6 @@ class Forwarder:
     def __init__(self, session):
         self.session = session
         self.skip_to_sync = False  # a refused extended message: drop messages up to Sync
-        self.pending_error = None  # the ErrorResponse to answer at that Sync
 
     def run(self):
         """Read the client until it leaves (Terminate or EOF)."""
@@ -81,8 +85,11 @@ class Forwarder:
                 return
             session.bytes_in += len(data)
             buf.feed(data)
-            if not self.forward(buf):
-                return
+            try:
+                if not self.forward(buf):
+                    return
+            except DECODING_ERRORS as e:  # a truncated Query, Parse, Bind...: 08P01, not a traceback
+                raise ProtocolViolation("invalid message format") from e
 
     def forward(self, buf):
         """Forward every complete message in buf; False once the client sent Terminate."""
@@ -96,6 +103,8 @@ class Forwarder:
                 break
             mtype, begin, end = msg
             if self.skip_to_sync:
+                if mtype not in VALID:
+                    raise ProtocolViolation(f"invalid frontend message type {mtype}")
                 start = end
                 if mtype == S:
                     self.skip_to_sync = False
@@ -111,6 +120,10 @@ class Forwarder:
                 if begin > start:
                     send(data[start:begin])
                 return False
+            if mtype not in VALID:
+                if begin > start:  # what came before it is answered before the FATAL
+                    send(data[start:begin])
+                raise ProtocolViolation(f"invalid frontend message type {mtype}")
             replacement = None
             if stages and (mtype == Q or mtype == P):
                 forward, replacement = self.run_pipeline(mtype, bytes(data[begin + 5:end]))
@@ -137,7 +150,7 @@ class Forwarder:
                     start = end
                     self.answer(b"")
                     continue
-                if mtype == m.FLUSH[0]:
+                if mtype == m.FLUSH[0] or mtype in COPY_MESSAGES:
                     start = end
                     continue
                 if mtype == B and session.next_target is None:  # a named statement: where its Parse went
@@ -370,26 +383,29 @@ class Forwarder:
 
     # --- answers from the proxy -----------------------------------------------------------------
     def refuse(self, mtype, payload):
-        """Answer a Query/Sync/FunctionCall now; an extended message: drop up to Sync, answer there."""
+        """Answer a Query/Sync/FunctionCall now. An extended message: the error goes out now (after
+        what the server owes before it, as PostgreSQL flushes an error at once, Flush or not), then
+        messages are dropped up to Sync, which gets the ReadyForQuery."""
+        session = self.session
         if mtype == Q or mtype == S or mtype == F:
             self.answer(payload)
-        else:
-            self.skip_to_sync = True
-            self.pending_error = payload
+            return
+        self.skip_to_sync = True
+        if session.in_extended and session.server is not None:
+            session.server.send(codec.FLUSH)  # the answers to the messages before it, now
+        self.answer_now(session.plan.fake(payload))
 
     def answer_at_sync(self, send):
         session = self.session
-        payload, self.pending_error = self.pending_error, None
         if session.in_extended:
             # Messages of this batch before the refused one reached the server: it finishes them
-            # at our Sync, and our error goes right before its ReadyForQuery. (Unlike PostgreSQL,
-            # their effects are not rolled back with the batch.)
-            self.answer_now(session.plan.fake(payload))
+            # at our Sync, whose ReadyForQuery is the client's. (Unlike PostgreSQL, their effects
+            # are not rolled back with the batch.)
             send(codec.SYNC)
             session.plan.expect(p.SYNC)
             self.count(S)
         else:
-            self.answer(payload)
+            self.answer(b"")
 
     def answer(self, payload):
         """An answer and a ReadyForQuery, after everything the server still owes the client."""

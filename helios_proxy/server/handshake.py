@@ -54,7 +54,8 @@ def startup(session):
             # CVE-2021-23214: bytes sent before our answer could be read were not protected by TLS
             # (and may be injected); never process them, whatever the answer.
             if peek(session.sock):  # more bytes than the packet read so far
-                raise ProtocolViolation("received unencrypted data after SSL request",
+                request = "SSL request" if pkt.kind == SSL_REQUEST else "GSSAPI encryption request"
+                raise ProtocolViolation(f"received unencrypted data after {request}",
                                         detail="This could be either a client-software bug or evidence "
                                                "of an attempted man-in-the-middle attack.")
             session.sock.sendall(b"S" if accept else b"N")
@@ -88,7 +89,7 @@ def login(session, pkt):
     settings = {k: v for k, v in params.items() if k not in NOT_FORWARDED}
     settings.update(parse_options(params.get("options", "")))
     if pkt.minor > 0 or pkt.extensions:
-        session.send(codec.negotiate_protocol_version(0, pkt.extensions))
+        session.send(codec.negotiate_protocol_version(3 << 16, pkt.extensions))  # we speak 3.0
 
     admin = session.database == cfg.admin.database
     creds = proxy.authenticator.lookup(user, cfg.health.database if admin else session.database)

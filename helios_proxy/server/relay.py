@@ -11,7 +11,7 @@ import gevent
 from gevent import get_hub
 from gevent.hub import Waiter
 
-from ..errors import CONNECTION_FAILURE, ProtocolViolation
+from ..errors import CONNECTION_FAILURE, DECODING_ERRORS, ProtocolViolation
 from ..plugins.actions import Outcome
 from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner
@@ -97,6 +97,8 @@ def pump(session, server):
             return True  # the lease ended and the session let go of this pump
     except ProtocolViolation as e:
         lost(session, server, f"protocol violation from server: {e.message}")
+    except DECODING_ERRORS as e:  # a malformed message from the server: one line, no traceback
+        lost(session, server, f"protocol violation from server: malformed message ({e})")
     except OSError as e:
         lost(session, server, str(e))
     except Exception:

@@ -69,6 +69,7 @@ class ClientSession:
         self.write_lock = Semaphore()
         self.pump = None
         self.closing = None           # reason, once the proxy decided to end the session
+        self.fatal_sent = False       # a FATAL went out: nothing more for the client
         self.login_timer = None
         self.mode = "session"         # pool mode, known once user and database are (handshake)
         self.pooled = False           # transaction/statement: leases end with each transaction
@@ -113,6 +114,10 @@ class ClientSession:
                 if self.server is not None:  # session pooling: the lease from login goes on
                     self.pump = relay.PUMPS.start(self, self.server)
                 Forwarder(self).run()
+        except ProtocolViolation as e:
+            reason = f"{e.sqlstate} {e.message}"
+            log.warning("%r: protocol violation: %s", self, e.message)
+            self.send_error(e)
         except FatalError as e:
             reason = f"{e.sqlstate} {e.message}"
             self.send_error(e)
@@ -170,6 +175,10 @@ class ClientSession:
             sendall(self.sock, data)
 
     def send_error(self, exc):
+        """Send an ErrorResponse; after a FATAL one the client hears nothing more (one FATAL only)."""
+        if self.fatal_sent:
+            return
+        self.fatal_sent = exc.severity == "FATAL"
         try:
             self.send(codec.error_from(exc))
         except OSError:
