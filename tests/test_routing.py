@@ -2,6 +2,7 @@
 primary, hints, SET helios.route, read-your-writes, weighted balancing, the classifier's table."""
 import collections
 import random
+import time
 
 import psycopg
 import psycopg2
@@ -21,11 +22,22 @@ def nodes(cluster, **weights):
     return out
 
 
+def wait_standby_reads(proxy, timeout=15):
+    """Until a read goes to a standby: standbys get reads once their lag has been measured."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proxy.query("select pg_is_in_recovery()") == [(True,)]:
+            return
+        time.sleep(0.05)
+    raise AssertionError("no read reached a standby")
+
+
 @pytest.fixture(scope="module")
 def routed(cluster, tmp_path_factory):
     from .fix_proxy import ProxyProcess
     p = ProxyProcess(str(tmp_path_factory.mktemp("routing")), cluster, pool={"mode": "transaction"},
                      nodes=nodes(cluster)).start()
+    wait_standby_reads(p)
     yield p
     p.stop()
 
@@ -197,6 +209,7 @@ def test_standby_beyond_max_lag_gets_no_reads(start_proxy, cluster, direct):
     conn = proxy.connect()
     conn.autocommit = True
     cur = conn.cursor()
+    wait_standby_reads(proxy)
     assert len(ports_of(cur, "select inet_server_port()", 20)) == 2  # both standbys in use
     paused = psycopg2.connect(host="127.0.0.1", port=cluster.ports[2], user="postgres", dbname="postgres")
     paused.autocommit = True
@@ -245,8 +258,12 @@ def test_unreachable_standby_does_not_fail_clients(start_proxy, cluster):
     proxy = start_proxy(pool={"mode": "transaction"}, nodes=nodes(cluster)[:2] + [dead])
     conn = proxy.connect()
     conn.autocommit = True
+    wait_standby_reads(proxy)
     seen = ports_of(conn.cursor(), "select inet_server_port()", 20)
     assert set(seen) <= {cluster.ports[0], cluster.ports[1]} and seen[cluster.ports[1]] >= 9
+    deadline = time.monotonic() + 15  # the probes decide: health.failure_threshold x health.interval
+    while "node dead is unhealthy" not in proxy.output() and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert "node dead is unhealthy" in proxy.output()
 
 
@@ -316,3 +333,35 @@ def test_health_probes_take_a_stopped_standby_out_and_back(start_proxy, cluster)
     while "node standby2 is healthy again" not in proxy.output() and time.time() < deadline:
         time.sleep(0.05)
     assert len(ports_of(cur, "select inet_server_port()", 20)) == 2
+
+
+def test_a_busy_primary_pool_never_makes_a_lagging_standby_look_fresh(start_proxy, cluster, direct):
+    """The lag check has its own connections: with the only primary connection held by a client,
+    a standby far behind still gets no reads (they wait for the primary instead of reading stale
+    rows); and a standby whose lag cannot be measured is not fit either."""
+    import threading
+    proxy = start_proxy(pool={"mode": "transaction", "max_size": 1}, nodes=nodes(cluster)[:2],
+                        routing={"max_lag_bytes": 64 * 1024, "lag_check_interval": 0.05})
+    wait_standby_reads(proxy)
+    direct.cursor().execute("drop table if exists stale_t; create table stale_t (g int)")
+    paused = psycopg2.connect(host="127.0.0.1", port=cluster.ports[1], user="postgres", dbname="postgres")
+    paused.autocommit = True
+    paused.cursor().execute("select pg_wal_replay_pause()")
+    holder = proxy.connect()
+    try:
+        direct.cursor().execute("insert into stale_t select generate_series(1, 20000)")
+        hc = holder.cursor()
+        hc.execute("select txid_current()")  # a transaction on the primary: its one connection is held
+        time.sleep(0.5)  # lag checks meanwhile
+        counts = []
+        reader = threading.Thread(target=lambda: counts.append(proxy.query("select count(*) from stale_t")))
+        reader.start()
+        time.sleep(0.5)
+        holder.commit()
+        reader.join(30)
+        assert counts == [[(20000,)]]
+    finally:
+        holder.close()
+        paused.cursor().execute("select pg_wal_replay_resume()")
+        paused.close()
+        cluster.wait_replayed()

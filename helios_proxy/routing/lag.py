@@ -2,11 +2,14 @@
 WAL position (bytes) and the replay delay (ms, zero when the standby has replayed all it received).
 A standby beyond `routing.max_lag_bytes` or `max_lag_ms` gets no reads (router.read_nodes).
 
-The monitor borrows an idle connection from any pool of the node, so it needs no credentials of its
-own; a node no client has used yet is not measured (and not excluded).
+The monitor has its own connection to every node (the health probe's user and database), so a busy
+pool never hides a standby's lag. With a lag limit set, a standby whose lag is unknown (never
+measured, or not measured in the last few intervals) is not fit for reads either.
 """
 import logging
+import time
 
+from ..backend.connection import ServerConnection
 from ..errors import ProxyError
 from ..periodic import Periodic
 from ..lsn import lsn
@@ -16,55 +19,72 @@ STANDBY_QUERY = ("SELECT pg_catalog.pg_last_wal_replay_lsn(), CASE WHEN pg_catal
                  "= pg_catalog.pg_last_wal_replay_lsn() THEN 0 ELSE COALESCE(1000 * extract(epoch FROM "
                  "now() - pg_catalog.pg_last_xact_replay_timestamp()), 0) END")
 PRIMARY_QUERY = "SELECT pg_catalog.pg_current_wal_lsn()"
+APPLICATION_NAME = "helios-lag"
+STALE_AFTER = 3  # lag not measured for this many intervals (plus the health timeout) is unknown
 
 
 class LagMonitor(Periodic):
-    def __init__(self, router, pools):
+    def __init__(self, router):
         self.router = router
-        self.pools = pools
-        self.lag = {}   # standby name -> (lag bytes, lag ms)
+        self.lag = {}       # standby name -> (lag bytes, lag ms)
+        self.measured = {}  # standby name -> monotonic time of its last measurement
+        self.conns = {}     # node name -> ServerConnection of the monitor's own
 
     def interval(self):
         return self.router.config.routing.lag_check_interval
 
     def _query(self, node, sql):
-        """sql's first row on node, through an idle connection of one of its pools; None if none."""
-        for pool in list(self.pools.pools.values()):
-            if pool.node.name != node.name:
-                continue
-            conn, ok = None, False
-            try:
-                conn = pool.try_acquire()
-                if conn is None:
-                    continue
-                rows = conn.execute(sql)
-                ok = True
-                return rows[0]
-            except (ProxyError, OSError) as e:  # a node that is down: its health says so, not us
-                log.debug("lag check on %s failed: %s", node.name, e)
-                return None
-            finally:
-                if conn is not None:
-                    pool.release(conn, reusable=ok)
-        return None
+        """sql's first row on node over the monitor's own connection; None when node cannot answer."""
+        cfg = self.router.config
+        conn = self.conns.get(node.name)
+        try:
+            if conn is None or conn.broken:
+                health = self.router.health
+                conn = ServerConnection(node, cfg.health.database, health.credentials(), cfg)
+                conn.connect({"application_name": APPLICATION_NAME}, connect_timeout=cfg.health.timeout)
+                self.conns[node.name] = conn
+            return conn.execute(sql)[0]
+        except (ProxyError, OSError) as e:  # a node that is down: its health says so, not us
+            log.debug("lag check on %s failed: %s", node.name, e)
+            self.conns.pop(node.name, None)
+            if conn is not None:
+                conn.close()
+            return None
 
     def tick(self):
+        if self.router.health is None:
+            return
         node = self.router.primary()
         primary = self._query(node, PRIMARY_QUERY) if node is not None else None
         head = lsn(primary[0]) if primary else None
         health = self.router.health
         for node in self.router.standbys():
-            if health is not None and not health.healthy(node):
+            if not health.healthy(node):
                 continue
             row = self._query(node, STANDBY_QUERY)
-            if row is None or row[0] is None:
-                continue
+            if row is None or row[0] is None or head is None:
+                continue  # unknown: it ages out of `measured`
             replayed = lsn(row[0])
             self.router.replayed[node.name] = max(replayed, self.router.replayed.get(node.name, -1))
-            behind = max(0, head - replayed) if head is not None else 0
-            self.lag[node.name] = (behind, float(row[1] or 0))
+            self.lag[node.name] = (max(0, head - replayed), float(row[1] or 0))
+            self.measured[node.name] = time.monotonic()
 
     def too_far(self, node):
-        cfg = self.router.config.routing
-        behind, delay = self.lag.get(node.name, (0, 0.0))
-        return bool((cfg.max_lag_bytes and behind > cfg.max_lag_bytes) or (cfg.max_lag_ms and delay > cfg.max_lag_ms))
+        """Whether node is beyond a lag limit, or its lag is unknown while a limit is set."""
+        cfg = self.router.config
+        limits = cfg.routing.max_lag_bytes or cfg.routing.max_lag_ms
+        if not limits:
+            return False
+        measured = self.measured.get(node.name)
+        if measured is None or time.monotonic() - measured > (STALE_AFTER * self.interval()
+                                                                + cfg.health.timeout):
+            return True
+        behind, delay = self.lag[node.name]
+        r = cfg.routing
+        return bool((r.max_lag_bytes and behind > r.max_lag_bytes) or (r.max_lag_ms and delay > r.max_lag_ms))
+
+    def stop(self):
+        super().stop()
+        for conn in self.conns.values():
+            conn.close()
+        self.conns.clear()

@@ -151,7 +151,7 @@ class Proxy:
             self.patroni.start()
         self.sampler.start()
         if Router.active(self.config):
-            self.router.lag = LagMonitor(self.router, self.pools)
+            self.router.lag = LagMonitor(self.router)
             self.router.lag.start()
         self.plugins.notify("on_startup", proxy=self)
         log.info("HeliosProxy listening on %s (pool mode %s, %d node(s))", self.config.server.listen,
@@ -232,7 +232,7 @@ class Proxy:
         self.pools.reconfigure(new)
         self.router.configure(new)
         if self.router.on and self.router.lag is None:  # splitting turned on by this reload
-            self.router.lag = LagMonitor(self.router, self.pools)
+            self.router.lag = LagMonitor(self.router)
             self.router.lag.start()
         self.stages = pipeline.build(new, self.plugins)
         self.authenticator.config = new
