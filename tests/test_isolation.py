@@ -114,3 +114,31 @@ def test_settings_changed_by_a_do_block_follow_their_client(one):
     finally:
         a.close()
         b.close()
+
+
+def test_clients_that_leave_before_reading_their_reply_never_stall_the_next(one):
+    """Query, then disconnect at once: the pump of that lease must end or park cleanly, never be
+    handed the next lease dead (which hung that client and spun the proxy)."""
+    import socket
+    import threading
+    for i in range(120):
+        s = socket.create_connection(("127.0.0.1", one.port), timeout=10)
+        s.sendall(codec.startup_message({"user": "postgres", "database": "postgres"}))
+        data = b""
+        while not data.endswith(codec.ready_for_query()):
+            data += s.recv(4096)
+        s.sendall(codec.query("select g from generate_series(1, %d) g" % (1 + i % 4 * 500)))
+        if i % 2:
+            s.shutdown(socket.SHUT_RDWR)
+        s.close()
+        if i % 5 == 0:
+            result = []
+            t = threading.Thread(target=lambda: result.append(one.query("select 42")), daemon=True)
+            t.start()
+            t.join(10)
+            assert result == [[(42,)]], f"a client after {i + 1} early leavers hung"
+    result = []
+    t = threading.Thread(target=lambda: result.append(one.query("select 42")), daemon=True)
+    t.start()
+    t.join(10)
+    assert result == [[(42,)]]

@@ -6,6 +6,7 @@ ReadyForQuery, and, in transaction/statement pooling, ends the lease when the se
 """
 import logging
 import time
+import weakref
 
 import gevent
 from gevent import get_hub
@@ -126,12 +127,24 @@ class Pumps:
 
     def __init__(self):
         self.idle = []  # Parked
+        self.condemned = weakref.WeakSet()  # pumps a session stopped: they die, never park again
+
+    def stop(self, pump, block=False):
+        """End a pump that serves the caller's lease. The kill is delivered later, by the loop: by
+        then the pump may have ended that lease and parked, or taken another client's lease; a
+        condemned pump dies instead of parking, so the kill can reach no other client."""
+        self.condemned.add(pump)
+        pump.kill(block=block)
 
     def start(self, session, server):
         """A greenlet running pump(session, server); it may be one that served others before."""
-        if not self.idle:
+        parked = None
+        while self.idle and parked is None:
+            parked = self.idle.pop()
+            if parked.greenlet.dead:  # never hand a lease to a dead pump (it would hang its client)
+                parked = None
+        if parked is None:
             return gevent.spawn(self._work, session, server)
-        parked = self.idle.pop()
         sock = server.sock
         if plain(sock):
             parked.watcher = sock._read_event
@@ -143,13 +156,17 @@ class Pumps:
     def _work(self, session, server):
         parked = Parked(gevent.getcurrent())
         while True:
-            if not pump(session, server):
+            if not pump(session, server) or parked.greenlet in self.condemned:
                 return  # the session may still hold (and kill) this greenlet: never reuse it
             session = server = None  # hold no references while idle
             parked.waiter = Waiter()
             self.idle.append(parked)
             try:
                 session, server = parked.waiter.get()
+            except BaseException:  # killed while parked (a kill meant for the lease it just ended)
+                if parked in self.idle:
+                    self.idle.remove(parked)
+                raise
             finally:  # woken, or killed while parked: the watcher must not call it again
                 if parked.watcher is not None:
                     parked.watcher.stop()

@@ -137,7 +137,7 @@ class ClientSession:
 
     def finish(self, reason):
         if self.pump is not None:
-            self.pump.kill(block=True)
+            relay.PUMPS.stop(self.pump, block=True)
         self.idle_lease.wait()
         self.proxy.cancels.unregister(self.backend_pid, self.secret)
         if self.server is not None:
@@ -301,7 +301,7 @@ class ClientSession:
         if self.server is not None and self.may_release():
             server, pump = self.server, self.pump
             self.detach()
-            pump.kill()  # it waits in recv; nothing more will come
+            relay.PUMPS.stop(pump)  # it waits in recv; nothing more will come
             self.end_lease(server)
 
     def detach(self):
