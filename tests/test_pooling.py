@@ -483,9 +483,11 @@ def test_mixed_workload_soak_leaves_pool_clean(start_proxy, direct):
     assert proxy.connect().closed == 0
 
 
-def test_a_late_cancel_never_hits_the_next_client_of_the_connection(start_proxy):
+@pytest.mark.parametrize("cancels", [1, 3])
+def test_a_late_cancel_never_hits_the_next_client_of_the_connection(start_proxy, cancels):
     """A cancel request racing the end of its query must not cancel what the next client runs on
-    the same server connection (pool of one): the connection waits until the server took it."""
+    the same server connection (pool of one): the connection waits until the server took it, and
+    every one of several concurrent cancel requests of the client."""
     proxy = start_proxy(pool={"mode": "transaction", "max_size": 1})
     a, b = proxy.connect(), proxy.connect()
     a.autocommit = b.autocommit = True
@@ -502,13 +504,15 @@ def test_a_late_cancel_never_hits_the_next_client_of_the_connection(start_proxy)
     t.start()
     try:
         for i in range(150):
-            timer = threading.Timer(0.004 + (i % 5) * 0.001, a.cancel)
-            timer.start()
+            timers = [threading.Timer(0.004 + (i % 5) * 0.001, a.cancel) for _ in range(cancels)]
+            for timer in timers:
+                timer.start()
             try:
                 a.cursor().execute("SELECT pg_sleep(0.005)")
             except psycopg2.errors.QueryCanceled:
                 pass
-            timer.join()
+            for timer in timers:
+                timer.join()
     finally:
         stop.set()
         t.join(30)
@@ -537,3 +541,33 @@ def test_proxy_errors_in_the_extended_protocol_arrive_on_flush(txn, second):
         assert [t for t, _ in w.until_ready()] == [b"2", b"D", b"C", b"Z"]
     finally:
         w.close()
+
+
+def test_session_mode_cancel_is_delivered_before_its_connection_closes(start_proxy):
+    """libpq's cancel returns when the proxy closes the cancel connection: by then the backend must
+    have taken it, or it cancels the client's next query instead."""
+    proxy = start_proxy(pool={"mode": "session", "max_size": 2})
+    conn = proxy.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    hit = 0
+    for _ in range(30):
+        conn.cancel()  # nothing runs: PostgreSQL ignores it, if it gets it now
+        try:
+            cur.execute("SELECT pg_sleep(0.02)")
+        except psycopg2.errors.QueryCanceled:
+            hit += 1
+    conn.close()
+    assert hit == 0
+
+
+def test_cancel_requests_are_rate_limited_and_logged_in_summary(start_proxy):
+    proxy = start_proxy(pool={"mode": "transaction", "max_size": 2})
+    for i in range(200):
+        s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+        s.sendall(codec.special_request(80877102, 1000 + i, 4242))
+        assert s.recv(16) == b""
+        s.close()
+    log = proxy.output()
+    assert log.count("cancel request") <= 2, log  # not one line per bogus request
+    assert proxy.query("select 1") == [(1,)]

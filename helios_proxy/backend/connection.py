@@ -33,7 +33,7 @@ class ServerConnection:
         self.created = self.last_used = time.monotonic()
         self.rbuf = MessageBuffer(1 << 30)
         self.broken = False
-        self.cancelling = None  # the greenlet sending a cancel request for this connection
+        self.cancelling = []    # greenlets sending cancel requests for this connection, all in flight
 
     def __repr__(self):
         return f"<server {self.node.name} pid={self.pid} db={self.database} user={self.credentials.user}>"
@@ -217,9 +217,11 @@ class ServerConnection:
 
     def cancel(self):
         """Ask the server to cancel what this connection runs (a separate short connection). Until
-        the server has taken the request (`cancelling` done), the pool does not hand the connection
+        the server has taken every such request (`cancelling` done), the pool does not hand the connection
         to another client, whose query the late cancel would hit."""
-        self.cancelling = gevent.spawn(send_cancel, self.node, self.pid, self.secret)
+        sending = gevent.spawn(send_cancel, self.node, self.pid, self.secret)
+        self.cancelling = [g for g in self.cancelling if not g.dead] + [sending]
+        return sending
 
     def idle_and_clean(self):
         """True if the socket has nothing unread and is not at EOF: a liveness check before reuse,

@@ -82,9 +82,9 @@ class Pool:
     def release(self, conn, reusable=True):
         """Give a connection back; a connection that is not reusable is closed. One with a cancel
         request on its way is held back until the server has taken it."""
-        if conn.cancelling is not None:
-            cancelling, conn.cancelling = conn.cancelling, None
-            if not cancelling.dead:
+        if conn.cancelling:
+            cancelling, conn.cancelling = [g for g in conn.cancelling if not g.dead], []
+            if cancelling:
                 gevent.spawn(self._release_after, cancelling, conn, reusable)
                 return
         now = time.monotonic()
@@ -104,8 +104,8 @@ class Pool:
             self.manager.room_freed(self)
 
     def _release_after(self, cancelling, conn, reusable):
-        cancelling.join(timeout=5)
-        self.release(conn, reusable and cancelling.dead)
+        gevent.joinall(cancelling, timeout=5)
+        self.release(conn, reusable and all(g.dead for g in cancelling))
 
     def take_idle(self):
         """An idle connection that passed its checks, or None (never waits, never opens one)."""

@@ -337,10 +337,10 @@ class ClientSession:
             log.info("%r pinned to its server connection: it uses %s", self, reason)
 
     def cancel(self):
-        """A CancelRequest for this session: cancel its server's query, or stop waiting for a server."""
+        """A CancelRequest for this session: cancel its server's query, or stop waiting for a server.
+        Returns False when there was nothing to cancel, else True or the greenlet sending it on."""
         if self.server is not None and not self.server.broken:
-            self.server.cancel()
-            return True
+            return self.server.cancel()
         if self.waiting is not None and not self.waiting.ready():  # out of the queue, error to the client
             self.waiting.set_exception(QueryCanceledWhileWaiting("canceling statement due to user request"))
             return True
