@@ -186,3 +186,47 @@ def test_min_size_warms_up_and_idle_timeout_trims(start_proxy, direct):
     while count() > 2 and time.time() < deadline:
         time.sleep(0.2)
     assert count() >= 2
+
+
+def test_query_timeout_ends_a_client_whose_server_hangs(start_proxy, cluster):
+    """A query the server does not answer in pool.query_timeout (here: pg_sleep; a SIGSTOPped
+    server is the same to the proxy) ends that client with FATAL 57014; others go on."""
+    import psycopg2
+    import time
+    proxy = start_proxy(pool={"mode": "transaction", "max_size": 3, "query_timeout": 0.5})
+    slow = psycopg.connect(proxy.dsn(), autocommit=True)
+    other = proxy.connect()
+    other.autocommit = True
+    started = time.monotonic()
+    with pytest.raises(psycopg.errors.QueryCanceled, match="query timeout") as raised:
+        slow.execute("select pg_sleep(30)")
+    assert raised.value.sqlstate == "57014" and raised.value.diag.severity == "FATAL"
+    assert time.monotonic() - started < 5
+    assert slow.closed
+    cur = other.cursor()
+    cur.execute("select pg_sleep(0.1), 1")  # shorter than the timeout: untouched
+    assert cur.fetchone()[1] == 1
+    d = psycopg2.connect(host="127.0.0.1", port=cluster.primary_port, user="postgres", dbname="postgres")
+    d.autocommit = True
+    dc = d.cursor()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the sleeping backend was canceled, not left running
+        dc.execute("select count(*) from pg_stat_activity where query = 'select pg_sleep(30)' and state = 'active'")
+        if dc.fetchone()[0] == 0:
+            break
+        time.sleep(0.1)
+    assert dc.fetchone() is None and time.monotonic() < deadline
+    d.close()
+
+
+def test_idle_transaction_timeout_frees_the_server(start_proxy):
+    import psycopg2
+    import time
+    proxy = start_proxy(pool={"mode": "transaction", "max_size": 1, "idle_transaction_timeout": 0.5})
+    idle = psycopg.connect(proxy.dsn())
+    idle.execute("select 1")  # a transaction began: the one server connection is held
+    time.sleep(1.5)
+    with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout, match="idle-in-transaction timeout") as raised:
+        idle.execute("select 1")
+    assert raised.value.sqlstate == "25P03"
+    assert proxy.query("select 2") == [(2,)]  # the one server connection was rolled back and reused

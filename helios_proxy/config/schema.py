@@ -88,6 +88,13 @@ SETTINGS = (
     S("pool", "acquire_timeout", float, 120.0,
       "Seconds a client waits for a server connection before an error (PgBouncer's query_wait_timeout).",
       min=0.1, reloadable=True),
+    S("pool", "query_timeout", float, 0.0, "End a client whose request the server has not answered in this "
+      "many seconds (a hung server, a runaway query): the query is canceled, its server connection closed, "
+      "the client gets FATAL 57014; 0 disables. Keep it above PostgreSQL's statement_timeout.", min=0,
+      reloadable=True),
+    S("pool", "idle_transaction_timeout", float, 0.0, "End a client idle inside a transaction this many "
+      "seconds (FATAL 25P03); its transaction is rolled back and the server connection reused; 0 disables.",
+      min=0, reloadable=True),
     S("pool", "connect_timeout", float, 5.0, "Seconds to connect and log in to a backend.", min=0.1,
       reloadable=True),
     S("pool", "reset_query", str, "DISCARD ALL", "Run on a server connection before another client gets it.",

@@ -32,6 +32,7 @@ from ..routing.router import Router
 from .auth import Authenticator
 from .cancel import CancelMap
 from .session import ClientSession, number_sessions
+from .timeouts import SessionTimeouts
 from .tls import client_context
 from .userlist import load_userlist
 from .workers import share
@@ -76,6 +77,7 @@ class Proxy:
         self.stats = Stats()
         self.api_ryw_lsn = None       # WAL position of the last write through POST /api/sql
         self.sampler = StatsSampler(self)
+        self.timeouts = SessionTimeouts(self)  # pool.query_timeout, pool.idle_transaction_timeout
         self.paused = {}              # database (None: all) -> Event cleared while PAUSEd (admin)
         self.commands = Queue()
         self.server = None
@@ -150,6 +152,7 @@ class Proxy:
         if self.patroni is not None:
             self.patroni.start()
         self.sampler.start()
+        self.timeouts.start()
         if Router.active(self.config):
             self.router.lag = LagMonitor(self.router)
             self.router.lag.start()
@@ -202,7 +205,7 @@ class Proxy:
         with gevent.Timeout(2, False):
             while self.sessions:
                 gevent.sleep(0.02)
-        for monitor in (self.health, self.router.lag, self.patroni, self.failover, self.sampler):
+        for monitor in (self.health, self.router.lag, self.patroni, self.failover, self.sampler, self.timeouts):
             if monitor is not None:
                 monitor.stop()
         self.pools.close()
