@@ -4,7 +4,8 @@ import pytest
 
 from helios_proxy import pipeline
 from helios_proxy.config import load
-from helios_proxy.pipeline.stages.query_size import QuerySizeLimit
+from helios_proxy.pipeline.stages.pooling_guard import PoolingGuard
+from helios_proxy.pipeline.stages.sql_prepare import SqlPreparedStatements
 
 from .wire import Wire, error_of
 from helios_proxy.protocol import codec
@@ -14,8 +15,8 @@ NODE = {"name": "p", "port": 5432}
 
 def test_disabled_stage_is_not_built():
     assert pipeline.build(load({"nodes": [NODE]}, environ={})) == ()
-    stages = pipeline.build(load({"nodes": [NODE], "pipeline": {"max_query_bytes": 10}}, environ={}))
-    assert [type(s) for s in stages] == [QuerySizeLimit]
+    stages = pipeline.build(load({"nodes": [NODE], "pool": {"mode": "transaction"}}, environ={}))
+    assert [type(s) for s in stages] == [PoolingGuard, SqlPreparedStatements]
 
 
 def test_rewrite_then_reject_in_order():
@@ -85,3 +86,31 @@ def test_refused_parse_after_unsynced_messages_keeps_one_ready_per_sync(limited)
     second = w.until_ready()
     assert (b"D", b"\x00\x01\x00\x00\x00\x04next") in second
     w.close()
+
+
+def test_large_queries_are_not_parsed_and_keep_pooled_semantics(start_proxy, cluster):
+    """Beyond pipeline.max_parse_bytes a query goes to the primary unparsed; its effects on session
+    state are still followed (set_config) or the client is pinned (a temporary table)."""
+    from .test_routing import nodes, wait_standby_reads
+    proxy = start_proxy(pool={"mode": "transaction", "max_size": 2}, nodes=nodes(cluster)[:2],
+                        pipeline={"max_parse_bytes": 4096})
+    wait_standby_reads(proxy)
+    pad = "x" * 100_000
+    with psycopg.connect(proxy.dsn(), autocommit=True) as a, psycopg.connect(proxy.dsn(), autocommit=True) as b:
+        row = a.execute(f"select length('{pad}'), pg_is_in_recovery()").fetchone()
+        assert row == (100_000, False)  # a read, but too large to classify: the primary
+        a.execute(f"select length('{pad}'), pg_catalog.set_config('application_name', 'big', false)")
+        assert a.execute("show application_name").fetchone() == ("big",)
+        assert b.execute("show application_name").fetchone() == ("",)
+        a.execute(f"create temporary table big_tmp as select '{pad}'::text as v")
+        for _ in range(5):  # pinned: the temporary table stays with its client
+            assert a.execute("select length(v) from big_tmp").fetchone() == (100_000,)
+            b.execute("select 1")
+
+
+def test_default_max_query_bytes_refuses_a_65_mib_query_without_reading_it_twice(start_proxy):
+    proxy = start_proxy(pool={"mode": "transaction"})
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="max_query_bytes"):
+            conn.execute("select length('" + "x" * (65 << 20) + "')")
+        assert conn.execute("select 'next'").fetchone() == ("next",)

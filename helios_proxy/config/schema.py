@@ -48,7 +48,8 @@ SETTINGS = (
     S("server", "max_startup_packet", int, 10000,
       "Largest startup packet accepted, in bytes (PostgreSQL's own limit is 10000).", min=64, max=1 << 20),
     S("server", "max_message_size", int, 256 << 20,
-      "Largest single protocol message accepted from a client, in bytes.", min=1024, max=GiB - 1),
+      "Largest protocol message the proxy holds whole (Query, Parse, Bind, ...), in bytes; larger "
+      "CopyData and other messages it need not read are streamed to the server.", min=1024, max=GiB - 1),
     S("server", "tcp_keepalive", bool, True, "Enable TCP keepalive on client and server sockets."),
     S("server", "workers", int, 1, "Proxy processes sharing the listen port (SO_REUSEPORT), for machines "
       "with more cores than one process can use; connection limits are split between them and the admin "
@@ -128,8 +129,12 @@ SETTINGS = (
       choices=("disable", "prefer", "require", "verify-full")),
     S("tls", "server_ca_file", str, "", "CA bundle used to verify backends with server_mode = verify-full."),
     # [pipeline]: optional per-query stages
-    S("pipeline", "max_query_bytes", int, 0,
+    S("pipeline", "max_query_bytes", int, 64 << 20,
       "Reject SQL text longer than this with SQLSTATE 54000; 0 disables the stage.", min=0, reloadable=True),
+    S("pipeline", "max_parse_bytes", int, 64 << 10,
+      "SQL text longer than this is not parsed or searched on the event loop: it goes to the primary, and "
+      "in pooled modes a client whose large statement may keep session state is pinned.", min=1024,
+      reloadable=True),
     # [routing]: read/write splitting in transaction and statement pooling (needs standbys)
     S("routing", "enabled", bool, True, "Send reads to standbys when standbys are configured (pooled modes)."),
     S("routing", "strategy", str, "round_robin", "How a read picks among standbys.",

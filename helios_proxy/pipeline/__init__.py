@@ -1,5 +1,8 @@
 """The per-query pipeline: a QueryContext passes through the ordered, enabled stages.
 
+(The query size limit, `pipeline.max_query_bytes`, is checked by the forwarder on the message
+length before any stage: a text too large is refused without being decoded.)
+
 STAGES below is the whole pipeline in order (the spec's data-flow diagram); a stage whose feature
 is off is left out of the built tuple, so it costs nothing per query. With no stage enabled the
 session does not even build a QueryContext.
@@ -8,14 +11,12 @@ from .context import QueryContext  # noqa: F401
 from .stage import Action, Stage, StageResult  # noqa: F401
 from .stages.plugins import Plugins
 from .stages.pooling_guard import PoolingGuard
-from .stages.query_size import QuerySizeLimit
 from .stages.route import Route
 from .stages.sql_prepare import SqlPreparedStatements
 
 # In the spec's order: auth proxy, tenant, rate limit, circuit breaker, plugins, rewriter,
 # analytics, routing hints, cache, schema router, lag router, load balancer. Later issues add theirs.
 STAGES = (
-    QuerySizeLimit,
     Plugins,        # plugins' on_query_start (Python packages and WASM modules), when any implements it
     PoolingGuard,   # transaction/statement pooling only: settings, pinning, statement-mode refusals
     SqlPreparedStatements,  # transaction/statement pooling only: PREPARE/EXECUTE/DEALLOCATE

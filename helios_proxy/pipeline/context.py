@@ -5,13 +5,17 @@ from .sqltext import UNKNOWN, first_word
 class QueryContext:
     """One per Query or Parse message that passes the pipeline. Plain slots: built per query."""
 
-    __slots__ = ("session", "sql", "protocol", "statement", "started", "_tags", "_word", "_lower")
+    __slots__ = ("session", "sql", "protocol", "statement", "started", "size", "large", "_tags", "_word",
+                 "_lower")
 
-    def __init__(self, session, sql, protocol="simple", statement=""):
+    def __init__(self, session, sql, protocol="simple", statement="", size=None, large=False):
         self.session = session      # the ClientSession (user, database, client address, ...)
         self.sql = sql              # the query text (simple Query or Parse)
         self.protocol = protocol    # "simple" or "extended"
         self.statement = statement  # prepared statement name (extended)
+        self.size = len(sql) if size is None else size  # bytes of the text as the client sent it
+        # beyond pipeline.max_parse_bytes: stages neither parse nor regex-search it (sqltext.Large)
+        self.large = large
         self.started = 0.0          # monotonic time the pipeline saw it (plugins stage)
         self._tags = self._lower = None
         self._word = (None, UNKNOWN)

@@ -50,6 +50,32 @@ class Leading:
         return self.regex.search(sql) is not None
 
 
+def head_word(sql, limit=4096):
+    """The lower-case first word of sql after whitespace and comments, looking at its first `limit`
+    characters only ("" when there is none there): for texts too large to screen whole."""
+    body = _HEAD.match(sql, 0, limit)
+    return body.group(1).lower() if body else ""
+
+
+_HEAD = re.compile(r"(?:\s|/\*.*?\*/|--[^\n]*\n)*([A-Za-z_]+)", re.S)
+CHUNK = 1 << 20
+
+
+def large_mentions(sql, keywords):
+    """The keywords (lower case) occurring anywhere in a large sql, in any letter case. Scans a
+    megabyte at a time and lets other greenlets run in between: a 16 MiB text costs its clients'
+    neighbours no long stall, and no whole lower-case copy."""
+    import gevent
+    found, overlap = set(), max(len(k) for k in keywords) - 1
+    for at in range(0, len(sql), CHUNK):
+        chunk = sql[at:at + CHUNK + overlap].lower()
+        found.update(k for k in keywords if k in chunk)
+        if len(found) == len(keywords):
+            break
+        gevent.sleep(0)
+    return found
+
+
 def mentions(sql, keywords, low=None):
     """Whether any of keywords (lower case) occurs anywhere in sql, in any letter case (low:
     sql.lower() when the caller has it already)."""

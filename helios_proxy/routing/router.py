@@ -25,6 +25,7 @@ class Router:
         self.stats = {}         # node name -> {"reads": n, "writes": n}
         self.lag = None         # LagMonitor, once started (lag.py)
         self.health = None      # HealthChecker (topology/health.py), once started
+        self.large_queries = 0  # sent to the primary unclassified: larger than pipeline.max_parse_bytes
 
     def configure(self, config):
         self.config = config
@@ -80,6 +81,10 @@ class Router:
         """A client's connection to node failed: have the health checker look at once."""
         if self.health is not None:
             self.health.suspect(node, reason)
+
+    def count_large(self):
+        """A query too large to classify went to the primary (pipeline.max_parse_bytes)."""
+        self.large_queries += 1
 
     def count(self, node, what):
         """Per-node statistics: reads, writes (by lease target), errors."""

@@ -10,8 +10,8 @@ import time
 import gevent
 
 from .. import pipeline
-from ..errors import (DECODING_ERRORS, FEATURE_NOT_SUPPORTED, IDLE_SESSION_TIMEOUT, FatalError, ProtocolViolation,
-                      ProxyError)
+from ..errors import (DECODING_ERRORS, FEATURE_NOT_SUPPORTED, IDLE_SESSION_TIMEOUT, PROGRAM_LIMIT_EXCEEDED, FatalError,
+                      ProtocolViolation, ProxyError)
 from ..pipeline.stage import Action
 from ..plugins.actions import Outcome
 from ..pool import prepared
@@ -51,6 +51,14 @@ def names_statement(mtype, data, begin, end):
     return data[body] == STATEMENT and data[body + 1] != 0
 
 
+BIG = 1 << 16
+
+
+def span(data, a, b):
+    """data[a:b] to send; a large span as a view of the buffer, not a copy."""
+    return data[a:b] if b - a < BIG else memoryview(data)[a:b]
+
+
 class IdleTimeout(Exception):
     pass
 
@@ -59,6 +67,8 @@ class Forwarder:
     def __init__(self, session):
         self.session = session
         self.skip_to_sync = False  # a refused extended message: drop messages up to Sync
+        limit = session.proxy.config.pipeline.max_query_bytes
+        self.max_query = limit + 6 if limit else 1 << 31  # message length with type, length word, NUL
 
     def run(self):
         """Read the client until it leaves (Terminate or EOF)."""
@@ -118,18 +128,26 @@ class Forwarder:
                 continue
             if mtype == X:
                 if begin > start:
-                    send(data[start:begin])
+                    send(span(data, start, begin))
                 return False
             if mtype not in VALID:
                 if begin > start:  # what came before it is answered before the FATAL
-                    send(data[start:begin])
+                    send(span(data, start, begin))
                 raise ProtocolViolation(f"invalid frontend message type {mtype}")
             replacement = None
+            if (mtype == Q or mtype == P) and end - begin > self.max_query:
+                if begin > start:
+                    send(span(data, start, begin))
+                start = end
+                self.refuse(mtype, codec.error_response(
+                    PROGRAM_LIMIT_EXCEEDED, f"query text of about {end - begin} bytes exceeds "
+                                            f"pipeline.max_query_bytes ({self.max_query})"))
+                continue
             if stages and (mtype == Q or mtype == P):
-                forward, replacement = self.run_pipeline(mtype, bytes(data[begin + 5:end]))
+                forward, replacement = self.run_pipeline(mtype, data, begin, end)
                 if not forward:
                     if begin > start:
-                        send(data[start:begin])
+                        send(span(data, start, begin))
                     start = end
                     self.refuse(mtype, replacement)
                     continue
@@ -140,7 +158,7 @@ class Forwarder:
                     local = e
                 if local is not None:
                     if begin > start:
-                        send(data[start:begin])
+                        send(span(data, start, begin))
                     start = end
                     if isinstance(local, ProxyError):
                         self.refuse(mtype, codec.error_response(local.sqlstate, local.message))
@@ -170,7 +188,7 @@ class Forwarder:
                 session.server.statements.clear()
             if mtype == Q and (session.sql_prepare is not None or session.sql_needs):
                 if begin > start:
-                    send(data[start:begin])
+                    send(span(data, start, begin))
                 start = end
                 answered, prefix, on_fail = self.sql_statements()
                 if not answered:
@@ -184,13 +202,13 @@ class Forwarder:
                     translated = self.translate(mtype, replacement or bytes(data[begin:end]))
                 except ProxyError as e:
                     if begin > start:
-                        send(data[start:begin])
+                        send(span(data, start, begin))
                     start = end
                     self.refuse(mtype, codec.error_response(e.sqlstate, e.message))
                     continue
                 if translated is not None:
                     if begin > start:
-                        send(data[start:begin])
+                        send(span(data, start, begin))
                     start = end
                     if translated:
                         send(translated)
@@ -198,7 +216,7 @@ class Forwarder:
                     continue
             if replacement is not None:
                 if begin > start:
-                    send(data[start:begin])
+                    send(span(data, start, begin))
                 start = end
                 send(replacement)
             entry = p.PLAIN_FOR.get(mtype)
@@ -208,7 +226,7 @@ class Forwarder:
                 plan.expect(p.DESCRIBE_STATEMENT if data[begin + 5] == STATEMENT else p.DESCRIBE_PORTAL)
             self.count(mtype)
         if buf.pos > start:
-            send(data[start:buf.pos])
+            send(span(data, start, buf.pos))
         return True
 
     def count(self, mtype):
@@ -227,19 +245,28 @@ class Forwarder:
                 session.queries += 1
 
     # --- the pipeline ---------------------------------------------------------------------------
-    def run_pipeline(self, mtype, body):
-        """Run the stages on a Query or Parse: (True, None) forward as is, (True, message) forward a
-        rewritten message, (False, payload) the proxy answers it."""
+    def run_pipeline(self, mtype, data, begin, end):
+        """Run the stages on the Query or Parse in data[begin:end]: (True, None) forward as is,
+        (True, message) forward a rewritten message, (False, payload) the proxy answers it. The
+        text is decoded straight from the buffer: a large query is copied once, not four times."""
         session = self.session
         if not session.idle_lease.is_set():  # stages see the state the ending lease leaves behind
             session.idle_lease.wait()         # (settings, read-your-writes position)
+        body = begin + 5
         if mtype == Q:
-            sql, name, rest = codec.read_cstr(body, 0)[0], "", b""
+            name, rest, text_at, nul = "", b"", body, data.find(0, body, end)
+            if nul != end - 1:
+                raise ProtocolViolation("invalid message format")
         else:
-            name, pos = codec.read_cstr(body, 0)
-            sql, pos = codec.read_cstr(body, pos)
-            rest = body[pos:]
-        ctx = pipeline.QueryContext(session, sql, "simple" if mtype == Q else "extended", name)
+            name_end = data.index(0, body, end)
+            name = data[body:name_end].decode("utf-8", "replace")
+            text_at, nul = name_end + 1, data.index(0, name_end + 1, end)
+            rest = bytes(data[nul + 1:end])
+        with memoryview(data) as view:
+            sql = str(view[text_at:nul], "utf-8", "replace")
+        size = nul - text_at
+        ctx = pipeline.QueryContext(session, sql, "simple" if mtype == Q else "extended", name, size,
+                                    size > session.proxy.config.pipeline.max_parse_bytes)
         result = pipeline.run(session.proxy.stages, ctx)
         if session.completions is not None:  # a plugin wants on_query_complete
             if result.action is Action.CONTINUE:
@@ -249,7 +276,7 @@ class Forwarder:
                     time.monotonic() - ctx.started, error=result.sqlstate,
                     command_tag=None if result.action is Action.REJECT else "proxy answer"))
         if result.action is Action.CONTINUE:
-            if ctx.sql == sql:
+            if ctx.sql is sql:
                 return True, None
             if mtype == Q:
                 return True, codec.query(ctx.sql)

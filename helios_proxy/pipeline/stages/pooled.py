@@ -6,8 +6,9 @@ from ..stage import Stage, StageResult
 
 
 class PooledSqlStage(Stage):
-    """Subclasses define `screen(ctx)` (cheap, may say yes too often), `analyze(sql)` and
-    `act(ctx, analysis)`."""
+    """Subclasses define `screen(ctx)` (cheap, may say yes too often), `analyze(sql)`,
+    `act(ctx, analysis)` and `act_large(ctx)` for a text beyond pipeline.max_parse_bytes (it must
+    err on the safe side: pin the client rather than miss session state)."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -18,7 +19,11 @@ class PooledSqlStage(Stage):
         return config.pooled_modes
 
     def process(self, ctx):
-        if not ctx.session.pooled or not self.screen(ctx):
+        if not ctx.session.pooled:
+            return StageResult.CONTINUE
+        if ctx.large:  # neither parsed nor regex-searched: the stage decides from cheap looks
+            return self.act_large(ctx)
+        if not self.screen(ctx):
             return StageResult.CONTINUE
         analysis = self.analyses.get(ctx.sql)
         if analysis is None:

@@ -13,7 +13,7 @@ from pglast import ast, parse_sql
 from pglast.parser import ParseError
 
 from ...errors import FEATURE_NOT_SUPPORTED
-from ..sqltext import Leading, mentions
+from ..sqltext import Leading, head_word, large_mentions, mentions
 from ..stage import StageResult
 from .pooled import PooledSqlStage
 
@@ -23,6 +23,8 @@ ANYWHERE_WORDS = ("temp", "advisory_lock", "set_config")
 ANYWHERE = re.compile(r"\btemp(orary)?\b|advisory_lock|set_config", re.I)
 ADVISORY = re.compile(r"\bpg_(try_)?advisory_lock(_shared)?\s*\(", re.I)
 SET_CONFIG = re.compile(r"set_config", re.I)
+SETTING_WORDS = frozenset(("set", "reset", "discard", "do", "call"))
+LARGE_KEYWORDS = ("set_config", "temp", "advisory_lock", "listen", ";")
 CURSOR_OPT_HOLD = 0x0020
 
 
@@ -87,6 +89,16 @@ class PoolingGuard(PooledSqlStage):
     def screen(ctx):
         sql = ctx.sql
         return LEADING.search(sql, ctx.word) or (mentions(sql, ANYWHERE_WORDS, ctx.lower) and ANYWHERE.search(sql))
+
+    def act_large(self, ctx):
+        """A text beyond pipeline.max_parse_bytes: its first word and a chunked keyword scan."""
+        word = head_word(ctx.sql)
+        found = large_mentions(ctx.sql, LARGE_KEYWORDS)
+        fx = Effects(settings=word in SETTING_WORDS or "set_config" in found or ";" in found,
+                     begins=word in ("begin", "start"))
+        if word in ("listen", "load", "declare") or found & {"temp", "advisory_lock", "listen"}:
+            fx.pin = "a statement too large to analyze (pipeline.max_parse_bytes) that may keep session state"
+        return self.act(ctx, fx)
 
     def act(self, ctx, fx):
         session = ctx.session

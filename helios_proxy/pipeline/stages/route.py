@@ -37,11 +37,11 @@ class Route(Stage):
             return StageResult.CONTINUE
         router = session.proxy.router
         sql = ctx.sql
-        if "helios." in sql:
+        if not ctx.large and "helios." in sql:
             answer = self.session_command(session, sql)
             if answer is not None:
                 return answer
-        override = SET_ROUTE.match(sql)
+        override = SET_ROUTE.match(sql) if not ctx.large else None
         if override:
             value = override.group(1).lower()
             if value not in ROUTE_VALUES:
@@ -51,7 +51,7 @@ class Route(Stage):
         if session.server is not None:  # inside a transaction (or pinned): the lease decided already
             return StageResult.CONTINUE
         try:
-            hints = parse_hints(sql, {n.name for n in self.config.nodes}) if "/*+" in sql else {}
+            hints = parse_hints(sql, {n.name for n in self.config.nodes}) if "/*+" in sql[:4096] else {}
         except ProxyError as e:
             return StageResult.reject(e.sqlstate, e.message)
         if "node" in hints:
@@ -62,6 +62,9 @@ class Route(Stage):
             target = (PRIMARY, None)
         elif session.route_override:
             target = (session.route_override, None)
+        elif ctx.large:  # too large to parse on the event loop: the primary can run anything
+            router.count_large()
+            target = (PRIMARY, None)
         else:
             router.ensure_catalog(session.database, session.pool)
             kind = router.classifier.classify(sql, session.database)

@@ -18,7 +18,7 @@ from pglast.visitors import Visitor
 from ...errors import ProxyError
 from ...pool.prepared import Statement
 from ...protocol import codec
-from ..sqltext import Leading
+from ..sqltext import Leading, head_word
 from ..stage import StageResult
 from .pooled import PooledSqlStage
 
@@ -101,6 +101,11 @@ class SqlPreparedStatements(PooledSqlStage):
         sql, word = ctx.sql, ctx.word
         return LEADING.search(sql, word) or ("execute" in ctx.lower and NESTED.search(sql, word)
                                              and EXECUTE.search(sql))
+
+    def act_large(self, ctx):
+        if head_word(ctx.sql) in ("prepare", "execute", "deallocate", "explain", "create"):
+            ctx.session.pin("a PREPARE or EXECUTE too large to analyze (pipeline.max_parse_bytes)")
+        return StageResult.CONTINUE
 
     def act(self, ctx, plan):
         session = ctx.session
