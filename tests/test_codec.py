@@ -86,7 +86,7 @@ def test_unknown_protocol_major_is_0A000():
     assert info.value.sqlstate == "0A000"
 
 
-@pytest.mark.parametrize("length", [-1, 0, 7, 10001, 2**31 - 1])
+@pytest.mark.parametrize("length", [-1, 0, 7, 10005, 2**31 - 1])  # 10000 + the length word: the most
 def test_startup_length_limits(length):
     with pytest.raises(ProtocolViolation, match="invalid length of startup packet"):
         startup_length(struct.pack("!i", length), 10000)
@@ -115,3 +115,8 @@ def test_fuzz_message_buffer_never_raises_anything_but_protocol_violation():
                 pass
         except ProtocolViolation:
             pass
+
+
+def test_startup_length_counts_like_postgres():
+    """MAX_STARTUP_PACKET_LENGTH bounds the packet without its 4-byte length word."""
+    assert startup_length(struct.pack("!i", 10004), 10000) == 10004

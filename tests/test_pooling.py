@@ -571,3 +571,31 @@ def test_cancel_requests_are_rate_limited_and_logged_in_summary(start_proxy):
     log = proxy.output()
     assert log.count("cancel request") <= 2, log  # not one line per bogus request
     assert proxy.query("select 1") == [(1,)]
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_large_copy_data_is_streamed_and_large_held_messages_refused(start_proxy, direct, mode):
+    """A CopyData message larger than server.max_message_size passes (streamed, never held whole);
+    a Bind that large, which the proxy must hold, is refused with 08P01 as soon as its header says so."""
+    proxy = start_proxy(pool={"mode": mode, "max_size": 2}, server={"max_message_size": 1 << 20})
+    direct.cursor().execute("drop table if exists copy_big; create table copy_big (a int, b text)")
+    rows = 40000
+    payload = b"".join(b"%d\t%s\n" % (i, b"y" * 100) for i in range(rows))
+    assert len(payload) > 4 << 20
+    w = Wire(proxy.port)
+    try:
+        w.startup(user="postgres", database="postgres")
+        w.send(codec.query("copy copy_big from stdin"))
+        assert w.read()[0] == b"G"
+        w.send(codec.message(b"d", payload[:len(payload) // 2]) + codec.message(b"d", payload[len(payload) // 2:])
+               + codec.message(b"c"))
+        answer = w.until_ready()
+        assert (b"C", b"COPY %d\0" % rows) in answer, answer[:3]
+        w.send(codec.message(b"B", b"\0\0" + b"\0" * (2 << 20))[:65536])  # its header says 2 MiB
+        fields = error_of([w.read()])
+        assert fields["C"] == "08P01" and "max_message_size" in fields["M"]
+    finally:
+        w.close()
+    cur = direct.cursor()
+    cur.execute("select count(*) from copy_big")
+    assert cur.fetchone()[0] == rows

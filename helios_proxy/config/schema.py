@@ -47,7 +47,7 @@ SETTINGS = (
       "On SIGTERM, seconds to let sessions finish before closing them.", min=0, reloadable=True),
     S("server", "max_startup_packet", int, 10000,
       "Largest startup packet accepted, in bytes (PostgreSQL's own limit is 10000).", min=64, max=1 << 20),
-    S("server", "max_message_size", int, 256 << 20,
+    S("server", "max_message_size", int, 64 << 20,
       "Largest protocol message the proxy holds whole (Query, Parse, Bind, ...), in bytes; larger "
       "CopyData and other messages it need not read are streamed to the server.", min=1024, max=GiB - 1),
     S("server", "tcp_keepalive", bool, True, "Enable TCP keepalive on client and server sockets."),

@@ -46,6 +46,12 @@ class MessageBuffer:
         self.pos = end
         return buf[pos], pos, end
 
+    def head(self):
+        """(type_int, length) of the message at pos when its header is here (not validated), else None."""
+        if len(self.buf) - self.pos < 5:
+            return None
+        return self.buf[self.pos], unpack_int32(self.buf, self.pos + 1)[0]
+
     def next_message(self):
         """Return (type_bytes, body_bytes) of the next complete message, or None."""
         msg = self.next()

@@ -52,6 +52,8 @@ def names_statement(mtype, data, begin, end):
 
 
 BIG = 1 << 16
+STREAM_AT = 1 << 20       # a message the proxy need not read, larger than this, is streamed
+FRAME_LIMIT = (1 << 30) - 1  # PostgreSQL's own limit on a message
 
 
 def span(data, a, b):
@@ -67,6 +69,7 @@ class Forwarder:
     def __init__(self, session):
         self.session = session
         self.skip_to_sync = False  # a refused extended message: drop messages up to Sync
+        self.stream_left = 0       # bytes of a large message still to pass straight to the server
         limit = session.proxy.config.pipeline.max_query_bytes
         self.max_query = limit + 6 if limit else 1 << 31  # message length with type, length word, NUL
 
@@ -74,7 +77,7 @@ class Forwarder:
         """Read the client until it leaves (Terminate or EOF)."""
         session = self.session
         cfg = session.proxy.config.server
-        buf = MessageBuffer(cfg.max_message_size)
+        buf = MessageBuffer(FRAME_LIMIT)  # held messages: cfg.max_message_size, checked in held()
         sock = session.sock
         while True:
             timeout = cfg.client_idle_timeout
@@ -94,6 +97,10 @@ class Forwarder:
             if not data:
                 return
             session.bytes_in += len(data)
+            if self.stream_left:  # the rest of a large message streamed to the server as it comes
+                data = self.stream(data)
+                if not data:
+                    continue
             buf.feed(data)
             try:
                 if not self.forward(buf):
@@ -227,7 +234,35 @@ class Forwarder:
             self.count(mtype)
         if buf.pos > start:
             send(span(data, start, buf.pos))
+        if buf.pending() >= 5:
+            self.held(buf)
         return True
+
+    def held(self, buf):
+        """A message not complete yet: stream it to the server if the proxy need not read it (e.g.
+        CopyData, while leased) and it is large; else it is held whole, up to max_message_size."""
+        session = self.session
+        mtype, length = buf.head()
+        if (length > STREAM_AT and mtype in PASS and session.server is not None and not self.skip_to_sync
+                and not session.discard_pending):
+            entry = p.PLAIN_FOR.get(mtype)
+            if entry is not None:
+                session.plan.entries.append(entry)
+            self.count(mtype)
+            have = len(buf.buf) - buf.pos
+            session.server.send(span(buf.buf, buf.pos, len(buf.buf)))
+            buf.pos = len(buf.buf)
+            self.stream_left = 1 + length - have
+        elif length > session.proxy.config.server.max_message_size:
+            raise ProtocolViolation(f"invalid message length {length} for message type {bytes((mtype,))!r} "
+                                    f"(server.max_message_size)")
+
+    def stream(self, data):
+        """Send the next part of a streamed message; return what follows it."""
+        n = min(len(data), self.stream_left)
+        self.session.server.send(data[:n] if n < len(data) else data)
+        self.stream_left -= n
+        return data[n:]
 
     def count(self, mtype):
         session = self.session
