@@ -142,3 +142,44 @@ def test_clients_that_leave_before_reading_their_reply_never_stall_the_next(one)
     t.start()
     t.join(10)
     assert result == [[(42,)]]
+
+
+def test_api_sql_has_its_own_connections_and_passes_the_plugins(cluster, tmp_path, direct):
+    """/api/sql never runs on a client's pooled connection (a set_config() there reached later
+    clients, even their login ParameterStatus) and goes through the same stages as a client's
+    query (a DELETE the guard refuses on the proxy port emptied the table through the API)."""
+    import os
+    from .fix_proxy import ProxyProcess
+    log = tmp_path / "complete.log"
+    proxy = ProxyProcess(str(tmp_path), cluster, pool={"mode": "transaction", "max_size": 1},
+                         admin={"sql_enabled": True, "token": "test-token"},
+                         plugins={"modules": ["tests.plugins.guard", "tests.plugins.rewrite"],
+                                  "tests.plugins.guard": {"path": str(log)}})
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proxy.start(env={"PYTHONPATH": root})
+    try:
+        client = autocommit(proxy)
+        assert one_value(client, "select 1") == 1  # the pool's one server connection exists
+        status, out = proxy.api("POST", "/api/sql", {"sql": "select pg_catalog.set_config('search_path', 'evil', "
+                                                            "false), set_config('default_transaction_read_only', "
+                                                            "'on', false)"})
+        assert status == 200, out
+        assert one_value(client, "show search_path") == '"$user", public'
+        assert one_value(client, "show default_transaction_read_only") == "off"
+        later = autocommit(proxy)
+        assert later.get_parameter_status("default_transaction_read_only") == "off"
+        later.close()
+        direct.cursor().execute("drop table if exists guarded_t; create table guarded_t as select 1 as a")
+        status, out = proxy.api("POST", "/api/sql", {"sql": "delete from guarded_t"})
+        assert status == 400 and out["sqlstate"] == "P0001", out
+        assert proxy.api("POST", "/api/sql", {"sql": "select 'rewrite me'"})[1]["rows"] == [["rewritten by a plugin"]]
+        cur = direct.cursor()
+        cur.execute("select count(*) from guarded_t")
+        assert cur.fetchone()[0] == 1
+        lines = log.read_text().splitlines()
+        assert "postgres|delete from guarded_t|P0001" in lines
+        assert any(line.startswith("postgres|select pg_catalog.set_config") and line.endswith("|None")
+                   for line in lines), lines
+        client.close()
+    finally:
+        proxy.stop()

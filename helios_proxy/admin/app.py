@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..config.loader import loopback
 
-from . import health, metrics, openapi, ops, resources, status, topology
+from . import health, metrics, openapi, ops, resources, sql, status, topology
 from .common import ApiError
 
 MUTATING = ("POST", "PUT", "PATCH", "DELETE")
@@ -26,7 +26,7 @@ def create_app(proxy):
         check_token(proxy.config.admin)
 
     install_error_handlers(app)
-    for module in (status, health, topology, resources, metrics, ops, openapi):
+    for module in (status, health, topology, resources, metrics, ops, sql, openapi):
         app.register_blueprint(module.bp)
     proxy.plugins.notify("register_admin_routes", app=app)
     return app

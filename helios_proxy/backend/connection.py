@@ -33,6 +33,7 @@ class ServerConnection:
         self.created = self.last_used = time.monotonic()
         self.rbuf = MessageBuffer(1 << 30)
         self.broken = False
+        self.last_tag = None    # the CommandComplete tag of the proxy's own last query
         self.cancelling = []    # greenlets sending cancel requests for this connection, all in flight
 
     def __repr__(self):
@@ -203,6 +204,8 @@ class ServerConnection:
                 columns = codec.parse_row_description(body)
             elif mtype == m.PORTAL_SUSPENDED:
                 truncated = True
+            elif mtype == m.COMMAND_COMPLETE:
+                self.last_tag = codec.read_cstr(body, 0)[0]
             elif mtype == m.ERROR_RESPONSE:
                 error = codec.parse_fields(body)
             elif mtype == m.PARAMETER_STATUS:
