@@ -183,3 +183,25 @@ def test_api_sql_has_its_own_connections_and_passes_the_plugins(cluster, tmp_pat
         client.close()
     finally:
         proxy.stop()
+
+
+def test_shared_prepared_statements_survive_a_schema_change(one, direct):
+    """After ALTER TABLE, a shared server statement of `select * from t` is stale for every client
+    (PostgreSQL: cached plan must not change result type). New clients must not inherit the error,
+    and the client that saw it recovers on its next execution."""
+    direct.cursor().execute("drop table if exists shared_t; create table shared_t (a int); "
+                            "insert into shared_t values (1)")
+    with psycopg.connect(one.dsn(), autocommit=True, prepare_threshold=0) as a:
+        for _ in range(3):
+            assert a.execute("select * from shared_t").fetchall() == [(1,)]
+        direct.cursor().execute("alter table shared_t add column b int default 7")
+        errors = 0
+        for _ in range(3):
+            try:
+                assert a.execute("select * from shared_t").fetchall() == [(1, 7)]
+            except psycopg.errors.FeatureNotSupported:  # PostgreSQL's own answer, once
+                errors += 1
+        assert errors <= 1
+    for _ in range(3):  # new clients of the same pool, same text: never the stale statement
+        with psycopg.connect(one.dsn(), autocommit=True, prepare_threshold=0) as c:
+            assert c.execute("select * from shared_t").fetchall() == [(1, 7)]

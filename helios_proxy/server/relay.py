@@ -14,6 +14,7 @@ from gevent.hub import Waiter
 
 from ..errors import CONNECTION_FAILURE, DECODING_ERRORS, ProtocolViolation
 from ..plugins.actions import Outcome
+from ..pool.prepared import invalidate, stale_plan
 from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner
 from ..sockets import plain, recv
@@ -63,6 +64,8 @@ def pump(session, server):
                     release = session.may_release()
                 elif mtype == ERROR:
                     router.count(server.node, "errors")
+                    if session.pooled and stale_plan(body):  # shared statements outlived a schema change
+                        invalidate(list(server.statements.names))
                     if completions is not None:
                         last_error = codec.parse_fields(body).get("C")
                 elif mtype == PARAMETER_STATUS:
