@@ -308,3 +308,27 @@ def test_patroni_provider_follows_the_leader_patroni_reports(start_proxy, ha_clu
             [(ha_cluster.ports[1],)]
     finally:
         api.shutdown()
+
+
+def test_a_standby_busy_during_failover_still_follows_the_new_primary(start_proxy, ha_cluster):
+    """The other standbys are repointed until they stream from the new primary: a standby that
+    could not answer at the moment of the failover (here: its postmaster stopped for a few seconds,
+    as a loaded machine may delay it) follows the new primary once it answers again."""
+    import signal
+    proxy = start_ha_proxy(start_proxy, ha_cluster)
+    assert proxy.query("select 1") == [(1,)]
+    with open(os.path.join(ha_cluster.datadir(2), "postmaster.pid")) as f:
+        standby2 = int(f.readline())
+    os.kill(standby2, signal.SIGSTOP)
+    try:
+        ha_cluster._run("pg_ctl", "-D", ha_cluster.datadir(0), "-m", "immediate", "stop")
+        wait_for(lambda: not in_recovery(ha_cluster.ports[1]), 30, "standby1 promoted")
+        time.sleep(4)  # longer than health.timeout: the first repoint of standby2 failed
+    finally:
+        os.kill(standby2, signal.SIGCONT)
+    proxy.query("INSERT INTO ha_rows (id) VALUES (-7)")
+    wait_for(lambda: query(ha_cluster.ports[1], "SELECT count(*) FROM pg_stat_replication "
+                                                "WHERE application_name = 'standby2'")[0][0] == 1,
+             40, "standby2 streaming from standby1")
+    wait_for(lambda: query(ha_cluster.ports[2], "SELECT count(*) FROM ha_rows WHERE id = -7")[0][0] == 1,
+             30, "standby2 replaying the new primary's writes")

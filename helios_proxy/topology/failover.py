@@ -26,6 +26,7 @@ from .nodeops import NodeOperationFailed
 from .tracker import NONE
 
 log = logging.getLogger(__name__)
+REPOINT_SECONDS = 30.0  # how long the other standbys get to stream from a new primary
 
 
 class FailoverController:
@@ -161,15 +162,32 @@ class FailoverController:
             gevent.sleep(0.05)
 
     def repoint_others(self, primary, old=None):
+        """Point every other standby at the new primary, and check that it really streams from it:
+        a standby that was busy (a probe timing out under load) or that has not reconnected yet is
+        tried again, for up to REPOINT_SECONDS; one that still does not stream is reported."""
+        pending = {n.name: n for n in self.tracker.standbys() if n.name not in (primary.name, old)}
+        repointed, errors = set(), {}
+        deadline = time.monotonic() + max(REPOINT_SECONDS, self.config.failover.command_timeout)
         try:
-            for node in self.tracker.standbys():
-                if node.name in (primary.name, old):
-                    continue
-                try:
-                    self.ops.repoint(node, primary)
-                    log.warning("failover: %s now streams from %s", node.name, primary.name)
-                except NodeOperationFailed as e:
-                    log.error("failover: could not repoint %s at %s: %s", node.name, primary.name, e.message)
+            while pending:
+                for name, node in list(pending.items()):
+                    try:
+                        if name not in repointed:
+                            self.ops.repoint(node, primary)
+                            repointed.add(name)
+                        if self.ops.streams_to(primary, node):
+                            log.warning("failover: %s now streams from %s", name, primary.name)
+                            del pending[name]
+                    except NodeOperationFailed as e:
+                        errors[name] = e.message
+                if not pending or time.monotonic() >= deadline:
+                    break
+                gevent.sleep(0.5)
+            for name in pending:
+                log.error("failover: %s does not stream from %s after %g s (%s); if its WAL went past the "
+                          "point %s was promoted at, it needs pg_rewind", name, primary.name,
+                          max(REPOINT_SECONDS, self.config.failover.command_timeout),
+                          errors.get(name, "repointed, not connected"), primary.name)
         finally:
             self.state = "idle"
 

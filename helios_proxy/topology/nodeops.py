@@ -76,6 +76,13 @@ class NodeOps:
                 raise NodeOperationFailed(f"{node.name} has not replayed the primary's WAL within {timeout:g} s")
             gevent.sleep(0.02)
 
+    def streams_to(self, primary, standby):
+        """Whether primary's pg_stat_replication shows standby streaming."""
+        name = (standby.application_name or standby.name).replace("'", "''")
+        rows = self.run_sql(primary, "SELECT count(*) FROM pg_catalog.pg_stat_replication WHERE "
+                                     f"application_name = '{name}' AND state = 'streaming'")
+        return rows[0][0] != "0"
+
     def repoint(self, standby, primary):
         """Point standby's streaming replication at primary (host and port in primary_conninfo)."""
         current = self.run_sql(standby, "SELECT setting FROM pg_catalog.pg_settings WHERE name = "
