@@ -73,10 +73,11 @@ class ConfigError(Exception):
 
 def node_unreachable(exc):
     """Whether exc means the server itself is down or going away (not a refusal of this client):
-    a socket error, a connection failure (08xxx) or a shutdown/startup/recovery refusal (57P01-03)."""
+    a socket error, a connection failure (08xxx but a protocol violation: a server that answers
+    garbage is up, and waiting will not mend it) or a shutdown/startup/recovery refusal (57P01-03)."""
     if isinstance(exc, OSError):
         return True
-    return isinstance(exc, BackendError) and (exc.sqlstate.startswith("08") or
+    return isinstance(exc, BackendError) and (exc.sqlstate.startswith("08") and exc.sqlstate != PROTOCOL_VIOLATION or
                                               exc.sqlstate in ("57P01", "57P02", "57P03"))
 
 

@@ -319,3 +319,68 @@ def test_gssenc_request_followed_by_plaintext_names_the_gssapi_request(proxy, su
     fields = error_fields(read_all(s))
     s.close()
     assert fields["C"] == "08P01" and fields["M"] == "received unencrypted data after GSSAPI encryption request"
+
+
+class FakeBackend:
+    """A TCP server on loopback that logs clients in like PostgreSQL (trust), then answers every
+    Query with the bytes it was given: a malformed backend for the proxy."""
+
+    def __init__(self, reply, login_extra=b""):
+        import threading
+        self.reply, self.login_extra = reply, login_extra
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        import threading
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.client, args=(conn,), daemon=True).start()
+
+    def client(self, conn):
+        try:
+            conn.recv(65536)  # the startup packet
+            conn.sendall(codec.authentication(0) + codec.parameter_status("server_version", "15.0")
+                         + self.login_extra + codec.backend_key_data(7, 7) + codec.ready_for_query())
+            while True:
+                data = conn.recv(65536)
+                if not data or data[:1] == b"X":
+                    break
+                if data[:1] == b"Q":
+                    conn.sendall(self.reply)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.listener.close()
+
+
+@pytest.mark.parametrize("name,reply,login_extra", [
+    ("ParameterStatus without terminators", b"S\0\0\0\x07abc", b""),
+    ("length below 4", b"Z\0\0\0\x02", b""),
+    ("malformed ParameterStatus at login", b"", b"S\0\0\0\x07abc"),
+])
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_malformed_backend_replies_cost_one_log_line_not_a_traceback(start_proxy, name, reply, login_extra, mode):
+    backend = FakeBackend(reply, login_extra)
+    try:
+        proxy = start_proxy(pool={"mode": mode, "max_size": 2}, health={"interval": 60},
+                            nodes=[{"name": "fake", "host": "127.0.0.1", "port": backend.port, "role": "primary"}])
+        for _ in range(2):
+            s = raw_connect(proxy)
+            s.sendall(codec.startup_message({"user": "postgres", "database": "postgres"}) + codec.query("select 1"))
+            data = read_all(s)
+            s.close()
+            fields = error_fields(data)
+            assert fields["S"] == "FATAL" and fields["C"] in ("08006", "08P01"), fields
+        assert "Traceback" not in proxy.output()
+    finally:
+        backend.close()

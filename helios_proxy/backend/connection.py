@@ -5,7 +5,8 @@ import time
 import gevent
 from gevent import socket, ssl
 
-from ..errors import BackendError, CONNECTION_FAILURE, INVALID_PASSWORD, SQLCLIENT_UNABLE_TO_ESTABLISH, malformed
+from ..errors import (BackendError, CONNECTION_FAILURE, INVALID_PASSWORD, PROTOCOL_VIOLATION,
+                      SQLCLIENT_UNABLE_TO_ESTABLISH, malformed)
 from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
 from ..pool.prepared import ServerStatements
@@ -187,7 +188,7 @@ class ServerConnection:
     def _malformed(self, message):
         """A server that sends what cannot be decoded is not used again."""
         self.broken = True
-        return BackendError(f"server {self.node.name}: {message}", sqlstate=CONNECTION_FAILURE)
+        return BackendError(f"server {self.node.name}: {message}", sqlstate=PROTOCOL_VIOLATION)
 
     def _results(self):
         """Read up to ReadyForQuery: (columns, rows, truncated); raise BackendError on an error."""

@@ -69,7 +69,8 @@ class Forwarder:
     def __init__(self, session):
         self.session = session
         self.skip_to_sync = False  # a refused extended message: drop messages up to Sync
-        self.stream_left = 0       # bytes of a large message still to pass straight to the server
+        self.stream_left = 0       # bytes of a large message still to pass on (stream_sink) or drop
+        self.stream_sink = None
         limit = session.proxy.config.pipeline.max_query_bytes
         self.max_query = limit + 6 if limit else 1 << 31  # message length with type, length word, NUL
 
@@ -97,7 +98,7 @@ class Forwarder:
             if not data:
                 return
             session.bytes_in += len(data)
-            if self.stream_left:  # the rest of a large message streamed to the server as it comes
+            if self.stream_left:  # the rest of a large message, streamed to the server or dropped
                 data = self.stream(data)
                 if not data:
                     continue
@@ -146,9 +147,7 @@ class Forwarder:
                 if begin > start:
                     send(span(data, start, begin))
                 start = end
-                self.refuse(mtype, codec.error_response(
-                    PROGRAM_LIMIT_EXCEEDED, f"query text of about {end - begin} bytes exceeds "
-                                            f"pipeline.max_query_bytes ({self.max_query})"))
+                self.refuse_too_large(mtype, end - begin)
                 continue
             if stages and (mtype == Q or mtype == P):
                 forward, replacement = self.run_pipeline(mtype, data, begin, end)
@@ -243,26 +242,44 @@ class Forwarder:
         CopyData, while leased) and it is large; else it is held whole, up to max_message_size."""
         session = self.session
         mtype, length = buf.head()
-        if (length > STREAM_AT and mtype in PASS and session.server is not None and not self.skip_to_sync
+        if mtype not in VALID:
+            raise ProtocolViolation(f"invalid frontend message type {mtype}")
+        if self.skip_to_sync and length > STREAM_AT:  # ignored up to Sync anyway: never held
+            self.pass_on(buf, length, None)
+        elif (mtype == Q or mtype == P) and length + 1 > self.max_query:  # refused, never held: dropped
+            self.pass_on(buf, length, None)
+            self.refuse_too_large(mtype, length + 1)
+        elif (length > STREAM_AT and mtype in PASS and session.server is not None and not self.skip_to_sync
                 and not session.discard_pending):
             entry = p.PLAIN_FOR.get(mtype)
             if entry is not None:
                 session.plan.entries.append(entry)
             self.count(mtype)
-            have = len(buf.buf) - buf.pos
-            session.server.send(span(buf.buf, buf.pos, len(buf.buf)))
-            buf.pos = len(buf.buf)
-            self.stream_left = 1 + length - have
+            self.pass_on(buf, length, session.server.send)
         elif length > session.proxy.config.server.max_message_size:
             raise ProtocolViolation(f"invalid message length {length} for message type {bytes((mtype,))!r} "
                                     f"(server.max_message_size)")
 
+    def pass_on(self, buf, length, sink):
+        """Hand the message begun in buf to sink (None: drop it), now and as the rest arrives."""
+        have = len(buf.buf) - buf.pos
+        if sink is not None:
+            sink(span(buf.buf, buf.pos, len(buf.buf)))
+        buf.pos = len(buf.buf)
+        self.stream_left, self.stream_sink = 1 + length - have, sink
+
     def stream(self, data):
-        """Send the next part of a streamed message; return what follows it."""
+        """Pass the next part of a streamed message on; return what follows it."""
         n = min(len(data), self.stream_left)
-        self.session.server.send(data[:n] if n < len(data) else data)
+        if self.stream_sink is not None:
+            self.stream_sink(data[:n] if n < len(data) else data)
         self.stream_left -= n
         return data[n:]
+
+    def refuse_too_large(self, mtype, size):
+        limit = self.max_query - 6
+        self.refuse(mtype, codec.error_response(
+            PROGRAM_LIMIT_EXCEEDED, f"query text of about {size - 6} bytes exceeds pipeline.max_query_bytes ({limit})"))
 
     def count(self, mtype):
         session = self.session
