@@ -15,9 +15,9 @@ HELIOS = os.path.join(os.path.dirname(sys.executable), "helios-proxy")
 FAST_HEALTH = {"interval": 0.2, "timeout": 1.0, "failure_threshold": 3, "success_threshold": 1}
 
 
-def start_ha_proxy(start_proxy, cluster, mode="transaction", failover=None, **sections):
+def start_ha_proxy(start_proxy, cluster, mode="transaction", failover=None, pool=None, **sections):
     sections.setdefault("health", FAST_HEALTH)
-    return start_proxy(pool={"mode": mode, "max_size": 10}, nodes=ha_nodes(cluster),
+    return start_proxy(pool={"mode": mode, "max_size": 10, **(pool or {})}, nodes=ha_nodes(cluster),
                        failover={"mode": "promote", **(failover or {})}, **sections)
 
 
@@ -332,3 +332,29 @@ def test_a_standby_busy_during_failover_still_follows_the_new_primary(start_prox
              40, "standby2 streaming from standby1")
     wait_for(lambda: query(ha_cluster.ports[2], "SELECT count(*) FROM ha_rows WHERE id = -7")[0][0] == 1,
              30, "standby2 replaying the new primary's writes")
+
+
+def test_query_timeout_bounds_writes_on_a_hung_primary(start_proxy, ha_cluster):
+    """Every PostgreSQL process of the primary stopped (SIGSTOP): an in-flight write is ended by
+    pool.query_timeout with FATAL 57014 instead of waiting on the hung server without bound."""
+    import signal
+    import psycopg
+    proxy = start_ha_proxy(start_proxy, ha_cluster, failover={"mode": "external"}, pool={"query_timeout": 1.0})
+    conn = psycopg.connect(proxy.dsn(), autocommit=True)
+    conn.execute("INSERT INTO ha_rows (id) VALUES (-11)")
+    with open(os.path.join(ha_cluster.datadir(0), "postmaster.pid")) as f:
+        postmaster = int(f.readline())
+    children = [int(p) for p in subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True,
+                                                 text=True).stdout.split()]
+    stopped = [postmaster] + children
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled, match="query timeout"):
+            conn.execute("INSERT INTO ha_rows (id) VALUES (-12)")
+        assert time.monotonic() - started < 10
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        conn.close()
