@@ -205,3 +205,14 @@ def test_shared_prepared_statements_survive_a_schema_change(one, direct):
     for _ in range(3):  # new clients of the same pool, same text: never the stale statement
         with psycopg.connect(one.dsn(), autocommit=True, prepare_threshold=0) as c:
             assert c.execute("select * from shared_t").fetchall() == [(1, 7)]
+
+
+def test_ddl_through_the_proxy_makes_shared_statements_reparse_before_their_next_use(one, direct):
+    direct.cursor().execute("drop table if exists ddl_t; create table ddl_t (a int); insert into ddl_t values (1)")
+    with psycopg.connect(one.dsn(), autocommit=True, prepare_threshold=0) as a, \
+            psycopg.connect(one.dsn(), autocommit=True) as b:
+        for _ in range(3):
+            assert a.execute("select * from ddl_t").fetchall() == [(1,)]
+        b.execute("alter table ddl_t add column b int default 7")
+        for _ in range(3):  # no client sees "cached plan must not change result type"
+            assert a.execute("select * from ddl_t").fetchall() == [(1, 7)]

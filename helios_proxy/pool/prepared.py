@@ -94,6 +94,7 @@ def _undefined(name):
 # connection that parsed a name before its latest generation holds a stale copy; it is closed and
 # parsed again (invisibly) the next time a client needs it there, on every connection of every pool.
 GENERATIONS = {}
+EVERY = [0]  # bumped by a schema change through the proxy: every statement is stale
 STALE_PLAN_ERRORS = ((b"C0A000\0", b"cached plan must not change result type"),
                      (b"CXX000\0", b"cache lookup failed for type"))
 
@@ -108,6 +109,14 @@ def invalidate(names):
         GENERATIONS[name] = GENERATIONS.get(name, 0) + 1
 
 
+def invalidate_all():
+    EVERY[0] += 1
+
+
+def generation(name):
+    return EVERY[0], GENERATIONS.get(name, 0)
+
+
 class ServerStatements:
     """The statements one server connection has (name -> generation parsed), least recently used first."""
 
@@ -117,7 +126,7 @@ class ServerStatements:
 
     def __contains__(self, name):
         """Whether the server has name, parsed since its last invalidation."""
-        if self.names.get(name, -1) == GENERATIONS.get(name, 0):
+        if self.names.get(name) == generation(name):
             self.names.move_to_end(name)
             return True
         return False
@@ -126,7 +135,7 @@ class ServerStatements:
         """Record name; return the names to close first (the caller closes them): a stale copy of
         name itself, and those evicted to stay under the cap."""
         evicted = [name] if name in self.names else []
-        self.names[name] = GENERATIONS.get(name, 0)
+        self.names[name] = generation(name)
         self.names.move_to_end(name)
         while len(self.names) > self.cap:
             evicted.append(self.names.popitem(last=False)[0])

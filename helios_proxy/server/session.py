@@ -18,7 +18,7 @@ from gevent.lock import Semaphore
 
 from ..errors import (ADMIN_SHUTDOWN, QUERY_CANCELED, BackendError, FatalError, ProtocolViolation, ProxyError,
                       node_unreachable)
-from ..pool import session_state
+from ..pool import prepared, session_state
 from ..pool.prepared import ClientStatements
 from ..pool.reset import reset_for_reuse
 from ..protocol import codec, messages as m
@@ -76,6 +76,7 @@ class ClientSession:
         self.pinned = None            # why this client keeps its server connection (pooled modes)
         self.settings = {}            # session settings the client expects on any server (+ settings_key)
         self.settings_dirty = False   # the client ran SET/RESET/DISCARD: capture at lease end
+        self.schema_changed = False   # it ran DDL: shared statements are re-parsed after it commits
         self.idle_lease = Event()     # set while no lease is being ended
         self.idle_lease.set()
         self.waiting = None           # the AsyncResult it waits on for a server, while it waits
@@ -313,6 +314,9 @@ class ClientSession:
     def end_lease(self, server):
         """Back to the pool after a transaction (pooled modes), carrying the client's new settings."""
         try:
+            if self.schema_changed:
+                self.schema_changed = False
+                prepared.invalidate_all()
             if self.settings_dirty:
                 self.settings_dirty = False
                 self.settings = session_state.capture(server)

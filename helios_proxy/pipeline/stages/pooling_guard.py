@@ -13,12 +13,13 @@ from pglast import ast, parse_sql
 from pglast.parser import ParseError
 
 from ...errors import FEATURE_NOT_SUPPORTED
+from ...pool.prepared import invalidate_all
 from ..sqltext import Leading, head_word, large_mentions, mentions
 from ..stage import StageResult
 from .pooled import PooledSqlStage
 
 LEADING = Leading("set", "reset", "discard", "listen", "unlisten", "load", "begin", "start", "declare", "do",
-                  "call")
+                  "call", "alter", "drop", "create")
 ANYWHERE_WORDS = ("temp", "advisory_lock", "set_config")
 ANYWHERE = re.compile(r"\btemp(orary)?\b|advisory_lock|set_config", re.I)
 ADVISORY = re.compile(r"\bpg_(try_)?advisory_lock(_shared)?\s*\(", re.I)
@@ -26,15 +27,18 @@ SET_CONFIG = re.compile(r"set_config", re.I)
 SETTING_WORDS = frozenset(("set", "reset", "discard", "do", "call"))
 LARGE_KEYWORDS = ("set_config", "temp", "advisory_lock", "listen", ";")
 CURSOR_OPT_HOLD = 0x0020
+DDL_PREFIXES = ("Alter", "Drop", "Create", "Rename")
+DDL_NODES = (ast.ViewStmt, ast.CompositeTypeStmt, ast.DefineStmt)
 
 
 class Effects:
     """What a query does to session state."""
-    __slots__ = ("settings", "pin", "begins", "discard")
+    __slots__ = ("settings", "pin", "begins", "discard", "ddl")
 
     def __init__(self, settings=False, pin=None, begins=False):
         self.settings, self.pin, self.begins = settings, pin, begins
         self.discard = False      # DISCARD ALL: every prepared statement goes too
+        self.ddl = False          # a schema change: shared prepared statements may go stale
 
 
 NOTHING = Effects()
@@ -49,6 +53,8 @@ def analyze(sql):
     fx = Effects()
     for raw in stmts:
         s = raw.stmt
+        if type(s).__name__.startswith(DDL_PREFIXES) or isinstance(s, DDL_NODES):
+            fx.ddl = True
         if isinstance(s, ast.VariableSetStmt):
             fx.settings = fx.settings or not s.is_local
         elif isinstance(s, (ast.DoStmt, ast.CallStmt)):  # code that may SET or call set_config()
@@ -112,4 +118,7 @@ class PoolingGuard(PooledSqlStage):
         if fx.discard:
             session.statements.clear()
             session.discard_pending = True
+        if fx.ddl:  # re-parsed on every connection before their next use (now, and at lease end)
+            invalidate_all()
+            session.schema_changed = True
         return StageResult.CONTINUE
