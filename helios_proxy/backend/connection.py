@@ -9,6 +9,7 @@ from ..errors import (BackendError, CONNECTION_FAILURE, INVALID_PASSWORD, PROTOC
                       SQLCLIENT_UNABLE_TO_ESTABLISH, malformed)
 from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
+from . import kdf
 from ..pool.prepared import ServerStatements
 from ..sockets import peek, recv, sendall
 from ..protocol.scram import MECHANISM, ScramClient, md5_hash, md5_response
@@ -110,6 +111,10 @@ class ServerConnection:
     def _answer_auth(self, code, payload, scram):
         creds = self.credentials
         if code == m.AUTH_CLEARTEXT:
+            if not (self.options.auth.backend_cleartext or self.options.tls.server_mode == "verify-full"):
+                raise BackendError(f"server {self.node.name} asks for the password in cleartext; refused "
+                                   "(needs tls.server_mode = verify-full, or auth.backend_cleartext = true)",
+                                   sqlstate=INVALID_PASSWORD)
             self._need(creds.password is not None, "a password")
             self.sock.sendall(codec.password(creds.password))
         elif code == m.AUTH_MD5:
@@ -121,7 +126,9 @@ class ServerConnection:
             if MECHANISM.encode() not in mechanisms:
                 raise BackendError(f"server {self.node.name} offers no supported SASL mechanism")
             if creds.password is not None:
-                scram = ScramClient(password=creds.password)
+                cap = self.options.auth.max_scram_iterations
+                scram = ScramClient(password=creds.password, derive=lambda pw, salt, n: kdf.derive(
+                    pw, salt, n, cap, f"server {self.node.name}"))
             else:
                 self._need(creds.client_key and creds.scram, "a password or a SCRAM login by the client")
                 scram = ScramClient(client_key=creds.client_key, server_key=creds.scram.server_key)

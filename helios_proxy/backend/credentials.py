@@ -14,8 +14,9 @@ class Credentials:
 
     @classmethod
     def from_secret(cls, user, secret):
-        """Classify a userlist/pg_shadow secret: md5..., SCRAM-SHA-256$..., or plaintext."""
-        if secret is None:
+        """Classify a userlist/pg_shadow secret: md5..., SCRAM-SHA-256$..., or plaintext. An empty
+        one is none at all: PostgreSQL refuses empty passwords too."""
+        if not secret:
             return cls(user)
         if len(secret) == 35 and secret.startswith("md5"):
             return cls(user, md5=secret)

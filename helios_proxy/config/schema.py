@@ -118,8 +118,20 @@ SETTINGS = (
       reloadable=True),
     S("auth", "auth_user", str, "",
       "Backend user that runs auth_query for users missing from users_file; empty disables.", reloadable=True),
-    S("auth", "auth_query", str, "SELECT usename, passwd FROM pg_shadow WHERE usename = $1",
-      "Query returning (user, secret) for $1, run as auth_user.", reloadable=True),
+    S("auth", "auth_query", str, "SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1 AND "
+      "(valuntil IS NULL OR valuntil > pg_catalog.now())",
+      "Query returning (user, secret) for $1, run as auth_user on connections of its own (search_path "
+      "pg_catalog) in auth_database.", reloadable=True),
+    S("auth", "auth_database", str, "postgres", "Database the auth_query runs in (pg_shadow is the same in "
+      "every database): a login naming a database never touches it before it has authenticated.",
+      reloadable=True),
+    S("auth", "max_scram_iterations", int, 100000, "Most SCRAM iterations a server may ask the proxy to "
+      "compute (PostgreSQL's default is 4096); the derivation runs off the event loop.", min=4096,
+      reloadable=True),
+    S("auth", "backend_cleartext", bool, False, "Send a users_file password in cleartext to a server that "
+      "asks for it; otherwise only over tls.server_mode = verify-full.", reloadable=True),
+    S("auth", "max_unauthenticated_per_address", int, 32, "Most connections from one client address that "
+      "have not finished logging in; more get 53300 at once.", min=1, reloadable=True),
     # [tls]: client side and backend side TLS
     S("tls", "client_mode", str, "disable", "TLS towards clients: disable, allow/prefer (offer), require.",
       choices=("disable", "allow", "prefer", "require")),

@@ -24,7 +24,7 @@ def unb64(text):
     return base64.b64decode(text, validate=True)
 
 
-def _hmac(key, msg):
+def hmac_sha256(key, msg):
     return hmac.new(key, msg, hashlib.sha256).digest()
 
 
@@ -69,11 +69,12 @@ class ScramSecret:
             return None
 
     @classmethod
-    def from_password(cls, password, salt=None, iterations=DEFAULT_ITERATIONS):
+    def from_password(cls, password, salt=None, iterations=DEFAULT_ITERATIONS, derive=None):
+        """derive: how to run salted_password (e.g. off the event loop); the plain call by default."""
         salt = salt or os.urandom(16)
-        salted = salted_password(password, salt, iterations)
-        client_key = _hmac(salted, b"Client Key")
-        return cls(iterations, salt, hashlib.sha256(client_key).digest(), _hmac(salted, b"Server Key"))
+        salted = (derive or salted_password)(password, salt, iterations)
+        client_key = hmac_sha256(salted, b"Client Key")
+        return cls(iterations, salt, hashlib.sha256(client_key).digest(), hmac_sha256(salted, b"Server Key"))
 
     def __str__(self):
         return (f"{MECHANISM}${self.iterations}:{b64(self.salt)}$"
@@ -127,12 +128,12 @@ class ScramServer:
             raise ValueError("SCRAM channel binding mismatch")
         auth_message = f"{self.client_first_bare},{self.server_first},{without_proof}".encode()
         proof = unb64(proof_part)
-        client_key = _xor(proof, _hmac(self.secret.stored_key, auth_message))
+        client_key = _xor(proof, hmac_sha256(self.secret.stored_key, auth_message))
         if len(proof) != 32 or not hmac.compare_digest(hashlib.sha256(client_key).digest(),
                                                        self.secret.stored_key):
             raise PermissionError("SCRAM proof does not match")
         self.client_key = client_key
-        return "v=" + b64(_hmac(self.secret.server_key, auth_message))
+        return "v=" + b64(hmac_sha256(self.secret.server_key, auth_message))
 
 
 def _split_gs2(message):
@@ -146,8 +147,9 @@ def _split_gs2(message):
 class ScramClient:
     """Client side of one SCRAM exchange, from a password or from a recovered ClientKey."""
 
-    def __init__(self, password=None, client_key=None, server_key=None):
+    def __init__(self, password=None, client_key=None, server_key=None, derive=None):
         self.password = password
+        self.derive = derive or salted_password  # may refuse a count or run elsewhere
         self.client_key = client_key
         self.server_key = server_key
         self.nonce = b64(os.urandom(18))
@@ -162,20 +164,20 @@ class ScramClient:
             raise ValueError("SCRAM server nonce does not extend ours")
         salt, iterations = unb64(attrs["s"]), int(attrs["i"])
         if self.password is not None:
-            salted = salted_password(self.password, salt, iterations)
-            self.client_key = _hmac(salted, b"Client Key")
-            self.server_key = _hmac(salted, b"Server Key")
+            salted = self.derive(self.password, salt, iterations)
+            self.client_key = hmac_sha256(salted, b"Client Key")
+            self.server_key = hmac_sha256(salted, b"Server Key")
         without_proof = f"c={b64(b'n,,')},r={attrs['r']}"
         self.auth_message = f"{self.client_first_bare},{server_first},{without_proof}".encode()
         stored_key = hashlib.sha256(self.client_key).digest()
-        proof = _xor(self.client_key, _hmac(stored_key, self.auth_message))
+        proof = _xor(self.client_key, hmac_sha256(stored_key, self.auth_message))
         return f"{without_proof},p={b64(proof)}"
 
     def verify(self, server_final):
         attrs = _attributes(server_final)
         if "e" in attrs:
             raise PermissionError(f"SCRAM error from server: {attrs['e']}")
-        expected = _hmac(self.server_key, self.auth_message)
+        expected = hmac_sha256(self.server_key, self.auth_message)
         if not hmac.compare_digest(unb64(attrs.get("v", "")), expected):
             raise PermissionError("SCRAM server signature is wrong")
 

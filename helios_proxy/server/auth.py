@@ -1,20 +1,28 @@
 """Client authentication done by the proxy: trust, md5 and SCRAM-SHA-256 (the proxy as SCRAM server).
 
 Secrets come from the users file or, for users not in it, from `auth_query` run on the backend as
-`auth_user` with the user name as a bind parameter.
+`auth_user` with the user name as a bind parameter: on connections of its own (no client ever
+gets one), in `auth.auth_database` whatever database the client named, with `search_path` fixed
+to pg_catalog. An unknown user is asked for SCRAM proof against a mock secret derived from a
+per-process key, so its salt is as stable and its cost as low as a known user's (PostgreSQL's
+mock authentication): neither tells who exists.
 """
 import hmac
 import logging
 import os
 from struct import unpack_from
 
+from ..backend import kdf
+from ..backend.connection import ServerConnection
 from ..backend.credentials import Credentials
 from ..errors import AuthenticationFailed, BackendError, ProtocolViolation, ProxyError, malformed
 from ..protocol import codec, messages as m
 from ..protocol.codec import read_cstr
-from ..protocol.scram import MECHANISM, ScramSecret, ScramServer, md5_hash, md5_response
+from ..protocol.scram import (DEFAULT_ITERATIONS, MECHANISM, ScramSecret, ScramServer, hmac_sha256, md5_hash,
+                              md5_response)
 
 log = logging.getLogger(__name__)
+AUTH_CONNECTIONS_KEPT = 2  # idle auth_query connections the authenticator keeps
 
 
 def password_failed(user):
@@ -30,33 +38,57 @@ class Authenticator:
         self.pools = pools          # PoolManager, for auth_query
         self.primary = primary      # callable -> node to run auth_query on
         self._plain_scram = {}      # user -> (password, ScramSecret) derived once per password
+        self._auth_idle = []        # auth_query connections of its own, idle
+        self._mock_key = os.urandom(32)  # mock SCRAM secrets of unknown users derive from it
 
-    def lookup(self, user, database):
-        """Credentials for user; unknown secrets give Credentials with known == False."""
+    def lookup(self, user, database=None):
+        """Credentials for user; unknown secrets give Credentials with known == False. (database
+        is not used: nothing before authentication depends on the database the client named.)"""
         if user in self.users:
             return Credentials.from_secret(user, self.users[user])
         auth_user = self.config.auth.auth_user
         if auth_user and user != auth_user:
-            return Credentials.from_secret(user, self._auth_query(user, database))
+            return Credentials.from_secret(user, self._auth_query(user))
         return Credentials(user)
 
-    def _auth_query(self, user, database):
-        creds = Credentials.from_secret(self.config.auth.auth_user, self.users.get(self.config.auth.auth_user))
-        pool = self.pools.get(self.primary(), database, creds)
-        try:
-            conn = pool.acquire()
-        except ProxyError as e:
-            raise BackendError(f"auth_query could not connect as auth_user: {e.message}") from e
+    def _auth_query(self, user):
+        cfg = self.config.auth
+        conn = self._auth_connection()
         ok = False
         try:
-            rows = conn.execute(self.config.auth.auth_query, [user])
-            ok = conn.tx_status == m.TX_IDLE
+            rows = conn.execute(cfg.auth_query, [user])
+            ok = conn.tx_status == m.TX_IDLE and not conn.broken
         except BackendError as e:
             log.error("auth_query failed: %s", e.message)
             raise BackendError("authentication query failed", sqlstate="28000") from e
         finally:
-            pool.release(conn, reusable=ok)
+            if ok and len(self._auth_idle) < AUTH_CONNECTIONS_KEPT:
+                self._auth_idle.append(conn)
+            else:
+                conn.close()
         return rows[0][1] if rows and len(rows[0]) > 1 else None
+
+    def _auth_connection(self):
+        """An idle auth_query connection of the authenticator's own, or a new one."""
+        node = self.primary()
+        while self._auth_idle:
+            conn = self._auth_idle.pop()
+            if conn.node.name == node.name and conn.idle_and_clean():
+                return conn
+            conn.close()
+        cfg = self.config.auth
+        creds = Credentials.from_secret(cfg.auth_user, self.users.get(cfg.auth_user))
+        try:
+            return ServerConnection(node, cfg.auth_database, creds, self.config).connect(
+                {"application_name": "helios-auth", "search_path": "pg_catalog"})
+        except ProxyError as e:
+            raise BackendError(f"auth_query could not connect as auth_user: {e.message}") from e
+
+    def mock_secret(self, user):
+        """A SCRAM secret for a user that does not exist: stable per user, costless, never matched."""
+        key = self._mock_key
+        return ScramSecret(DEFAULT_ITERATIONS, hmac_sha256(key, b"salt:" + user.encode())[:16],
+                           hmac_sha256(key, b"stored:" + user.encode()), hmac_sha256(key, b"server:" + user.encode()))
 
     def authenticate(self, client, creds):
         """Run the configured method over `client` (send(bytes), read_password()); return creds for the backend."""
@@ -66,7 +98,7 @@ class Authenticator:
         if creds.scram or (method == "scram-sha-256" and creds.password is not None):
             return self._scram(client, creds)
         if method == "scram-sha-256":  # an md5 secret, or none: fail like PostgreSQL, after the exchange
-            self._scram(client, Credentials(creds.user, scram=ScramSecret.from_password(os.urandom(16).hex())))
+            self._scram(client, Credentials(creds.user, scram=self.mock_secret(creds.user)))
             raise password_failed(creds.user)
         return self._md5(client, creds)
 
@@ -109,6 +141,7 @@ class Authenticator:
         cached = self._plain_scram.get(creds.user)
         if cached and cached[0] == creds.password:
             return cached[1]
-        secret = ScramSecret.from_password(creds.password)
+        secret = ScramSecret.from_password(creds.password, derive=lambda pw, salt, n: kdf.derive(
+            pw, salt, n, self.config.auth.max_scram_iterations, "users_file"))
         self._plain_scram[creds.user] = (creds.password, secret)
         return secret

@@ -92,8 +92,9 @@ def login(session, pkt):
         session.send(codec.negotiate_protocol_version(3 << 16, pkt.extensions))  # we speak 3.0
 
     admin = session.database == cfg.admin.database
-    creds = proxy.authenticator.lookup(user, cfg.health.database if admin else session.database)
+    creds = proxy.authenticator.lookup(user)
     creds = proxy.authenticator.authenticate(session, creds)
+    session.logged_in()
     if admin:
         if user not in cfg.admin.users:
             raise FatalError(f'user "{user}" may not use the admin console (admin.users)',

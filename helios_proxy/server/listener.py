@@ -3,6 +3,7 @@
 Signal handlers only queue a command; `serve_forever` does the work (stop, reload) in the main
 greenlet, as gunicorn's arbiter does.
 """
+import collections
 import logging
 import signal
 import time
@@ -17,7 +18,8 @@ from .. import pipeline
 from ..admin import server as admin_server
 from ..config import load_file
 from ..config.schema import SETTINGS
-from ..errors import ConfigError
+from ..errors import TOO_MANY_CONNECTIONS, ConfigError
+from ..protocol import codec
 from ..plugins.manager import PluginManager
 from ..pool.pool import PoolManager
 from ..routing.lag import LagMonitor
@@ -54,6 +56,7 @@ class Proxy:
         number_sessions(*worker)
         self.config = config
         self.sessions = set()
+        self.logging_in = collections.Counter()  # client address -> connections not yet authenticated
         self.cancels = CancelMap()
         self.pools = PoolManager(config)
         self.tls_context = client_context(config.tls)
@@ -164,11 +167,19 @@ class Proxy:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.config.server.tcp_keepalive:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        address = peer[0]
+        if self.logging_in[address] >= self.config.auth.max_unauthenticated_per_address:
+            refuse_early(sock, f"too many connections from {address} still logging in "
+                               f"(auth.max_unauthenticated_per_address = "
+                               f"{self.config.auth.max_unauthenticated_per_address})")
+            return
+        self.logging_in[address] += 1
         session = ClientSession(self, sock, peer)
         self.sessions.add(session)
         try:
             session.run()
         finally:
+            session.logged_in()  # (if it never did, its budget slot is given back now)
             self.sessions.discard(session)
             if session.database is not None:
                 self.stats.session_closed(session)
@@ -248,3 +259,13 @@ class Proxy:
         logging.getLogger().setLevel(new.log.level.upper())
         log.info("configuration reloaded from %s", new.source)
         return {"reloaded": True, "restart_required": fixed, "error": None}
+
+
+def refuse_early(sock, message):
+    """FATAL 53300 to a connection refused before its startup packet is read, then close it."""
+    try:
+        sock.sendall(codec.error_response(TOO_MANY_CONNECTIONS, message, "FATAL"))
+    except OSError:
+        pass
+    finally:
+        sock.close()

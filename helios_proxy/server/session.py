@@ -70,6 +70,7 @@ class ClientSession:
         self.pump = None
         self.closing = None           # reason, once the proxy decided to end the session
         self.fatal_sent = False       # a FATAL went out: nothing more for the client
+        self.authenticated = False    # past authentication (server/listener.py's per-address budget)
         self.login_timer = None
         self.mode = "session"         # pool mode, known once user and database are (handshake)
         self.pooled = False           # transaction/statement: leases end with each transaction
@@ -153,6 +154,16 @@ class ClientSession:
         self.log_event("closed", reason)
         if self.user is not None and not self.admin:
             self.proxy.plugins.notify("on_client_disconnect", session=self, reason=reason)
+
+    def logged_in(self):
+        """Authentication is over (or the session ends): its slot in the per-address budget of
+        connections still logging in is freed, once."""
+        if not self.authenticated:
+            self.authenticated = True
+            logging_in = self.proxy.logging_in
+            logging_in[self.peer[0]] -= 1
+            if logging_in[self.peer[0]] <= 0:
+                del logging_in[self.peer[0]]
 
     def log_event(self, event, reason=None):
         if self.proxy.config.log.connections and self.user:
