@@ -6,12 +6,12 @@ millions) is refused instead of computed.
 """
 from gevent import get_hub
 
-from ..errors import BackendError
+from ..errors import PROTOCOL_VIOLATION, BackendError
 from ..protocol.scram import salted_password
 
 
 def derive(password, salt, iterations, cap, who="server"):
     if iterations > cap:
         raise BackendError(f"{who} asks for {iterations} SCRAM iterations; refused (auth.max_scram_iterations "
-                           f"= {cap})")
+                           f"= {cap})", sqlstate=PROTOCOL_VIOLATION)
     return get_hub().threadpool.apply(salted_password, (password, salt, iterations))

@@ -1,0 +1,192 @@
+"""Login hardening: what an attacker or a rogue backend must not get from the proxy's authentication."""
+import socket
+import struct
+import threading
+import time
+
+import psycopg2
+import pytest
+
+from helios_proxy.protocol import codec
+from helios_proxy.protocol.scram import ScramClient, md5_hash, md5_response
+
+from .test_bad_input import error_fields, read_all
+from .test_auth import userlist
+
+
+def connect(proxy, user, password, dbname="postgres"):
+    return psycopg2.connect(host="127.0.0.1", port=proxy.port, user=user, password=password, dbname=dbname,
+                            connect_timeout=10)
+
+
+def start_login(port, user, database="postgres"):
+    """A raw connection that sent its startup packet: (socket, the authentication request body)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(codec.startup_message({"user": user, "database": database}))
+    head = s.recv(5)
+    assert head[:1] in (b"R", b"E"), head
+    body = b""
+    need = struct.unpack("!i", head[1:5])[0] - 4
+    while len(body) < need:
+        body += s.recv(need - len(body))
+    return s, head[:1], body
+
+
+def scram_first(port, user):
+    """The server-first-message a SCRAM login of user gets."""
+    s, kind, body = start_login(port, user)
+    assert kind == b"R" and struct.unpack("!i", body[:4])[0] == 10, body
+    client = ScramClient(password="whatever")
+    first = client.first().encode()
+    s.sendall(codec.sasl_initial_response("SCRAM-SHA-256", first))
+    head = s.recv(5)
+    body = s.recv(struct.unpack("!i", head[1:5])[0] - 4)
+    s.close()
+    return body[4:].decode()
+
+
+def test_auth_query_cannot_be_redirected_by_a_clients_search_path(start_proxy, tmp_path, direct):
+    """An auth_user client's search_path (evil.pg_shadow first) must not change whose secret the
+    auth query finds: it runs on connections of its own, search_path pg_catalog."""
+    cur = direct.cursor()
+    cur.execute("drop schema if exists evil cascade; create schema evil; "
+                "create table evil.pg_shadow (usename name, passwd text, valuntil timestamptz)")
+    cur.execute("insert into evil.pg_shadow values ('md5_user', %s, null)", (md5_hash("hacked", "md5_user"),))
+    cur.execute("grant usage on schema evil to public; grant select on evil.pg_shadow to public")
+    proxy = start_proxy(pool={"mode": "transaction", "max_size": 1},
+                        auth={"method": "md5", "users_file": userlist(tmp_path, {"postgres": "pw"}),
+                              "auth_user": "postgres",
+                              "auth_query": "SELECT usename, passwd FROM pg_shadow WHERE usename = $1"})
+    attacker = connect(proxy, "postgres", "pw")
+    attacker.autocommit = True
+    attacker.cursor().execute("set search_path = evil, pg_catalog")  # follows it to every connection
+    try:
+        with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+            connect(proxy, "md5_user", "hacked")
+        assert connect(proxy, "md5_user", "md5-pass").closed == 0
+    finally:
+        attacker.close()
+        direct.cursor().execute("drop schema evil cascade")
+
+
+def test_auth_query_refuses_an_expired_role(start_proxy, tmp_path, direct):
+    cur = direct.cursor()
+    cur.execute("drop role if exists expired_user; create role expired_user login password 'old-pass' "
+                "valid until '2001-01-01'")
+    proxy = start_proxy(auth={"method": "md5", "users_file": userlist(tmp_path, {"postgres": "pw"}),
+                              "auth_user": "postgres"})
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        connect(proxy, "expired_user", "old-pass")
+    assert connect(proxy, "md5_user", "md5-pass").closed == 0  # the default auth_query still works
+
+
+@pytest.mark.parametrize("method", ["md5", "scram-sha-256"])
+def test_an_empty_password_in_the_users_file_never_logs_in(start_proxy, tmp_path, method):
+    # (postgres: the backend trusts it, so only the proxy's own check can refuse the login)
+    proxy = start_proxy(auth={"method": method, "users_file": userlist(tmp_path, {"postgres": ""})})
+    s, kind, body = start_login(proxy.port, "postgres")
+    code = struct.unpack("!i", body[:4])[0]
+    if code == 5:  # md5: the right answer for an empty password
+        s.sendall(codec.password(md5_response(md5_hash("", "postgres"), body[4:8])))
+    else:  # SCRAM with an empty password
+        client = ScramClient(password="")
+        s.sendall(codec.sasl_initial_response("SCRAM-SHA-256", client.first().encode()))
+        head = s.recv(5)
+        server_first = s.recv(struct.unpack("!i", head[1:5])[0] - 4)[4:].decode()
+        s.sendall(codec.sasl_response(client.final(server_first).encode()))
+    fields = error_fields(read_all(s))
+    s.close()
+    assert fields["C"] == "28P01", fields
+
+
+def test_unknown_users_get_a_stable_salt_like_known_ones(start_proxy, tmp_path, passwords):
+    """Unknown and known users cannot be told apart by their SCRAM salt (PostgreSQL's mock auth)."""
+    proxy = start_proxy(auth={"method": "scram-sha-256", "users_file": userlist(tmp_path, passwords)})
+    for user in ("scram_user", "no_such_user", "another_ghost"):
+        first, second = scram_first(proxy.port, user), scram_first(proxy.port, user)
+        salt = lambda text: dict(p.split("=", 1) for p in text.split(","))["s"]  # noqa: E731
+        iterations = lambda text: dict(p.split("=", 1) for p in text.split(","))["i"]  # noqa: E731
+        assert salt(first) == salt(second), user
+        assert iterations(first) == "4096"
+    assert salt(scram_first(proxy.port, "no_such_user")) != salt(scram_first(proxy.port, "another_ghost"))
+
+
+def test_connections_still_logging_in_are_budgeted_per_address(start_proxy):
+    proxy = start_proxy(auth={"max_unauthenticated_per_address": 5})
+    idle = [socket.create_connection(("127.0.0.1", proxy.port), timeout=10) for _ in range(5)]
+    try:
+        time.sleep(0.3)
+        extra = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        fields = error_fields(read_all(extra))
+        extra.close()
+        assert fields["C"] == "53300" and "still logging in" in fields["M"]
+    finally:
+        for s in idle:
+            s.close()
+    time.sleep(0.3)
+    s, kind, body = start_login(proxy.port, "postgres")  # slots are freed when they leave
+    assert kind == b"R"
+    s.close()
+
+
+class RogueBackend:
+    """Answers every login with the given authentication request and records what it receives."""
+
+    def __init__(self, request):
+        self.request, self.received = request, []
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.client, args=(conn,), daemon=True).start()
+
+    def client(self, conn):
+        try:
+            conn.settimeout(10)
+            conn.recv(65536)
+            conn.sendall(self.request)
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                self.received.append(data)
+                if data[:1] == b"p" and b"SCRAM-SHA-256" in data:  # SASLInitialResponse: a huge count
+                    nonce = data.split(b"r=", 1)[1].split(b"\0")[0].decode()
+                    first = f"r={nonce}abc,s=c2FsdHNhbHQ=,i=30000000".encode()
+                    conn.sendall(codec.authentication(11, first))
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.listener.close()
+
+
+@pytest.mark.parametrize("case", ["cleartext", "scram iterations"])
+def test_a_rogue_backend_gets_no_cleartext_password_and_cannot_stall_the_proxy(start_proxy, tmp_path, case):
+    request = (codec.authentication(3) if case == "cleartext"
+               else codec.authentication(10, b"SCRAM-SHA-256\0\0"))
+    rogue = RogueBackend(request)
+    try:
+        proxy = start_proxy(auth={"users_file": userlist(tmp_path, {"postgres": "secret-pass"})},
+                            health={"interval": 60},
+                            nodes=[{"name": "rogue", "host": "127.0.0.1", "port": rogue.port, "role": "primary"}])
+        started = time.monotonic()
+        s, kind, body = start_login(proxy.port, "postgres")
+        fields = error_fields(read_all(s))
+        s.close()
+        assert time.monotonic() - started < 5
+        assert fields["S"] == "FATAL", fields
+        assert "cleartext" in fields["M"] if case == "cleartext" else "max_scram_iterations" in fields["M"]
+        assert not any(b"secret-pass" in data for data in rogue.received)
+    finally:
+        rogue.close()
