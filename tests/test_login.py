@@ -190,3 +190,16 @@ def test_a_rogue_backend_gets_no_cleartext_password_and_cannot_stall_the_proxy(s
         assert not any(b"secret-pass" in data for data in rogue.received)
     finally:
         rogue.close()
+
+
+def test_failed_logins_reveal_no_database_and_leave_no_pool(start_proxy, tmp_path):
+    proxy = start_proxy(auth={"method": "md5", "users_file": userlist(tmp_path, {"postgres": "pw"}),
+                              "auth_user": "postgres"})
+    messages = set()
+    for database in ["postgres"] + [f"nosuch_{i}" for i in range(10)]:
+        with pytest.raises(psycopg2.OperationalError) as raised:
+            connect(proxy, "md5_user", "wrong", dbname=database)
+        messages.add(str(raised.value).strip())
+    assert len(messages) == 1 and "password authentication failed" in messages.pop()
+    pools = proxy.api("GET", "/pools")[1]
+    assert not [p for p in pools if p["database"].startswith("nosuch_")], pools
