@@ -175,6 +175,21 @@ config_option = click.option("-c", "--config", "path", required=True, type=click
 
 
 @main.command()
+@click.argument("name")
+@click.option("--role", type=click.Choice(["viewer", "operator", "admin"]), default="viewer", show_default=True)
+def token(name, role):
+    """Make a named admin API token: prints the token (give it to its user) and the admin.tokens
+    entry (its SHA-256; put it in the config)."""
+    import re
+    from .admin.tokens import new_entry
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise click.BadParameter("letters, digits, '_', '.', '-' only", param_hint="NAME")
+    secret, entry = new_entry(name, role)
+    click.echo(f"token:  {secret}")
+    click.echo(f'config: [admin] tokens = ["{entry}"]')
+
+
+@main.command()
 @click.argument("target")
 @config_option
 def switchover(target, path):

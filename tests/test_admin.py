@@ -259,3 +259,43 @@ def test_helios_ctl_script(admin_proxy):
     assert admin_proxy.api("GET", "/nodes/standby2")[1]["fenced"] is None
     bad = run("drain", "nope")
     assert bad.returncode != 0 and "404" in bad.stderr
+
+
+def test_host_header_body_size_and_allow_header(start_proxy):
+    proxy = start_proxy()
+    base = f"127.0.0.1:{proxy.admin_port}"
+    assert raw(proxy, "GET", "/stats", headers={"Host": base})[0] == 200
+    assert raw(proxy, "GET", "/stats", headers={"Host": f"localhost:{proxy.admin_port}"})[0] == 200
+    status, _, body = raw(proxy, "GET", "/stats", headers={"Host": "rebind.attacker.example"})
+    assert status == 421 and b"allowed_hosts" in body  # a DNS-rebinding page reads nothing
+    big = b"{" + b" " * (2 << 20) + b"}"
+    status, _, body = raw(proxy, "POST", "/reload", data=big,
+                          headers={"Authorization": "Bearer test-token", "Content-Type": "application/json"})
+    assert status == 413
+    req = urllib.request.Request(f"http://{base}/nodes", method="DELETE", headers={"Authorization": "Bearer test-token"})
+    try:
+        urllib.request.urlopen(req, timeout=10)
+    except urllib.error.HTTPError as e:
+        assert e.code == 405 and "GET" in e.headers.get("Allow", "")
+    else:
+        raise AssertionError("DELETE /nodes was accepted")
+
+
+def test_named_tokens_have_roles_and_mutations_name_them(start_proxy):
+    from helios_proxy.admin.tokens import new_entry
+    tokens = {role: new_entry(f"{role}-bot", role) for role in ("viewer", "operator", "admin")}
+    proxy = start_proxy(admin={"token": "", "tokens": [entry for _, entry in tokens.values()]})
+    secret = {role: t for role, (t, _) in tokens.items()}
+    assert proxy.api("GET", "/stats", token=secret["viewer"])[0] == 200
+    assert proxy.api("POST", "/pause", {"timeout": 1}, token=secret["viewer"])[0] == 403
+    assert proxy.api("POST", "/pause", {"timeout": 1}, token=secret["operator"])[0] == 200
+    assert proxy.api("POST", "/resume", {}, token=secret["operator"])[0] == 200
+    status, out = proxy.api("POST", "/switchover", {"target": "primary"}, token=secret["operator"])
+    assert status == 403 and "needs admin" in out["error"]
+    assert proxy.api("POST", "/reload", {}, token=secret["admin"])[0] == 200
+    assert proxy.api("POST", "/reload", {}, token="not-a-token")[0] == 401
+    log = proxy.output()
+    assert "POST /pause by token 'operator-bot' (operator)" in log and "by token 'admin-bot' (admin)" in log
+    assert all(t not in log for t in secret.values())  # the tokens themselves are never logged
+    config = proxy.api("GET", "/config")[1]
+    assert config["admin"]["tokens"] == "********"

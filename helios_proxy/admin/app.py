@@ -1,18 +1,21 @@
 """The Flask app factory: JSON errors, bearer-token auth, one blueprint per resource.
 
 Reading endpoints are open on loopback; every mutating endpoint (and every endpoint when the API
-listens beyond loopback) needs `Authorization: Bearer <admin.token>`, compared in constant time.
+listens beyond loopback) needs `Authorization: Bearer <token>` of a role allowed to call it
+(tokens.py). Requests naming a Host outside `admin.allowed_hosts` are refused (DNS rebinding), and
+bodies are limited to `admin.max_body_bytes`.
 """
-import hmac
+import logging
 
 from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ..config.loader import loopback
 
-from . import health, metrics, openapi, ops, resources, sql, status, topology
+from . import health, metrics, openapi, ops, resources, sql, status, tokens, topology
 from .common import ApiError
 
+log = logging.getLogger(__name__)
 MUTATING = ("POST", "PUT", "PATCH", "DELETE")
 
 
@@ -21,8 +24,14 @@ def create_app(proxy):
     app.config["PROXY"] = proxy
     app.json.sort_keys = False
 
+    app.config["MAX_CONTENT_LENGTH"] = proxy.config.admin.max_body_bytes
+
     @app.before_request
     def authorize():
+        limit = app.config["MAX_CONTENT_LENGTH"] = proxy.config.admin.max_body_bytes  # (reloadable)
+        if (request.content_length or 0) > limit:  # refused before a byte of it is read
+            raise ApiError(413, f"request body over admin.max_body_bytes ({limit})")
+        check_host(proxy.config.admin)
         check_token(proxy.config.admin)
 
     install_error_handlers(app)
@@ -32,17 +41,35 @@ def create_app(proxy):
     return app
 
 
+def check_host(config):
+    """Refuse a Host header that names none of admin.allowed_hosts (a DNS-rebinding page in an
+    operator's browser would name its own host)."""
+    host = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
+    host = host.strip("[]").lower()
+    allowed = {h.strip("[]").lower() for h in config.allowed_hosts}
+    allowed.add(config.listen.rpartition(":")[0].strip("[]").lower())  # the address it listens on
+    if host not in allowed:
+        raise ApiError(421, f"Host {request.host!r} is not one of admin.allowed_hosts")
+
+
 def check_token(config):
-    """Raise ApiError unless this request may go on (config: the [admin] section)."""
+    """Raise ApiError unless this request may go on (config: the [admin] section); a mutation is
+    logged with the name of the token that made it."""
     needed = request.method in MUTATING or not loopback(config.listen)
     if not needed:
         return
-    if not config.token:
-        raise ApiError(403, "set admin.token (or HELIOS_ADMIN__TOKEN) to use this endpoint")
-    given = request.headers.get("Authorization", "")
-    scheme, _, token = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), config.token.encode()):
+    if not (config.token or config.tokens):
+        raise ApiError(403, "set admin.token (or HELIOS_ADMIN__TOKEN) or admin.tokens to use this endpoint")
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    who = tokens.identify(config, token) if scheme.lower() == "bearer" and token else None
+    if who is None:
         raise ApiError(401, "missing or wrong bearer token")
+    name, role = who
+    needed_role = tokens.role_needed(request.method, request.path)
+    if not tokens.allows(role, needed_role):
+        raise ApiError(403, f"token {name!r} has role {role}; {request.method} {request.path} needs {needed_role}")
+    if request.method in MUTATING:
+        log.warning("admin API: %s %s by token %r (%s)", request.method, request.path, name, role)
 
 
 def install_error_handlers(app):
@@ -53,7 +80,11 @@ def install_error_handlers(app):
 
     @app.errorhandler(HTTPException)
     def http_error(e):
-        return jsonify(error=e.description or e.name), e.code
+        response = jsonify(error=e.description or e.name)
+        for name, value in e.get_headers():  # e.g. Allow on 405
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response, e.code
 
     @app.errorhandler(Exception)
     def internal_error(e):

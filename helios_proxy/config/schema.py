@@ -2,9 +2,19 @@
 
 The loader, `helios-proxy check-config` and docs/configuration.md are all derived from this table.
 """
+import re
 from dataclasses import dataclass
 
 GiB = 1 << 30
+
+TOKEN_ENTRY = re.compile(r"^([A-Za-z0-9_.-]+):(viewer|operator|admin):([0-9a-f]{64})$")  # admin.tokens
+
+
+def token_entries(entries):
+    bad = next((e for e in entries if not isinstance(e, str) or not TOKEN_ENTRY.match(e)), None)
+    if bad is not None:
+        return "an entry is not NAME:ROLE:SHA256 (ROLE viewer, operator or admin; see helios-proxy token)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,14 @@ SETTINGS = (
     S("admin", "listen", str, "127.0.0.1:9090", "Address of the admin REST API (host:port).", validate=address),
     S("admin", "token", str, "", "Bearer token for the admin API; may also come from HELIOS_ADMIN__TOKEN.",
       secret=True),
+    S("admin", "tokens", list, [], "Named tokens with roles: \"NAME:ROLE:SHA256\" entries (ROLE viewer, "
+      "operator or admin), made by `helios-proxy token NAME --role ROLE`; mutations are logged with the name.",
+      secret=True, reloadable=True, validate=token_entries),
+    S("admin", "allowed_hosts", list, ["127.0.0.1", "localhost", "::1"], "Host header values the admin API "
+      "answers (DNS rebinding protection); add the names operators use when it listens beyond loopback.",
+      reloadable=True),
+    S("admin", "max_body_bytes", int, 1 << 20, "Largest request body the admin API reads (413 beyond).",
+      min=1024, reloadable=True),
     S("admin", "users", list, [], "Users allowed into the virtual admin database (SHOW POOLS, RELOAD, "
       "PAUSE ...) on the proxy port.", reloadable=True),
     S("admin", "database", str, "helios", "Name of the virtual admin database on the proxy port."),
