@@ -1,6 +1,7 @@
-"""Plugins end to end: the example packages under plugins/ installed through their entry points
-(scripts/test installs them), test plugins from tests/plugins/ by module name, and WASM modules, all
-in a real `helios-proxy run` against the real cluster."""
+"""Plugins end to end: the example packages under plugins/ installed through their entry points (into
+a throwaway folder on the proxy's PYTHONPATH, never into the user's venv), test plugins from
+tests/plugins/ by module name, and WASM modules, all in a real `helios-proxy run` against the real
+cluster."""
 import json
 import os
 import re
@@ -20,13 +21,22 @@ HELIOS = os.path.join(os.path.dirname(sys.executable), "helios-proxy")
 ENV = {"PYTHONPATH": ROOT}
 
 
-def installed(name):
-    from importlib.metadata import entry_points
-    return any(e.name == name for e in entry_points(group="helios_proxy"))
+@pytest.fixture(scope="session")
+def examples(tmp_path_factory):
+    """The example plugin packages installed (with their entry points) into a folder of their own;
+    a proxy started with ENV finds them there. Nothing is installed into the venv."""
+    target = tmp_path_factory.mktemp("site")
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                           "--target", str(target), os.path.join(ROOT, "plugins", "helios-query-guard"),
+                           os.path.join(ROOT, "plugins", "helios-audit-log")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    ENV["PYTHONPATH"] = os.pathsep.join((ROOT, str(target)))
+    yield target
+    ENV["PYTHONPATH"] = ROOT
 
 
-needs_examples = pytest.mark.skipif(not (installed("query_guard") and installed("audit_log")),
-                                    reason="example plugins not installed (scripts/test installs them)")
+needs_examples = pytest.mark.usefixtures("examples")
 
 
 @pytest.fixture
@@ -45,7 +55,8 @@ def plugin_proxy(cluster, tmp_path):
 
 @needs_examples
 def test_helios_proxy_plugins_lists_the_installed_examples():
-    out = subprocess.run([HELIOS, "plugins"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([HELIOS, "plugins"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, **ENV})
     assert out.returncode == 0, out.stderr
     assert re.search(r"query_guard: entry point helios_query_guard \(helios-query-guard [\d.]+\); hooks: "
                      r"on_query_start", out.stdout)
