@@ -148,7 +148,7 @@ SETTINGS = (
       reloadable=True),
     S("auth", "backend_cleartext", bool, False, "Send a users_file password in cleartext to a server that "
       "asks for it; otherwise only over tls.server_mode = verify-full.", reloadable=True),
-    S("auth", "max_unauthenticated_per_address", int, 32, "Most connections from one client address that "
+    S("auth", "max_unauthenticated_per_address", int, 512, "Most connections from one client address that "
       "have not finished logging in; more get 53300 at once.", min=1, reloadable=True),
     # [tls]: client side and backend side TLS
     S("tls", "client_mode", str, "disable", "TLS towards clients: disable, allow/prefer (offer), require.",

@@ -146,6 +146,10 @@ class Proxy:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         listener.bind((host, port))
         listener.listen(1024)
+        if Router.active(self.config):  # standbys are fit for reads once their lag is known: measure
+            self.router.lag = LagMonitor(self.router)  # it before the first client is accepted
+            with gevent.Timeout(self.config.health.timeout + 1, False):
+                self.router.lag.tick()
         self.server = StreamServer(listener, self.handle)
         self.server.start()
         if self.admin_socket is not None:  # a worker: its socket appearing tells the arbiter it is up
@@ -156,8 +160,7 @@ class Proxy:
             self.patroni.start()
         self.sampler.start()
         self.timeouts.start()
-        if Router.active(self.config):
-            self.router.lag = LagMonitor(self.router)
+        if self.router.lag is not None:
             self.router.lag.start()
         self.plugins.notify("on_startup", proxy=self)
         log.info("HeliosProxy listening on %s (pool mode %s, %d node(s))", self.config.server.listen,
