@@ -230,3 +230,22 @@ def test_idle_transaction_timeout_frees_the_server(start_proxy):
         idle.execute("select 1")
     assert raised.value.sqlstate == "25P03"
     assert proxy.query("select 2") == [(2,)]  # the one server connection was rolled back and reused
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_lone_dead_primary_is_answered_at_once(start_proxy, mode):
+    """No standby to fail over to: no 15 s wait in the switchover buffer, PostgreSQL's own
+    connection error at once."""
+    from helios_proxy.devcluster import free_port
+    dead = {"name": "primary", "host": "127.0.0.1", "port": free_port(), "role": "primary"}
+    proxy = start_proxy(pool={"mode": mode}, nodes=[dead])
+    for _ in range(2):  # before and after the probes noticed
+        started = time.monotonic()
+        with pytest.raises(psycopg.OperationalError) as raised:
+            with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+                conn.execute("select 1")
+        assert time.monotonic() - started < 3
+        message = str(raised.value)  # (libpq keeps no SQLSTATE for an error at connection time)
+        assert "could not connect to server primary" in message or "no standby to fail over to" in message
+        assert "failover in progress" not in message
+        time.sleep(1.5)

@@ -61,7 +61,7 @@ class Proxy:
         self.pools = PoolManager(config)
         self.tls_context = client_context(config.tls)
         self.tracker = PrimaryTracker(config, follow=config.topology.provider == "postgres")
-        self.buffer = SwitchoverBuffer(self.tracker, config)
+        self.buffer = SwitchoverBuffer(self.tracker, config)  # (its health checker: below)
         self.tracker.apply_config(config)
         self.tracker.subscribe(lambda event: self.plugins.notify("on_topology_change", event=event))
         self.router = Router(config, self.tracker)
@@ -73,6 +73,7 @@ class Proxy:
         self.health = HealthChecker(config, self.authenticator.users, self._health_changed,
                                     self._observed)
         self.router.health = self.health
+        self.buffer.health = self.health
         self.ops = NodeOps(config, self.health.credentials)
         self.failover = FailoverController(config, self.tracker, self.health, self.ops)
         self.patroni = PatroniProvider(config, self.tracker) if config.topology.provider == "patroni" else None

@@ -275,8 +275,8 @@ class ClientSession:
             try:
                 return self.pool, self._acquire(self.pool)
             except (BackendError, OSError) as e:
-                if not node_unreachable(e) or time.monotonic() >= deadline:
-                    raise
+                if not node_unreachable(e) or time.monotonic() >= deadline or not proxy.buffer.failover_possible():
+                    raise  # (nothing to wait for: PostgreSQL's connection error, at once)
                 proxy.router.suspect(node, getattr(e, "message", None) or str(e))
                 gevent.sleep(0.05)
 

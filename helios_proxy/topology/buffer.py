@@ -11,7 +11,7 @@ from collections import deque
 from gevent import Timeout
 from gevent.event import AsyncResult
 
-from ..errors import CANNOT_CONNECT_NOW, ProxyError
+from ..errors import CANNOT_CONNECT_NOW, CONNECTION_FAILURE, ProxyError
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +20,16 @@ class FailoverInProgress(ProxyError):
     sqlstate = CANNOT_CONNECT_NOW
 
 
+class NoPrimary(ProxyError):
+    """Nothing to wait for: PostgreSQL's own connection failure, at once."""
+    sqlstate = CONNECTION_FAILURE
+
+
 class SwitchoverBuffer:
-    def __init__(self, tracker, config):
+    def __init__(self, tracker, config, health=None):
         self.tracker = tracker
         self.config = config
+        self.health = health      # HealthChecker: is there a standby a failover could promote?
         self.paused = None        # why new transactions are held even with a confirmed primary
         self.waiters = deque()    # AsyncResults of waiting clients, first come first served
         self.buffered = 0         # clients that waited here, since start (metrics)
@@ -55,6 +61,14 @@ class SwitchoverBuffer:
             if not waiter.ready():
                 waiter.set(True)
 
+    def failover_possible(self):
+        """Whether waiting can end in a new primary: a planned switchover, or some enabled standby
+        that is healthy (promoted by the proxy, Patroni or an operator). Without one, a client is
+        answered at once instead of waiting for a failover that cannot happen."""
+        if self.paused:
+            return True
+        return any(self.health is None or self.health.healthy(n) for n in self.tracker.standbys())
+
     def _why(self):
         return self.paused or f"failover in progress; {self.tracker.reason or 'primary not confirmed yet'}"
 
@@ -64,6 +78,9 @@ class SwitchoverBuffer:
         node = self.ready()
         if node is not None:
             return node
+        if not self.failover_possible():
+            raise NoPrimary(f"no primary available ({self.tracker.reason or 'primary not confirmed'}) and no "
+                            "standby to fail over to")
         cfg = self.config.failover
         if deadline is None:
             deadline = time.monotonic() + cfg.buffer_timeout
