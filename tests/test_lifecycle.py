@@ -151,20 +151,25 @@ def test_waiting_for_a_full_pool_times_out_with_a_clear_error(start_proxy):
 
 
 def test_waiters_get_the_connection_when_it_is_released(start_proxy):
+    """Session pooling, pool of one: a second client logs in at once, and its first query waits
+    until the first client leaves, then runs on that same server connection."""
     proxy = start_proxy(pool={"max_size": 1})
     held = proxy.connect()
+    pid = held.get_backend_pid()
     got = {}
 
     def wait():
         c = proxy.connect()
-        got["pid"] = c.get_backend_pid()
+        got["login"] = True
+        cur = c.cursor()
+        cur.execute("select pg_backend_pid()")
+        got["pid"] = cur.fetchone()[0]
         c.close()
 
     t = threading.Thread(target=wait)
     t.start()
     time.sleep(0.5)
-    assert "pid" not in got
-    pid = held.get_backend_pid()
+    assert got == {"login": True}
     held.close()
     t.join(10)
     assert got["pid"] == pid
@@ -249,3 +254,28 @@ def test_a_lone_dead_primary_is_answered_at_once(start_proxy, mode):
         assert "could not connect to server primary" in message or "no standby to fail over to" in message
         assert "failover in progress" not in message
         time.sleep(1.5)
+
+
+def test_session_mode_logins_beyond_the_pool_are_greeted_and_their_first_query_waits(start_proxy, pgbench):
+    """pgbench -c 5 on a session pool of 3: every client logs in at once (pgbench connects them all
+    before it starts), the two without a server wait at their first query until one leaves."""
+    proxy = start_proxy(pool={"mode": "session", "max_size": 3})
+    first = [psycopg.connect(proxy.dsn(), autocommit=True) for _ in range(3)]
+    for conn in first:
+        conn.execute("select 1")  # each holds a server for its whole session
+    started = time.monotonic()
+    late = psycopg.connect(proxy.dsn(), autocommit=True)  # greeted without waiting for a server
+    assert time.monotonic() - started < 2
+    done = []
+    t = threading.Thread(target=lambda: done.append(late.execute("select pg_backend_pid()").fetchone()))
+    t.start()
+    time.sleep(0.5)
+    assert not done  # its first query waits for a server
+    first[0].close()
+    t.join(10)
+    assert done
+    late.close()
+    for conn in first[1:]:
+        conn.close()
+    out = pgbench(proxy.port, "simple", 5, 20)
+    assert "number of failed transactions: 0" in out

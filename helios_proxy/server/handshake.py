@@ -123,7 +123,18 @@ def login(session, pkt):
     else:
         if proxy.paused:  # PAUSE (admin): a session-pooled login waits for RESUME
             proxy.wait_unpaused(session.database)
-        pool, server = session.acquire_primary()
+        # A known pool with none free: greet now from its parameters; the first query waits for a
+        # server (as in PgBouncer), so a client beyond max_size can still log in.
+        deferred = pool.server_params is not None and proxy.buffer.ready() is not None
+        if deferred:
+            try:
+                server = pool.try_acquire()
+            except (BackendError, OSError) as e:
+                if not node_unreachable(e):
+                    raise
+                deferred = False
+        if server is None and not deferred:
+            pool, server = session.acquire_primary()
     params = dict(server.params if server is not None else pool.server_params)
     # Settings are what the client wants beyond a fresh connection's defaults (pool.server_params),
     # not beyond this connection's, which may carry the last client's settings.
@@ -139,8 +150,8 @@ def login(session, pkt):
         params.update({names[k.lower()]: v for k, v in session.settings.items() if k.lower() in names})
     greeting = [codec.parameter_status(k, v) for k, v in params.items()]
     # Session pooling shows the real backend pid (pg_backend_pid(), NOTIFY agree); pooled modes
-    # a pid of the proxy's own, since the client's backend changes with every transaction.
-    session.backend_pid = session.id if session.pooled else server.pid
+    # (and a session greeted before it had a server) a pid of the proxy's own.
+    session.backend_pid = session.id if session.pooled or server is None else server.pid
     session.secret = proxy.cancels.register(session, session.backend_pid)
     greeting.append(codec.backend_key_data(session.backend_pid, session.secret))
     greeting.append(codec.ready_for_query(m.TX_IDLE))
