@@ -106,22 +106,26 @@ def test_failover_promotes_the_sync_standby_and_loses_no_acknowledged_write(star
         assert load.reads > reads_after  # reads kept flowing
     print(f"writes resumed {load.first_ok_after:.2f} s after the kill; {len(load.errors)} errors")
     assert load.first_ok_after < 10
-    assert not in_recovery(ha_cluster.ports[1])  # the synchronous standby was promoted
-    assert in_recovery(ha_cluster.ports[2])      # the asynchronous one was not
-    present = {r[0] for r in query(ha_cluster.ports[1], "SELECT id FROM ha_rows")}
+    # The synchronous standby is promoted, unless the asynchronous one received more WAL (under
+    # load it may): then that one, which holds every acknowledged commit too, so that the other
+    # can follow it.
+    status, topo = proxy.api("GET", "/topology")
+    new, other = (1, 2) if topo["primary"] == "standby1" else (2, 1)
+    assert topo["primary"] == f"standby{new}" and topo["state"] == "CONFIRMED" and topo["failovers"] == 1
+    assert not in_recovery(ha_cluster.ports[new]) and in_recovery(ha_cluster.ports[other])
+    present = {r[0] for r in query(ha_cluster.ports[new], "SELECT id FROM ha_rows")}
     lost = [i for i in load.acked if i not in present]
     assert len(load.acked) > 100 and not lost, (len(load.acked), lost[:5])
     # writes go to the new primary
     assert proxy.query("INSERT INTO ha_rows (id) VALUES (-1) RETURNING inet_server_port()") == \
-        [(ha_cluster.ports[1],)]
-    # standby2 follows the new primary
-    wait_for(lambda: query(ha_cluster.ports[1], "SELECT count(*) FROM pg_stat_replication "
-                                                "WHERE application_name = 'standby2'")[0][0] == 1,
-             30, "standby2 streaming from standby1")
-    wait_for(lambda: query(ha_cluster.ports[2], "SELECT count(*) FROM ha_rows WHERE id = -1")[0][0] == 1,
-             30, "standby2 replaying the new primary's writes")
-    status, topo = proxy.api("GET", "/topology")
-    assert topo["primary"] == "standby1" and topo["state"] == "CONFIRMED" and topo["failovers"] == 1
+        [(ha_cluster.ports[new],)]
+    # the other standby follows the new primary
+    wait_for(lambda: query(ha_cluster.ports[new], "SELECT count(*) FROM pg_stat_replication "
+                                                  f"WHERE application_name = 'standby{other}' AND state = "
+                                                  "'streaming'")[0][0] == 1,
+             30, f"standby{other} streaming from standby{new}")
+    wait_for(lambda: query(ha_cluster.ports[other], "SELECT count(*) FROM ha_rows WHERE id = -1")[0][0] == 1,
+             30, f"standby{other} replaying the new primary's writes")
     assert topo["history"][0]["kind"] == "failover"
     # every error a client saw says what happened
     for _, code, message in load.errors:  # (libpq drops the SQLSTATE of a FATAL error right before EOF at times)

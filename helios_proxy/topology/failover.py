@@ -7,8 +7,11 @@ someone else. Otherwise, after one fresh probe of every node:
 
 1. a node that already answers as primary (promoted by someone else) is followed;
 2. candidates are the healthy, unfenced standbys no more than `max_failover_lag_bytes` behind the
-   last WAL position seen on the primary, ranked synchronous standby first (as the primary last
-   reported in pg_stat_replication), then least lag, then highest `priority`;
+   last WAL position seen on the primary, ranked by the WAL they received (most first: every
+   other standby can then follow the winner, while one that received WAL past the point the winner
+   was promoted at could not, without pg_rewind), then synchronous standby first (as the primary
+   last reported in pg_stat_replication), then highest `priority`. A standby ahead of the
+   synchronous one holds every commit the synchronous one acknowledged, so none is lost;
 3. the winner is set PENDING and promoted (`pg_promote()`, or `failover.promote_command`), confirmed
    once a probe sees it out of recovery, which drains the switchover buffer (buffer.py);
 4. the other standbys are pointed at it (`repoint_standbys`).
@@ -115,7 +118,7 @@ class FailoverController:
                           "not promoting it", node.name, lag, limit)
                 continue
             sync = self.health.is_sync(node)
-            ranked.append(((not sync, lag, -node.priority, node.name), (node, sync, lag)))
+            ranked.append(((-(state.lsn or 0), not sync, -node.priority, node.name), (node, sync, lag)))
         return [entry for _, entry in sorted(ranked, key=lambda r: r[0])]
 
     def choose(self, old=None):
