@@ -77,7 +77,7 @@ def test_standalone_tracker_ignores_probes():
     assert t.current().name == "a"
 
 
-def test_candidates_sync_first_then_lag_then_priority_and_lag_limit():
+def test_candidates_most_wal_then_sync_then_priority_and_lag_limit():
     cfg = config(max_failover_lag_bytes=1000)
     tracker = PrimaryTracker(cfg)
     health = HealthChecker(cfg, {})
@@ -87,10 +87,10 @@ def test_candidates_sync_first_then_lag_then_priority_and_lag_limit():
     for name, lsn in (("b", 9_900), ("c", 9_950)):
         health.state(nodes[name]).in_recovery, health.state(nodes[name]).lsn = True, lsn
     health.replication = {"b": "sync", "c": "async"}
-    assert [n.name for n, _, _ in controller.candidates("a")] == ["b", "c"]  # sync wins over less lag
-    health.replication = {"b": "async", "c": "async"}
-    assert [n.name for n, _, _ in controller.candidates("a")] == ["c", "b"]  # then less lag
+    assert [n.name for n, _, _ in controller.candidates("a")] == ["c", "b"]  # c received more: b can follow it
     health.state(nodes["c"]).lsn = 9_900
+    assert [n.name for n, _, _ in controller.candidates("a")] == ["b", "c"]  # as much: sync first
+    health.replication = {"b": "async", "c": "async"}
     assert [n.name for n, _, _ in controller.candidates("a")] == ["c", "b"]  # then priority
     health.state(nodes["c"]).lsn = 8_000                                       # 2000 behind: too far
     assert [n.name for n, _, _ in controller.candidates("a")] == ["b"]
