@@ -90,14 +90,15 @@ def _raise_open_files_limit():
 @click.option("-c", "--config", "path", required=True, type=click.Path(dir_okay=False),
               help="TOML configuration file.")
 def check_config(path):
-    """Validate a configuration file and print a summary; exit 1 on the first error."""
+    """Validate a configuration file (settings, users file, plugins and their tables) and print a
+    summary; exit 1 naming every problem found."""
     from .config import load_file
     from .server.userlist import load_userlist
-    from .plugins.manager import plugin_settings
+    from .plugins.manager import PluginManager
     try:
         config = load_file(path)
         load_userlist(config.auth.users_file)
-        plugin_settings(config.plugins)
+        PluginManager(config).load(watch=False)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
     nodes = ", ".join(f"{n.name} ({n.role}, {n.host}:{n.port})" for n in config.nodes)

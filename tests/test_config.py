@@ -112,3 +112,38 @@ def test_userlist_format():
     assert users == {"alice": "pw", 'bo"b': "md5abc", "c": "SCRAM-SHA-256$1:a$b:c"}
     with pytest.raises(ConfigError, match=":1:"):
         parse_userlist('"alice" pw\n')
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as raised:
+        load({"server": {"listen": "*:6432", "max_client_conn": 0}, "pool": {"mode": "bogus", "nope": 1},
+              "nodes": [{"name": "a", "port": 1}, {"name": "b", "port": 2}], "bogus": {}},
+             environ={"HELIOS_POOL__MAXSIZE": "3", "HELIOS_TEST_OTHER": "not ours"})
+    text = str(raised.value)
+    for expected in ("unknown section [bogus]", "server.listen: '*:6432'", "server.max_client_conn: 0",
+                     "pool.nope: unknown setting", "pool.mode: 'bogus'", "HELIOS_POOL__MAXSIZE: no such setting",
+                     "'a', 'b' all have role = \"primary\""):
+        assert expected in text, text
+    assert text.startswith("7 configuration errors") and "HELIOS_TEST_OTHER" not in text
+
+
+def test_check_config_fails_like_run(tmp_path):
+    import subprocess
+    import sys
+    helios = os.path.join(os.path.dirname(sys.executable), "helios-proxy")
+    cases = {"star": '[server]\nlisten = "*:6432"\n[[nodes]]\nname = "p"\nport = 5432\n',
+             "plugin table": '[plugins.no_such_plugin]\nanswer = 42\n[[nodes]]\nname = "p"\nport = 5432\n'}
+    for name, text in cases.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.toml"
+        path.write_text(text)
+        for command in (["check-config", "-c", str(path)], ["run", "-c", str(path)]):
+            done = subprocess.run([helios, *command], capture_output=True, text=True, timeout=60)
+            assert done.returncode != 0, (command, done.stdout)
+            assert ("server.listen" if name == "star" else "plugins.no_such_plugin") in done.stderr, done.stderr
+
+
+def test_every_plugins_key_is_documented():
+    from helios_proxy.plugins.manager import GLOBAL_DOCS, GLOBAL_KEYS, MANAGER_KEYS, TABLE_DOCS
+    assert {k for k, _, _ in GLOBAL_DOCS} == set(GLOBAL_KEYS)
+    assert {k for k, _, _ in TABLE_DOCS} == set(MANAGER_KEYS)
+    assert "## [plugins]" in render() and "\n[plugins]\n" in render_example()

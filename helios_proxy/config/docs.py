@@ -5,6 +5,7 @@
 """
 import sys
 
+from ..plugins.manager import GLOBAL_DOCS, TABLE_DOCS
 from .schema import DATABASE_SETTINGS, NODE_SETTINGS, SETTINGS, USER_SETTINGS
 
 HEADER = """# Configuration reference
@@ -61,6 +62,12 @@ def render():
                                 ("users", "Overrides for one user.", USER_SETTINGS)):
         out.append(f"\n## [{section}.NAME]\n\n{doc}\n\n| key | type | default | description |\n|---|---|---|---|")
         out.extend(_row(s, "(inherit)") for s in table)
+    out.append("\n## [plugins]\n\nPlugins (see plugins/README.md). Any other key of a [plugins.NAME] table "
+               "is the plugin's own setting, passed to its `configure(table)`; a table naming no plugin is an "
+               "error.\n\n| key | default | description |\n|---|---|---|")
+    out.extend(f"| `{k}` | `{d}` | {text} |" for k, d, text in GLOBAL_DOCS)
+    out.append("\n## [plugins.NAME]\n\n| key | default | description |\n|---|---|---|")
+    out.extend(f"| `{k}` | `{d}` | {text} |" for k, d, text in TABLE_DOCS)
     out.append("\n## [[nodes]]\n\nOne table per PostgreSQL server.\n\n"
                "| key | type | default | description |\n|---|---|---|---|")
     out.extend(_row(s) for s in NODE_SETTINGS)
@@ -90,6 +97,11 @@ def render_example():
     out.append("\n# Per-database and per-user overrides, for example:\n# [databases.reporting]\n"
                "# mode = \"session\"\n# max_size = 5\n# [users.batch]\n# mode = \"session\"\n"
                "# max_connections = 2")
+    out.append("\n[plugins]")
+    for key, default, text in GLOBAL_DOCS:
+        out.append(f"# {text}\n{key} = {default}")
+    out.append("# A plugin's own settings, for example:\n# [plugins.query_guard]\n# policy = \"fail-closed\"\n"
+               "# statements = [\"DELETE\", \"UPDATE\"]")
     out.append("\n# One [[nodes]] table per PostgreSQL server.")
     for name, port, role, priority in EXAMPLE_NODES:
         out.append(f'\n[[nodes]]\nname = "{name}"\nhost = "127.0.0.1"\nport = {port}\nrole = "{role}"\n'

@@ -88,61 +88,95 @@ def _from_env(setting, text, var):
         raise ConfigError(f"{var} (for {setting.path}): expected {setting.type.__name__}, got {text!r}") from None
 
 
+class Problems(list):
+    """Every configuration error found, so that one run of check-config reports them all."""
+
+    def check(self, fn, *args, default=None):
+        """fn(*args), or default after noting the ConfigError it raised."""
+        try:
+            return fn(*args)
+        except ConfigError as e:
+            self.extend(str(e).splitlines())
+            return default
+
+    def raise_any(self):
+        if self:
+            raise ConfigError("\n".join(self) if len(self) == 1 else
+                              f"{len(self)} configuration errors:\n" + "\n".join(f"  {p}" for p in self))
+
+
 def load(data, environ=None, source=None):
-    """Build a validated Config from parsed TOML `data` and an environment mapping."""
+    """Build a validated Config from parsed TOML `data` and an environment mapping; a ConfigError
+    names every problem found, one per line."""
     environ = os.environ if environ is None else environ
     if not isinstance(data, dict):
         raise ConfigError("configuration must be a TOML table")
-    unknown = set(data) - set(SECTIONS) - {"nodes", "plugins", "databases", "users"}
-    if unknown:
-        raise ConfigError(f"unknown section [{sorted(unknown)[0]}]; known: {', '.join(sorted(SECTIONS))}, nodes")
+    problems = Problems()
+    for name in sorted(set(data) - set(SECTIONS) - {"nodes", "plugins", "databases", "users"}):
+        problems.append(f"unknown section [{name}]; known: {', '.join(sorted(SECTIONS))}, nodes, databases, "
+                        "users, plugins")
+    known_vars = set()
     cfg = Config(source=source)
     for section, keys in SECTIONS.items():
         env = {key: f"{ENV_PREFIX}{section.upper()}__{key.upper()}" for key in keys}
-        setattr(cfg, section, _table(data.get(section, {}), keys, section, environ, env))
-    cfg.nodes = _load_nodes(data.get("nodes", []))
-    cfg.databases = _load_named(data.get("databases", {}), "databases", DATABASE_SETTINGS)
-    cfg.users = _load_named(data.get("users", {}), "users", USER_SETTINGS)
+        known_vars.update(env.values())
+        setattr(cfg, section, _table(data.get(section, {}), keys, section, environ, env, problems=problems))
+    for var in sorted(v for v in environ if v.startswith(ENV_PREFIX) and "__" in v and v not in known_vars):
+        problems.append(f"{var}: no such setting (HELIOS_<SECTION>__<KEY>, e.g. HELIOS_POOL__MAX_SIZE)")
+    cfg.nodes = problems.check(_load_nodes, data.get("nodes", []), problems, default=[])
+    cfg.databases = problems.check(_load_named, data.get("databases", {}), "databases", DATABASE_SETTINGS,
+                                   default={})
+    cfg.users = problems.check(_load_named, data.get("users", {}), "users", USER_SETTINGS, default={})
     cfg.plugins = data.get("plugins", {})
-    _check_cross(cfg)
+    _check_cross(cfg, problems)  # (a bad value was replaced by its default: no false alarms)
+    problems.raise_any()
     return cfg
 
 
-def _table(given, keys, where, environ=None, env=None, required=False):
+def _table(given, keys, where, environ=None, env=None, required=False, problems=None):
     """Validate one table against its settings: {key: value} as a namespace.
 
     Unset keys take their default (an environment variable first, when env names one); with
-    `required`, a setting without a default must be given.
+    `required`, a setting without a default must be given. Every problem is noted in `problems`
+    (a bad value leaves the default); without it, the first one raises.
     """
+    own = problems is None
+    problems = Problems() if own else problems
     if not isinstance(given, dict):
-        raise ConfigError(f"[{where}] must be a table")
-    extra = set(given) - set(keys)
-    if extra:
-        raise ConfigError(f"{where}.{sorted(extra)[0]}: unknown setting")
+        problems.append(f"[{where}] must be a table")
+        given = {}
+    for key in sorted(set(given) - set(keys)):
+        problems.append(f"{where}.{key}: unknown setting")
     values = {}
     for key, setting in keys.items():
         var = env.get(key) if env else None
+        values[key] = setting.default
         if var and var in environ:
-            values[key] = _coerce(setting, _from_env(setting, environ[var], var), var)
+            values[key] = problems.check(lambda: _coerce(setting, _from_env(setting, environ[var], var), var),
+                                         default=setting.default)
         elif key in given:
-            values[key] = _coerce(setting, given[key], f"{where}.{key}")
+            values[key] = problems.check(_coerce, setting, given[key], f"{where}.{key}", default=setting.default)
         elif required and setting.default is None:
-            raise ConfigError(f"{where}.{key}: required")
-        else:
-            values[key] = setting.default
+            problems.append(f"{where}.{key}: required")
+    if own:
+        problems.raise_any()
     return SimpleNamespace(**values)
 
 
-def _load_nodes(entries):
+def _load_nodes(entries, problems):
     if not isinstance(entries, list) or not entries:
         raise ConfigError("nodes: at least one [[nodes]] entry (name, host, port, role) is required")
     nodes, names = [], set()
     for i, entry in enumerate(entries):
-        node = _table(entry, NODE_KEYS, f"nodes[{i}]", required=True)
+        node = _table(entry, NODE_KEYS, f"nodes[{i}]", required=True, problems=problems)
         if node.name in names:
-            raise ConfigError(f"nodes[{i}].name: {node.name!r} is used twice")
+            problems.append(f"nodes[{i}].name: {node.name!r} is used twice")
         names.add(node.name)
         nodes.append(node)
+    primaries = [n.name for n in nodes if n.role == "primary"]
+    if len(primaries) > 1:
+        problems.append(f"nodes: {', '.join(map(repr, primaries))} all have role = \"primary\" (the default): "
+                        "give every node but the primary role = \"standby\"")
     return nodes
 
 
@@ -154,31 +188,31 @@ def _load_named(tables, section, settings):
     return {name: _table(table, keys, f"{section}.{name}") for name, table in tables.items()}
 
 
-def _check_cross(cfg):
+def _check_cross(cfg, problems):
     for database in (None, *cfg.databases):
         low, high = cfg.pool_setting(database, "min_size"), cfg.pool_setting(database, "max_size")
         if low > high:
             where = f"databases.{database}" if database else "pool"
-            raise ConfigError(f"{where}.min_size: {low} is above max_size {high}")
+            problems.append(f"{where}.min_size: {low} is above max_size {high}")
     if cfg.tls.client_mode != "disable" and not (cfg.tls.client_cert_file and cfg.tls.client_key_file):
-        raise ConfigError(f"tls.client_mode: {cfg.tls.client_mode!r} needs tls.client_cert_file and "
+        problems.append(f"tls.client_mode: {cfg.tls.client_mode!r} needs tls.client_cert_file and "
                           "tls.client_key_file")
     if cfg.auth.method != "trust" and not (cfg.auth.users_file or cfg.auth.auth_user):
-        raise ConfigError(f"auth.method: {cfg.auth.method!r} needs auth.users_file or auth.auth_user")
+        problems.append(f"auth.method: {cfg.auth.method!r} needs auth.users_file or auth.auth_user")
     for path in ("auth.users_file", "tls.client_cert_file", "tls.client_key_file", "tls.server_ca_file"):
         section, key = path.split(".")
         value = getattr(getattr(cfg, section), key)
         if value and not os.path.isfile(value):
-            raise ConfigError(f"{path}: {value!r}: no such file")
-    if cfg.admin.enabled and not loopback(cfg.admin.listen) and not cfg.admin.token:
-        raise ConfigError(f"admin.listen: {cfg.admin.listen!r} is beyond loopback: set admin.token "
+            problems.append(f"{path}: {value!r}: no such file")
+    if cfg.admin.enabled and not loopback(cfg.admin.listen) and not (cfg.admin.token or cfg.admin.tokens):
+        problems.append(f"admin.listen: {cfg.admin.listen!r} is beyond loopback: set admin.token "
                           "(or HELIOS_ADMIN__TOKEN) too")
     if cfg.topology.provider == "patroni" and not cfg.topology.patroni_url:
-        raise ConfigError('topology.patroni_url: required with topology.provider = "patroni"')
+        problems.append('topology.patroni_url: required with topology.provider = "patroni"')
     if cfg.failover.mode == "command" and not cfg.failover.promote_command:
-        raise ConfigError('failover.promote_command: required with failover.mode = "command"')
-    if not any(n.role == "primary" for n in cfg.nodes):
-        raise ConfigError("nodes: no node has role = \"primary\"")
+        problems.append('failover.promote_command: required with failover.mode = "command"')
+    if cfg.nodes and not any(n.role == "primary" for n in cfg.nodes):
+        problems.append("nodes: no node has role = \"primary\"")
 
 
 def loopback(listen):

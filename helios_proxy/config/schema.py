@@ -40,6 +40,10 @@ def address(value):
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         return "expected \"host:port\" with a port between 1 and 65535"
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not re.fullmatch(r"[A-Za-z0-9.:-]+", host) or host.startswith("-"):
+        return ("expected an address or host name before the port (for every interface: 0.0.0.0 for IPv4, "
+                "[::] for IPv6)")
     return None
 
 

@@ -26,6 +26,22 @@ GROUP = "helios_proxy"
 MANAGER_KEYS = ("enabled", "policy", "budget_ms")
 GLOBAL_KEYS = {"enabled": bool, "modules": list, "wasm_dir": str, "budget_ms": (int, float), "wasm_fuel": int,
                "wasm_memory_mb": (int, float), "wasm_reload_interval": (int, float)}
+# [plugins] keys and [plugins.NAME] keys the manager reads: (key, default, description), for the
+# configuration reference (config/docs.py; a test checks that every key is described).
+GLOBAL_DOCS = (
+    ("enabled", "true", "Load plugins at all (entry points, modules, WASM)."),
+    ("modules", "[]", "Python modules to load as plugins by name, without packaging."),
+    ("wasm_dir", '""', "Folder of WASM modules (*.wasm, *.wat), watched and hot-reloaded; needs wasmtime."),
+    ("budget_ms", "100", "Milliseconds a plugin hook may take per call (cut at the next cooperative point)."),
+    ("wasm_fuel", "10000000", "Fuel units a WASM module may burn per call."),
+    ("wasm_memory_mb", "16", "Memory cap of a WASM module, MiB."),
+    ("wasm_reload_interval", "0.5", "Seconds between looks at wasm_dir for changes."),
+)
+TABLE_DOCS = (
+    ("enabled", "true", "false: this plugin is not loaded (a table that only disables an absent plugin is fine)."),
+    ("policy", '"fail-open"', "When the plugin fails: fail-open (the query goes on) or fail-closed (refused)."),
+    ("budget_ms", "[plugins] budget_ms", "This plugin's own time budget per call."),
+)
 BUILTINS = ()  # (name, module or instance): registered before everything else
 
 
@@ -113,8 +129,19 @@ class PluginManager:
             self.wasm = WasmHost(self, self.settings)
             self.wasm.load_all(watch)
         self.pm.check_pending()
+        self._check_tables()
         self.refresh()
         return self
+
+    def _check_tables(self):
+        """A [plugins.NAME] table no plugin answers to is a typo or a missing package: an error
+        (a table that only disables an absent plugin is fine)."""
+        known = set(self.sources) | set(self.disabled) | set(self.broken)
+        unknown = sorted(name for name, table in self.tables.items()
+                         if name not in known and table.get("enabled", True) is not False)
+        if unknown:
+            raise PluginError("; ".join(f"plugins.{name}: no plugin of that name is installed or listed in "
+                                        "plugins.modules" for name in unknown))
 
     def _register(self, name, plugin, source):
         self.pm.register(plugin, name=name)
