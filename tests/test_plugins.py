@@ -244,3 +244,40 @@ def test_bad_plugin_settings_are_clear_config_errors(tmp_path, cluster):
         p.write_config()
         out = subprocess.run([HELIOS, "run", "-c", p.config_path], capture_output=True, text=True, timeout=30)
         assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def tutorial_files():
+    """The tutorial's files exactly as plugins/README.md shows them: {file name: code}."""
+    with open(os.path.join(ROOT, "plugins", "README.md")) as f:
+        text = f.read()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    files = {}
+    for block in blocks:
+        lines = [line[3:] if line.startswith("   ") else line for line in block.splitlines()]
+        first = lines[0].strip()
+        if first.startswith("# ") and first.endswith(".py"):
+            files[first[2:]] = "\n".join(lines) + "\n"
+    return files
+
+
+def test_the_tutorial_plugin_works_as_written(tmp_path):
+    files = tutorial_files()
+    assert set(files) >= {"my_plugin.py", "setup.py"}
+    for name, code in files.items():
+        (tmp_path / name).write_text(code)
+    done = subprocess.run([sys.executable, "setup.py", "--name"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "my-plugin", done.stderr
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import my_plugin
+        from helios_proxy.pipeline import QueryContext
+        refused = {sql: my_plugin.on_query_start(QueryContext(None, sql)) is not None for sql in (
+            "drop table t", "DROP  TABLE t", "drop /* hidden */ table if exists a, b", "select 1; drop table t",
+            "select 'drop table t'", "drop view v", "select 1", "drop tabel oops")}
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("my_plugin", None)
+    assert refused == {"drop table t": True, "DROP  TABLE t": True, "drop /* hidden */ table if exists a, b": True,
+                       "select 1; drop table t": True, "select 'drop table t'": False, "drop view v": False,
+                       "select 1": False, "drop tabel oops": False}
