@@ -299,3 +299,11 @@ def test_named_tokens_have_roles_and_mutations_name_them(start_proxy):
     assert all(t not in log for t in secret.values())  # the tokens themselves are never logged
     config = proxy.api("GET", "/config")[1]
     assert config["admin"]["tokens"] == "********"
+
+
+def test_disabling_the_primary_needs_force(admin_proxy):
+    status, out = admin_proxy.api("POST", "/nodes/primary/disable", {})
+    assert status == 409 and "is the primary" in out["error"]
+    assert admin_proxy.query("select 1") == [(1,)]  # writes were never stopped
+    assert admin_proxy.api("POST", "/nodes/standby1/disable", {})[0] == 200
+    assert admin_proxy.api("POST", "/nodes/standby1/enable", {})[0] == 200

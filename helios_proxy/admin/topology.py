@@ -35,7 +35,11 @@ def node(name):
 def disable(name):
     proxy = proxy_of()
     node = find_node(proxy, name)
-    proxy.tracker.fence(node.name, json_body().get("reason") or "disabled by the operator")
+    body = json_body()
+    if proxy.tracker.primary == node.name and body.get("force") is not True:
+        raise ApiError(409, f"{node.name} is the primary: disabling it stops every write until another "
+                            "primary is set (switch over first, or send {\"force\": true})")
+    proxy.tracker.fence(node.name, body.get("reason") or "disabled by the operator")
     proxy.pools.close_idle(node)
     return jsonify(views.node(proxy, node))
 
