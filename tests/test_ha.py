@@ -364,3 +364,31 @@ def test_query_timeout_bounds_writes_on_a_hung_primary(start_proxy, ha_cluster):
         for pid in stopped:
             os.kill(pid, signal.SIGCONT)
         conn.close()
+
+
+def test_session_mode_switchover_moves_idle_clients_with_their_settings_and_statements(start_proxy, ha_cluster):
+    """Session pooling: clients between transactions move to the new primary unnoticed (settings
+    and prepared statements, protocol- and SQL-level, re-created); only one inside a transaction
+    is ended after switchover_timeout."""
+    import psycopg
+    proxy = start_ha_proxy(start_proxy, ha_cluster, mode="session", failover={"switchover_timeout": 2.0})
+    idle = []
+    for i in range(3):
+        conn = psycopg.connect(proxy.dsn(), autocommit=True, prepare_threshold=0)
+        conn.execute(f"set application_name = 'moved{i}'")
+        conn.execute("select count(*) from ha_rows where id > %s", (i,))  # a protocol-level statement
+        conn.execute(f"prepare mine{i} as select {i} + $1::int")
+        idle.append(conn)
+    busy = psycopg.connect(proxy.dsn())
+    busy.execute("select 1")  # a transaction left open
+    status, out = proxy.api("POST", "/switchover", {"target": "standby1"})
+    assert status == 200, out
+    for i, conn in enumerate(idle):
+        row = conn.execute("select inet_server_port(), current_setting('application_name')").fetchone()
+        assert row == (ha_cluster.ports[1], f"moved{i}")
+        assert conn.execute("select count(*) from ha_rows where id > %s", (i,)).fetchone()[0] >= 0
+        assert conn.execute(f"execute mine{i}(40)").fetchone() == (i + 40,)
+        conn.close()
+    with pytest.raises(psycopg.OperationalError):
+        busy.execute("select 1")
+    assert out["sessions_ended"] == 1

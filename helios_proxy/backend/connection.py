@@ -185,6 +185,11 @@ class ServerConnection:
             self.sock.sendall(codec.parse(sql) + codec.bind(params) + codec.execute() + codec.SYNC)
         return self._results()[1]
 
+    def prepare(self, name, sql, param_types=()):
+        """Parse a named statement (the proxy's own use: re-creating a client's statement)."""
+        self.sock.sendall(codec.parse(sql, name=name, param_types=param_types) + codec.SYNC)
+        self._results()
+
     def fetch(self, sql, params=(), max_rows=0):
         """Run one statement with parameters (extended protocol): (columns, rows, truncated).
         At most max_rows rows (0: all); rows are lists of text or None."""

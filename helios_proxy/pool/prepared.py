@@ -148,6 +148,21 @@ class ServerStatements:
         self.names.clear()
 
 
+# A session's own prepared statements (session pooling), to re-create them on another connection:
+# protocol-level ones by Parse (name, text, parameter type OIDs), SQL-level ones by their PREPARE.
+SAVED_STATEMENTS = ("SELECT name, statement, from_sql, pg_catalog.array_to_string(parameter_types::oid[], ',') "
+                    "FROM pg_catalog.pg_prepared_statements")
+
+
+def recreate(server, saved):
+    """Prepare every statement of saved (rows of SAVED_STATEMENTS) on server; raises BackendError."""
+    for name, text, from_sql, types in saved:
+        if from_sql == "t":
+            server.execute(text)
+        else:
+            server.prepare(name, text, [int(t) for t in types.split(",") if t])
+
+
 def rename_bind(body, sname):
     portal, pos = read_cstr(body, 0)
     _, pos = read_cstr(body, pos)

@@ -78,6 +78,7 @@ class ClientSession:
         self.settings = {}            # session settings the client expects on any server (+ settings_key)
         self.settings_dirty = False   # the client ran SET/RESET/DISCARD: capture at lease end
         self.schema_changed = False   # it ran DDL: shared statements are re-parsed after it commits
+        self.restore = None           # prepared statements to re-create at the next lease (move_off)
         self.idle_lease = Event()     # set while no lease is being ended
         self.idle_lease.set()
         self.waiting = None           # the AsyncResult it waits on for a server, while it waits
@@ -226,6 +227,13 @@ class ClientSession:
         except BaseException:
             pool.release(server, reusable=server.tx_status == m.TX_IDLE and not server.broken)
             raise
+        if self.restore:  # moved off its last server: its prepared statements, re-created here
+            try:
+                prepared.recreate(server, self.restore)
+                self.restore = None
+            except BaseException:
+                pool.release(server, reusable=False)
+                raise
         router = self.proxy.router
         router.count(server.node, target)
         if router.on:
@@ -342,6 +350,40 @@ class ClientSession:
         except Exception as e:  # the pool gets its slot back whatever went wrong
             log.info("%r: ending the lease of %r failed (%s); closing it", self, server, e)
             self.lease_pool.release(server, reusable=False)
+        finally:
+            self.idle_lease.set()
+
+    def movable(self):
+        """Whether this session may move to another server connection now, unnoticed: session
+        pooling, between transactions, nothing outstanding (a pinned pooled client keeps state
+        that cannot move)."""
+        server = self.server
+        return (server is not None and not self.pooled and self.closing is None and self.outstanding == 0
+                and not self.in_extended and not self.plan.entries and server.tx_status == m.TX_IDLE
+                and not server.broken)
+
+    def move_off(self):
+        """Take an idle session-mode session off its server connection (a planned switchover):
+        its settings and prepared statements are read from it and re-created on the server its
+        next query leases (on the new primary); the old connection goes back to its pool. Until
+        this is done, its next message waits (idle_lease). Returns False if it was not movable."""
+        if not self.movable():
+            return False
+        server, pump = self.server, self.pump
+        self.detach()  # from here its next message takes a new lease, after idle_lease is set
+        try:
+            relay.PUMPS.stop(pump, block=True)
+            self.settings = session_state.capture(server)
+            self.settings_checked = True
+            self.restore = [row for row in server.execute(prepared.SAVED_STATEMENTS) or ()]
+            (self.lease_pool or self.pool).release(server, reset_for_reuse(
+                server, self.proxy.config.pool.reset_query, in_flight=False, full_reset=True))
+            return True
+        except Exception as e:  # it could not be moved: it ends, as before
+            log.warning("%r could not be moved off %s (%s)", self, server.node.name, e)
+            (self.lease_pool or self.pool).release(server, reusable=False)
+            self.terminate(f"terminating connection: could not move it off {server.node.name}")
+            return False
         finally:
             self.idle_lease.set()
 

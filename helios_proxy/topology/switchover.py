@@ -2,8 +2,10 @@
 are between transactions.
 
 1. new primary transactions are paused (they wait in the switchover buffer, buffer.py);
-2. transactions in flight on the old primary get `failover.switchover_timeout` to finish; sessions
-   still holding it after that (session pooling, pinned clients) are ended with 57P01;
+2. transactions in flight on the old primary get `failover.switchover_timeout` to finish; a
+   session-pooled client between transactions is moved off it (its settings and prepared
+   statements are re-created on the new primary at its next query); sessions still in a
+   transaction after the timeout (and pinned pooled clients) are ended with 57P01;
 3. the old primary is fenced: no traffic from the proxy until `enable`, and
    `failover.fence_command` runs when set (e.g. stop it, so nothing else writes there);
 4. the target replays every WAL byte the old primary wrote, then is promoted and confirmed;
@@ -69,11 +71,26 @@ def switchover(proxy, target_name):
 
 
 def _drain(proxy, node, timeout):
-    """Wait until no session holds a server connection to node; end those that still do after timeout."""
-    holding = proxy.wait_released(lambda s: s.server.node.name == node.name, timeout)
+    """Wait until no session holds a server connection to node. A session-mode session between
+    transactions is moved off it (its settings and prepared statements follow it to the new
+    primary); one still in a transaction after timeout is ended."""
+    deadline = time.monotonic() + timeout
+    moved = 0
+    while True:
+        holding = [s for s in list(proxy.sessions) if s.server is not None and s.server.node.name == node.name]
+        for session in holding:
+            if session.movable() and session.move_off():
+                moved += 1
+        holding = [s for s in holding if s.server is not None]
+        if not holding or time.monotonic() >= deadline:
+            break
+        gevent.sleep(0.01)
+    if moved:
+        log.warning("switchover: moved %d idle session(s) off %s", moved, node.name)
     for session in holding:
         session.terminate(f"terminating connection: switchover away from {node.name}")
     if holding:
-        log.warning("switchover: ended %d session(s) still using %s after %g s", len(holding), node.name, timeout)
+        log.warning("switchover: ended %d session(s) still in a transaction on %s after %g s", len(holding),
+                    node.name, timeout)
         gevent.sleep(0.05)
     return len(holding)
