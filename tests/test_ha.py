@@ -392,3 +392,14 @@ def test_session_mode_switchover_moves_idle_clients_with_their_settings_and_stat
     with pytest.raises(psycopg.OperationalError):
         busy.execute("select 1")
     assert out["sessions_ended"] == 1
+
+
+def test_session_mode_switchover_ends_a_client_whose_state_cannot_move(start_proxy, ha_cluster):
+    import psycopg
+    proxy = start_ha_proxy(start_proxy, ha_cluster, mode="session", failover={"switchover_timeout": 1.0})
+    listener = psycopg.connect(proxy.dsn(), autocommit=True)
+    listener.execute("listen somewhere")  # notifications would be lost on another connection
+    status, out = proxy.api("POST", "/switchover", {"target": "standby1"})
+    assert status == 200 and out["sessions_ended"] == 1, out
+    with pytest.raises(psycopg.OperationalError):
+        listener.execute("select 1")

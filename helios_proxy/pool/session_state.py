@@ -14,6 +14,12 @@ CAPTURE = ("SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'ses
            "UNION ALL SELECT 'session_authorization', pg_catalog.current_setting('session_authorization') "
            "UNION ALL SELECT 'role', pg_catalog.current_setting('role')")
 RESET = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL"
+# Session state that cannot be re-created elsewhere: LISTEN, temporary tables, open cursors,
+# session advisory locks (a count; 0 means the session can move to another connection).
+STATEFUL = ("SELECT (SELECT count(*) FROM pg_catalog.pg_listening_channels()) + (SELECT count(*) FROM "
+            "pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()) + (SELECT count(*) FROM "
+            "pg_catalog.pg_cursors) + (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' "
+            "AND pid = pg_catalog.pg_backend_pid())")
 
 
 def literal(value):

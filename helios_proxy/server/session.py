@@ -373,6 +373,10 @@ class ClientSession:
         self.detach()  # from here its next message takes a new lease, after idle_lease is set
         try:
             relay.PUMPS.stop(pump, block=True)
+            if int(server.execute(session_state.STATEFUL)[0][0]):  # state that cannot move: it stays
+                self.attach(self.pool, server)                     # (and is ended if it must go)
+                self.pump = relay.PUMPS.start(self, server)
+                return False
             self.settings = session_state.capture(server)
             self.settings_checked = True
             self.restore = [row for row in server.execute(prepared.SAVED_STATEMENTS) or ()]
