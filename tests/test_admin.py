@@ -272,7 +272,8 @@ def test_host_header_body_size_and_allow_header(start_proxy):
     status, _, body = raw(proxy, "POST", "/reload", data=big,
                           headers={"Authorization": "Bearer test-token", "Content-Type": "application/json"})
     assert status == 413
-    req = urllib.request.Request(f"http://{base}/nodes", method="DELETE", headers={"Authorization": "Bearer test-token"})
+    req = urllib.request.Request(f"http://{base}/nodes", method="DELETE",
+                                 headers={"Authorization": "Bearer test-token"})
     try:
         urllib.request.urlopen(req, timeout=10)
     except urllib.error.HTTPError as e:

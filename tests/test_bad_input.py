@@ -9,6 +9,8 @@ import pytest
 
 from helios_proxy.protocol import codec
 
+from .fake_server import FakeServer
+
 
 def raw_connect(proxy):
     s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
@@ -329,46 +331,19 @@ def test_gssenc_request_followed_by_plaintext_names_the_gssapi_request(proxy, su
     assert fields["C"] == "08P01" and fields["M"] == "received unencrypted data after GSSAPI encryption request"
 
 
-class FakeBackend:
-    """A TCP server on loopback that logs clients in like PostgreSQL (trust), then answers every
-    Query with the bytes it was given: a malformed backend for the proxy."""
-
-    def __init__(self, reply, login_extra=b""):
-        import threading
-        self.reply, self.login_extra = reply, login_extra
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        import threading
+def malformed_backend(reply, login_extra=b""):
+    """A server that logs clients in like PostgreSQL (trust), then answers every Query with reply."""
+    def talk(conn):
+        conn.recv(65536)  # the startup packet
+        conn.sendall(codec.authentication(0) + codec.parameter_status("server_version", "15.0")
+                     + login_extra + codec.backend_key_data(7, 7) + codec.ready_for_query())
         while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
+            data = conn.recv(65536)
+            if not data or data[:1] == b"X":
                 return
-            threading.Thread(target=self.client, args=(conn,), daemon=True).start()
-
-    def client(self, conn):
-        try:
-            conn.recv(65536)  # the startup packet
-            conn.sendall(codec.authentication(0) + codec.parameter_status("server_version", "15.0")
-                         + self.login_extra + codec.backend_key_data(7, 7) + codec.ready_for_query())
-            while True:
-                data = conn.recv(65536)
-                if not data or data[:1] == b"X":
-                    break
-                if data[:1] == b"Q":
-                    conn.sendall(self.reply)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self):
-        self.listener.close()
+            if data[:1] == b"Q":
+                conn.sendall(reply)
+    return FakeServer(talk)
 
 
 @pytest.mark.parametrize("name,reply,login_extra", [
@@ -378,7 +353,7 @@ class FakeBackend:
 ])
 @pytest.mark.parametrize("mode", ["session", "transaction"])
 def test_malformed_backend_replies_cost_one_log_line_not_a_traceback(start_proxy, name, reply, login_extra, mode):
-    backend = FakeBackend(reply, login_extra)
+    backend = malformed_backend(reply, login_extra)
     try:
         proxy = start_proxy(pool={"mode": mode, "max_size": 2}, health={"interval": 60},
                             nodes=[{"name": "fake", "host": "127.0.0.1", "port": backend.port, "role": "primary"}])

@@ -1,12 +1,10 @@
 """Transaction pooling never lets one client's identity, settings, bytes or errors reach another
 client on the same server connection (one server connection, so every client shares it)."""
 import psycopg
-import psycopg2
 import pytest
 
 from helios_proxy.protocol import codec
 
-from .wire import Wire, error_of
 
 
 @pytest.fixture(scope="module")

@@ -228,7 +228,6 @@ def test_query_timeout_ends_a_client_whose_server_hangs(start_proxy, cluster):
 
 
 def test_idle_transaction_timeout_frees_the_server(start_proxy):
-    import psycopg2
     import time
     proxy = start_proxy(pool={"mode": "transaction", "max_size": 1, "idle_transaction_timeout": 0.5})
     idle = psycopg.connect(proxy.dsn())

@@ -1,7 +1,6 @@
 """Login hardening: what an attacker or a rogue backend must not get from the proxy's authentication."""
 import socket
 import struct
-import threading
 import time
 
 import psycopg2
@@ -11,6 +10,7 @@ from helios_proxy.protocol import codec
 from helios_proxy.protocol.scram import ScramClient, md5_hash, md5_response
 
 from .test_bad_input import error_fields, read_all
+from .fake_server import FakeServer
 from .test_auth import userlist
 
 
@@ -129,53 +129,30 @@ def test_connections_still_logging_in_are_budgeted_per_address(start_proxy):
     s.close()
 
 
-class RogueBackend:
-    """Answers every login with the given authentication request and records what it receives."""
-
-    def __init__(self, request):
-        self.request, self.received = request, []
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(8)
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
+def rogue_backend(request, received):
+    """A server that answers every login with the authentication request given, notes in received
+    what it gets, and answers a SCRAM first message with 30 million iterations."""
+    def talk(conn):
+        conn.recv(65536)
+        conn.sendall(request)
         while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
+            data = conn.recv(65536)
+            if not data:
                 return
-            threading.Thread(target=self.client, args=(conn,), daemon=True).start()
-
-    def client(self, conn):
-        try:
-            conn.settimeout(10)
-            conn.recv(65536)
-            conn.sendall(self.request)
-            while True:
-                data = conn.recv(65536)
-                if not data:
-                    break
-                self.received.append(data)
-                if data[:1] == b"p" and b"SCRAM-SHA-256" in data:  # SASLInitialResponse: a huge count
-                    nonce = data.split(b"r=", 1)[1].split(b"\0")[0].decode()
-                    first = f"r={nonce}abc,s=c2FsdHNhbHQ=,i=30000000".encode()
-                    conn.sendall(codec.authentication(11, first))
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self):
-        self.listener.close()
+            received.append(data)
+            if data[:1] == b"p" and b"SCRAM-SHA-256" in data:  # SASLInitialResponse: a huge count
+                nonce = data.split(b"r=", 1)[1].split(b"\0")[0].decode()
+                first = f"r={nonce}abc,s=c2FsdHNhbHQ=,i=30000000".encode()
+                conn.sendall(codec.authentication(11, first))
+    return FakeServer(talk)
 
 
 @pytest.mark.parametrize("case", ["cleartext", "scram iterations"])
 def test_a_rogue_backend_gets_no_cleartext_password_and_cannot_stall_the_proxy(start_proxy, tmp_path, case):
     request = (codec.authentication(3) if case == "cleartext"
                else codec.authentication(10, b"SCRAM-SHA-256\0\0"))
-    rogue = RogueBackend(request)
+    received = []
+    rogue = rogue_backend(request, received)
     try:
         proxy = start_proxy(auth={"users_file": userlist(tmp_path, {"postgres": "secret-pass"})},
                             health={"interval": 60},
@@ -187,7 +164,7 @@ def test_a_rogue_backend_gets_no_cleartext_password_and_cannot_stall_the_proxy(s
         assert time.monotonic() - started < 5
         assert fields["S"] == "FATAL", fields
         assert "cleartext" in fields["M"] if case == "cleartext" else "max_scram_iterations" in fields["M"]
-        assert not any(b"secret-pass" in data for data in rogue.received)
+        assert not any(b"secret-pass" in data for data in received)
     finally:
         rogue.close()
 
