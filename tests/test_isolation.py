@@ -6,7 +6,6 @@ import pytest
 from helios_proxy.protocol import codec
 
 
-
 @pytest.fixture(scope="module")
 def roles(cluster):
     cluster.sql("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'iso_alice') THEN "
