@@ -57,8 +57,9 @@ class LagMonitor(Periodic):
         node = self.router.primary()
         primary = self._query(node, PRIMARY_QUERY) if node is not None else None
         head = lsn(primary[0]) if primary else None
-        health = self.router.health
-        for node in self.router.standbys():
+        health, tracker = self.router.health, self.router.tracker
+        # every standby, fenced ones too: one enabled again is fit for reads at once
+        for node in (n for n in tracker.config.nodes if tracker.roles.get(n.name, n.role) == "standby"):
             if not health.healthy(node):
                 continue
             row = self._query(node, STANDBY_QUERY)
