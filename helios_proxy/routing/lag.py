@@ -9,6 +9,8 @@ measured, or not measured in the last few intervals) is not fit for reads either
 import logging
 import time
 
+from gevent.lock import Semaphore
+
 from ..backend.connection import ServerConnection
 from ..errors import ProxyError
 from ..periodic import Periodic
@@ -29,6 +31,7 @@ class LagMonitor(Periodic):
         self.lag = {}       # standby name -> (lag bytes, lag ms)
         self.measured = {}  # standby name -> monotonic time of its last measurement
         self.conns = {}     # node name -> ServerConnection of the monitor's own
+        self.lock = Semaphore()
 
     def interval(self):
         return self.router.config.routing.lag_check_interval
@@ -52,6 +55,11 @@ class LagMonitor(Periodic):
             return None
 
     def tick(self):
+        """Measure every standby once (also called at once when a node turns healthy again)."""
+        with self.lock:  # one measurement at a time: they share the connections
+            self._measure()
+
+    def _measure(self):
         if self.router.health is None:
             return
         node = self.router.primary()

@@ -102,6 +102,8 @@ class Proxy:
     def _health_changed(self, node, healthy, reason):
         self.pools.close_idle(node)  # idle connections of a node that went down (or came back) may be dead
         self.tracker.health_changed(node.name, healthy, reason)
+        if healthy and self.router.lag is not None:  # fit for reads once its lag is known: measure now
+            gevent.spawn(self.router.lag.tick)
 
     def _observed(self, node, in_recovery, timeline, lsn):
         self.tracker.observe(node.name, in_recovery, timeline, lsn)
