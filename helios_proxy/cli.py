@@ -60,8 +60,18 @@ def run(path, worker, admin_socket):
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
     tag = f"[worker {worker}] " if worker is not None else ""
-    logging.basicConfig(level=config.log.level.upper(), format=LOG_FORMAT.replace("%(name)s", tag + "%(name)s"),
-                        stream=sys.stderr)
+    log_format = LOG_FORMAT.replace("%(name)s", tag + "%(name)s")
+    logging.basicConfig(level=config.log.level.upper(), format=log_format, stream=sys.stderr)
+    if config.log.file:
+        from logging.handlers import WatchedFileHandler
+        try:
+            handler = WatchedFileHandler(config.log.file)
+        except OSError as e:
+            raise click.ClickException(f"log.file: {config.log.file!r}: {e.strerror or e}") from None
+        handler.setFormatter(logging.Formatter(log_format))
+        logging.getLogger().addHandler(handler)
+    if worker is None and config.server.pid_file:
+        _write_pid_file(config.server.pid_file)
     if worker is None and config.server.workers > 1:
         from .server.workers import Arbiter
         try:
@@ -76,6 +86,40 @@ def run(path, worker, admin_socket):
         raise click.ClickException(str(e)) from None
     except OSError as e:
         raise click.ClickException(f"cannot listen on {config.server.listen}: {e.strerror or e}") from None
+
+
+def _write_pid_file(path):
+    """Write our pid to path (removed at exit); refuse when it names another live process."""
+    import atexit
+    try:
+        with open(path) as f:
+            other = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        other = 0
+    if other and other != os.getpid():
+        try:
+            os.kill(other, 0)  # (a stale file of a process that is gone is simply replaced)
+            running = True
+        except ProcessLookupError:
+            running = False
+        except PermissionError:
+            running = True
+        if running:
+            raise click.ClickException(f"server.pid_file: {path!r} names process {other}, which is running")
+    try:
+        with open(path, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    except OSError as e:
+        raise click.ClickException(f"server.pid_file: {path!r}: {e.strerror or e}") from None
+
+    def remove(pid=os.getpid()):
+        try:
+            with open(path) as f:
+                if int(f.read().strip() or 0) == pid:
+                    os.unlink(path)
+        except (OSError, ValueError):
+            pass
+    atexit.register(remove)
 
 
 def _raise_open_files_limit():

@@ -281,3 +281,17 @@ def test_session_mode_logins_beyond_the_pool_are_greeted_and_their_first_query_w
         conn.close()
     out = pgbench(proxy.port, "simple", 5, 20)
     assert "number of failed transactions: 0" in out
+
+
+def test_pid_file_and_log_file_like_pgbouncer(start_proxy, tmp_path):
+    pid_file, log_file = tmp_path / "helios.pid", tmp_path / "helios.log"
+    proxy = start_proxy(server={"pid_file": str(pid_file)}, log={"file": str(log_file)})
+    assert int(pid_file.read_text()) == proxy.proc.pid
+    assert proxy.query("select 1") == [(1,)]
+    assert "listening on" in log_file.read_text()
+    import subprocess
+    from .fix_proxy import BIN
+    second = subprocess.run([BIN, "run", "-c", proxy.config_path], capture_output=True, text=True, timeout=30)
+    assert second.returncode != 0 and "server.pid_file" in second.stderr and "running" in second.stderr
+    proxy.stop()
+    assert not pid_file.exists()

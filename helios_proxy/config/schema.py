@@ -64,6 +64,8 @@ SETTINGS = (
     S("server", "max_message_size", int, 64 << 20,
       "Largest protocol message the proxy holds whole (Query, Parse, Bind, ...), in bytes; larger "
       "CopyData and other messages it need not read are streamed to the server.", min=1024, max=GiB - 1),
+    S("server", "pid_file", str, "", "Write the proxy's process id here while it runs (removed at exit); "
+      "a file naming a live process stops a second start."),
     S("server", "tcp_keepalive", bool, True, "Enable TCP keepalive on client and server sockets."),
     S("server", "workers", int, 1, "Proxy processes sharing the listen port (SO_REUSEPORT), for machines "
       "with more cores than one process can use; connection limits are split between them and the admin "
@@ -231,6 +233,7 @@ SETTINGS = (
       "get to finish, and the target to replay all WAL.", min=0, reloadable=True),
     # [log]
     S("log", "level", str, "info", "Log level.", choices=("debug", "info", "warning", "error"), reloadable=True),
+    S("log", "file", str, "", "Also log to this file (appended; reopened when logrotate moves it)."),
     S("log", "connections", bool, True, "Log one line per client connect, login and disconnect.",
       reloadable=True),
 )
