@@ -188,6 +188,15 @@ def test_admin_console_on_the_proxy_port(admin_proxy, psql_bin):
     assert run("SHOW NODES").stdout.count("|") > 10 and "standby1" in run("SHOW NODES").stdout
     for command in ("SHOW CLIENTS", "SHOW SERVERS", "SHOW STATS", "SHOW VERSION", "SHOW HELP", "RELOAD"):
         assert run(command).returncode == 0, command
+    full = lambda sql: subprocess.run(  # noqa: E731  (with the header line)
+        [psql_bin, "-h", "127.0.0.1", "-p", str(admin_proxy.port), "-U", "postgres", "-d", "helios", "-AX", "-c", sql],
+        capture_output=True, text=True, timeout=20).stdout.splitlines()
+    admin_proxy.query("select 1")  # a pool for database postgres
+    databases = full("SHOW DATABASES")
+    assert databases[0].startswith("name|host|port|database|force_user|pool_size") and "|transaction|" in databases[1]
+    config = full("SHOW CONFIG")
+    assert config[0] == "key|value|default|changeable"
+    assert "pool.max_size|5|20|yes" in config and "admin.token|********||no" in config
     assert "PAUSE" in subprocess.run([psql_bin, "-h", "127.0.0.1", "-p", str(admin_proxy.port), "-U", "postgres",
                                       "-d", "helios", "-X", "-c", "PAUSE", "-c", "RESUME"],
                                      capture_output=True, text=True, timeout=20).stdout

@@ -99,5 +99,38 @@ def stats(proxy):
     return rows
 
 
+def databases(proxy):
+    """PgBouncer's SHOW DATABASES columns: every configured or used database, on the primary."""
+    cfg, primary = proxy.config, proxy.tracker.node(proxy.tracker.primary)
+    names = sorted(set(cfg.databases) | {p.database for p in proxy.pools.pools.values()})
+    out = []
+    for name in names:
+        pools = [p for p in proxy.pools.pools.values() if p.database == name]
+        out.append({"name": name, "host": primary.host if primary else None, "port": primary.port if primary else None,
+                    "database": name, "force_user": None, "pool_size": cfg.pool_setting(name, "max_size"),
+                    "min_pool_size": cfg.pool_setting(name, "min_size"), "reserve_pool": cfg.pool.reserve_size,
+                    "pool_mode": cfg.pool_setting(name, "mode"), "max_connections": cfg.pool.max_db_connections,
+                    "current_connections": sum(p.size for p in pools),
+                    "paused": int(None in proxy.paused or name in proxy.paused), "disabled": 0})
+    return out
+
+
+def config(proxy):
+    """PgBouncer's SHOW CONFIG columns: key (section.key here), value, default, changeable (on
+    reload); secrets shown as ********."""
+    from ..config.schema import SETTINGS
+    redacted = proxy.config.redacted()
+    return [{"key": s.path, "value": _text(redacted[s.section][s.key]), "default": _text(s.default),
+             "changeable": "yes" if s.reloadable else "no"} for s in SETTINGS]
+
+
+def _text(value):
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(value)
+    return str(value)
+
+
 def version():
     return {"name": "HeliosProxy", "version": __version__}

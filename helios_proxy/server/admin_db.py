@@ -1,5 +1,6 @@
 """The virtual admin database (`admin.database`, default "helios") on the proxy port, for psql users
-coming from PgBouncer: SHOW POOLS | CLIENTS | SERVERS | STATS | NODES | VERSION | HELP, RELOAD,
+coming from PgBouncer: SHOW POOLS | CLIENTS | SERVERS | STATS | NODES | DATABASES | CONFIG | VERSION |
+HELP, RELOAD,
 PAUSE [db], RESUME [db]. Only users in `admin.users`, authenticated as usual, get in. The rows are
 the admin API's (admin/views.py)."""
 import logging
@@ -15,8 +16,9 @@ GREETING = {"server_version": "15.0 (HeliosProxy admin)", "server_encoding": "UT
             "DateStyle": "ISO, MDY", "integer_datetimes": "on", "standard_conforming_strings": "on",
             "TimeZone": "UTC", "IntervalStyle": "postgres", "is_superuser": "off"}
 SHOW = {"pools": views.pools, "clients": views.clients, "servers": views.servers, "stats": views.stats,
-        "nodes": views.nodes}
-HELP = ("SHOW POOLS | CLIENTS | SERVERS | STATS | NODES | VERSION | HELP; RELOAD; PAUSE [db]; RESUME [db]")
+        "nodes": views.nodes, "databases": views.databases, "config": views.config}
+HELP = ("SHOW POOLS | CLIENTS | SERVERS | STATS | NODES | DATABASES | CONFIG | VERSION | HELP; RELOAD; "
+        "PAUSE [db]; RESUME [db]")
 
 
 def greeting(session):
