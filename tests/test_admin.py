@@ -194,6 +194,13 @@ def test_admin_console_on_the_proxy_port(admin_proxy, psql_bin):
     admin_proxy.query("select 1")  # a pool for database postgres
     databases = full("SHOW DATABASES")
     assert databases[0].startswith("name|host|port|database|force_user|pool_size") and "|transaction|" in databases[1]
+    victim = admin_proxy.connect(dbname="app")
+    victim.autocommit = True
+    victim.cursor().execute("select 1")
+    assert run("KILL app").returncode == 0
+    with pytest.raises(psycopg2.OperationalError):
+        victim.cursor().execute("select 1")
+    assert admin_proxy.query("select 2") == [(2,)]  # other databases untouched
     config = full("SHOW CONFIG")
     assert config[0] == "key|value|default|changeable"
     assert "pool.max_size|5|20|yes" in config and "admin.token|********||no" in config

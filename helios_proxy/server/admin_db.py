@@ -1,6 +1,6 @@
 """The virtual admin database (`admin.database`, default "helios") on the proxy port, for psql users
 coming from PgBouncer: SHOW POOLS | CLIENTS | SERVERS | STATS | NODES | DATABASES | CONFIG | VERSION |
-HELP, RELOAD,
+HELP, RELOAD, KILL db,
 PAUSE [db], RESUME [db]. Only users in `admin.users`, authenticated as usual, get in. The rows are
 the admin API's (admin/views.py)."""
 import logging
@@ -18,7 +18,7 @@ GREETING = {"server_version": "15.0 (HeliosProxy admin)", "server_encoding": "UT
 SHOW = {"pools": views.pools, "clients": views.clients, "servers": views.servers, "stats": views.stats,
         "nodes": views.nodes, "databases": views.databases, "config": views.config}
 HELP = ("SHOW POOLS | CLIENTS | SERVERS | STATS | NODES | DATABASES | CONFIG | VERSION | HELP; RELOAD; "
-        "PAUSE [db]; RESUME [db]")
+        "PAUSE [db]; RESUME [db]; KILL db")
 
 
 def greeting(session):
@@ -91,4 +91,14 @@ def answer(session, sql):
         if not proxy.resume(database):
             return codec.error_response(OBJECT_NOT_IN_STATE, f"{database or 'all'} is not paused")
         return codec.message(m.COMMAND_COMPLETE, codec.cstr("RESUME"))
+    if verb == "kill" and len(words) == 2:  # PgBouncer's KILL db: its clients and server connections go now
+        database = words[1]
+        ended = [s for s in list(proxy.sessions) if s.database == database and not s.admin]
+        for victim in ended:
+            victim.terminate(f"terminating connection: KILL {database} (admin console)")
+        for pool in list(proxy.pools.pools.values()):
+            if pool.database == database:
+                pool.close_idle()
+        notice = codec.notice_response("00000", f"{len(ended)} client(s) of {database} ended")
+        return notice + codec.message(m.COMMAND_COMPLETE, codec.cstr("KILL"))
     return codec.error_response(SYNTAX_ERROR, f"unknown admin command: {sql.strip()[:100]!r}", hint=HELP)
