@@ -213,3 +213,29 @@ def test_ddl_through_the_proxy_makes_shared_statements_reparse_before_their_next
         b.execute("alter table ddl_t add column b int default 7")
         for _ in range(3):  # no client sees "cached plan must not change result type"
             assert a.execute("select * from ddl_t").fetchall() == [(1, 7)]
+
+
+def test_a_large_copy_data_outside_copy_never_reaches_another_client(one, direct):
+    """A Query and then a large CopyData outside COPY (PostgreSQL ignores it): the CopyData is not
+    streamed, so no byte of it can follow the lease's server to the next client."""
+    import socket
+    direct.cursor().execute("drop table if exists iso_copy; create table iso_copy (a text)")
+    s = socket.create_connection(("127.0.0.1", one.port), timeout=10)
+    s.sendall(codec.startup_message({"user": "postgres", "database": "postgres"}))
+    data = b""
+    while not data.endswith(codec.ready_for_query()):
+        data += s.recv(4096)
+    payload = codec.message(b"d", b"evil\n" * (600 << 10))  # 3 MiB
+    s.sendall(codec.query("select 1") + payload[:1 << 20])
+    import threading
+    rest = threading.Timer(0.5, s.sendall, (payload[1 << 20:],))  # the lease waits for the last byte
+    rest.start()
+    b = autocommit(one)
+    try:
+        assert one_value(b, "select 'innocent'") == "innocent"
+        rest.join()
+        for _ in range(5):
+            assert one_value(b, "select count(*) from iso_copy") == 0
+    finally:
+        s.close()
+        b.close()

@@ -34,6 +34,7 @@ VALID = frozenset(b"QPBEFCDHSXdcf")
 # names to translate (Query, Parse, Bind, Describe, Close and Terminate take the long way).
 PASS = VALID - {Q, P, B, D, C, X}
 COPY_MESSAGES = frozenset(b"dcf")  # outside COPY, PostgreSQL ignores them
+COPY_DATA = m.COPY_DATA[0]
 
 
 def names_statement(mtype, data, begin, end):
@@ -249,12 +250,11 @@ class Forwarder:
         elif (mtype == Q or mtype == P) and length + 1 > self.max_query:  # refused, never held: dropped
             self.pass_on(buf, length, None)
             self.refuse_too_large(mtype, length + 1)
-        elif (length > STREAM_AT and mtype in PASS and session.server is not None and not self.skip_to_sync
-                and not session.discard_pending):
-            entry = p.PLAIN_FOR.get(mtype)
-            if entry is not None:
-                session.plan.entries.append(entry)
-            self.count(mtype)
+        elif (length > STREAM_AT and mtype == COPY_DATA and session.server is not None and session.outstanding
+                and not self.skip_to_sync and not session.discard_pending):
+            # CopyData of a COPY in progress: streamed; the lease cannot end before the last byte
+            # went to its server (session.streaming), so no byte of it can reach another client
+            session.streaming = True
             self.pass_on(buf, length, session.server.send)
         elif length > session.proxy.config.server.max_message_size:
             raise ProtocolViolation(f"invalid message length {length} for message type {bytes((mtype,))!r} "
@@ -274,6 +274,9 @@ class Forwarder:
         if self.stream_sink is not None:
             self.stream_sink(data[:n] if n < len(data) else data)
         self.stream_left -= n
+        if not self.stream_left and self.session.streaming:
+            self.session.streaming = False
+            self.session.release_if_idle()  # the server may have finished meanwhile
         return data[n:]
 
     def refuse_too_large(self, mtype, size):

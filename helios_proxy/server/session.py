@@ -79,6 +79,7 @@ class ClientSession:
         self.settings_dirty = False   # the client ran SET/RESET/DISCARD: capture at lease end
         self.schema_changed = False   # it ran DDL: shared statements are re-parsed after it commits
         self.restore = None           # prepared statements to re-create at the next lease (move_off)
+        self.streaming = False        # a large CopyData is being streamed to the server (forward.py)
         self.idle_lease = Event()     # set while no lease is being ended
         self.idle_lease.set()
         self.waiting = None           # the AsyncResult it waits on for a server, while it waits
@@ -314,7 +315,7 @@ class ClientSession:
         """Called by the pump at each ReadyForQuery: does the lease end here?"""
         return (self.pooled and self.outstanding == 0 and not self.in_extended and not self.pinned
                 and not self.plan.entries and self.server.tx_status == m.TX_IDLE
-                and self.closing is None)
+                and self.closing is None and not self.streaming)
 
     def release_if_idle(self):
         """After the proxy answered a request itself: end a lease the server has nothing left for."""
