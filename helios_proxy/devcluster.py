@@ -40,6 +40,20 @@ def free_port():
         return s.getsockname()[1]
 
 
+def free_ports(n):
+    """n different free ports (each held until all are picked, so none is handed out twice)."""
+    held = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            held.append(s)
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
 class Cluster:
     def __init__(self, base, port=None, standbys=1, bin_dir=None, conf=None):
         self.base = os.path.abspath(base)
@@ -75,7 +89,7 @@ class Cluster:
         if os.path.exists(state):
             self.ports = json.load(open(state))
         else:
-            self.ports = self.ports or [free_port() for _ in range(self.standbys + 1)]
+            self.ports = self.ports or free_ports(self.standbys + 1)
             self._init_primary()
             for i in range(1, self.standbys + 1):
                 self._init_standby(i)

@@ -8,7 +8,7 @@ import tempfile
 import psycopg2
 import pytest
 
-from helios_proxy.devcluster import Cluster, free_port
+from helios_proxy.devcluster import Cluster, free_ports
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +37,7 @@ def ha_cluster(ha_template):
         path = os.path.join(target, name)
         if os.path.exists(path):
             os.remove(path)
-    ports = [free_port() for _ in range(3)]
+    ports = free_ports(3)  # three different ones
     old_primary = ha_template.ports[0]
     for i in (1, 2):
         auto = os.path.join(target, f"standby{i}", "postgresql.auto.conf")
