@@ -53,8 +53,14 @@ def ha_cluster(ha_template):
             f.write(text.replace(ha_template.base, target))
     with open(os.path.join(target, "ports.json"), "w") as f:
         json.dump(ports, f)
-    c = Cluster(target, standbys=2).start()
-    wait_sync(c)
+    c = Cluster(target, standbys=2)
+    try:
+        c.start()
+        wait_sync(c)
+    except BaseException:  # a node that did not start: the others must not outlive the test
+        c.destroy()
+        subprocess.run(["rm", "-rf", base])
+        raise
     yield c
     c.destroy()
     subprocess.run(["rm", "-rf", base])
