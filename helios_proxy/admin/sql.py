@@ -90,6 +90,9 @@ def complete(proxy, ctx, error=None, tag=None, rows=None, node=None):
 def run_sql(proxy, sql, params, database, max_rows):
     cfg, router = proxy.config.admin, proxy.router
     creds = Credentials.from_secret(cfg.sql_user, proxy.authenticator.users.get(cfg.sql_user))
+    home = proxy.config.database_nodes.get(database)
+    if home is not None:  # a database with a server of its own: no routing, no read-your-writes
+        return fetch(connect(proxy, home, database, creds), sql, params, max_rows, home, "write")
     if router.on:
         router.ensure_catalog(database, proxy.pools.get(proxy.buffer.primary(), database, creds))
     read = router.on and router.classifier.classify(sql, database) in (READ, BEGIN_READ_ONLY)
@@ -106,13 +109,22 @@ def run_sql(proxy, sql, params, database, max_rows):
     if server is None:
         node = proxy.buffer.primary()
         server = connect(proxy, node, database, creds)
+
+    def remember_write(server):  # the WAL position later reads through the API must see
+        proxy.api_ryw_lsn = router.write_position(server)
+    return fetch(server, sql, params, max_rows, node, "read" if read else "write",
+                 after=None if read else remember_write)
+
+
+def fetch(server, sql, params, max_rows, node, route, after=None):
+    """Run sql on server (closing it after): the API's answer."""
     started = time.monotonic()
     try:
         columns, rows, truncated = server.fetch(sql, params, max_rows)
-        if not read:
-            proxy.api_ryw_lsn = router.write_position(server)
+        if after is not None:
+            after(server)
         return {"columns": columns, "rows": rows, "row_count": len(rows), "truncated": truncated,
-                "node": node.name, "route": "read" if read else "write",
+                "node": node.name, "route": route,
                 "seconds": round(time.monotonic() - started, 6), "tag": server.last_tag}
     finally:
         server.close()
@@ -121,5 +133,5 @@ def run_sql(proxy, sql, params, database, max_rows):
 def connect(proxy, node, database, creds):
     """A connection of the request's own, with the API's statement timeout from the start."""
     timeout_ms = str(int(proxy.config.admin.sql_timeout * 1000))
-    return ServerConnection(node, database, creds, proxy.config).connect(
+    return ServerConnection(node, proxy.config.server_dbname(database), creds, proxy.config).connect(
         {"application_name": APPLICATION_NAME, "statement_timeout": timeout_ms})

@@ -86,7 +86,8 @@ def servers(proxy):
             out.append({"node": pool.node.name, "database": pool.database, "user": pool.credentials.user,
                         "state": state, "pid": conn.pid, "client": client.id if client else None,
                         "connect_time_s": round(now - conn.created, 3),
-                        "idle_s": round(now - conn.last_used, 3) if state == "idle" else 0.0})
+                        "idle_s": round(now - conn.last_used, 3) if state == "idle" else 0.0,
+                        "close_needed": int(conn.generation != pool.generation)})
     return out
 
 
@@ -100,14 +101,17 @@ def stats(proxy):
 
 
 def databases(proxy):
-    """PgBouncer's SHOW DATABASES columns: every configured or used database, on the primary."""
+    """PgBouncer's SHOW DATABASES columns: every configured or used database, on the primary or
+    on its own host ([databases.NAME] host), under its server-side name (dbname)."""
     cfg, primary = proxy.config, proxy.tracker.node(proxy.tracker.primary)
     names = sorted(set(cfg.databases) | {p.database for p in proxy.pools.pools.values()})
     out = []
     for name in names:
         pools = [p for p in proxy.pools.pools.values() if p.database == name]
-        out.append({"name": name, "host": primary.host if primary else None, "port": primary.port if primary else None,
-                    "database": name, "force_user": None, "pool_size": cfg.pool_setting(name, "max_size"),
+        node = cfg.database_nodes.get(name, primary)
+        out.append({"name": name, "host": node.host if node else None, "port": node.port if node else None,
+                    "database": cfg.server_dbname(name), "force_user": None,
+                    "pool_size": cfg.pool_setting(name, "max_size"),
                     "min_pool_size": cfg.pool_setting(name, "min_size"), "reserve_pool": cfg.pool.reserve_size,
                     "pool_mode": cfg.pool_setting(name, "mode"), "max_connections": cfg.pool.max_db_connections,
                     "current_connections": sum(p.size for p in pools),

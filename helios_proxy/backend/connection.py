@@ -35,6 +35,7 @@ class ServerConnection:
         self.created = self.last_used = time.monotonic()
         self.rbuf = MessageBuffer(1 << 30)
         self.broken = False
+        self.generation = 0     # its pool's generation when opened (pool.py: RECONNECT)
         self.last_tag = None    # the CommandComplete tag of the proxy's own last query
         self.cancelling = []    # greenlets sending cancel requests for this connection, all in flight
 

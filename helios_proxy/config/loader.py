@@ -24,6 +24,10 @@ class Config(SimpleNamespace):
         override = getattr(self.databases.get(database), key, None)
         return getattr(self.pool, key) if override is None else override
 
+    def server_dbname(self, database):
+        """The name database has on the server ([databases.NAME] dbname: an alias)."""
+        return getattr(self.databases.get(database), "dbname", None) or database
+
     def user_setting(self, user, key):
         return getattr(self.users.get(user), key, None)
 
@@ -126,6 +130,7 @@ def load(data, environ=None, source=None):
     cfg.nodes = problems.check(_load_nodes, data.get("nodes", []), problems, default=[])
     cfg.databases = problems.check(_load_named, data.get("databases", {}), "databases", DATABASE_SETTINGS,
                                    default={})
+    cfg.database_nodes = _database_nodes(cfg.databases, problems)
     cfg.users = problems.check(_load_named, data.get("users", {}), "users", USER_SETTINGS, default={})
     cfg.plugins = data.get("plugins", {})
     _check_cross(cfg, problems)  # (a bad value was replaced by its default: no false alarms)
@@ -186,6 +191,21 @@ def _load_named(tables, section, settings):
         raise ConfigError(f"[{section}] must hold tables such as [{section}.NAME]")
     keys = {s.key: s for s in settings}
     return {name: _table(table, keys, f"{section}.{name}") for name, table in tables.items()}
+
+
+def _database_nodes(databases, problems):
+    """{database: node} for the [databases.NAME] served by a host of their own, outside the cluster."""
+    out = {}
+    for name, db in databases.items():
+        if db.host is None:
+            if db.port is not None:
+                problems.append(f"databases.{name}.port: needs databases.{name}.host")
+            continue
+        port = db.port or 5432
+        node = {s.key: s.default for s in NODE_SETTINGS}
+        node.update(name=f"{db.host}:{port}", host=db.host, port=port)
+        out[name] = SimpleNamespace(**node)
+    return out
 
 
 def _check_cross(cfg, problems):

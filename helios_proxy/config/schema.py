@@ -244,6 +244,12 @@ DATABASE_SETTINGS = (
                                                                                "statement")),
     S("databases", "max_size", int, None, "max_size of this database's pools.", min=1),
     S("databases", "min_size", int, None, "min_size of this database's pools.", min=0),
+    S("databases", "dbname", str, None, "The database's name on the server: clients connect to NAME, the "
+      "server sees dbname (an alias, as PgBouncer's dbname=); default NAME."),
+    S("databases", "host", str, None, "Serve this database from this PostgreSQL server instead of the "
+      "cluster's [[nodes]] (PgBouncer's host=): all its traffic goes there, with no read/write split, "
+      "health checks or failover."),
+    S("databases", "port", int, None, "Port of host (default 5432).", min=1, max=65535),
 )
 USER_SETTINGS = (
     S("users", "mode", str, None, "Pool mode for this user (wins over the database's).",

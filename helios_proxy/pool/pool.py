@@ -29,6 +29,8 @@ class Pool:
         self.wait_started = {}       # waiter -> monotonic start, for maxwait
         self.known_statements = LRUCache(maxsize=10000)  # server names parsed OK here (pool/prepared.py)
         self.server_params = None    # ParameterStatus of a fresh connection: greets pooled-mode logins
+        self.generation = 0          # RECONNECT (or a reload that changed the database) adds one:
+        self.closing = 0             # connections of an older generation close when released
 
     @property
     def key(self):
@@ -89,7 +91,8 @@ class Pool:
                 return
         now = time.monotonic()
         lifetime = self.config.pool.server_lifetime
-        if not reusable or conn.broken or (lifetime and now - conn.created > lifetime):
+        if (not reusable or conn.broken or conn.generation != self.generation
+                or (lifetime and now - conn.created > lifetime)):
             self._discard(conn)
             return
         conn.last_used = now
@@ -128,13 +131,18 @@ class Pool:
 
     def _open(self):
         self.size += 1
+        generation = self.generation
         try:
-            conn = ServerConnection(self.node, self.database, self.credentials, self.config).connect()
+            conn = ServerConnection(self.node, self.config.server_dbname(self.database), self.credentials,
+                                    self.config).connect()
+            conn.generation = generation
             if self.server_params is None:
                 self.server_params = dict(conn.params)
             return conn
         except BaseException:
             self.size -= 1
+            if generation != self.generation:
+                self.closing -= 1
             self._wake_one()
             raise
 
@@ -166,6 +174,8 @@ class Pool:
     def _discard(self, conn):
         conn.close()
         self.size -= 1
+        if conn.generation != self.generation:
+            self.closing -= 1
         self._wake_one()
         if self.manager is not None:
             self.manager.room_freed(self)
@@ -198,6 +208,15 @@ class Pool:
             except (ProxyError, OSError) as e:
                 log.warning("%r: could not open a connection to reach min_size: %s", self, e)
                 break
+
+    def reconnect(self):
+        """Close the idle connections now and every other one when it is released (PgBouncer's
+        RECONNECT; a reload that changed this database's host, port or dbname)."""
+        self.close_idle()
+        self.generation += 1
+        self.closing = self.size
+        if not self.size:
+            self.server_params = None  # (a new server may report other parameters)
 
     def close_idle(self):
         while self.idle:

@@ -1,14 +1,15 @@
 """The virtual admin database (`admin.database`, default "helios") on the proxy port, for psql users
 coming from PgBouncer: SHOW POOLS | CLIENTS | SERVERS | STATS | NODES | DATABASES | CONFIG | VERSION |
-HELP, RELOAD, KILL db,
-PAUSE [db], RESUME [db]. Only users in `admin.users`, authenticated as usual, get in. The rows are
-the admin API's (admin/views.py)."""
+HELP, RELOAD, KILL db, PAUSE [db], RESUME [db], SUSPEND / RESUME, RECONNECT [db], WAIT_CLOSE [db].
+Only users in `admin.users`, authenticated as usual, get in. The rows are the admin API's
+(admin/views.py)."""
 import logging
 
 from ..admin import views
 from ..errors import PROTOCOL_VIOLATION
 from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
+from ..sockets import peek
 
 log = logging.getLogger(__name__)
 SYNTAX_ERROR, FEATURE_NOT_SUPPORTED, OBJECT_NOT_IN_STATE = "42601", "0A000", "55000"
@@ -18,7 +19,7 @@ GREETING = {"server_version": "15.0 (HeliosProxy admin)", "server_encoding": "UT
 SHOW = {"pools": views.pools, "clients": views.clients, "servers": views.servers, "stats": views.stats,
         "nodes": views.nodes, "databases": views.databases, "config": views.config}
 HELP = ("SHOW POOLS | CLIENTS | SERVERS | STATS | NODES | DATABASES | CONFIG | VERSION | HELP; RELOAD; "
-        "PAUSE [db]; RESUME [db]; KILL db")
+        "PAUSE [db]; RESUME [db]; SUSPEND; RESUME; RECONNECT [db]; WAIT_CLOSE [db]; KILL db")
 
 
 def greeting(session):
@@ -57,6 +58,13 @@ def serve(session):
                 session.send(codec.error_response(PROTOCOL_VIOLATION, f"unexpected message {mtype!r}"))
 
 
+def client_gone(session):
+    try:
+        return peek(session.sock) == b""
+    except (OSError, AttributeError):  # (a TLS socket: its end shows at the next read)
+        return False
+
+
 def answer(session, sql):
     """The reply to one simple query (without ReadyForQuery)."""
     proxy = session.proxy
@@ -80,6 +88,22 @@ def answer(session, sql):
         if not result["reloaded"]:
             return codec.error_response(OBJECT_NOT_IN_STATE, f"reload failed: {result['error']}")
         return codec.message(m.COMMAND_COMPLETE, codec.cstr("RELOAD"))
+    if verb == "suspend" and not rest:
+        busy = proxy.suspend()
+        notice = codec.notice_response("01000", f"{busy} session(s) still await an answer") if busy else b""
+        return notice + codec.message(m.COMMAND_COMPLETE, codec.cstr("SUSPEND"))
+    if verb == "resume" and not rest and proxy.resume_suspended():
+        proxy.resume(None)  # (a PAUSE of all ends too, as in PgBouncer)
+        return codec.message(m.COMMAND_COMPLETE, codec.cstr("RESUME"))
+    if verb in ("reconnect", "wait_close") and len(words) <= 2:
+        database = words[1] if len(words) == 2 else None
+        if verb == "reconnect":
+            busy = proxy.reconnect(database)
+            notice = codec.notice_response("00000", f"{busy} server connection(s) close when released") if busy else b""
+            return notice + codec.message(m.COMMAND_COMPLETE, codec.cstr("RECONNECT"))
+        if not proxy.wait_close(database, gone=lambda: client_gone(session)):
+            return b""
+        return codec.message(m.COMMAND_COMPLETE, codec.cstr("WAIT_CLOSE"))
     if verb in ("pause", "resume") and len(words) <= 2:
         database = words[1] if len(words) == 2 else None
         if verb == "pause":

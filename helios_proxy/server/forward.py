@@ -98,6 +98,8 @@ class Forwarder:
                 data = recv(sock)
             if not data:
                 return
+            if session.proxy.suspended is not None:  # SUSPEND (admin): nothing goes on until RESUME
+                session.proxy.suspended.wait()
             session.bytes_in += len(data)
             if self.stream_left:  # the rest of a large message, streamed to the server or dropped
                 data = self.stream(data)

@@ -75,6 +75,7 @@ def login(session, pkt):
     if not user:
         raise FatalError("no PostgreSQL user name specified in startup packet", sqlstate=INVALID_AUTHORIZATION)
     session.user, session.database = user, params.get("database") or user
+    session.home = cfg.database_nodes.get(session.database)  # a database with a server of its own
     session.mode = cfg.mode_for(session.database, user)
     session.pooled = session.mode != "session"
     if params.get("replication", "false").lower() not in ("false", "off", "no", "0"):
@@ -111,11 +112,11 @@ def login(session, pkt):
     # client sees, and (session pooling) is the client's for the whole session.
     # During a failover, pooled-mode logins are greeted from a pool known before and their first
     # transaction waits in the switchover buffer; other logins wait there now.
-    pool = session.pool = proxy.pools.get(proxy.known_primary(), session.database, creds)
+    pool = session.pool = proxy.pools.get(session.home or proxy.known_primary(), session.database, creds)
     server = None
     if session.pooled and pool.server_params is not None:
         try:
-            if proxy.router.primary() is not None:
+            if session.home or proxy.router.primary() is not None:
                 server = pool.try_acquire()  # pooled modes never wait at login once the pool is known
         except (BackendError, OSError) as e:
             if not node_unreachable(e):
@@ -125,7 +126,7 @@ def login(session, pkt):
             proxy.wait_unpaused(session.database)
         # A known pool with none free: greet now from its parameters; the first query waits for a
         # server (as in PgBouncer), so a client beyond max_size can still log in.
-        deferred = pool.server_params is not None and proxy.buffer.ready() is not None
+        deferred = pool.server_params is not None and (session.home or proxy.buffer.ready()) is not None
         if deferred:
             try:
                 server = pool.try_acquire()

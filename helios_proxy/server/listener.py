@@ -47,6 +47,12 @@ def parse_address(text):
     return host.strip("[]"), int(port)
 
 
+def served_as(config, database):
+    """Where and under which name the server side of database is ([databases.NAME] host, port, dbname)."""
+    home = config.database_nodes.get(database)
+    return (home.host, home.port) if home else None, config.server_dbname(database)
+
+
 class Proxy:
     def __init__(self, config, worker=(0, 1), admin_socket=None):
         """worker: (index, count) when this is one of several workers (server/workers.py), which
@@ -83,6 +89,7 @@ class Proxy:
         self.sampler = StatsSampler(self)
         self.timeouts = SessionTimeouts(self)  # pool.query_timeout, pool.idle_transaction_timeout
         self.paused = {}              # database (None: all) -> Event cleared while PAUSEd (admin)
+        self.suspended = None         # an Event set at RESUME while SUSPENDed (admin)
         self.commands = Queue()
         self.server = None
 
@@ -136,6 +143,45 @@ class Proxy:
             gate = self.paused.get(key)
             if gate is not None:
                 gate.wait()
+
+    # --- SUSPEND / RESUME, RECONNECT / WAIT_CLOSE (admin console, as PgBouncer's) -------------
+    def suspend(self, timeout=30.0):
+        """Stop accepting connections and taking clients' messages; wait up to timeout until every
+        answer under way went out to its client. Returns how many sessions still await one."""
+        if self.suspended is None:
+            self.suspended = Event()
+            self.server.stop_accepting()
+        deadline = time.monotonic() + timeout
+        while True:
+            busy = [s for s in list(self.sessions) if s.outstanding or s.plan.entries]
+            if not busy or time.monotonic() >= deadline:
+                return len(busy)
+            gevent.sleep(0.01)
+
+    def resume_suspended(self):
+        gate, self.suspended = self.suspended, None
+        if gate is None:
+            return False
+        self.server.start_accepting()
+        gate.set()
+        return True
+
+    def reconnect(self, database=None):
+        """Close every server connection (of database, or all) once its client is done with it;
+        returns how many are still in use."""
+        pools = [p for p in list(self.pools.pools.values()) if database is None or p.database == database]
+        for pool in pools:
+            pool.reconnect()
+        return sum(p.closing for p in pools)
+
+    def wait_close(self, database=None, gone=lambda: False):
+        """Wait until no server connection (of database, or all) is marked to close, or gone()."""
+        while not gone():
+            if not any(p.closing for p in list(self.pools.pools.values())
+                       if database is None or p.database == database):
+                return True
+            gevent.sleep(0.05)
+        return False
 
     # --- serving ----------------------------------------------------------------------------
     def start(self):
@@ -248,8 +294,15 @@ class Proxy:
                 setattr(getattr(new, section), key, getattr(getattr(self.config, section), key))
         if [vars(n) for n in new.nodes] != [vars(n) for n in self.config.nodes]:
             log.info("reload: nodes changed")
+        changed = {db for db in {p.database for p in self.pools.pools.values()}
+                   if served_as(self.config, db) != served_as(new, db)}
         self.config = new
         self.pools.reconfigure(new)
+        for pool in list(self.pools.pools.values()):
+            if pool.database in changed:  # its server or server-side name changed: new connections
+                log.info("reload: database %s changed; its server connections close when released",
+                         pool.database)
+                pool.reconnect()
         self.router.configure(new)
         if self.router.on and self.router.lag is None:  # splitting turned on by this reload
             self.router.lag = LagMonitor(self.router)

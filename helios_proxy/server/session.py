@@ -49,6 +49,7 @@ class ClientSession:
         self.id = next(_ids)
         self.tls = False
         self.user = self.database = None
+        self.home = None              # the node of a database with a host of its own ([databases.NAME])
         self.pool = self.server = None
         self.secret = 0
         self.started = time.monotonic()
@@ -237,7 +238,7 @@ class ClientSession:
                 raise
         router = self.proxy.router
         router.count(server.node, target)
-        if router.on:
+        if router.on and self.home is None:
             router.balancer.started(server.node)
         self.lease_pool, self.lease_target, self.lease_started = pool, target, time.monotonic()
         self.server = server
@@ -250,7 +251,7 @@ class ClientSession:
         target, node_name = self.next_target or ("primary", None)
         self.next_target = None
         self.lease_intent = target  # a read that falls back to the primary is still a read
-        node = router.pick(target, node_name)
+        node = router.pick(target, node_name) if self.home is None else None
         if node is not None:
             pool = self.proxy.pools.get(node, self.database, self.pool.credentials)
             try:
@@ -268,6 +269,12 @@ class ClientSession:
         in the switchover buffer; a primary that cannot be reached is reported to the health
         checker and tried again until it is replaced or failover.buffer_timeout has passed."""
         proxy = self.proxy
+        if self.home is not None or proxy.config.database_nodes:  # (a reload may move its database)
+            self.home = proxy.config.database_nodes.get(self.database)
+            if self.home is not None:  # a database outside the cluster: its one server, no failover
+                if self.home.name != self.pool.node.name:
+                    self.pool = proxy.pools.get(self.home, self.database, self.pool.credentials)
+                return self.pool, self._acquire(self.pool)
         node = proxy.buffer.ready()
         if node is not None and node.name == self.pool.node.name:  # the usual case: its own pool
             server = self.pool.take_idle()
@@ -343,7 +350,7 @@ class ClientSession:
             router = self.proxy.router
             took = time.monotonic() - self.lease_started
             self.proxy.stats.observe(took)
-            if router.on:
+            if router.on and self.home is None:
                 router.balancer.finished(server.node, took)
                 if self.lease_intent == "primary":  # may have written: later reads must see it
                     self.ryw_lsn = router.write_position(server)
