@@ -46,7 +46,9 @@ def main():
 @click.option("--worker", type=int, default=None, hidden=True, help="Run as this worker (server.workers).")
 @click.option("--admin-socket", type=click.Path(), default=None, hidden=True,
               help="A worker's private admin API socket.")
-def run(path, worker, admin_socket):
+@click.option("--unix-fd", type=int, default=None, hidden=True,
+              help="A worker's inherited descriptor of the arbiter's Unix socket (server.unix_socket_dir).")
+def run(path, worker, admin_socket, unix_fd):
     """Run the proxy in the foreground until SIGTERM/SIGINT."""
     if worker is not None:  # stopped by the arbiter while still starting: nothing to clean up yet
         import signal
@@ -80,7 +82,8 @@ def run(path, worker, admin_socket):
             raise click.ClickException(str(e)) from None
     from .server.listener import Proxy
     try:
-        proxy = Proxy(config, (worker, config.server.workers) if worker is not None else (0, 1), admin_socket)
+        proxy = Proxy(config, (worker, config.server.workers) if worker is not None else (0, 1), admin_socket,
+                      unix_fd)
         proxy.serve_forever()
     except ConfigError as e:
         raise click.ClickException(str(e)) from None

@@ -57,13 +57,6 @@ def test_a_database_whose_host_is_down_fails_at_once_and_others_go_on(start_prox
     assert proxy.query("select 1") == [(1,)]
 
 
-def test_port_without_host_is_a_config_error(tmp_path):
-    from helios_proxy.config import load
-    from helios_proxy.errors import ConfigError
-    with pytest.raises(ConfigError, match="databases.x.port: needs databases.x.host"):
-        load({"nodes": [{"name": "a"}], "databases": {"x": {"port": 5433}}}, environ={})
-
-
 def console(proxy):
     conn = psycopg2.connect(host="127.0.0.1", port=proxy.port, user="postgres", dbname="helios", connect_timeout=10)
     conn.autocommit = True

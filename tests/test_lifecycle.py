@@ -1,5 +1,10 @@
 """Server lifecycle: connection limits, timeouts, signals (SIGTERM, SIGINT, SIGHUP), pool behaviour."""
+import os
+import shutil
 import signal
+import stat
+import subprocess
+import tempfile
 import threading
 import time
 
@@ -7,6 +12,7 @@ import psycopg
 import psycopg2
 import pytest
 
+from .fix_proxy import BIN, ProxyProcess
 from .wire import startup_error
 
 
@@ -289,9 +295,60 @@ def test_pid_file_and_log_file_like_pgbouncer(start_proxy, tmp_path):
     assert int(pid_file.read_text()) == proxy.proc.pid
     assert proxy.query("select 1") == [(1,)]
     assert "listening on" in log_file.read_text()
-    import subprocess
-    from .fix_proxy import BIN
     second = subprocess.run([BIN, "run", "-c", proxy.config_path], capture_output=True, text=True, timeout=30)
     assert second.returncode != 0 and "server.pid_file" in second.stderr and "running" in second.stderr
     proxy.stop()
     assert not pid_file.exists()
+
+
+@pytest.fixture
+def socket_dir():
+    path = tempfile.mkdtemp(prefix="helios-sock-")  # short: a Unix socket path has at most 107 bytes
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_unix_socket_like_postgresql_and_pgbouncer(start_proxy, socket_dir, psql_bin, tmp_path):
+    proxy = start_proxy(server={"unix_socket_dir": socket_dir, "unix_socket_mode": "0770"},
+                        admin={"users": ["postgres"]})
+    path = os.path.join(socket_dir, f".s.PGSQL.{proxy.port}")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o770
+    conn = psycopg2.connect(host=socket_dir, port=proxy.port, user="postgres", dbname="postgres")
+    cur = conn.cursor()
+    cur.execute("select 1")
+    assert cur.fetchone() == (1,)
+    out = subprocess.run([psql_bin, "-h", socket_dir, "-p", str(proxy.port), "-U", "postgres", "-d", "helios",
+                          "-AtX", "-c", "SHOW CLIENTS"], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0 and "[local]" in out.stdout, out.stderr
+    other = tmp_path / "second.toml"  # another address, the same port: the same socket file
+    other.write_text(open(proxy.config_path).read().replace(f"127.0.0.1:{proxy.port}", f"127.0.0.2:{proxy.port}")
+                     .replace("[admin]", "[admin]\nenabled = false"))
+    second = subprocess.run([BIN, "run", "-c", str(other)], capture_output=True, text=True, timeout=30)
+    assert second.returncode != 0 and "server.unix_socket_dir" in second.stderr and "in use" in second.stderr
+    assert os.path.exists(path)  # (the second start left the first one's socket alone)
+    conn.close()
+    proxy.stop()
+    assert not os.path.exists(path)
+
+
+def test_unix_socket_shared_by_workers(cluster, tmp_path, socket_dir):
+    from .test_workers import wait_workers
+    p = ProxyProcess(str(tmp_path), cluster, server={"workers": 2, "unix_socket_dir": socket_dir},
+                     pool={"mode": "transaction", "max_size": 2})
+    p.start()
+    try:
+        wait_workers(p)
+        conns = [psycopg2.connect(host=socket_dir, port=p.port, user="postgres", dbname="postgres")
+                 for _ in range(12)]
+        for i, conn in enumerate(conns):
+            conn.autocommit = True
+            cur = conn.cursor()
+            cur.execute("select %s", (i,))
+            assert cur.fetchone() == (i,)
+        status, sessions = p.api("GET", "/sessions")
+        assert status == 200 and {s["addr"] for s in sessions} == {"[local]"} and len(sessions) == 12
+        for conn in conns:
+            conn.close()
+    finally:
+        p.stop()
+    assert not os.listdir(socket_dir)

@@ -224,6 +224,8 @@ def _check_cross(cfg, problems):
         value = getattr(getattr(cfg, section), key)
         if value and not os.path.isfile(value):
             problems.append(f"{path}: {value!r}: no such file")
+    if cfg.server.unix_socket_dir and not os.path.isdir(cfg.server.unix_socket_dir):
+        problems.append(f"server.unix_socket_dir: {cfg.server.unix_socket_dir!r}: no such directory")
     if cfg.admin.enabled and not loopback(cfg.admin.listen) and not (cfg.admin.token or cfg.admin.tokens):
         problems.append(f"admin.listen: {cfg.admin.listen!r} is beyond loopback: set admin.token "
                           "(or HELIOS_ADMIN__TOKEN) too")

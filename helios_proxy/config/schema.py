@@ -51,6 +51,11 @@ S = Setting
 SETTINGS = (
     # [server]: the client-facing listener
     S("server", "listen", str, "127.0.0.1:6432", "Address clients connect to (host:port).", validate=address),
+    S("server", "unix_socket_dir", str, "", "Also listen on the Unix socket .s.PGSQL.<port> in this directory "
+      "(port of server.listen; psql -h DIR), as PostgreSQL and PgBouncer do; empty: no Unix socket."),
+    S("server", "unix_socket_mode", str, "0777", "Permissions of the Unix socket (octal; PgBouncer's "
+      "unix_socket_mode).", validate=lambda v: None if re.fullmatch(r"0?[0-7]{3}", v) else
+      'expected an octal mode such as "0777" or "0770"'),
     S("server", "max_client_conn", int, 1000, "Most client connections at once; more get SQLSTATE 53300.",
       min=1, reloadable=True),
     S("server", "client_login_timeout", float, 60.0,

@@ -50,7 +50,7 @@ def startup(session):
         if pkt.kind in (SSL_REQUEST, GSSENC_REQUEST):
             if negotiated and pkt.kind == SSL_REQUEST:
                 raise ProtocolViolation("SSLRequest received twice")
-            accept = pkt.kind == SSL_REQUEST and tls_ctx is not None
+            accept = pkt.kind == SSL_REQUEST and tls_ctx is not None and not session.local
             # CVE-2021-23214: bytes sent before our answer could be read were not protected by TLS
             # (and may be injected); never process them, whatever the answer.
             if peek(session.sock):  # more bytes than the packet read so far
@@ -83,7 +83,7 @@ def login(session, pkt):
                          sqlstate=FEATURE_NOT_SUPPORTED)
     if len(proxy.sessions) > cfg.server.max_client_conn:
         raise TooManyConnections(f"no more connections allowed (max_client_conn = {cfg.server.max_client_conn})")
-    if cfg.tls.client_mode == "require" and not session.tls:
+    if cfg.tls.client_mode == "require" and not session.tls and not session.local:  # (as PostgreSQL's local)
         raise FatalError(f'no encryption: TLS is required for host "{session.peer[0]}", user "{user}", '
                          f'database "{session.database}" (tls.client_mode = require)',
                          sqlstate=INVALID_AUTHORIZATION)

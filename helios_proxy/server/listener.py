@@ -5,6 +5,7 @@ greenlet, as gunicorn's arbiter does.
 """
 import collections
 import logging
+import os
 import signal
 import time
 
@@ -40,11 +41,37 @@ from .userlist import load_userlist
 from .workers import share
 
 log = logging.getLogger(__name__)
+LOCAL = ("[local]", 0)  # the peer of a Unix-socket client, as PostgreSQL shows it
 
 
 def parse_address(text):
     host, _, port = text.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def unix_listener(directory, port, mode):
+    """A listening Unix socket DIR/.s.PGSQL.PORT (where psql -h DIR -p PORT looks). A socket file
+    left by a process that is gone is replaced; one that answers means another server runs."""
+    path = os.path.join(directory, f".s.PGSQL.{port}")
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # stale
+        else:
+            raise ConfigError(f"server.unix_socket_dir: {path} is in use by another server")
+        finally:
+            probe.close()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(path)
+        os.chmod(path, int(mode, 8))
+        listener.listen(1024)
+    except OSError as e:
+        listener.close()
+        raise ConfigError(f"server.unix_socket_dir: cannot listen on {path}: {e.strerror or e}") from None
+    return listener
 
 
 def served_as(config, database):
@@ -54,10 +81,12 @@ def served_as(config, database):
 
 
 class Proxy:
-    def __init__(self, config, worker=(0, 1), admin_socket=None):
+    def __init__(self, config, worker=(0, 1), admin_socket=None, unix_fd=None):
         """worker: (index, count) when this is one of several workers (server/workers.py), which
-        serves its admin API on admin_socket for the arbiter."""
-        self.worker, self.admin_socket = worker, admin_socket
+        serves its admin API on admin_socket for the arbiter and accepts on the arbiter's Unix
+        socket unix_fd."""
+        self.worker, self.admin_socket, self.unix_fd = worker, admin_socket, unix_fd
+        self.unix_server = None
         config = share(config, *worker)
         number_sessions(*worker)
         self.config = config
@@ -150,7 +179,9 @@ class Proxy:
         answer under way went out to its client. Returns how many sessions still await one."""
         if self.suspended is None:
             self.suspended = Event()
-            self.server.stop_accepting()
+            for server in (self.server, self.unix_server):
+                if server is not None:
+                    server.stop_accepting()
         deadline = time.monotonic() + timeout
         while True:
             busy = [s for s in list(self.sessions) if s.outstanding or s.plan.entries]
@@ -162,7 +193,9 @@ class Proxy:
         gate, self.suspended = self.suspended, None
         if gate is None:
             return False
-        self.server.start_accepting()
+        for server in (self.server, self.unix_server):
+            if server is not None:
+                server.start_accepting()
         gate.set()
         return True
 
@@ -201,6 +234,11 @@ class Proxy:
                 self.router.lag.tick()
         self.server = StreamServer(listener, self.handle)
         self.server.start()
+        if self.config.server.unix_socket_dir:  # (several workers: the arbiter made it for all)
+            unix = (socket.socket(fileno=self.unix_fd) if self.unix_fd is not None else
+                    unix_listener(self.config.server.unix_socket_dir, port, self.config.server.unix_socket_mode))
+            self.unix_server = StreamServer(unix, self.handle)
+            self.unix_server.start()
         if self.admin_socket is not None:  # a worker: its socket appearing tells the arbiter it is up
             self.admin = admin_server.start(self, self.admin_socket)
         self.pools.start()
@@ -216,9 +254,12 @@ class Proxy:
                  self.config.pool.mode, len(self.config.nodes))
 
     def handle(self, sock, peer):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.config.server.tcp_keepalive:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if sock.family == socket.AF_UNIX:
+            peer = LOCAL
+        else:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.config.server.tcp_keepalive:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         address = peer[0]
         if self.logging_in[address] >= self.config.auth.max_unauthenticated_per_address:
             refuse_early(sock, f"too many connections from {address} still logging in "
@@ -235,6 +276,18 @@ class Proxy:
             self.sessions.discard(session)
             if session.database is not None:
                 self.stats.session_closed(session)
+
+    def close_unix(self):
+        if self.unix_server is not None:
+            self.unix_server.close()
+            self.unix_server = None
+            if self.unix_fd is None:  # ours (a worker's belongs to the arbiter)
+                path = os.path.join(self.config.server.unix_socket_dir,
+                                    f".s.PGSQL.{parse_address(self.config.server.listen)[1]}")
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
 
     def install_signals(self):
         for signum, command in ((signal.SIGTERM, "term"), (signal.SIGINT, "int"), (signal.SIGHUP, "hup")):
@@ -258,6 +311,7 @@ class Proxy:
     def shutdown(self, timeout):
         log.info("shutting down: %d session(s), waiting up to %g s", len(self.sessions), timeout)
         self.server.close()  # stop accepting
+        self.close_unix()
         if self.admin is not None:
             self.admin.stop(timeout=1)
         with gevent.Timeout(timeout, False):

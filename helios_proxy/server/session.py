@@ -48,6 +48,7 @@ class ClientSession:
         self.peer = peer
         self.id = next(_ids)
         self.tls = False
+        self.local = sock.family == socket.AF_UNIX  # on the Unix socket: no TLS, none needed
         self.user = self.database = None
         self.home = None              # the node of a database with a host of its own ([databases.NAME])
         self.pool = self.server = None

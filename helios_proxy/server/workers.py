@@ -79,20 +79,28 @@ class Arbiter:
         self.commands = Queue()
         self.stopping = False
         self.admin = None
+        self.unix = None  # the listening Unix socket (server.unix_socket_dir), shared by the workers
 
     def command(self, worker):
+        unix = ["--unix-fd", str(self.unix.fileno())] if self.unix is not None else []
         return [sys.executable, "-m", "helios_proxy.cli", "run", "-c", self.path,
-                "--worker", str(worker.index), "--admin-socket", worker.socket]
+                "--worker", str(worker.index), "--admin-socket", worker.socket, *unix]
 
     def spawn(self, worker):
         worker.started = time.monotonic()
-        worker.process = subprocess.Popen(self.command(worker))
+        worker.process = subprocess.Popen(self.command(worker),
+                                          pass_fds=(self.unix.fileno(),) if self.unix is not None else ())
         log.info("worker %d started (pid %d)", worker.index, worker.process.pid)
 
     def serve_forever(self):
         """Run until SIGTERM/SIGINT; returns the exit status."""
         watcher = None
         try:
+            if self.config.server.unix_socket_dir:  # one Unix socket, inherited by every worker
+                from .listener import parse_address, unix_listener
+                self.unix = unix_listener(self.config.server.unix_socket_dir,
+                                          parse_address(self.config.server.listen)[1],
+                                          self.config.server.unix_socket_mode)
             for worker in self.workers:
                 self.spawn(worker)
             for worker in self.workers:
@@ -120,6 +128,13 @@ class Arbiter:
             if self.admin is not None:
                 self.admin.stop(timeout=1)
             shutil.rmtree(self.rundir, ignore_errors=True)
+            if self.unix is not None:
+                path = self.unix.getsockname()
+                self.unix.close()
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
 
     def reload(self):
         """SIGHUP: every worker reloads; the arbiter re-reads what its admin API uses (the token)."""
