@@ -101,14 +101,19 @@ def test_an_empty_password_in_the_users_file_never_logs_in(start_proxy, tmp_path
 
 def test_unknown_users_get_a_stable_salt_like_known_ones(start_proxy, tmp_path, passwords):
     """Unknown and known users cannot be told apart by their SCRAM salt (PostgreSQL's mock auth)."""
+    salt = lambda text: dict(p.split("=", 1) for p in text.split(","))["s"]  # noqa: E731
+    iterations = lambda text: dict(p.split("=", 1) for p in text.split(","))["i"]  # noqa: E731
     proxy = start_proxy(auth={"method": "scram-sha-256", "users_file": userlist(tmp_path, passwords)})
     for user in ("scram_user", "no_such_user", "another_ghost"):
         first, second = scram_first(proxy.port, user), scram_first(proxy.port, user)
-        salt = lambda text: dict(p.split("=", 1) for p in text.split(","))["s"]  # noqa: E731
-        iterations = lambda text: dict(p.split("=", 1) for p in text.split(","))["i"]  # noqa: E731
         assert salt(first) == salt(second), user
         assert iterations(first) == "4096"
     assert salt(scram_first(proxy.port, "no_such_user")) != salt(scram_first(proxy.port, "another_ghost"))
+    ghost, known = salt(scram_first(proxy.port, "no_such_user")), salt(scram_first(proxy.port, "scram_user"))
+    proxy.stop()
+    proxy.start()  # a restart (or another worker) changes neither: the key is not per process
+    assert salt(scram_first(proxy.port, "no_such_user")) == ghost
+    assert salt(scram_first(proxy.port, "scram_user")) == known
 
 
 def test_connections_still_logging_in_are_budgeted_per_address(start_proxy):

@@ -159,6 +159,9 @@ SETTINGS = (
       reloadable=True),
     S("auth", "backend_cleartext", bool, False, "Send a users_file password in cleartext to a server that "
       "asks for it; otherwise only over tls.server_mode = verify-full.", reloadable=True),
+    S("auth", "mock_secret", str, "", "Secret that the SCRAM salts of unknown users derive from (PostgreSQL's "
+      "mock authentication), so they stay the same across restarts and workers; default: derived from the "
+      "users_file's secrets (random per start when it has none).", secret=True, reloadable=True),
     S("auth", "max_unauthenticated_per_address", int, 512, "Most connections from one client address that "
       "have not finished logging in; more get 53300 at once.", min=1, reloadable=True),
     # [tls]: client side and backend side TLS

@@ -4,8 +4,8 @@ Secrets come from the users file or, for users not in it, from `auth_query` run 
 `auth_user` with the user name as a bind parameter: on connections of its own (no client ever
 gets one), in `auth.auth_database` whatever database the client named, with `search_path` fixed
 to pg_catalog. An unknown user is asked for SCRAM proof against a mock secret derived from a
-per-process key, so its salt is as stable and its cost as low as a known user's (PostgreSQL's
-mock authentication): neither tells who exists.
+key (`mock_key`), so its salt is as stable and its cost as low as a known user's (PostgreSQL's
+mock authentication): neither tells who exists, nor does a restart or another worker.
 """
 import hmac
 import logging
@@ -29,17 +29,39 @@ def password_failed(user):
     return AuthenticationFailed(f'password authentication failed for user "{user}"')
 
 
+def mock_key(configured, users, fallback):
+    """The key mock SCRAM secrets derive from: auth.mock_secret, else the users_file's secrets
+    (the same for every worker and after a restart, unknown to clients), else fallback."""
+    if configured:
+        material = configured.encode()
+    elif users:
+        material = "\n".join(f"{user}\t{secret}" for user, secret in sorted(users.items())).encode()
+    else:
+        return fallback
+    return hmac_sha256(b"helios-proxy mock authentication", material)
+
+
 class Authenticator:
     """Looks up a user's secret and runs the configured method against a client."""
 
     def __init__(self, config, users, pools, primary):
         self.config = config
-        self.users = users          # {user: secret} from users_file
         self.pools = pools          # PoolManager, for auth_query
         self.primary = primary      # callable -> node to run auth_query on
-        self._plain_scram = {}      # user -> (password, ScramSecret) derived once per password
         self._auth_idle = []        # auth_query connections of its own, idle
-        self._mock_key = os.urandom(32)  # mock SCRAM secrets of unknown users derive from it
+        self._random_key = os.urandom(32)  # the mock key's last resort: no secret configured at all
+        self.users = users          # {user: secret} from users_file (sets the mock key and
+                                    # _plain_scram: user -> (password, ScramSecret) derived once)
+
+    @property
+    def users(self):
+        return self._users
+
+    @users.setter
+    def users(self, users):  # (a reload sets them, with the config)
+        self._users = users
+        self._mock_key = mock_key(self.config.auth.mock_secret, users, self._random_key)
+        self._plain_scram = {}  # (their salts derive from the key)
 
     def lookup(self, user, database=None):
         """Credentials for user; unknown secrets give Credentials with known == False. (database
@@ -141,7 +163,10 @@ class Authenticator:
         cached = self._plain_scram.get(creds.user)
         if cached and cached[0] == creds.password:
             return cached[1]
-        secret = ScramSecret.from_password(creds.password, derive=lambda pw, salt, n: kdf.derive(
+        # The salt derives from the mock key too: as stable across restarts and workers as an
+        # unknown user's (a fresh one per start would tell known users apart), new with the password.
+        salt = hmac_sha256(self._mock_key, b"salt:" + creds.user.encode() + b"\0" + creds.password.encode())[:16]
+        secret = ScramSecret.from_password(creds.password, salt, derive=lambda pw, salt, n: kdf.derive(
             pw, salt, n, self.config.auth.max_scram_iterations, "users_file"))
         self._plain_scram[creds.user] = (creds.password, secret)
         return secret
