@@ -41,7 +41,8 @@ def wait_port(port, timeout=15):
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def start_pgbouncer(base, pg_port, pool_size, mode):
+def start_pgbouncer(base, pg_port, pool_size, mode, auth=("trust", '"postgres" ""\n')):
+    """PgBouncer in front of pg_port; auth: (auth_type, auth_file contents)."""
     exe = shutil.which("pgbouncer")
     if not exe:
         sys.exit("pgbouncer not found: run scripts/setup-system --bench (apt install pgbouncer)")
@@ -49,10 +50,10 @@ def start_pgbouncer(base, pg_port, pool_size, mode):
     d = os.path.join(base, "pgbouncer")
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, "users.txt"), "w") as f:
-        f.write('"postgres" ""\n')
+        f.write(auth[1])
     with open(os.path.join(d, "pgbouncer.ini"), "w") as f:
         f.write(f"[databases]\npostgres = host=127.0.0.1 port={pg_port} dbname=postgres\n\n[pgbouncer]\n"
-                f"listen_addr = 127.0.0.1\nlisten_port = {port}\nauth_type = trust\n"
+                f"listen_addr = 127.0.0.1\nlisten_port = {port}\nauth_type = {auth[0]}\n"
                 f"auth_file = {d}/users.txt\npool_mode = {mode}\ndefault_pool_size = {pool_size}\n"
                 f"max_client_conn = 20000\nunix_socket_dir =\nlogfile = {d}/pgbouncer.log\n")
     user = "postgres" if os.geteuid() == 0 else None
