@@ -183,7 +183,7 @@ class Forwarder:
                 if mtype == B and session.next_target is None:  # a named statement: where its Parse went
                     self.route_of_bind(data[begin + 5:end])
                 try:
-                    session.lease()
+                    session.take_lease()
                 except FatalError:
                     raise
                 except ProxyError as e:

@@ -11,7 +11,7 @@ from ..errors import (BackendError, FEATURE_NOT_SUPPORTED, node_unreachable, Fat
                       ProtocolViolation, TooManyConnections)
 from ..pool import session_state
 from . import admin_db
-from ..sockets import peek
+from ..sockets import Writer, peek
 from ..protocol import codec, messages as m
 from ..protocol.startup import (CANCEL_REQUEST, GSSENC_REQUEST, SSL_REQUEST, parse_options, parse_startup,
                                 startup_length)
@@ -61,6 +61,7 @@ def startup(session):
             session.sock.sendall(b"S" if accept else b"N")
             if accept:
                 session.sock = tls_ctx.wrap_socket(session.sock, server_side=True)
+                session.writer = Writer(session.sock)
                 session.tls = True
             negotiated = negotiated or pkt.kind == SSL_REQUEST
             continue
@@ -157,7 +158,7 @@ def login(session, pkt):
     greeting.append(codec.backend_key_data(session.backend_pid, session.secret))
     greeting.append(codec.ready_for_query(m.TX_IDLE))
     if session.pooled and server is not None:
-        session.server = None
+        session.lease = None
         pool.release(server)
     session.send(b"".join(greeting))
 

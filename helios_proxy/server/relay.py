@@ -1,8 +1,18 @@
-"""The server-to-client direction of a session: stream the server's replies to the client.
+"""The server-to-client direction of a lease: move the server's answers to the client.
 
-Runs in its own greenlet per server lease. It tracks ReadyForQuery (transaction status, replies
-outstanding) and ParameterStatus, splices proxy answers in exactly before or after a given
-ReadyForQuery, and, in transaction/statement pooling, ends the lease when the server goes idle.
+`ServerStream` walks what the server sends, message headers only as far as needed: ReadyForQuery
+(transaction status, answers still owed, the lease's end by pool mode), ErrorResponse,
+ParameterStatus, and whatever the response plan (plan.py) must see whole to splice the proxy's
+own answers in or cut the server's hidden ones out. DataRow and CopyData, the bulk, pass unread.
+
+Two pumps feed it:
+- `CallbackPump` (plain sockets, the usual case): a read watcher on gevent's loop calls it when
+  the server's bytes arrive; it reads, walks and writes without a greenlet switch per event, and
+  stops reading while the client's socket is full (sockets.Writer), so a slow client costs no
+  memory. What may wait (ending a lease that must read settings back, plugins' on_query_complete)
+  goes to a worker greenlet (jobs.py).
+- a greenlet pump, for TLS on either side (an SSL socket may hold decrypted bytes its descriptor
+  does not show, and its writes cannot be retried byte-exact from a callback).
 """
 import logging
 import time
@@ -13,11 +23,13 @@ from gevent import get_hub
 from gevent.hub import Waiter
 
 from ..errors import CONNECTION_FAILURE, DECODING_ERRORS, ProtocolViolation
+from ..jobs import JOBS
 from ..plugins.actions import Outcome
+from ..pool.lease import ends_here
 from ..pool.prepared import invalidate, stale_plan
 from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner
-from ..sockets import plain, recv
+from ..sockets import plain, recv, recv_now, wake_when_readable, watcher
 
 log = logging.getLogger(__name__)
 READY, PARAMETER_STATUS, ERROR = m.READY_FOR_QUERY[0], m.PARAMETER_STATUS[0], m.ERROR_RESPONSE[0]
@@ -26,82 +38,159 @@ COMPLETE = m.COMMAND_COMPLETE[0]
 WANTS = frozenset(range(256)) - {m.DATA_ROW[0], m.COPY_DATA[0]}
 
 
-def pump(session, server):
-    """Relay until the server is released (pooling: True) or lost (False); never raises."""
-    scanner = StreamScanner(WANTS)
-    sock, send, on_message = server.sock, session.send, session.plan.on_message
-    router = session.proxy.router
-    held = b""  # trailing bytes of a message the plan must see whole, not complete yet
-    completions, last_tag, last_error = session.completions, None, None  # plugins' on_query_complete
+class ServerStream:
+    """The server's side of one lease, fed as it arrives."""
+    __slots__ = ("session", "server", "scanner", "held", "last_tag", "last_error")
+
+    def __init__(self, session, server):
+        self.session, self.server = session, server
+        self.scanner = StreamScanner(WANTS)
+        self.held = b""  # trailing bytes of a message the plan must see whole, not complete yet
+        self.last_tag = self.last_error = None  # of the answer in progress (plugins' on_query_complete)
+
+    def feed(self, data):
+        """(bytes for the client, does the lease end here?, answers complete [(ctx, tag, error)])."""
+        session, server = self.session, self.server
+        completions, on_message = session.completions, session.plan.on_message
+        found = self.scanner.feed(data)
+        shift = len(self.held)
+        if shift:
+            data, self.held = self.held + data, b""
+        sent, out, release, answered = 0, [], False, []
+        for mtype, body, end in found:
+            drop, extra = on_message(mtype, body)
+            if drop or extra:  # edit the stream: cut this message out, or add after it
+                cut = end + shift
+                out.append(data[sent:cut - 5 - len(body) if drop else cut])
+                out.append(extra)
+                sent = cut
+            if mtype == READY:
+                server.tx_status = body
+                session.outstanding -= 1
+                if body == b"I":
+                    session.transactions += 1
+                if completions and not drop:  # a query's answer is complete
+                    entry = completions.popleft()
+                    if entry is not None:
+                        answered.append((entry, self.last_tag, self.last_error))
+                    self.last_tag = self.last_error = None
+                release = ends_here(session, server)
+            elif mtype == ERROR:
+                session.proxy.router.count(server.node, "errors")
+                if session.pooled and stale_plan(body):  # shared statements outlived a schema change
+                    invalidate(list(server.statements.names))
+                if completions is not None:
+                    self.last_error = codec.parse_fields(body).get("C")
+            elif mtype == PARAMETER_STATUS:
+                name, value = codec.parse_parameter_status(body)
+                server.params[name] = value
+                # whatever statement caused it, a setting changed: capture them at lease end
+                session.settings_dirty = True
+            elif mtype == COMPLETE and completions is not None:
+                self.last_tag = body
+        partial = self.scanner.partial()
+        stop = len(data) - partial
+        if partial:
+            self.held = data[stop:]
+        if out:
+            out.append(data[sent:stop])
+            data = b"".join(out)
+        elif sent or partial:
+            data = data[sent:stop]
+        return data, release, answered
+
+
+class CallbackPump:
+    """Moves a lease's server bytes from a read watcher's callbacks (plain sockets on both sides)."""
+    __slots__ = ("session", "lease", "server", "stream", "reader", "writer", "__weakref__")
+
+    def __init__(self, session, lease):
+        self.session, self.lease, self.server = session, lease, lease.server
+        self.stream = ServerStream(session, lease.server)
+        self.writer = session.writer
+        self.reader = watcher(lease.server.sock)
+        self.reader.start(self.readable)
+
+    def readable(self):
+        session, server = self.session, self.server
+        try:
+            data = recv_now(server.sock)
+            if data is None:
+                return
+            if not data:
+                raise ConnectionResetError("server closed the connection")
+            session.bytes_out += len(data)
+            out, release, answered = self.stream.feed(data)
+            if release:
+                self.stop()
+                session.lease_ended(self.lease, out)
+            elif out:
+                self.writer.write(out)
+                if self.writer.backlog:  # the client reads slower: wait until it took it all
+                    self.reader.stop()
+                    self.writer.on_drained = self.resume
+            for entry in answered:  # after the answer went to the client
+                JOBS.submit(report, session, server, *entry)
+        except ProtocolViolation as e:
+            self.fail(f"protocol violation from server: {e.message}")
+        except DECODING_ERRORS as e:  # a malformed message from the server: one line, no traceback
+            self.fail(f"protocol violation from server: malformed message ({e})")
+        except OSError as e:
+            self.fail(str(e))
+        except Exception:  # a bug costs this session, never the loop
+            log.exception("%r: relaying from the server failed", session)
+            self.fail("internal error")
+
+    def resume(self):
+        if self.reader is not None:
+            self.reader.start(self.readable)
+
+    def stop(self, block=True):
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            reader.stop()
+            reader.close()
+            if self.writer.on_drained == self.resume:
+                self.writer.on_drained = None
+
+    def fail(self, why):
+        self.stop()
+        JOBS.submit(lost, self.session, self.server, why)  # (terminate sends: not from the loop)
+
+
+def start(session, lease):
+    """The pump for a lease: callbacks on plain sockets, a greenlet where TLS is involved."""
+    if plain(lease.server.sock) and session.writer.raw is not None:
+        return CallbackPump(session, lease)
+    return GREENLETS.start(session, lease)
+
+
+# --- the greenlet pump (TLS) -------------------------------------------------------------------
+def pump(session, lease):
+    """Relay until the lease ends (pooling: True) or the server is lost (False); never raises."""
+    server = lease.server
+    stream, sock = ServerStream(session, server), server.sock
     try:
         while True:
             data = recv(sock)
             if not data:
                 raise ConnectionResetError("server closed the connection")
             session.bytes_out += len(data)
-            found = scanner.feed(data)
-            shift = len(held)
-            if shift:
-                data, held = held + data, b""
-            sent, out, release, answered = 0, [], False, []
-            for mtype, body, end in found:
-                drop, extra = on_message(mtype, body)
-                if drop or extra:  # edit the stream: cut this message out, or add after it
-                    cut = end + shift
-                    out.append(data[sent:cut - 5 - len(body) if drop else cut])
-                    out.append(extra)
-                    sent = cut
-                if mtype == READY:
-                    server.tx_status = body
-                    session.outstanding -= 1
-                    if body == b"I":
-                        session.transactions += 1
-                    if completions and not drop:  # a query's answer is complete
-                        entry = completions.popleft()
-                        if entry is not None:
-                            answered.append((entry, last_tag, last_error))
-                        last_tag = last_error = None
-                    release = session.may_release()
-                elif mtype == ERROR:
-                    router.count(server.node, "errors")
-                    if session.pooled and stale_plan(body):  # shared statements outlived a schema change
-                        invalidate(list(server.statements.names))
-                    if completions is not None:
-                        last_error = codec.parse_fields(body).get("C")
-                elif mtype == PARAMETER_STATUS:
-                    name, value = codec.parse_parameter_status(body)
-                    server.params[name] = value
-                    # whatever statement caused it, a setting changed: capture them at lease end
-                    session.settings_dirty = True
-                elif mtype == COMPLETE and completions is not None:
-                    last_tag = body
-            partial = scanner.partial()
-            stop = len(data) - partial
-            if partial:
-                held = data[stop:]
-            if out:
-                out.append(data[sent:stop])
-                data = b"".join(out)
-            elif sent or partial:
-                data = data[sent:stop]
+            out, release, answered = stream.feed(data)
             if not release:
-                if data:
-                    send(data)
+                if out:
+                    session.send(out)
                 for entry in answered:  # after the answer went to the client
                     report(session, server, *entry)
                 continue
-            session.detach()  # before the client can send its next query
-            try:
-                if data:
-                    send(data)
-            finally:  # also when the session is being killed: the pool gets the connection back
-                session.end_lease(server)
+            lease.pump = None
+            session.lease_ended(lease, out)
             for entry in answered:
                 report(session, server, *entry)
             return True  # the lease ended and the session let go of this pump
     except ProtocolViolation as e:
         lost(session, server, f"protocol violation from server: {e.message}")
-    except DECODING_ERRORS as e:  # a malformed message from the server: one line, no traceback
+    except DECODING_ERRORS as e:
         lost(session, server, f"protocol violation from server: malformed message ({e})")
     except OSError as e:
         lost(session, server, str(e))
@@ -118,54 +207,55 @@ class Parked:
         self.greenlet, self.waiter, self.watcher = greenlet, None, None
 
 
-class Pumps:
-    """Reused pump greenlets. A new greenlet costs an mmap + munmap pair (its stack), measured at
-    about a fifth of the proxy's CPU per pooled transaction; a finished pump waits here for the
-    next lease instead of dying. A pump that is killed (session end) is simply not reused.
+class GreenletPump:
+    """A running greenlet pump, as the lease holds it."""
+    __slots__ = ("greenlet", "pumps")
 
-    A parked pump is handed its next lease by the server socket itself: start() arms the socket's
-    read watcher with the pump's Waiter, so the pump wakes once, when the server's first answer is
-    there, instead of waking now only to find nothing to read and wait again (a hub round and a
-    read answered EAGAIN less per lease). TLS sockets may hold decrypted bytes: they wake it now."""
+    def __init__(self, greenlet, pumps):
+        self.greenlet, self.pumps = greenlet, pumps
+
+    def stop(self, block=True):
+        """The kill is delivered later, by the loop: by then the pump may have ended that lease
+        and parked, or taken another client's lease; a condemned pump dies instead of parking,
+        so the kill can reach no other client."""
+        self.pumps.condemned.add(self.greenlet)
+        self.greenlet.kill(block=block)
+
+
+class Pumps:
+    """Reused pump greenlets (a new greenlet costs an mmap + munmap pair for its stack); a pump
+    that is killed (session end) is simply not reused. A parked pump is handed its next lease by
+    the server socket itself: it wakes once, when the server's first answer is there."""
 
     def __init__(self):
         self.idle = []  # Parked
         self.condemned = weakref.WeakSet()  # pumps a session stopped: they die, never park again
 
-    def stop(self, pump, block=False):
-        """End a pump that serves the caller's lease. The kill is delivered later, by the loop: by
-        then the pump may have ended that lease and parked, or taken another client's lease; a
-        condemned pump dies instead of parking, so the kill can reach no other client."""
-        self.condemned.add(pump)
-        pump.kill(block=block)
-
-    def start(self, session, server):
-        """A greenlet running pump(session, server); it may be one that served others before."""
+    def start(self, session, lease):
         parked = None
         while self.idle and parked is None:
             parked = self.idle.pop()
             if parked.greenlet.dead:  # never hand a lease to a dead pump (it would hang its client)
                 parked = None
         if parked is None:
-            return gevent.spawn(self._work, session, server)
-        sock = server.sock
+            return GreenletPump(gevent.spawn(self._work, session, lease), self)
+        sock = lease.server.sock
         if plain(sock):
-            parked.watcher = sock._read_event
-            parked.watcher.start(parked.waiter.switch, (session, server))
+            parked.watcher = wake_when_readable(sock, parked.waiter.switch, (session, lease))
         else:
-            get_hub().loop.run_callback(parked.waiter.switch, (session, server))
-        return parked.greenlet
+            get_hub().loop.run_callback(parked.waiter.switch, (session, lease))
+        return GreenletPump(parked.greenlet, self)
 
-    def _work(self, session, server):
+    def _work(self, session, lease):
         parked = Parked(gevent.getcurrent())
         while True:
-            if not pump(session, server) or parked.greenlet in self.condemned:
+            if not pump(session, lease) or parked.greenlet in self.condemned:
                 return  # the session may still hold (and kill) this greenlet: never reuse it
-            session = server = None  # hold no references while idle
+            session = lease = None  # hold no references while idle
             parked.waiter = Waiter()
             self.idle.append(parked)
             try:
-                session, server = parked.waiter.get()
+                session, lease = parked.waiter.get()
             except BaseException:  # killed while parked (a kill meant for the lease it just ended)
                 if parked in self.idle:
                     self.idle.remove(parked)
@@ -176,7 +266,7 @@ class Pumps:
                     parked.watcher = None
 
 
-PUMPS = Pumps()
+GREENLETS = Pumps()
 
 
 def report(session, server, ctx, tag, error):

@@ -1,10 +1,12 @@
-"""One client session: a greenlet that reads the client, and a pump greenlet (relay.py) per server lease.
+"""One client session: a greenlet that reads the client, and a lease (pool/lease.py) whose pump
+(relay.py) moves the server's answers back.
 
 The session greenlet frames client messages, passes queries through the pipeline, leases a server
-connection when a transaction starts and forwards messages in one send per batch; the pump streams
-the server's replies back. Two directions, two greenlets: neither side can stall the other
-(pipelined clients, COPY, NOTIFY). In session pooling the lease lasts the whole session; in
-transaction and statement pooling it ends at the ReadyForQuery that leaves the server idle.
+connection when a transaction starts and forwards messages in one send per batch: the decisions at
+query and transaction boundaries, written synchronously. Inside a lease the server's bytes move
+from loop callbacks (relay.CallbackPump), so neither direction can stall the other (pipelined
+clients, COPY, NOTIFY). In session pooling the lease lasts the whole session; in transaction and
+statement pooling it ends at the ReadyForQuery that leaves the server idle (pool/lease.py).
 """
 import itertools
 from collections import deque
@@ -14,15 +16,16 @@ import time
 import gevent
 from gevent import socket
 from gevent.event import Event
-from gevent.lock import Semaphore
 
 from ..errors import (ADMIN_SHUTDOWN, QUERY_CANCELED, BackendError, FatalError, ProtocolViolation, ProxyError,
                       node_unreachable)
+from ..jobs import JOBS
 from ..pool import prepared, session_state
+from ..pool.lease import Lease, ends_here
 from ..pool.prepared import ClientStatements
 from ..pool.reset import reset_for_reuse
 from ..protocol import codec, messages as m
-from ..sockets import sendall
+from ..sockets import Writer, in_hub
 from . import admin_db, handshake, relay
 from .forward import Forwarder
 from .plan import ResponsePlan
@@ -51,7 +54,9 @@ class ClientSession:
         self.local = sock.family == socket.AF_UNIX  # on the Unix socket: no TLS, none needed
         self.user = self.database = None
         self.home = None              # the node of a database with a host of its own ([databases.NAME])
-        self.pool = self.server = None
+        self.pool = None              # its home pool (credentials; the primary's, or its database's host)
+        self.lease = None             # pool/lease.py: the server connection lent to it now
+        self.writer = Writer(sock)    # everything sent to the client, in order (sockets.py)
         self.secret = 0
         self.started = time.monotonic()
         self.outstanding = 0          # Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
@@ -63,13 +68,7 @@ class ClientSession:
         self.sql_needs = ()           # Statements this Query EXECUTEs: prepare them on the server first
         self.next_target = None       # (primary|standby, node name or None) for the next lease (route stage)
         self.route_override = None    # SET helios.route
-        self.lease_pool = None        # the pool the current lease came from
-        self.lease_target = None      # where the current lease went (primary|standby)
-        self.lease_intent = None      # where routing wanted it to go
-        self.lease_started = 0.0
         self.ryw_lsn = None           # WAL position of the client's last primary transaction
-        self.write_lock = Semaphore()
-        self.pump = None
         self.closing = None           # reason, once the proxy decided to end the session
         self.fatal_sent = False       # a FATAL went out: nothing more for the client
         self.authenticated = False    # past authentication (server/listener.py's per-address budget)
@@ -104,6 +103,20 @@ class ClientSession:
         self._settings = value
         self.settings_key = session_state.settings_key(value)
 
+    @property
+    def server(self):
+        """The leased server connection, or None between leases."""
+        lease = self.lease
+        return lease.server if lease is not None else None
+
+    @property
+    def lease_pool(self):
+        return self.lease.pool if self.lease is not None else None
+
+    @property
+    def lease_target(self):
+        return self.lease.target if self.lease is not None else None
+
     def __repr__(self):
         return f"<session {self.id} {self.peer[0]}:{self.peer[1]} user={self.user} db={self.database}>"
 
@@ -117,8 +130,8 @@ class ClientSession:
                     admin_db.serve(self)
                     return
                 self.proxy.plugins.notify("on_client_connect", session=self)
-                if self.server is not None:  # session pooling: the lease from login goes on
-                    self.pump = relay.PUMPS.start(self, self.server)
+                if self.lease is not None:  # session pooling: the lease from login goes on
+                    self.lease.pump = relay.start(self, self.lease)
                 Forwarder(self).run()
         except ProtocolViolation as e:
             reason = f"{e.sqlstate} {e.message}"
@@ -142,8 +155,8 @@ class ClientSession:
             self.finish(self.closing or reason)
 
     def finish(self, reason):
-        if self.pump is not None:
-            relay.PUMPS.stop(self.pump, block=True)
+        if self.lease is not None:
+            self.lease.stop_pump(block=True)
         self.idle_lease.wait()
         self.proxy.cancels.unregister(self.backend_pid, self.secret)
         if self.server is not None:
@@ -151,6 +164,7 @@ class ClientSession:
                 self.release_server()
             except Exception:  # never let cleanup take more than this session
                 log.exception("%r: releasing its server failed", self)
+        self.writer.close()
         try:
             self.sock.close()
         except OSError:
@@ -187,8 +201,8 @@ class ClientSession:
 
     # --- writing to the client --------------------------------------------------------------
     def send(self, data):
-        with self.write_lock:
-            sendall(self.sock, data)
+        """Send to the client after everything queued before; waits until the kernel took it."""
+        self.writer.send(data)
 
     def send_error(self, exc):
         """Send an ErrorResponse; after a FATAL one the client hears nothing more (one FATAL only)."""
@@ -212,14 +226,15 @@ class ClientSession:
 
     # --- server leases ----------------------------------------------------------------------
     def attach(self, pool, server):
-        self.pool, self.server, self.lease_pool = pool, server, pool
+        """The login's server connection becomes the session's lease (its pump starts in run())."""
+        self.pool, self.lease = pool, Lease(pool, server)
 
-    def lease(self):
+    def take_lease(self):
         """Lease a server connection for the next transaction (pooled modes) and start its pump."""
         self.idle_lease.wait()
         if self.proxy.paused:  # PAUSE (admin): new transactions wait for RESUME
             self.proxy.wait_unpaused(self.database)
-        target, pool, server = self._acquire_routed()
+        target, intent, pool, server = self._acquire_routed()
         try:
             if self.settings_checked:
                 if server.settings_key != self.settings_key:  # else it carries them already
@@ -241,17 +256,16 @@ class ClientSession:
         router.count(server.node, target)
         if router.on and self.home is None:
             router.balancer.started(server.node)
-        self.lease_pool, self.lease_target, self.lease_started = pool, target, time.monotonic()
-        self.server = server
-        self.pump = relay.PUMPS.start(self, server)
+        lease = self.lease = Lease(pool, server, target, intent)
+        lease.pump = relay.start(self, lease)
 
     def _acquire_routed(self):
-        """(target, pool, server) where the route stage sent the next transaction; the primary when
+        """(target, intent, pool, server) where the route stage sent the next transaction; the primary when
         that standby is unreachable or has not replayed the client's last write in time."""
         router = self.proxy.router
         target, node_name = self.next_target or ("primary", None)
         self.next_target = None
-        self.lease_intent = target  # a read that falls back to the primary is still a read
+        intent = target  # a read that falls back to the primary is still a read
         node = router.pick(target, node_name) if self.home is None else None
         if node is not None:
             pool = self.proxy.pools.get(node, self.database, self.pool.credentials)
@@ -261,9 +275,9 @@ class ClientSession:
                 router.unreachable(node, e.message)
             else:
                 if target != "standby" or not self.ryw_lsn or self._replayed(router, pool, server):
-                    return target, pool, server
+                    return target, intent, pool, server
         pool, server = self.acquire_primary()
-        return "primary", pool, server
+        return "primary", intent, pool, server
 
     def acquire_primary(self):
         """(pool, server) on the confirmed primary. While there is none (failover, switchover) wait
@@ -319,28 +333,38 @@ class ClientSession:
     def _waiting_on(self, result):
         self.waiting = result
 
-    def may_release(self):
-        """Called by the pump at each ReadyForQuery: does the lease end here?"""
-        return (self.pooled and self.outstanding == 0 and not self.in_extended and not self.pinned
-                and not self.plan.entries and self.server.tx_status == m.TX_IDLE
-                and self.closing is None and not self.streaming)
-
     def release_if_idle(self):
         """After the proxy answered a request itself: end a lease the server has nothing left for."""
-        if self.server is not None and self.may_release():
-            server, pump = self.server, self.pump
+        lease = self.lease
+        if lease is not None and ends_here(self, lease.server):
+            lease.stop_pump(block=False)  # it waits for the server; nothing more will come
             self.detach()
-            relay.PUMPS.stop(pump)  # it waits in recv; nothing more will come
-            self.end_lease(server)
+            self.end_lease(lease)
 
     def detach(self):
-        """The pump is ending the lease: from now on the next message needs a new one."""
-        self.server = None
-        self.pump = None
+        """The lease is ending: from now on the next message needs a new one (once idle_lease is set)."""
+        self.lease = None
         self.idle_lease.clear()
 
-    def end_lease(self, server):
+    def lease_ended(self, lease, out):
+        """The pump saw the lease's last answer (by its pool mode's rule): the client gets the last
+        bytes, the server goes back to its pool. From a loop callback, an end that must ask the
+        server something (settings, WAL position) runs in a worker greenlet."""
+        self.detach()  # before the client can send its next query
+        try:
+            if out:
+                self.writer.write(out)
+        except OSError:
+            pass  # the client is gone: its reader sees it; the server is idle and goes back clean
+        if in_hub() and (self.settings_dirty or (self.proxy.router.on and self.home is None
+                                                 and lease.intent == "primary")):
+            JOBS.submit(self.end_lease, lease)
+        else:
+            self.end_lease(lease)
+
+    def end_lease(self, lease):
         """Back to the pool after a transaction (pooled modes), carrying the client's new settings."""
+        server = lease.server
         try:
             if self.schema_changed:
                 self.schema_changed = False
@@ -349,16 +373,16 @@ class ClientSession:
                 self.settings_dirty = False
                 self.settings = session_state.capture(server)
             router = self.proxy.router
-            took = time.monotonic() - self.lease_started
+            took = time.monotonic() - lease.started
             self.proxy.stats.observe(took)
             if router.on and self.home is None:
                 router.balancer.finished(server.node, took)
-                if self.lease_intent == "primary":  # may have written: later reads must see it
+                if lease.intent == "primary":  # may have written: later reads must see it
                     self.ryw_lsn = router.write_position(server)
-            self.lease_pool.release(server, reusable=server.tx_status == m.TX_IDLE)
+            lease.pool.release(server, reusable=server.tx_status == m.TX_IDLE)
         except Exception as e:  # the pool gets its slot back whatever went wrong
             log.info("%r: ending the lease of %r failed (%s); closing it", self, server, e)
-            self.lease_pool.release(server, reusable=False)
+            lease.pool.release(server, reusable=False)
         finally:
             self.idle_lease.set()
 
@@ -378,23 +402,23 @@ class ClientSession:
         this is done, its next message waits (idle_lease). Returns False if it was not movable."""
         if not self.movable():
             return False
-        server, pump = self.server, self.pump
+        lease, server = self.lease, self.server
         self.detach()  # from here its next message takes a new lease, after idle_lease is set
         try:
-            relay.PUMPS.stop(pump, block=True)
+            lease.stop_pump(block=True)
             if int(server.execute(session_state.STATEFUL)[0][0]):  # state that cannot move: it stays
-                self.attach(self.pool, server)                     # (and is ended if it must go)
-                self.pump = relay.PUMPS.start(self, server)
+                self.lease = lease                                 # (and is ended if it must go)
+                lease.pump = relay.start(self, lease)
                 return False
             self.settings = session_state.capture(server)
             self.settings_checked = True
             self.restore = [row for row in server.execute(prepared.SAVED_STATEMENTS) or ()]
-            (self.lease_pool or self.pool).release(server, reset_for_reuse(
+            lease.pool.release(server, reset_for_reuse(
                 server, self.proxy.config.pool.reset_query, in_flight=False, full_reset=True))
             return True
         except Exception as e:  # it could not be moved: it ends, as before
             log.warning("%r could not be moved off %s (%s)", self, server.node.name, e)
-            (self.lease_pool or self.pool).release(server, reusable=False)
+            lease.pool.release(server, reusable=False)
             self.terminate(f"terminating connection: could not move it off {server.node.name}")
             return False
         finally:
@@ -418,8 +442,9 @@ class ClientSession:
 
     def release_server(self):
         """At session end: back to the pool if its state is known and clean (pool/reset.py), else closed."""
-        server, self.server = self.server, None
+        lease, self.lease = self.lease, None
+        server = lease.server
         reusable = reset_for_reuse(server, self.proxy.config.pool.reset_query,
                                    in_flight=bool(self.outstanding or self.in_extended),
                                    full_reset=not self.pooled or bool(self.pinned) or self.settings_dirty)
-        (self.lease_pool or self.pool).release(server, reusable)
+        lease.pool.release(server, reusable)

@@ -1,0 +1,49 @@
+"""A lease: one server connection lent to one client, from a pool, until the pool mode says it
+goes back (the spec's pool::lease, pool::session, pool::transaction, pool::statement).
+
+The session holds its lease and never the lease's parts; the lease owns the server connection,
+the pump that moves the server's answers to the client (server/relay.py), and where it went and
+why (routing). `ends_here` is the release rule of the pool modes, asked by the pump at every
+ReadyForQuery:
+
+    session      never: the lease ends with the session
+    transaction  at the ReadyForQuery that leaves the server idle ('I') with nothing owed
+    statement    the same; transaction blocks are refused earlier (pipeline/stages/pooling_guard.py),
+                 so every statement ends idle
+
+A lease never ends while the server still owes answers (the response plan), while the client
+streams a large CopyData to it, or while the client is pinned (state that cannot move).
+"""
+import time
+
+from ..protocol import messages as m
+
+RELEASED_AT_IDLE = {"session": False, "transaction": True, "statement": True}
+
+
+class Lease:
+    __slots__ = ("pool", "server", "target", "intent", "started", "pump")
+
+    def __init__(self, pool, server, target="primary", intent="primary"):
+        self.pool = pool          # where the server connection goes back
+        self.server = server
+        self.target = target      # where it went: primary | standby
+        self.intent = intent      # where routing wanted it (a read that fell back is still a read)
+        self.started = time.monotonic()
+        self.pump = None          # relay.CallbackPump or a greenlet (TLS), while running
+
+    def __repr__(self):
+        return f"<lease {self.server!r} {self.target}>"
+
+    def stop_pump(self, block=True):
+        """Stop moving the server's bytes (the lease ends, or the session does)."""
+        pump, self.pump = self.pump, None
+        if pump is not None:
+            pump.stop(block)
+
+
+def ends_here(session, server):
+    """At a ReadyForQuery: does the session's lease end, by its pool mode's rule?"""
+    return (RELEASED_AT_IDLE[session.mode] and server.tx_status == m.TX_IDLE and session.outstanding == 0
+            and not session.in_extended and not session.plan.entries and not session.pinned
+            and session.closing is None and not session.streaming)
