@@ -11,7 +11,7 @@ from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
 from . import kdf
 from ..pool.prepared import ServerStatements
-from ..sockets import peek, recv, sendall
+from ..sockets import peek, recv, sendall, watcher
 from ..protocol.scram import MECHANISM, ScramClient, md5_hash, md5_response
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,9 @@ class ServerConnection:
         self.rbuf = MessageBuffer(1 << 30)
         self.broken = False
         self.generation = 0     # its pool's generation when opened (pool.py: RECONNECT)
+        self.watcher = None     # a read watcher on the loop, armed for the connection's whole life
+        self.on_readable = None  # what it calls: the pump of a lease, the pool's check when idle
+        self.idle_check = None  # the pool's check, made once (pool.py)
         self.last_tag = None    # the CommandComplete tag of the proxy's own last query
         self.cancelling = []    # greenlets sending cancel requests for this connection, all in flight
 
@@ -240,6 +243,34 @@ class ServerConnection:
         self.cancelling = [g for g in self.cancelling if not g.dead] + [sending]
         return sending
 
+    # --- the read watcher (plain sockets): one for the connection's life --------------------------
+    def watch(self, callback):
+        """Have callback() called from the loop whenever the server's bytes arrive (None: nothing).
+        The watcher stays armed between leases, so that a lease costs no epoll_ctl and an idle
+        connection whose server went away is noticed by the pool at once (as PgBouncer does)."""
+        if self.watcher is None:
+            self.watcher = watcher(self.sock)
+            self.watcher.start(self._readable)
+        self.on_readable = callback
+
+    def _readable(self):
+        callback = self.on_readable
+        if callback is not None:
+            callback()
+
+    def pause(self):
+        """Stop watching until resume() (backpressure: the client is slower than its server)."""
+        self.watcher.stop()
+
+    def resume(self):
+        if self.watcher is not None and self.sock is not None:
+            self.watcher.start(self._readable)
+
+    @property
+    def watched(self):
+        """Whether the read watcher would have seen EOF or stray bytes (no peek needed)."""
+        return self.watcher is not None
+
     def idle_and_clean(self):
         """True if the socket has nothing unread and is not at EOF: a liveness check before reuse,
         one non-blocking peek on the plain socket (TLS sockets: a non-blocking read)."""
@@ -266,6 +297,10 @@ class ServerConnection:
         self.broken = True
         if sock is None:
             return
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher.close()
+            self.on_readable = None
         try:
             if terminate:
                 sock.settimeout(1)

@@ -103,8 +103,20 @@ class Pool:
                 waiter.set(conn)
                 return
         self.idle.append(conn)
+        if conn.watched:  # stray bytes or EOF while idle: its server went away, or it is unclean
+            conn.on_readable = conn.idle_check or self._idle_checker(conn)
         if self.manager is not None:  # an idle connection here may make room for a sibling's waiter
             self.manager.room_freed(self)
+
+    def _idle_checker(self, conn):
+        def stray():
+            conn.on_readable = None
+            if conn in self.idle:
+                log.info("%r: %r sent something while idle (closed, or stray bytes); closing it", self, conn)
+                self.idle.remove(conn)
+                self._discard(conn)
+        conn.idle_check = stray
+        return stray
 
     def _release_after(self, cancelling, conn, reusable):
         gevent.joinall(cancelling, timeout=5)
@@ -116,7 +128,12 @@ class Pool:
         while self.idle:
             conn = self.idle.pop()
             now = time.monotonic()
-            if cfg.server_lifetime and now - conn.created > cfg.server_lifetime or not conn.idle_and_clean():
+            if conn.watched:  # its read watcher would have reported EOF or stray bytes
+                conn.on_readable = None
+                clean = not conn.broken and not conn.rbuf.pending()
+            else:
+                clean = conn.idle_and_clean()
+            if cfg.server_lifetime and now - conn.created > cfg.server_lifetime or not clean:
                 self._discard(conn)
                 continue
             if now - conn.last_used >= cfg.check_after:

@@ -29,7 +29,7 @@ from ..pool.lease import ends_here
 from ..pool.prepared import invalidate, stale_plan
 from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner
-from ..sockets import plain, recv, recv_now, wake_when_readable, watcher
+from ..sockets import plain, recv, recv_now, wake_when_readable
 
 log = logging.getLogger(__name__)
 READY, PARAMETER_STATUS, ERROR = m.READY_FOR_QUERY[0], m.PARAMETER_STATUS[0], m.ERROR_RESPONSE[0]
@@ -101,15 +101,16 @@ class ServerStream:
 
 
 class CallbackPump:
-    """Moves a lease's server bytes from a read watcher's callbacks (plain sockets on both sides)."""
-    __slots__ = ("session", "lease", "server", "stream", "reader", "writer", "__weakref__")
+    """Moves a lease's server bytes from the server connection's read watcher (plain sockets on
+    both sides)."""
+    __slots__ = ("session", "lease", "server", "stream", "writer", "running", "paused")
 
     def __init__(self, session, lease):
         self.session, self.lease, self.server = session, lease, lease.server
         self.stream = ServerStream(session, lease.server)
         self.writer = session.writer
-        self.reader = watcher(lease.server.sock)
-        self.reader.start(self.readable)
+        self.running, self.paused = True, False
+        lease.server.watch(self.readable)
 
     def readable(self):
         session, server = self.session, self.server
@@ -127,7 +128,8 @@ class CallbackPump:
             elif out:
                 self.writer.write(out)
                 if self.writer.backlog:  # the client reads slower: wait until it took it all
-                    self.reader.stop()
+                    self.paused = True
+                    server.pause()
                     self.writer.on_drained = self.resume
             for entry in answered:  # after the answer went to the client
                 JOBS.submit(report, session, server, *entry)
@@ -142,14 +144,15 @@ class CallbackPump:
             self.fail("internal error")
 
     def resume(self):
-        if self.reader is not None:
-            self.reader.start(self.readable)
+        if self.paused:
+            self.paused = False
+            self.server.resume()
 
     def stop(self, block=True):
-        reader, self.reader = self.reader, None
-        if reader is not None:
-            reader.stop()
-            reader.close()
+        if self.running:
+            self.running = False
+            self.server.on_readable = None
+            self.resume()  # (the watcher stays armed for the connection's next use)
             if self.writer.on_drained == self.resume:
                 self.writer.on_drained = None
 
