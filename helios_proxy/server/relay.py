@@ -42,11 +42,17 @@ class ServerStream:
     """The server's side of one lease, fed as it arrives."""
     __slots__ = ("session", "server", "scanner", "held", "last_tag", "last_error")
 
-    def __init__(self, session, server):
+    def __init__(self, session, server=None):
         self.session, self.server = session, server
         self.scanner = StreamScanner(WANTS)
         self.held = b""  # trailing bytes of a message the plan must see whole, not complete yet
         self.last_tag = self.last_error = None  # of the answer in progress (plugins' on_query_complete)
+
+    def reset(self, server):
+        """Serve the next lease (a session's stream is reused: one object less per transaction)."""
+        self.server, self.held, self.last_tag, self.last_error = server, b"", None, None
+        if not self.scanner.at_boundary():
+            self.scanner = StreamScanner(WANTS)
 
     def feed(self, data):
         """(bytes for the client, does the lease end here?, answers complete [(ctx, tag, error)])."""
@@ -102,15 +108,22 @@ class ServerStream:
 
 class CallbackPump:
     """Moves a lease's server bytes from the server connection's read watcher (plain sockets on
-    both sides)."""
-    __slots__ = ("session", "lease", "server", "stream", "writer", "running", "paused")
+    both sides). One per session, serving its leases one after the other."""
+    __slots__ = ("session", "lease", "server", "stream", "writer", "running", "paused", "callback")
 
-    def __init__(self, session, lease):
-        self.session, self.lease, self.server = session, lease, lease.server
-        self.stream = ServerStream(session, lease.server)
+    def __init__(self, session):
+        self.session, self.lease, self.server = session, None, None
+        self.stream = ServerStream(session)
         self.writer = session.writer
+        self.running = self.paused = False
+        self.callback = self.readable  # (bound once)
+
+    def begin(self, lease):
+        self.lease, self.server = lease, lease.server
+        self.stream.reset(lease.server)
         self.running, self.paused = True, False
-        lease.server.watch(self.readable)
+        lease.server.watch(self.callback)
+        return self
 
     def readable(self):
         session, server = self.session, self.server
@@ -123,8 +136,9 @@ class CallbackPump:
             session.bytes_out += len(data)
             out, release, answered = self.stream.feed(data)
             if release:
+                lease = self.lease
                 self.stop()
-                session.lease_ended(self.lease, out)
+                session.lease_ended(lease, out)
             elif out:
                 self.writer.write(out)
                 if self.writer.backlog:  # the client reads slower: wait until it took it all
@@ -155,16 +169,21 @@ class CallbackPump:
             self.resume()  # (the watcher stays armed for the connection's next use)
             if self.writer.on_drained == self.resume:
                 self.writer.on_drained = None
+            self.lease = self.server = None
 
     def fail(self, why):
+        server = self.server
         self.stop()
-        JOBS.submit(lost, self.session, self.server, why)  # (terminate sends: not from the loop)
+        JOBS.submit(lost, self.session, server, why)  # (terminate sends: not from the loop)
 
 
 def start(session, lease):
     """The pump for a lease: callbacks on plain sockets, a greenlet where TLS is involved."""
     if plain(lease.server.sock) and session.writer.raw is not None:
-        return CallbackPump(session, lease)
+        pump = session.callback_pump
+        if pump is None:
+            pump = session.callback_pump = CallbackPump(session)
+        return pump.begin(lease)
     return GREENLETS.start(session, lease)
 
 

@@ -57,6 +57,7 @@ class ClientSession:
         self.pool = None              # its home pool (credentials; the primary's, or its database's host)
         self.lease = None             # pool/lease.py: the server connection lent to it now
         self.writer = Writer(sock)    # everything sent to the client, in order (sockets.py)
+        self.callback_pump = None     # relay.CallbackPump, made at the first lease, reused
         self.secret = 0
         self.started = time.monotonic()
         self.outstanding = 0          # Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
