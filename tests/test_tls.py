@@ -70,3 +70,24 @@ def test_client_tls_with_transaction_pooling(start_proxy, tls_files):
         cur.execute("select count(*) from generate_series(1, 50000)")
         assert cur.fetchone()[0] == 50000
         conn.commit()
+
+
+def test_beyond_max_client_conn_no_tls_handshake_is_spent(start_proxy, tls_files):
+    """A connection over max_client_conn is refused before TLS: its SSLRequest gets N, then 53300."""
+    from helios_proxy.protocol import codec, messages as m
+    from .wire import Wire, error_of
+    proxy = start_proxy(server={"max_client_conn": 1},
+                        tls={"client_mode": "prefer", "client_cert_file": tls_files["cert"],
+                             "client_key_file": tls_files["key"]})
+    held = proxy.connect(sslmode="require")
+    w = Wire(proxy.port)
+    try:
+        w.send(codec.special_request(m.SSL_REQUEST_CODE))
+        assert w.sock.recv(1) == b"N"
+        fields = error_of(w.startup(user="postgres", database="postgres"))
+        assert (fields["S"], fields["C"]) == ("FATAL", "53300") and "max_client_conn" in fields["M"]
+    finally:
+        w.close()
+    with pytest.raises(psycopg2.OperationalError, match="no more connections allowed"):
+        proxy.connect(sslmode="prefer")
+    held.close()

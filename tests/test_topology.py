@@ -4,7 +4,7 @@ import gevent
 import pytest
 
 from helios_proxy.config import load
-from helios_proxy.topology.buffer import FailoverInProgress, SwitchoverBuffer
+from helios_proxy.topology.switchover_buffer import FailoverInProgress, SwitchoverBuffer
 from helios_proxy.topology.events import NodeLeft, PrimaryChanged
 from helios_proxy.topology.failover import FailoverController
 from helios_proxy.topology.health import HealthChecker

@@ -10,7 +10,7 @@ from ..errors import (BackendError, CONNECTION_FAILURE, INVALID_PASSWORD, PROTOC
 from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
 from . import kdf
-from ..pool.prepared import ServerStatements
+from .statements import ServerStatements
 from ..sockets import peek, recv, sendall, watcher
 from ..protocol.scram import MECHANISM, ScramClient, md5_hash, md5_response
 
@@ -31,7 +31,7 @@ class ServerConnection:
         self.params = {}                # ParameterStatus values as the server reported them
         self.tx_status = m.TX_IDLE
         self.settings_key = ()          # whose session settings it carries (pool/session_state.py)
-        self.statements = ServerStatements(options.pool.prepared_statements_cap)  # pool/prepared.py
+        self.statements = ServerStatements(options.pool.prepared_statements_cap)  # statements.py
         self.created = self.last_used = time.monotonic()
         self.rbuf = MessageBuffer(1 << 30)
         self.broken = False

@@ -41,7 +41,7 @@ class Router:
 
     def primary(self):
         """The confirmed primary, or None during a failover or switchover (writes then wait in the
-        switchover buffer, topology/buffer.py)."""
+        switchover buffer, topology/switchover_buffer.py)."""
         return self.tracker.current()
 
     def node(self, name):

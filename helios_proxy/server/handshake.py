@@ -47,10 +47,16 @@ def startup(session):
         if pkt.kind == CANCEL_REQUEST:
             proxy.cancels.cancel(pkt.pid, pkt.secret, session.peer)
             return None
+        # Beyond max_client_conn: refused before a TLS handshake or an authentication spends anything
+        # on it (an SSLRequest is answered N, so that libpq reads and shows the error that follows).
+        full = len(proxy.sessions) > proxy.config.server.max_client_conn
+        if full and pkt.kind not in (SSL_REQUEST, GSSENC_REQUEST):
+            raise TooManyConnections(f"no more connections allowed (max_client_conn = "
+                                     f"{proxy.config.server.max_client_conn})")
         if pkt.kind in (SSL_REQUEST, GSSENC_REQUEST):
             if negotiated and pkt.kind == SSL_REQUEST:
                 raise ProtocolViolation("SSLRequest received twice")
-            accept = pkt.kind == SSL_REQUEST and tls_ctx is not None and not session.local
+            accept = pkt.kind == SSL_REQUEST and tls_ctx is not None and not session.local and not full
             # CVE-2021-23214: bytes sent before our answer could be read were not protected by TLS
             # (and may be injected); never process them, whatever the answer.
             if peek(session.sock):  # more bytes than the packet read so far
@@ -82,8 +88,6 @@ def login(session, pkt):
     if params.get("replication", "false").lower() not in ("false", "off", "no", "0"):
         raise FatalError("replication connections are not supported by HeliosProxy",
                          sqlstate=FEATURE_NOT_SUPPORTED)
-    if len(proxy.sessions) > cfg.server.max_client_conn:
-        raise TooManyConnections(f"no more connections allowed (max_client_conn = {cfg.server.max_client_conn})")
     if cfg.tls.client_mode == "require" and not session.tls and not session.local:  # (as PostgreSQL's local)
         raise FatalError(f'no encryption: TLS is required for host "{session.peer[0]}", user "{user}", '
                          f'database "{session.database}" (tls.client_mode = require)',

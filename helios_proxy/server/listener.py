@@ -11,6 +11,7 @@ import time
 
 import gevent
 from gevent.event import Event
+from gevent.pool import Pool as GreenletPool
 from gevent.queue import Queue
 from gevent.server import StreamServer
 from gevent import socket
@@ -25,7 +26,7 @@ from ..plugins.manager import PluginManager
 from ..pool.pool import PoolManager
 from ..routing.lag import LagMonitor
 from ..stats import Stats, StatsSampler
-from ..topology.buffer import SwitchoverBuffer
+from ..topology.switchover_buffer import SwitchoverBuffer
 from ..topology.failover import FailoverController
 from ..topology.health import HealthChecker
 from ..topology.nodeops import NodeOps
@@ -41,6 +42,7 @@ from .userlist import load_userlist
 from .workers import share
 
 log = logging.getLogger(__name__)
+SPARE = 128  # connections beyond max_client_conn accepted at once, to be refused or to cancel
 LOCAL = ("[local]", 0)  # the peer of a Unix-socket client, as PostgreSQL shows it
 
 
@@ -120,7 +122,7 @@ class Proxy:
         self.paused = {}              # database (None: all) -> Event cleared while PAUSEd (admin)
         self.suspended = None         # an Event set at RESUME while SUSPENDed (admin)
         self.commands = Queue()
-        self.server = None
+        self.server = self.spawn = None
 
     def _plugins_changed(self):
         """A WASM module came, went or changed its hooks: rebuild the pipeline."""
@@ -232,12 +234,16 @@ class Proxy:
             self.router.lag = LagMonitor(self.router)  # it before the first client is accepted
             with gevent.Timeout(self.config.health.timeout + 1, False):
                 self.router.lag.tick()
-        self.server = StreamServer(listener, self.handle)
+        # One greenlet per connection, at most max_client_conn + SPARE at once (as started): more
+        # wait in the kernel's backlog instead of costing memory (a SPARE few are refused with
+        # 53300 or carry cancel requests while the proxy is full).
+        self.spawn = GreenletPool(self.config.server.max_client_conn + SPARE)
+        self.server = StreamServer(listener, self.handle, spawn=self.spawn)
         self.server.start()
         if self.config.server.unix_socket_dir:  # (several workers: the arbiter made it for all)
             unix = (socket.socket(fileno=self.unix_fd) if self.unix_fd is not None else
                     unix_listener(self.config.server.unix_socket_dir, port, self.config.server.unix_socket_mode))
-            self.unix_server = StreamServer(unix, self.handle)
+            self.unix_server = StreamServer(unix, self.handle, spawn=self.spawn)
             self.unix_server.start()
         if self.admin_socket is not None:  # a worker: its socket appearing tells the arbiter it is up
             self.admin = admin_server.start(self, self.admin_socket)
@@ -254,6 +260,8 @@ class Proxy:
                  self.config.pool.mode, len(self.config.nodes))
 
     def handle(self, sock, peer):
+        if self.suspended is not None:  # SUSPEND (admin): accepted meanwhile, served after RESUME
+            self.suspended.wait()
         if sock.family == socket.AF_UNIX:
             peer = LOCAL
         else:
@@ -351,6 +359,11 @@ class Proxy:
         changed = {db for db in {p.database for p in self.pools.pools.values()}
                    if served_as(self.config, db) != served_as(new, db)}
         self.config = new
+        if self.spawn is not None and new.server.max_client_conn + SPARE != self.spawn.size:  # accept bound
+            self.spawn = GreenletPool(new.server.max_client_conn + SPARE)
+            for server in (self.server, self.unix_server):
+                if server is not None:
+                    server.set_spawn(self.spawn)
         self.pools.reconfigure(new)
         for pool in list(self.pools.pools.values()):
             if pool.database in changed:  # its server or server-side name changed: new connections

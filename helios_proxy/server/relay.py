@@ -26,7 +26,7 @@ from ..errors import CONNECTION_FAILURE, DECODING_ERRORS, ProtocolViolation
 from ..jobs import JOBS
 from ..plugins.actions import Outcome
 from ..pool.lease import ends_here
-from ..pool.prepared import invalidate, stale_plan
+from ..backend.statements import invalidate, stale_plan
 from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner
 from ..sockets import plain, recv, recv_now, wake_when_readable

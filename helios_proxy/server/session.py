@@ -22,6 +22,7 @@ from ..errors import (ADMIN_SHUTDOWN, QUERY_CANCELED, BackendError, FatalError, 
 from ..jobs import JOBS
 from ..pool import prepared, session_state
 from ..pool.lease import Lease, ends_here
+from ..backend.statements import invalidate_all
 from ..pool.prepared import ClientStatements
 from ..pool.reset import reset_for_reuse
 from ..protocol import codec, messages as m
@@ -369,7 +370,7 @@ class ClientSession:
         try:
             if self.schema_changed:
                 self.schema_changed = False
-                prepared.invalidate_all()
+                invalidate_all()
             if self.settings_dirty:
                 self.settings_dirty = False
                 self.settings = session_state.capture(server)

@@ -13,7 +13,7 @@ someone else. Otherwise, after one fresh probe of every node:
    last reported in pg_stat_replication), then highest `priority`. A standby ahead of the
    synchronous one holds every commit the synchronous one acknowledged, so none is lost;
 3. the winner is set PENDING and promoted (`pg_promote()`, or `failover.promote_command`), confirmed
-   once a probe sees it out of recovery, which drains the switchover buffer (buffer.py);
+   once a probe sees it out of recovery, which drains the switchover buffer (switchover_buffer.py);
 4. the other standbys are pointed at it (`repoint_standbys`).
 
 If no candidate qualifies or a promotion fails, it tries again every `health.interval` while there

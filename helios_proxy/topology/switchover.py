@@ -1,7 +1,7 @@
 """Planned switchover: move the primary role to a chosen standby with no errors for clients that
 are between transactions.
 
-1. new primary transactions are paused (they wait in the switchover buffer, buffer.py);
+1. new primary transactions are paused (they wait in the switchover buffer, switchover_buffer.py);
 2. transactions in flight on the old primary get `failover.switchover_timeout` to finish; a
    session-pooled client between transactions is moved off it (its settings and prepared
    statements are re-created on the new primary at its next query); sessions still in a

@@ -6,7 +6,7 @@
                          +---------------------------+--> NONE
 
 Writes go to the primary only while it is CONFIRMED; otherwise they wait in the switchover buffer
-(buffer.py). Every transition is broadcast to the subscribers as a TopologyEvent (events.py).
+(switchover_buffer.py). Every transition is broadcast to the subscribers as a TopologyEvent (events.py).
 
 The configured primary starts CONFIRMED (the config is trusted until a probe says otherwise).
 With the PostgreSQL provider, probe observations move the primary on their own: a PENDING primary

@@ -13,7 +13,7 @@ from pglast import ast, parse_sql
 from pglast.parser import ParseError
 
 from ...errors import FEATURE_NOT_SUPPORTED
-from ...pool.prepared import invalidate_all
+from ...backend.statements import invalidate_all
 from ..sqltext import Leading, head_word, large_mentions, mentions
 from ..stage import StageResult
 from .pooled import PooledSqlStage
