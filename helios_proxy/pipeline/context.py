@@ -6,7 +6,7 @@ class QueryContext:
     """One per Query or Parse message that passes the pipeline. Plain slots: built per query."""
 
     __slots__ = ("session", "sql", "protocol", "statement", "started", "size", "large", "_tags", "_word",
-                 "_lower")
+                 "_lower", "decided")
 
     def __init__(self, session, sql, protocol="simple", statement="", size=None, large=False):
         self.session = session      # the ClientSession (user, database, client address, ...)
@@ -19,6 +19,14 @@ class QueryContext:
         self.started = 0.0          # monotonic time the pipeline saw it (plugins stage)
         self._tags = self._lower = None
         self._word = (None, UNKNOWN)
+        self.decided = None  # Decisions, once a stage made one
+
+    def decide(self):
+        """The stages' decisions about the session, as data (made on first use); the forwarder
+        applies them in one place (server/forward.py apply_decisions) after the pipeline ran."""
+        if self.decided is None:
+            self.decided = Decisions()
+        return self.decided
 
     def __repr__(self):
         return f"QueryContext({self.protocol}, {self.sql[:60]!r})"
@@ -45,3 +53,23 @@ class QueryContext:
         if self._lower is None or self._lower[0] is not self.sql:
             self._lower = (self.sql, self.sql.lower())
         return self._lower[1]
+
+
+UNDECIDED = object()
+
+
+class Decisions:
+    """What the stages decided about the session for one query. None/False: nothing decided."""
+    __slots__ = ("target", "route_override", "read_after", "pin", "settings_changed", "discard",
+                 "schema_changed", "sql_prepare", "sql_needs")
+
+    def __init__(self):
+        self.target = None            # (primary|standby, node name or None): where its next lease goes
+        self.route_override = UNDECIDED  # SET helios.route: primary|standby|None (auto), later transactions
+        self.read_after = None        # SET helios.read_after: a WAL position later reads must see
+        self.pin = None               # why the session must keep its server connection
+        self.settings_changed = False  # it may change session settings: read them back at lease end
+        self.discard = False          # DISCARD ALL / DEALLOCATE ALL: its prepared statements go
+        self.schema_changed = False   # DDL: shared statements are re-parsed after it commits
+        self.sql_prepare = None       # (name, Statement): this Query is a PREPARE to run on the server
+        self.sql_needs = ()           # Statements this Query EXECUTEs: prepare them on the server first

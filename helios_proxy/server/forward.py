@@ -12,6 +12,8 @@ import gevent
 from .. import pipeline
 from ..errors import (DECODING_ERRORS, FEATURE_NOT_SUPPORTED, IDLE_SESSION_TIMEOUT, PROGRAM_LIMIT_EXCEEDED, FatalError,
                       ProtocolViolation, ProxyError)
+from ..backend.statements import invalidate_all
+from ..pipeline.context import UNDECIDED
 from ..pipeline.stage import Action
 from ..plugins.actions import Outcome
 from ..pool import prepared
@@ -72,6 +74,8 @@ class Forwarder:
         self.skip_to_sync = False  # a refused extended message: drop messages up to Sync
         self.stream_left = 0       # bytes of a large message still to pass on (stream_sink) or drop
         self.stream_sink = None
+        self.sql_prepare = None    # (name, Statement): the Query being forwarded is a PREPARE (Decisions)
+        self.sql_needs = ()        # Statements it EXECUTEs: prepared on the server first
         limit = session.proxy.config.pipeline.max_query_bytes
         self.max_query = limit + 6 if limit else 1 << 31  # message length with type, length word, NUL
 
@@ -188,14 +192,14 @@ class Forwarder:
                     raise
                 except ProxyError as e:
                     start = end
-                    session.sql_prepare, session.sql_needs = None, ()
+                    self.sql_prepare, self.sql_needs = None, ()
                     self.refuse(mtype, codec.error_response(e.sqlstate, e.message, detail=e.detail))
                     continue
                 send = session.server.send
             if session.discard_pending:  # DISCARD ALL / DEALLOCATE ALL drops the server's statements
                 session.discard_pending = False
                 session.server.statements.clear()
-            if mtype == Q and (session.sql_prepare is not None or session.sql_needs):
+            if mtype == Q and (self.sql_prepare is not None or self.sql_needs):
                 if begin > start:
                     send(span(data, start, begin))
                 start = end
@@ -325,6 +329,8 @@ class Forwarder:
         ctx = pipeline.QueryContext(session, sql, "simple" if mtype == Q else "extended", name, size,
                                     size > session.proxy.config.pipeline.max_parse_bytes)
         result = pipeline.run(session.proxy.stages, ctx)
+        if ctx.decided is not None:
+            self.apply(ctx.decided)
         if session.completions is not None:  # a plugin wants on_query_complete
             if result.action is Action.CONTINUE:
                 session.pending_ctx = ctx    # reported at the ReadyForQuery of its Query or Sync
@@ -344,6 +350,27 @@ class Forwarder:
             return False, result.payload
         return False, codec.error_response(FEATURE_NOT_SUPPORTED,
                                            "a proxy answer is not available for extended-protocol queries")
+
+    def apply(self, decided):
+        """The stages' decisions about the session (pipeline/context.py Decisions), in one place."""
+        session = self.session
+        if decided.target is not None:
+            session.next_target = decided.target
+        if decided.route_override is not UNDECIDED:
+            session.route_override = decided.route_override
+        if decided.read_after is not None:
+            session.ryw_lsn = max(decided.read_after, session.ryw_lsn or 0)
+        if decided.pin:
+            session.pin(decided.pin)
+        if decided.settings_changed:
+            session.settings_dirty = True
+        if decided.discard:
+            session.statements.clear()
+            session.discard_pending = True
+        if decided.schema_changed:  # re-parsed on every connection before their next use (now, and at lease end)
+            invalidate_all()
+            session.schema_changed = True
+        self.sql_prepare, self.sql_needs = decided.sql_prepare, decided.sql_needs
 
     # --- named prepared statements in pooled modes ---------------------------------------------
     def answer_locally(self, mtype, message):
@@ -410,8 +437,8 @@ class Forwarder:
         on_fail for its plan entry)."""
         session = self.session
         server, plan, known = session.server, session.plan, session.pool.known_statements
-        prepare, needs = session.sql_prepare, session.sql_needs
-        session.sql_prepare, session.sql_needs = None, ()
+        prepare, needs = self.sql_prepare, self.sql_needs
+        self.sql_prepare, self.sql_needs = None, ()
         if prepare is not None:
             name, stmt = prepare
             if stmt.server_name in server.statements:

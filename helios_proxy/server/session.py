@@ -66,8 +66,6 @@ class ClientSession:
         self.plan = ResponsePlan()    # what the client expects back, in order (plan.py)
         self.statements = ClientStatements()  # its named prepared statements (pooled modes)
         self.discard_pending = False  # it sent DISCARD ALL / DEALLOCATE ALL to the next server
-        self.sql_prepare = None       # (name, Statement): this Query is a PREPARE to run on the server
-        self.sql_needs = ()           # Statements this Query EXECUTEs: prepare them on the server first
         self.next_target = None       # (primary|standby, node name or None) for the next lease (route stage)
         self.route_override = None    # SET helios.route
         self.ryw_lsn = None           # WAL position of the client's last primary transaction

@@ -13,7 +13,6 @@ from pglast import ast, parse_sql
 from pglast.parser import ParseError
 
 from ...errors import FEATURE_NOT_SUPPORTED
-from ...backend.statements import invalidate_all
 from ..sqltext import Leading, head_word, large_mentions, mentions
 from ..stage import StageResult
 from .pooled import PooledSqlStage
@@ -107,18 +106,13 @@ class PoolingGuard(PooledSqlStage):
         return self.act(ctx, fx)
 
     def act(self, ctx, fx):
-        session = ctx.session
-        if fx.begins and session.mode == "statement":
+        if fx.begins and ctx.session.mode == "statement":
             return StageResult.reject(FEATURE_NOT_SUPPORTED,
                                       "transaction blocks are not allowed in statement pooling mode")
-        if fx.settings:
-            session.settings_dirty = True
-        if fx.pin:
-            session.pin(fx.pin)
-        if fx.discard:
-            session.statements.clear()
-            session.discard_pending = True
-        if fx.ddl:  # re-parsed on every connection before their next use (now, and at lease end)
-            invalidate_all()
-            session.schema_changed = True
+        if fx.settings or fx.pin or fx.discard or fx.ddl:
+            decided = ctx.decide()
+            decided.settings_changed = decided.settings_changed or fx.settings
+            decided.pin = decided.pin or fx.pin
+            decided.discard = decided.discard or fx.discard
+            decided.schema_changed = decided.schema_changed or fx.ddl
         return StageResult.CONTINUE

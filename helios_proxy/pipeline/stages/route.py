@@ -38,7 +38,7 @@ class Route(Stage):
         router = session.proxy.router
         sql = ctx.sql
         if not ctx.large and "helios." in sql:
-            answer = self.session_command(session, sql)
+            answer = self.session_command(ctx, session, sql)
             if answer is not None:
                 return answer
         override = SET_ROUTE.match(sql) if not ctx.large else None
@@ -46,7 +46,7 @@ class Route(Stage):
             value = override.group(1).lower()
             if value not in ROUTE_VALUES:
                 return StageResult.reject(INVALID_PARAMETER_VALUE, f"invalid value for helios.route: {value!r}")
-            session.route_override = ROUTE_VALUES[value]
+            ctx.decide().route_override = ROUTE_VALUES[value]
             return StageResult.respond(codec.message(b"C", b"SET\0"))
         if session.server is not None:  # inside a transaction (or pinned): the lease decided already
             return StageResult.CONTINUE
@@ -58,7 +58,7 @@ class Route(Stage):
             target = (STANDBY if router.tracker.roles.get(hints["node"]) == STANDBY else PRIMARY, hints["node"])
         elif hints.get("route") in (PRIMARY, STANDBY):
             target = (hints["route"], None)
-        elif session.pinned:
+        elif session.pinned or (ctx.decided is not None and ctx.decided.pin):
             target = (PRIMARY, None)
         elif session.route_override:
             target = (session.route_override, None)
@@ -69,11 +69,11 @@ class Route(Stage):
             router.ensure_catalog(session.database, session.pool)
             kind = router.classifier.classify(sql, session.database)
             target = (STANDBY if kind in (READ, BEGIN_READ_ONLY) else PRIMARY, None)
-        session.next_target = target
+        ctx.decide().target = target
         return StageResult.CONTINUE
 
     @staticmethod
-    def session_command(session, sql):
+    def session_command(ctx, session, sql):
         """SHOW helios.write_lsn / SET helios.read_after, answered by the proxy."""
         if SHOW_WRITE_LSN.match(sql):
             value = session.ryw_lsn
@@ -85,6 +85,6 @@ class Route(Stage):
                 return StageResult.reject(INVALID_PARAMETER_VALUE, f"invalid value for helios.read_after: "
                                           f"{token.group(1)!r} (expected an LSN from SHOW helios.write_lsn)")
             wanted = lsn(token.group(1))
-            session.ryw_lsn = max(wanted, session.ryw_lsn or 0)
+            ctx.decide().read_after = wanted
             return StageResult.respond(codec.message(b"C", b"SET\0"))
         return None

@@ -104,13 +104,13 @@ class SqlPreparedStatements(PooledSqlStage):
 
     def act_large(self, ctx):
         if head_word(ctx.sql) in ("prepare", "execute", "deallocate", "explain", "create"):
-            ctx.session.pin("a PREPARE or EXECUTE too large to analyze (pipeline.max_parse_bytes)")
+            ctx.decide().pin = "a PREPARE or EXECUTE too large to analyze (pipeline.max_parse_bytes)"
         return StageResult.CONTINUE
 
     def act(self, ctx, plan):
         session = ctx.session
         if plan.pin:
-            session.pin(plan.pin)
+            ctx.decide().pin = plan.pin
             return StageResult.CONTINUE
         try:
             if plan.deallocate is not None:
@@ -126,12 +126,12 @@ class SqlPreparedStatements(PooledSqlStage):
     def prepare(self, ctx, name, sname, text):
         session = ctx.session
         if ctx.protocol != "simple":
-            session.pin("PREPARE through the extended protocol")
+            ctx.decide().pin = "PREPARE through the extended protocol"
             return StageResult.CONTINUE
         stmt = session.statements.add_sql(name, Statement(sname, text))
         if sname in session.pool.known_statements:
             return StageResult.respond(PREPARE_DONE)
-        session.sql_prepare = (name, stmt)
+        ctx.decide().sql_prepare = (name, stmt)
         return StageResult.rewrite(text)
 
     def execute(self, ctx, names):
@@ -142,9 +142,10 @@ class SqlPreparedStatements(PooledSqlStage):
         sql = self.rewrites.get(key)
         if sql is None:
             sql = self.rewrites[key] = rename_executes(ctx.sql, mapping)
-        ctx.session.sql_needs = stmts
+        decided = ctx.decide()
+        decided.sql_needs = stmts
         if any(s.sets for s in stmts):
-            ctx.session.settings_dirty = True
+            decided.settings_changed = True
         return StageResult.rewrite(sql)
 
     def deallocate(self, ctx, name):
