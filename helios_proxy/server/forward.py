@@ -87,7 +87,7 @@ class Forwarder:
         sock = session.sock
         while True:
             timeout = cfg.client_idle_timeout
-            if timeout and session.outstanding == 0 and (session.server is None
+            if timeout and session.plan.outstanding == 0 and (session.server is None
                                                          or session.server.tx_status == m.TX_IDLE):
                 try:
                     with gevent.Timeout(timeout, IdleTimeout):
@@ -96,7 +96,7 @@ class Forwarder:
                     session.terminate("terminating connection due to idle-session timeout",
                                       sqlstate=IDLE_SESSION_TIMEOUT)
                     return
-            elif session.outstanding and not buf.pending():  # it waits for our answer now
+            elif session.plan.outstanding and not buf.pending():  # it waits for our answer now
                 data = recv_later(sock)
             else:
                 data = recv(sock)
@@ -177,7 +177,7 @@ class Forwarder:
                         self.refuse(mtype, codec.error_response(local.sqlstate, local.message))
                     continue
             if session.server is None:  # pooled modes: a new transaction needs a lease (nothing unsent)
-                if mtype == S and not session.in_extended:  # all before it was answered here
+                if mtype == S and not plan.in_extended:  # all before it was answered here
                     start = end
                     self.answer(b"")
                     continue
@@ -256,7 +256,7 @@ class Forwarder:
         elif (mtype == Q or mtype == P) and length + 1 > self.max_query:  # refused, never held: dropped
             self.pass_on(buf, length, None)
             self.refuse_too_large(mtype, length + 1)
-        elif (length > STREAM_AT and mtype == COPY_DATA and session.server is not None and session.outstanding
+        elif (length > STREAM_AT and mtype == COPY_DATA and session.server is not None and session.plan.outstanding
                 and not self.skip_to_sync and not session.discard_pending):
             # CopyData of a COPY in progress: streamed; the lease cannot end before the last byte
             # went to its server (session.streaming), so no byte of it can reach another client
@@ -291,19 +291,11 @@ class Forwarder:
             PROGRAM_LIMIT_EXCEEDED, f"query text of about {size - 6} bytes exceeds pipeline.max_query_bytes ({limit})"))
 
     def count(self, mtype):
+        """A request went to the server: the plan counts what it owes; the session, its queries."""
         session = self.session
-        if mtype == Q or mtype == S or mtype == F:
-            session.outstanding += 1
-            session.in_extended = False
-            if session.completions is not None:  # one entry per ReadyForQuery the server will send
-                session.completions.append(session.pending_ctx)
-                session.pending_ctx = None
-            if mtype == Q:
-                session.queries += 1
-        elif mtype in m.EXTENDED:
-            session.in_extended = True
-            if mtype == EXECUTE:
-                session.queries += 1
+        session.plan.sent(mtype)
+        if mtype == Q or mtype == EXECUTE:
+            session.queries += 1
 
     # --- the pipeline ---------------------------------------------------------------------------
     def run_pipeline(self, mtype, data, begin, end):
@@ -331,9 +323,9 @@ class Forwarder:
         result = pipeline.run(session.proxy.stages, ctx)
         if ctx.decided is not None:
             self.apply(ctx.decided)
-        if session.completions is not None:  # a plugin wants on_query_complete
+        if session.plan.completions is not None:  # a plugin wants on_query_complete
             if result.action is Action.CONTINUE:
-                session.pending_ctx = ctx    # reported at the ReadyForQuery of its Query or Sync
+                session.plan.pending_ctx = ctx  # reported at the ReadyForQuery of its Query or Sync
             else:
                 session.proxy.plugins.query_complete(ctx, Outcome(
                     time.monotonic() - ctx.started, error=result.sqlstate,
@@ -502,13 +494,13 @@ class Forwarder:
             self.answer(payload)
             return
         self.skip_to_sync = True
-        if session.in_extended and session.server is not None:
+        if session.plan.in_extended and session.server is not None:
             session.server.send(codec.FLUSH)  # the answers to the messages before it, now
         self.answer_now(session.plan.fake(payload))
 
     def answer_at_sync(self, send):
         session = self.session
-        if session.in_extended:
+        if session.plan.in_extended:
             # Messages of this batch before the refused one reached the server: it finishes them
             # at our Sync, whose ReadyForQuery is the client's. (Unlike PostgreSQL, their effects
             # are not rolled back with the batch.)

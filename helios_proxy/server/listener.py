@@ -186,7 +186,7 @@ class Proxy:
                     server.stop_accepting()
         deadline = time.monotonic() + timeout
         while True:
-            busy = [s for s in list(self.sessions) if s.outstanding or s.plan.entries]
+            busy = [s for s in list(self.sessions) if s.plan.owes()]
             if not busy or time.monotonic() >= deadline:
                 return len(busy)
             gevent.sleep(0.01)

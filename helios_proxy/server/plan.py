@@ -9,7 +9,7 @@ PostgreSQL would not send them either).
 """
 from collections import deque
 
-from ..protocol import codec
+from ..protocol import codec, messages as m
 
 QUERY, SYNC, ONE, DESCRIBE_STATEMENT, DESCRIBE_PORTAL, EXECUTE, FAKE = range(7)
 # Request message type -> entry kind (Describe is decided by its first byte).
@@ -36,14 +36,45 @@ PLAIN = {kind: Entry(kind) for kind in (QUERY, SYNC, ONE, DESCRIBE_STATEMENT, DE
 PLAIN_FOR = {mtype: PLAIN[kind] for mtype, kind in KIND.items()}  # request message type -> its entry
 
 
+SENDS_READY = frozenset(b"QSF")  # Query, Sync, FunctionCall: each gets one ReadyForQuery
+
+
 class ResponsePlan:
-    def __init__(self):
+    """Everything the server still owes the client, in one place: the entries, the ReadyForQuery
+    count, an unsynced extended batch, and (plugins' on_query_complete) the query of each
+    ReadyForQuery to come."""
+
+    def __init__(self, completions=False):
         self.entries = deque()
         self.skipping = False   # an extended-protocol error: the server answers nothing until Sync
         self.status = b"I"      # transaction status of the last ReadyForQuery
+        self.outstanding = 0    # Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
+        self.in_extended = False  # extended-protocol messages sent since the last Sync
+        self.completions = deque() if completions else None  # query context per ReadyForQuery to come
+        self.pending_ctx = None   # the query whose Sync has not been sent yet
 
     def __bool__(self):
         return bool(self.entries)
+
+    def owes(self):
+        """Whether the server still owes the client anything."""
+        return bool(self.outstanding or self.in_extended or self.entries)
+
+    def sent(self, mtype):
+        """A request message went to the server (its answers are counted, not its entry)."""
+        if mtype in SENDS_READY:
+            self.outstanding += 1
+            self.in_extended = False
+            if self.completions is not None:  # one entry per ReadyForQuery the server will send
+                self.completions.append(self.pending_ctx)
+                self.pending_ctx = None
+        elif mtype in m.EXTENDED:  # extended-protocol messages: answered at the next Sync
+            self.in_extended = True
+
+    def answered(self):
+        """A ReadyForQuery came: the query context it completes (None if none is tracked)."""
+        self.outstanding -= 1
+        return self.completions.popleft() if self.completions else None
 
     def expect(self, kind, drop=False, on_fail=None):
         self.entries.append(Entry(kind, drop, on_fail=on_fail) if drop or on_fail else PLAIN[kind])

@@ -56,8 +56,8 @@ class ServerStream:
 
     def feed(self, data):
         """(bytes for the client, does the lease end here?, answers complete [(ctx, tag, error)])."""
-        session, server = self.session, self.server
-        completions, on_message = session.completions, session.plan.on_message
+        session, server, plan = self.session, self.server, self.session.plan
+        completions, on_message = plan.completions, plan.on_message
         found = self.scanner.feed(data)
         shift = len(self.held)
         if shift:
@@ -72,14 +72,16 @@ class ServerStream:
                 sent = cut
             if mtype == READY:
                 server.tx_status = body
-                session.outstanding -= 1
                 if body == b"I":
                     session.transactions += 1
-                if completions and not drop:  # a query's answer is complete
-                    entry = completions.popleft()
-                    if entry is not None:
+                if drop:  # the proxy's own Sync: not one the client counts on
+                    plan.outstanding -= 1
+                else:
+                    entry = plan.answered()
+                    if entry is not None:  # a query's answer is complete (plugins' on_query_complete)
                         answered.append((entry, self.last_tag, self.last_error))
-                    self.last_tag = self.last_error = None
+                    if completions is not None:
+                        self.last_tag = self.last_error = None
                 release = ends_here(session, server)
             elif mtype == ERROR:
                 session.proxy.router.count(server.node, "errors")

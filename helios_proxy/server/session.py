@@ -9,7 +9,6 @@ clients, COPY, NOTIFY). In session pooling the lease lasts the whole session; in
 statement pooling it ends at the ReadyForQuery that leaves the server idle (pool/lease.py).
 """
 import itertools
-from collections import deque
 import logging
 import time
 
@@ -61,9 +60,8 @@ class ClientSession:
         self.callback_pump = None     # relay.CallbackPump, made at the first lease, reused
         self.secret = 0
         self.started = time.monotonic()
-        self.outstanding = 0          # Query/Sync/FunctionCall sent, ReadyForQuery not yet seen
-        self.in_extended = False      # extended-protocol messages sent since the last Sync
-        self.plan = ResponsePlan()    # what the client expects back, in order (plan.py)
+        # what the server still owes the client, in order, and the proxy's edits to it (plan.py)
+        self.plan = ResponsePlan(completions=bool(proxy.plugins.complete_impls))
         self.statements = ClientStatements()  # its named prepared statements (pooled modes)
         self.discard_pending = False  # it sent DISCARD ALL / DEALLOCATE ALL to the next server
         self.next_target = None       # (primary|standby, node name or None) for the next lease (route stage)
@@ -87,9 +85,6 @@ class ClientSession:
         self.backend_pid = 0          # the pid in the BackendKeyData the client got
         self.settings_checked = False  # startup settings applied once without error
         self.admin = False            # in the virtual admin database (admin_db.py)
-        # plugins' on_query_complete: the query context of each ReadyForQuery to come (relay.py)
-        self.completions = deque() if proxy.plugins.complete_impls else None
-        self.pending_ctx = None
         self.queries = self.transactions = self.bytes_in = self.bytes_out = 0  # stats.py
         self.wait_seconds = 0.0       # waiting for a server connection, in total
         self.wait_started = None      # when the current wait began, while waiting
@@ -391,8 +386,8 @@ class ClientSession:
         pooling, between transactions, nothing outstanding (a pinned pooled client keeps state
         that cannot move)."""
         server = self.server
-        return (server is not None and not self.pooled and self.closing is None and self.outstanding == 0
-                and not self.in_extended and not self.plan.entries and server.tx_status == m.TX_IDLE
+        return (server is not None and not self.pooled and self.closing is None and not self.plan.owes()
+                and server.tx_status == m.TX_IDLE
                 and not server.broken)
 
     def move_off(self):
@@ -445,6 +440,6 @@ class ClientSession:
         lease, self.lease = self.lease, None
         server = lease.server
         reusable = reset_for_reuse(server, self.proxy.config.pool.reset_query,
-                                   in_flight=bool(self.outstanding or self.in_extended),
+                                   in_flight=bool(self.plan.outstanding or self.plan.in_extended),
                                    full_reset=not self.pooled or bool(self.pinned) or self.settings_dirty)
         lease.pool.release(server, reusable)

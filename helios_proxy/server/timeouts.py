@@ -40,7 +40,7 @@ class SessionTimeouts(Periodic):
         seen = {}
         for session in list(self.proxy.sessions):
             server = session.server
-            state = (session.queries, session.transactions, session.outstanding > 0,
+            state = (session.queries, session.transactions, session.plan.outstanding > 0,
                      server.tx_status if server is not None else None)
             previous = self.seen.get(session)
             since = previous[1] if previous is not None and previous[0] == state else now
@@ -48,10 +48,10 @@ class SessionTimeouts(Periodic):
             if session.closing is not None or server is None:
                 continue
             took = now - since
-            if session.outstanding > 0 and cfg.query_timeout and took > cfg.query_timeout:
+            if session.plan.outstanding > 0 and cfg.query_timeout and took > cfg.query_timeout:
                 self._end(session, f"canceling statement due to query timeout (pool.query_timeout = "
                                    f"{cfg.query_timeout:g} s)", QUERY_CANCELED)
-            elif (session.outstanding == 0 and cfg.idle_transaction_timeout and server.tx_status in IN_TRANSACTION
+            elif (session.plan.outstanding == 0 and cfg.idle_transaction_timeout and server.tx_status in IN_TRANSACTION
                   and took > cfg.idle_transaction_timeout):
                 self._end(session, "terminating connection due to idle-in-transaction timeout "
                                    f"(pool.idle_transaction_timeout = {cfg.idle_transaction_timeout:g} s)",

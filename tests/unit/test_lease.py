@@ -7,9 +7,10 @@ from helios_proxy.pool.lease import ends_here
 from helios_proxy.server.plan import ResponsePlan
 
 
-def session(mode, **kw):
-    values = dict(mode=mode, outstanding=0, in_extended=False, plan=ResponsePlan(), pinned=None, closing=None,
-                  streaming=False)
+def session(mode, outstanding=0, in_extended=False, **kw):
+    plan = ResponsePlan()
+    plan.outstanding, plan.in_extended = outstanding, in_extended
+    values = dict(mode=mode, plan=plan, pinned=None, closing=None, streaming=False)
     values.update(kw)
     return SimpleNamespace(**values)
 

@@ -10,9 +10,10 @@ from helios_proxy.server.relay import ServerStream
 
 def fake_session(mode="transaction"):
     router = SimpleNamespace(count=lambda node, what: None)
-    return SimpleNamespace(completions=None, plan=p.ResponsePlan(), outstanding=1, transactions=0, pooled=True,
-                           mode=mode, in_extended=False, pinned=None, closing=None, streaming=False,
-                           settings_dirty=False, proxy=SimpleNamespace(router=router))
+    plan = p.ResponsePlan()
+    plan.sent(ord("Q"))
+    return SimpleNamespace(plan=plan, transactions=0, pooled=True, mode=mode, pinned=None, closing=None,
+                           streaming=False, settings_dirty=False, proxy=SimpleNamespace(router=router))
 
 
 def fake_server():
@@ -36,7 +37,7 @@ def test_every_byte_goes_on_and_the_lease_ends_at_the_last_ready_for_query(step)
         ends.append(release)
     assert out == ANSWER
     assert ends[-1] is True and not any(ends[:-1])
-    assert session.outstanding == 0 and session.transactions == 1
+    assert session.plan.outstanding == 0 and not session.plan.owes() and session.transactions == 1
     assert server.params == {"TimeZone": "UTC"} and session.settings_dirty  # a setting changed
 
 
