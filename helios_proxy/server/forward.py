@@ -68,6 +68,9 @@ class IdleTimeout(Exception):
     pass
 
 
+TERMINATED = object()  # a handler's answer: the client sent Terminate
+
+
 class Forwarder:
     def __init__(self, session):
         self.session = session
@@ -76,6 +79,11 @@ class Forwarder:
         self.stream_sink = None
         self.sql_prepare = None    # (name, Statement): the Query being forwarded is a PREPARE (Decisions)
         self.sql_needs = ()        # Statements it EXECUTEs: prepared on the server first
+        self.data, self.start = None, 0  # forward(): the buffer and the run not yet sent
+        self.handlers = {Q: self.on_query, P: self.on_parse, B: self.on_bind_or_describe,
+                         D: self.on_bind_or_describe, C: self.on_close, S: self.on_sync, X: self.on_terminate,
+                         m.FLUSH[0]: self.on_flush_or_copy, **{t: self.on_flush_or_copy for t in COPY_MESSAGES},
+                         EXECUTE: self.on_other, F: self.on_other}
         limit = session.proxy.config.pipeline.max_query_bytes
         self.max_query = limit + 6 if limit else 1 << 31  # message length with type, length word, NUL
 
@@ -117,11 +125,12 @@ class Forwarder:
                 raise ProtocolViolation("invalid message format") from e
 
     def forward(self, buf):
-        """Forward every complete message in buf; False once the client sent Terminate."""
-        session = self.session
-        data, stages, plan = buf.buf, session.proxy.stages, session.plan
-        send = session.server.send if session.server is not None else None
-        start = buf.pos  # first byte of the run not yet sent
+        """Forward every complete message in buf; False once the client sent Terminate. Messages
+        that go on as they came form runs sent at once; a message the proxy answers, rewrites or
+        refuses cuts the run (`cut`). Each message type has its handler (`handlers`)."""
+        session, plan = self.session, self.session.plan
+        self.data, self.start = buf.buf, buf.pos  # the buffer, and the first byte of the run not yet sent
+        handlers = self.handlers
         while True:
             msg = buf.next()
             if msg is None:
@@ -130,119 +139,179 @@ class Forwarder:
             if self.skip_to_sync:
                 if mtype not in VALID:
                     raise ProtocolViolation(f"invalid frontend message type {mtype}")
-                start = end
+                self.start = end
                 if mtype == S:
                     self.skip_to_sync = False
-                    self.answer_at_sync(send)
+                    self.answer_at_sync()
                 continue
-            if mtype in PASS and session.server is not None and not session.discard_pending:
+            if mtype in PASS and session.lease is not None and not session.discard_pending:
                 entry = p.PLAIN_FOR.get(mtype)  # the usual Execute, Sync, Flush, CopyData...: as is
                 if entry is not None:
                     plan.entries.append(entry)
                 self.count(mtype)
                 continue
-            if mtype == X:
-                if begin > start:
-                    send(span(data, start, begin))
-                return False
-            if mtype not in VALID:
-                if begin > start:  # what came before it is answered before the FATAL
-                    send(span(data, start, begin))
+            handler = handlers.get(mtype)
+            if handler is None:
+                self.cut(begin, end)  # what came before it is answered before the FATAL
                 raise ProtocolViolation(f"invalid frontend message type {mtype}")
-            replacement = None
-            if (mtype == Q or mtype == P) and end - begin > self.max_query:
-                if begin > start:
-                    send(span(data, start, begin))
-                start = end
-                self.refuse_too_large(mtype, end - begin)
-                continue
-            if stages and (mtype == Q or mtype == P):
-                forward, replacement = self.run_pipeline(mtype, data, begin, end)
-                if not forward:
-                    if begin > start:
-                        send(span(data, start, begin))
-                    start = end
-                    self.refuse(mtype, replacement)
-                    continue
-            if session.pooled and (mtype == P or mtype == C) and names_statement(mtype, data, begin, end):
-                try:
-                    local = self.answer_locally(mtype, replacement or bytes(data[begin:end]))
-                except ProxyError as e:
-                    local = e
-                if local is not None:
-                    if begin > start:
-                        send(span(data, start, begin))
-                    start = end
-                    if isinstance(local, ProxyError):
-                        self.refuse(mtype, codec.error_response(local.sqlstate, local.message))
-                    continue
-            if session.server is None:  # pooled modes: a new transaction needs a lease (nothing unsent)
-                if mtype == S and not plan.in_extended:  # all before it was answered here
-                    start = end
-                    self.answer(b"")
-                    continue
-                if mtype == m.FLUSH[0] or mtype in COPY_MESSAGES:
-                    start = end
-                    continue
-                if mtype == B and session.next_target is None:  # a named statement: where its Parse went
-                    self.route_of_bind(data[begin + 5:end])
-                try:
-                    session.take_lease()
-                except FatalError:
-                    raise
-                except ProxyError as e:
-                    start = end
-                    self.sql_prepare, self.sql_needs = None, ()
-                    self.refuse(mtype, codec.error_response(e.sqlstate, e.message, detail=e.detail))
-                    continue
-                send = session.server.send
-            if session.discard_pending:  # DISCARD ALL / DEALLOCATE ALL drops the server's statements
-                session.discard_pending = False
-                session.server.statements.clear()
-            if mtype == Q and (self.sql_prepare is not None or self.sql_needs):
-                if begin > start:
-                    send(span(data, start, begin))
-                start = end
-                answered, prefix, on_fail = self.sql_statements()
-                if not answered:
-                    send(prefix + (replacement or bytes(data[begin:end])))
-                    plan.expect(p.QUERY, on_fail=on_fail)
-                    self.count(Q)
-                continue
-            if (session.pooled and (mtype == P or mtype == B or mtype == D)
-                    and names_statement(mtype, data, begin, end)):
-                try:
-                    translated = self.translate(mtype, replacement or bytes(data[begin:end]))
-                except ProxyError as e:
-                    if begin > start:
-                        send(span(data, start, begin))
-                    start = end
-                    self.refuse(mtype, codec.error_response(e.sqlstate, e.message))
-                    continue
-                if translated is not None:
-                    if begin > start:
-                        send(span(data, start, begin))
-                    start = end
-                    if translated:
-                        send(translated)
-                        self.count(mtype)
-                    continue
-            if replacement is not None:
-                if begin > start:
-                    send(span(data, start, begin))
-                start = end
-                send(replacement)
-            entry = p.PLAIN_FOR.get(mtype)
-            if entry is not None:
-                plan.entries.append(entry)
-            elif mtype == D:
-                plan.expect(p.DESCRIBE_STATEMENT if data[begin + 5] == STATEMENT else p.DESCRIBE_PORTAL)
-            self.count(mtype)
-        if buf.pos > start:
-            send(span(data, start, buf.pos))
+            if handler(mtype, begin, end) is TERMINATED:
+                return False
+        self.cut(buf.pos, buf.pos)
         if buf.pending() >= 5:
             self.held(buf)
         return True
+
+    def cut(self, begin, end):
+        """data[begin:end] does not go on as it came: send the run before it; the next run starts after it."""
+        if begin > self.start:
+            self.session.server.send(span(self.data, self.start, begin))
+        self.start = end
+
+    def send(self, data):
+        self.session.server.send(data)
+
+    # --- one handler per message type: None, or TERMINATED -------------------------------------
+    def on_query(self, mtype, begin, end):
+        go_on, replacement = self.pipeline(mtype, begin, end)
+        if not go_on or not self.leased(mtype, begin, end):
+            return None
+        if self.sql_prepare is not None or self.sql_needs:  # PREPARE / EXECUTE in pooled modes
+            self.cut(begin, end)
+            answered, prefix, on_fail = self.sql_statements()
+            if not answered:
+                self.send(prefix + (replacement or bytes(self.data[begin:end])))
+                self.session.plan.expect(p.QUERY, on_fail=on_fail)
+                self.count(Q)
+            return None
+        return self.as_is(mtype, begin, end, replacement)
+
+    def on_parse(self, mtype, begin, end):
+        go_on, replacement = self.pipeline(mtype, begin, end)
+        if not go_on:
+            return None
+        named = self.session.pooled and names_statement(mtype, self.data, begin, end)
+        if named and self.answered_locally(mtype, begin, end, replacement):
+            return None
+        if not self.leased(mtype, begin, end) or (named and self.translated(mtype, begin, end, replacement)):
+            return None
+        return self.as_is(mtype, begin, end, replacement)
+
+    def on_bind_or_describe(self, mtype, begin, end):
+        session = self.session
+        if mtype == B and session.lease is None and session.next_target is None:
+            self.route_of_bind(self.data[begin + 5:end])  # a named statement: where its Parse went
+        if not self.leased(mtype, begin, end):
+            return None
+        if (session.pooled and names_statement(mtype, self.data, begin, end)
+                and self.translated(mtype, begin, end, None)):
+            return None
+        return self.as_is(mtype, begin, end, None)
+
+    def on_close(self, mtype, begin, end):
+        if (self.session.pooled and names_statement(mtype, self.data, begin, end)
+                and self.answered_locally(mtype, begin, end, None)):
+            return None
+        return self.on_other(mtype, begin, end)
+
+    def on_sync(self, mtype, begin, end):
+        if self.session.lease is None and not self.session.plan.in_extended:  # all before it was answered here
+            self.cut(begin, end)
+            self.answer(b"")
+            return None
+        return self.on_other(mtype, begin, end)
+
+    def on_flush_or_copy(self, mtype, begin, end):
+        if self.session.lease is None:  # nothing to flush; CopyData outside COPY: PostgreSQL ignores it
+            self.cut(begin, end)
+            return None
+        return self.on_other(mtype, begin, end)
+
+    def on_other(self, mtype, begin, end):
+        """Execute, FunctionCall, and the others once leased: to the server as they came."""
+        if self.leased(mtype, begin, end):
+            self.as_is(mtype, begin, end, None)
+        return None
+
+    def on_terminate(self, mtype, begin, end):
+        self.cut(begin, end)
+        return TERMINATED
+
+    # --- the steps the handlers share ----------------------------------------------------------
+    def pipeline(self, mtype, begin, end):
+        """The size limit and the stages for a Query or Parse: (go on?, rewritten message or None)."""
+        if end - begin > self.max_query:
+            self.cut(begin, end)
+            self.refuse_too_large(mtype, end - begin)
+            return False, None
+        if not self.session.proxy.stages:
+            return True, None
+        go_on, replacement = self.run_pipeline(mtype, self.data, begin, end)
+        if not go_on:
+            self.cut(begin, end)
+            self.refuse(mtype, replacement)
+        return go_on, replacement
+
+    def leased(self, mtype, begin, end):
+        """Whether the session has a server for this message, leasing one (pooled modes: a new
+        transaction) if needed; a lease that cannot be had is the client's error."""
+        session = self.session
+        if session.lease is None:
+            try:
+                session.take_lease()
+            except FatalError:
+                raise
+            except ProxyError as e:
+                self.cut(begin, end)
+                self.sql_prepare, self.sql_needs = None, ()
+                self.refuse(mtype, codec.error_response(e.sqlstate, e.message, detail=e.detail))
+                return False
+        if session.discard_pending:  # DISCARD ALL / DEALLOCATE ALL drops the server's statements
+            session.discard_pending = False
+            session.server.statements.clear()
+        return True
+
+    def answered_locally(self, mtype, begin, end, replacement):
+        """A named Parse the pool knows, or a Close: answered by the proxy (True), or None needed."""
+        try:
+            local = self.answer_locally(mtype, replacement or bytes(self.data[begin:end]))
+        except ProxyError as e:
+            local = e
+        if local is None:
+            return False
+        self.cut(begin, end)
+        if isinstance(local, ProxyError):
+            self.refuse(mtype, codec.error_response(local.sqlstate, local.message))
+        return True
+
+    def translated(self, mtype, begin, end, replacement):
+        """A Parse/Bind/Describe naming a statement, sent under the server's name (True)."""
+        try:
+            out = self.translate(mtype, replacement or bytes(self.data[begin:end]))
+        except ProxyError as e:
+            self.cut(begin, end)
+            self.refuse(mtype, codec.error_response(e.sqlstate, e.message))
+            return True
+        if out is None:
+            return False
+        self.cut(begin, end)
+        if out:
+            self.send(out)
+            self.count(mtype)
+        return True
+
+    def as_is(self, mtype, begin, end, replacement):
+        """To the server in the run (or rewritten), expecting its usual answer."""
+        if replacement is not None:
+            self.cut(begin, end)
+            self.send(replacement)
+        plan = self.session.plan
+        entry = p.PLAIN_FOR.get(mtype)
+        if entry is not None:
+            plan.entries.append(entry)
+        elif mtype == D:
+            plan.expect(p.DESCRIBE_STATEMENT if self.data[begin + 5] == STATEMENT else p.DESCRIBE_PORTAL)
+        self.count(mtype)
+        return None
 
     def held(self, buf):
         """A message not complete yet: stream it to the server if the proxy need not read it (e.g.
@@ -498,13 +567,13 @@ class Forwarder:
             session.server.send(codec.FLUSH)  # the answers to the messages before it, now
         self.answer_now(session.plan.fake(payload))
 
-    def answer_at_sync(self, send):
+    def answer_at_sync(self):
         session = self.session
         if session.plan.in_extended:
             # Messages of this batch before the refused one reached the server: it finishes them
             # at our Sync, whose ReadyForQuery is the client's. (Unlike PostgreSQL, their effects
             # are not rolled back with the batch.)
-            send(codec.SYNC)
+            self.send(codec.SYNC)
             session.plan.expect(p.SYNC)
             self.count(S)
         else:
