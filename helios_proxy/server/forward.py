@@ -1,6 +1,7 @@
 """The client-to-server direction of a session: frame the client's messages, run the pipeline on its
-queries, lease a server when a transaction starts, translate named prepared statements (pooled
-modes), and forward everything else untouched, one send per run of messages.
+queries, lease a server when a transaction starts, have named prepared statements translated
+(pooled modes, statements.py), and forward everything else untouched, one send per run of messages.
+One handler per message type (`Forwarder.handlers`).
 
 Each forwarded request gets an entry in the session's response plan (server/plan.py), so answers
 the proxy gives itself go out in the order the client asked.
@@ -16,12 +17,10 @@ from ..backend.statements import invalidate_all
 from ..pipeline.context import UNDECIDED
 from ..pipeline.stage import Action
 from ..plugins.actions import Outcome
-from ..pool import prepared
 from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
 from ..sockets import recv, recv_later
-from ..pipeline.stages.sql_prepare import PREPARE_DONE
-from . import plan as p
+from . import plan as p, statements
 
 Q, P, S, X, F, B, D, C = (t[0] for t in (m.QUERY, m.PARSE, m.SYNC, m.TERMINATE, m.FUNCTION_CALL, m.BIND,
                                          m.DESCRIBE, m.CLOSE))
@@ -177,8 +176,12 @@ class Forwarder:
             return None
         if self.sql_prepare is not None or self.sql_needs:  # PREPARE / EXECUTE in pooled modes
             self.cut(begin, end)
-            answered, prefix, on_fail = self.sql_statements()
-            if not answered:
+            prepare, needs = self.sql_prepare, self.sql_needs
+            self.sql_prepare, self.sql_needs = None, ()
+            answer, prefix, on_fail = statements.sql_statements(self.session, prepare, needs)
+            if answer is not None:
+                self.answer_now(answer)
+            else:
                 self.send(prefix + (replacement or bytes(self.data[begin:end])))
                 self.session.plan.expect(p.QUERY, on_fail=on_fail)
                 self.count(Q)
@@ -199,7 +202,7 @@ class Forwarder:
     def on_bind_or_describe(self, mtype, begin, end):
         session = self.session
         if mtype == B and session.lease is None and session.next_target is None:
-            self.route_of_bind(self.data[begin + 5:end])  # a named statement: where its Parse went
+            statements.route_of_bind(session, self.data[begin + 5:end])  # where its statement's Parse went
         if not self.leased(mtype, begin, end):
             return None
         if (session.pooled and names_statement(mtype, self.data, begin, end)
@@ -271,32 +274,35 @@ class Forwarder:
         return True
 
     def answered_locally(self, mtype, begin, end, replacement):
-        """A named Parse the pool knows, or a Close: answered by the proxy (True), or None needed."""
+        """A named Parse the pool knows, or a Close: answered by the proxy (True), or a server is needed."""
         try:
-            local = self.answer_locally(mtype, replacement or bytes(self.data[begin:end]))
+            answer = statements.answer_locally(self.session, mtype, replacement or bytes(self.data[begin:end]))
         except ProxyError as e:
-            local = e
-        if local is None:
+            self.cut(begin, end)
+            self.refuse(mtype, codec.error_response(e.sqlstate, e.message))
+            return True
+        if answer is statements.NEEDS_SERVER:
             return False
         self.cut(begin, end)
-        if isinstance(local, ProxyError):
-            self.refuse(mtype, codec.error_response(local.sqlstate, local.message))
+        self.answer_now(answer)
         return True
 
     def translated(self, mtype, begin, end, replacement):
         """A Parse/Bind/Describe naming a statement, sent under the server's name (True)."""
         try:
-            out = self.translate(mtype, replacement or bytes(self.data[begin:end]))
+            translated = statements.translate(self.session, mtype, replacement or bytes(self.data[begin:end]))
         except ProxyError as e:
             self.cut(begin, end)
             self.refuse(mtype, codec.error_response(e.sqlstate, e.message))
             return True
-        if out is None:
+        if translated is None:
             return False
         self.cut(begin, end)
+        out, answer = translated
         if out:
             self.send(out)
             self.count(mtype)
+        self.answer_now(answer)
         return True
 
     def as_is(self, mtype, begin, end, replacement):
@@ -432,126 +438,6 @@ class Forwarder:
             invalidate_all()
             session.schema_changed = True
         self.sql_prepare, self.sql_needs = decided.sql_prepare, decided.sql_needs
-
-    # --- named prepared statements in pooled modes ---------------------------------------------
-    def answer_locally(self, mtype, message):
-        """Answer a named Parse of a statement the pool already knows to be valid, or a Close of a
-        statement, without a server (True); None when a server is needed. Raises ProxyError."""
-        session, body = self.session, message[5:]
-        if mtype == P:
-            if body[0] == 0:
-                return None
-            name, stmt = session.statements.parse(body)
-            if stmt.server_name not in session.pool.known_statements:
-                session.statements.forget(name)  # translate() registers it again with the server
-                return None
-            stmt.route = session.next_target
-            self.answer_now(session.plan.fake(prepared.PARSE_COMPLETE))
-            return True
-        if body[0] != STATEMENT or body[1] == 0:
-            return None
-        session.statements.forget(codec.read_cstr(body, 1)[0])  # the server keeps it for others
-        self.answer_now(session.plan.fake(prepared.CLOSE_COMPLETE))
-        return True
-
-    def translate(self, mtype, message):
-        """Bytes to send instead of a Parse/Bind/Describe naming a statement, or None when the
-        message names no statement. Raises ProxyError as PostgreSQL would."""
-        session, body = self.session, message[5:]
-        plan, server, known = session.plan, session.server, session.pool.known_statements
-        if mtype == P:
-            if body[0] == 0:
-                return None
-            name, stmt = session.statements.parse(body)
-            stmt.route = (session.lease_target, None)
-            known[stmt.server_name] = True
-            if stmt.server_name in server.statements:  # valid for the server, not yet for the pool
-                self.answer_now(plan.fake(prepared.PARSE_COMPLETE))
-                return b""
-            out = self.make_room(stmt.server_name)
-
-            def failed(name=name, sname=stmt.server_name, server=server):
-                session.statements.forget(name)
-                server.statements.discard(sname)
-                known.pop(sname, None)
-            plan.expect(p.ONE, on_fail=failed)
-            return out + stmt.parse
-        if mtype == B:
-            portal, pos = codec.read_cstr(body, 0)
-            if body[pos] == 0:
-                return None
-            stmt = session.statements.lookup(codec.read_cstr(body, pos)[0])
-            if stmt.sets:
-                session.settings_dirty = True
-            out = self.ensure(stmt)
-            plan.expect(p.ONE)
-            return out + prepared.rename_bind(body, stmt.server_name)
-        if body[0] != STATEMENT or body[1] == 0:
-            return None
-        stmt = session.statements.lookup(codec.read_cstr(body, 1)[0])
-        out = self.ensure(stmt)
-        plan.expect(p.DESCRIBE_STATEMENT)
-        return out + prepared.describe_statement(stmt.server_name)
-
-    def sql_statements(self):
-        """For a Query the sql_prepare stage rewrote: (answered here?, bytes to send before it,
-        on_fail for its plan entry)."""
-        session = self.session
-        server, plan, known = session.server, session.plan, session.pool.known_statements
-        prepare, needs = self.sql_prepare, self.sql_needs
-        self.sql_prepare, self.sql_needs = None, ()
-        if prepare is not None:
-            name, stmt = prepare
-            if stmt.server_name in server.statements:
-                self.answer_now(plan.fake(PREPARE_DONE, p.READY_NOW))
-                return True, b"", None
-            prefix = self.make_room(stmt.server_name)
-            known[stmt.server_name] = True
-
-            def failed(name=name, sname=stmt.server_name):
-                session.statements.forget(name)
-                server.statements.discard(sname)
-                known.pop(sname, None)
-            return False, prefix, failed
-        prefix = b""
-        for stmt in needs:
-            if stmt.server_name in server.statements:
-                continue
-            prefix += self.make_room(stmt.server_name)
-            # PREPARE through the unnamed statement, all of it hidden from the client
-            prefix += codec.parse(stmt.parse) + codec.bind([]) + codec.execute() + codec.SYNC
-            plan.expect(p.ONE, drop=True)
-            plan.expect(p.ONE, drop=True)
-            plan.expect(p.EXECUTE, drop=True, on_fail=lambda s=stmt.server_name: server.statements.discard(s))
-            plan.expect(p.SYNC, drop=True)
-            self.count(S)
-        return False, prefix, None
-
-    def route_of_bind(self, body):
-        """Send a Bind of a named statement where the statement's Parse was routed."""
-        pos = body.index(b"\0") + 1
-        name = codec.read_cstr(body, pos)[0]
-        stmt = self.session.statements.by_name.get(name) if name else None
-        if stmt is not None:
-            self.session.next_target = stmt.route
-
-    def ensure(self, stmt):
-        """A Parse (answered invisibly) when the leased server lacks stmt, else nothing."""
-        server = self.session.server
-        if stmt.server_name in server.statements:
-            return b""
-        out = self.make_room(stmt.server_name)
-        self.session.plan.expect(p.ONE, drop=True,
-                                 on_fail=lambda: server.statements.discard(stmt.server_name))
-        return out + stmt.parse
-
-    def make_room(self, sname):
-        """Record sname on the server; Close (invisibly) what the LRU cap evicts."""
-        out = b""
-        for evicted in self.session.server.statements.add(sname):
-            self.session.plan.expect(p.ONE, drop=True)
-            out += prepared.close_statement(evicted)
-        return out
 
     # --- answers from the proxy -----------------------------------------------------------------
     def refuse(self, mtype, payload):

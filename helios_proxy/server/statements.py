@@ -1,0 +1,137 @@
+"""Named prepared statements in pooled modes: a client's names become the server's names.
+
+A client's statement is known under a name derived from its text (pool/prepared.py); each server
+connection holds the statements it was given (backend/statements.py). These functions turn a
+client's Parse, Bind, Describe, Close, PREPARE or EXECUTE into the bytes its leased server needs
+(a hidden Parse first when that server lacks the statement; hidden Closes when its cap evicts
+others), note the answers the server will owe in the session's response plan, and return any
+answer the proxy gives itself; the forwarder sends both. They raise ProxyError as PostgreSQL
+would (42P05, 26000).
+"""
+from ..pool import prepared
+from ..pipeline.stages.sql_prepare import PREPARE_DONE
+from ..protocol import codec
+from . import plan as p
+
+P, B = ord("P"), ord("B")
+STATEMENT = ord("S")
+NEEDS_SERVER = object()  # answer_locally(): a server is needed after all
+
+
+def answer_locally(session, mtype, message):
+    """A named Parse of a statement the pool already knows to be valid, or a Close of a statement,
+    answered without a server: the answer for the client now (None: queued in the plan), or
+    NEEDS_SERVER."""
+    body = message[5:]
+    if mtype == P:
+        if body[0] == 0:
+            return NEEDS_SERVER
+        name, stmt = session.statements.parse(body)
+        if stmt.server_name not in session.pool.known_statements:
+            session.statements.forget(name)  # translate() registers it again with the server
+            return NEEDS_SERVER
+        stmt.route = session.next_target
+        return session.plan.fake(prepared.PARSE_COMPLETE)
+    if body[0] != STATEMENT or body[1] == 0:
+        return NEEDS_SERVER
+    session.statements.forget(codec.read_cstr(body, 1)[0])  # the server keeps it for others
+    return session.plan.fake(prepared.CLOSE_COMPLETE)
+
+
+def translate(session, mtype, message):
+    """(bytes for the server, answer for the client now or None) instead of a Parse/Bind/Describe
+    naming a statement; None when the message names no statement."""
+    body = message[5:]
+    plan, server, known = session.plan, session.server, session.pool.known_statements
+    if mtype == P:
+        if body[0] == 0:
+            return None
+        name, stmt = session.statements.parse(body)
+        stmt.route = (session.lease_target, None)
+        known[stmt.server_name] = True
+        if stmt.server_name in server.statements:  # valid for the server, not yet for the pool
+            return b"", plan.fake(prepared.PARSE_COMPLETE)
+        out = make_room(session, stmt.server_name)
+
+        def failed(name=name, sname=stmt.server_name, server=server):
+            session.statements.forget(name)
+            server.statements.discard(sname)
+            known.pop(sname, None)
+        plan.expect(p.ONE, on_fail=failed)
+        return out + stmt.parse, None
+    if mtype == B:
+        portal, pos = codec.read_cstr(body, 0)
+        if body[pos] == 0:
+            return None
+        stmt = session.statements.lookup(codec.read_cstr(body, pos)[0])
+        if stmt.sets:
+            session.settings_dirty = True
+        out = ensure(session, stmt)
+        plan.expect(p.ONE)
+        return out + prepared.rename_bind(body, stmt.server_name), None
+    if body[0] != STATEMENT or body[1] == 0:
+        return None
+    stmt = session.statements.lookup(codec.read_cstr(body, 1)[0])
+    out = ensure(session, stmt)
+    plan.expect(p.DESCRIBE_STATEMENT)
+    return out + prepared.describe_statement(stmt.server_name), None
+
+
+def sql_statements(session, prepare, needs):
+    """For a Query the sql_prepare stage rewrote (PREPARE, or EXECUTE of `needs`): (the proxy's
+    answer when the server has the statement already, else None; bytes to send before the Query;
+    on_fail for its plan entry)."""
+    server, plan, known = session.server, session.plan, session.pool.known_statements
+    if prepare is not None:
+        name, stmt = prepare
+        if stmt.server_name in server.statements:
+            return plan.fake(PREPARE_DONE, p.READY_NOW) or b"", b"", None
+        prefix = make_room(session, stmt.server_name)
+        known[stmt.server_name] = True
+
+        def failed(name=name, sname=stmt.server_name):
+            session.statements.forget(name)
+            server.statements.discard(sname)
+            known.pop(sname, None)
+        return None, prefix, failed
+    prefix = b""
+    for stmt in needs:
+        if stmt.server_name in server.statements:
+            continue
+        prefix += make_room(session, stmt.server_name)
+        # PREPARE through the unnamed statement, all of it hidden from the client
+        prefix += codec.parse(stmt.parse) + codec.bind([]) + codec.execute() + codec.SYNC
+        plan.expect(p.ONE, drop=True)
+        plan.expect(p.ONE, drop=True)
+        plan.expect(p.EXECUTE, drop=True, on_fail=lambda s=stmt.server_name: server.statements.discard(s))
+        plan.expect(p.SYNC, drop=True)
+        plan.sent(ord("S"))
+    return None, prefix, None
+
+
+def route_of_bind(session, body):
+    """Send a Bind of a named statement where the statement's Parse was routed."""
+    pos = body.index(b"\0") + 1
+    name = codec.read_cstr(body, pos)[0]
+    stmt = session.statements.by_name.get(name) if name else None
+    if stmt is not None:
+        session.next_target = stmt.route
+
+
+def ensure(session, stmt):
+    """A Parse (answered invisibly) when the leased server lacks stmt, else nothing."""
+    server = session.server
+    if stmt.server_name in server.statements:
+        return b""
+    out = make_room(session, stmt.server_name)
+    session.plan.expect(p.ONE, drop=True, on_fail=lambda: server.statements.discard(stmt.server_name))
+    return out + stmt.parse
+
+
+def make_room(session, sname):
+    """Record sname on the server; Close (invisibly) what the LRU cap evicts."""
+    out = b""
+    for evicted in session.server.statements.add(sname):
+        session.plan.expect(p.ONE, drop=True)
+        out += prepared.close_statement(evicted)
+    return out
