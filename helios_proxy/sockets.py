@@ -186,3 +186,8 @@ def wake_when_readable(sock, callback, *args):
     event = sock._read_event
     event.start(callback, *args)
     return event
+
+
+def call_soon(callback, *args):
+    """callback(*args) from the loop at its next turn (as a socket's watcher would call it)."""
+    gevent.get_hub().loop.run_callback(callback, *args)

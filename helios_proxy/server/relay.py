@@ -19,7 +19,6 @@ import time
 import weakref
 
 import gevent
-from gevent import get_hub
 from gevent.hub import Waiter
 
 from ..errors import CONNECTION_FAILURE, DECODING_ERRORS, ProtocolViolation
@@ -29,7 +28,7 @@ from ..pool.lease import ends_here
 from ..backend.statements import invalidate, stale_plan
 from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner
-from ..sockets import plain, recv, recv_now, wake_when_readable
+from ..sockets import call_soon, plain, recv, recv_now, wake_when_readable
 
 log = logging.getLogger(__name__)
 READY, PARAMETER_STATUS, ERROR = m.READY_FOR_QUERY[0], m.PARAMETER_STATUS[0], m.ERROR_RESPONSE[0]
@@ -267,7 +266,7 @@ class Pumps:
         if plain(sock):
             parked.watcher = wake_when_readable(sock, parked.waiter.switch, (session, lease))
         else:
-            get_hub().loop.run_callback(parked.waiter.switch, (session, lease))
+            call_soon(parked.waiter.switch, (session, lease))
         return GreenletPump(parked.greenlet, self)
 
     def _work(self, session, lease):
