@@ -234,3 +234,32 @@ def test_clean_close_returns_connection_to_pool(proxy, direct):
         else:
             pytest.fail("server connection was not reset and kept")
     assert len(pids) == 1  # one server connection, reused
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_client_that_does_not_read_costs_no_memory_and_stalls_no_one(start_proxy, mode):
+    """Backpressure: while a client leaves a 100 MB answer unread, the proxy stops reading its
+    server (memory stays flat) and other clients go on; then every byte arrives."""
+    from helios_proxy.protocol import codec
+    from .wire import Wire
+    proxy = start_proxy(pool={"mode": mode})
+    proxy.query("select 1")
+    before = rss_mb(proxy.proc.pid)
+    slow = Wire(proxy.port, timeout=60)
+    slow.startup(user="postgres", database="postgres")
+    slow.send(codec.query("select repeat('x', 1000) from generate_series(1, 100000)"))
+    time.sleep(1.5)  # the server has sent what the sockets hold; the proxy holds the rest back
+    assert [proxy.query(f"select {i}") for i in range(3)] == [[(0,)], [(1,)], [(2,)]]  # neighbours go on
+    grown = rss_mb(proxy.proc.pid) - before
+    assert grown < 40, f"the proxy grew {grown:.0f} MB for an unread answer"
+    rows, last = 0, None
+    while last != b"Z":
+        last, body = slow.read()
+        rows += last == b"D"
+    assert rows == 100000
+    slow.close()
