@@ -98,8 +98,8 @@ class Writer:
         self.sock = sock
         self.raw = sock._sock if plain(sock) else None
         self.lock = Semaphore() if self.raw is None else None  # TLS: one sendall at a time
-        self.pending = []         # bytes not taken by the kernel yet, in order
-        self.waiters = []         # greenlets' Events set once pending is empty
+        self.pending = ()         # bytes not taken by the kernel yet, in order (a list once there are)
+        self.waiters = ()         # greenlets' Events set once pending is empty (a list once there are)
         self.on_drained = None    # callable, once: the pump that paused for the backlog
         self._watcher = None
         self.error = None         # the OSError that ended writing, if any
@@ -128,7 +128,7 @@ class Writer:
             self.error = e
             raise
         if sent < len(data):
-            self.pending.append(bytes(memoryview(data)[sent:]))
+            self.pending = [bytes(memoryview(data)[sent:])]
             if self._watcher is None:
                 self._watcher = watcher(self.sock, WRITE)
             self._watcher.start(self._writable)
@@ -138,7 +138,7 @@ class Writer:
         self.write(data)
         if self.pending and not in_hub():
             done = Event()
-            self.waiters.append(done)
+            self.waiters = [*self.waiters, done]
             done.wait()
             if self.error is not None:
                 raise self.error
@@ -156,12 +156,12 @@ class Writer:
             return
         except OSError as e:  # the client is gone: whoever waits hears it
             self.error = e
-            self.pending.clear()
+            self.pending = ()
         self._watcher.stop()
         self._drained()
 
     def _drained(self):
-        waiters, self.waiters = self.waiters, []
+        waiters, self.waiters = self.waiters, ()
         for done in waiters:
             done.set()
         resume, self.on_drained = self.on_drained, None
@@ -176,7 +176,7 @@ class Writer:
             self._watcher = None
         if self.pending and self.error is None:
             self.error = BrokenPipeError("the session ended")
-        self.pending.clear()
+        self.pending = ()
         self._drained()
 
 

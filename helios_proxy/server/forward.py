@@ -1,7 +1,7 @@
 """The client-to-server direction of a session: frame the client's messages, run the pipeline on its
 queries, lease a server when a transaction starts, have named prepared statements translated
 (pooled modes, statements.py), and forward everything else untouched, one send per run of messages.
-One handler per message type (`Forwarder.handlers`).
+One handler per message type (HANDLERS).
 
 Each forwarded request gets an entry in the session's response plan (server/plan.py), so answers
 the proxy gives itself go out in the order the client asked.
@@ -79,10 +79,6 @@ class Forwarder:
         self.sql_prepare = None    # (name, Statement): the Query being forwarded is a PREPARE (Decisions)
         self.sql_needs = ()        # Statements it EXECUTEs: prepared on the server first
         self.data, self.start = None, 0  # forward(): the buffer and the run not yet sent
-        self.handlers = {Q: self.on_query, P: self.on_parse, B: self.on_bind_or_describe,
-                         D: self.on_bind_or_describe, C: self.on_close, S: self.on_sync, X: self.on_terminate,
-                         m.FLUSH[0]: self.on_flush_or_copy, **{t: self.on_flush_or_copy for t in COPY_MESSAGES},
-                         EXECUTE: self.on_other, F: self.on_other}
         limit = session.proxy.config.pipeline.max_query_bytes
         self.max_query = limit + 6 if limit else 1 << 31  # message length with type, length word, NUL
 
@@ -126,10 +122,10 @@ class Forwarder:
     def forward(self, buf):
         """Forward every complete message in buf; False once the client sent Terminate. Messages
         that go on as they came form runs sent at once; a message the proxy answers, rewrites or
-        refuses cuts the run (`cut`). Each message type has its handler (`handlers`)."""
+        refuses cuts the run (`cut`). Each message type has its handler (HANDLERS)."""
         session, plan = self.session, self.session.plan
         self.data, self.start = buf.buf, buf.pos  # the buffer, and the first byte of the run not yet sent
-        handlers = self.handlers
+        handlers = HANDLERS
         while True:
             msg = buf.next()
             if msg is None:
@@ -153,7 +149,7 @@ class Forwarder:
             if handler is None:
                 self.cut(begin, end)  # what came before it is answered before the FATAL
                 raise ProtocolViolation(f"invalid frontend message type {mtype}")
-            if handler(mtype, begin, end) is TERMINATED:
+            if handler(self, mtype, begin, end) is TERMINATED:
                 return False
         self.cut(buf.pos, buf.pos)
         if buf.pending() >= 5:
@@ -473,3 +469,11 @@ class Forwarder:
         if ready:
             self.session.send(ready)
             self.session.release_if_idle()
+
+
+# One handler per message type a client may send (VALID); a class-level table, not one per session.
+HANDLERS = {Q: Forwarder.on_query, P: Forwarder.on_parse, B: Forwarder.on_bind_or_describe,
+            D: Forwarder.on_bind_or_describe, C: Forwarder.on_close, S: Forwarder.on_sync, X: Forwarder.on_terminate,
+            m.FLUSH[0]: Forwarder.on_flush_or_copy, **{t: Forwarder.on_flush_or_copy for t in COPY_MESSAGES},
+            EXECUTE: Forwarder.on_other, F: Forwarder.on_other}
+assert set(HANDLERS) == VALID

@@ -43,6 +43,7 @@ class ResponsePlan:
     """Everything the server still owes the client, in one place: the entries, the ReadyForQuery
     count, an unsynced extended batch, and (plugins' on_query_complete) the query of each
     ReadyForQuery to come."""
+    __slots__ = ("entries", "skipping", "status", "outstanding", "in_extended", "completions", "pending_ctx")
 
     def __init__(self, completions=False):
         self.entries = deque()
