@@ -1,5 +1,6 @@
 """sockets.Writer: everything for one client in order, from callbacks and greenlets, with backpressure."""
 import gevent
+import pytest
 from gevent import socket
 
 from helios_proxy.sockets import Writer
@@ -29,12 +30,18 @@ def test_what_the_kernel_does_not_take_waits_in_order_and_drains_when_read():
     assert drained == [True] and not writer.backlog
 
 
-def test_a_greenlet_send_waits_until_its_bytes_are_out():
+def sender_behind_a_backlog(last):
+    """A Writer with 5 MB the peer has not read, and a greenlet sending `last` after them."""
     ours, theirs = socket.socketpair()
     writer = Writer(ours)
     writer.write(b"x" * 5_000_000)
-    sender = gevent.spawn(writer.send, b"end")
+    sender = gevent.spawn(writer.send, last)
     gevent.sleep(0.05)
+    return theirs, sender
+
+
+def test_a_greenlet_send_waits_until_its_bytes_are_out():
+    theirs, sender = sender_behind_a_backlog(b"end")
     assert not sender.ready()  # still behind the backlog
     got = gevent.spawn(reader, theirs, 5_000_003)
     assert got.get(timeout=10).endswith(b"end")
@@ -42,14 +49,7 @@ def test_a_greenlet_send_waits_until_its_bytes_are_out():
 
 
 def test_a_client_that_is_gone_is_reported_to_whoever_waits():
-    ours, theirs = socket.socketpair()
-    writer = Writer(ours)
-    writer.write(b"x" * 5_000_000)
-    sender = gevent.spawn(writer.send, b"more")
-    gevent.sleep(0.05)
+    theirs, sender = sender_behind_a_backlog(b"more")
     theirs.close()
-    try:
+    with pytest.raises(OSError):
         sender.get(timeout=5)
-        raise AssertionError("send() should have failed")
-    except OSError:
-        pass
