@@ -108,7 +108,6 @@ class SqlPreparedStatements(PooledSqlStage):
         return StageResult.CONTINUE
 
     def act(self, ctx, plan):
-        session = ctx.session
         if plan.pin:
             ctx.decide().pin = plan.pin
             return StageResult.CONTINUE
