@@ -68,6 +68,7 @@ class IdleTimeout(Exception):
 
 
 TERMINATED = object()  # a handler's answer: the client sent Terminate
+REFUSED = object()     # a statement step's answer: the proxy refused the message with an error
 
 
 class Forwarder:
@@ -271,11 +272,8 @@ class Forwarder:
 
     def answered_locally(self, mtype, begin, end, replacement):
         """A named Parse the pool knows, or a Close: answered by the proxy (True), or a server is needed."""
-        try:
-            answer = statements.answer_locally(self.session, mtype, replacement or bytes(self.data[begin:end]))
-        except ProxyError as e:
-            self.cut(begin, end)
-            self.refuse(mtype, codec.error_response(e.sqlstate, e.message))
+        answer = self.statement_step(statements.answer_locally, mtype, begin, end, replacement)
+        if answer is REFUSED:
             return True
         if answer is statements.NEEDS_SERVER:
             return False
@@ -285,11 +283,8 @@ class Forwarder:
 
     def translated(self, mtype, begin, end, replacement):
         """A Parse/Bind/Describe naming a statement, sent under the server's name (True)."""
-        try:
-            translated = statements.translate(self.session, mtype, replacement or bytes(self.data[begin:end]))
-        except ProxyError as e:
-            self.cut(begin, end)
-            self.refuse(mtype, codec.error_response(e.sqlstate, e.message))
+        translated = self.statement_step(statements.translate, mtype, begin, end, replacement)
+        if translated is REFUSED:
             return True
         if translated is None:
             return False
@@ -300,6 +295,16 @@ class Forwarder:
             self.count(mtype)
         self.answer_now(answer)
         return True
+
+    def statement_step(self, step, mtype, begin, end, replacement):
+        """step(session, mtype, message) of statements.py; its ProxyError (42P05, 26000) is
+        refused to the client as PostgreSQL would: REFUSED."""
+        try:
+            return step(self.session, mtype, replacement or bytes(self.data[begin:end]))
+        except ProxyError as e:
+            self.cut(begin, end)
+            self.refuse(mtype, codec.error_response(e.sqlstate, e.message))
+            return REFUSED
 
     def as_is(self, mtype, begin, end, replacement):
         """To the server in the run (or rewritten), expecting its usual answer."""

@@ -148,15 +148,8 @@ class CallbackPump:
                     self.writer.on_drained = self.resume
             for entry in answered:  # after the answer went to the client
                 JOBS.submit(report, session, server, *entry)
-        except ProtocolViolation as e:
-            self.fail(f"protocol violation from server: {e.message}")
-        except DECODING_ERRORS as e:  # a malformed message from the server: one line, no traceback
-            self.fail(f"protocol violation from server: malformed message ({e})")
-        except OSError as e:
-            self.fail(str(e))
-        except Exception:  # a bug costs this session, never the loop
-            log.exception("%r: relaying from the server failed", session)
-            self.fail("internal error")
+        except Exception as e:  # a bug costs this session, never the loop
+            self.fail(failure(session, e))
 
     def resume(self):
         if self.paused:
@@ -211,15 +204,8 @@ def pump(session, lease):
             for entry in answered:
                 report(session, server, *entry)
             return True  # the lease ended and the session let go of this pump
-    except ProtocolViolation as e:
-        lost(session, server, f"protocol violation from server: {e.message}")
-    except DECODING_ERRORS as e:
-        lost(session, server, f"protocol violation from server: malformed message ({e})")
-    except OSError as e:
-        lost(session, server, str(e))
-    except Exception:
-        log.exception("%r: relaying from the server failed", session)
-        lost(session, server, "internal error")
+    except Exception as e:
+        lost(session, server, failure(session, e))
 
 
 class Parked:
@@ -298,6 +284,18 @@ def report(session, server, ctx, tag, error):
     rows = int(tag.rsplit(" ", 1)[1]) if tag and tag.rsplit(" ", 1)[-1].isdigit() else None
     session.proxy.plugins.query_complete(ctx, Outcome(time.monotonic() - ctx.started, tag, rows, error,
                                                       server.node.name))
+
+
+def failure(session, e):
+    """Why relaying a server's bytes failed, in one line (a traceback only for our own bug)."""
+    if isinstance(e, ProtocolViolation):
+        return f"protocol violation from server: {e.message}"
+    if isinstance(e, DECODING_ERRORS):  # a malformed message from the server
+        return f"protocol violation from server: malformed message ({e})"
+    if isinstance(e, OSError):
+        return str(e)
+    log.exception("%r: relaying from the server failed", session)
+    return "internal error"
 
 
 def lost(session, server, why):
