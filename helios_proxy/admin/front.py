@@ -130,6 +130,7 @@ def merge_snapshots(snaps):
                                 "sum": round(sum(h["sum"] for h in hist), 6)},
         "history": history,
         "plugins": add([s["plugins"] for s in snaps]),
+        "replay": add([s["replay"] for s in snaps]),
         "workers": len(snaps),
     }
 
@@ -166,6 +167,10 @@ def create_app(arbiter):
     @app.get("/config")
     def config():
         return jsonify(arbiter.config.redacted())  # as configured, not one worker's share
+
+    @app.get("/replay")
+    def replay():
+        return jsonify(add(json_of(ask_all(workers, "GET", "/replay"))))
 
     @app.get("/stats")
     def stats():

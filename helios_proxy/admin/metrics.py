@@ -30,6 +30,7 @@ def snapshot(proxy):
         "history": [{"t": t, "queries": q, "transactions": x} for t, q, x in proxy.stats.history],
         "plugins": {name: {"calls": proxy.plugins.calls[name], "failures": proxy.plugins.failures[name]}
                     for name in proxy.plugins.sources},
+        "replay": views.replay(proxy),
     }
 
 
@@ -98,6 +99,14 @@ class ProxyCollector:
             calls.add_metric([name], counts["calls"])
             failures.add_metric([name], counts["failures"])
         yield from (calls, failures)
+        replay = CounterMetricFamily("helios_replay_transactions", "Transactions caught by a failover, by "
+                                     "outcome (topology/replay.py).", labels=["outcome"])
+        for outcome in ("replayed", "aborted", "in_doubt_committed", "in_doubt_replayed", "unresolved",
+                        "not_replayable", "over_limit", "failed"):
+            replay.add_metric([outcome], s["replay"][outcome])
+        yield replay
+        yield GaugeMetricFamily("helios_replay_journal_bytes", "Bytes of requests journaled now.",
+                                value=s["replay"]["journal_bytes"])
         h = s["transaction_seconds"]
         cumulative, buckets = 0, []
         for bound, count in zip(list(h["buckets"]) + ["+Inf"], h["counts"]):

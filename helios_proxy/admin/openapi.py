@@ -51,6 +51,8 @@ PATHS = {
     "/pools": {"get": op("Pools (SHOW POOLS).")},
     "/servers": {"get": op("Server connections (SHOW SERVERS).")},
     "/stats": {"get": op("Per-database totals (SHOW STATS).")},
+    "/replay": {"get": op("Transaction replay across failovers: replayed, aborted with 40001, commits in doubt "
+                          "resolved, journal bytes.")},
     "/version": {"get": op("Version.")},
     "/reload": {"post": op("Re-read the configuration file.")},
     "/pause": {"post": op("Hold new transactions (all, or one database).", obj(database=STR, timeout=NUM))},

@@ -1,4 +1,5 @@
-"""What the proxy holds: /config (secrets redacted), /pools, /sessions (and DELETE one), /stats, /version."""
+"""What the proxy holds: /config (secrets redacted), /pools, /sessions (and DELETE one), /stats, /replay,
+/version."""
 from flask import Blueprint, jsonify
 
 from . import views
@@ -49,6 +50,12 @@ def kill_session(session_id):
 @bp.get("/stats")
 def stats():
     return jsonify(views.stats(proxy_of()))
+
+
+@bp.get("/replay")
+def replay():
+    """Transaction replay across failovers: replayed, aborted (40001), commits in doubt resolved."""
+    return jsonify(views.replay(proxy_of()))
 
 
 @bp.get("/version")

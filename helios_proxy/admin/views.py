@@ -138,3 +138,9 @@ def _text(value):
 
 def version():
     return {"name": "HeliosProxy", "version": __version__}
+
+
+def replay(proxy):
+    """Transaction replay counters (topology/journal.py STATS) and the bytes journaled right now."""
+    from ..topology.journal import JOURNALS, STATS
+    return dict(STATS.as_dict(sum(j.size for j in list(JOURNALS))), enabled=proxy.config.replay.enabled)

@@ -239,6 +239,20 @@ SETTINGS = (
       "at once with 57P03.", min=0, reloadable=True),
     S("failover", "switchover_timeout", float, 10.0, "Planned switchover: seconds in-flight transactions "
       "get to finish, and the target to replay all WAL.", min=0, reloadable=True),
+    # [replay]: transaction replay across a failover (topology/journal.py, topology/replay.py)
+    S("replay", "enabled", bool, False, "Journal each client's open transaction and, when its primary fails, "
+      "re-run it on the new primary and go on unnoticed (session settings and prepared statements move "
+      "too); results that differ abort it with 40001.", reloadable=True),
+    S("replay", "max_journal_bytes", int, 1 << 20, "Most bytes of requests journaled per transaction; a "
+      "larger transaction is not replayed (its client gets the connection error, as without replay).",
+      min=0, reloadable=True),
+    S("replay", "replay_attempts", int, 3, "Tries to replay one transaction (each on a newly confirmed "
+      "primary) before its client gets the connection error.", min=1, reloadable=True),
+    S("replay", "checksum", bool, True, "Compare what the replay answers with what the client already "
+      "received (a checksum of every byte); false: trust the replay (MaxScale's "
+      "transaction_replay_checksum = false). Keep it on.", reloadable=True),
+    S("replay", "timeout", float, 30.0, "Seconds one replay may take after a new server connection is "
+      "open (re-running the journal and reading its answers).", min=0.1, reloadable=True),
     # [log]
     S("log", "level", str, "info", "Log level.", choices=("debug", "info", "warning", "error"), reloadable=True),
     S("log", "file", str, "", "Also log to this file (appended; reopened when logrotate moves it)."),

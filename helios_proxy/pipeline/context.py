@@ -61,7 +61,7 @@ UNDECIDED = object()
 class Decisions:
     """What the stages decided about the session for one query. None/False: nothing decided."""
     __slots__ = ("target", "route_override", "read_after", "pin", "settings_changed", "discard",
-                 "schema_changed", "sql_prepare", "sql_needs")
+                 "schema_changed", "sql_prepare", "sql_needs", "commits", "state_changed")
 
     def __init__(self):
         self.target = None            # (primary|standby, node name or None): where its next lease goes
@@ -73,3 +73,5 @@ class Decisions:
         self.schema_changed = False   # DDL: shared statements are re-parsed after it commits
         self.sql_prepare = None       # (name, Statement): this Query is a PREPARE to run on the server
         self.sql_needs = ()           # Statements this Query EXECUTEs: prepare them on the server first
+        self.commits = None           # replay: it commits, "lone" (a COMMIT alone) or "mixed" (among others)
+        self.state_changed = False    # replay, session pooling: it may change state a migrate re-creates

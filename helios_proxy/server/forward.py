@@ -11,7 +11,7 @@ import time
 import gevent
 
 from .. import pipeline
-from ..errors import (DECODING_ERRORS, FEATURE_NOT_SUPPORTED, IDLE_SESSION_TIMEOUT, PROGRAM_LIMIT_EXCEEDED, FatalError,
+from ..errors import (DECODING_ERRORS, BackendError, FEATURE_NOT_SUPPORTED, IDLE_SESSION_TIMEOUT, PROGRAM_LIMIT_EXCEEDED, FatalError,
                       ProtocolViolation, ProxyError)
 from ..backend.statements import invalidate_all
 from ..pipeline.context import UNDECIDED
@@ -20,6 +20,8 @@ from ..plugins.actions import Outcome
 from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
 from ..sockets import recv, recv_later
+from ..topology import replay
+from ..topology.journal import UNKNOWN
 from . import plan as p, statements
 
 Q, P, S, X, F, B, D, C = (t[0] for t in (m.QUERY, m.PARSE, m.SYNC, m.TERMINATE, m.FUNCTION_CALL, m.BIND,
@@ -80,6 +82,7 @@ class Forwarder:
         self.sql_prepare = None    # (name, Statement): the Query being forwarded is a PREPARE (Decisions)
         self.sql_needs = ()        # Statements it EXECUTEs: prepared on the server first
         self.data, self.start = None, 0  # forward(): the buffer and the run not yet sent
+        self.commit = None         # the Query/Parse at hand is a COMMIT: "lone" or "mixed" (replay)
         limit = session.proxy.config.pipeline.max_query_bytes
         self.max_query = limit + 6 if limit else 1 << 31  # message length with type, length word, NUL
 
@@ -160,17 +163,34 @@ class Forwarder:
     def cut(self, begin, end):
         """data[begin:end] does not go on as it came: send the run before it; the next run starts after it."""
         if begin > self.start:
-            self.session.server.send(span(self.data, self.start, begin))
+            self.send(span(self.data, self.start, begin))
         self.start = end
 
     def send(self, data):
-        self.session.server.send(data)
+        """To the leased server; with replay on, into the session's journal too (topology/journal.py).
+        A server lost under a replayable journal is not the client's error: its pump replays."""
+        session = self.session
+        journal = session.journal
+        if journal is None:
+            session.server.send(data)
+            return
+        try:
+            session.server.send(data)
+        except BackendError:
+            journal.record(data)
+            if journal.why_not() is not None:
+                raise
+            return
+        journal.record(data)
 
     # --- one handler per message type: None, or TERMINATED -------------------------------------
     def on_query(self, mtype, begin, end):
         go_on, replacement = self.pipeline(mtype, begin, end)
+        commit, self.commit = self.commit, None
         if not go_on or not self.leased(mtype, begin, end):
             return None
+        if commit:  # a COMMIT: the transaction's xid first, for a commit in doubt (replay)
+            self.before_commit(begin, commit)
         if self.sql_prepare is not None or self.sql_needs:  # PREPARE / EXECUTE in pooled modes
             self.cut(begin, end)
             prepare, needs = self.sql_prepare, self.sql_needs
@@ -187,7 +207,10 @@ class Forwarder:
 
     def on_parse(self, mtype, begin, end):
         go_on, replacement = self.pipeline(mtype, begin, end)
+        commit, self.commit = self.commit, None
         if not go_on:
+            return None
+        if self.session.journal is not None and not self.journal_parse(begin, end, commit):
             return None
         named = self.session.pooled and names_statement(mtype, self.data, begin, end)
         if named and self.answered_locally(mtype, begin, end, replacement):
@@ -202,12 +225,16 @@ class Forwarder:
             statements.route_of_bind(session, self.data[begin + 5:end])  # where its statement's Parse went
         if not self.leased(mtype, begin, end):
             return None
+        if mtype == B and session.journal is not None and session.journal.commit_names:
+            self.journal_bind(begin, end)
         if (session.pooled and names_statement(mtype, self.data, begin, end)
                 and self.translated(mtype, begin, end, None)):
             return None
         return self.as_is(mtype, begin, end, None)
 
     def on_close(self, mtype, begin, end):
+        if self.session.journal is not None and not self.session.pooled:
+            self.session.journal.changed = True  # (session pooling: its statements, for session migrate)
         if (self.session.pooled and names_statement(mtype, self.data, begin, end)
                 and self.answered_locally(mtype, begin, end, None)):
             return None
@@ -268,7 +295,43 @@ class Forwarder:
         if session.discard_pending:  # DISCARD ALL / DEALLOCATE ALL drops the server's statements
             session.discard_pending = False
             session.server.statements.clear()
+        journal = session.journal
+        if journal is not None and journal.needs_snapshot and not session.pooled and not session.plan.owes():
+            self.cut(begin, begin)
+            replay.snapshot(session)  # its new session state, for a session migrate
         return True
+
+    # --- the transaction journal (replay on) -----------------------------------------------------
+    def before_commit(self, begin, how):
+        """A COMMIT goes out next: learn the transaction's xid first (one round trip), so that a
+        COMMIT in flight when the primary fails can be looked up instead of guessed."""
+        self.cut(begin, begin)
+        session = self.session
+        session.journal.commit_next(replay.learn_xid(session) if how == "lone" else UNKNOWN)
+
+    def journal_parse(self, begin, end, commit):
+        """A Parse: a named one changes the session's state (session pooling), a COMMIT's name is
+        noted; an unnamed COMMIT is about to run: its xid first. False: no server for it."""
+        journal = self.session.journal
+        name = codec.read_cstr(self.data[begin + 5:end], 0)[0]
+        if name:
+            if not self.session.pooled:
+                journal.changed = True
+            if commit:
+                journal.commit_names.add(name)
+            else:
+                journal.commit_names.discard(name)
+        elif commit:
+            if not self.leased(P, begin, end):
+                return False
+            self.before_commit(begin, commit)
+        return True
+
+    def journal_bind(self, begin, end):
+        body = self.data[begin + 5:end]
+        portal, pos = codec.read_cstr(body, 0)
+        if codec.read_cstr(body, pos)[0] in self.session.journal.commit_names:
+            self.before_commit(begin, "lone")
 
     def answered_locally(self, mtype, begin, end, replacement):
         """A named Parse the pool knows, or a Close: answered by the proxy (True), or a server is needed."""
@@ -337,7 +400,7 @@ class Forwarder:
             # CopyData of a COPY in progress: streamed; the lease cannot end before the last byte
             # went to its server (session.streaming), so no byte of it can reach another client
             session.streaming = True
-            self.pass_on(buf, length, session.server.send)
+            self.pass_on(buf, length, self.send)
         elif length > session.proxy.config.server.max_message_size:
             raise ProtocolViolation(f"invalid message length {length} for message type {bytes((mtype,))!r} "
                                     f"(server.max_message_size)")
@@ -438,6 +501,10 @@ class Forwarder:
         if decided.schema_changed:  # re-parsed on every connection before their next use (now, and at lease end)
             invalidate_all()
             session.schema_changed = True
+        if decided.commits is not None:
+            self.commit = decided.commits
+        if decided.state_changed:
+            session.journal.changed = True
         self.sql_prepare, self.sql_needs = decided.sql_prepare, decided.sql_needs
 
     # --- answers from the proxy -----------------------------------------------------------------
@@ -451,7 +518,7 @@ class Forwarder:
             return
         self.skip_to_sync = True
         if session.plan.in_extended and session.server is not None:
-            session.server.send(codec.FLUSH)  # the answers to the messages before it, now
+            self.send(codec.FLUSH)  # the answers to the messages before it, now
         self.answer_now(session.plan.fake(payload))
 
     def answer_at_sync(self):

@@ -28,11 +28,13 @@ from ..pool.lease import ends_here
 from ..backend.statements import invalidate, stale_plan
 from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner
+from ..topology import replay
 from ..sockets import call_soon, plain, recv, recv_now, wake_when_readable
 
 log = logging.getLogger(__name__)
 READY, PARAMETER_STATUS, ERROR = m.READY_FOR_QUERY[0], m.PARAMETER_STATUS[0], m.ERROR_RESPONSE[0]
 COMPLETE = m.COMMAND_COMPLETE[0]
+FATAL = b"SFATAL\0"  # an ErrorResponse body that begins with severity FATAL
 # Every message but DataRow and CopyData (the bulk of the bytes) is seen whole by the plan.
 WANTS = frozenset(range(256)) - {m.DATA_ROW[0], m.COPY_DATA[0]}
 
@@ -56,13 +58,21 @@ class ServerStream:
     def feed(self, data):
         """(bytes for the client, does the lease end here?, answers complete [(ctx, tag, error)])."""
         session, server, plan = self.session, self.server, self.session.plan
-        completions, on_message = plan.completions, plan.on_message
+        completions, on_message, journal = plan.completions, plan.on_message, session.journal
         found = self.scanner.feed(data)
+        if journal is not None:
+            journal.chunk()
         shift = len(self.held)
         if shift:
             data, self.held = self.held + data, b""
         sent, out, release, answered = 0, [], False, []
         for mtype, body, end in found:
+            if journal is not None and mtype == ERROR and (body.startswith(FATAL) or b"\0VFATAL\0" in body):
+                at = end + shift - 5 - len(body)  # the server is going: held back, the replay decides
+                journal.fatal_error(data, at, data[at:end + shift])
+                out.append(data[sent:at])
+                sent = end + shift
+                continue
             drop, extra = on_message(mtype, body)
             if drop or extra:  # edit the stream: cut this message out, or add after it
                 cut = end + shift
@@ -82,6 +92,8 @@ class ServerStream:
                     if completions is not None:
                         self.last_tag = self.last_error = None
                 release = ends_here(session, server)
+                if journal is not None:
+                    journal.ready(data, end + shift, body == b"I" and not plan.owes())
             elif mtype == ERROR:
                 session.proxy.router.count(server.node, "errors")
                 if session.pooled and stale_plan(body):  # shared statements outlived a schema change
@@ -97,6 +109,8 @@ class ServerStream:
                 self.last_tag = body
         partial = self.scanner.partial()
         stop = len(data) - partial
+        if journal is not None:  # (held bytes are hashed when they go out, with the next chunk)
+            journal.chunk_end(data, stop)
         if partial:
             self.held = data[stop:]
         if out:
@@ -119,37 +133,45 @@ class CallbackPump:
         self.running = self.paused = False
         self.callback = self.readable  # (bound once)
 
-    def begin(self, lease):
+    def begin(self, lease, go_on=False):
+        """Serve lease; go_on: its server was replaced by a replay, the stream goes on where it was."""
         self.lease, self.server = lease, lease.server
-        self.stream.reset(lease.server)
+        if go_on:
+            self.stream.server = lease.server
+        else:
+            self.stream.reset(lease.server)
         self.running, self.paused = True, False
         lease.server.watch(self.callback)
         return self
 
     def readable(self):
-        session, server = self.session, self.server
         try:
-            data = recv_now(server.sock)
+            data = recv_now(self.server.sock)
             if data is None:
                 return
             if not data:
                 raise ConnectionResetError("server closed the connection")
-            session.bytes_out += len(data)
-            out, release, answered = self.stream.feed(data)
-            if release:
-                lease = self.lease
-                self.stop()
-                session.lease_ended(lease, out)
-            elif out:
-                self.writer.write(out)
-                if self.writer.backlog:  # the client reads slower: wait until it took it all
-                    self.paused = True
-                    server.pause()
-                    self.writer.on_drained = self.resume
-            for entry in answered:  # after the answer went to the client
-                JOBS.submit(report, session, server, *entry)
+            self.take(data)
         except Exception as e:  # a bug costs this session, never the loop
-            self.fail(failure(session, e))
+            self.fail(failure(self.session, e))
+
+    def take(self, data):
+        """The server's bytes: to the client (and the lease ends where its pool mode says)."""
+        session, server = self.session, self.server
+        session.bytes_out += len(data)
+        out, release, answered = self.stream.feed(data)
+        if release:
+            lease = self.lease
+            self.stop()
+            session.lease_ended(lease, out)
+        elif out:
+            self.writer.write(out)
+            if self.writer.backlog:  # the client reads slower: wait until it took it all
+                self.paused = True
+                server.pause()
+                self.writer.on_drained = self.resume
+        for entry in answered:  # after the answer went to the client
+            JOBS.submit(report, session, server, *entry)
 
     def resume(self):
         if self.paused:
@@ -166,9 +188,9 @@ class CallbackPump:
             self.lease = self.server = None
 
     def fail(self, why):
-        server = self.server
+        server, lease = self.server, self.lease
         self.stop()
-        JOBS.submit(lost, self.session, server, why)  # (terminate sends: not from the loop)
+        JOBS.submit(lost, self.session, server, why, lease, self.stream)  # (it may wait: not from the loop)
 
 
 def start(session, lease):
@@ -181,14 +203,37 @@ def start(session, lease):
     return GREENLETS.start(session, lease)
 
 
+def resume(session, lease, stream, first, out=b""):
+    """Go on relaying a lease whose server a replay replaced (topology/replay.py): the client gets
+    out, then what follows `first` (the new server's bytes beyond what the client already had),
+    through the same stream, so the client's stream goes on byte for byte where it stopped."""
+    if out:
+        session.writer.write(out)
+    if plain(lease.server.sock) and session.writer.raw is not None and stream is getattr(
+            session.callback_pump, "stream", None):
+        pump = lease.pump = session.callback_pump.begin(lease, go_on=True)
+        if first:
+            try:
+                pump.take(first)
+            except Exception as e:
+                pump.fail(failure(session, e))
+        return
+    lease.pump = GreenletPump(gevent.spawn(pump, session, lease, stream, first), GREENLETS)
+
+
 # --- the greenlet pump (TLS) -------------------------------------------------------------------
-def pump(session, lease):
-    """Relay until the lease ends (pooling: True) or the server is lost (False); never raises."""
+def pump(session, lease, stream=None, first=b""):
+    """Relay until the lease ends (pooling: True) or the server is lost (False); never raises.
+    (stream, first: go on after a replay, topology/replay.py.)"""
     server = lease.server
-    stream, sock = ServerStream(session, server), server.sock
+    if stream is None:
+        stream = ServerStream(session, server)
+    else:
+        stream.server = server
+    sock = server.sock
     try:
         while True:
-            data = recv(sock)
+            data, first = (first, b"") if first else (recv(sock), b"")
             if not data:
                 raise ConnectionResetError("server closed the connection")
             session.bytes_out += len(data)
@@ -205,7 +250,7 @@ def pump(session, lease):
                 report(session, server, *entry)
             return True  # the lease ended and the session let go of this pump
     except Exception as e:
-        lost(session, server, failure(session, e))
+        lost(session, server, failure(session, e), lease, stream)
 
 
 class Parked:
@@ -298,9 +343,16 @@ def failure(session, e):
     return "internal error"
 
 
-def lost(session, server, why):
+def lost(session, server, why, lease=None, stream=None):
     server.broken = True
     log.warning("%r: server %s lost: %s", session, server.node.name, why)
     session.proxy.router.suspect(server.node, why)  # the node may be down: the health checker looks now
+    journal = session.journal
+    if journal is not None and lease is not None and lease is session.lease:
+        if replay.recover(session, lease, stream):  # on a new server, as if nothing happened
+            return
+        if journal.fatal:  # what the server said before it went (held back for the replay)
+            session.writer.write(journal.fatal)
+            journal.fatal = None
     if session.closing is None:
         session.terminate("server closed the connection unexpectedly", sqlstate=CONNECTION_FAILURE)

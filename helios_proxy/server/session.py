@@ -24,6 +24,7 @@ from ..pool.lease import Lease, ends_here
 from ..backend.statements import invalidate_all
 from ..pool.prepared import ClientStatements
 from ..pool.reset import reset_for_reuse
+from ..topology.journal import Journal, Snapshot
 from ..protocol import codec, messages as m
 from ..sockets import Writer, in_hub
 from . import admin_db, handshake, relay
@@ -56,6 +57,7 @@ class ClientSession:
         self.home = None              # the node of a database with a host of its own ([databases.NAME])
         self.pool = None              # its home pool (credentials; the primary's, or its database's host)
         self.lease = None             # pool/lease.py: the server connection lent to it now
+        self.journal = None           # topology/journal.py, with [replay] enabled
         self.writer = Writer(sock)    # everything sent to the client, in order (sockets.py)
         self.callback_pump = None     # relay.CallbackPump, made at the first lease, reused
         self.secret = 0
@@ -125,6 +127,10 @@ class ClientSession:
                     admin_db.serve(self)
                     return
                 self.proxy.plugins.notify("on_client_connect", session=self)
+                replay = self.proxy.config.replay
+                if replay.enabled and self.home is None:
+                    self.journal = Journal(replay.max_journal_bytes,
+                                           None if self.pooled else Snapshot(dict(self.settings)))
                 if self.lease is not None:  # session pooling: the lease from login goes on
                     self.lease.pump = relay.start(self, self.lease)
                 Forwarder(self).run()
@@ -159,6 +165,8 @@ class ClientSession:
                 self.release_server()
             except Exception:  # never let cleanup take more than this session
                 log.exception("%r: releasing its server failed", self)
+        if self.journal is not None:
+            self.journal.close()
         self.writer.close()
         try:
             self.sock.close()

@@ -8,12 +8,13 @@ from helios_proxy.server import plan as p
 from helios_proxy.server.relay import ServerStream
 
 
-def fake_session(mode="transaction"):
+def fake_session(mode="transaction", journal=None):
     router = SimpleNamespace(count=lambda node, what: None)
     plan = p.ResponsePlan()
     plan.sent(ord("Q"))
     return SimpleNamespace(plan=plan, transactions=0, pooled=True, mode=mode, pinned=None, closing=None,
-                           streaming=False, settings_dirty=False, proxy=SimpleNamespace(router=router))
+                           streaming=False, settings_dirty=False, proxy=SimpleNamespace(router=router),
+                           journal=journal)
 
 
 def fake_server():
@@ -48,3 +49,32 @@ def test_session_mode_never_ends_the_lease_and_hidden_answers_are_cut():
     stream = ServerStream(session, server)
     data, release, _ = stream.feed(codec.message(b"1") + ANSWER)
     assert data == ANSWER and release is False
+
+
+FATAL = codec.error_response("57P01", "terminating connection due to unexpected postmaster exit", severity="FATAL")
+FIRST = (codec.message(m.COMMAND_COMPLETE, codec.cstr("BEGIN")) + codec.ready_for_query(b"T")
+         + codec.message(m.DATA_ROW, b"\0\1\0\0\0\0010" * 30))
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 64, 1000])
+def test_the_journal_checksums_what_the_client_got_since_the_last_idle_ready_for_query(step):
+    """Split anywhere: the checksum covers exactly the bytes after the last clean ReadyForQuery
+    'I' that went to the client; a FATAL is held back (the replay decides) and ends the stream."""
+    import hashlib
+    from helios_proxy.topology.journal import Journal
+    journal = Journal(1 << 20)
+    session, server = fake_session("session", journal), fake_server()
+    session.plan.expect(p.QUERY)
+    stream, out = ServerStream(session, server), b""
+    for wire in (ANSWER, FIRST + FATAL):
+        for i in range(0, len(wire), step):
+            data, _, _ = stream.feed(wire[i:i + step])
+            out += data
+        session.plan.sent(ord("Q"))  # the next query, once the first answer is complete
+        session.plan.expect(p.QUERY)
+    journal.close()
+    assert out == ANSWER + FIRST  # the FATAL is not the client's yet
+    assert journal.fatal == FATAL
+    assert journal.seen == len(FIRST) and journal.readies == 1
+    assert journal.ready_seen == FIRST.index(b"Z") + 6
+    assert journal.digest.digest() == hashlib.blake2b(FIRST, digest_size=16).digest()

@@ -1,0 +1,43 @@
+"""The journal stage (replay on): what the transaction journal must know about a query before it
+goes out (topology/journal.py, topology/replay.py).
+
+- a COMMIT (or END): the forwarder learns the transaction's xid just before sending it, so that a
+  COMMIT in flight when the primary dies can be looked up with txid_status() on the new one. A
+  COMMIT among other statements in one Query is "mixed": its xid cannot be learned in advance.
+- session pooling: a query that may change session state (SET, PREPARE, LISTEN, CREATE TEMP...,
+  anything but plain DML, reads and transaction control) makes the session's state be read back
+  after its transaction, for a session migrate.
+"""
+import re
+
+from ..stage import Stage, StageResult
+
+COMMITS = frozenset(("commit", "end"))
+# First words of statements that leave session state as it was (beyond the transaction).
+STATELESS = frozenset(("select", "insert", "update", "delete", "with", "values", "table", "begin", "start",
+                       "commit", "end", "rollback", "abort", "savepoint", "release", "fetch", "move", "close",
+                       "show", "explain", "copy", "lock", "truncate", "merge", "declare", "call", "vacuum",
+                       "analyze", "checkpoint", "notify"))
+STATEFUL_CALLS = re.compile(r"set_config|advisory_lock|pg_advisory|dblink_connect", re.I)
+MENTIONS_COMMIT = re.compile(r"\b(?:commit|end)\b", re.I)
+
+
+class Journal(Stage):
+    name = "journal"
+
+    @classmethod
+    def enabled(cls, config):
+        return config.replay.enabled
+
+    def process(self, ctx):
+        session = ctx.session
+        if session.journal is None:
+            return StageResult.CONTINUE
+        word = ctx.word
+        if word in COMMITS:
+            ctx.decide().commits = "lone"
+        elif word is None and (ctx.large or MENTIONS_COMMIT.search(ctx.sql)):
+            ctx.decide().commits = "mixed"
+        if not session.pooled and (word not in STATELESS or ctx.large or STATEFUL_CALLS.search(ctx.sql)):
+            ctx.decide().state_changed = True
+        return StageResult.CONTINUE

@@ -1,0 +1,148 @@
+"""The transaction journal (the spec's transaction_journal): per client session, what is needed to
+re-run its work in progress on another server (topology/replay.py) and to tell whether the re-run
+gave the client the same answers.
+
+A journal covers everything since its server was last idle with nothing owed (a clean
+ReadyForQuery 'I', a checkpoint): the exact bytes the proxy sent the server since (`record`,
+bounded by replay.max_journal_bytes) and a checksum of every byte the server answered since
+(`received`: what the client has been given, or will be, byte for byte). Replaying means sending
+the same bytes to a new server and checking that the first `seen` bytes of its answer have the
+same checksum; the bytes after them continue the client's stream where it stopped.
+
+Besides, for the commit in doubt: the transaction's xid, learned just before a COMMIT is sent
+(replay.learn_xid), and in session pooling a snapshot of the session's state (settings, prepared
+statements) as of the journal's start, for session migrate.
+
+Only sessions of a proxy with [replay] enabled have a journal; without one nothing here runs.
+"""
+import hashlib
+import logging
+
+log = logging.getLogger(__name__)
+UNKNOWN = object()  # xid: a COMMIT went out without the proxy learning the transaction's xid first
+
+
+class Stats:
+    """Counters for /replay and Prometheus (per worker process)."""
+
+    def __init__(self):
+        self.replayed = 0             # transactions (or idle sessions) re-run on a new server and continued
+        self.aborted = 0              # re-runs that answered differently: 40001 to the client
+        self.in_doubt_committed = 0   # a COMMIT in doubt had committed: answered as committed
+        self.in_doubt_replayed = 0    # a COMMIT in doubt had not: the transaction was re-run
+        self.unresolved = 0           # a write in doubt whose outcome could not be known: 08007
+        self.not_replayable = 0       # losses where replay could not help (over the limit, state)
+        self.over_limit = 0           # transactions whose journal outgrew max_journal_bytes
+        self.failed = 0               # replays given up after replay_attempts
+
+    def as_dict(self, journal_bytes=0):
+        return dict(vars(self), journal_bytes=journal_bytes)
+
+
+STATS = Stats()
+JOURNALS = set()  # every live session's journal (journal bytes for /replay)
+
+
+class Snapshot:
+    """A session-mode session's state as of a journal's start: re-created before the replay."""
+    __slots__ = ("settings", "statements", "stateful")
+
+    def __init__(self, settings, statements=(), stateful=0):
+        self.settings = settings          # {name: value}, as session_state.apply takes them
+        self.statements = list(statements)  # rows of prepared.SAVED_STATEMENTS
+        self.stateful = stateful          # temp tables, LISTEN, WITH HOLD cursors, advisory locks
+
+
+class Journal:
+    __slots__ = ("limit", "chunks", "size", "over", "digest", "seen", "at", "readies", "ready_seen",
+                 "fatal", "xid", "commit_from", "snapshot", "changed", "needs_snapshot", "commit_names",
+                 "__weakref__")
+
+    def __init__(self, limit, snapshot=None):
+        self.limit = limit
+        self.snapshot = snapshot      # session pooling: the state to re-create first
+        self.changed = False          # session state changed within this journal (session pooling)
+        self.needs_snapshot = False   # changed, and the journal began anew since: not replayable until taken
+        self.commit_names = set()     # its prepared statements that are a COMMIT (by the client's names)
+        self.at = 0                   # received(): the position in the current chunk hashed up to (None: stop)
+        self.checkpoint()
+        JOURNALS.add(self)
+
+    def close(self):
+        JOURNALS.discard(self)
+
+    def checkpoint(self):
+        """The server is idle with nothing owed: nothing before this needs replaying."""
+        self.chunks, self.size, self.over = [], 0, False
+        self.digest, self.seen = hashlib.blake2b(digest_size=16), 0
+        self.readies, self.ready_seen = 0, 0  # ReadyForQuery messages since, and `seen` at the last one
+        self.fatal = None             # a FATAL the server sent before closing (held back from the client)
+        self.xid = self.commit_from = None  # the COMMIT in flight: its transaction's xid, its offset here
+        if self.changed:
+            self.changed, self.needs_snapshot = False, True
+
+    # --- client -> server ----------------------------------------------------------------------
+    def record(self, data):
+        """Bytes about to go to the server."""
+        if self.over:
+            return
+        size = self.size + len(data)
+        if size > self.limit:
+            self.over, self.chunks = True, []
+            STATS.over_limit += 1
+            log.info("a transaction outgrew replay.max_journal_bytes (%d): it will not be replayed", self.limit)
+            return
+        self.chunks.append(bytes(data))
+        self.size = size
+
+    def commit_next(self, xid):
+        """The next bytes recorded are a COMMIT; xid: its transaction's (None: it has none; UNKNOWN)."""
+        self.xid, self.commit_from = xid, self.size
+
+    def sent(self):
+        return b"".join(self.chunks)
+
+    # --- server -> client (from the pump, relay.ServerStream.feed) -------------------------------
+    def chunk(self):
+        self.at = 0
+
+    def ready(self, data, end, clean):
+        """A ReadyForQuery ending at data[end]; clean: the server is idle and owes nothing."""
+        if self.at is None:
+            return
+        if clean:
+            self.checkpoint()
+        else:
+            self._hash(data, end)
+            self.readies += 1
+            self.ready_seen = self.seen
+        self.at = end
+
+    def fatal_error(self, data, start, message):
+        """A FATAL from the server at data[start]: not the client's (yet); the stream ends here."""
+        if self.at is not None:
+            self._hash(data, start)
+            self.at = None
+        self.fatal = message
+
+    def chunk_end(self, data, stop):
+        if self.at is not None:
+            self._hash(data, stop)
+
+    def _hash(self, data, end):
+        at = self.at
+        if end > at:
+            self.digest.update(data if at == 0 and end == len(data) else memoryview(data)[at:end])
+            self.seen += end - at
+            self.at = end
+
+    # --- asked at a loss -----------------------------------------------------------------------
+    def why_not(self):
+        """Why this journal cannot be replayed, or None."""
+        if self.over:
+            return "the transaction outgrew replay.max_journal_bytes"
+        if self.needs_snapshot:
+            return "its session state changed an instant before (not captured yet)"
+        if self.snapshot is not None and self.snapshot.stateful:
+            return "its session holds state that cannot move (temporary tables, LISTEN, WITH HOLD cursors, locks)"
+        return None

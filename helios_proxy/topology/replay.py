@@ -1,0 +1,426 @@
+"""Failover replay (the spec's failover_replay, with session migrate and the commit in doubt): a
+session whose server connection died with its node goes on, unnoticed, on the new primary.
+
+When a lease's connection is lost (relay.lost) and the session has a replayable journal
+(topology/journal.py), `recover` asks whether the node is down (a fresh connection to it fails),
+waits in the switchover buffer for a confirmed primary, opens a connection there, re-creates the
+session's state (pool/session_state.py settings, prepared statements: the code transaction
+pooling uses at every lease), then:
+
+- a COMMIT in flight is in doubt: its xid (learned by `learn_xid` just before it went out) is
+  looked up with txid_status() on the new primary. Committed: the COMMIT is answered as the new
+  primary answers a COMMIT outside a transaction (minus its 25P01 warning); otherwise the
+  transaction is re-run. Without a known xid (a COMMIT pipelined behind other requests, an
+  autocommit write in flight) the outcome cannot be known: 08007, never a blind re-run.
+- otherwise the journal's bytes are sent again; the first `seen` bytes of the new answer must
+  have the checksum of what the client got (else 40001: `now()`, `nextval`, rows another client
+  changed), and the bytes after them continue the client's stream where it stopped. Cursors come
+  back the same way: their DECLARE and FETCHes are in the journal, so the next FETCH continues.
+
+`replay.replay_attempts` bounds the tries (a new primary that dies too); a replay never goes to a
+node the tracker does not confirm as primary (the old primary coming back is fenced there).
+"""
+import logging
+import time
+
+import gevent
+
+from ..errors import BackendError, ProxyError, node_unreachable
+from ..pool import prepared, session_state
+from ..protocol import codec, messages as m
+from ..protocol.framing import StreamScanner
+from ..routing.classify import BEGIN_READ_ONLY, READ
+from .journal import STATS, UNKNOWN, Snapshot
+
+log = logging.getLogger(__name__)
+SERIALIZATION_FAILURE = "40001"
+RESOLUTION_UNKNOWN = "08007"  # transaction_resolution_unknown
+Q, P, B, S, F = (ord(c) for c in "QPBSF")
+READY, NOTICE = ord("Z"), ord("N")
+SAFE_WORDS = frozenset(("begin", "start", "rollback", "abort", "set", "reset", "show", "fetch", "move", "close",
+                        "declare", "savepoint", "release", "prepare", "deallocate", "discard", "listen", "unlisten"))
+COMMIT_WORDS = frozenset(("commit", "end"))
+XID = "SELECT pg_catalog.txid_current_if_assigned()"
+
+
+class Mismatch(Exception):
+    """The replay answered differently from what the client already received."""
+
+
+class InDoubt(Exception):
+    """A write in flight whose outcome cannot be known."""
+
+
+def walk(data):
+    """(type, start, end) of each whole message in data (bytes the proxy sent a server)."""
+    pos, n = 0, len(data)
+    while pos + 5 <= n:
+        end = pos + 1 + int.from_bytes(data[pos + 1:pos + 5], "big")
+        yield data[pos], pos, end
+        pos = end
+
+
+# --- before a COMMIT goes out -----------------------------------------------------------------------
+def learn_xid(session):
+    """The open transaction's xid (None: it has none, nothing to commit), asked of the server just
+    before the client's COMMIT goes there; UNKNOWN when it cannot be asked now (answers owed)."""
+    from ..server import relay
+    lease = session.lease
+    server = lease.server
+    if session.plan.owes() or server.tx_status == m.TX_IDLE:
+        return UNKNOWN if session.plan.owes() else None
+    lease.stop_pump(block=True)
+    try:
+        value = server.execute(XID)[0][0]
+        return int(value) if value is not None else None
+    except BackendError as e:
+        if server.broken or node_unreachable(e):
+            return UNKNOWN
+        return None  # a failed transaction: its COMMIT is a rollback
+    except OSError:
+        return UNKNOWN
+    finally:
+        lease.pump = relay.start(session, lease)
+
+
+def snapshot(session):
+    """Session pooling: read the session's state from its server now (it is idle, nothing owed),
+    as of the journal that starts here."""
+    from ..server import relay
+    lease = session.lease
+    server = lease.server
+    lease.stop_pump(block=True)
+    try:
+        settings = session_state.capture(server)
+        statements = [tuple(r) for r in server.execute(prepared.SAVED_STATEMENTS) or ()]
+        stateful = int(server.execute(session_state.STATEFUL)[0][0])
+        session.journal.snapshot = Snapshot(settings, statements, stateful)
+        session.journal.needs_snapshot = False
+    except (BackendError, OSError) as e:
+        log.info("%r: reading its session state failed (%s)", session, e)
+    finally:
+        lease.pump = relay.start(session, lease)
+
+
+# --- after a loss --------------------------------------------------------------------------------
+def recover(session, lease, stream):
+    """The lease's server connection is lost. True: the session goes on (on a new server, or with
+    an error for the request in flight); False: not replayable, the caller ends it as before."""
+    journal = session.journal
+    if journal is None or session.closing is not None or session.home is not None:
+        return False
+    why = journal.why_not() or (session.pinned and f"it is pinned ({session.pinned})")
+    if why:
+        STATS.not_replayable += 1
+        log.info("%r: not replayed: %s", session, why)
+        return False
+    old = lease.server
+    if node_alive(session, old):
+        return False  # its backend ended (terminated, timed out), not its node: as before
+    cfg = session.proxy.config.replay
+    started = time.monotonic()
+    for attempt in range(1, cfg.replay_attempts + 1):
+        try:
+            pool, server = session.acquire_primary()  # waits in the switchover buffer for a confirmed primary
+        except ProxyError as e:
+            log.warning("%r: no primary to replay on: %s", session, e.message)
+            break
+        try:
+            with gevent.Timeout(cfg.timeout, TimeoutError):
+                rest = rerun(session, lease, server)
+        except (Mismatch, InDoubt) as e:
+            code = SERIALIZATION_FAILURE if isinstance(e, Mismatch) else RESOLUTION_UNKNOWN
+            pool.release(server, reusable=False)
+            return give_error(session, lease, stream, code, str(e))
+        except (BackendError, OSError, TimeoutError) as e:
+            log.warning("%r: replay %d on %s failed: %s", session, attempt, server.node.name, e)
+            pool.release(server, reusable=False)
+            continue
+        switch(session, lease, pool, server)
+        STATS.replayed += 1
+        log.info("%r: replayed on %s in %.2f s (%d bytes of requests)", session, server.node.name,
+                 time.monotonic() - started, journal.size)
+        from ..server import relay
+        relay.resume(session, lease, stream, rest)
+        return True
+    STATS.failed += 1
+    return False
+
+
+def node_alive(session, server):
+    """Whether the lost connection's node still serves as it did (a fresh connection to it works
+    and it is still a primary): then only its backend ended, and nothing is replayed."""
+    from ..backend.connection import ServerConnection
+    config = session.proxy.config
+    probe = ServerConnection(server.node, server.database, server.credentials, config)
+    try:
+        probe.connect(connect_timeout=min(2.0, config.pool.connect_timeout))
+        in_recovery = probe.execute("SELECT pg_catalog.pg_is_in_recovery()")[0][0] == "t"
+        return not in_recovery
+    except (BackendError, OSError):
+        return False
+    finally:
+        probe.close()
+
+
+def rerun(session, lease, server):
+    """Re-create the session on server and re-run its journal; the bytes of the answer beyond what
+    the client already has. Raises Mismatch, InDoubt, BackendError/OSError (try again)."""
+    journal = session.journal
+    sent = journal.sent()
+    parsed = {statement_name(sent, s, e) for t, s, e in walk(sent) if t == P} - {""}
+    migrate(session, server, parsed)
+    start = in_flight(journal, sent)
+    commit_answered = journal.commit_from is not None and journal.commit_from < start
+    if journal.commit_from is not None and not commit_answered:
+        if journal.xid is UNKNOWN:
+            STATS.unresolved += 1
+            raise InDoubt("the connection to the primary was lost while a COMMIT was in flight; "
+                          "whether it committed cannot be known")
+        if journal.xid is not None and committed(server, journal.xid):
+            STATS.in_doubt_committed += 1
+            return answer_committed(session, server, sent[journal.commit_from:], journal.seen - journal.ready_seen)
+        STATS.in_doubt_replayed += 1
+    elif (journal.readies == 0 or lease.server.tx_status == m.TX_IDLE) and writes(session, sent, start):
+        STATS.unresolved += 1
+        raise InDoubt("the connection to the primary was lost while a write outside a transaction block "
+                      "was in flight; whether it committed cannot be known")
+    return replay(session, server, sent)
+
+
+def migrate(session, server, parsed):
+    """The session's state on server: settings, and the prepared statements it had when the
+    journal began (those the journal parses itself excepted)."""
+    journal = session.journal
+    if session.pooled:
+        session_state.apply(server, session.settings, session.settings_key)
+        server.statements.clear()
+        for stmt in session.statements.by_name.values():
+            if stmt.server_name not in parsed:
+                server.sock.sendall(stmt.parse + codec.SYNC)
+                server._results()
+                server.statements.add(stmt.server_name)
+        for stmt in session.statements.sql.values():
+            if stmt.server_name not in parsed:
+                server.execute(stmt.parse)
+                server.statements.add(stmt.server_name)
+        for name in parsed:
+            server.statements.add(name)
+        return
+    snap = journal.snapshot
+    session_state.apply(server, snap.settings)
+    prepared.recreate(server, [row for row in snap.statements if row[0] not in parsed])
+
+
+def replay(session, server, sent):
+    """Send the journal again; check the answer against what the client got; return the rest."""
+    journal = session.journal
+    check = session.proxy.config.replay.checksum
+    server.sock.sendall(sent)
+    requests = sum(1 for t, _, _ in walk(sent) if t in (Q, S, F))
+    scanner = StreamScanner((READY,))
+    digest = type(journal.digest)(digest_size=16)
+    want, got, readies, status = journal.seen, 0, 0, m.TX_IDLE
+    tail = b""
+    while True:
+        if got >= want and readies >= min(journal.readies, requests):
+            break
+        data = server.sock.recv(1 << 16)
+        if not data:
+            raise BackendError(f"server {server.node.name} closed the connection during the replay")
+        for mtype, body, end in scanner.feed(data):
+            readies += 1
+            status = body
+            if got + end <= want and readies > journal.readies:
+                raise Mismatch("the replay after a failover answered differently (fewer results)")
+        take = min(len(data), want - got)
+        if take > 0:
+            digest.update(memoryview(data)[:take])
+            got += take
+        tail = data[take:] if take < len(data) else b""
+        if got >= want:
+            if check and digest.digest() != journal.digest.digest():
+                raise Mismatch("the transaction was interrupted by a failover and its replay on the new "
+                               "primary answered differently")
+            if tail or readies >= requests:
+                break
+        if readies >= requests and got < want:
+            raise Mismatch("the replay after a failover answered differently (a shorter answer)")
+    server.tx_status = status
+    # What the client sent while the replay ran went to the lost server: send it here too.
+    more = journal.sent()[len(sent):] if journal.size > len(sent) else b""
+    if journal.over:
+        raise Mismatch("the transaction outgrew replay.max_journal_bytes during its replay")
+    if more:
+        server.sock.sendall(more)
+    return tail
+
+
+def answer_committed(session, server, tail, already):
+    """The COMMIT in flight had committed: the new primary answers the same messages outside a
+    transaction (a COMMIT there says 'COMMIT' plus a 25P01 warning, dropped here); the client gets
+    what it does not have yet of that answer."""
+    server.sock.sendall(tail)
+    requests = sum(1 for t, _, _ in walk(tail) if t in (Q, S, F))
+    out, buf, readies = [], b"", 0
+    while readies < requests:
+        data = server.sock.recv(1 << 16)
+        if not data:
+            raise BackendError(f"server {server.node.name} closed the connection")
+        buf += data
+        pos = 0
+        for mtype, start, end in walk(buf):
+            if end > len(buf):
+                break
+            message = buf[start:end]
+            if not (mtype == NOTICE and b"C25P01\0" in message):
+                out.append(message)
+            if mtype == READY:
+                readies += 1
+                server.tx_status = message[5:6]
+            pos = end
+        buf = buf[pos:]
+    return b"".join(out)[already:]
+
+
+def committed(server, xid):
+    """Whether transaction xid committed, asked of the (new) primary."""
+    try:
+        rows = server.execute(f"SELECT pg_catalog.txid_status({int(xid)})")
+    except BackendError as e:
+        if server.broken:
+            raise
+        log.info("txid_status(%s): %s", xid, e.message)  # e.g. in the future: it never got there
+        return False
+    return rows[0][0] == "committed"
+
+
+def in_flight(journal, sent):
+    """Offset in sent of the first request not answered yet (each Query/Sync/FunctionCall gets
+    one ReadyForQuery; journal.readies of them came)."""
+    left = journal.readies
+    for mtype, start, end in walk(sent):
+        if left == 0:
+            return start
+        if mtype in (Q, S, F):
+            left -= 1
+    return len(sent)
+
+
+def statement_name(sent, start, end):
+    return codec.read_cstr(sent[start + 5:end], 0)[0]
+
+
+def writes(session, sent, start):
+    """Whether the requests from sent[start:] may write outside a transaction block (autocommit)."""
+    classifier = session.proxy.router.classifier
+    texts = statement_texts(session, sent)
+    unnamed = None
+    for mtype, s, e in walk(sent):
+        body = sent[s + 5:e]
+        if mtype == P:
+            name, pos = codec.read_cstr(body, 0)
+            text = codec.read_cstr(body, pos)[0]
+            if name == "":
+                unnamed = text
+        if s < start:
+            continue
+        if mtype == Q:
+            text = codec.read_cstr(body, 0)[0]
+        elif mtype == B:
+            portal, pos = codec.read_cstr(body, 0)
+            name = codec.read_cstr(body, pos)[0]
+            text = unnamed if name == "" else texts.get(name)
+        elif mtype == F:
+            return True
+        else:
+            continue
+        if text is None or not safe(classifier, text, session.database):
+            return True
+    return False
+
+
+def safe(classifier, text, database):
+    word = text.lstrip().split(None, 1)[0].lower().rstrip(";") if text.strip() else ""
+    if word in SAFE_WORDS and ";" not in text.strip().rstrip(";"):
+        return True
+    return classifier.classify(text, database) in (READ, BEGIN_READ_ONLY)
+
+
+def statement_texts(session, sent):
+    """Statement name (as the server knows it) -> text, from everything the proxy knows."""
+    texts = {}
+    if session.pooled:
+        for stmt in session.statements.by_name.values():
+            name, pos = codec.read_cstr(stmt.parse[5:], 0)
+            texts[stmt.server_name] = codec.read_cstr(stmt.parse[5:], pos)[0]
+    elif session.journal.snapshot is not None:
+        texts.update((row[0], row[1]) for row in session.journal.snapshot.statements)
+    for mtype, s, e in walk(sent):
+        if mtype == P:
+            name, pos = codec.read_cstr(sent[s + 5:e], 0)
+            texts[name] = codec.read_cstr(sent[s + 5:e], pos)[0]
+    return texts
+
+
+def switch(session, lease, pool, server):
+    """The lease goes on with server; the lost connection is closed."""
+    old_pool, old = lease.pool, lease.server
+    lease.pool, lease.server = pool, server
+    if not session.pooled:
+        session.pool = pool
+    journal = session.journal
+    journal.fatal = None
+    old_pool.release(old, reusable=False)
+
+
+def give_error(session, lease, stream, sqlstate, message):
+    """The transaction cannot go on: the client gets an error for its request in flight (and a
+    ReadyForQuery for every Query/Sync it is owed), on a new server whose transaction state is
+    what the client is told; True if that could be done."""
+    from ..server import relay
+    plan = session.plan
+    if not stream.scanner.at_boundary() or stream.held:
+        return False  # the client got half a message: only closing the connection is clean now
+    in_block = plan.status != m.TX_IDLE or lease.server.tx_status != m.TX_IDLE
+    journal = session.journal
+    sent = journal.sent()
+    try:
+        pool, server = session.acquire_primary()
+        try:
+            migrate(session, server, set())
+            if not session.pooled:  # statements the client parsed in this journal exist for it
+                for mtype, s, e in walk(sent):
+                    if mtype == P and statement_name(sent, s, e):
+                        server.sock.sendall(sent[s:e] + codec.SYNC)
+                        server._results()
+            status = m.TX_IDLE
+            if in_block and sqlstate == SERIALIZATION_FAILURE:  # the client is told its transaction failed
+                server.execute("BEGIN")
+                try:
+                    server.execute("DO $$BEGIN RAISE EXCEPTION USING ERRCODE = '40001', MESSAGE = "
+                                   + session_state.literal(message) + "; END$$")
+                except BackendError:
+                    pass
+                status = b"E"
+        except BaseException:
+            pool.release(server, reusable=False)
+            raise
+    except (ProxyError, OSError) as e:
+        log.warning("%r: no server to go on with after a failed replay: %s", session, e)
+        return False
+    if sqlstate == SERIALIZATION_FAILURE:
+        STATS.aborted += 1
+    # Owed nothing (idle in its transaction): the server's own 25P02 tells it at its next query.
+    out = (codec.error_response(sqlstate, message) + codec.ready_for_query(status) * plan.outstanding
+           if plan.outstanding or plan.in_extended else b"")
+    plan.entries.clear()
+    plan.outstanding, plan.in_extended, plan.skipping, plan.status = 0, False, False, status
+    if plan.completions is not None:
+        plan.completions.clear()
+    switch(session, lease, pool, server)
+    server.tx_status = status
+    journal.checkpoint()
+    log.warning("%r: %s (%s)", session, message, sqlstate)
+    relay.resume(session, lease, stream, b"", out)
+    return True
