@@ -149,6 +149,11 @@ class Forwarder:
                     plan.entries.append(entry)
                 self.count(mtype)
                 continue
+            if session.pending_error is not None and mtype in VALID:  # (a replay that failed, replay.py)
+                self.cut(begin, end)
+                error, session.pending_error = session.pending_error, None
+                self.refuse(mtype, error)
+                continue
             handler = handlers.get(mtype)
             if handler is None:
                 self.cut(begin, end)  # what came before it is answered before the FATAL

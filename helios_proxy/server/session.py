@@ -58,6 +58,7 @@ class ClientSession:
         self.pool = None              # its home pool (credentials; the primary's, or its database's host)
         self.lease = None             # pool/lease.py: the server connection lent to it now
         self.journal = None           # topology/journal.py, with [replay] enabled
+        self.pending_error = None     # an ErrorResponse its next request gets (a replay that failed)
         self.writer = Writer(sock)    # everything sent to the client, in order (sockets.py)
         self.callback_pump = None     # relay.CallbackPump, made at the first lease, reused
         self.secret = 0

@@ -411,9 +411,11 @@ def give_error(session, lease, stream, sqlstate, message):
         return False
     if sqlstate == SERIALIZATION_FAILURE:
         STATS.aborted += 1
-    # Owed nothing (idle in its transaction): the server's own 25P02 tells it at its next query.
-    out = (codec.error_response(sqlstate, message) + codec.ready_for_query(status) * plan.outstanding
-           if plan.outstanding or plan.in_extended else b"")
+    error = codec.error_response(sqlstate, message)
+    if plan.outstanding or plan.in_extended:
+        out = error + codec.ready_for_query(status) * plan.outstanding
+    else:  # owed nothing (idle in its transaction): its next request gets the error
+        out, session.pending_error = b"", error
     plan.entries.clear()
     plan.outstanding, plan.in_extended, plan.skipping, plan.status = 0, False, False, status
     if plan.completions is not None:

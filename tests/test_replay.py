@@ -1,0 +1,174 @@
+"""Transaction replay across a failover ([replay], topology/journal.py + replay.py) on a real primary +
+sync standby1 + async standby2 (tests/fix_ha.py): kill -9 of the primary's postmaster in the middle
+of transactions costs the clients nothing, loses nothing and duplicates nothing; what cannot be
+replayed exactly gets 40001 (or the old connection error), never wrong data."""
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import psycopg2
+import pytest
+
+from tests.fix_ha import query
+from tests.test_ha import start_ha_proxy, wait_for
+
+REPLAY = {"enabled": True}
+# pgbench's TPC-B with a short sleep inside, so that at the kill most clients are inside a transaction
+TPCB = ("\\set aid random(1, 100000)\n\\set bid random(1, 1)\n\\set tid random(1, 10)\n"
+        "\\set delta random(-5000, 5000)\nBEGIN;\n"
+        "UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;\n"
+        "SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\nSELECT pg_sleep(0.02);\n"
+        "UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;\n"
+        "UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;\n"
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, "
+        "CURRENT_TIMESTAMP);\nEND;\n")
+
+
+def kill_primary(cluster):
+    """kill -9 of the primary's postmaster (its backends notice and end on their own)."""
+    with open(os.path.join(cluster.datadir(0), "postmaster.pid")) as f:
+        os.kill(int(f.readline()), signal.SIGKILL)
+
+
+def lost(proxy):
+    """Until the proxy lost its connection, the dying backend may still answer a client's query."""
+    wait_for(lambda: "server primary lost" in proxy.output(), 10, "the proxy to lose its server connection")
+
+
+def new_primary(proxy):
+    wait_for(lambda: proxy.api("GET", "/topology")[1]["primary"] not in (None, "primary"), 30, "a new primary")
+    name = proxy.api("GET", "/topology")[1]["primary"]
+    return name, {"standby1": 1, "standby2": 2}[name]
+
+
+@pytest.mark.parametrize("mode,protocol,clients", [("transaction", "simple", 6), ("session", "prepared", 4)])
+def test_pgbench_through_a_primary_kill_has_no_failed_client_and_loses_nothing(
+        start_proxy, ha_cluster, tmp_path, mode, protocol, clients):
+    subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", str(ha_cluster.ports[0]), "-U", "postgres", "-i", "-s",
+                    "1", "-q", "postgres"], check=True, capture_output=True, timeout=120)
+    script = tmp_path / "tpcb.sql"
+    script.write_text(TPCB)
+    proxy = start_ha_proxy(start_proxy, ha_cluster, mode=mode, replay=REPLAY)
+    bench = subprocess.Popen(["pgbench", "-h", "127.0.0.1", "-p", str(proxy.port), "-U", "postgres", "-n",
+                              "-c", str(clients), "-j", "2", "-T", "8", "--max-tries=3", "-M", protocol,
+                              "-f", str(script), "postgres"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    time.sleep(3)
+    kill_primary(ha_cluster)
+    out, _ = bench.communicate(timeout=120)
+    assert bench.returncode == 0 and "number of failed transactions: 0" in out, out[-1500:]
+    processed = int(out.split("number of transactions actually processed: ")[1].split()[0])
+    _, new = new_primary(proxy)
+    stored = query(ha_cluster.ports[new], "SELECT count(*) FROM pgbench_history")[0][0]
+    assert processed > 50 and stored == processed, (processed, stored)  # nothing lost, nothing twice
+    status, stats = proxy.api("GET", "/replay")
+    assert stats["replayed"] + stats["in_doubt_committed"] >= 1, stats  # the kill caught transactions
+    assert "Traceback" not in proxy.output()
+
+
+def test_a_session_keeps_its_settings_statements_and_cursor_position(start_proxy, ha_cluster):
+    """Session pooling: a client holding a SET, a prepared statement and a cursor 3,000 rows into
+    10,000 inside an open transaction goes on after the failover where it was."""
+    import psycopg
+    proxy = start_ha_proxy(start_proxy, ha_cluster, mode="session", replay=REPLAY)
+    conn = psycopg.connect(proxy.dsn(), prepare_threshold=0)
+    conn.execute("set application_name = 'migrated'")
+    conn.execute("select %s::int + 1", (1,))  # a protocol-level prepared statement (psycopg's _pg3_0)
+    conn.commit()
+    cur = conn.cursor()
+    cur.execute("declare c cursor for select g from generate_series(1, 10000) g")
+    got = []
+    for _ in range(30):
+        got += [r[0] for r in cur.execute("fetch 100 from c").fetchall()]
+    kill_primary(ha_cluster)
+    _, new = new_primary(proxy)
+    while True:
+        rows = cur.execute("fetch 1000 from c").fetchall()
+        if not rows:
+            break
+        got += [r[0] for r in rows]
+    assert got == list(range(1, 10001))
+    conn.commit()
+    assert conn.execute("select current_setting('application_name'), inet_server_port()").fetchone() == \
+        ("migrated", ha_cluster.ports[new])
+    assert conn.execute("select %s::int + 1", (41,)).fetchone() == (42,)
+    conn.close()
+
+
+def test_a_transaction_whose_replay_answers_differently_gets_40001(start_proxy, ha_cluster):
+    """now() on the new primary is not what the client saw: serialization failure, the client is
+    in a failed transaction (as after any error), and the connection goes on there."""
+    proxy = start_ha_proxy(start_proxy, ha_cluster, replay=REPLAY)
+    conn = proxy.connect()
+    conn.autocommit = False
+    cur = conn.cursor()
+    cur.execute("select now()")
+    kill_primary(ha_cluster)
+    new_primary(proxy)  # (until its backend noticed, the dead postmaster's backend would still answer)
+    with pytest.raises(psycopg2.errors.SerializationFailure):
+        cur.execute("select 1")
+    with pytest.raises(psycopg2.errors.InFailedSqlTransaction):  # (the 40001 came in its place)
+        cur.execute("select 1")
+    conn.rollback()
+    cur.execute("select pg_is_in_recovery()")
+    assert cur.fetchone() == (False,)
+    conn.commit()
+    assert proxy.api("GET", "/replay")[1]["aborted"] == 1
+
+
+def test_a_transaction_over_the_journal_limit_gets_the_old_error(start_proxy, ha_cluster):
+    proxy = start_ha_proxy(start_proxy, ha_cluster, replay={"enabled": True, "max_journal_bytes": 200})
+    conn = proxy.connect()
+    conn.autocommit = False
+    cur = conn.cursor()
+    cur.execute("select %s::text", ("x" * 500,))
+    kill_primary(ha_cluster)
+    lost(proxy)
+    with pytest.raises(psycopg2.OperationalError):
+        cur.execute("select 1")
+    stats = proxy.api("GET", "/replay")[1]
+    assert stats["over_limit"] == 1 and stats["not_replayable"] == 1 and stats["replayed"] == 0
+
+
+def test_a_commit_in_doubt_is_looked_up_never_run_twice(start_proxy, ha_cluster):
+    """A COMMIT waiting for the synchronous standby when the primary dies: whether it committed
+    is asked of the new primary (txid_status); the client gets COMMIT, and the row is there once."""
+    proxy = start_ha_proxy(start_proxy, ha_cluster, replay=REPLAY)
+    conn = proxy.connect()
+    conn.autocommit = False
+    cur = conn.cursor()
+    cur.execute("insert into ha_rows (id) values (42)")
+    receiver = query(ha_cluster.ports[1], "select pid from pg_stat_wal_receiver")[0][0]
+    os.kill(receiver, signal.SIGSTOP)  # the COMMIT waits for standby1 (synchronous_standby_names)
+    try:
+        done = []
+        t = threading.Thread(target=lambda: done.append(conn.commit()))
+        t.start()
+        time.sleep(1)
+        assert t.is_alive()  # in flight
+        kill_primary(ha_cluster)
+        lost(proxy)  # (until then the dead postmaster's backend could still hear standby1's ack)
+    finally:
+        os.kill(receiver, signal.SIGCONT)  # whether the commit record reaches standby1 now is chance
+    name, new = new_primary(proxy)
+    t.join(60)
+    assert done == [None]  # the client's COMMIT succeeded
+    assert query(ha_cluster.ports[new], "select count(*) from ha_rows where id = 42") == [(1,)]
+    stats = proxy.api("GET", "/replay")[1]
+    assert stats["in_doubt_committed"] + stats["in_doubt_replayed"] == 1, stats
+
+
+def test_a_backend_ended_on_a_live_primary_is_not_replayed(start_proxy, ha_cluster):
+    """pg_terminate_backend is not a failover: the client gets the server's error, as without replay."""
+    proxy = start_ha_proxy(start_proxy, ha_cluster, mode="session", replay=REPLAY)
+    conn = proxy.connect()
+    cur = conn.cursor()
+    cur.execute("select pg_backend_pid()")
+    pid = cur.fetchone()[0]
+    query(ha_cluster.ports[0], f"select pg_terminate_backend({pid})")
+    lost(proxy)
+    with pytest.raises(psycopg2.OperationalError):
+        cur.execute("select 1")
+    assert proxy.api("GET", "/replay")[1]["replayed"] == 0
