@@ -24,7 +24,8 @@ from ..pool.lease import Lease, ends_here
 from ..backend.statements import invalidate_all
 from ..pool.prepared import ClientStatements
 from ..pool.reset import reset_for_reuse
-from ..topology.journal import Journal, Snapshot
+from ..topology.journal import Journal
+from ..topology.session_migrate import Snapshot, capture
 from ..protocol import codec, messages as m
 from ..sockets import Writer, in_hub
 from . import admin_db, handshake, relay
@@ -410,13 +411,14 @@ class ClientSession:
         self.detach()  # from here its next message takes a new lease, after idle_lease is set
         try:
             lease.stop_pump(block=True)
-            if int(server.execute(session_state.STATEFUL)[0][0]):  # state that cannot move: it stays
-                self.lease = lease                                 # (and is ended if it must go)
+            state = capture(server)  # (topology/session_migrate.py)
+            if state.stateful:  # state that cannot move: it stays (and is ended if it must go)
+                self.lease = lease
                 lease.pump = relay.start(self, lease)
                 return False
-            self.settings = session_state.capture(server)
+            self.settings = state.settings
             self.settings_checked = True
-            self.restore = [row for row in server.execute(prepared.SAVED_STATEMENTS) or ()]
+            self.restore = state.statements
             lease.pool.release(server, reset_for_reuse(
                 server, self.proxy.config.pool.reset_query, in_flight=False, full_reset=True))
             return True

@@ -43,16 +43,6 @@ STATS = Stats()
 JOURNALS = set()  # every live session's journal (journal bytes for /replay)
 
 
-class Snapshot:
-    """A session-mode session's state as of a journal's start: re-created before the replay."""
-    __slots__ = ("settings", "statements", "stateful")
-
-    def __init__(self, settings, statements=(), stateful=0):
-        self.settings = settings          # {name: value}, as session_state.apply takes them
-        self.statements = list(statements)  # rows of prepared.SAVED_STATEMENTS
-        self.stateful = stateful          # temp tables, LISTEN, WITH HOLD cursors, advisory locks
-
-
 class Journal:
     __slots__ = ("limit", "chunks", "size", "over", "digest", "seen", "at", "readies", "ready_seen",
                  "fatal", "xid", "commit_from", "snapshot", "changed", "needs_snapshot", "commit_names",

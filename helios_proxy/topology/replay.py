@@ -26,11 +26,12 @@ import time
 import gevent
 
 from ..errors import BackendError, ProxyError, node_unreachable
-from ..pool import prepared, session_state
+from ..pool import session_state
 from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner
 from ..routing.classify import BEGIN_READ_ONLY, READ
-from .journal import STATS, UNKNOWN, Snapshot
+from . import session_migrate
+from .journal import STATS, UNKNOWN
 
 log = logging.getLogger(__name__)
 SERIALIZATION_FAILURE = "40001"
@@ -85,16 +86,12 @@ def learn_xid(session):
 
 def snapshot(session):
     """Session pooling: read the session's state from its server now (it is idle, nothing owed),
-    as of the journal that starts here."""
+    as of the journal that starts here (topology/session_migrate.py)."""
     from ..server import relay
     lease = session.lease
-    server = lease.server
     lease.stop_pump(block=True)
     try:
-        settings = session_state.capture(server)
-        statements = [tuple(r) for r in server.execute(prepared.SAVED_STATEMENTS) or ()]
-        stateful = int(server.execute(session_state.STATEFUL)[0][0])
-        session.journal.snapshot = Snapshot(settings, statements, stateful)
+        session.journal.snapshot = session_migrate.capture(lease.server)
         session.journal.needs_snapshot = False
     except (BackendError, OSError) as e:
         log.info("%r: reading its session state failed (%s)", session, e)
@@ -169,7 +166,7 @@ def rerun(session, lease, server):
     journal = session.journal
     sent = journal.sent()
     parsed = {statement_name(sent, s, e) for t, s, e in walk(sent) if t == P} - {""}
-    migrate(session, server, parsed)
+    session_migrate.restore(session, server, None if session.pooled else journal.snapshot, parsed)
     start = in_flight(journal, sent)
     commit_answered = journal.commit_from is not None and journal.commit_from < start
     if journal.commit_from is not None and not commit_answered:
@@ -186,30 +183,6 @@ def rerun(session, lease, server):
         raise InDoubt("the connection to the primary was lost while a write outside a transaction block "
                       "was in flight; whether it committed cannot be known")
     return replay(session, server, sent)
-
-
-def migrate(session, server, parsed):
-    """The session's state on server: settings, and the prepared statements it had when the
-    journal began (those the journal parses itself excepted)."""
-    journal = session.journal
-    if session.pooled:
-        session_state.apply(server, session.settings, session.settings_key)
-        server.statements.clear()
-        for stmt in session.statements.by_name.values():
-            if stmt.server_name not in parsed:
-                server.sock.sendall(stmt.parse + codec.SYNC)
-                server._results()
-                server.statements.add(stmt.server_name)
-        for stmt in session.statements.sql.values():
-            if stmt.server_name not in parsed:
-                server.execute(stmt.parse)
-                server.statements.add(stmt.server_name)
-        for name in parsed:
-            server.statements.add(name)
-        return
-    snap = journal.snapshot
-    session_state.apply(server, snap.settings)
-    prepared.recreate(server, [row for row in snap.statements if row[0] not in parsed])
 
 
 def replay(session, server, sent):
@@ -388,7 +361,7 @@ def give_error(session, lease, stream, sqlstate, message):
     try:
         pool, server = session.acquire_primary()
         try:
-            migrate(session, server, set())
+            session_migrate.restore(session, server, None if session.pooled else journal.snapshot)
             if not session.pooled:  # statements the client parsed in this journal exist for it
                 for mtype, s, e in walk(sent):
                     if mtype == P and statement_name(sent, s, e):
