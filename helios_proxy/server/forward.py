@@ -21,7 +21,6 @@ from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
 from ..sockets import recv, recv_later
 from ..topology import replay
-from ..topology.journal import UNKNOWN
 from . import plan as p, statements
 
 Q, P, S, X, F, B, D, C = (t[0] for t in (m.QUERY, m.PARSE, m.SYNC, m.TERMINATE, m.FUNCTION_CALL, m.BIND,
@@ -308,11 +307,10 @@ class Forwarder:
 
     # --- the transaction journal (replay on) -----------------------------------------------------
     def before_commit(self, begin, how):
-        """A COMMIT goes out next: learn the transaction's xid first (one round trip), so that a
-        COMMIT in flight when the primary fails can be looked up instead of guessed."""
+        """A COMMIT goes out next: the transaction's xid is asked first, in the same flight
+        (replay.ask_xid), so that a COMMIT in flight when the primary fails can be looked up."""
         self.cut(begin, begin)
-        session = self.session
-        session.journal.commit_next(replay.learn_xid(session) if how == "lone" else UNKNOWN)
+        replay.ask_xid(self.session, how)
 
     def journal_parse(self, begin, end, commit):
         """A Parse: a named one changes the session's state (session pooling), a COMMIT's name is

@@ -11,14 +11,15 @@ from collections import deque
 
 from ..protocol import codec, messages as m
 
-QUERY, SYNC, ONE, DESCRIBE_STATEMENT, DESCRIBE_PORTAL, EXECUTE, FAKE = range(7)
+QUERY, SYNC, ONE, DESCRIBE_STATEMENT, DESCRIBE_PORTAL, EXECUTE, FAKE, HIDDEN = range(8)
 # Request message type -> entry kind (Describe is decided by its first byte).
 KIND = {ord("Q"): QUERY, ord("F"): QUERY, ord("S"): SYNC, ord("P"): ONE, ord("B"): ONE, ord("C"): ONE,
         ord("E"): EXECUTE}
 ENDS = {ONE: frozenset(b"123"), DESCRIBE_STATEMENT: frozenset(b"Tn"), DESCRIBE_PORTAL: frozenset(b"Tn"),
         EXECUTE: frozenset(b"CIs"), SYNC: frozenset(b"Z"), QUERY: frozenset(b"Z")}
 ASYNC = frozenset(b"NAS")  # NoticeResponse, NotificationResponse, ParameterStatus: anywhere
-ERROR, READY = ord("E"), ord("Z")
+ERROR, READY, DATA_ROW = ord("E"), ord("Z"), ord("D")
+HIDE = 2  # on_message's drop for the answer to the proxy's own Query (truthy; told from other drops)
 READY_NOW = object()  # in a FAKE payload list: a ReadyForQuery with the status of that moment
 AS_IS = (False, b"")  # on_message's usual answer: forward the message, add nothing
 
@@ -43,7 +44,8 @@ class ResponsePlan:
     """Everything the server still owes the client, in one place: the entries, the ReadyForQuery
     count, an unsynced extended batch, and (plugins' on_query_complete) the query of each
     ReadyForQuery to come."""
-    __slots__ = ("entries", "skipping", "status", "outstanding", "in_extended", "completions", "pending_ctx")
+    __slots__ = ("entries", "skipping", "status", "outstanding", "in_extended", "completions", "pending_ctx",
+                 "hidden")
 
     def __init__(self, completions=False):
         self.entries = deque()
@@ -53,6 +55,7 @@ class ResponsePlan:
         self.in_extended = False  # extended-protocol messages sent since the last Sync
         self.completions = deque() if completions else None  # query context per ReadyForQuery to come
         self.pending_ctx = None   # the query whose Sync has not been sent yet
+        self.hidden = 0           # the proxy's own Queries not answered yet (their rows must be seen)
 
     def __bool__(self):
         return bool(self.entries)
@@ -80,6 +83,21 @@ class ResponsePlan:
     def expect(self, kind, drop=False, on_fail=None):
         self.entries.append(Entry(kind, drop, on_fail=on_fail) if drop or on_fail else PLAIN[kind])
 
+    def expect_hidden(self, on_row):
+        """The proxy sends a Query of its own: its whole answer is cut out of the client's stream,
+        on_row(DataRow body) gets its row and on_row(None) an error."""
+        self.entries.append(Entry(HIDDEN, on_fail=on_row))
+        self.outstanding += 1
+        self.hidden += 1
+
+    def forget_hidden(self):
+        """The server that owed hidden answers is gone (topology/replay.py)."""
+        kept = [e for e in self.entries if e.kind != HIDDEN]
+        self.outstanding -= len(self.entries) - len(kept)
+        self.entries.clear()
+        self.entries.extend(kept)
+        self.hidden = 0
+
     def fake(self, *payload):
         """Queue a proxy answer; returns it at once (bytes) when nothing is pending before it."""
         if not self.entries:
@@ -98,6 +116,8 @@ class ResponsePlan:
                 self.status = body
             return AS_IS
         head = entries[0]
+        if head.kind == HIDDEN:
+            return self._hidden(head, mtype, body)
         if mtype == READY:
             self.status = body
             if self.skipping:
@@ -120,6 +140,15 @@ class ResponsePlan:
         if not head.drop and (not entries or entries[0].kind != FAKE):
             return AS_IS
         return head.drop, self._fakes()
+
+    def _hidden(self, head, mtype, body):
+        if mtype == DATA_ROW or mtype == ERROR:
+            head.on_fail(body if mtype == DATA_ROW else None)
+        elif mtype == READY:
+            self.entries.popleft()
+            self.hidden -= 1
+            return HIDE, self._fakes()
+        return HIDE, b""
 
     def _skip_to_sync(self):
         """The server skipped every entry up to the Sync whose ReadyForQuery just came; returns

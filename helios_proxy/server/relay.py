@@ -28,6 +28,7 @@ from ..pool.lease import ends_here
 from ..backend.statements import invalidate, stale_plan
 from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner
+from .plan import HIDE
 from ..topology import replay
 from ..sockets import call_soon, plain, recv, recv_now, wake_when_readable
 
@@ -37,6 +38,7 @@ COMPLETE = m.COMMAND_COMPLETE[0]
 FATAL = b"SFATAL\0"  # an ErrorResponse body that begins with severity FATAL
 # Every message but DataRow and CopyData (the bulk of the bytes) is seen whole by the plan.
 WANTS = frozenset(range(256)) - {m.DATA_ROW[0], m.COPY_DATA[0]}
+EVERYTHING = frozenset(range(256))  # while the proxy's own Query is answered
 
 
 class ServerStream:
@@ -59,6 +61,10 @@ class ServerStream:
         """(bytes for the client, does the lease end here?, answers complete [(ctx, tag, error)])."""
         session, server, plan = self.session, self.server, self.session.plan
         completions, on_message, journal = plan.completions, plan.on_message, session.journal
+        if plan.hidden:  # the proxy's own Query is answered: its row must be seen (plan.py)
+            self.scanner.wanted = EVERYTHING
+        elif self.scanner.wanted is EVERYTHING:
+            self.scanner.wanted = WANTS
         found = self.scanner.feed(data)
         if journal is not None:
             journal.chunk()
@@ -74,6 +80,17 @@ class ServerStream:
                 sent = end + shift
                 continue
             drop, extra = on_message(mtype, body)
+            if drop is HIDE:  # not the client's, not in the journal: nor in its checksum
+                cut = end + shift
+                if journal is not None:
+                    journal.skip(data, cut - 5 - len(body), cut)
+                out.append(data[sent:cut - 5 - len(body)])
+                out.append(extra)
+                sent = cut
+                if mtype == READY:
+                    server.tx_status = body
+                    plan.outstanding -= 1
+                continue
             if drop or extra:  # edit the stream: cut this message out, or add after it
                 cut = end + shift
                 out.append(data[sent:cut - 5 - len(body) if drop else cut])

@@ -10,7 +10,7 @@ the same bytes to a new server and checking that the first `seen` bytes of its a
 same checksum; the bytes after them continue the client's stream where it stopped.
 
 Besides, for the commit in doubt: the transaction's xid, learned just before a COMMIT is sent
-(replay.learn_xid), and in session pooling a snapshot of the session's state (settings, prepared
+(replay.ask_xid), and in session pooling a snapshot of the session's state (settings, prepared
 statements) as of the journal's start, for session migrate.
 
 Only sessions of a proxy with [replay] enabled have a journal; without one nothing here runs.
@@ -86,8 +86,17 @@ class Journal:
         self.size = size
 
     def commit_next(self, xid):
-        """The next bytes recorded are a COMMIT; xid: its transaction's (None: it has none; UNKNOWN)."""
+        """The next bytes recorded are a COMMIT; xid: its transaction's (None: it has none; UNKNOWN:
+        not known, or not yet: replay.ask_xid's answer sets it)."""
         self.xid, self.commit_from = xid, self.size
+
+    def xid_row(self, row):
+        """The DataRow (or None: an error) answering txid_current_if_assigned(), asked before a COMMIT."""
+        if row is None:  # a failed transaction: its COMMIT is a rollback, nothing can commit
+            self.xid = None
+            return
+        size = int.from_bytes(row[2:6], "big", signed=True)
+        self.xid = None if size < 0 else int(row[6:6 + size])
 
     def sent(self):
         return b"".join(self.chunks)
@@ -114,6 +123,12 @@ class Journal:
             self._hash(data, start)
             self.at = None
         self.fatal = message
+
+    def skip(self, data, start, end):
+        """data[start:end] is the answer to the proxy's own Query: not in the checksum."""
+        if self.at is not None:
+            self._hash(data, start)
+            self.at = end
 
     def chunk_end(self, data, stop):
         if self.at is not None:

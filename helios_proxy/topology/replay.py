@@ -7,7 +7,7 @@ waits in the switchover buffer for a confirmed primary, opens a connection there
 session's state (pool/session_state.py settings, prepared statements: the code transaction
 pooling uses at every lease), then:
 
-- a COMMIT in flight is in doubt: its xid (learned by `learn_xid` just before it went out) is
+- a COMMIT in flight is in doubt: its xid (asked by `ask_xid` in the same flight, just before it) is
   looked up with txid_status() on the new primary. Committed: the COMMIT is answered as the new
   primary answers a COMMIT outside a transaction (minus its 25P01 warning); otherwise the
   transaction is re-run. Without a known xid (a COMMIT pipelined behind other requests, an
@@ -41,7 +41,7 @@ READY, NOTICE = ord("Z"), ord("N")
 SAFE_WORDS = frozenset(("begin", "start", "rollback", "abort", "set", "reset", "show", "fetch", "move", "close",
                         "declare", "savepoint", "release", "prepare", "deallocate", "discard", "listen", "unlisten"))
 COMMIT_WORDS = frozenset(("commit", "end"))
-XID = "SELECT pg_catalog.txid_current_if_assigned()"
+XID_QUERY = codec.query("SELECT pg_catalog.txid_current_if_assigned()")
 
 
 class Mismatch(Exception):
@@ -62,26 +62,24 @@ def walk(data):
 
 
 # --- before a COMMIT goes out -----------------------------------------------------------------------
-def learn_xid(session):
-    """The open transaction's xid (None: it has none, nothing to commit), asked of the server just
-    before the client's COMMIT goes there; UNKNOWN when it cannot be asked now (answers owed)."""
-    from ..server import relay
-    lease = session.lease
-    server = lease.server
-    if session.plan.owes() or server.tx_status == m.TX_IDLE:
-        return UNKNOWN if session.plan.owes() else None
-    lease.stop_pump(block=True)
+def ask_xid(session, how):
+    """A COMMIT goes out next (how: "lone", or "mixed" among other statements): ask the server for
+    the transaction's xid first, in the same flight (its answer is cut out of the client's stream,
+    plan.py HIDDEN, and sets journal.xid), so that the COMMIT, if in flight when the primary dies,
+    can be looked up instead of guessed. It stays UNKNOWN for a mixed one and when answers are
+    owed (it could not be asked in order); None without a transaction (nothing to commit)."""
+    plan, server, journal = session.plan, session.server, session.journal
+    journal.commit_next(UNKNOWN)
+    if how != "lone" or plan.owes():
+        return
+    if server.tx_status == m.TX_IDLE:
+        journal.xid = None
+        return
+    plan.expect_hidden(journal.xid_row)
     try:
-        value = server.execute(XID)[0][0]
-        return int(value) if value is not None else None
-    except BackendError as e:
-        if server.broken or node_unreachable(e):
-            return UNKNOWN
-        return None  # a failed transaction: its COMMIT is a rollback
-    except OSError:
-        return UNKNOWN
-    finally:
-        lease.pump = relay.start(session, lease)
+        server.send(XID_QUERY)
+    except BackendError:
+        pass  # the server is gone: its pump sees it (the COMMIT was never run there)
 
 
 def snapshot(session):
@@ -164,6 +162,7 @@ def rerun(session, lease, server):
     """Re-create the session on server and re-run its journal; the bytes of the answer beyond what
     the client already has. Raises Mismatch, InDoubt, BackendError/OSError (try again)."""
     journal = session.journal
+    session.plan.forget_hidden()  # (the lost server owed them)
     sent = journal.sent()
     parsed = {statement_name(sent, s, e) for t, s, e in walk(sent) if t == P} - {""}
     session_migrate.restore(session, server, None if session.pooled else journal.snapshot, parsed)
@@ -390,6 +389,7 @@ def give_error(session, lease, stream, sqlstate, message):
     else:  # owed nothing (idle in its transaction): its next request gets the error
         out, session.pending_error = b"", error
     plan.entries.clear()
+    plan.hidden = 0
     plan.outstanding, plan.in_extended, plan.skipping, plan.status = 0, False, False, status
     if plan.completions is not None:
         plan.completions.clear()

@@ -78,3 +78,38 @@ def test_the_journal_checksums_what_the_client_got_since_the_last_idle_ready_for
     assert journal.seen == len(FIRST) and journal.readies == 1
     assert journal.ready_seen == FIRST.index(b"Z") + 6
     assert journal.digest.digest() == hashlib.blake2b(FIRST, digest_size=16).digest()
+
+
+XID_ANSWER = (codec.message(m.ROW_DESCRIPTION, b"\0\1xid\0" + b"\0" * 18)
+              + codec.message(m.DATA_ROW, b"\0\1\0\0\0\x03742") + codec.message(m.COMMAND_COMPLETE, codec.cstr("SELECT 1"))
+              + codec.ready_for_query(b"T"))
+COMMIT = codec.message(m.COMMAND_COMPLETE, codec.cstr("COMMIT")) + codec.ready_for_query(b"I")
+
+
+@pytest.mark.parametrize("step", [1, 4, 9, 1000])
+def test_the_proxys_own_xid_query_is_cut_out_of_the_stream_and_of_the_checksum(step):
+    """replay.ask_xid: the answer to txid_current_if_assigned() sent before a COMMIT sets the
+    journal's xid and is neither the client's nor part of what a replay compares."""
+    from helios_proxy.topology.journal import Journal
+    journal = Journal(1 << 20)
+    session, server = fake_session("transaction", journal), fake_server()
+    session.plan.expect(p.QUERY)
+    stream, out = ServerStream(session, server), b""
+    for i in range(0, len(FIRST[:FIRST.index(b"D")]), step):  # BEGIN's answer
+        out += stream.feed(FIRST[i:min(i + step, FIRST.index(b"D"))])[0]
+    session.plan.expect_hidden(journal.xid_row)
+    session.plan.sent(ord("Q"))
+    session.plan.expect(p.QUERY)
+    seen, ends = journal.seen, []
+    for wire in (XID_ANSWER, COMMIT):
+        for i in range(0, len(wire), step):
+            data, release, _ = stream.feed(wire[i:i + step])
+            out += data
+            ends.append(release)
+        if wire is XID_ANSWER:
+            assert journal.xid == 742 and journal.seen == seen and journal.readies == 1
+            assert session.plan.hidden == 0 and session.plan.outstanding == 1
+    journal.close()
+    assert out == FIRST[:FIRST.index(b"D")] + COMMIT
+    assert ends[-1] and not any(ends[:-1])  # the lease ends at the COMMIT's ReadyForQuery only
+    assert journal.seen == 0 and journal.xid is None  # a clean checkpoint after the COMMIT
