@@ -4,6 +4,7 @@ import pytest
 
 from helios_proxy import pipeline
 from helios_proxy.config import load
+from helios_proxy.pipeline.stages.journal import Journal
 from helios_proxy.pipeline.stages.pooling_guard import PoolingGuard
 from helios_proxy.pipeline.stages.sql_prepare import SqlPreparedStatements
 
@@ -14,9 +15,12 @@ NODE = {"name": "p", "port": 5432}
 
 
 def test_disabled_stage_is_not_built():
-    assert pipeline.build(load({"nodes": [NODE]}, environ={})) == ()
-    stages = pipeline.build(load({"nodes": [NODE], "pool": {"mode": "transaction"}}, environ={}))
+    off = {"replay": {"enabled": False}}
+    assert pipeline.build(load({"nodes": [NODE], **off}, environ={})) == ()
+    stages = pipeline.build(load({"nodes": [NODE], "pool": {"mode": "transaction"}, **off}, environ={}))
     assert [type(s) for s in stages] == [PoolingGuard, SqlPreparedStatements]
+    stages = pipeline.build(load({"nodes": [NODE]}, environ={}))  # transaction replay is on by default
+    assert [type(s) for s in stages] == [Journal]
 
 
 def test_rewrite_then_reject_in_order():

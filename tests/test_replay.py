@@ -32,6 +32,13 @@ def kill_primary(cluster):
         os.kill(int(f.readline()), signal.SIGKILL)
 
 
+def _try(fn):
+    try:
+        return fn()
+    except subprocess.CalledProcessError:
+        return False
+
+
 def lost(proxy):
     """Until the proxy lost its connection, the dying backend may still answer a client's query."""
     wait_for(lambda: "server primary lost" in proxy.output(), 10, "the proxy to lose its server connection")
@@ -172,3 +179,69 @@ def test_a_backend_ended_on_a_live_primary_is_not_replayed(start_proxy, ha_clust
     with pytest.raises(psycopg2.OperationalError):
         cur.execute("select 1")
     assert proxy.api("GET", "/replay")[1]["replayed"] == 0
+
+
+def test_a_session_with_a_temporary_table_is_not_moved(start_proxy, ha_cluster):
+    """Session pooling: state that cannot be re-created elsewhere (here a temporary table) makes
+    the session not replayable: the clean connection error, as without replay."""
+    proxy = start_ha_proxy(start_proxy, ha_cluster, mode="session", replay=REPLAY)
+    conn = proxy.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("create temporary table mine (x int)")
+    cur.execute("select 1")  # (its state is read back before this one)
+    conn.autocommit = False
+    cur.execute("insert into mine values (1)")
+    kill_primary(ha_cluster)
+    lost(proxy)
+    with pytest.raises(psycopg2.OperationalError):
+        cur.execute("select 1")
+    assert proxy.api("GET", "/replay")[1]["not_replayable"] == 1
+
+
+def test_a_replay_never_writes_to_the_old_primary_when_it_comes_back(start_proxy, ha_cluster):
+    """Split brain: the killed primary restarts as a primary after the failover; the replayed
+    transaction (and every later one) commits on the new primary only."""
+    proxy = start_ha_proxy(start_proxy, ha_cluster, replay=REPLAY)
+    conn = proxy.connect()
+    conn.autocommit = False
+    cur = conn.cursor()
+    cur.execute("insert into ha_rows (id) values (7)")
+    kill_primary(ha_cluster)
+    name, new = new_primary(proxy)
+    def restart():  # (once the dead postmaster's last children let go of its shared memory)
+        ha_cluster._run("pg_ctl", "-D", ha_cluster.datadir(0), "-l", ha_cluster.datadir(0) + ".log", "-w",
+                        "start", "-o", f"-p {ha_cluster.ports[0]} -k {ha_cluster.base}")
+        return True
+    wait_for(lambda: _try(restart), 30, "the old primary to start again")
+    wait_for(lambda: not query(ha_cluster.ports[0], "select pg_is_in_recovery()")[0][0], 30, "the old primary up")
+    time.sleep(1)  # its health probes see it again
+    cur.execute("insert into ha_rows (id) values (8)")
+    conn.commit()
+    assert query(ha_cluster.ports[new], "select id from ha_rows where id in (7, 8) order by id") == [(7,), (8,)]
+    assert query(ha_cluster.ports[0], "select count(*) from ha_rows where id in (7, 8)") == [(0,)]
+    assert proxy.api("GET", "/topology")[1]["primary"] == name
+
+
+def test_a_read_on_a_standby_that_dies_goes_on_on_the_primary(start_proxy, ha_cluster):
+    """A read in flight on a standby whose node goes down is run again on the primary."""
+    proxy = start_ha_proxy(start_proxy, ha_cluster, replay=REPLAY)
+    conn = proxy.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    result = []
+
+    def read():
+        try:
+            cur.execute("/*+ node=standby2 */ select pg_sleep(1.5), 42")
+            result.append(cur.fetchall())
+        except psycopg2.Error as e:
+            result.append(e)
+    t = threading.Thread(target=read)
+    t.start()
+    time.sleep(0.5)
+    ha_cluster._run("pg_ctl", "-D", ha_cluster.datadir(2), "-m", "immediate", "stop")
+    t.join(30)
+    assert result == [[("", 42)]], (result, proxy.output())
+    assert proxy.api("GET", "/replay")[1]["replayed"] == 1
+    assert "server standby2 lost" in proxy.output()

@@ -28,6 +28,7 @@ class ApiSession:
     pooled = False
     mode = "api"
     tls = False
+    journal = None  # (its statements run on connections of its own: nothing to replay)
 
     def __init__(self, proxy, user, database, peer):
         self.proxy, self.user, self.database, self.peer = proxy, user, database, peer

@@ -240,9 +240,10 @@ SETTINGS = (
     S("failover", "switchover_timeout", float, 10.0, "Planned switchover: seconds in-flight transactions "
       "get to finish, and the target to replay all WAL.", min=0, reloadable=True),
     # [replay]: transaction replay across a failover (topology/journal.py, topology/replay.py)
-    S("replay", "enabled", bool, False, "Journal each client's open transaction and, when its primary fails, "
+    S("replay", "enabled", bool, True, "Journal each client's open transaction and, when its primary fails, "
       "re-run it on the new primary and go on unnoticed (session settings and prepared statements move "
-      "too); results that differ abort it with 40001.", reloadable=True),
+      "too); results that differ abort it with 40001. Costs some CPU per query (docs/performance.md); "
+      "applies to sessions that log in after a change.", reloadable=True),
     S("replay", "max_journal_bytes", int, 1 << 20, "Most bytes of requests journaled per transaction; a "
       "larger transaction is not replayed (its client gets the connection error, as without replay).",
       min=0, reloadable=True),

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 READY, PARAMETER_STATUS, ERROR = m.READY_FOR_QUERY[0], m.PARAMETER_STATUS[0], m.ERROR_RESPONSE[0]
 COMPLETE = m.COMMAND_COMPLETE[0]
 FATAL = b"SFATAL\0"  # an ErrorResponse body that begins with severity FATAL
+NOTICE = m.NOTICE_RESPONSE[0]  # (with SQLSTATE 57P0x: a server's warning that it ends the connection)
 # Every message but DataRow and CopyData (the bulk of the bytes) is seen whole by the plan.
 WANTS = frozenset(range(256)) - {m.DATA_ROW[0], m.COPY_DATA[0]}
 EVERYTHING = frozenset(range(256))  # while the proxy's own Query is answered
@@ -73,7 +74,8 @@ class ServerStream:
             data, self.held = self.held + data, b""
         sent, out, release, answered = 0, [], False, []
         for mtype, body, end in found:
-            if journal is not None and mtype == ERROR and (body.startswith(FATAL) or b"\0VFATAL\0" in body):
+            if journal is not None and (mtype == ERROR and (body.startswith(FATAL) or b"\0VFATAL\0" in body)
+                                        or mtype == NOTICE and b"\0C57P0" in body):
                 at = end + shift - 5 - len(body)  # the server is going: held back, the replay decides
                 journal.fatal_error(data, at, data[at:end + shift])
                 out.append(data[sent:at])
@@ -170,7 +172,7 @@ class CallbackPump:
                 raise ConnectionResetError("server closed the connection")
             self.take(data)
         except Exception as e:  # a bug costs this session, never the loop
-            self.fail(failure(self.session, e))
+            self.fail(e)
 
     def take(self, data):
         """The server's bytes: to the client (and the lease ends where its pool mode says)."""
@@ -204,10 +206,10 @@ class CallbackPump:
                 self.writer.on_drained = None
             self.lease = self.server = None
 
-    def fail(self, why):
+    def fail(self, error):
         server, lease = self.server, self.lease
         self.stop()
-        JOBS.submit(lost, self.session, server, why, lease, self.stream)  # (it may wait: not from the loop)
+        JOBS.submit(lost, self.session, server, error, lease, self.stream)  # (it may wait: not from the loop)
 
 
 def start(session, lease):
@@ -233,7 +235,7 @@ def resume(session, lease, stream, first, out=b""):
             try:
                 pump.take(first)
             except Exception as e:
-                pump.fail(failure(session, e))
+                pump.fail(e)
         return
     lease.pump = GreenletPump(gevent.spawn(pump, session, lease, stream, first), GREENLETS)
 
@@ -267,7 +269,7 @@ def pump(session, lease, stream=None, first=b""):
                 report(session, server, *entry)
             return True  # the lease ended and the session let go of this pump
     except Exception as e:
-        lost(session, server, failure(session, e), lease, stream)
+        lost(session, server, e, lease, stream)
 
 
 class Parked:
@@ -360,12 +362,16 @@ def failure(session, e):
     return "internal error"
 
 
-def lost(session, server, why, lease=None, stream=None):
+def lost(session, server, error, lease=None, stream=None):
+    """Relaying the server's bytes failed (error): the connection is lost. Its session goes on on
+    another server if the connection itself broke and its journal allows (topology/replay.py),
+    else it ends with the connection error."""
+    why = failure(session, error)
     server.broken = True
     log.warning("%r: server %s lost: %s", session, server.node.name, why)
     session.proxy.router.suspect(server.node, why)  # the node may be down: the health checker looks now
     journal = session.journal
-    if journal is not None and lease is not None and lease is session.lease:
+    if journal is not None and isinstance(error, OSError) and lease is not None and lease is session.lease:
         if replay.recover(session, lease, stream):  # on a new server, as if nothing happened
             return
         if journal.fatal:  # what the server said before it went (held back for the replay)

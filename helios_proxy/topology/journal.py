@@ -118,11 +118,12 @@ class Journal:
         self.at = end
 
     def fatal_error(self, data, start, message):
-        """A FATAL from the server at data[start]: not the client's (yet); the stream ends here."""
+        """A FATAL (or a 57P0x warning: "terminating connection...") from the server at data[start]:
+        not the client's (yet); the stream ends here."""
         if self.at is not None:
             self._hash(data, start)
             self.at = None
-        self.fatal = message
+        self.fatal = message if self.fatal is None else self.fatal + message
 
     def skip(self, data, start, end):
         """data[start:end] is the answer to the proxy's own Query: not in the checksum."""

@@ -110,7 +110,7 @@ def recover(session, lease, stream):
         log.info("%r: not replayed: %s", session, why)
         return False
     old = lease.server
-    if node_alive(session, old):
+    if node_alive(session, old, lease.target):
         return False  # its backend ended (terminated, timed out), not its node: as before
     cfg = session.proxy.config.replay
     started = time.monotonic()
@@ -142,16 +142,17 @@ def recover(session, lease, stream):
     return False
 
 
-def node_alive(session, server):
-    """Whether the lost connection's node still serves as it did (a fresh connection to it works
-    and it is still a primary): then only its backend ended, and nothing is replayed."""
+def node_alive(session, server, target):
+    """Whether the lost connection's node still serves as it did (a fresh connection to it works,
+    and a primary is still one): then only its backend ended, and nothing is replayed. (A read on
+    a standby that died is replayed on the primary.)"""
     from ..backend.connection import ServerConnection
     config = session.proxy.config
     probe = ServerConnection(server.node, server.database, server.credentials, config)
     try:
         probe.connect(connect_timeout=min(2.0, config.pool.connect_timeout))
         in_recovery = probe.execute("SELECT pg_catalog.pg_is_in_recovery()")[0][0] == "t"
-        return not in_recovery
+        return target == "standby" or not in_recovery
     except (BackendError, OSError):
         return False
     finally:
@@ -177,7 +178,8 @@ def rerun(session, lease, server):
             STATS.in_doubt_committed += 1
             return answer_committed(session, server, sent[journal.commit_from:], journal.seen - journal.ready_seen)
         STATS.in_doubt_replayed += 1
-    elif (journal.readies == 0 or lease.server.tx_status == m.TX_IDLE) and writes(session, sent, start):
+    elif (lease.target == "primary" and (journal.readies == 0 or lease.server.tx_status == m.TX_IDLE)
+          and writes(session, sent, start)):
         STATS.unresolved += 1
         raise InDoubt("the connection to the primary was lost while a write outside a transaction block "
                       "was in flight; whether it committed cannot be known")
