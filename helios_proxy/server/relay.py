@@ -124,6 +124,8 @@ class ServerStream:
                 server.params[name] = value
                 # whatever statement caused it, a setting changed: capture them at lease end
                 session.settings_dirty = True
+                if journal is not None and not session.pooled:  # (and for a session migrate)
+                    journal.changed = True
             elif mtype == COMPLETE and completions is not None:
                 self.last_tag = body
         partial = self.scanner.partial()

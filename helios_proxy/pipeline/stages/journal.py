@@ -16,7 +16,7 @@ COMMITS = frozenset(("commit", "end"))
 # First words of statements that leave session state as it was (beyond the transaction).
 STATELESS = frozenset(("select", "insert", "update", "delete", "with", "values", "table", "begin", "start",
                        "commit", "end", "rollback", "abort", "savepoint", "release", "fetch", "move", "close",
-                       "show", "explain", "copy", "lock", "truncate", "merge", "declare", "call", "vacuum",
+                       "show", "explain", "copy", "lock", "truncate", "merge", "declare", "vacuum",
                        "analyze", "checkpoint", "notify"))
 STATEFUL_CALLS = re.compile(r"set_config|advisory_lock|pg_advisory|dblink_connect", re.I)
 MENTIONS_COMMIT = re.compile(r"\b(?:commit|end)\b", re.I)
