@@ -81,7 +81,7 @@ class Forwarder:
         self.sql_prepare = None    # (name, Statement): the Query being forwarded is a PREPARE (Decisions)
         self.sql_needs = ()        # Statements it EXECUTEs: prepared on the server first
         self.data, self.start = None, 0  # forward(): the buffer and the run not yet sent
-        self.commit = None         # the Query/Parse at hand is a COMMIT: "lone" or "mixed" (replay)
+        self.commit = None         # replay: the Query/Parse at hand is a COMMIT ("lone" or "mixed") or a lone write
         limit = session.proxy.config.pipeline.max_query_bytes
         self.max_query = limit + 6 if limit else 1 << 31  # message length with type, length word, NUL
 
@@ -193,7 +193,18 @@ class Forwarder:
         commit, self.commit = self.commit, None
         if not go_on or not self.leased(mtype, begin, end):
             return None
-        if commit:  # a COMMIT: the transaction's xid first, for a commit in doubt (replay)
+        if commit == "write" and replay.wrap_begin(self.session, self, begin):
+            # a lone write outside a transaction block: in a transaction of its own (replay.py)
+            self.session.plan.expect_ready_hidden()
+            self.count(Q)
+            if replacement is not None:
+                self.cut(begin, end)
+                self.send(replacement)
+            else:
+                self.cut(end, end)  # the run up to and with it goes out, then the xid and the COMMIT
+            replay.wrap_end(self.session)
+            return None
+        elif commit and commit != "write":  # a COMMIT: the transaction's xid first, for a commit in doubt
             self.before_commit(begin, commit)
         if self.sql_prepare is not None or self.sql_needs:  # PREPARE / EXECUTE in pooled modes
             self.cut(begin, end)
@@ -315,6 +326,7 @@ class Forwarder:
     def journal_parse(self, begin, end, commit):
         """A Parse: a named one changes the session's state (session pooling), a COMMIT's name is
         noted; an unnamed COMMIT is about to run: its xid first. False: no server for it."""
+        commit = commit if commit != "write" else None  # (lone writes are wrapped in the simple protocol only)
         journal = self.session.journal
         name = codec.read_cstr(self.data[begin + 5:end], 0)[0]
         if name:
@@ -506,6 +518,8 @@ class Forwarder:
             session.schema_changed = True
         if decided.commits is not None:
             self.commit = decided.commits
+        elif decided.autocommit_write:
+            self.commit = "write"
         if decided.state_changed:
             session.journal.changed = True
         self.sql_prepare, self.sql_needs = decided.sql_prepare, decided.sql_needs

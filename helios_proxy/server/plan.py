@@ -83,17 +83,23 @@ class ResponsePlan:
     def expect(self, kind, drop=False, on_fail=None):
         self.entries.append(Entry(kind, drop, on_fail=on_fail) if drop or on_fail else PLAIN[kind])
 
-    def expect_hidden(self, on_row):
-        """The proxy sends a Query of its own: its whole answer is cut out of the client's stream,
-        on_row(DataRow body) gets its row and on_row(None) an error."""
-        self.entries.append(Entry(HIDDEN, on_fail=on_row))
+    def expect_hidden(self, on_row=None, final=False):
+        """The proxy sends a Query of its own: its answer is cut out of the client's stream,
+        on_row(DataRow body) gets its row and on_row(None) an error. final: its ReadyForQuery is
+        the client's (the COMMIT closing an autocommit write the proxy wrapped, replay.py)."""
+        self.entries.append(Entry(HIDDEN, final, on_fail=on_row))
         self.outstanding += 1
         self.hidden += 1
 
+    def expect_ready_hidden(self):
+        """A client's Query whose ReadyForQuery is cut (a final hidden Query gives it later)."""
+        self.entries.append(Entry(QUERY, HIDE))
+
     def forget_hidden(self):
-        """The server that owed hidden answers is gone (topology/replay.py)."""
+        """The server that owed hidden answers is gone (topology/replay.py); a final one's
+        ReadyForQuery is still owed to the client."""
         kept = [e for e in self.entries if e.kind != HIDDEN]
-        self.outstanding -= len(self.entries) - len(kept)
+        self.outstanding -= sum(1 for e in self.entries if e.kind == HIDDEN and not e.drop)
         self.entries.clear()
         self.entries.extend(kept)
         self.hidden = 0
@@ -143,11 +149,14 @@ class ResponsePlan:
 
     def _hidden(self, head, mtype, body):
         if mtype == DATA_ROW or mtype == ERROR:
-            head.on_fail(body if mtype == DATA_ROW else None)
+            if head.on_fail is not None:
+                head.on_fail(body if mtype == DATA_ROW else None)
         elif mtype == READY:
             self.entries.popleft()
             self.hidden -= 1
-            return HIDE, self._fakes()
+            if head.drop:  # (the client's, from now on)
+                self.status = body
+            return (False if head.drop else HIDE), self._fakes()
         return HIDE, b""
 
     def _skip_to_sync(self):

@@ -45,7 +45,7 @@ JOURNALS = set()  # every live session's journal (journal bytes for /replay)
 
 class Journal:
     __slots__ = ("limit", "chunks", "size", "over", "digest", "seen", "at", "readies", "ready_seen",
-                 "fatal", "xid", "commit_from", "snapshot", "changed", "needs_snapshot", "commit_names",
+                 "fatal", "xid", "commit_from", "snapshot", "changed", "needs_snapshot", "commit_names", "wrapped",
                  "__weakref__")
 
     def __init__(self, limit, snapshot=None):
@@ -68,6 +68,7 @@ class Journal:
         self.readies, self.ready_seen = 0, 0  # ReadyForQuery messages since, and `seen` at the last one
         self.fatal = None             # a FATAL the server sent before closing (held back from the client)
         self.xid = self.commit_from = None  # the COMMIT in flight: its transaction's xid, its offset here
+        self.wrapped = False          # a lone write the proxy wrapped in a transaction (replay.wrap_begin)
         if self.changed:
             self.changed, self.needs_snapshot = False, True
 

@@ -42,6 +42,7 @@ SAFE_WORDS = frozenset(("begin", "start", "rollback", "abort", "set", "reset", "
                         "declare", "savepoint", "release", "prepare", "deallocate", "discard", "listen", "unlisten"))
 COMMIT_WORDS = frozenset(("commit", "end"))
 XID_QUERY = codec.query("SELECT pg_catalog.txid_current_if_assigned()")
+BEGIN_QUERY, COMMIT_QUERY = codec.query("BEGIN"), codec.query("COMMIT")
 
 
 class Mismatch(Exception):
@@ -76,10 +77,35 @@ def ask_xid(session, how):
         journal.xid = None
         return
     plan.expect_hidden(journal.xid_row)
+    _send_hidden(server, XID_QUERY)  # (if the server is gone, the COMMIT never ran there)
+
+
+def wrap_begin(session, forwarder, at):
+    """A lone write is about to go out: if it runs outside a transaction block, it gets one of its
+    own (a hidden BEGIN now; wrap_end: the xid and COMMIT after it, in the same flight), so that
+    the proxy knows its xid before it commits. True if wrapped."""
+    plan, server, journal = session.plan, session.server, session.journal
+    if plan.owes() or server.tx_status != m.TX_IDLE or journal.why_not() is not None:
+        return False
+    forwarder.cut(at, at)
+    journal.wrapped, journal.xid = True, UNKNOWN
+    plan.expect_hidden()
+    _send_hidden(server, BEGIN_QUERY)
+    return True
+
+
+def wrap_end(session):
+    plan = session.plan
+    plan.expect_hidden(session.journal.xid_row)
+    plan.expect_hidden(final=True)  # its ReadyForQuery is the client's
+    _send_hidden(session.server, XID_QUERY + COMMIT_QUERY)
+
+
+def _send_hidden(server, data):
     try:
-        server.send(XID_QUERY)
+        server.send(data)
     except BackendError:
-        pass  # the server is gone: its pump sees it (the COMMIT was never run there)
+        pass  # the server is gone: its pump sees it
 
 
 def snapshot(session):
@@ -168,6 +194,15 @@ def rerun(session, lease, server):
     parsed = {statement_name(sent, s, e) for t, s, e in walk(sent) if t == P} - {""}
     session_migrate.restore(session, server, None if session.pooled else journal.snapshot, parsed)
     start = in_flight(journal, sent)
+    if journal.wrapped:  # a lone write the proxy wrapped in a transaction: its hidden COMMIT in doubt
+        if journal.xid is UNKNOWN:
+            STATS.unresolved += 1
+            raise InDoubt("the connection to the primary was lost while a write outside a transaction block "
+                          "was in flight; whether it committed cannot be known")
+        if journal.xid is not None and committed(server, journal.xid):
+            STATS.in_doubt_committed += 1
+            return codec.ready_for_query(m.TX_IDLE)  # its answer came; only its ReadyForQuery did not
+        return replay_wrapped(session, server, sent)
     commit_answered = journal.commit_from is not None and journal.commit_from < start
     if journal.commit_from is not None and not commit_answered:
         if journal.xid is UNKNOWN:
@@ -228,6 +263,48 @@ def replay(session, server, sent):
     if more:
         server.sock.sendall(more)
     return tail
+
+
+def replay_wrapped(session, server, sent):
+    """A wrapped lone write that had not committed: run again in a transaction of its own, and
+    committed only if it answers as it did (else rolled back: 40001, nothing happened); what the
+    client does not have yet of its answer, with the ReadyForQuery of a write outside a block."""
+    journal = session.journal
+    if sum(1 for t, _, _ in walk(sent) if t in (Q, S, F)) != 1:
+        STATS.unresolved += 1
+        raise InDoubt("the connection to the primary was lost while a write outside a transaction block "
+                      "(with more requests behind it) was in flight; whether it committed cannot be known")
+    server.execute("BEGIN")
+    server.sock.sendall(sent)
+    answer = b""
+    while not ends_with_ready(answer):
+        data = server.sock.recv(1 << 16)
+        if not data:
+            raise BackendError(f"server {server.node.name} closed the connection during the replay")
+        answer += data
+    body, seen = answer[:-6], journal.seen
+    digest = type(journal.digest)(digest_size=16)
+    digest.update(body[:seen])
+    if len(body) < seen or session.proxy.config.replay.checksum and digest.digest() != journal.digest.digest():
+        server.execute("ROLLBACK")
+        raise Mismatch("the write was interrupted by a failover and its replay on the new primary answered "
+                       "differently (it was not committed)")
+    try:
+        server.execute("COMMIT")
+    except BackendError as e:
+        if server.broken:
+            raise
+        raise Mismatch(f"the write was interrupted by a failover and its replay could not commit: {e.message}")
+    STATS.in_doubt_replayed += 1
+    return body[seen:] + codec.ready_for_query(m.TX_IDLE)
+
+
+def ends_with_ready(answer):
+    """Whether answer (the server's bytes) ends just after a whole ReadyForQuery."""
+    end, last = 0, None
+    for last, start, end in walk(answer):
+        pass
+    return end == len(answer) and last == READY
 
 
 def answer_committed(session, server, tail, already):
@@ -356,8 +433,8 @@ def give_error(session, lease, stream, sqlstate, message):
     plan = session.plan
     if not stream.scanner.at_boundary() or stream.held:
         return False  # the client got half a message: only closing the connection is clean now
-    in_block = plan.status != m.TX_IDLE or lease.server.tx_status != m.TX_IDLE
     journal = session.journal
+    in_block = not journal.wrapped and (plan.status != m.TX_IDLE or lease.server.tx_status != m.TX_IDLE)
     sent = journal.sent()
     try:
         pool, server = session.acquire_primary()
