@@ -267,3 +267,24 @@ def test_autocommit_writes_through_a_primary_kill(start_proxy, ha_cluster):
     assert all(code == "08007" for _, code, _ in load.errors), load.errors
     stats = proxy.api("GET", "/replay")[1]
     print(f"writer errors {len(load.errors)}, replay {stats}")
+
+
+def test_a_tls_client_goes_on_too(start_proxy, ha_cluster, tls_files):
+    """With TLS on the client's side the server's answers move through a greenlet pump: replayed
+    all the same, its stream going on where it stopped."""
+    proxy = start_ha_proxy(start_proxy, ha_cluster, mode="session", replay=REPLAY,
+                           tls={"client_mode": "require", "client_cert_file": tls_files["cert"],
+                                "client_key_file": tls_files["key"]})
+    conn = proxy.connect(sslmode="require")
+    conn.autocommit = False
+    cur = conn.cursor()
+    cur.execute("declare c cursor for select g from generate_series(1, 1000) g")
+    cur.execute("fetch 400 from c")
+    got = [r[0] for r in cur.fetchall()]
+    kill_primary(ha_cluster)
+    new_primary(proxy)
+    cur.execute("fetch all from c")
+    got += [r[0] for r in cur.fetchall()]
+    assert got == list(range(1, 1001)) and conn.info.ssl_in_use
+    conn.commit()
+    assert proxy.api("GET", "/replay")[1]["replayed"] == 1

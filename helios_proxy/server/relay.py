@@ -232,12 +232,12 @@ def resume(session, lease, stream, first, out=b""):
         session.writer.write(out)
     if plain(lease.server.sock) and session.writer.raw is not None and stream is getattr(
             session.callback_pump, "stream", None):
-        pump = lease.pump = session.callback_pump.begin(lease, go_on=True)
+        callbacks = lease.pump = session.callback_pump.begin(lease, go_on=True)
         if first:
             try:
-                pump.take(first)
+                callbacks.take(first)
             except Exception as e:
-                pump.fail(e)
+                callbacks.fail(e)
         return
     lease.pump = GreenletPump(gevent.spawn(pump, session, lease, stream, first), GREENLETS)
 
@@ -374,8 +374,11 @@ def lost(session, server, error, lease=None, stream=None):
     session.proxy.router.suspect(server.node, why)  # the node may be down: the health checker looks now
     journal = session.journal
     if journal is not None and isinstance(error, OSError) and lease is not None and lease is session.lease:
-        if replay.recover(session, lease, stream):  # on a new server, as if nothing happened
-            return
+        try:
+            if replay.recover(session, lease, stream):  # on a new server, as if nothing happened
+                return
+        except Exception:  # a bug costs this session (ended below), never a hung client
+            log.exception("%r: replay failed", session)
         if journal.fatal:  # what the server said before it went (held back for the replay)
             session.writer.write(journal.fatal)
             journal.fatal = None

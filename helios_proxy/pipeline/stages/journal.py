@@ -4,8 +4,7 @@ goes out (topology/journal.py, topology/replay.py).
 - a COMMIT (or END): the forwarder learns the transaction's xid just before sending it, so that a
   COMMIT in flight when the primary dies can be looked up with txid_status() on the new one. A
   COMMIT among other statements in one Query is "mixed": its xid cannot be learned in advance.
-- a lone write outside a transaction block (INSERT, UPDATE, DELETE, MERGE, or a SELECT/WITH that
-  may write): the forwarder wraps it in a transaction of its own (BEGIN, then the xid and COMMIT
+- a lone INSERT, UPDATE, DELETE or MERGE outside a transaction block: the forwarder wraps it in a transaction of its own (BEGIN, then the xid and COMMIT
   in the same flight, all cut out of the client's stream), so that its outcome can be looked up
   too if the primary dies while it runs or commits.
 - session pooling: a query that may change session state (SET, PREPARE, LISTEN, CREATE TEMP...,
@@ -14,7 +13,6 @@ goes out (topology/journal.py, topology/replay.py).
 """
 import re
 
-from ...routing.classify import BEGIN_READ_ONLY, READ
 from ..stage import Stage, StageResult
 
 COMMITS = frozenset(("commit", "end"))
@@ -25,7 +23,9 @@ STATELESS = frozenset(("select", "insert", "update", "delete", "with", "values",
                        "analyze", "checkpoint", "notify"))
 STATEFUL_CALLS = re.compile(r"set_config|advisory_lock|pg_advisory|dblink_connect", re.I)
 MENTIONS_COMMIT = re.compile(r"\b(?:commit|end)\b", re.I)
-WRAPPABLE = frozenset(("insert", "update", "delete", "merge", "select", "with"))  # fine inside BEGIN
+# Lone writes that run the same inside a transaction block (a SELECT that may write is left alone:
+# its now() would become the BEGIN's; in flight at a failover it gets 08007, replay.py).
+WRAPPABLE = frozenset(("insert", "update", "delete", "merge"))
 
 
 class Journal(Stage):
@@ -42,10 +42,8 @@ class Journal(Stage):
         word = ctx.word
         if word in COMMITS:
             ctx.decide().commits = "lone"
-        elif word in WRAPPABLE and not ctx.large and ctx.protocol == "simple":
-            classify = session.proxy.router.classifier.classify
-            if classify(ctx.sql, session.database) not in (READ, BEGIN_READ_ONLY):
-                ctx.decide().autocommit_write = True  # (if it runs outside a transaction block)
+        elif word in WRAPPABLE and ctx.protocol == "simple":
+            ctx.decide().autocommit_write = True  # (if it runs outside a transaction block)
         elif word is None and (ctx.large or MENTIONS_COMMIT.search(ctx.sql)):
             ctx.decide().commits = "mixed"
         if not session.pooled and (word not in STATELESS or ctx.large or STATEFUL_CALLS.search(ctx.sql)):
