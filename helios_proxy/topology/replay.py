@@ -25,11 +25,13 @@ import time
 
 import gevent
 
-from ..errors import BackendError, ProxyError, node_unreachable
+from ..backend.connection import ServerConnection
+from ..errors import BackendError, ProxyError
 from ..pool import session_state
 from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner
 from ..routing.classify import BEGIN_READ_ONLY, READ
+from ..server import relay  # (relay imports this module too: only its functions are used, at run time)
 from . import session_migrate
 from .journal import STATS, UNKNOWN
 
@@ -111,7 +113,6 @@ def _send_hidden(server, data):
 def snapshot(session):
     """Session pooling: read the session's state from its server now (it is idle, nothing owed),
     as of the journal that starts here (topology/session_migrate.py)."""
-    from ..server import relay
     lease = session.lease
     lease.stop_pump(block=True)
     try:
@@ -161,7 +162,6 @@ def recover(session, lease, stream):
         STATS.replayed += 1
         log.info("%r: replayed on %s in %.2f s (%d bytes of requests)", session, server.node.name,
                  time.monotonic() - started, journal.size)
-        from ..server import relay
         relay.resume(session, lease, stream, rest)
         return True
     STATS.failed += 1
@@ -172,7 +172,6 @@ def node_alive(session, server, target):
     """Whether the lost connection's node still serves as it did (a fresh connection to it works,
     and a primary is still one): then only its backend ended, and nothing is replayed. (A read on
     a standby that died is replayed on the primary.)"""
-    from ..backend.connection import ServerConnection
     config = session.proxy.config
     probe = ServerConnection(server.node, server.database, server.credentials, config)
     try:
@@ -429,7 +428,6 @@ def give_error(session, lease, stream, sqlstate, message):
     """The transaction cannot go on: the client gets an error for its request in flight (and a
     ReadyForQuery for every Query/Sync it is owed), on a new server whose transaction state is
     what the client is told; True if that could be done."""
-    from ..server import relay
     plan = session.plan
     if not stream.scanner.at_boundary() or stream.held:
         return False  # the client got half a message: only closing the connection is clean now
