@@ -288,3 +288,44 @@ def test_a_tls_client_goes_on_too(start_proxy, ha_cluster, tls_files):
     assert got == list(range(1, 1001)) and conn.info.ssl_in_use
     conn.commit()
     assert proxy.api("GET", "/replay")[1]["replayed"] == 1
+
+
+@pytest.mark.parametrize("prepare_threshold", [None, 0])
+def test_autocommit_writes_in_the_extended_protocol_through_a_primary_kill(start_proxy, ha_cluster,
+                                                                          prepare_threshold):
+    """psycopg 3 sends its INSERTs as extended batches (unnamed, or prepared: named): wrapped up to
+    their Sync all the same."""
+    import psycopg
+    proxy = start_ha_proxy(start_proxy, ha_cluster, mode="session", replay=REPLAY)
+    acked, errors, stop = [], [], threading.Event()
+
+    def writer(w):
+        conn, i = None, w * 10_000_000
+        while not stop.is_set():
+            try:
+                if conn is None:
+                    conn = psycopg.connect(proxy.dsn(), autocommit=True, prepare_threshold=prepare_threshold)
+                conn.execute("INSERT INTO ha_rows (id) VALUES (%s)", (i,))
+                acked.append(i)
+            except psycopg.Error as e:
+                errors.append(e.sqlstate)
+                conn = None
+                time.sleep(0.05)
+            i += 1
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(2)
+        kill_primary(ha_cluster)
+        _, new = new_primary(proxy)
+        time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    stored = {r[0] for r in query(ha_cluster.ports[new], "SELECT id FROM ha_rows")}
+    assert len(acked) > 100 and not set(acked) - stored
+    assert all(code == "08007" for code in errors), errors
+    stats = proxy.api("GET", "/replay")[1]
+    print(f"writer errors {errors}, replay {stats}")

@@ -82,6 +82,7 @@ class Forwarder:
         self.sql_needs = ()        # Statements it EXECUTEs: prepared on the server first
         self.data, self.start = None, 0  # forward(): the buffer and the run not yet sent
         self.commit = None         # replay: the Query/Parse at hand is a COMMIT ("lone" or "mixed") or a lone write
+        self.wrapping = False      # replay: an extended batch wrapped in a transaction of its own, until its Sync
         limit = session.proxy.config.pipeline.max_query_bytes
         self.max_query = limit + 6 if limit else 1 << 31  # message length with type, length word, NUL
 
@@ -142,7 +143,7 @@ class Forwarder:
                     self.skip_to_sync = False
                     self.answer_at_sync()
                 continue
-            if mtype in PASS and session.lease is not None and not session.discard_pending:
+            if mtype in PASS and session.lease is not None and not session.discard_pending and not self.wrapping:
                 entry = p.PLAIN_FOR.get(mtype)  # the usual Execute, Sync, Flush, CopyData...: as is
                 if entry is not None:
                     plan.entries.append(entry)
@@ -240,7 +241,7 @@ class Forwarder:
             statements.route_of_bind(session, self.data[begin + 5:end])  # where its statement's Parse went
         if not self.leased(mtype, begin, end):
             return None
-        if mtype == B and session.journal is not None and session.journal.commit_names:
+        if mtype == B and session.journal is not None and session.journal.named:
             self.journal_bind(begin, end)
         if (session.pooled and names_statement(mtype, self.data, begin, end)
                 and self.translated(mtype, begin, end, None)):
@@ -256,11 +257,23 @@ class Forwarder:
         return self.on_other(mtype, begin, end)
 
     def on_sync(self, mtype, begin, end):
+        if self.wrapping:  # the end of a batch wrapped in a transaction of its own (replay)
+            self.cut(end, end)
+            self.wrapped_sync()
+            return None
         if self.session.lease is None and not self.session.plan.in_extended:  # all before it was answered here
             self.cut(begin, end)
             self.answer(b"")
             return None
         return self.on_other(mtype, begin, end)
+
+    def wrapped_sync(self):
+        """The Sync of a wrapped batch went out (or the proxy's own in its place): its ReadyForQuery
+        is cut, the xid and COMMIT follow (the COMMIT's ReadyForQuery is the client's)."""
+        self.wrapping = False
+        self.session.plan.expect_ready_hidden(p.SYNC)
+        self.count(S)
+        replay.wrap_end(self.session)
 
     def on_flush_or_copy(self, mtype, begin, end):
         if self.session.lease is None:  # nothing to flush; CopyData outside COPY: PostgreSQL ignores it
@@ -324,29 +337,40 @@ class Forwarder:
         replay.ask_xid(self.session, how)
 
     def journal_parse(self, begin, end, commit):
-        """A Parse: a named one changes the session's state (session pooling), a COMMIT's name is
-        noted; an unnamed COMMIT is about to run: its xid first. False: no server for it."""
-        commit = commit if commit != "write" else None  # (lone writes are wrapped in the simple protocol only)
-        journal = self.session.journal
+        """A Parse: a named one changes the session's state (session pooling) and a COMMIT's or a
+        lone write's name is noted; an unnamed COMMIT is about to run (its xid first), an unnamed
+        lone write too (wrapped, if outside a transaction block). False: no server for it."""
+        session = self.session
+        journal = session.journal
         name = codec.read_cstr(self.data[begin + 5:end], 0)[0]
         if name:
-            if not self.session.pooled:
+            if not session.pooled:
                 journal.changed = True
             if commit:
-                journal.commit_names.add(name)
+                journal.named[name] = commit
             else:
-                journal.commit_names.discard(name)
+                journal.named.pop(name, None)
         elif commit:
             if not self.leased(P, begin, end):
                 return False
-            self.before_commit(begin, commit)
+            self.journaled_step(begin, commit)
         return True
 
     def journal_bind(self, begin, end):
         body = self.data[begin + 5:end]
         portal, pos = codec.read_cstr(body, 0)
-        if codec.read_cstr(body, pos)[0] in self.session.journal.commit_names:
-            self.before_commit(begin, "lone")
+        kind = self.session.journal.named.get(codec.read_cstr(body, pos)[0])
+        if kind is not None:
+            self.journaled_step(begin, kind)
+
+    def journaled_step(self, begin, kind):
+        """An extended message that runs a COMMIT (its xid first) or a lone write (wrapped in a
+        transaction of its own if outside one, up to the batch's Sync)."""
+        if kind == "write":
+            if not self.wrapping and replay.wrap_begin(self.session, self, begin):
+                self.wrapping = True
+        elif not self.wrapping:
+            self.before_commit(begin, kind)
 
     def answered_locally(self, mtype, begin, end, replacement):
         """A named Parse the pool knows, or a Close: answered by the proxy (True), or a server is needed."""
@@ -540,6 +564,10 @@ class Forwarder:
 
     def answer_at_sync(self):
         session = self.session
+        if self.wrapping:  # (a batch wrapped in a transaction of its own: it ends at its COMMIT)
+            self.send(codec.SYNC)
+            self.wrapped_sync()
+            return
         if session.plan.in_extended:
             # Messages of this batch before the refused one reached the server: it finishes them
             # at our Sync, whose ReadyForQuery is the client's. (Unlike PostgreSQL, their effects

@@ -91,9 +91,9 @@ class ResponsePlan:
         self.outstanding += 1
         self.hidden += 1
 
-    def expect_ready_hidden(self):
-        """A client's Query whose ReadyForQuery is cut (a final hidden Query gives it later)."""
-        self.entries.append(Entry(QUERY, HIDE))
+    def expect_ready_hidden(self, kind=QUERY):
+        """A client's Query (or Sync) whose ReadyForQuery is cut (a final hidden Query gives it later)."""
+        self.entries.append(Entry(kind, HIDE))
 
     def forget_hidden(self):
         """The server that owed hidden answers is gone (topology/replay.py); a final one's

@@ -45,7 +45,7 @@ JOURNALS = set()  # every live session's journal (journal bytes for /replay)
 
 class Journal:
     __slots__ = ("limit", "chunks", "size", "over", "digest", "seen", "at", "readies", "ready_seen",
-                 "fatal", "xid", "commit_from", "snapshot", "changed", "needs_snapshot", "commit_names", "wrapped",
+                 "fatal", "xid", "commit_from", "snapshot", "changed", "needs_snapshot", "named", "wrapped",
                  "__weakref__")
 
     def __init__(self, limit, snapshot=None):
@@ -53,7 +53,8 @@ class Journal:
         self.snapshot = snapshot      # session pooling: the state to re-create first
         self.changed = False          # session state changed within this journal (session pooling)
         self.needs_snapshot = False   # changed, and the journal began anew since: not replayable until taken
-        self.commit_names = set()     # its prepared statements that are a COMMIT (by the client's names)
+        self.named = {}               # its prepared statements that are a COMMIT ("lone") or a lone write
+                                      # ("write"), by the client's names
         self.at = 0                   # received(): the position in the current chunk hashed up to (None: stop)
         self.checkpoint()
         JOURNALS.add(self)

@@ -158,6 +158,9 @@ def recover(session, lease, stream):
             log.warning("%r: replay %d on %s failed: %s", session, attempt, server.node.name, e)
             pool.release(server, reusable=False)
             continue
+        if session.lease is not lease:  # the client left meanwhile (its session ended)
+            pool.release(server, reusable=False)
+            return True
         switch(session, lease, pool, server)
         STATS.replayed += 1
         log.info("%r: replayed on %s in %.2f s (%d bytes of requests)", session, server.node.name,
@@ -458,6 +461,9 @@ def give_error(session, lease, stream, sqlstate, message):
     except (ProxyError, OSError) as e:
         log.warning("%r: no server to go on with after a failed replay: %s", session, e)
         return False
+    if session.lease is not lease:  # the client left meanwhile (its session ended)
+        pool.release(server, reusable=False)
+        return True
     if sqlstate == SERIALIZATION_FAILURE:
         STATS.aborted += 1
     error = codec.error_response(sqlstate, message)

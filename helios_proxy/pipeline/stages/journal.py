@@ -4,7 +4,8 @@ goes out (topology/journal.py, topology/replay.py).
 - a COMMIT (or END): the forwarder learns the transaction's xid just before sending it, so that a
   COMMIT in flight when the primary dies can be looked up with txid_status() on the new one. A
   COMMIT among other statements in one Query is "mixed": its xid cannot be learned in advance.
-- a lone INSERT, UPDATE, DELETE or MERGE outside a transaction block: the forwarder wraps it in a transaction of its own (BEGIN, then the xid and COMMIT
+- a lone INSERT, UPDATE, DELETE or MERGE outside a transaction block (a Query, or an extended
+  batch up to its Sync): the forwarder wraps it in a transaction of its own (BEGIN, then the xid and COMMIT
   in the same flight, all cut out of the client's stream), so that its outcome can be looked up
   too if the primary dies while it runs or commits.
 - session pooling: a query that may change session state (SET, PREPARE, LISTEN, CREATE TEMP...,
@@ -42,7 +43,7 @@ class Journal(Stage):
         word = ctx.word
         if word in COMMITS:
             ctx.decide().commits = "lone"
-        elif word in WRAPPABLE and ctx.protocol == "simple":
+        elif word in WRAPPABLE:
             ctx.decide().autocommit_write = True  # (if it runs outside a transaction block)
         elif word is None and (ctx.large or MENTIONS_COMMIT.search(ctx.sql)):
             ctx.decide().commits = "mixed"
