@@ -68,7 +68,7 @@ class Journal:
         self.digest, self.seen = hashlib.blake2b(digest_size=16), 0
         self.readies, self.ready_seen = 0, 0  # ReadyForQuery messages since, and `seen` at the last one
         self.fatal = None             # a FATAL the server sent before closing (held back from the client)
-        self.xid = self.commit_from = None  # the COMMIT in flight: its transaction's xid, its offset here
+        self.xid = self.commit_from = None  # the COMMIT in flight: its transaction's (xid, WAL position), its offset
         self.wrapped = False          # a lone write the proxy wrapped in a transaction (replay.wrap_begin)
         if self.changed:
             self.changed, self.needs_snapshot = False, True
@@ -93,12 +93,19 @@ class Journal:
         self.xid, self.commit_from = xid, self.size
 
     def xid_row(self, row):
-        """The DataRow (or None: an error) answering txid_current_if_assigned(), asked before a COMMIT."""
+        """The DataRow (or None: an error) answering replay.XID_QUERY, asked before a COMMIT: the
+        transaction's xid and the server's WAL insert position then (all its records are before it)."""
         if row is None:  # a failed transaction: its COMMIT is a rollback, nothing can commit
             self.xid = None
             return
         size = int.from_bytes(row[2:6], "big", signed=True)
-        self.xid = None if size < 0 else int(row[6:6 + size])
+        if size < 0:
+            self.xid = None
+            return
+        xid = int(row[6:6 + size])
+        at = 6 + size
+        size = int.from_bytes(row[at:at + 4], "big", signed=True)
+        self.xid = (xid, row[at + 4:at + 4 + size].decode())
 
     def sent(self):
         return b"".join(self.chunks)

@@ -43,7 +43,7 @@ READY, NOTICE = ord("Z"), ord("N")
 SAFE_WORDS = frozenset(("begin", "start", "rollback", "abort", "set", "reset", "show", "fetch", "move", "close",
                         "declare", "savepoint", "release", "prepare", "deallocate", "discard", "listen", "unlisten"))
 COMMIT_WORDS = frozenset(("commit", "end"))
-XID_QUERY = codec.query("SELECT pg_catalog.txid_current_if_assigned()")
+XID_QUERY = codec.query("SELECT pg_catalog.txid_current_if_assigned(), pg_catalog.pg_current_wal_insert_lsn()")
 BEGIN_QUERY, COMMIT_QUERY = codec.query("BEGIN"), codec.query("COMMIT")
 
 
@@ -337,15 +337,20 @@ def answer_committed(session, server, tail, already):
 
 
 def committed(server, xid):
-    """Whether transaction xid committed, asked of the (new) primary."""
-    try:
-        rows = server.execute(f"SELECT pg_catalog.txid_status({int(xid)})")
-    except BackendError as e:
-        if server.broken:
-            raise
-        log.info("txid_status(%s): %s", xid, e.message)  # e.g. in the future: it never got there
-        return False
-    return rows[0][0] == "committed"
+    """Whether the transaction (xid, WAL position before its commit) committed, asked of the new
+    primary. Its txid_status() is trusted only if the new primary replayed the old one's WAL at
+    least up to that position: then it saw the xid, and cannot have given it to a transaction of
+    its own since. A new primary that stopped replaying before it cannot have the commit either.
+    Raises InDoubt when that cannot be told (a node that came back without archive recovery)."""
+    xid, lsn = xid
+    row = server.execute(f"SELECT pg_catalog.pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn")[0]
+    if row[0] is None:
+        STATS.unresolved += 1
+        raise InDoubt("the connection to the primary was lost while a COMMIT was in flight, and the "
+                      "server it came back on cannot tell whether it committed")
+    if row[0] != "t":
+        return False  # it never saw all of the transaction's records, nor its commit after them
+    return server.execute(f"SELECT pg_catalog.txid_status({int(xid)})")[0][0] == "committed"
 
 
 def in_flight(journal, sent):

@@ -81,7 +81,8 @@ def test_the_journal_checksums_what_the_client_got_since_the_last_idle_ready_for
 
 
 XID_ANSWER = (codec.message(m.ROW_DESCRIPTION, b"\0\1xid\0" + b"\0" * 18)
-              + codec.message(m.DATA_ROW, b"\0\1\0\0\0\x03742") + codec.message(m.COMMAND_COMPLETE, codec.cstr("SELECT 1"))
+              + codec.message(m.DATA_ROW, b"\0\2\0\0\0\x03742\0\0\0\x090/3000060")
+              + codec.message(m.COMMAND_COMPLETE, codec.cstr("SELECT 1"))
               + codec.ready_for_query(b"T"))
 COMMIT = codec.message(m.COMMAND_COMPLETE, codec.cstr("COMMIT")) + codec.ready_for_query(b"I")
 
@@ -107,7 +108,7 @@ def test_the_proxys_own_xid_query_is_cut_out_of_the_stream_and_of_the_checksum(s
             out += data
             ends.append(release)
         if wire is XID_ANSWER:
-            assert journal.xid == 742 and journal.seen == seen and journal.readies == 1
+            assert journal.xid == (742, "0/3000060") and journal.seen == seen and journal.readies == 1
             assert session.plan.hidden == 0 and session.plan.outstanding == 1
     journal.close()
     assert out == FIRST[:FIRST.index(b"D")] + COMMIT
