@@ -96,10 +96,20 @@ class ResponsePlan:
         self.entries.append(Entry(kind, HIDE))
 
     def forget_hidden(self):
-        """The server that owed hidden answers is gone (topology/replay.py); a final one's
-        ReadyForQuery is still owed to the client."""
-        kept = [e for e in self.entries if e.kind != HIDDEN]
-        self.outstanding -= sum(1 for e in self.entries if e.kind == HIDDEN and not e.drop)
+        """The server that owed hidden answers is gone (topology/replay.py). A client request whose
+        ReadyForQuery was to be cut gets it again as usual (the replay sends it), and then the
+        final hidden Query no longer owes the client one."""
+        entries = list(self.entries)
+        waiting = any(e.drop is HIDE and e.kind != HIDDEN for e in entries)
+        kept = []
+        for e in entries:
+            if e.kind == HIDDEN:
+                if not e.drop or waiting:  # (a final one counts for the client's own, if still owed)
+                    self.outstanding -= 1
+            elif e.drop is HIDE:
+                kept.append(PLAIN[e.kind])
+            else:
+                kept.append(e)
         self.entries.clear()
         self.entries.extend(kept)
         self.hidden = 0

@@ -42,6 +42,10 @@ WANTS = frozenset(range(256)) - {m.DATA_ROW[0], m.COPY_DATA[0]}
 EVERYTHING = frozenset(range(256))  # while the proxy's own Query is answered
 
 
+class ServerClosed(ConnectionResetError):
+    """The server closed the connection cleanly (EOF): everything it sent before has arrived."""
+
+
 class ServerStream:
     """The server's side of one lease, fed as it arrives."""
     __slots__ = ("session", "server", "scanner", "held", "last_tag", "last_error")
@@ -171,7 +175,7 @@ class CallbackPump:
             if data is None:
                 return
             if not data:
-                raise ConnectionResetError("server closed the connection")
+                raise ServerClosed("server closed the connection")
             self.take(data)
         except Exception as e:  # a bug costs this session, never the loop
             self.fail(e)
@@ -256,7 +260,7 @@ def pump(session, lease, stream=None, first=b""):
         while True:
             data, first = (first, b"") if first else (recv(sock), b"")
             if not data:
-                raise ConnectionResetError("server closed the connection")
+                raise ServerClosed("server closed the connection")
             session.bytes_out += len(data)
             out, release, answered = stream.feed(data)
             if not release:
@@ -374,6 +378,7 @@ def lost(session, server, error, lease=None, stream=None):
     session.proxy.router.suspect(server.node, why)  # the node may be down: the health checker looks now
     journal = session.journal
     if journal is not None and isinstance(error, OSError) and lease is not None and lease is session.lease:
+        journal.eof = isinstance(error, ServerClosed)
         try:
             if replay.recover(session, lease, stream):  # on a new server, as if nothing happened
                 return

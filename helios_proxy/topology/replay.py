@@ -79,6 +79,7 @@ def ask_xid(session, how):
         journal.xid = None
         return
     plan.expect_hidden(journal.xid_row)
+    journal.asked = True
     _send_hidden(server, XID_QUERY)  # (if the server is gone, the COMMIT never ran there)
 
 
@@ -99,6 +100,7 @@ def wrap_begin(session, forwarder, at):
 def wrap_end(session):
     plan = session.plan
     plan.expect_hidden(session.journal.xid_row)
+    session.journal.asked = True
     plan.expect_hidden(final=True)  # its ReadyForQuery is the client's
     _send_hidden(session.server, XID_QUERY + COMMIT_QUERY)
 
@@ -196,6 +198,11 @@ def rerun(session, lease, server):
     parsed = {statement_name(sent, s, e) for t, s, e in walk(sent) if t == P} - {""}
     session_migrate.restore(session, server, None if session.pooled else journal.snapshot, parsed)
     start = in_flight(journal, sent)
+    if journal.xid is UNKNOWN and journal.asked and journal.eof:
+        # Its xid was asked just before the COMMIT and never answered, and the server closed the
+        # connection cleanly: a backend answers (and flushes) each Query before it reads the next,
+        # so the COMMIT never ran there.
+        journal.xid = None
     if journal.wrapped:  # a lone write the proxy wrapped in a transaction: its hidden COMMIT in doubt
         if journal.xid is UNKNOWN:
             STATS.unresolved += 1

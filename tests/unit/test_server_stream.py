@@ -114,3 +114,16 @@ def test_the_proxys_own_xid_query_is_cut_out_of_the_stream_and_of_the_checksum(s
     assert out == FIRST[:FIRST.index(b"D")] + COMMIT
     assert ends[-1] and not any(ends[:-1])  # the lease ends at the COMMIT's ReadyForQuery only
     assert journal.seen == 0 and journal.xid is None  # a clean checkpoint after the COMMIT
+
+
+def test_a_replay_forgets_hidden_queries_and_owes_the_client_one_ready_for_query():
+    """A wrapped write lost before any answer: the client's own ReadyForQuery comes from the replay."""
+    plan = p.ResponsePlan()
+    plan.expect_hidden()                  # BEGIN
+    plan.sent(ord("Q"))
+    plan.expect_ready_hidden()            # the client's INSERT
+    plan.expect_hidden(lambda row: None)  # the xid
+    plan.expect_hidden(final=True)        # COMMIT
+    plan.forget_hidden()
+    assert plan.outstanding == 1 and plan.hidden == 0 and [e.kind for e in plan.entries] == [p.QUERY]
+    assert plan.on_message(ord("Z"), b"I") == p.AS_IS  # the replay's ReadyForQuery reaches the client
