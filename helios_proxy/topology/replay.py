@@ -204,29 +204,18 @@ def rerun(session, lease, server):
         # so the COMMIT never ran there.
         journal.xid = None
     if journal.wrapped:  # a lone write the proxy wrapped in a transaction: its hidden COMMIT in doubt
-        if journal.xid is UNKNOWN:
-            STATS.unresolved += 1
-            raise InDoubt("the connection to the primary was lost while a write outside a transaction block "
-                          "was in flight; whether it committed cannot be known")
-        if journal.xid is not None and committed(server, journal.xid):
+        if outcome(server, journal.xid, "a write outside a transaction block"):
             STATS.in_doubt_committed += 1
             return codec.ready_for_query(m.TX_IDLE)  # its answer came; only its ReadyForQuery did not
         return replay_wrapped(session, server, sent)
-    commit_answered = journal.commit_from is not None and journal.commit_from < start
-    if journal.commit_from is not None and not commit_answered:
-        if journal.xid is UNKNOWN:
-            STATS.unresolved += 1
-            raise InDoubt("the connection to the primary was lost while a COMMIT was in flight; "
-                          "whether it committed cannot be known")
-        if journal.xid is not None and committed(server, journal.xid):
+    if journal.commit_from is not None and journal.commit_from >= start:  # a COMMIT not answered
+        if outcome(server, journal.xid, "a COMMIT"):
             STATS.in_doubt_committed += 1
             return answer_committed(session, server, sent[journal.commit_from:], journal.seen - journal.ready_seen)
         STATS.in_doubt_replayed += 1
     elif (lease.target == "primary" and (journal.readies == 0 or lease.server.tx_status == m.TX_IDLE)
           and writes(session, sent, start)):
-        STATS.unresolved += 1
-        raise InDoubt("the connection to the primary was lost while a write outside a transaction block "
-                      "was in flight; whether it committed cannot be known")
+        outcome(server, UNKNOWN, "a write outside a transaction block")
     return replay(session, server, sent)
 
 
@@ -341,6 +330,16 @@ def answer_committed(session, server, tail, already):
             pos = end
         buf = buf[pos:]
     return b"".join(out)[already:]
+
+
+def outcome(server, xid, what):
+    """Whether the transaction in doubt committed (xid: journal.xid); InDoubt when that cannot be
+    known."""
+    if xid is UNKNOWN:
+        STATS.unresolved += 1
+        raise InDoubt(f"the connection to the primary was lost while {what} was in flight; whether it "
+                      "committed cannot be known")
+    return xid is not None and committed(server, xid)
 
 
 def committed(server, xid):
