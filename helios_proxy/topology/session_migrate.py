@@ -32,15 +32,16 @@ def capture(server):
 
 
 def restore(session, server, snapshot, skip=()):
-    """Re-create on server the session's state: a session-pooled client's snapshot, or a pooled
-    client's settings and statements; statements named in skip are left out (the caller parses
-    them itself). Raises BackendError."""
+    """Re-create on server (fresh from a pool) the session's state: a session-pooled client's
+    snapshot, or a pooled client's settings and statements; statements named in skip are left
+    out (the caller parses them itself). Raises BackendError."""
+    server.execute("DEALLOCATE ALL")  # (a pooled connection may hold other clients' statements)
+    server.statements.clear()
     if snapshot is not None:
         session_state.apply(server, snapshot.settings)
         prepared.recreate(server, [row for row in snapshot.statements if row[0] not in skip])
         return
     session_state.apply(server, session.settings, session.settings_key)
-    server.statements.clear()
     for stmt in session.statements.by_name.values():  # protocol-level, under the server's names
         if stmt.server_name not in skip:
             server.sock.sendall(stmt.parse + codec.SYNC)
