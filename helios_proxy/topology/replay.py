@@ -198,10 +198,10 @@ def rerun(session, lease, server):
     parsed = {statement_name(sent, s, e) for t, s, e in walk(sent) if t == P} - {""}
     session_migrate.restore(session, server, None if session.pooled else journal.snapshot, parsed)
     start = in_flight(journal, sent)
-    if journal.xid is UNKNOWN and journal.asked and journal.eof:
+    if journal.xid is UNKNOWN and journal.asked and (journal.eof or journal.fatal):
         # Its xid was asked just before the COMMIT and never answered, and the server closed the
-        # connection cleanly: a backend answers (and flushes) each Query before it reads the next,
-        # so the COMMIT never ran there.
+        # connection cleanly or said FATAL instead: a backend answers (and flushes) each Query
+        # before it reads the next, so the COMMIT never ran there.
         journal.xid = None
     if journal.wrapped:  # a lone write the proxy wrapped in a transaction: its hidden COMMIT in doubt
         if outcome(server, journal.xid, "a write outside a transaction block"):
