@@ -82,26 +82,21 @@ class ServerStream:
                                         or mtype == NOTICE and b"\0C57P0" in body):
                 at = end + shift - 5 - len(body)  # the server is going: held back, the replay decides
                 journal.fatal_error(data, at, data[at:end + shift])
-                out.append(data[sent:at])
-                sent = end + shift
-                continue
-            drop, extra = on_message(mtype, body)
-            if drop is HIDE:  # not the client's, not in the journal: nor in its checksum
-                cut = end + shift
-                if journal is not None:
-                    journal.skip(data, cut - 5 - len(body), cut)
-                out.append(data[sent:cut - 5 - len(body)])
-                out.append(extra)
-                sent = cut
-                if mtype == READY:
-                    server.tx_status = body
-                    plan.outstanding -= 1
-                continue
+                drop, extra = HIDE, b""
+            else:
+                drop, extra = on_message(mtype, body)
             if drop or extra:  # edit the stream: cut this message out, or add after it
                 cut = end + shift
                 out.append(data[sent:cut - 5 - len(body) if drop else cut])
                 out.append(extra)
                 sent = cut
+                if drop is HIDE:  # not the client's (nor in the journal's checksum), nor counted as its answer
+                    if journal is not None:
+                        journal.skip(data, cut - 5 - len(body), cut)
+                    if mtype == READY:
+                        server.tx_status = body
+                        plan.outstanding -= 1
+                    continue
             if mtype == READY:
                 server.tx_status = body
                 if body == b"I":
