@@ -211,7 +211,7 @@ def rerun(session, lease, server):
     if journal.commit_from is not None and journal.commit_from >= start:  # a COMMIT not answered
         if outcome(server, journal.xid, "a COMMIT"):
             STATS.in_doubt_committed += 1
-            return answer_committed(session, server, sent[journal.commit_from:], journal.seen - journal.ready_seen)
+            return answer_committed(server, sent[journal.commit_from:], journal.seen - journal.ready_seen)
         STATS.in_doubt_replayed += 1
     elif (lease.target == "primary" and (journal.readies == 0 or lease.server.tx_status == m.TX_IDLE)
           and writes(session, sent, start)):
@@ -224,13 +224,13 @@ def replay(session, server, sent):
     journal = session.journal
     check = session.proxy.config.replay.checksum
     server.sock.sendall(sent)
-    requests = sum(1 for t, _, _ in walk(sent) if t in (Q, S, F))
+    owed = requests(sent)
     scanner = StreamScanner((READY,))
     digest = type(journal.digest)(digest_size=16)
     want, got, readies, status = journal.seen, 0, 0, m.TX_IDLE
     tail = b""
     while True:
-        if got >= want and readies >= min(journal.readies, requests):
+        if got >= want and readies >= min(journal.readies, owed):
             break
         data = server.sock.recv(1 << 16)
         if not data:
@@ -249,9 +249,9 @@ def replay(session, server, sent):
             if check and digest.digest() != journal.digest.digest():
                 raise Mismatch("the transaction was interrupted by a failover and its replay on the new "
                                "primary answered differently")
-            if tail or readies >= requests:
+            if tail or readies >= owed:
                 break
-        if readies >= requests and got < want:
+        if readies >= owed and got < want:
             raise Mismatch("the replay after a failover answered differently (a shorter answer)")
     server.tx_status = status
     # What the client sent while the replay ran went to the lost server: send it here too.
@@ -268,18 +268,12 @@ def replay_wrapped(session, server, sent):
     committed only if it answers as it did (else rolled back: 40001, nothing happened); what the
     client does not have yet of its answer, with the ReadyForQuery of a write outside a block."""
     journal = session.journal
-    if sum(1 for t, _, _ in walk(sent) if t in (Q, S, F)) != 1:
+    if requests(sent) != 1:
         STATS.unresolved += 1
         raise InDoubt("the connection to the primary was lost while a write outside a transaction block "
                       "(with more requests behind it) was in flight; whether it committed cannot be known")
     server.execute("BEGIN")
-    server.sock.sendall(sent)
-    answer = b""
-    while not ends_with_ready(answer):
-        data = server.sock.recv(1 << 16)
-        if not data:
-            raise BackendError(f"server {server.node.name} closed the connection during the replay")
-        answer += data
+    answer = b"".join(answer_of(server, sent))
     body, seen = answer[:-6], journal.seen
     digest = type(journal.digest)(digest_size=16)
     digest.update(body[:seen])
@@ -297,39 +291,40 @@ def replay_wrapped(session, server, sent):
     return body[seen:] + codec.ready_for_query(m.TX_IDLE)
 
 
-def ends_with_ready(answer):
-    """Whether answer (the server's bytes) ends just after a whole ReadyForQuery."""
-    end, last = 0, None
-    for last, start, end in walk(answer):
-        pass
-    return end == len(answer) and last == READY
-
-
-def answer_committed(session, server, tail, already):
+def answer_committed(server, tail, already):
     """The COMMIT in flight had committed: the new primary answers the same messages outside a
     transaction (a COMMIT there says 'COMMIT' plus a 25P01 warning, dropped here); the client gets
     what it does not have yet of that answer."""
-    server.sock.sendall(tail)
-    requests = sum(1 for t, _, _ in walk(tail) if t in (Q, S, F))
-    out, buf, readies = [], b"", 0
-    while readies < requests:
-        data = server.sock.recv(1 << 16)
-        if not data:
-            raise BackendError(f"server {server.node.name} closed the connection")
-        buf += data
+    return b"".join(message for message in answer_of(server, tail)
+                    if not (message[0] == NOTICE and b"C25P01\0" in message))[already:]
+
+
+def answer_of(server, data):
+    """Send data (whole requests) to server; its answer, message by message, up to the
+    ReadyForQuery of the last Query/Sync/FunctionCall in data."""
+    server.sock.sendall(data)
+    owed, messages, buf = requests(data), [], b""
+    while owed:
+        chunk = server.sock.recv(1 << 16)
+        if not chunk:
+            raise BackendError(f"server {server.node.name} closed the connection during the replay")
+        buf += chunk
         pos = 0
         for mtype, start, end in walk(buf):
             if end > len(buf):
                 break
-            message = buf[start:end]
-            if not (mtype == NOTICE and b"C25P01\0" in message):
-                out.append(message)
-            if mtype == READY:
-                readies += 1
-                server.tx_status = message[5:6]
+            messages.append(buf[start:end])
             pos = end
+            if mtype == READY:
+                server.tx_status = buf[end - 1:end]
+                owed -= 1
         buf = buf[pos:]
-    return b"".join(out)[already:]
+    return messages
+
+
+def requests(data):
+    """How many ReadyForQuery messages the requests in data get (one per Query, Sync, FunctionCall)."""
+    return sum(1 for t, _, _ in walk(data) if t in (Q, S, F))
 
 
 def outcome(server, xid, what):
