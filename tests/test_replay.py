@@ -39,6 +39,15 @@ def _try(fn):
         return False
 
 
+def in_transaction(proxy, sql, params=None, **connect):
+    """(connection, cursor) through the proxy, inside a transaction that ran sql (psycopg2)."""
+    conn = proxy.connect(**connect)
+    conn.autocommit = False
+    cur = conn.cursor()
+    cur.execute(sql, params)
+    return conn, cur
+
+
 def lost(proxy):
     """Until the proxy lost its connection, the dying backend may still answer a client's query."""
     wait_for(lambda: "server primary lost" in proxy.output(), 10, "the proxy to lose its server connection")
@@ -108,10 +117,7 @@ def test_a_transaction_whose_replay_answers_differently_gets_40001(start_proxy, 
     """now() on the new primary is not what the client saw: serialization failure, the client is
     in a failed transaction (as after any error), and the connection goes on there."""
     proxy = start_ha_proxy(start_proxy, ha_cluster, replay=REPLAY)
-    conn = proxy.connect()
-    conn.autocommit = False
-    cur = conn.cursor()
-    cur.execute("select now()")
+    conn, cur = in_transaction(proxy, "select now()")
     kill_primary(ha_cluster)
     new_primary(proxy)  # (until its backend noticed, the dead postmaster's backend would still answer)
     with pytest.raises(psycopg2.errors.SerializationFailure):
@@ -127,10 +133,7 @@ def test_a_transaction_whose_replay_answers_differently_gets_40001(start_proxy, 
 
 def test_a_transaction_over_the_journal_limit_gets_the_old_error(start_proxy, ha_cluster):
     proxy = start_ha_proxy(start_proxy, ha_cluster, replay={"enabled": True, "max_journal_bytes": 200})
-    conn = proxy.connect()
-    conn.autocommit = False
-    cur = conn.cursor()
-    cur.execute("select %s::text", ("x" * 500,))
+    conn, cur = in_transaction(proxy, "select %s::text", ("x" * 500,))
     kill_primary(ha_cluster)
     lost(proxy)
     with pytest.raises(psycopg2.OperationalError):
@@ -143,10 +146,7 @@ def test_a_commit_in_doubt_is_looked_up_never_run_twice(start_proxy, ha_cluster)
     """A COMMIT waiting for the synchronous standby when the primary dies: whether it committed
     is asked of the new primary (txid_status); the client gets COMMIT, and the row is there once."""
     proxy = start_ha_proxy(start_proxy, ha_cluster, replay=REPLAY)
-    conn = proxy.connect()
-    conn.autocommit = False
-    cur = conn.cursor()
-    cur.execute("insert into ha_rows (id) values (42)")
+    conn, cur = in_transaction(proxy, "insert into ha_rows (id) values (42)")
     receiver = query(ha_cluster.ports[1], "select pid from pg_stat_wal_receiver")[0][0]
     os.kill(receiver, signal.SIGSTOP)  # the COMMIT waits for standby1 (synchronous_standby_names)
     try:
@@ -203,10 +203,7 @@ def test_a_replay_never_writes_to_the_old_primary_when_it_comes_back(start_proxy
     """Split brain: the killed primary restarts as a primary after the failover; the replayed
     transaction (and every later one) commits on the new primary only."""
     proxy = start_ha_proxy(start_proxy, ha_cluster, replay=REPLAY)
-    conn = proxy.connect()
-    conn.autocommit = False
-    cur = conn.cursor()
-    cur.execute("insert into ha_rows (id) values (7)")
+    conn, cur = in_transaction(proxy, "insert into ha_rows (id) values (7)")
     kill_primary(ha_cluster)
     name, new = new_primary(proxy)
     def restart():  # (once the dead postmaster's last children let go of its shared memory)
@@ -275,10 +272,8 @@ def test_a_tls_client_goes_on_too(start_proxy, ha_cluster, tls_files):
     proxy = start_ha_proxy(start_proxy, ha_cluster, mode="session", replay=REPLAY,
                            tls={"client_mode": "require", "client_cert_file": tls_files["cert"],
                                 "client_key_file": tls_files["key"]})
-    conn = proxy.connect(sslmode="require")
-    conn.autocommit = False
-    cur = conn.cursor()
-    cur.execute("declare c cursor for select g from generate_series(1, 1000) g")
+    conn, cur = in_transaction(proxy, "declare c cursor for select g from generate_series(1, 1000) g",
+                               sslmode="require")
     cur.execute("fetch 400 from c")
     got = [r[0] for r in cur.fetchall()]
     kill_primary(ha_cluster)
