@@ -11,8 +11,8 @@ import time
 import gevent
 
 from .. import pipeline
-from ..errors import (DECODING_ERRORS, BackendError, FEATURE_NOT_SUPPORTED, IDLE_SESSION_TIMEOUT, PROGRAM_LIMIT_EXCEEDED, FatalError,
-                      ProtocolViolation, ProxyError)
+from ..errors import (DECODING_ERRORS, FEATURE_NOT_SUPPORTED, IDLE_SESSION_TIMEOUT, PROGRAM_LIMIT_EXCEEDED,
+                      BackendError, FatalError, ProtocolViolation, ProxyError)
 from ..backend.statements import invalidate_all
 from ..pipeline.context import UNDECIDED
 from ..pipeline.stage import Action
@@ -81,7 +81,7 @@ class Forwarder:
         self.sql_prepare = None    # (name, Statement): the Query being forwarded is a PREPARE (Decisions)
         self.sql_needs = ()        # Statements it EXECUTEs: prepared on the server first
         self.data, self.start = None, 0  # forward(): the buffer and the run not yet sent
-        self.commit = None         # replay: the Query/Parse at hand is a COMMIT ("lone" or "mixed") or a lone write
+        self.commit = None         # replay: the Query/Parse at hand is a COMMIT ("lone", "mixed") or a lone write
         self.wrapping = False      # replay: an extended batch wrapped in a transaction of its own, until its Sync
         limit = session.proxy.config.pipeline.max_query_bytes
         self.max_query = limit + 6 if limit else 1 << 31  # message length with type, length word, NUL

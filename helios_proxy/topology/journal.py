@@ -45,7 +45,8 @@ JOURNALS = set()  # every live session's journal (journal bytes for /replay)
 
 class Journal:
     __slots__ = ("limit", "chunks", "size", "over", "digest", "seen", "at", "readies", "ready_seen",
-                 "fatal", "xid", "commit_from", "snapshot", "changed", "needs_snapshot", "named", "wrapped", "asked", "eof",
+                 "fatal", "xid", "commit_from", "snapshot", "changed", "needs_snapshot", "named", "wrapped",
+                 "asked", "eof",
                  "__weakref__")
 
     def __init__(self, limit, snapshot=None):
@@ -68,7 +69,8 @@ class Journal:
         self.digest, self.seen = hashlib.blake2b(digest_size=16), 0
         self.readies, self.ready_seen = 0, 0  # ReadyForQuery messages since, and `seen` at the last one
         self.fatal = None             # a FATAL the server sent before closing (held back from the client)
-        self.xid = self.commit_from = None  # the COMMIT in flight: its transaction's (xid, WAL position), its offset
+        # the COMMIT in flight: its transaction's (xid, WAL position), and its offset in chunks
+        self.xid = self.commit_from = None
         self.wrapped = False          # a lone write the proxy wrapped in a transaction (replay.wrap_begin)
         self.asked = False            # the xid query went out before the COMMIT (replay.ask_xid, wrap_end)
         self.eof = False              # the lost server closed the connection cleanly (relay.lost)

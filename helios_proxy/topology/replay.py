@@ -41,7 +41,8 @@ RESOLUTION_UNKNOWN = "08007"  # transaction_resolution_unknown
 Q, P, B, S, F = (ord(c) for c in "QPBSF")
 READY, NOTICE = ord("Z"), ord("N")
 SAFE_WORDS = frozenset(("begin", "start", "rollback", "abort", "set", "reset", "show", "fetch", "move", "close",
-                        "declare", "savepoint", "release", "prepare", "deallocate", "discard", "listen", "unlisten"))
+                        "declare", "savepoint", "release", "prepare", "deallocate", "discard", "listen",
+                        "unlisten"))
 COMMIT_WORDS = frozenset(("commit", "end"))
 XID_QUERY = codec.query("SELECT pg_catalog.txid_current_if_assigned(), pg_catalog.pg_current_wal_insert_lsn()")
 BEGIN_QUERY, COMMIT_QUERY = codec.query("BEGIN"), codec.query("COMMIT")
