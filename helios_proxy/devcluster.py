@@ -111,7 +111,7 @@ class Cluster:
         d = self.datadir(0)
         self._run("initdb", "-D", d, "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8",
                   "--locale", "C")
-        conf = {"listen_addresses": "'127.0.0.1'", "max_connections": "200", "wal_level": "replica",
+        conf = {"listen_addresses": "'127.0.0.1'", "max_connections": "200", "wal_level": "logical",
                 "max_wal_senders": "10", "hot_standby": "on", "fsync": "off",
                 "full_page_writes": "off", "shared_buffers": "64MB", "password_encryption": "'scram-sha-256'",
                 "unix_socket_directories": f"'{self.base}'", "log_min_messages": "warning"}

@@ -92,7 +92,7 @@ def test_hints_and_session_override(routed, cluster):
     assert cur.fetchone()[0] == cluster.ports[0]
     cur.execute("/*+ node=standby2 */ select inet_server_port()")
     assert cur.fetchone()[0] == cluster.ports[2]
-    with pytest.raises(psycopg2.errors.InvalidParameterValue, match="unknown routing hint"):
+    with pytest.raises(psycopg2.errors.InvalidParameterValue, match="unknown hint"):
         cur.execute("/*+ rout=primary */ select 1")
     with pytest.raises(psycopg2.errors.InvalidParameterValue, match="unknown node"):
         cur.execute("/*+ node=nowhere */ select 1")

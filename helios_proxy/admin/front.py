@@ -172,6 +172,16 @@ def create_app(arbiter):
     def replay():
         return jsonify(add(json_of(ask_all(workers, "GET", "/replay"))))
 
+    @app.get("/cache")
+    def cache():
+        states = json_of(ask_all(workers, "GET", "/cache"))
+        total = add(states, keep=("max_bytes",))
+        looked = (total.get("hits") or 0) + (total.get("misses") or 0)
+        if "hits" in total:
+            total["hit_rate"] = round(total["hits"] / looked, 4) if looked else None
+            total["fingerprints"] = [f for s in states for f in s.get("fingerprints", [])][:100]
+        return jsonify(total)
+
     @app.get("/stats")
     def stats():
         return jsonify(merge_rows(json_of(ask_all(workers, "GET", "/stats")), ("database",)))

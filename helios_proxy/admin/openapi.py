@@ -54,6 +54,12 @@ PATHS = {
     "/replay": {"get": op("Transaction replay across failovers: replayed, aborted with 40001, commits in doubt "
                           "resolved, journal bytes.")},
     "/version": {"get": op("Version.")},
+    "/cache": {"get": op("Query cache: hits and misses by tier, entries, bytes, invalidations, bypass reasons, "
+                         "workload classes.")},
+    "/cache/flush": {"post": op("Drop every cache entry (here, and with Redis everywhere).")},
+    "/cache/invalidate": {"post": op("Invalidate a database's tables (or all of it) as a write would.", {
+        "type": "object", "required": ["database"], "properties": {
+            "database": STR, "tables": {"type": "array", "items": STR}}})},
     "/reload": {"post": op("Re-read the configuration file.")},
     "/pause": {"post": op("Hold new transactions (all, or one database).", obj(database=STR, timeout=NUM))},
     "/resume": {"post": op("Resume after /pause.", obj(database=STR))},

@@ -12,7 +12,8 @@ import secrets
 
 ROLES = ("viewer", "operator", "admin")  # (entries are checked by config/schema.py: TOKEN_ENTRY)
 # (method, path prefix) an operator may call; every other mutation needs admin
-OPERATOR = (("POST", "/pause"), ("POST", "/resume"), ("POST", "/reload"), ("DELETE", "/sessions/"))
+OPERATOR = (("POST", "/pause"), ("POST", "/resume"), ("POST", "/reload"), ("DELETE", "/sessions/"),
+            ("POST", "/cache/"))
 
 
 def digest(token):

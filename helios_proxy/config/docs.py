@@ -6,7 +6,7 @@
 import sys
 
 from ..plugins.manager import GLOBAL_DOCS, TABLE_DOCS
-from .schema import DATABASE_SETTINGS, NODE_SETTINGS, SETTINGS, USER_SETTINGS
+from .schema import CACHE_RULE_SETTINGS, DATABASE_SETTINGS, NODE_SETTINGS, SETTINGS, USER_SETTINGS
 
 HEADER = """# Configuration reference
 
@@ -62,6 +62,9 @@ def render():
                                 ("users", "Overrides for one user.", USER_SETTINGS)):
         out.append(f"\n## [{section}.NAME]\n\n{doc}\n\n| key | type | default | description |\n|---|---|---|---|")
         out.extend(_row(s, "(inherit)") for s in table)
+    out.append("\n## [[cache.rules]]\n\nPer-table cache rules; a query reading several tables gets the "
+               "strictest of their rules.\n\n| key | type | default | description |\n|---|---|---|---|")
+    out.extend(_row(s) for s in CACHE_RULE_SETTINGS)
     out.append("\n## [plugins]\n\nPlugins (see plugins/README.md). Any other key of a [plugins.NAME] table "
                "is the plugin's own setting, passed to its `configure(table)`; a table naming no plugin is an "
                "error.\n\n| key | default | description |\n|---|---|---|")
@@ -97,6 +100,8 @@ def render_example():
     out.append("\n# Per-database and per-user overrides, for example:\n# [databases.reporting]\n"
                "# mode = \"session\"\n# max_size = 5\n# [users.batch]\n# mode = \"session\"\n"
                "# max_connections = 2")
+    out.append("\n# Per-table cache rules, for example:\n# [[cache.rules]]\n# table = \"exchange_rates\"\n"
+               "# ttl_s = 5\n# stable_functions = true")
     out.append("\n[plugins]")
     for key, default, text in GLOBAL_DOCS:
         out.append(f"# {text}\n{key} = {default}")

@@ -5,7 +5,7 @@ import tomllib
 from types import SimpleNamespace
 
 from ..errors import ConfigError
-from .schema import DATABASE_SETTINGS, NODE_SETTINGS, SETTINGS, USER_SETTINGS
+from .schema import CACHE_RULE_SETTINGS, DATABASE_SETTINGS, NODE_SETTINGS, SETTINGS, USER_SETTINGS
 
 ENV_PREFIX = "HELIOS_"
 SECTIONS = {}
@@ -51,6 +51,7 @@ class Config(SimpleNamespace):
         out["nodes"] = [vars(n).copy() for n in self.nodes]
         out["databases"] = {k: vars(v).copy() for k, v in self.databases.items()}
         out["users"] = {k: vars(v).copy() for k, v in self.users.items()}
+        out["cache"]["rules"] = [vars(r).copy() for r in self.cache.rules]
         return out
 
 
@@ -121,6 +122,10 @@ def load(data, environ=None, source=None):
                         "users, plugins")
     known_vars = set()
     cfg = Config(source=source)
+    rules = []  # [[cache.rules]]: an array inside [cache]
+    if isinstance(data.get("cache"), dict) and "rules" in data["cache"]:
+        rules = data["cache"]["rules"]
+        data = dict(data, cache={k: v for k, v in data["cache"].items() if k != "rules"})
     for section, keys in SECTIONS.items():
         env = {key: f"{ENV_PREFIX}{section.upper()}__{key.upper()}" for key in keys}
         known_vars.update(env.values())
@@ -133,6 +138,7 @@ def load(data, environ=None, source=None):
     cfg.database_nodes = _database_nodes(cfg.databases, problems)
     cfg.users = problems.check(_load_named, data.get("users", {}), "users", USER_SETTINGS, default={})
     cfg.plugins = data.get("plugins", {})
+    cfg.cache.rules = problems.check(_load_rules, rules, problems, default=[])
     _check_cross(cfg, problems)  # (a bad value was replaced by its default: no false alarms)
     problems.raise_any()
     return cfg
@@ -185,6 +191,15 @@ def _load_nodes(entries, problems):
     return nodes
 
 
+def _load_rules(entries, problems):
+    if not isinstance(entries, list):
+        raise ConfigError("cache.rules: expected [[cache.rules]] tables (table, cache, ttl_s, stable_functions)")
+    keys = {s.key: s for s in CACHE_RULE_SETTINGS}
+    rules = [_table(entry, keys, f"cache.rules[{i}]", problems=problems) for i, entry in enumerate(entries)]
+    problems.extend(f"cache.rules[{i}].table: required" for i, r in enumerate(rules) if not r.table)
+    return rules
+
+
 def _load_named(tables, section, settings):
     """[section.NAME] tables of overrides: {NAME: namespace}, unset keys None."""
     if not isinstance(tables, dict):
@@ -233,6 +248,9 @@ def _check_cross(cfg, problems):
         problems.append('topology.patroni_url: required with topology.provider = "patroni"')
     if cfg.failover.mode == "command" and not cfg.failover.promote_command:
         problems.append('failover.promote_command: required with failover.mode = "command"')
+    if cfg.cache.enabled and cfg.server.workers > 1 and not cfg.cache.redis_url:
+        problems.append("cache.redis_url: required with cache.enabled and server.workers > 1 (the workers "
+                        "hear of each other's writes through it)")
     if cfg.nodes and not any(n.role == "primary" for n in cfg.nodes):
         problems.append("nodes: no node has role = \"primary\"")
 

@@ -254,6 +254,31 @@ SETTINGS = (
       "transaction_replay_checksum = false). Keep it on.", reloadable=True),
     S("replay", "timeout", float, 30.0, "Seconds one replay may take after a new server connection is "
       "open (re-running the journal and reading its answers).", min=0.1, reloadable=True),
+    # [cache]: the query cache (cache/)
+    S("cache", "enabled", bool, False, "Answer repeated reads outside transaction blocks from the proxy "
+      "(complete wire answers; needs the [redis] extra for redis_url). Keyed by database, user, the "
+      "settings that change results and the constant-free parse tree; invalidated by writes."),
+    S("cache", "max_bytes", int, 64 << 20, "Most bytes of answers in this process's hot tier (L1); the "
+      "least recently used go first.", min=0),
+    S("cache", "max_entry_bytes", int, 1 << 20, "A larger answer is not cached.", min=1),
+    S("cache", "ttl_s", float, 60.0, "Seconds an entry lives at most (aggregates x4, vector searches x2; "
+      "a /*+ cache_ttl=N */ hint or a [[cache.rules]] entry may say otherwise).", min=0),
+    S("cache", "invalidation", str, "proxy", "\"proxy\": writes through HeliosProxy invalidate (and, with "
+      "redis_url, through every proxy sharing it); \"logical\": writes made straight on PostgreSQL too, read "
+      "from a temporary logical replication slot (needs wal_level = logical and a health.user that may "
+      "create slots).", choices=("proxy", "logical")),
+    S("cache", "redis_url", str, "", "The warm tier (L2) shared by proxies, and their invalidations "
+      "(redis://[:password@]host:port/db); empty: this process only.", secret=True),
+    S("cache", "catalog_refresh_s", float, 60.0, "Seconds between reloads of a database's relations and "
+      "function volatilities (DDL through the proxy reloads at once).", min=1),
+    S("cache", "logical_poll_s", float, 0.2, "invalidation = \"logical\": seconds between reads of the slot.",
+      min=0.01),
+    S("cache", "logical_retry_s", float, 5.0, "Seconds before a failed slot is tried again (the database is "
+      "not cached meanwhile).", min=0.1),
+    S("cache", "logical_max_lag_bytes", int, 64 << 20, "A slot further behind the primary's WAL is dropped "
+      "(its database's entries voided) and made anew; 0 = no limit.", min=0),
+    S("cache", "max_fingerprints", int, 1000, "Query shapes whose workload class and hit counts GET /cache "
+      "keeps.", min=1),
     # [log]
     S("log", "level", str, "info", "Log level.", choices=("debug", "info", "warning", "error"), reloadable=True),
     S("log", "file", str, "", "Also log to this file (appended; reopened when logrotate moves it)."),
@@ -279,6 +304,17 @@ USER_SETTINGS = (
       choices=("session", "transaction", "statement")),
     S("users", "max_connections", int, None, "Most server connections for this user over all its pools.",
       min=1),
+)
+
+# [[cache.rules]]: per table; every rule matching a table the query reads applies (the strictest wins).
+CACHE_RULE_SETTINGS = (
+    S("cache.rules", "table", str, None, "Relation name or glob (`orders`, `report_*`); a schema prefix is "
+      "ignored: rules apply to the bare name, in every schema."),
+    S("cache.rules", "cache", bool, True, "false: queries reading it are never cached."),
+    S("cache.rules", "ttl_s", float, None, "Seconds its entries live (the smaller of this and the other "
+      "rules' / cache.ttl_s).", min=0),
+    S("cache.rules", "stable_functions", bool, False, "Queries reading it may call stable functions such "
+      "as now(), cached for ttl_s."),
 )
 
 NODE_SETTINGS = (

@@ -9,6 +9,7 @@ session does not even build a QueryContext.
 """
 from .context import QueryContext  # noqa: F401
 from .stage import Action, Stage, StageResult  # noqa: F401
+from .stages.cache import Cache
 from .stages.journal import Journal
 from .stages.plugins import Plugins
 from .stages.pooling_guard import PoolingGuard
@@ -22,6 +23,7 @@ STAGES = (
     PoolingGuard,   # transaction/statement pooling only: settings, pinning, statement-mode refusals
     SqlPreparedStatements,  # transaction/statement pooling only: PREPARE/EXECUTE/DEALLOCATE
     Route,          # read/write splitting: hints, SET helios.route, classification -> next lease
+    Cache,          # the query cache: a hit answered here, a miss filled on its way back, writes invalidate
     Journal,        # transaction replay on: COMMITs (xid first) and session state changes, for the journal
 )
 

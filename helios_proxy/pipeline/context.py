@@ -61,7 +61,8 @@ UNDECIDED = object()
 class Decisions:
     """What the stages decided about the session for one query. None/False: nothing decided."""
     __slots__ = ("target", "route_override", "read_after", "pin", "settings_changed", "discard",
-                 "schema_changed", "sql_prepare", "sql_needs", "commits", "state_changed", "autocommit_write")
+                 "schema_changed", "sql_prepare", "sql_needs", "commits", "state_changed", "autocommit_write",
+                 "cache")
 
     def __init__(self):
         self.target = None            # (primary|standby, node name or None): where its next lease goes
@@ -76,3 +77,4 @@ class Decisions:
         self.commits = None           # replay: it commits, "lone" (a COMMIT alone) or "mixed" (among others)
         self.state_changed = False    # replay, session pooling: it may change state a migrate re-creates
         self.autocommit_write = False  # replay: a lone write, wrapped in a transaction if run in autocommit
+        self.cache = None             # a miss's cache Fill (simple protocol), or a Parse's Admission (cache/)

@@ -1,4 +1,5 @@
-"""Routing hints in a leading SQL comment: /*+ route=primary */, /*+ route=standby */, /*+ node=NAME */.
+"""Hints in a leading SQL comment: /*+ route=primary */, /*+ route=standby */, /*+ node=NAME */ (routing),
+/*+ cache=off */ and /*+ cache_ttl=SECONDS */ (the query cache, cache/), several separated by spaces.
 
 An unknown hint or value is an error (SQLSTATE 22023), never silently ignored.
 """
@@ -12,7 +13,8 @@ ROUTES = ("primary", "standby", "any")
 
 
 def parse_hints(sql, nodes):
-    """{'route': ..., 'node': ...} from a leading /*+ ... */ comment; {} when there is none."""
+    """{'route': ..., 'node': ..., 'cache': ...} from a leading /*+ ... */ comment; {} when there is
+    none. nodes: the node names a node= hint may name (None: not checked)."""
     match = HINT.match(sql)
     if not match:
         return {}
@@ -27,10 +29,18 @@ def parse_hints(sql, nodes):
                 raise ProxyError(f"unknown route {value!r} in hint: use one of {', '.join(ROUTES)}",
                                  sqlstate=INVALID_PARAMETER_VALUE)
         elif key == "node":
-            if value not in nodes:
+            if nodes is not None and value not in nodes:
                 raise ProxyError(f"unknown node {value!r} in hint", sqlstate=INVALID_PARAMETER_VALUE)
+        elif key == "cache":
+            if value not in ("on", "off"):
+                raise ProxyError(f"invalid cache hint {value!r}: use cache=on or cache=off",
+                                 sqlstate=INVALID_PARAMETER_VALUE)
+        elif key == "cache_ttl":
+            if not value.isdigit() or int(value) <= 0:
+                raise ProxyError(f"invalid cache_ttl hint {value!r}: a whole number of seconds above 0",
+                                 sqlstate=INVALID_PARAMETER_VALUE)
         else:
-            raise ProxyError(f"unknown routing hint {key!r}: use route= or node=",
+            raise ProxyError(f"unknown hint {key!r}: use route=, node=, cache= or cache_ttl=",
                              sqlstate=INVALID_PARAMETER_VALUE)
         hints[key] = value
     return hints

@@ -14,6 +14,7 @@ from .. import pipeline
 from ..errors import (DECODING_ERRORS, FEATURE_NOT_SUPPORTED, IDLE_SESSION_TIMEOUT, PROGRAM_LIMIT_EXCEEDED,
                       BackendError, FatalError, ProtocolViolation, ProxyError)
 from ..backend.statements import invalidate_all
+from ..cache import Fill, extended
 from ..pipeline.context import UNDECIDED
 from ..pipeline.stage import Action
 from ..plugins.actions import Outcome
@@ -26,6 +27,7 @@ from . import plan as p, statements
 Q, P, S, X, F, B, D, C = (t[0] for t in (m.QUERY, m.PARSE, m.SYNC, m.TERMINATE, m.FUNCTION_CALL, m.BIND,
                                          m.DESCRIBE, m.CLOSE))
 STATEMENT = ord("S")
+PARSE_COMPLETE, BIND_COMPLETE = codec.message(m.PARSE_COMPLETE), codec.message(m.BIND_COMPLETE)
 EXECUTE = m.EXECUTE[0]
 
 
@@ -83,6 +85,8 @@ class Forwarder:
         self.data, self.start = None, 0  # forward(): the buffer and the run not yet sent
         self.commit = None         # replay: the Query/Parse at hand is a COMMIT ("lone", "mixed") or a lone write
         self.wrapping = False      # replay: an extended batch wrapped in a transaction of its own, until its Sync
+        self.cache_next = None     # cache: the Fill of the message at hand (a miss), or a Parse's Admission
+        self.buf = None            # forward(): the MessageBuffer (a cache hit consumes a whole batch)
         limit = session.proxy.config.pipeline.max_query_bytes
         self.max_query = limit + 6 if limit else 1 << 31  # message length with type, length word, NUL
 
@@ -129,6 +133,7 @@ class Forwarder:
         refuses cuts the run (`cut`). Each message type has its handler (HANDLERS)."""
         session, plan = self.session, self.session.plan
         self.data, self.start = buf.buf, buf.pos  # the buffer, and the first byte of the run not yet sent
+        self.buf = buf
         handlers = HANDLERS
         while True:
             msg = buf.next()
@@ -160,6 +165,7 @@ class Forwarder:
                 raise ProtocolViolation(f"invalid frontend message type {mtype}")
             if handler(self, mtype, begin, end) is TERMINATED:
                 return False
+            self.cache_next = None  # (a miss's Fill starts with its own message only)
         self.cut(buf.pos, buf.pos)
         if buf.pending() >= 5:
             self.held(buf)
@@ -190,6 +196,14 @@ class Forwarder:
 
     # --- one handler per message type: None, or TERMINATED -------------------------------------
     def on_query(self, mtype, begin, end):
+        cache = self.session.proxy.cache
+        if cache is not None and cache.quick_ok:  # a hot read, by its exact text (cache/)
+            answer = cache.quick(self.session, self.data, begin, end)
+            if answer is not None:
+                self.cut(begin, end)
+                self.session.queries += 1
+                self.session.send(answer)
+                return None
         go_on, replacement = self.pipeline(mtype, begin, end)
         commit, self.commit = self.commit, None
         if not go_on or not self.leased(mtype, begin, end):
@@ -219,6 +233,7 @@ class Forwarder:
                 self.session.plan.expect(p.QUERY, on_fail=on_fail)
                 self.count(Q)
             return None
+        self.start_fill()
         return self.as_is(mtype, begin, end, replacement)
 
     def on_parse(self, mtype, begin, end):
@@ -226,6 +241,8 @@ class Forwarder:
         commit, self.commit = self.commit, None
         if not go_on:
             return None
+        if self.session.proxy.cache is not None and self.cache_parse(begin, end, replacement):
+            return None  # a cache hit: the whole batch answered
         if self.session.journal is not None and not self.journal_parse(begin, end, commit):
             return None
         named = self.session.pooled and names_statement(mtype, self.data, begin, end)
@@ -233,22 +250,29 @@ class Forwarder:
             return None
         if not self.leased(mtype, begin, end) or (named and self.translated(mtype, begin, end, replacement)):
             return None
+        self.start_fill()
         return self.as_is(mtype, begin, end, replacement)
 
     def on_bind_or_describe(self, mtype, begin, end):
         session = self.session
+        if mtype == B and session.cache_named and self.cache_bind(begin):
+            return None  # a cache hit: the whole batch answered
         if mtype == B and session.lease is None and session.next_target is None:
             statements.route_of_bind(session, self.data[begin + 5:end])  # where its statement's Parse went
         if not self.leased(mtype, begin, end):
             return None
         if mtype == B and session.journal is not None and session.journal.named:
             self.journal_bind(begin, end)
+        if self.cache_next is not None:
+            self.start_fill()  # (a Bind whose batch missed: translated or not, its answer is the fill's)
         if (session.pooled and names_statement(mtype, self.data, begin, end)
                 and self.translated(mtype, begin, end, None)):
             return None
         return self.as_is(mtype, begin, end, None)
 
     def on_close(self, mtype, begin, end):
+        if self.session.cache_named and self.data[begin + 5] == STATEMENT:
+            self.session.cache_named.pop(codec.read_cstr(self.data[begin + 6:end], 0)[0], None)
         if self.session.journal is not None and not self.session.pooled:
             self.session.journal.changed = True  # (session pooling: its statements, for session migrate)
         if (self.session.pooled and names_statement(mtype, self.data, begin, end)
@@ -432,6 +456,66 @@ class Forwarder:
         if mtype == Q or mtype == EXECUTE:
             session.queries += 1
 
+    # --- the query cache (cache/) -------------------------------------------------------------------
+    def start_fill(self):
+        """The message at hand goes to the server now: a miss's answer is collected on its way back
+        (relay.py), if nothing else is owed before it (its answer comes first)."""
+        fill, self.cache_next = self.cache_next, None
+        session = self.session
+        if fill.__class__ is Fill and session.cache_fill is None and not session.plan.owes():
+            session.cache_fill = fill
+
+    def cache_parse(self, begin, end, replacement):
+        """A Parse: a cacheable text under a name is remembered for its Binds; an unnamed one
+        followed by its whole batch is looked up (True: a hit, answered)."""
+        adm, self.cache_next = self.cache_next, None
+        name, types = extended.parse_types(self.data, begin, end)
+        named = self.session.cache_named
+        if name:
+            if adm is not None:
+                named[name] = (adm.sql, types)
+            elif named:
+                named.pop(name, None)
+            return False
+        if adm is None or replacement is not None:
+            return False
+        return self.cache_batch(adm, types, begin, end, True)
+
+    def cache_bind(self, begin):
+        """A Bind of a statement remembered by cache_parse, its whole batch here: looked up."""
+        session = self.session
+        data = self.data
+        found = session.cache_named.get(codec.read_cstr(data, data.index(0, begin + 5) + 1)[0])
+        if found is None:
+            return False
+        sql, types = found
+        cache = session.proxy.cache
+        adm = cache.admit(session, cache.shapes.get(sql), sql)
+        return adm is not None and self.cache_batch(adm, types, begin, begin, False)
+
+    def cache_batch(self, adm, types, begin, after, parse):
+        """Look the batch beginning at data[begin] up (its Bind at `after`): a hit answers it all and
+        consumes it (True); a miss leaves its Fill to start when its first message goes out."""
+        found = extended.batch(self.data, after)
+        if found is None:
+            return False
+        bind_begin, bind_end, describe, sync_end = found
+        _, params, results = extended.bind_values(self.data, bind_begin, bind_end)
+        values = extended.values(adm.shape.values, params, types)
+        if values is None:
+            return False
+        session = self.session
+        cache = session.proxy.cache
+        entry, fill = cache.lookup(session, adm, cache.key(session, adm, values, results), hash(adm.sql))
+        if entry is None or (describe and entry.rlen < 0):
+            self.cache_next = fill
+            return False
+        self.cut(begin, sync_end)
+        self.buf.pos = sync_end
+        self.answer((PARSE_COMPLETE if parse else b"") + BIND_COMPLETE + (entry.rowdesc if describe else b"")
+                    + entry.body)
+        return True
+
     # --- the transaction journal (replay on) -----------------------------------------------------
     def before_commit(self, begin, how):
         """A COMMIT goes out next: the transaction's xid is asked first, in the same flight
@@ -546,6 +630,8 @@ class Forwarder:
             self.commit = "write"
         if decided.state_changed:
             session.journal.changed = True
+        if decided.cache is not None:
+            self.cache_next = decided.cache
         self.sql_prepare, self.sql_needs = decided.sql_prepare, decided.sql_needs
 
     # --- answers from the proxy -----------------------------------------------------------------

@@ -18,6 +18,7 @@ from gevent import socket
 
 from .. import pipeline
 from ..admin import server as admin_server
+from ..cache import QueryCache
 from ..config import load_file
 from ..config.schema import SETTINGS
 from ..errors import TOO_MANY_CONNECTIONS, ConfigError
@@ -104,7 +105,8 @@ class Proxy:
         self.router = Router(config, self.tracker)
         self.plugins = PluginManager(config).load()
         self.plugins.on_refresh = self._plugins_changed
-        self.stages = pipeline.build(config, self.plugins)
+        self.cache = QueryCache(self) if config.cache.enabled else None  # (before the stages that use it)
+        self.build_stages(config)
         self.authenticator = Authenticator(config, load_userlist(config.auth.users_file), self.pools,
                                            self.primary)
         self.health = HealthChecker(config, self.authenticator.users, self._health_changed,
@@ -124,9 +126,16 @@ class Proxy:
         self.commands = Queue()
         self.server = self.spawn = None
 
+    def build_stages(self, config):
+        """The pipeline for config (pipeline/__init__.py), and whether the cache's quick path may
+        answer before it."""
+        self.stages = pipeline.build(config, self.plugins)
+        if self.cache is not None:
+            self.cache.quick_allowed(self.stages)
+
     def _plugins_changed(self):
         """A WASM module came, went or changed its hooks: rebuild the pipeline."""
-        self.stages = pipeline.build(self.config, self.plugins)
+        self.build_stages(self.config)
 
     # --- topology -----------------------------------------------------------------------------
     def primary(self):
@@ -253,6 +262,8 @@ class Proxy:
             self.patroni.start()
         self.sampler.start()
         self.timeouts.start()
+        if self.cache is not None:
+            self.cache.start()
         if self.router.lag is not None:
             self.router.lag.start()
         self.plugins.notify("on_startup", proxy=self)
@@ -330,7 +341,8 @@ class Proxy:
         with gevent.Timeout(2, False):
             while self.sessions:
                 gevent.sleep(0.02)
-        for monitor in (self.health, self.router.lag, self.patroni, self.failover, self.sampler, self.timeouts):
+        for monitor in (self.health, self.router.lag, self.patroni, self.failover, self.sampler, self.timeouts,
+                        self.cache):
             if monitor is not None:
                 monitor.stop()
         self.pools.close()
@@ -374,7 +386,7 @@ class Proxy:
         if self.router.on and self.router.lag is None:  # splitting turned on by this reload
             self.router.lag = LagMonitor(self.router)
             self.router.lag.start()
-        self.stages = pipeline.build(new, self.plugins)
+        self.build_stages(new)
         self.authenticator.config = new
         self.authenticator.users = users
         self.health.config, self.health.users = new, users

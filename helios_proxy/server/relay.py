@@ -66,8 +66,9 @@ class ServerStream:
         """(bytes for the client, does the lease end here?, answers complete [(ctx, tag, error)])."""
         session, server, plan = self.session, self.server, self.session.plan
         completions, on_message, journal = plan.completions, plan.on_message, session.journal
-        if plan.hidden:  # the proxy's own Query is answered: its row must be seen (plan.py)
-            self.scanner.wanted = EVERYTHING
+        fill = session.cache_fill
+        if plan.hidden or fill is not None:  # the proxy's own Query is answered: its row must be seen
+            self.scanner.wanted = EVERYTHING    # (plan.py); a cache miss: its rows are kept
         elif self.scanner.wanted is EVERYTHING:
             self.scanner.wanted = WANTS
         found = self.scanner.feed(data)
@@ -97,6 +98,10 @@ class ServerStream:
                         server.tx_status = body
                         plan.outstanding -= 1
                     continue
+            if fill is not None and not drop:  # a cache miss's answer, as the client gets it (cache/)
+                at = end + shift
+                if fill.take(mtype, data[at - 5 - len(body):at], body):
+                    session.cache_fill = fill = None
             if mtype == READY:
                 server.tx_status = body
                 if body == b"I":
@@ -109,6 +114,8 @@ class ServerStream:
                         answered.append((entry, self.last_tag, self.last_error))
                     if completions is not None:
                         self.last_tag = self.last_error = None
+                if body == b"I" and session.cache_pending is not None:  # its writes ended: invalidate again
+                    session.proxy.cache.ended(session, not plan.owes())
                 release = ends_here(session, server)
                 if journal is not None:
                     journal.ready(data, end + shift, body == b"I" and not plan.owes())
@@ -369,6 +376,7 @@ def lost(session, server, error, lease=None, stream=None):
     else it ends with the connection error."""
     why = failure(session, error)
     server.broken = True
+    session.cache_fill = None  # (a cache miss in flight is not stored)
     log.warning("%r: server %s lost: %s", session, server.node.name, why)
     session.proxy.router.suspect(server.node, why)  # the node may be down: the health checker looks now
     journal = session.journal

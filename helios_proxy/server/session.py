@@ -92,6 +92,12 @@ class ClientSession:
         self.queries = self.transactions = self.bytes_in = self.bytes_out = 0  # stats.py
         self.wait_seconds = 0.0       # waiting for a server connection, in total
         self.wait_started = None      # when the current wait began, while waiting
+        # the query cache (cache/), when enabled:
+        self.cache_fill = None        # the miss whose answer is on its way (stored by the response path)
+        self.cache_pending = None     # names written in the open transaction (invalidated again at its end)
+        self.cache_off = None         # why this session is never served from the cache (a temporary table)
+        self.cache_settings_stale = False  # session pooling: it changed settings; read them back first
+        self.cache_named = {}         # prepared statement name -> (text, parameter types) of cacheable reads
 
     @property
     def settings(self):

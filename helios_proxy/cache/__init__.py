@@ -1,0 +1,545 @@
+"""The query cache: repeated reads answered from the proxy, byte for byte, without a backend.
+
+Where it sits: a pipeline stage after the routing hints (pipeline/stages/cache.py) looks a read up
+and answers a hit; a miss goes to the server and the response path (server/relay.py) hands the
+answer to the `Fill` made for it, which stores it when it completed cleanly. The parts:
+
+- shape.py: what a text is (read or write, constants lifted out, relations, functions), once per text;
+- catalog.py: per database, which relations exist (views and partitions resolved) and which functions
+  are immutable;
+- hot.py: L1, this process, bounded by bytes; warm.py: L2, Redis, shared by proxies;
+- logical.py: writes made around the proxy, from a logical replication slot;
+- this module: admission (what may be cached), the key, the workload class, invalidation.
+
+Correct by construction: the key holds the database, the login user, every session setting that
+can change a result (role and search_path included), the constant-free parse tree and the
+constants' values and kinds. Only a read outside a transaction block is looked up or stored; it
+must read known tables (no system catalogs, temporary or foreign tables) and call only immutable
+functions (stable ones like now() only with a TTL the query or a rule asks for). A write
+invalidates what it touches when it is sent and again when its transaction ends; a counter per
+relation name makes sure a read that was in flight across a write never stores what it read.
+"""
+import logging
+import time
+from fnmatch import fnmatchcase
+import uuid
+from hashlib import blake2b
+
+from cachetools import LRUCache
+
+from ..errors import ProxyError
+from ..jobs import JOBS
+from ..protocol import messages as m
+from ..routing.classify import READ_ONLY_FUNCTIONS
+from ..routing.hints import parse_hints
+from . import catalog as catalogs
+from .logical import LogicalReader
+from .shape import Shapes
+from .store import Entry, HotTier
+
+log = logging.getLogger(__name__)
+
+# Settings that change no query's result (they are left out of the key, so that clients that differ
+# only in them share entries).
+NEUTRAL_SETTINGS = frozenset((
+    "application_name", "statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout",
+    "idle_session_timeout", "work_mem", "maintenance_work_mem", "temp_buffers", "jit", "geqo",
+    "random_page_cost", "seq_page_cost", "cpu_tuple_cost", "effective_cache_size", "log_statement",
+    "log_min_duration_statement", "synchronous_commit", "tcp_keepalives_idle", "tcp_keepalives_interval",
+    "tcp_keepalives_count", "client_min_messages"))
+# Volatile functions that change no table: a SELECT calling them is not cached, yet needs no invalidation.
+NO_TABLE_EFFECTS = READ_ONLY_FUNCTIONS | frozenset((
+    "nextval", "setval", "currval", "lastval", "pg_sleep", "set_config", "txid_current", "pg_current_xact_id",
+    "pg_advisory_lock", "pg_advisory_unlock", "pg_try_advisory_lock", "pg_advisory_xact_lock",
+    "pg_advisory_lock_shared", "pg_advisory_unlock_all", "pg_notify", "pg_backend_pid", "statement_timestamp",
+    "transaction_timestamp", "pg_current_wal_lsn", "pg_current_wal_insert_lsn", "txid_current_if_assigned",
+    "pg_cancel_backend", "pg_terminate_backend", "pg_reload_conf"))
+CLASSES = ("point", "range", "analytic", "vector")
+UNKNOWN_AGE = 5.0  # a relation the catalog does not know: reload it at most this often
+PARSE_COMPLETE, BIND_COMPLETE = m.PARSE_COMPLETE[0], m.BIND_COMPLETE[0]
+ROW_DESCRIPTION, DATA_ROW, COMMAND_COMPLETE, READY = (m.ROW_DESCRIPTION[0], m.DATA_ROW[0], m.COMMAND_COMPLETE[0],
+                                                      m.READY_FOR_QUERY[0])
+
+
+def workload_class(shape):
+    """DistribCache's workload class of a read, from its parse tree."""
+    f = shape.features
+    if "vector" in f:
+        return "vector"
+    if f & {"agg", "group", "window"}:
+        return "analytic"
+    if "where" in f and "range" not in f and len(shape.reads) <= 1:
+        return "point"
+    return "range"
+
+
+class Admission:
+    """A read the cache may serve: everything about it that does not depend on the session."""
+    __slots__ = ("shape", "sql", "names", "sorted_names", "ttl", "cls", "tiers", "catalog")
+
+    def __init__(self, shape, sql, names, ttl, cls, tiers, catalog):
+        self.shape, self.sql, self.names, self.ttl, self.cls = shape, sql, names, ttl, cls
+        self.tiers, self.catalog = tiers, catalog
+        self.sorted_names = sorted(names)
+
+
+class ClassStats:
+    __slots__ = ("fingerprint", "cls", "calls", "hits", "misses", "miss_seconds")
+
+    def __init__(self, fingerprint, cls):
+        self.fingerprint, self.cls = fingerprint, cls
+        self.calls = self.hits = self.misses = 0
+        self.miss_seconds = 0.0
+
+
+class Fill:
+    """A miss on its way to the server: collects its answer (response path) and stores it."""
+    __slots__ = ("cache", "key", "adm", "session", "gens", "warm_gens", "started", "rowdesc", "parts", "size",
+                 "complete", "origin", "database")
+
+    def __init__(self, cache, key, adm, session, warm_gens, origin):
+        self.cache, self.key, self.adm, self.session = cache, key, adm, session
+        self.database = session.database
+        self.gens = cache.generations(session.database, adm.sorted_names)
+        self.warm_gens = warm_gens
+        self.started = time.monotonic()
+        self.rowdesc, self.parts, self.size, self.complete, self.origin = None, [], 0, False, origin
+
+    def take(self, mtype, message, status=None):
+        """One message of the answer as the client gets it; True when the fill is over (stored or not)."""
+        if mtype == DATA_ROW or mtype == COMMAND_COMPLETE:
+            if self.complete:
+                return True
+            self.parts.append(bytes(message))
+            self.size += len(message)
+            if self.size > self.cache.config.max_entry_bytes:
+                self.cache.count("too_large")
+                return True
+            self.complete = mtype == COMMAND_COMPLETE
+            return False
+        if mtype == ROW_DESCRIPTION and self.rowdesc is None and not self.parts:
+            self.rowdesc = bytes(message)
+            return False
+        if mtype == PARSE_COMPLETE or mtype == BIND_COMPLETE:
+            return False
+        if mtype == READY and self.complete and status == b"I":
+            self.cache.store(self)
+        return True  # anything else (an error, a notice, NoData...): not stored
+
+
+class QueryCache:
+    def __init__(self, proxy):
+        self.proxy = proxy
+        self.config = cfg = proxy.config.cache
+        self.id = uuid.uuid4().hex
+        self.shapes = Shapes()
+        self.hot = HotTier(cfg.max_bytes)
+        self.gens = {}            # (database, name or None) -> writes seen (hot tier and fills)
+        self.catalogs = {}        # database -> catalogs.Catalog
+        self.loading = set()      # databases whose catalog is being loaded
+        self.readers = {}         # database -> LogicalReader (invalidation = "logical")
+        self.admissions = LRUCache(maxsize=10000)  # (database, text, hints) -> Admission or reason
+        self.known = {}           # (database, text) -> Admission of a simple-protocol read (quick())
+        self.quick_ok = False     # no stage but the cache's could change a hit's answer (quick_allowed)
+        self.settings_parts = {}  # a session's settings_key -> the part of it in the key
+        self.classes = LRUCache(maxsize=cfg.max_fingerprints)  # fingerprint -> ClassStats
+        self.rules = cfg.rules
+        self.counts = dict.fromkeys(("hits", "misses", "l1_hits", "l2_hits", "l3_hits", "stores", "invalidations",
+                                     "invalidated_entries", "too_large", "stale_fills", "flushes"), 0)
+        self.bypass = {}          # reason -> reads not looked up
+        self.warm = None
+        if cfg.redis_url:
+            from .warm import WarmTier
+            self.warm = WarmTier(cfg.redis_url, self.id, self._heard, self.flush_hot)
+        self.logical = cfg.invalidation == "logical"
+
+    def start(self):
+        if self.warm is not None:
+            self.warm.start()
+
+    def stop(self):
+        for reader in list(self.readers.values()):
+            reader.stop()
+        if self.warm is not None:
+            self.warm.stop()
+
+    def count(self, what, n=1):
+        self.counts[what] += n
+
+    def skip(self, reason):
+        self.bypass[reason] = self.bypass.get(reason, 0) + 1
+        return None
+
+    # --- admission: may this read be served from the cache? ---------------------------------------
+    def admit(self, session, shape, sql):
+        """The Admission of a read for this session now, or None (counted by reason)."""
+        if session.pinned:
+            return self.skip("pinned session")
+        if session.cache_off:
+            return self.skip(session.cache_off)
+        plan = session.plan
+        if plan.status != b"I" or plan.owes():
+            return self.skip("in a transaction or pipeline")
+        db = session.database
+        if self.logical:
+            reader = self.readers.get(db)
+            if reader is None:
+                reader = self.readers[db] = LogicalReader(self, db)
+            if not reader.ready:
+                return self.skip("logical slot not ready")
+        elif self.warm is not None and not self.warm.subscribed:
+            return self.skip("redis unavailable")  # other proxies' writes would not be heard
+        if session.cache_settings_stale:
+            self.capture_settings(session)
+        catalog = self.catalog(session)
+        if catalog is None:
+            return self.skip("catalog unavailable")
+        hinted = "/*+" in sql[:4096]
+        key = (db, sql, hinted)
+        adm = self.admissions.get(key)
+        if adm is None or (adm.__class__ is Admission and adm.catalog is not catalog) or (
+                adm.__class__ is tuple and adm[1] is not catalog):
+            adm = self.admissions[key] = self._admit(shape, sql, catalog, hinted, db)
+        if adm.__class__ is tuple:
+            reason = adm[0]
+            if reason.startswith("unknown relation") and time.monotonic() - catalog.loaded > UNKNOWN_AGE:
+                catalog.stale = True  # perhaps created since: look again (at most every UNKNOWN_AGE s)
+            return self.skip(reason.split(" ", 2)[0] + " relation" if reason.startswith("unknown") else reason)
+        return adm
+
+    def _admit(self, shape, sql, catalog, hinted, db):
+        why = catalog.why_not(shape.reads)
+        if why is not None:
+            return (why, catalog)
+        stable = shape.stable
+        for name in shape.functions:
+            volatility = catalog.volatility.get(name)
+            if volatility is None:
+                return ("unknown function", catalog)
+            if volatility == "v":
+                return ("volatile function", catalog)
+            if volatility == "s":
+                stable = True
+        ttl = self.config.ttl_s
+        cls = workload_class(shape)
+        ttl *= {"analytic": 4, "vector": 2}.get(cls, 1)
+        explicit = False
+        if hinted:
+            try:
+                hints = parse_hints(sql, None)
+            except ProxyError:
+                hints = {}
+            if hints.get("cache") == "off":
+                return ("cache=off hint", catalog)
+            if "cache_ttl" in hints:
+                ttl, explicit = float(hints["cache_ttl"]), True
+        for rule in self.rules:
+            pattern = rule.table.rsplit(".", 1)[-1]
+            if any(fnmatchcase(name, pattern) for _, name in shape.reads):
+                if not rule.cache:
+                    return ("rule", catalog)
+                if rule.ttl_s is not None:
+                    ttl = min(ttl, rule.ttl_s) if not explicit else ttl
+                    explicit = explicit or rule.stable_functions
+        if stable and not explicit:
+            return ("stable function", catalog)
+        if ttl <= 0:
+            return ("ttl 0", catalog)
+        tiers = ("l2",) if cls == "vector" and self.warm is not None else ("l1", "l2")
+        return Admission(shape, sql, catalog.deps(shape.reads), ttl, cls, tiers, catalog)
+
+    def catalog(self, session):
+        """The session's database's catalog, loaded (through its server) when missing or stale."""
+        db = session.database
+        cat = self.catalogs.get(db)
+        if cat is not None and not cat.stale and time.monotonic() - cat.loaded < self.config.catalog_refresh_s:
+            return cat
+        if db in self.loading:
+            return cat if cat is not None and not cat.stale else None
+        self.loading.add(db)
+        try:
+            cat = self.catalogs[db] = on_server(session, catalogs.load)
+        except (ProxyError, OSError) as e:
+            log.info("cache: loading the catalog of %s failed (%s); not caching it for now", db, e)
+            return None
+        finally:
+            self.loading.discard(db)
+        return cat
+
+    def capture_settings(self, session):
+        """Session pooling, after the client changed settings: read them back from its server."""
+        from ..pool import session_state
+        try:
+            session.settings = on_server(session, session_state.capture)
+            session.cache_settings_stale = False
+        except (ProxyError, OSError) as e:
+            log.info("%r: reading its settings back failed (%s)", session, e)
+
+    # --- the quick path ---------------------------------------------------------------------------
+    def quick_allowed(self, stages):
+        """Whether a Query whose text was admitted before may be answered before the pipeline runs:
+        only when every stage built is one that leaves a cacheable read alone (plugins may not)."""
+        from ..pipeline.stages import cache, journal, pooling_guard, route, sql_prepare
+        safe = (pooling_guard.PoolingGuard, sql_prepare.SqlPreparedStatements, route.Route, cache.Cache,
+                journal.Journal)
+        self.quick_ok = all(isinstance(stage, safe) for stage in stages)
+
+    def remember(self, session, sql, adm):
+        """A simple-protocol read was admitted: the next Query of this text may take the quick path."""
+        known = self.known
+        if len(known) >= 10000:
+            known.clear()
+        known[(session.database, sql)] = adm
+
+    def quick(self, session, data, begin, end):
+        """A simple-protocol hit found by the Query's exact text before the pipeline runs (the
+        usual case of a hot read): its whole answer with ReadyForQuery, or None (the slow path
+        decides, as if this were not here). Every per-session condition of admit() holds here too."""
+        if session.pinned or session.cache_off or session.cache_settings_stale:
+            return None
+        plan = session.plan
+        if plan.entries or plan.outstanding or plan.in_extended or plan.status != b"I" or plan.completions:
+            return None
+        with memoryview(data) as view:
+            sql = str(view[begin + 5:end - 1], "utf-8", "replace")
+        db = session.database
+        adm = self.known.get((db, sql))
+        if adm is None:
+            return None
+        cat = adm.catalog
+        if cat.stale or cat is not self.catalogs.get(db) or time.monotonic() - cat.loaded >= self.config.catalog_refresh_s:
+            return None
+        if self.logical:
+            reader = self.readers.get(db)
+            if reader is None or not reader.ready:
+                return None
+        elif self.warm is not None and not self.warm.subscribed:
+            return None
+        entry = self.hot.get(self.key(session, adm, adm.shape.values), time.monotonic())
+        if entry is None or entry.rlen < 0:
+            return None
+        counts = self.counts
+        counts["hits"] += 1
+        counts["l1_hits"] += 1
+        stats = self.stats_of(adm)
+        stats.calls += 1
+        stats.hits += 1
+        return entry.wire
+
+    # --- the key and the lookup -----------------------------------------------------------------
+    def key(self, session, adm, values, formats=None):
+        part = self.settings_parts.get(session.settings_key)
+        if part is None:
+            if len(self.settings_parts) > 10000:
+                self.settings_parts.clear()
+            part = self.settings_parts[session.settings_key] = tuple(
+                kv for kv in session.settings_key if kv[0].lower() not in NEUTRAL_SETTINGS)
+        return (session.database, session.user, part, adm.shape.template, values, formats)
+
+    def lookup(self, session, adm, key, origin):
+        """(entry, None) on a hit; (None, Fill) on a miss."""
+        entry = self.hot.get(key, time.monotonic())
+        stats = self.stats_of(adm)
+        stats.calls += 1
+        if entry is not None:
+            self.counts["hits"] += 1
+            self.counts["l1_hits"] += 1
+            if entry.origin != origin:
+                self.counts["l3_hits"] += 1
+            stats.hits += 1
+            return entry, None
+        warm_gens = None
+        warm = self.warm
+        if warm is not None and "l2" in adm.tiers and warm.usable() and not warm.busy(session.database, adm.names):
+            entry, warm_gens = self._fetch(session, adm, key, origin)
+            if entry is not None:
+                stats.hits += 1
+                return entry, None
+        self.counts["misses"] += 1
+        stats.misses += 1
+        return None, Fill(self, key, adm, session, warm_gens, origin)
+
+    def _fetch(self, session, adm, key, origin):
+        from .warm import Down, decode
+        try:
+            value, current = self.warm.fetch(digest(key), session.database, adm.sorted_names)
+        except Down:
+            return None, None
+        if value is None:
+            return None, current
+        try:
+            rowdesc, body, gens, meta = decode(value)
+        except Exception as e:  # noqa: BLE001 - a corrupt value is a miss, never a failed query
+            log.info("cache: an unreadable entry in redis (%s)", e)
+            return None, current
+        if gens != current:
+            return None, current
+        self.counts["hits"] += 1
+        self.counts["l2_hits"] += 1
+        entry = Entry(key, rowdesc, body, time.monotonic() + min(meta.get("ttl", adm.ttl), adm.ttl),
+                      adm.names, session.database, adm.cls, meta.get("o"))
+        if entry.origin != origin:
+            self.counts["l3_hits"] += 1
+        if "l1" in adm.tiers:
+            self.hot.put(entry)
+        return entry, current
+
+    def stats_of(self, adm):
+        fp = adm.shape.fingerprint
+        stats = self.classes.get(fp)
+        if stats is None:
+            stats = self.classes[fp] = ClassStats(fp, adm.cls)
+        return stats
+
+    def store(self, fill):
+        """A miss answered cleanly: keep it, unless a write touched what it reads meanwhile."""
+        adm, db = fill.adm, fill.database
+        took = time.monotonic() - fill.started
+        stats = self.classes.get(adm.shape.fingerprint)
+        if stats is not None:
+            stats.miss_seconds += took
+        if self.generations(db, adm.sorted_names) != fill.gens:
+            self.counts["stale_fills"] += 1
+            return
+        if self.logical and not getattr(self.readers.get(db), "ready", False):
+            return
+        body = b"".join(fill.parts)
+        entry = Entry(fill.key, fill.rowdesc, body, time.monotonic() + adm.ttl, adm.names, db, adm.cls,
+                      fill.origin)
+        self.counts["stores"] += 1
+        if "l1" in adm.tiers:
+            self.hot.put(entry)
+        if self.warm is not None and "l2" in adm.tiers and fill.warm_gens is not None:
+            from .warm import encode
+            value = encode(fill.rowdesc, body, fill.warm_gens, {"ttl": adm.ttl, "o": fill.origin, "c": adm.cls})
+            JOBS.submit(self.warm.store, digest(fill.key), value, adm.ttl)
+
+    # --- invalidation ----------------------------------------------------------------------------
+    def generations(self, db, names):
+        gens = self.gens
+        return (gens.get((db, None), 0), *[gens.get((db, n), 0) for n in names])
+
+    def invalidate(self, db, names, publish=True):
+        """Writes to names (None: anything) of db: their entries go, here and (publish) everywhere."""
+        gens = self.gens
+        for name in (names if names is not None else (None,)):
+            gens[(db, name)] = gens.get((db, name), 0) + 1
+        self.counts["invalidations"] += 1
+        self.counts["invalidated_entries"] += self.hot.invalidate(db, names)
+        if names is None and db in self.catalogs:
+            self.catalogs[db].stale = True  # DDL may have changed relations or functions
+        if publish and self.warm is not None:
+            JOBS.submit(self.warm.invalidate, db, None if names is None else set(names))
+
+    def _heard(self, db, names):
+        self.invalidate(db, names, publish=False)
+
+    def flush_hot(self):
+        self.counts["flushes"] += 1
+        for key in list(self.gens):
+            self.gens[key] += 1
+        self.hot.flush()
+
+    def flush(self):
+        """POST /cache/flush: every entry here, and (Redis) everywhere."""
+        self.flush_hot()
+        for db in {db for db, _ in list(self.gens)} | set(self.catalogs):
+            if self.warm is not None:
+                JOBS.submit(self.warm.invalidate, db, None)
+
+    def wrote(self, session, names):
+        """A write is about to go out (names None: it may touch anything): invalidate now, and
+        again when its transaction ends (relay.py calls ended())."""
+        self.invalidate(session.database, names)
+        pending = session.cache_pending
+        if names is None or pending is ALL:
+            session.cache_pending = ALL
+        elif pending is None:
+            session.cache_pending = set(names)
+        else:
+            pending.update(names)
+
+    def ended(self, session, done):
+        """A ReadyForQuery 'I' after writes: they committed (or rolled back); done: nothing more owed."""
+        pending = session.cache_pending
+        self.invalidate(session.database, None if pending is ALL else pending)
+        if done:
+            session.cache_pending = None
+
+    def not_a_read(self, session, shape):
+        """A statement the cache never serves: what it writes is invalidated; what it does to the
+        session (settings, temporary tables) is noted."""
+        if shape.creates_temp:
+            session.cache_off = "temporary table in session"
+        if shape.sets and not session.pooled:
+            session.cache_settings_stale = True
+        if shape.everything:
+            self.wrote(session, None)
+        elif shape.writes:
+            self.wrote(session, shape.writes)
+        self.check_functions(session, shape)
+
+    def check_functions(self, session, shape):
+        """A function that is volatile (or unknown) and not known to leave tables alone may write
+        anything: the whole database is invalidated."""
+        if not shape.functions:
+            return
+        cat = self.catalogs.get(session.database)
+        memo = shape.effects
+        if memo is not None and memo[0] is cat:
+            unknown = memo[1]
+        else:
+            unknown = any(f not in NO_TABLE_EFFECTS and (cat is None or cat.volatility.get(f, "v") == "v")
+                          for f in shape.functions)
+            shape.effects = (cat, unknown)
+        if unknown:
+            self.wrote(session, None)
+
+    # --- the admin API ---------------------------------------------------------------------------
+    def state(self):
+        c = self.counts
+        looked = c["hits"] + c["misses"]
+        out = dict(c, enabled=True, entries=len(self.hot), bytes=self.hot.bytes, max_bytes=self.hot.max_bytes,
+                   evictions=self.hot.evictions, hit_rate=round(c["hits"] / looked, 4) if looked else None,
+                   bypass=dict(self.bypass), invalidation=self.config.invalidation)
+        out["classes"] = {cls: sum(1 for s in list(self.classes.values()) if s.cls == cls) for cls in CLASSES}
+        out["fingerprints"] = [
+            {"fingerprint": s.fingerprint, "class": s.cls, "calls": s.calls, "hits": s.hits, "misses": s.misses,
+             "mean_miss_ms": round(1000 * s.miss_seconds / s.misses, 3) if s.misses else None}
+            for s in sorted(list(self.classes.values()), key=lambda s: -s.calls)[:100]]
+        if self.warm is not None:
+            out["redis"] = {"up": self.warm.up, "subscribed": self.warm.subscribed, "errors": self.warm.errors,
+                            "reconnects": self.warm.reconnects}
+        if self.logical:
+            out["logical"] = {db: {"ready": r.ready, "slot": r.slot, "lag_bytes": r.lag_bytes, "changes": r.changes,
+                                   "error": r.error} for db, r in list(self.readers.items())}
+        return out
+
+
+ALL = "all"  # session.cache_pending: a write of unknown extent
+
+
+def digest(key):
+    return blake2b(repr(key).encode(), digest_size=20).digest()
+
+
+def on_server(session, fn):
+    """fn(server connection) for the proxy's own query on the session's behalf: on its own server
+    (session pooling: the pump stops meanwhile), else on one from its pool."""
+    from ..server import relay
+    lease = session.lease
+    if lease is not None:
+        lease.stop_pump(block=True)
+        try:
+            return fn(lease.server)
+        finally:
+            lease.pump = relay.start(session, lease)
+    pool = session.pool
+    conn, ok = pool.acquire(), False
+    try:
+        result = fn(conn)
+        ok = True
+        return result
+    finally:
+        pool.release(conn, reusable=ok)
+

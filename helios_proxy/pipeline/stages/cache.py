@@ -1,0 +1,54 @@
+"""The cache stage (cache/): after the routing hints, before the query goes to a server.
+
+A read the cache may serve (cache/__init__.py admit) is looked up: a hit in the simple protocol is
+answered here (its RowDescription, DataRows and CommandComplete as the server sent them, then a
+ReadyForQuery); a miss carries a Fill the forwarder starts when the Query goes out, so the answer
+is stored on its way back (server/relay.py). An extended-protocol Parse only carries its Admission:
+the key needs the Bind's parameters, which the forwarder reads (cache/extended.py). Anything else
+is screened for what it writes, which is invalidated before it goes out.
+"""
+from ...errors import ProxyError
+from ...routing.hints import parse_hints
+from ...cache.store import READY_IDLE
+from ..stage import Stage, StageResult
+
+
+class Cache(Stage):
+    name = "cache"
+
+    @classmethod
+    def enabled(cls, config):
+        return config.cache.enabled
+
+    def process(self, ctx):
+        session = ctx.session
+        cache = session.proxy.cache
+        sql = ctx.sql
+        if ctx.large:  # too large to parse: a write of anything, unless it is plainly a SELECT
+            if ctx.word not in ("select", "values", "table", "show"):
+                cache.wrote(session, None)
+            return StageResult.CONTINUE
+        shape = cache.shapes.get(sql)
+        if shape.why_not is not None:
+            cache.not_a_read(session, shape)
+            return StageResult.CONTINUE
+        if shape.functions:
+            cache.check_functions(session, shape)
+        if "/*+" in sql[:4096]:
+            try:
+                parse_hints(sql, None)
+            except ProxyError as e:
+                return StageResult.reject(e.sqlstate, e.message)
+        adm = cache.admit(session, shape, sql)
+        if adm is None:
+            return StageResult.CONTINUE
+        if ctx.protocol != "simple":
+            ctx.decide().cache = adm
+            return StageResult.CONTINUE
+        cache.remember(session, sql, adm)
+        entry, fill = cache.lookup(session, adm, cache.key(session, adm, shape.values), hash(sql))
+        if entry is not None and entry.rlen >= 0:
+            return StageResult.respond(entry.wire[:-len(READY_IDLE)])
+        if fill is not None:
+            ctx.decide().cache = fill
+        return StageResult.CONTINUE
