@@ -14,7 +14,7 @@ def fake_session(mode="transaction", journal=None):
     plan.sent(ord("Q"))
     return SimpleNamespace(plan=plan, transactions=0, pooled=True, mode=mode, pinned=None, closing=None,
                            streaming=False, settings_dirty=False, proxy=SimpleNamespace(router=router),
-                           journal=journal)
+                           journal=journal, cache_fill=None, cache_pending=None)
 
 
 def fake_server():
