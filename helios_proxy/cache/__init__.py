@@ -55,7 +55,8 @@ NO_TABLE_EFFECTS = READ_ONLY_FUNCTIONS | frozenset((
     "transaction_timestamp", "pg_current_wal_lsn", "pg_current_wal_insert_lsn", "txid_current_if_assigned",
     "pg_cancel_backend", "pg_terminate_backend", "pg_reload_conf"))
 CLASSES = ("point", "range", "analytic", "vector")
-UNKNOWN_AGE = 5.0  # a relation the catalog does not know: reload it at most this often
+UNKNOWN_AGE = 5.0
+FIRST_SLOT_WAIT = 3.0  # a database's first read waits this long for its logical slot to be made  # a relation the catalog does not know: reload it at most this often
 PARSE_COMPLETE, BIND_COMPLETE = m.PARSE_COMPLETE[0], m.BIND_COMPLETE[0]
 ROW_DESCRIPTION, DATA_ROW, COMMAND_COMPLETE, READY = (m.ROW_DESCRIPTION[0], m.DATA_ROW[0], m.COMMAND_COMPLETE[0],
                                                       m.READY_FOR_QUERY[0])
@@ -163,6 +164,13 @@ class QueryCache:
         if self.warm is not None:
             self.warm.stop()
 
+    def reader(self, db):
+        """invalidation = "logical": the slot reader of db, started on first use (a client's login)."""
+        reader = self.readers.get(db)
+        if reader is None:
+            reader = self.readers[db] = LogicalReader(self, db)
+        return reader
+
     def count(self, what, n=1):
         self.counts[what] += n
 
@@ -182,10 +190,8 @@ class QueryCache:
             return self.skip("in a transaction or pipeline")
         db = session.database
         if self.logical:
-            reader = self.readers.get(db)
-            if reader is None:
-                reader = self.readers[db] = LogicalReader(self, db)
-            if not reader.ready:
+            reader = self.reader(db)
+            if not reader.wait_ready(FIRST_SLOT_WAIT):
                 return self.skip("logical slot not ready")
         elif self.warm is not None and not self.warm.subscribed:
             return self.skip("redis unavailable")  # other proxies' writes would not be heard
@@ -295,8 +301,8 @@ class QueryCache:
         """A simple-protocol hit found by the Query's exact text before the pipeline runs (the
         usual case of a hot read): its whole answer with ReadyForQuery, or None (the slow path
         decides, as if this were not here). Every per-session condition of admit() holds here too."""
-        if session.pinned or session.cache_off or session.cache_settings_stale:
-            return None
+        if session.pinned or session.cache_off or session.cache_settings_stale or not session.idle_lease.is_set():
+            return None  # (a lease still ending may be reading the client's new settings back)
         plan = session.plan
         if plan.entries or plan.outstanding or plan.in_extended or plan.status != b"I" or plan.completions:
             return None

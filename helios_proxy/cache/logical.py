@@ -18,6 +18,7 @@ import os
 import re
 
 import gevent
+from gevent.event import Event
 
 from ..backend.connection import ServerConnection
 from ..errors import ProxyError
@@ -54,7 +55,14 @@ class LogicalReader:
         self.changes = 0       # tables changed, as the slot told (one per table per poll)
         self.error = None      # why it is not ready, when it is not
         self.conn = None
+        self.up = Event()      # set while ready
         self.greenlet = gevent.spawn(self.run)
+
+    def wait_ready(self, timeout):
+        """While the first slot is being made (no failure yet), wait up to timeout for it."""
+        if not self.ready and self.error is None:
+            self.up.wait(timeout)
+        return self.ready
 
     def run(self):
         cfg = self.cache.config
@@ -87,15 +95,16 @@ class LogicalReader:
                           "'test_decoding', true)")
         self.node = node.name
         self.ready, self.error = True, None
+        self.up.set()
         log.info("cache: reading writes to database %s from the temporary logical slot %s on %s",
                  self.database, self.slot, node.name)
 
     def poll(self):
         rows = self.conn.execute(CHANGES % literal(self.slot))
         names = {relation_name(r[0]) for r in rows if r[0]}
-        if names:
+        if names:  # (and in the shared tier, whose entries other proxies may have stored)
             self.changes += len(names)
-            self.cache.invalidate(self.database, names, publish=False)
+            self.cache.invalidate(self.database, names)
         lag = self.conn.execute(LAG % literal(self.slot))
         self.lag_bytes = int(lag[0][0]) if lag and lag[0][0] is not None else 0
         limit = self.cache.config.logical_max_lag_bytes
@@ -109,9 +118,10 @@ class LogicalReader:
         """Whatever happened meanwhile is unknown: the database's entries go."""
         was = self.ready
         self.ready = False
+        self.up.clear()
         self.close(drop=True)
         if was:
-            self.cache.invalidate(self.database, None, publish=False)
+            self.cache.invalidate(self.database, None)
 
     def close(self, drop=False):
         conn, self.conn = self.conn, None

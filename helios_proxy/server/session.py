@@ -135,6 +135,8 @@ class ClientSession:
                     admin_db.serve(self)
                     return
                 self.proxy.plugins.notify("on_client_connect", session=self)
+                if self.proxy.cache is not None and self.proxy.cache.logical and self.home is None:
+                    self.proxy.cache.reader(self.database)  # (its slot is made while the client starts)
                 replay = self.proxy.config.replay
                 if replay.enabled and self.home is None:
                     self.journal = Journal(replay.max_journal_bytes,
