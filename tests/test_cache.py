@@ -258,6 +258,34 @@ def test_a_transaction_reads_its_own_write_and_a_rollback_leaves_the_cache_clean
     assert one(cached, read) == [("c60",)]
 
 
+def test_reads_in_a_read_committed_transaction_that_has_not_written_are_served(cached):
+    q = "select v from cache_kv where k = %s"
+    with psycopg.connect(cached.dsn()) as conn:  # (not autocommit: psycopg sends BEGIN first)
+        conn.execute(q, (61,)).fetchall()
+        conn.commit()
+        assert hits_after(cached, lambda: conn.execute(q, (61,)).fetchall()) == 1
+        conn.execute("update cache_kv set v = 'mine' where k = 62")
+        assert hits_after(cached, lambda: conn.execute(q, (61,)).fetchall()) == 0  # it wrote: its own view
+        conn.rollback()
+        conn.execute("set local search_path = cache_s2")  # this transaction's own settings
+        assert conn.execute("select x from t").fetchall() == [("two",)]
+        conn.rollback()
+        conn.execute("set search_path = cache_s1")
+        conn.commit()
+        assert conn.execute("select x from t").fetchall() == [("one",)]
+        conn.commit()
+        conn.execute("reset search_path")
+        conn.commit()
+    conn = cached.connect()  # repeatable read: the transaction's snapshot, never a newer cached row
+    try:
+        conn.set_session(isolation_level="REPEATABLE READ")
+        cur = conn.cursor()
+        cur.execute("select v from cache_kv where k = 63")
+        assert hits_after(cached, lambda: cur.execute("select v from cache_kv where k = 63")) == 0
+    finally:
+        conn.close()
+
+
 def test_admin_api_flush_and_invalidate(cached):
     one(cached, "select v from cache_kv where k = 70")
     body = stats(cached)

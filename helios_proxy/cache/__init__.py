@@ -34,7 +34,7 @@ from ..routing.classify import READ_ONLY_FUNCTIONS
 from ..routing.hints import parse_hints
 from . import catalog as catalogs
 from .logical import LogicalReader
-from .shape import Shapes
+from .shape import LOOSE, Shapes
 from .store import Entry, HotTier
 
 log = logging.getLogger(__name__)
@@ -123,8 +123,8 @@ class Fill:
             return False
         if mtype == PARSE_COMPLETE or mtype == BIND_COMPLETE:
             return False
-        if mtype == READY and self.complete and status == b"I":
-            self.cache.store(self)
+        if mtype == READY and self.complete and (status == b"I" or status == b"T"):
+            self.cache.store(self)  # (in a transaction: one that has not written, admit() made sure)
         return True  # anything else (an error, a notice, NoData...): not stored
 
 
@@ -186,8 +186,11 @@ class QueryCache:
         if session.cache_off:
             return self.skip(session.cache_off)
         plan = session.plan
-        if plan.status != b"I" or plan.owes():
-            return self.skip("in a transaction or pipeline")
+        if plan.owes():
+            return self.skip("pipelined")
+        status = plan.status
+        if status != b"I" and (status != b"T" or session.cache_pending is not None or session.cache_tx_unsafe):
+            return self.skip("in a transaction that wrote, failed or changed settings")
         db = session.database
         if self.logical:
             reader = self.reader(db)
@@ -200,6 +203,9 @@ class QueryCache:
         catalog = self.catalog(session)
         if catalog is None:
             return self.skip("catalog unavailable")
+        if status == b"T" and session.settings.get("default_transaction_isolation",
+                                                     catalog.isolation).lower() not in LOOSE:
+            return self.skip("in a repeatable read or serializable transaction")
         hinted = "/*+" in sql[:4096]
         key = (db, sql, hinted)
         adm = self.admissions.get(key)
@@ -466,19 +472,26 @@ class QueryCache:
             pending.update(names)
 
     def ended(self, session, done):
-        """A ReadyForQuery 'I' after writes: they committed (or rolled back); done: nothing more owed."""
+        """A ReadyForQuery 'I' after writes or settings in a transaction: the writes committed (or
+        rolled back) and are invalidated again; done: nothing more owed."""
         pending = session.cache_pending
-        self.invalidate(session.database, None if pending is ALL else pending)
+        if pending is not None:
+            self.invalidate(session.database, None if pending is ALL else pending)
         if done:
             session.cache_pending = None
+            if session.cache_tx_unsafe:
+                session.cache_tx_unsafe = False
+                session.cache_settings_stale = not session.pooled  # (SET LOCAL values are gone now)
 
     def not_a_read(self, session, shape):
         """A statement the cache never serves: what it writes is invalidated; what it does to the
         session (settings, temporary tables) is noted."""
         if shape.creates_temp:
             session.cache_off = "temporary table in session"
-        if shape.sets and not session.pooled:
-            session.cache_settings_stale = True
+        if shape.sets or shape.strict:  # SET LOCAL, SET TRANSACTION ISOLATION...: nothing from the
+            session.cache_tx_unsafe = True  # cache until the transaction ends (relay.py: ended())
+            if not session.pooled:
+                session.cache_settings_stale = True
         if shape.everything:
             self.wrote(session, None)
         elif shape.writes:

@@ -39,7 +39,7 @@ def _names(array_text):
 class Catalog:
     """One database's relations and immutable functions."""
 
-    def __init__(self, rows=(), volatility=()):
+    def __init__(self, rows=(), volatility=(), isolation="read committed"):
         self.kinds = {}      # relation name -> set of relkinds under that name
         self.family = {}     # relation name -> names of its inheritance/partition family
         self.views = {}      # view name -> names it reads
@@ -64,6 +64,7 @@ class Catalog:
             for n in group:
                 self.family[n] = frozen
         self.volatility = dict(volatility)
+        self.isolation = isolation  # default_transaction_isolation for the pool's user in this database
         self.loaded = time.monotonic()
         self.stale = False   # DDL went through the proxy: load it again before the next use
 
@@ -93,4 +94,5 @@ class Catalog:
 
 
 def load(conn):
-    return Catalog(conn.execute(RELATIONS), conn.execute(VOLATILITY))
+    return Catalog(conn.execute(RELATIONS), conn.execute(VOLATILITY),
+                   conn.execute("SELECT pg_catalog.current_setting('default_transaction_isolation')")[0][0])

@@ -34,7 +34,7 @@ STABLE_NODES = frozenset(("SQLValueFunction",))
 
 class Shape:
     __slots__ = ("template", "fingerprint", "values", "reads", "writes", "everything", "functions", "why_not",
-                 "stable", "features", "params", "creates_temp", "sets", "effects")
+                 "stable", "features", "params", "creates_temp", "sets", "effects", "strict")
 
     def __init__(self):
         self.template = None    # bytes: digest of the constant-free tree
@@ -51,6 +51,7 @@ class Shape:
         self.creates_temp = False  # mentions a temporary relation (CREATE TEMP TABLE...)
         self.sets = False       # may change session settings (SET, RESET, DISCARD, DO, CALL, set_config)
         self.effects = None     # (catalog, whether its functions may write): QueryCache.check_functions
+        self.strict = False     # BEGIN/START TRANSACTION ISOLATION LEVEL REPEATABLE READ or SERIALIZABLE
 
 
 def _const(body):
@@ -97,6 +98,8 @@ class _Walk:
                 self.params = max(self.params, n)
                 return {"$": 0}
             self.note(kind, body)
+        elif node.get("relpersistence") == "t":  # a RangeVar in a typed field (CREATE TEMP TABLE's relation)
+            self.temp = True
         return {k: self.node(v) for k, v in node.items() if k not in POSITIONS}
 
     def note(self, kind, body):
@@ -137,6 +140,21 @@ class _Walk:
                 self.features.add("range")
 
 
+LOOSE = frozenset(("read committed", "read uncommitted"))
+
+
+def _strict(body):
+    """Whether a BEGIN/START TRANSACTION asks for a snapshot per transaction (a cached answer
+    could be newer than its snapshot)."""
+    for option in body.get("options", ()):
+        d = option.get("DefElem", {})
+        if d.get("defname") == "transaction_isolation":
+            value = d.get("arg", {}).get("A_Const", {}).get("sval", {}).get("sval", "")
+            if value.lower() not in LOOSE:
+                return True
+    return False
+
+
 def analyze(sql):
     """The Shape of sql (a Query's or a Parse's text)."""
     shape = Shape()
@@ -155,6 +173,7 @@ def analyze(sql):
     shape.stable, shape.features, shape.creates_temp = walk.stable, frozenset(walk.features), walk.temp
     kinds = [next(iter(s["stmt"])) for s in stmts]
     shape.sets = "set_config" in shape.functions or any(k in SETTERS for k in kinds)
+    shape.strict = any(_strict(s["stmt"][k]) for s, k in zip(stmts, kinds) if k == "TransactionStmt")
     writes = list(walk.writes)
     for s, kind in zip(stmts, kinds):
         body = s["stmt"][kind]

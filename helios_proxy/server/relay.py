@@ -114,7 +114,7 @@ class ServerStream:
                         answered.append((entry, self.last_tag, self.last_error))
                     if completions is not None:
                         self.last_tag = self.last_error = None
-                if body == b"I" and session.cache_pending is not None:  # its writes ended: invalidate again
+                if body == b"I" and (session.cache_pending is not None or session.cache_tx_unsafe):  # (cache/)
                     session.proxy.cache.ended(session, not plan.owes())
                 release = ends_here(session, server)
                 if journal is not None:

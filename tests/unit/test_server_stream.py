@@ -14,7 +14,8 @@ def fake_session(mode="transaction", journal=None):
     plan.sent(ord("Q"))
     return SimpleNamespace(plan=plan, transactions=0, pooled=True, mode=mode, pinned=None, closing=None,
                            streaming=False, settings_dirty=False, proxy=SimpleNamespace(router=router),
-                           journal=journal, cache_fill=None, cache_pending=None)
+                           journal=journal, cache_fill=None, cache_pending=None,
+                           cache_tx_unsafe=False)
 
 
 def fake_server():
