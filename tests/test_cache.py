@@ -2,8 +2,10 @@
 never a stale, foreign or uncacheable answer, invalidation by writes through the proxy, straight
 on PostgreSQL (logical slot) and through another proxy (Redis), and a randomized differential test
 against PostgreSQL itself."""
+import re
 import threading
 import time
+import urllib.request
 
 import psycopg
 import psycopg2
@@ -300,6 +302,12 @@ def test_admin_api_flush_and_invalidate(cached):
     status, answer = cached.api("POST", "/cache/invalidate", {"database": "postgres", "tables": ["cache_kv"]})
     assert status == 200 and answer["invalidated"] >= 1
     assert cached.api("POST", "/cache/invalidate", {"tables": "cache_kv"})[0] == 400
+    one(cached, "select v from cache_kv where k = 71"), one(cached, "select v from cache_kv where k = 71")
+    with urllib.request.urlopen(f"http://127.0.0.1:{cached.admin_port}/metrics/prometheus", timeout=30) as r:
+        text = r.read().decode()
+    hits = re.search(r'^helios_cache_lookups_total\{result="l1_hit"\} (\S+)', text, re.M)
+    assert hits and float(hits.group(1)) >= 1 and "helios_cache_entries " in text
+    assert cached.api("GET", "/metrics")[1]["cache"]["hits"] >= 1  # (the status page's hit rate)
 
 
 def test_writes_made_straight_on_postgresql_invalidate_with_the_logical_slot(cluster, tables, tmp_path, direct):

@@ -131,6 +131,7 @@ def merge_snapshots(snaps):
         "history": history,
         "plugins": add([s["plugins"] for s in snaps]),
         "replay": add([s["replay"] for s in snaps]),
+        "cache": add([s["cache"] for s in snaps]),
         "workers": len(snaps),
     }
 

@@ -31,7 +31,23 @@ def snapshot(proxy):
         "plugins": {name: {"calls": proxy.plugins.calls[name], "failures": proxy.plugins.failures[name]}
                     for name in proxy.plugins.sources},
         "replay": views.replay(proxy),
+        "cache": cache_snapshot(proxy.cache),
     }
+
+
+def cache_snapshot(cache):
+    """The query cache's counters and gauges (cache/), or {"enabled": False}."""
+    if cache is None:
+        return {"enabled": False}
+    state = cache.state()
+    out = {k: state[k] for k in ("enabled", "hits", "misses", "l1_hits", "l2_hits", "l3_hits", "stores",
+                                  "invalidations", "invalidated_entries", "stale_fills", "entries", "bytes",
+                                  "evictions")}
+    out["redis_up"] = int(state["redis"]["subscribed"]) if "redis" in state else None
+    out["redis_errors"] = state["redis"]["errors"] if "redis" in state else 0
+    out["logical"] = {db: {"ready": int(r["ready"]), "lag_bytes": r["lag_bytes"]}
+                      for db, r in state.get("logical", {}).items()}
+    return out
 
 
 class ProxyCollector:
@@ -107,6 +123,7 @@ class ProxyCollector:
         yield replay
         yield GaugeMetricFamily("helios_replay_journal_bytes", "Bytes of requests journaled now.",
                                 value=s["replay"]["journal_bytes"])
+        yield from cache_families(s["cache"])
         h = s["transaction_seconds"]
         cumulative, buckets = 0, []
         for bound, count in zip(list(h["buckets"]) + ["+Inf"], h["counts"]):
@@ -114,6 +131,35 @@ class ProxyCollector:
             buckets.append((str(bound), cumulative))
         yield HistogramMetricFamily("helios_transaction_duration_seconds", "Time from lease to release of a "
                                     "server connection (pooled modes).", buckets=buckets, sum_value=h["sum"])
+
+
+def cache_families(c):
+    if not c.get("enabled"):
+        return
+    lookups = CounterMetricFamily("helios_cache_lookups", "Query cache lookups by result and tier (cache/).",
+                                  labels=["result"])
+    for result in ("l1_hits", "l2_hits", "misses"):
+        lookups.add_metric([result[:-1] if result != "misses" else "miss"], c[result])
+    yield lookups
+    yield CounterMetricFamily("helios_cache_invalidations", "Invalidations (writes, DDL, other proxies, the "
+                              "logical slot).", value=c["invalidations"])
+    yield CounterMetricFamily("helios_cache_stale_fills", "Answers not stored: a write touched their tables "
+                              "while they were in flight.", value=c["stale_fills"])
+    yield GaugeMetricFamily("helios_cache_entries", "Entries in the hot tier.", value=c["entries"])
+    yield GaugeMetricFamily("helios_cache_bytes", "Bytes in the hot tier.", value=c["bytes"])
+    if c["redis_up"] is not None:
+        yield GaugeMetricFamily("helios_cache_redis_up", "1 while the shared tier (Redis) is reachable and "
+                                "heard.", value=c["redis_up"])
+        yield CounterMetricFamily("helios_cache_redis_errors", "Failed calls to Redis.", value=c["redis_errors"])
+    if c["logical"]:
+        ready = GaugeMetricFamily("helios_cache_logical_slot_ready", "1 while the database's logical slot is "
+                                  "read (0: not cached).", labels=["database"])
+        lag = GaugeMetricFamily("helios_cache_logical_slot_lag_bytes", "WAL the slot holds behind the primary "
+                                "(alert well below cache.logical_max_lag_bytes).", labels=["database"])
+        for db, r in c["logical"].items():
+            ready.add_metric([db], r["ready"])
+            lag.add_metric([db], r["lag_bytes"])
+        yield from (ready, lag)
 
 
 @bp.get("/metrics")

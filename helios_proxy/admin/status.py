@@ -1,5 +1,5 @@
 """GET /: a live status page (one HTML file, no build step): nodes with role, health and lag, pools,
-and queries per second over the last minutes, refreshed every 2 s from /nodes, /pools and /metrics.
+the query cache's hit rate, and queries per second over the last minutes, refreshed every 2 s from /nodes, /pools and /metrics.
 When the API needs a token for reading, open it as /#token=TOKEN."""
 from flask import Blueprint, Response
 
@@ -46,6 +46,10 @@ function chart(history) {
     xy.map(p => p.join(",")).join(" ") + '"/><text x="10" y="14">max ' + max.toFixed(0) +
     ' q/s</text><text id="qps" x="' + (w - 150) + '" y="14">now ' + pts[pts.length - 1][1].toFixed(0) + ' q/s</text>';
 }
+function cacheRate(m) {
+  const looked = m.hits + m.misses;
+  return looked ? (100 * m.hits / looked).toFixed(1) + "% of " + looked + " reads (" + m.entries + " entries)" : "-";
+}
 async function refresh() {
   try {
     const [nodes, pools, metrics, version] = await Promise.all(
@@ -53,7 +57,8 @@ async function refresh() {
     document.getElementById("version").textContent = version.version;
     const c = metrics.clients;
     document.getElementById("summary").textContent = "clients: " + c.active + " active, " + c.waiting +
-      " waiting, " + c.idle + " idle; failovers: " + metrics.failovers + "; buffered now: " + metrics.buffer.waiting;
+      " waiting, " + c.idle + " idle; failovers: " + metrics.failovers + "; buffered now: " + metrics.buffer.waiting +
+      (metrics.cache.enabled ? "; cache hit rate: " + cacheRate(metrics.cache) : "");
     rows("nodes", nodes, n => [esc(n.name), esc(n.address), esc(n.role) + (n.primary ? " (" + esc(n.primary_state) + ")" : ""),
       n.healthy ? '<span class="ok">healthy</span>' : '<span class="bad">unhealthy</span>',
       esc(n.lag_bytes ?? "-"), n.reads, n.writes, n.fenced ? "fenced: " + esc(n.fenced) : n.stale ? "stale" : "in service"]);

@@ -8,7 +8,8 @@ text (an LRU by text, as classification is):
   fingerprint alone is not enough for a key: it ignores aliases, `SELECT 1 AS a` and `SELECT 1 AS
   b` share one.) `fingerprint` is kept for display and the workload class.
 - `values`: the lifted constants in tree order, each with its kind, so `k = 12` (an int4
-  literal) and `k = $1` bound to int4 '12' give the same key, while `'12'` and `12` do not.
+  literal) and `k = $1` bound to int4 '12' give the same key, while `'12'` and `12` do not. The
+  constants of `x IN (...)` are a set: sorted, so `IN (3, 1, 2)` and `IN (1, 2, 3)` share a key.
 - the relations it reads or writes, the functions it calls, and what makes it uncacheable.
 """
 import hashlib
@@ -97,6 +98,13 @@ class _Walk:
                 self.values.append(("$", n))
                 self.params = max(self.params, n)
                 return {"$": 0}
+            if kind == "A_Expr" and body.get("kind") == "AEXPR_IN":
+                items = body.get("rexpr", {}).get("List", {}).get("items", [])
+                if items and all("A_Const" in item for item in items):  # x IN (constants): a set
+                    self.note(kind, body)
+                    self.values.extend(sorted((_const(item["A_Const"]) for item in items), key=repr))
+                    return {kind: {k: (len(items) if k == "rexpr" else self.node(v))
+                                   for k, v in body.items() if k not in POSITIONS}}
             self.note(kind, body)
         elif node.get("relpersistence") == "t":  # a RangeVar in a typed field (CREATE TEMP TABLE's relation)
             self.temp = True

@@ -19,6 +19,11 @@ def test_spellings_share_a_template_and_what_changes_the_answer_does_not():
     assert analyze("select v from kv where k = -12").values == ((INT4, "-12"),)
     assert analyze("select * from t order by a").template != analyze("select * from t order by a desc").template
     assert analyze("select '1'").values == ((UNKNOWN_TYPE, "1"),)
+    in_a, in_b = analyze("select v from kv where k in (3, 1, 2)"), analyze("select v from kv where k in (1,2,3)")
+    assert in_a.template == in_b.template and in_a.values == in_b.values
+    assert analyze("select v from kv where k in (1, 2)").values != in_b.values
+    assert analyze("select v from kv where k in (1, 2, 4)").values != in_b.values
+    assert analyze("select v from kv where k in (1, 2.5, true)").why_not is None  # (kinds mixed)
 
 
 def test_what_a_statement_reads_writes_and_why_it_is_not_cached():
