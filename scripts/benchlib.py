@@ -94,11 +94,13 @@ def start_helios(base, pg_port, pool_size, mode, standby_ports=(), extra="", plu
     return proc, port
 
 
-def pgbench(port, clients, duration, select_only, protocol):
+def pgbench(port, clients, duration, select_only, protocol, script=None):
     cmd = ["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-n", "-M", protocol,
            "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(duration), "postgres"]
     if select_only:
         cmd.insert(-1, "-S")
+    if script:  # a custom script (-f) instead of the built-in TPC-B-like one
+        cmd[-1:-1] = ["-f", script]
     out = subprocess.run(cmd, capture_output=True, text=True)
     tps = re.search(r"^tps = ([\d.]+)", out.stdout, re.M)
     lat = re.search(r"^latency average = ([\d.]+) ms", out.stdout, re.M)

@@ -288,6 +288,58 @@ def test_reads_in_a_read_committed_transaction_that_has_not_written_are_served(c
         conn.close()
 
 
+def test_session_pooling_follows_the_sessions_own_settings_and_temporary_tables(cluster, tables, tmp_path):
+    p = ProxyProcess(str(tmp_path), cluster, pool={"mode": "session", "max_size": 10},
+                     cache={"enabled": True}).start()
+    try:
+        a = p.connect(options="-c search_path=cache_s1")
+        b = p.connect(options="-c search_path=cache_s2")
+        a.autocommit = b.autocommit = True
+        ca, cb = a.cursor(), b.cursor()
+        for _ in range(2):
+            ca.execute("select x from t"), cb.execute("select x from t")
+            assert (ca.fetchone(), cb.fetchone()) == (("one",), ("two",))
+        ca.execute("set timezone = 'UTC'")  # a setting unrelated to t: its startup search_path stays
+        ca.execute("select x from t")
+        assert ca.fetchone() == ("one",)
+        ca.execute("set search_path = cache_s2")
+        ca.execute("select x from t")
+        assert ca.fetchone() == ("two",)
+        assert hits_after(p, lambda: (ca.execute("select x from t"), ca.fetchone())) == 1
+        ca.execute("reset search_path")  # back to its startup option
+        ca.execute("select x from t")
+        assert ca.fetchone() == ("one",)
+        cb.execute("create temp table cache_s2_shadow (x text)")  # from here on its own
+        cb.execute("select x from t")
+        assert hits_after(p, lambda: (cb.execute("select x from t"), cb.fetchone())) == 0
+        a.close(), b.close()
+    finally:
+        p.stop()
+
+
+def test_with_reads_split_to_standbys_only_the_primarys_answers_are_stored(cluster, tables, tmp_path):
+    """A standby that has not replayed a write would give the row as it was before: stored, that
+    answer would be served after the standby caught up, and after every other check passed."""
+    from tests.test_routing import nodes, wait_standby_reads
+    p = ProxyProcess(str(tmp_path), cluster, pool={"mode": "transaction"}, nodes=nodes(cluster),
+                     cache={"enabled": True}).start()
+    standbys = cluster.ports[1:]
+    try:
+        wait_standby_reads(p)
+        read = "select v from cache_kv where k = 96"
+        one(p, read), one(p, read)
+        for port in standbys:
+            cluster.sql("SELECT pg_wal_replay_pause()", port=port)
+        one(p, "update cache_kv set v = 'fresh96' where k = 96")
+        assert one(p, read) == [("fresh96",)]  # (the miss went to the primary)
+        assert hits_after(p, lambda: one(p, read)) == 1
+    finally:
+        for port in standbys:
+            cluster.sql("SELECT pg_wal_replay_resume()", port=port)
+        p.stop()
+    cluster.wait_replayed()
+
+
 def test_admin_api_flush_and_invalidate(cached):
     one(cached, "select v from cache_kv where k = 70")
     body = stats(cached)
@@ -393,8 +445,8 @@ def diff_tables(cluster):
                 "INSERT INTO cache_other SELECT g, g * 10 FROM generate_series(1, 12) g")
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-@given(steps=st.lists(STEP, min_size=40, max_size=120))
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(steps=st.lists(STEP, min_size=50, max_size=150))
 def test_differential_reads_and_writes_through_the_cache_equal_postgresql(cached, diff_tables, cluster, steps):
     """Thousands of steps over the examples: every read through the cache (simple and extended
     protocol, several connections) equals the same read straight on the primary at that moment."""
@@ -404,9 +456,10 @@ def test_differential_reads_and_writes_through_the_cache_equal_postgresql(cached
     ext = psycopg.connect(cached.dsn(), autocommit=True)
     try:
         dcur = direct.cursor()
-        dcur.execute("delete from cache_diff; insert into cache_diff select g, 'v' || g from generate_series(1, 8) g")
         for c in clients:
             c.autocommit = True
+        clients[0].cursor().execute(  # (through the proxy: this one hears only of writes through it)
+            "delete from cache_diff; insert into cache_diff select g, 'v' || g from generate_series(1, 8) g")
         for i, (op, k) in enumerate(steps):
             cur = clients[i % 2].cursor()
             if op in READS:

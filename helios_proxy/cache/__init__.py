@@ -56,7 +56,12 @@ NO_TABLE_EFFECTS = READ_ONLY_FUNCTIONS | frozenset((
     "pg_cancel_backend", "pg_terminate_backend", "pg_reload_conf"))
 CLASSES = ("point", "range", "analytic", "vector")
 UNKNOWN_AGE = 5.0
-FIRST_SLOT_WAIT = 3.0  # a database's first read waits this long for its logical slot to be made  # a relation the catalog does not know: reload it at most this often
+FIRST_SLOT_WAIT = 3.0
+# Admission by observed cost (per query shape): after ONE_HIT_CALLS lookups with under 1 % hits, only
+# one miss in ONE_HIT_PROBE is stored; a shape whose misses take EXPENSIVE_S or more on average is
+# kept in both tiers for twice its TTL.
+ONE_HIT_CALLS, ONE_HIT_PROBE, EXPENSIVE_S = 1000, 50, 0.02
+POPULAR_AFTER = 100  # lookups after which a shape under 50 % hits stays on standbys when it misses  # a database's first read waits this long for its logical slot to be made  # a relation the catalog does not know: reload it at most this often
 PARSE_COMPLETE, BIND_COMPLETE = m.PARSE_COMPLETE[0], m.BIND_COMPLETE[0]
 ROW_DESCRIPTION, DATA_ROW, COMMAND_COMPLETE, READY = (m.ROW_DESCRIPTION[0], m.DATA_ROW[0], m.COMMAND_COMPLETE[0],
                                                       m.READY_FOR_QUERY[0])
@@ -146,7 +151,7 @@ class QueryCache:
         self.classes = LRUCache(maxsize=cfg.max_fingerprints)  # fingerprint -> ClassStats
         self.rules = cfg.rules
         self.counts = dict.fromkeys(("hits", "misses", "l1_hits", "l2_hits", "l3_hits", "stores", "invalidations",
-                                     "invalidated_entries", "too_large", "stale_fills", "flushes"), 0)
+                                     "invalidated_entries", "too_large", "stale_fills", "flushes", "not_admitted"), 0)
         self.bypass = {}          # reason -> reads not looked up
         self.warm = None
         if cfg.redis_url:
@@ -279,10 +284,13 @@ class QueryCache:
         return cat
 
     def capture_settings(self, session):
-        """Session pooling, after the client changed settings: read them back from its server."""
+        """Session pooling, after the client changed settings: read them back from its server. Its
+        startup options are not 'session' settings there: they stay, unless changed since."""
         from ..pool import session_state
+        if session.cache_startup is None:
+            session.cache_startup = dict(session.settings)
         try:
-            session.settings = on_server(session, session_state.capture)
+            session.settings = {**session.cache_startup, **on_server(session, session_state.capture)}
             session.cache_settings_stale = False
         except (ProxyError, OSError) as e:
             log.info("%r: reading its settings back failed (%s)", session, e)
@@ -396,6 +404,17 @@ class QueryCache:
             self.hot.put(entry)
         return entry, current
 
+    def fill_target(self, adm, target):
+        """(store the miss?, where it goes). Only the primary's answers are stored (a standby may not
+        have replayed a write that invalidated the entry): a miss headed for a standby goes to the
+        primary instead while its shape is new or often asked again; else it stays, not stored."""
+        if target is None or target[0] == "primary":
+            return True, target
+        stats = self.classes.get(adm.shape.fingerprint)
+        if stats is not None and stats.calls >= POPULAR_AFTER and stats.hits * 2 < stats.calls:
+            return False, target
+        return True, ("primary", None)
+
     def stats_of(self, adm):
         fp = adm.shape.fingerprint
         stats = self.classes.get(fp)
@@ -404,27 +423,33 @@ class QueryCache:
         return stats
 
     def store(self, fill):
-        """A miss answered cleanly: keep it, unless a write touched what it reads meanwhile."""
+        """A miss answered cleanly: keep it, unless a write touched what it reads meanwhile, or
+        its shape's record says keeping it is not worth it (DistribCache's admission by cost)."""
         adm, db = fill.adm, fill.database
         took = time.monotonic() - fill.started
         stats = self.classes.get(adm.shape.fingerprint)
+        tiers, ttl = adm.tiers, adm.ttl
         if stats is not None:
             stats.miss_seconds += took
+            if stats.calls >= ONE_HIT_CALLS and stats.hits * 100 < stats.calls and stats.misses % ONE_HIT_PROBE:
+                self.counts["not_admitted"] += 1  # its answers are (almost) never asked again: one in
+                return                            # ONE_HIT_PROBE is kept, to notice if that changes
+            if stats.misses and stats.miss_seconds / stats.misses >= EXPENSIVE_S:
+                tiers, ttl = ("l1", "l2"), ttl * 2  # expensive to recompute: shared, kept longer
         if self.generations(db, adm.sorted_names) != fill.gens:
             self.counts["stale_fills"] += 1
             return
         if self.logical and not getattr(self.readers.get(db), "ready", False):
             return
         body = b"".join(fill.parts)
-        entry = Entry(fill.key, fill.rowdesc, body, time.monotonic() + adm.ttl, adm.names, db, adm.cls,
-                      fill.origin)
+        entry = Entry(fill.key, fill.rowdesc, body, time.monotonic() + ttl, adm.names, db, adm.cls, fill.origin)
         self.counts["stores"] += 1
-        if "l1" in adm.tiers:
+        if "l1" in tiers:
             self.hot.put(entry)
-        if self.warm is not None and "l2" in adm.tiers and fill.warm_gens is not None:
+        if self.warm is not None and "l2" in tiers and fill.warm_gens is not None:
             from .warm import encode
-            value = encode(fill.rowdesc, body, fill.warm_gens, {"ttl": adm.ttl, "o": fill.origin, "c": adm.cls})
-            JOBS.submit(self.warm.store, digest(fill.key), value, adm.ttl)
+            value = encode(fill.rowdesc, body, fill.warm_gens, {"ttl": ttl, "o": fill.origin, "c": adm.cls})
+            JOBS.submit(self.warm.store, digest(fill.key), value, ttl)
 
     # --- invalidation ----------------------------------------------------------------------------
     def generations(self, db, names):

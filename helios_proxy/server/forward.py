@@ -462,7 +462,8 @@ class Forwarder:
         (relay.py), if nothing else is owed before it (its answer comes first)."""
         fill, self.cache_next = self.cache_next, None
         session = self.session
-        if fill.__class__ is Fill and session.cache_fill is None and not session.plan.owes():
+        if (fill.__class__ is Fill and session.cache_fill is None and not session.plan.owes()
+                and session.lease.target == "primary"):  # (a standby may lag behind a write)
             session.cache_fill = fill
 
     def cache_parse(self, begin, end, replacement):
@@ -508,7 +509,11 @@ class Forwarder:
         cache = session.proxy.cache
         entry, fill = cache.lookup(session, adm, cache.key(session, adm, values, results), hash(adm.sql))
         if entry is None or (describe and entry.rlen < 0):
-            self.cache_next = fill
+            if fill is not None and session.lease is None:
+                store, session.next_target = cache.fill_target(adm, session.next_target)
+                self.cache_next = fill if store else None
+            elif fill is not None:
+                self.cache_next = fill
             return False
         self.cut(begin, sync_end)
         self.buf.pos = sync_end

@@ -98,6 +98,7 @@ class ClientSession:
         self.cache_off = None         # why this session is never served from the cache (a temporary table)
         self.cache_settings_stale = False  # session pooling: it changed settings; read them back first
         self.cache_tx_unsafe = False  # SET LOCAL, an isolation level... in the open transaction
+        self.cache_startup = None     # session pooling: its startup settings, kept when it changes others
         self.cache_named = {}         # prepared statement name -> (text, parameter types) of cacheable reads
 
     @property

@@ -50,5 +50,8 @@ class Cache(Stage):
         if entry is not None and entry.rlen >= 0:
             return StageResult.respond(entry.wire[:-len(READY_IDLE)])
         if fill is not None:
-            ctx.decide().cache = fill
+            decided = ctx.decide()
+            store, decided.target = cache.fill_target(adm, decided.target)
+            if store:
+                decided.cache = fill
         return StageResult.CONTINUE
