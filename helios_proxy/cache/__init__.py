@@ -31,10 +31,10 @@ from ..errors import ProxyError
 from ..jobs import JOBS
 from ..protocol import messages as m
 from ..routing.classify import READ_ONLY_FUNCTIONS
-from ..routing.hints import parse_hints
+from ..routing.hints import HINT, parse_hints
 from . import catalog as catalogs
 from .logical import LogicalReader
-from .shape import LOOSE, Shapes
+from .shape import LOOSE, MEMO_LIMIT, Shapes
 from .store import Entry, HotTier
 
 log = logging.getLogger(__name__)
@@ -80,12 +80,13 @@ def workload_class(shape):
 
 
 class Admission:
-    """A read the cache may serve: everything about it that does not depend on the session."""
-    __slots__ = ("shape", "sql", "names", "sorted_names", "ttl", "cls", "tiers", "catalog")
+    """A read shape the cache may serve: everything about it that depends neither on the session
+    nor on the constants (one per template and hint; `template` and `fingerprint` are the shape's)."""
+    __slots__ = ("template", "fingerprint", "names", "sorted_names", "ttl", "cls", "tiers", "catalog")
 
-    def __init__(self, shape, sql, names, ttl, cls, tiers, catalog):
-        self.shape, self.sql, self.names, self.ttl, self.cls = shape, sql, names, ttl, cls
-        self.tiers, self.catalog = tiers, catalog
+    def __init__(self, shape, names, ttl, cls, tiers, catalog):
+        self.template, self.fingerprint = shape.template, shape.fingerprint
+        self.names, self.ttl, self.cls, self.tiers, self.catalog = names, ttl, cls, tiers, catalog
         self.sorted_names = sorted(names)
 
 
@@ -144,7 +145,7 @@ class QueryCache:
         self.catalogs = {}        # database -> catalogs.Catalog
         self.loading = set()      # databases whose catalog is being loaded
         self.readers = {}         # database -> LogicalReader (invalidation = "logical")
-        self.admissions = LRUCache(maxsize=10000)  # (database, text, hints) -> Admission or reason
+        self.admissions = LRUCache(maxsize=10000)  # (database, template, hint) -> Admission or (reason, catalog)
         self.known = {}           # (database, text) -> Admission of a simple-protocol read (quick())
         self.quick_ok = False     # no stage but the cache's could change a hit's answer (quick_allowed)
         self.settings_parts = {}  # a session's settings_key -> the part of it in the key
@@ -211,12 +212,12 @@ class QueryCache:
         if status == b"T" and session.settings.get("default_transaction_isolation",
                                                      catalog.isolation).lower() not in LOOSE:
             return self.skip("in a repeatable read or serializable transaction")
-        hinted = "/*+" in sql[:4096]
-        key = (db, sql, hinted)
+        hint = HINT.match(sql) if "/*+" in sql[:4096] else None
+        key = (db, shape.template, hint.group(0) if hint else "")  # (one admission per shape)
         adm = self.admissions.get(key)
         if adm is None or (adm.__class__ is Admission and adm.catalog is not catalog) or (
                 adm.__class__ is tuple and adm[1] is not catalog):
-            adm = self.admissions[key] = self._admit(shape, sql, catalog, hinted, db)
+            adm = self.admissions[key] = self._admit(shape, sql if hint else "", catalog, hint is not None)
         if adm.__class__ is tuple:
             reason = adm[0]
             if reason.startswith("unknown relation") and time.monotonic() - catalog.loaded > UNKNOWN_AGE:
@@ -224,7 +225,7 @@ class QueryCache:
             return self.skip(reason.split(" ", 2)[0] + " relation" if reason.startswith("unknown") else reason)
         return adm
 
-    def _admit(self, shape, sql, catalog, hinted, db):
+    def _admit(self, shape, sql, catalog, hinted):
         why = catalog.why_not(shape.reads)
         if why is not None:
             return (why, catalog)
@@ -263,7 +264,7 @@ class QueryCache:
         if ttl <= 0:
             return ("ttl 0", catalog)
         tiers = ("l2",) if cls == "vector" and self.warm is not None else ("l1", "l2")
-        return Admission(shape, sql, catalog.deps(shape.reads), ttl, cls, tiers, catalog)
+        return Admission(shape, catalog.deps(shape.reads), ttl, cls, tiers, catalog)
 
     def catalog(self, session):
         """The session's database's catalog, loaded (through its server) when missing or stale."""
@@ -304,12 +305,13 @@ class QueryCache:
                 journal.Journal)
         self.quick_ok = all(isinstance(stage, safe) for stage in stages)
 
-    def remember(self, session, sql, adm):
+    def remember(self, session, sql, adm, values):
         """A simple-protocol read was admitted: the next Query of this text may take the quick path."""
         known = self.known
         if len(known) >= 10000:
             known.clear()
-        known[(session.database, sql)] = adm
+        if len(sql) <= MEMO_LIMIT:
+            known[(session.database, sql)] = (adm, values)
 
     def quick(self, session, data, begin, end):
         """A simple-protocol hit found by the Query's exact text before the pipeline runs (the
@@ -323,9 +325,10 @@ class QueryCache:
         with memoryview(data) as view:
             sql = str(view[begin + 5:end - 1], "utf-8", "replace")
         db = session.database
-        adm = self.known.get((db, sql))
-        if adm is None:
+        found = self.known.get((db, sql))
+        if found is None:
             return None
+        adm, values = found
         cat = adm.catalog
         if cat.stale or cat is not self.catalogs.get(db) or time.monotonic() - cat.loaded >= self.config.catalog_refresh_s:
             return None
@@ -335,7 +338,7 @@ class QueryCache:
                 return None
         elif self.warm is not None and not self.warm.subscribed:
             return None
-        entry = self.hot.get(self.key(session, adm, adm.shape.values), time.monotonic())
+        entry = self.hot.get(self.key(session, adm, values), time.monotonic())
         if entry is None or entry.rlen < 0:
             return None
         counts = self.counts
@@ -354,7 +357,7 @@ class QueryCache:
                 self.settings_parts.clear()
             part = self.settings_parts[session.settings_key] = tuple(
                 kv for kv in session.settings_key if kv[0].lower() not in NEUTRAL_SETTINGS)
-        return (session.database, session.user, part, adm.shape.template, values, formats)
+        return (session.database, session.user, part, adm.template, values, formats)
 
     def lookup(self, session, adm, key, origin):
         """(entry, None) on a hit; (None, Fill) on a miss."""
@@ -377,6 +380,9 @@ class QueryCache:
                 return entry, None
         self.counts["misses"] += 1
         stats.misses += 1
+        if stats.calls >= ONE_HIT_CALLS and stats.hits * 100 < stats.calls and stats.misses % ONE_HIT_PROBE:
+            self.counts["not_admitted"] += 1  # its answers are (almost) never asked again: one miss in
+            return None, None                 # ONE_HIT_PROBE is stored, to notice if that changes
         return None, Fill(self, key, adm, session, warm_gens, origin)
 
     def _fetch(self, session, adm, key, origin):
@@ -410,13 +416,13 @@ class QueryCache:
         primary instead while its shape is new or often asked again; else it stays, not stored."""
         if target is None or target[0] == "primary":
             return True, target
-        stats = self.classes.get(adm.shape.fingerprint)
+        stats = self.classes.get(adm.fingerprint)
         if stats is not None and stats.calls >= POPULAR_AFTER and stats.hits * 2 < stats.calls:
             return False, target
         return True, ("primary", None)
 
     def stats_of(self, adm):
-        fp = adm.shape.fingerprint
+        fp = adm.fingerprint
         stats = self.classes.get(fp)
         if stats is None:
             stats = self.classes[fp] = ClassStats(fp, adm.cls)
@@ -427,13 +433,10 @@ class QueryCache:
         its shape's record says keeping it is not worth it (DistribCache's admission by cost)."""
         adm, db = fill.adm, fill.database
         took = time.monotonic() - fill.started
-        stats = self.classes.get(adm.shape.fingerprint)
+        stats = self.classes.get(adm.fingerprint)
         tiers, ttl = adm.tiers, adm.ttl
         if stats is not None:
             stats.miss_seconds += took
-            if stats.calls >= ONE_HIT_CALLS and stats.hits * 100 < stats.calls and stats.misses % ONE_HIT_PROBE:
-                self.counts["not_admitted"] += 1  # its answers are (almost) never asked again: one in
-                return                            # ONE_HIT_PROBE is kept, to notice if that changes
             if stats.misses and stats.miss_seconds / stats.misses >= EXPENSIVE_S:
                 tiers, ttl = ("l1", "l2"), ttl * 2  # expensive to recompute: shared, kept longer
         if self.generations(db, adm.sorted_names) != fill.gens:

@@ -16,13 +16,14 @@ PORTAL = ord("P")
 
 
 def parse_types(data, begin, end):
-    """(statement name, parameter type OIDs) of the Parse message in data[begin:end]."""
+    """(statement name, query text, parameter type OIDs) of the Parse message in data[begin:end]."""
     body = begin + 5
     nul = data.index(0, body, end)
     name = bytes(data[body:nul]).decode("utf-8", "replace")
     nul2 = data.index(0, nul + 1, end)
+    sql = bytes(data[nul + 1:nul2]).decode("utf-8", "replace")
     n = unpack_from("!h", data, nul2 + 1)[0]
-    return name, unpack_from(f"!{n}I", data, nul2 + 3) if n > 0 else ()
+    return name, sql, unpack_from(f"!{n}I", data, nul2 + 3) if n > 0 else ()
 
 
 def _message(data, pos):

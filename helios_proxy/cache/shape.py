@@ -14,6 +14,7 @@ text (an LRU by text, as classification is):
 """
 import hashlib
 import json
+import re
 
 from cachetools import LRUCache
 from pglast.parser import ParseError, fingerprint, parse_sql_json
@@ -208,18 +209,72 @@ def analyze(sql):
     if shape.why_not is None:
         shape.template = hashlib.blake2b(json.dumps(canonical, separators=(",", ":")).encode(),
                                          digest_size=16).digest()
-        shape.fingerprint = fingerprint(sql)
+    return shape
+
+
+# A text's literals, as the classifier's cache_key finds them: quoted strings and bare numbers.
+LITERAL = re.compile(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b")
+MEMO_LIMIT = 8192  # longer texts are analyzed every time, never kept
+UNMAPPED = object()
+
+
+def _typed(literal):
+    """The (kind, text) the parse tree gives a literal as LITERAL found it."""
+    if literal[0] == "'":
+        return (UNKNOWN_TYPE, literal[1:-1].replace("''", "'"))
+    if "." in literal:
+        return ("numeric", literal)
+    value = int(literal)
+    return (INT4, str(value)) if value < 1 << 31 else ("numeric", literal)
+
+
+def with_values(base, values):
+    shape = Shape()
+    for name in Shape.__slots__:
+        setattr(shape, name, getattr(base, name))
+    shape.values = values
     return shape
 
 
 class Shapes:
-    """Shapes by query text, bounded."""
+    """Shapes by query text, bounded. Texts that differ only in their literals (clients that
+    interpolate values: pgbench -M simple, ORMs without parameters) share the work: the first one
+    is parsed, and if its literals in text order are exactly the tree's constants, the others take
+    its shape with their own literals (found by a regular expression) instead of a parse."""
 
     def __init__(self, size=10000):
         self.cache = LRUCache(maxsize=size)
+        self.skeletons = LRUCache(maxsize=size)  # text with literals replaced -> base Shape or UNMAPPED
+        self.fingerprints = {}                   # template -> pglast fingerprint
 
     def get(self, sql):
         shape = self.cache.get(sql)
-        if shape is None:
-            shape = self.cache[sql] = analyze(sql)
+        if shape is not None:
+            return shape
+        if len(sql) > MEMO_LIMIT:
+            return self._analyze(sql)
+        skeleton, literals = None, None
+        if "\\" not in sql and "$" not in sql:  # (no E'' strings or dollar quotes: LITERAL reads them right)
+            literals = LITERAL.findall(sql)
+            skeleton = LITERAL.sub("?", sql)
+            base = self.skeletons.get(skeleton)
+            if base is not None and base is not UNMAPPED:
+                shape = self.cache[sql] = (with_values(base, tuple(map(_typed, literals)))
+                                           if base.why_not is None else base)
+                return shape
+        shape = self.cache[sql] = self._analyze(sql)
+        if skeleton is not None and skeleton not in self.skeletons:
+            mapped = shape.why_not is not None or tuple(map(_typed, literals)) == shape.values
+            self.skeletons[skeleton] = shape if mapped else UNMAPPED
+        return shape
+
+    def _analyze(self, sql):
+        shape = analyze(sql)
+        if shape.template is not None:
+            fp = self.fingerprints.get(shape.template)
+            if fp is None:
+                if len(self.fingerprints) > 100000:
+                    self.fingerprints.clear()
+                fp = self.fingerprints[shape.template] = fingerprint(sql)
+            shape.fingerprint = fp
         return shape

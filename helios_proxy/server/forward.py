@@ -469,18 +469,19 @@ class Forwarder:
     def cache_parse(self, begin, end, replacement):
         """A Parse: a cacheable text under a name is remembered for its Binds; an unnamed one
         followed by its whole batch is looked up (True: a hit, answered)."""
-        adm, self.cache_next = self.cache_next, None
-        name, types = extended.parse_types(self.data, begin, end)
+        decided, self.cache_next = self.cache_next, None
+        name, sql, types = extended.parse_types(self.data, begin, end)
         named = self.session.cache_named
         if name:
-            if adm is not None:
-                named[name] = (adm.sql, types)
+            if decided is not None:
+                named[name] = (sql, types)
             elif named:
                 named.pop(name, None)
             return False
-        if adm is None or replacement is not None:
+        if decided is None or replacement is not None:
             return False
-        return self.cache_batch(adm, types, begin, end, True)
+        adm, shape = decided
+        return self.cache_batch(adm, shape.values, types, sql, begin, end, True)
 
     def cache_bind(self, begin):
         """A Bind of a statement remembered by cache_parse, its whole batch here: looked up."""
@@ -491,10 +492,11 @@ class Forwarder:
             return False
         sql, types = found
         cache = session.proxy.cache
-        adm = cache.admit(session, cache.shapes.get(sql), sql)
-        return adm is not None and self.cache_batch(adm, types, begin, begin, False)
+        shape = cache.shapes.get(sql)
+        adm = cache.admit(session, shape, sql) if shape.why_not is None else None
+        return adm is not None and self.cache_batch(adm, shape.values, types, sql, begin, begin, False)
 
-    def cache_batch(self, adm, types, begin, after, parse):
+    def cache_batch(self, adm, shape_values, types, sql, begin, after, parse):
         """Look the batch beginning at data[begin] up (its Bind at `after`): a hit answers it all and
         consumes it (True); a miss leaves its Fill to start when its first message goes out."""
         found = extended.batch(self.data, after)
@@ -502,12 +504,12 @@ class Forwarder:
             return False
         bind_begin, bind_end, describe, sync_end = found
         _, params, results = extended.bind_values(self.data, bind_begin, bind_end)
-        values = extended.values(adm.shape.values, params, types)
+        values = extended.values(shape_values, params, types)
         if values is None:
             return False
         session = self.session
         cache = session.proxy.cache
-        entry, fill = cache.lookup(session, adm, cache.key(session, adm, values, results), hash(adm.sql))
+        entry, fill = cache.lookup(session, adm, cache.key(session, adm, values, results), hash(sql))
         if entry is None or (describe and entry.rlen < 0):
             if fill is not None and session.lease is None:
                 store, session.next_target = cache.fill_target(adm, session.next_target)

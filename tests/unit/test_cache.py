@@ -59,8 +59,8 @@ def batch_bytes(params=("12",), describe=True, rows=0):
 
 def test_a_plain_extended_batch_is_recognized_and_its_parameters_read():
     data = bytearray(codec.parse("select v from kv where k = $1", param_types=(23,)) + batch_bytes())
-    name, types = extended.parse_types(data, 0, data.index(b"B"))
-    assert name == "" and types == (23,)
+    name, sql, types = extended.parse_types(data, 0, data.index(b"B"))
+    assert name == "" and sql == "select v from kv where k = $1" and types == (23,)
     at = data.index(b"B")
     bind_begin, bind_end, describe, end = extended.batch(data, at)
     assert describe and end == len(data)

@@ -42,10 +42,10 @@ class Cache(Stage):
         adm = cache.admit(session, shape, sql)
         if adm is None:
             return StageResult.CONTINUE
-        if ctx.protocol != "simple":
-            ctx.decide().cache = adm
+        if ctx.protocol != "simple":  # (the key needs the Bind: the forwarder looks it up)
+            ctx.decide().cache = (adm, shape)
             return StageResult.CONTINUE
-        cache.remember(session, sql, adm)
+        cache.remember(session, sql, adm, shape.values)
         entry, fill = cache.lookup(session, adm, cache.key(session, adm, shape.values), hash(sql))
         if entry is not None and entry.rlen >= 0:
             return StageResult.respond(entry.wire[:-len(READY_IDLE)])
