@@ -228,14 +228,6 @@ def _typed(literal):
     return (INT4, str(value)) if value < 1 << 31 else ("numeric", literal)
 
 
-def with_values(base, values):
-    shape = Shape()
-    for name in Shape.__slots__:
-        setattr(shape, name, getattr(base, name))
-    shape.values = values
-    return shape
-
-
 class Shapes:
     """Shapes by query text, bounded. Texts that differ only in their literals (clients that
     interpolate values: pgbench -M simple, ORMs without parameters) share the work: the first one
@@ -248,25 +240,25 @@ class Shapes:
         self.fingerprints = {}                   # template -> pglast fingerprint
 
     def get(self, sql):
+        """(shape, its constants): the constants are the text's own, the shape may be shared."""
         shape = self.cache.get(sql)
         if shape is not None:
-            return shape
+            return shape, shape.values
         if len(sql) > MEMO_LIMIT:
-            return self._analyze(sql)
+            shape = self._analyze(sql)
+            return shape, shape.values
         skeleton, literals = None, None
         if "\\" not in sql and "$" not in sql:  # (no E'' strings or dollar quotes: LITERAL reads them right)
             literals = LITERAL.findall(sql)
             skeleton = LITERAL.sub("?", sql)
             base = self.skeletons.get(skeleton)
-            if base is not None and base is not UNMAPPED:
-                shape = self.cache[sql] = (with_values(base, tuple(map(_typed, literals)))
-                                           if base.why_not is None else base)
-                return shape
+            if base is not None and base is not UNMAPPED:  # (not kept by text: unique texts would churn)
+                return base, tuple(map(_typed, literals)) if base.why_not is None else base.values
         shape = self.cache[sql] = self._analyze(sql)
         if skeleton is not None and skeleton not in self.skeletons:
             mapped = shape.why_not is not None or tuple(map(_typed, literals)) == shape.values
             self.skeletons[skeleton] = shape if mapped else UNMAPPED
-        return shape
+        return shape, shape.values
 
     def _analyze(self, sql):
         shape = analyze(sql)

@@ -480,8 +480,8 @@ class Forwarder:
             return False
         if decided is None or replacement is not None:
             return False
-        adm, shape = decided
-        return self.cache_batch(adm, shape.values, types, sql, begin, end, True)
+        adm, shape_values = decided
+        return self.cache_batch(adm, shape_values, types, sql, begin, end, True)
 
     def cache_bind(self, begin):
         """A Bind of a statement remembered by cache_parse, its whole batch here: looked up."""
@@ -492,9 +492,9 @@ class Forwarder:
             return False
         sql, types = found
         cache = session.proxy.cache
-        shape = cache.shapes.get(sql)
+        shape, shape_values = cache.shapes.get(sql)
         adm = cache.admit(session, shape, sql) if shape.why_not is None else None
-        return adm is not None and self.cache_batch(adm, shape.values, types, sql, begin, begin, False)
+        return adm is not None and self.cache_batch(adm, shape_values, types, sql, begin, begin, False)
 
     def cache_batch(self, adm, shape_values, types, sql, begin, after, parse):
         """Look the batch beginning at data[begin] up (its Bind at `after`): a hit answers it all and

@@ -2,7 +2,7 @@
 tier's bounds and index, the catalog's dependencies, the Redis value format."""
 from helios_proxy.cache import extended, workload_class
 from helios_proxy.cache.catalog import Catalog
-from helios_proxy.cache.shape import INT4, UNKNOWN_TYPE, analyze
+from helios_proxy.cache.shape import INT4, UNKNOWN_TYPE, Shapes, analyze
 from helios_proxy.cache.store import READY_IDLE, Entry, HotTier
 from helios_proxy.cache.warm import decode, encode
 from helios_proxy.protocol import codec
@@ -128,3 +128,18 @@ def test_redis_values_round_trip_compressed_or_not():
         assert decode(value) == (b"T-desc", body, [1, 2, 3], {"ttl": 60})
         assert (len(value) < len(body)) == (len(body) > 1024)
     assert decode(encode(None, b"D", [0], {}))[0] is None
+
+
+def test_texts_that_differ_only_in_literals_share_a_parse_and_keep_their_own_constants():
+    shapes = Shapes()
+    texts = ["select v from kv where k = 12", "select v from kv where k = 13", "select v from kv where k = '13'",
+             "select v from kv where k = -5", "select v from kv where k = -6", "select v from kv where k in (3, 1)",
+             "select v from kv where k in (1, 3)", "select 3000000000", "select 2", "select 1.50",
+             "select 'it''s'", "select 'x'", "update kv set v = 'a' where k = 1", "update kv set v = 'b' where k = 2"]
+    for text in texts * 2:
+        shape, values = shapes.get(text)
+        alone = analyze(text)
+        assert shape.template == alone.template and shape.writes == alone.writes, text
+        if alone.why_not is None:
+            assert values == alone.values, text
+    assert len(shapes.cache) < len(texts)  # (shared: not every text was parsed and kept)

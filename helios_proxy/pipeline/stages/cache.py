@@ -28,7 +28,7 @@ class Cache(Stage):
             if ctx.word not in ("select", "values", "table", "show"):
                 cache.wrote(session, None)
             return StageResult.CONTINUE
-        shape = cache.shapes.get(sql)
+        shape, values = cache.shapes.get(sql)
         if shape.why_not is not None:
             cache.not_a_read(session, shape)
             return StageResult.CONTINUE
@@ -43,11 +43,11 @@ class Cache(Stage):
         if adm is None:
             return StageResult.CONTINUE
         if ctx.protocol != "simple":  # (the key needs the Bind: the forwarder looks it up)
-            ctx.decide().cache = (adm, shape)
+            ctx.decide().cache = (adm, values)
             return StageResult.CONTINUE
-        cache.remember(session, sql, adm, shape.values)
-        entry, fill = cache.lookup(session, adm, cache.key(session, adm, shape.values), hash(sql))
+        entry, fill = cache.lookup(session, adm, cache.key(session, adm, values), hash(sql))
         if entry is not None and entry.rlen >= 0:
+            cache.remember(session, sql, adm, values)  # (asked again: the quick path next time)
             return StageResult.respond(entry.wire[:-len(READY_IDLE)])
         if fill is not None:
             decided = ctx.decide()
