@@ -27,13 +27,19 @@ def render_config(sections, nodes):
     lines = []
     for section, values in sections.items():
         tables = {k: v for k, v in values.items() if isinstance(v, dict)}  # [section.NAME]
+        arrays = {k: v for k, v in values.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
         lines.append(f"[{section}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in values.items() if k not in tables]
+        lines += [f"{k} = {toml_value(v)}" for k, v in values.items() if k not in tables and k not in arrays]
         lines.append("")
         for name, table in tables.items():
             lines.append(f'[{section}."{name}"]')
             lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
             lines.append("")
+        for name, entries in arrays.items():  # [[section.NAME]]
+            for table in entries:
+                lines.append(f"[[{section}.{name}]]")
+                lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
+                lines.append("")
     for node in nodes:
         lines.append("[[nodes]]")
         lines += [f"{k} = {toml_value(v)}" for k, v in node.items()]

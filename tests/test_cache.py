@@ -340,6 +340,23 @@ def test_with_reads_split_to_standbys_only_the_primarys_answers_are_stored(clust
     cluster.wait_replayed()
 
 
+def test_per_table_rules_turn_the_cache_off_shorten_its_ttl_or_allow_now(cluster, tables, tmp_path):
+    p = cache_proxy(cluster, str(tmp_path), rules=[
+        {"table": "cache_s1.t", "cache": False},
+        {"table": "cache_kv*", "ttl_s": 1.0, "stable_functions": True}])
+    try:
+        never = "select x from cache_s1.t"
+        one(p, never)
+        assert hits_after(p, lambda: one(p, never)) == 0
+        stamped = "select v, now()::text from cache_kv where k = 97"
+        first = one(p, stamped)
+        assert one(p, stamped) == first  # now() allowed by the rule, for its TTL...
+        time.sleep(1.3)
+        assert one(p, stamped) != first  # ... of one second
+    finally:
+        p.stop()
+
+
 def test_admin_api_flush_and_invalidate(cached):
     one(cached, "select v from cache_kv where k = 70")
     body = stats(cached)

@@ -48,6 +48,11 @@ def test_defaults_and_required_keys():
     ({"failover": {"mode": "command"}}, "failover.promote_command: required"),
     ({"failover": {"mode": "sometimes"}}, "failover.mode: 'sometimes' is not one of"),
     ({"admin": {"listen": "0.0.0.0:9090"}}, "admin.listen: '0.0.0.0:9090' is beyond loopback"),
+    ({"cache": {"enabled": True}, "server": {"workers": 2}}, "cache.redis_url: required with cache.enabled"),
+    ({"cache": {"invalidation": "sometimes"}}, "cache.invalidation: 'sometimes' is not one of"),
+    ({"cache": {"rules": [{"ttl_s": 5}]}}, "cache.rules[0].table: required"),
+    ({"cache": {"rules": [{"table": "t", "tll_s": 5}]}}, "cache.rules[0].tll_s: unknown setting"),
+    ({"cache": {"rules": {"table": "t"}}}, "cache.rules: expected [[cache.rules]] tables"),
 ])
 def test_errors_name_the_key_and_value(sections, message):
     with pytest.raises(ConfigError) as info:
@@ -73,7 +78,8 @@ def test_environment_overrides_by_type():
 
 
 def test_secrets_are_redacted():
-    c = load({"nodes": [NODE], "admin": {"token": "s3cret"}}, environ={})
+    c = load({"nodes": [NODE], "admin": {"token": "s3cret"},
+              "cache": {"redis_url": "redis://:pw-s3cret@127.0.0.1:6379/0"}}, environ={})
     assert "s3cret" not in repr(c.redacted())
 
 
