@@ -508,3 +508,28 @@ def test_differential_reads_and_writes_through_the_cache_equal_postgresql(cached
             c.close()
         ext.close()
         direct.close()
+
+
+def test_a_failover_empties_the_cache(start_proxy, ha_cluster):
+    """What the old primary answered may hold writes an asynchronous standby never got: after a
+    new primary is confirmed, nothing cached before is served."""
+    from tests.test_ha import start_ha_proxy
+    from tests.test_replay import kill_primary, new_primary
+    ha_cluster.sql("INSERT INTO ha_rows (id) VALUES (7)")
+    ha_cluster.wait_replayed()
+    proxy = start_ha_proxy(start_proxy, ha_cluster, cache={"enabled": True})
+    read = "select id from ha_rows where id = 7"
+    one(proxy, read)
+    assert hits_after(proxy, lambda: one(proxy, read)) == 1
+    kill_primary(ha_cluster)
+    new_primary(proxy)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            assert one(proxy, read) == [(7,)]
+            break
+        except psycopg2.OperationalError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    body = stats(proxy)
+    assert body["flushes"] >= 1 and body["entries"] <= 1

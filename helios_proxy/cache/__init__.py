@@ -159,6 +159,14 @@ class QueryCache:
             from .warm import WarmTier
             self.warm = WarmTier(cfg.redis_url, self.id, self._heard, self.flush_hot)
         self.logical = cfg.invalidation == "logical"
+        self.primary_changes = proxy.tracker.changes  # (a change empties the cache: primary_changed)
+
+    def primary_changed(self):
+        """A failover or switchover: what the old primary answered may hold writes the new one
+        never got (an asynchronous standby promoted). Every entry goes, here and in Redis."""
+        self.primary_changes = self.proxy.tracker.changes
+        log.info("cache: the primary changed; every entry is dropped")
+        self.flush()
 
     def start(self):
         if self.warm is not None:
@@ -187,6 +195,8 @@ class QueryCache:
     # --- admission: may this read be served from the cache? ---------------------------------------
     def admit(self, session, shape, sql):
         """The Admission of a read for this session now, or None (counted by reason)."""
+        if self.proxy.tracker.changes != self.primary_changes:
+            self.primary_changed()
         if session.pinned:
             return self.skip("pinned session")
         if session.cache_off:
@@ -320,7 +330,8 @@ class QueryCache:
         if session.pinned or session.cache_off or session.cache_settings_stale or not session.idle_lease.is_set():
             return None  # (a lease still ending may be reading the client's new settings back)
         plan = session.plan
-        if plan.entries or plan.outstanding or plan.in_extended or plan.status != b"I" or plan.completions:
+        if (plan.entries or plan.outstanding or plan.in_extended or plan.status != b"I"
+                or plan.completions is not None or self.proxy.tracker.changes != self.primary_changes):
             return None
         with memoryview(data) as view:
             sql = str(view[begin + 5:end - 1], "utf-8", "replace")
@@ -481,11 +492,10 @@ class QueryCache:
         self.hot.flush()
 
     def flush(self):
-        """POST /cache/flush: every entry here, and (Redis) everywhere."""
+        """Every entry here, and (Redis) everywhere: the epoch moves, every proxy drops its hot tier."""
         self.flush_hot()
-        for db in {db for db, _ in list(self.gens)} | set(self.catalogs):
-            if self.warm is not None:
-                JOBS.submit(self.warm.invalidate, db, None)
+        if self.warm is not None:
+            JOBS.submit(self.warm.flush)
 
     def wrote(self, session, names):
         """A write is about to go out (names None: it may touch anything): invalidate now, and
@@ -516,6 +526,8 @@ class QueryCache:
         session (settings, temporary tables) is noted."""
         if shape.creates_temp:
             session.cache_off = "temporary table in session"
+        if shape.forgets:  # DEALLOCATE, DISCARD: a Bind of a statement it forgot must reach the server
+            session.cache_named.clear()
         if shape.sets or shape.strict:  # SET LOCAL, SET TRANSACTION ISOLATION...: nothing from the
             session.cache_tx_unsafe = True  # cache until the transaction ends (relay.py: ended())
             if not session.pooled:

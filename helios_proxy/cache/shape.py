@@ -36,7 +36,8 @@ STABLE_NODES = frozenset(("SQLValueFunction",))
 
 class Shape:
     __slots__ = ("template", "fingerprint", "values", "reads", "writes", "everything", "functions", "why_not",
-                 "stable", "features", "params", "creates_temp", "sets", "effects", "strict")
+                 "stable", "features", "params", "creates_temp", "sets", "effects", "strict",
+                 "forgets")
 
     def __init__(self):
         self.template = None    # bytes: digest of the constant-free tree
@@ -54,6 +55,7 @@ class Shape:
         self.sets = False       # may change session settings (SET, RESET, DISCARD, DO, CALL, set_config)
         self.effects = None     # (catalog, whether its functions may write): QueryCache.check_functions
         self.strict = False     # BEGIN/START TRANSACTION ISOLATION LEVEL REPEATABLE READ or SERIALIZABLE
+        self.forgets = False    # DEALLOCATE or DISCARD: prepared statements go
 
 
 def _const(body):
@@ -182,6 +184,7 @@ def analyze(sql):
     shape.stable, shape.features, shape.creates_temp = walk.stable, frozenset(walk.features), walk.temp
     kinds = [next(iter(s["stmt"])) for s in stmts]
     shape.sets = "set_config" in shape.functions or any(k in SETTERS for k in kinds)
+    shape.forgets = any(k in ("DeallocateStmt", "DiscardStmt") for k in kinds)
     shape.strict = any(_strict(s["stmt"][k]) for s, k in zip(stmts, kinds) if k == "TransactionStmt")
     writes = list(walk.writes)
     for s, kind in zip(stmts, kinds):

@@ -106,10 +106,7 @@ class WarmTier:
             self.reconnects += 1
             log.info("redis %s reachable again: voiding the entries stored before", self._where())
             try:
-                pipe = self.client.pipeline(transaction=False)
-                pipe.incr(EPOCH)
-                pipe.publish(CHANNEL, json.dumps({"from": self.id, "flush": True}))
-                pipe.execute()
+                self._flush_everywhere()
             except (self.redis.RedisError, OSError) as e:
                 self._failed(e)
                 raise Down() from e
@@ -158,6 +155,19 @@ class WarmTier:
                     self.in_flight[mark] = left
                 else:
                     del self.in_flight[mark]
+
+    def flush(self):
+        """Every entry void (the epoch moves) and every proxy's hot tier dropped."""
+        try:
+            self._call(self._flush_everywhere)
+        except Down:
+            pass  # (on its return the epoch moves anyway)
+
+    def _flush_everywhere(self):
+        pipe = self.client.pipeline(transaction=False)
+        pipe.incr(EPOCH)
+        pipe.publish(CHANNEL, json.dumps({"from": self.id, "flush": True}))
+        pipe.execute()
 
     # --- the other proxies' invalidations --------------------------------------------------------
     def start(self):
