@@ -61,6 +61,7 @@ FIRST_SLOT_WAIT = 3.0
 # one miss in ONE_HIT_PROBE is stored; a shape whose misses take EXPENSIVE_S or more on average is
 # kept in both tiers for twice its TTL.
 ONE_HIT_CALLS, ONE_HIT_PROBE, EXPENSIVE_S = 1000, 50, 0.02
+DECAY_AFTER = 4000  # a shape's counts are halved at this many lookups
 POPULAR_AFTER = 100  # lookups after which a shape under 50 % hits stays on standbys when it misses  # a database's first read waits this long for its logical slot to be made  # a relation the catalog does not know: reload it at most this often
 PARSE_COMPLETE, BIND_COMPLETE = m.PARSE_COMPLETE[0], m.BIND_COMPLETE[0]
 ROW_DESCRIPTION, DATA_ROW, COMMAND_COMPLETE, READY = (m.ROW_DESCRIPTION[0], m.DATA_ROW[0], m.COMMAND_COMPLETE[0],
@@ -326,21 +327,29 @@ class QueryCache:
     def quick(self, session, data, begin, end):
         """A simple-protocol hit found by the Query's exact text before the pipeline runs (the
         usual case of a hot read): its whole answer with ReadyForQuery, or None (the slow path
-        decides, as if this were not here). Every per-session condition of admit() holds here too."""
+        decides, as if this were not here)."""
+        with memoryview(data) as view:
+            found = self.known_now(session, str(view[begin + 5:end - 1], "utf-8", "replace"))
+        if found is None:
+            return None
+        adm, values = found
+        entry = self.hot_hit(adm, self.key(session, adm, values))
+        return entry.wire if entry is not None and entry.rlen >= 0 else None
+
+    def known_now(self, session, sql):
+        """(Admission, constants) of a text admitted before, if every condition of admit() holds for
+        this session now (else None: the slow path decides)."""
         if session.pinned or session.cache_off or session.cache_settings_stale or not session.idle_lease.is_set():
             return None  # (a lease still ending may be reading the client's new settings back)
         plan = session.plan
         if (plan.entries or plan.outstanding or plan.in_extended or plan.status != b"I"
                 or plan.completions is not None or self.proxy.tracker.changes != self.primary_changes):
             return None
-        with memoryview(data) as view:
-            sql = str(view[begin + 5:end - 1], "utf-8", "replace")
         db = session.database
         found = self.known.get((db, sql))
         if found is None:
             return None
-        adm, values = found
-        cat = adm.catalog
+        cat = found[0].catalog
         if cat.stale or cat is not self.catalogs.get(db) or time.monotonic() - cat.loaded >= self.config.catalog_refresh_s:
             return None
         if self.logical:
@@ -349,8 +358,12 @@ class QueryCache:
                 return None
         elif self.warm is not None and not self.warm.subscribed:
             return None
-        entry = self.hot.get(self.key(session, adm, values), time.monotonic())
-        if entry is None or entry.rlen < 0:
+        return found
+
+    def hot_hit(self, adm, key):
+        """The hot tier's entry for key, counted as a hit; None (not counted: the slow path will)."""
+        entry = self.hot.get(key, time.monotonic())
+        if entry is None:
             return None
         counts = self.counts
         counts["hits"] += 1
@@ -358,7 +371,7 @@ class QueryCache:
         stats = self.stats_of(adm)
         stats.calls += 1
         stats.hits += 1
-        return entry.wire
+        return entry
 
     # --- the key and the lookup -----------------------------------------------------------------
     def key(self, session, adm, values, formats=None):
@@ -437,6 +450,9 @@ class QueryCache:
         stats = self.classes.get(fp)
         if stats is None:
             stats = self.classes[fp] = ClassStats(fp, adm.cls)
+        elif stats.calls >= DECAY_AFTER:  # the recent past counts: a shape's workload may change
+            stats.calls, stats.hits, stats.misses = stats.calls // 2, stats.hits // 2, stats.misses // 2
+            stats.miss_seconds /= 2
         return stats
 
     def store(self, fill):

@@ -237,6 +237,9 @@ class Forwarder:
         return self.as_is(mtype, begin, end, replacement)
 
     def on_parse(self, mtype, begin, end):
+        cache = self.session.proxy.cache
+        if cache is not None and cache.quick_ok and self.quick_batch(cache, begin, end):
+            return None  # a hot read's whole batch, by its exact text (cache/)
         go_on, replacement = self.pipeline(mtype, begin, end)
         commit, self.commit = self.commit, None
         if not go_on:
@@ -496,6 +499,33 @@ class Forwarder:
         adm = cache.admit(session, shape, sql) if shape.why_not is None else None
         return adm is not None and self.cache_batch(adm, shape_values, types, sql, begin, begin, False)
 
+    def quick_batch(self, cache, begin, end):
+        """An unnamed Parse of a text that hit before, its whole batch here: answered from the hot
+        tier before the pipeline runs (True), or left to the usual path."""
+        name, sql, types = extended.parse_types(self.data, begin, end)
+        found = None if name else cache.known_now(self.session, sql)
+        if found is None:
+            return False
+        found_batch = extended.batch(self.data, end)
+        if found_batch is None:
+            return False
+        bind_begin, bind_end, describe, sync_end = found_batch
+        _, params, results = extended.bind_values(self.data, bind_begin, bind_end)
+        adm, shape_values = found
+        values = extended.values(shape_values, params, types)
+        entry = values is not None and cache.hot_hit(adm, cache.key(self.session, adm, values, results))
+        if not entry or (describe and entry.rlen < 0):
+            return False
+        self.cache_answer(entry, begin, sync_end, True, describe)
+        return True
+
+    def cache_answer(self, entry, begin, sync_end, parse, describe):
+        """A whole batch data[begin:sync_end] answered from entry; the batch is consumed."""
+        self.cut(begin, sync_end)
+        self.buf.pos = sync_end
+        self.answer((PARSE_COMPLETE if parse else b"") + BIND_COMPLETE + (entry.rowdesc if describe else b"")
+                    + entry.body)
+
     def cache_batch(self, adm, shape_values, types, sql, begin, after, parse):
         """Look the batch beginning at data[begin] up (its Bind at `after`): a hit answers it all and
         consumes it (True); a miss leaves its Fill to start when its first message goes out."""
@@ -517,10 +547,9 @@ class Forwarder:
             elif fill is not None:
                 self.cache_next = fill
             return False
-        self.cut(begin, sync_end)
-        self.buf.pos = sync_end
-        self.answer((PARSE_COMPLETE if parse else b"") + BIND_COMPLETE + (entry.rowdesc if describe else b"")
-                    + entry.body)
+        if parse:
+            cache.remember(session, sql, adm, shape_values)  # (asked again: the quick path next time)
+        self.cache_answer(entry, begin, sync_end, parse, describe)
         return True
 
     # --- the transaction journal (replay on) -----------------------------------------------------
