@@ -60,8 +60,8 @@ FIRST_SLOT_WAIT = 3.0
 # Admission by observed cost (per query shape): after ONE_HIT_CALLS lookups with under 1 % hits, only
 # one miss in ONE_HIT_PROBE is stored; a shape whose misses take EXPENSIVE_S or more on average is
 # kept in both tiers for twice its TTL.
-ONE_HIT_CALLS, ONE_HIT_PROBE, EXPENSIVE_S = 1000, 50, 0.02
-DECAY_AFTER = 4000  # a shape's counts are halved at this many lookups
+ONE_HIT_CALLS, ONE_HIT_PROBE, EXPENSIVE_S = 500, 50, 0.02
+DECAY_AFTER = 1000  # a shape's counts are halved at this many lookups
 POPULAR_AFTER = 100  # lookups after which a shape under 50 % hits stays on standbys when it misses  # a database's first read waits this long for its logical slot to be made  # a relation the catalog does not know: reload it at most this often
 PARSE_COMPLETE, BIND_COMPLETE = m.PARSE_COMPLETE[0], m.BIND_COMPLETE[0]
 ROW_DESCRIPTION, DATA_ROW, COMMAND_COMPLETE, READY = (m.ROW_DESCRIPTION[0], m.DATA_ROW[0], m.COMMAND_COMPLETE[0],
