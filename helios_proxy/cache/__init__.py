@@ -58,7 +58,7 @@ CLASSES = ("point", "range", "analytic", "vector")
 UNKNOWN_AGE = 5.0
 FIRST_SLOT_WAIT = 3.0
 # Admission by observed cost (per query shape): after ONE_HIT_CALLS lookups with under 1 % hits, only
-# one miss in ONE_HIT_PROBE is stored; a shape whose misses take EXPENSIVE_S or more on average is
+# one read in ONE_HIT_PROBE goes through the cache; a shape whose misses take EXPENSIVE_S or more on average is
 # kept in both tiers for twice its TTL.
 ONE_HIT_CALLS, ONE_HIT_PROBE, EXPENSIVE_S = 500, 50, 0.02
 DECAY_AFTER = 1000  # a shape's counts are halved at this many lookups
@@ -92,12 +92,22 @@ class Admission:
 
 
 class ClassStats:
-    __slots__ = ("fingerprint", "cls", "calls", "hits", "misses", "miss_seconds")
+    """One query shape's record: lookups, hits, misses and their time (halved every DECAY_AFTER
+    lookups, so that the recent past counts)."""
+    __slots__ = ("fingerprint", "cls", "calls", "hits", "misses", "miss_seconds", "skipped")
 
     def __init__(self, fingerprint, cls):
         self.fingerprint, self.cls = fingerprint, cls
-        self.calls = self.hits = self.misses = 0
+        self.calls = self.hits = self.misses = self.skipped = 0
         self.miss_seconds = 0.0
+
+    def skip_now(self):
+        """Whether a read of this shape skips the cache now: its answers are (almost) never asked
+        again; one read in ONE_HIT_PROBE still goes through it, to notice if that changes."""
+        if self.calls < ONE_HIT_CALLS or self.hits * 100 >= self.calls:
+            return False
+        self.skipped += 1
+        return self.skipped % ONE_HIT_PROBE != 0
 
 
 class Fill:
@@ -404,9 +414,6 @@ class QueryCache:
                 return entry, None
         self.counts["misses"] += 1
         stats.misses += 1
-        if stats.calls >= ONE_HIT_CALLS and stats.hits * 100 < stats.calls and stats.misses % ONE_HIT_PROBE:
-            self.counts["not_admitted"] += 1  # its answers are (almost) never asked again: one miss in
-            return None, None                 # ONE_HIT_PROBE is stored, to notice if that changes
         return None, Fill(self, key, adm, session, warm_gens, origin)
 
     def _fetch(self, session, adm, key, origin):
@@ -444,6 +451,14 @@ class QueryCache:
         if stats is not None and stats.calls >= POPULAR_AFTER and stats.hits * 2 < stats.calls:
             return False, target
         return True, ("primary", None)
+
+    def cold(self, shape):
+        """Whether this read skips the cache now (ClassStats.skip_now), by the shape's own record."""
+        stats = shape.stats
+        if stats is not None and stats.skip_now():
+            self.counts["not_admitted"] += 1
+            return True
+        return False
 
     def stats_of(self, adm):
         fp = adm.fingerprint

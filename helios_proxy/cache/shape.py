@@ -37,7 +37,7 @@ STABLE_NODES = frozenset(("SQLValueFunction",))
 class Shape:
     __slots__ = ("template", "fingerprint", "values", "reads", "writes", "everything", "functions", "why_not",
                  "stable", "features", "params", "creates_temp", "sets", "effects", "strict",
-                 "forgets")
+                 "forgets", "stats")
 
     def __init__(self):
         self.template = None    # bytes: digest of the constant-free tree
@@ -56,6 +56,7 @@ class Shape:
         self.effects = None     # (catalog, whether its functions may write): QueryCache.check_functions
         self.strict = False     # BEGIN/START TRANSACTION ISOLATION LEVEL REPEATABLE READ or SERIALIZABLE
         self.forgets = False    # DEALLOCATE or DISCARD: prepared statements go
+        self.stats = None       # its cache record (ClassStats), once looked up
 
 
 def _const(body):

@@ -2,8 +2,9 @@
 recently used first out, each with its expiry and the relation names whose writes invalidate it.
 
 An OrderedDict and an index by name rather than cachetools: an invalidation must find the entries
-of a table without scanning, and a hit costs one dict lookup and one move_to_end (about 0.2 us;
-cachetools' LRUCache.get with getsizeof costs about 1 us and has no index).
+of a table without scanning, which cachetools' LRUCache cannot. Measured on this machine (1000
+entries, keys as the cache builds them): HotTier.get 1.15 us, LRUCache(getsizeof=...).get 1.30 us,
+both mostly hashing the key tuple.
 """
 from collections import OrderedDict
 

@@ -143,3 +143,13 @@ def test_texts_that_differ_only_in_literals_share_a_parse_and_keep_their_own_con
         if alone.why_not is None:
             assert values == alone.values, text
     assert len(shapes.cache) < len(texts)  # (shared: not every text was parsed and kept)
+
+
+def test_a_shape_whose_answers_are_not_asked_again_skips_the_cache_but_for_probes():
+    from helios_proxy.cache import ONE_HIT_CALLS, ONE_HIT_PROBE, ClassStats
+    stats = ClassStats("fp", "point")
+    stats.calls, stats.hits = ONE_HIT_CALLS, 0
+    skips = [stats.skip_now() for _ in range(ONE_HIT_PROBE * 2)]
+    assert skips.count(False) == 2  # one read in ONE_HIT_PROBE still goes through
+    stats.hits = ONE_HIT_CALLS // 10  # hits again: every read goes through
+    assert not any(stats.skip_now() for _ in range(10))

@@ -34,6 +34,8 @@ class Cache(Stage):
             return StageResult.CONTINUE
         if shape.functions:
             cache.check_functions(session, shape)
+        if cache.cold(shape):  # its answers are almost never asked again: not looked up, not stored
+            return StageResult.CONTINUE
         if "/*+" in sql[:4096]:
             try:
                 parse_hints(sql, None)
@@ -46,6 +48,7 @@ class Cache(Stage):
             ctx.decide().cache = (adm, values)
             return StageResult.CONTINUE
         entry, fill = cache.lookup(session, adm, cache.key(session, adm, values), hash(sql))
+        shape.stats = cache.classes.get(adm.fingerprint)
         if entry is not None and entry.rlen >= 0:
             cache.remember(session, sql, adm, values)  # (asked again: the quick path next time)
             return StageResult.respond(entry.wire[:-len(READY_IDLE)])
