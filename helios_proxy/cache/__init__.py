@@ -4,25 +4,29 @@ Where it sits: a pipeline stage after the routing hints (pipeline/stages/cache.p
 and answers a hit; a miss goes to the server and the response path (server/relay.py) hands the
 answer to the `Fill` made for it, which stores it when it completed cleanly. The parts:
 
-- shape.py: what a text is (read or write, constants lifted out, relations, functions), once per text;
-- catalog.py: per database, which relations exist (views and partitions resolved) and which functions
-  are immutable;
-- hot.py: L1, this process, bounded by bytes; warm.py: L2, Redis, shared by proxies;
+- shape.py: what a text is (read or write, constants lifted out, relations, functions), once per
+  text (or per text with other literals);
+- catalog.py: per database, which relations exist (views and partitions resolved) and how volatile
+  each function is;
+- store.py: L1, this process, bounded by bytes; warm.py: L2, Redis, shared by proxies;
 - logical.py: writes made around the proxy, from a logical replication slot;
-- this module: admission (what may be cached), the key, the workload class, invalidation.
+- extended.py: the extended protocol's batches, looked up with their Bind's parameters;
+- this module: admission (what may be cached), the key, the workload class, invalidation, and the
+  quick path (a Query or Parse of a text that hit before, answered before the pipeline runs).
 
 Correct by construction: the key holds the database, the login user, every session setting that
 can change a result (role and search_path included), the constant-free parse tree and the
-constants' values and kinds. Only a read outside a transaction block is looked up or stored; it
-must read known tables (no system catalogs, temporary or foreign tables) and call only immutable
+constants' values and kinds. Only a read outside a transaction block (or in a read committed one
+that has not written) is looked up or stored, and only the primary's answers are stored; it must
+read known tables (no system catalogs, temporary or foreign tables) and call only immutable
 functions (stable ones like now() only with a TTL the query or a rule asks for). A write
 invalidates what it touches when it is sent and again when its transaction ends; a counter per
 relation name makes sure a read that was in flight across a write never stores what it read.
 """
 import logging
 import time
-from fnmatch import fnmatchcase
 import uuid
+from fnmatch import fnmatchcase
 from hashlib import blake2b
 
 from cachetools import LRUCache
@@ -55,14 +59,14 @@ NO_TABLE_EFFECTS = READ_ONLY_FUNCTIONS | frozenset((
     "transaction_timestamp", "pg_current_wal_lsn", "pg_current_wal_insert_lsn", "txid_current_if_assigned",
     "pg_cancel_backend", "pg_terminate_backend", "pg_reload_conf"))
 CLASSES = ("point", "range", "analytic", "vector")
-UNKNOWN_AGE = 5.0
-FIRST_SLOT_WAIT = 3.0
+UNKNOWN_AGE = 5.0      # a relation the catalog does not know: reload it at most this often
+FIRST_SLOT_WAIT = 3.0  # a database's first read waits this long for its logical slot to be made
 # Admission by observed cost (per query shape): after ONE_HIT_CALLS lookups with under 1 % hits, only
-# one read in ONE_HIT_PROBE goes through the cache; a shape whose misses take EXPENSIVE_S or more on average is
-# kept in both tiers for twice its TTL.
+# one read in ONE_HIT_PROBE goes through the cache; a shape whose misses take EXPENSIVE_S or more on
+# average is kept in both tiers for twice its TTL.
 ONE_HIT_CALLS, ONE_HIT_PROBE, EXPENSIVE_S = 500, 50, 0.02
 DECAY_AFTER = 1000  # a shape's counts are halved at this many lookups
-POPULAR_AFTER = 100  # lookups after which a shape under 50 % hits stays on standbys when it misses  # a database's first read waits this long for its logical slot to be made  # a relation the catalog does not know: reload it at most this often
+POPULAR_AFTER = 100  # lookups after which a shape under 50 % hits stays on standbys when it misses
 PARSE_COMPLETE, BIND_COMPLETE = m.PARSE_COMPLETE[0], m.BIND_COMPLETE[0]
 ROW_DESCRIPTION, DATA_ROW, COMMAND_COMPLETE, READY = (m.ROW_DESCRIPTION[0], m.DATA_ROW[0], m.COMMAND_COMPLETE[0],
                                                       m.READY_FOR_QUERY[0])

@@ -46,6 +46,7 @@ class Cache(Stage):
             return StageResult.CONTINUE
         if ctx.protocol != "simple":  # (the key needs the Bind: the forwarder looks it up)
             ctx.decide().cache = (adm, values)
+            shape.stats = cache.classes.get(adm.fingerprint)
             return StageResult.CONTINUE
         entry, fill = cache.lookup(session, adm, cache.key(session, adm, values), hash(sql))
         shape.stats = cache.classes.get(adm.fingerprint)
