@@ -343,12 +343,21 @@ class QueryCache:
         usual case of a hot read): its whole answer with ReadyForQuery, or None (the slow path
         decides, as if this were not here)."""
         with memoryview(data) as view:
-            found = self.known_now(session, str(view[begin + 5:end - 1], "utf-8", "replace"))
+            sql = str(view[begin + 5:end - 1], "utf-8", "replace")
+        found = self.known_now(session, sql)
         if found is None:
             return None
         adm, values = found
         entry = self.hot_hit(adm, self.key(session, adm, values))
-        return entry.wire if entry is not None and entry.rlen >= 0 else None
+        if entry is None or entry.rlen < 0:
+            self.forget(session, sql)
+            return None
+        return entry.wire
+
+    def forget(self, session, sql):
+        """A text that missed on the quick path leaves it until it hits again (a text with ever new
+        parameters must not pay for a quick look each time)."""
+        self.known.pop((session.database, sql), None)
 
     def known_now(self, session, sql):
         """(Admission, constants) of a text admitted before, if every condition of admit() holds for

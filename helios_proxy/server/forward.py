@@ -515,6 +515,7 @@ class Forwarder:
         values = extended.values(shape_values, params, types)
         entry = values is not None and cache.hot_hit(adm, cache.key(self.session, adm, values, results))
         if not entry or (describe and entry.rlen < 0):
+            cache.forget(self.session, sql)
             return False
         self.cache_answer(entry, begin, sync_end, True, describe)
         return True
