@@ -237,6 +237,61 @@ def token(name, role):
     click.echo(f'config: [admin] tokens = ["{entry}"]')
 
 
+@main.group()
+def apikey():
+    """API keys for the api_key authentication method ([auth.api_keys] file)."""
+
+
+def _key_file(path):
+    from .config import load_file
+    try:
+        cfg = load_file(path)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    if not cfg.auth.api_keys.file:
+        raise click.ClickException(f"{path}: auth.api_keys.file is not set")
+    return cfg.auth.api_keys.file
+
+
+@apikey.command("create")
+@click.argument("user")
+@click.option("-c", "--config", "path", required=True, type=click.Path(dir_okay=False), help="TOML configuration file.")
+@click.option("--days", type=click.IntRange(min=1), default=None, help="Expires after this many days.")
+@click.option("--database", "databases", multiple=True, help="Only this database (repeat for more).")
+def apikey_create(user, path, days, databases):
+    """Make a key for USER: printed once (alone on the last line), only its hash is stored."""
+    from .auth import api_keys
+    key, key_id = api_keys.create(_key_file(path), user, days, databases)
+    click.echo(f"key {key_id} for user {user}" + (f", expires in {days} days" if days else "")
+               + (f", databases {', '.join(databases)}" if databases else ""))
+    click.echo(key)
+
+
+@apikey.command("list")
+@click.option("-c", "--config", "path", required=True, type=click.Path(dir_okay=False), help="TOML configuration file.")
+def apikey_list(path):
+    """The keys: id, user, created, expires, databases (never a secret)."""
+    import time
+    from .auth import api_keys
+
+    def when(t):
+        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)) if t else "never"
+    for key_id, entry in sorted(api_keys.load(_key_file(path)).items()):
+        click.echo(f"{key_id}  user={entry['user']}  created={when(entry['created'])}  "
+                   f"expires={when(entry.get('expires'))}  databases={','.join(entry.get('databases') or ['all'])}")
+
+
+@apikey.command("revoke")
+@click.argument("key_id")
+@click.option("-c", "--config", "path", required=True, type=click.Path(dir_okay=False), help="TOML configuration file.")
+def apikey_revoke(key_id, path):
+    """Revoke the key KEY_ID: logins with it are refused from now on."""
+    from .auth import api_keys
+    if not api_keys.revoke(_key_file(path), key_id):
+        raise click.ClickException(f"no key {key_id}")
+    click.echo(f"key {key_id} revoked")
+
+
 @main.command()
 @click.argument("target")
 @config_option

@@ -6,7 +6,8 @@
 import sys
 
 from ..plugins.manager import GLOBAL_DOCS, TABLE_DOCS
-from .schema import CACHE_RULE_SETTINGS, DATABASE_SETTINGS, NODE_SETTINGS, SETTINGS, USER_SETTINGS
+from .schema import (AUTH_API_KEY_SETTINGS, AUTH_JWT_SETTINGS, AUTH_RULE_SETTINGS, CACHE_RULE_SETTINGS,
+                     DATABASE_SETTINGS, NODE_SETTINGS, SETTINGS, USER_SETTINGS)
 
 HEADER = """# Configuration reference
 
@@ -62,6 +63,16 @@ def render():
                                 ("users", "Overrides for one user.", USER_SETTINGS)):
         out.append(f"\n## [{section}.NAME]\n\n{doc}\n\n| key | type | default | description |\n|---|---|---|---|")
         out.extend(_row(s, "(inherit)") for s in table)
+    for title, doc, table in (
+            ("[[auth.rules]]", "Ordered like pg_hba.conf: the first rule matching the login's database, user and "
+             "address decides its method; none matches: [auth] method (docs/auth.md).", AUTH_RULE_SETTINGS),
+            ("[auth.jwt]", "The jwt method: the client's password is a JSON Web Token.", AUTH_JWT_SETTINGS),
+            ("[auth.api_keys]", "The api_key method: the client's password is a key made by "
+             "`helios-proxy apikey create`.", AUTH_API_KEY_SETTINGS)):
+        out.append(f"\n## {title}\n\n{doc}\n\n| key | type | default | description |\n|---|---|---|---|")
+        out.extend(_row(s) for s in table)
+    out.append("\n## [auth.map]\n\n`\"external name\" = \"user\"` entries (pg_ident style): a token whose "
+               "user_claim is the external name may log in as that user.")
     out.append("\n## [[cache.rules]]\n\nPer-table cache rules; a query reading several tables gets the "
                "strictest of their rules.\n\n| key | type | default | description |\n|---|---|---|---|")
     out.extend(_row(s) for s in CACHE_RULE_SETTINGS)
@@ -100,6 +111,9 @@ def render_example():
     out.append("\n# Per-database and per-user overrides, for example:\n# [databases.reporting]\n"
                "# mode = \"session\"\n# max_size = 5\n# [users.batch]\n# mode = \"session\"\n"
                "# max_connections = 2")
+    out.append("\n# Authentication rules, first match wins (docs/auth.md), for example:\n# [[auth.rules]]\n"
+               "# user = \"svc_*\"\n# method = \"jwt\"\n# [auth.jwt]\n# public_key_file = \"/etc/helios/jwt.pem\"\n"
+               "# issuer = \"https://id.example.com/\"")
     out.append("\n# Per-table cache rules, for example:\n# [[cache.rules]]\n# table = \"exchange_rates\"\n"
                "# ttl_s = 5\n# stable_functions = true")
     out.append("\n[plugins]")

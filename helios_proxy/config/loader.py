@@ -5,7 +5,8 @@ import tomllib
 from types import SimpleNamespace
 
 from ..errors import ConfigError
-from .schema import CACHE_RULE_SETTINGS, DATABASE_SETTINGS, NODE_SETTINGS, SETTINGS, USER_SETTINGS
+from .schema import (AUTH_API_KEY_SETTINGS, AUTH_JWT_SETTINGS, AUTH_RULE_SETTINGS, CACHE_RULE_SETTINGS,
+                     DATABASE_SETTINGS, NODE_SETTINGS, SETTINGS, USER_SETTINGS)
 
 ENV_PREFIX = "HELIOS_"
 SECTIONS = {}
@@ -52,6 +53,10 @@ class Config(SimpleNamespace):
         out["databases"] = {k: vars(v).copy() for k, v in self.databases.items()}
         out["users"] = {k: vars(v).copy() for k, v in self.users.items()}
         out["cache"]["rules"] = [vars(r).copy() for r in self.cache.rules]
+        out["auth"]["rules"] = [vars(r).copy() for r in self.auth.rules]
+        out["auth"]["jwt"] = {k: ("********" if k == "secret" and v else v) for k, v in vars(self.auth.jwt).items()}
+        out["auth"]["api_keys"] = vars(self.auth.api_keys).copy()
+        out["auth"]["map"] = dict(self.auth.map)
         return out
 
 
@@ -122,10 +127,11 @@ def load(data, environ=None, source=None):
                         "users, plugins")
     known_vars = set()
     cfg = Config(source=source)
-    rules = []  # [[cache.rules]]: an array inside [cache]
-    if isinstance(data.get("cache"), dict) and "rules" in data["cache"]:
-        rules = data["cache"]["rules"]
-        data = dict(data, cache={k: v for k, v in data["cache"].items() if k != "rules"})
+    nested = {}  # tables inside a section ([[cache.rules]], [auth.jwt]...): taken out, loaded below
+    for (section, key) in NESTED:
+        if isinstance(data.get(section), dict) and key in data[section]:
+            nested[(section, key)] = data[section][key]
+            data = dict(data, **{section: {k: v for k, v in data[section].items() if k != key}})
     for section, keys in SECTIONS.items():
         env = {key: f"{ENV_PREFIX}{section.upper()}__{key.upper()}" for key in keys}
         known_vars.update(env.values())
@@ -138,7 +144,10 @@ def load(data, environ=None, source=None):
     cfg.database_nodes = _database_nodes(cfg.databases, problems)
     cfg.users = problems.check(_load_named, data.get("users", {}), "users", USER_SETTINGS, default={})
     cfg.plugins = data.get("plugins", {})
-    cfg.cache.rules = problems.check(_load_rules, rules, problems, default=[])
+    for (section, key), (kind, settings) in NESTED.items():
+        given = nested.get((section, key))
+        setattr(getattr(cfg, section), key, problems.check(kind, given, f"{section}.{key}", settings, problems,
+                                                            default=kind(None, "", settings, Problems())))
     _check_cross(cfg, problems)  # (a bad value was replaced by its default: no false alarms)
     problems.raise_any()
     return cfg
@@ -191,13 +200,42 @@ def _load_nodes(entries, problems):
     return nodes
 
 
-def _load_rules(entries, problems):
+REQUIRED = frozenset(("cache.rules.table", "auth.rules.method"))
+
+
+def _array(entries, where, settings, problems):
+    """[[where]] tables: a list of namespaces (the settings in REQUIRED must be given)."""
+    if entries is None:
+        return []
     if not isinstance(entries, list):
-        raise ConfigError("cache.rules: expected [[cache.rules]] tables (table, cache, ttl_s, stable_functions)")
-    keys = {s.key: s for s in CACHE_RULE_SETTINGS}
-    rules = [_table(entry, keys, f"cache.rules[{i}]", problems=problems) for i, entry in enumerate(entries)]
-    problems.extend(f"cache.rules[{i}].table: required" for i, r in enumerate(rules) if not r.table)
-    return rules
+        raise ConfigError(f"{where}: expected [[{where}]] tables ({', '.join(s.key for s in settings)})")
+    keys = {s.key: s for s in settings}
+    out = [_table(entry, keys, f"{where}[{i}]", problems=problems) for i, entry in enumerate(entries)]
+    for i, table in enumerate(out):
+        problems.extend(f"{where}[{i}].{s.key}: required" for s in settings
+                        if s.path in REQUIRED and not getattr(table, s.key))
+    return out
+
+
+def _subtable(given, where, settings, problems):
+    """[where]: one table of settings inside a section."""
+    return _table({} if given is None else given, {s.key: s for s in settings}, where, problems=problems)
+
+
+def _mapping(given, where, settings, problems):
+    """[where]: names to names (pg_ident style: an external identity -> the user it may log in as)."""
+    if given is None:
+        return {}
+    if not isinstance(given, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in given.items()):
+        raise ConfigError(f'{where}: expected "external name" = "user" entries')
+    return dict(given)
+
+
+NESTED = {("cache", "rules"): (_array, CACHE_RULE_SETTINGS),
+          ("auth", "rules"): (_array, AUTH_RULE_SETTINGS),
+          ("auth", "jwt"): (_subtable, AUTH_JWT_SETTINGS),
+          ("auth", "api_keys"): (_subtable, AUTH_API_KEY_SETTINGS),
+          ("auth", "map"): (_mapping, ())}
 
 
 def _load_named(tables, section, settings):
@@ -232,8 +270,22 @@ def _check_cross(cfg, problems):
     if cfg.tls.client_mode != "disable" and not (cfg.tls.client_cert_file and cfg.tls.client_key_file):
         problems.append(f"tls.client_mode: {cfg.tls.client_mode!r} needs tls.client_cert_file and "
                           "tls.client_key_file")
-    if cfg.auth.method != "trust" and not (cfg.auth.users_file or cfg.auth.auth_user):
+    if cfg.auth.method in ("md5", "scram-sha-256") and not (cfg.auth.users_file or cfg.auth.auth_user):
         problems.append(f"auth.method: {cfg.auth.method!r} needs auth.users_file or auth.auth_user")
+    methods = {cfg.auth.method} | {r.method for r in cfg.auth.rules}
+    jwt = cfg.auth.jwt
+    if "jwt" in methods and not (jwt.public_key_file or jwt.jwks_file or jwt.secret):
+        problems.append("auth.jwt: the jwt method needs auth.jwt.public_key_file, jwks_file or secret")
+    if "api_key" in methods and not cfg.auth.api_keys.file:
+        problems.append("auth.api_keys.file: required by the api_key method")
+    for i, rule in enumerate(cfg.auth.rules):
+        problem = address_range(rule.address)
+        if problem:
+            problems.append(f"auth.rules[{i}].address: {rule.address!r}: {problem}")
+    for path in ("auth.jwt.public_key_file", "auth.jwt.jwks_file"):
+        value = getattr(jwt, path.rsplit(".", 1)[1])
+        if value and not os.path.isfile(value):
+            problems.append(f"{path}: {value!r}: no such file")
     for path in ("auth.users_file", "tls.client_cert_file", "tls.client_key_file", "tls.server_ca_file"):
         section, key = path.split(".")
         value = getattr(getattr(cfg, section), key)
@@ -253,6 +305,18 @@ def _check_cross(cfg, problems):
                         "hear of each other's writes through it)")
     if cfg.nodes and not any(n.role == "primary" for n in cfg.nodes):
         problems.append("nodes: no node has role = \"primary\"")
+
+
+def address_range(text):
+    """None if text is "all" or a CIDR range, else what is wrong with it."""
+    if text == "all":
+        return None
+    import ipaddress
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return 'expected "all" or an address range such as 10.0.0.0/8'
+    return None
 
 
 def loopback(listen):

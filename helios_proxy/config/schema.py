@@ -6,6 +6,9 @@ import re
 from dataclasses import dataclass
 
 GiB = 1 << 30
+# Client authentication methods ([auth] method, [[auth.rules]] method); the last two check a token or
+# key the client sends as its password (helios_proxy/auth/).
+METHODS = ("trust", "reject", "md5", "scram-sha-256", "jwt", "api_key")
 
 TOKEN_ENTRY = re.compile(r"^([A-Za-z0-9_.-]+):(viewer|operator|admin):([0-9a-f]{64})$")  # admin.tokens
 
@@ -140,8 +143,8 @@ SETTINGS = (
     S("pool", "server_lifetime", float, 3600.0, "Close a server connection this many seconds after it opened.",
       min=0, reloadable=True),
     # [auth]: how clients prove who they are, and how the proxy logs in to PostgreSQL
-    S("auth", "method", str, "trust", "Client authentication the proxy performs.",
-      choices=("trust", "md5", "scram-sha-256"), reloadable=True),
+    S("auth", "method", str, "trust", "Client authentication the proxy performs when no [[auth.rules]] entry "
+      "matches (docs/auth.md).", choices=METHODS, reloadable=True),
     S("auth", "users_file", str, "",
       "PgBouncer userlist.txt: '\"user\" \"secret\"' per line; plaintext, md5... or SCRAM-SHA-256$...",
       reloadable=True),
@@ -304,6 +307,35 @@ USER_SETTINGS = (
       choices=("session", "transaction", "statement")),
     S("users", "max_connections", int, None, "Most server connections for this user over all its pools.",
       min=1),
+)
+
+# [[auth.rules]]: ordered like pg_hba.conf, the first that matches a login decides its method.
+AUTH_RULE_SETTINGS = (
+    S("auth.rules", "database", str, "all", "Database name, glob, or all."),
+    S("auth.rules", "user", str, "all", "User name, glob, or all."),
+    S("auth.rules", "address", str, "all", "Client address range (CIDR, e.g. 10.0.0.0/8 or ::1/128), or all "
+      "(the Unix socket matches all only)."),
+    S("auth.rules", "method", str, None, "trust, reject, md5, scram-sha-256, jwt or api_key.", choices=METHODS),
+    S("auth.rules", "allow_plaintext", bool, False, "jwt and api_key send the token in clear: refused "
+      "without TLS (or the Unix socket) unless this is true."),
+)
+# [auth.jwt]: the jwt method (pyjwt; the [jwt] extra for RS256/ES256).
+AUTH_JWT_SETTINGS = (
+    S("auth.jwt", "public_key_file", str, "", "PEM public key that verifies RS256/ES256 tokens."),
+    S("auth.jwt", "jwks_file", str, "", "JSON Web Key Set file (keys chosen by the token's kid); re-read "
+      "when it changes."),
+    S("auth.jwt", "secret", str, "", "Shared secret that verifies HS256 tokens.", secret=True),
+    S("auth.jwt", "algorithms", list, ["RS256", "ES256"], "Algorithms accepted (of RS256, ES256, HS256)."),
+    S("auth.jwt", "issuer", str, "", "Required iss claim (empty: not checked)."),
+    S("auth.jwt", "audience", str, "", "Required aud claim (empty: not checked)."),
+    S("auth.jwt", "leeway_s", float, 30.0, "Clock skew allowed on exp and nbf.", min=0),
+    S("auth.jwt", "user_claim", str, "sub", "The claim that names the user: it must equal the login user, "
+      "or map to it through [auth.map]."),
+)
+# [auth.api_keys]: the api_key method.
+AUTH_API_KEY_SETTINGS = (
+    S("auth.api_keys", "file", str, "", "Where keys are stored, hashed (scrypt): helios-proxy apikey "
+      "create/list/revoke manage it."),
 )
 
 # [[cache.rules]]: per table; every rule matching a table the query reads applies (the strictest wins).

@@ -1,4 +1,6 @@
-"""Client authentication done by the proxy: trust, md5 and SCRAM-SHA-256 (the proxy as SCRAM server).
+"""Client authentication done by the proxy: trust, reject, md5 and SCRAM-SHA-256 (the proxy as SCRAM
+server) here; jwt and api_key (a token or key sent as the password) in helios_proxy/auth/, which
+also picks the method for a login by the ordered [[auth.rules]].
 
 Secrets come from the users file or, for users not in it, from `auth_query` run on the backend as
 `auth_user` with the user name as a bind parameter: on connections of its own (no client ever
@@ -12,10 +14,13 @@ import logging
 import os
 from struct import unpack_from
 
+from .. import auth
+from ..auth import api_keys, jwt as jwt_method
 from ..backend import kdf
 from ..backend.connection import ServerConnection
 from ..backend.credentials import Credentials
-from ..errors import AuthenticationFailed, BackendError, ProtocolViolation, ProxyError, malformed
+from ..errors import (INVALID_AUTHORIZATION, AuthenticationFailed, BackendError, FatalError, ProtocolViolation,
+                      ProxyError, malformed)
 from ..protocol import codec, messages as m
 from ..protocol.codec import read_cstr
 from ..protocol.scram import (DEFAULT_ITERATIONS, MECHANISM, ScramSecret, ScramServer, hmac_sha256, md5_hash,
@@ -113,16 +118,52 @@ class Authenticator:
                            hmac_sha256(key, b"stored:" + user.encode()), hmac_sha256(key, b"server:" + user.encode()))
 
     def authenticate(self, client, creds):
-        """Run the configured method over `client` (send(bytes), read_password()); return creds for the backend."""
-        method = self.config.auth.method
+        """Run the method the rules give `client` (its user, database, peer, tls; send(bytes),
+        read_password()); return the credentials the backend login uses."""
+        rule_index, rule = auth.rule_for(self.config, client)
+        method = rule.method
         if method == "trust":
             return creds
+        if method == "reject":
+            self._decided(client, method, rule_index, "rejected by the rule")
+            raise FatalError(f'pg_hba.conf rejects connection for host "{client.peer[0]}", user "{creds.user}", '
+                             f'database "{client.database}", {"SSL encryption" if client.tls else "no encryption"}',
+                             sqlstate=INVALID_AUTHORIZATION)
+        if method in auth.TOKEN_METHODS:
+            return self._token(client, creds, method, rule_index, rule)
         if creds.scram or (method == "scram-sha-256" and creds.password is not None):
             return self._scram(client, creds)
         if method == "scram-sha-256":  # an md5 secret, or none: fail like PostgreSQL, after the exchange
             self._scram(client, Credentials(creds.user, scram=self.mock_secret(creds.user)))
             raise password_failed(creds.user)
         return self._md5(client, creds)
+
+    def _token(self, client, creds, method, rule_index, rule):
+        """jwt, api_key: the token or key comes as a cleartext password (TLS or the Unix socket
+        only, unless the rule allows plaintext); the backend login stays the proxy's own."""
+        if not (client.tls or client.local or rule.allow_plaintext):
+            self._decided(client, method, rule_index, "refused: no TLS")
+            raise FatalError(f'no pg_hba.conf entry for host "{client.peer[0]}", user "{creds.user}", database '
+                             f'"{client.database}", no encryption', sqlstate=INVALID_AUTHORIZATION)
+        client.send(codec.authentication(m.AUTH_CLEARTEXT))
+        with malformed("password message"):
+            secret = read_cstr(client.read_password(), 0)[0]
+        try:
+            if method == "jwt":
+                jwt_method.METHOD.check(self.config, creds.user, secret)
+            else:
+                api_keys.METHOD.check(self.config, creds.user, client.database, secret)
+        except jwt_method.Refused as e:
+            self._decided(client, method, rule_index, f"refused: {e}")
+            raise password_failed(creds.user) from None
+        self._decided(client, method, rule_index, "accepted")
+        return creds
+
+    @staticmethod
+    def _decided(client, method, rule_index, outcome):
+        """Every decision of the auth proxy's methods, in the log (never the secret)."""
+        log.info("auth: user=%s database=%s address=%s method=%s rule=%s: %s", client.user, client.database,
+                 "unix socket" if client.local else client.peer[0], method, rule_index, outcome)
 
     def _md5(self, client, creds):
         salt = os.urandom(4)

@@ -1,0 +1,14 @@
+"""The auth proxy: which method authenticates a login, and the methods that check something other
+than a stored password.
+
+- rules.py: ordered `[[auth.rules]]` (database, user, address -> method), first match wins, as in
+  pg_hba.conf; no match: `[auth] method`.
+- jwt.py: the client's password is a JSON Web Token (pyjwt).
+- api_keys.py: the client's password is a key `helios-proxy apikey create` made; stored hashed.
+
+trust, reject, md5 and scram-sha-256 stay in server/auth.py (the Authenticator), which asks this
+package for the method and, for jwt and api_key, for the verdict on the password the client sent
+in clear. Whatever the method, the proxy logs in to PostgreSQL with its own credential for that
+user (users_file, auth_query, or none with a trusting server), never with the client's token.
+"""
+from .rules import TOKEN_METHODS, rule_for  # noqa: F401

@@ -1,0 +1,94 @@
+"""The api_key method: the client's password is a key made by `helios-proxy apikey create USER`.
+
+A key is `hpk_<id>_<secret>`; the file (`[auth.api_keys] file`, JSON, mode 0600) keeps per id the
+user, the scrypt hash of the secret and its salt, the expiry and the databases it may open (none:
+all). The key itself is printed once and never stored. scrypt runs in gevent's thread pool: other
+clients do not wait for it.
+"""
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+
+from .jwt import Refused
+
+SCRYPT = {"n": 1 << 14, "r": 8, "p": 1, "dklen": 32}
+PREFIX = "hpk_"
+
+
+def _hash(secret, salt):
+    return hashlib.scrypt(secret.encode(), salt=salt, **SCRYPT)
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f).get("keys", {})
+    except FileNotFoundError:
+        return {}
+
+
+def save(path, keys):
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"keys": keys}, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def create(path, user, days=None, databases=()):
+    """A new key for user: (key, id). Only its hash is stored."""
+    keys = load(path)
+    key_id = secrets.token_hex(4)
+    while key_id in keys:
+        key_id = secrets.token_hex(4)
+    secret, salt = secrets.token_urlsafe(32), os.urandom(16)
+    keys[key_id] = {"user": user, "salt": salt.hex(), "hash": _hash(secret, salt).hex(), "created": int(time.time()),
+                    "expires": int(time.time() + days * 86400) if days else None,
+                    "databases": sorted(databases) or None}
+    save(path, keys)
+    return f"{PREFIX}{key_id}_{secret}", key_id
+
+
+def revoke(path, key_id):
+    keys = load(path)
+    if keys.pop(key_id, None) is None:
+        return False
+    save(path, keys)
+    return True
+
+
+class ApiKeyMethod:
+    def __init__(self):
+        self._cache = (None, None, {})  # (path, mtime, keys)
+
+    def _keys(self, path):
+        mtime = os.stat(path).st_mtime if os.path.exists(path) else None
+        if self._cache[:2] != (path, mtime):  # (a create or revoke rewrites the file: read it again)
+            self._cache = (path, mtime, load(path))
+        return self._cache[2]
+
+    def check(self, config, user, database, key):
+        """The key's entry if it lets user into database; raises Refused."""
+        from gevent import get_hub
+        if not key.startswith(PREFIX) or key.count("_") < 2:
+            raise Refused("not an API key")
+        key_id, _, secret = key[len(PREFIX):].partition("_")
+        entry = self._keys(config.auth.api_keys.file).get(key_id)
+        if entry is None:
+            raise Refused(f"no key {key_id}")
+        digest = get_hub().threadpool.apply(_hash, (secret, bytes.fromhex(entry["salt"])))
+        if not hmac.compare_digest(digest, bytes.fromhex(entry["hash"])):
+            raise Refused(f"key {key_id}: wrong secret")
+        if entry["user"] != user:
+            raise Refused(f"key {key_id} belongs to another user")
+        if entry.get("expires") and entry["expires"] < time.time():
+            raise Refused(f"key {key_id} expired")
+        if entry.get("databases") and database not in entry["databases"]:
+            raise Refused(f"key {key_id} does not open database {database}")
+        return entry
+
+
+METHOD = ApiKeyMethod()

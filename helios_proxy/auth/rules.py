@@ -1,0 +1,33 @@
+"""`[[auth.rules]]`: the first rule whose database, user and address match a login decides its
+method, as pg_hba.conf does; when none does, `[auth] method` (a rule of its own, `default`)."""
+import ipaddress
+from fnmatch import fnmatchcase
+from types import SimpleNamespace
+
+# Methods whose secret travels in clear (the client's password message): TLS or the Unix socket only,
+# unless the rule says allow_plaintext.
+TOKEN_METHODS = frozenset(("jwt", "api_key"))
+
+
+def _name_matches(pattern, name):
+    return pattern == "all" or fnmatchcase(name, pattern)
+
+
+def _address_matches(pattern, session):
+    if pattern == "all":
+        return True
+    if session.local:  # the Unix socket has no address: only "all" rules apply
+        return False
+    try:
+        return ipaddress.ip_address(session.peer[0].split("%")[0]) in ipaddress.ip_network(pattern, strict=False)
+    except ValueError:
+        return False
+
+
+def rule_for(config, session):
+    """(index or "default", rule) deciding how session logs in."""
+    for i, rule in enumerate(config.auth.rules):
+        if (_name_matches(rule.database, session.database) and _name_matches(rule.user, session.user)
+                and _address_matches(rule.address, session)):
+            return i, rule
+    return "default", SimpleNamespace(method=config.auth.method, allow_plaintext=False)

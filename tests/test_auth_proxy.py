@@ -1,0 +1,138 @@
+"""The auth proxy (helios_proxy/auth/): ordered [[auth.rules]], JSON Web Tokens and API keys as
+passwords, refused in clear without TLS; the backend login stays the proxy's own credential."""
+import datetime
+import json
+import subprocess
+import time
+
+import jwt
+import psycopg2
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.fix_proxy import BIN
+from tests.test_auth import userlist
+
+
+def rsa_key():
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key, public
+
+
+def token(key, sub, alg="RS256", **claims):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    body = {"sub": sub, "exp": now + datetime.timedelta(minutes=5), "iss": "https://id.test/", **claims}
+    return jwt.encode(body, key, algorithm=alg)
+
+
+def login(proxy, user, password, sslmode="require", dbname="postgres"):
+    conn = psycopg2.connect(host="127.0.0.1", port=proxy.port, user=user, password=password, dbname=dbname,
+                            sslmode=sslmode, connect_timeout=10)
+    cur = conn.cursor()
+    cur.execute("select current_user")
+    name = cur.fetchone()[0]
+    conn.close()
+    return name
+
+
+def refused(proxy, user, password, code, **kw):
+    with pytest.raises(psycopg2.OperationalError) as info:
+        login(proxy, user, password, **kw)
+    text = str(info.value)
+    assert code == "28P01" and f'password authentication failed for user "{user}"' in text or \
+        code == "28000" and "pg_hba.conf" in text, text
+    return text
+
+
+@pytest.fixture
+def tls(tls_files):
+    return {"client_mode": "allow", "client_cert_file": tls_files["cert"], "client_key_file": tls_files["key"]}
+
+
+def test_jwt_logs_in_with_a_valid_token_and_refuses_every_bad_one(start_proxy, tmp_path, tls, passwords):
+    key, public = rsa_key()
+    other, _ = rsa_key()
+    (tmp_path / "jwt.pem").write_bytes(public)
+    proxy = start_proxy(tls=tls, auth={
+        "method": "scram-sha-256", "users_file": userlist(tmp_path, passwords),
+        "rules": [{"user": "scram_user", "method": "jwt"}],
+        "jwt": {"public_key_file": str(tmp_path / "jwt.pem"), "issuer": "https://id.test/", "leeway_s": 0},
+        "map": {"external-scram": "scram_user"}})
+    # the backend login is the proxy's own (users_file, SCRAM-only user): never the token
+    assert login(proxy, "scram_user", token(key, "scram_user")) == "scram_user"
+    assert login(proxy, "scram_user", token(key, "external-scram")) == "scram_user"  # through [auth.map]
+    expired = token(key, "scram_user", exp=datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(1))
+    for bad in (expired, token(other, "scram_user"), token(key, "md5_user"), token(key, "scram_user", iss="x"),
+                token(key, "scram_user", nbf=int(time.time()) + 600), token("s" * 32, "scram_user", alg="HS256"),
+                jwt.encode({"sub": "scram_user"}, key, algorithm="RS256"),  # (no exp)
+                jwt.encode({"sub": "scram_user", "exp": int(time.time()) + 60}, None, algorithm="none"),
+                "not a token"):
+        refused(proxy, "scram_user", bad, "28P01")
+    refused(proxy, "scram_user", token(key, "scram_user"), "28000", sslmode="disable")  # a token in clear
+    assert login(proxy, "md5_user", passwords["md5_user"]) == "md5_user"  # other users: [auth] method
+    log = proxy.output()
+    assert "method=jwt rule=0: accepted" in log and "ExpiredSignatureError" in log and "refused: no TLS" in log
+    assert expired not in log  # (never the secret)
+
+
+def test_api_keys_made_by_the_cli_log_in_until_revoked_or_expired(start_proxy, tmp_path, tls):
+    keys = tmp_path / "keys.json"
+    proxy = start_proxy(tls=tls, auth={"rules": [{"method": "api_key", "address": "127.0.0.0/8"}],
+                                       "api_keys": {"file": str(keys)}})
+
+    def cli(*args):
+        out = subprocess.run([BIN, "apikey", *args, "-c", proxy.config_path], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip().splitlines()
+
+    key = cli("create", "app")[-1]
+    scoped = cli("create", "app", "--database", "app")[-1]
+    assert login(proxy, "app", key) == "app"
+    assert login(proxy, "app", scoped, dbname="app") == "app"
+    refused(proxy, "app", scoped, "28P01")  # (its scope: database app only)
+    refused(proxy, "app", key[:-2] + "xx", "28P01")
+    refused(proxy, "postgres", key, "28P01")  # (app's key)
+    assert key not in keys.read_text() and oct(keys.stat().st_mode & 0o777) == "0o600"
+    key_id = key.split("_")[1]
+    assert any(line.startswith(key_id) and "user=app" in line for line in cli("list"))
+    cli("revoke", key_id)
+    refused(proxy, "app", key, "28P01")
+    late = cli("create", "app", "--days", "1")[-1]
+    data = json.loads(keys.read_text())
+    data["keys"][late.split("_")[1]]["expires"] = int(time.time()) - 10
+    keys.write_text(json.dumps(data))
+    refused(proxy, "app", late, "28P01")
+
+
+def test_rules_are_ordered_first_match_wins(start_proxy, tmp_path, tls):
+    secret = "an HS256 secret of at least thirty-two bytes"
+    proxy = start_proxy(tls=tls, auth={
+        "method": "reject",
+        "rules": [{"database": "app", "user": "app", "method": "reject"},
+                  {"user": "app", "address": "10.0.0.0/8", "method": "trust"},
+                  {"user": "app", "method": "jwt", "allow_plaintext": True},
+                  {"user": "post*", "method": "trust"}],
+        "jwt": {"secret": secret, "algorithms": ["HS256"]}})
+    refused(proxy, "app", "x", "28000", dbname="app")  # rule 0
+    assert login(proxy, "app", token(secret, "app", alg="HS256"), sslmode="disable") == "app"  # rule 2, in clear
+    refused(proxy, "app", "not a token", "28P01")  # (rule 1 is for another address)
+    assert login(proxy, "postgres", "") == "postgres"  # rule 3
+    refused(proxy, "md5_user", "x", "28000")  # no rule: [auth] method = reject
+
+
+def test_auth_config_errors_name_the_key(tmp_path):
+    from helios_proxy.config import load
+    from helios_proxy.errors import ConfigError
+    node = {"name": "p", "host": "127.0.0.1", "port": 5432}
+    for auth, message in (({"rules": [{"method": "jwt"}]}, "auth.jwt: the jwt method needs"),
+                          ({"method": "api_key"}, "auth.api_keys.file: required"),
+                          ({"rules": [{"method": "trust", "address": "10.0.0"}]}, "auth.rules[0].address"),
+                          ({"rules": [{"user": "x"}]}, "auth.rules[0].method: required"),
+                          ({"jwt": {"public_key_file": "/nonexistent"}}, "auth.jwt.public_key_file"),
+                          ({"map": {"a": 1}}, "auth.map: expected")):
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            load({"nodes": [node], "auth": auth}, environ={})
