@@ -26,6 +26,12 @@ def toml_value(v):
 def render_config(sections, nodes):
     lines = []
     for section, values in sections.items():
+        if isinstance(values, list):  # [[section]] tables (limits)
+            for table in values:
+                lines.append(f"[[{section}]]")
+                lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
+                lines.append("")
+            continue
         tables = {k: v for k, v in values.items() if isinstance(v, dict)}  # [section.NAME]
         arrays = {k: v for k, v in values.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
         lines.append(f"[{section}]")

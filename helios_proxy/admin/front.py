@@ -132,6 +132,7 @@ def merge_snapshots(snaps):
         "plugins": add([s["plugins"] for s in snaps]),
         "replay": add([s["replay"] for s in snaps]),
         "cache": add([s["cache"] for s in snaps]),
+        "limits": add([s.get("limits", {}) for s in snaps]),
         "workers": len(snaps),
     }
 

@@ -32,6 +32,8 @@ def snapshot(proxy):
                     for name in proxy.plugins.sources},
         "replay": views.replay(proxy),
         "cache": cache_snapshot(proxy.cache),
+        "limits": {limit["name"]: {k: limit[k] for k in ("passed", "rejected", "waited")}
+                   for limit in proxy.limiter.state()},
     }
 
 
@@ -124,6 +126,13 @@ class ProxyCollector:
         yield GaugeMetricFamily("helios_replay_journal_bytes", "Bytes of requests journaled now.",
                                 value=s["replay"]["journal_bytes"])
         yield from cache_families(s["cache"])
+        if s.get("limits"):
+            limited = CounterMetricFamily("helios_limit_queries", "Queries by rate limit and outcome "
+                                          "([[limits]]).", labels=["limit", "outcome"])
+            for name, counts in s["limits"].items():
+                for outcome, n in counts.items():
+                    limited.add_metric([name, outcome], n)
+            yield limited
         h = s["transaction_seconds"]
         cumulative, buckets = 0, []
         for bound, count in zip(list(h["buckets"]) + ["+Inf"], h["counts"]):

@@ -54,6 +54,7 @@ PATHS = {
     "/replay": {"get": op("Transaction replay across failovers: replayed, aborted with 40001, commits in doubt "
                           "resolved, journal bytes.")},
     "/version": {"get": op("Version.")},
+    "/limits": {"get": op("Rate limits: passed, rejected (53400), waited, current levels per key.")},
     "/cache": {"get": op("Query cache: hits and misses by tier, entries, bytes, invalidations, bypass reasons, "
                          "workload classes.")},
     "/cache/flush": {"post": op("Drop every cache entry (here, and with Redis everywhere).")},

@@ -1,5 +1,5 @@
 """What the proxy holds: /config (secrets redacted), /pools, /sessions (and DELETE one), /stats, /replay,
-/version."""
+/limits, /version."""
 from flask import Blueprint, jsonify
 
 from . import views
@@ -61,3 +61,10 @@ def replay():
 @bp.get("/version")
 def version():
     return jsonify(views.version())
+
+
+@bp.get("/limits")
+def limits():
+    """The rate limiter ([[limits]]): per limit, queries passed, rejected (53400) and waited, and
+    the current level of the busiest keys (tokens left, queries in the window, queries running)."""
+    return jsonify(proxy_of().limiter.state())

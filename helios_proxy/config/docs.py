@@ -7,7 +7,7 @@ import sys
 
 from ..plugins.manager import GLOBAL_DOCS, TABLE_DOCS
 from .schema import (AUTH_API_KEY_SETTINGS, AUTH_JWT_SETTINGS, AUTH_RULE_SETTINGS, CACHE_RULE_SETTINGS,
-                     DATABASE_SETTINGS, NODE_SETTINGS, SETTINGS, USER_SETTINGS)
+                     DATABASE_SETTINGS, LIMIT_SETTINGS, NODE_SETTINGS, SETTINGS, USER_SETTINGS)
 
 HEADER = """# Configuration reference
 
@@ -71,6 +71,9 @@ def render():
              "`helios-proxy apikey create`.", AUTH_API_KEY_SETTINGS)):
         out.append(f"\n## {title}\n\n{doc}\n\n| key | type | default | description |\n|---|---|---|---|")
         out.extend(_row(s) for s in table)
+    out.append("\n## [[limits]]\n\nThe rate limiter (docs/limits.md): one table per limit; a query must pass "
+               "every limit whose key matches.\n\n| key | type | default | description |\n|---|---|---|---|")
+    out.extend(_row(s) for s in LIMIT_SETTINGS)
     out.append("\n## [auth.map]\n\n`\"external name\" = \"user\"` entries (pg_ident style): a token whose "
                "user_claim is the external name may log in as that user.")
     out.append("\n## [[cache.rules]]\n\nPer-table cache rules; a query reading several tables gets the "
@@ -111,6 +114,8 @@ def render_example():
     out.append("\n# Per-database and per-user overrides, for example:\n# [databases.reporting]\n"
                "# mode = \"session\"\n# max_size = 5\n# [users.batch]\n# mode = \"session\"\n"
                "# max_connections = 2")
+    out.append("\n# Rate limits (docs/limits.md), for example:\n# [[limits]]\n# name = \"per-user\"\n"
+               "# kind = \"token_bucket\"\n# key = \"user\"\n# rate = 100.0\n# burst = 200")
     out.append("\n# Authentication rules, first match wins (docs/auth.md), for example:\n# [[auth.rules]]\n"
                "# user = \"svc_*\"\n# method = \"jwt\"\n# [auth.jwt]\n# public_key_file = \"/etc/helios/jwt.pem\"\n"
                "# issuer = \"https://id.example.com/\"")

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from ..errors import ConfigError
 from .schema import (AUTH_API_KEY_SETTINGS, AUTH_JWT_SETTINGS, AUTH_RULE_SETTINGS, CACHE_RULE_SETTINGS,
-                     DATABASE_SETTINGS, NODE_SETTINGS, SETTINGS, USER_SETTINGS)
+                     DATABASE_SETTINGS, LIMIT_SETTINGS, NODE_SETTINGS, SETTINGS, USER_SETTINGS)
 
 ENV_PREFIX = "HELIOS_"
 SECTIONS = {}
@@ -52,6 +52,7 @@ class Config(SimpleNamespace):
         out["nodes"] = [vars(n).copy() for n in self.nodes]
         out["databases"] = {k: vars(v).copy() for k, v in self.databases.items()}
         out["users"] = {k: vars(v).copy() for k, v in self.users.items()}
+        out["limits"] = [vars(limit).copy() for limit in self.limits]
         out["cache"]["rules"] = [vars(r).copy() for r in self.cache.rules]
         out["auth"]["rules"] = [vars(r).copy() for r in self.auth.rules]
         out["auth"]["jwt"] = {k: ("********" if k == "secret" and v else v) for k, v in vars(self.auth.jwt).items()}
@@ -122,9 +123,9 @@ def load(data, environ=None, source=None):
     if not isinstance(data, dict):
         raise ConfigError("configuration must be a TOML table")
     problems = Problems()
-    for name in sorted(set(data) - set(SECTIONS) - {"nodes", "plugins", "databases", "users"}):
+    for name in sorted(set(data) - set(SECTIONS) - {"nodes", "plugins", "databases", "users", "limits"}):
         problems.append(f"unknown section [{name}]; known: {', '.join(sorted(SECTIONS))}, nodes, databases, "
-                        "users, plugins")
+                        "users, plugins, limits")
     known_vars = set()
     cfg = Config(source=source)
     nested = {}  # tables inside a section ([[cache.rules]], [auth.jwt]...): taken out, loaded below
@@ -144,6 +145,9 @@ def load(data, environ=None, source=None):
     cfg.database_nodes = _database_nodes(cfg.databases, problems)
     cfg.users = problems.check(_load_named, data.get("users", {}), "users", USER_SETTINGS, default={})
     cfg.plugins = data.get("plugins", {})
+    cfg.limits = problems.check(_array, data.get("limits"), "limits", LIMIT_SETTINGS, problems, default=[])
+    names = [limit.name for limit in cfg.limits]
+    problems.extend(f"limits: {name!r} is used twice" for name in sorted({n for n in names if names.count(n) > 1}))
     for (section, key), (kind, settings) in NESTED.items():
         given = nested.get((section, key))
         setattr(getattr(cfg, section), key, problems.check(kind, given, f"{section}.{key}", settings, problems,
@@ -200,7 +204,7 @@ def _load_nodes(entries, problems):
     return nodes
 
 
-REQUIRED = frozenset(("cache.rules.table", "auth.rules.method"))
+REQUIRED = frozenset(("cache.rules.table", "auth.rules.method", "limits.name"))
 
 
 def _array(entries, where, settings, problems):

@@ -309,6 +309,25 @@ USER_SETTINGS = (
       min=1),
 )
 
+# [[limits]]: the rate limiter (limits/), one table per limit.
+LIMIT_SETTINGS = (
+    S("limits", "name", str, None, "The limit's name (in errors, /limits and metrics)."),
+    S("limits", "kind", str, "token_bucket", "token_bucket (rate + burst), sliding_window (max_queries per "
+      "window_s) or concurrency (max queries running at once).",
+      choices=("token_bucket", "sliding_window", "concurrency")),
+    S("limits", "key", str, "user", "What is limited separately: each user, database, client_address or "
+      "query fingerprint.", choices=("user", "database", "client_address", "fingerprint")),
+    S("limits", "match", str, "", "Only keys matching this glob (e.g. a user name pattern); empty: all."),
+    S("limits", "rate", float, 100.0, "token_bucket: queries per second.", min=0.001),
+    S("limits", "burst", int, 100, "token_bucket: queries allowed at once above the rate.", min=1),
+    S("limits", "window_s", float, 1.0, "sliding_window: the window.", min=0.001),
+    S("limits", "max_queries", int, 100, "sliding_window: queries allowed in any window.", min=1),
+    S("limits", "max", int, 10, "concurrency: queries running at once.", min=1),
+    S("limits", "on_exceed", str, "reject", "reject (SQLSTATE 53400 naming the limit) or wait (at most "
+      "max_wait_ms, then 53400).", choices=("reject", "wait")),
+    S("limits", "max_wait_ms", int, 1000, "on_exceed = wait: the longest wait.", min=0),
+)
+
 # [[auth.rules]]: ordered like pg_hba.conf, the first that matches a login decides its method.
 AUTH_RULE_SETTINGS = (
     S("auth.rules", "database", str, "all", "Database name, glob, or all."),

@@ -13,12 +13,14 @@ from .stages.cache import Cache
 from .stages.journal import Journal
 from .stages.plugins import Plugins
 from .stages.pooling_guard import PoolingGuard
+from .stages.rate_limit import RateLimit
 from .stages.route import Route
 from .stages.sql_prepare import SqlPreparedStatements
 
 # In the spec's order: auth proxy, tenant, rate limit, circuit breaker, plugins, rewriter,
 # analytics, routing hints, cache, schema router, lag router, load balancer. Later issues add theirs.
 STAGES = (
+    RateLimit,      # [[limits]]: token buckets, sliding windows, concurrency guards -> 53400
     Plugins,        # plugins' on_query_start (Python packages and WASM modules), when any implements it
     PoolingGuard,   # transaction/statement pooling only: settings, pinning, statement-mode refusals
     SqlPreparedStatements,  # transaction/statement pooling only: PREPARE/EXECUTE/DEALLOCATE

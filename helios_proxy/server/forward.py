@@ -15,6 +15,7 @@ from ..errors import (DECODING_ERRORS, FEATURE_NOT_SUPPORTED, IDLE_SESSION_TIMEO
                       BackendError, FatalError, ProtocolViolation, ProxyError)
 from ..backend.statements import invalidate_all
 from ..cache import Fill, extended
+from ..limits import release as release_limits
 from ..pipeline.context import UNDECIDED
 from ..pipeline.stage import Action
 from ..plugins.actions import Outcome
@@ -707,8 +708,11 @@ class Forwarder:
 
     def answer_now(self, ready):
         if ready:
-            self.session.send(ready)
-            self.session.release_if_idle()
+            session = self.session
+            session.send(ready)
+            session.release_if_idle()
+            if session.limits_held and not session.plan.owes():  # (the proxy answered the last request)
+                release_limits(session)
 
 
 # One handler per message type a client may send (VALID); a class-level table, not one per session.

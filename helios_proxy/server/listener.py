@@ -19,6 +19,7 @@ from gevent import socket
 from .. import pipeline
 from ..admin import server as admin_server
 from ..cache import QueryCache
+from ..limits import Limiter
 from ..config import load_file
 from ..config.schema import SETTINGS
 from ..errors import TOO_MANY_CONNECTIONS, ConfigError
@@ -106,6 +107,7 @@ class Proxy:
         self.plugins = PluginManager(config).load()
         self.plugins.on_refresh = self._plugins_changed
         self.cache = QueryCache(self) if config.cache.enabled else None  # (before the stages that use it)
+        self.limiter = Limiter(config)  # [[limits]] (limits/)
         self.build_stages(config)
         self.authenticator = Authenticator(config, load_userlist(config.auth.users_file), self.pools,
                                            self.primary)
@@ -386,6 +388,7 @@ class Proxy:
         if self.router.on and self.router.lag is None:  # splitting turned on by this reload
             self.router.lag = LagMonitor(self.router)
             self.router.lag.start()
+        self.limiter = Limiter(new)  # (fresh levels; running queries give their slots back to the old one)
         self.build_stages(new)
         self.authenticator.config = new
         self.authenticator.users = users

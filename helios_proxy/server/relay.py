@@ -23,6 +23,7 @@ from gevent.hub import Waiter
 
 from ..errors import CONNECTION_FAILURE, DECODING_ERRORS, ProtocolViolation
 from ..jobs import JOBS
+from ..limits import release as release_limits
 from ..plugins.actions import Outcome
 from ..pool.lease import ends_here
 from ..backend.statements import invalidate, stale_plan
@@ -116,6 +117,8 @@ class ServerStream:
                         self.last_tag = self.last_error = None
                 if body == b"I" and (session.cache_pending is not None or session.cache_tx_unsafe):  # (cache/)
                     session.proxy.cache.ended(session, not plan.owes())
+                if session.limits_held and not plan.owes():  # ([[limits]] concurrency: its queries ended)
+                    release_limits(session)
                 release = ends_here(session, server)
                 if journal is not None:
                     journal.ready(data, end + shift, body == b"I" and not plan.owes())

@@ -19,6 +19,7 @@ from gevent.event import Event
 from ..errors import (ADMIN_SHUTDOWN, QUERY_CANCELED, BackendError, FatalError, ProtocolViolation, ProxyError,
                       node_unreachable)
 from ..jobs import JOBS
+from ..limits import release as release_limits
 from ..pool import prepared, session_state
 from ..pool.lease import Lease, ends_here
 from ..backend.statements import invalidate_all
@@ -100,6 +101,7 @@ class ClientSession:
         self.cache_tx_unsafe = False  # SET LOCAL, an isolation level... in the open transaction
         self.cache_startup = None     # session pooling: its startup settings, kept when it changes others
         self.cache_named = {}         # prepared statement name -> (text, parameter types) of cacheable reads
+        self.limits_held = []         # (limit, key) concurrency slots of its queries in flight (limits/)
 
     @property
     def settings(self):
@@ -168,6 +170,8 @@ class ClientSession:
             self.finish(self.closing or reason)
 
     def finish(self, reason):
+        if self.limits_held:
+            release_limits(self)
         if self.lease is not None:
             self.lease.stop_pump(block=True)
         self.idle_lease.wait()

@@ -53,6 +53,10 @@ def share(config, index, count):
     for user in config.users.values():
         if getattr(user, "max_connections", None):
             user.max_connections = part(user.max_connections, index, count, 1)
+    for limit in config.limits:  # each worker holds its share (a client's queries may go to any worker)
+        limit.rate = max(limit.rate / count, 0.001)
+        for key in ("burst", "max_queries", "max"):
+            setattr(limit, key, part(getattr(limit, key), index, count, 1))
     if index:
         config.failover.mode = "external"  # one promoter: worker 0; the others follow the probes
     return config

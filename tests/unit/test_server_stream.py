@@ -15,7 +15,7 @@ def fake_session(mode="transaction", journal=None):
     return SimpleNamespace(plan=plan, transactions=0, pooled=True, mode=mode, pinned=None, closing=None,
                            streaming=False, settings_dirty=False, proxy=SimpleNamespace(router=router),
                            journal=journal, cache_fill=None, cache_pending=None,
-                           cache_tx_unsafe=False)
+                           cache_tx_unsafe=False, limits_held=[])
 
 
 def fake_server():

@@ -1,0 +1,165 @@
+"""The rate limiter: `[[limits]]`, each a token bucket, a sliding window or a concurrency guard per
+key (user, database, client address or query fingerprint). A query must pass every limit whose key
+matches; one that would exceed a limit is refused with SQLSTATE 53400 naming it, or (`on_exceed =
+"wait"`) waits up to `max_wait_ms` for room. Checked by the rate-limit stage
+(pipeline/stages/rate_limit.py) before anything else of the pipeline; a concurrency slot is given
+back at the ReadyForQuery that ends the query (server/relay.py).
+
+With `[server] workers = N`, each worker holds 1/N of every limit (server/workers.py share): a
+client's connections land on any worker, so together they never exceed it.
+"""
+import collections
+import time
+from fnmatch import fnmatchcase
+
+import gevent
+from gevent.event import Event
+
+CONFIGURATION_LIMIT_EXCEEDED = "53400"
+KEYS_KEPT = 10000  # per limit: state of this many keys at most (the least recently seen go first)
+
+
+class Exceeded(Exception):
+    def __init__(self, limit, key):
+        super().__init__(f'rate limit "{limit.name}" exceeded for {limit.key} "{key}"')
+
+
+class Bucket:
+    __slots__ = ("tokens", "at")
+
+    def __init__(self, burst):
+        self.tokens, self.at = float(burst), time.monotonic()
+
+
+class Limit:
+    """One [[limits]] entry and its state per key."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.name, self.kind, self.key = cfg.name, cfg.kind, cfg.key
+        self.state = collections.OrderedDict()  # key -> Bucket | deque of times | [running, Event]
+        self.passed = self.rejected = self.waited = 0
+
+    def applies(self, value):
+        return not self.cfg.match or fnmatchcase(value, self.cfg.match)
+
+    def _state(self, value, make):
+        state = self.state.get(value)
+        if state is None:
+            state = self.state[value] = make()
+            if len(self.state) > KEYS_KEPT:
+                self.state.popitem(last=False)
+        else:
+            self.state.move_to_end(value)
+        return state
+
+    def wait_s(self, value, now):
+        """0 if a query of key value may run now (and it is counted), else seconds until it may."""
+        cfg = self.cfg
+        if self.kind == "token_bucket":
+            b = self._state(value, lambda: Bucket(cfg.burst))
+            b.tokens = min(cfg.burst, b.tokens + (now - b.at) * cfg.rate)
+            b.at = now
+            if b.tokens >= 1:
+                b.tokens -= 1
+                return 0
+            return (1 - b.tokens) / cfg.rate
+        if self.kind == "sliding_window":
+            times = self._state(value, collections.deque)
+            while times and times[0] <= now - cfg.window_s:
+                times.popleft()
+            if len(times) < cfg.max_queries:
+                times.append(now)
+                return 0
+            return times[0] + cfg.window_s - now
+        guard = self._state(value, lambda: [0, Event()])  # concurrency: [running, set when one ends]
+        if guard[0] < cfg.max:
+            guard[0] += 1
+            return 0
+        guard[1].clear()
+        return None  # until a running query ends
+
+    def release(self, value):
+        guard = self.state.get(value)
+        if guard is not None and guard[0] > 0:
+            guard[0] -= 1
+            guard[1].set()
+
+    def take(self, value):
+        """Count a query of key value against this limit, waiting if configured; raises Exceeded."""
+        cfg = self.cfg
+        deadline = time.monotonic() + cfg.max_wait_ms / 1000
+        waited = False
+        while True:
+            now = time.monotonic()
+            wait = self.wait_s(value, now)
+            if wait == 0:
+                self.passed += 1
+                self.waited += waited
+                return
+            if cfg.on_exceed != "wait" or now >= deadline:
+                self.rejected += 1
+                raise Exceeded(self, value)
+            waited = True
+            left = deadline - now
+            if wait is None:
+                self.state[value][1].wait(left)
+            else:
+                gevent.sleep(min(wait, left))
+
+    def levels(self, top=20):
+        """The current level of the busiest keys, for /limits."""
+        cfg, now, out = self.cfg, time.monotonic(), {}
+        for value, state in list(self.state.items())[-top:]:
+            if self.kind == "token_bucket":
+                out[value] = round(min(cfg.burst, state.tokens + (now - state.at) * cfg.rate), 2)
+            elif self.kind == "sliding_window":
+                out[value] = sum(1 for t in state if t > now - cfg.window_s)
+            else:
+                out[value] = state[0]
+        return out
+
+
+def release(session):
+    """The session is owed nothing more: its concurrency slots go back."""
+    held, session.limits_held = session.limits_held, []
+    for limit, value in held:
+        limit.release(value)
+
+
+class Limiter:
+    def __init__(self, config):
+        self.limits = [Limit(cfg) for cfg in config.limits]
+        self.concurrency = any(limit.kind == "concurrency" for limit in self.limits)
+
+    @staticmethod
+    def value(limit, session, fingerprint):
+        if limit.key == "user":
+            return session.user
+        if limit.key == "database":
+            return session.database
+        if limit.key == "client_address":
+            return "unix socket" if session.local else session.peer[0]
+        return fingerprint()
+
+    def take(self, session, fingerprint):
+        """Count a query against every limit that applies; raises Exceeded (after giving back
+        the concurrency slots it took). Returns the concurrency slots held, to release later."""
+        held = []
+        try:
+            for limit in self.limits:
+                value = self.value(limit, session, fingerprint)
+                if value is not None and limit.applies(value):
+                    limit.take(value)
+                    if limit.kind == "concurrency":
+                        held.append((limit, value))
+        except Exceeded:
+            for limit, value in held:
+                limit.release(value)
+            raise
+        return held
+
+    def state(self):
+        return [{"name": limit.name, "kind": limit.kind, "key": limit.key, "passed": limit.passed,
+                 "rejected": limit.rejected, "waited": limit.waited, "levels": limit.levels()}
+                for limit in self.limits]

@@ -1,0 +1,77 @@
+"""The rate limiter ([[limits]], limits/): token buckets hold their rate, other keys unaffected;
+sliding windows refuse with 53400 naming the limit; concurrency guards make queries wait."""
+import threading
+import time
+
+import psycopg2
+import pytest
+
+
+def connect(proxy, user="postgres"):
+    conn = psycopg2.connect(host="127.0.0.1", port=proxy.port, user=user, dbname="postgres", connect_timeout=10)
+    conn.autocommit = True
+    return conn
+
+
+def test_a_token_bucket_holds_its_rate_per_user_and_others_are_unaffected(start_proxy):
+    proxy = start_proxy(pool={"mode": "transaction"}, limits=[
+        {"name": "per-user", "kind": "token_bucket", "key": "user", "match": "postgres", "rate": 50.0, "burst": 10}])
+    cur = connect(proxy).cursor()
+    passed = refused = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 2.0:
+        try:
+            cur.execute("select 1")
+            passed += 1
+        except psycopg2.errors.ConfigurationLimitExceeded as e:
+            assert 'rate limit "per-user" exceeded for user "postgres"' in str(e)
+            refused += 1
+    took = time.monotonic() - started
+    allowed = 10 + 50 * took
+    assert refused > 0 and 0.85 * allowed <= passed <= 1.15 * allowed, (passed, allowed)
+    other = connect(proxy, "app").cursor()  # another user: its own limit (here: none matches)
+    for _ in range(100):
+        other.execute("select 1")
+    status, body = proxy.api("GET", "/limits")
+    assert status == 200 and body[0]["name"] == "per-user" and body[0]["rejected"] == refused
+
+
+def test_a_sliding_window_refuses_with_53400_naming_the_limit(start_proxy):
+    proxy = start_proxy(limits=[{"name": "window", "kind": "sliding_window", "key": "database",
+                                 "window_s": 30.0, "max_queries": 3}])
+    cur = connect(proxy).cursor()
+    for _ in range(3):
+        cur.execute("select 1")
+    with pytest.raises(psycopg2.errors.ConfigurationLimitExceeded, match='"window" exceeded for database'):
+        cur.execute("select 1")
+    with pytest.raises(psycopg2.errors.ConfigurationLimitExceeded):  # (still in the window)
+        cur.execute("select 2")
+    assert cur.connection.closed == 0  # a refusal is an error for that query, not the session
+
+
+def test_a_concurrency_guard_makes_queries_wait_and_all_succeed(start_proxy, direct):
+    proxy = start_proxy(pool={"mode": "transaction"}, limits=[
+        {"name": "two-at-once", "kind": "concurrency", "key": "user", "max": 2, "on_exceed": "wait",
+         "max_wait_ms": 10000}])
+    errors, most = [], [0]
+
+    def client():
+        try:
+            connect(proxy).cursor().execute("select pg_sleep(0.4), 'two-at-once-probe'")
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=client) for _ in range(5)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    cur = direct.cursor()
+    while any(t.is_alive() for t in threads):
+        cur.execute("select count(*) from pg_stat_activity where query like '%two-at-once-probe%' "
+                    "and pid <> pg_backend_pid()")
+        most[0] = max(most[0], cur.fetchone()[0])
+        time.sleep(0.02)
+    assert not errors and most[0] <= 2
+    assert time.monotonic() - started >= 1.2  # (three rounds of 0.4 s at most two at once)
+    body = proxy.api("GET", "/limits")[1][0]
+    assert body["passed"] == 5 and body["waited"] >= 3 and body["rejected"] == 0
