@@ -21,7 +21,7 @@ def snapshot(proxy):
     return {
         "clients": by_state, "pools": views.pools(proxy), "databases": views.stats(proxy),
         "nodes": {n["name"]: {k: n[k] for k in ("role", "healthy", "primary", "reads", "writes", "errors",
-                                                  "lag_bytes", "lag_ms")} for n in views.nodes(proxy)},
+                                                  "lag_bytes", "lag_ms", "breaker")} for n in views.nodes(proxy)},
         "failovers": proxy.failover.failovers, "primary_changes": proxy.tracker.changes,
         "buffer": {"waiting": proxy.buffer.depth, "buffered": proxy.buffer.buffered,
                    "timeouts": proxy.buffer.timeouts},
@@ -105,6 +105,14 @@ class ProxyCollector:
                 lag.add_metric([name], n["lag_bytes"])
                 lag_s.add_metric([name], (n["lag_ms"] or 0) / 1000)
         yield from (leases, errors, healthy, primary, lag, lag_s)
+        breakers = GaugeMetricFamily("helios_breaker_open", "1 while the node's circuit breaker keeps reads "
+                                     "away (open), 0.5 half open, 0 closed.", labels=["node"])
+        trips = CounterMetricFamily("helios_breaker_trips", "Times the node's breaker opened.", labels=["node"])
+        for name, n in s["nodes"].items():
+            if n.get("breaker"):
+                breakers.add_metric([name], {"open": 1, "half_open": 0.5}.get(n["breaker"]["state"], 0))
+                trips.add_metric([name], n["breaker"]["trips"])
+        yield from (breakers, trips)
         yield CounterMetricFamily("helios_failovers", "Promotions done by the proxy.", value=s["failovers"])
         yield GaugeMetricFamily("helios_switchover_buffer_depth", "Clients waiting for a primary.",
                                 value=s["buffer"]["waiting"])

@@ -27,6 +27,7 @@ def node(proxy, n):
         "fenced": tracker.fenced.get(n.name), "stale": n.name in tracker.stale,
         "weight": n.weight, "priority": n.priority,
         "reads": stats.get("reads", 0), "writes": stats.get("writes", 0), "errors": stats.get("errors", 0),
+        "breaker": proxy.router.breakers.view(n),
     }
 
 

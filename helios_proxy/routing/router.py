@@ -11,6 +11,7 @@ import gevent
 from ..errors import ProxyError
 from ..lsn import lsn
 from .balancer import Balancer
+from ..topology.breaker import Breakers
 from .classify import CATALOG_QUERY, Classifier
 
 log = logging.getLogger(__name__)
@@ -19,6 +20,7 @@ PRIMARY, STANDBY = "primary", "standby"
 
 class Router:
     def __init__(self, config, tracker):
+        self.breakers = Breakers(config)  # per node (topology/breaker.py): reads kept away while open
         self.configure(config)
         self.tracker = tracker  # which node is the primary, which are standbys (topology/tracker.py)
         self.replayed = {}      # node name -> highest replay LSN seen there
@@ -32,6 +34,8 @@ class Router:
         r = config.routing
         self.classifier = Classifier(r.read_only_functions, r.volatile_functions)
         self.balancer = Balancer(r.strategy)
+        if hasattr(self, "breakers"):
+            self.breakers.configure(config)
         self.on = self.active(config)  # splitting reads at all (decided once per configuration)
 
     @staticmethod
@@ -52,7 +56,7 @@ class Router:
 
     def read_nodes(self):
         standbys = [n for n in self.standbys() if (self.health is None or self.health.healthy(n))
-                    and (self.lag is None or not self.lag.too_far(n))]
+                    and (self.lag is None or not self.lag.too_far(n)) and self.breakers.allows(n)]
         mode = self.config.routing.primary_reads
         primary = self.primary()
         if primary is not None and (mode == "always" or (mode == "if_no_standby" and not standbys)):
@@ -70,6 +74,7 @@ class Router:
     def unreachable(self, node, reason):
         """A client could not reach a standby: unhealthy until the probes see it back. (The
         primary is only suspected: the probes decide, since losing it starts a failover.)"""
+        self.breakers.failure(node, reason)
         if self.health is None:
             return
         if node.name == self.tracker.primary:

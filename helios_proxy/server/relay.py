@@ -31,6 +31,7 @@ from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner
 from .plan import HIDE
 from ..topology import replay
+from ..topology.breaker import sick, sqlstate
 from ..sockets import call_soon, plain, recv, recv_now, wake_when_readable
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,12 @@ class ServerStream:
                 if journal is not None:
                     journal.ready(data, end + shift, body == b"I" and not plan.owes())
             elif mtype == ERROR:
-                session.proxy.router.count(server.node, "errors")
+                router = session.proxy.router
+                router.count(server.node, "errors")
+                if router.breakers.enabled:
+                    code = sqlstate(body)
+                    if sick(code):  # the node fails, not the query (topology/breaker.py)
+                        router.breakers.failure(server.node, f"SQLSTATE {code.decode()}")
                 if session.pooled and stale_plan(body):  # shared statements outlived a schema change
                     invalidate(list(server.statements.names))
                 if completions is not None:

@@ -394,6 +394,8 @@ class ClientSession:
             router = self.proxy.router
             took = time.monotonic() - lease.started
             self.proxy.stats.observe(took)
+            if router.breakers.enabled:
+                router.breakers.success(server.node)  # (a failure seen meanwhile counted already)
             if router.on and self.home is None:
                 router.balancer.finished(server.node, took)
                 if lease.intent == "primary":  # may have written: later reads must see it

@@ -1,0 +1,112 @@
+"""Circuit breakers, one per node: what the health probes do not see. A node can answer the probe
+user and still fail the application (a pg_hba.conf change, its connection limit, a broken
+extension); its breaker watches what clients get from it.
+
+Each lease that ends cleanly is a success; a connection that cannot be opened, or an error that
+means the node is sick (53300 too many connections, 57P03 cannot connect now, class 58 system
+errors, XX000), is a failure. Over the last `window_s`, at least `min_requests` outcomes of which
+`failure_rate` or more failed trip the breaker: OPEN, the node gets no reads (they go to the other
+standbys, or the primary) for `open_s`. Then HALF_OPEN: traffic again, and the next
+`half_open_requests` outcomes decide: all good -> CLOSED; one failure -> OPEN again for twice as
+long (adaptive), up to `max_open_s`. The primary's breaker is reported but never keeps writes
+away (failover decides about the primary).
+"""
+import collections
+import logging
+import time
+
+log = logging.getLogger(__name__)
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+SICK = frozenset((b"53300", b"57P03", b"XX000", b"53000", b"53100", b"53200"))
+
+
+def sqlstate(error_body):
+    """The SQLSTATE of an ErrorResponse body (fields after the severity ones), b"" if none."""
+    at = error_body.find(b"\0C")  # (the SQLSTATE field follows another field's terminator)
+    return bytes(error_body[at + 2:at + 7]) if at >= 0 else b""
+
+
+def sick(code):
+    """Whether a SQLSTATE means the node, not the query, is failing."""
+    return code in SICK or code[:2] == b"58"
+
+
+class Breaker:
+    __slots__ = ("cfg", "name", "state", "outcomes", "opened", "open_s", "trial", "trips", "reason")
+
+    def __init__(self, cfg, name):
+        self.cfg, self.name = cfg, name
+        self.state = CLOSED
+        self.outcomes = collections.deque()  # (time, ok)
+        self.opened = 0.0
+        self.open_s = cfg.open_s
+        self.trial = self.trips = 0
+        self.reason = None
+
+    def allows(self, now):
+        if self.state == OPEN and now >= self.opened + self.open_s:
+            self.state, self.trial = HALF_OPEN, 0
+            log.info("breaker of %s half open: trying it again", self.name)
+        return self.state != OPEN
+
+    def record(self, ok, now, why=None):
+        cfg = self.cfg
+        if self.state == HALF_OPEN:
+            if not ok:
+                self._trip(now, min(self.open_s * 2, cfg.max_open_s), why)
+                return
+            self.trial += 1
+            if self.trial >= cfg.half_open_requests:
+                self.state, self.open_s, self.reason = CLOSED, cfg.open_s, None
+                self.outcomes.clear()
+                log.info("breaker of %s closed: it serves again", self.name)
+            return
+        if self.state == OPEN:
+            return
+        outcomes = self.outcomes
+        outcomes.append((now, ok))
+        while outcomes and outcomes[0][0] < now - cfg.window_s:
+            outcomes.popleft()
+        if not ok and len(outcomes) >= cfg.min_requests:
+            failed = sum(1 for _, good in outcomes if not good)
+            if failed >= cfg.failure_rate * len(outcomes):
+                self._trip(now, self.open_s, why)
+
+    def _trip(self, now, open_s, why):
+        self.state, self.opened, self.open_s, self.reason = OPEN, now, open_s, why
+        self.trips += 1
+        self.outcomes.clear()
+        log.warning("breaker of %s open for %g s: %s", self.name, open_s, why or "its requests fail")
+
+    def view(self):
+        return {"state": self.state, "trips": self.trips, "open_s": self.open_s, "reason": self.reason}
+
+
+class Breakers:
+    def __init__(self, config):
+        self.configure(config)
+        self.nodes = {}
+
+    def configure(self, config):
+        self.cfg = config.breaker
+        self.enabled = self.cfg.enabled
+
+    def of(self, node):
+        breaker = self.nodes.get(node.name)
+        if breaker is None:
+            breaker = self.nodes[node.name] = Breaker(self.cfg, node.name)
+        return breaker
+
+    def allows(self, node):
+        return not self.enabled or self.of(node).allows(time.monotonic())
+
+    def success(self, node):
+        if self.enabled:
+            self.of(node).record(True, time.monotonic())
+
+    def failure(self, node, why):
+        if self.enabled:
+            self.of(node).record(False, time.monotonic(), why)
+
+    def view(self, node):
+        return self.of(node).view() if self.enabled else None

@@ -1,0 +1,58 @@
+"""Circuit breakers ([breaker], topology/breaker.py) on the real cluster: a standby that refuses the
+application (pg_hba.conf) while it answers the health probes opens its breaker, clients see no
+error, and it gets reads again once it recovers."""
+import os
+import time
+
+import psycopg2
+
+from tests.test_routing import nodes, wait_standby_reads
+
+FAST_HEALTH = {"interval": 0.3, "timeout": 2.0}
+
+
+def read_port(proxy):
+    conn = psycopg2.connect(host="127.0.0.1", port=proxy.port, user="app", dbname="postgres", connect_timeout=10)
+    conn.autocommit = True
+    try:
+        cur = conn.cursor()
+        cur.execute("select inet_server_port()")
+        return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def breaker_of(proxy, name):
+    return next(n for n in proxy.api("GET", "/nodes")[1] if n["name"] == name)["breaker"]
+
+
+def test_a_standby_refusing_the_application_opens_its_breaker_then_recovers(cluster, start_proxy):
+    proxy = start_proxy(pool={"mode": "transaction"}, nodes=nodes(cluster), health=FAST_HEALTH,
+                        breaker={"enabled": True, "min_requests": 1, "window_s": 30.0, "open_s": 0.5,
+                                 "max_open_s": 2.0, "half_open_requests": 2})
+    wait_standby_reads(proxy)
+    hba = os.path.join(cluster.datadir(1), "pg_hba.conf")
+    with open(hba) as f:
+        original = f.read()
+    try:
+        with open(hba, "w") as f:
+            f.write("host all app 127.0.0.1/32 reject\n" + original)
+        cluster.sql("SELECT pg_reload_conf()", port=cluster.ports[1])
+        deadline = time.monotonic() + 20
+        while breaker_of(proxy, "standby1")["trips"] < 2:  # (it is tried again, and trips again)
+            assert read_port(proxy) in cluster.ports  # every client read answered, by some node
+            assert time.monotonic() < deadline, breaker_of(proxy, "standby1")
+        state = breaker_of(proxy, "standby1")
+        assert state["open_s"] >= 1.0 and "pg_hba.conf" in (state["reason"] or "")  # (adaptive: doubled)
+        assert breaker_of(proxy, "standby2")["state"] == "closed"
+    finally:
+        with open(hba, "w") as f:
+            f.write(original)
+        cluster.sql("SELECT pg_reload_conf()", port=cluster.ports[1])
+    deadline = time.monotonic() + 30
+    while True:  # reads try it again (half open) and, all answered, close it
+        port = read_port(proxy)
+        if port == cluster.ports[1] and breaker_of(proxy, "standby1")["state"] == "closed":
+            break
+        assert time.monotonic() < deadline, breaker_of(proxy, "standby1")
+        time.sleep(0.05)
