@@ -136,3 +136,48 @@ def test_auth_config_errors_name_the_key(tmp_path):
                           ({"map": {"a": 1}}, "auth.map: expected")):
         with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
             load({"nodes": [node], "auth": auth}, environ={})
+
+
+def test_oauth2_introspection_lets_active_tokens_in_and_caches_the_answer(start_proxy, tls):
+    import base64
+    import http.server
+    import threading
+    from urllib.parse import parse_qs
+    answers = {"tok-good": {"active": True, "username": "app", "exp": int(time.time()) + 300},
+               "tok-inactive": {"active": False}, "tok-other": {"active": True, "username": "postgres"},
+               "tok-old": {"active": True, "username": "app", "exp": int(time.time()) - 5}}
+    asked = []
+
+    class Endpoint(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            if self.headers.get("Authorization") != "Basic " + base64.b64encode(b"helios:s3cret").decode():
+                self.send_response(401)
+                self.end_headers()
+                return
+            form = parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
+            asked.append(form["token"][0])
+            body = json.dumps(answers.get(form["token"][0], {"active": False})).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proxy = start_proxy(tls=tls, auth={
+            "rules": [{"user": "app", "method": "oauth2"}],
+            "oauth2": {"introspection_url": f"http://127.0.0.1:{server.server_port}/introspect",
+                       "client_id": "helios", "client_secret": "s3cret"}})
+        assert login(proxy, "app", "tok-good") == "app"
+        assert login(proxy, "app", "tok-good") == "app"
+        assert asked.count("tok-good") == 1  # (the answer is reused until the token's exp)
+        for bad in ("tok-inactive", "tok-other", "tok-old", "tok-unknown"):
+            refused(proxy, "app", bad, "28P01")
+        assert "s3cret" not in json.dumps(proxy.api("GET", "/config")[1])
+    finally:
+        server.shutdown()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 GiB = 1 << 30
 # Client authentication methods ([auth] method, [[auth.rules]] method); the last two check a token or
 # key the client sends as its password (helios_proxy/auth/).
-METHODS = ("trust", "reject", "md5", "scram-sha-256", "jwt", "api_key")
+METHODS = ("trust", "reject", "md5", "scram-sha-256", "jwt", "api_key", "oauth2")
 
 TOKEN_ENTRY = re.compile(r"^([A-Za-z0-9_.-]+):(viewer|operator|admin):([0-9a-f]{64})$")  # admin.tokens
 
@@ -347,8 +347,9 @@ AUTH_RULE_SETTINGS = (
     S("auth.rules", "user", str, "all", "User name, glob, or all."),
     S("auth.rules", "address", str, "all", "Client address range (CIDR, e.g. 10.0.0.0/8 or ::1/128), or all "
       "(the Unix socket matches all only)."),
-    S("auth.rules", "method", str, None, "trust, reject, md5, scram-sha-256, jwt or api_key.", choices=METHODS),
-    S("auth.rules", "allow_plaintext", bool, False, "jwt and api_key send the token in clear: refused "
+    S("auth.rules", "method", str, None, "trust, reject, md5, scram-sha-256, jwt, api_key or oauth2.",
+      choices=METHODS),
+    S("auth.rules", "allow_plaintext", bool, False, "jwt, api_key and oauth2 send the token in clear: refused "
       "without TLS (or the Unix socket) unless this is true."),
 )
 # [auth.jwt]: the jwt method (pyjwt; the [jwt] extra for RS256/ES256).
@@ -363,6 +364,17 @@ AUTH_JWT_SETTINGS = (
     S("auth.jwt", "leeway_s", float, 30.0, "Clock skew allowed on exp and nbf.", min=0),
     S("auth.jwt", "user_claim", str, "sub", "The claim that names the user: it must equal the login user, "
       "or map to it through [auth.map]."),
+)
+# [auth.oauth2]: the oauth2 method (RFC 7662 token introspection).
+AUTH_OAUTH2_SETTINGS = (
+    S("auth.oauth2", "introspection_url", str, "", "The authorization server's introspection endpoint."),
+    S("auth.oauth2", "client_id", str, "", "The proxy's client id there (HTTP Basic auth)."),
+    S("auth.oauth2", "client_secret", str, "", "The proxy's client secret there.", secret=True),
+    S("auth.oauth2", "user_claim", str, "username", "The answer's field naming the user (else sub): it must "
+      "equal the login user, or map to it through [auth.map]."),
+    S("auth.oauth2", "cache_ttl_s", float, 60.0, "Answers are reused until the token's exp, at most this long.",
+      min=0),
+    S("auth.oauth2", "timeout_s", float, 5.0, "Seconds the endpoint may take.", min=0.1),
 )
 # [auth.api_keys]: the api_key method.
 AUTH_API_KEY_SETTINGS = (

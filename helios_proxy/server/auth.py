@@ -15,7 +15,7 @@ import os
 from struct import unpack_from
 
 from .. import auth
-from ..auth import api_keys, jwt as jwt_method
+from ..auth import api_keys, jwt as jwt_method, oauth2
 from ..backend import kdf
 from ..backend.connection import ServerConnection
 from ..backend.credentials import Credentials
@@ -151,6 +151,8 @@ class Authenticator:
         try:
             if method == "jwt":
                 jwt_method.METHOD.check(self.config, creds.user, secret)
+            elif method == "oauth2":
+                oauth2.METHOD.check(self.config, creds.user, secret)
             else:
                 api_keys.METHOD.check(self.config, creds.user, client.database, secret)
         except jwt_method.Refused as e:
