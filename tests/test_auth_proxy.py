@@ -181,3 +181,50 @@ def test_oauth2_introspection_lets_active_tokens_in_and_caches_the_answer(start_
         assert "s3cret" not in json.dumps(proxy.api("GET", "/config")[1])
     finally:
         server.shutdown()
+
+
+def openssl(*args):
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def certificate_authority(base, name):
+    base.mkdir()
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(base / "ca.key"), "-out",
+            str(base / "ca.crt"), "-days", "2", "-subj", f"/CN={name}")
+    return base
+
+
+def client_certificate(ca, cn):
+    key, csr, crt = ca / f"{cn}.key", ca / f"{cn}.csr", ca / f"{cn}.crt"
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={cn}")
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca / "ca.crt"), "-CAkey", str(ca / "ca.key"),
+            "-CAcreateserial", "-out", str(crt), "-days", "2")
+    key.chmod(0o600)
+    return {"sslcert": str(crt), "sslkey": str(key)}
+
+
+def test_client_certificates_signed_by_the_ca_log_in_as_their_cn(start_proxy, tmp_path, tls):
+    ca = certificate_authority(tmp_path / "ca", "helios test CA")
+    foreign = certificate_authority(tmp_path / "foreign", "someone else's CA")
+    proxy = start_proxy(tls=tls, auth={"rules": [{"user": "app", "method": "cert"}],
+                                       "cert": {"ca_file": str(ca / "ca.crt")}, "map": {"build-bot": "app"}})
+
+    def cert_login(user, files, sslmode="require"):
+        conn = psycopg2.connect(host="127.0.0.1", port=proxy.port, user=user, dbname="postgres", sslmode=sslmode,
+                                connect_timeout=10, **files)
+        cur = conn.cursor()
+        cur.execute("select current_user")
+        name = cur.fetchone()[0]
+        conn.close()
+        return name
+
+    assert cert_login("app", client_certificate(ca, "app")) == "app"
+    assert cert_login("app", client_certificate(ca, "build-bot")) == "app"  # through [auth.map]
+    for files, sslmode, message in ((client_certificate(ca, "postgres"), "require", "certificate authentication failed"),
+                                    ({}, "require", "certificate authentication failed"),
+                                    ({}, "disable", "no encryption")):
+        with pytest.raises(psycopg2.OperationalError, match=message):
+            cert_login("app", files, sslmode)
+    with pytest.raises(psycopg2.OperationalError):  # signed by another CA: the handshake fails
+        cert_login("app", client_certificate(foreign, "app"))
+    assert cert_login("postgres", {}) == "postgres"  # other users: no certificate asked of them

@@ -5,10 +5,12 @@ than a stored password.
   pg_hba.conf; no match: `[auth] method`.
 - jwt.py: the client's password is a JSON Web Token (pyjwt).
 - api_keys.py: the client's password is a key `helios-proxy apikey create` made; stored hashed.
+- oauth2.py: the client's password is an access token, checked by RFC 7662 introspection.
+- cert.py: a TLS client certificate names the user; no password.
 
 trust, reject, md5 and scram-sha-256 stay in server/auth.py (the Authenticator), which asks this
-package for the method and, for jwt and api_key, for the verdict on the password the client sent
-in clear. Whatever the method, the proxy logs in to PostgreSQL with its own credential for that
+package for the method and for the verdict on the token the client sent in clear (jwt, api_key,
+oauth2) or on its certificate (cert). Whatever the method, the proxy logs in to PostgreSQL with its own credential for that
 user (users_file, auth_query, or none with a trusting server), never with the client's token.
 """
 from .rules import TOKEN_METHODS, rule_for  # noqa: F401

@@ -5,7 +5,8 @@ import tomllib
 from types import SimpleNamespace
 
 from ..errors import ConfigError
-from .schema import (AUTH_API_KEY_SETTINGS, AUTH_JWT_SETTINGS, AUTH_OAUTH2_SETTINGS, AUTH_RULE_SETTINGS,
+from .schema import (AUTH_API_KEY_SETTINGS, AUTH_CERT_SETTINGS, AUTH_JWT_SETTINGS, AUTH_OAUTH2_SETTINGS,
+                     AUTH_RULE_SETTINGS,
                      CACHE_RULE_SETTINGS,
                      DATABASE_SETTINGS, LIMIT_SETTINGS, NODE_SETTINGS, SETTINGS, USER_SETTINGS)
 
@@ -58,6 +59,7 @@ class Config(SimpleNamespace):
         out["auth"]["rules"] = [vars(r).copy() for r in self.auth.rules]
         out["auth"]["jwt"] = {k: ("********" if k == "secret" and v else v) for k, v in vars(self.auth.jwt).items()}
         out["auth"]["api_keys"] = vars(self.auth.api_keys).copy()
+        out["auth"]["cert"] = vars(self.auth.cert).copy()
         out["auth"]["oauth2"] = {k: ("********" if k == "client_secret" and v else v)
                                  for k, v in vars(self.auth.oauth2).items()}
         out["auth"]["map"] = dict(self.auth.map)
@@ -243,6 +245,7 @@ NESTED = {("cache", "rules"): (_array, CACHE_RULE_SETTINGS),
           ("auth", "jwt"): (_subtable, AUTH_JWT_SETTINGS),
           ("auth", "api_keys"): (_subtable, AUTH_API_KEY_SETTINGS),
           ("auth", "oauth2"): (_subtable, AUTH_OAUTH2_SETTINGS),
+          ("auth", "cert"): (_subtable, AUTH_CERT_SETTINGS),
           ("auth", "map"): (_mapping, ())}
 
 
@@ -284,6 +287,13 @@ def _check_cross(cfg, problems):
     jwt = cfg.auth.jwt
     if "jwt" in methods and not (jwt.public_key_file or jwt.jwks_file or jwt.secret):
         problems.append("auth.jwt: the jwt method needs auth.jwt.public_key_file, jwks_file or secret")
+    if "cert" in methods:
+        if not cfg.auth.cert.ca_file:
+            problems.append("auth.cert.ca_file: required by the cert method")
+        elif not os.path.isfile(cfg.auth.cert.ca_file):
+            problems.append(f"auth.cert.ca_file: {cfg.auth.cert.ca_file!r}: no such file")
+        if cfg.tls.client_mode == "disable":
+            problems.append("tls.client_mode: the cert method needs TLS towards clients (allow, prefer or require)")
     if "oauth2" in methods and not cfg.auth.oauth2.introspection_url:
         problems.append("auth.oauth2.introspection_url: required by the oauth2 method")
     if "api_key" in methods and not cfg.auth.api_keys.file:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 GiB = 1 << 30
 # Client authentication methods ([auth] method, [[auth.rules]] method); the last two check a token or
 # key the client sends as its password (helios_proxy/auth/).
-METHODS = ("trust", "reject", "md5", "scram-sha-256", "jwt", "api_key", "oauth2")
+METHODS = ("trust", "reject", "md5", "scram-sha-256", "jwt", "api_key", "oauth2", "cert")
 
 TOKEN_ENTRY = re.compile(r"^([A-Za-z0-9_.-]+):(viewer|operator|admin):([0-9a-f]{64})$")  # admin.tokens
 
@@ -347,7 +347,7 @@ AUTH_RULE_SETTINGS = (
     S("auth.rules", "user", str, "all", "User name, glob, or all."),
     S("auth.rules", "address", str, "all", "Client address range (CIDR, e.g. 10.0.0.0/8 or ::1/128), or all "
       "(the Unix socket matches all only)."),
-    S("auth.rules", "method", str, None, "trust, reject, md5, scram-sha-256, jwt, api_key or oauth2.",
+    S("auth.rules", "method", str, None, "trust, reject, md5, scram-sha-256, jwt, api_key, oauth2 or cert.",
       choices=METHODS),
     S("auth.rules", "allow_plaintext", bool, False, "jwt, api_key and oauth2 send the token in clear: refused "
       "without TLS (or the Unix socket) unless this is true."),
@@ -375,6 +375,10 @@ AUTH_OAUTH2_SETTINGS = (
     S("auth.oauth2", "cache_ttl_s", float, 60.0, "Answers are reused until the token's exp, at most this long.",
       min=0),
     S("auth.oauth2", "timeout_s", float, 5.0, "Seconds the endpoint may take.", min=0.1),
+)
+# [auth.cert]: the cert method (TLS client certificates).
+AUTH_CERT_SETTINGS = (
+    S("auth.cert", "ca_file", str, "", "CA certificate(s) (PEM) that client certificates must be signed by."),
 )
 # [auth.api_keys]: the api_key method.
 AUTH_API_KEY_SETTINGS = (

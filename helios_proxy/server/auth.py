@@ -15,7 +15,7 @@ import os
 from struct import unpack_from
 
 from .. import auth
-from ..auth import api_keys, jwt as jwt_method, oauth2
+from ..auth import api_keys, cert, jwt as jwt_method, oauth2
 from ..backend import kdf
 from ..backend.connection import ServerConnection
 from ..backend.credentials import Credentials
@@ -131,6 +131,8 @@ class Authenticator:
                              sqlstate=INVALID_AUTHORIZATION)
         if method in auth.TOKEN_METHODS:
             return self._token(client, creds, method, rule_index, rule)
+        if method == "cert":
+            return self._cert(client, creds, rule_index)
         if creds.scram or (method == "scram-sha-256" and creds.password is not None):
             return self._scram(client, creds)
         if method == "scram-sha-256":  # an md5 secret, or none: fail like PostgreSQL, after the exchange
@@ -159,6 +161,21 @@ class Authenticator:
             self._decided(client, method, rule_index, f"refused: {e}")
             raise password_failed(creds.user) from None
         self._decided(client, method, rule_index, "accepted")
+        return creds
+
+    def _cert(self, client, creds, rule_index):
+        """A client certificate the TLS handshake verified, naming this user: no password asked."""
+        if not client.tls:
+            self._decided(client, "cert", rule_index, "refused: no TLS")
+            raise FatalError(f'no pg_hba.conf entry for host "{client.peer[0]}", user "{creds.user}", database '
+                             f'"{client.database}", no encryption', sqlstate=INVALID_AUTHORIZATION)
+        try:
+            found = cert.check(self.config, creds.user, client.sock)
+        except jwt_method.Refused as e:
+            self._decided(client, "cert", rule_index, f"refused: {e}")
+            raise FatalError(f'certificate authentication failed for user "{creds.user}"',
+                             sqlstate=INVALID_AUTHORIZATION) from None
+        self._decided(client, "cert", rule_index, f"accepted ({found[0]})")
         return creds
 
     @staticmethod

@@ -40,6 +40,12 @@ from .cancel import CancelMap
 from .session import ClientSession, number_sessions
 from .timeouts import SessionTimeouts
 from .tls import client_context
+
+
+def cert_ca(config):
+    """The CA that verifies client certificates, when the cert method is used at all."""
+    methods = {config.auth.method} | {r.method for r in config.auth.rules}
+    return config.auth.cert.ca_file if "cert" in methods else ""
 from .userlist import load_userlist
 from .workers import share
 
@@ -98,7 +104,7 @@ class Proxy:
         self.logging_in = collections.Counter()  # client address -> connections not yet authenticated
         self.cancels = CancelMap()
         self.pools = PoolManager(config)
-        self.tls_context = client_context(config.tls)
+        self.tls_context = client_context(config.tls, cert_ca(config))
         self.tracker = PrimaryTracker(config, follow=config.topology.provider == "postgres")
         self.buffer = SwitchoverBuffer(self.tracker, config)  # (its health checker: below)
         self.tracker.apply_config(config)
