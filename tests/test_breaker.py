@@ -1,4 +1,4 @@
-"""Circuit breakers ([breaker], topology/breaker.py) on the real cluster: a standby that refuses the
+"""Circuit breakers ([circuit_breaker], topology/breaker.py) on the real cluster: a standby that refuses the
 application (pg_hba.conf) while it answers the health probes opens its breaker, clients see no
 error, and it gets reads again once it recovers."""
 import os
@@ -28,7 +28,7 @@ def breaker_of(proxy, name):
 
 def test_a_standby_refusing_the_application_opens_its_breaker_then_recovers(cluster, start_proxy):
     proxy = start_proxy(pool={"mode": "transaction"}, nodes=nodes(cluster), health=FAST_HEALTH,
-                        breaker={"enabled": True, "min_requests": 1, "window_s": 30.0, "open_s": 0.5,
+                        circuit_breaker={"enabled": True, "min_requests": 1, "window_s": 30.0, "open_s": 0.5,
                                  "max_open_s": 2.0, "half_open_requests": 2})
     wait_standby_reads(proxy)
     hba = os.path.join(cluster.datadir(1), "pg_hba.conf")

@@ -23,11 +23,13 @@ def _hash(secret, salt):
 
 
 def load(path):
+    """{id: entry}; a missing or empty file holds no key."""
     try:
         with open(path) as f:
-            return json.load(f).get("keys", {})
+            text = f.read()
     except FileNotFoundError:
         return {}
+    return json.loads(text).get("keys", {}) if text.strip() else {}
 
 
 def save(path, keys):

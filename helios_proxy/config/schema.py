@@ -282,18 +282,18 @@ SETTINGS = (
       "(its database's entries voided) and made anew; 0 = no limit.", min=0),
     S("cache", "max_fingerprints", int, 1000, "Query shapes whose workload class and hit counts GET /cache "
       "keeps.", min=1),
-    # [breaker]: circuit breakers per node (topology/breaker.py)
-    S("breaker", "enabled", bool, False, "Keep reads away from a standby whose leases fail (connections "
+    # [circuit_breaker]: circuit breakers per node (topology/breaker.py)
+    S("circuit_breaker", "enabled", bool, False, "Keep reads away from a standby whose leases fail (connections "
       "refused, 53300, 57P03, class 58, XX000) even while its health probes pass.", reloadable=True),
-    S("breaker", "window_s", float, 10.0, "Outcomes of this many seconds count.", min=0.1, reloadable=True),
-    S("breaker", "min_requests", int, 10, "Fewest outcomes in the window to trip on.", min=1, reloadable=True),
-    S("breaker", "failure_rate", float, 0.5, "Share of failed outcomes that trips the breaker.", min=0.01,
+    S("circuit_breaker", "window_s", float, 10.0, "Outcomes of this many seconds count.", min=0.1, reloadable=True),
+    S("circuit_breaker", "min_requests", int, 10, "Fewest outcomes in the window to trip on.", min=1, reloadable=True),
+    S("circuit_breaker", "failure_rate", float, 0.5, "Share of failed outcomes that trips the breaker.", min=0.01,
       max=1.0, reloadable=True),
-    S("breaker", "open_s", float, 5.0, "Seconds an open breaker keeps reads away before trying again.",
+    S("circuit_breaker", "open_s", float, 5.0, "Seconds an open breaker keeps reads away before trying again.",
       min=0.1, reloadable=True),
-    S("breaker", "max_open_s", float, 60.0, "The longest open time (it doubles on every trip in a row).",
+    S("circuit_breaker", "max_open_s", float, 60.0, "The longest open time (it doubles on every trip in a row).",
       min=0.1, reloadable=True),
-    S("breaker", "half_open_requests", int, 3, "Outcomes that must all succeed to close it again.", min=1,
+    S("circuit_breaker", "half_open_requests", int, 3, "Outcomes that must all succeed to close it again.", min=1,
       reloadable=True),
     # [log]
     S("log", "level", str, "info", "Log level.", choices=("debug", "info", "warning", "error"), reloadable=True),

@@ -8,7 +8,7 @@ import time
 
 import gevent
 
-from ..errors import ProxyError
+from ..errors import ProxyError, node_unreachable
 from ..lsn import lsn
 from .balancer import Balancer
 from ..topology.breaker import Breakers
@@ -71,10 +71,14 @@ class Router:
             return self.balancer.choose(self.read_nodes())
         return None
 
-    def unreachable(self, node, reason):
+    def unreachable(self, node, reason, error=None):
         """A client could not reach a standby: unhealthy until the probes see it back. (The
-        primary is only suspected: the probes decide, since losing it starts a failover.)"""
+        primary is only suspected: the probes decide, since losing it starts a failover.) A node
+        that is up but refused the client (its pg_hba.conf, its connection limit) is its circuit
+        breaker's business when that is on: the probes would find it well."""
         self.breakers.failure(node, reason)
+        if self.breakers.enabled and error is not None and not node_unreachable(error):
+            return
         if self.health is None:
             return
         if node.name == self.tracker.primary:

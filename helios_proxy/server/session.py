@@ -291,7 +291,7 @@ class ClientSession:
             try:
                 server = self._acquire(pool)
             except BackendError as e:  # a standby that fails is not the client's failure
-                router.unreachable(node, e.message)
+                router.unreachable(node, e.message, e)
             else:
                 if target != "standby" or not self.ryw_lsn or self._replayed(router, pool, server):
                     return target, intent, pool, server

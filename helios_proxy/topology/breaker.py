@@ -88,7 +88,7 @@ class Breakers:
         self.nodes = {}
 
     def configure(self, config):
-        self.cfg = config.breaker
+        self.cfg = config.circuit_breaker
         self.enabled = self.cfg.enabled
 
     def of(self, node):
