@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.fix_ldap import ldap_server  # noqa: F401 - a fixture
 from tests.fix_proxy import BIN
 from tests.test_auth import userlist
 
@@ -228,3 +229,20 @@ def test_client_certificates_signed_by_the_ca_log_in_as_their_cn(start_proxy, tm
     with pytest.raises(psycopg2.OperationalError):  # signed by another CA: the handshake fails
         cert_login("app", client_certificate(foreign, "app"))
     assert cert_login("postgres", {}) == "postgres"  # other users: no certificate asked of them
+
+
+@pytest.mark.parametrize("how", ["simple bind", "search+bind"])
+def test_ldap_checks_the_password_against_a_real_directory(start_proxy, tls, ldap_server, how):
+    people = f"ou=people,{ldap_server['suffix']}"
+    ldap = {"url": ldap_server["url"], "timeout_s": 3.0}
+    if how == "simple bind":
+        ldap["bind_dn"] = "uid={user}," + people
+    else:
+        ldap.update(base_dn=people, search_filter="(uid={user})",
+                    search_bind_dn=f"cn=admin,{ldap_server['suffix']}", search_bind_password="admin-pass")
+    proxy = start_proxy(tls=tls, auth={"rules": [{"user": "app", "method": "ldap"}], "ldap": ldap})
+    assert login(proxy, "app", "app-ldap-pass") == "app"
+    refused(proxy, "app", "wrong", "28P01")
+    refused(proxy, "app", "ldap-pass", "28P01")  # (another entry's password)
+    refused(proxy, "app", "app-ldap-pass", "28000", sslmode="disable")  # (a password in clear)
+    assert "admin-pass" not in json.dumps(proxy.api("GET", "/config")[1])

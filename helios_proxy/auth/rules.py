@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 # Methods whose secret travels in clear (the client's password message): TLS or the Unix socket only,
 # unless the rule says allow_plaintext.
-TOKEN_METHODS = frozenset(("jwt", "api_key", "oauth2"))
+TOKEN_METHODS = frozenset(("jwt", "api_key", "oauth2", "ldap"))
 
 
 def _name_matches(pattern, name):

@@ -6,7 +6,8 @@
 import sys
 
 from ..plugins.manager import GLOBAL_DOCS, TABLE_DOCS
-from .schema import (AUTH_API_KEY_SETTINGS, AUTH_CERT_SETTINGS, AUTH_JWT_SETTINGS, AUTH_OAUTH2_SETTINGS,
+from .schema import (AUTH_API_KEY_SETTINGS, AUTH_CERT_SETTINGS, AUTH_JWT_SETTINGS, AUTH_LDAP_SETTINGS,
+                     AUTH_OAUTH2_SETTINGS,
                      AUTH_RULE_SETTINGS,
                      CACHE_RULE_SETTINGS,
                      DATABASE_SETTINGS, LIMIT_SETTINGS, NODE_SETTINGS, SETTINGS, USER_SETTINGS)
@@ -71,6 +72,8 @@ def render():
             ("[auth.jwt]", "The jwt method: the client's password is a JSON Web Token.", AUTH_JWT_SETTINGS),
             ("[auth.oauth2]", "The oauth2 method: the client's password is an access token, checked by token "
              "introspection (RFC 7662).", AUTH_OAUTH2_SETTINGS),
+            ("[auth.ldap]", "The ldap method: the client's password is checked by a bind to the directory.",
+             AUTH_LDAP_SETTINGS),
             ("[auth.cert]", "The cert method: a TLS client certificate whose CN (or a SAN) is the user, or "
              "maps to it through [auth.map]; no password.", AUTH_CERT_SETTINGS),
             ("[auth.api_keys]", "The api_key method: the client's password is a key made by "

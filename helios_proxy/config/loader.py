@@ -5,7 +5,8 @@ import tomllib
 from types import SimpleNamespace
 
 from ..errors import ConfigError
-from .schema import (AUTH_API_KEY_SETTINGS, AUTH_CERT_SETTINGS, AUTH_JWT_SETTINGS, AUTH_OAUTH2_SETTINGS,
+from .schema import (AUTH_API_KEY_SETTINGS, AUTH_CERT_SETTINGS, AUTH_JWT_SETTINGS, AUTH_LDAP_SETTINGS,
+                     AUTH_OAUTH2_SETTINGS,
                      AUTH_RULE_SETTINGS,
                      CACHE_RULE_SETTINGS,
                      DATABASE_SETTINGS, LIMIT_SETTINGS, NODE_SETTINGS, SETTINGS, USER_SETTINGS)
@@ -60,6 +61,8 @@ class Config(SimpleNamespace):
         out["auth"]["jwt"] = {k: ("********" if k == "secret" and v else v) for k, v in vars(self.auth.jwt).items()}
         out["auth"]["api_keys"] = vars(self.auth.api_keys).copy()
         out["auth"]["cert"] = vars(self.auth.cert).copy()
+        out["auth"]["ldap"] = {k: ("********" if k == "search_bind_password" and v else v)
+                               for k, v in vars(self.auth.ldap).items()}
         out["auth"]["oauth2"] = {k: ("********" if k == "client_secret" and v else v)
                                  for k, v in vars(self.auth.oauth2).items()}
         out["auth"]["map"] = dict(self.auth.map)
@@ -246,6 +249,7 @@ NESTED = {("cache", "rules"): (_array, CACHE_RULE_SETTINGS),
           ("auth", "api_keys"): (_subtable, AUTH_API_KEY_SETTINGS),
           ("auth", "oauth2"): (_subtable, AUTH_OAUTH2_SETTINGS),
           ("auth", "cert"): (_subtable, AUTH_CERT_SETTINGS),
+          ("auth", "ldap"): (_subtable, AUTH_LDAP_SETTINGS),
           ("auth", "map"): (_mapping, ())}
 
 
@@ -294,6 +298,10 @@ def _check_cross(cfg, problems):
             problems.append(f"auth.cert.ca_file: {cfg.auth.cert.ca_file!r}: no such file")
         if cfg.tls.client_mode == "disable":
             problems.append("tls.client_mode: the cert method needs TLS towards clients (allow, prefer or require)")
+    if "ldap" in methods and not cfg.auth.ldap.url:
+        problems.append("auth.ldap.url: required by the ldap method")
+    if "ldap" in methods and not (cfg.auth.ldap.bind_dn or cfg.auth.ldap.base_dn):
+        problems.append("auth.ldap: the ldap method needs bind_dn (simple bind) or base_dn (search+bind)")
     if "oauth2" in methods and not cfg.auth.oauth2.introspection_url:
         problems.append("auth.oauth2.introspection_url: required by the oauth2 method")
     if "api_key" in methods and not cfg.auth.api_keys.file:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 GiB = 1 << 30
 # Client authentication methods ([auth] method, [[auth.rules]] method); the last two check a token or
 # key the client sends as its password (helios_proxy/auth/).
-METHODS = ("trust", "reject", "md5", "scram-sha-256", "jwt", "api_key", "oauth2", "cert")
+METHODS = ("trust", "reject", "md5", "scram-sha-256", "jwt", "api_key", "oauth2", "cert", "ldap")
 
 TOKEN_ENTRY = re.compile(r"^([A-Za-z0-9_.-]+):(viewer|operator|admin):([0-9a-f]{64})$")  # admin.tokens
 
@@ -347,9 +347,9 @@ AUTH_RULE_SETTINGS = (
     S("auth.rules", "user", str, "all", "User name, glob, or all."),
     S("auth.rules", "address", str, "all", "Client address range (CIDR, e.g. 10.0.0.0/8 or ::1/128), or all "
       "(the Unix socket matches all only)."),
-    S("auth.rules", "method", str, None, "trust, reject, md5, scram-sha-256, jwt, api_key, oauth2 or cert.",
+    S("auth.rules", "method", str, None, "trust, reject, md5, scram-sha-256, jwt, api_key, oauth2, cert or ldap.",
       choices=METHODS),
-    S("auth.rules", "allow_plaintext", bool, False, "jwt, api_key and oauth2 send the token in clear: refused "
+    S("auth.rules", "allow_plaintext", bool, False, "jwt, api_key, oauth2 and ldap send a secret in clear: refused "
       "without TLS (or the Unix socket) unless this is true."),
 )
 # [auth.jwt]: the jwt method (pyjwt; the [jwt] extra for RS256/ES256).
@@ -375,6 +375,18 @@ AUTH_OAUTH2_SETTINGS = (
     S("auth.oauth2", "cache_ttl_s", float, 60.0, "Answers are reused until the token's exp, at most this long.",
       min=0),
     S("auth.oauth2", "timeout_s", float, 5.0, "Seconds the endpoint may take.", min=0.1),
+)
+# [auth.ldap]: the ldap method (ldap3; the [ldap] extra).
+AUTH_LDAP_SETTINGS = (
+    S("auth.ldap", "url", str, "", "ldap://host:port or ldaps://host:port of the directory."),
+    S("auth.ldap", "bind_dn", str, "", "Simple bind: the DN to bind as, {user} replaced by the user name "
+      "(e.g. uid={user},ou=people,dc=example,dc=com). Empty: search+bind."),
+    S("auth.ldap", "base_dn", str, "", "Search+bind: where the user's entry is searched."),
+    S("auth.ldap", "search_filter", str, "(uid={user})", "Search+bind: the filter, {user} replaced."),
+    S("auth.ldap", "search_bind_dn", str, "", "Search+bind: the DN that searches (empty: anonymously)."),
+    S("auth.ldap", "search_bind_password", str, "", "Its password.", secret=True),
+    S("auth.ldap", "starttls", bool, False, "StartTLS before binding (for ldap:// URLs)."),
+    S("auth.ldap", "timeout_s", float, 5.0, "Seconds each step (connect, bind, search) may take.", min=0.1),
 )
 # [auth.cert]: the cert method (TLS client certificates).
 AUTH_CERT_SETTINGS = (

@@ -15,7 +15,7 @@ import os
 from struct import unpack_from
 
 from .. import auth
-from ..auth import api_keys, cert, jwt as jwt_method, oauth2
+from ..auth import api_keys, cert, jwt as jwt_method, ldap, oauth2
 from ..backend import kdf
 from ..backend.connection import ServerConnection
 from ..backend.credentials import Credentials
@@ -155,10 +155,15 @@ class Authenticator:
                 jwt_method.METHOD.check(self.config, creds.user, secret)
             elif method == "oauth2":
                 oauth2.METHOD.check(self.config, creds.user, secret)
+            elif method == "ldap":
+                ldap.check(self.config, creds.user, secret)
             else:
                 api_keys.METHOD.check(self.config, creds.user, client.database, secret)
         except jwt_method.Refused as e:
             self._decided(client, method, rule_index, f"refused: {e}")
+            raise password_failed(creds.user) from None
+        except Exception as e:  # a method that fails (its service, its library) refuses, never crashes
+            log.error("auth: the %s method failed for user %s: %s: %s", method, creds.user, type(e).__name__, e)
             raise password_failed(creds.user) from None
         self._decided(client, method, rule_index, "accepted")
         return creds
