@@ -246,3 +246,44 @@ def test_ldap_checks_the_password_against_a_real_directory(start_proxy, tls, lda
     refused(proxy, "app", "ldap-pass", "28P01")  # (another entry's password)
     refused(proxy, "app", "app-ldap-pass", "28000", sslmode="disable")  # (a password in clear)
     assert "admin-pass" not in json.dumps(proxy.api("GET", "/config")[1])
+
+
+def test_jwt_keys_from_a_jwks_url_are_fetched_and_chosen_by_kid(start_proxy, tls):
+    import http.server
+    import threading
+    from jwt.algorithms import RSAAlgorithm
+    first, _ = rsa_key()
+    second, _ = rsa_key()
+    keys = []
+    for kid, key in (("k1", first), ("k2", second)):
+        jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+        keys.append({**jwk, "kid": kid, "use": "sig", "alg": "RS256"})
+    fetched = []
+
+    class Keys(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            fetched.append(self.path)
+            body = json.dumps({"keys": keys}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Keys)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proxy = start_proxy(tls=tls, auth={"rules": [{"user": "app", "method": "jwt"}], "jwt": {
+            "jwks_url": f"http://127.0.0.1:{server.server_port}/jwks.json", "issuer": "https://id.test/"}})
+        for kid, key in (("k1", first), ("k2", second), ("k1", first)):
+            signed = jwt.encode({"sub": "app", "iss": "https://id.test/", "exp": int(time.time()) + 60}, key,
+                                algorithm="RS256", headers={"kid": kid})
+            assert login(proxy, "app", signed) == "app"
+        refused(proxy, "app", jwt.encode({"sub": "app", "iss": "https://id.test/", "exp": int(time.time()) + 60},
+                                         second, algorithm="RS256", headers={"kid": "k1"}), "28P01")
+        assert len(fetched) == 1  # (the key set is cached)
+    finally:
+        server.shutdown()

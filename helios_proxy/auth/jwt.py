@@ -1,7 +1,7 @@
 """The jwt method: the client's password is a JSON Web Token, checked with pyjwt.
 
-The signature (RS256/ES256 with `public_key_file` or a key of `jwks_file` chosen by the token's
-`kid`; HS256 with `secret`), `exp` and `nbf` (with `leeway_s`), `iss` and `aud` when configured;
+The signature (RS256/ES256 with `public_key_file` or a key of `jwks_url` or `jwks_file` chosen by
+the token's `kid`; HS256 with `secret`), `exp` and `nbf` (with `leeway_s`), `iss` and `aud` when configured;
 then the claim `user_claim` must name the login user, directly or through `[auth.map]`.
 """
 import json
@@ -18,6 +18,7 @@ class Refused(Exception):
 class JwtMethod:
     def __init__(self):
         self._keys = {}  # path -> (mtime, loaded key material)
+        self._clients = {}  # (jwks_url, refresh) -> jwt.PyJWKClient (its own cache of the key set)
 
     def _file(self, path, load):
         mtime = os.stat(path).st_mtime
@@ -33,6 +34,16 @@ class JwtMethod:
             if not cfg.secret:
                 raise Refused("HS256 token, and no auth.jwt.secret")
             return cfg.secret
+        if cfg.jwks_url:  # (urllib on gevent's sockets: a slow endpoint holds up only this login)
+            client = self._clients.get((cfg.jwks_url, cfg.jwks_refresh_s))
+            if client is None:
+                client = self._clients[(cfg.jwks_url, cfg.jwks_refresh_s)] = jwt.PyJWKClient(
+                    cfg.jwks_url, lifespan=cfg.jwks_refresh_s, timeout=10)
+            try:
+                return client.get_signing_key_from_jwt(token).key
+            except jwt.PyJWKClientError as e:
+                if not (cfg.jwks_file or cfg.public_key_file):
+                    raise Refused(f"auth.jwt.jwks_url: {e}") from None
         if cfg.jwks_file:
             keys = self._file(cfg.jwks_file, lambda data: jwt.PyJWKSet.from_dict(json.loads(data)))
             kid = jwt.get_unverified_header(token).get("kid")

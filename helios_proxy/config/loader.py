@@ -289,8 +289,8 @@ def _check_cross(cfg, problems):
         problems.append(f"auth.method: {cfg.auth.method!r} needs auth.users_file or auth.auth_user")
     methods = {cfg.auth.method} | {r.method for r in cfg.auth.rules}
     jwt = cfg.auth.jwt
-    if "jwt" in methods and not (jwt.public_key_file or jwt.jwks_file or jwt.secret):
-        problems.append("auth.jwt: the jwt method needs auth.jwt.public_key_file, jwks_file or secret")
+    if "jwt" in methods and not (jwt.public_key_file or jwt.jwks_file or jwt.jwks_url or jwt.secret):
+        problems.append("auth.jwt: the jwt method needs auth.jwt.public_key_file, jwks_file, jwks_url or secret")
     if "cert" in methods:
         if not cfg.auth.cert.ca_file:
             problems.append("auth.cert.ca_file: required by the cert method")

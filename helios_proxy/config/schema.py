@@ -357,6 +357,9 @@ AUTH_JWT_SETTINGS = (
     S("auth.jwt", "public_key_file", str, "", "PEM public key that verifies RS256/ES256 tokens."),
     S("auth.jwt", "jwks_file", str, "", "JSON Web Key Set file (keys chosen by the token's kid); re-read "
       "when it changes."),
+    S("auth.jwt", "jwks_url", str, "", "JSON Web Key Set URL (keys chosen by kid), fetched and cached for "
+      "jwks_refresh_s; a kid not in the cache fetches it again (at most every 30 s)."),
+    S("auth.jwt", "jwks_refresh_s", float, 300.0, "Seconds a fetched key set is used.", min=1),
     S("auth.jwt", "secret", str, "", "Shared secret that verifies HS256 tokens.", secret=True),
     S("auth.jwt", "algorithms", list, ["RS256", "ES256"], "Algorithms accepted (of RS256, ES256, HS256)."),
     S("auth.jwt", "issuer", str, "", "Required iss claim (empty: not checked)."),
