@@ -75,3 +75,39 @@ def test_a_concurrency_guard_makes_queries_wait_and_all_succeed(start_proxy, dir
     assert time.monotonic() - started >= 1.2  # (three rounds of 0.4 s at most two at once)
     body = proxy.api("GET", "/limits")[1][0]
     assert body["passed"] == 5 and body["waited"] >= 3 and body["rejected"] == 0
+
+
+def test_a_limit_holds_across_workers(cluster, tmp_path):
+    """server.workers = 2: each worker holds half of the limit, so clients spread over both never
+    get more than the configured rate together."""
+    from tests.fix_proxy import ProxyProcess
+    from tests.test_workers import wait_workers
+    proxy = ProxyProcess(str(tmp_path), cluster, server={"workers": 2, "max_client_conn": 100},
+                         limits=[{"name": "shared", "kind": "token_bucket", "key": "user", "rate": 40.0,
+                                  "burst": 10}]).start()
+    try:
+        wait_workers(proxy)
+        passed, refused = [0], [0]
+        stop = time.monotonic() + 2.0
+
+        def hammer():
+            cur = connect(proxy).cursor()
+            while time.monotonic() < stop:
+                try:
+                    cur.execute("select 1")
+                    passed[0] += 1
+                except psycopg2.errors.ConfigurationLimitExceeded:
+                    refused[0] += 1
+        started = time.monotonic()
+        threads = [threading.Thread(target=hammer) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        allowed = 10 + 40 * (time.monotonic() - started)
+        assert refused[0] > 0 and passed[0] <= 1.15 * allowed, (passed[0], allowed)
+        limits = proxy.api("GET", "/limits")[1]  # (the workers' counts added up)
+        assert limits[0]["name"] == "shared" and limits[0]["passed"] == passed[0]
+        assert limits[0]["rejected"] == refused[0]
+    finally:
+        proxy.stop()

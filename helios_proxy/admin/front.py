@@ -184,6 +184,19 @@ def create_app(arbiter):
             total["fingerprints"] = [f for s in states for f in s.get("fingerprints", [])][:100]
         return jsonify(total)
 
+    @app.get("/limits")
+    def limits():
+        """Every worker holds its share of each limit: their counts added up, levels side by side."""
+        rows = {}
+        for i, worker_limits in enumerate(json_of(ask_all(workers, "GET", "/limits"))):
+            for limit in worker_limits:
+                row = rows.setdefault(limit["name"], {**limit, "passed": 0, "rejected": 0, "waited": 0,
+                                                      "levels": {}})
+                for k in ("passed", "rejected", "waited"):
+                    row[k] += limit[k]
+                row["levels"].update({f"{key} (worker {i})": v for key, v in limit["levels"].items()})
+        return jsonify(list(rows.values()))
+
     @app.get("/stats")
     def stats():
         return jsonify(merge_rows(json_of(ask_all(workers, "GET", "/stats")), ("database",)))
