@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 AUTH_CONNECTIONS_KEPT = 2  # idle auth_query connections the authenticator keeps
 
 
+def _host(client):
+    """The client's host as PostgreSQL names it in authentication errors."""
+    return "[local]" if client.local else client.peer[0]
+
+
 def password_failed(user):
     return AuthenticationFailed(f'password authentication failed for user "{user}"')
 
@@ -126,7 +131,7 @@ class Authenticator:
             return creds
         if method == "reject":
             self._decided(client, method, rule_index, "rejected by the rule")
-            raise FatalError(f'pg_hba.conf rejects connection for host "{client.peer[0]}", user "{creds.user}", '
+            raise FatalError(f'pg_hba.conf rejects connection for host "{_host(client)}", user "{creds.user}", '
                              f'database "{client.database}", {"SSL encryption" if client.tls else "no encryption"}',
                              sqlstate=INVALID_AUTHORIZATION)
         if method in auth.TOKEN_METHODS:
@@ -145,7 +150,7 @@ class Authenticator:
         only, unless the rule allows plaintext); the backend login stays the proxy's own."""
         if not (client.tls or client.local or rule.allow_plaintext):
             self._decided(client, method, rule_index, "refused: no TLS")
-            raise FatalError(f'no pg_hba.conf entry for host "{client.peer[0]}", user "{creds.user}", database '
+            raise FatalError(f'no pg_hba.conf entry for host "{_host(client)}", user "{creds.user}", database '
                              f'"{client.database}", no encryption', sqlstate=INVALID_AUTHORIZATION)
         client.send(codec.authentication(m.AUTH_CLEARTEXT))
         with malformed("password message"):
@@ -172,7 +177,7 @@ class Authenticator:
         """A client certificate the TLS handshake verified, naming this user: no password asked."""
         if not client.tls:
             self._decided(client, "cert", rule_index, "refused: no TLS")
-            raise FatalError(f'no pg_hba.conf entry for host "{client.peer[0]}", user "{creds.user}", database '
+            raise FatalError(f'no pg_hba.conf entry for host "{_host(client)}", user "{creds.user}", database '
                              f'"{client.database}", no encryption', sqlstate=INVALID_AUTHORIZATION)
         try:
             found = cert.check(self.config, creds.user, client.sock)
