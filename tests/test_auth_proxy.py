@@ -48,6 +48,40 @@ def refused(proxy, user, password, code, **kw):
     return text
 
 
+class JsonEndpoint:
+    """A loopback HTTP server answering every request with answer(method, headers, body) ->
+    (status, JSON object); a context manager."""
+
+    def __init__(self, answer):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def reply(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                status, obj = answer(self.command, self.headers, self.rfile.read(length).decode())
+                body = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            do_GET = do_POST = reply  # noqa: N815 - http.server's names
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+
+
 @pytest.fixture
 def tls(tls_files):
     return {"client_mode": "allow", "client_cert_file": tls_files["cert"], "client_key_file": tls_files["key"]}
@@ -141,47 +175,30 @@ def test_auth_config_errors_name_the_key(tmp_path):
 
 def test_oauth2_introspection_lets_active_tokens_in_and_caches_the_answer(start_proxy, tls):
     import base64
-    import http.server
-    import threading
     from urllib.parse import parse_qs
     answers = {"tok-good": {"active": True, "username": "app", "exp": int(time.time()) + 300},
                "tok-inactive": {"active": False}, "tok-other": {"active": True, "username": "postgres"},
                "tok-old": {"active": True, "username": "app", "exp": int(time.time()) - 5}}
     asked = []
 
-    class Endpoint(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's name
-            if self.headers.get("Authorization") != "Basic " + base64.b64encode(b"helios:s3cret").decode():
-                self.send_response(401)
-                self.end_headers()
-                return
-            form = parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
-            asked.append(form["token"][0])
-            body = json.dumps(answers.get(form["token"][0], {"active": False})).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def introspect(method, headers, body):
+        if headers.get("Authorization") != "Basic " + base64.b64encode(b"helios:s3cret").decode():
+            return 401, {}
+        token = parse_qs(body)["token"][0]
+        asked.append(token)
+        return 200, answers.get(token, {"active": False})
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with JsonEndpoint(introspect) as endpoint:
         proxy = start_proxy(tls=tls, auth={
             "rules": [{"user": "app", "method": "oauth2"}],
-            "oauth2": {"introspection_url": f"http://127.0.0.1:{server.server_port}/introspect",
-                       "client_id": "helios", "client_secret": "s3cret"}})
+            "oauth2": {"introspection_url": f"{endpoint.url}/introspect", "client_id": "helios",
+                       "client_secret": "s3cret"}})
         assert login(proxy, "app", "tok-good") == "app"
         assert login(proxy, "app", "tok-good") == "app"
         assert asked.count("tok-good") == 1  # (the answer is reused until the token's exp)
         for bad in ("tok-inactive", "tok-other", "tok-old", "tok-unknown"):
             refused(proxy, "app", bad, "28P01")
         assert "s3cret" not in json.dumps(proxy.api("GET", "/config")[1])
-    finally:
-        server.shutdown()
 
 
 def openssl(*args):
@@ -249,8 +266,6 @@ def test_ldap_checks_the_password_against_a_real_directory(start_proxy, tls, lda
 
 
 def test_jwt_keys_from_a_jwks_url_are_fetched_and_chosen_by_kid(start_proxy, tls):
-    import http.server
-    import threading
     from jwt.algorithms import RSAAlgorithm
     first, _ = rsa_key()
     second, _ = rsa_key()
@@ -260,24 +275,13 @@ def test_jwt_keys_from_a_jwks_url_are_fetched_and_chosen_by_kid(start_proxy, tls
         keys.append({**jwk, "kid": kid, "use": "sig", "alg": "RS256"})
     fetched = []
 
-    class Keys(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's name
-            fetched.append(self.path)
-            body = json.dumps({"keys": keys}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def key_set(method, headers, body):
+        fetched.append(method)
+        return 200, {"keys": keys}
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Keys)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with JsonEndpoint(key_set) as endpoint:
         proxy = start_proxy(tls=tls, auth={"rules": [{"user": "app", "method": "jwt"}], "jwt": {
-            "jwks_url": f"http://127.0.0.1:{server.server_port}/jwks.json", "issuer": "https://id.test/"}})
+            "jwks_url": f"{endpoint.url}/jwks.json", "issuer": "https://id.test/"}})
         for kid, key in (("k1", first), ("k2", second), ("k1", first)):
             signed = jwt.encode({"sub": "app", "iss": "https://id.test/", "exp": int(time.time()) + 60}, key,
                                 algorithm="RS256", headers={"kid": kid})
@@ -285,5 +289,3 @@ def test_jwt_keys_from_a_jwks_url_are_fetched_and_chosen_by_kid(start_proxy, tls
         refused(proxy, "app", jwt.encode({"sub": "app", "iss": "https://id.test/", "exp": int(time.time()) + 60},
                                          second, algorithm="RS256", headers={"kid": "k1"}), "28P01")
         assert len(fetched) == 1  # (the key set is cached)
-    finally:
-        server.shutdown()

@@ -14,4 +14,4 @@ package for the method and for the verdict on the token the client sent in clear
 oauth2, ldap) or on its certificate (cert). Whatever the method, the proxy logs in to PostgreSQL with its own credential for that
 user (users_file, auth_query, or none with a trusting server), never with the client's token.
 """
-from .rules import TOKEN_METHODS, rule_for  # noqa: F401
+from .rules import TOKEN_METHODS, Refused, rule_for  # noqa: F401

@@ -12,7 +12,7 @@ import os
 import secrets
 import time
 
-from .jwt import Refused
+from .rules import Refused
 
 SCRYPT = {"n": 1 << 14, "r": 8, "p": 1, "dklen": 32}
 PREFIX = "hpk_"

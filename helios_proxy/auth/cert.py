@@ -1,7 +1,7 @@
 """The cert method: a TLS client certificate, verified against `[auth.cert] ca_file` during the
 handshake (server/tls.py asks for it), whose subject CN or a subjectAltName (DNS name or email) is
 the login user, or maps to it through `[auth.map]`. No password is asked."""
-from .jwt import Refused
+from .rules import Refused, check_identity
 
 
 def names(cert):
@@ -16,6 +16,5 @@ def check(config, user, sock):
     if not cert:
         raise Refused("no client certificate")
     found = names(cert)
-    if user in found or any(config.auth.map.get(name) == user for name in found):
-        return found
-    raise Refused(f"certificate of {', '.join(found) or 'nobody'}")
+    check_identity(config, found, user, "certificate of")
+    return found

@@ -5,14 +5,9 @@ the token's `kid`; HS256 with `secret`), `exp` and `nbf` (with `leeway_s`), `iss
 then the claim `user_claim` must name the login user, directly or through `[auth.map]`.
 """
 import json
-import logging
 import os
 
-log = logging.getLogger(__name__)
-
-
-class Refused(Exception):
-    """The token does not let this user in (the reason is logged, never told to the client)."""
+from .rules import Refused, check_identity
 
 
 class JwtMethod:
@@ -75,8 +70,7 @@ class JwtMethod:
         name = claims.get(cfg.user_claim)
         if not isinstance(name, str):
             raise Refused(f"no {cfg.user_claim!r} claim")
-        if name != user and config.auth.map.get(name) != user:
-            raise Refused(f"{cfg.user_claim} {name!r} may not log in as this user")
+        check_identity(config, [name], user, cfg.user_claim)
         return claims
 
 

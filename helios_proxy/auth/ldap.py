@@ -11,7 +11,7 @@ PostgreSQL's `ldap` method does:
 `timeout_s`, and ldap3's sockets are gevent's: a slow directory holds up only its own client.
 An empty password is refused before anything is sent (an LDAP "unauthenticated bind" succeeds).
 """
-from .jwt import Refused
+from .rules import Refused
 
 
 def check(config, user, password):

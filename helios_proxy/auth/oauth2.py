@@ -14,7 +14,7 @@ import urllib.request
 
 from cachetools import TTLCache
 
-from .jwt import Refused
+from .rules import Refused, check_identity
 
 
 class OAuth2Method:
@@ -57,8 +57,7 @@ class OAuth2Method:
         name = answer.get(cfg.user_claim) or answer.get("sub")
         if not isinstance(name, str):
             raise Refused(f"no {cfg.user_claim!r} in the introspection answer")
-        if name != user and config.auth.map.get(name) != user:
-            raise Refused(f"{cfg.user_claim} {name!r} may not log in as this user")
+        check_identity(config, [name], user, cfg.user_claim)
         return answer
 
 

@@ -24,6 +24,18 @@ def _address_matches(pattern, session):
         return False
 
 
+class Refused(Exception):
+    """A method does not let this user in (the reason is logged, never told to the client)."""
+
+
+def check_identity(config, names, user, what):
+    """The identity a method verified (a token's claim, a certificate's names) must be the login
+    user, or map to it through [auth.map] (pg_ident style); raises Refused."""
+    if any(name == user or config.auth.map.get(name) == user for name in names):
+        return
+    raise Refused(f"{what} {', '.join(map(repr, names)) or 'nobody'} may not log in as this user")
+
+
 def rule_for(config, session):
     """(index or "default", rule) deciding how session logs in."""
     for i, rule in enumerate(config.auth.rules):

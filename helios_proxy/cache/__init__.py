@@ -37,7 +37,10 @@ from ..protocol import messages as m
 from ..routing.classify import READ_ONLY_FUNCTIONS
 from ..routing.hints import HINT, parse_hints
 from . import catalog as catalogs
+from .catalog import on_server
 from .logical import LogicalReader
+from .policy import (CLASSES, DECAY_AFTER, EXPENSIVE_S, ONE_HIT_CALLS, ONE_HIT_PROBE,  # noqa: F401
+                     POPULAR_AFTER, Admission, ClassStats, workload_class)
 from .shape import LOOSE, MEMO_LIMIT, Shapes
 from .store import Entry, HotTier
 
@@ -58,60 +61,11 @@ NO_TABLE_EFFECTS = READ_ONLY_FUNCTIONS | frozenset((
     "pg_advisory_lock_shared", "pg_advisory_unlock_all", "pg_notify", "pg_backend_pid", "statement_timestamp",
     "transaction_timestamp", "pg_current_wal_lsn", "pg_current_wal_insert_lsn", "txid_current_if_assigned",
     "pg_cancel_backend", "pg_terminate_backend", "pg_reload_conf"))
-CLASSES = ("point", "range", "analytic", "vector")
 UNKNOWN_AGE = 5.0      # a relation the catalog does not know: reload it at most this often
 FIRST_SLOT_WAIT = 3.0  # a database's first read waits this long for its logical slot to be made
-# Admission by observed cost (per query shape): after ONE_HIT_CALLS lookups with under 1 % hits, only
-# one read in ONE_HIT_PROBE goes through the cache; a shape whose misses take EXPENSIVE_S or more on
-# average is kept in both tiers for twice its TTL.
-ONE_HIT_CALLS, ONE_HIT_PROBE, EXPENSIVE_S = 500, 50, 0.02
-DECAY_AFTER = 1000  # a shape's counts are halved at this many lookups
-POPULAR_AFTER = 100  # lookups after which a shape under 50 % hits stays on standbys when it misses
 PARSE_COMPLETE, BIND_COMPLETE = m.PARSE_COMPLETE[0], m.BIND_COMPLETE[0]
 ROW_DESCRIPTION, DATA_ROW, COMMAND_COMPLETE, READY = (m.ROW_DESCRIPTION[0], m.DATA_ROW[0], m.COMMAND_COMPLETE[0],
                                                       m.READY_FOR_QUERY[0])
-
-
-def workload_class(shape):
-    """DistribCache's workload class of a read, from its parse tree."""
-    f = shape.features
-    if "vector" in f:
-        return "vector"
-    if f & {"agg", "group", "window"}:
-        return "analytic"
-    if "where" in f and "range" not in f and len(shape.reads) <= 1:
-        return "point"
-    return "range"
-
-
-class Admission:
-    """A read shape the cache may serve: everything about it that depends neither on the session
-    nor on the constants (one per template and hint; `template` and `fingerprint` are the shape's)."""
-    __slots__ = ("template", "fingerprint", "names", "sorted_names", "ttl", "cls", "tiers", "catalog")
-
-    def __init__(self, shape, names, ttl, cls, tiers, catalog):
-        self.template, self.fingerprint = shape.template, shape.fingerprint
-        self.names, self.ttl, self.cls, self.tiers, self.catalog = names, ttl, cls, tiers, catalog
-        self.sorted_names = sorted(names)
-
-
-class ClassStats:
-    """One query shape's record: lookups, hits, misses and their time (halved every DECAY_AFTER
-    lookups, so that the recent past counts)."""
-    __slots__ = ("fingerprint", "cls", "calls", "hits", "misses", "miss_seconds", "skipped")
-
-    def __init__(self, fingerprint, cls):
-        self.fingerprint, self.cls = fingerprint, cls
-        self.calls = self.hits = self.misses = self.skipped = 0
-        self.miss_seconds = 0.0
-
-    def skip_now(self):
-        """Whether a read of this shape skips the cache now: its answers are (almost) never asked
-        again; one read in ONE_HIT_PROBE still goes through it, to notice if that changes."""
-        if self.calls < ONE_HIT_CALLS or self.hits * 100 >= self.calls:
-            return False
-        self.skipped += 1
-        return self.skipped % ONE_HIT_PROBE != 0
 
 
 class Fill:
@@ -624,25 +578,3 @@ ALL = "all"  # session.cache_pending: a write of unknown extent
 
 def digest(key):
     return blake2b(repr(key).encode(), digest_size=20).digest()
-
-
-def on_server(session, fn):
-    """fn(server connection) for the proxy's own query on the session's behalf: on its own server
-    (session pooling: the pump stops meanwhile), else on one from its pool."""
-    from ..server import relay
-    lease = session.lease
-    if lease is not None:
-        lease.stop_pump(block=True)
-        try:
-            return fn(lease.server)
-        finally:
-            lease.pump = relay.start(session, lease)
-    pool = session.pool
-    conn, ok = pool.acquire(), False
-    try:
-        result = fn(conn)
-        ok = True
-        return result
-    finally:
-        pool.release(conn, reusable=ok)
-

@@ -96,3 +96,25 @@ class Catalog:
 def load(conn):
     return Catalog(conn.execute(RELATIONS), conn.execute(VOLATILITY),
                    conn.execute("SELECT pg_catalog.current_setting('default_transaction_isolation')")[0][0])
+
+
+def on_server(session, fn):
+    """fn(server connection) for the proxy's own query on the session's behalf: on its own server
+    (session pooling: the pump stops meanwhile), else on one from its pool."""
+    from ..server import relay
+    lease = session.lease
+    if lease is not None:
+        lease.stop_pump(block=True)
+        try:
+            return fn(lease.server)
+        finally:
+            lease.pump = relay.start(session, lease)
+    pool = session.pool
+    conn, ok = pool.acquire(), False
+    try:
+        result = fn(conn)
+        ok = True
+        return result
+    finally:
+        pool.release(conn, reusable=ok)
+

@@ -164,7 +164,7 @@ class Authenticator:
                 ldap.check(self.config, creds.user, secret)
             else:
                 api_keys.METHOD.check(self.config, creds.user, client.database, secret)
-        except jwt_method.Refused as e:
+        except auth.Refused as e:
             self._decided(client, method, rule_index, f"refused: {e}")
             raise password_failed(creds.user) from None
         except Exception as e:  # a method that fails (its service, its library) refuses, never crashes
@@ -181,7 +181,7 @@ class Authenticator:
                              f'"{client.database}", no encryption', sqlstate=INVALID_AUTHORIZATION)
         try:
             found = cert.check(self.config, creds.user, client.sock)
-        except jwt_method.Refused as e:
+        except auth.Refused as e:
             self._decided(client, "cert", rule_index, f"refused: {e}")
             raise FatalError(f'certificate authentication failed for user "{creds.user}"',
                              sqlstate=INVALID_AUTHORIZATION) from None

@@ -1,0 +1,106 @@
+"""The query cache's steps of the client-to-server direction (cache/), mixed into the Forwarder:
+a miss's Fill started when its message goes out, and the extended protocol's batches looked up
+whole (Parse/Bind/[Describe]/Execute/Sync, or a prepared statement's Bind/...), a hit consumed
+and answered without a server. (The simple protocol's hits: the cache stage and QueryCache.quick.)
+"""
+from ..cache import Fill, extended
+from ..protocol import codec, messages as m
+
+PARSE_COMPLETE, BIND_COMPLETE = codec.message(m.PARSE_COMPLETE), codec.message(m.BIND_COMPLETE)
+
+
+class CacheSteps:
+    """Forwarder methods (self.session, self.data, self.buf, self.cache_next, cut(), answer())."""
+
+    def start_fill(self):
+        """The message at hand goes to the server now: a miss's answer is collected on its way back
+        (relay.py), if nothing else is owed before it (its answer comes first)."""
+        fill, self.cache_next = self.cache_next, None
+        session = self.session
+        if (fill.__class__ is Fill and session.cache_fill is None and not session.plan.owes()
+                and session.lease.target == "primary"):  # (a standby may lag behind a write)
+            session.cache_fill = fill
+
+    def cache_parse(self, begin, end, replacement):
+        """A Parse: a cacheable text under a name is remembered for its Binds; an unnamed one
+        followed by its whole batch is looked up (True: a hit, answered)."""
+        decided, self.cache_next = self.cache_next, None
+        name, sql, types = extended.parse_types(self.data, begin, end)
+        named = self.session.cache_named
+        if name:
+            if decided is not None:
+                named[name] = (sql, types)
+            elif named:
+                named.pop(name, None)
+            return False
+        if decided is None or replacement is not None:
+            return False
+        adm, shape_values = decided
+        return self.cache_batch(adm, shape_values, types, sql, begin, end, True)
+
+    def cache_bind(self, begin):
+        """A Bind of a statement remembered by cache_parse, its whole batch here: looked up."""
+        session = self.session
+        data = self.data
+        found = session.cache_named.get(codec.read_cstr(data, data.index(0, begin + 5) + 1)[0])
+        if found is None:
+            return False
+        sql, types = found
+        cache = session.proxy.cache
+        shape, shape_values = cache.shapes.get(sql)
+        adm = cache.admit(session, shape, sql) if shape.why_not is None else None
+        return adm is not None and self.cache_batch(adm, shape_values, types, sql, begin, begin, False)
+
+    def quick_batch(self, cache, begin, end):
+        """An unnamed Parse of a text that hit before, its whole batch here: answered from the hot
+        tier before the pipeline runs (True), or left to the usual path."""
+        name, sql, types = extended.parse_types(self.data, begin, end)
+        found = None if name else cache.known_now(self.session, sql)
+        if found is None:
+            return False
+        found_batch = extended.batch(self.data, end)
+        if found_batch is None:
+            return False
+        bind_begin, bind_end, describe, sync_end = found_batch
+        _, params, results = extended.bind_values(self.data, bind_begin, bind_end)
+        adm, shape_values = found
+        values = extended.values(shape_values, params, types)
+        entry = values is not None and cache.hot_hit(adm, cache.key(self.session, adm, values, results))
+        if not entry or (describe and entry.rlen < 0):
+            cache.forget(self.session, sql)
+            return False
+        self.cache_answer(entry, begin, sync_end, True, describe)
+        return True
+
+    def cache_answer(self, entry, begin, sync_end, parse, describe):
+        """A whole batch data[begin:sync_end] answered from entry; the batch is consumed."""
+        self.cut(begin, sync_end)
+        self.buf.pos = sync_end
+        self.answer((PARSE_COMPLETE if parse else b"") + BIND_COMPLETE + (entry.rowdesc if describe else b"")
+                    + entry.body)
+
+    def cache_batch(self, adm, shape_values, types, sql, begin, after, parse):
+        """Look the batch beginning at data[begin] up (its Bind at `after`): a hit answers it all and
+        consumes it (True); a miss leaves its Fill to start when its first message goes out."""
+        found = extended.batch(self.data, after)
+        if found is None:
+            return False
+        bind_begin, bind_end, describe, sync_end = found
+        _, params, results = extended.bind_values(self.data, bind_begin, bind_end)
+        values = extended.values(shape_values, params, types)
+        if values is None:
+            return False
+        session = self.session
+        cache = session.proxy.cache
+        entry, fill = cache.lookup(session, adm, cache.key(session, adm, values, results), hash(sql))
+        if entry is None or (describe and entry.rlen < 0):
+            if fill is not None and session.lease is None:
+                store, session.next_target = cache.fill_target(adm, session.next_target)
+                self.cache_next = fill if store else None
+            elif fill is not None:
+                self.cache_next = fill
+            return False
+        if parse:
+            cache.remember(session, sql, adm, shape_values)  # (asked again: the quick path next time)
+        self.cache_answer(entry, begin, sync_end, parse, describe)
+        return True
