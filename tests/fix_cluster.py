@@ -1,5 +1,6 @@
 """A real PostgreSQL 15 primary + two streaming standbys for the whole test session, on free loopback ports."""
 import os
+import shutil
 import tempfile
 
 import psycopg2
@@ -16,6 +17,7 @@ def cluster():
     c.wait_replayed()
     yield c
     c.destroy()
+    shutil.rmtree(base, ignore_errors=True)  # (the emptied folder too: nothing left in /tmp)
 
 
 @pytest.fixture(scope="session")
