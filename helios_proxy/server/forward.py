@@ -24,6 +24,7 @@ from ..sockets import recv, recv_later
 from ..topology import replay
 from . import plan as p, statements
 from .forward_cache import CacheSteps
+from .forward_journal import JournalSteps
 
 Q, P, S, X, F, B, D, C = (t[0] for t in (m.QUERY, m.PARSE, m.SYNC, m.TERMINATE, m.FUNCTION_CALL, m.BIND,
                                          m.DESCRIBE, m.CLOSE))
@@ -74,7 +75,7 @@ TERMINATED = object()  # a handler's answer: the client sent Terminate
 REFUSED = object()     # a statement step's answer: the proxy refused the message with an error
 
 
-class Forwarder(CacheSteps):
+class Forwarder(CacheSteps, JournalSteps):
     def __init__(self, session):
         self.session = session
         self.skip_to_sync = False  # a refused extended message: drop messages up to Sync
@@ -458,49 +459,6 @@ class Forwarder(CacheSteps):
         session.plan.sent(mtype)
         if mtype == Q or mtype == EXECUTE:
             session.queries += 1
-
-    # --- the transaction journal (replay on) -----------------------------------------------------
-    def before_commit(self, begin, how):
-        """A COMMIT goes out next: the transaction's xid is asked first, in the same flight
-        (replay.ask_xid), so that a COMMIT in flight when the primary fails can be looked up."""
-        self.cut(begin, begin)
-        replay.ask_xid(self.session, how)
-
-    def journal_parse(self, begin, end, commit):
-        """A Parse: a named one changes the session's state (session pooling) and a COMMIT's or a
-        lone write's name is noted; an unnamed COMMIT is about to run (its xid first), an unnamed
-        lone write too (wrapped, if outside a transaction block). False: no server for it."""
-        session = self.session
-        journal = session.journal
-        name = codec.read_cstr(self.data[begin + 5:end], 0)[0]
-        if name:
-            if not session.pooled:
-                journal.changed = True
-            if commit:
-                journal.named[name] = commit
-            else:
-                journal.named.pop(name, None)
-        elif commit:
-            if not self.leased(P, begin, end):
-                return False
-            self.journaled_step(begin, commit)
-        return True
-
-    def journal_bind(self, begin, end):
-        body = self.data[begin + 5:end]
-        portal, pos = codec.read_cstr(body, 0)
-        kind = self.session.journal.named.get(codec.read_cstr(body, pos)[0])
-        if kind is not None:
-            self.journaled_step(begin, kind)
-
-    def journaled_step(self, begin, kind):
-        """An extended message that runs a COMMIT (its xid first) or a lone write (wrapped in a
-        transaction of its own if outside one, up to the batch's Sync)."""
-        if kind == "write":
-            if not self.wrapping and replay.wrap_begin(self.session, self, begin):
-                self.wrapping = True
-        elif not self.wrapping:
-            self.before_commit(begin, kind)
 
     # --- the pipeline ---------------------------------------------------------------------------
     def run_pipeline(self, mtype, data, begin, end):
