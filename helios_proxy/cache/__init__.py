@@ -362,16 +362,13 @@ class QueryCache:
 
     def lookup(self, session, adm, key, origin):
         """(entry, None) on a hit; (None, Fill) on a miss."""
-        entry = self.hot.get(key, time.monotonic())
-        stats = self.stats_of(adm)
-        stats.calls += 1
+        entry = self.hot_hit(adm, key)
         if entry is not None:
-            self.counts["hits"] += 1
-            self.counts["l1_hits"] += 1
             if entry.origin != origin:
                 self.counts["l3_hits"] += 1
-            stats.hits += 1
             return entry, None
+        stats = self.stats_of(adm)
+        stats.calls += 1
         warm_gens = None
         warm = self.warm
         if warm is not None and "l2" in adm.tiers and warm.usable() and not warm.busy(session.database, adm.names):

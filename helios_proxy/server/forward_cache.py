@@ -58,19 +58,27 @@ class CacheSteps:
         found = None if name else cache.known_now(self.session, sql)
         if found is None:
             return False
-        found_batch = extended.batch(self.data, end)
-        if found_batch is None:
-            return False
-        bind_begin, bind_end, describe, sync_end = found_batch
-        _, params, results = extended.bind_values(self.data, bind_begin, bind_end)
         adm, shape_values = found
-        values = extended.values(shape_values, params, types)
-        entry = values is not None and cache.hot_hit(adm, cache.key(self.session, adm, values, results))
+        key, describe, sync_end = self.batch_key(cache, adm, shape_values, types, end)
+        entry = key is not None and cache.hot_hit(adm, key)
         if not entry or (describe and entry.rlen < 0):
             cache.forget(self.session, sql)
             return False
         self.cache_answer(entry, begin, sync_end, True, describe)
         return True
+
+    def batch_key(self, cache, adm, shape_values, types, after):
+        """(cache key, Describe asked?, end of Sync) of the plain batch whose Bind is at data[after];
+        (None, ...) when it is not one, or lacks a parameter."""
+        found = extended.batch(self.data, after)
+        if found is None:
+            return None, False, 0
+        bind_begin, bind_end, describe, sync_end = found
+        _, params, results = extended.bind_values(self.data, bind_begin, bind_end)
+        values = extended.values(shape_values, params, types)
+        if values is None:
+            return None, False, 0
+        return cache.key(self.session, adm, values, results), describe, sync_end
 
     def cache_answer(self, entry, begin, sync_end, parse, describe):
         """A whole batch data[begin:sync_end] answered from entry; the batch is consumed."""
@@ -82,17 +90,12 @@ class CacheSteps:
     def cache_batch(self, adm, shape_values, types, sql, begin, after, parse):
         """Look the batch beginning at data[begin] up (its Bind at `after`): a hit answers it all and
         consumes it (True); a miss leaves its Fill to start when its first message goes out."""
-        found = extended.batch(self.data, after)
-        if found is None:
-            return False
-        bind_begin, bind_end, describe, sync_end = found
-        _, params, results = extended.bind_values(self.data, bind_begin, bind_end)
-        values = extended.values(shape_values, params, types)
-        if values is None:
-            return False
         session = self.session
         cache = session.proxy.cache
-        entry, fill = cache.lookup(session, adm, cache.key(session, adm, values, results), hash(sql))
+        key, describe, sync_end = self.batch_key(cache, adm, shape_values, types, after)
+        if key is None:
+            return False
+        entry, fill = cache.lookup(session, adm, key, hash(sql))
         if entry is None or (describe and entry.rlen < 0):
             if fill is not None and session.lease is None:
                 store, session.next_target = cache.fill_target(adm, session.next_target)
