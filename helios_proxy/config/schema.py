@@ -338,7 +338,8 @@ LIMIT_SETTINGS = (
     S("limits", "max", int, 10, "concurrency: queries running at once.", min=1),
     S("limits", "on_exceed", str, "reject", "reject (SQLSTATE 53400 naming the limit) or wait (at most "
       "max_wait_ms, then 53400).", choices=("reject", "wait")),
-    S("limits", "max_wait_ms", int, 1000, "on_exceed = wait: the longest wait.", min=0),
+    S("limits", "max_wait_ms", int, 30000, "on_exceed = wait: the longest wait (concurrency guards: in line, "
+      "first come first served).", min=0),
 )
 
 # [[auth.rules]]: ordered like pg_hba.conf, the first that matches a login decides its method.

@@ -31,13 +31,42 @@ class Bucket:
         self.tokens, self.at = float(burst), time.monotonic()
 
 
+class Guard:
+    """A concurrency guard's state for one key: queries running, and those waiting in line. A
+    query that ends hands its slot straight to the first in line (no newcomer jumps the queue)."""
+    __slots__ = ("running", "waiters")
+
+    def __init__(self):
+        self.running, self.waiters = 0, collections.deque()
+
+    def wait(self, timeout):
+        """Wait in line for a slot; True when one was handed over."""
+        handed, got = Event(), False
+        self.waiters.append(handed)
+        try:
+            got = handed.wait(timeout)
+        finally:
+            if not got:  # timed out, or the client went away while waiting
+                if handed.is_set():
+                    self.release()  # (handed over just then: on to the next in line)
+                else:
+                    self.waiters.remove(handed)
+        return got
+
+    def release(self):
+        if self.waiters:
+            self.waiters.popleft().set()  # (the slot stays counted in running: it changes hands)
+        elif self.running > 0:
+            self.running -= 1
+
+
 class Limit:
     """One [[limits]] entry and its state per key."""
 
     def __init__(self, cfg):
         self.cfg = cfg
         self.name, self.kind, self.key = cfg.name, cfg.kind, cfg.key
-        self.state = collections.OrderedDict()  # key -> Bucket | deque of times | [running, Event]
+        self.state = collections.OrderedDict()  # key -> Bucket | deque of times | Guard
         self.passed = self.rejected = self.waited = 0
 
     def applies(self, value):
@@ -72,18 +101,16 @@ class Limit:
                 times.append(now)
                 return 0
             return times[0] + cfg.window_s - now
-        guard = self._state(value, lambda: [0, Event()])  # concurrency: [running, set when one ends]
-        if guard[0] < cfg.max:
-            guard[0] += 1
+        guard = self._state(value, Guard)
+        if guard.running < cfg.max and not guard.waiters:
+            guard.running += 1
             return 0
-        guard[1].clear()
-        return None  # until a running query ends
+        return None  # until a running query hands its slot on
 
     def release(self, value):
         guard = self.state.get(value)
-        if guard is not None and guard[0] > 0:
-            guard[0] -= 1
-            guard[1].set()
+        if guard is not None:
+            guard.release()
 
     def take(self, value):
         """Count a query of key value against this limit, waiting if configured; raises Exceeded."""
@@ -101,11 +128,14 @@ class Limit:
                 self.rejected += 1
                 raise Exceeded(self, value)
             waited = True
-            left = deadline - now
-            if wait is None:
-                self.state[value][1].wait(left)
+            if wait is None:  # a concurrency guard: in line, first come first served
+                if self.state[value].wait(deadline - now):
+                    self.passed += 1
+                    self.waited += 1
+                    return
+                now = deadline
             else:
-                gevent.sleep(min(wait, left))
+                gevent.sleep(min(wait, deadline - now))
 
     def levels(self, top=20):
         """The current level of the busiest keys, for /limits."""
@@ -116,7 +146,7 @@ class Limit:
             elif self.kind == "sliding_window":
                 out[value] = sum(1 for t in state if t > now - cfg.window_s)
             else:
-                out[value] = state[0]
+                out[value] = state.running
         return out
 
 
