@@ -1,10 +1,11 @@
 """Circuit breakers ([circuit_breaker], topology/breaker.py) on the real cluster: a standby that refuses the
 application (pg_hba.conf) while it answers the health probes opens its breaker, clients see no
-error, and it gets reads again once it recovers."""
+error, and it gets reads again once it recovers; an open primary breaker fails transactions at once (57P03)."""
 import os
 import time
 
 import psycopg2
+import pytest
 
 from tests.test_routing import nodes, wait_standby_reads
 
@@ -56,3 +57,41 @@ def test_a_standby_refusing_the_application_opens_its_breaker_then_recovers(clus
             break
         assert time.monotonic() < deadline, breaker_of(proxy, "standby1")
         time.sleep(0.05)
+
+
+def test_an_open_primary_breaker_fails_transactions_at_once_with_57P03_until_it_recovers(cluster, start_proxy):
+    proxy = start_proxy(pool={"mode": "transaction", "min_size": 0}, health=FAST_HEALTH,
+                        circuit_breaker={"enabled": True, "min_requests": 2, "window_s": 30.0, "open_s": 1.0,
+                                         "half_open_requests": 1})
+    waiting = psycopg2.connect(host="127.0.0.1", port=proxy.port, user="app", dbname="postgres")
+    waiting.autocommit = True
+    holder = psycopg2.connect(host="127.0.0.1", port=proxy.port, user="app", dbname="postgres")
+    holder.cursor().execute("select 1")  # in a transaction: the pool's server connection stays with it
+    hba = os.path.join(cluster.datadir(0), "pg_hba.conf")
+    with open(hba) as f:
+        original = f.read()
+    try:
+        with open(hba, "w") as f:
+            f.write("host all app 127.0.0.1/32 reject\n" + original)
+        cluster.sql("SELECT pg_reload_conf()")
+        refusals = []
+        for _ in range(3):
+            with pytest.raises(psycopg2.OperationalError) as refused:
+                read_port(proxy)
+            refusals.append(str(refused.value))
+        # PostgreSQL's refusal twice, then the breaker's answer without asking the primary again
+        assert "pg_hba.conf rejects connection" in refusals[0] and "pg_hba.conf rejects connection" in refusals[1]
+        assert "circuit breaker of node primary is open" in refusals[2], refusals
+        with pytest.raises(psycopg2.OperationalError) as refused:  # a logged-in client: an error, not the end
+            waiting.cursor().execute("select 1")
+        assert refused.value.pgcode == "57P03" and breaker_of(proxy, "primary")["state"] == "open"
+    finally:
+        holder.close()
+        with open(hba, "w") as f:
+            f.write(original)
+        cluster.sql("SELECT pg_reload_conf()")
+    time.sleep(1.1)  # half open: the next transaction goes, succeeds and closes it
+    cur = waiting.cursor()
+    cur.execute("select inet_server_port()")
+    assert cur.fetchone()[0] == cluster.ports[0] and breaker_of(proxy, "primary")["state"] == "closed"
+    waiting.close()

@@ -283,8 +283,9 @@ SETTINGS = (
     S("cache", "max_fingerprints", int, 1000, "Query shapes whose workload class and hit counts GET /cache "
       "keeps.", min=1),
     # [circuit_breaker]: circuit breakers per node (topology/breaker.py)
-    S("circuit_breaker", "enabled", bool, False, "Keep reads away from a standby whose leases fail (connections "
-      "refused, 53300, 57P03, class 58, XX000) even while its health probes pass.", reloadable=True),
+    S("circuit_breaker", "enabled", bool, False, "Keep traffic away from a node whose leases fail (connections "
+      "refused, 53300, 57P03, class 58, XX000) even while its health probes pass: reads go elsewhere, "
+      "transactions for an open primary fail at once with 57P03.", reloadable=True),
     S("circuit_breaker", "window_s", float, 10.0, "Outcomes of this many seconds count.", min=0.1, reloadable=True),
     S("circuit_breaker", "min_requests", int, 10, "Fewest outcomes in the window to trip on.", min=1, reloadable=True),
     S("circuit_breaker", "failure_rate", float, 0.5, "Share of failed outcomes that trips the breaker.", min=0.01,

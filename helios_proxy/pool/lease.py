@@ -22,7 +22,7 @@ RELEASED_AT_IDLE = {"session": False, "transaction": True, "statement": True}
 
 
 class Lease:
-    __slots__ = ("pool", "server", "target", "intent", "started", "pump")
+    __slots__ = ("pool", "server", "target", "intent", "started", "pump", "sick")
 
     def __init__(self, pool, server, target="primary", intent="primary"):
         self.pool = pool          # where the server connection goes back
@@ -31,6 +31,7 @@ class Lease:
         self.intent = intent      # where routing wanted it (a read that fell back is still a read)
         self.started = time.monotonic()
         self.pump = None          # relay.CallbackPump or a greenlet (TLS), while running
+        self.sick = False         # the server answered an error that means the node fails (breaker)
 
     def __repr__(self):
         return f"<lease {self.server!r} {self.target}>"

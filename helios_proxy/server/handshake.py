@@ -119,11 +119,13 @@ def login(session, pkt):
     # transaction waits in the switchover buffer; other logins wait there now.
     pool = session.pool = proxy.pools.get(session.home or proxy.known_primary(), session.database, creds)
     server = None
+    breakers = proxy.router.breakers
     if session.pooled and pool.server_params is not None:
-        try:
-            if session.home or proxy.router.primary() is not None:
-                server = pool.try_acquire()  # pooled modes never wait at login once the pool is known
+        try:  # pooled modes never wait at login once the pool is known (an open breaker: no server yet)
+            if (session.home or proxy.router.primary() is not None) and breakers.allows(pool.node):
+                server = pool.try_acquire()
         except (BackendError, OSError) as e:
+            breakers.refused(pool.node, e)
             if not node_unreachable(e):
                 raise
     else:
@@ -136,6 +138,7 @@ def login(session, pkt):
             try:
                 server = pool.try_acquire()
             except (BackendError, OSError) as e:
+                breakers.refused(pool.node, e)
                 if not node_unreachable(e):
                     raise
                 deferred = False

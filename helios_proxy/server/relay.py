@@ -130,6 +130,7 @@ class ServerStream:
                     code = sqlstate(body)
                     if sick(code):  # the node fails, not the query (topology/breaker.py)
                         router.breakers.failure(server.node, f"SQLSTATE {code.decode()}")
+                        self.lease.sick = True  # (so that its end is not counted a success)
                 if session.pooled and stale_plan(body):  # shared statements outlived a schema change
                     invalidate(list(server.statements.names))
                 if completions is not None:

@@ -310,7 +310,8 @@ class ClientSession:
                     self.pool = proxy.pools.get(self.home, self.database, self.pool.credentials)
                 return self.pool, self._acquire(self.pool)
         node = proxy.buffer.ready()
-        if node is not None and node.name == self.pool.node.name:  # the usual case: its own pool
+        breakers = proxy.router.breakers
+        if node is not None and node.name == self.pool.node.name and breakers.allows(node):  # the usual case
             server = self.pool.take_idle()
             if server is not None:
                 return self.pool, server
@@ -320,11 +321,13 @@ class ClientSession:
                 node = proxy.buffer.primary(deadline, self._waiting_on)
             finally:
                 self.waiting = None
+            breakers.check(node)  # open: 57P03 at once, nothing else can take the transaction
             if node.name != self.pool.node.name:  # the primary changed: this client's home pool too
                 self.pool = proxy.pools.get(node, self.database, self.pool.credentials)
             try:
                 return self.pool, self._acquire(self.pool)
             except (BackendError, OSError) as e:
+                breakers.refused(node, e)
                 if not node_unreachable(e) or time.monotonic() >= deadline or not proxy.buffer.failover_possible():
                     raise  # (nothing to wait for: PostgreSQL's connection error, at once)
                 proxy.router.suspect(node, getattr(e, "message", None) or str(e))
@@ -394,7 +397,7 @@ class ClientSession:
             router = self.proxy.router
             took = time.monotonic() - lease.started
             self.proxy.stats.observe(took)
-            if router.breakers.enabled:
+            if router.breakers.enabled and not lease.sick:
                 router.breakers.success(server.node)  # (a failure seen meanwhile counted already)
             if router.on and self.home is None:
                 router.balancer.finished(server.node, took)

@@ -8,12 +8,18 @@ errors, XX000), is a failure. Over the last `window_s`, at least `min_requests` 
 `failure_rate` or more failed trip the breaker: OPEN, the node gets no reads (they go to the other
 standbys, or the primary) for `open_s`. Then HALF_OPEN: traffic again, and the next
 `half_open_requests` outcomes decide: all good -> CLOSED; one failure -> OPEN again for twice as
-long (adaptive), up to `max_open_s`. The primary's breaker is reported but never keeps writes
-away (failover decides about the primary).
+long (adaptive), up to `max_open_s`.
+
+The primary counts the same way, except that a primary that cannot be reached at all is the
+health checker's and failover's business (its transactions wait in the switchover buffer). While
+the primary's breaker is open nothing else can take its transactions: they fail at once with
+57P03 (BreakerOpen) instead of piling up on a node that refuses them; in HALF_OPEN they go again.
 """
 import collections
 import logging
 import time
+
+from ..errors import CANNOT_CONNECT_NOW, ProxyError, node_unreachable
 
 log = logging.getLogger(__name__)
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
@@ -29,6 +35,10 @@ def sqlstate(error_body):
 def sick(code):
     """Whether a SQLSTATE means the node, not the query, is failing."""
     return code in SICK or code[:2] == b"58"
+
+
+class BreakerOpen(ProxyError):
+    sqlstate = CANNOT_CONNECT_NOW
 
 
 class Breaker:
@@ -99,6 +109,20 @@ class Breakers:
 
     def allows(self, node):
         return not self.enabled or self.of(node).allows(time.monotonic())
+
+    def check(self, node):
+        """Raise BreakerOpen (57P03) while node's breaker keeps traffic away."""
+        if self.enabled and not self.of(node).allows(time.monotonic()):
+            breaker = self.of(node)
+            left = max(0.0, breaker.opened + breaker.open_s - time.monotonic())
+            raise BreakerOpen(f"the circuit breaker of node {node.name} is open: {breaker.reason or 'its requests fail'}",
+                              hint=f"It lets transactions through again in {left:.1f} s.")
+
+    def refused(self, node, exc):
+        """A connection to node failed: a failure when node is up but refusing (pg_hba.conf, its
+        connection limit); one that cannot reach it at all is the health checker's business."""
+        if self.enabled and not node_unreachable(exc):
+            self.failure(node, getattr(exc, "message", None) or str(exc))
 
     def success(self, node):
         if self.enabled:
