@@ -77,14 +77,16 @@ def test_a_concurrency_guard_makes_queries_wait_and_all_succeed(start_proxy, dir
     assert body["passed"] == 5 and body["waited"] >= 3 and body["rejected"] == 0
 
 
-def test_a_limit_holds_across_workers(cluster, tmp_path):
-    """server.workers = 2: each worker holds half of the limit, so clients spread over both never
-    get more than the configured rate together."""
+def test_a_limit_holds_across_workers(cluster, tmp_path, direct):
+    """server.workers = 2: the workers share the limit's state, so clients spread over both never
+    get more than the configured rate together, and one connection alone gets all of it."""
     from tests.fix_proxy import ProxyProcess
     from tests.test_workers import wait_workers
     proxy = ProxyProcess(str(tmp_path), cluster, server={"workers": 2, "max_client_conn": 100},
                          limits=[{"name": "shared", "kind": "token_bucket", "key": "user", "rate": 40.0,
-                                  "burst": 10}]).start()
+                                  "burst": 10},
+                                 {"name": "guard", "kind": "concurrency", "key": "user", "match": "app", "max": 2,
+                                  "on_exceed": "wait"}]).start()
     try:
         wait_workers(proxy)
         passed, refused = [0], [0]
@@ -108,6 +110,38 @@ def test_a_limit_holds_across_workers(cluster, tmp_path):
         assert refused[0] > 0 and passed[0] <= 1.15 * allowed, (passed[0], allowed)
         limits = proxy.api("GET", "/limits")[1]  # (the workers' counts added up)
         assert limits[0]["name"] == "shared" and limits[0]["passed"] == passed[0]
-        assert limits[0]["rejected"] == refused[0]
+        assert limits[0]["rejected"] == refused[0] and limits[0]["shared"] and "postgres" in limits[0]["levels"]
+
+        time.sleep(0.5)  # (the bucket refills to its burst)
+        alone, stop = [0], time.monotonic() + 2.0
+        cur, started = connect(proxy).cursor(), time.monotonic()
+        while time.monotonic() < stop:  # one connection, on one worker: the whole rate, not half
+            try:
+                cur.execute("select 1")
+                alone[0] += 1
+            except psycopg2.errors.ConfigurationLimitExceeded:
+                pass
+        allowed = 10 + 40 * (time.monotonic() - started)
+        assert 0.8 * allowed <= alone[0] <= 1.15 * allowed, (alone[0], allowed)
+
+        errors, most = [], [0]  # a concurrency guard of 2, clients on both workers
+
+        def sleeper():
+            try:
+                connect(proxy, user="app").cursor().execute("select pg_sleep(0.3), 'guard-probe'")
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+        threads = [threading.Thread(target=sleeper) for _ in range(6)]
+        for t in threads:
+            t.start()
+        watch = direct.cursor()
+        while any(t.is_alive() for t in threads):
+            watch.execute("select count(*) from pg_stat_activity where query like '%guard-probe%' "
+                          "and pid <> pg_backend_pid()")
+            most[0] = max(most[0], watch.fetchone()[0])
+            time.sleep(0.02)
+        assert not errors and most[0] == 2
+        guard = proxy.api("GET", "/limits")[1][1]
+        assert guard["passed"] == 6 and guard["waited"] >= 3 and guard["levels"] == {"app": 0}
     finally:
         proxy.stop()

@@ -7,7 +7,7 @@ numbers its sessions i+1, i+1+n, ...), changes go to every worker (/reload, /pau
 and what only one proxy may do (/failover, /api/sql) goes to worker 0, as does every other reading
 request (/nodes, /topology, /health, the status page). A switchover is done by worker 0 while the
 other workers hold their clients (PAUSE) and then take the new primary from it. /workers lists the workers;
-/config shows the configuration as written (each worker runs with its share of the limits).
+/config shows the configuration as written (each worker runs with its share of the pool sizes).
 """
 import http.client
 import json
@@ -186,15 +186,16 @@ def create_app(arbiter):
 
     @app.get("/limits")
     def limits():
-        """Every worker holds its share of each limit: their counts added up, levels side by side."""
+        """The workers' counts added up; levels are the shared table's (limits/shared.py), the same
+        in every worker that saw the key."""
         rows = {}
-        for i, worker_limits in enumerate(json_of(ask_all(workers, "GET", "/limits"))):
+        for worker_limits in json_of(ask_all(workers, "GET", "/limits")):
             for limit in worker_limits:
                 row = rows.setdefault(limit["name"], {**limit, "passed": 0, "rejected": 0, "waited": 0,
                                                       "levels": {}})
                 for k in ("passed", "rejected", "waited"):
                     row[k] += limit[k]
-                row["levels"].update({f"{key} (worker {i})": v for key, v in limit["levels"].items()})
+                row["levels"].update(limit["levels"])
         return jsonify(list(rows.values()))
 
     @app.get("/stats")

@@ -5,8 +5,8 @@ matches; one that would exceed a limit is refused with SQLSTATE 53400 naming it,
 (pipeline/stages/rate_limit.py) before anything else of the pipeline; a concurrency slot is given
 back at the ReadyForQuery that ends the query (server/relay.py).
 
-With `[server] workers = N`, each worker holds 1/N of every limit (server/workers.py share): a
-client's connections land on any worker, so together they never exceed it.
+With `[server] workers = N`, the workers keep every limit's state in one shared table
+(limits/shared.py): a client's connections land on any worker, and a limit holds for their sum.
 """
 import collections
 import time
@@ -158,8 +158,14 @@ def release(session):
 
 
 class Limiter:
-    def __init__(self, config):
-        self.limits = [Limit(cfg) for cfg in config.limits]
+    def __init__(self, config, table=None):
+        """table: the workers' SharedTable (limits/shared.py) when there are several workers."""
+        if table is None:
+            self.limits = [Limit(cfg) for cfg in config.limits]
+        else:
+            from .shared import SharedLimit
+            self.limits = [SharedLimit(cfg, table) for cfg in config.limits]
+        self.table = table
         self.concurrency = any(limit.kind == "concurrency" for limit in self.limits)
 
     @staticmethod
@@ -191,5 +197,6 @@ class Limiter:
 
     def state(self):
         return [{"name": limit.name, "kind": limit.kind, "key": limit.key, "passed": limit.passed,
-                 "rejected": limit.rejected, "waited": limit.waited, "levels": limit.levels()}
+                 "rejected": limit.rejected, "waited": limit.waited, "levels": limit.levels(),
+                 "shared": self.table is not None}
                 for limit in self.limits]

@@ -20,6 +20,7 @@ from .. import pipeline
 from ..admin import server as admin_server
 from ..cache import QueryCache
 from ..limits import Limiter
+from ..limits import shared as limits_table
 from ..config import load_file
 from ..config.schema import SETTINGS
 from ..errors import TOO_MANY_CONNECTIONS, ConfigError
@@ -91,6 +92,16 @@ def served_as(config, database):
 
 
 class Proxy:
+    def _limits_table(self, config):
+        """With several workers, the [[limits]] state they share (limits/shared.py)."""
+        index, count = self.worker
+        if count <= 1 or not config.limits:
+            return None
+        path = os.path.join(os.path.dirname(self.admin_socket), limits_table.FILE_NAME)  # (the arbiter's)
+        table = limits_table.SharedTable(path, index, count)
+        table.forget_worker()  # what a dead predecessor held
+        return table
+
     def __init__(self, config, worker=(0, 1), admin_socket=None, unix_fd=None):
         """worker: (index, count) when this is one of several workers (server/workers.py), which
         serves its admin API on admin_socket for the arbiter and accepts on the arbiter's Unix
@@ -113,7 +124,8 @@ class Proxy:
         self.plugins = PluginManager(config).load()
         self.plugins.on_refresh = self._plugins_changed
         self.cache = QueryCache(self) if config.cache.enabled else None  # (before the stages that use it)
-        self.limiter = Limiter(config)  # [[limits]] (limits/)
+        self.limits_table = self._limits_table(config)
+        self.limiter = Limiter(config, self.limits_table)  # [[limits]] (limits/)
         self.build_stages(config)
         self.authenticator = Authenticator(config, load_userlist(config.auth.users_file), self.pools,
                                            self.primary)
@@ -394,7 +406,9 @@ class Proxy:
         if self.router.on and self.router.lag is None:  # splitting turned on by this reload
             self.router.lag = LagMonitor(self.router)
             self.router.lag.start()
-        self.limiter = Limiter(new)  # (fresh levels; running queries give their slots back to the old one)
+        if self.limits_table is None:
+            self.limits_table = self._limits_table(new)
+        self.limiter = Limiter(new, self.limits_table)  # (running queries give their slots back to the old one)
         self.build_stages(new)
         self.authenticator.config = new
         self.authenticator.users = users

@@ -3,7 +3,8 @@
 Each worker is a whole `helios-proxy run` (its own pools, health checks and sessions) that binds the
 client port with SO_REUSEPORT, so the kernel spreads new connections over the workers. Limits are
 split so that together the workers keep the configured ones (`share`): pool sizes and connection
-caps are divided, the remainder going to the first workers. Only worker 0 promotes standbys; the
+caps are divided, the remainder going to the first workers; [[limits]] keep their state in a table
+all workers map (limits/shared.py), created here in the private run directory. Only worker 0 promotes standbys; the
 others follow the topology their probes see (failover.mode external).
 
 The arbiter starts the workers, restarts one that dies, passes SIGHUP/SIGTERM/SIGINT on to all of
@@ -23,6 +24,7 @@ import gevent
 from gevent.queue import Queue
 
 from ..errors import ConfigError
+from ..limits import shared as limits_table
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +55,6 @@ def share(config, index, count):
     for user in config.users.values():
         if getattr(user, "max_connections", None):
             user.max_connections = part(user.max_connections, index, count, 1)
-    for limit in config.limits:  # each worker holds its share (a client's queries may go to any worker)
-        limit.rate = max(limit.rate / count, 0.001)
-        for key in ("burst", "max_queries", "max"):
-            setattr(limit, key, part(getattr(limit, key), index, count, 1))
     if index:
         config.failover.mode = "external"  # one promoter: worker 0; the others follow the probes
     return config
@@ -105,6 +103,7 @@ class Arbiter:
                 self.unix = unix_listener(self.config.server.unix_socket_dir,
                                           parse_address(self.config.server.listen)[1],
                                           self.config.server.unix_socket_mode)
+            limits_table.create(self.rundir)  # (also for limits a reload may add)
             for worker in self.workers:
                 self.spawn(worker)
             for worker in self.workers:
