@@ -13,7 +13,8 @@ from helios_proxy.devcluster import Cluster, USERS
 def cluster():
     base = tempfile.mkdtemp(prefix="helios-test-pg-")
     os.chmod(base, 0o755)
-    c = Cluster(os.path.join(base, "cluster"), standbys=2).start()
+    c = Cluster(os.path.join(base, "cluster"), standbys=2,  # (pg_stat_statements: analytics compare with it)
+                conf={"shared_preload_libraries": "'pg_stat_statements'"}).start()
     c.wait_replayed()
     yield c
     c.destroy()

@@ -10,7 +10,8 @@ from .schema import (AUTH_API_KEY_SETTINGS, AUTH_CERT_SETTINGS, AUTH_JWT_SETTING
                      AUTH_OAUTH2_SETTINGS,
                      AUTH_RULE_SETTINGS,
                      CACHE_RULE_SETTINGS,
-                     DATABASE_SETTINGS, LIMIT_SETTINGS, NODE_SETTINGS, SETTINGS, USER_SETTINGS)
+                     DATABASE_SETTINGS, LIMIT_SETTINGS, NODE_SETTINGS, REWRITE_SETTINGS, SETTINGS,
+                     USER_SETTINGS)
 
 HEADER = """# Configuration reference
 
@@ -83,6 +84,10 @@ def render():
     out.append("\n## [[limits]]\n\nThe rate limiter (docs/limits.md): one table per limit; a query must pass "
                "every limit whose key matches.\n\n| key | type | default | description |\n|---|---|---|---|")
     out.extend(_row(s) for s in LIMIT_SETTINGS)
+    out.append("\n## [[rewrite]]\n\nThe query rewriter (docs/analytics.md): rules in order, each may "
+               "replace by regular expression, prefix schemas, normalize or add a hint.\n\n"
+               "| key | type | default | description |\n|---|---|---|---|")
+    out.extend(_row(s) for s in REWRITE_SETTINGS)
     out.append("\n## [auth.map]\n\n`\"external name\" = \"user\"` entries (pg_ident style): a token whose "
                "user_claim is the external name may log in as that user.")
     out.append("\n## [[cache.rules]]\n\nPer-table cache rules; a query reading several tables gets the "

@@ -5,11 +5,13 @@ import tomllib
 from types import SimpleNamespace
 
 from ..errors import ConfigError
+from ..rewrite.rules import problems as rewrite_problems
 from .schema import (AUTH_API_KEY_SETTINGS, AUTH_CERT_SETTINGS, AUTH_JWT_SETTINGS, AUTH_LDAP_SETTINGS,
                      AUTH_OAUTH2_SETTINGS,
                      AUTH_RULE_SETTINGS,
                      CACHE_RULE_SETTINGS,
-                     DATABASE_SETTINGS, LIMIT_SETTINGS, NODE_SETTINGS, SETTINGS, USER_SETTINGS)
+                     DATABASE_SETTINGS, LIMIT_SETTINGS, NODE_SETTINGS, REWRITE_SETTINGS, SETTINGS,
+                     USER_SETTINGS)
 
 ENV_PREFIX = "HELIOS_"
 SECTIONS = {}
@@ -56,6 +58,7 @@ class Config(SimpleNamespace):
         out["databases"] = {k: vars(v).copy() for k, v in self.databases.items()}
         out["users"] = {k: vars(v).copy() for k, v in self.users.items()}
         out["limits"] = [vars(limit).copy() for limit in self.limits]
+        out["rewrite"] = [vars(rule).copy() for rule in self.rewrite]
         out["cache"]["rules"] = [vars(r).copy() for r in self.cache.rules]
         out["auth"]["rules"] = [vars(r).copy() for r in self.auth.rules]
         out["auth"]["jwt"] = {k: ("********" if k == "secret" and v else v) for k, v in vars(self.auth.jwt).items()}
@@ -131,9 +134,9 @@ def load(data, environ=None, source=None):
     if not isinstance(data, dict):
         raise ConfigError("configuration must be a TOML table")
     problems = Problems()
-    for name in sorted(set(data) - set(SECTIONS) - {"nodes", "plugins", "databases", "users", "limits"}):
+    for name in sorted(set(data) - set(SECTIONS) - {"nodes", "plugins", "databases", "users", "limits", "rewrite"}):
         problems.append(f"unknown section [{name}]; known: {', '.join(sorted(SECTIONS))}, nodes, databases, "
-                        "users, plugins, limits")
+                        "users, plugins, limits, rewrite")
     known_vars = set()
     cfg = Config(source=source)
     nested = {}  # tables inside a section ([[cache.rules]], [auth.jwt]...): taken out, loaded below
@@ -156,6 +159,8 @@ def load(data, environ=None, source=None):
     cfg.limits = problems.check(_array, data.get("limits"), "limits", LIMIT_SETTINGS, problems, default=[])
     names = [limit.name for limit in cfg.limits]
     problems.extend(f"limits: {name!r} is used twice" for name in sorted({n for n in names if names.count(n) > 1}))
+    cfg.rewrite = problems.check(_array, data.get("rewrite"), "rewrite", REWRITE_SETTINGS, problems, default=[])
+    problems.extend(rewrite_problems(cfg.rewrite))
     for (section, key), (kind, settings) in NESTED.items():
         given = nested.get((section, key))
         setattr(getattr(cfg, section), key, problems.check(kind, given, f"{section}.{key}", settings, problems,
@@ -212,7 +217,7 @@ def _load_nodes(entries, problems):
     return nodes
 
 
-REQUIRED = frozenset(("cache.rules.table", "auth.rules.method", "limits.name"))
+REQUIRED = frozenset(("cache.rules.table", "auth.rules.method", "limits.name", "rewrite.name"))
 
 
 def _array(entries, where, settings, problems):

@@ -296,6 +296,27 @@ SETTINGS = (
       min=0.1, reloadable=True),
     S("circuit_breaker", "half_open_requests", int, 3, "Outcomes that must all succeed to close it again.", min=1,
       reloadable=True),
+    # [analytics]: query analytics (analytics/)
+    S("analytics", "enabled", bool, False, "Keep statistics per query shape (pglast fingerprint): calls, errors, "
+      "rows, latency quantiles, intent; the slow-query log; N+1 detection (GET /analytics/...)."),
+    S("analytics", "max_fingerprints", int, 5000, "Most shapes kept; beyond, the least called 5 % are folded "
+      "into one `other` entry.", min=10, reloadable=True),
+    S("analytics", "slow_query_ms", float, 1000.0, "A query taking this long or longer is a slow query "
+      "(slow_log, GET /analytics/slow); 0 disables.", min=0, reloadable=True),
+    S("analytics", "slow_log", str, "", "JSON lines file of slow queries (normalized text, no literal values "
+      "unless log_parameters); empty: only GET /analytics/slow.", reloadable=True),
+    S("analytics", "slow_log_max_bytes", int, 10 << 20, "Rotate slow_log at this size.", min=1024,
+      reloadable=True),
+    S("analytics", "slow_log_files", int, 5, "Rotated slow_log files kept (slow_log.1 ...).", min=0,
+      reloadable=True),
+    S("analytics", "log_parameters", bool, False, "Also write the query text as sent, literal values and "
+      "all, into slow_log entries (query_text).", reloadable=True),
+    S("analytics", "n_plus_one_threshold", int, 20, "Report a shape run this many times in a row in one "
+      "transaction (or within n_plus_one_window_ms); 0 disables.", min=0, reloadable=True),
+    S("analytics", "n_plus_one_window_ms", float, 100.0, "Outside a transaction: executions this close "
+      "together continue a run.", min=0, reloadable=True),
+    S("analytics", "prometheus_top", int, 20, "Shapes with the most total time exported to /metrics, "
+      "labeled by fingerprint (bounded cardinality).", min=0, reloadable=True),
     # [log]
     S("log", "level", str, "info", "Log level.", choices=("debug", "info", "warning", "error"), reloadable=True),
     S("log", "file", str, "", "Also log to this file (appended; reopened when logrotate moves it)."),
@@ -341,6 +362,25 @@ LIMIT_SETTINGS = (
       "max_wait_ms, then 53400).", choices=("reject", "wait")),
     S("limits", "max_wait_ms", int, 30000, "on_exceed = wait: the longest wait (concurrency guards: in line, "
       "first come first served).", min=0),
+)
+
+# [[rewrite]]: the query rewriter (rewrite/), applied in order.
+REWRITE_SETTINGS = (
+    S("rewrite", "name", str, None, "The rule's name (in errors, logs and GET /rewrite)."),
+    S("rewrite", "match", str, "", "Regular expression (Python syntax, case insensitive) the query text must "
+      "contain; empty: any text."),
+    S("rewrite", "fingerprint", str, "", "Only queries of this pglast fingerprint (as GET /analytics/queries "
+      "shows it)."),
+    S("rewrite", "replace", str, None, "Replace what match found with this (groups as \\1 or \\g<name>)."),
+    S("rewrite", "schema_prefix", str, "", "Qualify every unqualified table with this schema (the query is "
+      "printed back from its parse tree)."),
+    S("rewrite", "normalize", bool, False, "Drop comments (but /*+ hints */) and make spacing one space."),
+    S("rewrite", "hint", str, "", "Put /*+ hint */ in front, e.g. \"route=standby\" or \"cache_ttl=30\"."),
+    S("rewrite", "database", str, "", "Only for this database (name or glob); empty: all."),
+    S("rewrite", "user", str, "", "Only for this user (name or glob); empty: all."),
+    S("rewrite", "apply", str, "all", "first: no later rule runs after this one applied; all: go on.",
+      choices=("first", "all")),
+    S("rewrite", "dry_run", bool, False, "Count and log (normalized texts) what it would change; change nothing."),
 )
 
 # [[auth.rules]]: ordered like pg_hba.conf, the first that matches a login decides its method.

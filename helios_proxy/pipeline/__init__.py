@@ -9,11 +9,13 @@ session does not even build a QueryContext.
 """
 from .context import QueryContext  # noqa: F401
 from .stage import Action, Stage, StageResult  # noqa: F401
+from .stages.analytics import Analytics
 from .stages.cache import Cache
 from .stages.journal import Journal
 from .stages.plugins import Plugins
 from .stages.pooling_guard import PoolingGuard
 from .stages.rate_limit import RateLimit
+from .stages.rewrite import Rewrite
 from .stages.route import Route
 from .stages.sql_prepare import SqlPreparedStatements
 
@@ -22,6 +24,8 @@ from .stages.sql_prepare import SqlPreparedStatements
 STAGES = (
     RateLimit,      # [[limits]]: token buckets, sliding windows, concurrency guards -> 53400
     Plugins,        # plugins' on_query_start (Python packages and WASM modules), when any implements it
+    Rewrite,        # [[rewrite]] rules: regular expressions, fingerprints, schema prefixes, hints
+    Analytics,      # [analytics]: the query's fingerprint and start (its end: server/relay.py)
     PoolingGuard,   # transaction/statement pooling only: settings, pinning, statement-mode refusals
     SqlPreparedStatements,  # transaction/statement pooling only: PREPARE/EXECUTE/DEALLOCATE
     Route,          # read/write splitting: hints, SET helios.route, classification -> next lease

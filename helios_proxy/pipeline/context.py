@@ -6,7 +6,7 @@ class QueryContext:
     """One per Query or Parse message that passes the pipeline. Plain slots: built per query."""
 
     __slots__ = ("session", "sql", "protocol", "statement", "started", "size", "large", "_tags", "_word",
-                 "_lower", "decided")
+                 "_lower", "decided", "stat")
 
     def __init__(self, session, sql, protocol="simple", statement="", size=None, large=False):
         self.session = session      # the ClientSession (user, database, client address, ...)
@@ -20,6 +20,7 @@ class QueryContext:
         self._tags = self._lower = None
         self._word = (None, UNKNOWN)
         self.decided = None  # Decisions, once a stage made one
+        self.stat = None     # its fingerprint's numbers (analytics stage), updated when it completes
 
     def decide(self):
         """The stages' decisions about the session, as data (made on first use); the forwarder

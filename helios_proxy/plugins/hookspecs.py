@@ -46,6 +46,13 @@ def on_query_complete(ctx, outcome) -> None:
 
 
 @hookspec
+def rewrite_rules() -> list:
+    """Rewrite rules to add after the configuration's [[rewrite]] ones: a list of tables with the
+    same keys (name, match, replace, fingerprint, schema_prefix, normalize, hint, database, user,
+    apply, dry_run). Asked when the pipeline is built (start, reload, plugin changes)."""
+
+
+@hookspec
 def on_topology_change(event) -> None:
     """A topology event: PrimaryChanged, NodeLeft or HealthChanged (topology/events.py)."""
 

@@ -261,6 +261,8 @@ class Forwarder(CacheSteps, JournalSteps):
         session = self.session
         if mtype == B and session.cache_named and self.cache_bind(begin):
             return None  # a cache hit: the whole batch answered
+        if mtype == B and session.named_queries:
+            self.executes_named(begin, end)
         if mtype == B and session.lease is None and session.next_target is None:
             statements.route_of_bind(session, self.data[begin + 5:end])  # where its statement's Parse went
         if not self.leased(mtype, begin, end):
@@ -277,6 +279,8 @@ class Forwarder(CacheSteps, JournalSteps):
     def on_close(self, mtype, begin, end):
         if self.session.cache_named and self.data[begin + 5] == STATEMENT:
             self.session.cache_named.pop(codec.read_cstr(self.data[begin + 6:end], 0)[0], None)
+        if self.session.named_queries and self.data[begin + 5] == STATEMENT:
+            self.session.named_queries.pop(codec.read_cstr(self.data[begin + 6:end], 0)[0], None)
         if self.session.journal is not None and not self.session.pooled:
             self.session.journal.changed = True  # (session pooling: its statements, for session migrate)
         if (self.session.pooled and names_statement(mtype, self.data, begin, end)
@@ -486,13 +490,14 @@ class Forwarder(CacheSteps, JournalSteps):
         result = pipeline.run(session.proxy.stages, ctx)
         if ctx.decided is not None:
             self.apply(ctx.decided)
-        if session.plan.completions is not None:  # a plugin wants on_query_complete
+        if session.plan.completions is not None:  # plugins' on_query_complete, analytics
             if result.action is Action.CONTINUE:
-                session.plan.pending_ctx = ctx  # reported at the ReadyForQuery of its Query or Sync
+                if name:  # a named statement: each Bind of it is an execution (executes_named)
+                    session.named_queries[name] = ctx
+                else:
+                    session.plan.pending_ctx = ctx  # reported at the ReadyForQuery of its Query or Sync
             else:
-                session.proxy.plugins.query_complete(ctx, Outcome(
-                    time.monotonic() - ctx.started, error=result.sqlstate,
-                    command_tag=None if result.action is Action.REJECT else "proxy answer"))
+                self.answered_here(ctx, result)
         if result.action is Action.CONTINUE:
             if ctx.sql is sql:
                 return True, None
@@ -505,6 +510,35 @@ class Forwarder(CacheSteps, JournalSteps):
             return False, result.payload
         return False, codec.error_response(FEATURE_NOT_SUPPORTED,
                                            "a proxy answer is not available for extended-protocol queries")
+
+    def answered_here(self, ctx, result):
+        """A query the pipeline answered or refused itself: complete at once."""
+        proxy = self.session.proxy
+        tag = None if result.action is Action.REJECT else "proxy answer"
+        if proxy.analytics is not None:
+            proxy.analytics.record(self.session, ctx, tag and tag.encode(), result.sqlstate, "proxy",
+                                   self.session.plan.status)
+        if proxy.plugins.complete_impls:
+            proxy.plugins.query_complete(ctx, Outcome(time.monotonic() - ctx.started, error=result.sqlstate,
+                                                      command_tag=tag))
+
+    def executes_named(self, begin, end):
+        """A Bind of a named statement is one execution of it: its completion is reported at the
+        batch's ReadyForQuery (one per batch: the first Bind of an unreported batch)."""
+        session = self.session
+        if session.plan.pending_ctx is not None or session.plan.completions is None:
+            return
+        data = self.data
+        try:
+            portal_end = data.index(0, begin + 5, end)
+            name = bytes(data[portal_end + 1:data.index(0, portal_end + 1, end)]).decode("utf-8", "replace")
+        except ValueError:
+            return  # (malformed: the server says so)
+        prepared = session.named_queries.get(name)
+        if prepared is not None:
+            ctx = pipeline.QueryContext(session, prepared.sql, "extended", name, prepared.size, prepared.large)
+            ctx.started, ctx.stat = time.monotonic(), prepared.stat
+            session.plan.pending_ctx = ctx
 
     def apply(self, decided):
         """The stages' decisions about the session (pipeline/context.py Decisions), in one place."""

@@ -18,6 +18,7 @@ from gevent import socket
 
 from .. import pipeline
 from ..admin import server as admin_server
+from ..analytics import Analytics
 from ..cache import QueryCache
 from ..limits import Limiter
 from ..limits import shared as limits_table
@@ -124,6 +125,7 @@ class Proxy:
         self.plugins = PluginManager(config).load()
         self.plugins.on_refresh = self._plugins_changed
         self.cache = QueryCache(self) if config.cache.enabled else None  # (before the stages that use it)
+        self.analytics = Analytics(config) if config.analytics.enabled else None  # (analytics/)
         self.limits_table = self._limits_table(config)
         self.limiter = Limiter(config, self.limits_table)  # [[limits]] (limits/)
         self.build_stages(config)
@@ -409,6 +411,8 @@ class Proxy:
         if self.limits_table is None:
             self.limits_table = self._limits_table(new)
         self.limiter = Limiter(new, self.limits_table)  # (running queries give their slots back to the old one)
+        if new.analytics.enabled and self.analytics is not None:
+            self.analytics.configure(new)  # (restart_required if it was turned on or off)
         self.build_stages(new)
         self.authenticator.config = new
         self.authenticator.users = users

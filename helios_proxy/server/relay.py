@@ -207,8 +207,8 @@ class CallbackPump:
                 self.paused = True
                 server.pause()
                 self.writer.on_drained = self.resume
-        for entry in answered:  # after the answer went to the client
-            JOBS.submit(report, session, server, *entry)
+        if answered:  # after the answer went to the client
+            completed(session, server, answered, JOBS.submit)
 
     def resume(self):
         if self.paused:
@@ -278,13 +278,13 @@ def pump(session, lease, stream=None, first=b""):
             if not release:
                 if out:
                     session.send(out)
-                for entry in answered:  # after the answer went to the client
-                    report(session, server, *entry)
+                if answered:  # after the answer went to the client
+                    completed(session, server, answered)
                 continue
             lease.pump = None
             session.lease_ended(lease, out)
-            for entry in answered:
-                report(session, server, *entry)
+            if answered:
+                completed(session, server, answered)
             return True  # the lease ended and the session let go of this pump
     except Exception as e:
         lost(session, server, e, lease, stream)
@@ -358,6 +358,22 @@ class Pumps:
 
 
 GREENLETS = Pumps()
+
+
+def completed(session, server, answered, submit=None):
+    """Queries whose answers are complete: analytics records them at once (cheap, never waits);
+    plugins' on_query_complete runs through submit (a worker greenlet, from a loop callback)."""
+    proxy = session.proxy
+    if proxy.analytics is not None:
+        node, status = server.node.name, server.tx_status
+        for ctx, tag, error in answered:
+            proxy.analytics.record(session, ctx, tag, error, node, status)
+    if proxy.plugins.complete_impls:
+        for entry in answered:
+            if submit is None:
+                report(session, server, *entry)
+            else:
+                submit(report, session, server, *entry)
 
 
 def report(session, server, ctx, tag, error):

@@ -66,7 +66,7 @@ class ClientSession:
         self.secret = 0
         self.started = time.monotonic()
         # what the server still owes the client, in order, and the proxy's edits to it (plan.py)
-        self.plan = ResponsePlan(completions=bool(proxy.plugins.complete_impls))
+        self.plan = ResponsePlan(completions=bool(proxy.plugins.complete_impls) or proxy.analytics is not None)
         self.statements = ClientStatements()  # its named prepared statements (pooled modes)
         self.discard_pending = False  # it sent DISCARD ALL / DEALLOCATE ALL to the next server
         self.next_target = None       # (primary|standby, node name or None) for the next lease (route stage)
@@ -102,6 +102,8 @@ class ClientSession:
         self.cache_startup = None     # session pooling: its startup settings, kept when it changes others
         self.cache_named = {}         # prepared statement name -> (text, parameter types) of cacheable reads
         self.limits_held = []         # (limit, key) concurrency slots of its queries in flight (limits/)
+        self.named_queries = {}       # (completions on) named statement -> its Parse's QueryContext
+        self.analytics_run = None     # the shape it ran last and how often in a row (N+1, analytics/)
 
     @property
     def settings(self):

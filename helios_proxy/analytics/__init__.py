@@ -1,0 +1,194 @@
+"""Query analytics (`[analytics] enabled = true`): what pg_stat_statements tells about the server,
+seen from the proxy, per query shape.
+
+A query's shape is pglast's fingerprint (one for all literal values and parameters, both
+protocols, any spacing). The analytics stage (pipeline/stages/analytics.py) finds the Stat of a
+query's fingerprint and stamps the query's start; the response path (server/relay.py) records
+its end at the ReadyForQuery: time from the client's query to the server's completion, rows from
+the command tag, the SQLSTATE of an error, the node that answered. Per fingerprint: normalized
+text (constants as $n, never the literal values), intent (intent.py), calls, errors by SQLSTATE,
+rows, total/min/max/mean/stddev and quantiles (sketch.py), first and last seen, calls per node,
+database and user. Memory is bounded: at most `max_fingerprints` shapes; beyond that the least
+called 5 % are folded into one `other` entry.
+
+Slow queries go to the slow-query log (slowlog.py), repeated shapes in a transaction to the N+1
+detector (nplusone.py).
+"""
+import hashlib
+import math
+import re
+import time
+
+from pglast.parser import ParseError, fingerprint, normalize
+
+from .intent import intent
+from .nplusone import NPlusOne
+from .sketch import Sketch
+from .slowlog import SlowLog
+
+LITERALS = re.compile(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b")
+SORTS = {"total_time": lambda s: s.total, "calls": lambda s: s.calls, "mean": lambda s: s.total / (s.calls or 1),
+         "p99": lambda s: s.sketch.quantile(0.99) or 0, "errors": lambda s: sum(s.errors.values()),
+         "rows": lambda s: s.rows, "max": lambda s: s.max}
+LARGE = "large"  # the one fingerprint of texts beyond pipeline.max_parse_bytes (never parsed)
+
+
+def fingerprint_of(sql):
+    """pglast's fingerprint of a query text; a text that does not parse is grouped by its text with
+    literals replaced."""
+    try:
+        return fingerprint(sql)
+    except ParseError:
+        return "x" + hashlib.blake2b(LITERALS.sub("?", sql).encode(), digest_size=8).hexdigest()[1:]
+
+
+def normalized(sql):
+    """The text with every constant as $n (pg_stat_statements' form), never a literal value."""
+    try:
+        return normalize(sql)
+    except ParseError:
+        return LITERALS.sub("?", sql)
+
+
+class Stat:
+    """One fingerprint's numbers."""
+    __slots__ = ("fingerprint", "query", "intent", "calls", "errors", "rows", "total", "sumsq", "min", "max",
+                 "sketch", "first", "last", "nodes", "databases", "users")
+
+    def __init__(self, fp, query, kind):
+        self.fingerprint, self.query, self.intent = fp, query, kind
+        self.calls = self.rows = 0
+        self.total = self.sumsq = self.max = 0.0
+        self.min = math.inf
+        self.errors, self.nodes, self.databases, self.users = {}, {}, {}, {}
+        self.sketch = Sketch()
+        self.first = self.last = time.time()
+
+    def add(self, took, rows, error, node, database, user):
+        self.calls += 1
+        self.total += took
+        self.sumsq += took * took
+        if took < self.min:
+            self.min = took
+        if took > self.max:
+            self.max = took
+        self.sketch.add(took)
+        if rows:
+            self.rows += rows
+        if error is not None:
+            self.errors[error] = self.errors.get(error, 0) + 1
+        self.nodes[node] = self.nodes.get(node, 0) + 1
+        self.databases[database] = self.databases.get(database, 0) + 1
+        self.users[user] = self.users.get(user, 0) + 1
+
+    def fold(self, other):
+        """Add other's numbers to this one (the `other` entry, or workers' rows in admin/front.py)."""
+        self.calls += other.calls
+        self.rows += other.rows
+        self.total += other.total
+        self.sumsq += other.sumsq
+        self.min, self.max = min(self.min, other.min), max(self.max, other.max)
+        self.sketch.merge(other.sketch)
+        for mine, theirs in ((self.errors, other.errors), (self.nodes, other.nodes),
+                             (self.databases, other.databases), (self.users, other.users)):
+            for k, n in theirs.items():
+                mine[k] = mine.get(k, 0) + n
+        self.first, self.last = min(self.first, other.first), max(self.last, other.last)
+
+    def view(self):
+        calls, ms = self.calls, 1000.0
+        mean = self.total / calls if calls else 0.0
+        var = max(0.0, self.sumsq / calls - mean * mean) if calls else 0.0
+        q = self.sketch.quantile
+        return {"fingerprint": self.fingerprint, "query": self.query, "intent": self.intent, "calls": calls,
+                "errors": sum(self.errors.values()), "errors_by_sqlstate": dict(self.errors), "rows": self.rows,
+                "total_ms": round(self.total * ms, 3), "mean_ms": round(mean * ms, 3),
+                "stddev_ms": round(math.sqrt(var) * ms, 3),
+                "min_ms": round(self.min * ms, 3) if calls else None, "max_ms": round(self.max * ms, 3),
+                "p50_ms": _ms(q(0.5)), "p95_ms": _ms(q(0.95)), "p99_ms": _ms(q(0.99)),
+                "first_seen": _iso(self.first), "last_seen": _iso(self.last),
+                "nodes": dict(self.nodes), "databases": dict(self.databases), "users": dict(self.users)}
+
+
+def _ms(seconds):
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+def _iso(t):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+class Analytics:
+    def __init__(self, config):
+        self.configure(config)
+        self.reset()
+
+    def configure(self, config):
+        """(Also at a reload: the numbers stay, settings and the slow log's file change.)"""
+        cfg = self.cfg = config.analytics
+        self.slow_s = cfg.slow_query_ms / 1000.0 if cfg.slow_query_ms else None
+        old = getattr(self, "slow", None)
+        self.slow = SlowLog(cfg)
+        if old is not None:
+            old.close()
+            self.slow.recent.extend(old.recent)
+            self.slow.count = old.count
+        self.n_plus_one = NPlusOne(cfg) if cfg.n_plus_one_threshold else None
+
+    def reset(self):
+        self.stats = {}  # fingerprint -> Stat
+        self.other = Stat("other", "(shapes beyond analytics.max_fingerprints)", "utility")
+        self.since = time.time()
+        if self.n_plus_one is not None:
+            self.n_plus_one.reset()
+        self.slow.recent.clear()
+
+    def stat(self, sql, large=False):
+        """The Stat of a query text's fingerprint (made on first sight)."""
+        fp = LARGE if large else fingerprint_of(sql)
+        stat = self.stats.get(fp)
+        if stat is None:
+            if len(self.stats) >= self.cfg.max_fingerprints:
+                self._fold_least_called()
+            stat = self.stats[fp] = (Stat(fp, "(texts beyond pipeline.max_parse_bytes)", "utility") if large
+                                     else Stat(fp, normalized(sql), intent(sql)))
+        return stat
+
+    def _fold_least_called(self):
+        ranked = sorted(self.stats.values(), key=lambda s: (s.calls, s.last))
+        for stat in ranked[:max(1, len(ranked) // 20)]:
+            self.other.fold(stat)
+            del self.stats[stat.fingerprint]
+
+    def record(self, session, ctx, tag, error, node, status):
+        """A query's answer is complete (its ReadyForQuery, or the proxy answered it)."""
+        stat = ctx.stat
+        if stat is None:
+            return
+        now = time.monotonic()
+        took = now - ctx.started
+        rows = None
+        if tag:
+            word = tag.rstrip(b"\0").rpartition(b" ")[2]
+            rows = int(word) if word.isdigit() else None
+        stat.add(took, rows, error, node, session.database, session.user)
+        stat.last = time.time()
+        if self.slow_s is not None and took >= self.slow_s:
+            self.slow.add(session, ctx, stat, took, rows, error, node)
+        if self.n_plus_one is not None:
+            self.n_plus_one.track(session, stat, status, now)
+
+    def queries(self, sort="total_time", limit=100):
+        key = SORTS.get(sort)
+        if key is None:
+            raise ValueError(f"sort must be one of {', '.join(SORTS)}")
+        top = sorted(self.stats.values(), key=key, reverse=True)[:limit]
+        return [s.view() for s in top]
+
+    def state(self):
+        """Totals for /analytics and the status page."""
+        calls = sum(s.calls for s in self.stats.values()) + self.other.calls
+        return {"fingerprints": len(self.stats), "calls": calls, "other_calls": self.other.calls,
+                "slow_queries": self.slow.count,
+                "n_plus_one_patterns": len(self.n_plus_one.patterns) if self.n_plus_one else 0,
+                "since": _iso(self.since)}

@@ -1,0 +1,24 @@
+"""The rewrite stage (the spec's "Query Rewriter"): the [[rewrite]] rules and plugins' rules
+(rewrite/) change the text of a Query or Parse before analytics, routing and the cache see it.
+Texts beyond pipeline.max_parse_bytes are left alone."""
+from ...rewrite import Rewriter
+from ..stage import Stage, StageResult
+
+
+class Rewrite(Stage):
+    name = "rewrite"
+    uses_plugins = True
+
+    def __init__(self, config, plugins=None):
+        super().__init__(config)
+        self.rewriter = Rewriter(config, plugins)
+
+    @classmethod
+    def enabled(cls, config, plugins=None):
+        return bool(config.rewrite) or bool(plugins is not None and plugins.pm.hook.rewrite_rules.get_hookimpls())
+
+    def process(self, ctx):
+        if ctx.large:
+            return StageResult.CONTINUE
+        sql = self.rewriter.rewrite(ctx.sql, ctx.session)
+        return StageResult.CONTINUE if sql is ctx.sql else StageResult.rewrite(sql)
