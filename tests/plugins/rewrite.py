@@ -10,3 +10,9 @@ def on_query_start(ctx):
     if ctx.sql.strip().lower() == "show plugin_answer":
         return actions.respond(["answer"], [["from the proxy"]])
     return None
+
+
+@hookimpl
+def rewrite_rules():
+    return [{"name": "from-plugin", "match": r"\brw_plugin_old\b", "replace": "rw_plugin_new"},
+            {"name": "broken-from-plugin", "match": "(unclosed", "replace": "x"}]
