@@ -76,6 +76,12 @@ def test_one_shape_is_one_fingerprint_and_its_numbers_agree_with_pg_stat_stateme
     status, top = proxy.api("GET", "/analytics/queries?sort=calls&limit=1")
     assert top[0]["fingerprint"] == shape["fingerprint"]
     assert proxy.api("GET", "/analytics/queries?sort=nonsense")[0] == 400
+    import urllib.request
+    request = urllib.request.Request(f"http://127.0.0.1:{proxy.admin_port}/metrics/prometheus",
+                                     headers={"Authorization": "Bearer test-token"})
+    text = urllib.request.urlopen(request, timeout=10).read().decode()
+    assert (f'helios_query_calls_total{{fingerprint="{shape["fingerprint"]}",'
+            f'query="select v from an_kv where k = $1"}} 100.0') in text
     assert proxy.api("POST", "/analytics/reset") == (200, {"reset": True})
     assert by_query(proxy, "from an_kv where k =") == []
 
@@ -112,3 +118,22 @@ def test_analytics_off_answers_404_and_costs_nothing(start_proxy):
     assert proxy.api("GET", "/analytics/queries")[0] == 404
     assert proxy.api("GET", "/analytics") == (200, {"enabled": False})
     assert proxy.query("select 1") == [(1,)]
+
+
+def test_workers_numbers_are_added_up_exactly(cluster, tmp_path):
+    from tests.fix_proxy import ProxyProcess
+    from tests.test_workers import wait_workers
+    proxy = ProxyProcess(str(tmp_path), cluster, server={"workers": 2},
+                         analytics={"enabled": True, "slow_query_ms": 0}).start()
+    try:
+        wait_workers(proxy)
+        for i in range(12):  # (new connections: the kernel spreads them over both workers)
+            proxy.query(f"select {i} as worker_probe")
+        status, rows = proxy.api("GET", "/analytics/queries")
+        [shape] = [r for r in rows if "worker_probe" in r["query"]]
+        assert status == 200 and shape["calls"] == 12 and shape["p99_ms"] is not None
+        assert proxy.api("GET", "/analytics")[1]["calls"] >= 12
+        assert proxy.api("POST", "/analytics/reset")[0] == 200
+        assert not [r for r in proxy.api("GET", "/analytics/queries")[1] if "worker_probe" in r["query"]]
+    finally:
+        proxy.stop()

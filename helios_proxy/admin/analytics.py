@@ -33,7 +33,8 @@ def queries():
         limit = int(request.args.get("limit", 100))
     except ValueError:
         raise ApiError(400, "limit must be a number") from None
-    return jsonify(analytics.queries(sort, max(1, min(limit, 10000))))
+    raw = request.args.get("raw") == "1"  # (exact numbers for admin/front.py to add up)
+    return jsonify(analytics.queries(sort, max(1, min(limit, 10000)), raw))
 
 
 @bp.get("/analytics/slow")

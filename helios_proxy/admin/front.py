@@ -133,6 +133,8 @@ def merge_snapshots(snaps):
         "replay": add([s["replay"] for s in snaps]),
         "cache": add([s["cache"] for s in snaps]),
         "limits": add([s.get("limits", {}) for s in snaps]),
+        "queries": merge_rows([s.get("queries", []) for s in snaps], ("fingerprint", "query")),
+        "rewrite": add([s.get("rewrite", {}) for s in snaps]),
         "workers": len(snaps),
     }
 
@@ -183,6 +185,45 @@ def create_app(arbiter):
             total["hit_rate"] = round(total["hits"] / looked, 4) if looked else None
             total["fingerprints"] = [f for s in states for f in s.get("fingerprints", [])][:100]
         return jsonify(total)
+
+    @app.get("/analytics/queries")
+    def analytics_queries():
+        """Every worker's shapes, added up exactly (their latency sketches merged)."""
+        from ..analytics import SORTS, Stat, top
+        sort = request.args.get("sort", "total_time")
+        if sort not in SORTS:
+            raise ApiError(400, f"sort must be one of {', '.join(SORTS)}")
+        try:
+            limit = max(1, min(int(request.args.get("limit", 100)), 10000))
+        except ValueError:
+            raise ApiError(400, "limit must be a number") from None
+        stats = {}
+        for rows in json_of(ask_all(workers, "GET", "/analytics/queries?raw=1&limit=10000")):
+            for raw in rows:
+                stat = Stat.load(raw)
+                if stat.fingerprint in stats:
+                    stats[stat.fingerprint].fold(stat)
+                else:
+                    stats[stat.fingerprint] = stat
+        return jsonify([s.view() for s in top(stats.values(), sort, limit)])
+
+    @app.get("/analytics")
+    def analytics_summary():
+        return jsonify(add(json_of(ask_all(workers, "GET", "/analytics"))))
+
+    @app.get("/analytics/slow")
+    def analytics_slow():
+        rows = [r for worker_rows in json_of(ask_all(workers, "GET", "/analytics/slow")) for r in worker_rows]
+        return jsonify(sorted(rows, key=lambda r: r["time"], reverse=True))
+
+    @app.get("/analytics/n_plus_one")
+    def analytics_n_plus_one():
+        return jsonify(merge_rows(json_of(ask_all(workers, "GET", "/analytics/n_plus_one")),
+                                  ("preceding_fingerprint", "fingerprint"), biggest=("count", "session")))
+
+    @app.get("/rewrite")
+    def rewrite():
+        return jsonify(merge_rows(json_of(ask_all(workers, "GET", "/rewrite")), ("name",)))
 
     @app.get("/limits")
     def limits():

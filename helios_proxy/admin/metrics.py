@@ -34,6 +34,8 @@ def snapshot(proxy):
         "cache": cache_snapshot(proxy.cache),
         "limits": {limit["name"]: {k: limit[k] for k in ("passed", "rejected", "waited")}
                    for limit in proxy.limiter.state()},
+        "queries": proxy.analytics.prometheus() if proxy.analytics is not None else [],
+        "rewrite": {r["name"]: r["hits"] for s in proxy.stages if s.name == "rewrite" for r in s.rewriter.view()},
     }
 
 
@@ -141,6 +143,20 @@ class ProxyCollector:
                 for outcome, n in counts.items():
                     limited.add_metric([name, outcome], n)
             yield limited
+        if s.get("queries"):  # (analytics: the shapes with the most time, a bounded number of series)
+            families = {k: CounterMetricFamily(f"helios_query_{k}", text, labels=["fingerprint", "query"])
+                        for k, text in (("calls", "Executions of the query shape (analytics)."),
+                                        ("seconds", "Time from the client's query to its completion."),
+                                        ("errors", "Executions that ended in an error."))}
+            for q in s["queries"]:
+                for k, family in families.items():
+                    family.add_metric([q["fingerprint"], q["query"]], q[k])
+            yield from families.values()
+        if s.get("rewrite"):
+            hits = CounterMetricFamily("helios_rewrite_hits", "Queries a rewrite rule changed.", labels=["rule"])
+            for name, n in s["rewrite"].items():
+                hits.add_metric([name], n)
+            yield hits
         h = s["transaction_seconds"]
         cumulative, buckets = 0, []
         for bound, count in zip(list(h["buckets"]) + ["+Inf"], h["counts"]):

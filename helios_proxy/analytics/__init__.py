@@ -95,6 +95,25 @@ class Stat:
                 mine[k] = mine.get(k, 0) + n
         self.first, self.last = min(self.first, other.first), max(self.last, other.last)
 
+    RAW = ("calls", "rows", "total", "sumsq", "max", "errors", "nodes", "databases", "users", "first", "last")
+
+    def raw(self):
+        """Everything, exactly (the sketch's buckets too): workers' Stats are folded by admin/front.py."""
+        out = {k: getattr(self, k) for k in self.RAW}
+        out.update(fingerprint=self.fingerprint, query=self.query, intent=self.intent,
+                   min=None if self.min == math.inf else self.min, sketch=self.sketch.buckets)
+        return out
+
+    @classmethod
+    def load(cls, raw):
+        stat = cls(raw["fingerprint"], raw["query"], raw["intent"])
+        for k in cls.RAW:
+            setattr(stat, k, raw[k])
+        stat.min = math.inf if raw["min"] is None else raw["min"]
+        stat.sketch.buckets = {int(i): n for i, n in raw["sketch"].items()}
+        stat.sketch.count = sum(stat.sketch.buckets.values())
+        return stat
+
     def view(self):
         calls, ms = self.calls, 1000.0
         mean = self.total / calls if calls else 0.0
@@ -108,6 +127,13 @@ class Stat:
                 "p50_ms": _ms(q(0.5)), "p95_ms": _ms(q(0.95)), "p99_ms": _ms(q(0.99)),
                 "first_seen": _iso(self.first), "last_seen": _iso(self.last),
                 "nodes": dict(self.nodes), "databases": dict(self.databases), "users": dict(self.users)}
+
+
+def top(stats, sort, limit):
+    key = SORTS.get(sort)
+    if key is None:
+        raise ValueError(f"sort must be one of {', '.join(SORTS)}")
+    return sorted(stats, key=key, reverse=True)[:limit]
 
 
 def _ms(seconds):
@@ -178,12 +204,14 @@ class Analytics:
         if self.n_plus_one is not None:
             self.n_plus_one.track(session, stat, status, now)
 
-    def queries(self, sort="total_time", limit=100):
-        key = SORTS.get(sort)
-        if key is None:
-            raise ValueError(f"sort must be one of {', '.join(SORTS)}")
-        top = sorted(self.stats.values(), key=key, reverse=True)[:limit]
-        return [s.view() for s in top]
+    def queries(self, sort="total_time", limit=100, raw=False):
+        return [s.raw() if raw else s.view() for s in top(self.stats.values(), sort, limit)]
+
+    def prometheus(self):
+        """The prometheus_top shapes by total time: (fingerprint, query, calls, seconds, errors)."""
+        return [{"fingerprint": s.fingerprint, "query": s.query[:100], "calls": s.calls, "seconds": s.total,
+                 "errors": sum(s.errors.values())} for s in top(self.stats.values(), "total_time",
+                                                                self.cfg.prometheus_top)]
 
     def state(self):
         """Totals for /analytics and the status page."""
