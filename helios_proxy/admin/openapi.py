@@ -61,6 +61,19 @@ PATHS = {
     "/cache/invalidate": {"post": op("Invalidate a database's tables (or all of it) as a write would.", {
         "type": "object", "required": ["database"], "properties": {
             "database": STR, "tables": {"type": "array", "items": STR}}})},
+    "/analytics": {"get": op("Query analytics summary: shapes kept, calls, slow queries, N+1 patterns.")},
+    "/analytics/queries": {"get": {**op("Query shapes (fingerprints) with calls, errors, rows, latency quantiles, "
+                                        "intent."),
+                                   "parameters": [
+                                       {"name": "sort", "in": "query", "schema": {
+                                           "type": "string", "enum": ["total_time", "calls", "mean", "p99", "errors",
+                                                                      "rows", "max"]}},
+                                       {"name": "limit", "in": "query",
+                                        "schema": {"type": "integer", "minimum": 1, "maximum": 10000}}]}},
+    "/analytics/slow": {"get": op("Recent slow queries (analytics.slow_query_ms), newest first.")},
+    "/analytics/n_plus_one": {"get": op("N+1 patterns with a suggested rewrite.")},
+    "/analytics/reset": {"post": op("Forget the analytics numbers.")},
+    "/rewrite": {"get": op("Rewrite rules in order with their hits.")},
     "/reload": {"post": op("Re-read the configuration file.")},
     "/pause": {"post": op("Hold new transactions (all, or one database).", obj(database=STR, timeout=NUM))},
     "/resume": {"post": op("Resume after /pause.", obj(database=STR))},

@@ -1,5 +1,7 @@
 """GET /: a live status page (one HTML file, no build step): nodes with role, health and lag, pools,
-the query cache's hit rate, and queries per second over the last minutes, refreshed every 2 s from /nodes, /pools and /metrics.
+the query cache's hit rate, queries per second over the last minutes, and (analytics on) the query
+shapes with the most time and their latency, refreshed every 2 s from /nodes, /pools, /metrics and
+/analytics/queries.
 When the API needs a token for reading, open it as /#token=TOKEN."""
 from flask import Blueprint, Response
 
@@ -23,6 +25,11 @@ PAGE = """<!doctype html>
 <th>cl_waiting</th><th>sv_active</th><th>sv_idle</th><th>maxwait</th></tr></thead><tbody></tbody></table>
 <h2>Queries per second</h2>
 <svg id="chart" width="640" height="160"></svg>
+<div id="analytics" hidden>
+<h2>Top queries (most total time)</h2>
+<table id="queries"><thead><tr><th>query</th><th>intent</th><th>calls</th><th>errors</th><th>mean ms</th>
+<th>p50 ms</th><th>p95 ms</th><th>p99 ms</th><th>latency (p50 to p99, log scale)</th></tr></thead><tbody></tbody></table>
+</div>
 <script>
 const token = (location.hash.match(/token=([^&]+)/) || [])[1];
 const opts = token ? {headers: {Authorization: "Bearer " + token}} : {};
@@ -46,6 +53,12 @@ function chart(history) {
     xy.map(p => p.join(",")).join(" ") + '"/><text x="10" y="14">max ' + max.toFixed(0) +
     ' q/s</text><text id="qps" x="' + (w - 150) + '" y="14">now ' + pts[pts.length - 1][1].toFixed(0) + ' q/s</text>';
 }
+function latencyBar(q, top) {  // p50..p99 on a log scale from 0.01 ms to the slowest p99 shown
+  const x = v => 4 + 232 * Math.log10(Math.max(v, 0.01) / 0.01) / Math.max(1, Math.log10(top / 0.01));
+  const a = x(q.p50_ms), b = x(q.p99_ms);
+  return '<svg width="240" height="12"><rect x="' + a + '" y="2" width="' + Math.max(2, b - a) +
+    '" height="8" fill="#1565c0"/></svg>';
+}
 function cacheRate(m) {
   const looked = m.hits + m.misses;
   return looked ? (100 * m.hits / looked).toFixed(1) + "% of " + looked + " reads (" + m.entries + " entries)" : "-";
@@ -65,6 +78,13 @@ async function refresh() {
     rows("pools", pools, p => [esc(p.node), esc(p.database), esc(p.user), esc(p.mode), p.cl_active, p.cl_waiting,
       p.sv_active, p.sv_idle, p.maxwait]);
     chart(metrics.history);
+    const queries = await get("/analytics/queries?limit=10").catch(() => null);
+    document.getElementById("analytics").hidden = !Array.isArray(queries);
+    if (Array.isArray(queries)) {
+      const top = Math.max(1, ...queries.map(q => q.p99_ms || 0));
+      rows("queries", queries, q => [esc(q.query.slice(0, 120)), esc(q.intent), q.calls, q.errors, q.mean_ms,
+        q.p50_ms, q.p95_ms, q.p99_ms, latencyBar(q, top)]);
+    }
     document.body.dataset.loaded = "1";
   } catch (e) { document.getElementById("summary").textContent = "cannot reach the admin API: " + e; }
 }

@@ -30,6 +30,7 @@ LITERALS = re.compile(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b")
 SORTS = {"total_time": lambda s: s.total, "calls": lambda s: s.calls, "mean": lambda s: s.total / (s.calls or 1),
          "p99": lambda s: s.sketch.quantile(0.99) or 0, "errors": lambda s: sum(s.errors.values()),
          "rows": lambda s: s.rows, "max": lambda s: s.max}
+TEXTS_KEPT = 20000  # texts and skeletons remembered (then forgotten all at once, and learned again)
 LARGE = "large"  # the one fingerprint of texts beyond pipeline.max_parse_bytes (never parsed)
 
 
@@ -53,18 +54,18 @@ def normalized(sql):
 class Stat:
     """One fingerprint's numbers."""
     __slots__ = ("fingerprint", "query", "intent", "calls", "errors", "rows", "total", "sumsq", "min", "max",
-                 "sketch", "first", "last", "nodes", "databases", "users")
+                 "sketch", "first", "last", "where")
 
     def __init__(self, fp, query, kind):
         self.fingerprint, self.query, self.intent = fp, query, kind
         self.calls = self.rows = 0
         self.total = self.sumsq = self.max = 0.0
         self.min = math.inf
-        self.errors, self.nodes, self.databases, self.users = {}, {}, {}, {}
+        self.errors, self.where = {}, {}  # SQLSTATE -> n, (node, database, user) -> calls
         self.sketch = Sketch()
-        self.first = self.last = time.time()
+        self.first = self.last = time.monotonic()  # (one clock for every process: workers' Stats fold)
 
-    def add(self, took, rows, error, node, database, user):
+    def add(self, took, rows, error, where, now):
         self.calls += 1
         self.total += took
         self.sumsq += took * took
@@ -77,9 +78,8 @@ class Stat:
             self.rows += rows
         if error is not None:
             self.errors[error] = self.errors.get(error, 0) + 1
-        self.nodes[node] = self.nodes.get(node, 0) + 1
-        self.databases[database] = self.databases.get(database, 0) + 1
-        self.users[user] = self.users.get(user, 0) + 1
+        self.where[where] = self.where.get(where, 0) + 1
+        self.last = now
 
     def fold(self, other):
         """Add other's numbers to this one (the `other` entry, or workers' rows in admin/front.py)."""
@@ -89,19 +89,19 @@ class Stat:
         self.sumsq += other.sumsq
         self.min, self.max = min(self.min, other.min), max(self.max, other.max)
         self.sketch.merge(other.sketch)
-        for mine, theirs in ((self.errors, other.errors), (self.nodes, other.nodes),
-                             (self.databases, other.databases), (self.users, other.users)):
+        for mine, theirs in ((self.errors, other.errors), (self.where, other.where)):
             for k, n in theirs.items():
                 mine[k] = mine.get(k, 0) + n
         self.first, self.last = min(self.first, other.first), max(self.last, other.last)
 
-    RAW = ("calls", "rows", "total", "sumsq", "max", "errors", "nodes", "databases", "users", "first", "last")
+    RAW = ("calls", "rows", "total", "sumsq", "max", "errors", "first", "last")
 
     def raw(self):
         """Everything, exactly (the sketch's buckets too): workers' Stats are folded by admin/front.py."""
         out = {k: getattr(self, k) for k in self.RAW}
         out.update(fingerprint=self.fingerprint, query=self.query, intent=self.intent,
-                   min=None if self.min == math.inf else self.min, sketch=self.sketch.buckets)
+                   min=None if self.min == math.inf else self.min, sketch=self.sketch.buckets,
+                   where=[[*k, n] for k, n in self.where.items()])
         return out
 
     @classmethod
@@ -112,6 +112,7 @@ class Stat:
         stat.min = math.inf if raw["min"] is None else raw["min"]
         stat.sketch.buckets = {int(i): n for i, n in raw["sketch"].items()}
         stat.sketch.count = sum(stat.sketch.buckets.values())
+        stat.where = {tuple(w[:3]): w[3] for w in raw["where"]}
         return stat
 
     def view(self):
@@ -126,7 +127,13 @@ class Stat:
                 "min_ms": round(self.min * ms, 3) if calls else None, "max_ms": round(self.max * ms, 3),
                 "p50_ms": _ms(q(0.5)), "p95_ms": _ms(q(0.95)), "p99_ms": _ms(q(0.99)),
                 "first_seen": _iso(self.first), "last_seen": _iso(self.last),
-                "nodes": dict(self.nodes), "databases": dict(self.databases), "users": dict(self.users)}
+                "nodes": self._by(0), "databases": self._by(1), "users": self._by(2)}
+
+    def _by(self, i):
+        out = {}
+        for key, n in self.where.items():
+            out[key[i]] = out.get(key[i], 0) + n
+        return out
 
 
 def top(stats, sort, limit):
@@ -141,7 +148,8 @@ def _ms(seconds):
 
 
 def _iso(t):
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+    """A monotonic time as UTC wall-clock time."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - (time.monotonic() - t)))
 
 
 class Analytics:
@@ -163,14 +171,26 @@ class Analytics:
 
     def reset(self):
         self.stats = {}  # fingerprint -> Stat
+        self.by_text, self.by_skeleton = {}, {}  # query text / text with literals as ? -> Stat
         self.other = Stat("other", "(shapes beyond analytics.max_fingerprints)", "utility")
-        self.since = time.time()
+        self.since = time.monotonic()
         if self.n_plus_one is not None:
             self.n_plus_one.reset()
         self.slow.recent.clear()
 
     def stat(self, sql, large=False):
-        """The Stat of a query text's fingerprint (made on first sight)."""
+        """The Stat of a query text's fingerprint (made on first sight). Texts seen before, and texts
+        that differ from one seen before only in their literals (clients that interpolate values),
+        find it without pglast (the fingerprint ignores constants' values)."""
+        stat = self.by_text.get(sql)
+        if stat is not None:
+            return stat
+        skeleton = None
+        if not large and "\\" not in sql and "$" not in sql:  # (LITERALS misreads E'', $$)
+            skeleton = LITERALS.sub("?", sql)
+            stat = self.by_skeleton.get(skeleton)
+            if stat is not None:
+                return stat
         fp = LARGE if large else fingerprint_of(sql)
         stat = self.stats.get(fp)
         if stat is None:
@@ -178,6 +198,13 @@ class Analytics:
                 self._fold_least_called()
             stat = self.stats[fp] = (Stat(fp, "(texts beyond pipeline.max_parse_bytes)", "utility") if large
                                      else Stat(fp, normalized(sql), intent(sql)))
+        if len(self.by_text) + len(self.by_skeleton) > TEXTS_KEPT:
+            self.by_text.clear()
+            self.by_skeleton.clear()
+        if skeleton is not None and skeleton != sql:
+            self.by_skeleton[skeleton] = stat
+        elif len(sql) <= 4096:
+            self.by_text[sql] = stat
         return stat
 
     def _fold_least_called(self):
@@ -185,6 +212,8 @@ class Analytics:
         for stat in ranked[:max(1, len(ranked) // 20)]:
             self.other.fold(stat)
             del self.stats[stat.fingerprint]
+        self.by_text.clear()  # (they may lead to a folded Stat)
+        self.by_skeleton.clear()
 
     def record(self, session, ctx, tag, error, node, status):
         """A query's answer is complete (its ReadyForQuery, or the proxy answered it)."""
@@ -197,8 +226,7 @@ class Analytics:
         if tag:
             word = tag.rstrip(b"\0").rpartition(b" ")[2]
             rows = int(word) if word.isdigit() else None
-        stat.add(took, rows, error, node, session.database, session.user)
-        stat.last = time.time()
+        stat.add(took, rows, error, (node, session.database, session.user), now)
         if self.slow_s is not None and took >= self.slow_s:
             self.slow.add(session, ctx, stat, took, rows, error, node)
         if self.n_plus_one is not None:

@@ -1,0 +1,95 @@
+"""Analytics without a server: shapes, intents, quantile accuracy, bounded memory, N+1 runs."""
+import random
+import types
+
+import pytest
+
+from helios_proxy.analytics import Analytics, Stat
+from helios_proxy.analytics.intent import intent
+from helios_proxy.analytics.sketch import Sketch
+from helios_proxy.rewrite.rules import canonical, qualify
+
+
+def analytics(**cfg):
+    settings = dict(max_fingerprints=5000, slow_query_ms=0, slow_log="", slow_log_max_bytes=1 << 20,
+                    slow_log_files=1, log_parameters=False, n_plus_one_threshold=3, n_plus_one_window_ms=50,
+                    prometheus_top=20)
+    settings.update(cfg)
+    return Analytics(types.SimpleNamespace(analytics=types.SimpleNamespace(**settings)))
+
+
+def test_one_shape_for_literals_parameters_spacing_and_case():
+    a = analytics()
+    texts = ["select v from t where k = 1", "SELECT v FROM t WHERE k = 42", "select v\n from t where k=$1"]
+    assert len({id(a.stat(t)) for t in texts}) == 1
+    assert a.stat(texts[0]).query == "select v from t where k = $1"
+    assert a.stat("select v from t where k = 'secret'").query == "select v from t where k = $1"
+    assert a.stat("select from where") is not a.stat("select v from t where k = 1")  # (no parse: its own)
+
+
+@pytest.mark.parametrize("sql, kind", [
+    ("select 1", "read"), ("with x as (delete from t returning *) select * from x", "write"),
+    ("select * from t for update", "write"), ("copy t to stdout", "read"), ("copy t from stdin", "write"),
+    ("create index on t (a)", "ddl"), ("grant select on t to u", "ddl"), ("truncate t", "write"),
+    ("begin", "transaction"), ("set search_path = x", "utility"), ("vacuum t", "utility"),
+    ("explain analyze delete from t", "write"), ("begin; update t set a = 1; commit", "write")])
+def test_intents_follow_log_statement(sql, kind):
+    assert intent(sql) == kind
+
+
+def test_quantiles_are_within_two_percent_of_the_exact_ones():
+    rng, sketch = random.Random(7), Sketch()
+    values = sorted(rng.lognormvariate(-6, 1.5) for _ in range(20000))
+    for v in values:
+        sketch.add(v)
+    for q in (0.5, 0.95, 0.99):
+        exact = values[int(q * (len(values) - 1))]
+        assert abs(sketch.quantile(q) - exact) / exact < 0.02
+    assert len(sketch.buckets) < 600
+
+
+def test_memory_is_bounded_and_the_least_called_fold_into_other():
+    a = analytics(max_fingerprints=20)
+    busy = a.stat("select busy from t")
+    busy.add(0.01, 1, None, ("primary", "db", "u"), 0.0)
+    busy.add(0.01, 1, None, ("primary", "db", "u"), 0.0)
+    for i in range(60):
+        a.stat(f"select c{i} from t").add(0.001, 1, "42P01", ("primary", "db", "u"), 0.0)
+    assert len(a.stats) <= 20 and busy.fingerprint in a.stats
+    assert a.other.calls + sum(s.calls for s in a.stats.values()) == 62
+    assert a.other.errors["42P01"] == a.other.calls
+
+
+def test_a_stat_survives_its_raw_form_exactly():
+    stat = Stat("f", "select $1", "read")
+    for took in (0.001, 0.002, 0.5):
+        stat.add(took, 2, None, ("primary", "db", "u"), 0.0)
+    again = Stat.load(stat.raw())
+    again.fold(Stat.load(stat.raw()))
+    view = again.view()
+    assert view["calls"] == 6 and view["rows"] == 12 and view["max_ms"] == 500.0 and view["min_ms"] == 1.0
+    assert view["p99_ms"] == pytest.approx(500, rel=0.011)
+
+
+def test_n_plus_one_runs_in_a_transaction_and_within_the_window():
+    a = analytics()
+    session = types.SimpleNamespace(analytics_run=None, id=1, user="u", database="db")
+    parent, child = a.stat("select id from p"), a.stat("select * from c where p = 1")
+    a.n_plus_one.track(session, parent, b"T", 0.0)
+    for i in range(3):
+        a.n_plus_one.track(session, child, b"T", 10.0 + i)  # far apart, but in one transaction
+    [pattern] = a.n_plus_one.view()
+    assert pattern["preceding_query"] == "select id from p" and pattern["count"] == 3
+    assert pattern["suggestion"].startswith("select * from c where p = ANY($1)")
+    session.analytics_run = None
+    for i in range(3):
+        a.n_plus_one.track(session, child, b"I", 100.0 + i)  # autocommit, 1 s apart: no run
+    assert a.n_plus_one.view()[0]["occurrences"] == 1
+
+
+def test_normalize_and_schema_prefix():
+    assert canonical("select  a,\n b -- why\n from t /*+ route=standby */ where x>=1") == \
+        "select a, b from t /*+ route=standby */ where x>=1"
+    assert qualify("/*+ node=s1 */ with c as (select 1) select * from c, t", "app") == \
+        "/*+ node=s1 */ WITH c AS (SELECT 1) SELECT * FROM c, app.t"
+    assert qualify("select * from other.t", "app") == "select * from other.t"
