@@ -2,7 +2,6 @@
 parameters and both protocols, its numbers checked against pg_stat_statements on the same
 workload; errors, latency quantiles, intents; the slow-query log without literals; N+1 patterns."""
 import json
-import os
 import time
 
 import psycopg

@@ -14,41 +14,23 @@ called 5 % are folded into one `other` entry.
 Slow queries go to the slow-query log (slowlog.py), repeated shapes in a transaction to the N+1
 detector (nplusone.py).
 """
-import hashlib
 import math
-import re
+from math import log
 import time
 
-from pglast.parser import ParseError, fingerprint, normalize
 
+from ..sqlshape import fingerprint_of, normalized, skeleton as text_skeleton
 from .intent import intent
 from .nplusone import NPlusOne
-from .sketch import Sketch
+from .sketch import FLOOR_S, LOG_GAMMA, Sketch
 from .slowlog import SlowLog
 
-LITERALS = re.compile(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b")
 SORTS = {"total_time": lambda s: s.total, "calls": lambda s: s.calls, "mean": lambda s: s.total / (s.calls or 1),
          "p99": lambda s: s.sketch.quantile(0.99) or 0, "errors": lambda s: sum(s.errors.values()),
          "rows": lambda s: s.rows, "max": lambda s: s.max}
+PER_BUCKET = 1.0 / LOG_GAMMA
 TEXTS_KEPT = 20000  # texts and skeletons remembered (then forgotten all at once, and learned again)
 LARGE = "large"  # the one fingerprint of texts beyond pipeline.max_parse_bytes (never parsed)
-
-
-def fingerprint_of(sql):
-    """pglast's fingerprint of a query text; a text that does not parse is grouped by its text with
-    literals replaced."""
-    try:
-        return fingerprint(sql)
-    except ParseError:
-        return "x" + hashlib.blake2b(LITERALS.sub("?", sql).encode(), digest_size=8).hexdigest()[1:]
-
-
-def normalized(sql):
-    """The text with every constant as $n (pg_stat_statements' form), never a literal value."""
-    try:
-        return normalize(sql)
-    except ParseError:
-        return LITERALS.sub("?", sql)
 
 
 class Stat:
@@ -73,7 +55,12 @@ class Stat:
             self.min = took
         if took > self.max:
             self.max = took
-        self.sketch.add(took)
+        sketch = self.sketch  # (Sketch.add, inline: this runs for every query)
+        x = log(took if took > FLOOR_S else FLOOR_S) * PER_BUCKET
+        i = int(x) if x < 0 else int(x) + 1  # ceil
+        buckets = sketch.buckets
+        buckets[i] = buckets.get(i, 0) + 1
+        sketch.count += 1
         if rows:
             self.rows += rows
         if error is not None:
@@ -185,9 +172,8 @@ class Analytics:
         stat = self.by_text.get(sql)
         if stat is not None:
             return stat
-        skeleton = None
-        if not large and "\\" not in sql and "$" not in sql:  # (LITERALS misreads E'', $$)
-            skeleton = LITERALS.sub("?", sql)
+        skeleton = None if large else text_skeleton(sql)
+        if skeleton is not None:
             stat = self.by_skeleton.get(skeleton)
             if stat is not None:
                 return stat
@@ -223,9 +209,8 @@ class Analytics:
         now = time.monotonic()
         took = now - ctx.started
         rows = None
-        if tag:
-            word = tag.rstrip(b"\0").rpartition(b" ")[2]
-            rows = int(word) if word.isdigit() else None
+        if tag and 47 < tag[-2] < 58:  # (a count ends the command tag: "SELECT 5\0", "INSERT 0 1\0")
+            rows = int(tag[tag.rfind(b" ") + 1:-1])
         stat.add(took, rows, error, (node, session.database, session.user), now)
         if self.slow_s is not None and took >= self.slow_s:
             self.slow.add(session, ctx, stat, took, rows, error, node)

@@ -14,10 +14,11 @@ text (an LRU by text, as classification is):
 """
 import hashlib
 import json
-import re
 
 from cachetools import LRUCache
 from pglast.parser import ParseError, fingerprint, parse_sql_json
+
+from ..sqlshape import LITERALS, skeleton as text_skeleton
 
 UNKNOWN_TYPE = 0       # a string literal, or a parameter of unspecified type: resolved by context
 INT4 = 23
@@ -217,13 +218,12 @@ def analyze(sql):
 
 
 # A text's literals, as the classifier's cache_key finds them: quoted strings and bare numbers.
-LITERAL = re.compile(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b")
 MEMO_LIMIT = 8192  # longer texts are analyzed every time, never kept
 UNMAPPED = object()
 
 
 def _typed(literal):
-    """The (kind, text) the parse tree gives a literal as LITERAL found it."""
+    """The (kind, text) the parse tree gives a literal as LITERALS found it."""
     if literal[0] == "'":
         return (UNKNOWN_TYPE, literal[1:-1].replace("''", "'"))
     if "." in literal:
@@ -252,9 +252,9 @@ class Shapes:
             shape = self._analyze(sql)
             return shape, shape.values
         skeleton, literals = None, None
-        if "\\" not in sql and "$" not in sql:  # (no E'' strings or dollar quotes: LITERAL reads them right)
-            literals = LITERAL.findall(sql)
-            skeleton = LITERAL.sub("?", sql)
+        skeleton = text_skeleton(sql)
+        if skeleton is not None:
+            literals = LITERALS.findall(sql)
             base = self.skeletons.get(skeleton)
             if base is not None and base is not UNMAPPED:  # (not kept by text: unique texts would churn)
                 return base, tuple(map(_typed, literals)) if base.why_not is None else base.values

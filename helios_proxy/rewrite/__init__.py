@@ -9,7 +9,7 @@ A reload builds a new Rewriter and swaps it in whole: a query sees the old rules
 import logging
 from types import SimpleNamespace
 
-from ..analytics import fingerprint_of, normalized
+from ..sqlshape import fingerprint_of, normalized
 from .rules import Rule
 
 log = logging.getLogger(__name__)

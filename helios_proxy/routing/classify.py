@@ -7,12 +7,13 @@ read-only list; never one in the volatile list. Anything that writes (also in a 
 UPDATE/SHARE), creates (SELECT INTO), calls an unknown or volatile function, or does not parse, is
 a write. BEGIN/START TRANSACTION READ ONLY opens a read-only transaction.
 """
-import re
 
 from cachetools import LRUCache
 from pglast import ast, parse_sql
 from pglast.parser import ParseError
 from pglast.visitors import Visitor
+
+from ..sqlshape import skeleton
 
 READ, WRITE, BEGIN_READ_ONLY = "read", "write", "begin read only"
 CATALOG_QUERY = ("SELECT proname FROM pg_catalog.pg_proc GROUP BY proname "
@@ -22,16 +23,9 @@ READ_ONLY_FUNCTIONS = frozenset({
     "random", "clock_timestamp", "timeofday", "pg_is_in_recovery", "pg_last_wal_replay_lsn",
     "pg_last_wal_receive_lsn", "pg_last_xact_replay_timestamp", "gen_random_uuid"})
 MODIFYING = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)
-# Literals do not change a classification, so queries that differ only in them share a cache entry
-# (clients that interpolate values, pgbench -M simple). Text with backslashes or dollar quotes is
-# left as it is: there a simple literal pattern could misread where a string ends.
-LITERALS = re.compile(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b")
-
-
 def cache_key(sql):
-    if "\\" in sql or "$" in sql:
-        return sql
-    return LITERALS.sub("?", sql)
+    """Literals do not change a classification: texts that differ only in them share an entry."""
+    return skeleton(sql) or sql
 
 
 class _Scan(Visitor):
