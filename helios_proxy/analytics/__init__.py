@@ -29,6 +29,7 @@ SORTS = {"total_time": lambda s: s.total, "calls": lambda s: s.calls, "mean": la
          "p99": lambda s: s.sketch.quantile(0.99) or 0, "errors": lambda s: sum(s.errors.values()),
          "rows": lambda s: s.rows, "max": lambda s: s.max}
 PER_BUCKET = 1.0 / LOG_GAMMA
+UNKNOWN = object()
 TEXTS_KEPT = 20000  # texts and skeletons remembered (then forgotten all at once, and learned again)
 LARGE = "large"  # the one fingerprint of texts beyond pipeline.max_parse_bytes (never parsed)
 
@@ -165,14 +166,15 @@ class Analytics:
             self.n_plus_one.reset()
         self.slow.recent.clear()
 
-    def stat(self, sql, large=False):
+    def stat(self, sql, large=False, skeleton=UNKNOWN):
         """The Stat of a query text's fingerprint (made on first sight). Texts seen before, and texts
         that differ from one seen before only in their literals (clients that interpolate values),
         find it without pglast (the fingerprint ignores constants' values)."""
         stat = self.by_text.get(sql)
         if stat is not None:
             return stat
-        skeleton = None if large else text_skeleton(sql)
+        if skeleton is UNKNOWN:
+            skeleton = None if large else text_skeleton(sql)
         if skeleton is not None:
             stat = self.by_skeleton.get(skeleton)
             if stat is not None:

@@ -1,4 +1,5 @@
 """QueryContext: what the pipeline knows about one query on its way to a backend."""
+from ..sqlshape import skeleton
 from .sqltext import UNKNOWN, first_word
 
 
@@ -6,7 +7,7 @@ class QueryContext:
     """One per Query or Parse message that passes the pipeline. Plain slots: built per query."""
 
     __slots__ = ("session", "sql", "protocol", "statement", "started", "size", "large", "_tags", "_word",
-                 "_lower", "decided", "stat")
+                 "_lower", "_skeleton", "decided", "stat")
 
     def __init__(self, session, sql, protocol="simple", statement="", size=None, large=False):
         self.session = session      # the ClientSession (user, database, client address, ...)
@@ -17,7 +18,7 @@ class QueryContext:
         # beyond pipeline.max_parse_bytes: stages neither parse nor regex-search it (sqltext.Large)
         self.large = large
         self.started = 0.0          # monotonic time the pipeline saw it (plugins stage)
-        self._tags = self._lower = None
+        self._tags = self._lower = self._skeleton = None
         self._word = (None, UNKNOWN)
         self.decided = None  # Decisions, once a stage made one
         self.stat = None     # its fingerprint's numbers (analytics stage), updated when it completes
@@ -48,6 +49,14 @@ class QueryContext:
         if self._word[0] is not self.sql:
             self._word = (self.sql, first_word(self.sql))
         return self._word[1]
+
+    @property
+    def skeleton(self):
+        """sqlshape.skeleton(sql): the text with its literals as `?` (None where that pattern could
+        misread it), computed once for the stages that key memos by it (analytics, routing)."""
+        if self._skeleton is None or self._skeleton[0] is not self.sql:
+            self._skeleton = (self.sql, None if self.large else skeleton(self.sql))
+        return self._skeleton[1]
 
     @property
     def lower(self):

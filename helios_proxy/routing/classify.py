@@ -67,8 +67,9 @@ class Classifier:
     def load_catalog(self, database, names):
         self.catalog[database] = frozenset(names)
 
-    def classify(self, sql, database):
-        key = (database, cache_key(sql))
+    def classify(self, sql, database, skeleton=None):
+        """READ, WRITE or BEGIN_READ_ONLY; skeleton: sqlshape.skeleton(sql) when known already."""
+        key = (database, skeleton or cache_key(sql))
         kind = self.cache.get(key)
         if kind is None:
             kind = self.cache[key] = self._classify(sql, database)

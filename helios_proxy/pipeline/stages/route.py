@@ -67,7 +67,7 @@ class Route(Stage):
             target = (PRIMARY, None)
         else:
             router.ensure_catalog(session.database, session.pool)
-            kind = router.classifier.classify(sql, session.database)
+            kind = router.classifier.classify(sql, session.database, ctx.skeleton)
             target = (STANDBY if kind in (READ, BEGIN_READ_ONLY) else PRIMARY, None)
         ctx.decide().target = target
         return StageResult.CONTINUE
