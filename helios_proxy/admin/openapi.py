@@ -61,6 +61,8 @@ PATHS = {
     "/cache/invalidate": {"post": op("Invalidate a database's tables (or all of it) as a write would.", {
         "type": "object", "required": ["database"], "properties": {
             "database": STR, "tables": {"type": "array", "items": STR}}})},
+    "/routing/tables": {"get": op("Schema routing: tables with temperature (declared or learned), rule, reads per "
+                                  "node.")},
     "/analytics": {"get": op("Query analytics summary: shapes kept, calls, slow queries, N+1 patterns.")},
     "/analytics/queries": {"get": {**op("Query shapes (fingerprints) with calls, errors, rows, latency quantiles, "
                                         "intent."),

@@ -25,6 +25,13 @@ def nodes():
     return jsonify(views.nodes(proxy))
 
 
+@bp.get("/routing/tables")
+def routing_tables():
+    """Tables seen or named by a [[routing.tables]] rule: temperature (declared or learned), the
+    rule, reads per node, seconds since the last write through the proxy."""
+    return jsonify(proxy_of().router.tables.view())
+
+
 @bp.get("/nodes/<name>")
 def node(name):
     proxy = proxy_of()

@@ -10,8 +10,8 @@ from .schema import (AUTH_API_KEY_SETTINGS, AUTH_CERT_SETTINGS, AUTH_JWT_SETTING
                      AUTH_OAUTH2_SETTINGS,
                      AUTH_RULE_SETTINGS,
                      CACHE_RULE_SETTINGS,
-                     DATABASE_SETTINGS, LIMIT_SETTINGS, NODE_SETTINGS, REWRITE_SETTINGS, SETTINGS,
-                     USER_SETTINGS)
+                     DATABASE_SETTINGS, LIMIT_SETTINGS, NODE_SETTINGS, REWRITE_SETTINGS, ROUTING_TABLE_SETTINGS,
+                     SETTINGS, USER_SETTINGS)
 
 HEADER = """# Configuration reference
 
@@ -84,6 +84,10 @@ def render():
     out.append("\n## [[limits]]\n\nThe rate limiter (docs/limits.md): one table per limit; a query must pass "
                "every limit whose key matches.\n\n| key | type | default | description |\n|---|---|---|---|")
     out.extend(_row(s) for s in LIMIT_SETTINGS)
+    out.append("\n## [[routing.tables]]\n\nSchema routing (docs/routing.md): per table, the first matching rule "
+               "decides; a read touching several tables takes the strictest.\n\n"
+               "| key | type | default | description |\n|---|---|---|---|")
+    out.extend(_row(s) for s in ROUTING_TABLE_SETTINGS)
     out.append("\n## [[rewrite]]\n\nThe query rewriter (docs/analytics.md): rules in order, each may "
                "replace by regular expression, prefix schemas, normalize or add a hint.\n\n"
                "| key | type | default | description |\n|---|---|---|---|")

@@ -10,8 +10,8 @@ from .schema import (AUTH_API_KEY_SETTINGS, AUTH_CERT_SETTINGS, AUTH_JWT_SETTING
                      AUTH_OAUTH2_SETTINGS,
                      AUTH_RULE_SETTINGS,
                      CACHE_RULE_SETTINGS,
-                     DATABASE_SETTINGS, LIMIT_SETTINGS, NODE_SETTINGS, REWRITE_SETTINGS, SETTINGS,
-                     USER_SETTINGS)
+                     DATABASE_SETTINGS, LIMIT_SETTINGS, NODE_SETTINGS, REWRITE_SETTINGS, ROUTING_TABLE_SETTINGS,
+                     SETTINGS, USER_SETTINGS)
 
 ENV_PREFIX = "HELIOS_"
 SECTIONS = {}
@@ -60,6 +60,7 @@ class Config(SimpleNamespace):
         out["limits"] = [vars(limit).copy() for limit in self.limits]
         out["rewrite"] = [vars(rule).copy() for rule in self.rewrite]
         out["cache"]["rules"] = [vars(r).copy() for r in self.cache.rules]
+        out["routing"]["tables"] = [vars(r).copy() for r in self.routing.tables]
         out["auth"]["rules"] = [vars(r).copy() for r in self.auth.rules]
         out["auth"]["jwt"] = {k: ("********" if k == "secret" and v else v) for k, v in vars(self.auth.jwt).items()}
         out["auth"]["api_keys"] = vars(self.auth.api_keys).copy()
@@ -217,7 +218,8 @@ def _load_nodes(entries, problems):
     return nodes
 
 
-REQUIRED = frozenset(("cache.rules.table", "auth.rules.method", "limits.name", "rewrite.name"))
+REQUIRED = frozenset(("cache.rules.table", "auth.rules.method", "limits.name", "rewrite.name",
+                      "routing.tables.match"))
 
 
 def _array(entries, where, settings, problems):
@@ -249,6 +251,7 @@ def _mapping(given, where, settings, problems):
 
 
 NESTED = {("cache", "rules"): (_array, CACHE_RULE_SETTINGS),
+          ("routing", "tables"): (_array, ROUTING_TABLE_SETTINGS),
           ("auth", "rules"): (_array, AUTH_RULE_SETTINGS),
           ("auth", "jwt"): (_subtable, AUTH_JWT_SETTINGS),
           ("auth", "api_keys"): (_subtable, AUTH_API_KEY_SETTINGS),
@@ -282,6 +285,12 @@ def _database_nodes(databases, problems):
 
 
 def _check_cross(cfg, problems):
+    names = {n.name for n in cfg.nodes} | {"primary", "standby"}
+    for i, rule in enumerate(cfg.routing.tables):
+        if rule.node and rule.node not in names:
+            problems.append(f"routing.tables[{i}].node: {rule.node!r} is no node name (nor primary or standby)")
+        if bool(rule.node) == bool(rule.temperature):
+            problems.append(f"routing.tables[{i}] ({rule.match!r}): give either node or temperature")
     for database in (None, *cfg.databases):
         low, high = cfg.pool_setting(database, "min_size"), cfg.pool_setting(database, "max_size")
         if low > high:

@@ -199,6 +199,13 @@ SETTINGS = (
       "A standby replaying more than this many ms behind gets no reads; 0 = no limit.", min=0, reloadable=True),
     S("routing", "lag_check_interval", float, 0.5, "Seconds between replication lag checks.", min=0.01,
       reloadable=True),
+    S("routing", "cold_max_lag_ms", float, 0.0, "Reads of cold tables only may use a standby this far "
+      "behind (no byte limit); 0 = cold tables get the usual limits (routing/tables.py).", min=0,
+      reloadable=True),
+    S("routing", "hot_window_s", float, 60.0, "A table written through the proxy in the last this many "
+      "seconds is hot.", min=0, reloadable=True),
+    S("routing", "cold_after_s", float, 600.0, "A table not written through the proxy for this long is cold.",
+      min=0, reloadable=True),
     S("routing", "ryw_timeout", float, 0.05,
       "Seconds a read after the client's own write may wait for a standby to replay it, else primary.",
       min=0, reloadable=True),
@@ -441,6 +448,17 @@ AUTH_CERT_SETTINGS = (
 AUTH_API_KEY_SETTINGS = (
     S("auth.api_keys", "file", str, "", "Where keys are stored, hashed (scrypt): helios-proxy apikey "
       "create/list/revoke manage it."),
+)
+
+# [[routing.tables]]: schema routing (routing/tables.py), the first rule matching a table decides for it.
+ROUTING_TABLE_SETTINGS = (
+    S("routing.tables", "match", str, None, "schema.table, schema.* or a table name (any schema, and unqualified "
+      "references)."),
+    S("routing.tables", "node", str, "", "Reads of it go to this node (a node name, primary or standby)."),
+    S("routing.tables", "temperature", str, "", "Declared temperature: hot (needs max_lag_ms), warm, or cold "
+      "(routing.cold_max_lag_ms); empty: learned from writes.", choices=("hot", "warm", "cold")),
+    S("routing.tables", "max_lag_ms", float, 0.0, "Hot: the most lag a standby may have to serve it "
+      "(0: routing.max_lag_ms).", min=0),
 )
 
 # [[cache.rules]]: per table; every rule matching a table the query reads applies (the strictest wins).

@@ -17,6 +17,7 @@ from .stages.pooling_guard import PoolingGuard
 from .stages.rate_limit import RateLimit
 from .stages.rewrite import Rewrite
 from .stages.route import Route
+from .stages.schema_routing import SchemaRouting
 from .stages.sql_prepare import SqlPreparedStatements
 
 # In the spec's order: auth proxy, tenant, rate limit, circuit breaker, plugins, rewriter,
@@ -30,6 +31,7 @@ STAGES = (
     SqlPreparedStatements,  # transaction/statement pooling only: PREPARE/EXECUTE/DEALLOCATE
     Route,          # read/write splitting: hints, SET helios.route, classification -> next lease
     Cache,          # the query cache: a hit answered here, a miss filled on its way back, writes invalidate
+    SchemaRouting,  # [[routing.tables]]: table rules and data temperature refine where a read goes
     Journal,        # transaction replay on: COMMITs (xid first) and session state changes, for the journal
 )
 

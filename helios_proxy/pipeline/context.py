@@ -70,12 +70,14 @@ UNDECIDED = object()
 
 class Decisions:
     """What the stages decided about the session for one query. None/False: nothing decided."""
-    __slots__ = ("target", "route_override", "read_after", "pin", "settings_changed", "discard",
+    __slots__ = ("target", "lag", "tables", "route_override", "read_after", "pin", "settings_changed", "discard",
                  "schema_changed", "sql_prepare", "sql_needs", "commits", "state_changed", "autocommit_write",
                  "cache")
 
     def __init__(self):
         self.target = None            # (primary|standby, node name or None): where its next lease goes
+        self.lag = None               # that read's own lag requirement (schema routing, routing/tables.py)
+        self.tables = None            # the tables that read touches (counted per node once it has one)
         self.route_override = UNDECIDED  # SET helios.route: primary|standby|None (auto), later transactions
         self.read_after = None        # SET helios.read_after: a WAL position later reads must see
         self.pin = None               # why the session must keep its server connection

@@ -15,6 +15,7 @@ from ..backend.connection import ServerConnection
 from ..errors import ProxyError
 from ..periodic import Periodic
 from ..lsn import lsn
+from .tables import COLD_LAG
 
 log = logging.getLogger(__name__)
 STANDBY_QUERY = ("SELECT pg_catalog.pg_last_wal_replay_lsn(), CASE WHEN pg_catalog.pg_last_wal_receive_lsn() "
@@ -78,19 +79,24 @@ class LagMonitor(Periodic):
             self.lag[node.name] = (max(0, head - replayed), float(row[1] or 0))
             self.measured[node.name] = time.monotonic()
 
-    def too_far(self, node):
-        """Whether node is beyond a lag limit, or its lag is unknown while a limit is set."""
+    def too_far(self, node, lag=None):
+        """Whether node is beyond a lag limit, or its lag is unknown while a limit is set. lag: a
+        read's own requirement (routing/tables.py): COLD_LAG, or a max_lag_ms for hot tables."""
         cfg = self.router.config
-        limits = cfg.routing.max_lag_bytes or cfg.routing.max_lag_ms
-        if not limits:
+        r = cfg.routing
+        max_bytes, max_ms = r.max_lag_bytes, r.max_lag_ms
+        if lag is COLD_LAG:
+            max_bytes, max_ms = 0, r.cold_max_lag_ms
+        elif lag is not None:
+            max_ms = lag
+        if not (max_bytes or max_ms):
             return False
         measured = self.measured.get(node.name)
         if measured is None or time.monotonic() - measured > (STALE_AFTER * self.interval()
                                                                 + cfg.health.timeout):
             return True
         behind, delay = self.lag[node.name]
-        r = cfg.routing
-        return bool((r.max_lag_bytes and behind > r.max_lag_bytes) or (r.max_lag_ms and delay > r.max_lag_ms))
+        return bool((max_bytes and behind > max_bytes) or (max_ms and delay > max_ms))
 
     def stop(self):
         super().stop()

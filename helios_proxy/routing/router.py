@@ -13,6 +13,7 @@ from ..lsn import lsn
 from .balancer import Balancer
 from ..topology.breaker import Breakers
 from .classify import CATALOG_QUERY, Classifier
+from .tables import TableRouter
 
 log = logging.getLogger(__name__)
 PRIMARY, STANDBY = "primary", "standby"
@@ -21,6 +22,7 @@ PRIMARY, STANDBY = "primary", "standby"
 class Router:
     def __init__(self, config, tracker):
         self.breakers = Breakers(config)  # per node (topology/breaker.py): reads kept away while open
+        self.tables = TableRouter(config)  # schema routing: rules and temperatures per table (tables.py)
         self.configure(config)
         self.tracker = tracker  # which node is the primary, which are standbys (topology/tracker.py)
         self.replayed = {}      # node name -> highest replay LSN seen there
@@ -36,6 +38,7 @@ class Router:
         self.balancer = Balancer(r.strategy)
         if hasattr(self, "breakers"):
             self.breakers.configure(config)
+            self.tables.configure(config)
         self.on = self.active(config)  # splitting reads at all (decided once per configuration)
 
     @staticmethod
@@ -54,21 +57,22 @@ class Router:
     def standbys(self):
         return self.tracker.standbys()
 
-    def read_nodes(self):
+    def read_nodes(self, lag=None):
+        """Nodes fit for a read now; lag: the read's own lag requirement (routing/tables.py)."""
         standbys = [n for n in self.standbys() if (self.health is None or self.health.healthy(n))
-                    and (self.lag is None or not self.lag.too_far(n)) and self.breakers.allows(n)]
+                    and (self.lag is None or not self.lag.too_far(n, lag)) and self.breakers.allows(n)]
         mode = self.config.routing.primary_reads
         primary = self.primary()
         if primary is not None and (mode == "always" or (mode == "if_no_standby" and not standbys)):
             return standbys + [primary]
         return standbys
 
-    def pick(self, target, node_name=None):
+    def pick(self, target, node_name=None, lag=None):
         """The node for a lease: a named node, a standby for a read; None means the primary."""
         if node_name:
             return self.node(node_name)
         if target == STANDBY:
-            return self.balancer.choose(self.read_nodes())
+            return self.balancer.choose(self.read_nodes(lag))
         return None
 
     def unreachable(self, node, reason, error=None):

@@ -545,6 +545,7 @@ class Forwarder(CacheSteps, JournalSteps):
         session = self.session
         if decided.target is not None:
             session.next_target = decided.target
+            session.next_lag, session.next_tables = decided.lag, decided.tables
         if decided.route_override is not UNDECIDED:
             session.route_override = decided.route_override
         if decided.read_after is not None:

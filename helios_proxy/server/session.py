@@ -70,6 +70,8 @@ class ClientSession:
         self.statements = ClientStatements()  # its named prepared statements (pooled modes)
         self.discard_pending = False  # it sent DISCARD ALL / DEALLOCATE ALL to the next server
         self.next_target = None       # (primary|standby, node name or None) for the next lease (route stage)
+        self.next_lag = None          # and its lag requirement, the tables it reads (schema routing)
+        self.next_tables = None
         self.route_override = None    # SET helios.route
         self.ryw_lsn = None           # WAL position of the client's last primary transaction
         self.closing = None           # reason, once the proxy decided to end the session
@@ -285,9 +287,10 @@ class ClientSession:
         that standby is unreachable or has not replayed the client's last write in time."""
         router = self.proxy.router
         target, node_name = self.next_target or ("primary", None)
-        self.next_target = None
+        lag, tables = self.next_lag, self.next_tables
+        self.next_target = self.next_lag = self.next_tables = None
         intent = target  # a read that falls back to the primary is still a read
-        node = router.pick(target, node_name) if self.home is None else None
+        node = router.pick(target, node_name, lag) if self.home is None else None
         if node is not None:
             pool = self.proxy.pools.get(node, self.database, self.pool.credentials)
             try:
@@ -296,8 +299,12 @@ class ClientSession:
                 router.unreachable(node, e.message, e)
             else:
                 if target != "standby" or not self.ryw_lsn or self._replayed(router, pool, server):
+                    if tables:
+                        router.tables.count(tables, node.name)
                     return target, intent, pool, server
         pool, server = self.acquire_primary()
+        if tables:
+            router.tables.count(tables, pool.node.name)
         return "primary", intent, pool, server
 
     def acquire_primary(self):
