@@ -61,6 +61,7 @@ PATHS = {
     "/cache/invalidate": {"post": op("Invalidate a database's tables (or all of it) as a write would.", {
         "type": "object", "required": ["database"], "properties": {
             "database": STR, "tables": {"type": "array", "items": STR}}})},
+    "/batch": {"get": op("INSERT coalescing: batches, rows per batch, fallbacks, errors.")},
     "/routing/tables": {"get": op("Schema routing: tables with temperature (declared or learned), rule, reads per "
                                   "node.")},
     "/analytics": {"get": op("Query analytics summary: shapes kept, calls, slow queries, N+1 patterns.")},

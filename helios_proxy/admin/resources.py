@@ -63,6 +63,14 @@ def version():
     return jsonify(views.version())
 
 
+@bp.get("/batch")
+def batch():
+    """INSERT coalescing: batches, rows, rows per batch, fallbacks (a batch refused: rows run alone),
+    errors, inserts passed through (tables with row triggers or rules)."""
+    proxy = proxy_of()
+    return jsonify({"enabled": proxy.config.batch.enabled, **proxy.batches.state()})
+
+
 @bp.get("/limits")
 def limits():
     """The rate limiter ([[limits]]): per limit, queries passed, rejected (53400) and waited, and

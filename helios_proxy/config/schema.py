@@ -324,6 +324,15 @@ SETTINGS = (
       "together continue a run.", min=0, reloadable=True),
     S("analytics", "prometheus_top", int, 20, "Shapes with the most total time exported to /metrics, "
       "labeled by fingerprint (bounded cardinality).", min=0, reloadable=True),
+    # [batch]: INSERT coalescing (batch/)
+    S("batch", "enabled", bool, False, "Coalesce single-row autocommit INSERTs of pooled clients into multi-row "
+      "INSERTs (one statement, one commit), for the tables listed.", reloadable=True),
+    S("batch", "tables", list, [], "Tables whose INSERTs may be batched (names, schema.name, globs; \"*\": all).",
+      reloadable=True),
+    S("batch", "max_rows", int, 1000, "Rows of one batch at most.", min=1, reloadable=True),
+    S("batch", "max_delay_ms", float, 2.0, "How long the first row waits for companions.", min=0,
+      reloadable=True),
+    S("batch", "max_bytes", int, 1 << 20, "Bytes of rows of one batch at most.", min=1024, reloadable=True),
     # [log]
     S("log", "level", str, "info", "Log level.", choices=("debug", "info", "warning", "error"), reloadable=True),
     S("log", "file", str, "", "Also log to this file (appended; reopened when logrotate moves it)."),

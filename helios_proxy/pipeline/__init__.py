@@ -10,6 +10,7 @@ session does not even build a QueryContext.
 from .context import QueryContext  # noqa: F401
 from .stage import Action, Stage, StageResult  # noqa: F401
 from .stages.analytics import Analytics
+from .stages.batch import Batch
 from .stages.cache import Cache
 from .stages.journal import Journal
 from .stages.plugins import Plugins
@@ -32,6 +33,7 @@ STAGES = (
     Route,          # read/write splitting: hints, SET helios.route, classification -> next lease
     Cache,          # the query cache: a hit answered here, a miss filled on its way back, writes invalidate
     SchemaRouting,  # [[routing.tables]]: table rules and data temperature refine where a read goes
+    Batch,          # [batch]: single-row autocommit INSERTs of many clients coalesced into one (batch/)
     Journal,        # transaction replay on: COMMITs (xid first) and session state changes, for the journal
 )
 

@@ -19,6 +19,7 @@ from gevent import socket
 from .. import pipeline
 from ..admin import server as admin_server
 from ..analytics import Analytics
+from ..batch import Batches
 from ..cache import QueryCache
 from ..limits import Limiter
 from ..limits import shared as limits_table
@@ -126,6 +127,7 @@ class Proxy:
         self.plugins.on_refresh = self._plugins_changed
         self.cache = QueryCache(self) if config.cache.enabled else None  # (before the stages that use it)
         self.analytics = Analytics(config) if config.analytics.enabled else None  # (analytics/)
+        self.batches = Batches(self)  # INSERT coalescing (batch/), used while [batch] is enabled
         self.limits_table = self._limits_table(config)
         self.limiter = Limiter(config, self.limits_table)  # [[limits]] (limits/)
         self.build_stages(config)

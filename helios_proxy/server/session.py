@@ -105,6 +105,7 @@ class ClientSession:
         self.cache_named = {}         # prepared statement name -> (text, parameter types) of cacheable reads
         self.limits_held = []         # (limit, key) concurrency slots of its queries in flight (limits/)
         self.named_queries = {}       # (completions on) named statement -> its Parse's QueryContext
+        self.batch_off = False        # it used lastval()/currval(): its INSERTs are never batched (batch/)
         self.analytics_run = None     # the shape it ran last and how often in a row (N+1, analytics/)
 
     @property

@@ -1,0 +1,194 @@
+"""Batch INSERT coalescing (`[batch] enabled`, the spec's "automatic INSERT coalescing into
+multi-row batches"): single-row INSERTs of many clients into one table become one multi-row
+INSERT, one statement and one commit on one server connection.
+
+A Batcher per (database, user, session settings, the text before the row, the text after it):
+rows wait at most `max_delay_ms` for companions (or go at once at `max_rows`/`max_bytes`). The
+batch runs as one autocommit statement, `INSERT INTO t (cols) VALUES (r1), (r2), ... [RETURNING
+...]`; each client is answered only after its commit, with exactly its own `INSERT 0 1` (and its
+own RETURNING row: rows come back in VALUES order). When the batch fails (a duplicate key, a
+check, a bad value), nothing of it was stored: every row is then run alone, as its client sent
+it, so only the failing client gets its error (e.g. 23505) and the others succeed.
+
+Not batched: tables with BEFORE or INSTEAD OF row triggers on INSERT or INSERT rules (they may
+skip or change rows, so the batch's rows would not map to its clients; checked in the catalog
+once per table), and everything the stage (pipeline/stages/batch.py) leaves alone. Statement
+triggers fire once per batch instead of once per row.
+"""
+import logging
+import time
+
+import gevent
+from cachetools import TTLCache
+from gevent.event import AsyncResult
+
+from ..errors import CONNECTION_FAILURE, INTERNAL_ERROR, ProxyError
+from ..pool import session_state
+from ..protocol import codec, messages as m
+from .shape import analyze, split
+
+log = logging.getLogger(__name__)
+UNBATCHABLE = ("SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger WHERE tgrelid = $1::regclass "
+               "AND tgenabled <> 'D' AND NOT tgisinternal AND (tgtype & 7 = 7 OR tgtype & 69 = 69)"
+               " UNION ALL SELECT pg_catalog.count(*) FROM pg_catalog.pg_rewrite "
+               "WHERE ev_class = $1::regclass AND ev_type = '3'")
+ONE_ROW = codec.message(m.COMMAND_COMPLETE, codec.cstr("INSERT 0 1"))
+
+
+class Row:
+    __slots__ = ("sql", "row", "result")
+
+    def __init__(self, sql, row):
+        self.sql, self.row, self.result = sql, row, AsyncResult()
+
+
+class Batches:
+    """Every Batcher of the proxy, and what the stage asks: may this query wait for a batch?"""
+
+    def __init__(self, proxy):
+        self.proxy = proxy
+        self.batchers = {}
+        self.shapes = {}                     # skeleton or text -> Insert or None
+        self.tables_ok = TTLCache(maxsize=4096, ttl=60)  # (database, table) -> batchable in the catalog
+        self.counts = {"batches": 0, "rows": 0, "fallbacks": 0, "errors": 0, "passed_through": 0}
+        self.sizes = [0] * 12                # rows per batch: 1, 2-3, 4-7, ... (powers of two)
+
+    def submit(self, session, ctx):
+        """The client's answer once its row is committed (bytes), or None: not batchable."""
+        cfg = self.proxy.config.batch
+        key = ctx.skeleton or ctx.sql
+        shape = self.shapes.get(key, False)
+        if shape is False:
+            if len(self.shapes) > 20000:
+                self.shapes.clear()
+            shape = self.shapes[key] = analyze(ctx.sql, cfg.tables)
+        if shape is None:
+            return None
+        if self.tables_ok.get((session.database, shape.table)) is False:
+            self.counts["passed_through"] += 1
+            return None
+        parts = split(ctx.sql)
+        if parts is None:
+            return None
+        prefix, row, suffix = parts
+        bkey = (session.database, session.user, session.settings_key, prefix, suffix)
+        batcher = self.batchers.get(bkey)
+        if batcher is None:
+            batcher = self.batchers[bkey] = Batcher(self, session, shape, prefix, suffix)
+        return batcher.add(Row(ctx.sql, row)).get()
+
+    def state(self):
+        return {**self.counts, "batchers": len(self.batchers),
+                "rows_per_batch": {f"{1 << i}-{(2 << i) - 1}" if i else "1": n for i, n in enumerate(self.sizes) if n}}
+
+
+class Batcher:
+    def __init__(self, batches, session, shape, prefix, suffix):
+        self.batches, self.proxy = batches, batches.proxy
+        self.database, self.table, self.returning = session.database, shape.table, shape.returning
+        self.credentials, self.settings = session.pool.credentials, dict(session.settings)
+        self.settings_key = session.settings_key
+        self.prefix, self.suffix = prefix, suffix
+        self.pending, self.pending_bytes, self.timer = [], 0, None
+
+    def add(self, row):
+        cfg = self.proxy.config.batch
+        self.pending.append(row)
+        self.pending_bytes += len(row.row)
+        if len(self.pending) >= cfg.max_rows or self.pending_bytes >= cfg.max_bytes:
+            self._go()
+        elif self.timer is None:
+            self.timer = gevent.spawn_later(cfg.max_delay_ms / 1000.0, self._go)
+        return row.result
+
+    def _go(self):
+        rows, self.pending, self.pending_bytes = self.pending, [], 0
+        if self.timer is not None:
+            if self.timer is not gevent.getcurrent():
+                self.timer.kill(block=False)
+            self.timer = None
+        if rows:
+            gevent.spawn(self.flush, rows)
+
+    def flush(self, rows):
+        """Run rows as one statement (or, after a failure, one by one); answer every client."""
+        proxy, conn, pool, ok = self.proxy, None, None, False
+        try:
+            node = proxy.buffer.primary(time.monotonic() + proxy.config.failover.buffer_timeout)
+            pool = proxy.pools.get(node, self.database, self.credentials)
+            conn = pool.acquire()
+            session_state.apply(conn, self.settings, self.settings_key)
+            if not self._table_ok(conn):
+                self.batches.counts["passed_through"] += len(rows)
+                self._one_by_one(conn, rows)
+            elif not self._together(conn, rows):
+                self.batches.counts["fallbacks"] += 1
+                self._one_by_one(conn, rows)
+            ok = True
+        except (ProxyError, OSError) as e:
+            self.batches.counts["errors"] += 1
+            log.warning("batched insert into %s of %d rows failed: %s", self.table, len(rows), e)
+            error = codec.error_response(getattr(e, "sqlstate", CONNECTION_FAILURE) or CONNECTION_FAILURE,
+                                         f"batched insert failed: {getattr(e, 'message', e)}; it may or may not "
+                                         "have been committed")
+            for row in rows:
+                if not row.result.ready():
+                    row.result.set(error)
+        finally:
+            if conn is not None:
+                pool.release(conn, reusable=ok and conn.tx_status == m.TX_IDLE and not conn.broken)
+            if proxy.cache is not None:  # (writes invalidate again once committed)
+                proxy.cache.invalidate(self.database, [self.table.rpartition(".")[2]])
+
+    def _table_ok(self, conn):
+        key = (self.database, self.table)
+        ok = self.batches.tables_ok.get(key)
+        if ok is None:
+            _, counts, _ = conn.fetch(UNBATCHABLE, [self.table])
+            ok = self.batches.tables_ok[key] = not any(int(c[0]) for c in counts)
+            if not ok:
+                log.info("table %s has INSERT row triggers or rules: its inserts are not batched", self.table)
+        return ok
+
+    def _together(self, conn, rows):
+        """One multi-row INSERT; False (nothing stored) when the server refused it."""
+        sql = self.prefix + ", ".join(r.row for r in rows) + self.suffix
+        messages = run(conn, sql)
+        if any(mtype == m.ERROR_RESPONSE for mtype, _ in messages):
+            return False
+        described = next((codec.message(mtype, body) for mtype, body in messages if mtype == m.ROW_DESCRIPTION), b"")
+        data = [codec.message(mtype, body) for mtype, body in messages if mtype == m.DATA_ROW]
+        tag = next((codec.read_cstr(body, 0)[0] for mtype, body in messages if mtype == m.COMMAND_COMPLETE), "")
+        if tag != f"INSERT 0 {len(rows)}" or (self.returning and len(data) != len(rows)):
+            error = codec.error_response(INTERNAL_ERROR, f"batched insert: the server answered {tag!r} for "
+                                                         f"{len(rows)} rows; they may have been stored")
+            for row in rows:
+                row.result.set(error)
+            self.batches.counts["errors"] += 1
+            return True
+        for i, row in enumerate(rows):
+            row.result.set(described + data[i] + ONE_ROW if self.returning else ONE_ROW)
+        counts = self.batches.counts
+        counts["batches"] += 1
+        counts["rows"] += len(rows)
+        self.batches.sizes[min(len(rows).bit_length() - 1, 11)] += 1
+        return True
+
+    def _one_by_one(self, conn, rows):
+        """Each row as its client sent it, alone: each gets exactly its own answer or error."""
+        for row in rows:
+            messages = run(conn, row.sql)
+            row.result.set(b"".join(codec.message(mtype, body) for mtype, body in messages
+                                    if mtype != m.PARAMETER_STATUS))
+
+
+def run(conn, sql):
+    """The server's messages for one simple Query, up to (not with) its ReadyForQuery."""
+    conn.send(codec.query(sql))
+    out = []
+    while True:
+        mtype, body = conn.read_message()
+        if mtype == m.READY_FOR_QUERY:
+            conn.tx_status = bytes(body)
+            return out
+        out.append((mtype, bytes(body)))

@@ -1,0 +1,28 @@
+"""The batch stage (the spec's "batch", last before the backend but for the journal's bookkeeping):
+a single-row INSERT sent in autocommit by a pooled client waits here for companions and is
+answered once its multi-row batch committed (batch/). Everything else passes untouched: inside a
+transaction, with answers still owed, the extended protocol, a session whose settings are not
+checked yet, and any session that ever used lastval() or currval() (a batched row is inserted on
+another server connection, so its sequence values would not be that session's)."""
+from ..stage import Stage, StageResult
+
+
+class Batch(Stage):
+    name = "batch"
+
+    @classmethod
+    def enabled(cls, config):
+        return config.batch.enabled and bool(config.batch.tables) and config.pooled_modes
+
+    def process(self, ctx):
+        session = ctx.session
+        sql = ctx.sql
+        if "val(" in sql and ("lastval" in ctx.lower or "currval" in ctx.lower):
+            session.batch_off = True
+        if (session.batch_off or ctx.protocol != "simple" or ctx.large or not session.pooled
+                or session.server is not None or session.pinned or session.plan.owes()
+                or not session.settings_checked or session.proxy.batches is None
+                or ctx.word != "insert"):
+            return StageResult.CONTINUE
+        answer = session.proxy.batches.submit(session, ctx)
+        return StageResult.CONTINUE if answer is None else StageResult.respond(answer)

@@ -1,0 +1,117 @@
+"""Batch INSERT coalescing ([batch], batch/) end to end: many clients' single-row INSERTs become
+multi-row INSERTs, yet each client gets exactly its own tag, RETURNING row or error, every row is
+stored once, and what must not be batched is not (transactions, row triggers, other settings,
+sessions using currval)."""
+import threading
+
+import psycopg2
+import pytest
+
+
+@pytest.fixture
+def batch_proxy(start_proxy, direct):
+    direct.cursor().execute(
+        "DROP TABLE IF EXISTS bt_events, bt_keys, bt_skip; DROP SCHEMA IF EXISTS bt_a, bt_b CASCADE; "
+        "CREATE TABLE bt_events (id bigserial PRIMARY KEY, client int NOT NULL, payload text); "
+        "CREATE TABLE bt_keys (id int PRIMARY KEY); CREATE TABLE bt_skip (x int); "
+        "CREATE FUNCTION pg_temp.x() RETURNS int LANGUAGE sql AS 'SELECT 1'; "
+        "CREATE OR REPLACE FUNCTION bt_skip_negative() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$BEGIN IF NEW.x < 0 THEN RETURN NULL; END IF; RETURN NEW; END$$; "
+        "CREATE TRIGGER bt_skip_negative BEFORE INSERT ON bt_skip FOR EACH ROW EXECUTE FUNCTION bt_skip_negative(); "
+        "CREATE SCHEMA bt_a; CREATE SCHEMA bt_b; CREATE TABLE bt_a.bt_where (x int); "
+        "CREATE TABLE bt_b.bt_where (x int)")
+    return start_proxy(pool={"mode": "transaction", "max_size": 8},
+                       batch={"enabled": True, "tables": ["bt_*"], "max_delay_ms": 20})
+
+
+def connect(proxy, **kw):
+    conn = proxy.connect(**kw)
+    conn.autocommit = True
+    return conn
+
+
+def together(n, fn):
+    """Run fn(i) in n threads released at once; their results (or exceptions) by i."""
+    barrier, out = threading.Barrier(n), {}
+
+    def run(i):
+        barrier.wait()
+        try:
+            out[i] = fn(i)
+        except Exception as e:  # noqa: BLE001 - compared by the caller
+            out[i] = e
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def test_concurrent_inserts_are_coalesced_and_each_client_gets_its_own_answer(batch_proxy, direct):
+    conns = [connect(batch_proxy) for _ in range(16)]
+
+    def insert(i):
+        cur = conns[i].cursor()
+        cur.execute("insert into bt_events (client, payload) values (%s, %s) returning client, payload", (i, f"p{i}"))
+        mine = cur.fetchall()
+        cur.execute("insert into bt_events (client, payload) values (%s, 'plain')", (i,))
+        return mine, cur.rowcount, cur.statusmessage
+    results = together(16, insert)
+    for i, (mine, count, tag) in results.items():
+        assert mine == [(i, f"p{i}")] and count == 1 and tag == "INSERT 0 1"
+    cur = direct.cursor()
+    cur.execute("SELECT client, count(*) FROM bt_events GROUP BY client ORDER BY client")
+    assert cur.fetchall() == [(i, 2) for i in range(16)]
+    status, state = batch_proxy.api("GET", "/batch")
+    assert status == 200 and state["rows"] == 32 and state["batches"] < 32  # (coalesced)
+    for c in conns:
+        c.close()
+
+
+def test_a_failing_row_fails_only_its_own_client(batch_proxy, direct):
+    conns = [connect(batch_proxy) for _ in range(11)]
+    results = together(11, lambda i: conns[i].cursor().execute("insert into bt_keys (id) values (%s)",
+                                                               (i if i < 10 else 4,)))
+    failed = [i for i, r in results.items() if isinstance(r, Exception)]
+    assert len(failed) == 1 and failed[0] in (4, 10)
+    assert isinstance(results[failed[0]], psycopg2.errors.UniqueViolation)
+    cur = direct.cursor()
+    cur.execute("SELECT count(*) FROM bt_keys")
+    assert cur.fetchone()[0] == 10
+    assert batch_proxy.api("GET", "/batch")[1]["fallbacks"] >= 1  # (the batch refused, its rows run alone)
+    for c in conns:  # (the sessions go on)
+        c.cursor().execute("select 1")
+        c.close()
+
+
+def test_what_must_not_be_batched_is_not(batch_proxy, direct):
+    conn = batch_proxy.connect()  # a transaction: its insert goes with it and rolls back with it
+    conn.cursor().execute("insert into bt_events (client, payload) values (-3, 'rolled back')")
+    conn.rollback()
+    conn.close()
+    cur = direct.cursor()
+    cur.execute("SELECT count(*) FROM bt_events WHERE client = -3")
+    assert cur.fetchone()[0] == 0
+
+    skip = connect(batch_proxy).cursor()  # a BEFORE ROW trigger that skips rows: passed through
+    skip.execute("insert into bt_skip (x) values (-1)")
+    assert skip.statusmessage == "INSERT 0 0"
+    skip.execute("insert into bt_skip (x) values (1)")
+    assert skip.statusmessage == "INSERT 0 1"
+    assert batch_proxy.api("GET", "/batch")[1]["passed_through"] >= 1
+
+    a, b = connect(batch_proxy), connect(batch_proxy)  # other settings: other batches
+    a.cursor().execute("set search_path = bt_a")
+    b.cursor().execute("set search_path = bt_b")
+    together(2, lambda i: (a, b)[i].cursor().execute("insert into bt_where (x) values (%s)", (i,)))
+    cur.execute("SELECT (SELECT array_agg(x) FROM bt_a.bt_where), (SELECT array_agg(x) FROM bt_b.bt_where)")
+    assert cur.fetchone() == ([0], [1])
+
+    seq = connect(batch_proxy).cursor()  # a session that uses currval(): its inserts are not batched
+    seq.execute("select 1 where false and currval('bt_events_id_seq') > 0")
+    before = batch_proxy.api("GET", "/batch")[1]["rows"]
+    seq.execute("insert into bt_events (client, payload) values (-4, 'x') returning id")
+    new_id = seq.fetchone()[0]
+    seq.execute("select currval('bt_events_id_seq')")
+    assert seq.fetchone()[0] == new_id and batch_proxy.api("GET", "/batch")[1]["rows"] == before
