@@ -2,9 +2,11 @@
 multi-row batches"): single-row INSERTs of many clients into one table become one multi-row
 INSERT, one statement and one commit on one server connection.
 
-A Batcher per (database, user, session settings, the text before the row, the text after it):
-rows wait at most `max_delay_ms` for companions (or go at once at `max_rows`/`max_bytes`). The
-batch runs as one autocommit statement, `INSERT INTO t (cols) VALUES (r1), (r2), ... [RETURNING
+A Batcher per (database, user, session settings, the text before the row, the text after it),
+like group commit: a row goes at once while fewer than IN_FLIGHT batches of its batcher run;
+otherwise it waits for companions until one of them ends, at most `max_delay_ms` (or until
+`max_rows`/`max_bytes` are reached). So a lone client is not slowed down, and under load the
+batches grow to what arrives while the last ones commit. The batch runs as one autocommit statement, `INSERT INTO t (cols) VALUES (r1), (r2), ... [RETURNING
 ...]`; each client is answered only after its commit, with exactly its own `INSERT 0 1` (and its
 own RETURNING row: rows come back in VALUES order). When the batch fails (a duplicate key, a
 check, a bad value), nothing of it was stored: every row is then run alone, as its client sent
@@ -33,6 +35,7 @@ UNBATCHABLE = ("SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger WHERE tgre
                " UNION ALL SELECT pg_catalog.count(*) FROM pg_catalog.pg_rewrite "
                "WHERE ev_class = $1::regclass AND ev_type = '3'")
 ONE_ROW = codec.message(m.COMMAND_COMPLETE, codec.cstr("INSERT 0 1"))
+IN_FLIGHT = 2  # batches of one batcher running at once before rows wait for companions
 
 
 class Row:
@@ -57,20 +60,30 @@ class Batches:
         """The client's answer once its row is committed (bytes), or None: not batchable."""
         cfg = self.proxy.config.batch
         key = ctx.skeleton or ctx.sql
+        sql = ctx.sql
         shape = self.shapes.get(key, False)
         if shape is False:
             if len(self.shapes) > 20000:
                 self.shapes.clear()
-            shape = self.shapes[key] = analyze(ctx.sql, cfg.tables)
+            shape = self.shapes[key] = analyze(sql, cfg.tables)
         if shape is None:
             return None
         if self.tables_ok.get((session.database, shape.table)) is False:
             self.counts["passed_through"] += 1
             return None
-        parts = split(ctx.sql)
-        if parts is None:
-            return None
-        prefix, row, suffix = parts
+        # Texts of one shape share their text around the row (no literal there): cut it out at
+        # once; the scanner reads a text that does not start and end like the last one.
+        known = shape.around
+        if known is not None and sql.startswith(known[0]) and sql.endswith(known[2]) and (
+                len(sql) > len(known[0]) + len(known[2])):
+            prefix, suffix = known[0], known[1]
+            row = sql[len(prefix):len(sql) - len(known[2])]
+        else:
+            parts = split(sql)
+            if parts is None:
+                return None
+            prefix, row, suffix = parts
+            shape.around = (prefix, suffix, sql[len(prefix) + len(row):])
         bkey = (session.database, session.user, session.settings_key, prefix, suffix)
         batcher = self.batchers.get(bkey)
         if batcher is None:
@@ -89,13 +102,14 @@ class Batcher:
         self.credentials, self.settings = session.pool.credentials, dict(session.settings)
         self.settings_key = session.settings_key
         self.prefix, self.suffix = prefix, suffix
-        self.pending, self.pending_bytes, self.timer = [], 0, None
+        self.pending, self.pending_bytes, self.timer, self.in_flight = [], 0, None, 0
 
     def add(self, row):
         cfg = self.proxy.config.batch
         self.pending.append(row)
         self.pending_bytes += len(row.row)
-        if len(self.pending) >= cfg.max_rows or self.pending_bytes >= cfg.max_bytes:
+        if (self.in_flight < IN_FLIGHT or len(self.pending) >= cfg.max_rows
+                or self.pending_bytes >= cfg.max_bytes):
             self._go()
         elif self.timer is None:
             self.timer = gevent.spawn_later(cfg.max_delay_ms / 1000.0, self._go)
@@ -108,10 +122,19 @@ class Batcher:
                 self.timer.kill(block=False)
             self.timer = None
         if rows:
+            self.in_flight += 1
             gevent.spawn(self.flush, rows)
 
     def flush(self, rows):
         """Run rows as one statement (or, after a failure, one by one); answer every client."""
+        try:
+            self._flush(rows)
+        finally:
+            self.in_flight -= 1
+            if self.pending and self.in_flight < IN_FLIGHT:
+                self._go()  # (what arrived meanwhile: at once)
+
+    def _flush(self, rows):
         proxy, conn, pool, ok = self.proxy, None, None, False
         try:
             node = proxy.buffer.primary(time.monotonic() + proxy.config.failover.buffer_timeout)

@@ -9,11 +9,12 @@ from pglast.parser import ParseError, scan
 
 
 class Insert:
-    """A batchable shape: its table (as written) and whether it returns rows."""
-    __slots__ = ("table", "returning")
+    """A batchable shape: its table (as written), whether it returns rows, and the text around the
+    row of the last text split (prefix, suffix without ';', the text after the row as it was)."""
+    __slots__ = ("table", "returning", "around")
 
     def __init__(self, table, returning):
-        self.table, self.returning = table, returning
+        self.table, self.returning, self.around = table, returning, None
 
 
 def analyze(sql, tables):
