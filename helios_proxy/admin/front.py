@@ -221,6 +221,10 @@ def create_app(arbiter):
         return jsonify(merge_rows(json_of(ask_all(workers, "GET", "/analytics/n_plus_one")),
                                   ("preceding_fingerprint", "fingerprint"), biggest=("count", "session")))
 
+    @app.get("/batch")
+    def batch():
+        return jsonify(add(json_of(ask_all(workers, "GET", "/batch"))))
+
     @app.get("/rewrite")
     def rewrite():
         return jsonify(merge_rows(json_of(ask_all(workers, "GET", "/rewrite")), ("name",)))
