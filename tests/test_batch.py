@@ -115,3 +115,26 @@ def test_what_must_not_be_batched_is_not(batch_proxy, direct):
     new_id = seq.fetchone()[0]
     seq.execute("select currval('bt_events_id_seq')")
     assert seq.fetchone()[0] == new_id and batch_proxy.api("GET", "/batch")[1]["rows"] == before
+
+
+def test_extended_protocol_inserts_are_coalesced_too(batch_proxy, direct):
+    import psycopg
+    conns = [psycopg.connect(batch_proxy.dsn(), autocommit=True) for _ in range(12)]
+    before = batch_proxy.api("GET", "/batch")[1]["rows"]
+
+    def insert(i):
+        cur = conns[i].execute("insert into bt_events (client, payload) values (%s, %s) returning client, payload",
+                               (100 + i, f"it's {i}"))
+        mine = cur.fetchall()
+        cur = conns[i].execute("insert into bt_events (client, payload) values (%s, %s)", (100 + i, None))
+        return mine, cur.rowcount
+    results = together(12, insert)
+    assert all(results[i] == ([(100 + i, f"it's {i}")], 1) for i in range(12)), results
+    dup = together(2, lambda i: conns[i].execute("insert into bt_keys (id) values (%s)", (4242,)))
+    assert sorted(type(r).__name__ for r in dup.values()) == ["Cursor", "UniqueViolation"]
+    cur = direct.cursor()
+    cur.execute("SELECT count(*), count(payload) FROM bt_events WHERE client >= 100")
+    assert cur.fetchone() == (24, 12)
+    assert batch_proxy.api("GET", "/batch")[1]["rows"] - before >= 24
+    for c in conns:
+        c.close()

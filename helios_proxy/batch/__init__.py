@@ -58,9 +58,21 @@ class Batches:
 
     def submit(self, session, ctx):
         """The client's answer once its row is committed (bytes), or None: not batchable."""
+        found = self.place(session, ctx.sql, ctx.skeleton or ctx.sql)
+        return None if found is None else self.wait(*found)
+
+    def extended_row(self, session, sql, row_with):
+        """(batcher, Row) for an extended-protocol INSERT whose parameters row_with(row) made literals."""
+        return self.place(session, sql, sql, row_with)
+
+    @staticmethod
+    def wait(batcher, row):
+        return batcher.add(row).get()
+
+    def place(self, session, sql, key, row_of=None):
+        """(batcher, Row) for a batchable text, or None. row_of(row) may rewrite the row text (or
+        refuse it: None); a rewritten row's client text, run alone, is the INSERT with that row."""
         cfg = self.proxy.config.batch
-        key = ctx.skeleton or ctx.sql
-        sql = ctx.sql
         shape = self.shapes.get(key, False)
         if shape is False:
             if len(self.shapes) > 20000:
@@ -84,11 +96,16 @@ class Batches:
                 return None
             prefix, row, suffix = parts
             shape.around = (prefix, suffix, sql[len(prefix) + len(row):])
+        if row_of is not None:
+            row = row_of(row)
+            if row is None:
+                return None
+            sql = prefix + row + suffix
         bkey = (session.database, session.user, session.settings_key, prefix, suffix)
         batcher = self.batchers.get(bkey)
         if batcher is None:
             batcher = self.batchers[bkey] = Batcher(self, session, shape, prefix, suffix)
-        return batcher.add(Row(ctx.sql, row)).get()
+        return batcher, Row(sql, row)
 
     def state(self):
         return {**self.counts, "batchers": len(self.batchers),

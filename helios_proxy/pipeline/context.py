@@ -72,7 +72,7 @@ class Decisions:
     """What the stages decided about the session for one query. None/False: nothing decided."""
     __slots__ = ("target", "lag", "tables", "route_override", "read_after", "pin", "settings_changed", "discard",
                  "schema_changed", "sql_prepare", "sql_needs", "commits", "state_changed", "autocommit_write",
-                 "cache")
+                 "cache", "batch")
 
     def __init__(self):
         self.target = None            # (primary|standby, node name or None): where its next lease goes
@@ -90,3 +90,4 @@ class Decisions:
         self.state_changed = False    # replay, session pooling: it may change state a migrate re-creates
         self.autocommit_write = False  # replay: a lone write, wrapped in a transaction if run in autocommit
         self.cache = None             # a miss's cache Fill (simple protocol), or a Parse's Admission (cache/)
+        self.batch = False            # an extended-protocol INSERT the forwarder may coalesce (batch/)

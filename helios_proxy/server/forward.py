@@ -23,6 +23,7 @@ from ..protocol.framing import MessageBuffer
 from ..sockets import recv, recv_later
 from ..topology import replay
 from . import plan as p, statements
+from .forward_batch import BatchSteps
 from .forward_cache import CacheSteps
 from .forward_journal import JournalSteps
 
@@ -75,7 +76,7 @@ TERMINATED = object()  # a handler's answer: the client sent Terminate
 REFUSED = object()     # a statement step's answer: the proxy refused the message with an error
 
 
-class Forwarder(CacheSteps, JournalSteps):
+class Forwarder(CacheSteps, JournalSteps, BatchSteps):
     def __init__(self, session):
         self.session = session
         self.skip_to_sync = False  # a refused extended message: drop messages up to Sync
@@ -87,6 +88,7 @@ class Forwarder(CacheSteps, JournalSteps):
         self.commit = None         # replay: the Query/Parse at hand is a COMMIT ("lone", "mixed") or a lone write
         self.wrapping = False      # replay: an extended batch wrapped in a transaction of its own, until its Sync
         self.cache_next = None     # cache: the Fill of the message at hand (a miss), or a Parse's Admission
+        self.batch_next = False    # batch: the Parse at hand begins an INSERT that may be coalesced
         self.buf = None            # forward(): the MessageBuffer (a cache hit consumes a whole batch)
         limit = session.proxy.config.pipeline.max_query_bytes
         self.max_query = limit + 6 if limit else 1 << 31  # message length with type, length word, NUL
@@ -245,6 +247,9 @@ class Forwarder(CacheSteps, JournalSteps):
         commit, self.commit = self.commit, None
         if not go_on:
             return None
+        batch, self.batch_next = self.batch_next, False
+        if batch and replacement is None and self.batch_parse(begin, end):
+            return None  # an INSERT coalesced with others' and answered (server/forward_batch.py)
         if self.session.proxy.cache is not None and self.cache_parse(begin, end, replacement):
             return None  # a cache hit: the whole batch answered
         if self.session.journal is not None and not self.journal_parse(begin, end, commit):
@@ -568,6 +573,8 @@ class Forwarder(CacheSteps, JournalSteps):
             session.journal.changed = True
         if decided.cache is not None:
             self.cache_next = decided.cache
+        if decided.batch:
+            self.batch_next = True
         self.sql_prepare, self.sql_needs = decided.sql_prepare, decided.sql_needs
 
     # --- answers from the proxy -----------------------------------------------------------------

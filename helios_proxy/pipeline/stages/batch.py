@@ -1,7 +1,8 @@
 """The batch stage (the spec's "batch", last before the backend but for the journal's bookkeeping):
 a single-row INSERT sent in autocommit by a pooled client waits here for companions and is
-answered once its multi-row batch committed (batch/). Everything else passes untouched: inside a
-transaction, with answers still owed, the extended protocol, a session whose settings are not
+answered once its multi-row batch committed (batch/); one sent in the extended protocol is marked
+for the forwarder, which takes its whole Parse..Sync (server/forward_batch.py). Everything else
+passes untouched: inside a transaction, with answers still owed, a session whose settings are not
 checked yet, and any session that ever used lastval() or currval() (a batched row is inserted on
 another server connection, so its sequence values would not be that session's)."""
 from ..stage import Stage, StageResult
@@ -19,10 +20,13 @@ class Batch(Stage):
         sql = ctx.sql
         if "val(" in sql and ("lastval" in ctx.lower or "currval" in ctx.lower):
             session.batch_off = True
-        if (session.batch_off or ctx.protocol != "simple" or ctx.large or not session.pooled
-                or session.server is not None or session.pinned or session.plan.owes()
-                or not session.settings_checked or session.proxy.batches is None
+        if (session.batch_off or ctx.large or not session.pooled or session.server is not None
+                or session.pinned or session.plan.owes() or not session.settings_checked
                 or ctx.word != "insert"):
+            return StageResult.CONTINUE
+        if ctx.protocol != "simple":  # the forwarder takes the whole batch (server/forward_batch.py)
+            if not ctx.statement:
+                ctx.decide().batch = True
             return StageResult.CONTINUE
         answer = session.proxy.batches.submit(session, ctx)
         return StageResult.CONTINUE if answer is None else StageResult.respond(answer)

@@ -1,0 +1,113 @@
+"""The forwarder's batch steps (batch/): a single-row INSERT sent in the extended protocol, as
+drivers send one query (unnamed Parse, Bind of the unnamed portal, [Describe], Execute, Sync, all
+received), is coalesced like a simple one. Its text parameters become literals in the row (an
+untyped literal, as an INSERT column takes it); the client gets ParseComplete, BindComplete, its
+Describe's answer, its row and tag (or its own error) and ReadyForQuery, only after the commit.
+Binary parameters of the usual types (bool, integers, floats, text, uuid) are read back as
+text; other binary parameters, binary results, a parameter used inside an expression, a named
+statement: not batched (the usual path)."""
+import uuid
+from struct import error as struct_error, unpack
+
+from pglast.parser import ParseError, scan
+
+from ..cache import extended
+from ..protocol import codec, messages as m
+
+PARSE_COMPLETE = codec.message(m.PARSE_COMPLETE)
+BIND_COMPLETE = codec.message(m.BIND_COMPLETE)
+NO_DATA = codec.message(m.NO_DATA)
+NOT_TEXT = object()
+
+
+def literal(value):
+    """A text parameter as an untyped SQL literal (standard_conforming_strings: only ' doubles)."""
+    return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
+
+
+# Binary parameters of these types (by OID) read back as text: what drivers send binary by default.
+BINARY = {16: lambda b: "true" if b == b"\1" else "false",
+          20: lambda b: str(int.from_bytes(b, "big", signed=True)),
+          21: lambda b: str(int.from_bytes(b, "big", signed=True)),
+          23: lambda b: str(int.from_bytes(b, "big", signed=True)),
+          26: lambda b: str(int.from_bytes(b, "big")),
+          25: lambda b: b.decode("utf-8"), 1043: lambda b: b.decode("utf-8"),
+          700: lambda b: repr(unpack("!f", b)[0]), 701: lambda b: repr(unpack("!d", b)[0]),
+          2950: lambda b: str(uuid.UUID(bytes=bytes(b)))}
+
+
+def text_of(fmt, raw, oid):
+    """A parameter's value as text, or NOT_TEXT when it is binary of a type not read here."""
+    if raw is None:
+        return None
+    try:
+        if fmt == 0:
+            return raw.decode("utf-8")
+        read = BINARY.get(oid)
+        return NOT_TEXT if read is None else read(raw)
+    except (UnicodeDecodeError, ValueError, struct_error):
+        return NOT_TEXT
+
+
+def row_with(row, params, types=()):
+    """The row "($1, $2)" with each $n, a bare element, replaced by its literal; None when a
+    parameter stands inside an expression, is binary of a type not read here, or is missing."""
+    try:
+        tokens = scan(row)
+    except ParseError:
+        return None
+    out, at = [], 0
+    for i, token in enumerate(tokens):
+        if token.name != "PARAM":
+            continue
+        before, after = tokens[i - 1].name if i else "", tokens[i + 1].name if i + 1 < len(tokens) else ""
+        n = int(row[token.start + 1:token.end + 1])
+        if before not in ("ASCII_40", "ASCII_44") or after not in ("ASCII_41", "ASCII_44") or not 0 < n <= len(params):
+            return None
+        fmt, raw = params[n - 1]
+        value = text_of(fmt, raw, types[n - 1] if n <= len(types) else 0)
+        if value is NOT_TEXT or (value is not None and "\0" in value):
+            return None
+        out.append(row[at:token.start])
+        out.append(literal(value))
+        at = token.end + 1
+    out.append(row[at:])
+    return "".join(out)
+
+
+class BatchSteps:
+    """Mixed into the Forwarder (server/forward.py)."""
+
+    def batch_parse(self, begin, end):
+        """An unnamed Parse the batch stage let through, its whole plain batch received: coalesced
+        and answered (True), or left to the usual path (False)."""
+        session = self.session
+        found = extended.batch(self.data, end)
+        if found is None:
+            return False
+        bind_begin, bind_end, describe, sync_end = found
+        name, sql, types = extended.parse_types(self.data, begin, end)
+        statement, params, results = extended.bind_values(self.data, bind_begin, bind_end)
+        if name or statement or results:
+            return False
+        batches = session.proxy.batches
+        row = batches.extended_row(session, sql, lambda text: row_with(text, params, types))
+        if row is None:
+            return False
+        answer = batches.wait(*row)
+        if answer is None:
+            return False
+        self.cut(begin, sync_end)
+        self.buf.pos = sync_end
+        self.answer(PARSE_COMPLETE + BIND_COMPLETE + extended_answer(answer, describe))
+        return True
+
+
+def extended_answer(answer, describe):
+    """A simple-protocol answer (batch/) as the extended protocol's: Describe's RowDescription or
+    NoData first when asked, then the rows and tag (or the error)."""
+    if answer[:1] == m.ERROR_RESPONSE:
+        return answer
+    if answer[:1] == m.ROW_DESCRIPTION:
+        return answer if describe else answer[1 + int.from_bytes(answer[1:5], "big"):]
+    return (NO_DATA if describe else b"") + answer
