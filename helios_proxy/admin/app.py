@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..config.loader import loopback
 
-from . import analytics, cache, health, metrics, openapi, ops, resources, sql, status, tokens, topology
+from . import analytics, cache, health, metrics, openapi, ops, resources, sql, status, tenants, tokens, topology
 from .common import ApiError
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def create_app(proxy):
         check_token(proxy.config.admin)
 
     install_error_handlers(app)
-    for module in (status, health, topology, resources, metrics, ops, sql, cache, analytics, openapi):
+    for module in (status, health, topology, resources, metrics, ops, sql, cache, analytics, tenants, openapi):
         app.register_blueprint(module.bp)
     proxy.plugins.notify("register_admin_routes", app=app)
     return app

@@ -135,6 +135,7 @@ def merge_snapshots(snaps):
         "limits": add([s.get("limits", {}) for s in snaps]),
         "queries": merge_rows([s.get("queries", []) for s in snaps], ("fingerprint", "query")),
         "rewrite": add([s.get("rewrite", {}) for s in snaps]),
+        "tenants": add([s.get("tenants", {}) for s in snaps]),
         "workers": len(snaps),
     }
 

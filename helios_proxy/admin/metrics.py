@@ -35,6 +35,9 @@ def snapshot(proxy):
         "limits": {limit["name"]: {k: limit[k] for k in ("passed", "rejected", "waited")}
                    for limit in proxy.limiter.state()},
         "queries": proxy.analytics.prometheus() if proxy.analytics is not None else [],
+        "tenants": {t.name: {"connections": t.connections, "queries": t.queries, "logins": t.logins,
+                             "refused": t.refused + t.rejected}
+                    for t in (proxy.tenants.by_name.values() if proxy.tenants is not None else ())},
         "rewrite": {r["name"]: r["hits"] for s in proxy.stages if s.name == "rewrite" for r in s.rewriter.view()},
     }
 
@@ -152,6 +155,18 @@ class ProxyCollector:
                 for k, family in families.items():
                     family.add_metric([q["fingerprint"], q["query"]], q[k])
             yield from families.values()
+        if s.get("tenants"):
+            connected = GaugeMetricFamily("helios_tenant_connections", "Client connections of the tenant now.",
+                                          labels=["tenant"])
+            counted = {k: CounterMetricFamily(f"helios_tenant_{k}", text, labels=["tenant"]) for k, text in (
+                ("queries", "Queries of the tenant."), ("logins", "Logins of the tenant."),
+                ("refused", "Logins and queries of the tenant refused (quota, isolation, qps)."))}
+            for name, t in s["tenants"].items():
+                connected.add_metric([name], t["connections"])
+                for k, family in counted.items():
+                    family.add_metric([name], t[k])
+            yield connected
+            yield from counted.values()
         if s.get("rewrite"):
             hits = CounterMetricFamily("helios_rewrite_hits", "Queries a rewrite rule changed.", labels=["rule"])
             for name, n in s["rewrite"].items():

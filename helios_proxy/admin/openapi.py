@@ -61,6 +61,20 @@ PATHS = {
     "/cache/invalidate": {"post": op("Invalidate a database's tables (or all of it) as a write would.", {
         "type": "object", "required": ["database"], "properties": {
             "database": STR, "tables": {"type": "array", "items": STR}}})},
+    "/tenants": {"get": op("Tenants with their connections, logins, queries, refusals."),
+                 "post": op("Add a tenant (kept in tenancy.tenants_file).", {
+                     "type": "object", "required": ["name"], "properties": {
+                         "name": STR, "isolation": {"type": "string", "enum": ["rls", "schema", "database"]},
+                         "schema": STR, "database": STR, "max_client_conn": {"type": "integer", "minimum": 0},
+                         "statement_timeout_ms": {"type": "integer", "minimum": 0},
+                         "qps": {"type": "number", "minimum": 0}}}, ok="201")},
+    "/tenants/{name}": {"get": {**op("One tenant."), "parameters": NAME},
+                        "put": {**op("Replace a tenant's settings.", obj(
+                            isolation={"type": "string", "enum": ["rls", "schema", "database"]}, schema=STR,
+                            database=STR, max_client_conn={"type": "integer", "minimum": 0},
+                            statement_timeout_ms={"type": "integer", "minimum": 0},
+                            qps={"type": "number", "minimum": 0})), "parameters": NAME},
+                        "delete": {**op("Remove a tenant (new logins refused)."), "parameters": NAME}},
     "/batch": {"get": op("INSERT coalescing: batches, rows per batch, fallbacks, errors.")},
     "/routing/tables": {"get": op("Schema routing: tables with temperature (declared or learned), rule, reads per "
                                   "node.")},

@@ -11,7 +11,7 @@ from .schema import (AUTH_API_KEY_SETTINGS, AUTH_CERT_SETTINGS, AUTH_JWT_SETTING
                      AUTH_RULE_SETTINGS,
                      CACHE_RULE_SETTINGS,
                      DATABASE_SETTINGS, LIMIT_SETTINGS, NODE_SETTINGS, REWRITE_SETTINGS, ROUTING_TABLE_SETTINGS,
-                     SETTINGS, USER_SETTINGS)
+                     SETTINGS, TENANT_SETTINGS, USER_SETTINGS)
 
 HEADER = """# Configuration reference
 
@@ -88,6 +88,9 @@ def render():
                "decides; a read touching several tables takes the strictest.\n\n"
                "| key | type | default | description |\n|---|---|---|---|")
     out.extend(_row(s) for s in ROUTING_TABLE_SETTINGS)
+    out.append("\n## [[tenants]]\n\nMulti-tenancy (docs/tenancy.md): one table per tenant, with "
+               "[tenancy] enabled.\n\n| key | type | default | description |\n|---|---|---|---|")
+    out.extend(_row(s) for s in TENANT_SETTINGS)
     out.append("\n## [[rewrite]]\n\nThe query rewriter (docs/analytics.md): rules in order, each may "
                "replace by regular expression, prefix schemas, normalize or add a hint.\n\n"
                "| key | type | default | description |\n|---|---|---|---|")

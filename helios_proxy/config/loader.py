@@ -11,7 +11,7 @@ from .schema import (AUTH_API_KEY_SETTINGS, AUTH_CERT_SETTINGS, AUTH_JWT_SETTING
                      AUTH_RULE_SETTINGS,
                      CACHE_RULE_SETTINGS,
                      DATABASE_SETTINGS, LIMIT_SETTINGS, NODE_SETTINGS, REWRITE_SETTINGS, ROUTING_TABLE_SETTINGS,
-                     SETTINGS, USER_SETTINGS)
+                     SETTINGS, TENANT_SETTINGS, USER_SETTINGS)
 
 ENV_PREFIX = "HELIOS_"
 SECTIONS = {}
@@ -59,6 +59,7 @@ class Config(SimpleNamespace):
         out["users"] = {k: vars(v).copy() for k, v in self.users.items()}
         out["limits"] = [vars(limit).copy() for limit in self.limits]
         out["rewrite"] = [vars(rule).copy() for rule in self.rewrite]
+        out["tenants"] = [vars(t).copy() for t in self.tenants]
         out["cache"]["rules"] = [vars(r).copy() for r in self.cache.rules]
         out["routing"]["tables"] = [vars(r).copy() for r in self.routing.tables]
         out["auth"]["rules"] = [vars(r).copy() for r in self.auth.rules]
@@ -135,9 +136,10 @@ def load(data, environ=None, source=None):
     if not isinstance(data, dict):
         raise ConfigError("configuration must be a TOML table")
     problems = Problems()
-    for name in sorted(set(data) - set(SECTIONS) - {"nodes", "plugins", "databases", "users", "limits", "rewrite"}):
+    arrays = {"nodes", "plugins", "databases", "users", "limits", "rewrite", "tenants"}
+    for name in sorted(set(data) - set(SECTIONS) - arrays):
         problems.append(f"unknown section [{name}]; known: {', '.join(sorted(SECTIONS))}, nodes, databases, "
-                        "users, plugins, limits, rewrite")
+                        "users, plugins, limits, rewrite, tenants")
     known_vars = set()
     cfg = Config(source=source)
     nested = {}  # tables inside a section ([[cache.rules]], [auth.jwt]...): taken out, loaded below
@@ -161,6 +163,9 @@ def load(data, environ=None, source=None):
     names = [limit.name for limit in cfg.limits]
     problems.extend(f"limits: {name!r} is used twice" for name in sorted({n for n in names if names.count(n) > 1}))
     cfg.rewrite = problems.check(_array, data.get("rewrite"), "rewrite", REWRITE_SETTINGS, problems, default=[])
+    cfg.tenants = problems.check(_array, data.get("tenants"), "tenants", TENANT_SETTINGS, problems, default=[])
+    names = [t.name for t in cfg.tenants]
+    problems.extend(f"tenants: {n!r} is used twice" for n in sorted({n for n in names if names.count(n) > 1}))
     problems.extend(rewrite_problems(cfg.rewrite))
     for (section, key), (kind, settings) in NESTED.items():
         given = nested.get((section, key))
@@ -219,7 +224,7 @@ def _load_nodes(entries, problems):
 
 
 REQUIRED = frozenset(("cache.rules.table", "auth.rules.method", "limits.name", "rewrite.name",
-                      "routing.tables.match"))
+                      "routing.tables.match", "tenants.name"))
 
 
 def _array(entries, where, settings, problems):

@@ -324,6 +324,13 @@ SETTINGS = (
       "together continue a run.", min=0, reloadable=True),
     S("analytics", "prometheus_top", int, 20, "Shapes with the most total time exported to /metrics, "
       "labeled by fingerprint (bounded cardinality).", min=0, reloadable=True),
+    # [tenancy]: multi-tenancy (tenancy/)
+    S("tenancy", "enabled", bool, False, "Every login belongs to a [[tenants]] entry, identified as `identify` "
+      "says; unknown tenants are refused."),
+    S("tenancy", "identify", str, "user_suffix", "user_suffix: the part after the last '.' of the user name "
+      "(app.acme logs in to PostgreSQL as app); database: the database name.", choices=("user_suffix", "database")),
+    S("tenancy", "tenants_file", str, "", "Where tenants added, changed or removed through the admin API are "
+      "kept (JSON); default: the config file's path + .tenants.json.", reloadable=True),
     # [batch]: INSERT coalescing (batch/)
     S("batch", "enabled", bool, False, "Coalesce single-row autocommit INSERTs of pooled clients into multi-row "
       "INSERTs (one statement, one commit), for the tables listed.", reloadable=True),
@@ -366,8 +373,9 @@ LIMIT_SETTINGS = (
     S("limits", "kind", str, "token_bucket", "token_bucket (rate + burst), sliding_window (max_queries per "
       "window_s) or concurrency (max queries running at once).",
       choices=("token_bucket", "sliding_window", "concurrency")),
-    S("limits", "key", str, "user", "What is limited separately: each user, database, client_address or "
-      "query fingerprint.", choices=("user", "database", "client_address", "fingerprint")),
+    S("limits", "key", str, "user", "What is limited separately: each user, database, client_address, "
+      "tenant ([tenancy]) or query fingerprint.", choices=("user", "database", "client_address", "tenant",
+                                                            "fingerprint")),
     S("limits", "match", str, "", "Only keys matching this glob (e.g. a user name pattern); empty: all."),
     S("limits", "rate", float, 100.0, "token_bucket: queries per second.", min=0.001),
     S("limits", "burst", int, 100, "token_bucket: queries allowed at once above the rate.", min=1),
@@ -378,6 +386,21 @@ LIMIT_SETTINGS = (
       "max_wait_ms, then 53400).", choices=("reject", "wait")),
     S("limits", "max_wait_ms", int, 30000, "on_exceed = wait: the longest wait (concurrency guards: in line, "
       "first come first served).", min=0),
+)
+
+# [[tenants]]: one table per tenant (tenancy/).
+TENANT_SETTINGS = (
+    S("tenants", "name", str, None, "The tenant's name (the user name's suffix, or the database)."),
+    S("tenants", "isolation", str, "rls", "rls: helios.tenant is set to the name in every transaction (for row "
+      "level security) and the client cannot change it; schema: search_path fixed to `schema`; database: "
+      "its own `database`.", choices=("rls", "schema", "database")),
+    S("tenants", "schema", str, "", "isolation = schema: the schema (default: the name)."),
+    S("tenants", "database", str, "", "isolation = database: the database (default: the name)."),
+    S("tenants", "max_client_conn", int, 0, "Client connections of the tenant at once; beyond: 53300. 0: no "
+      "limit.", min=0),
+    S("tenants", "statement_timeout_ms", int, 0, "statement_timeout of its sessions; 0: the server's.", min=0),
+    S("tenants", "qps", float, 0.0, "Queries per second of the tenant (a token bucket, burst = qps); beyond: "
+      "53400. 0: no limit.", min=0),
 )
 
 # [[rewrite]]: the query rewriter (rewrite/), applied in order.

@@ -1,7 +1,7 @@
 """The rate limiter: `[[limits]]`, each a token bucket, a sliding window or a concurrency guard per
-key (user, database, client address or query fingerprint). A query must pass every limit whose key
-matches; one that would exceed a limit is refused with SQLSTATE 53400 naming it, or (`on_exceed =
-"wait"`) waits up to `max_wait_ms` for room. Checked by the rate-limit stage
+key (user, database, client address, tenant or query fingerprint). A query must pass every limit
+whose key matches; one that would exceed a limit is refused with SQLSTATE 53400 naming it, or
+(`on_exceed = "wait"`) waits up to `max_wait_ms` for room. Checked by the rate-limit stage
 (pipeline/stages/rate_limit.py) before anything else of the pipeline; a concurrency slot is given
 back at the ReadyForQuery that ends the query (server/relay.py).
 
@@ -176,6 +176,8 @@ class Limiter:
             return session.database
         if limit.key == "client_address":
             return "unix socket" if session.local else session.peer[0]
+        if limit.key == "tenant":
+            return session.tenant.name if session.tenant is not None else None
         return fingerprint()
 
     def take(self, session, fingerprint):

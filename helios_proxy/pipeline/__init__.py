@@ -19,11 +19,13 @@ from .stages.rate_limit import RateLimit
 from .stages.rewrite import Rewrite
 from .stages.route import Route
 from .stages.schema_routing import SchemaRouting
+from .stages.tenant import Tenant
 from .stages.sql_prepare import SqlPreparedStatements
 
 # In the spec's order: auth proxy, tenant, rate limit, circuit breaker, plugins, rewriter,
 # analytics, routing hints, cache, schema router, lag router, load balancer. Later issues add theirs.
 STAGES = (
+    Tenant,         # [tenancy]: the tenant's queries counted, its qps, nothing that leaves its isolation
     RateLimit,      # [[limits]]: token buckets, sliding windows, concurrency guards -> 53400
     Plugins,        # plugins' on_query_start (Python packages and WASM modules), when any implements it
     Rewrite,        # [[rewrite]] rules: regular expressions, fingerprints, schema prefixes, hints

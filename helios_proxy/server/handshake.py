@@ -81,7 +81,13 @@ def login(session, pkt):
     user = params.get("user")
     if not user:
         raise FatalError("no PostgreSQL user name specified in startup packet", sqlstate=INVALID_AUTHORIZATION)
-    session.user, session.database = user, params.get("database") or user
+    database = params.get("database") or user
+    options = parse_options(params.get("options", ""))
+    if proxy.tenants is not None:  # (tenancy/): the tenant, the user it logs in as, its database
+        tenant, user, database = proxy.tenants.identify(user, database, {**params, **options})
+        proxy.tenants.admit(tenant)
+        session.tenant, session.forced = tenant, tenant.forced()
+    session.user, session.database = user, database
     session.home = cfg.database_nodes.get(session.database)  # a database with a server of its own
     session.mode = cfg.mode_for(session.database, user)
     session.pooled = session.mode != "session"
@@ -93,7 +99,9 @@ def login(session, pkt):
                          f'database "{session.database}" (tls.client_mode = require)',
                          sqlstate=INVALID_AUTHORIZATION)
     settings = {k: v for k, v in params.items() if k not in NOT_FORWARDED}
-    settings.update(parse_options(params.get("options", "")))
+    settings.update(options)
+    if session.forced:
+        settings.update(session.forced)
     if pkt.minor > 0 or pkt.extensions:
         session.send(codec.negotiate_protocol_version(3 << 16, pkt.extensions))  # we speak 3.0
 

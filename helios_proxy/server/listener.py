@@ -20,11 +20,12 @@ from .. import pipeline
 from ..admin import server as admin_server
 from ..analytics import Analytics
 from ..batch import Batches
+from ..tenancy import Tenants
 from ..cache import QueryCache
 from ..limits import Limiter
 from ..limits import shared as limits_table
 from ..config import load_file
-from ..config.schema import SETTINGS
+from ..config.schema import SETTINGS, TENANT_SETTINGS
 from ..errors import TOO_MANY_CONNECTIONS, ConfigError
 from ..protocol import codec
 from ..plugins.manager import PluginManager
@@ -128,6 +129,7 @@ class Proxy:
         self.cache = QueryCache(self) if config.cache.enabled else None  # (before the stages that use it)
         self.analytics = Analytics(config) if config.analytics.enabled else None  # (analytics/)
         self.batches = Batches(self)  # INSERT coalescing (batch/), used while [batch] is enabled
+        self.tenants = Tenants(config, TENANT_SETTINGS) if config.tenancy.enabled else None  # (tenancy/)
         self.limits_table = self._limits_table(config)
         self.limiter = Limiter(config, self.limits_table)  # [[limits]] (limits/)
         self.build_stages(config)
@@ -413,6 +415,8 @@ class Proxy:
         if self.limits_table is None:
             self.limits_table = self._limits_table(new)
         self.limiter = Limiter(new, self.limits_table)  # (running queries give their slots back to the old one)
+        if self.tenants is not None and new.tenancy.enabled:
+            self.tenants.configure(new)
         if new.analytics.enabled and self.analytics is not None:
             self.analytics.configure(new)  # (restart_required if it was turned on or off)
         self.build_stages(new)

@@ -56,6 +56,7 @@ class ClientSession:
         self.tls = False
         self.local = sock.family == socket.AF_UNIX  # on the Unix socket: no TLS, none needed
         self.user = self.database = None
+        self.tenant = self.forced = None  # its tenant (tenancy/) and the settings that tenant always has
         self.home = None              # the node of a database with a host of its own ([databases.NAME])
         self.pool = None              # its home pool (credentials; the primary's, or its database's host)
         self.lease = None             # pool/lease.py: the server connection lent to it now
@@ -114,6 +115,9 @@ class ClientSession:
 
     @settings.setter
     def settings(self, value):
+        forced = getattr(self, "forced", None)  # (a tenant's: helios.tenant, search_path... tenancy/)
+        if forced and any(value.get(k) != v for k, v in forced.items()):
+            value = {**value, **forced}
         self._settings = value
         self.settings_key = session_state.settings_key(value)
 
@@ -188,6 +192,8 @@ class ClientSession:
                 log.exception("%r: releasing its server failed", self)
         if self.journal is not None:
             self.journal.close()
+        if self.tenant is not None:
+            self.proxy.tenants.left(self.tenant)
         self.writer.close()
         try:
             self.sock.close()

@@ -1,0 +1,179 @@
+"""Multi-tenancy (`[tenancy] enabled`, the spec's "tenant isolation, per-tenant pools, resource
+quotas"): which tenant a connection belongs to, what it may see, how much it may take.
+
+Identify (`[tenancy] identify`): `user_suffix` (Supavisor's `user.tenant`: the part after the last
+`.` of the user name is the tenant, the rest the PostgreSQL user it logs in as), or `database`
+(the database name is the tenant). An unknown tenant is refused (28000 "unknown tenant").
+
+Isolation, per `[[tenants]]` entry:
+- `rls`: every transaction runs with `helios.tenant` set to the tenant's name (a session setting
+  the proxy carries like the client's own, on every server connection the client leases), for
+  row-level security policies using `current_setting('helios.tenant')`. The tenant stage
+  refuses any attempt to change it (42501): SET/RESET of it, any set_config() call, startup
+  options naming it.
+- `schema`: `search_path` fixed to the tenant's schema (`schema`, default its name); changing
+  search_path is refused the same way.
+- `database`: the tenant's own database (`database`, default its name), whatever it asked for.
+Quotas: `max_client_conn` (53300 beyond it, other tenants unaffected), `statement_timeout_ms`,
+`qps` (a token bucket per tenant through the rate limiter, limits/).
+
+Tenants can be added, changed and removed at runtime (`POST/PUT/DELETE /tenants[/NAME]`): those
+changes are kept in `tenancy.tenants_file` (default: next to the config file) and loaded again
+at start and on reload, over the `[[tenants]]` of the configuration.
+"""
+import json
+import logging
+import os
+import re
+
+from ..errors import ConfigError, FatalError, INVALID_AUTHORIZATION, TOO_MANY_CONNECTIONS
+
+log = logging.getLogger(__name__)
+SETTING = "helios.tenant"
+INSUFFICIENT_PRIVILEGE = "42501"
+CHANGES_TENANT = re.compile(r"set_config|\bhelios\s*\.\s*tenant\b|\"helios\.tenant\"", re.I)
+CHANGES_PATH = re.compile(r"set_config|\b(?:set|reset)\s+(?:session\s+|local\s+)?search_path\b", re.I)
+WRITES_SETTING = re.compile(r"\b(?:set|reset|alter|do|execute|prepare|call)\b|set_config", re.I)
+
+
+class Tenant:
+    __slots__ = ("cfg", "name", "connections", "logins", "queries", "refused", "rejected")
+
+    def __init__(self, cfg):
+        self.cfg, self.name = cfg, cfg.name
+        self.connections = self.logins = self.queries = self.refused = self.rejected = 0
+
+    def forced(self):
+        """The session settings this tenant's sessions always have."""
+        cfg, out = self.cfg, {}
+        if cfg.isolation == "rls":
+            out[SETTING] = self.name
+        elif cfg.isolation == "schema":
+            out["search_path"] = '"' + (cfg.schema or self.name).replace('"', '""') + '"'
+        if cfg.statement_timeout_ms:
+            out["statement_timeout"] = str(int(cfg.statement_timeout_ms))
+        return out
+
+    def refusal(self, sql):
+        """Why this tenant may not run sql (it would change what isolates it), or None."""
+        isolation = self.cfg.isolation
+        if isolation == "rls" and CHANGES_TENANT.search(sql) and WRITES_SETTING.search(sql):
+            return f"permission denied: tenant {self.name!r} may not change {SETTING}"
+        if isolation == "schema" and CHANGES_PATH.search(sql):
+            return f"permission denied: tenant {self.name!r} may not change search_path"
+        return None
+
+    def view(self):
+        return {**{k: v for k, v in vars(self.cfg).items()}, "connections": self.connections, "logins": self.logins,
+                "queries": self.queries, "refused_logins": self.refused, "rejected_queries": self.rejected}
+
+
+class Tenants:
+    def __init__(self, config, settings):
+        self.settings = settings  # TENANT_SETTINGS, to check runtime changes like the config's
+        self.by_name = {}
+        self.configure(config)
+
+    def configure(self, config):
+        """The configuration's tenants, then the runtime changes kept in tenants_file (counters
+        of tenants that stay are kept)."""
+        self.config, self.cfg = config, config.tenancy
+        self.path = self.cfg.tenants_file or (config.source + ".tenants.json" if config.source else "")
+        wanted = {t.name: t for t in config.tenants}
+        for name, table in self._saved().items():
+            if table is None:
+                wanted.pop(name, None)
+            else:
+                try:
+                    wanted[name] = self.check(name, table)
+                except ConfigError as e:
+                    log.error("%s: tenant %r left out: %s", self.path, name, e)
+        old, self.by_name = self.by_name, {}
+        for name, cfg in wanted.items():
+            tenant = old.get(name) or Tenant(cfg)
+            tenant.cfg = cfg
+            self.by_name[name] = tenant
+
+    def check(self, name, table):
+        from ..config.loader import _table  # (the config's own validation, naming the key)
+        cfg = _table({**table, "name": name}, {s.key: s for s in self.settings}, f"tenants.{name}")
+        if cfg.isolation not in ("rls", "schema", "database"):
+            raise ConfigError(f"tenants.{name}.isolation: rls, schema or database")
+        return cfg
+
+    # --- identification and quotas at login --------------------------------------------------
+    def identify(self, user, database, options):
+        """(tenant, user to log in as, database) of a login; FatalError when refused."""
+        if self.cfg.identify == "database":
+            name = database
+        else:
+            base, dot, name = user.rpartition(".")
+            if not dot or not base or not name:
+                raise FatalError(f'unknown tenant: the user name "{user}" names none (user.tenant)',
+                                 sqlstate=INVALID_AUTHORIZATION)
+            user = base
+        tenant = self.by_name.get(name)
+        if tenant is None:
+            raise FatalError(f'unknown tenant "{name}"', sqlstate=INVALID_AUTHORIZATION)
+        if any(k.lower() in (SETTING, "search_path") for k in options) and tenant.cfg.isolation != "database":
+            tenant.refused += 1
+            raise FatalError(f"permission denied: tenant {tenant.name!r} may not set {SETTING} or search_path "
+                             "at login", sqlstate=INSUFFICIENT_PRIVILEGE)
+        if tenant.cfg.isolation == "database":
+            database = tenant.cfg.database or tenant.name
+        return tenant, user, database
+
+    def admit(self, tenant):
+        limit = tenant.cfg.max_client_conn
+        if limit and tenant.connections >= limit:
+            tenant.refused += 1
+            raise FatalError(f'too many connections for tenant "{tenant.name}" (max_client_conn {limit})',
+                             sqlstate=TOO_MANY_CONNECTIONS)
+        tenant.connections += 1
+        tenant.logins += 1
+
+    @staticmethod
+    def left(tenant):
+        tenant.connections -= 1
+
+    # --- runtime changes (admin API) ------------------------------------------------------------
+    def _saved(self):
+        if not self.path or not os.path.exists(self.path):
+            return {}
+        try:
+            with open(self.path) as f:
+                saved = json.load(f)
+            return saved if isinstance(saved, dict) else {}
+        except (OSError, ValueError) as e:
+            log.error("%s: cannot read the saved tenants: %s", self.path, e)
+            return {}
+
+    def _save(self, name, table):
+        if not self.path:
+            raise ConfigError("no tenancy.tenants_file to keep the change in (and no config file to put it next to)")
+        saved = self._saved()
+        saved[name] = table
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(saved, f, indent=2, sort_keys=True)
+        os.replace(tmp, self.path)
+
+    def put(self, name, table):
+        """Add or replace a tenant (kept in tenants_file); ConfigError names a bad key."""
+        cfg = self.check(name, table)
+        self._save(name, {k: v for k, v in vars(cfg).items() if k != "name"})
+        tenant = self.by_name.get(name) or Tenant(cfg)
+        tenant.cfg = cfg
+        self.by_name[name] = tenant
+        return tenant
+
+    def delete(self, name):
+        """Remove a tenant: new logins are refused; its connected sessions go on until they end."""
+        if name not in self.by_name:
+            return False
+        self._save(name, None)
+        del self.by_name[name]
+        return True
+
+    def view(self):
+        return [t.view() for t in self.by_name.values()]
