@@ -12,7 +12,8 @@ from werkzeug.exceptions import HTTPException
 
 from ..config.loader import loopback
 
-from . import analytics, cache, health, metrics, openapi, ops, resources, sql, status, tenants, tokens, topology
+from . import (analytics, cache, graphql, health, metrics, openapi, ops, resources, sql, status, tenants, tokens,
+               topology)
 from .common import ApiError
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,12 @@ def create_app(proxy):
         if (request.content_length or 0) > limit:  # refused before a byte of it is read
             raise ApiError(413, f"request body over admin.max_body_bytes ({limit})")
         check_host(proxy.config.admin)
-        check_token(proxy.config.admin)
+        if request.path != "/graphql":  # (the gateway's own bearer tokens and roles: graphql/)
+            check_token(proxy.config.admin)
 
     install_error_handlers(app)
-    for module in (status, health, topology, resources, metrics, ops, sql, cache, analytics, tenants, openapi):
+    for module in (status, health, topology, resources, metrics, ops, sql, cache, analytics, tenants, graphql,
+                   openapi):
         app.register_blueprint(module.bp)
     proxy.plugins.notify("register_admin_routes", app=app)
     return app

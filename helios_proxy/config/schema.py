@@ -331,6 +331,22 @@ SETTINGS = (
       "(app.acme logs in to PostgreSQL as app); database: the database name.", choices=("user_suffix", "database")),
     S("tenancy", "tenants_file", str, "", "Where tenants added, changed or removed through the admin API are "
       "kept (JSON); default: the config file's path + .tenants.json.", reloadable=True),
+    # [graphql]: the GraphQL gateway (graphql/), at /graphql on the admin listener
+    S("graphql", "enabled", bool, False, "Serve a GraphQL API generated from the catalog at /graphql (the "
+      "[graphql] extra: graphql-core)."),
+    S("graphql", "database", str, "postgres", "The database it serves."),
+    S("graphql", "user", str, "postgres", "The user the gateway logs in as (its credentials as for any pool); "
+      "each request then runs SET LOCAL ROLE to its own role, so that user must be a member of those roles."),
+    S("graphql", "anonymous_role", str, "", "The role of requests without a bearer token; empty: such requests "
+      "are refused (401)."),
+    S("graphql", "max_depth", int, 10, "Deeper queries are refused before anything runs.", min=1, reloadable=True),
+    S("graphql", "max_rows", int, 1000, "Rows of one field at most (its limit is capped to this).", min=1,
+      reloadable=True),
+    S("graphql", "statement_timeout_ms", int, 5000, "statement_timeout of a request's statements.", min=1,
+      reloadable=True),
+    S("graphql", "schema_ttl_s", float, 10.0, "A role's schema is read again from the catalog after this long "
+      "(at once after DDL through a pooled client of the proxy, or POST /graphql/refresh).", min=0,
+      reloadable=True),
     # [batch]: INSERT coalescing (batch/)
     S("batch", "enabled", bool, False, "Coalesce single-row autocommit INSERTs of pooled clients into multi-row "
       "INSERTs (one statement, one commit), for the tables listed.", reloadable=True),

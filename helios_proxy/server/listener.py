@@ -130,6 +130,10 @@ class Proxy:
         self.analytics = Analytics(config) if config.analytics.enabled else None  # (analytics/)
         self.batches = Batches(self)  # INSERT coalescing (batch/), used while [batch] is enabled
         self.tenants = Tenants(config, TENANT_SETTINGS) if config.tenancy.enabled else None  # (tenancy/)
+        self.graphql = None
+        if config.graphql.enabled:  # (graphql/: graphql-core, the [graphql] extra)
+            from ..graphql import Gateway
+            self.graphql = Gateway(self)
         self.limits_table = self._limits_table(config)
         self.limiter = Limiter(config, self.limits_table)  # [[limits]] (limits/)
         self.build_stages(config)

@@ -1,0 +1,203 @@
+"""The GraphQL gateway (`[graphql] enabled`, the spec's "GraphQL-to-SQL translation with DataLoader
+batching"), served at `/graphql` on the admin listener (GraphiQL on GET).
+
+A request runs as a PostgreSQL role: the user a `Authorization: Bearer` token names (a JWT or an
+API key of the auth proxy), else `anonymous_role`. The gateway logs in as `[graphql] user` and
+runs every request in one transaction of its own with `SET LOCAL ROLE`, so PostgreSQL's
+privileges and row-level security decide what it sees; the schema is built from what that role
+may read (schema.py, catalog.py), per role, and built again after DDL through the proxy or
+`schema_ttl_s`. Each level of a nested query is one SQL statement for all its parents. Limits:
+`max_depth` (refused before anything runs), `max_rows` per field, `statement_timeout_ms`. Errors
+are GraphQL errors with the SQLSTATE in `extensions`, never a traceback.
+"""
+import logging
+import time
+
+from graphql import GraphQLError, execute_sync, parse, validate
+from graphql.language import FieldNode, FragmentSpreadNode, InlineFragmentNode, OperationDefinitionNode
+
+from ..backend import statements
+from ..backend.connection import ServerConnection
+from ..backend.credentials import Credentials
+from ..errors import ProxyError
+from . import catalog, query
+from .schema import build, needed, rows_of, siblings
+
+log = logging.getLogger(__name__)
+APPLICATION_NAME = "helios-graphql"
+
+
+class Refused(Exception):
+    def __init__(self, message, status=400, code=None):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def depth(document, limit):
+    """The deepest field nesting of the document's operations (fragments followed, introspection
+    fields not counted), stopping past limit."""
+    fragments = {d.name.value: d for d in document.definitions if d.kind == "fragment_definition"}
+
+    def walk(selection_set, level, seen):
+        if selection_set is None or level > limit:
+            return level
+        deepest = level
+        for sel in selection_set.selections:
+            if isinstance(sel, FieldNode):
+                if sel.name.value.startswith("__"):  # (introspection: the schema's own shape, not data)
+                    continue
+                deepest = max(deepest, walk(sel.selection_set, level + 1, seen) if sel.selection_set else level + 1)
+            elif isinstance(sel, InlineFragmentNode):
+                deepest = max(deepest, walk(sel.selection_set, level, seen))
+            elif isinstance(sel, FragmentSpreadNode) and sel.name.value not in seen:
+                fragment = fragments.get(sel.name.value)
+                if fragment is not None:
+                    deepest = max(deepest, walk(fragment.selection_set, level, seen | {sel.name.value}))
+        return deepest
+    return max((walk(d.selection_set, 0, frozenset()) for d in document.definitions
+                if isinstance(d, OperationDefinitionNode)), default=0)
+
+
+class Request:
+    """One request's transaction: run(sql, params) and the levels loaded so far."""
+
+    def __init__(self, conn, max_rows):
+        self.conn, self.max_rows, self.levels, self.statements = conn, max_rows, {}, 0
+
+    def run(self, sql, params=()):
+        self.statements += 1
+        try:
+            return self.conn.fetch(sql, params)[1]
+        except ProxyError as e:
+            raise GraphQLError(e.message, extensions={"sqlstate": e.sqlstate}) from None
+
+    def level(self, info, table, key_column, row, row_column, args, max_rows):
+        """{key: [rows]} of the level this field loads, for every row of the parent's level at once."""
+        parent_level = row.get("__level__") or [row]
+        key = (id(parent_level), info.path.key if isinstance(info.path.key, str) else info.field_name,
+               repr(sorted(args.items())))
+        found = self.levels.get(key)
+        if found is None:
+            keys = {str(r.get(row_column)) for r in parent_level if r.get(row_column) is not None}
+            columns = needed(table, info)
+            raw = query.level(lambda sql, params: self.run(sql, params), table, columns, key_column, keys,
+                              args, max_rows) if keys else {}
+            found, everyone = {}, []
+            for k, records in raw.items():
+                rows = rows_of(table, [[r[c] for c in columns] for r in records], columns)
+                found[k] = rows
+                everyone += rows
+            siblings(everyone)
+            self.levels[key] = found
+        return found
+
+
+class Gateway:
+    def __init__(self, proxy):
+        self.proxy = proxy
+        self.schemas = {}  # role -> (built at, DDL generation, schema)
+        self.requests = self.errors = 0
+
+    @property
+    def cfg(self):
+        return self.proxy.config.graphql
+
+    def role_of(self, authorization):
+        """The role a request runs as: a bearer token's user, or anonymous_role."""
+        scheme, _, token = (authorization or "").partition(" ")
+        if not token or scheme.lower() != "bearer":
+            if not self.cfg.anonymous_role:
+                raise Refused("authentication required (Authorization: Bearer <JWT or API key>)", 401)
+            return self.cfg.anonymous_role
+        from ..auth import api_keys, jwt as jwt_method
+        from ..auth.rules import Refused as AuthRefused
+        config = self.proxy.config
+        try:
+            if token.startswith(api_keys.PREFIX):
+                key_id = token[len(api_keys.PREFIX):].partition("_")[0]
+                entry = api_keys.METHOD._keys(config.auth.api_keys.file).get(key_id)  # noqa: SLF001
+                if entry is None:
+                    raise AuthRefused("no such key")
+                api_keys.METHOD.check(config, entry["user"], self.cfg.database, token)
+                return entry["user"]
+            import jwt
+            claim = jwt.decode(token, options={"verify_signature": False}).get(config.auth.jwt.user_claim)
+            user = config.auth.map.get(claim, claim) if isinstance(claim, str) else None
+            if not user:
+                raise AuthRefused("no user claim")
+            jwt_method.METHOD.check(config, user, token)
+            return user
+        except (AuthRefused, ValueError, OSError, KeyError) as e:
+            log.info("graphql: a bearer token was refused: %s", e)
+            raise Refused("invalid bearer token", 401) from None
+        except Exception as e:  # (pyjwt's own errors)
+            log.info("graphql: a bearer token was refused: %s: %s", type(e).__name__, e)
+            raise Refused("invalid bearer token", 401) from None
+
+    def connect(self):
+        cfg, proxy = self.cfg, self.proxy
+        creds = Credentials.from_secret(cfg.user, proxy.authenticator.users.get(cfg.user))
+        node = proxy.buffer.primary()
+        return ServerConnection(node, proxy.config.server_dbname(cfg.database), creds, proxy.config).connect(
+            {"application_name": APPLICATION_NAME})
+
+    def schema(self, conn, role):
+        known = self.schemas.get(role)
+        generation = statements.generation("")[0]
+        if known is None or known[1] != generation or time.monotonic() - known[0] > self.cfg.schema_ttl_s:
+            tables = catalog.load(conn)
+            known = self.schemas[role] = (time.monotonic(), generation, build(tables, self.cfg.max_rows))
+        return known[2]
+
+    def execute(self, body, authorization):
+        """(HTTP status, GraphQL response dict) for a request body {query, variables, operationName}."""
+        self.requests += 1
+        try:
+            text = body.get("query") if isinstance(body, dict) else None
+            if not isinstance(text, str) or not text.strip():
+                raise Refused('a JSON body with "query" is needed')
+            variables = body.get("variables")
+            if variables is not None and not isinstance(variables, dict):
+                raise Refused('"variables" must be an object')
+            try:
+                document = parse(text)
+            except GraphQLError as e:
+                raise Refused(e.message) from None
+            if depth(document, self.cfg.max_depth) > self.cfg.max_depth:
+                raise Refused(f"the query is deeper than graphql.max_depth ({self.cfg.max_depth})")
+            role = self.role_of(authorization)
+            return 200, self._run(document, variables, body.get("operationName"), role)
+        except Refused as e:
+            self.errors += 1
+            error = {"message": str(e)}
+            if e.code:
+                error["extensions"] = {"sqlstate": e.code}
+            return e.status, {"errors": [error]}
+        except (ProxyError, OSError) as e:
+            self.errors += 1
+            return 502, {"errors": [{"message": f"database: {getattr(e, 'message', e)}",
+                                     "extensions": {"sqlstate": getattr(e, "sqlstate", None)}}]}
+
+    def _run(self, document, variables, operation, role):
+        conn = self.connect()
+        try:
+            conn.execute("BEGIN")
+            conn.execute(f"SET LOCAL ROLE {query.ident(role)}")
+            conn.execute(f"SET LOCAL statement_timeout = {int(self.cfg.statement_timeout_ms)}")
+            schema = self.schema(conn, role)
+            problems = validate(schema, document)
+            if problems:
+                conn.execute("ROLLBACK")
+                self.errors += 1
+                return {"errors": [e.formatted for e in problems]}
+            request = Request(conn, self.cfg.max_rows)
+            result = execute_sync(schema, document, variable_values=variables, operation_name=operation,
+                                  context_value=request)
+            conn.execute("ROLLBACK" if result.errors else "COMMIT")
+            out = {"data": result.data}
+            if result.errors:
+                self.errors += 1
+                out["errors"] = [e.formatted for e in result.errors]
+            return out
+        finally:
+            conn.close()
