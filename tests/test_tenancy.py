@@ -8,7 +8,8 @@ import pytest
 TENANTS = [{"name": "acme", "isolation": "rls", "max_client_conn": 3},
            {"name": "globex", "isolation": "rls", "qps": 5.0},
            {"name": "initech", "isolation": "schema", "schema": "tn_initech"},
-           {"name": "hooli", "isolation": "database", "database": "postgres"}]
+           {"name": "hooli", "isolation": "database", "database": "postgres"},
+           {"name": "wayne", "isolation": "rls", "pool_size": 1}]
 
 
 @pytest.fixture
@@ -92,6 +93,23 @@ def test_quotas_hold_per_tenant(tenant_proxy):
     assert status == 200 and by_name["acme"]["refused_logins"] == 1 and by_name["globex"]["connections"] == 1
 
 
+def test_a_tenant_with_a_pool_of_its_own(tenant_proxy):
+    import threading
+    import time
+    conns = [connect(tenant_proxy, "tn_app.wayne") for _ in range(2)]
+    started = time.monotonic()
+    threads = [threading.Thread(target=c.cursor().execute, args=("select pg_sleep(0.4)",)) for c in conns]
+    for t in threads:
+        t.start()
+    other = connect(tenant_proxy, "tn_app.globex")  # (its pool is the shared one: not held up)
+    assert one(other, "select 1") == 1 and time.monotonic() - started < 0.4
+    for t in threads:
+        t.join()
+    assert time.monotonic() - started >= 0.8  # (one server connection: one after the other)
+    pools = [p for p in tenant_proxy.api("GET", "/pools")[1] if p["tenant"] == "wayne"]
+    assert [(p["user"], p["pool_size"]) for p in pools] == [("tn_app", 1)]
+
+
 def test_tenants_change_at_runtime_and_the_change_survives_a_restart(tenant_proxy):
     assert tenant_proxy.api("POST", "/tenants", {"name": "umbrella", "isolation": "rls"})[0] == 201
     assert one(connect(tenant_proxy, "tn_app.umbrella"), "select count(*) from tn_items") == 0
@@ -105,3 +123,37 @@ def test_tenants_change_at_runtime_and_the_change_survives_a_restart(tenant_prox
     tenant_proxy.start()
     names = {t["name"] for t in tenant_proxy.api("GET", "/tenants")[1]}
     assert "umbrella" in names and "acme" not in names
+
+
+def test_the_tenant_of_a_jwt_claim(start_proxy, direct, tenant_proxy):
+    import time
+
+    import jwt
+    secret = "an HS256 secret of at least thirty-two bytes"
+    proxy = start_proxy(pool={"mode": "transaction"}, tenancy={"enabled": True, "identify": "jwt_claim"},
+                        tenants=TENANTS, auth={"method": "trust", "rules": [
+                            {"user": "tn_app", "method": "jwt", "allow_plaintext": True}],
+                            "jwt": {"secret": secret, "algorithms": ["HS256"]}})
+
+    def token(**claims):
+        return jwt.encode({"sub": "tn_app", "exp": int(time.time()) + 60, **claims}, secret, algorithm="HS256")
+    acme = connect(proxy, "tn_app", password=token(tenant="acme"), sslmode="disable")
+    assert one(acme, "select string_agg(name, ',') from tn_items") == "acme-item"
+    with pytest.raises(psycopg2.OperationalError, match='no "tenant" claim'):
+        connect(proxy, "tn_app", password=token(), sslmode="disable")
+    with pytest.raises(psycopg2.OperationalError, match='unknown tenant "nobody"'):
+        connect(proxy, "tn_app", password=token(tenant="nobody"), sslmode="disable")
+
+
+def test_the_tenant_of_the_tls_server_name(start_proxy, tenant_proxy, tls_files):
+    proxy = start_proxy(pool={"mode": "transaction"}, tenancy={"enabled": True, "identify": "sni"}, tenants=TENANTS,
+                        tls={"client_mode": "allow", "client_cert_file": tls_files["cert"],
+                             "client_key_file": tls_files["key"]})
+    # libpq sends the host name (SNI) and connects to hostaddr
+    conn = psycopg2.connect(host="globex.db.test", hostaddr="127.0.0.1", port=proxy.port, user="tn_app",
+                            dbname="postgres", sslmode="require")
+    conn.autocommit = True
+    assert one(conn, "select string_agg(name, ',') from tn_items") == "globex-item"
+    conn.close()
+    with pytest.raises(psycopg2.OperationalError, match="no TLS server name"):
+        psycopg2.connect(host="127.0.0.1", port=proxy.port, user="tn_app", dbname="postgres", sslmode="disable")

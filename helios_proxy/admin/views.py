@@ -67,6 +67,7 @@ def pools(proxy):
     for pool in list(proxy.pools.pools.values()):
         out.append({
             "database": pool.database, "user": pool.credentials.user, "node": pool.node.name,
+            "tenant": pool.credentials.partition,
             "mode": proxy.config.mode_for(pool.database, pool.credentials.user),
             "cl_active": active.get(pool.key, 0), "cl_waiting": len(pool.waiters),
             "sv_active": pool.size - len(pool.idle), "sv_idle": len(pool.idle),

@@ -11,6 +11,7 @@ class Credentials:
     md5: str = None             # 'md5' + md5(password + user)
     scram: ScramSecret = None   # a stored SCRAM secret
     client_key: bytes = None    # recovered from a client's SCRAM proof (SCRAM passthrough)
+    partition: str = None       # a tenant with a pool of its own (tenancy/ pool_size): pools keyed by it too
 
     @classmethod
     def from_secret(cls, user, secret):

@@ -328,7 +328,10 @@ SETTINGS = (
     S("tenancy", "enabled", bool, False, "Every login belongs to a [[tenants]] entry, identified as `identify` "
       "says; unknown tenants are refused."),
     S("tenancy", "identify", str, "user_suffix", "user_suffix: the part after the last '.' of the user name "
-      "(app.acme logs in to PostgreSQL as app); database: the database name.", choices=("user_suffix", "database")),
+      "(app.acme logs in to PostgreSQL as app); database: the database name; sni: the first label of the TLS "
+      "server name (acme.db.example.com); jwt_claim: the tenant_claim of the JWT the client logged in with "
+      "(auth method jwt).", choices=("user_suffix", "database", "sni", "jwt_claim")),
+    S("tenancy", "tenant_claim", str, "tenant", "identify = jwt_claim: the claim naming the tenant."),
     S("tenancy", "tenants_file", str, "", "Where tenants added, changed or removed through the admin API are "
       "kept (JSON); default: the config file's path + .tenants.json.", reloadable=True),
     # [graphql]: the GraphQL gateway (graphql/), at /graphql on the admin listener
@@ -414,6 +417,8 @@ TENANT_SETTINGS = (
     S("tenants", "database", str, "", "isolation = database: the database (default: the name)."),
     S("tenants", "max_client_conn", int, 0, "Client connections of the tenant at once; beyond: 53300. 0: no "
       "limit.", min=0),
+    S("tenants", "pool_size", int, 0, "Server connections of the tenant's own pools (per node); 0: it shares "
+      "its user's pools with the other tenants.", min=0),
     S("tenants", "statement_timeout_ms", int, 0, "statement_timeout of its sessions; 0: the server's.", min=0),
     S("tenants", "qps", float, 0.0, "Queries per second of the tenant (a token bucket, burst = qps); beyond: "
       "53400. 0: no limit.", min=0),

@@ -31,10 +31,11 @@ class Pool:
         self.server_params = None    # ParameterStatus of a fresh connection: greets pooled-mode logins
         self.generation = 0          # RECONNECT (or a reload that changed the database) adds one:
         self.closing = 0             # connections of an older generation close when released
+        self.size_cap = None         # a tenant's pool_size (tenancy/), instead of max_size
 
     @property
     def key(self):
-        return (self.node.name, self.database, self.credentials.user)
+        return (self.node.name, self.database, self.credentials.user, self.credentials.partition)
 
     def __repr__(self):
         return f"<pool {self.node.name}/{self.database}/{self.credentials.user} size={self.size}>"
@@ -42,7 +43,7 @@ class Pool:
     # --- acquire / release ------------------------------------------------------------------
     @property
     def max_size(self):
-        return self.config.pool_setting(self.database, "max_size")
+        return self.size_cap or self.config.pool_setting(self.database, "max_size")
 
     @property
     def min_size(self):
@@ -254,12 +255,15 @@ class PoolManager(Periodic):
         self.config = config
         self.pools = {}
         self.limited = self._has_limits(config)
+        self.partition_sizes = {}  # tenant -> its pool_size (tenancy/): its pools on every node
 
     def get(self, node, database, credentials):
-        key = (node.name, database, credentials.user)
+        key = (node.name, database, credentials.user, credentials.partition)
         pool = self.pools.get(key)
         if pool is None:
             pool = self.pools[key] = Pool(node, database, credentials, self.config, self)
+        if credentials.partition is not None:  # (its size may have changed: PUT /tenants/NAME)
+            pool.size_cap = self.partition_sizes.get(credentials.partition)
         elif credentials.known and (credentials.password is not None or credentials.client_key):
             pool.credentials = credentials  # the freshest login wins (password changed, SCRAM keys)
         return pool

@@ -157,7 +157,7 @@ class Authenticator:
             secret = read_cstr(client.read_password(), 0)[0]
         try:
             if method == "jwt":
-                jwt_method.METHOD.check(self.config, creds.user, secret)
+                client.auth_claims = jwt_method.METHOD.check(self.config, creds.user, secret)
             elif method == "oauth2":
                 oauth2.METHOD.check(self.config, creds.user, secret)
             elif method == "ldap":

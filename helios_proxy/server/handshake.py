@@ -3,6 +3,7 @@
 Ends with the client holding a server connection, having seen AuthenticationOk, the server's
 ParameterStatus values, BackendKeyData and ReadyForQuery, exactly as PostgreSQL would send them.
 """
+import dataclasses
 import logging
 import gevent
 from gevent import ssl
@@ -83,8 +84,10 @@ def login(session, pkt):
         raise FatalError("no PostgreSQL user name specified in startup packet", sqlstate=INVALID_AUTHORIZATION)
     database = params.get("database") or user
     options = parse_options(params.get("options", ""))
-    if proxy.tenants is not None:  # (tenancy/): the tenant, the user it logs in as, its database
-        tenant, user, database = proxy.tenants.identify(user, database, {**params, **options})
+    tenanted = proxy.tenants is not None and database != cfg.admin.database  # (the admin console: no tenant)
+    if tenanted and not proxy.tenants.after_login:  # the tenant, the user it logs in as, its database
+        tenant, user, database = proxy.tenants.identify(user, database, {**params, **options},
+                                                        sni=getattr(session.sock, "helios_sni", None))
         proxy.tenants.admit(tenant)
         session.tenant, session.forced = tenant, tenant.forced()
     session.user, session.database = user, database
@@ -100,14 +103,27 @@ def login(session, pkt):
                          sqlstate=INVALID_AUTHORIZATION)
     settings = {k: v for k, v in params.items() if k not in NOT_FORWARDED}
     settings.update(options)
-    if session.forced:
-        settings.update(session.forced)
     if pkt.minor > 0 or pkt.extensions:
         session.send(codec.negotiate_protocol_version(3 << 16, pkt.extensions))  # we speak 3.0
 
     admin = session.database == cfg.admin.database
     creds = proxy.authenticator.lookup(user)
     creds = proxy.authenticator.authenticate(session, creds)
+    if tenanted and proxy.tenants.after_login:  # (identify = jwt_claim: from its token)
+        tenant, _, database = proxy.tenants.identify(user, session.database, {**params, **options},
+                                                     session.auth_claims)
+        proxy.tenants.admit(tenant)
+        session.tenant, session.forced = tenant, tenant.forced()
+        if database != session.database:  # (isolation = database)
+            session.database = database
+            session.home = cfg.database_nodes.get(database)
+            session.mode = cfg.mode_for(database, user)
+            session.pooled = session.mode != "session"
+    if session.forced:
+        settings.update(session.forced)
+    if session.tenant is not None and session.tenant.cfg.pool_size:  # pools of its own, of that size
+        proxy.pools.partition_sizes[session.tenant.name] = session.tenant.cfg.pool_size
+        creds = dataclasses.replace(creds, partition=session.tenant.name)
     session.logged_in()
     if admin:
         if user not in cfg.admin.users:

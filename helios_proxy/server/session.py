@@ -57,6 +57,7 @@ class ClientSession:
         self.local = sock.family == socket.AF_UNIX  # on the Unix socket: no TLS, none needed
         self.user = self.database = None
         self.tenant = self.forced = None  # its tenant (tenancy/) and the settings that tenant always has
+        self.auth_claims = None       # the claims of the JWT it logged in with (auth/jwt.py)
         self.home = None              # the node of a database with a host of its own ([databases.NAME])
         self.pool = None              # its home pool (credentials; the primary's, or its database's host)
         self.lease = None             # pool/lease.py: the server connection lent to it now

@@ -22,4 +22,13 @@ def client_context(tls, client_ca_file=""):
         except (OSError, ssl.SSLError) as e:
             raise ConfigError(f"auth.cert.ca_file: cannot load: {e}") from e
         ctx.verify_mode = ssl.CERT_OPTIONAL
+    ctx.sni_callback = remember_sni
     return ctx
+
+
+def remember_sni(sock, server_name, _ctx):
+    """The host name the client asked for (TLS SNI), kept on its socket: tenancy's identify = sni."""
+    try:
+        sock.helios_sni = server_name
+    except AttributeError:  # (an object that takes no attributes: no name kept)
+        pass

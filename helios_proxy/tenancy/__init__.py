@@ -2,8 +2,10 @@
 quotas"): which tenant a connection belongs to, what it may see, how much it may take.
 
 Identify (`[tenancy] identify`): `user_suffix` (Supavisor's `user.tenant`: the part after the last
-`.` of the user name is the tenant, the rest the PostgreSQL user it logs in as), or `database`
-(the database name is the tenant). An unknown tenant is refused (28000 "unknown tenant").
+`.` of the user name is the tenant, the rest the PostgreSQL user it logs in as), `database` (the
+database name is the tenant), `sni` (the first label of the host name the client asked for in
+TLS: acme.db.example.com -> acme), or `jwt_claim` (a claim, `tenant_claim`, of the JWT the client
+logged in with: known after authentication). An unknown tenant is refused (28000 "unknown tenant").
 
 Isolation, per `[[tenants]]` entry:
 - `rls`: every transaction runs with `helios.tenant` set to the tenant's name (a session setting
@@ -102,10 +104,26 @@ class Tenants:
         return cfg
 
     # --- identification and quotas at login --------------------------------------------------
-    def identify(self, user, database, options):
-        """(tenant, user to log in as, database) of a login; FatalError when refused."""
+    @property
+    def after_login(self):
+        """Whether the tenant is known only once the client authenticated (a JWT claim)."""
+        return self.cfg.identify == "jwt_claim"
+
+    def identify(self, user, database, options, claims=None, sni=None):
+        """(tenant, user to log in as, database) of a login; FatalError when refused. claims: the
+        JWT's, for identify = jwt_claim (after authentication); sni: the TLS host name asked for."""
         if self.cfg.identify == "database":
             name = database
+        elif self.cfg.identify == "sni":
+            name = sni.split(".", 1)[0] if sni else None
+            if not name:
+                raise FatalError("unknown tenant: no TLS server name (connect with TLS to <tenant>.<host>)",
+                                 sqlstate=INVALID_AUTHORIZATION)
+        elif self.cfg.identify == "jwt_claim":
+            name = (claims or {}).get(self.cfg.tenant_claim)
+            if not isinstance(name, str) or not name:
+                raise FatalError(f'unknown tenant: no "{self.cfg.tenant_claim}" claim (a JWT login is needed)',
+                                 sqlstate=INVALID_AUTHORIZATION)
         else:
             base, dot, name = user.rpartition(".")
             if not dot or not base or not name:
