@@ -157,3 +157,28 @@ def test_the_tenant_of_the_tls_server_name(start_proxy, tenant_proxy, tls_files)
     conn.close()
     with pytest.raises(psycopg2.OperationalError, match="no TLS server name"):
         psycopg2.connect(host="127.0.0.1", port=proxy.port, user="tn_app", dbname="postgres", sslmode="disable")
+
+
+def test_graphql_requests_of_a_tenant_see_its_rows(start_proxy, tenant_proxy):
+    import json
+    import time
+    import urllib.request
+
+    import jwt
+    secret = "an HS256 secret of at least thirty-two bytes"
+    proxy = start_proxy(tenancy={"enabled": True}, tenants=TENANTS, graphql={"enabled": True},
+                        auth={"jwt": {"secret": secret, "algorithms": ["HS256"]}})
+
+    def names(**claims):
+        token = jwt.encode({"sub": "tn_app", "exp": int(time.time()) + 60, **claims}, secret, algorithm="HS256")
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{proxy.admin_port}/graphql", data=json.dumps({"query": "{ tn_items { name } }"}).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=20) as r:
+                return [row["name"] for row in json.load(r)["data"]["tn_items"]]
+        except urllib.error.HTTPError as e:
+            return e.code
+    assert names(tenant="acme") == ["acme-item"] and names(tenant="globex") == ["globex-item"]
+    assert names() == []  # (no tenant: the policy shows nothing)
+    assert names(tenant="nobody") == 401

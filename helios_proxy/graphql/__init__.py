@@ -6,7 +6,9 @@ API key of the auth proxy), else `anonymous_role`. The gateway logs in as `[grap
 runs every request in one transaction of its own with `SET LOCAL ROLE`, so PostgreSQL's
 privileges and row-level security decide what it sees; the schema is built from what that role
 may read (schema.py, catalog.py), per role, and built again after DDL through the proxy or
-`schema_ttl_s`. Each level of a nested query is one SQL statement for all its parents. Limits:
+`schema_ttl_s`. With tenancy, a token naming a tenant (its tenant_claim, or a user.tenant name)
+runs with that tenant's settings (helios.tenant for row-level security, search_path). Each
+level of a nested query is one SQL statement for all its parents. Limits:
 `max_depth` (refused before anything runs), `max_rows` per field, `statement_timeout_ms`. Errors
 are GraphQL errors with the SQLSTATE in `extensions`, never a traceback.
 """
@@ -95,7 +97,7 @@ class Request:
 class Gateway:
     def __init__(self, proxy):
         self.proxy = proxy
-        self.schemas = {}  # role -> (built at, DDL generation, schema)
+        self.schemas = {}  # (role, tenant) -> (built at, DDL generation, schema)
         self.requests = self.errors = 0
 
     @property
@@ -103,12 +105,29 @@ class Gateway:
         return self.proxy.config.graphql
 
     def role_of(self, authorization):
-        """The role a request runs as: a bearer token's user, or anonymous_role."""
+        """(role, tenant or None) a request runs as: a bearer token's user (and tenant: its
+        tenant_claim, or the user name's suffix with identify = user_suffix), or anonymous_role."""
         scheme, _, token = (authorization or "").partition(" ")
         if not token or scheme.lower() != "bearer":
             if not self.cfg.anonymous_role:
                 raise Refused("authentication required (Authorization: Bearer <JWT or API key>)", 401)
-            return self.cfg.anonymous_role
+            return self.cfg.anonymous_role, None
+        user, claims = self._bearer(token)
+        tenants = self.proxy.tenants
+        if tenants is None:
+            return user, None
+        name = (claims or {}).get(tenants.cfg.tenant_claim)
+        if name is None and tenants.cfg.identify == "user_suffix" and "." in user:
+            user, _, name = user.rpartition(".")
+        if name is None:
+            return user, None
+        tenant = tenants.by_name.get(name)
+        if tenant is None:
+            raise Refused(f'unknown tenant "{name}"', 401)
+        return user, tenant
+
+    def _bearer(self, token):
+        """(user, JWT claims or None) of a bearer token; Refused (401) when it does not check out."""
         from ..auth import api_keys, jwt as jwt_method
         from ..auth.rules import Refused as AuthRefused
         config = self.proxy.config
@@ -119,14 +138,13 @@ class Gateway:
                 if entry is None:
                     raise AuthRefused("no such key")
                 api_keys.METHOD.check(config, entry["user"], self.cfg.database, token)
-                return entry["user"]
+                return entry["user"], None
             import jwt
             claim = jwt.decode(token, options={"verify_signature": False}).get(config.auth.jwt.user_claim)
             user = config.auth.map.get(claim, claim) if isinstance(claim, str) else None
             if not user:
                 raise AuthRefused("no user claim")
-            jwt_method.METHOD.check(config, user, token)
-            return user
+            return user, jwt_method.METHOD.check(config, user, token)
         except (AuthRefused, ValueError, OSError, KeyError) as e:
             log.info("graphql: a bearer token was refused: %s", e)
             raise Refused("invalid bearer token", 401) from None
@@ -165,8 +183,8 @@ class Gateway:
                 raise Refused(e.message) from None
             if depth(document, self.cfg.max_depth) > self.cfg.max_depth:
                 raise Refused(f"the query is deeper than graphql.max_depth ({self.cfg.max_depth})")
-            role = self.role_of(authorization)
-            return 200, self._run(document, variables, body.get("operationName"), role)
+            role, tenant = self.role_of(authorization)
+            return 200, self._run(document, variables, body.get("operationName"), role, tenant)
         except Refused as e:
             self.errors += 1
             error = {"message": str(e)}
@@ -178,13 +196,17 @@ class Gateway:
             return 502, {"errors": [{"message": f"database: {getattr(e, 'message', e)}",
                                      "extensions": {"sqlstate": getattr(e, "sqlstate", None)}}]}
 
-    def _run(self, document, variables, operation, role):
+    def _run(self, document, variables, operation, role, tenant=None):
         conn = self.connect()
         try:
             conn.execute("BEGIN")
             conn.execute(f"SET LOCAL ROLE {query.ident(role)}")
             conn.execute(f"SET LOCAL statement_timeout = {int(self.cfg.statement_timeout_ms)}")
-            schema = self.schema(conn, role)
+            forced = tenant.forced() if tenant is not None else {}
+            if forced:  # (tenancy/: its helios.tenant, search_path... for this transaction)
+                conn.fetch("SELECT " + ", ".join(f"pg_catalog.set_config(${2 * i + 1}, ${2 * i + 2}, true)"
+                                                 for i in range(len(forced))), [x for kv in forced.items() for x in kv])
+            schema = self.schema(conn, (role, tenant.name if tenant is not None else None))
             problems = validate(schema, document)
             if problems:
                 conn.execute("ROLLBACK")
