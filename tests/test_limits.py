@@ -137,7 +137,7 @@ def test_a_limit_holds_across_workers(cluster, tmp_path, direct):
         watch = direct.cursor()
         while any(t.is_alive() for t in threads):
             watch.execute("select count(*) from pg_stat_activity where query like '%guard-probe%' "
-                          "and pid <> pg_backend_pid()")
+                          "and state = 'active' and pid <> pg_backend_pid()")  # (not idle ones that ran it)
             most[0] = max(most[0], watch.fetchone()[0])
             time.sleep(0.02)
         assert not errors and most[0] == 2

@@ -91,6 +91,11 @@ def test_quotas_hold_per_tenant(tenant_proxy):
     status, rows = tenant_proxy.api("GET", "/tenants")
     by_name = {t["name"]: t for t in rows}
     assert status == 200 and by_name["acme"]["refused_logins"] == 1 and by_name["globex"]["connections"] == 1
+    __import__("time").sleep(1.2)  # (globex's bucket refills)
+    with pytest.raises(psycopg2.errors.UndefinedTable):
+        globex.cursor().execute("select * from tn_no_such_table")
+    after = {t["name"]: t for t in tenant_proxy.api("GET", "/tenants")[1]}["globex"]
+    assert after["errors"] == 1 and after["bytes_in"] > 0 and after["bytes_out"] > 0
 
 
 def test_a_tenant_with_a_pool_of_its_own(tenant_proxy):

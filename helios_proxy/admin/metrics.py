@@ -35,9 +35,10 @@ def snapshot(proxy):
         "limits": {limit["name"]: {k: limit[k] for k in ("passed", "rejected", "waited")}
                    for limit in proxy.limiter.state()},
         "queries": proxy.analytics.prometheus() if proxy.analytics is not None else [],
-        "tenants": {t.name: {"connections": t.connections, "queries": t.queries, "logins": t.logins,
-                             "refused": t.refused + t.rejected}
-                    for t in (proxy.tenants.by_name.values() if proxy.tenants is not None else ())},
+        "tenants": {t["name"]: {"connections": t["connections"], "queries": t["queries"], "logins": t["logins"],
+                                "errors": t["errors"], "refused": t["refused_logins"] + t["rejected_queries"],
+                                "bytes_in": t["bytes_in"], "bytes_out": t["bytes_out"]}
+                    for t in (proxy.tenants.view(proxy.sessions) if proxy.tenants is not None else ())},
         "rewrite": {r["name"]: r["hits"] for s in proxy.stages if s.name == "rewrite" for r in s.rewriter.view()},
     }
 
@@ -160,6 +161,8 @@ class ProxyCollector:
                                           labels=["tenant"])
             counted = {k: CounterMetricFamily(f"helios_tenant_{k}", text, labels=["tenant"]) for k, text in (
                 ("queries", "Queries of the tenant."), ("logins", "Logins of the tenant."),
+                ("errors", "Errors the server answered the tenant's queries."),
+                ("bytes_in", "Bytes the tenant's clients sent."), ("bytes_out", "Bytes the tenant's clients got."),
                 ("refused", "Logins and queries of the tenant refused (quota, isolation, qps)."))}
             for name, t in s["tenants"].items():
                 connected.add_metric([name], t["connections"])

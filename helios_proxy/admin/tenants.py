@@ -17,8 +17,9 @@ def _tenants():
 
 @bp.get("/tenants")
 def listing():
-    """Every tenant: its settings, connections now, logins, queries, refused logins and queries."""
-    return jsonify(_tenants().view())
+    """Every tenant: its settings, connections now, logins, queries, errors, bytes in and out,
+    refused logins and queries."""
+    return jsonify(_tenants().view(proxy_of().sessions))
 
 
 @bp.get("/tenants/<name>")
@@ -26,7 +27,7 @@ def one(name):
     tenant = _tenants().by_name.get(name)
     if tenant is None:
         raise ApiError(404, f"no tenant {name!r}")
-    return jsonify(tenant.view())
+    return jsonify(tenant.view(list(proxy_of().sessions)))
 
 
 def _put(name, body):

@@ -126,6 +126,8 @@ class ServerStream:
             elif mtype == ERROR:
                 router = session.proxy.router
                 router.count(server.node, "errors")
+                if session.tenant is not None:
+                    session.tenant.errors += 1
                 if router.breakers.enabled:
                     code = sqlstate(body)
                     if sick(code):  # the node fails, not the query (topology/breaker.py)

@@ -194,7 +194,7 @@ class ClientSession:
         if self.journal is not None:
             self.journal.close()
         if self.tenant is not None:
-            self.proxy.tenants.left(self.tenant)
+            self.proxy.tenants.left(self.tenant, self)
         self.writer.close()
         try:
             self.sock.close()

@@ -39,11 +39,13 @@ WRITES_SETTING = re.compile(r"\b(?:set|reset|alter|do|execute|prepare|call)\b|se
 
 
 class Tenant:
-    __slots__ = ("cfg", "name", "connections", "logins", "queries", "refused", "rejected")
+    __slots__ = ("cfg", "name", "connections", "logins", "queries", "refused", "rejected", "errors", "bytes_in",
+                 "bytes_out")
 
     def __init__(self, cfg):
         self.cfg, self.name = cfg, cfg.name
-        self.connections = self.logins = self.queries = self.refused = self.rejected = 0
+        self.connections = self.logins = self.queries = self.refused = self.rejected = self.errors = 0
+        self.bytes_in = self.bytes_out = 0  # of its sessions that ended (view() adds the live ones)
 
     def forced(self):
         """The session settings this tenant's sessions always have."""
@@ -65,9 +67,12 @@ class Tenant:
             return f"permission denied: tenant {self.name!r} may not change search_path"
         return None
 
-    def view(self):
+    def view(self, sessions=()):
+        live = [s for s in sessions if s.tenant is self]
         return {**{k: v for k, v in vars(self.cfg).items()}, "connections": self.connections, "logins": self.logins,
-                "queries": self.queries, "refused_logins": self.refused, "rejected_queries": self.rejected}
+                "queries": self.queries, "errors": self.errors, "refused_logins": self.refused,
+                "rejected_queries": self.rejected, "bytes_in": self.bytes_in + sum(s.bytes_in for s in live),
+                "bytes_out": self.bytes_out + sum(s.bytes_out for s in live)}
 
 
 class Tenants:
@@ -151,8 +156,10 @@ class Tenants:
         tenant.logins += 1
 
     @staticmethod
-    def left(tenant):
+    def left(tenant, session):
         tenant.connections -= 1
+        tenant.bytes_in += session.bytes_in
+        tenant.bytes_out += session.bytes_out
 
     # --- runtime changes (admin API) ------------------------------------------------------------
     def _saved(self):
@@ -193,5 +200,6 @@ class Tenants:
         del self.by_name[name]
         return True
 
-    def view(self):
-        return [t.view() for t in self.by_name.values()]
+    def view(self, sessions=()):
+        sessions = list(sessions)
+        return [t.view(sessions) for t in self.by_name.values()]
