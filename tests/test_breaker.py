@@ -1,6 +1,7 @@
 """Circuit breakers ([circuit_breaker], topology/breaker.py) on the real cluster: a standby that refuses the
 application (pg_hba.conf) while it answers the health probes opens its breaker, clients see no
 error, and it gets reads again once it recovers; an open primary breaker fails transactions at once (57P03)."""
+import contextlib
 import os
 import time
 
@@ -23,6 +24,23 @@ def read_port(proxy):
         conn.close()
 
 
+@contextlib.contextmanager
+def app_refused(cluster, index):
+    """Node index's pg_hba.conf refuses user app (its probes still pass) while inside."""
+    hba = os.path.join(cluster.datadir(index), "pg_hba.conf")
+    with open(hba) as f:
+        original = f.read()
+    try:
+        with open(hba, "w") as f:
+            f.write("host all app 127.0.0.1/32 reject\n" + original)
+        cluster.sql("SELECT pg_reload_conf()", port=cluster.ports[index])
+        yield
+    finally:
+        with open(hba, "w") as f:
+            f.write(original)
+        cluster.sql("SELECT pg_reload_conf()", port=cluster.ports[index])
+
+
 def breaker_of(proxy, name):
     return next(n for n in proxy.api("GET", "/nodes")[1] if n["name"] == name)["breaker"]
 
@@ -32,13 +50,7 @@ def test_a_standby_refusing_the_application_opens_its_breaker_then_recovers(clus
                         circuit_breaker={"enabled": True, "min_requests": 1, "window_s": 30.0, "open_s": 0.5,
                                  "max_open_s": 2.0, "half_open_requests": 2})
     wait_standby_reads(proxy)
-    hba = os.path.join(cluster.datadir(1), "pg_hba.conf")
-    with open(hba) as f:
-        original = f.read()
-    try:
-        with open(hba, "w") as f:
-            f.write("host all app 127.0.0.1/32 reject\n" + original)
-        cluster.sql("SELECT pg_reload_conf()", port=cluster.ports[1])
+    with app_refused(cluster, 1):
         deadline = time.monotonic() + 20
         while breaker_of(proxy, "standby1")["trips"] < 2:  # (it is tried again, and trips again)
             assert read_port(proxy) in cluster.ports  # every client read answered, by some node
@@ -46,10 +58,6 @@ def test_a_standby_refusing_the_application_opens_its_breaker_then_recovers(clus
         state = breaker_of(proxy, "standby1")
         assert state["open_s"] >= 1.0 and "pg_hba.conf" in (state["reason"] or "")  # (adaptive: doubled)
         assert breaker_of(proxy, "standby2")["state"] == "closed"
-    finally:
-        with open(hba, "w") as f:
-            f.write(original)
-        cluster.sql("SELECT pg_reload_conf()", port=cluster.ports[1])
     deadline = time.monotonic() + 30
     while True:  # reads try it again (half open) and, all answered, close it
         port = read_port(proxy)
@@ -67,13 +75,7 @@ def test_an_open_primary_breaker_fails_transactions_at_once_with_57P03_until_it_
     waiting.autocommit = True
     holder = psycopg2.connect(host="127.0.0.1", port=proxy.port, user="app", dbname="postgres")
     holder.cursor().execute("select 1")  # in a transaction: the pool's server connection stays with it
-    hba = os.path.join(cluster.datadir(0), "pg_hba.conf")
-    with open(hba) as f:
-        original = f.read()
-    try:
-        with open(hba, "w") as f:
-            f.write("host all app 127.0.0.1/32 reject\n" + original)
-        cluster.sql("SELECT pg_reload_conf()")
+    with app_refused(cluster, 0):
         refusals = []
         for _ in range(3):
             with pytest.raises(psycopg2.OperationalError) as refused:
@@ -85,11 +87,7 @@ def test_an_open_primary_breaker_fails_transactions_at_once_with_57P03_until_it_
         with pytest.raises(psycopg2.OperationalError) as refused:  # a logged-in client: an error, not the end
             waiting.cursor().execute("select 1")
         assert refused.value.pgcode == "57P03" and breaker_of(proxy, "primary")["state"] == "open"
-    finally:
-        holder.close()
-        with open(hba, "w") as f:
-            f.write(original)
-        cluster.sql("SELECT pg_reload_conf()")
+    holder.close()
     time.sleep(1.1)  # half open: the next transaction goes, succeeds and closes it
     cur = waiting.cursor()
     cur.execute("select inet_server_port()")

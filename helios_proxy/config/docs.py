@@ -78,23 +78,17 @@ def render():
             ("[auth.cert]", "The cert method: a TLS client certificate whose CN (or a SAN) is the user, or "
              "maps to it through [auth.map]; no password.", AUTH_CERT_SETTINGS),
             ("[auth.api_keys]", "The api_key method: the client's password is a key made by "
-             "`helios-proxy apikey create`.", AUTH_API_KEY_SETTINGS)):
+             "`helios-proxy apikey create`.", AUTH_API_KEY_SETTINGS),
+            ("[[limits]]", "The rate limiter (docs/limits.md): one table per limit; a query must pass every "
+             "limit whose key matches.", LIMIT_SETTINGS),
+            ("[[routing.tables]]", "Schema routing (docs/routing.md): per table, the first matching rule decides; "
+             "a read touching several tables takes the strictest.", ROUTING_TABLE_SETTINGS),
+            ("[[tenants]]", "Multi-tenancy (docs/tenancy.md): one table per tenant, with [tenancy] enabled.",
+             TENANT_SETTINGS),
+            ("[[rewrite]]", "The query rewriter (docs/analytics.md): rules in order, each may replace by regular "
+             "expression, prefix schemas, normalize or add a hint.", REWRITE_SETTINGS)):
         out.append(f"\n## {title}\n\n{doc}\n\n| key | type | default | description |\n|---|---|---|---|")
         out.extend(_row(s) for s in table)
-    out.append("\n## [[limits]]\n\nThe rate limiter (docs/limits.md): one table per limit; a query must pass "
-               "every limit whose key matches.\n\n| key | type | default | description |\n|---|---|---|---|")
-    out.extend(_row(s) for s in LIMIT_SETTINGS)
-    out.append("\n## [[routing.tables]]\n\nSchema routing (docs/routing.md): per table, the first matching rule "
-               "decides; a read touching several tables takes the strictest.\n\n"
-               "| key | type | default | description |\n|---|---|---|---|")
-    out.extend(_row(s) for s in ROUTING_TABLE_SETTINGS)
-    out.append("\n## [[tenants]]\n\nMulti-tenancy (docs/tenancy.md): one table per tenant, with "
-               "[tenancy] enabled.\n\n| key | type | default | description |\n|---|---|---|---|")
-    out.extend(_row(s) for s in TENANT_SETTINGS)
-    out.append("\n## [[rewrite]]\n\nThe query rewriter (docs/analytics.md): rules in order, each may "
-               "replace by regular expression, prefix schemas, normalize or add a hint.\n\n"
-               "| key | type | default | description |\n|---|---|---|---|")
-    out.extend(_row(s) for s in REWRITE_SETTINGS)
     out.append("\n## [auth.map]\n\n`\"external name\" = \"user\"` entries (pg_ident style): a token whose "
                "user_claim is the external name may log in as that user.")
     out.append("\n## [[cache.rules]]\n\nPer-table cache rules; a query reading several tables gets the "

@@ -6,7 +6,6 @@ One handler per message type (HANDLERS).
 Each forwarded request gets an entry in the session's response plan (server/plan.py), so answers
 the proxy gives itself go out in the order the client asked.
 """
-import time
 
 import gevent
 
@@ -17,7 +16,6 @@ from ..backend.statements import invalidate_all
 from ..limits import release as release_limits
 from ..pipeline.context import UNDECIDED
 from ..pipeline.stage import Action
-from ..plugins.actions import Outcome
 from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
 from ..sockets import recv, recv_later
@@ -25,6 +23,7 @@ from ..topology import replay
 from . import plan as p, statements
 from .forward_batch import BatchSteps
 from .forward_cache import CacheSteps
+from .forward_complete import CompletionSteps
 from .forward_journal import JournalSteps
 
 Q, P, S, X, F, B, D, C = (t[0] for t in (m.QUERY, m.PARSE, m.SYNC, m.TERMINATE, m.FUNCTION_CALL, m.BIND,
@@ -76,7 +75,7 @@ TERMINATED = object()  # a handler's answer: the client sent Terminate
 REFUSED = object()     # a statement step's answer: the proxy refused the message with an error
 
 
-class Forwarder(CacheSteps, JournalSteps, BatchSteps):
+class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
     def __init__(self, session):
         self.session = session
         self.skip_to_sync = False  # a refused extended message: drop messages up to Sync
@@ -515,35 +514,6 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps):
             return False, result.payload
         return False, codec.error_response(FEATURE_NOT_SUPPORTED,
                                            "a proxy answer is not available for extended-protocol queries")
-
-    def answered_here(self, ctx, result):
-        """A query the pipeline answered or refused itself: complete at once."""
-        proxy = self.session.proxy
-        tag = None if result.action is Action.REJECT else "proxy answer"
-        if proxy.analytics is not None:
-            proxy.analytics.record(self.session, ctx, tag and tag.encode(), result.sqlstate, "proxy",
-                                   self.session.plan.status)
-        if proxy.plugins.complete_impls:
-            proxy.plugins.query_complete(ctx, Outcome(time.monotonic() - ctx.started, error=result.sqlstate,
-                                                      command_tag=tag))
-
-    def executes_named(self, begin, end):
-        """A Bind of a named statement is one execution of it: its completion is reported at the
-        batch's ReadyForQuery (one per batch: the first Bind of an unreported batch)."""
-        session = self.session
-        if session.plan.pending_ctx is not None or session.plan.completions is None:
-            return
-        data = self.data
-        try:
-            portal_end = data.index(0, begin + 5, end)
-            name = bytes(data[portal_end + 1:data.index(0, portal_end + 1, end)]).decode("utf-8", "replace")
-        except ValueError:
-            return  # (malformed: the server says so)
-        prepared = session.named_queries.get(name)
-        if prepared is not None:
-            ctx = pipeline.QueryContext(session, prepared.sql, "extended", name, prepared.size, prepared.large)
-            ctx.started, ctx.stat = time.monotonic(), prepared.stat
-            session.plan.pending_ctx = ctx
 
     def apply(self, decided):
         """The stages' decisions about the session (pipeline/context.py Decisions), in one place."""
