@@ -328,7 +328,8 @@ class ClientSession:
                 return self.pool, self._acquire(self.pool)
         node = proxy.buffer.ready()
         breakers = proxy.router.breakers
-        if node is not None and node.name == self.pool.node.name and breakers.allows(node):  # the usual case
+        if node is not None and node.name == self.pool.node.name and (
+                not breakers.enabled or breakers.allows(node)):  # the usual case: its own pool
             server = self.pool.take_idle()
             if server is not None:
                 return self.pool, server
