@@ -6,7 +6,8 @@ protocols, any spacing). The analytics stage (pipeline/stages/analytics.py) find
 query's fingerprint and stamps the query's start; the response path (server/relay.py) records
 its end at the ReadyForQuery: time from the client's query to the server's completion, rows from
 the command tag, the SQLSTATE of an error, the node that answered. Per fingerprint: normalized
-text (constants as $n, never the literal values), intent (intent.py), calls, errors by SQLSTATE,
+text (constants as $n, never the literal values), intent (intent.py; with the query cache on, a
+read's DistribCache class too: point, range, analytic, vector), calls, errors by SQLSTATE,
 rows, total/min/max/mean/stddev and quantiles (sketch.py), first and last seen, calls per node,
 database and user. Memory is bounded: at most `max_fingerprints` shapes; beyond that the least
 called 5 % are folded into one `other` entry.
@@ -20,6 +21,7 @@ import time
 
 
 from ..sqlshape import fingerprint_of, normalized, skeleton as text_skeleton
+from ..cache.policy import workload_class
 from .intent import intent
 from .nplusone import NPlusOne
 from .sketch import FLOOR_S, LOG_GAMMA, Sketch
@@ -36,11 +38,11 @@ LARGE = "large"  # the one fingerprint of texts beyond pipeline.max_parse_bytes 
 
 class Stat:
     """One fingerprint's numbers."""
-    __slots__ = ("fingerprint", "query", "intent", "calls", "errors", "rows", "total", "sumsq", "min", "max",
-                 "sketch", "first", "last", "where")
+    __slots__ = ("fingerprint", "query", "intent", "cache_class", "calls", "errors", "rows", "total", "sumsq",
+                 "min", "max", "sketch", "first", "last", "where")
 
-    def __init__(self, fp, query, kind):
-        self.fingerprint, self.query, self.intent = fp, query, kind
+    def __init__(self, fp, query, kind, cache_class=None):
+        self.fingerprint, self.query, self.intent, self.cache_class = fp, query, kind, cache_class
         self.calls = self.rows = 0
         self.total = self.sumsq = self.max = 0.0
         self.min = math.inf
@@ -87,14 +89,14 @@ class Stat:
     def raw(self):
         """Everything, exactly (the sketch's buckets too): workers' Stats are folded by admin/front.py."""
         out = {k: getattr(self, k) for k in self.RAW}
-        out.update(fingerprint=self.fingerprint, query=self.query, intent=self.intent,
+        out.update(fingerprint=self.fingerprint, query=self.query, intent=self.intent, cache_class=self.cache_class,
                    min=None if self.min == math.inf else self.min, sketch=self.sketch.buckets,
                    where=[[*k, n] for k, n in self.where.items()])
         return out
 
     @classmethod
     def load(cls, raw):
-        stat = cls(raw["fingerprint"], raw["query"], raw["intent"])
+        stat = cls(raw["fingerprint"], raw["query"], raw["intent"], raw.get("cache_class"))
         for k in cls.RAW:
             setattr(stat, k, raw[k])
         stat.min = math.inf if raw["min"] is None else raw["min"]
@@ -108,7 +110,8 @@ class Stat:
         mean = self.total / calls if calls else 0.0
         var = max(0.0, self.sumsq / calls - mean * mean) if calls else 0.0
         q = self.sketch.quantile
-        return {"fingerprint": self.fingerprint, "query": self.query, "intent": self.intent, "calls": calls,
+        return {"fingerprint": self.fingerprint, "query": self.query, "intent": self.intent,
+                "cache_class": self.cache_class, "calls": calls,
                 "errors": sum(self.errors.values()), "errors_by_sqlstate": dict(self.errors), "rows": self.rows,
                 "total_ms": round(self.total * ms, 3), "mean_ms": round(mean * ms, 3),
                 "stddev_ms": round(math.sqrt(var) * ms, 3),
@@ -141,7 +144,8 @@ def _iso(t):
 
 
 class Analytics:
-    def __init__(self, config):
+    def __init__(self, config, cache=None):
+        self.cache = cache  # the query cache (cache/), when on: a read shape's DistribCache class
         self.configure(config)
         self.reset()
 
@@ -185,7 +189,7 @@ class Analytics:
             if len(self.stats) >= self.cfg.max_fingerprints:
                 self._fold_least_called()
             stat = self.stats[fp] = (Stat(fp, "(texts beyond pipeline.max_parse_bytes)", "utility") if large
-                                     else Stat(fp, normalized(sql), intent(sql)))
+                                     else self._new(fp, sql))
         if len(self.by_text) + len(self.by_skeleton) > TEXTS_KEPT:
             self.by_text.clear()
             self.by_skeleton.clear()
@@ -194,6 +198,13 @@ class Analytics:
         elif len(sql) <= 4096:
             self.by_text[sql] = stat
         return stat
+
+    def _new(self, fp, sql):
+        kind, cache_class = intent(sql), None
+        if kind == "read" and self.cache is not None:  # (point, range, analytic or vector: cache/policy.py)
+            shape = self.cache.shapes.get(sql)[0]
+            cache_class = workload_class(shape) if shape.why_not is None else None
+        return Stat(fp, normalized(sql), kind, cache_class)
 
     def _fold_least_called(self):
         ranked = sorted(self.stats.values(), key=lambda s: (s.calls, s.last))

@@ -127,7 +127,7 @@ class Proxy:
         self.plugins = PluginManager(config).load()
         self.plugins.on_refresh = self._plugins_changed
         self.cache = QueryCache(self) if config.cache.enabled else None  # (before the stages that use it)
-        self.analytics = Analytics(config) if config.analytics.enabled else None  # (analytics/)
+        self.analytics = Analytics(config, self.cache) if config.analytics.enabled else None  # (analytics/)
         self.batches = Batches(self)  # INSERT coalescing (batch/), used while [batch] is enabled
         self.tenants = Tenants(config, TENANT_SETTINGS) if config.tenancy.enabled else None  # (tenancy/)
         self.graphql = None

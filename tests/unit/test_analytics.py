@@ -93,3 +93,13 @@ def test_normalize_and_schema_prefix():
     assert qualify("/*+ node=s1 */ with c as (select 1) select * from c, t", "app") == \
         "/*+ node=s1 */ WITH c AS (SELECT 1) SELECT * FROM c, app.t"
     assert qualify("select * from other.t", "app") == "select * from other.t"
+
+
+def test_with_the_query_cache_on_a_read_shape_has_its_distribcache_class():
+    from helios_proxy.cache.shape import Shapes
+    a = analytics()
+    a.cache = types.SimpleNamespace(shapes=Shapes())
+    assert [a.stat(q).cache_class for q in ("select v from t where k = 1", "select count(*) from t group by a",
+                                            "select * from t where k > 5", "update t set a = 1")] == \
+        ["point", "analytic", "range", None]
+    assert analytics().stat("select v from t where k = 1").cache_class is None  # (cache off: no class)
