@@ -20,6 +20,25 @@ def skeleton(sql):
     return LITERALS.sub("?", sql)
 
 
+# fast_key: a cheaper key than skeleton() for texts whose only digits are literals' (no name with a
+# digit, no $n, no quote): every digit made 0 by a byte table, so texts differing only in their
+# numbers (of the same lengths) share it. A tenth of the regular expression's cost.
+DIGITS_TO_0 = bytes.maketrans(b"123456789", b"000000000")
+_NAME = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_$\""
+CLASSES = bytes.maketrans(_NAME + b"123456789", b"a" * len(_NAME) + b"000000000")  # name chars: a, digits: 0
+
+
+def fast_key(sql):
+    """sql with every digit as 0 (bytes), or None when a digit may belong to a name (t1, $1,
+    "col2") or a string, or the text is not ASCII."""
+    if "'" in sql or not sql.isascii():
+        return None
+    raw = sql.encode("ascii")
+    if b"a0" in raw.translate(CLASSES):
+        return None
+    return raw.translate(DIGITS_TO_0)
+
+
 def fingerprint_of(sql):
     """pglast's fingerprint of a query text; a text that does not parse is grouped by its text with
     literals replaced."""

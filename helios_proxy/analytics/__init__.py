@@ -20,7 +20,7 @@ from math import log
 import time
 
 
-from ..sqlshape import fingerprint_of, normalized, skeleton as text_skeleton
+from ..sqlshape import fast_key, fingerprint_of, normalized, skeleton as text_skeleton
 from ..cache.policy import workload_class
 from .intent import intent
 from .nplusone import NPlusOne
@@ -164,6 +164,7 @@ class Analytics:
     def reset(self):
         self.stats = {}  # fingerprint -> Stat
         self.by_text, self.by_skeleton = {}, {}  # query text / text with literals as ? -> Stat
+        self.by_fast = {}  # sqlshape.fast_key (digits as 0) -> Stat
         self.other = Stat("other", "(shapes beyond analytics.max_fingerprints)", "utility")
         self.since = time.monotonic()
         if self.n_plus_one is not None:
@@ -173,15 +174,25 @@ class Analytics:
     def stat(self, sql, large=False, skeleton=UNKNOWN):
         """The Stat of a query text's fingerprint (made on first sight). Texts seen before, and texts
         that differ from one seen before only in their literals (clients that interpolate values),
-        find it without pglast (the fingerprint ignores constants' values)."""
+        find it without pglast (the fingerprint ignores constants' values): by sqlshape.fast_key
+        first, else by the skeleton (given, or a callable giving it, or computed here)."""
         stat = self.by_text.get(sql)
         if stat is not None:
             return stat
+        fast = None if large else fast_key(sql)
+        if fast is not None:
+            stat = self.by_fast.get(fast)
+            if stat is not None:
+                return stat
+        if callable(skeleton):
+            skeleton = skeleton()
         if skeleton is UNKNOWN:
             skeleton = None if large else text_skeleton(sql)
         if skeleton is not None:
             stat = self.by_skeleton.get(skeleton)
             if stat is not None:
+                if fast is not None:
+                    self.by_fast[fast] = stat
                 return stat
         fp = LARGE if large else fingerprint_of(sql)
         stat = self.stats.get(fp)
@@ -190,9 +201,12 @@ class Analytics:
                 self._fold_least_called()
             stat = self.stats[fp] = (Stat(fp, "(texts beyond pipeline.max_parse_bytes)", "utility") if large
                                      else self._new(fp, sql))
-        if len(self.by_text) + len(self.by_skeleton) > TEXTS_KEPT:
+        if len(self.by_text) + len(self.by_skeleton) + len(self.by_fast) > TEXTS_KEPT:
             self.by_text.clear()
             self.by_skeleton.clear()
+            self.by_fast.clear()
+        if fast is not None:
+            self.by_fast[fast] = stat
         if skeleton is not None and skeleton != sql:
             self.by_skeleton[skeleton] = stat
         elif len(sql) <= 4096:
@@ -213,6 +227,7 @@ class Analytics:
             del self.stats[stat.fingerprint]
         self.by_text.clear()  # (they may lead to a folded Stat)
         self.by_skeleton.clear()
+        self.by_fast.clear()
 
     def record(self, session, ctx, tag, error, node, status):
         """A query's answer is complete (its ReadyForQuery, or the proxy answered it)."""

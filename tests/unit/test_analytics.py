@@ -103,3 +103,14 @@ def test_with_the_query_cache_on_a_read_shape_has_its_distribcache_class():
                                             "select * from t where k > 5", "update t set a = 1")] == \
         ["point", "analytic", "range", None]
     assert analytics().stat("select v from t where k = 1").cache_class is None  # (cache off: no class)
+
+
+def test_the_fast_key_never_joins_texts_whose_digits_are_part_of_a_name():
+    from helios_proxy.sqlshape import fast_key
+    assert fast_key("select a from t where b = 12 and c = 3") == b"select a from t where b = 00 and c = 0"
+    for text in ("select * from t1", 'select "c2" from t', "select $1", "select 'a1'", "select é, 1"):
+        assert fast_key(text) is None, text
+    a = analytics()
+    assert a.stat("select * from t where a = 5") is a.stat("select * from t where a = 7")
+    assert a.stat("select * from t1 where a = 5") is not a.stat("select * from t2 where a = 5")
+    assert a.stat("select x from t limit 10") is a.stat("select x from t limit 99")
