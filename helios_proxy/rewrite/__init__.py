@@ -31,16 +31,26 @@ class Rewriter:
     def __bool__(self):
         return bool(self.rules)
 
-    def rewrite(self, sql, session):
-        """The text after every rule that applies (sql itself when none changed it)."""
-        fp = []
+    @property
+    def literals(self):
+        """Whether some rule matches by a plain substring (of the lower-case text)."""
+        return any(rule.literal is not None for rule in self.rules)
+
+    def rewrite(self, sql, session, lower=None):
+        """The text after every rule that applies (sql itself when none changed it); lower: sql.lower()
+        when known (the pipeline's)."""
+        fp, lowered = [], [lower]
 
         def fingerprint():
             if not fp:
                 fp.append(fingerprint_of(sql))
             return fp[0]
         for rule in self.rules:
-            if not rule.for_session(session) or not rule.matches(sql, fingerprint):
+            if not rule.for_session(session):
+                continue
+            if rule.literal is not None and lowered[0] is None:
+                lowered[0] = sql.lower()
+            if not rule.matches(sql, lowered[0], fingerprint):
                 continue
             new = rule.apply(sql)
             if new != sql:
@@ -52,6 +62,7 @@ class Rewriter:
                     rule.hits += 1
                     sql = new
                     fp.clear()
+                    lowered[0] = None
             if rule.stop:
                 break
         return sql

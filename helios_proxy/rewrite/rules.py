@@ -50,12 +50,14 @@ class Rule:
         self.stop = cfg.apply == "first"
         self.dry_run = cfg.dry_run
         self.hits = self.dry_hits = 0
-        self.pattern = None
+        self.pattern = self.literal = None
         if cfg.match:
             try:
                 self.pattern = re.compile(cfg.match, re.IGNORECASE)
             except re.error as e:
                 raise ValueError(f"match: bad regular expression {cfg.match!r}: {e}") from None
+            if not re.search(r"[\\.^$*+?{}\[\]|()]", cfg.match):
+                self.literal = cfg.match.lower()  # (no metacharacter: a substring test is enough)
         if self.replace is not None:
             if self.pattern is None:
                 raise ValueError("replace needs match (the text it replaces)")
@@ -77,8 +79,13 @@ class Rule:
         return ((not self.database or fnmatchcase(session.database or "", self.database))
                 and (not self.user or fnmatchcase(session.user or "", self.user)))
 
-    def matches(self, sql, fingerprint):
-        if self.pattern is not None and self.pattern.search(sql) is None:
+    def matches(self, sql, lower, fingerprint):
+        """Whether the text matches: lower is sql.lower() (a pattern without metacharacters is a
+        plain substring test on it), fingerprint() its pglast fingerprint."""
+        if self.literal is not None:
+            if self.literal not in lower:
+                return False
+        elif self.pattern is not None and self.pattern.search(sql) is None:
             return False
         return self.fingerprint is None or fingerprint() == self.fingerprint
 

@@ -12,6 +12,7 @@ class Rewrite(Stage):
     def __init__(self, config, plugins=None):
         super().__init__(config)
         self.rewriter = Rewriter(config, plugins)
+        self.lower = self.rewriter.literals  # (then the pipeline's lower-case text is worth sharing)
 
     @classmethod
     def enabled(cls, config, plugins=None):
@@ -20,5 +21,5 @@ class Rewrite(Stage):
     def process(self, ctx):
         if ctx.large:
             return StageResult.CONTINUE
-        sql = self.rewriter.rewrite(ctx.sql, ctx.session)
+        sql = self.rewriter.rewrite(ctx.sql, ctx.session, ctx.lower if self.lower else None)
         return StageResult.CONTINUE if sql is ctx.sql else StageResult.rewrite(sql)
