@@ -239,11 +239,21 @@ class Analytics:
         rows = None
         if tag and 47 < tag[-2] < 58:  # (a count ends the command tag: "SELECT 5\0", "INSERT 0 1\0")
             rows = int(tag[tag.rfind(b" ") + 1:-1])
-        stat.add(took, rows, error, (node, session.database, session.user), now)
+        where = session.analytics_where
+        if where is None or where[0] != node:  # (one tuple per session and node, not one per query)
+            where = session.analytics_where = (node, session.database, session.user)
+        stat.add(took, rows, error, where, now)
         if self.slow_s is not None and took >= self.slow_s:
             self.slow.add(session, ctx, stat, took, rows, error, node)
-        if self.n_plus_one is not None:
-            self.n_plus_one.track(session, stat, status, now)
+        n_plus_one = self.n_plus_one
+        if n_plus_one is not None:
+            run = session.analytics_run
+            if (run is not None and run.stat is stat and run.before is None  # (a run with no "1": only counted)
+                    and (run.open or now - run.last <= n_plus_one.window_s)):
+                run.count += 1
+                run.last, run.open = now, status != b"I"
+            else:
+                n_plus_one.track(session, stat, status, now)
 
     def queries(self, sort="total_time", limit=100, raw=False):
         return [s.raw() if raw else s.view() for s in top(self.stats.values(), sort, limit)]

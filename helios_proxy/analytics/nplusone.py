@@ -52,7 +52,8 @@ class NPlusOne:
                 else:
                     run.pattern["count"] = max(run.pattern["count"], run.count)
             return
-        session.analytics_run = Run(stat, run.stat if run is not None else None, now, status)
+        before = run.stat if run is not None and run.stat is not stat else None  # (X after X is no N+1)
+        session.analytics_run = Run(stat, before, now, status)
 
     def _report(self, session, run):
         """A run reached the threshold: a new pattern (logged), or one more occurrence of one."""

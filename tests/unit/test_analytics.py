@@ -73,7 +73,7 @@ def test_a_stat_survives_its_raw_form_exactly():
 
 def test_n_plus_one_runs_in_a_transaction_and_within_the_window():
     a = analytics()
-    session = types.SimpleNamespace(analytics_run=None, id=1, user="u", database="db")
+    session = types.SimpleNamespace(analytics_run=None, analytics_where=None, id=1, user="u", database="db")
     parent, child = a.stat("select id from p"), a.stat("select * from c where p = 1")
     a.n_plus_one.track(session, parent, b"T", 0.0)
     for i in range(3):
