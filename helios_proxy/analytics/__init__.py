@@ -171,11 +171,11 @@ class Analytics:
             self.n_plus_one.reset()
         self.slow.recent.clear()
 
-    def stat(self, sql, large=False, skeleton=UNKNOWN):
+    def stat(self, sql, large=False, skeleton=UNKNOWN, ctx=None):
         """The Stat of a query text's fingerprint (made on first sight). Texts seen before, and texts
         that differ from one seen before only in their literals (clients that interpolate values),
         find it without pglast (the fingerprint ignores constants' values): by sqlshape.fast_key
-        first, else by the skeleton (given, or a callable giving it, or computed here)."""
+        first, else by the skeleton (given, or the QueryContext's, or computed here)."""
         stat = self.by_text.get(sql)
         if stat is not None:
             return stat
@@ -184,8 +184,8 @@ class Analytics:
             stat = self.by_fast.get(fast)
             if stat is not None:
                 return stat
-        if callable(skeleton):
-            skeleton = skeleton()
+        if ctx is not None:  # (its skeleton, computed once for the stages that need it)
+            skeleton = ctx.skeleton
         if skeleton is UNKNOWN:
             skeleton = None if large else text_skeleton(sql)
         if skeleton is not None:

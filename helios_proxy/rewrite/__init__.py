@@ -38,20 +38,23 @@ class Rewriter:
 
     def rewrite(self, sql, session, lower=None):
         """The text after every rule that applies (sql itself when none changed it); lower: sql.lower()
-        when known (the pipeline's)."""
-        fp, lowered = [], [lower]
-
-        def fingerprint():
-            if not fp:
-                fp.append(fingerprint_of(sql))
-            return fp[0]
+        when known (the pipeline's). Runs for every query: no allocation unless a rule applies."""
+        fp = None
         for rule in self.rules:
-            if not rule.for_session(session):
+            if rule.scoped and not rule.for_session(session):
                 continue
-            if rule.literal is not None and lowered[0] is None:
-                lowered[0] = sql.lower()
-            if not rule.matches(sql, lowered[0], fingerprint):
+            if rule.literal is not None:  # (a match without metacharacters: a substring test)
+                if lower is None:
+                    lower = sql.lower()
+                if rule.literal not in lower:
+                    continue
+            elif rule.pattern is not None and rule.pattern.search(sql) is None:
                 continue
+            if rule.fingerprint is not None:
+                if fp is None:
+                    fp = fingerprint_of(sql)
+                if fp != rule.fingerprint:
+                    continue
             new = rule.apply(sql)
             if new != sql:
                 if rule.dry_run:
@@ -60,9 +63,7 @@ class Rewriter:
                              normalized(sql)[:300], normalized(new)[:300])
                 else:
                     rule.hits += 1
-                    sql = new
-                    fp.clear()
-                    lowered[0] = None
+                    sql, fp, lower = new, None, None
             if rule.stop:
                 break
         return sql

@@ -1,8 +1,9 @@
 """One `[[rewrite]]` rule: when it applies, and what it does to a query's text.
 
 A rule applies to a query of its `database`/`user` (names or globs; empty: any) whose text
-`match`es (a regular expression, case insensitive), or whose pglast `fingerprint` is the given
-one, or to every query when it names neither. It then, in this order: replaces what `match`
+`match`es (a regular expression, case insensitive; one without metacharacters is tested as a
+substring of the lower-case text), or whose pglast `fingerprint` is the given one, or to every
+query when it names neither (rewrite/__init__.py applies them). It then, in this order: replaces what `match`
 found with `replace` (groups as \\1 or \\g<name>), qualifies unqualified tables with
 `schema_prefix`, `normalize`s (comments other than /*+ hints */ dropped, runs of spacing made one
 space), and puts `/*+ hint */` in front. `apply = "first"` stops the rules after this one when it
@@ -43,6 +44,7 @@ class Rule:
     def __init__(self, cfg, source="config"):
         self.name, self.source = cfg.name, source
         self.database, self.user = cfg.database, cfg.user
+        self.scoped = bool(cfg.database or cfg.user)  # (else for_session is always true)
         self.fingerprint = cfg.fingerprint or None
         self.replace = cfg.replace
         self.schema_prefix = cfg.schema_prefix or None
@@ -78,16 +80,6 @@ class Rule:
     def for_session(self, session):
         return ((not self.database or fnmatchcase(session.database or "", self.database))
                 and (not self.user or fnmatchcase(session.user or "", self.user)))
-
-    def matches(self, sql, lower, fingerprint):
-        """Whether the text matches: lower is sql.lower() (a pattern without metacharacters is a
-        plain substring test on it), fingerprint() its pglast fingerprint."""
-        if self.literal is not None:
-            if self.literal not in lower:
-                return False
-        elif self.pattern is not None and self.pattern.search(sql) is None:
-            return False
-        return self.fingerprint is None or fingerprint() == self.fingerprint
 
     def apply(self, sql):
         if self.replace is not None:

@@ -17,5 +17,5 @@ class Analytics(Stage):
     def process(self, ctx):
         if not ctx.started:
             ctx.started = time.monotonic()
-        ctx.stat = ctx.session.proxy.analytics.stat(ctx.sql, ctx.large, lambda: ctx.skeleton)
+        ctx.stat = ctx.session.proxy.analytics.stat(ctx.sql, ctx.large, ctx=ctx)
         return StageResult.CONTINUE
