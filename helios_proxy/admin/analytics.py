@@ -3,16 +3,13 @@
 from flask import Blueprint, jsonify, request
 
 from ..analytics import SORTS
-from .common import ApiError, proxy_of
+from .common import ApiError, feature, proxy_of
 
 bp = Blueprint("analytics", __name__)
 
 
 def _analytics():
-    analytics = proxy_of().analytics
-    if analytics is None:
-        raise ApiError(404, "query analytics are off (analytics.enabled = false)")
-    return analytics
+    return feature("analytics", "query analytics are off (analytics.enabled = false)")
 
 
 @bp.get("/analytics")

@@ -1,16 +1,13 @@
 """The query cache (cache/): GET /cache, POST /cache/flush, POST /cache/invalidate."""
 from flask import Blueprint, jsonify
 
-from .common import ApiError, json_body, proxy_of
+from .common import ApiError, feature, json_body, proxy_of
 
 bp = Blueprint("cache", __name__)
 
 
 def _cache():
-    cache = proxy_of().cache
-    if cache is None:
-        raise ApiError(404, "the query cache is off (cache.enabled = false)")
-    return cache
+    return feature("cache", "the query cache is off (cache.enabled = false)")
 
 
 @bp.get("/cache")

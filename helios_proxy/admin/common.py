@@ -15,6 +15,15 @@ def proxy_of():
     return current_app.config["PROXY"]
 
 
+def feature(attribute, off):
+    """The proxy's part for an optional feature (its `attribute`), or 404 with `off`, which names
+    the setting that turns it on."""
+    part = getattr(proxy_of(), attribute)
+    if part is None:
+        raise ApiError(404, off)
+    return part
+
+
 def json_body():
     """The request's JSON object ({} when there is no body); 400 when it is not JSON."""
     if not request.get_data():

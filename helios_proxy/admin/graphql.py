@@ -3,7 +3,7 @@ Authenticated by its own bearer tokens (JWT or API key of the auth proxy) or ano
 by the admin tokens."""
 from flask import Blueprint, Response, jsonify, request
 
-from .common import ApiError, proxy_of
+from .common import feature
 
 bp = Blueprint("graphql", __name__)
 PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>HeliosProxy GraphQL</title>
@@ -17,10 +17,7 @@ PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>HeliosProxy Gr
 
 
 def _gateway():
-    gateway = proxy_of().graphql
-    if gateway is None:
-        raise ApiError(404, "the GraphQL gateway is off (graphql.enabled = false)")
-    return gateway
+    return feature("graphql", "the GraphQL gateway is off (graphql.enabled = false)")
 
 
 @bp.get("/graphql")

@@ -3,16 +3,13 @@ in tenancy.tenants_file and apply to new logins at once."""
 from flask import Blueprint, jsonify
 
 from ..errors import ConfigError
-from .common import ApiError, json_body, proxy_of
+from .common import ApiError, feature, json_body, proxy_of
 
 bp = Blueprint("tenants", __name__)
 
 
 def _tenants():
-    tenants = proxy_of().tenants
-    if tenants is None:
-        raise ApiError(404, "multi-tenancy is off (tenancy.enabled = false)")
-    return tenants
+    return feature("tenants", "multi-tenancy is off (tenancy.enabled = false)")
 
 
 @bp.get("/tenants")
