@@ -9,7 +9,9 @@ bp = Blueprint("analytics", __name__)
 
 
 def _analytics():
-    return feature("analytics", "query analytics are off (analytics.enabled = false)")
+    analytics = feature("analytics", "query analytics are off (analytics.enabled = false)")
+    analytics.flush()  # (the answers noted since the last flush count too)
+    return analytics
 
 
 @bp.get("/analytics")

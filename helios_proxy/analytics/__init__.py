@@ -15,24 +15,29 @@ called 5 % are folded into one `other` entry.
 Slow queries go to the slow-query log (slowlog.py), repeated shapes in a transaction to the N+1
 detector (nplusone.py).
 """
+import logging
 import math
-from math import log
+from operator import mul
+import sys
 import time
 
+import gevent
 
-from ..sqlshape import fast_key, fingerprint_of, normalized, skeleton as text_skeleton
+from ..sqlshape import DIGITS_TO_0, fast_key, fast_key_sound, fingerprint_of, normalized, skeleton as text_skeleton
 from ..cache.policy import workload_class
 from .intent import intent
 from .nplusone import NPlusOne
-from .sketch import FLOOR_S, LOG_GAMMA, Sketch
+from .sketch import Sketch
 from .slowlog import SlowLog
 
 SORTS = {"total_time": lambda s: s.total, "calls": lambda s: s.calls, "mean": lambda s: s.total / (s.calls or 1),
          "p99": lambda s: s.sketch.quantile(0.99) or 0, "errors": lambda s: sum(s.errors.values()),
          "rows": lambda s: s.rows, "max": lambda s: s.max}
-PER_BUCKET = 1.0 / LOG_GAMMA
 UNKNOWN = object()
 TEXTS_KEPT = 20000  # texts and skeletons remembered (then forgotten all at once, and learned again)
+BATCH = 128  # answers noted before they are added up ...
+FLUSH_AFTER_S = 0.1  # ... or this long after the first of them (slow-log lines appear this late at most)
+logger = logging.getLogger(__name__)
 LARGE = "large"  # the one fingerprint of texts beyond pipeline.max_parse_bytes (never parsed)
 
 
@@ -46,30 +51,21 @@ class Stat:
         self.calls = self.rows = 0
         self.total = self.sumsq = self.max = 0.0
         self.min = math.inf
-        self.errors, self.where = {}, {}  # SQLSTATE -> n, (node, database, user) -> calls
+        self.errors, self.where = {}, {}  # SQLSTATE -> n, where_key(node, database, user) -> calls
         self.sketch = Sketch()
         self.first = self.last = time.monotonic()  # (one clock for every process: workers' Stats fold)
 
-    def add(self, took, rows, error, where, now):
-        self.calls += 1
-        self.total += took
-        self.sumsq += took * took
-        if took < self.min:
-            self.min = took
-        if took > self.max:
-            self.max = took
-        sketch = self.sketch  # (Sketch.add, inline: this runs for every query)
-        x = log(took if took > FLOOR_S else FLOOR_S) * PER_BUCKET
-        i = int(x) if x < 0 else int(x) + 1  # ceil
-        buckets = sketch.buckets
-        buckets[i] = buckets.get(i, 0) + 1
-        sketch.count += 1
-        if rows:
-            self.rows += rows
-        if error is not None:
-            self.errors[error] = self.errors.get(error, 0) + 1
-        self.where[where] = self.where.get(where, 0) + 1
-        self.last = now
+    def add_all(self, tooks):
+        """Executions that took these durations (their other numbers: analytics' flush)."""
+        self.calls += len(tooks)
+        self.total += sum(tooks)
+        self.sumsq += sum(map(mul, tooks, tooks))
+        low, high = min(tooks), max(tooks)
+        if low < self.min:
+            self.min = low
+        if high > self.max:
+            self.max = high
+        self.sketch.add_all(tooks)
 
     def fold(self, other):
         """Add other's numbers to this one (the `other` entry, or workers' rows in admin/front.py)."""
@@ -91,7 +87,7 @@ class Stat:
         out = {k: getattr(self, k) for k in self.RAW}
         out.update(fingerprint=self.fingerprint, query=self.query, intent=self.intent, cache_class=self.cache_class,
                    min=None if self.min == math.inf else self.min, sketch=self.sketch.buckets,
-                   where=[[*k, n] for k, n in self.where.items()])
+                   where=[[*k.split("\0"), n] for k, n in self.where.items()])
         return out
 
     @classmethod
@@ -102,7 +98,7 @@ class Stat:
         stat.min = math.inf if raw["min"] is None else raw["min"]
         stat.sketch.buckets = {int(i): n for i, n in raw["sketch"].items()}
         stat.sketch.count = sum(stat.sketch.buckets.values())
-        stat.where = {tuple(w[:3]): w[3] for w in raw["where"]}
+        stat.where = {where_key(*w[:3]): w[3] for w in raw["where"]}
         return stat
 
     def view(self):
@@ -123,8 +119,15 @@ class Stat:
     def _by(self, i):
         out = {}
         for key, n in self.where.items():
-            out[key[i]] = out.get(key[i], 0) + n
+            name = key.split("\0")[i]
+            out[name] = out.get(name, 0) + n
         return out
+
+
+def where_key(node, database, user):
+    """What a Stat counts calls per: node, database and user as one string (its hash is kept; a
+    tuple's is computed at every lookup), the same object for every session (interned)."""
+    return sys.intern(f"{node}\0{database}\0{user}")
 
 
 def top(stats, sort, limit):
@@ -145,6 +148,7 @@ def _iso(t):
 
 class Analytics:
     def __init__(self, config, cache=None):
+        self.timer = None  # (flush: a loop timer while answers wait to be added up)
         self.cache = cache  # the query cache (cache/), when on: a read shape's DistribCache class
         self.configure(config)
         self.reset()
@@ -162,6 +166,8 @@ class Analytics:
         self.n_plus_one = NPlusOne(cfg) if cfg.n_plus_one_threshold else None
 
     def reset(self):
+        self.pending = []  # answers noted, not added up yet (flush)
+        self.rows_of = {}  # command tag -> rows (_rows)
         self.stats = {}  # fingerprint -> Stat
         self.by_text, self.by_skeleton = {}, {}  # query text / text with literals as ? -> Stat
         self.by_fast = {}  # sqlshape.fast_key (digits as 0) -> Stat
@@ -191,7 +197,7 @@ class Analytics:
         if skeleton is not None:
             stat = self.by_skeleton.get(skeleton)
             if stat is not None:
-                if fast is not None:
+                if fast is not None and fast_key_sound(fast):
                     self.by_fast[fast] = stat
                 return stat
         fp = LARGE if large else fingerprint_of(sql)
@@ -205,7 +211,7 @@ class Analytics:
             self.by_text.clear()
             self.by_skeleton.clear()
             self.by_fast.clear()
-        if fast is not None:
+        if fast is not None and fast_key_sound(fast):
             self.by_fast[fast] = stat
         if skeleton is not None and skeleton != sql:
             self.by_skeleton[skeleton] = stat
@@ -229,43 +235,108 @@ class Analytics:
         self.by_skeleton.clear()
         self.by_fast.clear()
 
+    # Recording is two steps. Where a query's answer completes, it is only noted: a tuple appended
+    # to `pending` (the session, the query, its command tag and SQLSTATE, the node, the transaction
+    # status, the time), by server/relay.py's ServerStream.feed itself for the server's answers
+    # (no call per query) and by record() for the proxy's own. flush() adds the noted answers up,
+    # every BATCH answers or FLUSH_AFTER_S after the first, and before anything reads the numbers:
+    # per shape, for the whole batch at once, calls, times and quantiles.
     def record(self, session, ctx, tag, error, node, status):
-        """A query's answer is complete (its ReadyForQuery, or the proxy answered it)."""
-        stat = ctx.stat
-        if stat is None:
+        """A query's answer is complete (the proxy answered it, or a Bind of a named statement)."""
+        if ctx.analyze:
+            self.pending.append((session, ctx, tag, error, node, status, time.monotonic()))
+            self.tend()
+
+    def tend(self):
+        """Answers are pending: add them up now (BATCH of them), or make sure they will be soon."""
+        if len(self.pending) >= BATCH:
+            self.flush()
+        elif self.timer is None and self.pending:
+            self.timer = gevent.get_hub().loop.timer(FLUSH_AFTER_S)  # (a new one each time: a one-shot
+            self.timer.start(self.flush)                             # timer restarted from a callback
+                                                                     # fires at once)
+
+    def flush(self):
+        """Add up the answers noted since the last flush (never raises: it runs on the relay's path)."""
+        pending, self.pending = self.pending, []
+        if self.timer is not None:
+            self.timer.stop()
+            self.timer = None
+        if not pending:
             return
-        now = time.monotonic()
-        took = now - ctx.started
-        rows = None
-        if tag and 47 < tag[-2] < 58:  # (a count ends the command tag: "SELECT 5\0", "INSERT 0 1\0")
-            rows = int(tag[tag.rfind(b" ") + 1:-1])
-        where = session.analytics_where
-        if where is None or where[0] != node:  # (one tuple per session and node, not one per query)
-            where = session.analytics_where = (node, session.database, session.user)
-        stat.add(took, rows, error, where, now)
-        if self.slow_s is not None and took >= self.slow_s:
-            self.slow.add(session, ctx, stat, took, rows, error, node)
+        try:
+            self._add_up(pending)
+        except Exception:  # (a bug here costs numbers, never a client's answer)
+            logger.exception("analytics: recording %d answers failed", len(pending))
+
+    def _add_up(self, pending):
+        """The numbers of noted answers: per answer what needs its order (rows, errors, the N+1
+        runs, the slow log); per shape, for the whole batch at once, calls, times and quantiles."""
+        by_fast, stat_of, rows_of = self.by_fast, self.stat, self.rows_of
+        slow_s = self.slow_s if self.slow_s is not None else math.inf
         n_plus_one = self.n_plus_one
-        if n_plus_one is not None:
-            run = session.analytics_run
-            if (run is not None and run.stat is stat and run.before is None  # (a run with no "1": only counted)
-                    and (run.open or now - run.last <= n_plus_one.window_s)):
-                run.count += 1
-                run.last, run.open = now, status != b"I"
+        window_s = n_plus_one.window_s if n_plus_one is not None else 0.0
+        tooks = {}  # Stat -> durations
+        for session, ctx, tag, error, node, status, now in pending:
+            sql = ctx.sql
+            stat = None if ctx.large else by_fast.get(sql.encode().translate(DIGITS_TO_0))  # (stat()'s first try)
+            if stat is None:
+                stat = stat_of(sql, ctx.large, ctx=ctx)
+            took = now - ctx.started
+            durations = tooks.get(stat)
+            if durations is None:
+                tooks[stat] = [took]
             else:
-                n_plus_one.track(session, stat, status, now)
+                durations.append(took)
+            stat.last = now
+            rows = rows_of.get(tag, UNKNOWN)
+            if rows is UNKNOWN:
+                rows = self._rows(tag)
+            if rows:
+                stat.rows += rows
+            if error is not None:
+                stat.errors[error] = stat.errors.get(error, 0) + 1
+            where = session.analytics_where
+            if where is None or where[0] != node:  # (one key per session and node, not one per query)
+                where = session.analytics_where = (node, where_key(node, session.database, session.user))
+            counts, where = stat.where, where[1]
+            counts[where] = counts.get(where, 0) + 1
+            if took >= slow_s:
+                self.slow.add(session, ctx, stat, took, rows, error, node, now)
+            if n_plus_one is not None:
+                run = session.analytics_run
+                if (run is not None and run.stat is stat and run.before is None  # (a run with no "1": counted)
+                        and (run.open or now - run.last <= window_s)):
+                    run.count += 1
+                    run.last, run.open = now, status != b"I"
+                else:
+                    n_plus_one.track(session, stat, status, now)
+        for stat, durations in tooks.items():
+            stat.add_all(durations)
+
+    def _rows(self, tag):
+        """The row count that ends a command tag ("SELECT 5\0", "INSERT 0 1\0"; None for "BEGIN\0"
+        or no tag), remembered: most tags repeat."""
+        rows = int(tag[tag.rfind(b" ") + 1:-1]) if tag and len(tag) > 1 and 47 < tag[-2] < 58 else None
+        if len(self.rows_of) > 1000:
+            self.rows_of.clear()
+        self.rows_of[tag] = rows
+        return rows
 
     def queries(self, sort="total_time", limit=100, raw=False):
+        self.flush()
         return [s.raw() if raw else s.view() for s in top(self.stats.values(), sort, limit)]
 
     def prometheus(self):
         """The prometheus_top shapes by total time: (fingerprint, query, calls, seconds, errors)."""
+        self.flush()
         return [{"fingerprint": s.fingerprint, "query": s.query[:100], "calls": s.calls, "seconds": s.total,
                  "errors": sum(s.errors.values())} for s in top(self.stats.values(), "total_time",
                                                                 self.cfg.prometheus_top)]
 
     def state(self):
         """Totals for /analytics and the status page."""
+        self.flush()
         calls = sum(s.calls for s in self.stats.values()) + self.other.calls
         return {"fingerprints": len(self.stats), "calls": calls, "other_calls": self.other.calls,
                 "slow_queries": self.slow.count,

@@ -27,8 +27,10 @@ class SlowLog:
             handler.setFormatter(logging.Formatter("%(message)s"))
             self.logger.addHandler(handler)
 
-    def add(self, session, ctx, stat, took, rows, error, node):
-        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() % 1 * 1000):03d}Z",
+    def add(self, session, ctx, stat, took, rows, error, node, now):
+        """now: the monotonic time the query completed (its line may be written a little later)."""
+        at = time.time() - (time.monotonic() - now)
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d}Z",
                  "duration_ms": round(took * 1000.0, 3), "fingerprint": stat.fingerprint, "query": stat.query,
                  "intent": stat.intent, "user": session.user, "database": session.database, "node": node,
                  "rows": rows, "sqlstate": error, "session": session.id, "protocol": ctx.protocol}

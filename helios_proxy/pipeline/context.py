@@ -7,7 +7,7 @@ class QueryContext:
     """One per Query or Parse message that passes the pipeline. Plain slots: built per query."""
 
     __slots__ = ("session", "sql", "protocol", "statement", "started", "size", "large", "_tags", "_word",
-                 "_lower", "_skeleton", "decided", "stat")
+                 "_lower", "_skeleton", "decided", "analyze")
 
     def __init__(self, session, sql, protocol="simple", statement="", size=None, large=False):
         self.session = session      # the ClientSession (user, database, client address, ...)
@@ -21,7 +21,7 @@ class QueryContext:
         self._tags = self._lower = self._skeleton = None
         self._word = (None, UNKNOWN)
         self.decided = None  # Decisions, once a stage made one
-        self.stat = None     # its fingerprint's numbers (analytics stage), updated when it completes
+        self.analyze = False  # analytics records its answer (analytics stage)
 
     def decide(self):
         """The stages' decisions about the session, as data (made on first use); the forwarder

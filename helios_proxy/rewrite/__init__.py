@@ -28,6 +28,11 @@ class Rewriter:
             except (TypeError, ValueError) as e:
                 log.error("plugin %s: rewrite rule %r refused: %s", name, table.get("name"), e)
 
+        # Every rule needs a substring of its own (a match without metacharacters): a text with
+        # none of them is left as it is at the cost of one search per rule (the usual case).
+        self.screen = (tuple(rule.literal for rule in self.rules)
+                       if all(rule.literal is not None for rule in self.rules) else None)
+
     def __bool__(self):
         return bool(self.rules)
 

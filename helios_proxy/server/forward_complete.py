@@ -37,5 +37,5 @@ class CompletionSteps:
         prepared = session.named_queries.get(name)
         if prepared is not None:
             ctx = pipeline.QueryContext(session, prepared.sql, "extended", name, prepared.size, prepared.large)
-            ctx.started, ctx.stat = time.monotonic(), prepared.stat
+            ctx.started, ctx.analyze = time.monotonic(), prepared.analyze
             session.plan.pending_ctx = ctx

@@ -16,11 +16,13 @@ Two pumps feed it:
 """
 import logging
 import time
+from time import monotonic
 import weakref
 
 import gevent
 from gevent.hub import Waiter
 
+from ..analytics import BATCH
 from ..errors import CONNECTION_FAILURE, DECODING_ERRORS, ProtocolViolation
 from ..jobs import JOBS
 from ..limits import release as release_limits
@@ -68,6 +70,9 @@ class ServerStream:
         """(bytes for the client, does the lease end here?, answers complete [(ctx, tag, error)])."""
         session, server, plan = self.session, self.server, self.session.plan
         completions, on_message, journal = plan.completions, plan.on_message, session.journal
+        analytics = session.proxy.analytics  # (its answers noted here: no call per query)
+        noted = analytics.pending if analytics is not None else None
+        plugins_complete = completions is not None and session.proxy.plugins.complete_impls
         fill = session.cache_fill
         if plan.hidden or fill is not None:  # the proxy's own Query is answered: its row must be seen
             self.scanner.wanted = EVERYTHING    # (plan.py); a cache miss: its rows are kept
@@ -112,8 +117,12 @@ class ServerStream:
                     plan.outstanding -= 1
                 else:
                     entry = plan.answered()
-                    if entry is not None:  # a query's answer is complete (plugins' on_query_complete)
-                        answered.append((entry, self.last_tag, self.last_error))
+                    if entry is not None:  # a query's answer is complete (analytics, plugins' on_query_complete)
+                        if noted is not None and entry.analyze:
+                            noted.append((session, entry, self.last_tag, self.last_error, server.node.name, body,
+                                          monotonic()))
+                        if plugins_complete:
+                            answered.append((entry, self.last_tag, self.last_error))
                     if completions is not None:
                         self.last_tag = self.last_error = None
                 if body == b"I" and (session.cache_pending is not None or session.cache_tx_unsafe):  # (cache/)
@@ -146,6 +155,8 @@ class ServerStream:
                     journal.changed = True
             elif mtype == COMPLETE and completions is not None:
                 self.last_tag = body
+        if noted and (analytics.timer is None or len(noted) >= BATCH):  # (added up later, or now)
+            analytics.tend()
         partial = self.scanner.partial()
         stop = len(data) - partial
         if journal is not None:  # (held bytes are hashed when they go out, with the next chunk)
@@ -363,13 +374,9 @@ GREENLETS = Pumps()
 
 
 def completed(session, server, answered, submit=None):
-    """Queries whose answers are complete: analytics records them at once (cheap, never waits);
-    plugins' on_query_complete runs through submit (a worker greenlet, from a loop callback)."""
+    """Queries whose answers are complete (analytics noted them in ServerStream.feed): plugins'
+    on_query_complete runs through submit (a worker greenlet, from a loop callback)."""
     proxy = session.proxy
-    if proxy.analytics is not None:
-        node, status = server.node.name, server.tx_status
-        for ctx, tag, error in answered:
-            proxy.analytics.record(session, ctx, tag, error, node, status)
     if proxy.plugins.complete_impls:
         for entry in answered:
             if submit is None:

@@ -109,7 +109,7 @@ class ClientSession:
         self.named_queries = {}       # (completions on) named statement -> its Parse's QueryContext
         self.batch_off = False        # it used lastval()/currval(): its INSERTs are never batched (batch/)
         self.analytics_run = None     # the shape it ran last and how often in a row (N+1, analytics/)
-        self.analytics_where = None   # (node, database, user) its queries are counted under (analytics/)
+        self.analytics_where = None   # (node, key of node, database, user) its queries count under (analytics/)
 
     @property
     def settings(self):

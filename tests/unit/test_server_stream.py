@@ -13,7 +13,7 @@ def fake_session(mode="transaction", journal=None):
     plan = p.ResponsePlan()
     plan.sent(ord("Q"))
     return SimpleNamespace(plan=plan, transactions=0, pooled=True, mode=mode, pinned=None, closing=None,
-                           streaming=False, settings_dirty=False, proxy=SimpleNamespace(router=router),
+                           streaming=False, settings_dirty=False, proxy=SimpleNamespace(router=router, analytics=None),
                            journal=journal, cache_fill=None, cache_pending=None,
                            cache_tx_unsafe=False, limits_held=[])
 

@@ -1,7 +1,8 @@
 """The analytics stage (the spec's "Query Analytics": record the start time; the response path
-records the end): finds the Stat of the query's fingerprint (analytics/) for the response path
-to update at its ReadyForQuery (server/relay.py). A named statement's executions are its Binds
-(server/forward.py executes_named), each counted with its Parse's Stat."""
+records the end): stamps the query's start and marks it for analytics (analytics/), which note
+its answer at its ReadyForQuery (server/relay.py) and find its fingerprint when they add the noted
+answers up. A named statement's executions are its Binds (server/forward.py executes_named), each
+counted with its Parse's text."""
 import time
 
 from ..stage import Stage, StageResult
@@ -17,5 +18,5 @@ class Analytics(Stage):
     def process(self, ctx):
         if not ctx.started:
             ctx.started = time.monotonic()
-        ctx.stat = ctx.session.proxy.analytics.stat(ctx.sql, ctx.large, ctx=ctx)
+        ctx.analyze = True
         return StageResult.CONTINUE

@@ -4,6 +4,8 @@ Texts beyond pipeline.max_parse_bytes are left alone."""
 from ...rewrite import Rewriter
 from ..stage import Stage, StageResult
 
+CONTINUE = StageResult.CONTINUE
+
 
 class Rewrite(Stage):
     name = "rewrite"
@@ -20,6 +22,14 @@ class Rewrite(Stage):
 
     def process(self, ctx):
         if ctx.large:
-            return StageResult.CONTINUE
-        sql = self.rewriter.rewrite(ctx.sql, ctx.session, ctx.lower if self.lower else None)
-        return StageResult.CONTINUE if sql is ctx.sql else StageResult.rewrite(sql)
+            return CONTINUE
+        rewriter = self.rewriter
+        if rewriter.screen is not None:
+            lower = ctx.lower
+            for literal in rewriter.screen:
+                if literal in lower:
+                    break
+            else:
+                return CONTINUE  # (no rule can apply)
+        sql = rewriter.rewrite(ctx.sql, ctx.session, ctx.lower if self.lower else None)
+        return CONTINUE if sql is ctx.sql else StageResult.rewrite(sql)
