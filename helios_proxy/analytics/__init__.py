@@ -2,15 +2,15 @@
 seen from the proxy, per query shape.
 
 A query's shape is pglast's fingerprint (one for all literal values and parameters, both
-protocols, any spacing). The analytics stage (pipeline/stages/analytics.py) finds the Stat of a
-query's fingerprint and stamps the query's start; the response path (server/relay.py) records
-its end at the ReadyForQuery: time from the client's query to the server's completion, rows from
-the command tag, the SQLSTATE of an error, the node that answered. Per fingerprint: normalized
-text (constants as $n, never the literal values), intent (intent.py; with the query cache on, a
-read's DistribCache class too: point, range, analytic, vector), calls, errors by SQLSTATE,
-rows, total/min/max/mean/stddev and quantiles (sketch.py), first and last seen, calls per node,
-database and user. Memory is bounded: at most `max_fingerprints` shapes; beyond that the least
-called 5 % are folded into one `other` entry.
+protocols, any spacing). The analytics stage (pipeline/stages/analytics.py) stamps the query's
+start; the response path (server/relay.py) notes its answer at the ReadyForQuery: time from the
+client's query to the server's completion, the command tag (its rows), the SQLSTATE of an error,
+the node that answered. Noted answers are added up in batches (see `record`). Per fingerprint:
+normalized text (constants as $n, never the literal values), intent (intent.py; with the query
+cache on, a read's DistribCache class too: point, range, analytic, vector), calls, errors by
+SQLSTATE, rows, total/min/max/mean/stddev and quantiles (sketch.py), first and last seen, calls
+per node, database and user. Memory is bounded: at most `max_fingerprints` shapes after each
+batch; beyond that the least called (5 % at least) are folded into one `other` entry.
 
 Slow queries go to the slow-query log (slowlog.py), repeated shapes in a transaction to the N+1
 detector (nplusone.py).
@@ -202,9 +202,7 @@ class Analytics:
                 return stat
         fp = LARGE if large else fingerprint_of(sql)
         stat = self.stats.get(fp)
-        if stat is None:
-            if len(self.stats) >= self.cfg.max_fingerprints:
-                self._fold_least_called()
+        if stat is None:  # (beyond max_fingerprints the least called are folded after the batch: _add_up)
             stat = self.stats[fp] = (Stat(fp, "(texts beyond pipeline.max_parse_bytes)", "utility") if large
                                      else self._new(fp, sql))
         if len(self.by_text) + len(self.by_skeleton) + len(self.by_fast) > TEXTS_KEPT:
@@ -228,7 +226,7 @@ class Analytics:
 
     def _fold_least_called(self):
         ranked = sorted(self.stats.values(), key=lambda s: (s.calls, s.last))
-        for stat in ranked[:max(1, len(ranked) // 20)]:
+        for stat in ranked[:max(len(ranked) - self.cfg.max_fingerprints, len(ranked) // 20, 1)]:
             self.other.fold(stat)
             del self.stats[stat.fingerprint]
         self.by_text.clear()  # (they may lead to a folded Stat)
@@ -313,6 +311,8 @@ class Analytics:
                     n_plus_one.track(session, stat, status, now)
         for stat, durations in tooks.items():
             stat.add_all(durations)
+        if len(self.stats) > self.cfg.max_fingerprints:  # (not before: this batch's Stats stay until added up)
+            self._fold_least_called()
 
     def _rows(self, tag):
         """The row count that ends a command tag ("SELECT 5\0", "INSERT 0 1\0"; None for "BEGIN\0"

@@ -15,7 +15,7 @@ GAMMA = 1.02                 # neighbouring bucket bounds differ by 2 %: +-1 % r
 LOG_GAMMA = math.log(GAMMA)
 FLOOR_S = 1e-6               # durations below 1 us count as 1 us
 PER_BUCKET = 1.0 / LOG_GAMMA
-FLOORS, PER_BUCKETS = itertools.repeat(FLOOR_S), itertools.repeat(PER_BUCKET)
+PER_BUCKETS = itertools.repeat(PER_BUCKET)
 
 
 class Sketch:
@@ -34,8 +34,9 @@ class Sketch:
         # int() is ceil for the logarithms of durations under 1 s (negative): counted by C loops;
         # durations of 1 s or more (rare) one by one.
         under = [x for x in seconds if x < 1.0] if max(seconds) >= 1.0 else seconds
-        for i, n in collections.Counter(map(int, map(mul, map(math.log, map(max, under, FLOORS)),
-                                                     PER_BUCKETS))).items():
+        if under and min(under) < FLOOR_S:
+            under = [x if x > FLOOR_S else FLOOR_S for x in under]
+        for i, n in collections.Counter(map(int, map(mul, map(math.log, under), PER_BUCKETS))).items():
             buckets[i] = buckets.get(i, 0) + n
         if under is not seconds:
             for x in seconds:
