@@ -292,6 +292,38 @@ def apikey_revoke(key_id, path):
     click.echo(f"key {key_id} revoked")
 
 
+@main.group()
+def tenancy():
+    """Multi-tenancy: what PostgreSQL needs to verify a session's tenant (docs/tenancy.md)."""
+
+
+@tenancy.command("install")
+@click.option("-c", "--config", "path", required=True, type=click.Path(dir_okay=False), help="TOML configuration file.")
+@click.option("--user", default="postgres", show_default=True,
+              help="Connect to the primary as this role (it must be able to create a schema).")
+@click.option("--database", "databases", multiple=True,
+              help="Only this database (repeat for more); default: every database that takes connections.")
+def tenancy_install(path, user, databases):
+    """Install helios.tenant() (the session's verified tenant) and its key in each database tenants use.
+    The password, if one is needed, comes from PGPASSWORD or ~/.pgpass."""
+    import psycopg2
+    from .config import load_file
+    from .tenancy.install import install
+    from .tenancy.proof import default_key_file
+    try:
+        cfg = load_file(path)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    key_path = default_key_file(cfg)
+    if not key_path:
+        raise click.ClickException("tenancy.key_file is not set")
+    try:
+        install(cfg, key_path, user, os.environ.get("PGPASSWORD"), databases, echo=click.echo)
+    except (psycopg2.Error, OSError, ValueError) as e:
+        raise click.ClickException(f"tenancy install failed: {str(e).strip()}") from None
+    click.echo("reload the proxies (SIGHUP) if they ran before the key file was made")
+
+
 @main.command()
 @click.argument("target")
 @config_option

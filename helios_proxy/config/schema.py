@@ -332,6 +332,13 @@ SETTINGS = (
       "server name (acme.db.example.com); jwt_claim: the tenant_claim of the JWT the client logged in with "
       "(auth method jwt).", choices=("user_suffix", "database", "sni", "jwt_claim")),
     S("tenancy", "tenant_claim", str, "tenant", "identify = jwt_claim: the claim naming the tenant."),
+    S("tenancy", "key_file", str, "", "The key that signs each session's tenant for helios.tenant() (hex; made "
+      "by `helios-proxy tenancy install`, mode 0600); default: the config file's path + .tenancy-key.",
+      reloadable=True),
+    S("tenancy", "tenant_secrets", str, "optional", "optional: a users_file line for user.tenant (the PostgreSQL "
+      "user, a dot, the tenant) is that tenant's own password, else the user's line is (**one password opens "
+      "every tenant of that user**); required: a tenant logs in only with a line of its own.",
+      choices=("optional", "required"), reloadable=True),
     S("tenancy", "tenants_file", str, "", "Where tenants added, changed or removed through the admin API are "
       "kept (JSON); default: the config file's path + .tenants.json.", reloadable=True),
     # [graphql]: the GraphQL gateway (graphql/), at /graphql on the admin listener

@@ -22,6 +22,7 @@ from ..backend import statements
 from ..backend.connection import ServerConnection
 from ..backend.credentials import Credentials
 from ..errors import ProxyError
+from ..tenancy.proof import PROOF_SETTING
 from . import catalog, query
 from .schema import build, needed, rows_of, siblings
 
@@ -203,6 +204,8 @@ class Gateway:
             conn.execute(f"SET LOCAL ROLE {query.ident(role)}")
             conn.execute(f"SET LOCAL statement_timeout = {int(self.cfg.statement_timeout_ms)}")
             forced = tenant.forced() if tenant is not None else {}
+            if tenant is not None:  # helios.tenant(): its proof on this connection (tenancy/proof.py)
+                forced[PROOF_SETTING] = self.proxy.tenants.prover.proof(conn, tenant)
             if forced:  # (tenancy/: its helios.tenant, search_path... for this transaction)
                 conn.fetch("SELECT " + ", ".join(f"pg_catalog.set_config(${2 * i + 1}, ${2 * i + 2}, true)"
                                                  for i in range(len(forced))), [x for kv in forced.items() for x in kv])

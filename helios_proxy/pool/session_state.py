@@ -10,6 +10,8 @@ AUTHORIZATION DEFAULT, which also resets the role, comes before RESET ALL). A po
 user, so whatever identity one client reached, the next client of that pool can be given back.
 """
 IDENTITY = ("session_authorization", "role")  # applied first, in this order
+# Never carried to another connection: a tenant's proof is made for one backend (tenancy/proof.py).
+NOT_CARRIED = frozenset({"helios.tenant_proof"})
 CAPTURE = ("SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session' "
            "UNION ALL SELECT 'session_authorization', pg_catalog.current_setting('session_authorization') "
            "UNION ALL SELECT 'role', pg_catalog.current_setting('role')")
@@ -58,6 +60,8 @@ def capture(server):
     settings = {}
     for name, value in server.execute(CAPTURE):
         if name == "role" and value == "none" or name == "session_authorization" and value == login:
+            continue
+        if name in NOT_CARRIED:
             continue
         settings[name] = value
     server.settings_key = settings_key(settings)

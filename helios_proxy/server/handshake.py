@@ -176,6 +176,8 @@ def login(session, pkt):
     if server is not None:
         session.attach(pool, server)
         apply_settings(server, session.settings)
+        if session.tenant is not None:  # helios.tenant() (tenancy/proof.py)
+            proxy.tenants.establish(server, session.tenant)
         session.settings_checked = True
         params = server.params
     else:  # what the server will report once the settings are applied at the first lease

@@ -29,6 +29,7 @@ import os
 import re
 
 from ..errors import ConfigError, FatalError, INVALID_AUTHORIZATION, TOO_MANY_CONNECTIONS
+from .proof import Prover
 
 log = logging.getLogger(__name__)
 SETTING = "helios.tenant"
@@ -79,12 +80,17 @@ class Tenants:
     def __init__(self, config, settings):
         self.settings = settings  # TENANT_SETTINGS, to check runtime changes like the config's
         self.by_name = {}
+        self.prover = None  # helios.tenant()'s proofs (proof.py)
         self.configure(config)
 
     def configure(self, config):
         """The configuration's tenants, then the runtime changes kept in tenants_file (counters
         of tenants that stay are kept)."""
         self.config, self.cfg = config, config.tenancy
+        if self.prover is None:
+            self.prover = Prover(config)
+        else:
+            self.prover.configure(config)  # (a reload: the key file is read again)
         self.path = self.cfg.tenants_file or (config.source + ".tenants.json" if config.source else "")
         wanted = {t.name: t for t in config.tenants}
         for name, table in self._saved().items():
@@ -154,6 +160,11 @@ class Tenants:
                              sqlstate=TOO_MANY_CONNECTIONS)
         tenant.connections += 1
         tenant.logins += 1
+
+    def establish(self, server, tenant):
+        """A server connection begins to serve tenant (a lease, a login, a move): its proof for
+        helios.tenant() is set before anything of the client (proof.py); raises BackendError."""
+        self.prover.establish(server, tenant)
 
     @staticmethod
     def left(tenant, session):

@@ -31,6 +31,12 @@ def capture(server):
     return Snapshot(settings, statements, stateful)
 
 
+def prove(session, server):
+    """helios.tenant() proven for this backend (tenancy/proof.py), after the settings."""
+    if session.tenant is not None:
+        session.proxy.tenants.establish(server, session.tenant)
+
+
 def restore(session, server, snapshot, skip=()):
     """Re-create on server (fresh from a pool) the session's state: a session-pooled client's
     snapshot, or a pooled client's settings and statements; statements named in skip are left
@@ -39,9 +45,11 @@ def restore(session, server, snapshot, skip=()):
     server.statements.clear()
     if snapshot is not None:
         session_state.apply(server, snapshot.settings)
+        prove(session, server)
         prepared.recreate(server, [row for row in snapshot.statements if row[0] not in skip])
         return
     session_state.apply(server, session.settings, session.settings_key)
+    prove(session, server)
     for stmt in session.statements.by_name.values():  # protocol-level, under the server's names
         if stmt.server_name not in skip:
             server.sock.sendall(stmt.parse + codec.SYNC)

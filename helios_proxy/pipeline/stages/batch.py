@@ -21,6 +21,7 @@ class Batch(Stage):
         if "val(" in sql and ("lastval" in ctx.lower or "currval" in ctx.lower):
             session.batch_off = True
         if (session.batch_off or ctx.large or not session.pooled or session.server is not None
+                or session.tenant is not None  # (a batch runs on one connection: one tenant's proof)
                 or session.pinned or session.plan.owes() or not session.settings_checked
                 or ctx.word != "insert"):
             return StageResult.CONTINUE
