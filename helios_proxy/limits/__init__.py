@@ -1,8 +1,8 @@
 """The rate limiter: `[[limits]]`, each a token bucket, a sliding window or a concurrency guard per
-key (user, database, client address, tenant or query fingerprint). A query must pass every limit
-whose key matches; one that would exceed a limit is refused with SQLSTATE 53400 naming it, or
+key (user, database, client address, tenant or query fingerprint). Every execution (each statement
+of a Query, each Execute: limits/admission.py) must pass every limit whose key matches; one that would exceed a limit is refused with SQLSTATE 53400 naming it, or
 (`on_exceed = "wait"`) waits up to `max_wait_ms` for room. Checked by the rate-limit stage
-(pipeline/stages/rate_limit.py) before anything else of the pipeline; a concurrency slot is given
+(pipeline/stages/rate_limit.py) for a Query and by the forwarder for an Execute (admission.py); a concurrency slot is given
 back at the ReadyForQuery that ends the query (server/relay.py).
 
 With `[server] workers = N`, the workers keep every limit's state in one shared table
@@ -167,6 +167,7 @@ class Limiter:
             self.limits = [SharedLimit(cfg, table) for cfg in config.limits]
         self.table = table
         self.concurrency = any(limit.kind == "concurrency" for limit in self.limits)
+        self.by_text = any(limit.key == "fingerprint" for limit in self.limits)  # (admission.Texts)
 
     @staticmethod
     def value(limit, session, fingerprint):
@@ -180,17 +181,22 @@ class Limiter:
             return session.tenant.name if session.tenant is not None else None
         return fingerprint()
 
-    def take(self, session, fingerprint):
-        """Count a query against every limit that applies; raises Exceeded (after giving back
-        the concurrency slots it took). Returns the concurrency slots held, to release later."""
+    def take(self, session, fingerprint, count=1, holding=()):
+        """Count count executions against every limit that applies; raises Exceeded (after giving
+        back the concurrency slots it took). Returns the concurrency slots held, to release later.
+        holding: the slots the session holds already (its batch runs one thing at a time: one slot)."""
         held = []
         try:
             for limit in self.limits:
                 value = self.value(limit, session, fingerprint)
                 if value is not None and limit.applies(value):
-                    limit.take(value)
                     if limit.kind == "concurrency":
-                        held.append((limit, value))
+                        if (limit, value) not in holding:
+                            limit.take(value)
+                            held.append((limit, value))
+                        continue
+                    for _ in range(count):
+                        limit.take(value)
         except Exceeded:
             for limit, value in held:
                 limit.release(value)

@@ -38,6 +38,7 @@ VALID = frozenset(b"QPBEFCDHSXdcf")
 # Messages forwarded exactly as they come whenever a server is leased: no pipeline, no statement
 # names to translate (Query, Parse, Bind, Describe, Close and Terminate take the long way).
 PASS = VALID - {Q, P, B, D, C, X}
+PASS_COUNTED = PASS - {EXECUTE, F}  # while executions are counted (limits/admission.py)
 COPY_MESSAGES = frozenset(b"dcf")  # outside COPY, PostgreSQL ignores them
 COPY_DATA = m.COPY_DATA[0]
 
@@ -89,6 +90,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         self.cache_next = None     # cache: the Fill of the message at hand (a miss), or a Parse's Admission
         self.batch_next = False    # batch: the Parse at hand begins an INSERT that may be coalesced
         self.buf = None            # forward(): the MessageBuffer (a cache hit consumes a whole batch)
+        self.precounted = False    # the next Execute was counted already (a batch that fell back)
         limit = session.proxy.config.pipeline.max_query_bytes
         self.max_query = limit + 6 if limit else 1 << 31  # message length with type, length word, NUL
 
@@ -137,6 +139,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         self.data, self.start = buf.buf, buf.pos  # the buffer, and the first byte of the run not yet sent
         self.buf = buf
         handlers = HANDLERS
+        passes = PASS_COUNTED if session.proxy.admission.on else PASS
         while True:
             msg = buf.next()
             if msg is None:
@@ -150,7 +153,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
                     self.skip_to_sync = False
                     self.answer_at_sync()
                 continue
-            if mtype in PASS and session.lease is not None and not session.discard_pending and not self.wrapping:
+            if mtype in passes and session.lease is not None and not session.discard_pending and not self.wrapping:
                 entry = p.PLAIN_FOR.get(mtype)  # the usual Execute, Sync, Flush, CopyData...: as is
                 if entry is not None:
                     plan.entries.append(entry)
@@ -267,6 +270,9 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
             return None  # a cache hit: the whole batch answered
         if mtype == B and session.named_queries:
             self.executes_named(begin, end)
+        if mtype == B and session.limit_texts is not None:  # (a fingerprint limit: limits/admission.py)
+            portal, at = codec.read_cstr(self.data, begin + 5)
+            session.limit_texts.bound(portal, codec.read_cstr(self.data, at)[0])
         if mtype == B and session.lease is None and session.next_target is None:
             statements.route_of_bind(session, self.data[begin + 5:end])  # where its statement's Parse went
         if not self.leased(mtype, begin, end):
@@ -322,6 +328,24 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         if self.leased(mtype, begin, end):
             self.as_is(mtype, begin, end, None)
         return None
+
+    def on_execute(self, mtype, begin, end):
+        """Execute and FunctionCall: each one execution against the limits and its tenant's qps
+        (limits/admission.py); one refused gets 53400 and the rest of its batch is skipped to Sync."""
+        session = self.session
+        admission = session.proxy.admission
+        if self.precounted:
+            self.precounted = False
+        elif admission.on:
+            texts = session.limit_texts
+            sql = texts.executed(codec.read_cstr(self.data, begin + 5)[0]) if texts is not None and mtype == EXECUTE \
+                else None
+            refused = admission.take(session, 1, sql)
+            if refused is not None:
+                self.cut(begin, end)
+                self.refuse(mtype, codec.error_response(*refused))
+                return None
+        return self.on_other(mtype, begin, end)
 
     def on_terminate(self, mtype, begin, end):
         self.cut(begin, end)
@@ -594,5 +618,5 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
 HANDLERS = {Q: Forwarder.on_query, P: Forwarder.on_parse, B: Forwarder.on_bind_or_describe,
             D: Forwarder.on_bind_or_describe, C: Forwarder.on_close, S: Forwarder.on_sync, X: Forwarder.on_terminate,
             m.FLUSH[0]: Forwarder.on_flush_or_copy, **{t: Forwarder.on_flush_or_copy for t in COPY_MESSAGES},
-            EXECUTE: Forwarder.on_other, F: Forwarder.on_other}
+            EXECUTE: Forwarder.on_execute, F: Forwarder.on_execute}
 assert set(HANDLERS) == VALID

@@ -94,8 +94,17 @@ class BatchSteps:
         row = batches.extended_row(session, sql, lambda text: row_with(text, params, types))
         if row is None:
             return False
+        admission = session.proxy.admission
+        if admission.on:  # its Execute counts before it joins a batch (limits/admission.py)
+            refused = admission.take(session, 1, sql)
+            if refused is not None:
+                self.cut(begin, sync_end)
+                self.buf.pos = sync_end
+                self.answer(PARSE_COMPLETE + BIND_COMPLETE + codec.error_response(*refused))
+                return True
         answer = batches.wait(*row)
         if answer is None:
+            self.precounted = admission.on  # (its Execute, on the usual path, was counted here)
             return False
         self.cut(begin, sync_end)
         self.buf.pos = sync_end

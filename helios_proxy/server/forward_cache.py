@@ -64,7 +64,7 @@ class CacheSteps:
         if not entry or (describe and entry.rlen < 0):
             cache.forget(self.session, sql)
             return False
-        self.cache_answer(entry, begin, sync_end, True, describe)
+        self.cache_answer(entry, begin, sync_end, True, describe, sql)
         return True
 
     def batch_key(self, cache, adm, shape_values, types, after):
@@ -80,12 +80,18 @@ class CacheSteps:
             return None, False, 0
         return cache.key(self.session, adm, values, results), describe, sync_end
 
-    def cache_answer(self, entry, begin, sync_end, parse, describe):
+    def cache_answer(self, entry, begin, sync_end, parse, describe, sql):
         """A whole batch data[begin:sync_end] answered from entry; the batch is consumed."""
         self.cut(begin, sync_end)
         self.buf.pos = sync_end
-        self.answer((PARSE_COMPLETE if parse else b"") + BIND_COMPLETE + (entry.rowdesc if describe else b"")
-                    + entry.body)
+        head = (PARSE_COMPLETE if parse else b"") + BIND_COMPLETE
+        admission = self.session.proxy.admission
+        if admission.on:  # a hit is an execution too (limits/admission.py)
+            refused = admission.take(self.session, 1, sql)
+            if refused is not None:
+                self.answer(head + codec.error_response(*refused))
+                return
+        self.answer(head + (entry.rowdesc if describe else b"") + entry.body)
 
     def cache_batch(self, adm, shape_values, types, sql, begin, after, parse):
         """Look the batch beginning at data[begin] up (its Bind at `after`): a hit answers it all and
@@ -105,5 +111,5 @@ class CacheSteps:
             return False
         if parse:
             cache.remember(session, sql, adm, shape_values)  # (asked again: the quick path next time)
-        self.cache_answer(entry, begin, sync_end, parse, describe)
+        self.cache_answer(entry, begin, sync_end, parse, describe, sql)
         return True

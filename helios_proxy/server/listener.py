@@ -23,6 +23,7 @@ from ..batch import Batches
 from ..tenancy import Tenants
 from ..cache import QueryCache
 from ..limits import Limiter
+from ..limits.admission import Admission
 from ..limits import shared as limits_table
 from ..config import load_file
 from ..config.schema import SETTINGS, TENANT_SETTINGS
@@ -136,6 +137,7 @@ class Proxy:
             self.graphql = Gateway(self)
         self.limits_table = self._limits_table(config)
         self.limiter = Limiter(config, self.limits_table)  # [[limits]] (limits/)
+        self.admission = Admission(self)  # every execution against the limits and tenant qps
         self.build_stages(config)
         self.authenticator = Authenticator(config, load_userlist(config.auth.users_file), self.pools,
                                            self.primary)

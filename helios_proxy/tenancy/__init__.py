@@ -27,8 +27,10 @@ import json
 import logging
 import os
 import re
+from types import SimpleNamespace
 
 from ..errors import ConfigError, FatalError, INVALID_AUTHORIZATION, TOO_MANY_CONNECTIONS
+from ..limits import Limit
 from .proof import Prover
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,7 @@ class Tenants:
         self.settings = settings  # TENANT_SETTINGS, to check runtime changes like the config's
         self.by_name = {}
         self.prover = None  # helios.tenant()'s proofs (proof.py)
+        self.buckets = {}   # tenant name -> (qps, its token bucket): take_qps
         self.configure(config)
 
     def configure(self, config):
@@ -160,6 +163,17 @@ class Tenants:
                              sqlstate=TOO_MANY_CONNECTIONS)
         tenant.connections += 1
         tenant.logins += 1
+
+    def take_qps(self, tenant, count=1):
+        """count executions of tenant against its qps (a token bucket); raises limits.Exceeded."""
+        qps = tenant.cfg.qps
+        known = self.buckets.get(tenant.name)
+        if known is None or known[0] != qps:
+            known = self.buckets[tenant.name] = (qps, Limit(SimpleNamespace(
+                name=f"tenant {tenant.name} qps", kind="token_bucket", key="tenant", match="", rate=qps,
+                burst=max(1, int(qps)), on_exceed="reject", max_wait_ms=0)))
+        for _ in range(count):
+            known[1].take(tenant.name)
 
     def establish(self, server, tenant):
         """A server connection begins to serve tenant (a lease, a login, a move): its proof for

@@ -1,20 +1,11 @@
-"""The rate-limit stage (limits/): first in the pipeline, a query over a [[limits]] entry is refused
-with 53400 (or waits, on_exceed = "wait"). Concurrency slots are held until the session is owed
-nothing more (the ReadyForQuery of its last request, server/relay.py; or the proxy's own answer)."""
-from functools import lru_cache
-
-from pglast.parser import ParseError, fingerprint
-
-from ...limits import CONFIGURATION_LIMIT_EXCEEDED, Exceeded
+"""The rate-limit stage (limits/): first after the tenant stage. Each statement of a simple Query is
+one execution against the [[limits]] and the tenant's qps (limits/admission.py; an Execute of the
+extended protocol is counted by the forwarder); one over a limit is refused with 53400 (or waits,
+on_exceed = "wait"). A Parse runs nothing: it is only remembered for fingerprint-keyed limits.
+Concurrency slots are held until the session is owed nothing more (the ReadyForQuery of its last
+request, server/relay.py; or the proxy's own answer)."""
+from ...limits.admission import Texts, statements_in
 from ..stage import Stage, StageResult
-
-
-@lru_cache(maxsize=10000)
-def _fingerprint(sql):
-    try:
-        return fingerprint(sql)
-    except ParseError:
-        return "unparsable"
 
 
 class RateLimit(Stage):
@@ -22,14 +13,19 @@ class RateLimit(Stage):
 
     @classmethod
     def enabled(cls, config):
-        return bool(config.limits)
+        return bool(config.limits) or config.tenancy.enabled
 
     def process(self, ctx):
         session = ctx.session
-        try:
-            held = session.proxy.limiter.take(session, lambda: "large" if ctx.large else _fingerprint(ctx.sql))
-        except Exceeded as e:
-            return StageResult.reject(CONFIGURATION_LIMIT_EXCEEDED, str(e))
-        if held:  # (given back when the server, or the proxy, has answered all it owes: limits.release)
-            session.limits_held.extend(held)
+        admission = session.proxy.admission
+        if ctx.protocol != "simple":  # its executions are counted at each Execute
+            if admission.by_text:
+                if session.limit_texts is None:
+                    session.limit_texts = Texts()
+                session.limit_texts.parsed(ctx.statement, None if ctx.large else ctx.sql)
+            return StageResult.CONTINUE
+        count = 1 if ctx.large or ctx.word is not None else statements_in(ctx.sql)
+        refused = admission.take(session, count, None if ctx.large else ctx.sql)
+        if refused is not None:
+            return StageResult.reject(*refused)
         return StageResult.CONTINUE

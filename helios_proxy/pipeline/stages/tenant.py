@@ -1,20 +1,15 @@
 """The tenant stage (the spec's "identify tenant from connection metadata, apply per-tenant pool
-and quota limits"; identified at login, server/handshake.py): counts the tenant's queries, holds
-its `qps`, and refuses (42501) what would step out of its isolation: changing helios.tenant (rls)
-or search_path (schema). First in the pipeline, before anything else sees the query."""
-from types import SimpleNamespace
-
-from ...limits import CONFIGURATION_LIMIT_EXCEEDED, Exceeded, Limit
+and quota limits"; identified at login, server/handshake.py): counts the tenant's queries and
+refuses (42501) the obvious attempts to change helios.tenant (rls) or search_path (schema), a
+courtesy: what isolates a tenant is helios.tenant(), which PostgreSQL checks (tenancy/proof.py).
+Its `qps` counts every execution, with the limits (limits/admission.py, the rate-limit stage).
+First in the pipeline, before anything else sees the query."""
 from ...tenancy import INSUFFICIENT_PRIVILEGE
 from ..stage import Stage, StageResult
 
 
 class Tenant(Stage):
     name = "tenant"
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.buckets = {}  # tenant name -> (qps, its token bucket)
 
     @classmethod
     def enabled(cls, config):
@@ -29,16 +24,4 @@ class Tenant(Stage):
         if why is not None:
             tenant.rejected += 1
             return StageResult.reject(INSUFFICIENT_PRIVILEGE, why)
-        qps = tenant.cfg.qps
-        if qps:
-            known = self.buckets.get(tenant.name)
-            if known is None or known[0] != qps:
-                known = self.buckets[tenant.name] = (qps, Limit(SimpleNamespace(
-                    name=f"tenant {tenant.name} qps", kind="token_bucket", key="tenant", match="", rate=qps,
-                    burst=max(1, int(qps)), on_exceed="reject", max_wait_ms=0)))
-            try:
-                known[1].take(tenant.name)
-            except Exceeded as e:
-                tenant.rejected += 1
-                return StageResult.reject(CONFIGURATION_LIMIT_EXCEEDED, str(e))
         return StageResult.CONTINUE
