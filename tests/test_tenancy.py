@@ -187,3 +187,19 @@ def test_graphql_requests_of_a_tenant_see_its_rows(start_proxy, tenant_proxy):
     assert names(tenant="acme") == ["acme-item"] and names(tenant="globex") == ["globex-item"]
     assert names() == []  # (no tenant: the policy shows nothing)
     assert names(tenant="nobody") == 401
+
+
+def test_a_tenants_qps_counts_executions_of_prepared_statements(tenant_proxy):
+    import time
+    import psycopg
+    with psycopg.connect(tenant_proxy.dsn(user="tn_app.globex"), autocommit=True) as conn:
+        time.sleep(1.2)  # (a full bucket: qps 5, burst 5)
+        conn.execute("select 1", prepare=True)
+        ok = refused = 0
+        for _ in range(30):  # Bind/Execute only, at once: the burst passes, the rest is refused
+            try:
+                conn.execute("select 1", prepare=True)
+                ok += 1
+            except psycopg.errors.ConfigurationLimitExceeded:
+                refused += 1
+    assert ok <= 6 and refused >= 24, (ok, refused)

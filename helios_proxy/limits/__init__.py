@@ -82,25 +82,28 @@ class Limit:
             self.state.move_to_end(value)
         return state
 
-    def wait_s(self, value, now):
-        """0 if a query of key value may run now (and it is counted), else seconds until it may."""
+    def wait_s(self, value, now, n=1):
+        """0 if n executions of key value may run now (and they are counted, all or none), else
+        seconds until they may."""
         cfg = self.cfg
         if self.kind == "token_bucket":
             b = self._state(value, lambda: Bucket(cfg.burst))
             b.tokens = min(cfg.burst, b.tokens + (now - b.at) * cfg.rate)
             b.at = now
-            if b.tokens >= 1:
-                b.tokens -= 1
+            n = min(n, cfg.burst)  # (more than the burst at once: a full bucket lets them pass)
+            if b.tokens >= n:
+                b.tokens -= n
                 return 0
-            return (1 - b.tokens) / cfg.rate
+            return (n - b.tokens) / cfg.rate
         if self.kind == "sliding_window":
             times = self._state(value, collections.deque)
             while times and times[0] <= now - cfg.window_s:
                 times.popleft()
-            if len(times) < cfg.max_queries:
-                times.append(now)
+            n = min(n, cfg.max_queries)
+            if len(times) + n <= cfg.max_queries:
+                times.extend([now] * n)
                 return 0
-            return times[0] + cfg.window_s - now
+            return times[n - 1] + cfg.window_s - now
         guard = self._state(value, Guard)
         if guard.running < cfg.max and not guard.waiters:
             guard.running += 1
@@ -112,14 +115,14 @@ class Limit:
         if guard is not None:
             guard.release()
 
-    def take(self, value):
-        """Count a query of key value against this limit, waiting if configured; raises Exceeded."""
+    def take(self, value, n=1):
+        """Count n executions of key value against this limit, waiting if configured; raises Exceeded."""
         cfg = self.cfg
         deadline = time.monotonic() + cfg.max_wait_ms / 1000
         waited = False
         while True:
             now = time.monotonic()
-            wait = self.wait_s(value, now)
+            wait = self.wait_s(value, now, n)
             if wait == 0:
                 self.passed += 1
                 self.waited += waited
@@ -195,8 +198,7 @@ class Limiter:
                             limit.take(value)
                             held.append((limit, value))
                         continue
-                    for _ in range(count):
-                        limit.take(value)
+                    limit.take(value, count)
         except Exceeded:
             for limit, value in held:
                 limit.release(value)

@@ -142,7 +142,7 @@ class SharedLimit(Limit):
             h = self._state(value, lambda: key_hash(self.name, self.kind, self.key, value))
         return h
 
-    def wait_s(self, value, now):
+    def wait_s(self, value, now, n=1):
         cfg, table, h = self.cfg, self.table, self._hash(value)
         with table.locked():
             if self.kind == "concurrency":
@@ -156,15 +156,17 @@ class SharedLimit(Limit):
             a, b, c = table.read(off)
             if self.kind == "token_bucket":  # a = tokens, b = when they were counted
                 tokens = cfg.burst if b == 0 else min(cfg.burst, a + (now - b) * cfg.rate)
-                wait = 0 if tokens >= 1 else (1 - tokens) / cfg.rate
-                table.write(off, h, tokens - (wait == 0), now, 0.0, now)
+                n = min(n, cfg.burst)
+                wait = 0 if tokens >= n else (n - tokens) / cfg.rate
+                table.write(off, h, tokens - (n if wait == 0 else 0), now, 0.0, now)
                 return wait
             # sliding window, as two counters: a = this window's start, b = its count, c = the last
             # window's; the estimate weighs the last window by how much of it still overlaps
             w = cfg.window_s
             a, b, c = rolled(a, b, c, now, w)
-            if c * (1 - (now - a) / w) + b < cfg.max_queries:
-                table.write(off, h, a, b + 1, c, now)
+            n = min(n, cfg.max_queries)
+            if c * (1 - (now - a) / w) + b + n - 1 < cfg.max_queries:
+                table.write(off, h, a, b + n, c, now)
                 return 0
             table.write(off, h, a, b, c, now)
             return max(0.001, min(a + w - now, w / 20))

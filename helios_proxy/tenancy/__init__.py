@@ -172,8 +172,7 @@ class Tenants:
             known = self.buckets[tenant.name] = (qps, Limit(SimpleNamespace(
                 name=f"tenant {tenant.name} qps", kind="token_bucket", key="tenant", match="", rate=qps,
                 burst=max(1, int(qps)), on_exceed="reject", max_wait_ms=0)))
-        for _ in range(count):
-            known[1].take(tenant.name)
+        known[1].take(tenant.name, count)
 
     def establish(self, server, tenant):
         """A server connection begins to serve tenant (a lease, a login, a move): its proof for
