@@ -56,16 +56,15 @@ class Admission:
 
     def __init__(self, proxy):
         self.proxy = proxy
+        self.configure()
 
-    @property
-    def on(self):
-        """Whether anything counts executions now (else the forwarder passes Execute as it comes)."""
+    def configure(self):
+        """After the limiter or the tenants changed (start, reload): whether anything counts
+        executions now (else the forwarder passes Execute as it comes, at no cost), and whether a
+        limit needs the statements' texts."""
         proxy = self.proxy
-        return bool(proxy.limiter.limits) or proxy.tenants is not None
-
-    @property
-    def by_text(self):
-        return self.proxy.limiter.by_text
+        self.on = bool(proxy.limiter.limits) or proxy.tenants is not None
+        self.by_text = proxy.limiter.by_text
 
     def take(self, session, count, sql):
         """Count count executions of sql for session; None when admitted, else the ErrorResponse

@@ -421,6 +421,7 @@ class Proxy:
         if self.limits_table is None:
             self.limits_table = self._limits_table(new)
         self.limiter = Limiter(new, self.limits_table)  # (running queries give their slots back to the old one)
+        self.admission.configure()
         if self.tenants is not None and new.tenancy.enabled:
             self.tenants.configure(new)
         if new.analytics.enabled and self.analytics is not None:
