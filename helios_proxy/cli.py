@@ -258,12 +258,13 @@ def _key_file(path):
 @click.option("-c", "--config", "path", required=True, type=click.Path(dir_okay=False), help="TOML configuration file.")
 @click.option("--days", type=click.IntRange(min=1), default=None, help="Expires after this many days.")
 @click.option("--database", "databases", multiple=True, help="Only this database (repeat for more).")
-def apikey_create(user, path, days, databases):
+@click.option("--tenant", default=None, help="Only this tenant ([tenancy]): the key opens no other.")
+def apikey_create(user, path, days, databases, tenant):
     """Make a key for USER: printed once (alone on the last line), only its hash is stored."""
     from .auth import api_keys
-    key, key_id = api_keys.create(_key_file(path), user, days, databases)
+    key, key_id = api_keys.create(_key_file(path), user, days, databases, tenant)
     click.echo(f"key {key_id} for user {user}" + (f", expires in {days} days" if days else "")
-               + (f", databases {', '.join(databases)}" if databases else ""))
+               + (f", databases {', '.join(databases)}" if databases else "") + (f", tenant {tenant}" if tenant else ""))
     click.echo(key)
 
 
@@ -278,7 +279,8 @@ def apikey_list(path):
         return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)) if t else "never"
     for key_id, entry in sorted(api_keys.load(_key_file(path)).items()):
         click.echo(f"{key_id}  user={entry['user']}  created={when(entry['created'])}  "
-                   f"expires={when(entry.get('expires'))}  databases={','.join(entry.get('databases') or ['all'])}")
+                   f"expires={when(entry.get('expires'))}  databases={','.join(entry.get('databases') or ['all'])}"
+                   + (f"  tenant={entry['tenant']}" if entry.get("tenant") else ""))
 
 
 @apikey.command("revoke")

@@ -203,3 +203,47 @@ def test_a_tenants_qps_counts_executions_of_prepared_statements(tenant_proxy):
             except psycopg.errors.ConfigurationLimitExceeded:
                 refused += 1
     assert ok <= 6 and refused >= 24, (ok, refused)
+
+
+@pytest.mark.parametrize("method", ["scram-sha-256", "md5"])
+@pytest.mark.parametrize("required", [False, True])
+def test_a_tenant_may_have_a_password_of_its_own(start_proxy, direct, tmp_path, method, required):
+    from tests.test_auth import userlist
+    direct.cursor().execute(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tn_app') THEN "
+        "CREATE ROLE tn_app LOGIN; END IF; END $$")
+    users = userlist(tmp_path, {"tn_app": "base-pw", "tn_app.acme": "acme-pw"})
+    proxy = start_proxy(auth={"method": method, "users_file": users},
+                        tenancy={"enabled": True, "tenant_secrets": "required" if required else "optional"},
+                        tenants=[{"name": "acme", "isolation": "rls"}, {"name": "globex", "isolation": "rls"}])
+    conn = connect(proxy, "tn_app.acme", password="acme-pw")
+    assert one(conn, "select current_user") == "tn_app"  # (the backend login stays the user's own)
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        connect(proxy, "tn_app.acme", password="base-pw")  # the user's password does not open acme
+    if required:  # no line of its own: refused
+        with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+            connect(proxy, "tn_app.globex", password="base-pw")
+    else:  # the base-user mode: the user's line opens a tenant without a line of its own
+        assert one(connect(proxy, "tn_app.globex", password="base-pw"), "select 1") == 1
+
+
+def test_an_api_key_made_for_a_tenant_opens_only_that_tenant(start_proxy, direct, tmp_path, tls_files):
+    import subprocess
+    from tests.fix_proxy import BIN
+    direct.cursor().execute(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tn_app') THEN "
+        "CREATE ROLE tn_app LOGIN; END IF; END $$")
+    proxy = start_proxy(auth={"method": "api_key", "api_keys": {"file": str(tmp_path / "keys.json")}},
+                        tls={"client_mode": "allow", "client_cert_file": tls_files["cert"],
+                             "client_key_file": tls_files["key"]},
+                        tenancy={"enabled": True},
+                        tenants=[{"name": "acme", "isolation": "rls"}, {"name": "globex", "isolation": "rls"}])
+    proxy.write_config()
+    out = subprocess.run([BIN, "apikey", "create", "tn_app", "-c", proxy.config_path, "--tenant", "acme"],
+                         capture_output=True, text=True, check=True)
+    key = out.stdout.strip().splitlines()[-1]
+    assert "tenant acme" in out.stdout
+    conn = connect(proxy, "tn_app.acme", password=key, sslmode="require")
+    assert one(conn, "select 1") == 1
+    with pytest.raises(psycopg2.OperationalError):
+        connect(proxy, "tn_app.globex", password=key, sslmode="require")

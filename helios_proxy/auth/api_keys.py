@@ -40,7 +40,7 @@ def save(path, keys):
     os.replace(tmp, path)
 
 
-def create(path, user, days=None, databases=()):
+def create(path, user, days=None, databases=(), tenant=None):
     """A new key for user: (key, id). Only its hash is stored."""
     keys = load(path)
     key_id = secrets.token_hex(4)
@@ -49,7 +49,7 @@ def create(path, user, days=None, databases=()):
     secret, salt = secrets.token_urlsafe(32), os.urandom(16)
     keys[key_id] = {"user": user, "salt": salt.hex(), "hash": _hash(secret, salt).hex(), "created": int(time.time()),
                     "expires": int(time.time() + days * 86400) if days else None,
-                    "databases": sorted(databases) or None}
+                    "databases": sorted(databases) or None, "tenant": tenant or None}
     save(path, keys)
     return f"{PREFIX}{key_id}_{secret}", key_id
 
@@ -72,8 +72,9 @@ class ApiKeyMethod:
             self._cache = (path, mtime, load(path))
         return self._cache[2]
 
-    def check(self, config, user, database, key):
-        """The key's entry if it lets user into database; raises Refused."""
+    def check(self, config, user, database, key, tenant=None):
+        """The key's entry if it lets user into database (as tenant, [tenancy]); raises Refused. A
+        key made for a tenant opens that tenant only."""
         from gevent import get_hub
         if not key.startswith(PREFIX) or key.count("_") < 2:
             raise Refused("not an API key")
@@ -90,6 +91,8 @@ class ApiKeyMethod:
             raise Refused(f"key {key_id} expired")
         if entry.get("databases") and database not in entry["databases"]:
             raise Refused(f"key {key_id} does not open database {database}")
+        if entry.get("tenant") and entry["tenant"] != tenant:
+            raise Refused(f"key {key_id} is tenant {entry['tenant']}'s, not {tenant or 'a tenantless login'}'s")
         return entry
 
 

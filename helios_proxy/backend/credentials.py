@@ -12,6 +12,7 @@ class Credentials:
     scram: ScramSecret = None   # a stored SCRAM secret
     client_key: bytes = None    # recovered from a client's SCRAM proof (SCRAM passthrough)
     partition: str = None       # a tenant with a pool of its own (tenancy/ pool_size): pools keyed by it too
+    login: str = None           # the name the client logged in as, when not user (user.tenant): md5 salts with it
 
     @classmethod
     def from_secret(cls, user, secret):

@@ -163,7 +163,8 @@ class Authenticator:
             elif method == "ldap":
                 ldap.check(self.config, creds.user, secret)
             else:
-                api_keys.METHOD.check(self.config, creds.user, client.database, secret)
+                api_keys.METHOD.check(self.config, creds.user, client.database, secret,
+                                      client.tenant.name if client.tenant is not None else None)
         except auth.Refused as e:
             self._decided(client, method, rule_index, f"refused: {e}")
             raise password_failed(creds.user) from None
@@ -201,7 +202,7 @@ class Authenticator:
             answer = read_cstr(client.read_password(), 0)[0]
         stored = creds.md5
         if stored is None and creds.password is not None:
-            stored = md5_hash(creds.password, creds.user)
+            stored = md5_hash(creds.password, creds.login or creds.user)
         if stored is None or not hmac.compare_digest(answer, md5_response(stored, salt)):
             raise password_failed(creds.user)
         return creds
@@ -230,7 +231,8 @@ class Authenticator:
         return creds
 
     def _secret_for_password(self, creds):
-        cached = self._plain_scram.get(creds.user)
+        name = creds.login or creds.user  # (a tenant's own line: user.tenant)
+        cached = self._plain_scram.get(name)
         if cached and cached[0] == creds.password:
             return cached[1]
         # The salt derives from the mock key too: as stable across restarts and workers as an
@@ -238,5 +240,5 @@ class Authenticator:
         salt = hmac_sha256(self._mock_key, b"salt:" + creds.user.encode() + b"\0" + creds.password.encode())[:16]
         secret = ScramSecret.from_password(creds.password, salt, derive=lambda pw, salt, n: kdf.derive(
             pw, salt, n, self.config.auth.max_scram_iterations, "users_file"))
-        self._plain_scram[creds.user] = (creds.password, secret)
+        self._plain_scram[name] = (creds.password, secret)
         return secret

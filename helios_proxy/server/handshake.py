@@ -108,7 +108,14 @@ def login(session, pkt):
 
     admin = session.database == cfg.admin.database
     creds = proxy.authenticator.lookup(user)
-    creds = proxy.authenticator.authenticate(session, creds)
+    if session.tenant is not None:  # a users_file line of its own (user.tenant), tenancy.tenant_secrets
+        secret = proxy.tenants.secret_of(proxy.authenticator, user, session.tenant, params["user"])
+        if secret is not None:  # the client proves the tenant's secret; the backend login stays the user's own
+            proxy.authenticator.authenticate(session, secret)
+        else:  # (md5 salts with the name the client sent)
+            creds = proxy.authenticator.authenticate(session, dataclasses.replace(creds, login=params["user"]))
+    else:
+        creds = proxy.authenticator.authenticate(session, creds)
     if tenanted and proxy.tenants.after_login:  # (identify = jwt_claim: from its token)
         tenant, _, database = proxy.tenants.identify(user, session.database, {**params, **options},
                                                      session.auth_claims)

@@ -23,6 +23,7 @@ Tenants can be added, changed and removed at runtime (`POST/PUT/DELETE /tenants[
 changes are kept in `tenancy.tenants_file` (default: next to the config file) and loaded again
 at start and on reload, over the `[[tenants]]` of the configuration.
 """
+import dataclasses
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ import re
 from types import SimpleNamespace
 
 from ..errors import ConfigError, FatalError, INVALID_AUTHORIZATION, TOO_MANY_CONNECTIONS
+from ..backend.credentials import Credentials
 from ..limits import Limit
 from .proof import Prover
 
@@ -154,6 +156,19 @@ class Tenants:
         if tenant.cfg.isolation == "database":
             database = tenant.cfg.database or tenant.name
         return tenant, user, database
+
+    def secret_of(self, authenticator, user, tenant, login_name):
+        """The credentials a client of tenant proves at login: the users_file line `user.tenant` when
+        there is one; None: the user's own (tenant_secrets = optional, **one password then opens
+        every tenant of that user**). tenant_secrets = required and no such line: refused (28P01,
+        after the exchange, as PostgreSQL refuses an unknown user)."""
+        name = f"{user}.{tenant.name}"
+        if name in authenticator.users:  # (under the name the client sent: md5 salts with it)
+            return dataclasses.replace(authenticator.lookup(name), user=user, login=login_name)
+        if self.cfg.tenant_secrets == "required":
+            tenant.refused += 1
+            return Credentials(login_name)  # (known == False: the method's exchange fails, nothing told)
+        return None
 
     def admit(self, tenant):
         limit = tenant.cfg.max_client_conn
