@@ -11,12 +11,25 @@ With `[server] workers = N`, the workers keep every limit's state in one shared 
 import collections
 import time
 from fnmatch import fnmatchcase
+from functools import lru_cache
 
 import gevent
 from gevent.event import Event
+from pglast.parser import ParseError, fingerprint
 
 CONFIGURATION_LIMIT_EXCEEDED = "53400"
 KEYS_KEPT = 10000  # per limit: state of this many keys at most (the least recently seen go first)
+
+
+@lru_cache(maxsize=10000)
+def shape_of(sql):
+    """The query fingerprint a `key = "fingerprint"` limit counts under (pglast's)."""
+    if sql is None:
+        return "unknown"
+    try:
+        return fingerprint(sql)
+    except ParseError:
+        return "unparsable"
 
 
 class Exceeded(Exception):
@@ -65,12 +78,13 @@ class Limit:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.name, self.kind, self.key = cfg.name, cfg.kind, cfg.key
+        self.name, self.kind, self.key, self.match = cfg.name, cfg.kind, cfg.key, cfg.match
         self.state = collections.OrderedDict()  # key -> Bucket | deque of times | Guard
         self.passed = self.rejected = self.waited = 0
 
     def applies(self, value):
-        return not self.cfg.match or fnmatchcase(value, self.cfg.match)
+        match = self.match
+        return not match or fnmatchcase(value, match)
 
     def _state(self, value, make):
         state = self.state.get(value)
@@ -117,8 +131,12 @@ class Limit:
 
     def take(self, value, n=1):
         """Count n executions of key value against this limit, waiting if configured; raises Exceeded."""
+        now = time.monotonic()
+        if self.wait_s(value, now, n) == 0:  # the usual case: room now
+            self.passed += 1
+            return
         cfg = self.cfg
-        deadline = time.monotonic() + cfg.max_wait_ms / 1000
+        deadline = now + cfg.max_wait_ms / 1000
         waited = False
         while True:
             now = time.monotonic()
@@ -173,34 +191,38 @@ class Limiter:
         self.by_text = any(limit.key == "fingerprint" for limit in self.limits)  # (admission.Texts)
 
     @staticmethod
-    def value(limit, session, fingerprint):
-        if limit.key == "user":
+    def value(limit, session, sql):
+        key = limit.key
+        if key == "user":
             return session.user
-        if limit.key == "database":
+        if key == "database":
             return session.database
-        if limit.key == "client_address":
+        if key == "client_address":
             return "unix socket" if session.local else session.peer[0]
-        if limit.key == "tenant":
+        if key == "tenant":
             return session.tenant.name if session.tenant is not None else None
-        return fingerprint()
+        return shape_of(sql)
 
-    def take(self, session, fingerprint, count=1, holding=()):
-        """Count count executions against every limit that applies; raises Exceeded (after giving
-        back the concurrency slots it took). Returns the concurrency slots held, to release later.
-        holding: the slots the session holds already (its batch runs one thing at a time: one slot)."""
-        held = []
+    def take(self, session, sql, count=1, holding=()):
+        """Count count executions of sql (None: unknown) against every limit that applies; raises
+        Exceeded (after giving back the concurrency slots it took). Returns the concurrency slots
+        held, to release later (None: none). holding: the slots the session holds already (its
+        batch runs one thing at a time: one slot)."""
+        held = None
         try:
             for limit in self.limits:
-                value = self.value(limit, session, fingerprint)
+                value = self.value(limit, session, sql)
                 if value is not None and limit.applies(value):
                     if limit.kind == "concurrency":
                         if (limit, value) not in holding:
                             limit.take(value)
+                            if held is None:
+                                held = []
                             held.append((limit, value))
                         continue
                     limit.take(value, count)
         except Exceeded:
-            for limit, value in held:
+            for limit, value in held or ():
                 limit.release(value)
             raise
         return held

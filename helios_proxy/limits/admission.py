@@ -8,20 +8,9 @@ Executes of one pipelined batch run one after another on its server, so they are
 """
 from functools import lru_cache
 
-from pglast.parser import ParseError, fingerprint, split
+from pglast.parser import split
 
 from . import CONFIGURATION_LIMIT_EXCEEDED, Exceeded
-
-
-@lru_cache(maxsize=10000)
-def shape_of(sql):
-    """The query fingerprint a `key = "fingerprint"` limit counts under."""
-    if sql is None:
-        return "unknown"
-    try:
-        return fingerprint(sql)
-    except ParseError:
-        return "unparsable"
 
 
 @lru_cache(maxsize=4096)
@@ -81,7 +70,7 @@ class Admission:
         if not limiter.limits:
             return None
         try:
-            held = limiter.take(session, lambda: shape_of(sql), count, session.limits_held)
+            held = limiter.take(session, sql, count, session.limits_held)
         except Exceeded as e:
             return CONFIGURATION_LIMIT_EXCEEDED, str(e)
         if held:  # (given back when the server, or the proxy, has answered all it owes: limits.release)

@@ -24,7 +24,8 @@ class RateLimit(Stage):
                     session.limit_texts = Texts()
                 session.limit_texts.parsed(ctx.statement, None if ctx.large else ctx.sql)
             return StageResult.CONTINUE
-        count = 1 if ctx.large or ctx.word is not None else statements_in(ctx.sql)
+        sql = ctx.sql
+        count = 1 if ctx.large or ";" not in sql or ctx.word is not None else statements_in(sql)
         refused = admission.take(session, count, None if ctx.large else ctx.sql)
         if refused is not None:
             return StageResult.reject(*refused)
