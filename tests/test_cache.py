@@ -533,3 +533,30 @@ def test_a_failover_empties_the_cache(start_proxy, ha_cluster):
             time.sleep(0.2)
     body = stats(proxy)
     assert body["flushes"] >= 1 and body["entries"] <= 1
+
+
+@pytest.mark.parametrize("change", [
+    "select set_config('search_path', 'cache_s2', false)",
+    "select pg_catalog.set_config('search_path', 'cache_s2', false), 1",
+    "do $$ begin perform set_config('search_path', 'cache_s2', false); end $$",
+    "set session search_path to cache_s2",
+    "select public.cache_path_to('cache_s2')",  # a function the proxy cannot see into
+])
+def test_session_pooling_key_follows_set_config_and_do_blocks(cluster, tables, tmp_path, change, direct):
+    direct.cursor().execute("create or replace function cache_path_to(p text) returns text language plpgsql as "
+                            "$$ begin return set_config('search_path', p, false); end $$")
+    p = ProxyProcess(str(tmp_path), cluster, pool={"mode": "session", "max_size": 10},
+                     cache={"enabled": True}).start()
+    try:
+        conn = p.connect(options="-c search_path=cache_s1")
+        conn.autocommit = True
+        cur = conn.cursor()
+        for _ in range(2):  # cached under its startup search_path
+            cur.execute("select x from t")
+            assert cur.fetchone() == ("one",)
+        cur.execute(change)
+        cur.execute("select x from t")
+        assert cur.fetchone() == ("two",)
+        conn.close()
+    finally:
+        p.stop()

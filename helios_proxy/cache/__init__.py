@@ -535,7 +535,7 @@ class QueryCache:
 
     def check_functions(self, session, shape):
         """A function that is volatile (or unknown) and not known to leave tables alone may write
-        anything: the whole database is invalidated."""
+        anything: the whole database is invalidated (and it may change settings)."""
         if not shape.functions:
             return
         cat = self.catalogs.get(session.database)
@@ -546,8 +546,10 @@ class QueryCache:
             unknown = any(f not in NO_TABLE_EFFECTS and (cat is None or cat.volatility.get(f, "v") == "v")
                           for f in shape.functions)
             shape.effects = (cat, unknown)
-        if unknown:
+        if unknown:  # (it may also have called set_config: session pooling reads its settings back)
             self.wrote(session, None)
+            if not session.pooled:
+                session.cache_settings_stale = True
 
     # --- the admin API ---------------------------------------------------------------------------
     def state(self):

@@ -29,7 +29,7 @@ class Cache(Stage):
                 cache.wrote(session, None)
             return StageResult.CONTINUE
         shape, values = cache.shapes.get(sql)
-        if shape.why_not is not None:
+        if shape.why_not is not None or shape.sets:  # (a SELECT of set_config(): never served, and noted)
             cache.not_a_read(session, shape)
             return StageResult.CONTINUE
         if shape.functions:
