@@ -212,11 +212,19 @@ def certificate_authority(base, name):
     return base
 
 
-def client_certificate(ca, cn):
-    key, csr, crt = ca / f"{cn}.key", ca / f"{cn}.csr", ca / f"{cn}.crt"
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={cn}")
+def client_certificate(ca, cn, subject=None, san=None):
+    """A client certificate signed by ca: subject /CN=cn (or subject), with subjectAltName san if given."""
+    name = cn + ("-san" if san else "") + ("-multi" if subject else "")
+    key, csr, crt = ca / f"{name}.key", ca / f"{name}.csr", ca / f"{name}.crt"
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj",
+            subject or f"/CN={cn}")
+    extra = []
+    if san:
+        ext = ca / f"{name}.ext"
+        ext.write_text(f"subjectAltName = {san}\n")
+        extra = ["-extfile", str(ext)]
     openssl("x509", "-req", "-in", str(csr), "-CA", str(ca / "ca.crt"), "-CAkey", str(ca / "ca.key"),
-            "-CAcreateserial", "-out", str(crt), "-days", "2")
+            "-CAcreateserial", "-out", str(crt), "-days", "2", *extra)
     key.chmod(0o600)
     return {"sslcert": str(crt), "sslkey": str(key)}
 
@@ -289,3 +297,28 @@ def test_jwt_keys_from_a_jwks_url_are_fetched_and_chosen_by_kid(start_proxy, tls
         refused(proxy, "app", jwt.encode({"sub": "app", "iss": "https://id.test/", "exp": int(time.time()) + 60},
                                          second, algorithm="RS256", headers={"kid": "k1"}), "28P01")
         assert len(fetched) == 1  # (the key set is cached)
+
+
+@pytest.mark.parametrize("use_san", [False, True])
+def test_a_certificate_logs_in_by_its_cn_only_unless_sans_are_allowed(start_proxy, tmp_path, tls, use_san):
+    ca = certificate_authority(tmp_path / "ca", "helios test CA")
+    proxy = start_proxy(tls=tls, auth={"rules": [{"method": "cert", "address": "127.0.0.0/8"}],
+                                       "cert": {"ca_file": str(ca / "ca.crt"), "use_san": use_san}})
+
+    def cert_login(user, files):
+        conn = psycopg2.connect(host="127.0.0.1", port=proxy.port, user=user, dbname="postgres", sslmode="require",
+                                connect_timeout=10, **files)
+        conn.close()
+
+    cert_login("app", client_certificate(ca, "app"))
+    for files in (client_certificate(ca, "mallory", san="DNS:postgres"),
+                  client_certificate(ca, "mallory", san="email:postgres")):
+        if use_san:  # (the operator said SANs name users)
+            cert_login("postgres", files)
+        else:
+            with pytest.raises(psycopg2.OperationalError, match="certificate authentication failed"):
+                cert_login("postgres", files)
+    two_cns = client_certificate(ca, "mallory", subject="/CN=mallory/CN=postgres")
+    for user in ("postgres", "mallory"):
+        with pytest.raises(psycopg2.OperationalError, match="certificate authentication failed"):
+            cert_login(user, two_cns)

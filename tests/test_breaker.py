@@ -93,3 +93,47 @@ def test_an_open_primary_breaker_fails_transactions_at_once_with_57P03_until_it_
     cur.execute("select inet_server_port()")
     assert cur.fetchone()[0] == cluster.ports[0] and breaker_of(proxy, "primary")["state"] == "closed"
     waiting.close()
+
+
+BREAKERS = {"enabled": True, "window_s": 10.0, "min_requests": 5, "failure_rate": 0.5, "open_s": 3.0}
+
+
+def app_conn(proxy):
+    conn = psycopg2.connect(host="127.0.0.1", port=proxy.port, user="app", dbname="postgres", connect_timeout=10)
+    conn.autocommit = True
+    return conn
+
+
+@pytest.mark.parametrize("code", ["XX000", "58000", "53300", "57P03", "53100"])
+def test_errors_a_clients_own_statement_raises_never_open_a_breaker_nor_end_its_session(cluster, start_proxy, code):
+    proxy = start_proxy(pool={"mode": "transaction"}, circuit_breaker=BREAKERS)
+    raise_it = f"do $$ begin raise exception 'mine' using errcode = '{code}'; end $$"
+    for _ in range(15):  # each on a new connection, as the attack did
+        conn = app_conn(proxy)
+        cur = conn.cursor()
+        with pytest.raises(psycopg2.Error) as e:
+            cur.execute(raise_it)
+        assert e.value.pgcode == code  # the client gets its error...
+        cur.execute("select 1")  # ...and its session goes on
+        assert cur.fetchone() == (1,)
+        conn.close()
+    assert breaker_of(proxy, "primary") == {**breaker_of(proxy, "primary"), "state": "closed", "trips": 0}
+    conn = app_conn(proxy)
+    conn.cursor().execute("create temp table if not exists bk_w (x int)")  # writes still go through
+    conn.close()
+
+
+def test_a_standby_refusing_logins_after_its_sessions_ended_trips_its_breaker(cluster, start_proxy):
+    proxy = start_proxy(pool={"mode": "transaction"}, nodes=nodes(cluster), health=FAST_HEALTH,
+                        circuit_breaker=BREAKERS)
+    wait_standby_reads(proxy)
+    for _ in range(20):
+        read_port(proxy)  # (pooled connections on both standbys)
+    with app_refused(cluster, 2):
+        time.sleep(0.3)
+        cluster.sql("select count(pg_terminate_backend(pid)) from pg_stat_activity where usename = 'app'",
+                    port=cluster.ports[2])  # as a restart with the new pg_hba.conf would
+        served = [read_port(proxy) for _ in range(60)]  # every read answered (no exception)
+        assert breaker_of(proxy, "standby2")["state"] in ("open", "half_open"), breaker_of(proxy, "standby2")
+        assert breaker_of(proxy, "standby2")["trips"] >= 1
+        assert served[-10:].count(cluster.ports[2]) == 0

@@ -503,6 +503,8 @@ AUTH_LDAP_SETTINGS = (
 # [auth.cert]: the cert method (TLS client certificates).
 AUTH_CERT_SETTINGS = (
     S("auth.cert", "ca_file", str, "", "CA certificate(s) (PEM) that client certificates must be signed by."),
+    S("auth.cert", "use_san", bool, False, "Also accept the certificate's subjectAltNames (DNS, email) as the user "
+      "name; off: the subject's CN only, as PostgreSQL's cert method (a subject with several CNs is refused)."),
 )
 # [auth.api_keys]: the api_key method.
 AUTH_API_KEY_SETTINGS = (

@@ -33,7 +33,6 @@ from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner
 from .plan import HIDE
 from ..topology import replay
-from ..topology.breaker import sick, sqlstate
 from ..sockets import call_soon, plain, recv, recv_now, wake_when_readable
 
 log = logging.getLogger(__name__)
@@ -137,11 +136,6 @@ class ServerStream:
                 router.count(server.node, "errors")
                 if session.tenant is not None:
                     session.tenant.errors += 1
-                if router.breakers.enabled:
-                    code = sqlstate(body)
-                    if sick(code):  # the node fails, not the query (topology/breaker.py)
-                        router.breakers.failure(server.node, f"SQLSTATE {code.decode()}")
-                        self.lease.sick = True  # (so that its end is not counted a success)
                 if session.pooled and stale_plan(body):  # shared statements outlived a schema change
                     invalidate(list(server.statements.names))
                 if completions is not None:
@@ -413,6 +407,11 @@ def lost(session, server, error, lease=None, stream=None):
     server.broken = True
     session.cache_fill = None  # (a cache miss in flight is not stored)
     log.warning("%r: server %s lost: %s", session, server.node.name, why)
+    breakers = session.proxy.router.breakers
+    if breakers.enabled:  # a lost connection is the node's failure (an error a statement raised is not)
+        breakers.failure(server.node, f"connection lost: {why}")
+        if lease is not None:
+            lease.sick = True  # (its end is not counted a success)
     session.proxy.router.suspect(server.node, why)  # the node may be down: the health checker looks now
     journal = session.journal
     if journal is not None and isinstance(error, OSError) and lease is not None and lease is session.lease:
