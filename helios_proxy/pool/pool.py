@@ -151,8 +151,15 @@ class Pool:
         self.size += 1
         generation = self.generation
         try:
-            conn = ServerConnection(self.node, self.config.server_dbname(self.database), self.credentials,
-                                    self.config).connect()
+            try:
+                conn = ServerConnection(self.node, self.config.server_dbname(self.database), self.credentials,
+                                        self.config).connect()
+            except (BackendError, OSError) as e:
+                if self.manager is not None and self.manager.logins is not None:
+                    self.manager.logins.refused(self.node, e)  # (circuit breakers: topology/breaker.py)
+                raise
+            if self.manager is not None and self.manager.logins is not None:
+                self.manager.logins.opened(self.node)
             conn.generation = generation
             if self.server_params is None:
                 self.server_params = dict(conn.params)
@@ -256,6 +263,7 @@ class PoolManager(Periodic):
         self.pools = {}
         self.limited = self._has_limits(config)
         self.partition_sizes = {}  # tenant -> its pool_size (tenancy/): its pools on every node
+        self.logins = None  # told of every login opened or refused (the circuit breakers), when set
 
     def get(self, node, database, credentials):
         key = (node.name, database, credentials.user, credentials.partition)

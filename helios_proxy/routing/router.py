@@ -79,8 +79,8 @@ class Router:
         """A client could not reach a standby: unhealthy until the probes see it back. (The
         primary is only suspected: the probes decide, since losing it starts a failover.) A node
         that is up but refused the client (its pg_hba.conf, its connection limit) is its circuit
-        breaker's business when that is on: the probes would find it well."""
-        self.breakers.failure(node, reason)
+        breaker's business when that is on (the pool told it: pool/pool.py): the probes would
+        find it well."""
         if self.breakers.enabled and error is not None and not node_unreachable(error):
             return
         if self.health is None:

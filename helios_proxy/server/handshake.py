@@ -156,7 +156,6 @@ def login(session, pkt):
             if (session.home or proxy.router.primary() is not None) and breakers.allows(pool.node):
                 server = pool.try_acquire()
         except (BackendError, OSError) as e:
-            breakers.refused(pool.node, e)
             if not node_unreachable(e):
                 raise
     else:
@@ -169,7 +168,6 @@ def login(session, pkt):
             try:
                 server = pool.try_acquire()
             except (BackendError, OSError) as e:
-                breakers.refused(pool.node, e)
                 if not node_unreachable(e):
                     raise
                 deferred = False

@@ -125,6 +125,7 @@ class Proxy:
         self.tracker.apply_config(config)
         self.tracker.subscribe(lambda event: self.plugins.notify("on_topology_change", event=event))
         self.router = Router(config, self.tracker)
+        self.pools.logins = self.router.breakers  # every login opened or refused (circuit breakers)
         self.plugins = PluginManager(config).load()
         self.plugins.on_refresh = self._plugins_changed
         self.cache = QueryCache(self) if config.cache.enabled else None  # (before the stages that use it)

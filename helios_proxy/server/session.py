@@ -349,7 +349,6 @@ class ClientSession:
             try:
                 return self.pool, self._acquire(self.pool)
             except (BackendError, OSError) as e:
-                breakers.refused(node, e)
                 if not node_unreachable(e) or time.monotonic() >= deadline or not proxy.buffer.failover_possible():
                     raise  # (nothing to wait for: PostgreSQL's connection error, at once)
                 proxy.router.suspect(node, getattr(e, "message", None) or str(e))

@@ -2,10 +2,12 @@
 user and still fail the application (a pg_hba.conf change, its connection limit, a broken
 extension); its breaker watches what clients get from it.
 
-Each lease that ends cleanly is a success; a connection that cannot be opened, or an error that
-means the node is sick (53300 too many connections, 57P03 cannot connect now, class 58 system
-errors, XX000), is a failure. Over the last `window_s`, at least `min_requests` outcomes of which
-`failure_rate` or more failed trip the breaker: OPEN, the node gets no reads (they go to the other
+It counts what the proxy itself sees, never an error a client's statement raised (any client can
+raise XX000 in a DO block): each lease that ends cleanly is a success; a login the proxy attempts
+that the node refuses (pg_hba.conf, 53300 too many connections, 57P03...; counted wherever a pool
+opens a connection) and a connection lost under a lease are failures. Over the last `window_s`, at least `min_requests` outcomes of which
+`failure_rate` or more failed trip the breaker (and `min_requests` refused logins in a row, whatever
+the leases of connections opened before did): OPEN, the node gets no reads (they go to the other
 standbys, or the primary) for `open_s`. Then HALF_OPEN: traffic again, and the next
 `half_open_requests` outcomes decide: all good -> CLOSED; one failure -> OPEN again for twice as
 long (adaptive), up to `max_open_s`.
@@ -23,18 +25,6 @@ from ..errors import CANNOT_CONNECT_NOW, ProxyError, node_unreachable
 
 log = logging.getLogger(__name__)
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
-SICK = frozenset((b"53300", b"57P03", b"XX000", b"53000", b"53100", b"53200"))
-
-
-def sqlstate(error_body):
-    """The SQLSTATE of an ErrorResponse body (fields after the severity ones), b"" if none."""
-    at = error_body.find(b"\0C")  # (the SQLSTATE field follows another field's terminator)
-    return bytes(error_body[at + 2:at + 7]) if at >= 0 else b""
-
-
-def sick(code):
-    """Whether a SQLSTATE means the node, not the query, is failing."""
-    return code in SICK or code[:2] == b"58"
 
 
 class BreakerOpen(ProxyError):
@@ -42,7 +32,7 @@ class BreakerOpen(ProxyError):
 
 
 class Breaker:
-    __slots__ = ("cfg", "name", "state", "outcomes", "opened", "open_s", "trial", "trips", "reason")
+    __slots__ = ("cfg", "name", "state", "outcomes", "opened", "open_s", "trial", "trips", "reason", "refusals")
 
     def __init__(self, cfg, name):
         self.cfg, self.name = cfg, name
@@ -52,6 +42,7 @@ class Breaker:
         self.open_s = cfg.open_s
         self.trial = self.trips = 0
         self.reason = None
+        self.refusals = 0  # logins refused in a row (a login that works sets it back)
 
     def allows(self, now):
         if self.state == OPEN and now >= self.opened + self.open_s:
@@ -81,6 +72,15 @@ class Breaker:
             failed = sum(1 for _, good in outcomes if not good)
             if failed >= cfg.failure_rate * len(outcomes):
                 self._trip(now, self.open_s, why)
+
+    def refused(self, now, why):
+        """A login the proxy attempted was refused: a failure, and min_requests of them in a row trip
+        the breaker whatever the leases on connections opened before did (they were let in then)."""
+        self.refusals += 1
+        if self.state == CLOSED and self.refusals >= self.cfg.min_requests:
+            self._trip(now, self.open_s, why)
+        else:
+            self.record(False, now, why)
 
     def _trip(self, now, open_s, why):
         self.state, self.opened, self.open_s, self.reason = OPEN, now, open_s, why
@@ -119,10 +119,16 @@ class Breakers:
                               hint=f"It lets transactions through again in {left:.1f} s.")
 
     def refused(self, node, exc):
-        """A connection to node failed: a failure when node is up but refusing (pg_hba.conf, its
-        connection limit); one that cannot reach it at all is the health checker's business."""
+        """A connection the proxy opened to node failed (pool/pool.py, wherever it opens one): a
+        failure when node is up but refusing (pg_hba.conf, its connection limit); one that cannot
+        reach it at all is the health checker's business."""
         if self.enabled and not node_unreachable(exc):
-            self.failure(node, getattr(exc, "message", None) or str(exc))
+            self.of(node).refused(time.monotonic(), getattr(exc, "message", None) or str(exc))
+
+    def opened(self, node):
+        """A connection to node logged in."""
+        if self.enabled:
+            self.of(node).refusals = 0
 
     def success(self, node):
         if self.enabled:

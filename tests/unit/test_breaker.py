@@ -1,8 +1,7 @@
 """The circuit breaker's states without a server (topology/breaker.py)."""
 from types import SimpleNamespace
 
-from helios_proxy.topology.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, sick, sqlstate
-from helios_proxy.protocol import codec
+from helios_proxy.topology.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
 
 CFG = SimpleNamespace(window_s=10.0, min_requests=4, failure_rate=0.5, open_s=2.0, max_open_s=5.0,
                       half_open_requests=2)
@@ -36,8 +35,14 @@ def test_half_open_closes_after_successes_or_reopens_for_twice_as_long():
     assert b.state == CLOSED and b.open_s == 2.0 and b.trips == 3
 
 
-def test_only_errors_that_mean_a_sick_node_count():
-    def code(state):
-        return sqlstate(codec.error_response(state, "x")[5:])
-    assert all(sick(code(s)) for s in ("53300", "57P03", "58030", "XX000"))
-    assert not any(sick(code(s)) for s in ("42P01", "23505", "40001", "57014"))
+def test_refused_logins_in_a_row_trip_it_whatever_earlier_leases_did():
+    b = Breaker(CFG, "standby2")
+    for i in range(100):  # leases of connections opened before the node began refusing
+        b.record(True, i / 100)
+    for i in range(CFG.min_requests - 1):
+        b.refused(1.0 + i / 100, "pg_hba.conf rejects connection")
+    assert b.state == CLOSED
+    b.refusals = 0  # a login that worked in between: counting starts again
+    for i in range(CFG.min_requests):
+        b.refused(2.0 + i / 100, "pg_hba.conf rejects connection")
+    assert b.state == OPEN and "pg_hba" in b.reason
