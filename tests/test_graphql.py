@@ -87,7 +87,9 @@ def test_filters_mutations_and_refusals(gql_proxy, direct):
     status, out = gql_proxy.gql("{ gq_books(limit: 5000) { id } }")
     assert len(out["data"]["gq_books"]) == 61 and gql_proxy.gql("{ gq_books(limit: -1) { id } }")[1]["errors"]
     status, out = gql_proxy.gql("{ gq_authors { id }", headers={"Authorization": "Bearer nonsense"})
-    assert status == 400  # (a syntax error, before the token is looked at)
+    assert status == 401  # (who asks comes first: a stranger's text is not even parsed)
+    status, out = gql_proxy.gql("{ gq_authors { id }")
+    assert status == 400 and "Syntax Error" in out["errors"][0]["message"]
     status, out = gql_proxy.gql("{ gq_authors { id } }", headers={"Authorization": "Bearer nonsense"})
     assert status == 401 and out["errors"][0]["message"] == "invalid bearer token"
 
@@ -109,3 +111,71 @@ def test_introspection_and_the_schema_following_ddl(gql_proxy, direct):
     while "errors" in gql_proxy.gql("{ gq_books(limit: 1) { pages } }")[1]:
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+def test_an_introspection_bomb_is_refused_before_it_runs_and_stalls_no_client(gql_proxy):
+    import threading
+    import psycopg2
+    from graphql import get_introspection_query
+    status, out = gql_proxy.gql(get_introspection_query())  # what GraphQL clients ask: answered
+    assert status == 200 and out["data"]["__schema"]["queryType"]["name"] == "query_root"
+    stalls, done = [], threading.Event()
+
+    def probe():
+        conn = psycopg2.connect(host="127.0.0.1", port=gql_proxy.port, user="postgres", dbname="postgres")
+        cur = conn.cursor()
+        while not done.is_set():
+            t = time.monotonic()
+            cur.execute("select 1")
+            stalls.append(time.monotonic() - t)
+            time.sleep(0.02)
+        conn.close()
+    thread = threading.Thread(target=probe)
+    thread.start()
+    try:
+        for aliases in (30, 800, 2000):
+            bomb = "{ " + " ".join(f"a{i}: __schema {{ types {{ name fields {{ name args {{ name type {{ name "
+                                   f"ofType {{ name }} }} }} }} }} }}" for i in range(aliases)) + " }"
+            status, out = gql_proxy.gql(bomb)
+            assert status == 400 and not out.get("data"), (aliases, out)
+            assert "graphql.max_cost" in out["errors"][0]["message"] or "max_tokens" in out["errors"][0]["message"]
+        wide = "{ " + " ".join(f"a{i}: gq_authors {{ id }}" for i in range(2500)) + " }"  # aliases of data
+        status, out = gql_proxy.gql(wide)
+        assert status == 400 and not out.get("data")
+    finally:
+        done.set()
+        thread.join()
+    assert stalls and max(stalls) < 1.0, max(stalls)  # (2 shared cores: generous; the old proxy stalled 1.6-8.8 s)
+
+
+@pytest.mark.parametrize("header", ["Bearer", "Bearer ", "Basic dXNlcjpwdw==", "Token abc", "bearer"])
+def test_a_malformed_authorization_header_gets_401_not_the_anonymous_role(gql_proxy, header):
+    status, out = gql_proxy.gql("{ gq_authors(limit: 1) { id } }", headers={"Authorization": header})
+    assert status == 401 and "Authorization" in out["errors"][0]["message"] and not out.get("data")
+
+
+def test_a_role_that_may_read_no_table_gets_graphql_errors(start_proxy, direct):
+    cur = direct.cursor()
+    cur.execute("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'gq_nobody') THEN "
+                "CREATE ROLE gq_nobody; END IF; END $$")
+    cur.execute("SELECT 1 FROM pg_database WHERE datname = 'gq_empty'")
+    if not cur.fetchone():
+        cur.execute("CREATE DATABASE gq_empty")  # (no table at all: nothing other tests grant)
+    proxy = start_proxy(graphql={"enabled": True, "anonymous_role": "gq_nobody", "database": "gq_empty"})
+    status, out = post(proxy, "{ gq_authors { id } }")
+    assert status == 200 and out.get("errors") and not out.get("data"), out
+    status, out = post(proxy, "{ _no_tables }")
+    assert status == 200 and out["data"] == {"_no_tables": True}
+
+
+def test_an_answer_larger_than_max_response_bytes_is_refused(start_proxy, direct):
+    direct.cursor().execute(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'gq_reader') THEN "
+        "CREATE ROLE gq_reader; END IF; END $$; DROP TABLE IF EXISTS gq_big; "
+        "CREATE TABLE gq_big AS SELECT g AS id, repeat('x', 1000) AS body FROM generate_series(1, 200) g; "
+        "GRANT SELECT ON gq_big TO gq_reader")
+    proxy = start_proxy(graphql={"enabled": True, "anonymous_role": "gq_reader", "max_response_bytes": 50000})
+    status, out = post(proxy, "{ gq_big(limit: 10) { id body } }")
+    assert status == 200 and len(out["data"]["gq_big"]) == 10
+    status, out = post(proxy, "{ gq_big(limit: 200) { id body } }")
+    assert status == 413 and "graphql.max_response_bytes" in out["errors"][0]["message"] and not out.get("data")

@@ -350,6 +350,12 @@ SETTINGS = (
     S("graphql", "anonymous_role", str, "", "The role of requests without a bearer token; empty: such requests "
       "are refused (401)."),
     S("graphql", "max_depth", int, 10, "Deeper queries are refused before anything runs.", min=1, reloadable=True),
+    S("graphql", "max_tokens", int, 5000, "A query text of more tokens is refused while it is parsed (graphql-core "
+      "stops there).", min=100, reloadable=True),
+    S("graphql", "max_cost", int, 2000, "Refused before anything runs when costlier: every field counts 1, each "
+      "alias and fragment use again, and an introspection root (__schema, __type) 100.", min=1, reloadable=True),
+    S("graphql", "max_response_bytes", int, 16 << 20, "An answer larger than this (JSON) is replaced by an error.",
+      min=1024, reloadable=True),
     S("graphql", "max_rows", int, 1000, "Rows of one field at most (its limit is capped to this).", min=1,
       reloadable=True),
     S("graphql", "statement_timeout_ms", int, 5000, "statement_timeout of a request's statements.", min=1,

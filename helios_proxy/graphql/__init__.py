@@ -12,6 +12,7 @@ level of a nested query is one SQL statement for all its parents. Limits:
 `max_depth` (refused before anything runs), `max_rows` per field, `statement_timeout_ms`. Errors
 are GraphQL errors with the SQLSTATE in `extensions`, never a traceback.
 """
+import json
 import logging
 import time
 
@@ -61,6 +62,37 @@ def depth(document, limit):
                 if isinstance(d, OperationDefinitionNode)), default=0)
 
 
+INTROSPECTION_COST = 100  # __schema / __type: the whole schema's shape comes back
+
+
+def cost(document, limit):
+    """What a request costs (graphql.max_cost): its fields as they will run, each alias and each
+    use of a fragment counted again, an introspection root INTROSPECTION_COST; stops past limit
+    (so that fragments spread into fragments cannot make counting itself expensive)."""
+    fragments = {d.name.value: d for d in document.definitions if d.kind == "fragment_definition"}
+    total = 0
+
+    def walk(selection_set, seen):
+        nonlocal total
+        for sel in selection_set.selections:
+            if total > limit:
+                return
+            if isinstance(sel, FieldNode):
+                total += INTROSPECTION_COST if sel.name.value in ("__schema", "__type") else 1
+                if sel.selection_set is not None:
+                    walk(sel.selection_set, seen)
+            elif isinstance(sel, InlineFragmentNode):
+                walk(sel.selection_set, seen)
+            elif isinstance(sel, FragmentSpreadNode) and sel.name.value not in seen:
+                fragment = fragments.get(sel.name.value)
+                if fragment is not None:
+                    walk(fragment.selection_set, seen | {sel.name.value})
+    for d in document.definitions:
+        if isinstance(d, OperationDefinitionNode):
+            walk(d.selection_set, frozenset())
+    return total
+
+
 class Request:
     """One request's transaction: run(sql, params) and the levels loaded so far."""
 
@@ -108,11 +140,14 @@ class Gateway:
     def role_of(self, authorization):
         """(role, tenant or None) a request runs as: a bearer token's user (and tenant: its
         tenant_claim, or the user name's suffix with identify = user_suffix), or anonymous_role."""
-        scheme, _, token = (authorization or "").partition(" ")
-        if not token or scheme.lower() != "bearer":
+        if not authorization or not authorization.strip():  # no header: the anonymous role, if any
             if not self.cfg.anonymous_role:
                 raise Refused("authentication required (Authorization: Bearer <JWT or API key>)", 401)
             return self.cfg.anonymous_role, None
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():  # a header that says nothing valid: never anonymous
+            raise Refused("malformed Authorization header (Authorization: Bearer <JWT or API key>)", 401)
+        token = token.strip()
         user, claims = self._bearer(token)
         tenants = self.proxy.tenants
         if tenants is None:
@@ -178,14 +213,24 @@ class Gateway:
             variables = body.get("variables")
             if variables is not None and not isinstance(variables, dict):
                 raise Refused('"variables" must be an object')
+            role, tenant = self.role_of(authorization)  # (who asks first: a stranger's text is not parsed)
+            cfg = self.cfg
             try:
-                document = parse(text)
+                document = parse(text, max_tokens=cfg.max_tokens)
             except GraphQLError as e:
-                raise Refused(e.message) from None
-            if depth(document, self.cfg.max_depth) > self.cfg.max_depth:
-                raise Refused(f"the query is deeper than graphql.max_depth ({self.cfg.max_depth})")
-            role, tenant = self.role_of(authorization)
-            return 200, self._run(document, variables, body.get("operationName"), role, tenant)
+                raise Refused(e.message.replace("Parsing aborted.", f"Parsing aborted (graphql.max_tokens)."))\
+                    from None
+            if depth(document, cfg.max_depth) > cfg.max_depth:
+                raise Refused(f"the query is deeper than graphql.max_depth ({cfg.max_depth})")
+            if cost(document, cfg.max_cost) > cfg.max_cost:
+                raise Refused(f"the query costs more than graphql.max_cost ({cfg.max_cost}): every field, alias "
+                              f"and fragment use counts, an introspection root {INTROSPECTION_COST}")
+            out = self._run(document, variables, body.get("operationName"), role, tenant)
+            size = len(json.dumps(out, separators=(",", ":"), default=str))
+            if size > cfg.max_response_bytes:
+                raise Refused(f"the answer ({size} bytes) is larger than graphql.max_response_bytes "
+                              f"({cfg.max_response_bytes})", 413)
+            return 200, out
         except Refused as e:
             self.errors += 1
             error = {"message": str(e)}

@@ -122,7 +122,10 @@ def build(tables, max_rows):
         if table.delete:
             mutation_fields[f"delete_{name}"] = GraphQLField(response, args={
                 "where": GraphQLArgument(GraphQLNonNull(bool_exps[name]))}, resolve=delete_resolver(table))
-    return GraphQLSchema(GraphQLObjectType("query_root", query_fields) if query_fields else None,
+    if not query_fields:  # a role that may read no table: a valid schema that says so (GraphQL errors, not a 500)
+        query_fields = {"_no_tables": GraphQLField(GraphQLBoolean, description="This role may read no table.",
+                                                   resolve=lambda *_: True)}
+    return GraphQLSchema(GraphQLObjectType("query_root", query_fields),
                          GraphQLObjectType("mutation_root", mutation_fields) if mutation_fields else None)
 
 
