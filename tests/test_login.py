@@ -185,3 +185,33 @@ def test_failed_logins_reveal_no_database_and_leave_no_pool(start_proxy, tmp_pat
     assert len(messages) == 1 and "password authentication failed" in messages.pop()
     pools = proxy.api("GET", "/pools")[1]
     assert not [p for p in pools if p["database"].startswith("nosuch_")], pools
+
+
+def test_a_tls_handshake_that_stalls_is_closed_at_the_login_timeout(start_proxy, tls_files):
+    import struct
+    proxy = start_proxy(server={"client_login_timeout": 1.5},
+                        tls={"client_mode": "prefer", "client_cert_file": tls_files["cert"],
+                             "client_key_file": tls_files["key"]})
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    s.sendall(struct.pack("!ii", 8, 80877103))  # SSLRequest
+    assert s.recv(1) == b"S"
+    started = time.monotonic()  # ... and then no ClientHello
+    assert s.recv(100) == b""  # closed by the proxy (recv would time out after 10 s otherwise)
+    assert 1.0 < time.monotonic() - started < 6
+    s.close()
+
+
+def test_by_default_one_address_may_not_fill_the_proxy_with_logins(start_proxy):
+    proxy = start_proxy(server={"max_client_conn": 8})  # a quarter of it: 2 still logging in per address
+    idle = [socket.create_connection(("127.0.0.1", proxy.port), timeout=10) for _ in range(2)]
+    try:
+        time.sleep(0.3)
+        extra = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        fields = error_fields(read_all(extra))
+        extra.close()
+        assert fields["C"] == "53300" and "still logging in" in fields["M"]
+    finally:
+        for s in idle:
+            s.close()
+    time.sleep(0.3)
+    proxy.connect().close()  # their slots are free again

@@ -165,8 +165,10 @@ SETTINGS = (
     S("auth", "mock_secret", str, "", "Secret that the SCRAM salts of unknown users derive from (PostgreSQL's "
       "mock authentication), so they stay the same across restarts and workers; default: derived from the "
       "users_file's secrets (random per start when it has none).", secret=True, reloadable=True),
-    S("auth", "max_unauthenticated_per_address", int, 512, "Most connections from one client address that "
-      "have not finished logging in; more get 53300 at once.", min=1, reloadable=True),
+    S("auth", "max_unauthenticated_per_address", int, 0, "Most connections from one client address that "
+      "have not finished logging in (a TLS handshake, the startup packet, authentication); more get 53300 at "
+      "once. 0: a quarter of server.max_client_conn (at least 1), so that one address cannot fill the proxy.",
+      min=0, reloadable=True),
     # [tls]: client side and backend side TLS
     S("tls", "client_mode", str, "disable", "TLS towards clients: disable, allow/prefer (offer), require.",
       choices=("disable", "allow", "prefer", "require")),

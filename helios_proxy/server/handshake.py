@@ -66,9 +66,14 @@ def startup(session):
                                         detail="This could be either a client-software bug or evidence "
                                                "of an attempted man-in-the-middle attack.")
             session.sock.sendall(b"S" if accept else b"N")
-            if accept:
-                session.sock = tls_ctx.wrap_socket(session.sock, server_side=True)
-                session.writer = Writer(session.sock)
+            if accept:  # the handshake runs under the login timeout, and the TLS socket owns the
+                # descriptor from the start: a client that stalls in it is closed when the time is up
+                tls_sock = tls_ctx.wrap_socket(session.sock, server_side=True, do_handshake_on_connect=False)
+                session.sock = tls_sock
+                session.fatal_sent = True  # (nothing can be said to it before the handshake is done)
+                tls_sock.do_handshake()
+                session.fatal_sent = False
+                session.writer = Writer(tls_sock)
                 session.tls = True
             negotiated = negotiated or pkt.kind == SSL_REQUEST
             continue

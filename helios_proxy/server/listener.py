@@ -313,10 +313,10 @@ class Proxy:
             if self.config.server.tcp_keepalive:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         address = peer[0]
-        if self.logging_in[address] >= self.config.auth.max_unauthenticated_per_address:
+        most = self.config.auth.max_unauthenticated_per_address or max(1, self.config.server.max_client_conn // 4)
+        if self.logging_in[address] >= most:
             refuse_early(sock, f"too many connections from {address} still logging in "
-                               f"(auth.max_unauthenticated_per_address = "
-                               f"{self.config.auth.max_unauthenticated_per_address})")
+                               f"(auth.max_unauthenticated_per_address: {most})")
             return
         self.logging_in[address] += 1
         session = ClientSession(self, sock, peer)
