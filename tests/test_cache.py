@@ -560,3 +560,40 @@ def test_session_pooling_key_follows_set_config_and_do_blocks(cluster, tables, t
         conn.close()
     finally:
         p.stop()
+
+
+def test_writes_that_reach_other_tables_invalidate_them(cluster, tables, tmp_path):
+    cluster.sql("""
+        DROP TABLE IF EXISTS cr_child, cr_parent, cr_audit, cr_src, cr_rule_src, cr_rule_dst CASCADE;
+        CREATE TABLE cr_parent (id int PRIMARY KEY);
+        CREATE TABLE cr_child (id int PRIMARY KEY, parent int REFERENCES cr_parent ON DELETE CASCADE);
+        INSERT INTO cr_parent VALUES (1), (2); INSERT INTO cr_child VALUES (10, 1), (20, 2);
+        CREATE TABLE cr_src (x int); CREATE TABLE cr_audit (n int); INSERT INTO cr_audit VALUES (0);
+        CREATE OR REPLACE FUNCTION cr_count() RETURNS trigger LANGUAGE plpgsql AS
+          $$ BEGIN UPDATE cr_audit SET n = n + 1; RETURN NULL; END $$;
+        CREATE TRIGGER cr_count AFTER INSERT ON cr_src FOR EACH ROW EXECUTE FUNCTION cr_count();
+        CREATE TABLE cr_rule_src (x int); CREATE TABLE cr_rule_dst (x int);
+        CREATE RULE cr_copy AS ON INSERT TO cr_rule_src DO ALSO INSERT INTO cr_rule_dst VALUES (NEW.x);
+        CREATE OR REPLACE VIEW cr_view AS SELECT id, parent FROM cr_child;
+    """)
+    p = cache_proxy(cluster, str(tmp_path))
+    try:
+        def read_twice(sql):  # (a read of a fresh proxy loads the catalog first) then one from the cache
+            one(p, sql), one(p, sql)
+            assert hits_after(p, lambda: one(p, sql)) == 1, sql
+            return one(p, sql)
+
+        assert read_twice("select count(*) from cr_child") == [(2,)]
+        one(p, "delete from cr_parent where id = 1")  # ON DELETE CASCADE: a row of cr_child goes
+        assert one(p, "select count(*) from cr_child") == [(1,)]
+        assert read_twice("select n from cr_audit") == [(0,)]
+        one(p, "insert into cr_src values (1)")  # the trigger updates cr_audit
+        assert one(p, "select n from cr_audit") == [(1,)]
+        assert read_twice("select count(*) from cr_rule_dst") == [(0,)]
+        one(p, "insert into cr_rule_src values (7)")  # the rule writes cr_rule_dst too
+        assert one(p, "select count(*) from cr_rule_dst") == [(1,)]
+        assert read_twice("select count(*) from cr_child where parent = 2") == [(1,)]
+        one(p, "delete from cr_view where parent = 2")  # through an updatable view
+        assert one(p, "select count(*) from cr_child where parent = 2") == [(0,)]
+    finally:
+        p.stop()

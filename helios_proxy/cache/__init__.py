@@ -494,7 +494,12 @@ class QueryCache:
 
     def wrote(self, session, names):
         """A write is about to go out (names None: it may touch anything): invalidate now, and
-        again when its transaction ends (relay.py calls ended())."""
+        again when its transaction ends (relay.py calls ended()). What it reaches beyond names
+        (foreign-key actions, triggers, rules: catalog.reach) goes too."""
+        if names is not None:
+            cat = self.catalogs.get(session.database)
+            if cat is not None and (cat.anything or cat.cascades or cat.views):
+                names = cat.reach(names)
         self.invalidate(session.database, names)
         pending = session.cache_pending
         if names is None or pending is ALL:
