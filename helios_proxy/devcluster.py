@@ -54,6 +54,30 @@ def free_ports(n):
             s.close()
 
 
+class ClusterError(Exception):
+    """A cluster that could not be made or started, with the cause in one line."""
+
+
+def port_free(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def last_lines(path, n=3):
+    """The last lines of a log that say what went wrong (FATAL/ERROR ones first)."""
+    try:
+        with open(path, errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError:
+        return ""
+    bad = [line for line in lines if "FATAL" in line or "ERROR" in line or "could not" in line]
+    return " / ".join((bad or lines)[-n:])[-400:]
+
+
 class Cluster:
     def __init__(self, base, port=None, standbys=1, bin_dir=None, conf=None):
         self.base = os.path.abspath(base)
@@ -88,8 +112,13 @@ class Cluster:
         state = os.path.join(self.base, "ports.json")
         if os.path.exists(state):
             self.ports = json.load(open(state))
-        else:
+        else:  # (ports.json is written last: data folders without it are a first run that failed)
+            for i in range(self.standbys + 1):
+                shutil.rmtree(self.datadir(i), ignore_errors=True)
             self.ports = self.ports or free_ports(self.standbys + 1)
+            for port in self.ports:
+                if not port_free(port):
+                    raise ClusterError(f"port {port} is in use (by another program): choose other ports")
             self._init_primary()
             for i in range(1, self.standbys + 1):
                 self._init_standby(i)
@@ -104,8 +133,12 @@ class Cluster:
         status = subprocess.run([os.path.join(self.bin, "pg_ctl"), "-D", d, "status"], user=self.user,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if status.returncode != 0:
-            self._run("pg_ctl", "-D", d, "-l", d + ".log", "-w", "-t", "60",
-                      "-o", f"-p {self.ports[i]} -k {self.base}", "start")
+            try:
+                self._run("pg_ctl", "-D", d, "-l", d + ".log", "-w", "-t", "60",
+                          "-o", f"-p {self.ports[i]} -k {self.base}", "start")
+            except subprocess.CalledProcessError as e:  # the cause is in the server's log: say it
+                raise ClusterError(f"PostgreSQL did not start on port {self.ports[i]}: "
+                                   f"{last_lines(d + '.log') or e.stdout.strip()[-300:]}") from None
 
     def _init_primary(self):
         d = self.datadir(0)
@@ -167,10 +200,21 @@ def main(argv=None):
     ap.add_argument("--port", type=int, help="primary port (standbys follow); default: free ports")
     ap.add_argument("--standbys", type=int, default=1)
     args = ap.parse_args(argv)
-    cluster = Cluster(args.dir, args.port, args.standbys)
+    try:
+        cluster = Cluster(args.dir, args.port, args.standbys)
+        if args.action == "up":
+            cluster.start()
+            print(json.dumps({"primary": cluster.ports[0], "standbys": cluster.ports[1:]}))
+            return 0
+    except (ClusterError, RuntimeError) as e:
+        print(f"devcluster: {e}", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as e:  # initdb, pg_basebackup, psql: their own words
+        out = " / ".join(line for line in (e.stdout or "").strip().splitlines()[-3:])
+        print(f"devcluster: {os.path.basename(e.cmd[0])} failed: {out or e}", file=sys.stderr)
+        return 1
     if args.action == "up":
-        cluster.start()
-        print(json.dumps({"primary": cluster.ports[0], "standbys": cluster.ports[1:]}))
+        return 0
     else:
         state = os.path.join(cluster.base, "ports.json")
         if os.path.exists(state):

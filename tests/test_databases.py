@@ -143,3 +143,39 @@ def test_a_reload_that_changes_dbname_applies_to_the_next_transaction(start_prox
     servers.execute("SHOW SERVERS")
     names = [d[0] for d in servers.description]
     assert all(r[names.index("close_needed")] == "0" for r in servers.fetchall())
+
+
+def test_a_suspend_whose_console_closed_is_resumed_through_rest_and_health_says_so(start_proxy):
+    proxy = start_proxy(pool={"mode": "transaction"}, admin={"users": ["postgres"]})
+    admin = console(proxy)
+    admin.cursor().execute("SUSPEND")
+    admin.close()  # (the only console is gone: nothing else can get in now)
+    status, health = proxy.api("GET", "/health")
+    assert health["status"] == "suspended" and health["suspended"] is True
+    newcomer, login = in_thread(lambda: one(proxy.connect(), "select 3"))
+    newcomer.join(0.5)
+    assert login == []
+    status, body = proxy.api("POST", "/resume", {})
+    assert status == 200, body
+    newcomer.join(10)
+    assert login == [3]
+    assert proxy.api("GET", "/health")[1]["status"] == "ok"
+    assert proxy.api("POST", "/resume", {})[0] == 409  # (nothing left to resume)
+
+
+def test_sigusr1_pauses_and_sigusr2_resumes_as_pgbouncer(start_proxy):
+    import signal
+    proxy = start_proxy(pool={"mode": "transaction"})
+    client = proxy.connect()
+    client.autocommit = True
+    proxy.signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while proxy.api("GET", "/health")[1]["status"] != "paused":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    held, later = in_thread(one, client, "select 2")
+    held.join(0.5)
+    assert later == []  # a new transaction waits
+    proxy.signal(signal.SIGUSR2)
+    held.join(10)
+    assert later == [2] and proxy.api("GET", "/health")[1]["paused"] == []

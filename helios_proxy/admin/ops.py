@@ -33,7 +33,13 @@ def pause():
 
 @bp.post("/resume")
 def resume():
+    """{"database": NAME?}: end a PAUSE (of that database, or of all); without a database, a
+    SUSPEND too (the console that ran it may be gone: nothing else could get in)."""
     database = _database(json_body())
-    if not proxy_of().resume(database):
-        raise ApiError(409, f"{database or 'all'} is not paused")
+    proxy = proxy_of()
+    resumed = proxy.resume(database)
+    if database is None:
+        resumed = proxy.resume_suspended() or resumed
+    if not resumed:
+        raise ApiError(409, f"{database or 'all'} is neither paused nor suspended")
     return jsonify(resumed=database or "all")

@@ -342,17 +342,26 @@ class Proxy:
                     pass
 
     def install_signals(self):
-        for signum, command in ((signal.SIGTERM, "term"), (signal.SIGINT, "int"), (signal.SIGHUP, "hup")):
+        for signum, command in ((signal.SIGTERM, "term"), (signal.SIGINT, "int"), (signal.SIGHUP, "hup"),
+                                (signal.SIGUSR1, "usr1"), (signal.SIGUSR2, "usr2")):
             gevent.signal_handler(signum, self.commands.put, command)
 
     def serve_forever(self):
-        """Run until SIGTERM (graceful) or SIGINT (immediate); SIGHUP reloads."""
+        """Run until SIGTERM (graceful) or SIGINT (immediate); SIGHUP reloads; SIGUSR1 pauses and
+        SIGUSR2 resumes (PAUSE and SUSPEND), as PgBouncer's."""
         self.start()
         self.install_signals()
         while True:
             command = self.commands.get()
             if command == "hup":
                 self.reload()
+            elif command == "usr1":  # as PgBouncer's SIGUSR1: PAUSE (new transactions wait)
+                log.info("SIGUSR1: pausing every database")
+                gevent.spawn(self.pause, None, 30.0)
+            elif command == "usr2":  # as PgBouncer's SIGUSR2: RESUME, from PAUSE and from SUSPEND
+                log.info("SIGUSR2: resuming")
+                self.resume(None)
+                self.resume_suspended()
             elif command == "term":
                 self.shutdown(self.config.server.shutdown_timeout)
                 return
