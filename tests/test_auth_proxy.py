@@ -44,7 +44,7 @@ def refused(proxy, user, password, code, **kw):
         login(proxy, user, password, **kw)
     text = str(info.value)
     assert code == "28P01" and f'password authentication failed for user "{user}"' in text or \
-        code == "28000" and "pg_hba.conf" in text, text
+        code == "28000" and ("pg_hba.conf" in text or "needs TLS" in text), text
     return text
 
 
@@ -322,3 +322,13 @@ def test_a_certificate_logs_in_by_its_cn_only_unless_sans_are_allowed(start_prox
     for user in ("postgres", "mallory"):
         with pytest.raises(psycopg2.OperationalError, match="certificate authentication failed"):
             cert_login(user, two_cns)
+
+
+def test_a_token_method_over_plain_tcp_says_it_needs_tls(start_proxy, tmp_path, tls):
+    keys = tmp_path / "keys.json"
+    proxy = start_proxy(tls=tls, auth={"rules": [{"method": "api_key", "address": "127.0.0.0/8"}],
+                                       "api_keys": {"file": str(keys)}})
+    with pytest.raises(psycopg2.OperationalError) as e:
+        psycopg2.connect(host="127.0.0.1", port=proxy.port, user="app", dbname="postgres", sslmode="disable",
+                         password="x", connect_timeout=10)
+    assert "api_key method needs TLS" in str(e.value) and "pg_hba.conf" not in str(e.value)

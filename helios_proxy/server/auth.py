@@ -150,8 +150,11 @@ class Authenticator:
         only, unless the rule allows plaintext); the backend login stays the proxy's own."""
         if not (client.tls or client.local or rule.allow_plaintext):
             self._decided(client, method, rule_index, "refused: no TLS")
-            raise FatalError(f'no pg_hba.conf entry for host "{_host(client)}", user "{creds.user}", database '
-                             f'"{client.database}", no encryption', sqlstate=INVALID_AUTHORIZATION)
+            raise FatalError(f'the {method} method needs TLS (or the Unix socket): connection of user '
+                             f'"{creds.user}" to database "{client.database}" from host "{_host(client)}" has no '
+                             f'encryption', sqlstate=INVALID_AUTHORIZATION,
+                             hint="Connect with sslmode=require, or allow plaintext in that [[auth.rules]] entry "
+                                  "(allow_plaintext = true) of the proxy's configuration.")
         client.send(codec.authentication(m.AUTH_CLEARTEXT))
         with malformed("password message"):
             secret = read_cstr(client.read_password(), 0)[0]
@@ -178,8 +181,10 @@ class Authenticator:
         """A client certificate the TLS handshake verified, naming this user: no password asked."""
         if not client.tls:
             self._decided(client, "cert", rule_index, "refused: no TLS")
-            raise FatalError(f'no pg_hba.conf entry for host "{_host(client)}", user "{creds.user}", database '
-                             f'"{client.database}", no encryption', sqlstate=INVALID_AUTHORIZATION)
+            raise FatalError(f'the cert method needs TLS: connection of user "{creds.user}" to database '
+                             f'"{client.database}" from host "{_host(client)}" has no encryption',
+                             sqlstate=INVALID_AUTHORIZATION, hint="Connect with sslmode=require and a client "
+                                                                  "certificate (sslcert, sslkey).")
         try:
             found = cert.check(self.config, creds.user, client.sock)
         except auth.Refused as e:
