@@ -53,11 +53,31 @@ def test_defaults_and_required_keys():
     ({"cache": {"rules": [{"ttl_s": 5}]}}, "cache.rules[0].table: required"),
     ({"cache": {"rules": [{"table": "t", "tll_s": 5}]}}, "cache.rules[0].tll_s: unknown setting"),
     ({"cache": {"rules": {"table": "t"}}}, "cache.rules: expected [[cache.rules]] tables"),
+    ({"pool": {"max_szie": 5}}, 'pool.max_szie: unknown setting (did you mean "max_size"?)'),
+    ({"tenancy": {"identfy": "database"}}, 'did you mean "identify"?'),
+    ({"topolgy": {}}, 'unknown section [topolgy] (did you mean "topology"?)'),
+    ({"topology": {"provider": "patroni", "patroni_url": "http://127.0.0.1:8008"}, "failover": {"mode": "promote"}},
+     "makes two deciders of one failover"),
+    ({"topology": {"provider": "standalone"}, "failover": {"mode": "command", "promote_command": "true"}},
+     "makes two deciders of one failover"),
 ])
 def test_errors_name_the_key_and_value(sections, message):
     with pytest.raises(ConfigError) as info:
         cfg(**sections)
     assert message in str(info.value)
+
+
+def test_a_nodes_role_takes_patronis_words_and_a_wrong_one_is_the_only_problem_told():
+    nodes = [NODE, {**NODE, "name": "s1", "role": "replica"}, {**NODE, "name": "s2", "role": "Leader"}]
+    with pytest.raises(ConfigError) as info:  # (two primaries: p and s2 = leader)
+        load({"nodes": nodes}, environ={})
+    assert "'p', 's2' all have role" in str(info.value)
+    c = load({"nodes": nodes[:2]}, environ={})
+    assert [n.role for n in c.nodes] == ["primary", "standby"]
+    with pytest.raises(ConfigError) as info:
+        load({"nodes": [NODE, {**NODE, "name": "s1", "role": "stanby"}]}, environ={})
+    text = str(info.value)
+    assert "nodes[1].role: 'stanby' is not one of primary, standby" in text and "all have role" not in text
 
 
 def test_nodes_are_checked():

@@ -1,4 +1,5 @@
 """Load TOML, apply HELIOS_<SECTION>__<KEY> environment overrides, validate against the schema."""
+import difflib
 import ipaddress
 import os
 import tomllib
@@ -138,8 +139,8 @@ def load(data, environ=None, source=None):
     problems = Problems()
     arrays = {"nodes", "plugins", "databases", "users", "limits", "rewrite", "tenants"}
     for name in sorted(set(data) - set(SECTIONS) - arrays):
-        problems.append(f"unknown section [{name}]; known: {', '.join(sorted(SECTIONS))}, nodes, databases, "
-                        "users, plugins, limits, rewrite, tenants")
+        problems.append(f"unknown section [{name}]{did_you_mean(name, set(SECTIONS) | arrays)}; known: "
+                        f"{', '.join(sorted(SECTIONS))}, nodes, databases, users, plugins, limits, rewrite, tenants")
     known_vars = set()
     cfg = Config(source=source)
     nested = {}  # tables inside a section ([[cache.rules]], [auth.jwt]...): taken out, loaded below
@@ -189,7 +190,7 @@ def _table(given, keys, where, environ=None, env=None, required=False, problems=
         problems.append(f"[{where}] must be a table")
         given = {}
     for key in sorted(set(given) - set(keys)):
-        problems.append(f"{where}.{key}: unknown setting")
+        problems.append(f"{where}.{key}: unknown setting{did_you_mean(key, keys)}")
     values = {}
     for key, setting in keys.items():
         var = env.get(key) if env else None
@@ -206,17 +207,33 @@ def _table(given, keys, where, environ=None, env=None, required=False, problems=
     return SimpleNamespace(**values)
 
 
+def did_you_mean(word, known):
+    """' (did you mean "x"?)' for a misspelled key or section, or ''."""
+    close = difflib.get_close_matches(str(word), [str(k) for k in known], n=1, cutoff=0.7)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+# Other managers' names for the roles: Patroni's replica/leader (and master), PostgreSQL's own words.
+ROLE_ALIASES = {"replica": "standby", "sync_standby": "standby", "secondary": "standby", "leader": "primary",
+                "master": "primary"}
+
+
 def _load_nodes(entries, problems):
     if not isinstance(entries, list) or not entries:
         raise ConfigError("nodes: at least one [[nodes]] entry (name, host, port, role) is required")
-    nodes, names = [], set()
+    nodes, names, bad_roles = [], set(), set()
     for i, entry in enumerate(entries):
+        if isinstance(entry, dict) and isinstance(entry.get("role"), str):
+            role = entry["role"].lower()
+            entry = {**entry, "role": ROLE_ALIASES.get(role, role)}
+            if entry["role"] not in ("primary", "standby"):
+                bad_roles.add(i)  # (reported by _table; not counted as a primary below)
         node = _table(entry, NODE_KEYS, f"nodes[{i}]", required=True, problems=problems)
         if node.name in names:
             problems.append(f"nodes[{i}].name: {node.name!r} is used twice")
         names.add(node.name)
         nodes.append(node)
-    primaries = [n.name for n in nodes if n.role == "primary"]
+    primaries = [n.name for i, n in enumerate(nodes) if n.role == "primary" and i not in bad_roles]
     if len(primaries) > 1:
         problems.append(f"nodes: {', '.join(map(repr, primaries))} all have role = \"primary\" (the default): "
                         "give every node but the primary role = \"standby\"")
@@ -290,6 +307,10 @@ def _database_nodes(databases, problems):
 
 
 def _check_cross(cfg, problems):
+    if cfg.topology.provider in ("patroni", "standalone") and cfg.failover.mode in ("promote", "command"):
+        problems.append(f"failover.mode: {cfg.failover.mode!r} with topology.provider = "
+                        f"{cfg.topology.provider!r} makes two deciders of one failover; with "
+                        f"{cfg.topology.provider} the proxy follows (failover.mode = \"external\")")
     names = {n.name for n in cfg.nodes} | {"primary", "standby"}
     for i, rule in enumerate(cfg.routing.tables):
         if rule.node and rule.node not in names:
