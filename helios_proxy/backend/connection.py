@@ -35,6 +35,9 @@ class ServerConnection:
         self.created = self.last_used = time.monotonic()
         self.rbuf = MessageBuffer(1 << 30)
         self.broken = False
+        # whose unnamed prepared statement this server holds now: a client session's (its last
+        # unnamed Parse), or None once the proxy's own Query or Parse replaced it (server/unnamed.py)
+        self.unnamed_owner = None
         self.generation = 0     # its pool's generation when opened (pool.py: RECONNECT)
         self.watcher = None     # a read watcher on the loop, armed for the connection's whole life
         self.on_readable = None  # what it calls: the pump of a lease, the pool's check when idle
@@ -183,6 +186,7 @@ class ServerConnection:
 
         An ErrorResponse raises BackendError after the connection is back at ReadyForQuery.
         """
+        self.unnamed_owner = None  # (a Query, or a Parse of the unnamed statement, replaces the client's)
         if params is None:
             self.sock.sendall(codec.query(sql))
         else:
@@ -197,6 +201,7 @@ class ServerConnection:
     def fetch(self, sql, params=(), max_rows=0):
         """Run one statement with parameters (extended protocol): (columns, rows, truncated).
         At most max_rows rows (0: all); rows are lists of text or None."""
+        self.unnamed_owner = None
         self.sock.sendall(codec.parse(sql) + codec.bind(list(params)) + codec.describe_portal()
                           + codec.execute(max_rows=max_rows) + codec.SYNC)
         return self._results()

@@ -224,6 +224,7 @@ class Batcher:
 
 def run(conn, sql):
     """The server's messages for one simple Query, up to (not with) its ReadyForQuery."""
+    conn.unnamed_owner = None
     conn.send(codec.query(sql))
     out = []
     while True:

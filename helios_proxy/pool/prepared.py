@@ -45,6 +45,7 @@ class ClientStatements:
     def __init__(self):
         self.by_name = {}
         self.sql = {}  # SQL-level: Statement.parse holds the server's PREPARE text
+        self.unnamed = None  # the client's unnamed statement: its last unnamed Parse as sent (server/unnamed.py)
 
     def _check_free(self, name):
         if name in self.by_name or name in self.sql:

@@ -20,7 +20,7 @@ from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
 from ..sockets import recv, recv_later
 from ..topology import replay
-from . import plan as p, statements
+from . import plan as p, statements, unnamed
 from .forward_batch import BatchSteps
 from .forward_cache import CacheSteps
 from .forward_complete import CompletionSteps
@@ -201,6 +201,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
 
     # --- one handler per message type: None, or TERMINATED -------------------------------------
     def on_query(self, mtype, begin, end):
+        unnamed.destroyed(self.session)  # (a simple Query drops the unnamed statement, as in PostgreSQL)
         cache = self.session.proxy.cache
         if cache is not None and cache.quick_ok:  # a hot read, by its exact text (cache/)
             answer = cache.quick(self.session, self.data, begin, end)
@@ -213,6 +214,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         commit, self.commit = self.commit, None
         if not go_on or not self.leased(mtype, begin, end):
             return None
+        self.session.server.unnamed_owner = None
         if commit == "write" and replay.wrap_begin(self.session, self, begin):
             # a lone write outside a transaction block: in a transaction of its own (replay.py)
             self.session.plan.expect_ready_hidden()
@@ -247,6 +249,9 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
             return None  # a hot read's whole batch, by its exact text (cache/)
         go_on, replacement = self.pipeline(mtype, begin, end)
         commit, self.commit = self.commit, None
+        anonymous = not names_statement(mtype, self.data, begin, end)
+        if anonymous:  # the client's unnamed statement from now on (server/unnamed.py)
+            unnamed.parsed(self.session, (replacement or bytes(self.data[begin:end])) if go_on else None)
         if not go_on:
             return None
         batch, self.batch_next = self.batch_next, False
@@ -256,11 +261,13 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
             return None  # a cache hit: the whole batch answered
         if self.session.journal is not None and not self.journal_parse(begin, end, commit):
             return None
-        named = self.session.pooled and names_statement(mtype, self.data, begin, end)
+        named = not anonymous and self.session.pooled
         if named and self.answered_locally(mtype, begin, end, replacement):
             return None
         if not self.leased(mtype, begin, end) or (named and self.translated(mtype, begin, end, replacement)):
             return None
+        if anonymous:
+            unnamed.sent(self.session)
         self.start_fill()
         return self.as_is(mtype, begin, end, replacement)
 
@@ -279,6 +286,11 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
             return None
         if mtype == B and session.journal is not None and session.journal.named:
             self.journal_bind(begin, end)
+        if unnamed.names_unnamed(mtype, self.data, begin, end):  # on this server: the client's own
+            first = unnamed.restore(self, session)
+            if first:
+                self.cut(begin, begin)
+                self.send(first)
         if self.cache_next is not None:
             self.start_fill()  # (a Bind whose batch missed: translated or not, its answer is the fill's)
         if (session.pooled and names_statement(mtype, self.data, begin, end)

@@ -100,6 +100,7 @@ def sql_statements(session, prepare, needs):
             continue
         prefix += make_room(session, stmt.server_name)
         # PREPARE through the unnamed statement, all of it hidden from the client
+        server.unnamed_owner = None
         prefix += codec.parse(stmt.parse) + codec.bind([]) + codec.execute() + codec.SYNC
         plan.expect(p.ONE, drop=True)
         plan.expect(p.ONE, drop=True)

@@ -107,6 +107,7 @@ def wrap_end(session):
 
 
 def _send_hidden(server, data):
+    server.unnamed_owner = None  # (a Query of the proxy's: the client's unnamed statement is gone there)
     try:
         server.send(data)
     except BackendError:
