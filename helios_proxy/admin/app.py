@@ -20,23 +20,31 @@ log = logging.getLogger(__name__)
 MUTATING = ("POST", "PUT", "PATCH", "DELETE")
 
 
-def create_app(proxy):
-    app = Flask("helios_proxy.admin")
-    app.config["PROXY"] = proxy
+def new_app(name, owner):
+    """A Flask app with what every admin API has, the single process's and the workers' front
+    (front.py) alike: JSON errors, the body limit, the Host check and the bearer tokens, all read
+    from owner.config (a reload changes them)."""
+    app = Flask(name)
     app.json.sort_keys = False
-
-    app.config["MAX_CONTENT_LENGTH"] = proxy.config.admin.max_body_bytes
+    app.config["MAX_CONTENT_LENGTH"] = owner.config.admin.max_body_bytes
 
     @app.before_request
     def authorize():
-        limit = app.config["MAX_CONTENT_LENGTH"] = proxy.config.admin.max_body_bytes  # (reloadable)
+        admin = owner.config.admin
+        limit = app.config["MAX_CONTENT_LENGTH"] = admin.max_body_bytes  # (reloadable)
         if (request.content_length or 0) > limit:  # refused before a byte of it is read
             raise ApiError(413, f"request body over admin.max_body_bytes ({limit})")
-        check_host(proxy.config.admin)
+        check_host(admin)
         if request.path != "/graphql":  # (the gateway's own bearer tokens and roles: graphql/)
-            check_token(proxy.config.admin)
+            check_token(admin)
 
     install_error_handlers(app)
+    return app
+
+
+def create_app(proxy):
+    app = new_app("helios_proxy.admin", proxy)
+    app.config["PROXY"] = proxy
     for module in (status, health, topology, resources, metrics, ops, sql, cache, analytics, tenants, graphql,
                    openapi):
         app.register_blueprint(module.bp)

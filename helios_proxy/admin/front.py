@@ -17,11 +17,11 @@ import socket
 from urllib.parse import quote
 
 import gevent
-from flask import Flask, Response, jsonify, request
+from flask import Response, jsonify, request
 from gevent.pywsgi import WSGIServer
 
 from ..errors import ConfigError
-from .app import check_token, install_error_handlers
+from .app import new_app
 from .common import ApiError
 from .metrics import prometheus_response
 
@@ -145,16 +145,8 @@ def tag_rows(row_lists):
 
 
 def create_app(arbiter):
-    app = Flask("helios_proxy.admin.front")
-    app.json.sort_keys = False
+    app = new_app("helios_proxy.admin.front", arbiter)  # (the same guards as one process's: app.py)
     workers = arbiter.workers
-
-    @app.before_request
-    def authorize():
-        if request.path != "/graphql":  # (the gateway's own bearer tokens: graphql/)
-            check_token(arbiter.config.admin)
-
-    install_error_handlers(app)
 
     def forwarded():
         path = request.full_path if request.query_string else request.path
