@@ -332,3 +332,46 @@ def test_a_token_method_over_plain_tcp_says_it_needs_tls(start_proxy, tmp_path, 
         psycopg2.connect(host="127.0.0.1", port=proxy.port, user="app", dbname="postgres", sslmode="disable",
                          password="x", connect_timeout=10)
     assert "api_key method needs TLS" in str(e.value) and "pg_hba.conf" not in str(e.value)
+
+
+def test_an_unknown_api_key_id_takes_as_long_as_a_known_one(start_proxy, tmp_path, tls):
+    keys = tmp_path / "keys.json"
+    proxy = start_proxy(tls=tls, auth={"rules": [{"method": "api_key", "address": "127.0.0.0/8"}],
+                                       "api_keys": {"file": str(keys)}})
+    out = subprocess.run([BIN, "apikey", "create", "app", "-c", proxy.config_path], capture_output=True, text=True,
+                         timeout=60)
+    key = out.stdout.strip().splitlines()[-1]
+    known_id_wrong_secret = key[:-4] + "xxxx"
+    prefix, key_id, _ = key.split("_", 2)
+    unknown_id = f"{prefix}_{'0' * len(key_id)}_{'y' * 43}"
+
+    def refusal_time(password):
+        started = time.monotonic()
+        with pytest.raises(psycopg2.OperationalError):
+            login(proxy, "app", password)
+        return time.monotonic() - started
+    known = sorted(refusal_time(known_id_wrong_secret) for _ in range(5))[2]
+    unknown = sorted(refusal_time(unknown_id) for _ in range(5))[2]
+    assert unknown > 0.5 * known, (unknown, known)  # (medians; was 0.5 ms against 29 ms)
+
+
+def test_a_jwt_without_kid_is_tried_against_every_key_and_the_public_key_file(start_proxy, tmp_path, tls):
+    from jwt.algorithms import RSAAlgorithm
+    first, _ = rsa_key()
+    second, _ = rsa_key()
+    third, third_public = rsa_key()
+    stranger, _ = rsa_key()
+    jwks = {"keys": [{**json.loads(RSAAlgorithm.to_jwk(k.public_key())), "kid": kid, "use": "sig", "alg": "RS256"}
+                     for kid, k in (("k1", first), ("k2", second))]}
+    (tmp_path / "jwks.json").write_text(json.dumps(jwks))
+    (tmp_path / "pub.pem").write_bytes(third_public)
+    proxy = start_proxy(tls=tls, auth={"rules": [{"user": "app", "method": "jwt"}], "jwt": {
+        "jwks_file": str(tmp_path / "jwks.json"), "public_key_file": str(tmp_path / "pub.pem")}})
+
+    def token(key, **headers):
+        return jwt.encode({"sub": "app", "exp": int(time.time()) + 60}, key, algorithm="RS256", headers=headers or None)
+    for key in (first, second, third):  # no kid: each key of the set, then the public key file
+        assert login(proxy, "app", token(key)) == "app"
+    assert login(proxy, "app", token(second, kid="k2")) == "app"
+    refused(proxy, "app", token(stranger), "28P01")
+    refused(proxy, "app", token(second, kid="k1"), "28P01")  # (a kid names the one key to use)

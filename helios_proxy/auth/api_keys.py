@@ -18,6 +18,9 @@ SCRYPT = {"n": 1 << 14, "r": 8, "p": 1, "dklen": 32}
 PREFIX = "hpk_"
 
 
+DECOY_SALT = os.urandom(16)
+
+
 def _hash(secret, salt):
     return hashlib.scrypt(secret.encode(), salt=salt, **SCRYPT)
 
@@ -80,7 +83,8 @@ class ApiKeyMethod:
             raise Refused("not an API key")
         key_id, _, secret = key[len(PREFIX):].partition("_")
         entry = self._keys(config.auth.api_keys.file).get(key_id)
-        if entry is None:
+        if entry is None:  # the same work as for a known id: the time does not tell which ids exist
+            get_hub().threadpool.apply(_hash, (secret, DECOY_SALT))
             raise Refused(f"no key {key_id}")
         digest = get_hub().threadpool.apply(_hash, (secret, bytes.fromhex(entry["salt"])))
         if not hmac.compare_digest(digest, bytes.fromhex(entry["hash"])):

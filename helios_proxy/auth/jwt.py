@@ -1,7 +1,7 @@
 """The jwt method: the client's password is a JSON Web Token, checked with pyjwt.
 
-The signature (RS256/ES256 with `public_key_file` or a key of `jwks_url` or `jwks_file` chosen by
-the token's `kid`; HS256 with `secret`), `exp` and `nbf` (with `leeway_s`), `iss` and `aud` when configured;
+The signature (RS256/ES256 with a key of `jwks_url` or `jwks_file` chosen by the token's `kid`, or
+`public_key_file`; a token without a `kid` is tried against each of them; HS256 with `secret`), `exp` and `nbf` (with `leeway_s`), `iss` and `aud` when configured;
 then the claim `user_claim` must name the login user, directly or through `[auth.map]`.
 """
 import json
@@ -23,33 +23,38 @@ class JwtMethod:
                 cached = self._keys[path] = (mtime, load(f.read()))
         return cached[1]
 
-    def _key(self, cfg, token, algorithm):
+    def _candidates(self, cfg, token, algorithm):
+        """The keys that may have signed token: for a token with a `kid`, the key set's key of that
+        id (else public_key_file); for one without, every key of the sets and public_key_file."""
         import jwt
         if algorithm == "HS256":
             if not cfg.secret:
                 raise Refused("HS256 token, and no auth.jwt.secret")
-            return cfg.secret
+            return [cfg.secret]
+        kid = jwt.get_unverified_header(token).get("kid")
+        keys, problems = [], []
         if cfg.jwks_url:  # (urllib on gevent's sockets: a slow endpoint holds up only this login)
             client = self._clients.get((cfg.jwks_url, cfg.jwks_refresh_s))
             if client is None:
                 client = self._clients[(cfg.jwks_url, cfg.jwks_refresh_s)] = jwt.PyJWKClient(
                     cfg.jwks_url, lifespan=cfg.jwks_refresh_s, timeout=10)
             try:
-                return client.get_signing_key_from_jwt(token).key
+                if kid is not None:
+                    keys.append(client.get_signing_key_from_jwt(token).key)
+                else:
+                    keys.extend(k.key for k in client.get_signing_keys())
             except jwt.PyJWKClientError as e:
-                if not (cfg.jwks_file or cfg.public_key_file):
-                    raise Refused(f"auth.jwt.jwks_url: {e}") from None
+                problems.append(f"auth.jwt.jwks_url: {e}")
         if cfg.jwks_file:
-            keys = self._file(cfg.jwks_file, lambda data: jwt.PyJWKSet.from_dict(json.loads(data)))
-            kid = jwt.get_unverified_header(token).get("kid")
-            for key in keys.keys:
-                if kid is None or key.key_id == kid:
-                    return key.key
-            if not cfg.public_key_file:
-                raise Refused(f"no key {kid!r} in auth.jwt.jwks_file")
-        if cfg.public_key_file:
-            return self._file(cfg.public_key_file, lambda data: data)
-        raise Refused(f"{algorithm} token, and no auth.jwt.public_key_file or jwks_file")
+            found = self._file(cfg.jwks_file, lambda data: jwt.PyJWKSet.from_dict(json.loads(data)))
+            keys.extend(k.key for k in found.keys if kid is None or k.key_id == kid)
+            if kid is not None and not keys:
+                problems.append(f"no key {kid!r} in auth.jwt.jwks_file")
+        if cfg.public_key_file and (kid is None or not keys):
+            keys.append(self._file(cfg.public_key_file, lambda data: data))
+        if not keys:
+            raise Refused("; ".join(problems) or f"{algorithm} token, and no auth.jwt.public_key_file or jwks_file")
+        return keys
 
     def check(self, config, user, token):
         """The claims of token if it lets user in; raises Refused."""
@@ -59,13 +64,20 @@ class JwtMethod:
             algorithm = jwt.get_unverified_header(token).get("alg")
             if algorithm not in cfg.algorithms:
                 raise Refused(f"algorithm {algorithm!r} is not in auth.jwt.algorithms")
-            claims = jwt.decode(token, self._key(cfg, token, algorithm), algorithms=[algorithm],
-                                issuer=cfg.issuer or None, audience=cfg.audience or None,
-                                leeway=cfg.leeway_s,
-                                options={"require": ["exp"], "verify_aud": bool(cfg.audience)})
+            claims, failed = None, None
+            for key in self._candidates(cfg, token, algorithm):  # the first key whose signature checks out
+                try:
+                    claims = jwt.decode(token, key, algorithms=[algorithm], issuer=cfg.issuer or None,
+                                        audience=cfg.audience or None, leeway=cfg.leeway_s,
+                                        options={"require": ["exp"], "verify_aud": bool(cfg.audience)})
+                    break
+                except (jwt.InvalidSignatureError, jwt.InvalidKeyError, ValueError) as e:
+                    failed = e  # (another key's token: try the next)
+            if claims is None:
+                raise failed
         except jwt.PyJWTError as e:
             raise Refused(f"{type(e).__name__}: {e}") from None
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, TypeError) as e:
             raise Refused(f"key: {e}") from None
         name = claims.get(cfg.user_claim)
         if not isinstance(name, str):
