@@ -58,7 +58,7 @@ def test_rules_apply_in_order_and_count(start_proxy, tables):
     assert one("select name from rw_legacy where id = 1") == ("new",)
     assert one("select x from rw_only_in_schema") == (42,)
     assert one("select   'x'  as rw_tidy -- a comment\n  ,  2") == ("x", 2)
-    assert one("select 'rw_dry'") == ("rw_dry",)  # (a dry run changes nothing)
+    assert one("select 'kept' as rw_dry") == ("kept",)  # (a dry run changes nothing)
     conn = proxy.connect()
     cur = conn.cursor()
     cur.execute("select 1 as rw_stop")
@@ -120,3 +120,19 @@ def test_reload_swaps_the_rules_and_a_bad_rule_is_refused_naming_it(start_proxy,
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "rewrite[0] ('broken'): match: bad regular expression" in out.stderr
     assert "rewrite[1] ('groups'): replace: invalid group reference 2" in out.stderr
+
+
+def test_a_rule_rewrites_the_sql_never_the_literals_it_carries_unless_told(start_proxy, tables):
+    tables.cursor().execute("DROP TABLE IF EXISTS rw_notes; CREATE TABLE rw_notes (body text)")
+    proxy = start_proxy(rewrite=[
+        {"name": "legacy", "match": r"\bfrom rw_legacy\b", "replace": "from rw_new"},
+        {"name": "shout", "match": "hush", "replace": "HUSH", "in_literals": True}])
+    data = ["moved from rw_legacy", "é from rw_legacy", "dollar from rw_legacy"]
+    proxy.query("insert into rw_notes values ('moved from rw_legacy'), (E'\\u00e9 from rw_legacy'), "
+                "($q$dollar from rw_legacy$q$)")
+    cur = tables.cursor()
+    cur.execute("select body from rw_notes order by body")
+    assert sorted(r[0] for r in cur.fetchall()) == sorted(data)  # stored as the client wrote them
+    assert proxy.query("select name, 'from rw_legacy' from rw_legacy where id = 1") == [("new", "from rw_legacy")]
+    assert proxy.query("select 'hush'") == [("HUSH",)]  # (in_literals: that rule changes data too)
+    assert rule_hits(proxy)["legacy"][0] == 1  # (only the query whose SQL it changed)

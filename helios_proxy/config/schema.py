@@ -456,6 +456,8 @@ REWRITE_SETTINGS = (
     S("rewrite", "apply", str, "all", "first: no later rule runs after this one applied; all: go on.",
       choices=("first", "all")),
     S("rewrite", "dry_run", bool, False, "Count and log (normalized texts) what it would change; change nothing."),
+    S("rewrite", "in_literals", bool, False, "replace also inside string and dollar-quoted literals (the data a "
+      "query carries); off: only the SQL outside them is rewritten."),
 )
 
 # [[auth.rules]]: ordered like pg_hba.conf, the first that matches a login decides its method.

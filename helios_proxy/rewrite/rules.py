@@ -40,6 +40,27 @@ def problems(rules, where="rewrite"):
     return out
 
 
+LITERALS = frozenset(("SCONST", "USCONST", "BCONST", "XCONST"))
+
+
+def outside_literals(sql, change):
+    """sql with change(part) applied to each part outside its string constants ('...', E'...',
+    U&'...', $tag$...$tag$, bit strings): a rule rewrites the SQL, never the data it carries. A text
+    the scanner cannot read (an unterminated quote) is left as it is."""
+    try:
+        tokens = scan(sql)
+    except ParseError:
+        return sql
+    out, at = [], 0
+    for token in tokens:
+        if token.name in LITERALS:
+            out.append(change(sql[at:token.start]))
+            out.append(sql[token.start:token.end + 1])
+            at = token.end + 1
+    out.append(change(sql[at:]))
+    return "".join(out)
+
+
 class Rule:
     def __init__(self, cfg, source="config"):
         self.name, self.source = cfg.name, source
@@ -50,6 +71,7 @@ class Rule:
         self.schema_prefix = cfg.schema_prefix or None
         self.normalize, self.hint = cfg.normalize, cfg.hint or None
         self.stop = cfg.apply == "first"
+        self.in_literals = getattr(cfg, "in_literals", False)  # replace inside string and dollar-quoted literals too
         self.dry_run = cfg.dry_run
         self.hits = self.dry_hits = 0
         self.pattern = self.literal = None
@@ -83,7 +105,10 @@ class Rule:
 
     def apply(self, sql):
         if self.replace is not None:
-            sql = self.pattern.sub(self.replace, sql)
+            if self.in_literals:
+                sql = self.pattern.sub(self.replace, sql)
+            elif self.pattern.search(sql):  # (only then: the text's literals are found by the scanner)
+                sql = outside_literals(sql, lambda part: self.pattern.sub(self.replace, part))
         if self.schema_prefix is not None:
             sql = qualify(sql, self.schema_prefix)
         if self.normalize:
