@@ -140,6 +140,9 @@ class ServerConnection:
                 self._need(creds.client_key and creds.scram, "a password or a SCRAM login by the client")
                 scram = ScramClient(client_key=creds.client_key, server_key=creds.scram.server_key)
             self.sock.sendall(codec.sasl_initial_response(MECHANISM, scram.first().encode()))
+        elif code in (m.AUTH_SASL_CONTINUE, m.AUTH_SASL_FINAL) and scram is None:
+            raise self._malformed(f"SASL {'continue' if code == m.AUTH_SASL_CONTINUE else 'final'} message "
+                                  "before SASL began")
         elif code == m.AUTH_SASL_CONTINUE:
             self.sock.sendall(codec.sasl_response(scram.final(bytes(payload).decode()).encode()))
         elif code == m.AUTH_SASL_FINAL:

@@ -154,12 +154,15 @@ class ScramClient:
         self.server_key = server_key
         self.nonce = b64(os.urandom(18))
         self.client_first_bare = f"n=,r={self.nonce}"
+        self.auth_message = None  # (final() makes it)
 
     def first(self):
         return "n,," + self.client_first_bare
 
     def final(self, server_first):
         attrs = _attributes(server_first)
+        if not all(attrs.get(k) for k in ("r", "s", "i")):
+            raise ValueError("SCRAM server-first-message lacks r, s or i")
         if not attrs["r"].startswith(self.nonce):
             raise ValueError("SCRAM server nonce does not extend ours")
         salt, iterations = unb64(attrs["s"]), int(attrs["i"])
@@ -177,6 +180,8 @@ class ScramClient:
         attrs = _attributes(server_final)
         if "e" in attrs:
             raise PermissionError(f"SCRAM error from server: {attrs['e']}")
+        if self.auth_message is None:
+            raise ValueError("SCRAM server-final-message before the server-first-message")
         expected = hmac_sha256(self.server_key, self.auth_message)
         if not hmac.compare_digest(unb64(attrs.get("v", "")), expected):
             raise PermissionError("SCRAM server signature is wrong")
