@@ -324,3 +324,33 @@ def test_autocommit_writes_in_the_extended_protocol_through_a_primary_kill(start
     assert all(code == "08007" for code in errors), errors
     stats = proxy.api("GET", "/replay")[1]
     print(f"writer errors {errors}, replay {stats}")
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_a_restart_of_a_single_primary_is_waited_for_and_the_transaction_goes_on(start_proxy, ha_cluster, mode):
+    """No standby to fail over to: a transaction cut by a restart of its primary is replayed there
+    once it is back (within failover.buffer_timeout), not given up at once."""
+    from tests.fix_ha import ha_nodes
+    proxy = start_proxy(pool={"mode": mode, "max_size": 4}, nodes=ha_nodes(ha_cluster)[:1], replay=REPLAY,
+                        health={"interval": 0.3, "timeout": 2.0}, failover={"buffer_timeout": 30.0})
+    conn, cur = in_transaction(proxy, "insert into ha_rows (id) values (%s)", (7001,))
+    d = ha_cluster.datadir(0)
+    kill_primary(ha_cluster)
+    lost(proxy) if mode == "session" else None
+
+    def start_again():
+        time.sleep(1.5)  # (down for a while: the replay waits)
+        wait_for(lambda: _try(lambda: ha_cluster._run("pg_ctl", "-D", d, "-l", d + ".log", "-w", "-t", "60", "-o",
+                                                       f"-p {ha_cluster.ports[0]} -k {ha_cluster.base}", "start")),
+                 30, "the primary to start again")
+    restarter = threading.Thread(target=start_again)
+    restarter.start()
+    try:
+        cur.execute("insert into ha_rows (id) values (%s)", (7002,))
+        conn.commit()
+    finally:
+        restarter.join()
+    assert query(ha_cluster.ports[0], "select array_agg(id order by id) from ha_rows where id > 7000") == \
+        [([7001, 7002],)]
+    conn.close()
+    assert "Traceback" not in proxy.output()

@@ -26,7 +26,7 @@ import time
 import gevent
 
 from ..backend.connection import ServerConnection
-from ..errors import BackendError, ProxyError
+from ..errors import BackendError, ProxyError, node_unreachable
 from ..pool import session_state
 from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner
@@ -34,6 +34,7 @@ from ..routing.classify import BEGIN_READ_ONLY, READ
 from ..server import relay  # (relay imports this module too: only its functions are used, at run time)
 from . import session_migrate
 from .journal import STATS, UNKNOWN
+from .switchover_buffer import NoPrimary
 
 log = logging.getLogger(__name__)
 SERIALIZATION_FAILURE = "40001"
@@ -145,9 +146,10 @@ def recover(session, lease, stream):
         return False  # its backend ended (terminated, timed out), not its node: as before
     cfg = session.proxy.config.replay
     started = time.monotonic()
+    deadline = started + session.proxy.config.failover.buffer_timeout
     for attempt in range(1, cfg.replay_attempts + 1):
         try:
-            pool, server = session.acquire_primary()  # waits in the switchover buffer for a confirmed primary
+            pool, server = primary_by(session, deadline)
         except ProxyError as e:
             log.warning("%r: no primary to replay on: %s", session, e.message)
             break
@@ -173,6 +175,19 @@ def recover(session, lease, stream):
         return True
     STATS.failed += 1
     return False
+
+
+def primary_by(session, deadline):
+    """(pool, server) on the primary: waits in the switchover buffer for a confirmed one, and while
+    the one it knows cannot be reached (a restart, with no standby to fail over to) tries again
+    until deadline (failover.buffer_timeout)."""
+    while True:
+        try:
+            return session.acquire_primary()
+        except ProxyError as e:  # (NoPrimary: none known, no standby to fail over to: it may come back)
+            if not (node_unreachable(e) or isinstance(e, NoPrimary)) or time.monotonic() >= deadline:
+                raise
+            gevent.sleep(0.2)
 
 
 def node_alive(session, server, target):
