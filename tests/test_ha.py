@@ -1,6 +1,7 @@
 """High availability on a real primary + sync standby1 + async standby2 (tests/fix_ha.py): health,
 the primary tracker, automatic failover, the switchover buffer and planned switchover."""
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -106,11 +107,17 @@ def test_failover_promotes_the_sync_standby_and_loses_no_acknowledged_write(star
         assert load.reads > reads_after  # reads kept flowing
     print(f"writes resumed {load.first_ok_after:.2f} s after the kill; {len(load.errors)} errors")
     assert load.first_ok_after < 10
-    # The synchronous standby is promoted, unless the asynchronous one received more WAL (under
-    # load it may): then that one, which holds every acknowledged commit too, so that the other
-    # can follow it.
+    # The documented rule: the standby with the most WAL is promoted, the synchronous one among
+    # equals (under load the asynchronous one may have received more: it holds every acknowledged
+    # commit too, and the other can follow it). Checked against the positions the proxy saw.
     status, topo = proxy.api("GET", "/topology")
     new, other = (1, 2) if topo["primary"] == "standby1" else (2, 1)
+    chose = re.search(r"failover: chose (\w+) \(.*?\) out of (.*)", proxy.output())
+    seen = re.findall(r"(\w+) \[lsn (\d+) (sync|async)\]", chose.group(2))
+    assert len(seen) == 2, chose.group(0)
+    best = max(int(lsn) for _, lsn, _ in seen)
+    rightful = [name for name, lsn, kind in sorted(seen, key=lambda x: x[2] != "sync") if int(lsn) == best][0]
+    assert chose.group(1) == rightful == f"standby{new}", chose.group(0)
     assert topo["primary"] == f"standby{new}" and topo["state"] == "CONFIRMED" and topo["failovers"] == 1
     assert not in_recovery(ha_cluster.ports[new]) and in_recovery(ha_cluster.ports[other])
     present = {r[0] for r in query(ha_cluster.ports[new], "SELECT id FROM ha_rows")}

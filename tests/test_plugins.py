@@ -111,9 +111,12 @@ def test_lifecycle_hooks_and_admin_routes(plugin_proxy, tmp_path):
                           "tests.plugins.lifecycle": {"path": str(notes)}})
     proxy.query("select 1")
     assert proxy.api("GET", "/hello") == (200, {"hello": "from a plugin"})
+    assert proxy.api("POST", "/primary/clear")[0] == 200  # the operator clears the primary, and sets it again
+    assert proxy.api("POST", "/primary", {"node": "primary"})[0] == 200
     proxy.stop()
     lines = notes.read_text().split("\n")
     assert lines[0] == "startup" and "connect postgres" in lines and "disconnect postgres" in lines
+    assert lines.count("topology PrimaryChanged") >= 3, lines  # (cleared, pending, confirmed)
     assert lines[-2] == "shutdown"
 
 
@@ -146,17 +149,24 @@ def copy_wat(src, folder, name):
     os.replace(target + ".tmp", target)  # atomic: the host never sees half a file
 
 
+@needs_examples
 def test_wasm_block_pattern_and_tags(plugin_proxy, tmp_path):
     wasm = tmp_path / "wasm"
     wasm.mkdir()
     copy_wat(os.path.join(EXAMPLES, "block_pattern.wat"), wasm, "block_pattern.wat")
     copy_wat(os.path.join(EXAMPLES, "tag_queries.wat"), wasm, "tag_queries.wat")
+    audit = tmp_path / "audit.jsonl"
     proxy = plugin_proxy({"wasm_dir": str(wasm), "wasm:block_pattern": {"pattern": "forbidden_fn"},
-                          "query_guard": {"enabled": False}, "audit_log": {"enabled": False}})
+                          "query_guard": {"enabled": False}, "audit_log": {"path": str(audit)}})
     with pytest.raises(psycopg2.Error) as info:
         proxy.query("select forbidden_fn()")
     assert info.value.pgcode == "42501" and "blocked by the block_pattern WASM plugin" in str(info.value)
     assert proxy.query("select pg_sleep(0)") == [("",)]  # the default pattern is replaced by the config
+    deadline = time.monotonic() + 5  # tag_queries tagged it (the audit log writes the tags)
+    while time.monotonic() < deadline and "pg_sleep(0)" not in (audit.read_text() if audit.exists() else ""):
+        time.sleep(0.05)
+    tagged = [json.loads(line) for line in audit.read_text().splitlines() if "pg_sleep(0)" in line]
+    assert tagged and tagged[0]["tags"].get("wasm") == "seen", tagged
     listing = subprocess.run([HELIOS, "plugins", "-c", proxy.config_path], capture_output=True, text=True,
                              timeout=60, env={**os.environ, **ENV})
     assert "wasm:block_pattern: wasm " in listing.stdout and "wasm:tag_queries" in listing.stdout
@@ -227,8 +237,11 @@ def test_wasm_sandbox_fuel_memory_corruption_and_hot_reload(plugin_proxy, tmp_pa
 def test_every_hook_is_documented():
     from helios_proxy.plugins import hookspecs
     doc = open(os.path.join(ROOT, "plugins", "README.md")).read()
-    hooks = [name for name in dir(hookspecs) if name.startswith(("on_", "register_"))]
-    assert len(hooks) >= 9
+    import pluggy
+    manager = pluggy.PluginManager("helios_proxy")
+    manager.add_hookspecs(hookspecs)
+    hooks = [name for name in dir(manager.hook) if not name.startswith("_")]  # every hookspec, by pluggy
+    assert len(hooks) >= 10 and "rewrite_rules" in hooks
     missing = [h for h in hooks if f"`{h}(" not in doc]
     assert not missing, f"hooks missing from plugins/README.md: {missing}"
     for name in hooks:
@@ -281,3 +294,28 @@ def test_the_tutorial_plugin_works_as_written(tmp_path):
     assert refused == {"drop table t": True, "DROP  TABLE t": True, "drop /* hidden */ table if exists a, b": True,
                        "select 1; drop table t": True, "select 'drop table t'": False, "drop view v": False,
                        "select 1": False, "drop tabel oops": False}
+
+
+def test_a_wasm_plugins_on_query_complete_runs_once_per_answer(plugin_proxy, tmp_path):
+    wasm = tmp_path / "wasm"
+    wasm.mkdir()
+    copy_wat(os.path.join(HERE, "complete.wat"), wasm, "complete.wat")
+    proxy = plugin_proxy({"wasm_dir": str(wasm), "query_guard": {"enabled": False},
+                          "audit_log": {"enabled": False}})
+    for i in range(3):
+        proxy.query(f"select {i}")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and proxy.output().count("query completed after some microseconds") < 3:
+        time.sleep(0.05)
+    assert proxy.output().count("query completed after some microseconds") >= 3
+
+
+@needs_examples
+def test_an_installed_plugin_adds_a_command_to_the_cli():
+    def run(*args):
+        return subprocess.run([HELIOS, *args], capture_output=True, text=True, timeout=60, env={**os.environ, **ENV})
+    refused = run("query-guard-check", "delete from t")
+    assert refused.returncode == 1 and refused.stdout.strip() == "refused: DELETE without WHERE", refused
+    allowed = run("query-guard-check", "delete from t where id = 1")
+    assert allowed.returncode == 0 and allowed.stdout.strip() == "allowed"
+    assert "query-guard-check" in run("--help").stdout

@@ -129,7 +129,9 @@ class FailoverController:
             return None
         node, sync, lag = ranked[0]
         log.warning("failover: chose %s (%s, %d bytes behind) out of %s", node.name,
-                    "synchronous" if sync else "asynchronous", lag, ", ".join(n.name for n, _, _ in ranked))
+                    "synchronous" if sync else "asynchronous", lag,
+                    ", ".join(f"{n.name} [lsn {self.health.state(n).lsn or 0} {'sync' if s else 'async'}]"
+                              for n, s, _ in ranked))
         return node
 
     # --- promotion, shared with the planned switchover ---------------------------------------------

@@ -54,3 +54,20 @@ def on_query_start(ctx):
     ctx.tags["query_guard"] = f"refused {kind} without WHERE"
     return actions.reject(settings["sqlstate"], f"{kind} without WHERE refused by the query guard "
                                                  "(add a WHERE clause, e.g. WHERE true to mean it)")
+
+
+@hookimpl
+def register_commands(cli):
+    """`helios-proxy query-guard-check SQL`: whether the guard would refuse SQL (exit 1 if so)."""
+    import click
+
+    @cli.command("query-guard-check")
+    @click.argument("sql")
+    def query_guard_check(sql):
+        """Tell whether the query guard would refuse SQL (with the default settings)."""
+        kind = unbounded(sql)
+        if kind is None:
+            click.echo("allowed")
+            return
+        click.echo(f"refused: {kind} without WHERE")
+        raise SystemExit(1)
