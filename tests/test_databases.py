@@ -179,3 +179,42 @@ def test_sigusr1_pauses_and_sigusr2_resumes_as_pgbouncer(start_proxy):
     proxy.signal(signal.SIGUSR2)
     held.join(10)
     assert later == [2] and proxy.api("GET", "/health")[1]["paused"] == []
+
+
+def test_pgbouncer_console_commands(start_proxy, psql_bin):
+    proxy = start_proxy(pool={"mode": "transaction"}, admin={"users": ["postgres"]})
+    client = proxy.connect()
+    client.autocommit = True
+    assert one(client, "select 1") == 1
+    rows = lambda sql: proxy_console(psql_bin, proxy, sql)  # noqa: E731
+    lists = dict(rows("SHOW LISTS"))
+    assert int(lists["used_clients"]) >= 1 and int(lists["pools"]) >= 1
+    assert ["postgres", "transaction"] in rows("SHOW USERS")
+    assert any(r[0].startswith("process") and int(r[1]) > 0 for r in rows("SHOW MEM"))
+    assert any(r[1] == "client" and r[2] == "postgres" for r in rows("SHOW FDS"))
+    assert any(r[0] == "server" for r in rows("SHOW SOCKETS"))
+    totals = dict(rows("SHOW TOTALS"))
+    assert int(totals["total_query_count"]) >= 1 and "avg_query_count" in totals
+    assert dict(rows("SHOW STATE"))["suspended"] == "no"
+    pools = proxy.api("GET", "/pools")[1]
+    assert {"sv_used", "sv_login", "maxwait_us", "pool_mode"} <= set(pools[0])
+    assert {"avg_xact_count", "avg_query_count", "avg_recv", "avg_sent"} <= set(proxy.api("GET", "/stats")[1][0])
+    rows("SET default_pool_size = 7")  # a reloadable setting, by PgBouncer's name
+    assert proxy.api("GET", "/config")[1]["pool"]["max_size"] == 7
+    rows("DISABLE app")
+    with pytest.raises(psycopg2.OperationalError, match="not currently accepting connections"):
+        proxy.connect(dbname="app")
+    assert dict(rows("SHOW STATE"))["disabled"] == "app"
+    rows("ENABLE app")
+    proxy.connect(dbname="app").close()
+    me = [r for r in rows("SHOW CLIENTS") if r[1] == "postgres" and r[2] == "postgres"]
+    rows(f"KILL_CLIENT {me[0][0]}")
+    with pytest.raises(psycopg2.Error):
+        one(client, "select 1")
+    rows("KILL app")  # PgBouncer's KILL: the database stays paused until RESUME
+    assert dict(rows("SHOW STATE"))["paused"] == "app"
+    rows("RESUME app")
+    proxy.connect(dbname="app").close()
+    rows("SHUTDOWN")
+    proxy.proc.wait(20)
+    assert proxy.proc.returncode == 0

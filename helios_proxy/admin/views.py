@@ -64,16 +64,22 @@ def pools(proxy):
         if s.server is not None and s.lease_pool is not None:
             active[s.lease_pool.key] = active.get(s.lease_pool.key, 0) + 1
     now, out = time.monotonic(), []
+    check_after = proxy.config.pool.check_after
     for pool in list(proxy.pools.pools.values()):
         out.append({
             "database": pool.database, "user": pool.credentials.user, "node": pool.node.name,
             "tenant": pool.credentials.partition,
             "mode": proxy.config.mode_for(pool.database, pool.credentials.user),
             "cl_active": active.get(pool.key, 0), "cl_waiting": len(pool.waiters),
-            "sv_active": pool.size - len(pool.idle), "sv_idle": len(pool.idle),
+            "sv_active": active.get(pool.key, 0), "sv_idle": len(pool.idle),
+            # PgBouncer's: idle ones checked before their next use (pool.check_after), ones logging in
+            "sv_used": sum(1 for c in pool.idle if now - c.last_used >= check_after),
+            "sv_login": max(0, pool.size - len(pool.idle) - active.get(pool.key, 0)),
             "pool_size": pool.max_size,
             "maxwait": round(max((now - t for t in pool.wait_started.values()), default=0.0), 3),
         })
+        out[-1]["maxwait_us"] = int(out[-1]["maxwait"] * 1_000_000)
+        out[-1]["pool_mode"] = out[-1]["mode"]
     return out
 
 
@@ -94,11 +100,19 @@ def servers(proxy):
 
 
 def stats(proxy):
+    """PgBouncer's SHOW STATS: totals per database, and avg_* per second (over the proxy's life
+    here, where PgBouncer averages over its last stats_period)."""
     rows = []
+    uptime = max(1.0, time.time() - proxy.stats.started)
     for database, t in sorted(proxy.stats.by_database(proxy.sessions).items()):
         rows.append({"database": database, "total_xact_count": t["transactions"],
                      "total_query_count": t["queries"], "total_received": t["bytes_in"],
-                     "total_sent": t["bytes_out"], "total_wait_time_s": round(t["wait_seconds"], 6)})
+                     "total_sent": t["bytes_out"], "total_wait_time_s": round(t["wait_seconds"], 6),
+                     "total_wait_time": int(t["wait_seconds"] * 1_000_000),
+                     "avg_xact_count": round(t["transactions"] / uptime, 3),
+                     "avg_query_count": round(t["queries"] / uptime, 3),
+                     "avg_recv": round(t["bytes_in"] / uptime, 3), "avg_sent": round(t["bytes_out"] / uptime, 3),
+                     "avg_wait_time": round(t["wait_seconds"] * 1_000_000 / max(1, t["transactions"]), 3)})
     return rows
 
 
@@ -117,7 +131,8 @@ def databases(proxy):
                     "min_pool_size": cfg.pool_setting(name, "min_size"), "reserve_pool": cfg.pool.reserve_size,
                     "pool_mode": cfg.pool_setting(name, "mode"), "max_connections": cfg.pool.max_db_connections,
                     "current_connections": sum(p.size for p in pools),
-                    "paused": int(None in proxy.paused or name in proxy.paused), "disabled": 0})
+                    "paused": int(None in proxy.paused or name in proxy.paused),
+                    "disabled": int(name in proxy.disabled)})
     return out
 
 

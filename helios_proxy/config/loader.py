@@ -75,6 +75,22 @@ class Config(SimpleNamespace):
         return out
 
 
+def runtime_value(path, text):
+    """(setting, value) for `SET path = text` at run time (the admin console): a reloadable setting
+    of a section, its value parsed as TOML parses one and checked as the loader checks it."""
+    by_path = {s.path: s for s in SETTINGS}
+    setting = by_path.get(path)
+    if setting is None:
+        raise ConfigError(f"{path}: unknown setting{did_you_mean(path, by_path)}")
+    if not setting.reloadable:
+        raise ConfigError(f"{path}: needs a restart to change (not reloadable)")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip().strip("'")  # (a bare word: a string, as PgBouncer's SET takes it)
+    return setting, _coerce(setting, value, path)
+
+
 def _coerce(setting, value, path):
     kind = setting.type
     if kind is list:

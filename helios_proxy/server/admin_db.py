@@ -1,11 +1,15 @@
 """The virtual admin database (`admin.database`, default "helios") on the proxy port, for psql users
 coming from PgBouncer: SHOW POOLS | CLIENTS | SERVERS | STATS | NODES | DATABASES | CONFIG | VERSION |
-HELP, RELOAD, KILL db, PAUSE [db], RESUME [db], SUSPEND / RESUME, RECONNECT [db], WAIT_CLOSE [db].
+HELP (and LISTS, USERS, MEM, FDS, SOCKETS, TOTALS, STATE, KILL_CLIENT, DISABLE/ENABLE, SET, SHUTDOWN:
+admin_console.py), RELOAD, KILL db, PAUSE [db], RESUME [db], SUSPEND / RESUME, RECONNECT [db], WAIT_CLOSE [db].
 Only users in `admin.users`, authenticated as usual, get in. The rows are the admin API's
 (admin/views.py)."""
 import logging
 
+from gevent.event import Event
+
 from ..admin import views
+from . import admin_console as console
 from ..errors import PROTOCOL_VIOLATION
 from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
@@ -17,9 +21,12 @@ GREETING = {"server_version": "15.0 (HeliosProxy admin)", "server_encoding": "UT
             "DateStyle": "ISO, MDY", "integer_datetimes": "on", "standard_conforming_strings": "on",
             "TimeZone": "UTC", "IntervalStyle": "postgres", "is_superuser": "off"}
 SHOW = {"pools": views.pools, "clients": views.clients, "servers": views.servers, "stats": views.stats,
-        "nodes": views.nodes, "databases": views.databases, "config": views.config}
-HELP = ("SHOW POOLS | CLIENTS | SERVERS | STATS | NODES | DATABASES | CONFIG | VERSION | HELP; RELOAD; "
-        "PAUSE [db]; RESUME [db]; SUSPEND; RESUME; RECONNECT [db]; WAIT_CLOSE [db]; KILL db")
+        "nodes": views.nodes, "databases": views.databases, "config": views.config,
+        "lists": console.lists, "users": console.users, "mem": console.mem, "fds": console.fds,
+        "sockets": console.sockets, "totals": console.totals, "state": console.state}
+HELP = ("SHOW POOLS | CLIENTS | SERVERS | STATS | NODES | DATABASES | CONFIG | LISTS | USERS | MEM | FDS | "
+        "SOCKETS | TOTALS | STATE | VERSION | HELP; RELOAD; PAUSE [db]; RESUME [db]; SUSPEND; RESUME; "
+        "RECONNECT [db]; WAIT_CLOSE [db]; KILL db; KILL_CLIENT id; DISABLE db; ENABLE db; SET key = value; SHUTDOWN")
 
 
 def greeting(session):
@@ -115,14 +122,19 @@ def answer(session, sql):
         if not proxy.resume(database):
             return codec.error_response(OBJECT_NOT_IN_STATE, f"{database or 'all'} is not paused")
         return codec.message(m.COMMAND_COMPLETE, codec.cstr("RESUME"))
-    if verb == "kill" and len(words) == 2:  # PgBouncer's KILL db: its clients and server connections go now
-        database = words[1]
+    done = console.command(session, verb, words, sql)  # KILL_CLIENT, DISABLE, ENABLE, SET, SHUTDOWN
+    if done is not None:
+        return done
+    if verb == "kill" and len(words) == 2:  # PgBouncer's KILL db: its clients and server connections go now,
+        database = words[1]                 # and the database stays paused until RESUME, as there
+        proxy.paused.setdefault(database, Event()).clear()
         ended = [s for s in list(proxy.sessions) if s.database == database and not s.admin]
         for victim in ended:
             victim.terminate(f"terminating connection: KILL {database} (admin console)")
         for pool in list(proxy.pools.pools.values()):
             if pool.database == database:
                 pool.close_idle()
-        notice = codec.notice_response("00000", f"{len(ended)} client(s) of {database} ended")
+        notice = codec.notice_response("00000", f"{len(ended)} client(s) of {database} ended; {database} stays "
+                                                f"paused until RESUME {database}")
         return notice + codec.message(m.COMMAND_COMPLETE, codec.cstr("KILL"))
     return codec.error_response(SYNTAX_ERROR, f"unknown admin command: {sql.strip()[:100]!r}", hint=HELP)

@@ -96,6 +96,9 @@ def login(session, pkt):
         proxy.tenants.admit(tenant)
         session.tenant, session.forced = tenant, tenant.forced()
     session.user, session.database = user, database
+    if database in proxy.disabled:  # DISABLE db (admin console), until ENABLE db
+        raise FatalError(f'database "{database}" is not currently accepting connections (DISABLE, admin console)',
+                         sqlstate="55000")
     session.home = cfg.database_nodes.get(session.database)  # a database with a server of its own
     session.mode = cfg.mode_for(session.database, user)
     session.pooled = session.mode != "session"

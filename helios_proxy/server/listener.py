@@ -155,6 +155,7 @@ class Proxy:
         self.sampler = StatsSampler(self)
         self.timeouts = SessionTimeouts(self)  # pool.query_timeout, pool.idle_transaction_timeout
         self.paused = {}              # database (None: all) -> Event cleared while PAUSEd (admin)
+        self.disabled = set()         # databases whose new logins are refused (DISABLE db, admin console)
         self.suspended = None         # an Event set at RESUME while SUSPENDed (admin)
         self.commands = Queue()
         self.server = self.spawn = None
@@ -401,6 +402,13 @@ class Proxy:
         except ConfigError as e:
             log.error("reload failed, keeping the running configuration: %s", e)
             return {"reloaded": False, "restart_required": [], "error": str(e)}
+        result = self.apply_config(new, users)
+        log.info("configuration reloaded from %s", new.source)
+        return result
+
+    def apply_config(self, new, users):
+        """Run with new (a reload, or the admin console's SET): what cannot change without a
+        restart keeps its running value. Returns reload()'s answer."""
         fixed = [s.path for s in SETTINGS if not s.reloadable and
                  getattr(getattr(new, s.section), s.key) != getattr(getattr(self.config, s.section), s.key)]
         if fixed:
@@ -445,7 +453,6 @@ class Proxy:
             if part is not None:
                 part.config = new
         logging.getLogger().setLevel(new.log.level.upper())
-        log.info("configuration reloaded from %s", new.source)
         return {"reloaded": True, "restart_required": fixed, "error": None}
 
 
