@@ -41,4 +41,6 @@ def execute():
     gateway = _gateway()
     body = request.get_json(silent=True)
     status, out = gateway.execute(body, request.headers.get("Authorization"))
+    if isinstance(out, str):  # (an answer, serialized once by the gateway)
+        return Response(out, status=status, mimetype="application/json")
     return jsonify(out), status

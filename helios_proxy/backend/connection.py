@@ -225,6 +225,8 @@ class ServerConnection:
             mtype, body = self.read_message()
             if mtype == m.DATA_ROW:
                 rows.append([c.decode() if c is not None else None for c in codec.parse_data_row(body)])
+                if len(rows) % 1000 == 0:
+                    gevent.sleep(0)  # (a large answer to the proxy's own query: others run meanwhile)
             elif mtype == m.ROW_DESCRIPTION:
                 columns = codec.parse_row_description(body)
             elif mtype == m.PORTAL_SUSPENDED:

@@ -16,7 +16,8 @@ import json
 import logging
 import time
 
-from graphql import GraphQLError, execute_sync, parse, validate
+import gevent
+from graphql import GraphQLError, default_field_resolver, execute_sync, parse, validate
 from graphql.language import FieldNode, FragmentSpreadNode, InlineFragmentNode, OperationDefinitionNode
 
 from ..backend import statements
@@ -91,6 +92,23 @@ def cost(document, limit):
         if isinstance(d, OperationDefinitionNode):
             walk(d.selection_set, frozenset())
     return total
+
+
+YIELD_EVERY = 256  # fields resolved between two turns of the proxy's loop
+
+
+def yielding_resolver():
+    """graphql-core's default field resolver, letting the proxy's other clients run every
+    YIELD_EVERY fields: a large answer is built in slices, never holding the loop for long."""
+    count = 0
+
+    def resolve(source, info, **args):
+        nonlocal count
+        count += 1
+        if count % YIELD_EVERY == 0:
+            gevent.sleep(0)
+        return default_field_resolver(source, info, **args)
+    return resolve
 
 
 class Request:
@@ -204,7 +222,8 @@ class Gateway:
         return known[2]
 
     def execute(self, body, authorization):
-        """(HTTP status, GraphQL response dict) for a request body {query, variables, operationName}."""
+        """(HTTP status, GraphQL response: a dict, or its JSON text) for a request body {query,
+        variables, operationName}."""
         self.requests += 1
         try:
             text = body.get("query") if isinstance(body, dict) else None
@@ -226,11 +245,11 @@ class Gateway:
                 raise Refused(f"the query costs more than graphql.max_cost ({cfg.max_cost}): every field, alias "
                               f"and fragment use counts, an introspection root {INTROSPECTION_COST}")
             out = self._run(document, variables, body.get("operationName"), role, tenant)
-            size = len(json.dumps(out, separators=(",", ":"), default=str))
-            if size > cfg.max_response_bytes:
-                raise Refused(f"the answer ({size} bytes) is larger than graphql.max_response_bytes "
+            text = json.dumps(out, separators=(",", ":"), default=str)  # (once: the route sends this text)
+            if len(text) > cfg.max_response_bytes:
+                raise Refused(f"the answer ({len(text)} bytes) is larger than graphql.max_response_bytes "
                               f"({cfg.max_response_bytes})", 413)
-            return 200, out
+            return 200, text
         except Refused as e:
             self.errors += 1
             error = {"message": str(e)}
@@ -262,6 +281,7 @@ class Gateway:
                 return {"errors": [e.formatted for e in problems]}
             request = Request(conn, self.cfg.max_rows)
             result = execute_sync(schema, document, variable_values=variables, operation_name=operation,
+                                  field_resolver=yielding_resolver(),
                                   context_value=request)
             conn.execute("ROLLBACK" if result.errors else "COMMIT")
             out = {"data": result.data}
