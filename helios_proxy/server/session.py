@@ -275,11 +275,15 @@ class ClientSession:
             else:  # greeted without a server: the startup settings are checked now, FATAL if bad
                 handshake.apply_settings(server, self.settings)
                 self.settings_checked = True
-            if self.tenant is not None:  # helios.tenant() proven anew on every lease (tenancy/proof.py)
-                self.proxy.tenants.establish(server, self.tenant)
         except BaseException:
             pool.release(server, reusable=server.tx_status == m.TX_IDLE and not server.broken)
             raise
+        if self.tenant is not None:  # helios.tenant() proven anew on every lease (tenancy/proof.py)
+            try:
+                self.proxy.tenants.establish(server, self.tenant)
+            except BaseException:  # its tenant state cannot be proven: never handed on
+                pool.release(server, reusable=False)
+                raise
         if self.restore:  # moved off its last server: its prepared statements, re-created here
             try:
                 prepared.recreate(server, self.restore)
