@@ -10,6 +10,7 @@ import time
 import psycopg2
 import pytest
 
+from helios_proxy.devcluster import free_port
 from tests.fix_ha import ha_nodes, query
 
 HELIOS = os.path.join(os.path.dirname(sys.executable), "helios-proxy")
@@ -307,8 +308,9 @@ def test_patroni_provider_follows_the_leader_patroni_reports(start_proxy, ha_clu
     threading.Thread(target=api.serve_forever, daemon=True).start()
     try:
         proxy = start_ha_proxy(start_proxy, ha_cluster, failover={"mode": "external"},
-                               topology={"provider": "patroni",
-                                         "patroni_url": f"http://127.0.0.1:{api.server_address[1]}"})
+                               topology={"provider": "patroni",  # (a member that is down first: any answers)
+                                         "patroni_url": f"http://127.0.0.1:{free_port()},"
+                                                        f"http://127.0.0.1:{api.server_address[1]}"})
         assert proxy.query("INSERT INTO ha_rows (id) VALUES (1) RETURNING inet_server_port()") == \
             [(ha_cluster.ports[0],)]
         ha_cluster._run("pg_ctl", "-D", ha_cluster.datadir(1), "-w", "promote")

@@ -229,7 +229,8 @@ SETTINGS = (
       "patroni: Patroni's REST API decides; standalone: only the admin API/CLI sets the primary.",
       choices=("postgres", "patroni", "standalone")),
     S("topology", "patroni_url", str, "", "Patroni REST API base URL (provider = patroni), e.g. "
-      "http://127.0.0.1:8008; its /cluster is polled every health.interval."),
+      "http://127.0.0.1:8008, or several members' comma-separated (any one answering); its /cluster is "
+      "polled every health.interval."),
     # [failover]: what happens when the primary is lost (topology/failover.py)
     S("failover", "mode", str, "external", "promote: the proxy runs pg_promote() on the best standby; "
       "command: it runs failover.promote_command; external: it waits for someone else to promote and follows.",

@@ -303,6 +303,11 @@ class Proxy:
         self.plugins.notify("on_startup", proxy=self)
         log.info("HeliosProxy listening on %s (pool mode %s, %d node(s))", self.config.server.listen,
                  self.config.pool.mode, len(self.config.nodes))
+        if self.config.failover.mode in ("promote", "command"):
+            log.warning("failover.mode = %r: this proxy decides a failover alone; that is safe for a "
+                        "single proxy only (several proxies, each deciding, can promote two nodes: run "
+                        "them behind Patroni with topology.provider = \"patroni\" instead)",
+                        self.config.failover.mode)
 
     def handle(self, sock, peer):
         if self.suspended is not None:  # SUSPEND (admin): accepted meanwhile, served after RESUME

@@ -1,5 +1,6 @@
 """The Patroni topology provider: for users who already run Patroni, Patroni decides who the
-primary is and the proxy follows. Its REST API's `GET /cluster` is polled every `health.interval`:
+primary is and the proxy follows. Its REST API's `GET /cluster` is polled every `health.interval`
+(`patroni_url` may name several members, comma-separated: the first that answers is asked):
 the running member with role "leader" (or "master") becomes the confirmed primary; no leader
 clears the primary (writes wait in the switchover buffer). Members map to nodes by name, else by
 host and port. The proxy's own health probes still decide which standbys take reads.
@@ -20,14 +21,31 @@ class PatroniProvider(Periodic):
         self.config = config
         self.tracker = tracker
         self.error = None
+        self.good = None  # the member URL that answered last
 
     def interval(self):
         return self.config.health.interval
 
+    def urls(self):
+        """topology.patroni_url: one member's REST API, or several (comma-separated): any that answers."""
+        return [u.strip().rstrip("/") for u in self.config.topology.patroni_url.split(",") if u.strip()]
+
     def fetch(self):
-        url = self.config.topology.patroni_url.rstrip("/") + "/cluster"
-        with urllib.request.urlopen(url, timeout=self.config.health.timeout) as response:
-            return json.load(response)
+        """The cluster as the first member that answers sees it (the last one that did, first)."""
+        urls = self.urls()
+        if self.good in urls:
+            urls.remove(self.good)
+            urls.insert(0, self.good)
+        failure = None
+        for url in urls:
+            try:
+                with urllib.request.urlopen(url + "/cluster", timeout=self.config.health.timeout) as response:
+                    cluster = json.load(response)
+                self.good = url
+                return cluster
+            except (OSError, ValueError) as e:
+                failure = e
+        raise failure or OSError("topology.patroni_url names no URL")
 
     def _node_for(self, member):
         for node in self.config.nodes:
