@@ -221,3 +221,29 @@ def test_a_switchover_through_the_one_api_moves_every_worker_and_loses_no_write(
     assert set(acked) <= rows, sorted(set(acked) - rows)[:10]
     status, nodes = p.api("GET", "/nodes")
     assert {n["name"]: n["primary"] for n in nodes}["standby1"]
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_every_cancel_reaches_its_query_whichever_worker_it_lands_on(cluster, tmp_path, mode):
+    p = ProxyProcess(str(tmp_path), cluster, server={"workers": 2, "max_client_conn": 100},
+                     pool={"mode": mode, "max_size": 10}, log={"connections": False})
+    p.start()
+    try:
+        wait_workers(p)
+        canceled = 0
+        for _ in range(10):
+            conn = p.connect()
+            conn.autocommit = True
+            timer = threading.Timer(0.5, conn.cancel)  # (libpq's cancel: a new connection, any worker)
+            timer.start()
+            started = time.monotonic()
+            try:
+                conn.cursor().execute("select pg_sleep(20)")
+            except psycopg2.errors.QueryCanceled:
+                canceled += 1
+            timer.join()
+            assert time.monotonic() - started < 10
+            conn.close()
+        assert canceled == 10
+    finally:
+        p.stop()

@@ -6,17 +6,30 @@ source address has a budget of cancel requests (a token bucket), and requests th
 running query are logged as one line per interval, not one line each.
 """
 import logging
+import os
 import random
+import struct
 import time
 
+import gevent
+from gevent import socket
+from gevent.server import StreamServer
+
 log = logging.getLogger(__name__)
+OWNER_BITS = 0xFF         # with several workers, a secret's low byte names the worker that owns it
+FORWARD = struct.Struct("!iiB")  # a forwarded cancel: pid, secret, length of the source address
 RATE, BURST = 20.0, 40    # cancel requests per second per source address, and the burst allowed
 SEND_TIMEOUT = 5.0        # seconds the cancel connection waits for the backend to take the request
 LOG_EVERY = 10.0          # seconds between lines about unmatched or refused requests
 
 
 class CancelMap:
-    def __init__(self):
+    def __init__(self, index=0, count=1, rundir=None):
+        """index, count: this worker and how many there are (server.workers); rundir: where the
+        workers' cancel sockets are (the arbiter's private directory)."""
+        self.index, self.count, self.rundir = index, count, rundir
+        self.server = None
+        self.forwarded = 0
         self.sessions = {}
         self._random = random.SystemRandom()
         self.budgets = {}     # source address -> (tokens, monotonic time of the last refill)
@@ -27,6 +40,8 @@ class CancelMap:
         """Give `session` a key (pid as the client sees it, fresh random secret); return the secret."""
         while True:
             secret = self._random.randint(-2**31, 2**31 - 1)
+            if self.count > 1:  # (the low byte names this worker: a cancel arriving elsewhere finds it)
+                secret = (secret & ~OWNER_BITS) | self.index
             if (pid, secret) not in self.sessions:
                 self.sessions[(pid, secret)] = session
                 return secret
@@ -42,6 +57,13 @@ class CancelMap:
             self._summary()
             return False
         session = self.sessions.get((pid, secret))
+        owner = secret & OWNER_BITS
+        if session is None and self.count > 1 and owner != self.index and owner < self.count:
+            return self.forward(owner, pid, secret, peer)  # another worker's client
+        return self.deliver(session, peer)
+
+    def deliver(self, session, peer):
+        """Cancel session's query (None: no such session); True once its backend took the request."""
         sent = session.cancel() if session is not None else False
         if not sent:
             self.unmatched += 1
@@ -51,6 +73,59 @@ class CancelMap:
         if hasattr(sent, "join"):
             sent.join(timeout=SEND_TIMEOUT)
         return True
+
+    # --- several workers: a CancelRequest lands on any of them (the kernel spreads connections) ----
+    def socket_path(self, index):
+        return os.path.join(self.rundir, f"cancel-{index}.sock")
+
+    def serve(self):
+        """A worker: take cancels the other workers forward (on a Unix socket in the private rundir)."""
+        if self.count <= 1 or self.rundir is None:
+            return
+        path = self.socket_path(self.index)
+        if os.path.exists(path):
+            os.unlink(path)  # (a restarted worker's predecessor left it)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(128)
+        self.server = StreamServer(listener, self._forwarded)
+        self.server.start()
+
+    def stop(self):
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+    def _forwarded(self, conn, _address):
+        try:
+            with gevent.Timeout(SEND_TIMEOUT + 1):
+                head = _read(conn, FORWARD.size)
+                pid, secret, length = FORWARD.unpack(head)
+                address = _read(conn, length).decode("utf-8", "replace")
+                done = self.deliver(self.sessions.get((pid, secret)), (address, 0))
+                conn.sendall(b"1" if done else b"0")
+        except (OSError, gevent.Timeout, struct.error) as e:
+            log.info("a forwarded cancel request failed: %s", e)
+        finally:
+            conn.close()
+
+    def forward(self, owner, pid, secret, peer):
+        """Hand the request to the worker that owns the key; True once its backend took it."""
+        address = str(peer[0]).encode()[:255]
+        try:
+            with gevent.Timeout(SEND_TIMEOUT + 2):
+                conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    conn.connect(self.socket_path(owner))
+                    conn.sendall(FORWARD.pack(pid, secret, len(address)) + address)
+                    answer = conn.recv(1)  # (after the owner's backend took it: only then is the client answered)
+                finally:
+                    conn.close()
+        except (OSError, gevent.Timeout) as e:
+            log.info("cancel request for worker %d could not be handed over: %s", owner, e)
+            return False
+        self.forwarded += 1
+        return answer == b"1"
 
     def _allowed(self, address):
         now = time.monotonic()
@@ -71,3 +146,13 @@ class CancelMap:
             log.info("cancel requests matching no running query: %d; refused over the per-address budget "
                      "(%g/s): %d (since the last such line)", self.unmatched, RATE, self.refused)
             self.unmatched = self.refused = 0
+
+
+def _read(conn, n):
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise OSError("the other worker closed the connection")
+        data += chunk
+    return data

@@ -117,7 +117,7 @@ class Proxy:
         self.config = config
         self.sessions = set()
         self.logging_in = collections.Counter()  # client address -> connections not yet authenticated
-        self.cancels = CancelMap()
+        self.cancels = CancelMap(*worker, os.path.dirname(admin_socket) if admin_socket else None)
         self.pools = PoolManager(config)
         self.tls_context = client_context(config.tls, cert_ca(config))
         self.tracker = PrimaryTracker(config, follow=config.topology.provider == "postgres")
@@ -288,6 +288,7 @@ class Proxy:
                     unix_listener(self.config.server.unix_socket_dir, port, self.config.server.unix_socket_mode))
             self.unix_server = StreamServer(unix, self.handle, spawn=self.spawn)
             self.unix_server.start()
+        self.cancels.serve()  # (several workers: cancels for this worker's clients that land on another)
         if self.admin_socket is not None:  # a worker: its socket appearing tells the arbiter it is up
             self.admin = admin_server.start(self, self.admin_socket)
         self.pools.start()
@@ -394,6 +395,7 @@ class Proxy:
             if monitor is not None:
                 monitor.stop()
         self.pools.close()
+        self.cancels.stop()
         self.plugins.notify("on_shutdown", proxy=self)
         self.plugins.close()
         log.info("stopped")
