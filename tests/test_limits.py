@@ -6,6 +6,8 @@ import time
 import psycopg2
 import pytest
 
+from tests.fix_redis import redis_server  # noqa: F401 - a fixture
+
 
 def connect(proxy, user="postgres"):
     conn = psycopg2.connect(host="127.0.0.1", port=proxy.port, user=user, dbname="postgres", connect_timeout=10)
@@ -223,3 +225,36 @@ def test_a_fingerprint_limit_counts_the_statement_each_execute_runs(start_proxy)
         with pytest.raises(psycopg.errors.ConfigurationLimitExceeded):
             conn.execute("select %s::int + 1", [9], prepare=True)
         assert conn.execute("select %s::text", ["another shape"], prepare=True).fetchone()[0] == "another shape"
+
+
+def test_a_token_bucket_holds_for_a_fleet_of_proxies_sharing_redis(start_proxy, redis_server):
+    """Three proxies, one 30/s bucket per user on Redis: together they admit the bucket's rate, not
+    three times it; with Redis gone each keeps its own share (fleet.members)."""
+    limit = [{"name": "fleet", "kind": "token_bucket", "key": "user", "rate": 30.0, "burst": 10}]
+    fleet = {"redis_url": redis_server.url, "limit_chunk": 5, "members": 3}
+    proxies = [start_proxy(pool={"mode": "transaction"}, limits=limit, fleet=fleet) for _ in range(3)]
+    curs = [connect(p).cursor() for p in proxies]
+    passed = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 2.0:
+        for cur in curs:
+            try:
+                cur.execute("select 1")
+                passed += 1
+            except psycopg2.errors.ConfigurationLimitExceeded:
+                pass
+    took = time.monotonic() - started
+    allowed = 10 + 30 * took
+    assert 0.5 * allowed <= passed <= allowed + 1, (passed, allowed)  # (not 3x: never over the bucket)
+    state = proxies[0].api("GET", "/limits")[1][0]
+    assert state["shared"] == "fleet" and state["redis_round_trips"] > 0
+    redis_server.stop()  # Redis gone: each proxy keeps its own share, about a third of the rate
+    passed, started = 0, time.monotonic()
+    while time.monotonic() - started < 1.5:
+        try:
+            curs[0].execute("select 1")
+            passed += 1
+        except psycopg2.errors.ConfigurationLimitExceeded:
+            pass
+    assert 0 < passed <= 10 / 3 + 10 * 1.5 + 2, passed
+    assert proxies[0].api("GET", "/limits")[1][0]["redis_down"] is True

@@ -327,6 +327,17 @@ SETTINGS = (
       "together continue a run.", min=0, reloadable=True),
     S("analytics", "prometheus_top", int, 20, "Shapes with the most total time exported to /metrics, "
       "labeled by fingerprint (bounded cardinality).", min=0, reloadable=True),
+    # [fleet]: several proxies in front of one cluster (limits/fleet.py)
+    S("fleet", "redis_url", str, "", "Token-bucket [[limits]] held for the whole fleet of proxies on this Redis "
+      "(redis://[:password@]host:port/db); each proxy leases tokens in chunks (limit_chunk), so the fleet never "
+      "admits more than the configured rate. Empty: each proxy holds its own.", secret=True),
+    S("fleet", "limit_chunk", int, 10, "Tokens a proxy leases from Redis at a time (one round trip per this many "
+      "executions); unused ones expire after a second.", min=1, reloadable=True),
+    S("fleet", "when_redis_down", str, "open", "open: limits shared through Redis admit what this proxy's own "
+      "share would while Redis cannot be reached (rate / fleet.members); closed: they refuse (53400).",
+      choices=("open", "closed"), reloadable=True),
+    S("fleet", "members", int, 1, "How many proxies share the limits (the share each keeps while Redis is down).",
+      min=1, reloadable=True),
     # [tenancy]: multi-tenancy (tenancy/)
     S("tenancy", "enabled", bool, False, "Every login belongs to a [[tenants]] entry, identified as `identify` "
       "says; unknown tenants are refused."),

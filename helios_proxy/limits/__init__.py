@@ -186,6 +186,12 @@ class Limiter:
         else:
             from .shared import SharedLimit
             self.limits = [SharedLimit(cfg, table) for cfg in config.limits]
+        self.fleet = None
+        if config.fleet.redis_url and any(cfg.kind == "token_bucket" for cfg in config.limits):
+            from .fleet import Fleet, FleetLimit  # token buckets held for the fleet, on Redis
+            self.fleet = Fleet(config)
+            self.limits = [FleetLimit(limit.cfg, self.fleet) if limit.kind == "token_bucket" else limit
+                           for limit in self.limits]
         self.table = table
         self.concurrency = any(limit.kind == "concurrency" for limit in self.limits)
         self.by_text = any(limit.key == "fingerprint" for limit in self.limits)  # (admission.Texts)
@@ -228,7 +234,10 @@ class Limiter:
         return held
 
     def state(self):
+        fleet = self.fleet
         return [{"name": limit.name, "kind": limit.kind, "key": limit.key, "passed": limit.passed,
                  "rejected": limit.rejected, "waited": limit.waited, "levels": limit.levels(),
-                 "shared": self.table is not None}
+                 "shared": "fleet" if hasattr(limit, "fleet") else self.table is not None,
+                 **({"redis_round_trips": fleet.round_trips, "redis_failures": fleet.failures,
+                     "redis_down": fleet.down} if hasattr(limit, "fleet") else {})}
                 for limit in self.limits]
