@@ -11,6 +11,7 @@ import psycopg2
 import pytest
 
 from helios_proxy.devcluster import free_port
+from tests.fix_etcd import etcd  # noqa: F401 - a fixture
 from tests.fix_ha import ha_nodes, query
 
 HELIOS = os.path.join(os.path.dirname(sys.executable), "helios-proxy")
@@ -414,3 +415,43 @@ def test_session_mode_switchover_ends_a_client_whose_state_cannot_move(start_pro
     assert status == 200 and out["sessions_ended"] == 1, out
     with pytest.raises(psycopg.OperationalError):
         listener.execute("select 1")
+
+
+def test_patroni_through_its_dcs_the_leader_key_in_etcd_moves_the_proxy_at_once(start_proxy, ha_cluster, etcd):
+    """The proxy watches Patroni's keys in a real etcd (written here as Patroni writes them, while
+    the test promotes as Patroni would): a new leader key moves its writes within a moment, no
+    polling; a leader key gone (its lock expired) makes writes wait; etcd gone keeps the primary."""
+    import json
+    prefix = "/service/pgcluster/"
+
+    def member(i, role):
+        etcd.put(f"{prefix}members/{'primary' if i == 0 else f'standby{i}'}", json.dumps(
+            {"conn_url": f"postgres://127.0.0.1:{ha_cluster.ports[i]}/postgres", "role": role,
+             "state": "running"}))
+    member(0, "master"), member(1, "replica"), member(2, "replica")
+    etcd.put(f"{prefix}leader", "primary")
+    proxy = start_ha_proxy(start_proxy, ha_cluster, failover={"mode": "external"},
+                           topology={"provider": "patroni", "dcs_url": etcd.url, "scope": "pgcluster"})
+    wait_for(lambda: proxy.api("GET", "/topology")[1]["primary"] == "primary", 10, "the leader from etcd")
+    assert proxy.query("INSERT INTO ha_rows (id) VALUES (11) RETURNING inet_server_port()") == \
+        [(ha_cluster.ports[0],)]
+    ha_cluster._run("pg_ctl", "-D", ha_cluster.datadir(1), "-w", "promote")
+    member(1, "master"), member(0, "replica")
+    put_at = time.monotonic()
+    etcd.put(f"{prefix}leader", "standby1")
+    wait_for(lambda: proxy.api("GET", "/topology")[1]["primary"] == "standby1", 10, "the new leader")
+    followed = time.monotonic() - put_at
+    print(f"the proxy named the new leader {followed:.3f} s after etcd had it")
+    assert followed < 2.0  # (measured ~0.01-0.05 s: a watch, not the 0.2 s health interval's polling)
+    assert proxy.query("INSERT INTO ha_rows (id) VALUES (12) RETURNING inet_server_port()") == \
+        [(ha_cluster.ports[1],)]
+    etcd.delete(f"{prefix}leader")  # the leader lost: no primary until Patroni elects one
+    wait_for(lambda: proxy.api("GET", "/topology")[1]["state"] == "NONE", 10, "no primary")
+    etcd.put(f"{prefix}leader", "standby1")
+    wait_for(lambda: proxy.api("GET", "/topology")[1]["state"] == "CONFIRMED", 10, "the leader again")
+    assert proxy.api("GET", "/topology")[1]["primary"] == "standby1"
+    etcd.stop()  # the DCS gone: the proxy keeps serving the primary it knows
+    time.sleep(1.0)
+    assert proxy.query("INSERT INTO ha_rows (id) VALUES (13) RETURNING inet_server_port()") == \
+        [(ha_cluster.ports[1],)]
+    assert "etcd" in proxy.output() and "unreachable" in proxy.output()

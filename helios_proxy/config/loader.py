@@ -380,8 +380,13 @@ def _check_cross(cfg, problems):
     if cfg.admin.enabled and not loopback(cfg.admin.listen) and not (cfg.admin.token or cfg.admin.tokens):
         problems.append(f"admin.listen: {cfg.admin.listen!r} is beyond loopback: set admin.token "
                           "(or HELIOS_ADMIN__TOKEN) too")
-    if cfg.topology.provider == "patroni" and not cfg.topology.patroni_url:
-        problems.append('topology.patroni_url: required with topology.provider = "patroni"')
+    if cfg.topology.provider == "patroni" and not (cfg.topology.patroni_url or cfg.topology.dcs_url):
+        problems.append('topology.patroni_url: required with topology.provider = "patroni" (or topology.dcs_url)')
+    if cfg.topology.dcs_url:
+        if not cfg.topology.dcs_url.startswith("etcd3://"):
+            problems.append(f"topology.dcs_url: {cfg.topology.dcs_url!r}: expected etcd3://HOST:PORT[,HOST:PORT...]")
+        if not cfg.topology.scope:
+            problems.append("topology.scope: required with topology.dcs_url (Patroni's scope)")
     if cfg.failover.mode == "command" and not cfg.failover.promote_command:
         problems.append('failover.promote_command: required with failover.mode = "command"')
     if cfg.cache.enabled and cfg.server.workers > 1 and not cfg.cache.redis_url:

@@ -228,6 +228,10 @@ SETTINGS = (
     S("topology", "provider", str, "postgres", "postgres: probes find the primary and follow promotions; "
       "patroni: Patroni's REST API decides; standalone: only the admin API/CLI sets the primary.",
       choices=("postgres", "patroni", "standalone")),
+    S("topology", "dcs_url", str, "", "provider = patroni through its DCS instead of its REST API: "
+      "etcd3://HOST:PORT[,HOST:PORT...]; the proxy watches Patroni's leader and member keys (no polling)."),
+    S("topology", "scope", str, "", "Patroni's scope (its cluster name), for dcs_url."),
+    S("topology", "namespace", str, "/service", "Patroni's namespace, for dcs_url."),
     S("topology", "patroni_url", str, "", "Patroni REST API base URL (provider = patroni), e.g. "
       "http://127.0.0.1:8008, or several members' comma-separated (any one answering); its /cluster is "
       "polled every health.interval."),

@@ -38,6 +38,7 @@ from ..topology.failover import FailoverController
 from ..topology.health import HealthChecker
 from ..topology.nodeops import NodeOps
 from ..topology.patroni import PatroniProvider
+from ..topology.patroni_dcs import PatroniDcsProvider
 from ..topology.tracker import PrimaryTracker
 from ..routing.router import Router
 from .auth import Authenticator
@@ -148,7 +149,10 @@ class Proxy:
         self.buffer.health = self.health
         self.ops = NodeOps(config, self.health.credentials)
         self.failover = FailoverController(config, self.tracker, self.health, self.ops)
-        self.patroni = PatroniProvider(config, self.tracker) if config.topology.provider == "patroni" else None
+        self.patroni = None  # Patroni decides: its DCS watched (patroni_dcs.py), or its REST API polled
+        if config.topology.provider == "patroni":
+            self.patroni = (PatroniDcsProvider(config, self.tracker) if config.topology.dcs_url
+                            else PatroniProvider(config, self.tracker))
         self.admin = None
         self.stats = Stats()
         self.api_ryw_lsn = None       # WAL position of the last write through POST /api/sql
