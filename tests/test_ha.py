@@ -455,3 +455,28 @@ def test_patroni_through_its_dcs_the_leader_key_in_etcd_moves_the_proxy_at_once(
     assert proxy.query("INSERT INTO ha_rows (id) VALUES (13) RETURNING inet_server_port()") == \
         [(ha_cluster.ports[1],)]
     assert "etcd" in proxy.output() and "unreachable" in proxy.output()
+
+
+def test_a_topology_provider_a_package_ships_decides_the_primary(start_proxy, ha_cluster, tmp_path):
+    from tests.fix_proxy import ProxyProcess
+    chosen = tmp_path / "primary.txt"
+    chosen.write_text("primary")
+    proxy = ProxyProcess(str(tmp_path), ha_cluster, pool={"mode": "transaction", "max_size": 4},
+                         nodes=ha_nodes(ha_cluster), health=FAST_HEALTH,
+                         topology={"provider": "tests.providers:FilePrimary"})
+    proxy.start(env={"PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                     "HELIOS_TEST_PRIMARY_FILE": str(chosen)})
+    try:
+        assert proxy.query("INSERT INTO ha_rows (id) VALUES (21) RETURNING inet_server_port()") == \
+            [(ha_cluster.ports[0],)]
+        ha_cluster._run("pg_ctl", "-D", ha_cluster.datadir(1), "-w", "promote")
+        chosen.write_text("standby1")
+        wait_for(lambda: proxy.api("GET", "/topology")[1]["primary"] == "standby1", 10, "the provider's primary")
+        assert proxy.query("INSERT INTO ha_rows (id) VALUES (22) RETURNING inet_server_port()") == \
+            [(ha_cluster.ports[1],)]
+    finally:
+        proxy.stop()
+    proxy.sections["topology"]["provider"] = "no_such_provider"
+    proxy.write_config()
+    bad = subprocess.run([HELIOS, "check-config", "-c", proxy.config_path], capture_output=True, text=True)
+    assert bad.returncode != 0 and "topology.provider: 'no_such_provider'" in bad.stdout + bad.stderr

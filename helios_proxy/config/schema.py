@@ -226,8 +226,9 @@ SETTINGS = (
     S("health", "database", str, "postgres", "Database the probes connect to.", reloadable=True),
     # [topology]: where the proxy learns which node is the primary (topology/)
     S("topology", "provider", str, "postgres", "postgres: probes find the primary and follow promotions; "
-      "patroni: Patroni's REST API decides; standalone: only the admin API/CLI sets the primary.",
-      choices=("postgres", "patroni", "standalone")),
+      "patroni: Patroni decides (its DCS watched, dcs_url, or its REST API polled, patroni_url); standalone: "
+      "only the admin API/CLI sets the primary; another name: a provider an installed package offers (entry-point "
+      "group helios_proxy.topology), or module:attribute."),
     S("topology", "dcs_url", str, "", "provider = patroni through its DCS instead of its REST API: "
       "etcd3://HOST:PORT[,HOST:PORT...]; the proxy watches Patroni's leader and member keys (no polling)."),
     S("topology", "scope", str, "", "Patroni's scope (its cluster name), for dcs_url."),

@@ -37,8 +37,7 @@ from ..topology.switchover_buffer import SwitchoverBuffer
 from ..topology.failover import FailoverController
 from ..topology.health import HealthChecker
 from ..topology.nodeops import NodeOps
-from ..topology.patroni import PatroniProvider
-from ..topology.patroni_dcs import PatroniDcsProvider
+from ..topology import providers
 from ..topology.tracker import PrimaryTracker
 from ..routing.router import Router
 from .auth import Authenticator
@@ -149,10 +148,7 @@ class Proxy:
         self.buffer.health = self.health
         self.ops = NodeOps(config, self.health.credentials)
         self.failover = FailoverController(config, self.tracker, self.health, self.ops)
-        self.patroni = None  # Patroni decides: its DCS watched (patroni_dcs.py), or its REST API polled
-        if config.topology.provider == "patroni":
-            self.patroni = (PatroniDcsProvider(config, self.tracker) if config.topology.dcs_url
-                            else PatroniProvider(config, self.tracker))
+        self.topology = providers.build(config, self.tracker)  # who decides the primary (topology/providers.py)
         self.admin = None
         self.stats = Stats()
         self.api_ryw_lsn = None       # WAL position of the last write through POST /api/sql
@@ -297,8 +293,7 @@ class Proxy:
             self.admin = admin_server.start(self, self.admin_socket)
         self.pools.start()
         self.health.start()
-        if self.patroni is not None:
-            self.patroni.start()
+        self.topology.start()
         self.sampler.start()
         self.timeouts.start()
         if self.cache is not None:
@@ -394,7 +389,7 @@ class Proxy:
         with gevent.Timeout(2, False):
             while self.sessions:
                 gevent.sleep(0.02)
-        for monitor in (self.health, self.router.lag, self.patroni, self.failover, self.sampler, self.timeouts,
+        for monitor in (self.health, self.router.lag, self.topology, self.failover, self.sampler, self.timeouts,
                         self.cache):
             if monitor is not None:
                 monitor.stop()
@@ -460,7 +455,7 @@ class Proxy:
         self.authenticator.users = users
         self.health.config, self.health.users = new, users
         self.tracker.apply_config(new)
-        for part in (self.buffer, self.ops, self.failover, self.patroni):
+        for part in (self.buffer, self.ops, self.failover, self.topology):
             if part is not None:
                 part.config = new
         logging.getLogger().setLevel(new.log.level.upper())
