@@ -59,6 +59,15 @@ def enable(name):
     return jsonify(views.node(proxy, node))
 
 
+@bp.get("/fleet")
+def fleet():
+    """The fleet's live members ([fleet] name, redis_url), the primary each sees, and whether they agree."""
+    proxy = proxy_of()
+    if proxy.fleet is None:
+        raise ApiError(404, "this proxy is in no fleet (set [fleet] name and redis_url)")
+    return jsonify(proxy.fleet.view())
+
+
 @bp.get("/topology")
 def topology():
     proxy = proxy_of()

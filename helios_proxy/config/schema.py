@@ -332,7 +332,10 @@ SETTINGS = (
       "together continue a run.", min=0, reloadable=True),
     S("analytics", "prometheus_top", int, 20, "Shapes with the most total time exported to /metrics, "
       "labeled by fingerprint (bounded cardinality).", min=0, reloadable=True),
-    # [fleet]: several proxies in front of one cluster (limits/fleet.py)
+    # [fleet]: several proxies in front of one cluster (limits/fleet.py, topology/fleet.py)
+    S("fleet", "name", str, "", "The fleet this proxy belongs to: with redis_url, it registers there (GET /fleet "
+      "on any member lists the live ones and the primary each sees)."),
+    S("fleet", "member", str, "", "This member's name in the fleet; default: host:listen:worker."),
     S("fleet", "redis_url", str, "", "Token-bucket [[limits]] held for the whole fleet of proxies on this Redis "
       "(redis://[:password@]host:port/db); each proxy leases tokens in chunks (limit_chunk), so the fleet never "
       "admits more than the configured rate. Empty: each proxy holds its own.", secret=True),

@@ -149,6 +149,10 @@ class Proxy:
         self.ops = NodeOps(config, self.health.credentials)
         self.failover = FailoverController(config, self.tracker, self.health, self.ops)
         self.topology = providers.build(config, self.tracker)  # who decides the primary (topology/providers.py)
+        self.fleet = None  # membership of a fleet of proxies (topology/fleet.py)
+        if config.fleet.name and config.fleet.redis_url:
+            from ..topology.fleet import FleetMembership
+            self.fleet = FleetMembership(self)
         self.admin = None
         self.stats = Stats()
         self.api_ryw_lsn = None       # WAL position of the last write through POST /api/sql
@@ -294,6 +298,8 @@ class Proxy:
         self.pools.start()
         self.health.start()
         self.topology.start()
+        if self.fleet is not None:
+            self.fleet.start()
         self.sampler.start()
         self.timeouts.start()
         if self.cache is not None:
@@ -389,8 +395,8 @@ class Proxy:
         with gevent.Timeout(2, False):
             while self.sessions:
                 gevent.sleep(0.02)
-        for monitor in (self.health, self.router.lag, self.topology, self.failover, self.sampler, self.timeouts,
-                        self.cache):
+        for monitor in (self.health, self.router.lag, self.topology, self.fleet, self.failover, self.sampler,
+                        self.timeouts, self.cache):
             if monitor is not None:
                 monitor.stop()
         self.pools.close()
