@@ -46,6 +46,7 @@ class ClientStatements:
         self.by_name = {}
         self.sql = {}  # SQL-level: Statement.parse holds the server's PREPARE text
         self.unnamed = None  # the client's unnamed statement: its last unnamed Parse as sent (server/unnamed.py)
+        self.texts = None    # limits/admission.Texts: statement and portal texts, while a limit is keyed by fingerprint
 
     def _check_free(self, name):
         if name in self.by_name or name in self.sql:

@@ -277,9 +277,9 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
             return None  # a cache hit: the whole batch answered
         if mtype == B and session.named_queries:
             self.executes_named(begin, end)
-        if mtype == B and session.limit_texts is not None:  # (a fingerprint limit: limits/admission.py)
+        if mtype == B and session.statements.texts is not None:  # (a fingerprint limit: limits/admission.py)
             portal, at = codec.read_cstr(self.data, begin + 5)
-            session.limit_texts.bound(portal, codec.read_cstr(self.data, at)[0])
+            session.statements.texts.bound(portal, codec.read_cstr(self.data, at)[0])
         if mtype == B and session.lease is None and session.next_target is None:
             statements.route_of_bind(session, self.data[begin + 5:end])  # where its statement's Parse went
         if not self.leased(mtype, begin, end):
@@ -349,7 +349,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         if self.precounted:
             self.precounted = False
         elif admission.on:
-            texts = session.limit_texts
+            texts = session.statements.texts
             sql = texts.executed(codec.read_cstr(self.data, begin + 5)[0]) if texts is not None and mtype == EXECUTE \
                 else None
             refused = admission.take(session, 1, sql)

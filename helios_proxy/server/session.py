@@ -106,7 +106,6 @@ class ClientSession:
         self.cache_startup = None     # session pooling: its startup settings, kept when it changes others
         self.cache_named = {}         # prepared statement name -> (text, parameter types) of cacheable reads
         self.limits_held = []         # (limit, key) concurrency slots of its queries in flight (limits/)
-        self.limit_texts = None       # limits/admission.Texts: statement and portal texts (fingerprint limits)
         self.named_queries = {}       # (completions on) named statement -> its Parse's QueryContext
         self.batch_off = False        # it used lastval()/currval(): its INSERTs are never batched (batch/)
         self.analytics_run = None     # the shape it ran last and how often in a row (N+1, analytics/)
