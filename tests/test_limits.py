@@ -1,5 +1,6 @@
 """The rate limiter ([[limits]], limits/): token buckets hold their rate, other keys unaffected;
 sliding windows refuse with 53400 naming the limit; concurrency guards make queries wait."""
+import os
 import threading
 import time
 
@@ -145,6 +146,50 @@ def test_a_limit_holds_across_workers(cluster, tmp_path, direct):
         assert not errors and most[0] == 2
         guard = proxy.api("GET", "/limits")[1][1]
         assert guard["passed"] == 6 and guard["waited"] >= 3 and guard["levels"] == {"app": 0}
+    finally:
+        proxy.stop()
+
+
+def shared_table_of(proxy):
+    """The workers' shared limit table (limits/shared.py), found in a worker's memory map."""
+    with open(f"/proc/{proxy.proc.pid}/task/{proxy.proc.pid}/children") as f:
+        worker = f.read().split()[0]
+    with open(f"/proc/{worker}/maps") as f:
+        return next(line.split()[-1] for line in f if line.rstrip().endswith("/limits.shm"))
+
+
+def test_a_query_ends_while_another_worker_holds_the_shared_table(cluster, tmp_path):
+    """A query's end gives its concurrency slot back from the relay's loop callback, where nothing
+    may wait for a greenlet switch: while another process holds the table's lock, the answer still
+    reaches the client (it once lost the connection: "server closed the connection unexpectedly")."""
+    import fcntl
+    from tests.fix_proxy import ProxyProcess
+    from tests.test_workers import wait_workers
+    proxy = ProxyProcess(str(tmp_path), cluster, server={"workers": 2}, limits=[
+        {"name": "guard", "kind": "concurrency", "key": "user", "max": 2, "on_exceed": "wait"}]).start()
+    try:
+        wait_workers(proxy)
+        fd = os.open(shared_table_of(proxy), os.O_RDWR)
+        try:
+            for _ in range(2):  # (each worker's loop, whichever took the client)
+                cur, held = connect(proxy).cursor(), threading.Event()
+
+                def hold():
+                    time.sleep(0.1)  # the query is running, its slot taken
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    held.set()
+                    time.sleep(0.5)  # the answer arrives meanwhile
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                holder = threading.Thread(target=hold)
+                holder.start()
+                cur.execute("select pg_sleep(0.2), 'answered'")
+                assert cur.fetchone()[1] == "answered" and held.is_set()
+                holder.join()
+                cur.execute("select 2")  # the slot went back: the session goes on
+                assert cur.fetchone() == (2,)
+        finally:
+            os.close(fd)
+        assert proxy.api("GET", "/limits")[1][0]["levels"] == {"postgres": 0}
     finally:
         proxy.stop()
 

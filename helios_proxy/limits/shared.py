@@ -25,6 +25,7 @@ from contextlib import contextmanager
 import gevent
 
 from . import Limit
+from ..sockets import in_hub
 
 SLOT = struct.Struct("<Qdddd")  # hash, a, b, c, touched
 SLOTS = 16384
@@ -57,12 +58,18 @@ class SharedTable:
 
     @contextmanager
     def locked(self):
+        """Nothing under the lock yields, so a holder lets go within microseconds. A greenlet retries
+        after a yield; the loop itself (a relay callback ending a query releases its slot) cannot
+        yield, so it waits those microseconds in flock."""
         while True:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                gevent.sleep(0)  # another worker holds it for microseconds: let the loop run meanwhile
+                if in_hub():
+                    fcntl.flock(self.fd, fcntl.LOCK_EX)
+                    break
+                gevent.sleep(0)
         try:
             yield
         finally:

@@ -395,7 +395,7 @@ def failure(session, e):
         return f"protocol violation from server: malformed message ({e})"
     if isinstance(e, OSError):
         return str(e)
-    log.exception("%r: relaying from the server failed", session)
+    log.error("%r: relaying from the server failed", session, exc_info=e)  # (not raised here: a callback's)
     return "internal error"
 
 
