@@ -10,8 +10,6 @@ leader was lost) clears the primary: writes wait in the switchover buffer until 
 appears. While etcd cannot be reached the proxy keeps the primary it knows and tries the endpoints
 again; the proxy's own health probes still decide which standbys take reads.
 """
-import base64
-import http.client
 import json
 import logging
 import time
@@ -19,36 +17,11 @@ from urllib.parse import urlparse
 
 import gevent
 
+from .etcd import Etcd
 from .tracker import CONFIRMED, STANDBY
 
 log = logging.getLogger(__name__)
 RETRY_S = 0.5
-
-
-def _b64(text):
-    return base64.b64encode(text.encode()).decode()
-
-
-def _text(b64):
-    return base64.b64decode(b64).decode("utf-8", "replace") if b64 else ""
-
-
-def endpoints(dcs_url):
-    """[(host, port)] of an etcd3://h:p[,h:p] URL."""
-    if not dcs_url.startswith("etcd3://"):
-        raise ValueError(f"topology.dcs_url: {dcs_url!r}: expected etcd3://HOST:PORT[,HOST:PORT...]")
-    out = []
-    for part in dcs_url[len("etcd3://"):].split(","):
-        host, _, port = part.strip().rpartition(":")
-        out.append((host or "127.0.0.1", int(port)))
-    return out
-
-
-def prefix_end(prefix):
-    """etcd's range_end for every key starting with prefix."""
-    raw = bytearray(prefix.encode())
-    raw[-1] += 1
-    return base64.b64encode(bytes(raw)).decode()
 
 
 class PatroniDcsProvider:
@@ -58,7 +31,7 @@ class PatroniDcsProvider:
         self.config, self.tracker = config, tracker
         topology = config.topology
         self.prefix = f"{topology.namespace.rstrip('/')}/{topology.scope}/"
-        self.endpoints = endpoints(topology.dcs_url)
+        self.etcd = Etcd(topology.dcs_url, "topology.dcs_url")
         self.keys = {}          # key (without the prefix) -> value
         self.revision = 0
         self.greenlet = None
@@ -74,59 +47,37 @@ class PatroniDcsProvider:
             self.greenlet = None
 
     # --- etcd ---------------------------------------------------------------------------------
-    def _post(self, conn, path, body):
-        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-        return conn.getresponse()
-
     def _run(self):
-        at = 0
         while True:
-            host, port = self.endpoints[at % len(self.endpoints)]
             try:
-                self._follow(host, port)
-            except (OSError, ValueError, http.client.HTTPException) as e:
+                self._follow()
+            except OSError as e:
                 if self.error is None:
-                    log.error("patroni dcs: etcd %s:%s unreachable (%s); the primary stays as it was", host, port, e)
-                self.error = f"{host}:{port}: {e}"
-            at += 1
+                    log.error("patroni dcs: etcd unreachable (%s); the primary stays as it was", e)
+                self.error = str(e)
             gevent.sleep(RETRY_S)
 
-    def _follow(self, host, port):
-        """Read every key once, then apply each change etcd streams (until the connection ends)."""
-        conn = http.client.HTTPConnection(host, port, timeout=5)
-        try:
-            answer = json.load(self._post(conn, "/v3/kv/range", {"key": _b64(self.prefix),
-                                                                  "range_end": prefix_end(self.prefix)}))
-            self.keys = {_text(kv["key"])[len(self.prefix):]: _text(kv.get("value")) for kv in answer.get("kvs", [])}
-            self.revision = int(answer.get("header", {}).get("revision", 0))
-            if self.error is not None:
-                log.warning("patroni dcs: etcd %s:%s reachable again", host, port)
-            self.error = None
-            self.apply()
-        finally:
-            conn.close()
-        watch = http.client.HTTPConnection(host, port, timeout=None)  # (a stream: it waits for changes)
-        try:
-            response = self._post(watch, "/v3/watch", {"create_request": {
-                "key": _b64(self.prefix), "range_end": prefix_end(self.prefix), "start_revision": self.revision + 1}})
-            while True:
-                line = response.readline()
-                if not line:
-                    raise OSError("the watch stream ended")
-                result = json.loads(line).get("result", {})
-                events = result.get("events") or []
-                for event in events:
-                    kv = event.get("kv", {})
-                    key = _text(kv.get("key"))[len(self.prefix):]
-                    if event.get("type") == "DELETE":
-                        self.keys.pop(key, None)
-                    else:
-                        self.keys[key] = _text(kv.get("value"))
-                    self.revision = max(self.revision, int(kv.get("mod_revision", 0)))
-                if events:
+    def _follow(self):
+        """Read every key once, then apply each change etcd streams (until the stream ends)."""
+        keys, self.revision = self.etcd.range(self.prefix, prefix=True)
+        self.keys = {key[len(self.prefix):]: value for key, value in keys.items()}
+        if self.error is not None:
+            log.warning("patroni dcs: etcd reachable again")
+        self.error = None
+        self.apply()
+        changed = False
+        for change in self.etcd.watch(self.prefix, self.revision + 1):
+            if change is None:  # the end of one batch of changes
+                if changed:
                     self.apply()
-        finally:
-            watch.close()
+                changed = False
+                continue
+            kind, key, value, revision = change
+            if kind == "DELETE":
+                self.keys.pop(key[len(self.prefix):], None)
+            else:
+                self.keys[key[len(self.prefix):]] = value
+            self.revision, changed = max(self.revision, revision), True
 
     # --- what the keys mean -------------------------------------------------------------------
     def member(self, name):
