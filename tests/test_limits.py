@@ -308,20 +308,20 @@ def test_a_token_bucket_holds_for_a_fleet_of_proxies_sharing_redis(start_proxy, 
 def test_the_members_of_a_fleet_list_each_other(start_proxy, redis_server):
     if redis_server.proc.poll() is not None:
         redis_server.start()
-    fleet = {"name": "blue", "redis_url": redis_server.url}
-    a = start_proxy(fleet={**fleet, "member": "a"})
-    b = start_proxy(fleet={**fleet, "member": "b"})
+    fleet = {"cluster": "blue", "redis_url": redis_server.url}
+    a = start_proxy(fleet={**fleet, "name": "a"})
+    b = start_proxy(fleet={**fleet, "name": "b"})
     deadline = time.monotonic() + 10
     while True:
         status, view = a.api("GET", "/fleet")
-        if status == 200 and {m["member"] for m in view["members"]} == {"a", "b"}:
+        if status == 200 and {m["name"] for m in view["members"]} == {"a", "b"}:
             break
         assert time.monotonic() < deadline, view
         time.sleep(0.2)
     assert view["agree_on_primary"] and {m["primary"] for m in view["members"]} == {"primary"}
     b.stop()  # a member gone drops out after its key's TTL
     deadline = time.monotonic() + 10
-    while {m["member"] for m in a.api("GET", "/fleet")[1]["members"]} != {"a"}:
+    while {m["name"] for m in a.api("GET", "/fleet")[1]["members"]} != {"a"}:
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert start_proxy().api("GET", "/fleet")[0] == 404  # (a proxy in no fleet)

@@ -35,7 +35,8 @@ PATHS = {
     "/nodes/{name}/disable": {"post": {**op("Take a node out of traffic.", obj(reason=STR)), "parameters": NAME}},
     "/nodes/{name}/enable": {"post": {**op("Put a node back into traffic."), "parameters": NAME}},
     "/topology": {"get": op("Primary, its state, failover state, buffer, history.")},
-    "/fleet": {"get": op("The fleet's live members, the primary each sees, whether they agree.")},
+    "/fleet": {"get": op("The fleet's live members, the primary each sees, whether they agree; "
+                               "with etcd: the failover lock's holder and the last decisions.")},
     "/primary": {"post": op("Set (and confirm) the primary.", obj(node=STR, confirm={"type": "boolean"}))},
     "/primary/confirm": {"post": op("Confirm a PENDING primary.")},
     "/primary/clear": {"post": op("Clear the primary: writes wait in the buffer.")},

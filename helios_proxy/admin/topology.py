@@ -61,11 +61,12 @@ def enable(name):
 
 @bp.get("/fleet")
 def fleet():
-    """The fleet's live members ([fleet] name, redis_url), the primary each sees, and whether they agree."""
+    """The fleet's live members, the primary each sees and whether they agree; with etcd also the
+    failover lock's holder and the last decisions."""
     proxy = proxy_of()
     if proxy.fleet is None:
-        raise ApiError(404, "this proxy is in no fleet (set [fleet] name and redis_url)")
-    return jsonify(proxy.fleet.view())
+        raise ApiError(404, "this proxy is in no fleet (set [fleet] dcs_url, or name and redis_url)")
+    return jsonify(proxy.fleet.overview())
 
 
 @bp.get("/topology")

@@ -326,6 +326,12 @@ def _check_cross(cfg, problems):
     if cfg.topology.provider not in ("postgres", "patroni", "standalone"):
         from ..topology.providers import load as load_provider  # (a package's: it must load)
         problems.check(load_provider, cfg.topology.provider)
+    if cfg.fleet.dcs_url:
+        from ..topology.etcd import endpoints as etcd_endpoints
+        try:
+            etcd_endpoints(cfg.fleet.dcs_url, "fleet.dcs_url")
+        except ValueError as e:
+            problems.append(str(e))
     if cfg.topology.provider in ("patroni", "standalone") and cfg.failover.mode in ("promote", "command"):
         problems.append(f"failover.mode: {cfg.failover.mode!r} with topology.provider = "
                         f"{cfg.topology.provider!r} makes two deciders of one failover; with "

@@ -333,9 +333,21 @@ SETTINGS = (
     S("analytics", "prometheus_top", int, 20, "Shapes with the most total time exported to /metrics, "
       "labeled by fingerprint (bounded cardinality).", min=0, reloadable=True),
     # [fleet]: several proxies in front of one cluster (limits/fleet.py, topology/fleet.py)
-    S("fleet", "name", str, "", "The fleet this proxy belongs to: with redis_url, it registers there (GET /fleet "
-      "on any member lists the live ones and the primary each sees)."),
-    S("fleet", "member", str, "", "This member's name in the fleet; default: host:listen:worker."),
+    S("fleet", "name", str, "", "This proxy's name in its fleet (with several workers, /N is added for each); "
+      "set, with dcs_url or redis_url, it registers there (GET /fleet on any member lists the live ones and the "
+      "primary each sees). Default: host:port."),
+    S("fleet", "cluster", str, "default", "The fleet's name: the proxies in front of one cluster share it (their "
+      "keys live under it in etcd and Redis)."),
+    S("fleet", "dcs_url", str, "", "etcd the fleet coordinates through (etcd3://HOST:PORT[,HOST:PORT...]): members "
+      "register under a lease, cancel requests reach the member that owns their key, and with failover.mode = "
+      "\"promote\" one member at a time holds the failover lock and promotes only when most live members see "
+      "the primary down; every member follows the decision (topology/fleet_dcs.py)."),
+    S("fleet", "ttl", int, 5, "Seconds a member's registration (and the failover lock it holds) outlives its "
+      "last keep-alive in etcd.", min=2),
+    S("fleet", "advertise", str, "", "host:port the other members reach this one's client port at (cancel "
+      "requests they forward); default: the listen address (127.0.0.1 for a wildcard one)."),
+    S("fleet", "peer_id", int, 0, "This member's number (1-255) in the cancel keys it hands out, as PgBouncer's "
+      "peer_id; 0: the lowest free one is claimed in etcd.", min=0, max=255),
     S("fleet", "redis_url", str, "", "Token-bucket [[limits]] held for the whole fleet of proxies on this Redis "
       "(redis://[:password@]host:port/db); each proxy leases tokens in chunks (limit_chunk), so the fleet never "
       "admits more than the configured rate. Empty: each proxy holds its own.", secret=True),

@@ -4,6 +4,11 @@ A CancelRequest's connection is closed only once the backend has taken the reque
 PQcancel returns then, and a cancel that arrived later would hit the client's next query). Each
 source address has a budget of cancel requests (a token bucket), and requests that match no
 running query are logged as one line per interval, not one line each.
+
+A key names its owner, so that a request landing elsewhere reaches it: with several workers the
+secret's low byte is the worker's index (handed over on a Unix socket in the arbiter's rundir); in
+a fleet coordinated through etcd the next byte is the member's peer id (as PgBouncer's peering),
+and the request is sent on, as the CancelRequest it is, to that member's advertised address.
 """
 import logging
 import os
@@ -17,6 +22,9 @@ from gevent.server import StreamServer
 
 log = logging.getLogger(__name__)
 OWNER_BITS = 0xFF         # with several workers, a secret's low byte names the worker that owns it
+PEER_SHIFT = 8            # in a fleet, the next byte names the member (its peer id, 1-255)
+CANCEL_REQUEST = struct.Struct("!IIii")  # length 16, the cancel code, pid, secret
+CANCEL_CODE = 80877102
 FORWARD = struct.Struct("!iiB")  # a forwarded cancel: pid, secret, length of the source address
 RATE, BURST = 20.0, 40    # cancel requests per second per source address, and the burst allowed
 SEND_TIMEOUT = 5.0        # seconds the cancel connection waits for the backend to take the request
@@ -29,7 +37,9 @@ class CancelMap:
         workers' cancel sockets are (the arbiter's private directory)."""
         self.index, self.count, self.rundir = index, count, rundir
         self.server = None
-        self.forwarded = 0
+        self.peer_id = 0      # this member's number in a fleet (set by fleet_dcs.py once claimed)
+        self.fleet = None     # the FleetCoordinator: where another member's peer id is reached
+        self.forwarded = self.to_members = 0
         self.sessions = {}
         self._random = random.SystemRandom()
         self.budgets = {}     # source address -> (tokens, monotonic time of the last refill)
@@ -42,6 +52,8 @@ class CancelMap:
             secret = self._random.randint(-2**31, 2**31 - 1)
             if self.count > 1:  # (the low byte names this worker: a cancel arriving elsewhere finds it)
                 secret = (secret & ~OWNER_BITS) | self.index
+            if self.fleet is not None:  # (the next byte: this member; 0 until its peer id is claimed)
+                secret = (secret & ~(0xFF << PEER_SHIFT)) | (self.peer_id << PEER_SHIFT)
             if (pid, secret) not in self.sessions:
                 self.sessions[(pid, secret)] = session
                 return secret
@@ -57,6 +69,10 @@ class CancelMap:
             self._summary()
             return False
         session = self.sessions.get((pid, secret))
+        if session is None and self.fleet is not None:
+            peer_id = (secret >> PEER_SHIFT) & 0xFF
+            if peer_id and peer_id != self.peer_id:
+                return self.to_member(peer_id, pid, secret)  # another member's client
         owner = secret & OWNER_BITS
         if session is None and self.count > 1 and owner != self.index and owner < self.count:
             return self.forward(owner, pid, secret, peer)  # another worker's client
@@ -126,6 +142,30 @@ class CancelMap:
             return False
         self.forwarded += 1
         return answer == b"1"
+
+    def to_member(self, peer_id, pid, secret):
+        """Send the request on to the fleet member with peer_id; True once it took it (it closes
+        the connection only after its backend took the request)."""
+        address = self.fleet.address_of(peer_id)
+        if address is None:
+            self.unmatched += 1
+            self._summary()
+            return False
+        host, _, port = address.rpartition(":")
+        try:
+            with gevent.Timeout(SEND_TIMEOUT + 2):
+                conn = socket.create_connection((host.strip("[]"), int(port)), timeout=SEND_TIMEOUT)
+                try:
+                    conn.sendall(CANCEL_REQUEST.pack(16, CANCEL_CODE, pid, secret))
+                    while conn.recv(64):
+                        pass
+                finally:
+                    conn.close()
+        except (OSError, ValueError, gevent.Timeout) as e:
+            log.info("cancel request for fleet member %d (%s) could not be handed over: %s", peer_id, address, e)
+            return False
+        self.to_members += 1
+        return True
 
     def _allowed(self, address):
         now = time.monotonic()

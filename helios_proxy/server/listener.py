@@ -149,8 +149,11 @@ class Proxy:
         self.ops = NodeOps(config, self.health.credentials)
         self.failover = FailoverController(config, self.tracker, self.health, self.ops)
         self.topology = providers.build(config, self.tracker)  # who decides the primary (topology/providers.py)
-        self.fleet = None  # membership of a fleet of proxies (topology/fleet.py)
-        if config.fleet.name and config.fleet.redis_url:
+        self.fleet = None  # a fleet of proxies: coordinated in etcd (fleet_dcs.py), or members listed in Redis
+        if config.fleet.dcs_url:
+            from ..topology.fleet_dcs import FleetCoordinator
+            self.fleet = self.failover.fleet = FleetCoordinator(self)
+        elif config.fleet.name and config.fleet.redis_url:
             from ..topology.fleet import FleetMembership
             self.fleet = FleetMembership(self)
         self.admin = None
@@ -309,7 +312,7 @@ class Proxy:
         self.plugins.notify("on_startup", proxy=self)
         log.info("HeliosProxy listening on %s (pool mode %s, %d node(s))", self.config.server.listen,
                  self.config.pool.mode, len(self.config.nodes))
-        if self.config.failover.mode in ("promote", "command"):
+        if self.config.failover.mode in ("promote", "command") and not self.config.fleet.dcs_url:
             log.warning("failover.mode = %r: this proxy decides a failover alone; that is safe for a "
                         "single proxy only (several proxies, each deciding, can promote two nodes: run "
                         "them behind Patroni with topology.provider = \"patroni\" instead)",

@@ -18,6 +18,10 @@ someone else. Otherwise, after one fresh probe of every node:
 
 If no candidate qualifies or a promotion fails, it tries again every `health.interval` while there
 is no primary; the old primary coming back in the meantime is simply taken back (tracker.py).
+
+In a fleet coordinated through etcd (`[fleet] dcs_url`) each attempt goes through the fleet
+(fleet_dcs.py): only the member holding the failover lock, and only with a majority of live
+members seeing the primary down, runs it; the others follow its decision.
 """
 import logging
 import time
@@ -41,6 +45,7 @@ class FailoverController:
         self.state = "idle"       # idle | detecting | promoting | waiting (no candidate) | repointing
         self.history = []         # one dict per finished failover/switchover (admin API, logs)
         self.failovers = 0
+        self.fleet = None         # a FleetCoordinator (fleet_dcs.py): the fleet decides, one member promotes
         self._greenlet = None
         tracker.subscribe(self.on_event)
 
@@ -62,7 +67,10 @@ class FailoverController:
         started = time.monotonic()
         while self.tracker.state == NONE and self.config.failover.mode != "external":
             try:
-                if self.failover(old, started=started):
+                if self.fleet is not None:
+                    if self.fleet.failover(old, lambda: self.failover(old, started=started)):
+                        return
+                elif self.failover(old, started=started):
                     return
             except NodeOperationFailed as e:
                 log.error("failover attempt failed: %s", e.message)

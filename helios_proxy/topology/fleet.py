@@ -1,18 +1,18 @@
-"""Fleet membership (`[fleet] name` and `redis_url`): each proxy registers itself in Redis under a
+"""Fleet membership on Redis (`[fleet] name` and `redis_url`, no `dcs_url`): each proxy registers itself in Redis under a
 key with a short TTL, refreshed every second (its listen and admin addresses, its process, and the
 primary it sees), so that `GET /fleet` on any member lists the live members and whether they agree
 on the primary. A member that stops refreshing (gone, cut off) drops out after MEMBER_TTL_S.
 
-Membership only: the proxies of a fleet follow one decider (Patroni through its DCS, or an
-operator); a failover decided by the fleet itself (an election over etcd) is not built yet.
+Membership only: with `[fleet] dcs_url` the fleet registers in etcd instead, where it also decides
+failovers and routes cancel requests (fleet_dcs.py).
 """
 import json
 import logging
 import os
-import socket
 import time
 
 from ..periodic import Periodic
+from .fleet_dcs import member_name
 
 log = logging.getLogger(__name__)
 MEMBER_TTL_S = 3
@@ -25,8 +25,8 @@ class FleetMembership(Periodic):
         cfg = proxy.config.fleet
         self.redis = redis
         self.client = redis.Redis.from_url(cfg.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        self.member = cfg.member or f"{socket.gethostname()}:{proxy.config.server.listen}:{proxy.worker[0]}"
-        self.prefix = f"helios:fleet:{cfg.name}:member:"
+        self.member = member_name(proxy.config, proxy.worker)
+        self.prefix = f"helios:fleet:{cfg.cluster}:member:"
         self.error = None
 
     def interval(self):
@@ -35,7 +35,7 @@ class FleetMembership(Periodic):
     def me(self):
         proxy = self.proxy
         primary = proxy.tracker.current()
-        return {"member": self.member, "listen": proxy.config.server.listen, "admin": proxy.config.admin.listen,
+        return {"name": self.member, "listen": proxy.config.server.listen, "admin": proxy.config.admin.listen,
                 "pid": os.getpid(), "worker": proxy.worker[0], "primary": primary.name if primary else None,
                 "primary_state": proxy.tracker.state, "clients": len(proxy.sessions), "seen": time.time()}
 
@@ -50,7 +50,7 @@ class FleetMembership(Periodic):
                 log.warning("fleet: redis unreachable (%s): not registered meanwhile", e)
             self.error = str(e)
 
-    def view(self):
+    def overview(self):
         """{name, members: [...], agree: whether every live member names the same primary}."""
         members, error = [], self.error
         try:
@@ -61,5 +61,5 @@ class FleetMembership(Periodic):
         except (self.redis.RedisError, OSError, ValueError) as e:
             error = str(e)
         primaries = {m.get("primary") for m in members}
-        return {"name": self.proxy.config.fleet.name, "me": self.member, "members": members,
+        return {"cluster": self.proxy.config.fleet.cluster, "me": self.member, "dcs": "redis", "members": members,
                 "agree_on_primary": len(primaries) <= 1, "error": error}

@@ -11,6 +11,9 @@ are between transactions.
 4. the target replays every WAL byte the old primary wrote, then is promoted and confirmed;
 5. the buffer drains to it; the other standbys are pointed at it.
 
+In a fleet coordinated through etcd the member running it holds the failover lock, the others hold
+their new transactions meanwhile, and the decision it writes moves them all (fleet_dcs.py).
+
 A failure before the promotion puts everything back as it was (the old primary un-fenced).
 """
 import logging
@@ -42,6 +45,14 @@ def switchover(proxy, target_name):
         raise NodeOperationFailed(f"{target.name} is not a healthy, enabled standby")
     if tracker.busy:
         raise NodeOperationFailed("a failover or switchover is already running")
+    if controller.fleet is not None:  # the whole fleet moves: the others hold transactions, then follow
+        return controller.fleet.switchover(old.name, target.name, lambda: _switch(proxy, old, target))
+    return _switch(proxy, old, target)
+
+
+def _switch(proxy, old, target):
+    tracker, buffer, controller = proxy.tracker, proxy.buffer, proxy.failover
+    cfg = proxy.config.failover
     started = time.monotonic()
     tracker.busy = True
     buffer.pause(f"switchover from {old.name} to {target.name}")

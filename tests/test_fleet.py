@@ -1,0 +1,241 @@
+"""A fleet of proxies coordinated through etcd ([fleet] dcs_url, topology/fleet_dcs.py), on a real
+primary + two standbys (tests/fix_ha.py) and a real etcd (tests/fix_etcd.py): one failover decision
+for all members, a member alone cut off from the primary promotes nothing, no member promotes
+without etcd, a switchover at one member moves them all, cancels reach their query from any member."""
+import socket
+import struct
+import threading
+import time
+
+import psycopg2
+
+from tests.fix_etcd import etcd  # noqa: F401 - a fixture
+from tests.fix_ha import ha_nodes, query
+from tests.test_ha import FAST_HEALTH, Load, in_recovery, wait_for
+
+
+class Relay:
+    """A TCP relay to a port that a test can cut (connections dropped, new ones refused) and mend:
+    one proxy's network path to the primary."""
+
+    def __init__(self, target):
+        self.target, self.open, self.socks = target, True, []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.open:
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target), 2)
+            except OSError:
+                client.close()
+                continue
+            self.socks += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self.pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def pipe(a, b):
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        self.open = False
+        for s in self.socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.socks = []
+
+    def close(self):
+        self.cut()
+        self.listener.close()
+
+
+def fleet_proxies(start_proxy, cluster, etcd, count=3, nodes=None, **sections):  # noqa: F811
+    return [start_proxy(pool={"mode": "transaction", "max_size": 10}, health=FAST_HEALTH,
+                        nodes=(nodes or {}).get(k) or ha_nodes(cluster), failover={"mode": "promote"},
+                        fleet={"name": f"p{k}", "dcs_url": etcd.url, "ttl": 3}, **sections)
+            for k in range(count)]
+
+
+def wait_members(proxies, count):
+    wait_for(lambda: all(len(p.api("GET", "/fleet")[1]["members"]) == count for p in proxies), 20,
+             f"{count} members registered")
+
+
+WRITES = iter(range(-1000, -100000, -1))
+
+
+def writes_to(proxy):
+    """The port of the server a write through proxy lands on."""
+    return proxy.query(f"insert into ha_rows (id) values ({next(WRITES)}) returning inet_server_port()")[0][0]
+
+
+def test_a_member_that_alone_loses_the_primary_promotes_nothing(start_proxy, ha_cluster, etcd):  # noqa: F811
+    relay = Relay(ha_cluster.ports[0])
+    try:
+        through_relay = [dict(n, port=relay.port) if n["role"] == "primary" else n for n in ha_nodes(ha_cluster)]
+        proxies = fleet_proxies(start_proxy, ha_cluster, etcd, nodes={2: through_relay})
+        wait_members(proxies, 3)
+        relay.cut()  # the third proxy alone loses its path to the primary
+        wait_for(lambda: "only 1 of 3 live members see primary down" in (proxies[2].api("GET", "/fleet")[1]
+                                                                           ["refusal"] or ""), 20,
+                 "the cut-off member's failover refused")
+        time.sleep(2)  # (it keeps trying meanwhile)
+        assert in_recovery(ha_cluster.ports[1]) and in_recovery(ha_cluster.ports[2])
+        assert writes_to(proxies[0]) == writes_to(proxies[1]) == ha_cluster.ports[0]
+        fleet = proxies[0].api("GET", "/fleet")[1]
+        assert fleet["decision"] is None and fleet["lock"] is None
+        relay.open = True  # the path is back: it takes the primary back, nothing was promoted
+        wait_for(lambda: proxies[2].api("GET", "/topology")[1]["state"] == "CONFIRMED", 20, "the primary back")
+        assert writes_to(proxies[2]) == ha_cluster.ports[0]  # (through the relay)
+    finally:
+        relay.close()
+
+
+def test_when_the_primary_dies_exactly_one_member_promotes_and_every_member_follows(
+        start_proxy, ha_cluster, etcd):  # noqa: F811
+    proxies = fleet_proxies(start_proxy, ha_cluster, etcd)
+    wait_members(proxies, 3)
+    loads = [Load(p, writers=2) for p in proxies]
+    for load in loads:
+        load.__enter__()
+    try:
+        time.sleep(1.5)
+        ha_cluster._run("pg_ctl", "-D", ha_cluster.datadir(0), "-m", "immediate", "stop")
+        wait_for(lambda: all(p.api("GET", "/topology")[1]["state"] == "CONFIRMED"
+                             and p.api("GET", "/topology")[1]["primary"] != "primary" for p in proxies), 30,
+                 "every member on a new primary")
+        time.sleep(1)
+    finally:
+        for load in loads:
+            load.__exit__(None, None, None)
+    promoted = [i for i in (1, 2) if not in_recovery(ha_cluster.ports[i])]
+    assert len(promoted) == 1, promoted  # (members racing for the lock never both promote)
+    new = ha_cluster.ports[promoted[0]]
+    assert {writes_to(p) for p in proxies} == {new}
+    decisions = [p.api("GET", "/fleet")[1]["decision"] for p in proxies]
+    assert all(d == decisions[0] for d in decisions) and decisions[0]["epoch"] == 1
+    assert decisions[0]["primary"] == f"standby{promoted[0]}" and decisions[0]["old"] == "primary"
+    assert sum(p.api("GET", "/topology")[1]["failovers"] for p in proxies) == 1  # one promoter
+    assert sum("decides" in p.output() for p in proxies) == 1
+    present = {r[0] for r in query(new, "select id from ha_rows")}
+    acked = [i for load in loads for i in load.acked]
+    lost = [i for i in acked if i not in present]
+    assert len(acked) > 50 and not lost, (len(acked), lost[:5])
+    for p in proxies:  # the old primary is fenced on every member
+        nodes = {n["name"]: n for n in p.api("GET", "/nodes")[1]}
+        assert nodes["primary"]["fenced"], nodes["primary"]
+
+
+def test_without_etcd_no_member_promotes(start_proxy, ha_cluster, etcd):  # noqa: F811
+    proxies = fleet_proxies(start_proxy, ha_cluster, etcd, count=2)
+    wait_members(proxies, 2)
+    etcd.stop()
+    ha_cluster._run("pg_ctl", "-D", ha_cluster.datadir(0), "-m", "immediate", "stop")
+    wait_for(lambda: all("etcd unreachable" in (p.api("GET", "/fleet")[1]["refusal"] or "") for p in proxies), 20,
+             "both members refusing to decide")
+    time.sleep(2)
+    assert in_recovery(ha_cluster.ports[1]) and in_recovery(ha_cluster.ports[2])
+    for p in proxies:
+        assert p.api("GET", "/topology")[1]["failovers"] == 0
+
+
+def test_a_switchover_at_one_member_moves_the_whole_fleet(start_proxy, ha_cluster, etcd):  # noqa: F811
+    proxies = fleet_proxies(start_proxy, ha_cluster, etcd, count=2)
+    wait_members(proxies, 2)
+    with Load(proxies[1], writers=2) as load:
+        time.sleep(1)
+        status, body = proxies[0].api("POST", "/switchover", {"target": "standby1"})
+        assert status == 200, body
+        wait_for(lambda: proxies[1].api("GET", "/topology")[1]["primary"] == "standby1", 10,
+                 "the other member following the switchover")
+        time.sleep(0.5)
+    assert writes_to(proxies[1]) == writes_to(proxies[0]) == ha_cluster.ports[1]
+    assert not load.errors, load.errors[:3]
+    present = {r[0] for r in query(ha_cluster.ports[1], "select id from ha_rows")}
+    assert load.acked and not [i for i in load.acked if i not in present]
+    assert proxies[1].api("GET", "/fleet")[1]["decision"]["kind"] == "switchover"
+
+
+def raw_login(port):
+    """A protocol client: (socket, BackendKeyData body)."""
+    s = socket.create_connection(("127.0.0.1", port), 5)
+    body = struct.pack("!I", 196608) + b"user\0postgres\0database\0postgres\0\0"
+    s.sendall(struct.pack("!I", len(body) + 4) + body)
+    key, buf = None, b""
+    while True:
+        while len(buf) < 5 or len(buf) < 1 + struct.unpack("!I", buf[1:5])[0]:
+            buf += s.recv(65536)
+        n = struct.unpack("!I", buf[1:5])[0]
+        kind, payload, buf = buf[:1], buf[5:1 + n], buf[1 + n:]
+        if kind == b"K":
+            key = payload
+        elif kind == b"Z":
+            return s, key
+
+
+def test_a_cancel_sent_to_another_member_reaches_its_query(start_proxy, ha_cluster, etcd):  # noqa: F811
+    proxies = fleet_proxies(start_proxy, ha_cluster, etcd, count=2)
+    wait_members(proxies, 2)
+    ids = {m["peer_id"] for m in proxies[0].api("GET", "/fleet")[1]["members"]}
+    assert len(ids) == 2 and 0 not in ids
+    for sender in (proxies[1], proxies[0]):  # another member; the owner itself
+        s, key = raw_login(proxies[0].port)
+        query_text = b"select pg_sleep(5)\0"
+        s.sendall(b"Q" + struct.pack("!I", len(query_text) + 4) + query_text)
+        time.sleep(0.3)
+        started = time.monotonic()
+        c = socket.create_connection(("127.0.0.1", sender.port), 5)
+        c.sendall(struct.pack("!II", 16, 80877102) + key)
+        assert c.recv(16) == b""  # closed once the backend took it
+        c.close()
+        s.settimeout(5)
+        data = b""
+        while b"Z\0\0\0\5" not in data:
+            data += s.recv(65536)
+        s.close()
+        assert b"57014" in data and time.monotonic() - started < 2
+    # a key no member owns cancels nothing and costs nothing
+    c = socket.create_connection(("127.0.0.1", proxies[1].port), 5)
+    c.sendall(struct.pack("!IIii", 16, 80877102, 1234, 0x7700))
+    assert c.recv(16) == b""
+    c.close()
+    assert proxies[1].query("select 1") == [(1,)]
+
+
+def test_the_fleet_lists_its_members_and_the_primary_each_sees(start_proxy, ha_cluster, etcd):  # noqa: F811
+    proxies = fleet_proxies(start_proxy, ha_cluster, etcd, count=2)
+    wait_members(proxies, 2)
+    fleet = proxies[1].api("GET", "/fleet")[1]
+    assert fleet["me"] == "p1" and fleet["agree_on_primary"] and not fleet["error"]
+    assert {m["name"]: m["view"]["primary"] for m in fleet["members"]} == {"p0": "primary", "p1": "primary"}
+    assert {m["address"] for m in fleet["members"]} == {f"127.0.0.1:{p.port}" for p in proxies}
+    proxies[0].stop()  # a member that leaves is gone at once (its lease revoked)
+    wait_for(lambda: [m["name"] for m in proxies[1].api("GET", "/fleet")[1]["members"]] == ["p1"], 5,
+             "the stopped member gone")
+    try:
+        psycopg2.connect(host="127.0.0.1", port=proxies[1].port, user="postgres", dbname="postgres").close()
+    except psycopg2.Error as e:
+        raise AssertionError(e)
