@@ -118,7 +118,7 @@ def test_when_the_primary_dies_exactly_one_member_promotes_and_every_member_foll
         start_proxy, ha_cluster, etcd):  # noqa: F811
     proxies = fleet_proxies(start_proxy, ha_cluster, etcd)
     wait_members(proxies, 3)
-    loads = [Load(p, writers=2) for p in proxies]
+    loads = [Load(p, writers=2, base=k * 100_000_000) for k, p in enumerate(proxies)]
     for load in loads:
         load.__enter__()
     try:

@@ -43,8 +43,9 @@ def wait_for(check, timeout, what):
 class Load:
     """Writers inserting unique ids through the proxy (autocommit) and one reader, in threads."""
 
-    def __init__(self, proxy, writers=4):
-        self.proxy, self.stop = proxy, threading.Event()
+    def __init__(self, proxy, writers=4, base=0):
+        """base: the first id (several loads at once write different ids)."""
+        self.proxy, self.stop, self.base = proxy, threading.Event(), base
         self.acked, self.errors, self.reads = [], [], 0
         self.first_ok_after = None
         self.kill_at = None
@@ -62,7 +63,7 @@ class Load:
             t.join(60)
 
     def write(self, w):
-        i, conn = w * 10_000_000, None
+        i, conn = self.base + w * 10_000_000, None
         while not self.stop.is_set():
             started = time.time()
             try:

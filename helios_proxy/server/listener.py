@@ -148,7 +148,7 @@ class Proxy:
         self.buffer.health = self.health
         self.ops = NodeOps(config, self.health.credentials)
         self.failover = FailoverController(config, self.tracker, self.health, self.ops)
-        self.topology = providers.build(config, self.tracker)  # who decides the primary (topology/providers.py)
+        self.topology = providers.build(config, self.tracker, self.health, self.buffer)  # who decides the primary (topology/providers.py)
         self.fleet = None  # a fleet of proxies: coordinated in etcd (fleet_dcs.py), or members listed in Redis
         if config.fleet.dcs_url:
             from ..topology.fleet_dcs import FleetCoordinator

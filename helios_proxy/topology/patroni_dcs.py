@@ -5,10 +5,17 @@ every proxy as soon as etcd has it, with no polling interval. etcd's v3 JSON gat
 a streaming `/v3/watch`) is all it needs: no client library.
 
 The leader key names the member that holds the leader lock; that member (by node name, else by the
-host and port of its `conn_url`) becomes the confirmed primary. The key deleted (its TTL ran out: the
-leader was lost) clears the primary: writes wait in the switchover buffer until a new leader key
-appears. While etcd cannot be reached the proxy keeps the primary it knows and tries the endpoints
-again; the proxy's own health probes still decide which standbys take reads.
+host and port of its `conn_url`) becomes the primary, PENDING (writes wait) until a probe finds it
+out of recovery (Patroni takes the lock before it promotes), probed every PROBE_S until then. The key
+deleted (its TTL ran out, or the leader hands over) clears the primary: writes wait in the
+switchover buffer until a new leader answers. A leader whose PostgreSQL went down and came back
+(Patroni restarts it in place) is probed again; one that is shutting down is never taken back on a
+mere refresh of its key. Patroni's `failover` key (a `patronictl switchover` or `failover`, once due)
+holds new transactions from the moment it appears to the moment it is gone, so that nothing starts
+on the old leader while it hands over; transactions it cuts are replayed on the new one (replay.py).
+Members tagged `noloadbalance` take no reads. While etcd cannot be reached the proxy keeps the
+primary it knows and tries the endpoints again; the proxy's own health probes still decide which
+standbys take reads.
 """
 import json
 import logging
@@ -18,17 +25,32 @@ from urllib.parse import urlparse
 import gevent
 
 from .etcd import Etcd
-from .tracker import CONFIRMED, STANDBY
+from .events import HealthChanged
+from .tracker import CONFIRMED, NONE, PENDING, STANDBY
 
 log = logging.getLogger(__name__)
 RETRY_S = 0.5
+PROBE_S = 0.05    # a new leader is probed this often until it answers as primary
+CONFIRM_S = 60.0  # for at most this long (the regular probes go on after)
+NOLOADBALANCE = "Patroni tag noloadbalance"
+
+
+def _parse_time(text):
+    from datetime import datetime
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return 0.0
 
 
 class PatroniDcsProvider:
     """Watches Patroni's keys in etcd; tells the tracker who the leader is."""
 
-    def __init__(self, config, tracker):
-        self.config, self.tracker = config, tracker
+    def __init__(self, config, tracker, health=None, buffer=None):
+        self.config, self.tracker, self.health, self.buffer = config, tracker, health, buffer
+        self.leader = None      # the leader the key named last
+        self.confirming = None  # the greenlet probing a new leader
+        self.holding = None     # why new transactions wait (Patroni's failover key)
         topology = config.topology
         self.prefix = f"{topology.namespace.rstrip('/')}/{topology.scope}/"
         self.etcd = Etcd(topology.dcs_url, "topology.dcs_url")
@@ -39,9 +61,12 @@ class PatroniDcsProvider:
         self.changes = 0        # leader changes applied (for /topology)
 
     def start(self):
+        self.tracker.subscribe(self.on_event)
         self.greenlet = gevent.spawn(self._run)
 
     def stop(self):
+        if self.confirming is not None:
+            self.confirming.kill(block=False)
         if self.greenlet is not None:
             self.greenlet.kill(block=False)
             self.greenlet = None
@@ -99,23 +124,92 @@ class PatroniDcsProvider:
     def apply(self):
         tracker = self.tracker
         leader_name = self.keys.get("leader")
-        for key in self.keys:
-            if key.startswith("members/") and key[len("members/"):] != leader_name:
-                node = self.node_for(key[len("members/"):])
-                if node is not None and self.member(key[len("members/"):]).get("state") in ("running", "streaming"):
-                    tracker.roles[node.name] = STANDBY
+        self._tags(leader_name)
+        self._planned()
         if not leader_name:
-            if tracker.primary is not None:
-                tracker.clear_primary("Patroni's leader key is gone (its lock expired)")
+            self.leader = None
+            if tracker.primary is not None and tracker.state != NONE:
+                tracker.clear_primary("Patroni's leader key is gone (its lock expired or it is handing over)")
             return
         node = self.node_for(leader_name)
         if node is None:
             log.error("patroni dcs: the leader %r is none of the configured nodes", leader_name)
             return
-        if tracker.primary != node.name or tracker.state != CONFIRMED:
+        if node.name != self.leader:  # a new leader: writes wait until it answers as primary
+            self.leader = node.name
             self.changes += 1
             log.warning("patroni dcs: leader %s (revision %d)", node.name, self.revision)
-            tracker.take_over(node.name, f"Patroni leader (etcd revision {self.revision})")
+            if tracker.primary != node.name or tracker.state != CONFIRMED:
+                tracker.set_primary(node.name, f"Patroni leader (etcd revision {self.revision})")
+                self.confirm(node)
+
+    def confirm(self, node):
+        """Probe the new leader until it answers as primary (the tracker confirms it then); Patroni
+        writes the leader key before it promotes."""
+        if self.health is None:
+            self.tracker.confirm_primary("Patroni leader")
+            return
+        if self.confirming is not None and not self.confirming.dead:
+            self.confirming.kill(block=False)
+        self.confirming = gevent.spawn(self._confirm, node)
+
+    def _confirm(self, node):
+        tracker, deadline = self.tracker, time.monotonic() + CONFIRM_S
+        while tracker.primary == node.name and tracker.state == PENDING and time.monotonic() < deadline:
+            self.health.probe(node)
+            if tracker.state == PENDING:
+                gevent.sleep(PROBE_S)
+
+    def on_event(self, event):
+        """The leader's PostgreSQL is back (restarted in place by Patroni): it is the primary again."""
+        tracker = self.tracker
+        if (isinstance(event, HealthChanged) and event.healthy and event.node == self.leader
+                and tracker.state == NONE):
+            tracker.set_primary(event.node, "Patroni's leader is back")
+            self.confirm(tracker.node(event.node))
+
+    def _tags(self, leader_name):
+        """Members tagged noloadbalance take no reads (fenced while the tag holds, unless leader)."""
+        tracker = self.tracker
+        for key in self.keys:
+            if not key.startswith("members/"):
+                continue
+            name = key[len("members/"):]
+            node, member = self.node_for(name), self.member(name)
+            if node is None:
+                continue
+            if name != leader_name and member.get("state") in ("running", "streaming"):
+                tracker.roles[node.name] = STANDBY
+            tagged = bool((member.get("tags") or {}).get("noloadbalance")) and name != leader_name
+            if tagged and node.name not in tracker.fenced:
+                tracker.fence(node.name, NOLOADBALANCE)
+            elif not tagged and tracker.fenced.get(node.name) == NOLOADBALANCE:
+                tracker.enable(node.name)
+
+    def _planned(self):
+        """Patroni's failover key (patronictl switchover/failover): new transactions wait in the
+        switchover buffer from the moment it appears (due) until it is gone or emptied."""
+        buffer, planned = self.buffer, self._json("failover") or {}
+        due = bool(planned.get("leader") or planned.get("member")) and not (  # (Patroni empties it when done)
+            planned.get("scheduled_at") and _parse_time(planned["scheduled_at"]) > time.time())
+        if buffer is None:
+            return
+        if due and self.holding is None and not buffer.paused:
+            self.holding = f"Patroni {'switchover' if planned.get('leader') else 'failover'} to " \
+                           f"{planned.get('member') or 'a new leader'}"
+            buffer.pause(self.holding)
+            log.warning("patroni dcs: %s: new transactions wait", self.holding)
+        elif not due and self.holding is not None:
+            self.holding = None
+            if buffer.paused:
+                buffer.resume()
+
+    def _json(self, key):
+        try:
+            value = json.loads(self.keys.get(key) or "null")
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
 
     def view(self):
         return {"dcs": self.config.topology.dcs_url, "prefix": self.prefix, "revision": self.revision,

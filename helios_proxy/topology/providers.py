@@ -76,14 +76,16 @@ def load(spec):
                       f"offers it (entry-point group {GROUP}), and it is not module:attribute")
 
 
-def build(config, tracker):
+def build(config, tracker, health=None, buffer=None):
     """The configured provider, made with (config, tracker); wraps a third party's in the interface
-    when it lacks a method."""
+    when it lacks a method. (health, buffer: the built-in Patroni DCS provider probes a new leader
+    and holds new transactions during Patroni's switchovers.)"""
     spec = config.topology.provider
     if spec == "patroni":
         from .patroni import PatroniProvider
         from .patroni_dcs import PatroniDcsProvider
-        made = (PatroniDcsProvider if config.topology.dcs_url else PatroniProvider)(config, tracker)
+        made = (PatroniDcsProvider(config, tracker, health, buffer) if config.topology.dcs_url
+                else PatroniProvider(config, tracker))
     else:
         made = load(spec)(config, tracker)
     for method in ("start", "stop", "subscribe", "get_primary", "get_node"):
