@@ -305,6 +305,27 @@ def test_a_token_bucket_holds_for_a_fleet_of_proxies_sharing_redis(start_proxy, 
     assert proxies[0].api("GET", "/limits")[1][0]["redis_down"] is True
 
 
+def test_a_sliding_window_holds_for_a_fleet_of_proxies_sharing_redis(start_proxy, redis_server):
+    """30 queries per 3 s window on Redis, three proxies: together they admit the window's 30, not 90."""
+    if redis_server.proc.poll() is not None:
+        redis_server.start()
+    limit = [{"name": "fleet-window", "kind": "sliding_window", "key": "user", "window_s": 3.0, "max_queries": 30}]
+    proxies = [start_proxy(pool={"mode": "transaction"}, limits=limit,
+                           fleet={"redis_url": redis_server.url, "limit_chunk": 4, "members": 3}) for _ in range(3)]
+    curs = [connect(p).cursor() for p in proxies]
+    passed = refused = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 2.5:  # (within one window)
+        for cur in curs:
+            try:
+                cur.execute("select 1")
+                passed += 1
+            except psycopg2.errors.ConfigurationLimitExceeded as e:
+                assert 'rate limit "fleet-window" exceeded' in str(e)
+                refused += 1
+    assert refused > 0 and 20 <= passed <= 30, passed  # (leased and unspent executions: less, never more)
+
+
 def test_the_members_of_a_fleet_list_each_other(start_proxy, redis_server):
     if redis_server.proc.poll() is not None:
         redis_server.start()

@@ -187,11 +187,12 @@ class Limiter:
             from .shared import SharedLimit
             self.limits = [SharedLimit(cfg, table) for cfg in config.limits]
         self.fleet = None
-        if config.fleet.redis_url and any(cfg.kind == "token_bucket" for cfg in config.limits):
-            from .fleet import Fleet, FleetLimit  # token buckets held for the fleet, on Redis
-            self.fleet = Fleet(config)
-            self.limits = [FleetLimit(limit.cfg, self.fleet) if limit.kind == "token_bucket" else limit
-                           for limit in self.limits]
+        if config.fleet.redis_url:
+            from .fleet import SHARED, Fleet, FleetLimit  # token buckets and windows held for the fleet, on Redis
+            if any(cfg.kind in SHARED for cfg in config.limits):
+                self.fleet = Fleet(config)
+                self.limits = [FleetLimit(limit.cfg, self.fleet) if limit.kind in SHARED else limit
+                               for limit in self.limits]
         self.table = table
         self.concurrency = any(limit.kind == "concurrency" for limit in self.limits)
         self.by_text = any(limit.key == "fingerprint" for limit in self.limits)  # (admission.Texts)

@@ -1,12 +1,15 @@
-"""Token buckets held for a fleet of proxies (`[fleet] redis_url`): one bucket per (limit, key) in
-Redis, refilled at the limit's rate, from which each proxy leases `limit_chunk` tokens at a time
-(a Lua script: refill and take atomically). Executions spend the leased tokens locally, so Redis
+"""Token buckets and sliding windows held for a fleet of proxies (`[fleet] redis_url`): one bucket
+(or window) per (limit, key) in Redis, from which each proxy leases `limit_chunk` executions at a
+time (a Lua script: refill or roll, and take, atomically). Executions spend the leased tokens locally, so Redis
 sees one round trip per chunk, not per query; the fleet as a whole never gets more than the
 bucket gives (tokens a proxy leased and did not spend within LEASE_S are dropped, never returned:
 the fleet may admit less than the rate, never more). While Redis cannot be reached a proxy keeps
 to its own share (rate / fleet.members, a local bucket) or, `when_redis_down = "closed"`, refuses.
 
-Only token buckets are shared; sliding windows and concurrency guards stay per proxy.
+A sliding window is kept as two counters (this window's count, the last one's), the estimate
+weighing the last by how much of it still overlaps, as limits/shared.py does between workers.
+Concurrency guards stay per proxy (a slot taken and given back per query would be a Redis round
+trip each way on the hot path).
 """
 import logging
 import time
@@ -28,6 +31,25 @@ redis.call('HSET', KEYS[1], 'tokens', tokens - granted, 'at', math.max(now, at))
 redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 60)
 return granted
 """
+# KEYS[1]: the window; ARGV: window seconds, max, now (s), wanted. Returns the executions granted.
+WINDOW = """
+local w, most, now, wanted = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local state = redis.call('HMGET', KEYS[1], 'start', 'count', 'last')
+local start, count, last = tonumber(state[1]), tonumber(state[2]) or 0, tonumber(state[3]) or 0
+if start == nil then start, count, last = now, 0, 0 end
+if now - start >= w then
+  local windows = math.floor((now - start) / w)
+  if windows == 1 then last = count else last = 0 end
+  start, count = start + windows * w, 0
+end
+local estimate = last * (1 - (now - start) / w) + count
+local granted = math.min(wanted, math.floor(most - estimate))
+if granted < 0 then granted = 0 end
+redis.call('HSET', KEYS[1], 'start', start, 'count', count + granted, 'last', last)
+redis.call('EXPIRE', KEYS[1], math.ceil(2 * w) + 60)
+return granted
+"""
+SHARED = ("token_bucket", "sliding_window")  # the kinds the fleet holds on Redis
 
 
 class Fleet:
@@ -38,14 +60,16 @@ class Fleet:
         self.redis = redis
         self.cfg = config.fleet
         self.client = redis.Redis.from_url(self.cfg.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        self.script = self.client.register_script(TAKE)
+        self.scripts = {"token_bucket": self.client.register_script(TAKE),
+                        "sliding_window": self.client.register_script(WINDOW)}
         self.down = False
         self.round_trips = self.failures = 0
 
-    def take(self, key, rate, burst, wanted):
-        """Tokens granted by the shared bucket, or None when Redis cannot be reached."""
+    def take(self, kind, key, a, b, wanted):
+        """Executions granted by the shared bucket (a, b: rate, burst) or window (a, b: seconds,
+        most), or None when Redis cannot be reached."""
         try:
-            granted = int(self.script(keys=[key], args=[rate, burst, f"{time.time():.6f}", wanted]))
+            granted = int(self.scripts[kind](keys=[key], args=[a, b, f"{time.time():.6f}", wanted]))
         except (self.redis.RedisError, OSError) as e:
             self.failures += 1
             if not self.down:
@@ -61,7 +85,7 @@ class Fleet:
 
 
 class FleetLimit(Limit):
-    """A token bucket [[limits]] entry the fleet shares (other kinds: Limit, per proxy)."""
+    """A token bucket or sliding window [[limits]] entry the fleet shares (concurrency: per proxy)."""
 
     def __init__(self, cfg, fleet):
         super().__init__(cfg)
@@ -76,7 +100,11 @@ class FleetLimit(Limit):
             lease = None
         if lease is None or lease[0] < n:
             chunk = max(n, fleet.cfg.limit_chunk)
-            granted = fleet.take(f"helios:limit:{self.name}:{value}", cfg.rate, cfg.burst, chunk)
+            if self.kind == "token_bucket":
+                granted = fleet.take(self.kind, f"helios:limit:{self.name}:{value}", cfg.rate, cfg.burst, chunk)
+            else:
+                granted = fleet.take(self.kind, f"helios:window:{self.name}:{value}", cfg.window_s,
+                                     cfg.max_queries, min(chunk, cfg.max_queries))
             if granted is None:
                 return self._redis_down(value, now, n)
             held = lease[0] if lease is not None else 0
@@ -87,12 +115,15 @@ class FleetLimit(Limit):
         if lease[0] >= n:
             lease[0] -= n
             return 0
-        return max(0.001, (n - lease[0]) / cfg.rate)
+        rate = cfg.rate if self.kind == "token_bucket" else cfg.max_queries / cfg.window_s
+        return max(0.001, (n - lease[0]) / rate)
 
     def _redis_down(self, value, now, n):
         cfg = self.cfg
         if self.fleet.cfg.when_redis_down == "closed":
             return 1.0  # (refused, or waited for, until Redis answers again)
+        if self.kind == "sliding_window":  # this proxy's share of the window, held locally
+            return self._own_window(value, now, n)
         share = cfg.rate / self.fleet.cfg.members
         b = self.own.get(value)
         if b is None:
@@ -103,3 +134,17 @@ class FleetLimit(Limit):
             b.tokens -= n
             return 0
         return (n - b.tokens) / share
+
+    def _own_window(self, value, now, n):
+        cfg, members = self.cfg, self.fleet.cfg.members
+        times = self.own.get(value)
+        if times is None:
+            import collections
+            times = self.own[value] = collections.deque()
+        while times and times[0] <= now - cfg.window_s:
+            times.popleft()
+        most = max(1, cfg.max_queries // members)
+        if len(times) + n <= most:
+            times.extend([now] * n)
+            return 0
+        return max(0.001, times[0] + cfg.window_s - now)
