@@ -242,15 +242,24 @@ def apikey():
     """API keys for the api_key authentication method ([auth.api_keys] file)."""
 
 
-def _key_file(path):
+def _key_store(path):
+    """Where the config keeps its API keys: etcd in a fleet ([fleet] dcs_url), else the file."""
+    from .auth import api_keys
     from .config import load_file
     try:
         cfg = load_file(path)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-    if not cfg.auth.api_keys.file:
-        raise click.ClickException(f"{path}: auth.api_keys.file is not set")
-    return cfg.auth.api_keys.file
+    if not cfg.auth.api_keys.file and not cfg.fleet.dcs_url:
+        raise click.ClickException(f"{path}: auth.api_keys.file is not set (nor fleet.dcs_url)")
+    return api_keys.store(cfg)
+
+
+def _keys_call(fn, *args):
+    try:
+        return fn(*args)
+    except OSError as e:  # (etcd unreachable, or the file)
+        raise click.ClickException(f"the API keys cannot be reached: {e}") from None
 
 
 @apikey.command("create")
@@ -262,7 +271,7 @@ def _key_file(path):
 def apikey_create(user, path, days, databases, tenant):
     """Make a key for USER: printed once (alone on the last line), only its hash is stored."""
     from .auth import api_keys
-    key, key_id = api_keys.create(_key_file(path), user, days, databases, tenant)
+    key, key_id = _keys_call(api_keys.create, _key_store(path), user, days, databases, tenant)
     click.echo(f"key {key_id} for user {user}" + (f", expires in {days} days" if days else "")
                + (f", databases {', '.join(databases)}" if databases else "") + (f", tenant {tenant}" if tenant else ""))
     click.echo(key)
@@ -277,7 +286,7 @@ def apikey_list(path):
 
     def when(t):
         return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)) if t else "never"
-    for key_id, entry in sorted(api_keys.load(_key_file(path)).items()):
+    for key_id, entry in sorted(_keys_call(_key_store(path).load).items()):
         click.echo(f"{key_id}  user={entry['user']}  created={when(entry['created'])}  "
                    f"expires={when(entry.get('expires'))}  databases={','.join(entry.get('databases') or ['all'])}"
                    + (f"  tenant={entry['tenant']}" if entry.get("tenant") else ""))
@@ -289,7 +298,7 @@ def apikey_list(path):
 def apikey_revoke(key_id, path):
     """Revoke the key KEY_ID: logins with it are refused from now on."""
     from .auth import api_keys
-    if not api_keys.revoke(_key_file(path), key_id):
+    if not _keys_call(api_keys.revoke, _key_store(path), key_id):
         raise click.ClickException(f"no key {key_id}")
     click.echo(f"key {key_id} revoked")
 

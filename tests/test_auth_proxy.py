@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.fix_etcd import etcd  # noqa: F401 - a fixture
 from tests.fix_ldap import ldap_server  # noqa: F401 - a fixture
 from tests.fix_proxy import BIN
 from tests.test_auth import userlist
@@ -141,6 +142,37 @@ def test_api_keys_made_by_the_cli_log_in_until_revoked_or_expired(start_proxy, t
     data["keys"][late.split("_")[1]]["expires"] = int(time.time()) - 10
     keys.write_text(json.dumps(data))
     refused(proxy, "app", late, "28P01")
+
+
+def test_api_keys_of_a_fleet_live_in_etcd_and_hold_on_every_member(start_proxy, tls, etcd):  # noqa: F811
+    """[fleet] dcs_url: `apikey create` at one member's config writes the key to etcd; every member
+    lets it in within moments, and refuses it as soon as it is revoked."""
+    auth = {"rules": [{"method": "api_key", "address": "127.0.0.0/8"}]}
+    proxies = [start_proxy(tls=tls, auth=auth, fleet={"name": f"k{i}", "dcs_url": etcd.url}) for i in range(2)]
+
+    def cli(*args):
+        out = subprocess.run([BIN, "apikey", *args, "-c", proxies[0].config_path], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip().splitlines()
+
+    def eventually(check):
+        deadline = time.monotonic() + 2
+        while True:
+            try:
+                return check()
+            except (AssertionError, psycopg2.Error):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    key = cli("create", "app")[-1]
+    assert eventually(lambda: login(proxies[1], "app", key)) == "app"
+    assert login(proxies[0], "app", key) == "app"
+    key_id = key.split("_")[1]
+    assert any(line.startswith(key_id) for line in cli("list"))
+    cli("revoke", key_id)
+    eventually(lambda: refused(proxies[1], "app", key, "28P01"))
+    refused(proxies[0], "app", key, "28P01")
 
 
 def test_rules_are_ordered_first_match_wins(start_proxy, tmp_path, tls):

@@ -232,6 +232,16 @@ def test_the_fleet_lists_its_members_and_the_primary_each_sees(start_proxy, ha_c
     assert fleet["me"] == "p1" and fleet["agree_on_primary"] and not fleet["error"]
     assert {m["name"]: m["view"]["primary"] for m in fleet["members"]} == {"p0": "primary", "p1": "primary"}
     assert {m["address"] for m in fleet["members"]} == {f"127.0.0.1:{p.port}" for p in proxies}
+    status, _ = proxies[0].api("POST", "/nodes/standby2/disable", {"reason": "maintenance"})
+    assert status == 200  # disabled at one member: out of traffic on every member
+
+    def fenced(p):
+        return {n["name"]: n["fenced"] for n in p.api("GET", "/nodes")[1]}["standby2"]
+    wait_for(lambda: fenced(proxies[1]) and "maintenance" in fenced(proxies[1]), 5, "standby2 fenced on p1")
+    reads = {proxies[1].query("select inet_server_port()")[0][0] for _ in range(20)}
+    assert ha_cluster.ports[2] not in reads
+    assert proxies[1].api("POST", "/nodes/standby2/enable")[0] == 200  # enabled at another: back everywhere
+    wait_for(lambda: not fenced(proxies[0]), 5, "standby2 back on p0")
     proxies[0].stop()  # a member that leaves is gone at once (its lease revoked)
     wait_for(lambda: [m["name"] for m in proxies[1].api("GET", "/fleet")[1]["members"]] == ["p1"], 5,
              "the stopped member gone")

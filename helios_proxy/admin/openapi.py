@@ -32,7 +32,8 @@ PATHS = {
     "/health/live": {"get": op("200 while the process serves.")},
     "/nodes": {"get": op("Every node: role, health, lag, fencing, reads and writes.")},
     "/nodes/{name}": {"get": {**op("One node (by name or host:port)."), "parameters": NAME}},
-    "/nodes/{name}/disable": {"post": {**op("Take a node out of traffic.", obj(reason=STR)), "parameters": NAME}},
+    "/nodes/{name}/disable": {"post": {**op("Take a node out of traffic (in a fleet on etcd: on every member, "
+                                            "unless fleet is false).", obj(reason=STR)), "parameters": NAME}},
     "/nodes/{name}/enable": {"post": {**op("Put a node back into traffic."), "parameters": NAME}},
     "/topology": {"get": op("Primary, its state, failover state, buffer, history.")},
     "/fleet": {"get": op("The fleet's live members, the primary each sees, whether they agree; "

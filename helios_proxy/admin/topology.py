@@ -46,8 +46,17 @@ def disable(name):
     if proxy.tracker.primary == node.name and body.get("force") is not True:
         raise ApiError(409, f"{node.name} is the primary: disabling it stops every write until another "
                             "primary is set (switch over first, or send {\"force\": true})")
-    proxy.tracker.fence(node.name, body.get("reason") or "disabled by the operator")
-    proxy.pools.close_idle(node)
+    reason = body.get("reason") or "disabled by the operator"
+    fleet = proxy.failover.fleet  # (a fleet coordinated through etcd: every member takes it out)
+    if fleet is not None and body.get("fleet", True):
+        try:
+            fleet.disable(node.name, reason)
+        except OSError as e:
+            raise ApiError(503, f"etcd unreachable ({e}): {node.name} not disabled for the fleet "
+                                "(send {\"fleet\": false} to disable it on this member only)") from None
+    else:
+        proxy.tracker.fence(node.name, reason)
+        proxy.pools.close_idle(node)
     return jsonify(views.node(proxy, node))
 
 
@@ -55,6 +64,12 @@ def disable(name):
 def enable(name):
     proxy = proxy_of()
     node = find_node(proxy, name)
+    fleet = proxy.failover.fleet
+    if fleet is not None:
+        try:
+            fleet.enable(node.name)
+        except OSError as e:
+            raise ApiError(503, f"etcd unreachable ({e}): {node.name} not enabled for the fleet") from None
     proxy.tracker.enable(node.name)
     return jsonify(views.node(proxy, node))
 

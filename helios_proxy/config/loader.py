@@ -369,8 +369,8 @@ def _check_cross(cfg, problems):
         problems.append("auth.ldap: the ldap method needs bind_dn (simple bind) or base_dn (search+bind)")
     if "oauth2" in methods and not cfg.auth.oauth2.introspection_url:
         problems.append("auth.oauth2.introspection_url: required by the oauth2 method")
-    if "api_key" in methods and not cfg.auth.api_keys.file:
-        problems.append("auth.api_keys.file: required by the api_key method")
+    if "api_key" in methods and not cfg.auth.api_keys.file and not cfg.fleet.dcs_url:
+        problems.append("auth.api_keys.file: required by the api_key method (or fleet.dcs_url: the keys in etcd)")
     for i, rule in enumerate(cfg.auth.rules):
         problem = address_range(rule.address)
         if problem:

@@ -9,6 +9,7 @@ Keys, under `/helios/{fleet.cluster}/`:
     lock           the failover lock: NAME of the member holding it      (bound to its lease)
     switching      a planned switchover in progress {from, to, by}      (bound to its lease)
     decision       the last failover/switchover {epoch, primary, old, by, at}   (kept)
+    disabled/NODE  a node the operator disabled at any member: why       (kept until enabled)
 
 Each member keeps a lease of `fleet.ttl` seconds alive; if it dies or loses etcd, its keys go
 with the lease and the others count it out. Every member watches the prefix (one stream, no
@@ -32,6 +33,7 @@ import time
 import gevent
 from gevent.event import Event
 
+from ..auth import api_keys
 from .etcd import Etcd
 from .events import HealthChanged, PrimaryChanged
 from .nodeops import NodeOperationFailed
@@ -40,6 +42,7 @@ from .tracker import CONFIRMED
 log = logging.getLogger(__name__)
 RETRY_S = 0.5
 PEER_IDS = range(1, 256)
+FLEET_FENCE = "disabled for the fleet: "
 
 
 def proxy_name(config):
@@ -79,9 +82,11 @@ class FleetCoordinator:
         self.refusal = None         # why the last failover attempt promoted nothing
         self.changed = Event()      # health or primary changed: publish the view now
         self.paused_for = None      # another member's switchover this one holds transactions for
+        self._api_keys = (None, {})  # (revision, {id: entry}) of apikeys/
         self.greenlets = []
         proxy.tracker.subscribe(self.on_event)
         proxy.cancels.fleet = self
+        api_keys.METHOD.fleet = self  # (the api_key method reads the fleet's keys: apikeys/ below)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self):
@@ -199,6 +204,7 @@ class FleetCoordinator:
         decision = self._json("decision")
         if decision and decision.get("epoch", 0) > self.epoch:
             self.follow(decision, starting)
+        self._disabled()
         switching = self._json("switching")
         buffer = self.proxy.buffer
         if switching and switching.get("by") != self.me and not buffer.paused:
@@ -207,6 +213,33 @@ class FleetCoordinator:
         elif not switching and self.paused_for is not None:
             self.paused_for = None
             buffer.resume()
+
+    def _disabled(self):
+        """Nodes disabled through any member are fenced on every member, enabled again when the key goes."""
+        tracker, disabled = self.proxy.tracker, {}
+        for key, why in self.keys.items():
+            if key.startswith("disabled/"):
+                disabled[key[len("disabled/"):]] = FLEET_FENCE + why
+        for name, why in disabled.items():
+            node = tracker.node(name)
+            if node is not None and tracker.fenced.get(name) != why:
+                tracker.fence(name, why)
+                self.proxy.pools.close_idle(node)
+        for name, why in list(tracker.fenced.items()):
+            if why.startswith(FLEET_FENCE) and name not in disabled:
+                tracker.enable(name)
+
+    def disable(self, name, reason):
+        """The operator disables node name at this member: the whole fleet takes it out of traffic."""
+        self.etcd.put(self.prefix + f"disabled/{name}", f"{reason} (at {self.me})")
+        self.keys[f"disabled/{name}"] = f"{reason} (at {self.me})"
+        self._disabled()
+
+    def enable(self, name):
+        self.etcd.delete(self.prefix + f"disabled/{name}")
+        self.keys.pop(f"disabled/{name}", None)
+        self._disabled()
+        self.proxy.tracker.enable(name)
 
     def follow(self, decision, starting=False):
         tracker = self.proxy.tracker
@@ -331,6 +364,12 @@ class FleetCoordinator:
                 self.etcd.delete_if(self.prefix + "lock", self.me)
             except OSError:
                 pass
+
+    def api_keys(self):
+        """{id: entry} of the fleet's API keys (apikeys/ID), as watched."""
+        if self._api_keys[0] != self.revision:
+            self._api_keys = (self.revision, api_keys.entries(self.keys, "apikeys/"))
+        return self._api_keys[1]
 
     # --- cancel requests -------------------------------------------------------------------------
     def address_of(self, peer_id):
