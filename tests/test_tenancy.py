@@ -5,6 +5,9 @@ across a restart."""
 import psycopg2
 import pytest
 
+from tests.fix_etcd import etcd  # noqa: F401 - a fixture
+from tests.fix_redis import redis_server  # noqa: F401 - a fixture
+
 TENANTS = [{"name": "acme", "isolation": "rls", "max_client_conn": 3},
            {"name": "globex", "isolation": "rls", "qps": 5.0},
            {"name": "initech", "isolation": "schema", "schema": "tn_initech"},
@@ -128,6 +131,52 @@ def test_tenants_change_at_runtime_and_the_change_survives_a_restart(tenant_prox
     tenant_proxy.start()
     names = {t["name"] for t in tenant_proxy.api("GET", "/tenants")[1]}
     assert "umbrella" in names and "acme" not in names
+
+
+def test_tenants_changed_at_one_member_of_a_fleet_hold_on_every_member(tenant_proxy, start_proxy, etcd):  # noqa: F811
+    """[fleet] dcs_url: the tenants' runtime changes live in etcd; a change made through one member
+    holds on the others within moments (no file to copy around)."""
+    import time
+    fleet = {"dcs_url": etcd.url}
+    a, b = (start_proxy(pool={"mode": "transaction"}, tenancy={"enabled": True}, tenants=TENANTS,
+                        fleet={**fleet, "name": name}) for name in ("a", "b"))
+
+    def eventually(check, what):
+        deadline = time.monotonic() + 2
+        while not check():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+    assert a.api("POST", "/tenants", {"name": "umbrella", "isolation": "rls"})[0] == 201
+    eventually(lambda: b.api("GET", "/tenants/umbrella")[0] == 200, "umbrella on b")
+    assert one(connect(b, "tn_app.umbrella"), "select count(*) from tn_items") == 0
+    assert b.api("DELETE", "/tenants/acme") == (200, {"deleted": "acme"})
+    eventually(lambda: a.api("GET", "/tenants/acme")[0] == 404, "acme gone from a")
+    with pytest.raises(psycopg2.OperationalError, match='unknown tenant "acme"'):
+        connect(a, "tn_app.acme")
+    a.stop()
+    a.start()  # a member starting later finds the fleet's changes
+    eventually(lambda: {t["name"] for t in a.api("GET", "/tenants")[1]} >= {"umbrella"}, "umbrella after restart")
+    assert "acme" not in {t["name"] for t in a.api("GET", "/tenants")[1]}
+
+
+def test_a_tenants_qps_holds_for_a_fleet_sharing_redis(tenant_proxy, start_proxy, redis_server):  # noqa: F811
+    """globex's qps of 5 on Redis: two proxies together admit it once, not twice."""
+    import time
+    if redis_server.proc.poll() is not None:
+        redis_server.start()
+    proxies = [start_proxy(pool={"mode": "transaction"}, tenancy={"enabled": True}, tenants=TENANTS,
+                           fleet={"redis_url": redis_server.url, "limit_chunk": 2}) for _ in range(2)]
+    conns = [connect(p, "tn_app.globex") for p in proxies]
+    admitted, started = 0, time.monotonic()
+    while time.monotonic() - started < 2.0:
+        for conn in conns:
+            try:
+                one(conn, "select 1")
+                admitted += 1
+            except psycopg2.errors.ConfigurationLimitExceeded:
+                pass
+    took = time.monotonic() - started
+    assert 5 <= admitted <= 5 + 5 * took * 1.15 + 2, admitted  # (one bucket: burst 5, then 5/s)
 
 
 def test_the_tenant_of_a_jwt_claim(start_proxy, direct, tenant_proxy):

@@ -17,11 +17,14 @@ Isolation, per `[[tenants]]` entry:
   search_path is refused the same way.
 - `database`: the tenant's own database (`database`, default its name), whatever it asked for.
 Quotas: `max_client_conn` (53300 beyond it, other tenants unaffected), `statement_timeout_ms`,
-`qps` (a token bucket per tenant through the rate limiter, limits/).
+`qps` (a token bucket per tenant through the rate limiter, limits/; with `[fleet] redis_url` the
+fleet's bucket on Redis, so that several proxies together admit the tenant's qps).
 
 Tenants can be added, changed and removed at runtime (`POST/PUT/DELETE /tenants[/NAME]`): those
 changes are kept in `tenancy.tenants_file` (default: next to the config file) and loaded again
-at start and on reload, over the `[[tenants]]` of the configuration.
+at start and on reload, over the `[[tenants]]` of the configuration. In a fleet coordinated through
+etcd (`[fleet] dcs_url`) they are kept there instead (`tenants/NAME`), so that a change made through
+one member holds on every member as soon as its watch sees it (topology/fleet_dcs.py).
 """
 import dataclasses
 import json
@@ -86,6 +89,8 @@ class Tenants:
         self.by_name = {}
         self.prover = None  # helios.tenant()'s proofs (proof.py)
         self.buckets = {}   # tenant name -> (qps, its token bucket): take_qps
+        self.redis = None   # the fleet's Redis ([fleet] redis_url): the buckets are the fleet's
+        self.changes = None  # where runtime changes are kept: FileChanges, or the fleet's (fleet_dcs.py)
         self.configure(config)
 
     def configure(self, config):
@@ -97,8 +102,10 @@ class Tenants:
         else:
             self.prover.configure(config)  # (a reload: the key file is read again)
         self.path = self.cfg.tenants_file or (config.source + ".tenants.json" if config.source else "")
+        if self.changes is None or isinstance(self.changes, FileChanges):  # (a fleet's store stays)
+            self.changes = FileChanges(self.path)
         wanted = {t.name: t for t in config.tenants}
-        for name, table in self._saved().items():
+        for name, table in self.changes.load().items():
             if table is None:
                 wanted.pop(name, None)
             else:
@@ -184,9 +191,16 @@ class Tenants:
         qps = tenant.cfg.qps
         known = self.buckets.get(tenant.name)
         if known is None or known[0] != qps:
-            known = self.buckets[tenant.name] = (qps, Limit(SimpleNamespace(
-                name=f"tenant {tenant.name} qps", kind="token_bucket", key="tenant", match="", rate=qps,
-                burst=max(1, int(qps)), on_exceed="reject", max_wait_ms=0)))
+            cfg = SimpleNamespace(name=f"tenant {tenant.name} qps", kind="token_bucket", key="tenant", match="",
+                                  rate=qps, burst=max(1, int(qps)), on_exceed="reject", max_wait_ms=0)
+            if self.config.fleet.redis_url:  # the fleet's bucket, on Redis (limits/fleet.py)
+                from ..limits.fleet import Fleet, FleetLimit
+                if self.redis is None:
+                    self.redis = Fleet(self.config)
+                limit = FleetLimit(cfg, self.redis)
+            else:
+                limit = Limit(cfg)
+            known = self.buckets[tenant.name] = (qps, limit)
         known[1].take(tenant.name, count)
 
     def establish(self, server, tenant):
@@ -201,7 +215,35 @@ class Tenants:
         tenant.bytes_out += session.bytes_out
 
     # --- runtime changes (admin API) ------------------------------------------------------------
-    def _saved(self):
+    def put(self, name, table):
+        """Add or replace a tenant (kept in tenants_file); ConfigError names a bad key."""
+        cfg = self.check(name, table)
+        self.changes.save(name, {k: v for k, v in vars(cfg).items() if k != "name"})
+        tenant = self.by_name.get(name) or Tenant(cfg)
+        tenant.cfg = cfg
+        self.by_name[name] = tenant
+        return tenant
+
+    def delete(self, name):
+        """Remove a tenant: new logins are refused; its connected sessions go on until they end."""
+        if name not in self.by_name:
+            return False
+        self.changes.save(name, None)
+        self.by_name.pop(name, None)  # (a fleet's watch may have applied it already, while it was saved)
+        return True
+
+    def view(self, sessions=()):
+        sessions = list(sessions)
+        return [t.view(sessions) for t in self.by_name.values()]
+
+
+class FileChanges:
+    """Runtime changes to the tenants in a JSON file: {name: table, or null for a removed one}."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def load(self):
         if not self.path or not os.path.exists(self.path):
             return {}
         try:
@@ -212,33 +254,12 @@ class Tenants:
             log.error("%s: cannot read the saved tenants: %s", self.path, e)
             return {}
 
-    def _save(self, name, table):
+    def save(self, name, table):
         if not self.path:
             raise ConfigError("no tenancy.tenants_file to keep the change in (and no config file to put it next to)")
-        saved = self._saved()
+        saved = self.load()
         saved[name] = table
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(saved, f, indent=2, sort_keys=True)
         os.replace(tmp, self.path)
-
-    def put(self, name, table):
-        """Add or replace a tenant (kept in tenants_file); ConfigError names a bad key."""
-        cfg = self.check(name, table)
-        self._save(name, {k: v for k, v in vars(cfg).items() if k != "name"})
-        tenant = self.by_name.get(name) or Tenant(cfg)
-        tenant.cfg = cfg
-        self.by_name[name] = tenant
-        return tenant
-
-    def delete(self, name):
-        """Remove a tenant: new logins are refused; its connected sessions go on until they end."""
-        if name not in self.by_name:
-            return False
-        self._save(name, None)
-        del self.by_name[name]
-        return True
-
-    def view(self, sessions=()):
-        sessions = list(sessions)
-        return [t.view(sessions) for t in self.by_name.values()]

@@ -87,6 +87,9 @@ class FleetCoordinator:
         proxy.tracker.subscribe(self.on_event)
         proxy.cancels.fleet = self
         api_keys.METHOD.fleet = self  # (the api_key method reads the fleet's keys: apikeys/ below)
+        if proxy.tenants is not None:  # (runtime changes to the tenants: tenants/ below)
+            proxy.tenants.changes = TenantChanges(self)
+        self.tenants_seen = None    # the tenants/ keys last applied
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self):
@@ -205,6 +208,7 @@ class FleetCoordinator:
         if decision and decision.get("epoch", 0) > self.epoch:
             self.follow(decision, starting)
         self._disabled()
+        self._tenants()
         switching = self._json("switching")
         buffer = self.proxy.buffer
         if switching and switching.get("by") != self.me and not buffer.paused:
@@ -228,6 +232,16 @@ class FleetCoordinator:
         for name, why in list(tracker.fenced.items()):
             if why.startswith(FLEET_FENCE) and name not in disabled:
                 tracker.enable(name)
+
+    def _tenants(self):
+        """Tenants changed through any member: every member applies them (tenancy/)."""
+        tenants = self.proxy.tenants
+        if tenants is None:
+            return
+        seen = {k: v for k, v in self.keys.items() if k.startswith("tenants/")}
+        if seen != self.tenants_seen:
+            self.tenants_seen = seen
+            tenants.configure(self.proxy.config)
 
     def disable(self, name, reason):
         """The operator disables node name at this member: the whole fleet takes it out of traffic."""
@@ -394,3 +408,26 @@ class FleetCoordinator:
                 "members": members, "lock": self.keys.get("lock"), "switching": self._json("switching"),
                 "decision": self._json("decision"), "decisions": self.decisions,
                 "agree_on_primary": len(primaries) <= 1, "refusal": self.refusal, "error": self.error}
+
+
+class TenantChanges:
+    """Runtime changes to the tenants kept in etcd for the whole fleet: tenants/NAME = the table, or
+    null for a tenant removed (tenancy/: Tenants.changes)."""
+
+    def __init__(self, fleet):
+        self.fleet = fleet
+
+    def load(self):
+        out = {}
+        for key, value in self.fleet.keys.items():
+            if key.startswith("tenants/"):
+                try:
+                    out[key[len("tenants/"):]] = json.loads(value)
+                except ValueError:
+                    continue
+        return out
+
+    def save(self, name, table):
+        fleet = self.fleet
+        fleet.etcd.put(fleet.prefix + f"tenants/{name}", json.dumps(table, sort_keys=True))
+        fleet.keys[f"tenants/{name}"] = json.dumps(table, sort_keys=True)
