@@ -118,7 +118,7 @@ def test_check_config_cli(tmp_path):
     assert out.returncode == 1 and "invalid TOML" in out.stderr
 
 
-@pytest.mark.parametrize("name", ["helios-proxy.toml", "helios-proxy.minimal.toml", "helios-proxy.fleet-patroni.toml"])
+@pytest.mark.parametrize("name", sorted(n for n in os.listdir(os.path.join(ROOT, "etc")) if n.endswith(".toml")))
 def test_example_configs_are_valid(name):
     out = subprocess.run([sys.executable, "-m", "helios_proxy", "check-config", "-c",
                           os.path.join(ROOT, "etc", name)], capture_output=True, text=True)
