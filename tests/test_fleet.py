@@ -15,11 +15,12 @@ from tests.test_ha import FAST_HEALTH, Load, in_recovery, wait_for
 
 
 class Relay:
-    """A TCP relay to a port that a test can cut (connections dropped, new ones refused) and mend:
-    one proxy's network path to the primary."""
+    """A TCP relay to a port that a test can cut (connections dropped, new ones refused), make hang
+    (bytes swallowed, connections held: a network that holds what it cannot deliver) and mend: one
+    proxy's network path to the primary."""
 
     def __init__(self, target):
-        self.target, self.open, self.socks = target, True, []
+        self.target, self.open, self.socks, self.hanging = target, True, [], False
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         threading.Thread(target=self.accept, daemon=True).start()
@@ -30,8 +31,11 @@ class Relay:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            if not self.open:
-                client.close()
+            if not self.open or self.hanging:
+                if self.hanging:
+                    self.socks.append(client)  # (held, never answered)
+                else:
+                    client.close()
                 continue
             try:
                 server = socket.create_connection(("127.0.0.1", self.target), 2)
@@ -42,14 +46,16 @@ class Relay:
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self.pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def pipe(a, b):
+    def pipe(self, a, b):
         try:
             while True:
                 data = a.recv(65536)
                 if not data:
+                    if self.hanging:
+                        return  # (the far end is gone; the other end hears nothing of it)
                     break
-                b.sendall(data)
+                if not self.hanging:
+                    b.sendall(data)
         except OSError:
             pass
         for s in (a, b):
@@ -57,6 +63,9 @@ class Relay:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def hang(self):
+        self.hanging = True
 
     def cut(self):
         self.open = False
@@ -116,21 +125,30 @@ def test_a_member_that_alone_loses_the_primary_promotes_nothing(start_proxy, ha_
 
 def test_when_the_primary_dies_exactly_one_member_promotes_and_every_member_follows(
         start_proxy, ha_cluster, etcd):  # noqa: F811
-    proxies = fleet_proxies(start_proxy, ha_cluster, etcd)
+    """Three members race for the lock; one promotes, all follow. The third reaches the primary
+    through a network that holds its connections when the primary dies (nothing ever answers
+    them): the decision cuts them, and its writes in flight go on on the new primary."""
+    relay = Relay(ha_cluster.ports[0])
+    through_relay = [dict(n, port=relay.port) if n["role"] == "primary" else n for n in ha_nodes(ha_cluster)]
+    proxies = fleet_proxies(start_proxy, ha_cluster, etcd, nodes={2: through_relay})
     wait_members(proxies, 3)
     loads = [Load(p, writers=2, base=k * 100_000_000) for k, p in enumerate(proxies)]
     for load in loads:
         load.__enter__()
     try:
         time.sleep(1.5)
+        relay.hang()
         ha_cluster._run("pg_ctl", "-D", ha_cluster.datadir(0), "-m", "immediate", "stop")
         wait_for(lambda: all(p.api("GET", "/topology")[1]["state"] == "CONFIRMED"
                              and p.api("GET", "/topology")[1]["primary"] != "primary" for p in proxies), 30,
                  "every member on a new primary")
         time.sleep(1)
+        stuck = proxies[2].api("GET", "/sessions")[1]
     finally:
         for load in loads:
             load.__exit__(None, None, None)
+        relay.close()
+    assert not [t for load in loads for t in load.threads if t.is_alive()], stuck  # (no client left hanging)
     promoted = [i for i in (1, 2) if not in_recovery(ha_cluster.ports[i])]
     assert len(promoted) == 1, promoted  # (members racing for the lock never both promote)
     new = ha_cluster.ports[promoted[0]]

@@ -194,12 +194,29 @@ class ServerConnection:
             self.sock.sendall(codec.query(sql))
         else:
             self.sock.sendall(codec.parse(sql) + codec.bind(params) + codec.execute() + codec.SYNC)
-        return self._results()[1]
+        return self._own_results()[1]
 
     def prepare(self, name, sql, param_types=()):
         """Parse a named statement (the proxy's own use: re-creating a client's statement)."""
         self.sock.sendall(codec.parse(sql, name=name, param_types=param_types) + codec.SYNC)
-        self._results()
+        self._own_results()
+
+    def _own_results(self):
+        """_results() of the proxy's own statement, bounded by pool.own_query_timeout: a server
+        that does not answer in time is closed (BackendError), never waited for."""
+        seconds = self.options.pool.own_query_timeout
+        timer = gevent.Timeout(seconds)
+        timer.start()
+        try:
+            return self._results()
+        except gevent.Timeout as t:
+            if t is not timer:
+                raise
+            self.close()
+            raise BackendError(f"server {self.node.name} did not answer the proxy's own query in {seconds:g} s "
+                               "(pool.own_query_timeout)", sqlstate=CONNECTION_FAILURE) from None
+        finally:
+            timer.close()
 
     def fetch(self, sql, params=(), max_rows=0):
         """Run one statement with parameters (extended protocol): (columns, rows, truncated).

@@ -121,6 +121,10 @@ SETTINGS = (
     S("pool", "acquire_timeout", float, 120.0,
       "Seconds a client waits for a server connection before an error (PgBouncer's query_wait_timeout).",
       min=0.1, reloadable=True),
+    S("pool", "own_query_timeout", float, 10.0, "Seconds the proxy's own statements on a server connection may "
+      "take (reading a client's settings back, the WAL position, restoring its statements, resets); beyond it the "
+      "connection is closed and the session goes on on another (a server that stopped answering behind a network "
+      "that holds its bytes).", min=0.1, reloadable=True),
     S("pool", "query_timeout", float, 0.0, "End a client whose request the server has not answered in this "
       "many seconds (a hung server, a runaway query): the query is canceled, its server connection closed, "
       "the client gets FATAL 57014; 0 disables. Keep it above PostgreSQL's statement_timeout.", min=0,

@@ -274,6 +274,7 @@ class FleetCoordinator:
                 return
         if old and old != new and old not in tracker.fenced:
             tracker.fence(old, f"fleet decision {epoch}: {new} promoted by {decision.get('by')}")
+            self.cut(old)
         if tracker.primary != new or tracker.state != CONFIRMED:
             tracker.take_over(new, f"fleet decision {epoch} by {decision.get('by')}")
 
@@ -339,6 +340,7 @@ class FleetCoordinator:
         proxy.tracker.fence(name, f"fleet failover by {self.me}")
         if node is None:
             return
+        self.cut(name)
         try:
             if cfg.fence_command:
                 proxy.ops.command(cfg.fence_command, node=node.name, host=node.host, port=node.port)
@@ -348,6 +350,25 @@ class FleetCoordinator:
             log.warning("fleet: %s still answered: made read-only, its sessions ended", name)
         except NodeOperationFailed as e:
             log.info("fleet: %s not reached to fence it (%s)", name, e.message)
+
+    def cut(self, name):
+        """Server connections on the fenced old primary are cut, not waited for (a primary gone
+        behind a network that still holds its connections answers nothing): what ran there is
+        replayed on the new primary when its journal allows (replay.py), else the client gets the
+        connection error; idle ones are closed."""
+        node, cut = self.proxy.tracker.node(name), 0
+        for session in list(self.proxy.sessions):
+            server = session.server
+            if server is not None and server.node.name == name:
+                try:
+                    server.sock.shutdown(socket.SHUT_RDWR)
+                    cut += 1
+                except OSError:
+                    pass
+        if node is not None:
+            self.proxy.pools.close_idle(node)
+        if cut:
+            log.warning("fleet: cut %d server connection(s) in use on %s", cut, name)
 
     def decide(self, new, old, kind):
         """Write the decision every member follows (the next epoch)."""
