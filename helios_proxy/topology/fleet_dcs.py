@@ -8,7 +8,7 @@ Keys, under `/helios/{fleet.cluster}/`:
     ids/N          peer id N (1-255, in its cancel keys) is NAME's      (bound to its lease)
     lock           the failover lock: NAME of the member holding it      (bound to its lease)
     switching      a planned switchover in progress {from, to, by}      (bound to its lease)
-    decision       the last failover/switchover {epoch, primary, old, by, at}   (kept)
+    decision       the last failover/switchover {epoch, primary, timeline, old, by, at}   (kept)
     disabled/NODE  a node the operator disabled at any member: why       (kept until enabled)
 
 Each member keeps a lease of `fleet.ttl` seconds alive; if it dies or loses etcd, its keys go
@@ -373,7 +373,9 @@ class FleetCoordinator:
     def decide(self, new, old, kind):
         """Write the decision every member follows (the next epoch)."""
         epoch = max(self.epoch, (self._json("decision") or {}).get("epoch", 0)) + 1
-        decision = {"epoch": epoch, "primary": new, "old": old, "kind": kind, "by": self.me, "at": time.time()}
+        seen = self.proxy.tracker.seen.get(new)
+        decision = {"epoch": epoch, "primary": new, "old": old, "kind": kind, "by": self.me, "at": time.time(),
+                    "timeline": seen.timeline if seen is not None else None}
         self.etcd.put(self.prefix + "decision", json.dumps(decision))
         self.epoch = epoch
         self.decisions = (self.decisions + [decision])[-10:]

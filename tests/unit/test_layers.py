@@ -1,0 +1,184 @@
+"""The shape of the code, checked by reading it (the AST), so that it holds by construction:
+
+- who writes session state: every assignment through a session object (`session.x = ...`,
+  `self.session.x = ...`, `client.x = ...`) comes from a module allowed to write that attribute,
+  and `ClientSession` sets no more attributes than it does today. The allowances below are a
+  ratchet (issue 32): they may only shrink; a new feature brings its own state object instead;
+- stages decide, they do not write through the session;
+- imports: no new circle between modules (the one that exists is listed, to be removed).
+
+Each check is also run on a deliberate violation, to show it fails."""
+import ast
+import os
+from collections import defaultdict
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "helios_proxy")
+SESSION_NAMES = {"session", "client"}
+
+# module (relative to helios_proxy/) -> the session attributes it may assign (today's writers)
+WRITERS = {
+    "analytics/__init__.py": {"analytics_where"},
+    "analytics/nplusone.py": {"analytics_run"},
+    "cache/__init__.py": {"cache_off", "cache_pending", "cache_settings_stale", "cache_startup", "cache_tx_unsafe",
+                          "settings"},
+    "limits/__init__.py": {"limits_held"},
+    "pipeline/stages/batch.py": {"batch_off"},
+    "server/auth.py": {"auth_claims"},
+    "server/forward.py": {"bytes_in", "discard_pending", "next_lag", "next_tables", "next_target", "pending_error",
+                          "queries", "route_override", "ryw_lsn", "schema_changed", "settings_dirty", "streaming"},
+    "server/forward_cache.py": {"cache_fill", "next_target"},
+    "server/handshake.py": {"admin", "backend_pid", "database", "fatal_sent", "forced", "home", "lease", "login_timer",
+                            "mode", "pool", "pooled", "secret", "settings", "settings_checked", "sock", "tenant",
+                            "tls", "user", "writer"},
+    "server/relay.py": {"bytes_out", "cache_fill", "callback_pump", "settings_dirty", "transactions"},
+    "server/statements.py": {"next_target", "settings_dirty"},
+    "server/timeouts.py": {"closing"},
+    "topology/replay.py": {"pending_error", "pool"},
+}
+SESSION_ATTRIBUTES_AT_MOST = 65  # ClientSession's own (issue 32 wants 15)
+KNOWN_CIRCLES = {frozenset({"server.listener", "server.workers"})}  # (to be removed, not added to)
+
+
+def modules():
+    for folder, _, files in os.walk(ROOT):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                yield os.path.relpath(path, ROOT).replace(os.sep, "/"), path
+
+
+def session_writes(tree):
+    """{attribute} assigned through a session object in tree."""
+    out = set()
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+        for target in targets:
+            for t in target.elts if isinstance(target, ast.Tuple) else [target]:
+                if not isinstance(t, ast.Attribute):
+                    continue
+                owner = t.value
+                if isinstance(owner, ast.Name) and owner.id in SESSION_NAMES:
+                    out.add(t.attr)
+                elif isinstance(owner, ast.Attribute) and owner.attr == "session":
+                    out.add(t.attr)
+    return out
+
+
+def violations(sources):
+    """What breaks the ownership rules in {module: source}."""
+    found = []
+    for module, source in sources.items():
+        writes = session_writes(ast.parse(source))
+        if module.startswith("pipeline/stages/") and writes - WRITERS.get(module, set()):
+            found.append(f"{module}: a stage writes through the session: {sorted(writes)}")
+            continue
+        extra = writes - WRITERS.get(module, set())
+        if extra:
+            found.append(f"{module}: assigns session.{', session.'.join(sorted(extra))} (not its to write: give "
+                         "the feature a state object of its own)")
+    return found
+
+
+def session_attributes(source):
+    tree = ast.parse(source)
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ClientSession")
+    return {t.attr for node in ast.walk(cls) if isinstance(node, ast.Assign) for target in node.targets
+            for t in (target.elts if isinstance(target, ast.Tuple) else [target])
+            if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"}
+
+
+def imports(module, tree):
+    """Modules of helios_proxy that module imports, at its top level or inside a function (a
+    deferred import is still a dependency)."""
+    package = module[:-3].replace("/", ".").rsplit(".", 1)[0] if "/" in module else ""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.split(".") if package else []
+            base = base[:len(base) - (node.level - 1)] if node.level > 1 else base
+            target = ".".join(base + ([node.module] if node.module else []))
+            names = [target + "." + a.name for a in node.names] if not node.module else [target]
+            out.update(names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("helios_proxy."):
+            out.add(node.module[len("helios_proxy."):])
+    return out
+
+
+def circles(graph):
+    """Strongly connected groups of more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in graph:
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = set()
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                group.add(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                out.append(frozenset(group))
+    for v in list(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def import_graph():
+    graph = defaultdict(set)
+    for module, path in modules():
+        name = module[:-3].replace("/", ".").removesuffix(".__init__")
+        with open(path) as f:
+            graph[name] |= {m.removesuffix(".__init__") for m in imports(module, ast.parse(f.read()))}
+    known = set(graph)
+    return {k: {m for m in ({m if m in known else m.rsplit(".", 1)[0] for m in v} & known)
+                if not m.startswith(k + ".")}  # (a package may use its own modules)
+            for k, v in graph.items()}
+
+
+# --- the checks ---------------------------------------------------------------------------------
+def test_only_the_owners_write_session_state():
+    sources = {}
+    for module, path in modules():
+        with open(path) as f:
+            sources[module] = f.read()
+    assert violations(sources) == []
+
+
+def test_the_ownership_check_fails_on_a_violation():
+    bad = {"pipeline/stages/quota.py": "def decide(session, sql):\n    session.quota_left = 3\n",
+           "cache/__init__.py": "def hit(self, session):\n    session.cache_hits += 1\n",
+           "server/forward.py": "class F:\n    def go(self):\n        self.session.next_target, x = None, 1\n"}
+    found = violations(bad)
+    assert len(found) == 2 and "a stage writes through the session" in found[0]
+    assert "session.cache_hits" in found[1]  # (forward.py may write next_target: allowed)
+
+
+def test_the_session_does_not_grow():
+    with open(os.path.join(ROOT, "server", "session.py")) as f:
+        attributes = session_attributes(f.read())
+    assert len(attributes) <= SESSION_ATTRIBUTES_AT_MOST, sorted(attributes)
+
+
+def test_no_new_import_circle():
+    found = set(circles(import_graph()))
+    assert found <= KNOWN_CIRCLES, [sorted(c) for c in found - KNOWN_CIRCLES]
+
+
+def test_the_circle_check_fails_on_a_circle():
+    graph = {"a.x": {"b.y"}, "b.y": {"c.z"}, "c.z": {"a.x"}, "d": {"a.x"}}
+    assert circles(graph) == [frozenset({"a.x", "b.y", "c.z"})]
