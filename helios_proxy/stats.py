@@ -1,6 +1,6 @@
 """Traffic counters for the admin API and Prometheus, kept off the hot path: each session counts
-into plain attributes of its own (queries, transactions, bytes, wait time), and these totals
-collect what closed sessions counted. A scrape adds the live sessions to them."""
+into a Counters of its own (queries, transactions, bytes, wait time: `session.counters`), and these
+totals collect what closed sessions counted. A scrape adds the live sessions to them."""
 import time
 from bisect import bisect_left
 from collections import deque
@@ -8,6 +8,19 @@ from collections import deque
 from .periodic import Periodic
 
 COUNTERS = ("queries", "transactions", "bytes_in", "bytes_out", "wait_seconds")
+
+
+class Counters:
+    """One session's counts: the forwarder counts queries and bytes in, the relay transactions and
+    bytes out, the session its waits for a server connection."""
+    __slots__ = COUNTERS + ("wait_started",)
+
+    def __init__(self):
+        self.queries = self.transactions = self.bytes_in = self.bytes_out = 0
+        self.wait_seconds = 0.0
+        self.wait_started = None  # when the current wait for a server began, while waiting
+
+
 # Transaction (lease) durations, seconds: the buckets of the latency histogram.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -23,7 +36,7 @@ class Stats:
     def session_closed(self, session):
         totals = self.closed.setdefault(session.database, dict.fromkeys(COUNTERS, 0))
         for name in COUNTERS:
-            totals[name] += getattr(session, name)
+            totals[name] += getattr(session.counters, name)
 
     def observe(self, seconds):
         """One transaction's duration (pooled modes: from lease to release)."""
@@ -38,7 +51,7 @@ class Stats:
                 continue
             totals = out.setdefault(session.database, dict.fromkeys(COUNTERS, 0))
             for name in COUNTERS:
-                totals[name] += getattr(session, name)
+                totals[name] += getattr(session.counters, name)
         return out
 
     def sample(self, sessions):

@@ -326,6 +326,43 @@ def test_a_sliding_window_holds_for_a_fleet_of_proxies_sharing_redis(start_proxy
     assert refused > 0 and 20 <= passed <= 30, passed  # (leased and unspent executions: less, never more)
 
 
+def test_a_concurrency_guard_holds_for_a_fleet_of_proxies_sharing_redis(start_proxy, redis_server, direct):
+    """At most 2 queries of user app at once across two proxies (on Redis), the others wait in
+    line and all succeed; the slots go back to the fleet once the proxies are idle."""
+    import json
+    import redis
+    if redis_server.proc.poll() is not None:
+        redis_server.start()
+    limit = [{"name": "fleet-guard", "kind": "concurrency", "key": "user", "match": "app", "max": 2,
+              "on_exceed": "wait"}]
+    proxies = [start_proxy(pool={"mode": "transaction"}, limits=limit, fleet={"redis_url": redis_server.url})
+               for _ in range(2)]
+    errors, most = [], [0]
+
+    def sleeper(proxy):
+        try:
+            connect(proxy, user="app").cursor().execute("select pg_sleep(0.3), 'fleet-guard-probe'")
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=sleeper, args=(proxies[i % 2],)) for i in range(6)]
+    for t in threads:
+        t.start()
+    watch = direct.cursor()
+    while any(t.is_alive() for t in threads):
+        watch.execute("select count(*) from pg_stat_activity where query like '%fleet-guard-probe%' "
+                      "and state = 'active' and pid <> pg_backend_pid()")
+        most[0] = max(most[0], watch.fetchone()[0])
+        time.sleep(0.02)
+    assert not errors and most[0] == 2, (errors, most)
+    assert sum(p.api("GET", "/limits")[1][0]["passed"] for p in proxies) == 6
+    held = redis.Redis.from_url(redis_server.url)
+    deadline = time.monotonic() + 5
+    while held.hgetall("helios:guard:fleet-guard:app"):  # (idle: the slots are the fleet's again)
+        assert time.monotonic() < deadline, json.dumps({k.decode(): v.decode() for k, v in
+                                                         held.hgetall("helios:guard:fleet-guard:app").items()})
+        time.sleep(0.1)
+
+
 def test_the_members_of_a_fleet_list_each_other(start_proxy, redis_server):
     if redis_server.proc.poll() is not None:
         redis_server.start()

@@ -34,7 +34,7 @@ def node(proxy, n):
 def session_state(session):
     if session.server is not None:
         return "active"
-    if session.wait_started is not None or session.waiting is not None:
+    if session.counters.wait_started is not None or session.waiting is not None:
         return "waiting"
     return "idle"
 
@@ -49,11 +49,11 @@ def clients(proxy):
             "id": s.id, "user": s.user, "database": s.database, "state": session_state(s),
             "addr": s.peer[0], "port": s.peer[1], "tls": s.tls, "mode": s.mode,
             "connect_time_s": round(now - s.started, 3),
-            "wait_s": round(now - s.wait_started, 3) if s.wait_started is not None else 0.0,
+            "wait_s": round(now - s.counters.wait_started, 3) if s.counters.wait_started is not None else 0.0,
             "node": s.server.node.name if s.server is not None else None,
             "server_pid": s.server.pid if s.server is not None else None,
             "pinned": s.pinned, "application_name": s.settings.get("application_name"),
-            "queries": s.queries, "transactions": s.transactions,
+            "queries": s.counters.queries, "transactions": s.counters.transactions,
         })
     return out
 

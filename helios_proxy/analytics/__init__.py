@@ -41,6 +41,15 @@ logger = logging.getLogger(__name__)
 LARGE = "large"  # the one fingerprint of texts beyond pipeline.max_parse_bytes (never parsed)
 
 
+
+class SessionState:
+    """Analytics' part of one client session (session.analytics_state, written here only)."""
+    __slots__ = ("run", "where")
+
+    def __init__(self):
+        self.run = None    # the shape it ran last and how often in a row (N+1: nplusone.py)
+        self.where = None  # (node, key of node, database, user) its queries count under
+
 class Stat:
     """One fingerprint's numbers."""
     __slots__ = ("fingerprint", "query", "intent", "cache_class", "calls", "errors", "rows", "total", "sumsq",
@@ -294,21 +303,24 @@ class Analytics:
                 stat.rows += rows
             if error is not None:
                 stat.errors[error] = stat.errors.get(error, 0) + 1
-            where = session.analytics_where
+            state = session.analytics_state
+            if state is None:
+                state = session.analytics_state = SessionState()
+            where = state.where
             if where is None or where[0] != node:  # (one key per session and node, not one per query)
-                where = session.analytics_where = (node, where_key(node, session.database, session.user))
+                where = state.where = (node, where_key(node, session.database, session.user))
             counts, where = stat.where, where[1]
             counts[where] = counts.get(where, 0) + 1
             if took >= slow_s:
                 self.slow.add(session, ctx, stat, took, rows, error, node, now)
             if n_plus_one is not None:
-                run = session.analytics_run
+                run = state.run
                 if (run is not None and run.stat is stat and run.before is None  # (a run with no "1": counted)
                         and (run.open or now - run.last <= window_s)):
                     run.count += 1
                     run.last, run.open = now, status != b"I"
                 else:
-                    n_plus_one.track(session, stat, status, now)
+                    n_plus_one.track(session, state, stat, status, now)
         for stat, durations in tooks.items():
             stat.add_all(durations)
         if len(self.stats) > self.cfg.max_fingerprints:  # (not before: this batch's Stats stay until added up)

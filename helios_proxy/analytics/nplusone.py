@@ -41,8 +41,9 @@ class NPlusOne:
     def reset(self):
         self.patterns = collections.OrderedDict()  # (preceding fingerprint, fingerprint) -> report
 
-    def track(self, session, stat, status, now):
-        run = session.analytics_run
+    def track(self, session, state, stat, status, now):
+        """state: the session's analytics part (analytics/__init__.py: SessionState)."""
+        run = state.run
         if run is not None and run.stat is stat and (run.open or now - run.last <= self.window_s):
             run.count += 1
             run.last, run.open = now, status != b"I"
@@ -53,7 +54,7 @@ class NPlusOne:
                     run.pattern["count"] = max(run.pattern["count"], run.count)
             return
         before = run.stat if run is not None and run.stat is not stat else None  # (X after X is no N+1)
-        session.analytics_run = Run(stat, before, now, status)
+        state.run = Run(stat, before, now, status)
 
     def _report(self, session, run):
         """A run reached the threshold: a new pattern (logged), or one more occurrence of one."""

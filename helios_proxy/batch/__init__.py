@@ -19,6 +19,7 @@ triggers fire once per batch instead of once per row.
 """
 import logging
 import time
+import weakref
 
 import gevent
 from cachetools import TTLCache
@@ -55,6 +56,12 @@ class Batches:
         self.tables_ok = TTLCache(maxsize=4096, ttl=60)  # (database, table) -> batchable in the catalog
         self.counts = {"batches": 0, "rows": 0, "fallbacks": 0, "errors": 0, "passed_through": 0}
         self.sizes = [0] * 12                # rows per batch: 1, 2-3, 4-7, ... (powers of two)
+        self.off = weakref.WeakSet()         # sessions that used lastval()/currval(): never batched
+
+    def never(self, session):
+        """session used lastval() or currval(): its INSERTs are never batched (a batched row is
+        inserted on another server connection, so its sequence values would not be the session's)."""
+        self.off.add(session)
 
     def submit(self, session, ctx):
         """The client's answer once its row is committed (bytes), or None: not batchable."""

@@ -42,6 +42,7 @@ from .logical import LogicalReader
 from .policy import (CLASSES, DECAY_AFTER, EXPENSIVE_S, ONE_HIT_CALLS, ONE_HIT_PROBE,  # noqa: F401
                      POPULAR_AFTER, Admission, ClassStats, workload_class)
 from .shape import LOOSE, MEMO_LIMIT, Shapes
+from .state import CacheState
 from .store import Entry, HotTier
 
 log = logging.getLogger(__name__)
@@ -168,13 +169,16 @@ class QueryCache:
             self.primary_changed()
         if session.pinned:
             return self.skip("pinned session")
-        if session.cache_off:
-            return self.skip(session.cache_off)
+        state = session.cache_state
+        if state is None:
+            return self.skip("session began while the cache was off")
+        if state.off:
+            return self.skip(state.off)
         plan = session.plan
         if plan.owes():
             return self.skip("pipelined")
         status = plan.status
-        if status != b"I" and (status != b"T" or session.cache_pending is not None or session.cache_tx_unsafe):
+        if status != b"I" and (status != b"T" or state.pending is not None or state.tx_unsafe):
             return self.skip("in a transaction that wrote, failed or changed settings")
         db = session.database
         if self.logical:
@@ -183,8 +187,8 @@ class QueryCache:
                 return self.skip("logical slot not ready")
         elif self.warm is not None and not self.warm.subscribed:
             return self.skip("redis unavailable")  # other proxies' writes would not be heard
-        if session.cache_settings_stale:
-            self.capture_settings(session)
+        if state.settings_stale:
+            self.capture_settings(session, state)
         catalog = self.catalog(session)
         if catalog is None:
             return self.skip("catalog unavailable")
@@ -263,17 +267,22 @@ class QueryCache:
             self.loading.discard(db)
         return cat
 
-    def capture_settings(self, session):
+    def capture_settings(self, session, state):
         """Session pooling, after the client changed settings: read them back from its server. Its
         startup options are not 'session' settings there: they stay, unless changed since."""
         from ..pool import session_state
-        if session.cache_startup is None:
-            session.cache_startup = dict(session.settings)
+        if state.startup is None:
+            state.startup = dict(session.settings)
         try:
-            session.settings = {**session.cache_startup, **on_server(session, session_state.capture)}
-            session.cache_settings_stale = False
+            session.settings = {**state.startup, **on_server(session, session_state.capture)}
+            state.settings_stale = False
         except (ProxyError, OSError) as e:
             log.info("%r: reading its settings back failed (%s)", session, e)
+
+    @staticmethod
+    def session_state():
+        """A new session's part of the cache (state.py)."""
+        return CacheState()
 
     # --- the quick path ---------------------------------------------------------------------------
     def quick_allowed(self, stages):
@@ -316,7 +325,8 @@ class QueryCache:
     def known_now(self, session, sql):
         """(Admission, constants) of a text admitted before, if every condition of admit() holds for
         this session now (else None: the slow path decides)."""
-        if session.pinned or session.cache_off or session.cache_settings_stale or not session.idle_lease.is_set():
+        state = session.cache_state
+        if session.pinned or state is None or state.off or state.settings_stale or not session.idle_lease.is_set():
             return None  # (a lease still ending may be reading the client's new settings back)
         plan = session.plan
         if (plan.entries or plan.outstanding or plan.in_extended or plan.status != b"I"
@@ -501,37 +511,43 @@ class QueryCache:
             if cat is not None and (cat.anything or cat.cascades or cat.views):
                 names = cat.reach(names)
         self.invalidate(session.database, names)
-        pending = session.cache_pending
+        state = session.cache_state
+        if state is None:
+            return
+        pending = state.pending
         if names is None or pending is ALL:
-            session.cache_pending = ALL
+            state.pending = ALL
         elif pending is None:
-            session.cache_pending = set(names)
+            state.pending = set(names)
         else:
             pending.update(names)
 
     def ended(self, session, done):
         """A ReadyForQuery 'I' after writes or settings in a transaction: the writes committed (or
         rolled back) and are invalidated again; done: nothing more owed."""
-        pending = session.cache_pending
+        state = session.cache_state
+        pending = state.pending
         if pending is not None:
             self.invalidate(session.database, None if pending is ALL else pending)
         if done:
-            session.cache_pending = None
-            if session.cache_tx_unsafe:
-                session.cache_tx_unsafe = False
-                session.cache_settings_stale = not session.pooled  # (SET LOCAL values are gone now)
+            state.pending = None
+            if state.tx_unsafe:
+                state.tx_unsafe = False
+                state.settings_stale = not session.pooled  # (SET LOCAL values are gone now)
 
     def not_a_read(self, session, shape):
         """A statement the cache never serves: what it writes is invalidated; what it does to the
         session (settings, temporary tables) is noted."""
-        if shape.creates_temp:
-            session.cache_off = "temporary table in session"
-        if shape.forgets:  # DEALLOCATE, DISCARD: a Bind of a statement it forgot must reach the server
-            session.cache_named.clear()
-        if shape.sets or shape.strict:  # SET LOCAL, SET TRANSACTION ISOLATION...: nothing from the
-            session.cache_tx_unsafe = True  # cache until the transaction ends (relay.py: ended())
-            if not session.pooled:
-                session.cache_settings_stale = True
+        state = session.cache_state
+        if state is not None:
+            if shape.creates_temp:
+                state.off = "temporary table in session"
+            if shape.forgets:  # DEALLOCATE, DISCARD: a Bind of a statement it forgot must reach the server
+                state.named.clear()
+            if shape.sets or shape.strict:  # SET LOCAL, SET TRANSACTION ISOLATION...: nothing from the
+                state.tx_unsafe = True  # cache until the transaction ends (relay.py: ended())
+                if not session.pooled:
+                    state.settings_stale = True
         if shape.everything:
             self.wrote(session, None)
         elif shape.writes:
@@ -553,8 +569,8 @@ class QueryCache:
             shape.effects = (cat, unknown)
         if unknown:  # (it may also have called set_config: session pooling reads its settings back)
             self.wrote(session, None)
-            if not session.pooled:
-                session.cache_settings_stale = True
+            if not session.pooled and session.cache_state is not None:
+                session.cache_state.settings_stale = True
 
     # --- the admin API ---------------------------------------------------------------------------
     def state(self):
@@ -577,7 +593,7 @@ class QueryCache:
         return out
 
 
-ALL = "all"  # session.cache_pending: a write of unknown extent
+ALL = "all"  # CacheState.pending: a write of unknown extent
 
 
 def digest(key):

@@ -188,10 +188,10 @@ class Limiter:
             self.limits = [SharedLimit(cfg, table) for cfg in config.limits]
         self.fleet = None
         if config.fleet.redis_url:
-            from .fleet import SHARED, Fleet, FleetLimit  # token buckets and windows held for the fleet, on Redis
+            from .fleet import SHARED, Fleet, FleetConcurrency, FleetLimit  # held for the fleet, on Redis
             if any(cfg.kind in SHARED for cfg in config.limits):
                 self.fleet = Fleet(config)
-                self.limits = [FleetLimit(limit.cfg, self.fleet) if limit.kind in SHARED else limit
+                self.limits = [(FleetConcurrency if limit.kind == "concurrency" else FleetLimit)(limit.cfg, self.fleet)
                                for limit in self.limits]
         self.table = table
         self.concurrency = any(limit.kind == "concurrency" for limit in self.limits)

@@ -8,11 +8,17 @@ to its own share (rate / fleet.members, a local bucket) or, `when_redis_down = "
 
 A sliding window is kept as two counters (this window's count, the last one's), the estimate
 weighing the last by how much of it still overlaps, as limits/shared.py does between workers.
-Concurrency guards stay per proxy (a slot taken and given back per query would be a Redis round
-trip each way on the hot path).
+
+A concurrency guard is a hash in Redis of what each proxy holds (slots, and until when: a proxy
+that dies gives its slots back after HOLD_TTL_S). A proxy leases a slot when its own are all in
+use and keeps a slot its query gave back for HOLD_S, for its next query: a busy proxy makes no
+round trip per query, an idle one returns its slots to the fleet.
 """
 import logging
+import os
 import time
+
+import gevent
 
 from . import Bucket, Limit
 
@@ -49,7 +55,38 @@ redis.call('HSET', KEYS[1], 'start', start, 'count', count + granted, 'last', la
 redis.call('EXPIRE', KEYS[1], math.ceil(2 * w) + 60)
 return granted
 """
-SHARED = ("token_bucket", "sliding_window")  # the kinds the fleet holds on Redis
+# KEYS[1]: the guard; ARGV: member, most, now, ttl, wanted. Returns the slots granted to member.
+CONCURRENCY = """
+local member, most, now, ttl, wanted = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
+  tonumber(ARGV[5])
+local all = redis.call('HGETALL', KEYS[1])
+local total, mine = 0, 0
+for i = 1, #all, 2 do
+  local sep = string.find(all[i + 1], ':')
+  local count, expires = tonumber(string.sub(all[i + 1], 1, sep - 1)), tonumber(string.sub(all[i + 1], sep + 1))
+  if expires < now then
+    redis.call('HDEL', KEYS[1], all[i])
+  elseif all[i] == member then
+    mine = count
+  else
+    total = total + count
+  end
+end
+local granted = math.min(wanted, most - total - mine)
+if granted < 0 then granted = 0 end
+if wanted < 0 then mine, granted = -wanted - 1, 0 else mine = mine + granted end
+if mine > 0 then
+  redis.call('HSET', KEYS[1], member, mine .. ':' .. (now + ttl))
+else
+  redis.call('HDEL', KEYS[1], member)
+end
+redis.call('EXPIRE', KEYS[1], math.ceil(ttl) + 60)
+return granted
+"""
+SHARED = ("token_bucket", "sliding_window", "concurrency")  # the kinds the fleet holds on Redis
+HOLD_S = 0.2        # a slot its query gave back stays this proxy's this long, for its next query
+HOLD_TTL_S = 15.0   # a proxy's slots are the fleet's again this long after it last said it holds them
+POLL_S = 0.01       # a query waiting for a slot asks again this often
 
 
 class Fleet:
@@ -61,15 +98,20 @@ class Fleet:
         self.cfg = config.fleet
         self.client = redis.Redis.from_url(self.cfg.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self.scripts = {"token_bucket": self.client.register_script(TAKE),
-                        "sliding_window": self.client.register_script(WINDOW)}
+                        "sliding_window": self.client.register_script(WINDOW),
+                        "concurrency": self.client.register_script(CONCURRENCY)}
+        self.member = f"{os.uname().nodename}:{os.getpid()}:{os.urandom(4).hex()}"  # (this proxy's holdings)
         self.down = False
         self.round_trips = self.failures = 0
 
     def take(self, kind, key, a, b, wanted):
         """Executions granted by the shared bucket (a, b: rate, burst) or window (a, b: seconds,
-        most), or None when Redis cannot be reached."""
+        most), or slots by the guard (a: most, b: unused; wanted < 0: hold -wanted - 1 slots), or
+        None when Redis cannot be reached."""
         try:
-            granted = int(self.scripts[kind](keys=[key], args=[a, b, f"{time.time():.6f}", wanted]))
+            args = ([self.member, a, f"{time.time():.6f}", HOLD_TTL_S, wanted] if kind == "concurrency"
+                    else [a, b, f"{time.time():.6f}", wanted])
+            granted = int(self.scripts[kind](keys=[key], args=args))
         except (self.redis.RedisError, OSError) as e:
             self.failures += 1
             if not self.down:
@@ -148,3 +190,68 @@ class FleetLimit(Limit):
             times.extend([now] * n)
             return 0
         return max(0.001, times[0] + cfg.window_s - now)
+
+
+class FleetGuard:
+    """A fleet concurrency guard's state in this proxy for one key."""
+    __slots__ = ("held", "running", "last", "keeper")
+
+    def __init__(self):
+        self.held = self.running = 0  # slots leased from the fleet, and in use by queries here
+        self.last = 0.0               # when a query last gave one back
+        self.keeper = None            # the greenlet that refreshes the lease and gives idle slots back
+
+
+class FleetConcurrency(Limit):
+    """A concurrency [[limits]] entry the fleet shares on Redis."""
+
+    def __init__(self, cfg, fleet):
+        super().__init__(cfg)
+        self.fleet = fleet
+
+    def wait_s(self, value, now, n=1):
+        guard = self._state(value, FleetGuard)
+        if guard.running < guard.held:  # (a slot this proxy leased and no query uses)
+            guard.running += 1
+            return 0
+        granted = self.fleet.take("concurrency", f"helios:guard:{self.name}:{value}", self.cfg.max, 0, 1)
+        if granted is None:  # Redis down: this proxy's share, or nothing
+            share = max(1, self.cfg.max // self.fleet.cfg.members)
+            if self.fleet.cfg.when_redis_down == "open" and guard.running < share:
+                guard.running += 1
+                return 0
+            return POLL_S
+        if granted:
+            guard.held += granted
+            guard.running += 1
+            if guard.keeper is None:
+                guard.keeper = gevent.spawn(self._keep, value, guard)
+            return 0
+        return POLL_S
+
+    def release(self, value):
+        """A query ended (maybe in a loop callback: nothing here waits; the keeper gives back)."""
+        guard = self.state.get(value)
+        if guard is not None and guard.running > 0:
+            guard.running -= 1
+            guard.last = time.monotonic()
+
+    def _keep(self, value, guard):
+        """While this proxy holds slots: keep its lease alive, give back slots idle for HOLD_S."""
+        key, said = f"helios:guard:{self.name}:{value}", time.monotonic()
+        try:
+            while guard.held > 0:
+                gevent.sleep(HOLD_S)
+                now = time.monotonic()
+                if guard.running < guard.held and now - guard.last >= HOLD_S:
+                    keep = guard.running
+                    if self.fleet.take("concurrency", key, self.cfg.max, 0, -keep - 1) is not None:
+                        guard.held, said = keep, now
+                elif now - said >= HOLD_TTL_S / 3:
+                    if self.fleet.take("concurrency", key, self.cfg.max, 0, -guard.held - 1) is not None:
+                        said = now
+        finally:
+            guard.keeper = None
+
+    def levels(self, top=20):
+        return {value: guard.running for value, guard in list(self.state.items())[-top:]}

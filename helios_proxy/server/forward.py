@@ -119,7 +119,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
                 return
             if session.proxy.suspended is not None:  # SUSPEND (admin): nothing goes on until RESUME
                 session.proxy.suspended.wait()
-            session.bytes_in += len(data)
+            session.counters.bytes_in += len(data)
             if self.stream_left:  # the rest of a large message, streamed to the server or dropped
                 data = self.stream(data)
                 if not data:
@@ -207,7 +207,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
             answer = cache.quick(self.session, self.data, begin, end)
             if answer is not None:
                 self.cut(begin, end)
-                self.session.queries += 1
+                self.session.counters.queries += 1
                 self.session.send(answer)
                 return None
         go_on, replacement = self.pipeline(mtype, begin, end)
@@ -273,7 +273,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
 
     def on_bind_or_describe(self, mtype, begin, end):
         session = self.session
-        if mtype == B and session.cache_named and self.cache_bind(begin):
+        if mtype == B and session.cache_state is not None and session.cache_state.named and self.cache_bind(begin):
             return None  # a cache hit: the whole batch answered
         if mtype == B and session.named_queries:
             self.executes_named(begin, end)
@@ -299,8 +299,9 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         return self.as_is(mtype, begin, end, None)
 
     def on_close(self, mtype, begin, end):
-        if self.session.cache_named and self.data[begin + 5] == STATEMENT:
-            self.session.cache_named.pop(codec.read_cstr(self.data[begin + 6:end], 0)[0], None)
+        state = self.session.cache_state
+        if state is not None and state.named and self.data[begin + 5] == STATEMENT:
+            state.named.pop(codec.read_cstr(self.data[begin + 6:end], 0)[0], None)
         if self.session.named_queries and self.data[begin + 5] == STATEMENT:
             self.session.named_queries.pop(codec.read_cstr(self.data[begin + 6:end], 0)[0], None)
         if self.session.journal is not None and not self.session.pooled:
@@ -502,7 +503,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         session = self.session
         session.plan.sent(mtype)
         if mtype == Q or mtype == EXECUTE:
-            session.queries += 1
+            session.counters.queries += 1
 
     # --- the pipeline ---------------------------------------------------------------------------
     def run_pipeline(self, mtype, data, begin, end):

@@ -17,16 +17,20 @@ class CacheSteps:
         (relay.py), if nothing else is owed before it (its answer comes first)."""
         fill, self.cache_next = self.cache_next, None
         session = self.session
-        if (fill.__class__ is Fill and session.cache_fill is None and not session.plan.owes()
+        state = session.cache_state
+        if (fill.__class__ is Fill and state is not None and state.fill is None and not session.plan.owes()
                 and session.lease.target == "primary"):  # (a standby may lag behind a write)
-            session.cache_fill = fill
+            state.fill = fill
 
     def cache_parse(self, begin, end, replacement):
         """A Parse: a cacheable text under a name is remembered for its Binds; an unnamed one
         followed by its whole batch is looked up (True: a hit, answered)."""
         decided, self.cache_next = self.cache_next, None
         name, sql, types = extended.parse_types(self.data, begin, end)
-        named = self.session.cache_named
+        state = self.session.cache_state
+        if state is None:
+            return False
+        named = state.named
         if name:
             if decided is not None:
                 named[name] = (sql, types)
@@ -42,7 +46,7 @@ class CacheSteps:
         """A Bind of a statement remembered by cache_parse, its whole batch here: looked up."""
         session = self.session
         data = self.data
-        found = session.cache_named.get(codec.read_cstr(data, data.index(0, begin + 5) + 1)[0])
+        found = session.cache_state.named.get(codec.read_cstr(data, data.index(0, begin + 5) + 1)[0])
         if found is None:
             return False
         sql, types = found

@@ -72,7 +72,8 @@ class ServerStream:
         analytics = session.proxy.analytics  # (its answers noted here: no call per query)
         noted = analytics.pending if analytics is not None else None
         plugins_complete = completions is not None and session.proxy.plugins.complete_impls
-        fill = session.cache_fill
+        cache_state = session.cache_state
+        fill = cache_state.fill if cache_state is not None else None
         if plan.hidden or fill is not None:  # the proxy's own Query is answered: its row must be seen
             self.scanner.wanted = EVERYTHING    # (plan.py); a cache miss: its rows are kept
         elif self.scanner.wanted is EVERYTHING:
@@ -107,11 +108,11 @@ class ServerStream:
             if fill is not None and not drop:  # a cache miss's answer, as the client gets it (cache/)
                 at = end + shift
                 if fill.take(mtype, data[at - 5 - len(body):at], body):
-                    session.cache_fill = fill = None
+                    cache_state.fill = fill = None
             if mtype == READY:
                 server.tx_status = body
                 if body == b"I":
-                    session.transactions += 1
+                    session.counters.transactions += 1
                 if drop:  # the proxy's own Sync: not one the client counts on
                     plan.outstanding -= 1
                 else:
@@ -124,7 +125,8 @@ class ServerStream:
                             answered.append((entry, self.last_tag, self.last_error))
                     if completions is not None:
                         self.last_tag = self.last_error = None
-                if body == b"I" and (session.cache_pending is not None or session.cache_tx_unsafe):  # (cache/)
+                if body == b"I" and cache_state is not None and (cache_state.pending is not None
+                                                                 or cache_state.tx_unsafe):  # (cache/)
                     session.proxy.cache.ended(session, not plan.owes())
                 if session.limits_held and not plan.owes():  # ([[limits]] concurrency: its queries ended)
                     release_limits(session)
@@ -202,7 +204,7 @@ class CallbackPump:
     def take(self, data):
         """The server's bytes: to the client (and the lease ends where its pool mode says)."""
         session, server = self.session, self.server
-        session.bytes_out += len(data)
+        session.counters.bytes_out += len(data)
         out, release, answered = self.stream.feed(data)
         if release:
             lease = self.lease
@@ -280,7 +282,7 @@ def pump(session, lease, stream=None, first=b""):
             data, first = (first, b"") if first else (recv(sock), b"")
             if not data:
                 raise ServerClosed("server closed the connection")
-            session.bytes_out += len(data)
+            session.counters.bytes_out += len(data)
             out, release, answered = stream.feed(data)
             if not release:
                 if out:
@@ -405,7 +407,8 @@ def lost(session, server, error, lease=None, stream=None):
     else it ends with the connection error."""
     why = failure(session, error)
     server.broken = True
-    session.cache_fill = None  # (a cache miss in flight is not stored)
+    if session.cache_state is not None:
+        session.cache_state.fill = None  # (a cache miss in flight is not stored)
     log.warning("%r: server %s lost: %s", session, server.node.name, why)
     breakers = session.proxy.router.breakers
     if breakers.enabled:  # a lost connection is the node's failure (an error a statement raised is not)

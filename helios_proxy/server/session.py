@@ -29,6 +29,7 @@ from ..topology.journal import Journal
 from ..topology.session_migrate import Snapshot, capture
 from ..protocol import codec, messages as m
 from ..sockets import Writer, in_hub
+from ..stats import Counters
 from . import admin_db, handshake, relay
 from .forward import Forwarder
 from .plan import ResponsePlan
@@ -94,22 +95,12 @@ class ClientSession:
         self.backend_pid = 0          # the pid in the BackendKeyData the client got
         self.settings_checked = False  # startup settings applied once without error
         self.admin = False            # in the virtual admin database (admin_db.py)
-        self.queries = self.transactions = self.bytes_in = self.bytes_out = 0  # stats.py
-        self.wait_seconds = 0.0       # waiting for a server connection, in total
-        self.wait_started = None      # when the current wait began, while waiting
-        # the query cache (cache/), when enabled:
-        self.cache_fill = None        # the miss whose answer is on its way (stored by the response path)
-        self.cache_pending = None     # names written in the open transaction (invalidated again at its end)
-        self.cache_off = None         # why this session is never served from the cache (a temporary table)
-        self.cache_settings_stale = False  # session pooling: it changed settings; read them back first
-        self.cache_tx_unsafe = False  # SET LOCAL, an isolation level... in the open transaction
-        self.cache_startup = None     # session pooling: its startup settings, kept when it changes others
-        self.cache_named = {}         # prepared statement name -> (text, parameter types) of cacheable reads
+        self.counters = Counters()    # queries, transactions, bytes, waits (stats.py)
+        # the query cache's part (cache/state.py), made by the cache while it is on
+        self.cache_state = proxy.cache.session_state() if proxy.cache is not None else None
         self.limits_held = []         # (limit, key) concurrency slots of its queries in flight (limits/)
         self.named_queries = {}       # (completions on) named statement -> its Parse's QueryContext
-        self.batch_off = False        # it used lastval()/currval(): its INSERTs are never batched (batch/)
-        self.analytics_run = None     # the shape it ran last and how often in a row (N+1, analytics/)
-        self.analytics_where = None   # (node, key of node, database, user) its queries count under (analytics/)
+        self.analytics_state = None   # analytics' part (analytics/: SessionState), made at its first answer
 
     @property
     def settings(self):
@@ -358,12 +349,13 @@ class ClientSession:
                 gevent.sleep(0.05)
 
     def _acquire(self, pool):
-        self.wait_started = time.monotonic()
+        counters = self.counters
+        counters.wait_started = time.monotonic()
         try:
             return pool.acquire(waiting=self._waiting_on)
         finally:
-            self.wait_seconds += time.monotonic() - self.wait_started
-            self.waiting = self.wait_started = None
+            counters.wait_seconds += time.monotonic() - counters.wait_started
+            self.waiting = counters.wait_started = None
 
     def _replayed(self, router, pool, server):
         """Read-your-writes: has this standby replayed the client's last write? If not, give it back."""

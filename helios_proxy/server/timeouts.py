@@ -40,7 +40,7 @@ class SessionTimeouts(Periodic):
         seen = {}
         for session in list(self.proxy.sessions):
             server = session.server
-            state = (session.queries, session.transactions, session.plan.outstanding > 0,
+            state = (session.counters.queries, session.counters.transactions, session.plan.outstanding > 0,
                      server.tx_status if server is not None else None)
             previous = self.seen.get(session)
             since = previous[1] if previous is not None and previous[0] == state else now

@@ -79,8 +79,8 @@ class Tenant:
         live = [s for s in sessions if s.tenant is self]
         return {**{k: v for k, v in vars(self.cfg).items()}, "connections": self.connections, "logins": self.logins,
                 "queries": self.queries, "errors": self.errors, "refused_logins": self.refused,
-                "rejected_queries": self.rejected, "bytes_in": self.bytes_in + sum(s.bytes_in for s in live),
-                "bytes_out": self.bytes_out + sum(s.bytes_out for s in live)}
+                "rejected_queries": self.rejected, "bytes_in": self.bytes_in + sum(s.counters.bytes_in for s in live),
+                "bytes_out": self.bytes_out + sum(s.counters.bytes_out for s in live)}
 
 
 class Tenants:
@@ -211,8 +211,8 @@ class Tenants:
     @staticmethod
     def left(tenant, session):
         tenant.connections -= 1
-        tenant.bytes_in += session.bytes_in
-        tenant.bytes_out += session.bytes_out
+        tenant.bytes_in += session.counters.bytes_in
+        tenant.bytes_out += session.counters.bytes_out
 
     # --- runtime changes (admin API) ------------------------------------------------------------
     def put(self, name, table):

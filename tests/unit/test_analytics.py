@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from helios_proxy.analytics import Analytics, Stat
+from helios_proxy.analytics import Analytics, SessionState, Stat
 from helios_proxy.analytics.intent import intent
 from helios_proxy.analytics.sketch import Sketch
 from helios_proxy.rewrite.rules import canonical, qualify
@@ -52,7 +52,7 @@ def test_quantiles_are_within_two_percent_of_the_exact_ones():
 
 def answers(a, *answers, session=None):
     """Answers as the response path notes them, (text, seconds, command tag, SQLSTATE), added up."""
-    session = session or types.SimpleNamespace(analytics_run=None, analytics_where=None, id=1, user="u",
+    session = session or types.SimpleNamespace(analytics_state=None, id=1, user="u",
                                                database="db")
     pending = []
     for sql, took, tag, error in answers:
@@ -87,17 +87,18 @@ def test_a_stat_survives_its_raw_form_exactly():
 
 def test_n_plus_one_runs_in_a_transaction_and_within_the_window():
     a = analytics()
-    session = types.SimpleNamespace(analytics_run=None, analytics_where=None, id=1, user="u", database="db")
+    session = types.SimpleNamespace(analytics_state=None, id=1, user="u", database="db")
+    state = SessionState()
     parent, child = a.stat("select id from p"), a.stat("select * from c where p = 1")
-    a.n_plus_one.track(session, parent, b"T", 0.0)
+    a.n_plus_one.track(session, state, parent, b"T", 0.0)
     for i in range(3):
-        a.n_plus_one.track(session, child, b"T", 10.0 + i)  # far apart, but in one transaction
+        a.n_plus_one.track(session, state, child, b"T", 10.0 + i)  # far apart, but in one transaction
     [pattern] = a.n_plus_one.view()
     assert pattern["preceding_query"] == "select id from p" and pattern["count"] == 3
     assert pattern["suggestion"].startswith("select * from c where p = ANY($1)")
-    session.analytics_run = None
+    state.run = None
     for i in range(3):
-        a.n_plus_one.track(session, child, b"I", 100.0 + i)  # autocommit, 1 s apart: no run
+        a.n_plus_one.track(session, state, child, b"I", 100.0 + i)  # autocommit, 1 s apart: no run
     assert a.n_plus_one.view()[0]["occurrences"] == 1
 
 
@@ -146,7 +147,7 @@ def test_a_batch_of_durations_falls_in_the_buckets_one_by_one_would():
 
 def test_answers_noted_count_as_soon_as_anything_reads_the_numbers():
     a = analytics()
-    session = types.SimpleNamespace(analytics_run=None, analytics_where=None, id=1, user="u", database="db")
+    session = types.SimpleNamespace(analytics_state=None, id=1, user="u", database="db")
     ctx = types.SimpleNamespace(sql="select 1", large=False, skeleton=None, started=time.monotonic(),
                                 analyze=True, protocol="simple")
     a.record(session, ctx, b"SELECT 1\0", None, "proxy", b"I")

@@ -6,16 +6,16 @@ import pytest
 from helios_proxy.protocol import codec, messages as m
 from helios_proxy.server import plan as p
 from helios_proxy.server.relay import ServerStream
+from helios_proxy.stats import Counters
 
 
 def fake_session(mode="transaction", journal=None):
     router = SimpleNamespace(count=lambda node, what: None)
     plan = p.ResponsePlan()
     plan.sent(ord("Q"))
-    return SimpleNamespace(plan=plan, transactions=0, pooled=True, mode=mode, pinned=None, closing=None,
+    return SimpleNamespace(plan=plan, counters=Counters(), pooled=True, mode=mode, pinned=None, closing=None,
                            streaming=False, settings_dirty=False, proxy=SimpleNamespace(router=router, analytics=None),
-                           journal=journal, cache_fill=None, cache_pending=None,
-                           cache_tx_unsafe=False, limits_held=[])
+                           journal=journal, cache_state=None, limits_held=[])
 
 
 def fake_server():
@@ -39,7 +39,7 @@ def test_every_byte_goes_on_and_the_lease_ends_at_the_last_ready_for_query(step)
         ends.append(release)
     assert out == ANSWER
     assert ends[-1] is True and not any(ends[:-1])
-    assert session.plan.outstanding == 0 and not session.plan.owes() and session.transactions == 1
+    assert session.plan.outstanding == 0 and not session.plan.owes() and session.counters.transactions == 1
     assert server.params == {"TimeZone": "UTC"} and session.settings_dirty  # a setting changed
 
 

@@ -18,9 +18,10 @@ class Batch(Stage):
     def process(self, ctx):
         session = ctx.session
         sql = ctx.sql
+        batches = session.proxy.batches
         if "val(" in sql and ("lastval" in ctx.lower or "currval" in ctx.lower):
-            session.batch_off = True
-        if (session.batch_off or ctx.large or not session.pooled or session.server is not None
+            batches.never(session)
+        if (session in batches.off or ctx.large or not session.pooled or session.server is not None
                 or session.tenant is not None  # (a batch runs on one connection: one tenant's proof)
                 or session.pinned or session.plan.owes() or not session.settings_checked
                 or ctx.word != "insert"):
@@ -29,5 +30,5 @@ class Batch(Stage):
             if not ctx.statement:
                 ctx.decide().batch = True
             return StageResult.CONTINUE
-        answer = session.proxy.batches.submit(session, ctx)
+        answer = batches.submit(session, ctx)
         return StageResult.CONTINUE if answer is None else StageResult.respond(answer)
