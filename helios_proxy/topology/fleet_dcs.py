@@ -308,7 +308,8 @@ class FleetCoordinator:
         decision = self._json("decision")
         if decision and decision.get("epoch", 0) > self.epoch:
             self.follow(decision)
-            return self.proxy.tracker.current() is not None
+        if self.proxy.tracker.current() is not None:  # (decided meanwhile, by another member: followed)
+            return True
         live = [k[len("members/"):] for k in (k[len(self.prefix):] for k in keys) if k.startswith("members/")]
         views = {name: json.loads(keys.get(self.prefix + f"views/{name}") or "{}") for name in live}
         down = [name for name in live if old in views[name].get("down", ())]
