@@ -280,7 +280,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         if mtype == B and session.statements.texts is not None:  # (a fingerprint limit: limits/admission.py)
             portal, at = codec.read_cstr(self.data, begin + 5)
             session.statements.texts.bound(portal, codec.read_cstr(self.data, at)[0])
-        if mtype == B and session.lease is None and session.next_target is None:
+        if mtype == B and session.lease is None and session.route.next_target is None:
             statements.route_of_bind(session, self.data[begin + 5:end])  # where its statement's Parse went
         if not self.leased(mtype, begin, end):
             return None
@@ -555,13 +555,13 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
     def apply(self, decided):
         """The stages' decisions about the session (pipeline/context.py Decisions), in one place."""
         session = self.session
+        route = session.route
         if decided.target is not None:
-            session.next_target = decided.target
-            session.next_lag, session.next_tables = decided.lag, decided.tables
+            route.aim(decided.target, decided.lag, decided.tables)
         if decided.route_override is not UNDECIDED:
-            session.route_override = decided.route_override
+            route.override = decided.route_override
         if decided.read_after is not None:
-            session.ryw_lsn = max(decided.read_after, session.ryw_lsn or 0)
+            route.read_after(decided.read_after)
         if decided.pin:
             session.pin(decided.pin)
         if decided.settings_changed:

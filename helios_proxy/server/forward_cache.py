@@ -108,7 +108,8 @@ class CacheSteps:
         entry, fill = cache.lookup(session, adm, key, hash(sql))
         if entry is None or (describe and entry.rlen < 0):
             if fill is not None and session.lease is None:
-                store, session.next_target = cache.fill_target(adm, session.next_target)
+                route = session.route
+                store, route.next_target = cache.fill_target(adm, route.next_target)
                 self.cache_next = fill if store else None
             elif fill is not None:
                 self.cache_next = fill

@@ -29,6 +29,7 @@ from ..topology.journal import Journal
 from ..topology.session_migrate import Snapshot, capture
 from ..protocol import codec, messages as m
 from ..sockets import Writer, in_hub
+from ..routing.state import RouteState
 from ..stats import Counters
 from . import admin_db, handshake, relay
 from .forward import Forwarder
@@ -72,11 +73,7 @@ class ClientSession:
         self.plan = ResponsePlan(completions=bool(proxy.plugins.complete_impls) or proxy.analytics is not None)
         self.statements = ClientStatements()  # its named prepared statements (pooled modes)
         self.discard_pending = False  # it sent DISCARD ALL / DEALLOCATE ALL to the next server
-        self.next_target = None       # (primary|standby, node name or None) for the next lease (route stage)
-        self.next_lag = None          # and its lag requirement, the tables it reads (schema routing)
-        self.next_tables = None
-        self.route_override = None    # SET helios.route
-        self.ryw_lsn = None           # WAL position of the client's last primary transaction
+        self.route = RouteState()     # where its next lease goes, its last write position (routing/state.py)
         self.closing = None           # reason, once the proxy decided to end the session
         self.fatal_sent = False       # a FATAL went out: nothing more for the client
         self.authenticated = False    # past authentication (server/listener.py's per-address budget)
@@ -292,9 +289,7 @@ class ClientSession:
         """(target, intent, pool, server) where the route stage sent the next transaction; the primary when
         that standby is unreachable or has not replayed the client's last write in time."""
         router = self.proxy.router
-        target, node_name = self.next_target or ("primary", None)
-        lag, tables = self.next_lag, self.next_tables
-        self.next_target = self.next_lag = self.next_tables = None
+        target, node_name, lag, tables = self.route.take()
         intent = target  # a read that falls back to the primary is still a read
         node = router.pick(target, node_name, lag) if self.home is None else None
         if node is not None:
@@ -304,7 +299,7 @@ class ClientSession:
             except BackendError as e:  # a standby that fails is not the client's failure
                 router.unreachable(node, e.message, e)
             else:
-                if target != "standby" or not self.ryw_lsn or self._replayed(router, pool, server):
+                if target != "standby" or not self.route.ryw_lsn or self._replayed(router, pool, server):
                     if tables:
                         router.tables.count(tables, node.name)
                     return target, intent, pool, server
@@ -360,7 +355,7 @@ class ClientSession:
     def _replayed(self, router, pool, server):
         """Read-your-writes: has this standby replayed the client's last write? If not, give it back."""
         try:
-            fresh = router.caught_up(server.node, server, self.ryw_lsn)
+            fresh = router.caught_up(server.node, server, self.route.ryw_lsn)
         except BaseException:
             pool.release(server, reusable=False)
             raise
@@ -418,7 +413,7 @@ class ClientSession:
             if router.on and self.home is None:
                 router.balancer.finished(server.node, took)
                 if lease.intent == "primary":  # may have written: later reads must see it
-                    self.ryw_lsn = router.write_position(server)
+                    self.route.ryw_lsn = router.write_position(server)
             lease.pool.release(server, reusable=server.tx_status == m.TX_IDLE)
         except Exception as e:  # the pool gets its slot back whatever went wrong
             log.info("%r: ending the lease of %r failed (%s); closing it", self, server, e)

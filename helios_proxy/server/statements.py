@@ -30,7 +30,7 @@ def answer_locally(session, mtype, message):
         if stmt.server_name not in session.pool.known_statements:
             session.statements.forget(name)  # translate() registers it again with the server
             return NEEDS_SERVER
-        stmt.route = session.next_target
+        stmt.route = session.route.next_target
         return session.plan.fake(prepared.PARSE_COMPLETE)
     if body[0] != STATEMENT or body[1] == 0:
         return NEEDS_SERVER
@@ -116,7 +116,7 @@ def route_of_bind(session, body):
     name = codec.read_cstr(body, pos)[0]
     stmt = session.statements.by_name.get(name) if name else None
     if stmt is not None:
-        session.next_target = stmt.route
+        session.route.aim(stmt.route)
 
 
 def ensure(session, stmt):

@@ -60,8 +60,8 @@ class Route(Stage):
             target = (hints["route"], None)
         elif session.pinned or (ctx.decided is not None and ctx.decided.pin):
             target = (PRIMARY, None)
-        elif session.route_override:
-            target = (session.route_override, None)
+        elif session.route.override:
+            target = (session.route.override, None)
         elif ctx.large:  # too large to parse on the event loop: the primary can run anything
             router.count_large()
             target = (PRIMARY, None)
@@ -76,7 +76,7 @@ class Route(Stage):
     def session_command(ctx, session, sql):
         """SHOW helios.write_lsn / SET helios.read_after, answered by the proxy."""
         if SHOW_WRITE_LSN.match(sql):
-            value = session.ryw_lsn
+            value = session.route.ryw_lsn
             text = f"{value >> 32:X}/{value & 0xFFFFFFFF:X}" if value else ""
             return StageResult.respond(codec.text_result("helios.write_lsn", text, "SHOW"))
         token = SET_READ_AFTER.match(sql)

@@ -1,0 +1,29 @@
+"""A session's route state: where its next lease goes and what that lease must have seen. Written
+where the pipeline's decisions are applied (server/forward.py `Forwarder.apply`, a prepared
+statement's Bind going where its Parse went, a cache miss's fill) and taken, once, when the next
+lease is made (server/session.py); the client's last write position is kept for read-your-writes."""
+
+
+class RouteState:
+    __slots__ = ("next_target", "next_lag", "next_tables", "override", "ryw_lsn")
+
+    def __init__(self):
+        self.next_target = None  # (primary|standby, node name or None) for the next lease (route stage)
+        self.next_lag = None     # and its lag requirement, the tables it reads (schema routing)
+        self.next_tables = None
+        self.override = None     # SET helios.route: primary|standby|None (auto), for later transactions
+        self.ryw_lsn = None      # WAL position of the client's last primary transaction
+
+    def aim(self, target, lag=None, tables=None):
+        self.next_target, self.next_lag, self.next_tables = target, lag, tables
+
+    def take(self):
+        """(target, node name, lag, tables) for the lease being made; the aim is used up."""
+        target, node_name = self.next_target or ("primary", None)
+        lag, tables = self.next_lag, self.next_tables
+        self.next_target = self.next_lag = self.next_tables = None
+        return target, node_name, lag, tables
+
+    def read_after(self, lsn):
+        """Later reads must see WAL position lsn (a write, or SET helios.read_after)."""
+        self.ryw_lsn = max(lsn, self.ryw_lsn or 0)
