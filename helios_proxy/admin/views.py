@@ -52,7 +52,7 @@ def clients(proxy):
             "wait_s": round(now - s.counters.wait_started, 3) if s.counters.wait_started is not None else 0.0,
             "node": s.server.node.name if s.server is not None else None,
             "server_pid": s.server.pid if s.server is not None else None,
-            "pinned": s.pinned, "application_name": s.settings.get("application_name"),
+            "pinned": s.pinned, "application_name": s.settings.values.get("application_name"),
             "queries": s.counters.queries, "transactions": s.counters.transactions,
         })
     return out

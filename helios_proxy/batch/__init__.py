@@ -108,7 +108,7 @@ class Batches:
             if row is None:
                 return None
             sql = prefix + row + suffix
-        bkey = (session.database, session.user, session.settings_key, prefix, suffix)
+        bkey = (session.database, session.user, session.settings.key, prefix, suffix)
         batcher = self.batchers.get(bkey)
         if batcher is None:
             batcher = self.batchers[bkey] = Batcher(self, session, shape, prefix, suffix)
@@ -123,8 +123,8 @@ class Batcher:
     def __init__(self, batches, session, shape, prefix, suffix):
         self.batches, self.proxy = batches, batches.proxy
         self.database, self.table, self.returning = session.database, shape.table, shape.returning
-        self.credentials, self.settings = session.pool.credentials, dict(session.settings)
-        self.settings_key = session.settings_key
+        self.credentials, self.settings = session.pool.credentials, dict(session.settings.values)
+        self.settings_key = session.settings.key
         self.prefix, self.suffix = prefix, suffix
         self.pending, self.pending_bytes, self.timer, self.in_flight = [], 0, None, 0
 

@@ -192,7 +192,7 @@ class QueryCache:
         catalog = self.catalog(session)
         if catalog is None:
             return self.skip("catalog unavailable")
-        if status == b"T" and session.settings.get("default_transaction_isolation",
+        if status == b"T" and session.settings.values.get("default_transaction_isolation",
                                                      catalog.isolation).lower() not in LOOSE:
             return self.skip("in a repeatable read or serializable transaction")
         hint = HINT.match(sql) if "/*+" in sql[:4096] else None
@@ -272,9 +272,9 @@ class QueryCache:
         startup options are not 'session' settings there: they stay, unless changed since."""
         from ..pool import session_state
         if state.startup is None:
-            state.startup = dict(session.settings)
+            state.startup = dict(session.settings.values)
         try:
-            session.settings = {**state.startup, **on_server(session, session_state.capture)}
+            session.settings.set({**state.startup, **on_server(session, session_state.capture)})
             state.settings_stale = False
         except (ProxyError, OSError) as e:
             log.info("%r: reading its settings back failed (%s)", session, e)
@@ -362,12 +362,12 @@ class QueryCache:
 
     # --- the key and the lookup -----------------------------------------------------------------
     def key(self, session, adm, values, formats=None):
-        part = self.settings_parts.get(session.settings_key)
+        part = self.settings_parts.get(session.settings.key)
         if part is None:
             if len(self.settings_parts) > 10000:
                 self.settings_parts.clear()
-            part = self.settings_parts[session.settings_key] = tuple(
-                kv for kv in session.settings_key if kv[0].lower() not in NEUTRAL_SETTINGS)
+            part = self.settings_parts[session.settings.key] = tuple(
+                kv for kv in session.settings.key if kv[0].lower() not in NEUTRAL_SETTINGS)
         return (session.database, session.user, part, adm.template, values, formats)
 
     def lookup(self, session, adm, key, origin):

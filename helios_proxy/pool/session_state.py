@@ -66,3 +66,23 @@ def capture(server):
         settings[name] = value
     server.settings_key = settings_key(settings)
     return settings
+
+
+class SessionSettings:
+    """A client session's settings, the part of the session they own: the values it expects on
+    any server connection, their key (compared with a connection's `settings_key`: equal, nothing
+    to apply), whether it changed them since (`dirty`: read back at the lease's end), whether its
+    startup settings were applied once without error (`checked`), and what its tenant always has
+    (`forced`: tenancy/, put over whatever it sets)."""
+    __slots__ = ("values", "key", "dirty", "checked", "forced")
+
+    def __init__(self):
+        self.values, self.key = {}, ()
+        self.dirty = self.checked = False
+        self.forced = None
+
+    def set(self, values):
+        forced = self.forced
+        if forced and any(values.get(k) != v for k, v in forced.items()):
+            values = {**values, **forced}
+        self.values, self.key = values, settings_key(values)

@@ -565,7 +565,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         if decided.pin:
             session.pin(decided.pin)
         if decided.settings_changed:
-            session.settings_dirty = True
+            session.settings.dirty = True
         if decided.discard:
             session.statements.clear()
             session.discard_pending = True

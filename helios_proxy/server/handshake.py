@@ -94,7 +94,7 @@ def login(session, pkt):
         tenant, user, database = proxy.tenants.identify(user, database, {**params, **options},
                                                         sni=getattr(session.sock, "helios_sni", None))
         proxy.tenants.admit(tenant)
-        session.tenant, session.forced = tenant, tenant.forced()
+        session.tenant, session.settings.forced = tenant, tenant.forced()
     session.user, session.database = user, database
     if database in proxy.disabled:  # DISABLE db (admin console), until ENABLE db
         raise FatalError(f'database "{database}" is not currently accepting connections (DISABLE, admin console)',
@@ -128,14 +128,14 @@ def login(session, pkt):
         tenant, _, database = proxy.tenants.identify(user, session.database, {**params, **options},
                                                      session.auth_claims)
         proxy.tenants.admit(tenant)
-        session.tenant, session.forced = tenant, tenant.forced()
+        session.tenant, session.settings.forced = tenant, tenant.forced()
         if database != session.database:  # (isolation = database)
             session.database = database
             session.home = cfg.database_nodes.get(database)
             session.mode = cfg.mode_for(database, user)
             session.pooled = session.mode != "session"
-    if session.forced:
-        settings.update(session.forced)
+    if session.settings.forced:
+        settings.update(session.settings.forced)
     if session.tenant is not None and session.tenant.cfg.pool_size:  # pools of its own, of that size
         proxy.pools.partition_sizes[session.tenant.name] = session.tenant.cfg.pool_size
         creds = dataclasses.replace(creds, partition=session.tenant.name)
@@ -185,17 +185,17 @@ def login(session, pkt):
     # Settings are what the client wants beyond a fresh connection's defaults (pool.server_params),
     # not beyond this connection's, which may carry the last client's settings.
     reported = {k.lower(): v for k, v in pool.server_params.items()}
-    session.settings = {k: v for k, v in settings.items() if reported.get(k.lower()) != v}
+    session.settings.set({k: v for k, v in settings.items() if reported.get(k.lower()) != v})
     if server is not None:
         session.attach(pool, server)
-        apply_settings(server, session.settings)
+        apply_settings(server, session.settings.values)
         if session.tenant is not None:  # helios.tenant() (tenancy/proof.py)
             proxy.tenants.establish(server, session.tenant)
-        session.settings_checked = True
+        session.settings.checked = True
         params = server.params
     else:  # what the server will report once the settings are applied at the first lease
         names = {k.lower(): k for k in params}
-        params.update({names[k.lower()]: v for k, v in session.settings.items() if k.lower() in names})
+        params.update({names[k.lower()]: v for k, v in session.settings.values.items() if k.lower() in names})
     greeting = [codec.parameter_status(k, v) for k, v in params.items()]
     # Session pooling shows the real backend pid (pg_backend_pid(), NOTIFY agree); pooled modes
     # (and a session greeted before it had a server) a pid of the proxy's own.

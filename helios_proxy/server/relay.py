@@ -146,7 +146,7 @@ class ServerStream:
                 name, value = codec.parse_parameter_status(body)
                 server.params[name] = value
                 # whatever statement caused it, a setting changed: capture them at lease end
-                session.settings_dirty = True
+                session.settings.dirty = True
                 if journal is not None and not session.pooled:  # (and for a session migrate)
                     journal.changed = True
             elif mtype == COMPLETE and completions is not None:

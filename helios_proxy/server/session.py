@@ -21,6 +21,7 @@ from ..errors import (ADMIN_SHUTDOWN, QUERY_CANCELED, BackendError, FatalError, 
 from ..jobs import JOBS
 from ..limits import release as release_limits
 from ..pool import prepared, session_state
+from ..pool.session_state import SessionSettings
 from ..pool.lease import Lease, ends_here
 from ..backend.statements import invalidate_all
 from ..pool.prepared import ClientStatements
@@ -58,7 +59,7 @@ class ClientSession:
         self.tls = False
         self.local = sock.family == socket.AF_UNIX  # on the Unix socket: no TLS, none needed
         self.user = self.database = None
-        self.tenant = self.forced = None  # its tenant (tenancy/) and the settings that tenant always has
+        self.tenant = None            # its tenant (tenancy/)
         self.auth_claims = None       # the claims of the JWT it logged in with (auth/jwt.py)
         self.home = None              # the node of a database with a host of its own ([databases.NAME])
         self.pool = None              # its home pool (credentials; the primary's, or its database's host)
@@ -81,8 +82,7 @@ class ClientSession:
         self.mode = "session"         # pool mode, known once user and database are (handshake)
         self.pooled = False           # transaction/statement: leases end with each transaction
         self.pinned = None            # why this client keeps its server connection (pooled modes)
-        self.settings = {}            # session settings the client expects on any server (+ settings_key)
-        self.settings_dirty = False   # the client ran SET/RESET/DISCARD: capture at lease end
+        self.settings = SessionSettings()  # what it expects on any server, changed since, checked (pool/session_state.py)
         self.schema_changed = False   # it ran DDL: shared statements are re-parsed after it commits
         self.restore = None           # prepared statements to re-create at the next lease (move_off)
         self.streaming = False        # a large CopyData is being streamed to the server (forward.py)
@@ -90,7 +90,6 @@ class ClientSession:
         self.idle_lease.set()
         self.waiting = None           # the AsyncResult it waits on for a server, while it waits
         self.backend_pid = 0          # the pid in the BackendKeyData the client got
-        self.settings_checked = False  # startup settings applied once without error
         self.admin = False            # in the virtual admin database (admin_db.py)
         self.counters = Counters()    # queries, transactions, bytes, waits (stats.py)
         # the query cache's part (cache/state.py), made by the cache while it is on
@@ -98,18 +97,6 @@ class ClientSession:
         self.limits_held = []         # (limit, key) concurrency slots of its queries in flight (limits/)
         self.named_queries = {}       # (completions on) named statement -> its Parse's QueryContext
         self.analytics_state = None   # analytics' part (analytics/: SessionState), made at its first answer
-
-    @property
-    def settings(self):
-        return self._settings
-
-    @settings.setter
-    def settings(self, value):
-        forced = getattr(self, "forced", None)  # (a tenant's: helios.tenant, search_path... tenancy/)
-        if forced and any(value.get(k) != v for k, v in forced.items()):
-            value = {**value, **forced}
-        self._settings = value
-        self.settings_key = session_state.settings_key(value)
 
     @property
     def server(self):
@@ -143,7 +130,7 @@ class ClientSession:
                 replay = self.proxy.config.replay
                 if replay.enabled and self.home is None:
                     self.journal = Journal(replay.max_journal_bytes,
-                                           None if self.pooled else Snapshot(dict(self.settings)))
+                                           None if self.pooled else Snapshot(dict(self.settings.values)))
                 if self.lease is not None:  # session pooling: the lease from login goes on
                     self.lease.pump = relay.start(self, self.lease)
                 Forwarder(self).run()
@@ -256,12 +243,13 @@ class ClientSession:
             self.proxy.wait_unpaused(self.database)
         target, intent, pool, server = self._acquire_routed()
         try:
-            if self.settings_checked:
-                if server.settings_key != self.settings_key:  # else it carries them already
-                    session_state.apply(server, self.settings, self.settings_key)
+            settings = self.settings
+            if settings.checked:
+                if server.settings_key != settings.key:  # else it carries them already
+                    session_state.apply(server, settings.values, settings.key)
             else:  # greeted without a server: the startup settings are checked now, FATAL if bad
-                handshake.apply_settings(server, self.settings)
-                self.settings_checked = True
+                handshake.apply_settings(server, settings.values)
+                settings.checked = True
         except BaseException:
             pool.release(server, reusable=server.tx_status == m.TX_IDLE and not server.broken)
             raise
@@ -389,7 +377,7 @@ class ClientSession:
                 self.writer.write(out)
         except OSError:
             pass  # the client is gone: its reader sees it; the server is idle and goes back clean
-        if in_hub() and (self.settings_dirty or (self.proxy.router.on and self.home is None
+        if in_hub() and (self.settings.dirty or (self.proxy.router.on and self.home is None
                                                  and lease.intent == "primary")):
             JOBS.submit(self.end_lease, lease)
         else:
@@ -402,9 +390,9 @@ class ClientSession:
             if self.schema_changed:
                 self.schema_changed = False
                 invalidate_all()
-            if self.settings_dirty:
-                self.settings_dirty = False
-                self.settings = session_state.capture(server)
+            if self.settings.dirty:
+                self.settings.dirty = False
+                self.settings.set(session_state.capture(server))
             router = self.proxy.router
             took = time.monotonic() - lease.started
             self.proxy.stats.observe(took)
@@ -446,8 +434,8 @@ class ClientSession:
                 self.lease = lease
                 lease.pump = relay.start(self, lease)
                 return False
-            self.settings = state.settings
-            self.settings_checked = True
+            self.settings.set(state.settings)
+            self.settings.checked = True
             self.restore = state.statements
             lease.pool.release(server, reset_for_reuse(
                 server, self.proxy.config.pool.reset_query, in_flight=False, full_reset=True))
@@ -482,5 +470,5 @@ class ClientSession:
         server = lease.server
         reusable = reset_for_reuse(server, self.proxy.config.pool.reset_query,
                                    in_flight=bool(self.plan.outstanding or self.plan.in_extended),
-                                   full_reset=not self.pooled or bool(self.pinned) or self.settings_dirty)
+                                   full_reset=not self.pooled or bool(self.pinned) or self.settings.dirty)
         lease.pool.release(server, reusable)

@@ -65,7 +65,7 @@ def translate(session, mtype, message):
             return None
         stmt = session.statements.lookup(codec.read_cstr(body, pos)[0])
         if stmt.sets:
-            session.settings_dirty = True
+            session.settings.dirty = True
         out = ensure(session, stmt)
         plan.expect(p.ONE)
         return out + prepared.rename_bind(body, stmt.server_name), None

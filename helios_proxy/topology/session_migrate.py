@@ -48,7 +48,7 @@ def restore(session, server, snapshot, skip=()):
         prove(session, server)
         prepared.recreate(server, [row for row in snapshot.statements if row[0] not in skip])
         return
-    session_state.apply(server, session.settings, session.settings_key)
+    session_state.apply(server, session.settings.values, session.settings.key)
     prove(session, server)
     for stmt in session.statements.by_name.values():  # protocol-level, under the server's names
         if stmt.server_name not in skip:

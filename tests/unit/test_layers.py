@@ -18,19 +18,16 @@ SESSION_NAMES = {"session", "client"}
 # module (relative to helios_proxy/) -> the session attributes it may assign (today's writers)
 WRITERS = {
     "analytics/__init__.py": {"analytics_state"},
-    "cache/__init__.py": {"settings"},
     "limits/__init__.py": {"limits_held"},
     "server/auth.py": {"auth_claims"},
-    "server/forward.py": {"discard_pending", "pending_error", "schema_changed", "settings_dirty", "streaming"},
-    "server/handshake.py": {"admin", "backend_pid", "database", "fatal_sent", "forced", "home", "lease", "login_timer",
-                            "mode", "pool", "pooled", "secret", "settings", "settings_checked", "sock", "tenant",
-                            "tls", "user", "writer"},
-    "server/relay.py": {"callback_pump", "settings_dirty"},
-    "server/statements.py": {"settings_dirty"},
+    "server/forward.py": {"discard_pending", "pending_error", "schema_changed", "streaming"},
+    "server/handshake.py": {"admin", "backend_pid", "database", "fatal_sent", "home", "lease", "login_timer",
+                            "mode", "pool", "pooled", "secret", "sock", "tenant", "tls", "user", "writer"},
+    "server/relay.py": {"callback_pump"},
     "server/timeouts.py": {"closing"},
     "topology/replay.py": {"pending_error", "pool"},
 }
-SESSION_ATTRIBUTES_AT_MOST = 48  # ClientSession's own (issue 32 wants 15)
+SESSION_ATTRIBUTES_AT_MOST = 43  # ClientSession's own (issue 32 wants 15)
 KNOWN_CIRCLES = {frozenset({"server.listener", "server.workers"})}  # (to be removed, not added to)
 
 

@@ -6,6 +6,7 @@ import pytest
 from helios_proxy.protocol import codec, messages as m
 from helios_proxy.server import plan as p
 from helios_proxy.server.relay import ServerStream
+from helios_proxy.pool.session_state import SessionSettings
 from helios_proxy.stats import Counters
 
 
@@ -14,7 +15,7 @@ def fake_session(mode="transaction", journal=None):
     plan = p.ResponsePlan()
     plan.sent(ord("Q"))
     return SimpleNamespace(plan=plan, counters=Counters(), pooled=True, mode=mode, pinned=None, closing=None,
-                           streaming=False, settings_dirty=False, proxy=SimpleNamespace(router=router, analytics=None),
+                           streaming=False, settings=SessionSettings(), proxy=SimpleNamespace(router=router, analytics=None),
                            journal=journal, cache_state=None, limits_held=[])
 
 
@@ -40,7 +41,7 @@ def test_every_byte_goes_on_and_the_lease_ends_at_the_last_ready_for_query(step)
     assert out == ANSWER
     assert ends[-1] is True and not any(ends[:-1])
     assert session.plan.outstanding == 0 and not session.plan.owes() and session.counters.transactions == 1
-    assert server.params == {"TimeZone": "UTC"} and session.settings_dirty  # a setting changed
+    assert server.params == {"TimeZone": "UTC"} and session.settings.dirty  # a setting changed
 
 
 def test_session_mode_never_ends_the_lease_and_hidden_answers_are_cut():
