@@ -288,10 +288,7 @@ class QueryCache:
     def quick_allowed(self, stages):
         """Whether a Query whose text was admitted before may be answered before the pipeline runs:
         only when every stage built is one that leaves a cacheable read alone (plugins may not)."""
-        from ..pipeline.stages import cache, journal, pooling_guard, route, sql_prepare
-        safe = (pooling_guard.PoolingGuard, sql_prepare.SqlPreparedStatements, route.Route, cache.Cache,
-                journal.Journal)
-        self.quick_ok = all(isinstance(stage, safe) for stage in stages)
+        self.quick_ok = all(getattr(stage, "leaves_reads_alone", False) for stage in stages)
 
     def remember(self, session, sql, adm, values):
         """A simple-protocol read was admitted: the next Query of this text may take the quick path."""

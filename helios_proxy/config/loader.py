@@ -167,7 +167,7 @@ def load(data, environ=None, source=None):
     for section, keys in SECTIONS.items():
         env = {key: f"{ENV_PREFIX}{section.upper()}__{key.upper()}" for key in keys}
         known_vars.update(env.values())
-        setattr(cfg, section, _table(data.get(section, {}), keys, section, environ, env, problems=problems))
+        setattr(cfg, section, table_of(data.get(section, {}), keys, section, environ, env, problems=problems))
     for var in sorted(v for v in environ if v.startswith(ENV_PREFIX) and "__" in v and v not in known_vars):
         problems.append(f"{var}: no such setting (HELIOS_<SECTION>__<KEY>, e.g. HELIOS_POOL__MAX_SIZE)")
     cfg.nodes = problems.check(_load_nodes, data.get("nodes", []), problems, default=[])
@@ -193,7 +193,7 @@ def load(data, environ=None, source=None):
     return cfg
 
 
-def _table(given, keys, where, environ=None, env=None, required=False, problems=None):
+def table_of(given, keys, where, environ=None, env=None, required=False, problems=None):
     """Validate one table against its settings: {key: value} as a namespace.
 
     Unset keys take their default (an environment variable first, when env names one); with
@@ -243,8 +243,8 @@ def _load_nodes(entries, problems):
             role = entry["role"].lower()
             entry = {**entry, "role": ROLE_ALIASES.get(role, role)}
             if entry["role"] not in ("primary", "standby"):
-                bad_roles.add(i)  # (reported by _table; not counted as a primary below)
-        node = _table(entry, NODE_KEYS, f"nodes[{i}]", required=True, problems=problems)
+                bad_roles.add(i)  # (reported by table_of; not counted as a primary below)
+        node = table_of(entry, NODE_KEYS, f"nodes[{i}]", required=True, problems=problems)
         if node.name in names:
             problems.append(f"nodes[{i}].name: {node.name!r} is used twice")
         names.add(node.name)
@@ -267,7 +267,7 @@ def _array(entries, where, settings, problems):
     if not isinstance(entries, list):
         raise ConfigError(f"{where}: expected [[{where}]] tables ({', '.join(s.key for s in settings)})")
     keys = {s.key: s for s in settings}
-    out = [_table(entry, keys, f"{where}[{i}]", problems=problems) for i, entry in enumerate(entries)]
+    out = [table_of(entry, keys, f"{where}[{i}]", problems=problems) for i, entry in enumerate(entries)]
     for i, table in enumerate(out):
         problems.extend(f"{where}[{i}].{s.key}: required" for s in settings
                         if s.path in REQUIRED and not getattr(table, s.key))
@@ -276,7 +276,7 @@ def _array(entries, where, settings, problems):
 
 def _subtable(given, where, settings, problems):
     """[where]: one table of settings inside a section."""
-    return _table({} if given is None else given, {s.key: s for s in settings}, where, problems=problems)
+    return table_of({} if given is None else given, {s.key: s for s in settings}, where, problems=problems)
 
 
 def _mapping(given, where, settings, problems):
@@ -304,7 +304,7 @@ def _load_named(tables, section, settings):
     if not isinstance(tables, dict):
         raise ConfigError(f"[{section}] must hold tables such as [{section}.NAME]")
     keys = {s.key: s for s in settings}
-    return {name: _table(table, keys, f"{section}.{name}") for name, table in tables.items()}
+    return {name: table_of(table, keys, f"{section}.{name}") for name, table in tables.items()}
 
 
 def _database_nodes(databases, problems):

@@ -1,9 +1,8 @@
 """GraphQL arguments as SQL (with $n parameters, never text pasted in), and the loading of one
 level of a nested query for all its parents at once (DataLoader semantics: `WHERE fk = ANY($1)`)."""
-from ..errors import ProxyError
+from ..errors import INVALID_PARAMETER_VALUE as INVALID_PARAMETER, ProxyError
 
 OPERATORS = {"_eq": "=", "_neq": "<>", "_gt": ">", "_gte": ">=", "_lt": "<", "_lte": "<=", "_like": "LIKE"}
-INVALID_PARAMETER = "22023"
 
 
 def ident(name):

@@ -14,10 +14,10 @@ from fnmatch import fnmatchcase
 from functools import lru_cache
 
 import gevent
+from ..errors import CONFIGURATION_LIMIT_EXCEEDED
 from gevent.event import Event
 from pglast.parser import ParseError, fingerprint
 
-CONFIGURATION_LIMIT_EXCEEDED = "53400"
 KEYS_KEPT = 10000  # per limit: state of this many keys at most (the least recently seen go first)
 
 

@@ -35,9 +35,12 @@ StageResult.CONTINUE = StageResult(Action.CONTINUE)
 
 
 class Stage:
-    """One step of the pipeline. Subclasses set `name` and implement `process`."""
+    """One step of the pipeline. Subclasses set `name` and implement `process`, and say whether
+    they leave a cacheable read alone (`leaves_reads_alone`: the query cache may then answer a read
+    it admitted before, ahead of the pipeline: cache/ QueryCache.quick_allowed)."""
 
     name = "stage"
+    leaves_reads_alone = False
 
     def __init__(self, config):
         self.config = config

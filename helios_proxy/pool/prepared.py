@@ -11,12 +11,11 @@ not asked.
 import hashlib
 import re
 
-from ..errors import ProxyError
+from ..errors import (
+    DUPLICATE_PREPARED_STATEMENT as DUPLICATE_PREPARED, INVALID_SQL_STATEMENT_NAME as UNDEFINED_PREPARED, ProxyError)
 from ..protocol import codec
 from ..protocol.codec import read_cstr
 
-DUPLICATE_PREPARED = "42P05"
-UNDEFINED_PREPARED = "26000"
 
 
 # A statement that may change session settings each time it runs (SET, set_config(), DO, CALL):

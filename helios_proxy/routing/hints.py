@@ -5,9 +5,8 @@ An unknown hint or value is an error (SQLSTATE 22023), never silently ignored.
 """
 import re
 
-from ..errors import ProxyError
+from ..errors import INVALID_PARAMETER_VALUE, ProxyError
 
-INVALID_PARAMETER_VALUE = "22023"
 HINT = re.compile(r"^\s*/\*\+(.*?)\*/", re.S)
 ROUTES = ("primary", "standby", "any")
 

@@ -51,42 +51,13 @@ def cert_ca(config):
     """The CA that verifies client certificates, when the cert method is used at all."""
     methods = {config.auth.method} | {r.method for r in config.auth.rules}
     return config.auth.cert.ca_file if "cert" in methods else ""
+from .listen import parse_address, unix_listener
 from .userlist import load_userlist
 from .workers import share
 
 log = logging.getLogger(__name__)
 SPARE = 128  # connections beyond max_client_conn accepted at once, to be refused or to cancel
 LOCAL = ("[local]", 0)  # the peer of a Unix-socket client, as PostgreSQL shows it
-
-
-def parse_address(text):
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def unix_listener(directory, port, mode):
-    """A listening Unix socket DIR/.s.PGSQL.PORT (where psql -h DIR -p PORT looks). A socket file
-    left by a process that is gone is replaced; one that answers means another server runs."""
-    path = os.path.join(directory, f".s.PGSQL.{port}")
-    if os.path.exists(path):
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)  # stale
-        else:
-            raise ConfigError(f"server.unix_socket_dir: {path} is in use by another server")
-        finally:
-            probe.close()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        listener.bind(path)
-        os.chmod(path, int(mode, 8))
-        listener.listen(1024)
-    except OSError as e:
-        listener.close()
-        raise ConfigError(f"server.unix_socket_dir: cannot listen on {path}: {e.strerror or e}") from None
-    return listener
 
 
 def served_as(config, database):

@@ -13,12 +13,11 @@ import time
 
 import gevent
 
-from ..errors import QUERY_CANCELED
+from ..errors import IDLE_IN_TRANSACTION_TIMEOUT, QUERY_CANCELED
 from ..periodic import Periodic
 from ..protocol import messages as m
 
 log = logging.getLogger(__name__)
-IDLE_IN_TRANSACTION_TIMEOUT = "25P03"
 IN_TRANSACTION = (m.TX_IN_BLOCK, m.TX_FAILED)
 
 

@@ -99,7 +99,7 @@ class Arbiter:
         watcher = None
         try:
             if self.config.server.unix_socket_dir:  # one Unix socket, inherited by every worker
-                from .listener import parse_address, unix_listener
+                from .listen import parse_address, unix_listener
                 self.unix = unix_listener(self.config.server.unix_socket_dir,
                                           parse_address(self.config.server.listen)[1],
                                           self.config.server.unix_socket_mode)

@@ -33,14 +33,13 @@ import os
 import re
 from types import SimpleNamespace
 
-from ..errors import ConfigError, FatalError, INVALID_AUTHORIZATION, TOO_MANY_CONNECTIONS
+from ..errors import INSUFFICIENT_PRIVILEGE, ConfigError, FatalError, INVALID_AUTHORIZATION, TOO_MANY_CONNECTIONS
 from ..backend.credentials import Credentials
 from ..limits import Limit
 from .proof import Prover
 
 log = logging.getLogger(__name__)
 SETTING = "helios.tenant"
-INSUFFICIENT_PRIVILEGE = "42501"
 CHANGES_TENANT = re.compile(r"set_config|\bhelios\s*\.\s*tenant\b|\"helios\.tenant\"", re.I)
 CHANGES_PATH = re.compile(r"set_config|\b(?:set|reset)\s+(?:session\s+|local\s+)?search_path\b", re.I)
 WRITES_SETTING = re.compile(r"\b(?:set|reset|alter|do|execute|prepare|call)\b|set_config", re.I)
@@ -120,8 +119,8 @@ class Tenants:
             self.by_name[name] = tenant
 
     def check(self, name, table):
-        from ..config.loader import _table  # (the config's own validation, naming the key)
-        cfg = _table({**table, "name": name}, {s.key: s for s in self.settings}, f"tenants.{name}")
+        from ..config.loader import table_of  # (the config's own validation, naming the key)
+        cfg = table_of({**table, "name": name}, {s.key: s for s in self.settings}, f"tenants.{name}")
         if cfg.isolation not in ("rls", "schema", "database"):
             raise ConfigError(f"tenants.{name}.isolation: rls, schema or database")
         return cfg

@@ -25,8 +25,10 @@ import time
 
 import gevent
 
+from ..errors import (
+    SERIALIZATION_FAILURE, TRANSACTION_RESOLUTION_UNKNOWN as RESOLUTION_UNKNOWN, BackendError, ProxyError,
+    node_unreachable)
 from ..backend.connection import ServerConnection
-from ..errors import BackendError, ProxyError, node_unreachable
 from ..pool import session_state
 from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner
@@ -37,8 +39,6 @@ from .journal import STATS, UNKNOWN
 from .switchover_buffer import NoPrimary
 
 log = logging.getLogger(__name__)
-SERIALIZATION_FAILURE = "40001"
-RESOLUTION_UNKNOWN = "08007"  # transaction_resolution_unknown
 Q, P, B, S, F = (ord(c) for c in "QPBSF")
 READY, NOTICE = ord("Z"), ord("N")
 SAFE_WORDS = frozenset(("begin", "start", "rollback", "abort", "set", "reset", "show", "fetch", "move", "close",

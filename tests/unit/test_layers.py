@@ -5,15 +5,18 @@
   and `ClientSession` sets no more attributes than it does today. The allowances below are a
   ratchet (issue 32): they may only shrink; a new feature brings its own state object instead;
 - stages decide, they do not write through the session;
-- imports: no new circle between modules (the one that exists is listed, to be removed).
+- imports: no circle between modules;
+- SQLSTATEs are named in errors.py only, and no module imports another package's private name.
 
 Each check is also run on a deliberate violation, to show it fails."""
 import ast
 import os
+import re
 from collections import defaultdict
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "helios_proxy")
 SESSION_NAMES = {"session", "client"}
+SQLSTATE = re.compile(r"(?=.*[0-9])[0-9A-Z]{5}$")  # (five characters, a digit among them)
 
 # module (relative to helios_proxy/) -> the session attributes it may assign (today's writers)
 WRITERS = {
@@ -28,7 +31,7 @@ WRITERS = {
     "topology/replay.py": {"pending_error", "pool"},
 }
 SESSION_ATTRIBUTES_AT_MOST = 43  # ClientSession's own (issue 32 wants 15)
-KNOWN_CIRCLES = {frozenset({"server.listener", "server.workers"})}  # (to be removed, not added to)
+KNOWN_CIRCLES = set()  # (none left: keep it so)
 
 
 def modules():
@@ -169,6 +172,36 @@ def test_the_session_does_not_grow():
 def test_no_new_import_circle():
     found = set(circles(import_graph()))
     assert found <= KNOWN_CIRCLES, [sorted(c) for c in found - KNOWN_CIRCLES]
+
+
+def sqlstate_definitions(module, tree):
+    """Names bound at module level to a five-character SQLSTATE literal (outside errors.py)."""
+    out = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) \
+                and isinstance(node.value.value, str) and SQLSTATE.match(node.value.value):
+            out += [f"{module}: {t.id} = {node.value.value!r}" for t in node.targets if isinstance(t, ast.Name)]
+    return out
+
+
+def private_imports(module, tree):
+    """`from ..other import _private` across packages."""
+    return [f"{module}: from {'.' * node.level}{node.module} import {a.name}" for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level >= 2 for a in node.names
+            if a.name.startswith("_") and not a.name.startswith("__")]
+
+
+def test_sqlstates_live_in_errors_and_no_private_name_crosses_a_package():
+    found = []
+    for module, path in modules():
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        if module != "errors.py":
+            found += sqlstate_definitions(module, tree)
+        found += private_imports(module, tree)
+    assert found == []
+    bad = ast.parse("from ..config.loader import _table\nINSUFFICIENT_PRIVILEGE = \"42501\"\n")
+    assert private_imports("tenancy/x.py", bad) and sqlstate_definitions("tenancy/x.py", bad)
 
 
 def test_the_circle_check_fails_on_a_circle():

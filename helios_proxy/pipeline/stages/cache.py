@@ -15,6 +15,7 @@ from ..stage import Stage, StageResult
 
 class Cache(Stage):
     name = "cache"
+    leaves_reads_alone = True
 
     @classmethod
     def enabled(cls, config):

@@ -31,6 +31,7 @@ WRAPPABLE = frozenset(("insert", "update", "delete", "merge"))
 
 class Journal(Stage):
     name = "journal"
+    leaves_reads_alone = True
 
     @classmethod
     def enabled(cls, config):

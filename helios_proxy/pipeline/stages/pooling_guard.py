@@ -88,6 +88,7 @@ def _temp(stmt):
 
 class PoolingGuard(PooledSqlStage):
     name = "pooling_guard"
+    leaves_reads_alone = True
     analyze = staticmethod(analyze)
 
     @staticmethod

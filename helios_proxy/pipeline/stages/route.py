@@ -26,6 +26,7 @@ ROUTE_VALUES = {"primary": PRIMARY, "standby": STANDBY, "auto": None, "default":
 
 class Route(Stage):
     name = "route"
+    leaves_reads_alone = True
 
     @classmethod
     def enabled(cls, config):

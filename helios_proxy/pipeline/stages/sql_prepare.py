@@ -90,6 +90,7 @@ def rename_executes(sql, mapping):
 
 class SqlPreparedStatements(PooledSqlStage):
     name = "sql_prepare"
+    leaves_reads_alone = True
     analyze = staticmethod(analyze)
 
     def __init__(self, config):
