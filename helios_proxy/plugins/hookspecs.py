@@ -24,7 +24,8 @@ def on_shutdown(proxy) -> None:
 
 @hookspec
 def on_client_connect(session) -> None:
-    """A client logged in (session.user, session.database, session.peer)."""
+    """A client logged in: session is a read-only SessionInfo (plugins/view.py: id, user, database,
+    peer, tls, local, mode, tenant, application_name, backend_pid, in_transaction)."""
 
 
 @hookspec
@@ -34,7 +35,8 @@ def on_client_disconnect(session, reason: str) -> None:
 
 @hookspec
 def on_query_start(ctx) -> Optional[object]:
-    """A query on its way (ctx.sql, ctx.session, ctx.protocol, ctx.tags): return None to go on, or
+    """A query on its way, as a read-only QueryInfo (plugins/view.py: ctx.sql, ctx.protocol, ctx.session
+    a SessionInfo, ctx.tags the dict a plugin may annotate): return None to go on, or
     actions.reject(sqlstate, message) / actions.rewrite(sql) / actions.respond(columns, rows); add
     annotations to ctx.tags."""
 

@@ -20,6 +20,7 @@ import pluggy
 from ..errors import ConfigError
 from ..pipeline.stage import Action, StageResult
 from . import hookspecs
+from .view import QueryInfo
 
 log = logging.getLogger(__name__)
 GROUP = "helios_proxy"
@@ -212,8 +213,9 @@ class PluginManager:
     def query_start(self, ctx):
         """Run every on_query_start; the first action that is not "go on" decides (rewrites apply
         and go on to the next plugin). Returns a StageResult."""
+        info = QueryInfo(ctx)  # (what plugins see: view.py)
         for impl in self.start_impls:
-            ok, result = self._call(impl, ctx=ctx)
+            ok, result = self._call(impl, ctx=info)
             if not ok:
                 if self._policy(impl.plugin_name) == "fail-closed":
                     return StageResult.reject("XX000", f"plugin {impl.plugin_name} failed: {result}")
@@ -234,8 +236,9 @@ class PluginManager:
         return StageResult.CONTINUE
 
     def query_complete(self, ctx, outcome):
+        info = QueryInfo(ctx)
         for impl in self.complete_impls:
-            self._call(impl, ctx=ctx, outcome=outcome)
+            self._call(impl, ctx=info, outcome=outcome)
 
     def notify(self, hook, **kwargs):
         """Call every implementation of a lifecycle hook, each isolated."""

@@ -20,6 +20,7 @@ from ..errors import (ADMIN_SHUTDOWN, QUERY_CANCELED, BackendError, FatalError, 
                       node_unreachable)
 from ..jobs import JOBS
 from ..limits import release as release_limits
+from ..plugins.view import SessionInfo
 from ..pool import prepared, session_state
 from ..pool.session_state import SessionSettings
 from ..pool.lease import Lease, ends_here
@@ -124,7 +125,7 @@ class ClientSession:
                 if self.admin:
                     admin_db.serve(self)
                     return
-                self.proxy.plugins.notify("on_client_connect", session=self)
+                self.proxy.plugins.notify("on_client_connect", session=SessionInfo(self))
                 if self.proxy.cache is not None and self.proxy.cache.logical and self.home is None:
                     self.proxy.cache.reader(self.database)  # (its slot is made while the client starts)
                 replay = self.proxy.config.replay
@@ -178,7 +179,7 @@ class ClientSession:
             pass
         self.log_event("closed", reason)
         if self.user is not None and not self.admin:
-            self.proxy.plugins.notify("on_client_disconnect", session=self, reason=reason)
+            self.proxy.plugins.notify("on_client_disconnect", session=SessionInfo(self), reason=reason)
 
     def logged_in(self):
         """Authentication is over (or the session ends): its slot in the per-address budget of
