@@ -282,7 +282,6 @@ def apikey_create(user, path, days, databases, tenant):
 def apikey_list(path):
     """The keys: id, user, created, expires, databases (never a secret)."""
     import time
-    from .auth import api_keys
 
     def when(t):
         return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)) if t else "never"

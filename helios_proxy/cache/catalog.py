@@ -144,14 +144,10 @@ def load(conn):
 def on_server(session, fn):
     """fn(server connection) for the proxy's own query on the session's behalf: on its own server
     (session pooling: the pump stops meanwhile), else on one from its pool."""
-    from ..server import relay
     lease = session.lease
     if lease is not None:
-        lease.stop_pump(block=True)
-        try:
-            return fn(lease.server)
-        finally:
-            lease.pump = relay.start(session, lease)
+        with lease.borrow() as server:
+            return fn(server)
     pool = session.pool
     conn, ok = pool.acquire(), False
     try:

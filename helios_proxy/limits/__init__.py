@@ -14,7 +14,6 @@ from fnmatch import fnmatchcase
 from functools import lru_cache
 
 import gevent
-from ..errors import CONFIGURATION_LIMIT_EXCEEDED
 from gevent.event import Event
 from pglast.parser import ParseError, fingerprint
 

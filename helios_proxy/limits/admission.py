@@ -10,7 +10,8 @@ from functools import lru_cache
 
 from pglast.parser import split
 
-from . import CONFIGURATION_LIMIT_EXCEEDED, Exceeded
+from ..errors import CONFIGURATION_LIMIT_EXCEEDED
+from . import Exceeded
 
 
 @lru_cache(maxsize=4096)

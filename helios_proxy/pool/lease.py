@@ -13,8 +13,14 @@ ReadyForQuery:
 
 A lease never ends while the server still owes answers (the response plan), while the client
 streams a large CopyData to it, or while the client is pinned (state that cannot move).
+
+A lease is active: `run()` starts its pump (server/relay.py `start`, which registers itself as
+`Lease.starter`: the pool layer does not import the client side), `borrow()` lends its server
+connection to the proxy's own statements with the pump stopped meanwhile and started again after
+(one place for that dance), `stop_pump()` stops it for good (the lease ends, or the session does).
 """
 import time
+from contextlib import contextmanager
 
 from ..protocol import messages as m
 
@@ -22,9 +28,11 @@ RELEASED_AT_IDLE = {"session": False, "transaction": True, "statement": True}
 
 
 class Lease:
-    __slots__ = ("pool", "server", "target", "intent", "started", "pump", "sick")
+    __slots__ = ("session", "pool", "server", "target", "intent", "started", "pump", "sick")
+    starter = None                # relay.start(session, lease) -> its pump (server/relay.py sets it)
 
-    def __init__(self, pool, server, target="primary", intent="primary"):
+    def __init__(self, session, pool, server, target="primary", intent="primary"):
+        self.session = session    # whose it is (the pump moves the server's answers to it)
         self.pool = pool          # where the server connection goes back
         self.server = server
         self.target = target      # where it went: primary | standby
@@ -36,11 +44,26 @@ class Lease:
     def __repr__(self):
         return f"<lease {self.server!r} {self.target}>"
 
+    def run(self):
+        """Start moving the server's answers to the session."""
+        self.pump = Lease.starter(self.session, self)
+        return self
+
     def stop_pump(self, block=True):
         """Stop moving the server's bytes (the lease ends, or the session does)."""
         pump, self.pump = self.pump, None
         if pump is not None:
             pump.stop(block)
+
+    @contextmanager
+    def borrow(self):
+        """The server connection for the proxy's own statements, between two of the client's: the
+        pump stopped meanwhile, started again after (whatever happened)."""
+        self.stop_pump(block=True)
+        try:
+            yield self.server
+        finally:
+            self.run()
 
 
 def ends_here(session, server):

@@ -27,7 +27,7 @@ from ..errors import CONNECTION_FAILURE, DECODING_ERRORS, ProtocolViolation
 from ..jobs import JOBS
 from ..limits import release as release_limits
 from ..plugins.actions import Outcome
-from ..pool.lease import ends_here
+from ..pool.lease import Lease, ends_here
 from ..backend.statements import invalidate, stale_plan
 from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner
@@ -247,6 +247,9 @@ def start(session, lease):
             pump = session.callback_pump = CallbackPump(session)
         return pump.begin(lease)
     return GREENLETS.start(session, lease)
+
+
+Lease.starter = start  # (the pool layer starts a lease's pump through it: pool/lease.py)
 
 
 def resume(session, lease, stream, first, out=b""):

@@ -33,7 +33,7 @@ from ..protocol import codec, messages as m
 from ..sockets import Writer, in_hub
 from ..routing.state import RouteState
 from ..stats import Counters
-from . import admin_db, handshake, relay
+from . import admin_db, handshake, relay  # noqa: F401 - relay: a lease's pump (it sets Lease.starter)
 from .forward import Forwarder
 from .plan import ResponsePlan
 
@@ -133,7 +133,7 @@ class ClientSession:
                     self.journal = Journal(replay.max_journal_bytes,
                                            None if self.pooled else Snapshot(dict(self.settings.values)))
                 if self.lease is not None:  # session pooling: the lease from login goes on
-                    self.lease.pump = relay.start(self, self.lease)
+                    self.lease.run()
                 Forwarder(self).run()
         except ProtocolViolation as e:
             reason = f"{e.sqlstate} {e.message}"
@@ -235,7 +235,7 @@ class ClientSession:
     # --- server leases ----------------------------------------------------------------------
     def attach(self, pool, server):
         """The login's server connection becomes the session's lease (its pump starts in run())."""
-        self.pool, self.lease = pool, Lease(pool, server)
+        self.pool, self.lease = pool, Lease(self, pool, server)
 
     def take_lease(self):
         """Lease a server connection for the next transaction (pooled modes) and start its pump."""
@@ -271,8 +271,7 @@ class ClientSession:
         router.count(server.node, target)
         if router.on and self.home is None:
             router.balancer.started(server.node)
-        lease = self.lease = Lease(pool, server, target, intent)
-        lease.pump = relay.start(self, lease)
+        self.lease = Lease(self, pool, server, target, intent).run()
 
     def _acquire_routed(self):
         """(target, intent, pool, server) where the route stage sent the next transaction; the primary when
@@ -432,8 +431,7 @@ class ClientSession:
             lease.stop_pump(block=True)
             state = capture(server)  # (topology/session_migrate.py)
             if state.stateful:  # state that cannot move: it stays (and is ended if it must go)
-                self.lease = lease
-                lease.pump = relay.start(self, lease)
+                self.lease = lease.run()
                 return False
             self.settings.set(state.settings)
             self.settings.checked = True

@@ -118,15 +118,12 @@ def _send_hidden(server, data):
 def snapshot(session):
     """Session pooling: read the session's state from its server now (it is idle, nothing owed),
     as of the journal that starts here (topology/session_migrate.py)."""
-    lease = session.lease
-    lease.stop_pump(block=True)
-    try:
-        session.journal.snapshot = session_migrate.capture(lease.server)
-        session.journal.needs_snapshot = False
-    except (BackendError, OSError) as e:
-        log.info("%r: reading its session state failed (%s)", session, e)
-    finally:
-        lease.pump = relay.start(session, lease)
+    with session.lease.borrow() as server:
+        try:
+            session.journal.snapshot = session_migrate.capture(server)
+            session.journal.needs_snapshot = False
+        except (BackendError, OSError) as e:
+            log.info("%r: reading its session state failed (%s)", session, e)
 
 
 # --- after a loss --------------------------------------------------------------------------------

@@ -30,8 +30,7 @@ log = logging.getLogger(__name__)
 def switchover(proxy, target_name):
     """Run a planned switchover to node target_name; returns a summary dict or raises
     NodeOperationFailed (with the reason) when it cannot be done."""
-    tracker, buffer, controller = proxy.tracker, proxy.buffer, proxy.failover
-    cfg = proxy.config.failover
+    tracker, controller = proxy.tracker, proxy.failover
     target = tracker.node(target_name)
     if target is None:
         raise NodeOperationFailed(f"no node named {target_name!r}")
