@@ -42,6 +42,7 @@ from ..topology.tracker import PrimaryTracker
 from ..routing.router import Router
 from .auth import Authenticator
 from .cancel import CancelMap
+from .relay import watchers
 from .session import ClientSession, number_sessions
 from .timeouts import SessionTimeouts
 from .tls import client_context
@@ -139,11 +140,12 @@ class Proxy:
         self.server = self.spawn = None
 
     def build_stages(self, config):
-        """The pipeline for config (pipeline/__init__.py), and whether the cache's quick path may
-        answer before it."""
+        """The pipeline for config (pipeline/__init__.py), whether the cache's quick path may
+        answer before it, and the features that watch the server's answers (relay.watchers)."""
         self.stages = pipeline.build(config, self.plugins)
         if self.cache is not None:
             self.cache.quick_allowed(self.stages)
+        self.at_ready, self.at_error = watchers(self)
 
     def _plugins_changed(self):
         """A WASM module came, went or changed its hooks: rebuild the pipeline."""

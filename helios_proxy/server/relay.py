@@ -68,10 +68,7 @@ class ServerStream:
     def feed(self, data):
         """(bytes for the client, does the lease end here?, answers complete [(ctx, tag, error)])."""
         session, server, plan = self.session, self.server, self.session.plan
-        completions, on_message, journal = plan.completions, plan.on_message, session.journal
-        analytics = session.proxy.analytics  # (its answers noted here: no call per query)
-        noted = analytics.pending if analytics is not None else None
-        plugins_complete = completions is not None and session.proxy.plugins.complete_impls
+        on_message, journal = plan.on_message, session.journal
         cache_state = session.cache_state
         fill = cache_state.fill if cache_state is not None else None
         if plan.hidden or fill is not None:  # the proxy's own Query is answered: its row must be seen
@@ -86,85 +83,137 @@ class ServerStream:
             data, self.held = self.held + data, b""
         sent, out, release, answered = 0, [], False, []
         for mtype, body, end in found:
+            end += shift
             if journal is not None and (mtype == ERROR and (body.startswith(FATAL) or b"\0VFATAL\0" in body)
                                         or mtype == NOTICE and b"\0C57P0" in body):
-                at = end + shift - 5 - len(body)  # the server is going: held back, the replay decides
-                journal.fatal_error(data, at, data[at:end + shift])
-                drop, extra = HIDE, b""
+                journal.fatal_error(data, end - 5 - len(body), data[end - 5 - len(body):end])
+                drop, extra = HIDE, b""  # the server is going: held back, the replay decides
             else:
                 drop, extra = on_message(mtype, body)
             if drop or extra:  # edit the stream: cut this message out, or add after it
-                cut = end + shift
-                out.append(data[sent:cut - 5 - len(body) if drop else cut])
+                out.append(data[sent:end - 5 - len(body) if drop else end])
                 out.append(extra)
-                sent = cut
+                sent = end
                 if drop is HIDE:  # not the client's (nor in the journal's checksum), nor counted as its answer
                     if journal is not None:
-                        journal.skip(data, cut - 5 - len(body), cut)
+                        journal.skip(data, end - 5 - len(body), end)
                     if mtype == READY:
                         server.tx_status = body
                         plan.outstanding -= 1
                     continue
-            if fill is not None and not drop:  # a cache miss's answer, as the client gets it (cache/)
-                at = end + shift
-                if fill.take(mtype, data[at - 5 - len(body):at], body):
-                    cache_state.fill = fill = None
+            if fill is not None and not drop and fill.take(mtype, data[end - 5 - len(body):end], body):
+                cache_state.fill = fill = None  # (a cache miss's answer, as the client got it: stored)
             if mtype == READY:
-                server.tx_status = body
-                if body == b"I":
-                    session.counters.transactions += 1
-                if drop:  # the proxy's own Sync: not one the client counts on
-                    plan.outstanding -= 1
-                else:
-                    entry = plan.answered()
-                    if entry is not None:  # a query's answer is complete (analytics, plugins' on_query_complete)
-                        if noted is not None and entry.analyze:
-                            noted.append((session, entry, self.last_tag, self.last_error, server.node.name, body,
-                                          monotonic()))
-                        if plugins_complete:
-                            answered.append((entry, self.last_tag, self.last_error))
-                    if completions is not None:
-                        self.last_tag = self.last_error = None
-                if body == b"I" and cache_state is not None and (cache_state.pending is not None
-                                                                 or cache_state.tx_unsafe):  # (cache/)
-                    session.proxy.cache.ended(session, not plan.owes())
-                if session.limits_held and not plan.owes():  # ([[limits]] concurrency: its queries ended)
-                    release_limits(session)
-                release = ends_here(session, server)
+                release = self.ready(body, drop, answered)
                 if journal is not None:
-                    journal.ready(data, end + shift, body == b"I" and not plan.owes())
+                    journal.ready(data, end, body == b"I" and not plan.owes())
             elif mtype == ERROR:
-                router = session.proxy.router
-                router.count(server.node, "errors")
-                if session.tenant is not None:
-                    session.tenant.errors += 1
-                if session.pooled and stale_plan(body):  # shared statements outlived a schema change
-                    invalidate(list(server.statements.names))
-                if completions is not None:
-                    self.last_error = codec.parse_fields(body).get("C")
+                self.error(body)
             elif mtype == PARAMETER_STATUS:
-                name, value = codec.parse_parameter_status(body)
-                server.params[name] = value
-                # whatever statement caused it, a setting changed: capture them at lease end
-                session.settings.dirty = True
-                if journal is not None and not session.pooled:  # (and for a session migrate)
-                    journal.changed = True
-            elif mtype == COMPLETE and completions is not None:
+                self.parameter(body)
+            elif mtype == COMPLETE and plan.completions is not None:
                 self.last_tag = body
-        if noted and (analytics.timer is None or len(noted) >= BATCH):  # (added up later, or now)
-            analytics.tend()
+        return self.cut(data, sent, out), release, answered
+
+    def cut(self, data, sent, out):
+        """What goes to the client of data: the edits made, a partial message held back."""
+        session = self.session
+        analytics = session.proxy.analytics
+        if analytics is not None and analytics.pending and (analytics.timer is None or len(analytics.pending) >= BATCH):
+            analytics.tend()  # (its answers are added up later, or now)
         partial = self.scanner.partial()
         stop = len(data) - partial
-        if journal is not None:  # (held bytes are hashed when they go out, with the next chunk)
-            journal.chunk_end(data, stop)
+        if session.journal is not None:  # (held bytes are hashed when they go out, with the next chunk)
+            session.journal.chunk_end(data, stop)
         if partial:
             self.held = data[stop:]
         if out:
             out.append(data[sent:stop])
-            data = b"".join(out)
-        elif sent or partial:
-            data = data[sent:stop]
-        return data, release, answered
+            return b"".join(out)
+        if sent or partial:
+            return data[sent:stop]
+        return data
+
+    def ready(self, body, drop, answered):
+        """A ReadyForQuery: a query's answer complete (analytics, plugins), the features that watch
+        transactions end (built once: Proxy.at_ready), and whether the lease ends here."""
+        session, server, plan = self.session, self.server, self.session.plan
+        server.tx_status = body
+        if body == b"I":
+            session.counters.transactions += 1
+        if drop:  # the proxy's own Sync: not one the client counts on
+            plan.outstanding -= 1
+        else:
+            entry = plan.answered()
+            if entry is not None:  # a query's answer is complete (analytics, plugins' on_query_complete)
+                proxy = session.proxy
+                if proxy.analytics is not None and entry.analyze:
+                    proxy.analytics.pending.append((session, entry, self.last_tag, self.last_error, server.node.name,
+                                                    body, monotonic()))
+                if plan.completions is not None and proxy.plugins.complete_impls:
+                    answered.append((entry, self.last_tag, self.last_error))
+            if plan.completions is not None:
+                self.last_tag = self.last_error = None
+        for watcher in session.proxy.at_ready:
+            watcher(session, body)
+        return ends_here(session, server)
+
+    def error(self, body):
+        session, server = self.session, self.server
+        session.proxy.router.count(server.node, "errors")
+        for watcher in session.proxy.at_error:
+            watcher(session, server, body)
+        if session.plan.completions is not None:
+            self.last_error = codec.parse_fields(body).get("C")
+
+    def parameter(self, body):
+        """A ParameterStatus: whatever statement caused it, a setting changed (read back at the
+        lease's end; a session pooling journal notes it for a session migrate)."""
+        session = self.session
+        name, value = codec.parse_parameter_status(body)
+        self.server.params[name] = value
+        session.settings.dirty = True
+        if session.journal is not None and not session.pooled:
+            session.journal.changed = True
+
+
+def watchers(proxy):
+    """The features that watch the server's answers, built once per configuration (a disabled one
+    costs nothing): (at every ReadyForQuery, at every ErrorResponse)."""
+    at_ready, at_error = [], []
+    if proxy.cache is not None:
+        at_ready.append(cache_transaction_ended)
+    if proxy.limiter.concurrency:
+        at_ready.append(concurrency_ended)
+    if proxy.tenants is not None:
+        at_error.append(tenant_error)
+    if proxy.config.pooled_modes:
+        at_error.append(stale_statements)
+    return tuple(at_ready), tuple(at_error)
+
+
+def cache_transaction_ended(session, status):
+    """Writes (or settings) of a transaction that ended: invalidated again (cache/)."""
+    state = session.cache_state
+    if status == b"I" and state is not None and (state.pending is not None or state.tx_unsafe):
+        session.proxy.cache.ended(session, not session.plan.owes())
+
+
+def concurrency_ended(session, status):
+    """[[limits]] concurrency: the session's queries ended, its slots go back."""
+    if session.limits_held and not session.plan.owes():
+        release_limits(session)
+
+
+def tenant_error(session, server, body):
+    if session.tenant is not None:
+        session.tenant.errors += 1
+
+
+def stale_statements(session, server, body):
+    """Shared prepared statements outlived a schema change: re-parsed at their next use."""
+    if session.pooled and stale_plan(body):
+        invalidate(list(server.statements.names))
 
 
 class CallbackPump:
