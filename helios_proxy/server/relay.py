@@ -103,8 +103,19 @@ class ServerStream:
                     continue
             if fill is not None and not drop and fill.take(mtype, data[end - 5 - len(body):end], body):
                 cache_state.fill = fill = None  # (a cache miss's answer, as the client got it: stored)
-            if mtype == READY:
-                release = self.ready(body, drop, answered)
+            if mtype == READY:  # a query's answer complete (analytics, plugins), the watchers, the lease's end
+                server.tx_status = body
+                if body == b"I":
+                    session.counters.transactions += 1
+                if drop:  # the proxy's own Sync: not one the client counts on
+                    plan.outstanding -= 1
+                else:
+                    entry = plan.answered()
+                    if plan.completions is not None:
+                        self.completed(entry, body, answered)
+                for watcher in session.proxy.at_ready:  # (built once: relay.watchers)
+                    watcher(session, body)
+                release = ends_here(session, server)
                 if journal is not None:
                     journal.ready(data, end, body == b"I" and not plan.owes())
             elif mtype == ERROR:
@@ -113,50 +124,34 @@ class ServerStream:
                 self.parameter(body)
             elif mtype == COMPLETE and plan.completions is not None:
                 self.last_tag = body
-        return self.cut(data, sent, out), release, answered
-
-    def cut(self, data, sent, out):
-        """What goes to the client of data: the edits made, a partial message held back."""
-        session = self.session
         analytics = session.proxy.analytics
         if analytics is not None and analytics.pending and (analytics.timer is None or len(analytics.pending) >= BATCH):
             analytics.tend()  # (its answers are added up later, or now)
-        partial = self.scanner.partial()
+        partial = self.scanner.partial()  # what goes to the client: the edits made, a partial message held back
         stop = len(data) - partial
-        if session.journal is not None:  # (held bytes are hashed when they go out, with the next chunk)
-            session.journal.chunk_end(data, stop)
+        if journal is not None:  # (held bytes are hashed when they go out, with the next chunk)
+            journal.chunk_end(data, stop)
         if partial:
             self.held = data[stop:]
         if out:
             out.append(data[sent:stop])
-            return b"".join(out)
-        if sent or partial:
-            return data[sent:stop]
-        return data
+            data = b"".join(out)
+        elif sent or partial:
+            data = data[sent:stop]
+        return data, release, answered
 
-    def ready(self, body, drop, answered):
-        """A ReadyForQuery: a query's answer complete (analytics, plugins), the features that watch
-        transactions end (built once: Proxy.at_ready), and whether the lease ends here."""
-        session, server, plan = self.session, self.server, self.session.plan
-        server.tx_status = body
-        if body == b"I":
-            session.counters.transactions += 1
-        if drop:  # the proxy's own Sync: not one the client counts on
-            plan.outstanding -= 1
-        else:
-            entry = plan.answered()
-            if entry is not None:  # a query's answer is complete (analytics, plugins' on_query_complete)
-                proxy = session.proxy
-                if proxy.analytics is not None and entry.analyze:
-                    proxy.analytics.pending.append((session, entry, self.last_tag, self.last_error, server.node.name,
-                                                    body, monotonic()))
-                if plan.completions is not None and proxy.plugins.complete_impls:
-                    answered.append((entry, self.last_tag, self.last_error))
-            if plan.completions is not None:
-                self.last_tag = self.last_error = None
-        for watcher in session.proxy.at_ready:
-            watcher(session, body)
-        return ends_here(session, server)
+    def completed(self, entry, body, answered):
+        """A ReadyForQuery with answers watched: a query's answer complete (entry) is noted for
+        analytics and for plugins' on_query_complete; the next answer's tag and error start afresh."""
+        session = self.session
+        proxy = session.proxy
+        if entry is not None:
+            if proxy.analytics is not None and entry.analyze:
+                proxy.analytics.pending.append((session, entry, self.last_tag, self.last_error, self.server.node.name,
+                                                body, monotonic()))
+            if proxy.plugins.complete_impls:
+                answered.append((entry, self.last_tag, self.last_error))
+        self.last_tag = self.last_error = None
 
     def error(self, body):
         session, server = self.session, self.server

@@ -271,13 +271,17 @@ class ClientSession:
         router.count(server.node, target)
         if router.on and self.home is None:
             router.balancer.started(server.node)
-        self.lease = Lease(self, pool, server, target, intent).run()
+        lease = self.lease = Lease(self, pool, server, target, intent)
+        lease.pump = relay.start(self, lease)  # (lease.run(), without a call more per transaction)
 
     def _acquire_routed(self):
         """(target, intent, pool, server) where the route stage sent the next transaction; the primary when
         that standby is unreachable or has not replayed the client's last write in time."""
         router = self.proxy.router
-        target, node_name, lag, tables = self.route.take()
+        route = self.route  # (RouteState.take(), inline: a call less per transaction)
+        target, node_name = route.next_target or ("primary", None)
+        lag, tables = route.next_lag, route.next_tables
+        route.next_target = route.next_lag = route.next_tables = None
         intent = target  # a read that falls back to the primary is still a read
         node = router.pick(target, node_name, lag) if self.home is None else None
         if node is not None:
