@@ -34,7 +34,7 @@ class Stats:
         self.started = time.time()
 
     def session_closed(self, session):
-        totals = self.closed.setdefault(session.database, dict.fromkeys(COUNTERS, 0))
+        totals = self.closed.setdefault(session.identity.database, dict.fromkeys(COUNTERS, 0))
         for name in COUNTERS:
             totals[name] += getattr(session.counters, name)
 
@@ -47,9 +47,9 @@ class Stats:
         """{database: {counter: total}} over closed and live sessions."""
         out = {db: dict(totals) for db, totals in self.closed.items()}
         for session in sessions:
-            if session.database is None:
+            if session.identity.database is None:
                 continue
-            totals = out.setdefault(session.database, dict.fromkeys(COUNTERS, 0))
+            totals = out.setdefault(session.identity.database, dict.fromkeys(COUNTERS, 0))
             for name in COUNTERS:
                 totals[name] += getattr(session.counters, name)
         return out

@@ -41,7 +41,7 @@ def kill_session(session_id):
     """End a client's connection (FATAL 57P01 to the client); its server connection is cleaned up."""
     proxy = proxy_of()
     for s in list(proxy.sessions):
-        if s.id == session_id:
+        if s.identity.id == session_id:
             s.terminate("terminating connection due to administrator command")
             return jsonify(killed=session_id)
     raise ApiError(404, f"no session {session_id}")

@@ -9,6 +9,7 @@ import time
 
 from flask import Blueprint, jsonify, request
 
+from ..server.identity import Identity
 from .. import pipeline
 from ..backend.connection import ServerConnection
 from ..backend.credentials import Credentials
@@ -25,17 +26,16 @@ _ids = itertools.count(1)
 
 class ApiSession:
     """What stages and plugins see of an /api/sql request (a ClientSession's public face)."""
-    pooled = False
-    mode = "api"
-    tls = False
     journal = None  # (its statements run on connections of its own: nothing to replay)
 
     def __init__(self, proxy, user, database, peer):
-        self.proxy, self.user, self.database, self.peer = proxy, user, database, peer
-        self.id = f"api-{next(_ids)}"
+        self.proxy = proxy
+        self.identity = identity = Identity(f"api-{next(_ids)}", peer)
+        identity.user, identity.database, identity.mode = user, database, "api"
 
     def __repr__(self):
-        return f"<api session {self.id} {self.peer[0]} user={self.user} db={self.database}>"
+        who = self.identity
+        return f"<api session {who.id} {who.peer[0]} user={who.user} db={who.database}>"
 
 
 @bp.post("/api/sql")

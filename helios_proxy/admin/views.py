@@ -42,13 +42,13 @@ def session_state(session):
 def clients(proxy):
     now = time.monotonic()
     out = []
-    for s in sorted(proxy.sessions, key=lambda s: s.id):
-        if s.user is None:
+    for s in sorted(proxy.sessions, key=lambda s: s.identity.id):
+        if s.identity.user is None:
             continue
         out.append({
-            "id": s.id, "user": s.user, "database": s.database, "state": session_state(s),
-            "addr": s.peer[0], "port": s.peer[1], "tls": s.tls, "mode": s.mode,
-            "connect_time_s": round(now - s.started, 3),
+            "id": s.identity.id, "user": s.identity.user, "database": s.identity.database, "state": session_state(s),
+            "addr": s.identity.peer[0], "port": s.identity.peer[1], "tls": s.identity.tls, "mode": s.identity.mode,
+            "connect_time_s": round(now - s.identity.started, 3),
             "wait_s": round(now - s.counters.wait_started, 3) if s.counters.wait_started is not None else 0.0,
             "node": s.server.node.name if s.server is not None else None,
             "server_pid": s.server.pid if s.server is not None else None,
@@ -92,7 +92,7 @@ def servers(proxy):
         for conn, state in conns:
             client = leased.get(id(conn))
             out.append({"node": pool.node.name, "database": pool.database, "user": pool.credentials.user,
-                        "state": state, "pid": conn.pid, "client": client.id if client else None,
+                        "state": state, "pid": conn.pid, "client": client.identity.id if client else None,
                         "connect_time_s": round(now - conn.created, 3),
                         "idle_s": round(now - conn.last_used, 3) if state == "idle" else 0.0,
                         "close_needed": int(conn.generation != pool.generation)})

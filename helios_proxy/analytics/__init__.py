@@ -308,7 +308,7 @@ class Analytics:
                 state = session.analytics_state = SessionState()
             where = state.where
             if where is None or where[0] != node:  # (one key per session and node, not one per query)
-                where = state.where = (node, where_key(node, session.database, session.user))
+                where = state.where = (node, where_key(node, session.identity.database, session.identity.user))
             counts, where = stat.where, where[1]
             counts[where] = counts.get(where, 0) + 1
             if took >= slow_s:

@@ -69,11 +69,12 @@ class NPlusOne:
                 "count": 0, "occurrences": 0, "suggestion": suggestion(run.stat.query),
                 "first_seen": _now()}
             log.warning("N+1 queries: %r ran %d times in a row in session %d (user %s, database %s) after %r; "
-                        "consider: %s", run.stat.query, run.count, session.id, session.user, session.database,
-                        pattern["preceding_query"], pattern["suggestion"])
+                        "consider: %s", run.stat.query, run.count, session.identity.id, session.identity.user,
+                        session.identity.database, pattern["preceding_query"], pattern["suggestion"])
         pattern["occurrences"] += 1
         pattern["count"] = max(pattern["count"], run.count)
-        pattern.update(session=session.id, user=session.user, database=session.database, last_seen=_now())
+        who = session.identity
+        pattern.update(session=who.id, user=who.user, database=who.database, last_seen=_now())
         self.patterns.move_to_end(key)
         run.pattern = pattern  # (a longer run only raises its count)
 

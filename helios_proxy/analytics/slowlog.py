@@ -32,8 +32,9 @@ class SlowLog:
         at = time.time() - (time.monotonic() - now)
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d}Z",
                  "duration_ms": round(took * 1000.0, 3), "fingerprint": stat.fingerprint, "query": stat.query,
-                 "intent": stat.intent, "user": session.user, "database": session.database, "node": node,
-                 "rows": rows, "sqlstate": error, "session": session.id, "protocol": ctx.protocol}
+                 "intent": stat.intent, "user": session.identity.user, "database": session.identity.database,
+                 "node": node, "rows": rows, "sqlstate": error, "session": session.identity.id,
+                 "protocol": ctx.protocol}
         if self.log_parameters:
             entry["query_text"] = ctx.sql
         self.count += 1

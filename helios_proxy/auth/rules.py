@@ -16,10 +16,11 @@ def _name_matches(pattern, name):
 def _address_matches(pattern, session):
     if pattern == "all":
         return True
-    if session.local:  # the Unix socket has no address: only "all" rules apply
+    if session.identity.local:  # the Unix socket has no address: only "all" rules apply
         return False
     try:
-        return ipaddress.ip_address(session.peer[0].split("%")[0]) in ipaddress.ip_network(pattern, strict=False)
+        address = ipaddress.ip_address(session.identity.peer[0].split("%")[0])
+        return address in ipaddress.ip_network(pattern, strict=False)
     except ValueError:
         return False
 
@@ -39,7 +40,7 @@ def check_identity(config, names, user, what):
 def rule_for(config, session):
     """(index or "default", rule) deciding how session logs in."""
     for i, rule in enumerate(config.auth.rules):
-        if (_name_matches(rule.database, session.database) and _name_matches(rule.user, session.user)
+        if (_name_matches(rule.database, session.identity.database) and _name_matches(rule.user, session.identity.user)
                 and _address_matches(rule.address, session)):
             return i, rule
     return "default", SimpleNamespace(method=config.auth.method, allow_plaintext=False)

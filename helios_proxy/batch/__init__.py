@@ -87,7 +87,7 @@ class Batches:
             shape = self.shapes[key] = analyze(sql, cfg.tables)
         if shape is None:
             return None
-        if self.tables_ok.get((session.database, shape.table)) is False:
+        if self.tables_ok.get((session.identity.database, shape.table)) is False:
             self.counts["passed_through"] += 1
             return None
         # Texts of one shape share their text around the row (no literal there): cut it out at
@@ -108,7 +108,7 @@ class Batches:
             if row is None:
                 return None
             sql = prefix + row + suffix
-        bkey = (session.database, session.user, session.settings.key, prefix, suffix)
+        bkey = (session.identity.database, session.identity.user, session.settings.key, prefix, suffix)
         batcher = self.batchers.get(bkey)
         if batcher is None:
             batcher = self.batchers[bkey] = Batcher(self, session, shape, prefix, suffix)
@@ -122,7 +122,7 @@ class Batches:
 class Batcher:
     def __init__(self, batches, session, shape, prefix, suffix):
         self.batches, self.proxy = batches, batches.proxy
-        self.database, self.table, self.returning = session.database, shape.table, shape.returning
+        self.database, self.table, self.returning = session.identity.database, shape.table, shape.returning
         self.credentials, self.settings = session.pool.credentials, dict(session.settings.values)
         self.settings_key = session.settings.key
         self.prefix, self.suffix = prefix, suffix

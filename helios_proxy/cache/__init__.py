@@ -76,8 +76,8 @@ class Fill:
 
     def __init__(self, cache, key, adm, session, warm_gens, origin):
         self.cache, self.key, self.adm, self.session = cache, key, adm, session
-        self.database = session.database
-        self.gens = cache.generations(session.database, adm.sorted_names)
+        self.database = session.identity.database
+        self.gens = cache.generations(session.identity.database, adm.sorted_names)
         self.warm_gens = warm_gens
         self.started = time.monotonic()
         self.rowdesc, self.parts, self.size, self.complete, self.origin = None, [], 0, False, origin
@@ -180,7 +180,7 @@ class QueryCache:
         status = plan.status
         if status != b"I" and (status != b"T" or state.pending is not None or state.tx_unsafe):
             return self.skip("in a transaction that wrote, failed or changed settings")
-        db = session.database
+        db = session.identity.database
         if self.logical:
             reader = self.reader(db)
             if not reader.wait_ready(FIRST_SLOT_WAIT):
@@ -251,7 +251,7 @@ class QueryCache:
 
     def catalog(self, session):
         """The session's database's catalog, loaded (through its server) when missing or stale."""
-        db = session.database
+        db = session.identity.database
         cat = self.catalogs.get(db)
         if cat is not None and not cat.stale and time.monotonic() - cat.loaded < self.config.catalog_refresh_s:
             return cat
@@ -296,7 +296,7 @@ class QueryCache:
         if len(known) >= 10000:
             known.clear()
         if len(sql) <= MEMO_LIMIT:
-            known[(session.database, sql)] = (adm, values)
+            known[(session.identity.database, sql)] = (adm, values)
 
     def quick(self, session, data, begin, end):
         """A simple-protocol hit found by the Query's exact text before the pipeline runs (the
@@ -317,7 +317,7 @@ class QueryCache:
     def forget(self, session, sql):
         """A text that missed on the quick path leaves it until it hits again (a text with ever new
         parameters must not pay for a quick look each time)."""
-        self.known.pop((session.database, sql), None)
+        self.known.pop((session.identity.database, sql), None)
 
     def known_now(self, session, sql):
         """(Admission, constants) of a text admitted before, if every condition of admit() holds for
@@ -329,7 +329,7 @@ class QueryCache:
         if (plan.entries or plan.outstanding or plan.in_extended or plan.status != b"I"
                 or plan.completions is not None or self.proxy.tracker.changes != self.primary_changes):
             return None
-        db = session.database
+        db = session.identity.database
         found = self.known.get((db, sql))
         if found is None:
             return None
@@ -365,7 +365,7 @@ class QueryCache:
                 self.settings_parts.clear()
             part = self.settings_parts[session.settings.key] = tuple(
                 kv for kv in session.settings.key if kv[0].lower() not in NEUTRAL_SETTINGS)
-        return (session.database, session.user, part, adm.template, values, formats)
+        return (session.identity.database, session.identity.user, part, adm.template, values, formats)
 
     def lookup(self, session, adm, key, origin):
         """(entry, None) on a hit; (None, Fill) on a miss."""
@@ -378,7 +378,8 @@ class QueryCache:
         stats.calls += 1
         warm_gens = None
         warm = self.warm
-        if warm is not None and "l2" in adm.tiers and warm.usable() and not warm.busy(session.database, adm.names):
+        if (warm is not None and "l2" in adm.tiers and warm.usable()
+                and not warm.busy(session.identity.database, adm.names)):
             entry, warm_gens = self._fetch(session, adm, key, origin)
             if entry is not None:
                 stats.hits += 1
@@ -390,7 +391,7 @@ class QueryCache:
     def _fetch(self, session, adm, key, origin):
         from .warm import Down, decode
         try:
-            value, current = self.warm.fetch(digest(key), session.database, adm.sorted_names)
+            value, current = self.warm.fetch(digest(key), session.identity.database, adm.sorted_names)
         except Down:
             return None, None
         if value is None:
@@ -405,7 +406,7 @@ class QueryCache:
         self.counts["hits"] += 1
         self.counts["l2_hits"] += 1
         entry = Entry(key, rowdesc, body, time.monotonic() + min(meta.get("ttl", adm.ttl), adm.ttl),
-                      adm.names, session.database, adm.cls, meta.get("o"))
+                      adm.names, session.identity.database, adm.cls, meta.get("o"))
         if entry.origin != origin:
             self.counts["l3_hits"] += 1
         if "l1" in adm.tiers:
@@ -504,10 +505,10 @@ class QueryCache:
         again when its transaction ends (relay.py calls ended()). What it reaches beyond names
         (foreign-key actions, triggers, rules: catalog.reach) goes too."""
         if names is not None:
-            cat = self.catalogs.get(session.database)
+            cat = self.catalogs.get(session.identity.database)
             if cat is not None and (cat.anything or cat.cascades or cat.views):
                 names = cat.reach(names)
-        self.invalidate(session.database, names)
+        self.invalidate(session.identity.database, names)
         state = session.cache_state
         if state is None:
             return
@@ -525,12 +526,12 @@ class QueryCache:
         state = session.cache_state
         pending = state.pending
         if pending is not None:
-            self.invalidate(session.database, None if pending is ALL else pending)
+            self.invalidate(session.identity.database, None if pending is ALL else pending)
         if done:
             state.pending = None
             if state.tx_unsafe:
                 state.tx_unsafe = False
-                state.settings_stale = not session.pooled  # (SET LOCAL values are gone now)
+                state.settings_stale = not session.identity.pooled  # (SET LOCAL values are gone now)
 
     def not_a_read(self, session, shape):
         """A statement the cache never serves: what it writes is invalidated; what it does to the
@@ -543,7 +544,7 @@ class QueryCache:
                 state.named.clear()
             if shape.sets or shape.strict:  # SET LOCAL, SET TRANSACTION ISOLATION...: nothing from the
                 state.tx_unsafe = True  # cache until the transaction ends (relay.py: ended())
-                if not session.pooled:
+                if not session.identity.pooled:
                     state.settings_stale = True
         if shape.everything:
             self.wrote(session, None)
@@ -556,7 +557,7 @@ class QueryCache:
         anything: the whole database is invalidated (and it may change settings)."""
         if not shape.functions:
             return
-        cat = self.catalogs.get(session.database)
+        cat = self.catalogs.get(session.identity.database)
         memo = shape.effects
         if memo is not None and memo[0] is cat:
             unknown = memo[1]
@@ -566,7 +567,7 @@ class QueryCache:
             shape.effects = (cat, unknown)
         if unknown:  # (it may also have called set_config: session pooling reads its settings back)
             self.wrote(session, None)
-            if not session.pooled and session.cache_state is not None:
+            if not session.identity.pooled and session.cache_state is not None:
                 session.cache_state.settings_stale = True
 
     # --- the admin API ---------------------------------------------------------------------------

@@ -200,13 +200,13 @@ class Limiter:
     def value(limit, session, sql):
         key = limit.key
         if key == "user":
-            return session.user
+            return session.identity.user
         if key == "database":
-            return session.database
+            return session.identity.database
         if key == "client_address":
-            return "unix socket" if session.local else session.peer[0]
+            return "unix socket" if session.identity.local else session.identity.peer[0]
         if key == "tenant":
-            return session.tenant.name if session.tenant is not None else None
+            return session.identity.tenant.name if session.identity.tenant is not None else None
         return shape_of(sql)
 
     def take(self, session, sql, count=1, holding=()):

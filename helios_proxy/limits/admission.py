@@ -60,7 +60,7 @@ class Admission:
         """Count count executions of sql for session; None when admitted, else the ErrorResponse
         fields (sqlstate, message) refusing them."""
         proxy = self.proxy
-        tenant = session.tenant
+        tenant = session.identity.tenant
         if tenant is not None and tenant.cfg.qps:
             try:
                 proxy.tenants.take_qps(tenant, count)

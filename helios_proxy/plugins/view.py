@@ -22,17 +22,18 @@ class SessionInfo(ReadOnly):
     def __init__(self, session):
         object.__setattr__(self, "_s", session)
 
-    id = property(lambda self: self._s.id)
-    user = property(lambda self: self._s.user)
-    database = property(lambda self: self._s.database)
-    peer = property(lambda self: self._s.peer)
-    tls = property(lambda self: self._s.tls)
-    local = property(lambda self: self._s.local)
-    mode = property(lambda self: self._s.mode)
-    backend_pid = property(lambda self: self._s.backend_pid)
-    tenant = property(lambda self: self._s.tenant.name if self._s.tenant is not None else None)
-    application_name = property(lambda self: self._s.settings.values.get("application_name"))
-    in_transaction = property(lambda self: self._s.plan.status != b"I")
+    id = property(lambda self: self._s.identity.id)
+    user = property(lambda self: self._s.identity.user)
+    database = property(lambda self: self._s.identity.database)
+    peer = property(lambda self: self._s.identity.peer)
+    tls = property(lambda self: self._s.identity.tls)
+    local = property(lambda self: self._s.identity.local)
+    mode = property(lambda self: self._s.identity.mode)
+    backend_pid = property(lambda self: self._s.identity.backend_pid)
+    tenant = property(lambda self: self._s.identity.tenant.name if self._s.identity.tenant is not None else None)
+    application_name = property(lambda self: getattr(self._s, "settings", None) and
+                                self._s.settings.values.get("application_name"))
+    in_transaction = property(lambda self: getattr(self._s, "plan", None) is not None and self._s.plan.status != b"I")
 
     def __repr__(self):
         return f"<SessionInfo {self.id} user={self.user} db={self.database}>"

@@ -100,8 +100,8 @@ class Rule:
             raise ValueError("does nothing: give replace, schema_prefix, normalize or hint")
 
     def for_session(self, session):
-        return ((not self.database or fnmatchcase(session.database or "", self.database))
-                and (not self.user or fnmatchcase(session.user or "", self.user)))
+        return ((not self.database or fnmatchcase(session.identity.database or "", self.database))
+                and (not self.user or fnmatchcase(session.identity.user or "", self.user)))
 
     def apply(self, sql):
         if self.replace is not None:

@@ -29,20 +29,20 @@ def complete(tag):
 
 
 def lists(proxy):
-    sessions = [s for s in list(proxy.sessions) if s.user is not None]
+    sessions = [s for s in list(proxy.sessions) if s.identity.user is not None]
     pools = list(proxy.pools.pools.values())
     idle = sum(len(p.idle) for p in pools)
     return [{"list": name, "items": n} for name, n in (
         ("databases", len({p.database for p in pools} | set(proxy.config.databases))),
-        ("users", len({s.user for s in sessions} | {p.credentials.user for p in pools})),
+        ("users", len({s.identity.user for s in sessions} | {p.credentials.user for p in pools})),
         ("pools", len(pools)), ("used_clients", len(sessions)),
-        ("login_clients", sum(1 for s in proxy.sessions if s.user is None or not s.authenticated)),
+        ("login_clients", sum(1 for s in proxy.sessions if s.identity.user is None or not s.identity.authenticated)),
         ("free_servers", idle), ("used_servers", sum(p.size for p in pools) - idle))]
 
 
 def users(proxy):
     cfg = proxy.config
-    names = sorted({s.user for s in list(proxy.sessions) if s.user} | set(cfg.users)
+    names = sorted({s.identity.user for s in list(proxy.sessions) if s.identity.user} | set(cfg.users)
                    | {p.credentials.user for p in proxy.pools.pools.values()})
     return [{"name": name, "pool_mode": cfg.mode_for(None, name)} for name in names]
 
@@ -61,10 +61,10 @@ def mem(proxy):
 
 
 def _sockets(proxy):
-    for s in sorted((s for s in list(proxy.sessions) if s.user is not None), key=lambda s: s.id):
-        yield {"type": "client", "fd": _fd(s.sock), "user": s.user, "database": s.database,
-               "addr": s.peer[0], "port": s.peer[1], "state": views.session_state(s), "link": s.server.pid
-               if s.server is not None else None, "tls": s.tls}
+    for s in sorted((s for s in list(proxy.sessions) if s.identity.user is not None), key=lambda s: s.identity.id):
+        yield {"type": "client", "fd": _fd(s.sock), "user": s.identity.user, "database": s.identity.database,
+               "addr": s.identity.peer[0], "port": s.identity.peer[1], "state": views.session_state(s),
+               "link": s.server.pid if s.server is not None else None, "tls": s.identity.tls}
     leased = {id(s.server): s for s in list(proxy.sessions) if s.server is not None}
     for pool in list(proxy.pools.pools.values()):
         conns = [(c, "idle") for c in pool.idle] + [(s.server, "active") for s in leased.values()
@@ -73,7 +73,7 @@ def _sockets(proxy):
             client = leased.get(id(conn))
             yield {"type": "server", "fd": _fd(conn.sock), "user": pool.credentials.user, "database": pool.database,
                    "addr": pool.node.host, "port": pool.node.port, "state": state,
-                   "link": client.id if client is not None else None, "tls": hasattr(conn.sock, "cipher")}
+                   "link": client.identity.id if client is not None else None, "tls": hasattr(conn.sock, "cipher")}
 
 
 def _fd(sock):
@@ -113,7 +113,8 @@ def command(session, verb, words, sql):
     """The bytes answering one of this module's commands, or None when it is not one."""
     proxy = session.proxy
     if verb == "kill_client" and len(words) == 2:
-        target = next((s for s in list(proxy.sessions) if str(s.id) == words[1] and not s.admin), None)
+        target = next((s for s in list(proxy.sessions) if str(s.identity.id) == words[1] and not s.identity.admin),
+                      None)
         if target is None:
             return codec.error_response(UNDEFINED_OBJECT, f"no client {words[1]} (SHOW CLIENTS: id)")
         target.terminate(f"terminating connection: KILL_CLIENT {words[1]} (admin console)")
@@ -130,7 +131,7 @@ def command(session, verb, words, sql):
     if verb == "set":
         return set_setting(proxy, sql)
     if verb == "shutdown" and len(words) == 1:
-        log.warning("admin console: SHUTDOWN by %s", session.user)
+        log.warning("admin console: SHUTDOWN by %s", session.identity.user)
         proxy.commands.put("term")  # graceful, as SIGTERM
         return complete("SHUTDOWN")
     return None

@@ -31,7 +31,7 @@ HELP = ("SHOW POOLS | CLIENTS | SERVERS | STATS | NODES | DATABASES | CONFIG | L
 
 def greeting(session):
     out = [codec.parameter_status(k, v) for k, v in GREETING.items()]
-    out.append(codec.backend_key_data(session.id, session.secret))
+    out.append(codec.backend_key_data(session.identity.id, session.identity.secret))
     out.append(codec.ready_for_query(m.TX_IDLE))
     return b"".join(out)
 
@@ -79,7 +79,7 @@ def answer(session, sql):
     if not words:
         return codec.message(m.EMPTY_QUERY_RESPONSE)
     verb, rest = words[0].lower(), [w.lower() for w in words[1:]]
-    log.info("admin console: %s ran %r", session.user, sql.strip())
+    log.info("admin console: %s ran %r", session.identity.user, sql.strip())
     if verb == "show" and len(rest) == 1:
         what = rest[0]
         if what == "version":
@@ -128,7 +128,7 @@ def answer(session, sql):
     if verb == "kill" and len(words) == 2:  # PgBouncer's KILL db: its clients and server connections go now,
         database = words[1]                 # and the database stays paused until RESUME, as there
         proxy.paused.setdefault(database, Event()).clear()
-        ended = [s for s in list(proxy.sessions) if s.database == database and not s.admin]
+        ended = [s for s in list(proxy.sessions) if s.identity.database == database and not s.identity.admin]
         for victim in ended:
             victim.terminate(f"terminating connection: KILL {database} (admin console)")
         for pool in list(proxy.pools.pools.values()):

@@ -32,7 +32,7 @@ AUTH_CONNECTIONS_KEPT = 2  # idle auth_query connections the authenticator keeps
 
 def _host(client):
     """The client's host as PostgreSQL names it in authentication errors."""
-    return "[local]" if client.local else client.peer[0]
+    return "[local]" if client.identity.local else client.identity.peer[0]
 
 
 def password_failed(user):
@@ -132,7 +132,8 @@ class Authenticator:
         if method == "reject":
             self._decided(client, method, rule_index, "rejected by the rule")
             raise FatalError(f'pg_hba.conf rejects connection for host "{_host(client)}", user "{creds.user}", '
-                             f'database "{client.database}", {"SSL encryption" if client.tls else "no encryption"}',
+                             f'database "{client.identity.database}", '
+                             f'{"SSL encryption" if client.identity.tls else "no encryption"}',
                              sqlstate=INVALID_AUTHORIZATION)
         if method in auth.TOKEN_METHODS:
             return self._token(client, creds, method, rule_index, rule)
@@ -148,10 +149,11 @@ class Authenticator:
     def _token(self, client, creds, method, rule_index, rule):
         """jwt, api_key: the token or key comes as a cleartext password (TLS or the Unix socket
         only, unless the rule allows plaintext); the backend login stays the proxy's own."""
-        if not (client.tls or client.local or rule.allow_plaintext):
+        if not (client.identity.tls or client.identity.local or rule.allow_plaintext):
             self._decided(client, method, rule_index, "refused: no TLS")
             raise FatalError(f'the {method} method needs TLS (or the Unix socket): connection of user '
-                             f'"{creds.user}" to database "{client.database}" from host "{_host(client)}" has no '
+                             f'"{creds.user}" to database "{client.identity.database}" '
+                             f'from host "{_host(client)}" has no '
                              f'encryption', sqlstate=INVALID_AUTHORIZATION,
                              hint="Connect with sslmode=require, or allow plaintext in that [[auth.rules]] entry "
                                   "(allow_plaintext = true) of the proxy's configuration.")
@@ -160,14 +162,14 @@ class Authenticator:
             secret = read_cstr(client.read_password(), 0)[0]
         try:
             if method == "jwt":
-                client.auth_claims = jwt_method.METHOD.check(self.config, creds.user, secret)
+                client.identity.auth_claims = jwt_method.METHOD.check(self.config, creds.user, secret)
             elif method == "oauth2":
                 oauth2.METHOD.check(self.config, creds.user, secret)
             elif method == "ldap":
                 ldap.check(self.config, creds.user, secret)
             else:
-                api_keys.METHOD.check(self.config, creds.user, client.database, secret,
-                                      client.tenant.name if client.tenant is not None else None)
+                api_keys.METHOD.check(self.config, creds.user, client.identity.database, secret,
+                                      client.identity.tenant.name if client.identity.tenant is not None else None)
         except auth.Refused as e:
             self._decided(client, method, rule_index, f"refused: {e}")
             raise password_failed(creds.user) from None
@@ -179,10 +181,10 @@ class Authenticator:
 
     def _cert(self, client, creds, rule_index):
         """A client certificate the TLS handshake verified, naming this user: no password asked."""
-        if not client.tls:
+        if not client.identity.tls:
             self._decided(client, "cert", rule_index, "refused: no TLS")
             raise FatalError(f'the cert method needs TLS: connection of user "{creds.user}" to database '
-                             f'"{client.database}" from host "{_host(client)}" has no encryption',
+                             f'"{client.identity.database}" from host "{_host(client)}" has no encryption',
                              sqlstate=INVALID_AUTHORIZATION, hint="Connect with sslmode=require and a client "
                                                                   "certificate (sslcert, sslkey).")
         try:
@@ -197,8 +199,9 @@ class Authenticator:
     @staticmethod
     def _decided(client, method, rule_index, outcome):
         """Every decision of the auth proxy's methods, in the log (never the secret)."""
-        log.info("auth: user=%s database=%s address=%s method=%s rule=%s: %s", client.user, client.database,
-                 "unix socket" if client.local else client.peer[0], method, rule_index, outcome)
+        who = client.identity
+        log.info("auth: user=%s database=%s address=%s method=%s rule=%s: %s", who.user, who.database,
+                 "unix socket" if who.local else who.peer[0], method, rule_index, outcome)
 
     def _md5(self, client, creds):
         salt = os.urandom(4)

@@ -85,7 +85,7 @@ class CancelMap:
             self.unmatched += 1
             self._summary()
             return False
-        log.info("cancel request from %s for session %s", peer[0], session.id)
+        log.info("cancel request from %s for session %s", peer[0], session.identity.id)
         if hasattr(sent, "join"):
             sent.join(timeout=SEND_TIMEOUT)
         return True

@@ -261,7 +261,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
             return None  # a cache hit: the whole batch answered
         if self.session.journal is not None and not self.journal_parse(begin, end, commit):
             return None
-        named = not anonymous and self.session.pooled
+        named = not anonymous and self.session.identity.pooled
         if named and self.answered_locally(mtype, begin, end, replacement):
             return None
         if not self.leased(mtype, begin, end) or (named and self.translated(mtype, begin, end, replacement)):
@@ -293,7 +293,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
                 self.send(first)
         if self.cache_next is not None:
             self.start_fill()  # (a Bind whose batch missed: translated or not, its answer is the fill's)
-        if (session.pooled and names_statement(mtype, self.data, begin, end)
+        if (session.identity.pooled and names_statement(mtype, self.data, begin, end)
                 and self.translated(mtype, begin, end, None)):
             return None
         return self.as_is(mtype, begin, end, None)
@@ -304,9 +304,9 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
             state.named.pop(codec.read_cstr(self.data[begin + 6:end], 0)[0], None)
         if self.session.named_queries and self.data[begin + 5] == STATEMENT:
             self.session.named_queries.pop(codec.read_cstr(self.data[begin + 6:end], 0)[0], None)
-        if self.session.journal is not None and not self.session.pooled:
+        if self.session.journal is not None and not self.session.identity.pooled:
             self.session.journal.changed = True  # (session pooling: its statements, for session migrate)
-        if (self.session.pooled and names_statement(mtype, self.data, begin, end)
+        if (self.session.identity.pooled and names_statement(mtype, self.data, begin, end)
                 and self.answered_locally(mtype, begin, end, None)):
             return None
         return self.on_other(mtype, begin, end)
@@ -397,7 +397,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
             session.discard_pending = False
             session.server.statements.clear()
         journal = session.journal
-        if journal is not None and journal.needs_snapshot and not session.pooled and not session.plan.owes():
+        if journal is not None and journal.needs_snapshot and not session.identity.pooled and not session.plan.owes():
             self.cut(begin, begin)
             replay.snapshot(session)  # its new session state, for a session migrate
         return True

@@ -25,7 +25,7 @@ class JournalSteps:
         journal = session.journal
         name = codec.read_cstr(self.data[begin + 5:end], 0)[0]
         if name:
-            if not session.pooled:
+            if not session.identity.pooled:
                 journal.changed = True
             if commit:
                 journal.named[name] = commit

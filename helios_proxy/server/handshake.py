@@ -46,7 +46,7 @@ def startup(session):
         packet = header + read_exact(session.sock, startup_length(header, limit) - 4)
         pkt = parse_startup(packet)
         if pkt.kind == CANCEL_REQUEST:
-            proxy.cancels.cancel(pkt.pid, pkt.secret, session.peer)
+            proxy.cancels.cancel(pkt.pid, pkt.secret, session.identity.peer)
             return None
         # Beyond max_client_conn: refused before a TLS handshake or an authentication spends anything
         # on it (an SSLRequest is answered N, so that libpq reads and shows the error that follows).
@@ -57,7 +57,7 @@ def startup(session):
         if pkt.kind in (SSL_REQUEST, GSSENC_REQUEST):
             if negotiated and pkt.kind == SSL_REQUEST:
                 raise ProtocolViolation("SSLRequest received twice")
-            accept = pkt.kind == SSL_REQUEST and tls_ctx is not None and not session.local and not full
+            accept = pkt.kind == SSL_REQUEST and tls_ctx is not None and not session.identity.local and not full
             # CVE-2021-23214: bytes sent before our answer could be read were not protected by TLS
             # (and may be injected); never process them, whatever the answer.
             if peek(session.sock):  # more bytes than the packet read so far
@@ -74,7 +74,7 @@ def startup(session):
                 tls_sock.do_handshake()
                 session.fatal_sent = False
                 session.writer = Writer(tls_sock)
-                session.tls = True
+                session.identity.tls = True
             negotiated = negotiated or pkt.kind == SSL_REQUEST
             continue
         return pkt
@@ -94,30 +94,30 @@ def login(session, pkt):
         tenant, user, database = proxy.tenants.identify(user, database, {**params, **options},
                                                         sni=getattr(session.sock, "helios_sni", None))
         proxy.tenants.admit(tenant)
-        session.tenant, session.settings.forced = tenant, tenant.forced()
-    session.user, session.database = user, database
+        session.identity.tenant, session.settings.forced = tenant, tenant.forced()
+    session.identity.user, session.identity.database = user, database
     if database in proxy.disabled:  # DISABLE db (admin console), until ENABLE db
         raise FatalError(f'database "{database}" is not currently accepting connections (DISABLE, admin console)',
                          sqlstate="55000")
-    session.home = cfg.database_nodes.get(session.database)  # a database with a server of its own
-    session.mode = cfg.mode_for(session.database, user)
-    session.pooled = session.mode != "session"
+    session.identity.home = cfg.database_nodes.get(session.identity.database)  # a database with a server of its own
+    session.identity.mode = cfg.mode_for(session.identity.database, user)
+    session.identity.pooled = session.identity.mode != "session"
     if params.get("replication", "false").lower() not in ("false", "off", "no", "0"):
         raise FatalError("replication connections are not supported by HeliosProxy",
                          sqlstate=FEATURE_NOT_SUPPORTED)
-    if cfg.tls.client_mode == "require" and not session.tls and not session.local:  # (as PostgreSQL's local)
-        raise FatalError(f'no encryption: TLS is required for host "{session.peer[0]}", user "{user}", '
-                         f'database "{session.database}" (tls.client_mode = require)',
+    if cfg.tls.client_mode == "require" and not session.identity.tls and not session.identity.local:  # (as PG's)
+        raise FatalError(f'no encryption: TLS is required for host "{session.identity.peer[0]}", user "{user}", '
+                         f'database "{session.identity.database}" (tls.client_mode = require)',
                          sqlstate=INVALID_AUTHORIZATION)
     settings = {k: v for k, v in params.items() if k not in NOT_FORWARDED}
     settings.update(options)
     if pkt.minor > 0 or pkt.extensions:
         session.send(codec.negotiate_protocol_version(3 << 16, pkt.extensions))  # we speak 3.0
 
-    admin = session.database == cfg.admin.database
+    admin = session.identity.database == cfg.admin.database
     creds = proxy.authenticator.lookup(user)
-    if session.tenant is not None:  # a users_file line of its own (user.tenant), tenancy.tenant_secrets
-        secret = proxy.tenants.secret_of(proxy.authenticator, user, session.tenant, params["user"])
+    if session.identity.tenant is not None:  # a users_file line of its own (user.tenant), tenancy.tenant_secrets
+        secret = proxy.tenants.secret_of(proxy.authenticator, user, session.identity.tenant, params["user"])
         if secret is not None:  # the client proves the tenant's secret; the backend login stays the user's own
             proxy.authenticator.authenticate(session, secret)
         else:  # (md5 salts with the name the client sent)
@@ -125,28 +125,28 @@ def login(session, pkt):
     else:
         creds = proxy.authenticator.authenticate(session, creds)
     if tenanted and proxy.tenants.after_login:  # (identify = jwt_claim: from its token)
-        tenant, _, database = proxy.tenants.identify(user, session.database, {**params, **options},
-                                                     session.auth_claims)
+        tenant, _, database = proxy.tenants.identify(user, session.identity.database, {**params, **options},
+                                                     session.identity.auth_claims)
         proxy.tenants.admit(tenant)
-        session.tenant, session.settings.forced = tenant, tenant.forced()
-        if database != session.database:  # (isolation = database)
-            session.database = database
-            session.home = cfg.database_nodes.get(database)
-            session.mode = cfg.mode_for(database, user)
-            session.pooled = session.mode != "session"
+        session.identity.tenant, session.settings.forced = tenant, tenant.forced()
+        if database != session.identity.database:  # (isolation = database)
+            session.identity.database = database
+            session.identity.home = cfg.database_nodes.get(database)
+            session.identity.mode = cfg.mode_for(database, user)
+            session.identity.pooled = session.identity.mode != "session"
     if session.settings.forced:
         settings.update(session.settings.forced)
-    if session.tenant is not None and session.tenant.cfg.pool_size:  # pools of its own, of that size
-        proxy.pools.partition_sizes[session.tenant.name] = session.tenant.cfg.pool_size
-        creds = dataclasses.replace(creds, partition=session.tenant.name)
+    if session.identity.tenant is not None and session.identity.tenant.cfg.pool_size:  # pools of its own, of that size
+        proxy.pools.partition_sizes[session.identity.tenant.name] = session.identity.tenant.cfg.pool_size
+        creds = dataclasses.replace(creds, partition=session.identity.tenant.name)
     session.logged_in()
     if admin:
         if user not in cfg.admin.users:
             raise FatalError(f'user "{user}" may not use the admin console (admin.users)',
                              sqlstate=INVALID_AUTHORIZATION)
-        session.admin = True
-        session.backend_pid = session.id
-        session.secret = proxy.cancels.register(session, session.id)
+        session.identity.admin = True
+        session.identity.backend_pid = session.identity.id
+        session.identity.secret = proxy.cancels.register(session, session.identity.id)
         session.send(codec.authentication(m.AUTH_OK) + admin_db.greeting(session))
         return
     session.send(codec.authentication(m.AUTH_OK))
@@ -156,22 +156,23 @@ def login(session, pkt):
     # client sees, and (session pooling) is the client's for the whole session.
     # During a failover, pooled-mode logins are greeted from a pool known before and their first
     # transaction waits in the switchover buffer; other logins wait there now.
-    pool = session.pool = proxy.pools.get(session.home or proxy.known_primary(), session.database, creds)
+    who = session.identity
+    pool = session.pool = proxy.pools.get(who.home or proxy.known_primary(), who.database, creds)
     server = None
     breakers = proxy.router.breakers
-    if session.pooled and pool.server_params is not None:
+    if session.identity.pooled and pool.server_params is not None:
         try:  # pooled modes never wait at login once the pool is known (an open breaker: no server yet)
-            if (session.home or proxy.router.primary() is not None) and breakers.allows(pool.node):
+            if (session.identity.home or proxy.router.primary() is not None) and breakers.allows(pool.node):
                 server = pool.try_acquire()
         except (BackendError, OSError) as e:
             if not node_unreachable(e):
                 raise
     else:
         if proxy.paused:  # PAUSE (admin): a session-pooled login waits for RESUME
-            proxy.wait_unpaused(session.database)
+            proxy.wait_unpaused(session.identity.database)
         # A known pool with none free: greet now from its parameters; the first query waits for a
         # server (as in PgBouncer), so a client beyond max_size can still log in.
-        deferred = pool.server_params is not None and (session.home or proxy.buffer.ready()) is not None
+        deferred = pool.server_params is not None and (session.identity.home or proxy.buffer.ready()) is not None
         if deferred:
             try:
                 server = pool.try_acquire()
@@ -189,8 +190,8 @@ def login(session, pkt):
     if server is not None:
         session.attach(pool, server)
         apply_settings(server, session.settings.values)
-        if session.tenant is not None:  # helios.tenant() (tenancy/proof.py)
-            proxy.tenants.establish(server, session.tenant)
+        if session.identity.tenant is not None:  # helios.tenant() (tenancy/proof.py)
+            proxy.tenants.establish(server, session.identity.tenant)
         session.settings.checked = True
         params = server.params
     else:  # what the server will report once the settings are applied at the first lease
@@ -199,11 +200,11 @@ def login(session, pkt):
     greeting = [codec.parameter_status(k, v) for k, v in params.items()]
     # Session pooling shows the real backend pid (pg_backend_pid(), NOTIFY agree); pooled modes
     # (and a session greeted before it had a server) a pid of the proxy's own.
-    session.backend_pid = session.id if session.pooled or server is None else server.pid
-    session.secret = proxy.cancels.register(session, session.backend_pid)
-    greeting.append(codec.backend_key_data(session.backend_pid, session.secret))
+    session.identity.backend_pid = session.identity.id if session.identity.pooled or server is None else server.pid
+    session.identity.secret = proxy.cancels.register(session, session.identity.backend_pid)
+    greeting.append(codec.backend_key_data(session.identity.backend_pid, session.identity.secret))
     greeting.append(codec.ready_for_query(m.TX_IDLE))
-    if session.pooled and server is not None:
+    if session.identity.pooled and server is not None:
         session.lease = None
         pool.release(server)
     session.send(b"".join(greeting))

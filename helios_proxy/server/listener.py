@@ -174,7 +174,7 @@ class Proxy:
         """Hold new transactions (of database, or all) and wait until none holds a server
         connection, up to timeout; returns how many sessions still hold one."""
         self.paused.setdefault(database, Event()).clear()
-        return len(self.wait_released(lambda s: database is None or s.database == database, timeout))
+        return len(self.wait_released(lambda s: database is None or s.identity.database == database, timeout))
 
     def wait_released(self, match, timeout):
         """Wait up to timeout until no session that match(session) selects holds a server
@@ -314,7 +314,7 @@ class Proxy:
         finally:
             session.logged_in()  # (if it never did, its budget slot is given back now)
             self.sessions.discard(session)
-            if session.database is not None:
+            if session.identity.database is not None:
                 self.stats.session_closed(session)
 
     def close_unix(self):

@@ -168,7 +168,7 @@ class ServerStream:
         name, value = codec.parse_parameter_status(body)
         self.server.params[name] = value
         session.settings.dirty = True
-        if session.journal is not None and not session.pooled:
+        if session.journal is not None and not session.identity.pooled:
             session.journal.changed = True
 
 
@@ -201,13 +201,13 @@ def concurrency_ended(session, status):
 
 
 def tenant_error(session, server, body):
-    if session.tenant is not None:
-        session.tenant.errors += 1
+    if session.identity.tenant is not None:
+        session.identity.tenant.errors += 1
 
 
 def stale_statements(session, server, body):
     """Shared prepared statements outlived a schema change: re-parsed at their next use."""
-    if session.pooled and stale_plan(body):
+    if session.identity.pooled and stale_plan(body):
         invalidate(list(server.statements.names))
 
 

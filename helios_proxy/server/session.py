@@ -35,6 +35,7 @@ from ..routing.state import RouteState
 from ..stats import Counters
 from . import admin_db, handshake, relay  # noqa: F401 - relay: a lease's pump (it sets Lease.starter)
 from .forward import Forwarder
+from .identity import Identity
 from .plan import ResponsePlan
 
 log = logging.getLogger(__name__)
@@ -55,22 +56,13 @@ class ClientSession:
     def __init__(self, proxy, sock, peer):
         self.proxy = proxy
         self.sock = sock
-        self.peer = peer
-        self.id = next(_ids)
-        self.tls = False
-        self.local = sock.family == socket.AF_UNIX  # on the Unix socket: no TLS, none needed
-        self.user = self.database = None
-        self.tenant = None            # its tenant (tenancy/)
-        self.auth_claims = None       # the claims of the JWT it logged in with (auth/jwt.py)
-        self.home = None              # the node of a database with a host of its own ([databases.NAME])
+        self.identity = Identity(next(_ids), peer, sock.family == socket.AF_UNIX)  # who it is: set by the login
         self.pool = None              # its home pool (credentials; the primary's, or its database's host)
         self.lease = None             # pool/lease.py: the server connection lent to it now
         self.journal = None           # topology/journal.py, with [replay] enabled
         self.pending_error = None     # an ErrorResponse its next request gets (a replay that failed)
         self.writer = Writer(sock)    # everything sent to the client, in order (sockets.py)
         self.callback_pump = None     # relay.CallbackPump, made at the first lease, reused
-        self.secret = 0
-        self.started = time.monotonic()
         # what the server still owes the client, in order, and the proxy's edits to it (plan.py)
         self.plan = ResponsePlan(completions=bool(proxy.plugins.complete_impls) or proxy.analytics is not None)
         self.statements = ClientStatements()  # its named prepared statements (pooled modes)
@@ -78,20 +70,15 @@ class ClientSession:
         self.route = RouteState()     # where its next lease goes, its last write position (routing/state.py)
         self.closing = None           # reason, once the proxy decided to end the session
         self.fatal_sent = False       # a FATAL went out: nothing more for the client
-        self.authenticated = False    # past authentication (server/listener.py's per-address budget)
         self.login_timer = None
-        self.mode = "session"         # pool mode, known once user and database are (handshake)
-        self.pooled = False           # transaction/statement: leases end with each transaction
         self.pinned = None            # why this client keeps its server connection (pooled modes)
-        self.settings = SessionSettings()  # what it expects on any server, changed since, checked (pool/session_state.py)
+        self.settings = SessionSettings()  # what it expects on any server, changed since (pool/session_state.py)
         self.schema_changed = False   # it ran DDL: shared statements are re-parsed after it commits
         self.restore = None           # prepared statements to re-create at the next lease (move_off)
         self.streaming = False        # a large CopyData is being streamed to the server (forward.py)
         self.idle_lease = Event()     # set while no lease is being ended
         self.idle_lease.set()
         self.waiting = None           # the AsyncResult it waits on for a server, while it waits
-        self.backend_pid = 0          # the pid in the BackendKeyData the client got
-        self.admin = False            # in the virtual admin database (admin_db.py)
         self.counters = Counters()    # queries, transactions, bytes, waits (stats.py)
         # the query cache's part (cache/state.py), made by the cache while it is on
         self.cache_state = proxy.cache.session_state() if proxy.cache is not None else None
@@ -114,7 +101,8 @@ class ClientSession:
         return self.lease.target if self.lease is not None else None
 
     def __repr__(self):
-        return f"<session {self.id} {self.peer[0]}:{self.peer[1]} user={self.user} db={self.database}>"
+        who = self.identity
+        return f"<session {who.id} {who.peer[0]}:{who.peer[1]} user={who.user} db={who.database}>"
 
     # --- lifecycle --------------------------------------------------------------------------
     def run(self):
@@ -122,16 +110,16 @@ class ClientSession:
         try:
             if handshake.run(self):
                 self.log_event("login")
-                if self.admin:
+                if self.identity.admin:
                     admin_db.serve(self)
                     return
                 self.proxy.plugins.notify("on_client_connect", session=SessionInfo(self))
-                if self.proxy.cache is not None and self.proxy.cache.logical and self.home is None:
-                    self.proxy.cache.reader(self.database)  # (its slot is made while the client starts)
+                if self.proxy.cache is not None and self.proxy.cache.logical and self.identity.home is None:
+                    self.proxy.cache.reader(self.identity.database)  # (its slot is made while the client starts)
                 replay = self.proxy.config.replay
-                if replay.enabled and self.home is None:
+                if replay.enabled and self.identity.home is None:
                     self.journal = Journal(replay.max_journal_bytes,
-                                           None if self.pooled else Snapshot(dict(self.settings.values)))
+                                           None if self.identity.pooled else Snapshot(dict(self.settings.values)))
                 if self.lease is not None:  # session pooling: the lease from login goes on
                     self.lease.run()
                 Forwarder(self).run()
@@ -162,7 +150,7 @@ class ClientSession:
         if self.lease is not None:
             self.lease.stop_pump(block=True)
         self.idle_lease.wait()
-        self.proxy.cancels.unregister(self.backend_pid, self.secret)
+        self.proxy.cancels.unregister(self.identity.backend_pid, self.identity.secret)
         if self.server is not None:
             try:
                 self.release_server()
@@ -170,33 +158,34 @@ class ClientSession:
                 log.exception("%r: releasing its server failed", self)
         if self.journal is not None:
             self.journal.close()
-        if self.tenant is not None:
-            self.proxy.tenants.left(self.tenant, self)
+        if self.identity.tenant is not None:
+            self.proxy.tenants.left(self.identity.tenant, self)
         self.writer.close()
         try:
             self.sock.close()
         except OSError:
             pass
         self.log_event("closed", reason)
-        if self.user is not None and not self.admin:
+        if self.identity.user is not None and not self.identity.admin:
             self.proxy.plugins.notify("on_client_disconnect", session=SessionInfo(self), reason=reason)
 
     def logged_in(self):
         """Authentication is over (or the session ends): its slot in the per-address budget of
         connections still logging in is freed, once."""
-        if not self.authenticated:
-            self.authenticated = True
+        if not self.identity.authenticated:
+            self.identity.authenticated = True
             logging_in = self.proxy.logging_in
-            logging_in[self.peer[0]] -= 1
-            if logging_in[self.peer[0]] <= 0:
-                del logging_in[self.peer[0]]
+            logging_in[self.identity.peer[0]] -= 1
+            if logging_in[self.identity.peer[0]] <= 0:
+                del logging_in[self.identity.peer[0]]
 
     def log_event(self, event, reason=None):
-        if self.proxy.config.log.connections and self.user:
-            extra = f" ({reason}, {time.monotonic() - self.started:.1f} s)" if reason else ""
-            tls = " tls" if self.tls else ""
-            log.info("client %s:%s user=%s db=%s%s %s%s", self.peer[0], self.peer[1], self.user,
-                     self.database, tls, event, extra)
+        if self.proxy.config.log.connections and self.identity.user:
+            who = self.identity
+            extra = f" ({reason}, {time.monotonic() - who.started:.1f} s)" if reason else ""
+            tls = " tls" if who.tls else ""
+            log.info("client %s:%s user=%s db=%s%s %s%s", who.peer[0], who.peer[1], who.user, who.database, tls, event,
+                     extra)
 
     def terminate(self, message, sqlstate=ADMIN_SHUTDOWN):
         """End this session from outside (shutdown, admin): tell the client why, then close."""
@@ -241,7 +230,7 @@ class ClientSession:
         """Lease a server connection for the next transaction (pooled modes) and start its pump."""
         self.idle_lease.wait()
         if self.proxy.paused:  # PAUSE (admin): new transactions wait for RESUME
-            self.proxy.wait_unpaused(self.database)
+            self.proxy.wait_unpaused(self.identity.database)
         target, intent, pool, server = self._acquire_routed()
         try:
             settings = self.settings
@@ -254,9 +243,9 @@ class ClientSession:
         except BaseException:
             pool.release(server, reusable=server.tx_status == m.TX_IDLE and not server.broken)
             raise
-        if self.tenant is not None:  # helios.tenant() proven anew on every lease (tenancy/proof.py)
+        if self.identity.tenant is not None:  # helios.tenant() proven anew on every lease (tenancy/proof.py)
             try:
-                self.proxy.tenants.establish(server, self.tenant)
+                self.proxy.tenants.establish(server, self.identity.tenant)
             except BaseException:  # its tenant state cannot be proven: never handed on
                 pool.release(server, reusable=False)
                 raise
@@ -269,7 +258,7 @@ class ClientSession:
                 raise
         router = self.proxy.router
         router.count(server.node, target)
-        if router.on and self.home is None:
+        if router.on and self.identity.home is None:
             router.balancer.started(server.node)
         lease = self.lease = Lease(self, pool, server, target, intent)
         lease.pump = relay.start(self, lease)  # (lease.run(), without a call more per transaction)
@@ -283,9 +272,9 @@ class ClientSession:
         lag, tables = route.next_lag, route.next_tables
         route.next_target = route.next_lag = route.next_tables = None
         intent = target  # a read that falls back to the primary is still a read
-        node = router.pick(target, node_name, lag) if self.home is None else None
+        node = router.pick(target, node_name, lag) if self.identity.home is None else None
         if node is not None:
-            pool = self.proxy.pools.get(node, self.database, self.pool.credentials)
+            pool = self.proxy.pools.get(node, self.identity.database, self.pool.credentials)
             try:
                 server = self._acquire(pool)
             except BackendError as e:  # a standby that fails is not the client's failure
@@ -305,11 +294,11 @@ class ClientSession:
         in the switchover buffer; a primary that cannot be reached is reported to the health
         checker and tried again until it is replaced or failover.buffer_timeout has passed."""
         proxy = self.proxy
-        if self.home is not None or proxy.config.database_nodes:  # (a reload may move its database)
-            self.home = proxy.config.database_nodes.get(self.database)
-            if self.home is not None:  # a database outside the cluster: its one server, no failover
-                if self.home.name != self.pool.node.name:
-                    self.pool = proxy.pools.get(self.home, self.database, self.pool.credentials)
+        if self.identity.home is not None or proxy.config.database_nodes:  # (a reload may move its database)
+            self.identity.home = proxy.config.database_nodes.get(self.identity.database)
+            if self.identity.home is not None:  # a database outside the cluster: its one server, no failover
+                if self.identity.home.name != self.pool.node.name:
+                    self.pool = proxy.pools.get(self.identity.home, self.identity.database, self.pool.credentials)
                 return self.pool, self._acquire(self.pool)
         node = proxy.buffer.ready()
         breakers = proxy.router.breakers
@@ -326,7 +315,7 @@ class ClientSession:
                 self.waiting = None
             breakers.check(node)  # open: 57P03 at once, nothing else can take the transaction
             if node.name != self.pool.node.name:  # the primary changed: this client's home pool too
-                self.pool = proxy.pools.get(node, self.database, self.pool.credentials)
+                self.pool = proxy.pools.get(node, self.identity.database, self.pool.credentials)
             try:
                 return self.pool, self._acquire(self.pool)
             except (BackendError, OSError) as e:
@@ -381,7 +370,7 @@ class ClientSession:
                 self.writer.write(out)
         except OSError:
             pass  # the client is gone: its reader sees it; the server is idle and goes back clean
-        if in_hub() and (self.settings.dirty or (self.proxy.router.on and self.home is None
+        if in_hub() and (self.settings.dirty or (self.proxy.router.on and self.identity.home is None
                                                  and lease.intent == "primary")):
             JOBS.submit(self.end_lease, lease)
         else:
@@ -402,7 +391,7 @@ class ClientSession:
             self.proxy.stats.observe(took)
             if router.breakers.enabled and not lease.sick:
                 router.breakers.success(server.node)  # (a failure seen meanwhile counted already)
-            if router.on and self.home is None:
+            if router.on and self.identity.home is None:
                 router.balancer.finished(server.node, took)
                 if lease.intent == "primary":  # may have written: later reads must see it
                     self.route.ryw_lsn = router.write_position(server)
@@ -418,7 +407,7 @@ class ClientSession:
         pooling, between transactions, nothing outstanding (a pinned pooled client keeps state
         that cannot move)."""
         server = self.server
-        return (server is not None and not self.pooled and self.closing is None and not self.plan.owes()
+        return (server is not None and not self.identity.pooled and self.closing is None and not self.plan.owes()
                 and server.tx_status == m.TX_IDLE
                 and not server.broken)
 
@@ -453,7 +442,7 @@ class ClientSession:
 
     def pin(self, reason):
         """Keep the current (or next) server connection for the rest of the session."""
-        if self.pooled and not self.pinned:
+        if self.identity.pooled and not self.pinned:
             self.pinned = reason
             log.info("%r pinned to its server connection: it uses %s", self, reason)
 
@@ -473,5 +462,5 @@ class ClientSession:
         server = lease.server
         reusable = reset_for_reuse(server, self.proxy.config.pool.reset_query,
                                    in_flight=bool(self.plan.outstanding or self.plan.in_extended),
-                                   full_reset=not self.pooled or bool(self.pinned) or self.settings.dirty)
+                                   full_reset=not self.identity.pooled or bool(self.pinned) or self.settings.dirty)
         lease.pool.release(server, reusable)

@@ -75,7 +75,7 @@ class Tenant:
         return None
 
     def view(self, sessions=()):
-        live = [s for s in sessions if s.tenant is self]
+        live = [s for s in sessions if s.identity.tenant is self]
         return {**{k: v for k, v in vars(self.cfg).items()}, "connections": self.connections, "logins": self.logins,
                 "queries": self.queries, "errors": self.errors, "refused_logins": self.refused,
                 "rejected_queries": self.rejected, "bytes_in": self.bytes_in + sum(s.counters.bytes_in for s in live),

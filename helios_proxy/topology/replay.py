@@ -131,7 +131,7 @@ def recover(session, lease, stream):
     """The lease's server connection is lost. True: the session goes on (on a new server, or with
     an error for the request in flight); False: not replayable, the caller ends it as before."""
     journal = session.journal
-    if journal is None or session.closing is not None or session.home is not None:
+    if journal is None or session.closing is not None or session.identity.home is not None:
         return False
     why = journal.why_not() or (session.pinned and f"it is pinned ({session.pinned})")
     if why:
@@ -210,7 +210,7 @@ def rerun(session, lease, server):
     session.plan.forget_hidden()  # (the lost server owed them)
     sent = journal.sent()
     parsed = {statement_name(sent, s, e) for t, s, e in walk(sent) if t == P} - {""}
-    session_migrate.restore(session, server, None if session.pooled else journal.snapshot, parsed)
+    session_migrate.restore(session, server, None if session.identity.pooled else journal.snapshot, parsed)
     start = in_flight(journal, sent)
     if journal.xid is UNKNOWN and journal.asked and (journal.eof or journal.fatal):
         # Its xid was asked just before the COMMIT and never answered, and the server closed the
@@ -408,7 +408,7 @@ def writes(session, sent, start):
             return True
         else:
             continue
-        if text is None or not safe(classifier, text, session.database):
+        if text is None or not safe(classifier, text, session.identity.database):
             return True
     return False
 
@@ -423,7 +423,7 @@ def safe(classifier, text, database):
 def statement_texts(session, sent):
     """Statement name (as the server knows it) -> text, from everything the proxy knows."""
     texts = {}
-    if session.pooled:
+    if session.identity.pooled:
         for stmt in session.statements.by_name.values():
             name, pos = codec.read_cstr(stmt.parse[5:], 0)
             texts[stmt.server_name] = codec.read_cstr(stmt.parse[5:], pos)[0]
@@ -440,7 +440,7 @@ def switch(session, lease, pool, server):
     """The lease goes on with server; the lost connection is closed."""
     old_pool, old = lease.pool, lease.server
     lease.pool, lease.server = pool, server
-    if not session.pooled:
+    if not session.identity.pooled:
         session.pool = pool
     journal = session.journal
     journal.fatal = None
@@ -460,8 +460,8 @@ def give_error(session, lease, stream, sqlstate, message):
     try:
         pool, server = session.acquire_primary()
         try:
-            session_migrate.restore(session, server, None if session.pooled else journal.snapshot)
-            if not session.pooled:  # statements the client parsed in this journal exist for it
+            session_migrate.restore(session, server, None if session.identity.pooled else journal.snapshot)
+            if not session.identity.pooled:  # statements the client parsed in this journal exist for it
                 for mtype, s, e in walk(sent):
                     if mtype == P and statement_name(sent, s, e):
                         server.sock.sendall(sent[s:e] + codec.SYNC)

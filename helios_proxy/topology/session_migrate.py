@@ -33,8 +33,8 @@ def capture(server):
 
 def prove(session, server):
     """helios.tenant() proven for this backend (tenancy/proof.py), after the settings."""
-    if session.tenant is not None:
-        session.proxy.tenants.establish(server, session.tenant)
+    if session.identity.tenant is not None:
+        session.proxy.tenants.establish(server, session.identity.tenant)
 
 
 def restore(session, server, snapshot, skip=()):

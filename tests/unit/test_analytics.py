@@ -52,8 +52,8 @@ def test_quantiles_are_within_two_percent_of_the_exact_ones():
 
 def answers(a, *answers, session=None):
     """Answers as the response path notes them, (text, seconds, command tag, SQLSTATE), added up."""
-    session = session or types.SimpleNamespace(analytics_state=None, id=1, user="u",
-                                               database="db")
+    session = session or types.SimpleNamespace(analytics_state=None, identity=types.SimpleNamespace(
+        id=1, user="u", database="db"))
     pending = []
     for sql, took, tag, error in answers:
         ctx = types.SimpleNamespace(sql=sql, large=False, skeleton=None, started=100.0 - took, analyze=True,
@@ -87,7 +87,7 @@ def test_a_stat_survives_its_raw_form_exactly():
 
 def test_n_plus_one_runs_in_a_transaction_and_within_the_window():
     a = analytics()
-    session = types.SimpleNamespace(analytics_state=None, id=1, user="u", database="db")
+    session = types.SimpleNamespace(analytics_state=None, identity=types.SimpleNamespace(id=1, user="u", database="db"))
     state = SessionState()
     parent, child = a.stat("select id from p"), a.stat("select * from c where p = 1")
     a.n_plus_one.track(session, state, parent, b"T", 0.0)
@@ -147,7 +147,7 @@ def test_a_batch_of_durations_falls_in_the_buckets_one_by_one_would():
 
 def test_answers_noted_count_as_soon_as_anything_reads_the_numbers():
     a = analytics()
-    session = types.SimpleNamespace(analytics_state=None, id=1, user="u", database="db")
+    session = types.SimpleNamespace(analytics_state=None, identity=types.SimpleNamespace(id=1, user="u", database="db"))
     ctx = types.SimpleNamespace(sql="select 1", large=False, skeleton=None, started=time.monotonic(),
                                 analyze=True, protocol="simple")
     a.record(session, ctx, b"SELECT 1\0", None, "proxy", b"I")

@@ -22,15 +22,13 @@ SQLSTATE = re.compile(r"(?=.*[0-9])[0-9A-Z]{5}$")  # (five characters, a digit a
 WRITERS = {
     "analytics/__init__.py": {"analytics_state"},
     "limits/__init__.py": {"limits_held"},
-    "server/auth.py": {"auth_claims"},
     "server/forward.py": {"discard_pending", "pending_error", "schema_changed", "streaming"},
-    "server/handshake.py": {"admin", "backend_pid", "database", "fatal_sent", "home", "lease", "login_timer",
-                            "mode", "pool", "pooled", "secret", "sock", "tenant", "tls", "user", "writer"},
+    "server/handshake.py": {"fatal_sent", "lease", "login_timer", "pool", "sock", "writer"},
     "server/relay.py": {"callback_pump"},
     "server/timeouts.py": {"closing"},
     "topology/replay.py": {"pending_error", "pool"},
 }
-SESSION_ATTRIBUTES_AT_MOST = 43  # ClientSession's own (issue 32 wants 15)
+SESSION_ATTRIBUTES_AT_MOST = 28  # ClientSession's own (issue 32 wants 15)
 KNOWN_CIRCLES = set()  # (none left: keep it so)
 
 

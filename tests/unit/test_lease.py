@@ -10,7 +10,7 @@ from helios_proxy.server.plan import ResponsePlan
 def session(mode, outstanding=0, in_extended=False, **kw):
     plan = ResponsePlan()
     plan.outstanding, plan.in_extended = outstanding, in_extended
-    values = dict(mode=mode, plan=plan, pinned=None, closing=None, streaming=False)
+    values = dict(identity=SimpleNamespace(mode=mode), plan=plan, pinned=None, closing=None, streaming=False)
     values.update(kw)
     return SimpleNamespace(**values)
 

@@ -10,9 +10,9 @@ from helios_proxy.pool.session_state import SessionSettings
 def session():
     settings = SessionSettings()
     settings.set({"application_name": "billing"})
-    return SimpleNamespace(id=7, user="app", database="shop", peer=("10.0.0.5", 50000), tls=True, local=False,
-                           mode="transaction", backend_pid=4242, tenant=SimpleNamespace(name="acme"),
-                           settings=settings, plan=SimpleNamespace(status=b"T"))
+    identity = SimpleNamespace(id=7, user="app", database="shop", peer=("10.0.0.5", 50000), tls=True, local=False,
+                               mode="transaction", backend_pid=4242, tenant=SimpleNamespace(name="acme"))
+    return SimpleNamespace(identity=identity, settings=settings, plan=SimpleNamespace(status=b"T"))
 
 
 def test_a_plugin_reads_what_it_may_know_of_the_session():
@@ -31,4 +31,4 @@ def test_a_plugin_cannot_write_the_session_or_the_query():
     with pytest.raises(AttributeError, match="read-only"):
         info.sql = "drop table t"
     info.tags["seen_by"] = "audit"  # (its annotations: the one thing it writes)
-    assert ctx.tags == {"seen_by": "audit"} and s.user == "app" and info.sql == "select 1"
+    assert ctx.tags == {"seen_by": "audit"} and s.identity.user == "app" and info.sql == "select 1"

@@ -21,8 +21,8 @@ class Batch(Stage):
         batches = session.proxy.batches
         if "val(" in sql and ("lastval" in ctx.lower or "currval" in ctx.lower):
             batches.never(session)
-        if (session in batches.off or ctx.large or not session.pooled or session.server is not None
-                or session.tenant is not None  # (a batch runs on one connection: one tenant's proof)
+        if (session in batches.off or ctx.large or not session.identity.pooled or session.server is not None
+                or session.identity.tenant is not None  # (a batch runs on one connection: one tenant's proof)
                 or session.pinned or session.plan.owes() or not session.settings.checked
                 or ctx.word != "insert"):
             return StageResult.CONTINUE

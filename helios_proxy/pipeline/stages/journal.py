@@ -48,6 +48,6 @@ class Journal(Stage):
             ctx.decide().autocommit_write = True  # (if it runs outside a transaction block)
         elif word is None and (ctx.large or MENTIONS_COMMIT.search(ctx.sql)):
             ctx.decide().commits = "mixed"
-        if not session.pooled and (word not in STATELESS or ctx.large or STATEFUL_CALLS.search(ctx.sql)):
+        if not session.identity.pooled and (word not in STATELESS or ctx.large or STATEFUL_CALLS.search(ctx.sql)):
             ctx.decide().state_changed = True
         return StageResult.CONTINUE

@@ -19,7 +19,7 @@ class PooledSqlStage(Stage):
         return config.pooled_modes
 
     def process(self, ctx):
-        if not ctx.session.pooled:
+        if not ctx.session.identity.pooled:
             return StageResult.CONTINUE
         if ctx.large:  # neither parsed nor regex-searched: the stage decides from cheap looks
             return self.act_large(ctx)

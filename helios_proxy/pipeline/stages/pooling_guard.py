@@ -107,7 +107,7 @@ class PoolingGuard(PooledSqlStage):
         return self.act(ctx, fx)
 
     def act(self, ctx, fx):
-        if fx.begins and ctx.session.mode == "statement":
+        if fx.begins and ctx.session.identity.mode == "statement":
             return StageResult.reject(FEATURE_NOT_SUPPORTED,
                                       "transaction blocks are not allowed in statement pooling mode")
         if fx.settings or fx.pin or fx.discard or fx.ddl:

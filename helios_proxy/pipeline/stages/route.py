@@ -34,7 +34,7 @@ class Route(Stage):
 
     def process(self, ctx):
         session = ctx.session
-        if not session.pooled:
+        if not session.identity.pooled:
             return StageResult.CONTINUE
         router = session.proxy.router
         sql = ctx.sql
@@ -67,8 +67,8 @@ class Route(Stage):
             router.count_large()
             target = (PRIMARY, None)
         else:
-            router.ensure_catalog(session.database, session.pool)
-            kind = router.classifier.classify(sql, session.database, ctx.skeleton)
+            router.ensure_catalog(session.identity.database, session.pool)
+            kind = router.classifier.classify(sql, session.identity.database, ctx.skeleton)
             target = (STANDBY if kind in (READ, BEGIN_READ_ONLY) else PRIMARY, None)
         ctx.decide().target = target
         return StageResult.CONTINUE

@@ -15,7 +15,7 @@ class SchemaRouting(Stage):
 
     def process(self, ctx):
         session = ctx.session
-        if ctx.large or not session.pooled:
+        if ctx.large or not session.identity.pooled:
             return StageResult.CONTINUE
         router = session.proxy.router
         read, written = router.tables.tables(ctx.sql, ctx.skeleton)

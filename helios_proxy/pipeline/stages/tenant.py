@@ -16,7 +16,7 @@ class Tenant(Stage):
         return config.tenancy.enabled
 
     def process(self, ctx):
-        tenant = ctx.session.tenant
+        tenant = ctx.session.identity.tenant
         if tenant is None:
             return StageResult.CONTINUE
         tenant.queries += 1
