@@ -5,7 +5,8 @@ patching http.client is cooperative, so every call is a greenlet's wait, never t
 `Etcd(url)` takes `etcd3://HOST:PORT[,HOST:PORT...]`; a call tries the endpoints in turn and raises
 EtcdUnavailable when none answers. The parts used: range (one key or a prefix), put (optionally
 bound to a lease), delete, create-if-absent (a transaction on create_revision = 0: the standard
-lock/election recipe), leases (grant, keep alive, revoke) and a watch stream.
+lock/election recipe), leases (grant, keep alive, revoke), a watch stream, and a Mirror of the keys
+under a prefix that one watch keeps up to date.
 """
 import base64
 import http.client
@@ -143,3 +144,33 @@ class Etcd:
                 yield None  # (one batch of changes ends here)
         finally:
             conn.close()
+
+
+class Mirror:
+    """The keys under a prefix (without it) and their revision, kept up to date by one watch
+    stream: what the Patroni provider and the fleet coordinator read."""
+
+    def __init__(self, etcd, prefix):
+        self.etcd, self.prefix = etcd, prefix
+        self.keys, self.revision = {}, 0
+
+    def follow(self, changed):
+        """Read every key, changed(True); then apply each batch of changes etcd streams and call
+        changed(False) after it. Returns only by raising OSError (the stream ended)."""
+        cut = len(self.prefix)
+        keys, self.revision = self.etcd.range(self.prefix, prefix=True)
+        self.keys = {key[cut:]: value for key, value in keys.items()}
+        changed(True)
+        dirty = False
+        for change in self.etcd.watch(self.prefix, self.revision + 1):
+            if change is None:  # the end of one batch of changes
+                if dirty:
+                    changed(False)
+                dirty = False
+                continue
+            kind, key, value, revision = change
+            if kind == "DELETE":
+                self.keys.pop(key[cut:], None)
+            else:
+                self.keys[key[cut:]] = value
+            self.revision, dirty = max(self.revision, revision), True

@@ -34,7 +34,7 @@ import gevent
 from gevent.event import Event
 
 from ..auth import api_keys
-from .etcd import Etcd
+from .etcd import Etcd, Mirror
 from .events import HealthChanged, PrimaryChanged
 from .nodeops import NodeOperationFailed
 from .tracker import CONFIRMED
@@ -74,8 +74,7 @@ class FleetCoordinator:
         self.proxy_name = proxy_name(config)  # (its workers share one peer id)
         self.lease = None
         self.peer_id = 0            # the number in this member's cancel keys (0: none yet)
-        self.keys = {}              # key (without the prefix) -> value, as watched
-        self.revision = 0
+        self.mirror = Mirror(self.etcd, self.prefix)  # the fleet's keys (without the prefix), as watched
         self.epoch = 0              # of the last decision followed
         self.decisions = []         # the last decisions seen (for /fleet)
         self.error = None
@@ -106,6 +105,14 @@ class FleetCoordinator:
                 except OSError:
                     pass
             self.lease = None
+
+    @property
+    def keys(self):
+        return self.mirror.keys
+
+    @property
+    def revision(self):
+        return self.mirror.revision
 
     def on_event(self, event):
         if isinstance(event, (HealthChanged, PrimaryChanged)):
@@ -177,19 +184,7 @@ class FleetCoordinator:
     def _watch(self):
         while True:
             try:
-                keys, self.revision = self.etcd.range(self.prefix, prefix=True)
-                self.keys = {k[len(self.prefix):]: v for k, v in keys.items()}
-                self.apply(starting=self.epoch == 0)
-                for change in self.etcd.watch(self.prefix, self.revision + 1):
-                    if change is None:
-                        self.apply()
-                        continue
-                    kind, key, value, revision = change
-                    if kind == "DELETE":
-                        self.keys.pop(key[len(self.prefix):], None)
-                    else:
-                        self.keys[key[len(self.prefix):]] = value
-                    self.revision = max(self.revision, revision)
+                self.mirror.follow(lambda first: self.apply(starting=first and self.epoch == 0))
             except OSError as e:
                 if self.error is None:
                     self.error = str(e)

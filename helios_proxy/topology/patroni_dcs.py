@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 import gevent
 
-from .etcd import Etcd
+from .etcd import Etcd, Mirror
 from .events import HealthChanged
 from .tracker import CONFIRMED, NONE, PENDING, STANDBY
 
@@ -54,8 +54,7 @@ class PatroniDcsProvider:
         topology = config.topology
         self.prefix = f"{topology.namespace.rstrip('/')}/{topology.scope}/"
         self.etcd = Etcd(topology.dcs_url, "topology.dcs_url")
-        self.keys = {}          # key (without the prefix) -> value
-        self.revision = 0
+        self.mirror = Mirror(self.etcd, self.prefix)  # Patroni's keys (without the prefix), as watched
         self.greenlet = None
         self.error = None
         self.changes = 0        # leader changes applied (for /topology)
@@ -84,25 +83,21 @@ class PatroniDcsProvider:
 
     def _follow(self):
         """Read every key once, then apply each change etcd streams (until the stream ends)."""
-        keys, self.revision = self.etcd.range(self.prefix, prefix=True)
-        self.keys = {key[len(self.prefix):]: value for key, value in keys.items()}
-        if self.error is not None:
+        self.mirror.follow(self._changed)
+
+    def _changed(self, first):
+        if first and self.error is not None:
             log.warning("patroni dcs: etcd reachable again")
         self.error = None
         self.apply()
-        changed = False
-        for change in self.etcd.watch(self.prefix, self.revision + 1):
-            if change is None:  # the end of one batch of changes
-                if changed:
-                    self.apply()
-                changed = False
-                continue
-            kind, key, value, revision = change
-            if kind == "DELETE":
-                self.keys.pop(key[len(self.prefix):], None)
-            else:
-                self.keys[key[len(self.prefix):]] = value
-            self.revision, changed = max(self.revision, revision), True
+
+    @property
+    def keys(self):
+        return self.mirror.keys
+
+    @property
+    def revision(self):
+        return self.mirror.revision
 
     # --- what the keys mean -------------------------------------------------------------------
     def member(self, name):
