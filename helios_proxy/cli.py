@@ -75,12 +75,12 @@ def run(path, worker, admin_socket, unix_fd):
     if worker is None and config.server.pid_file:
         _write_pid_file(config.server.pid_file)
     if worker is None and config.server.workers > 1:
-        from .server.workers import Arbiter
+        from .frontend.workers import Arbiter
         try:
             sys.exit(Arbiter(config, path).serve_forever())
         except ConfigError as e:
             raise click.ClickException(str(e)) from None
-    from .server.listener import Proxy
+    from .frontend.listener import Proxy
     try:
         proxy = Proxy(config, (worker, config.server.workers) if worker is not None else (0, 1), admin_socket,
                       unix_fd)
@@ -140,7 +140,7 @@ def check_config(path):
     """Validate a configuration file (settings, users file, plugins and their tables) and print a
     summary; exit 1 naming every problem found."""
     from .config import load_file
-    from .server.userlist import load_userlist
+    from .frontend.userlist import load_userlist
     from .plugins.manager import PluginManager
     try:
         config = load_file(path)

@@ -1,4 +1,4 @@
-"""Work that may wait, handed over by code that must not: loop callbacks (server/relay.py's pump)
+"""Work that may wait, handed over by code that must not: loop callbacks (frontend/relay.py's pump)
 submit it here and long-lived greenlets run it in order of submission.
 
 A new greenlet per job would cost an mmap + munmap pair for its stack every time (measured at a

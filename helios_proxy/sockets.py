@@ -58,7 +58,7 @@ def recv_later(sock):
     return recv(sock)
 
 
-# --- the callback side: raw io watchers on gevent's loop (server/relay.py) ---------------------
+# --- the callback side: raw io watchers on gevent's loop (frontend/relay.py) ---------------------
 # Inside a lease, bytes move from callbacks of io watchers on gevent's own loop, with no greenlet
 # switch per event. A callback must never wait: these helpers read and write without blocking.
 READ, WRITE = 1, 2
@@ -182,7 +182,7 @@ class Writer:
 
 def wake_when_readable(sock, callback, *args):
     """Arm sock's own read watcher (gevent's) to call callback(*args) once sock is readable;
-    returns it, to be stopped after (server/relay.py parks its greenlet pumps on it)."""
+    returns it, to be stopped after (frontend/relay.py parks its greenlet pumps on it)."""
     event = sock._read_event
     event.start(callback, *args)
     return event

@@ -9,7 +9,7 @@ from helios_proxy.config import load
 from helios_proxy.config.docs import render, render_example
 from helios_proxy.config.schema import SETTINGS
 from helios_proxy.errors import ConfigError
-from helios_proxy.server.userlist import parse_userlist
+from helios_proxy.frontend.userlist import parse_userlist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NODE = {"name": "p", "host": "127.0.0.1", "port": 5432, "role": "primary"}

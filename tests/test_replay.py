@@ -1,4 +1,4 @@
-"""Transaction replay across a failover ([replay], topology/journal.py + replay.py) on a real primary +
+"""Transaction replay across a failover ([replay], continuity/journal.py + replay.py) on a real primary +
 sync standby1 + async standby2 (tests/fix_ha.py): kill -9 of the primary's postmaster in the middle
 of transactions costs the clients nothing, loses nothing and duplicates nothing; what cannot be
 replayed exactly gets 40001 (or the old connection error), never wrong data."""

@@ -1,5 +1,5 @@
 """The client's unnamed prepared statement survives whatever the proxy does between a client's
-batches (server/unnamed.py): a client that parses the unnamed statement in one batch (Parse +
+batches (frontend/unnamed.py): a client that parses the unnamed statement in one batch (Parse +
 Sync, or Parse + Flush) and binds it in the next, as pg8000's native run() does, gets what
 PostgreSQL gives it, in both pool modes, with replay on, for writes, SET, DDL and large texts; and never runs another client's unnamed statement."""
 import pytest

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from helios_proxy.config import load
-from helios_proxy.server.workers import share
+from helios_proxy.frontend.workers import share
 
 from .fix_proxy import ProxyProcess
 

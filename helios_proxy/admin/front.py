@@ -1,4 +1,4 @@
-"""The admin API of a proxy running several workers (server/workers.py): one endpoint for all.
+"""The admin API of a proxy running several workers (frontend/workers.py): one endpoint for all.
 
 Served by the arbiter on admin.listen; each worker serves the usual API on a private Unix socket and
 this front asks them. Counters are added up (/stats, /pools, /metrics, /metrics/prometheus), lists of

@@ -132,7 +132,7 @@ class ProxyCollector:
             failures.add_metric([name], counts["failures"])
         yield from (calls, failures)
         replay = CounterMetricFamily("helios_replay_transactions", "Transactions caught by a failover, by "
-                                     "outcome (topology/replay.py).", labels=["outcome"])
+                                     "outcome (continuity/replay.py).", labels=["outcome"])
         for outcome in ("replayed", "aborted", "in_doubt_committed", "in_doubt_replayed", "unresolved",
                         "not_replayable", "over_limit", "failed"):
             replay.add_metric([outcome], s["replay"][outcome])

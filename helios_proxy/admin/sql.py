@@ -9,7 +9,7 @@ import time
 
 from flask import Blueprint, jsonify, request
 
-from ..server.identity import Identity
+from ..frontend.identity import Identity
 from .. import pipeline
 from ..backend.connection import ServerConnection
 from ..backend.credentials import Credentials

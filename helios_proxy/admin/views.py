@@ -1,5 +1,5 @@
 """The rows operators look at, computed from the proxy's live state at the time of asking: the REST
-API (blueprints) and the virtual admin database (server/admin_db.py, SHOW POOLS ...) share them.
+API (blueprints) and the virtual admin database (frontend/admin_db.py, SHOW POOLS ...) share them.
 Column names follow PgBouncer's SHOW commands where there is one."""
 import time
 
@@ -158,6 +158,6 @@ def version():
 
 
 def replay(proxy):
-    """Transaction replay counters (topology/journal.py STATS) and the bytes journaled right now."""
-    from ..topology.journal import JOURNALS, STATS
+    """Transaction replay counters (continuity/journal.py STATS) and the bytes journaled right now."""
+    from ..continuity.journal import JOURNALS, STATS
     return dict(STATS.as_dict(sum(j.size for j in list(JOURNALS))), enabled=proxy.config.replay.enabled)

@@ -3,7 +3,7 @@ seen from the proxy, per query shape.
 
 A query's shape is pglast's fingerprint (one for all literal values and parameters, both
 protocols, any spacing). The analytics stage (pipeline/stages/analytics.py) stamps the query's
-start; the response path (server/relay.py) notes its answer at the ReadyForQuery: time from the
+start; the response path (frontend/relay.py) notes its answer at the ReadyForQuery: time from the
 client's query to the server's completion, the command tag (its rows), the SQLSTATE of an error,
 the node that answered. Noted answers are added up in batches (see `record`). Per fingerprint:
 normalized text (constants as $n, never the literal values), intent (intent.py; with the query
@@ -244,7 +244,7 @@ class Analytics:
 
     # Recording is two steps. Where a query's answer completes, it is only noted: a tuple appended
     # to `pending` (the session, the query, its command tag and SQLSTATE, the node, the transaction
-    # status, the time), by server/relay.py's ServerStream.feed itself for the server's answers
+    # status, the time), by frontend/relay.py's ServerStream.feed itself for the server's answers
     # (no call per query) and by record() for the proxy's own. flush() adds the noted answers up,
     # every BATCH answers or FLUSH_AFTER_S after the first, and before anything reads the numbers:
     # per shape, for the whole batch at once, calls, times and quantiles.

@@ -9,7 +9,7 @@ than a stored password.
 - ldap.py: the client's password is checked by a bind to an LDAP directory.
 - cert.py: a TLS client certificate names the user; no password.
 
-trust, reject, md5 and scram-sha-256 stay in server/auth.py (the Authenticator), which asks this
+trust, reject, md5 and scram-sha-256 stay in frontend/auth.py (the Authenticator), which asks this
 package for the method and for the verdict on the token the client sent in clear (jwt, api_key,
 oauth2, ldap) or on its certificate (cert). Whatever the method, the proxy logs in to PostgreSQL with its own credential for that
 user (users_file, auth_query, or none with a trusting server), never with the client's token.

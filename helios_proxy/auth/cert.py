@@ -1,5 +1,5 @@
 """The cert method: a TLS client certificate, verified against `[auth.cert] ca_file` during the
-handshake (server/tls.py asks for it), whose subject CN is the login user, or maps to it through
+handshake (frontend/tls.py asks for it), whose subject CN is the login user, or maps to it through
 `[auth.map]`, as PostgreSQL's `cert` method checks it. No password is asked.
 
 A subject with more than one CN is refused (which one would be the user is the attacker's choice).

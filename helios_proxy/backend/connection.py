@@ -36,7 +36,7 @@ class ServerConnection:
         self.rbuf = MessageBuffer(1 << 30)
         self.broken = False
         # whose unnamed prepared statement this server holds now: a client session's (its last
-        # unnamed Parse), or None once the proxy's own Query or Parse replaced it (server/unnamed.py)
+        # unnamed Parse), or None once the proxy's own Query or Parse replaced it (frontend/unnamed.py)
         self.unnamed_owner = None
         self.generation = 0     # its pool's generation when opened (pool.py: RECONNECT)
         self.watcher = None     # a read watcher on the loop, armed for the connection's whole life

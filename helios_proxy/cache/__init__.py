@@ -1,7 +1,7 @@
 """The query cache: repeated reads answered from the proxy, byte for byte, without a backend.
 
 Where it sits: a pipeline stage after the routing hints (pipeline/stages/cache.py) looks a read up
-and answers a hit; a miss goes to the server and the response path (server/relay.py) hands the
+and answers a hit; a miss goes to the server and the response path (frontend/relay.py) hands the
 answer to the `Fill` made for it, which stores it when it completed cleanly. The parts:
 
 - shape.py: what a text is (read or write, constants lifted out, relations, functions), once per

@@ -1,6 +1,6 @@
 """The query cache's part of one client session: made by the cache (QueryCache.session_state) for
 each session while the cache is on, written by cache/ and by the two directions' cache steps
-(server/forward_cache.py starts a miss's fill, server/relay.py completes it). The session holds it
+(frontend/forward_cache.py starts a miss's fill, frontend/relay.py completes it). The session holds it
 as `session.cache_state` (None: the cache was off when the session began)."""
 
 

@@ -261,7 +261,7 @@ SETTINGS = (
       "at once with 57P03.", min=0, reloadable=True),
     S("failover", "switchover_timeout", float, 10.0, "Planned switchover: seconds in-flight transactions "
       "get to finish, and the target to replay all WAL.", min=0, reloadable=True),
-    # [replay]: transaction replay across a failover (topology/journal.py, topology/replay.py)
+    # [replay]: transaction replay across a failover (continuity/journal.py, continuity/replay.py)
     S("replay", "enabled", bool, True, "Journal each client's open transaction and, when its primary fails, "
       "re-run it on the new primary and go on unnoticed (session settings and prepared statements move "
       "too); results that differ abort it with 40001. Costs some CPU per query (docs/performance.md); "

@@ -3,7 +3,7 @@ key (user, database, client address, tenant or query fingerprint). Every executi
 of a Query, each Execute: limits/admission.py) must pass every limit whose key matches; one that would exceed a limit is refused with SQLSTATE 53400 naming it, or
 (`on_exceed = "wait"`) waits up to `max_wait_ms` for room. Checked by the rate-limit stage
 (pipeline/stages/rate_limit.py) for a Query and by the forwarder for an Execute (admission.py); a concurrency slot is given
-back at the ReadyForQuery that ends the query (server/relay.py).
+back at the ReadyForQuery that ends the query (frontend/relay.py).
 
 With `[server] workers = N`, the workers keep every limit's state in one shared table
 (limits/shared.py): a client's connections land on any worker, and a limit holds for their sum.

@@ -1,6 +1,6 @@
 """Admission: every execution a client asks for passes the [[limits]] and its tenant's `qps`, whatever
 the protocol: each statement of a simple Query (the rate-limit stage), each Execute and FunctionCall
-of the extended protocol (the forwarder, server/forward.py), so a prepared statement run a thousand
+of the extended protocol (the forwarder, frontend/forward.py), so a prepared statement run a thousand
 times counts a thousand times. A Parse runs nothing and is not counted.
 
 A concurrency slot is taken once per (limit, key) while the session's requests are in flight: the

@@ -29,7 +29,7 @@ STAGES = (
     RateLimit,      # [[limits]]: token buckets, sliding windows, concurrency guards -> 53400
     Plugins,        # plugins' on_query_start (Python packages and WASM modules), when any implements it
     Rewrite,        # [[rewrite]] rules: regular expressions, fingerprints, schema prefixes, hints
-    Analytics,      # [analytics]: the query's fingerprint and start (its end: server/relay.py)
+    Analytics,      # [analytics]: the query's fingerprint and start (its end: frontend/relay.py)
     PoolingGuard,   # transaction/statement pooling only: settings, pinning, statement-mode refusals
     SqlPreparedStatements,  # transaction/statement pooling only: PREPARE/EXECUTE/DEALLOCATE
     Route,          # read/write splitting: hints, SET helios.route, classification -> next lease

@@ -2,7 +2,7 @@
 goes back (the spec's pool::lease, pool::session, pool::transaction, pool::statement).
 
 The session holds its lease and never the lease's parts; the lease owns the server connection,
-the pump that moves the server's answers to the client (server/relay.py), and where it went and
+the pump that moves the server's answers to the client (frontend/relay.py), and where it went and
 why (routing). `ends_here` is the release rule of the pool modes, asked by the pump at every
 ReadyForQuery:
 
@@ -14,7 +14,7 @@ ReadyForQuery:
 A lease never ends while the server still owes answers (the response plan), while the client
 streams a large CopyData to it, or while the client is pinned (state that cannot move).
 
-A lease is active: `run()` starts its pump (server/relay.py `start`, which registers itself as
+A lease is active: `run()` starts its pump (frontend/relay.py `start`, which registers itself as
 `Lease.starter`: the pool layer does not import the client side), `borrow()` lends its server
 connection to the proxy's own statements with the pump stopped meanwhile and started again after
 (one place for that dance), `stop_pump()` stops it for good (the lease ends, or the session does).
@@ -29,7 +29,7 @@ RELEASED_AT_IDLE = {"session": False, "transaction": True, "statement": True}
 
 class Lease:
     __slots__ = ("session", "pool", "server", "target", "intent", "started", "pump", "sick")
-    starter = None                # relay.start(session, lease) -> its pump (server/relay.py sets it)
+    starter = None                # relay.start(session, lease) -> its pump (frontend/relay.py sets it)
 
     def __init__(self, session, pool, server, target="primary", intent="primary"):
         self.session = session    # whose it is (the pump moves the server's answers to it)

@@ -4,7 +4,7 @@ A client's statement names are its own; on the server each statement gets a name
 text and parameter types, so clients that prepare the same query share one server-side statement.
 Each server connection remembers which statements it has (an LRU, capped by
 `pool.prepared_statements_cap`); a client's Bind or Describe on a connection that lacks the
-statement is preceded by a Parse the client never sees. The response plan (server/plan.py) hides
+statement is preceded by a Parse the client never sees. The response plan (frontend/plan.py) hides
 the replies to those extra messages and answers the client's own Parse/Close where the server was
 not asked.
 """
@@ -44,7 +44,7 @@ class ClientStatements:
     def __init__(self):
         self.by_name = {}
         self.sql = {}  # SQL-level: Statement.parse holds the server's PREPARE text
-        self.unnamed = None  # the client's unnamed statement: its last unnamed Parse as sent (server/unnamed.py)
+        self.unnamed = None  # the client's unnamed statement: its last unnamed Parse as sent (frontend/unnamed.py)
         self.texts = None    # limits/admission.Texts: statement and portal texts, while a limit is keyed by fingerprint
 
     def _check_free(self, name):

@@ -1,7 +1,7 @@
 """A session's route state: where its next lease goes and what that lease must have seen. Written
-where the pipeline's decisions are applied (server/forward.py `Forwarder.apply`, a prepared
+where the pipeline's decisions are applied (frontend/forward.py `Forwarder.apply`, a prepared
 statement's Bind going where its Parse went, a cache miss's fill) and taken, once, when the next
-lease is made (server/session.py); the client's last write position is kept for read-your-writes."""
+lease is made (frontend/session.py); the client's last write position is kept for read-your-writes."""
 
 
 class RouteState:

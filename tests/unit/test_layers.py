@@ -22,11 +22,11 @@ SQLSTATE = re.compile(r"(?=.*[0-9])[0-9A-Z]{5}$")  # (five characters, a digit a
 WRITERS = {
     "analytics/__init__.py": {"analytics_state"},
     "limits/__init__.py": {"limits_held"},
-    "server/forward.py": {"discard_pending", "pending_error", "schema_changed", "streaming"},
-    "server/handshake.py": {"fatal_sent", "lease", "login_timer", "pool", "sock", "writer"},
-    "server/relay.py": {"callback_pump"},
-    "server/timeouts.py": {"closing"},
-    "topology/replay.py": {"pending_error", "pool"},
+    "frontend/forward.py": {"discard_pending", "pending_error", "schema_changed", "streaming"},
+    "frontend/handshake.py": {"fatal_sent", "lease", "login_timer", "pool", "sock", "writer"},
+    "frontend/relay.py": {"callback_pump"},
+    "frontend/timeouts.py": {"closing"},
+    "continuity/replay.py": {"pending_error", "pool"},
 }
 SESSION_ATTRIBUTES_AT_MOST = 28  # ClientSession's own (issue 32 wants 15)
 KNOWN_CIRCLES = set()  # (none left: keep it so)
@@ -155,14 +155,14 @@ def test_only_the_owners_write_session_state():
 def test_the_ownership_check_fails_on_a_violation():
     bad = {"pipeline/stages/quota.py": "def decide(session, sql):\n    session.quota_left = 3\n",
            "cache/__init__.py": "def hit(self, session):\n    session.cache_off = 'a temporary table'\n",
-           "server/forward.py": "class F:\n    def go(self):\n        self.session.streaming, x = True, 1\n"}
+           "frontend/forward.py": "class F:\n    def go(self):\n        self.session.streaming, x = True, 1\n"}
     found = violations(bad)
     assert len(found) == 2 and "a stage writes through the session" in found[0]
     assert "session.cache_off" in found[1]  # (forward.py may write streaming: allowed)
 
 
 def test_the_session_does_not_grow():
-    with open(os.path.join(ROOT, "server", "session.py")) as f:
+    with open(os.path.join(ROOT, "frontend", "session.py")) as f:
         attributes = session_attributes(f.read())
     assert len(attributes) <= SESSION_ATTRIBUTES_AT_MOST, sorted(attributes)
 

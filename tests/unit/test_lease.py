@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 
 from helios_proxy.pool.lease import ends_here
-from helios_proxy.server.plan import ResponsePlan
+from helios_proxy.frontend.plan import ResponsePlan
 
 
 def session(mode, outstanding=0, in_extended=False, **kw):

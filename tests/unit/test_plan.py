@@ -1,6 +1,6 @@
 """The response plan: what the client expects back, in order, and the proxy's edits to it."""
 from helios_proxy.protocol import codec
-from helios_proxy.server import plan as p
+from helios_proxy.frontend import plan as p
 
 Z, E, ONE_DONE, T, C, N = ord("Z"), ord("E"), ord("1"), ord("T"), ord("C"), ord("N")
 

@@ -4,8 +4,8 @@ from types import SimpleNamespace
 import pytest
 
 from helios_proxy.protocol import codec, messages as m
-from helios_proxy.server import plan as p
-from helios_proxy.server.relay import ServerStream
+from helios_proxy.frontend import plan as p
+from helios_proxy.frontend.relay import ServerStream
 from helios_proxy.pool.session_state import SessionSettings
 from helios_proxy.stats import Counters
 
@@ -65,7 +65,7 @@ def test_the_journal_checksums_what_the_client_got_since_the_last_idle_ready_for
     """Split anywhere: the checksum covers exactly the bytes after the last clean ReadyForQuery
     'I' that went to the client; a FATAL is held back (the replay decides) and ends the stream."""
     import hashlib
-    from helios_proxy.topology.journal import Journal
+    from helios_proxy.continuity.journal import Journal
     journal = Journal(1 << 20)
     session, server = fake_session("session", journal), fake_server()
     session.plan.expect(p.QUERY)
@@ -95,7 +95,7 @@ COMMIT = codec.message(m.COMMAND_COMPLETE, codec.cstr("COMMIT")) + codec.ready_f
 def test_the_proxys_own_xid_query_is_cut_out_of_the_stream_and_of_the_checksum(step):
     """replay.ask_xid: the answer to txid_current_if_assigned() sent before a COMMIT sets the
     journal's xid and is neither the client's nor part of what a replay compares."""
-    from helios_proxy.topology.journal import Journal
+    from helios_proxy.continuity.journal import Journal
     journal = Journal(1 << 20)
     session, server = fake_session("transaction", journal), fake_server()
     session.plan.expect(p.QUERY)

@@ -1,7 +1,7 @@
 """The batch stage (the spec's "batch", last before the backend but for the journal's bookkeeping):
 a single-row INSERT sent in autocommit by a pooled client waits here for companions and is
 answered once its multi-row batch committed (batch/); one sent in the extended protocol is marked
-for the forwarder, which takes its whole Parse..Sync (server/forward_batch.py). Everything else
+for the forwarder, which takes its whole Parse..Sync (frontend/forward_batch.py). Everything else
 passes untouched: inside a transaction, with answers still owed, a session whose settings are not
 checked yet, and any session that ever used lastval() or currval() (a batched row is inserted on
 another server connection, so its sequence values would not be that session's)."""
@@ -26,7 +26,7 @@ class Batch(Stage):
                 or session.pinned or session.plan.owes() or not session.settings.checked
                 or ctx.word != "insert"):
             return StageResult.CONTINUE
-        if ctx.protocol != "simple":  # the forwarder takes the whole batch (server/forward_batch.py)
+        if ctx.protocol != "simple":  # the forwarder takes the whole batch (frontend/forward_batch.py)
             if not ctx.statement:
                 ctx.decide().batch = True
             return StageResult.CONTINUE

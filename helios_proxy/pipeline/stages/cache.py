@@ -3,7 +3,7 @@
 A read the cache may serve (cache/__init__.py admit) is looked up: a hit in the simple protocol is
 answered here (its RowDescription, DataRows and CommandComplete as the server sent them, then a
 ReadyForQuery); a miss carries a Fill the forwarder starts when the Query goes out, so the answer
-is stored on its way back (server/relay.py). An extended-protocol Parse only carries its Admission:
+is stored on its way back (frontend/relay.py). An extended-protocol Parse only carries its Admission:
 the key needs the Bind's parameters, which the forwarder reads (cache/extended.py). Anything else
 is screened for what it writes, which is invalidated before it goes out.
 """

@@ -1,5 +1,5 @@
 """The journal stage (replay on): what the transaction journal must know about a query before it
-goes out (topology/journal.py, topology/replay.py).
+goes out (continuity/journal.py, continuity/replay.py).
 
 - a COMMIT (or END): the forwarder learns the transaction's xid just before sending it, so that a
   COMMIT in flight when the primary dies can be looked up with txid_status() on the new one. A

@@ -1,6 +1,6 @@
 """The plugins stage (the spec's "WASM Plugins"): every plugin's on_query_start may go on, reject,
 rewrite or answer the query (plugins/manager.py). Built only when some plugin implements a
-per-query hook; on_query_complete is called when the answer has reached the client (server/relay.py)."""
+per-query hook; on_query_complete is called when the answer has reached the client (frontend/relay.py)."""
 import time
 
 from ..stage import Stage

@@ -3,7 +3,7 @@ one execution against the [[limits]] and the tenant's qps (limits/admission.py; 
 extended protocol is counted by the forwarder); one over a limit is refused with 53400 (or waits,
 on_exceed = "wait"). A Parse runs nothing: it is only remembered for fingerprint-keyed limits.
 Concurrency slots are held until the session is owed nothing more (the ReadyForQuery of its last
-request, server/relay.py; or the proxy's own answer)."""
+request, frontend/relay.py; or the proxy's own answer)."""
 from ...limits.admission import Texts, statements_in
 from ..stage import Stage, StageResult
 

@@ -2,7 +2,7 @@
 
 A client's PREPARE p1 becomes PREPARE helios_sql_<hash> on the server (the hash of its parameter
 types and query, so clients share it); EXECUTE p1(...) is rewritten to that name, and the session
-prepares it first on a server connection that lacks it (server/forward.py). DEALLOCATE of the
+prepares it first on a server connection that lacks it (frontend/forward.py). DEALLOCATE of the
 client's statements, SQL-level or protocol-level, is answered by the proxy. PREPARE of a statement
 the pool already parsed successfully is answered without a server.
 """

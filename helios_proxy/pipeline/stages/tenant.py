@@ -1,5 +1,5 @@
 """The tenant stage (the spec's "identify tenant from connection metadata, apply per-tenant pool
-and quota limits"; identified at login, server/handshake.py): counts the tenant's queries and
+and quota limits"; identified at login, frontend/handshake.py): counts the tenant's queries and
 refuses (42501) the obvious attempts to change helios.tenant (rls) or search_path (schema), a
 courtesy: what isolates a tenant is helios.tenant(), which PostgreSQL checks (tenancy/proof.py).
 Its `qps` counts every execution, with the limits (limits/admission.py, the rate-limit stage).

@@ -3,7 +3,7 @@ queries, lease a server when a transaction starts, have named prepared statement
 (pooled modes, statements.py), and forward everything else untouched, one send per run of messages.
 One handler per message type (HANDLERS).
 
-Each forwarded request gets an entry in the session's response plan (server/plan.py), so answers
+Each forwarded request gets an entry in the session's response plan (frontend/plan.py), so answers
 the proxy gives itself go out in the order the client asked.
 """
 
@@ -19,7 +19,7 @@ from ..pipeline.stage import Action
 from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
 from ..sockets import recv, recv_later
-from ..topology import replay
+from ..continuity import replay
 from . import plan as p, statements, unnamed
 from .forward_batch import BatchSteps
 from .forward_cache import CacheSteps
@@ -183,7 +183,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         self.start = end
 
     def send(self, data):
-        """To the leased server; with replay on, into the session's journal too (topology/journal.py).
+        """To the leased server; with replay on, into the session's journal too (continuity/journal.py).
         A server lost under a replayable journal is not the client's error: its pump replays."""
         session = self.session
         journal = session.journal
@@ -250,13 +250,13 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         go_on, replacement = self.pipeline(mtype, begin, end)
         commit, self.commit = self.commit, None
         anonymous = not names_statement(mtype, self.data, begin, end)
-        if anonymous:  # the client's unnamed statement from now on (server/unnamed.py)
+        if anonymous:  # the client's unnamed statement from now on (frontend/unnamed.py)
             unnamed.parsed(self.session, (replacement or bytes(self.data[begin:end])) if go_on else None)
         if not go_on:
             return None
         batch, self.batch_next = self.batch_next, False
         if batch and replacement is None and self.batch_parse(begin, end):
-            return None  # an INSERT coalesced with others' and answered (server/forward_batch.py)
+            return None  # an INSERT coalesced with others' and answered (frontend/forward_batch.py)
         if self.session.proxy.cache is not None and self.cache_parse(begin, end, replacement):
             return None  # a cache hit: the whole batch answered
         if self.session.journal is not None and not self.journal_parse(begin, end, commit):

@@ -76,7 +76,7 @@ def row_with(row, params, types=()):
 
 
 class BatchSteps:
-    """Mixed into the Forwarder (server/forward.py)."""
+    """Mixed into the Forwarder (frontend/forward.py)."""
 
     def batch_parse(self, begin, end):
         """An unnamed Parse the batch stage let through, its whole plain batch received: coalesced

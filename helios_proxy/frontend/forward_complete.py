@@ -1,6 +1,6 @@
 """The forwarder's completion steps: queries the proxy answers itself, and Binds of named
 statements, reported to analytics and plugins' on_query_complete like the answers the server
-completes (those: server/relay.py `completed`)."""
+completes (those: frontend/relay.py `completed`)."""
 import time
 
 from .. import pipeline
@@ -9,7 +9,7 @@ from ..plugins.actions import Outcome
 
 
 class CompletionSteps:
-    """Mixed into the Forwarder (server/forward.py)."""
+    """Mixed into the Forwarder (frontend/forward.py)."""
 
     def answered_here(self, ctx, result):
         """A query the pipeline answered or refused itself: complete at once."""

@@ -1,5 +1,5 @@
 """The transaction journal (the spec's transaction_journal): per client session, what is needed to
-re-run its work in progress on another server (topology/replay.py) and to tell whether the re-run
+re-run its work in progress on another server (continuity/replay.py) and to tell whether the re-run
 gave the client the same answers.
 
 A journal covers everything since its server was last idle with nothing owed (a clean

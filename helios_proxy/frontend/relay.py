@@ -32,7 +32,7 @@ from ..backend.statements import invalidate, stale_plan
 from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner
 from .plan import HIDE
-from ..topology import replay
+from ..continuity import replay
 from ..sockets import call_soon, plain, recv, recv_now, wake_when_readable
 
 log = logging.getLogger(__name__)
@@ -297,7 +297,7 @@ Lease.starter = start  # (the pool layer starts a lease's pump through it: pool/
 
 
 def resume(session, lease, stream, first, out=b""):
-    """Go on relaying a lease whose server a replay replaced (topology/replay.py): the client gets
+    """Go on relaying a lease whose server a replay replaced (continuity/replay.py): the client gets
     out, then what follows `first` (the new server's bytes beyond what the client already had),
     through the same stream, so the client's stream goes on byte for byte where it stopped."""
     if out:
@@ -317,7 +317,7 @@ def resume(session, lease, stream, first, out=b""):
 # --- the greenlet pump (TLS) -------------------------------------------------------------------
 def pump(session, lease, stream=None, first=b""):
     """Relay until the lease ends (pooling: True) or the server is lost (False); never raises.
-    (stream, first: go on after a replay, topology/replay.py.)"""
+    (stream, first: go on after a replay, continuity/replay.py.)"""
     server = lease.server
     if stream is None:
         stream = ServerStream(session, server)
@@ -450,7 +450,7 @@ def failure(session, e):
 
 def lost(session, server, error, lease=None, stream=None):
     """Relaying the server's bytes failed (error): the connection is lost. Its session goes on on
-    another server if the connection itself broke and its journal allows (topology/replay.py),
+    another server if the connection itself broke and its journal allows (continuity/replay.py),
     else it ends with the connection error."""
     why = failure(session, error)
     server.broken = True

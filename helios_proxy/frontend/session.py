@@ -27,8 +27,8 @@ from ..pool.lease import Lease, ends_here
 from ..backend.statements import invalidate_all
 from ..pool.prepared import ClientStatements
 from ..pool.reset import reset_for_reuse
-from ..topology.journal import Journal
-from ..topology.session_migrate import Snapshot, capture
+from ..continuity.journal import Journal
+from ..continuity.session_migrate import Snapshot, capture
 from ..protocol import codec, messages as m
 from ..sockets import Writer, in_hub
 from ..routing.state import RouteState
@@ -59,7 +59,7 @@ class ClientSession:
         self.identity = Identity(next(_ids), peer, sock.family == socket.AF_UNIX)  # who it is: set by the login
         self.pool = None              # its home pool (credentials; the primary's, or its database's host)
         self.lease = None             # pool/lease.py: the server connection lent to it now
-        self.journal = None           # topology/journal.py, with [replay] enabled
+        self.journal = None           # continuity/journal.py, with [replay] enabled
         self.pending_error = None     # an ErrorResponse its next request gets (a replay that failed)
         self.writer = Writer(sock)    # everything sent to the client, in order (sockets.py)
         self.callback_pump = None     # relay.CallbackPump, made at the first lease, reused
@@ -422,7 +422,7 @@ class ClientSession:
         self.detach()  # from here its next message takes a new lease, after idle_lease is set
         try:
             lease.stop_pump(block=True)
-            state = capture(server)  # (topology/session_migrate.py)
+            state = capture(server)  # (continuity/session_migrate.py)
             if state.stateful:  # state that cannot move: it stays (and is ended if it must go)
                 self.lease = lease.run()
                 return False

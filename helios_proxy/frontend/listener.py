@@ -79,7 +79,7 @@ class Proxy:
         return table
 
     def __init__(self, config, worker=(0, 1), admin_socket=None, unix_fd=None):
-        """worker: (index, count) when this is one of several workers (server/workers.py), which
+        """worker: (index, count) when this is one of several workers (frontend/workers.py), which
         serves its admin API on admin_socket for the arbiter and accepts on the arbiter's Unix
         socket unix_fd."""
         self.worker, self.admin_socket, self.unix_fd = worker, admin_socket, unix_fd

@@ -96,7 +96,7 @@ class ResponsePlan:
         self.entries.append(Entry(kind, HIDE))
 
     def forget_hidden(self):
-        """The server that owed hidden answers is gone (topology/replay.py). A client request whose
+        """The server that owed hidden answers is gone (continuity/replay.py). A client request whose
         ReadyForQuery was to be cut gets it again as usual (the replay sends it), and then the
         final hidden Query no longer owes the client one."""
         entries = list(self.entries)

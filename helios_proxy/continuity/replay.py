@@ -2,7 +2,7 @@
 session whose server connection died with its node goes on, unnoticed, on the new primary.
 
 When a lease's connection is lost (relay.lost) and the session has a replayable journal
-(topology/journal.py), `recover` asks whether the node is down (a fresh connection to it fails),
+(continuity/journal.py), `recover` asks whether the node is down (a fresh connection to it fails),
 waits in the switchover buffer for a confirmed primary, opens a connection there, re-creates the
 session's state (pool/session_state.py settings, prepared statements: the code transaction
 pooling uses at every lease), then:
@@ -33,10 +33,10 @@ from ..pool import session_state
 from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner
 from ..routing.classify import BEGIN_READ_ONLY, READ
-from ..server import relay  # (relay imports this module too: only its functions are used, at run time)
+from ..frontend import relay  # (relay imports this module too: only its functions are used, at run time)
 from . import session_migrate
 from .journal import STATS, UNKNOWN
-from .switchover_buffer import NoPrimary
+from ..topology.switchover_buffer import NoPrimary
 
 log = logging.getLogger(__name__)
 Q, P, B, S, F = (ord(c) for c in "QPBSF")
@@ -117,7 +117,7 @@ def _send_hidden(server, data):
 
 def snapshot(session):
     """Session pooling: read the session's state from its server now (it is idle, nothing owed),
-    as of the journal that starts here (topology/session_migrate.py)."""
+    as of the journal that starts here (continuity/session_migrate.py)."""
     with session.lease.borrow() as server:
         try:
             session.journal.snapshot = session_migrate.capture(server)

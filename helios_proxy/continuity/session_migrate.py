@@ -1,6 +1,6 @@
 """Session migrate: a session-pooled client's state, read from one server connection and re-created
-on another (the spec's session_migrate). Used by the planned switchover (server/session.py
-move_off: an idle client moves to the new primary) and by failover replay (topology/replay.py: the
+on another (the spec's session_migrate). Used by the planned switchover (frontend/session.py
+move_off: an idle client moves to the new primary) and by failover replay (continuity/replay.py: the
 state is read after each transaction that changed it, as the old server cannot be asked after it
 died).
 

@@ -3,7 +3,7 @@ journal.py and replay.py), mixed into the Forwarder: a COMMIT's xid asked first 
 flight, prepared statements that commit or write noted, lone writes wrapped up to their Sync.
 """
 from ..protocol import codec, messages as m
-from ..topology import replay
+from ..continuity import replay
 
 P = m.PARSE[0]
 
