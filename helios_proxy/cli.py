@@ -80,7 +80,7 @@ def run(path, worker, admin_socket, unix_fd):
             sys.exit(Arbiter(config, path).serve_forever())
         except ConfigError as e:
             raise click.ClickException(str(e)) from None
-    from .frontend.listener import Proxy
+    from .proxy import Proxy
     try:
         proxy = Proxy(config, (worker, config.server.workers) if worker is not None else (0, 1), admin_socket,
                       unix_fd)

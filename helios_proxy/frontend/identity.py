@@ -21,5 +21,5 @@ class Identity:
         self.secret = 0               # its cancel key's secret
         self.backend_pid = 0          # the pid in the BackendKeyData the client got
         self.admin = False            # in the virtual admin database (admin_db.py)
-        self.authenticated = False    # past authentication (frontend/listener.py's per-address budget)
+        self.authenticated = False    # past authentication (proxy.py's per-address budget)
         self.started = time.monotonic()

@@ -1,4 +1,4 @@
-"""The client port's sockets, shared by the proxy (listener.py) and the arbiter of several workers
+"""The client port's sockets, shared by the proxy (proxy.py) and the arbiter of several workers
 (workers.py): the listen address, and the Unix socket psql finds by port."""
 import os
 

@@ -1,4 +1,6 @@
-"""The Proxy: gevent StreamServer on the client port, the session registry, signals and shutdown.
+"""The Proxy: every part of one proxy process put together (the pools, the router, the topology,
+the pipeline, the features), the gevent StreamServer on the client port, the session registry,
+signals and shutdown.
 
 Signal handlers only queue a command; `serve_forever` does the work (stop, reload) in the main
 greenlet, as gunicorn's arbiter does.
@@ -16,45 +18,45 @@ from gevent.queue import Queue
 from gevent.server import StreamServer
 from gevent import socket
 
-from .. import pipeline
-from ..admin import server as admin_server
-from ..analytics import Analytics
-from ..batch import Batches
-from ..tenancy import Tenants
-from ..cache import QueryCache
-from ..limits import Limiter
-from ..limits.admission import Admission
-from ..limits import shared as limits_table
-from ..config import load_file
-from ..config.schema import SETTINGS, TENANT_SETTINGS
-from ..errors import TOO_MANY_CONNECTIONS, ConfigError
-from ..protocol import codec
-from ..plugins.manager import PluginManager
-from ..pool.pool import PoolManager
-from ..routing.lag import LagMonitor
-from ..stats import Stats, StatsSampler
-from ..topology.switchover_buffer import SwitchoverBuffer
-from ..topology.failover import FailoverController
-from ..topology.health import HealthChecker
-from ..topology.nodeops import NodeOps
-from ..topology import providers
-from ..topology.tracker import PrimaryTracker
-from ..routing.router import Router
-from .auth import Authenticator
-from .cancel import CancelMap
-from .relay import watchers
-from .session import ClientSession, number_sessions
-from .timeouts import SessionTimeouts
-from .tls import client_context
+from . import pipeline
+from .admin import server as admin_server
+from .analytics import Analytics
+from .batch import Batches
+from .tenancy import Tenants
+from .cache import QueryCache
+from .limits import Limiter
+from .limits.admission import Admission
+from .limits import shared as limits_table
+from .config import load_file
+from .config.schema import SETTINGS, TENANT_SETTINGS
+from .errors import TOO_MANY_CONNECTIONS, ConfigError
+from .protocol import codec
+from .plugins.manager import PluginManager
+from .pool.pool import PoolManager
+from .routing.lag import LagMonitor
+from .stats import Stats, StatsSampler
+from .topology.switchover_buffer import SwitchoverBuffer
+from .topology.failover import FailoverController
+from .topology.health import HealthChecker
+from .topology.nodeops import NodeOps
+from .topology import providers
+from .topology.tracker import PrimaryTracker
+from .routing.router import Router
+from .frontend.auth import Authenticator
+from .frontend.cancel import CancelMap
+from .frontend.relay import watchers
+from .frontend.session import ClientSession, number_sessions
+from .frontend.timeouts import SessionTimeouts
+from .frontend.listen import parse_address, unix_listener
+from .frontend.tls import client_context
+from .frontend.userlist import load_userlist
+from .frontend.workers import share
 
 
 def cert_ca(config):
     """The CA that verifies client certificates, when the cert method is used at all."""
     methods = {config.auth.method} | {r.method for r in config.auth.rules}
     return config.auth.cert.ca_file if "cert" in methods else ""
-from .listen import parse_address, unix_listener
-from .userlist import load_userlist
-from .workers import share
 
 log = logging.getLogger(__name__)
 SPARE = 128  # connections beyond max_client_conn accepted at once, to be refused or to cancel
@@ -106,7 +108,7 @@ class Proxy:
         self.tenants = Tenants(config, TENANT_SETTINGS) if config.tenancy.enabled else None  # (tenancy/)
         self.graphql = None
         if config.graphql.enabled:  # (graphql/: graphql-core, the [graphql] extra)
-            from ..graphql import Gateway
+            from .graphql import Gateway
             self.graphql = Gateway(self)
         self.limits_table = self._limits_table(config)
         self.limiter = Limiter(config, self.limits_table)  # [[limits]] (limits/)
@@ -123,10 +125,10 @@ class Proxy:
         self.topology = providers.build(config, self.tracker, self.health, self.buffer)  # who decides the primary (topology/providers.py)
         self.fleet = None  # a fleet of proxies: coordinated in etcd (fleet_dcs.py), or members listed in Redis
         if config.fleet.dcs_url:
-            from ..topology.fleet_dcs import FleetCoordinator
+            from .topology.fleet_dcs import FleetCoordinator
             self.fleet = self.failover.fleet = FleetCoordinator(self)
         elif config.fleet.name and config.fleet.redis_url:
-            from ..topology.fleet import FleetMembership
+            from .topology.fleet import FleetMembership
             self.fleet = FleetMembership(self)
         self.admin = None
         self.stats = Stats()
