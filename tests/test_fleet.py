@@ -115,7 +115,7 @@ def test_a_member_that_alone_loses_the_primary_promotes_nothing(start_proxy, ha_
         assert in_recovery(ha_cluster.ports[1]) and in_recovery(ha_cluster.ports[2])
         assert writes_to(proxies[0]) == writes_to(proxies[1]) == ha_cluster.ports[0]
         fleet = proxies[0].api("GET", "/fleet")[1]
-        assert fleet["decision"] is None and fleet["lock"] is None
+        assert fleet["decision"] is None and fleet["lock"] in (None, "p2")  # (it keeps asking, in vain)
         relay.open = True  # the path is back: it takes the primary back, nothing was promoted
         wait_for(lambda: proxies[2].api("GET", "/topology")[1]["state"] == "CONFIRMED", 20, "the primary back")
         assert writes_to(proxies[2]) == ha_cluster.ports[0]  # (through the relay)
