@@ -174,3 +174,17 @@ class Mirror:
             else:
                 self.keys[key[cut:]] = value
             self.revision, dirty = max(self.revision, revision), True
+
+    def json(self, key):
+        """The object a key holds as JSON, or None (absent, not JSON, or not an object)."""
+        try:
+            value = json.loads(self.keys.get(key) or "null")
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+
+class Follower:
+    """For a class that follows a prefix through self.mirror: its keys and revision."""
+    keys = property(lambda self: self.mirror.keys)
+    revision = property(lambda self: self.mirror.revision)

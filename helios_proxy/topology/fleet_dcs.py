@@ -34,7 +34,7 @@ import gevent
 from gevent.event import Event
 
 from ..auth import api_keys
-from .etcd import Etcd, Mirror
+from .etcd import Etcd, Follower, Mirror
 from .events import HealthChanged, PrimaryChanged
 from .nodeops import NodeOperationFailed
 from .tracker import CONFIRMED
@@ -64,7 +64,7 @@ def advertised(config):
     return f"{'127.0.0.1' if host in ('', '0.0.0.0', '::') else host}:{port}"
 
 
-class FleetCoordinator:
+class FleetCoordinator(Follower):
     def __init__(self, proxy):
         config = proxy.config
         self.proxy, self.config = proxy, config
@@ -105,14 +105,6 @@ class FleetCoordinator:
                 except OSError:
                     pass
             self.lease = None
-
-    @property
-    def keys(self):
-        return self.mirror.keys
-
-    @property
-    def revision(self):
-        return self.mirror.revision
 
     def on_event(self, event):
         if isinstance(event, (HealthChanged, PrimaryChanged)):
@@ -190,21 +182,15 @@ class FleetCoordinator:
                     self.error = str(e)
             gevent.sleep(RETRY_S)
 
-    def _json(self, key):
-        try:
-            return json.loads(self.keys.get(key) or "null")
-        except ValueError:
-            return None
-
     def apply(self, starting=False):
         """Follow a decision newer than the last one followed; hold new transactions while another
         member switches over."""
-        decision = self._json("decision")
+        decision = self.mirror.json("decision")
         if decision and decision.get("epoch", 0) > self.epoch:
             self.follow(decision, starting)
         self._disabled()
         self._tenants()
-        switching = self._json("switching")
+        switching = self.mirror.json("switching")
         buffer = self.proxy.buffer
         if switching and switching.get("by") != self.me and not buffer.paused:
             buffer.pause(f"switchover from {switching.get('from')} to {switching.get('to')} by {switching.get('by')}")
@@ -300,7 +286,7 @@ class FleetCoordinator:
         """Holding the lock: follow a newer decision, or promote if most live members see old down."""
         keys, _ = self.etcd.range(self.prefix, prefix=True)  # (fresh: not the watch's view)
         self.keys.update({k[len(self.prefix):]: v for k, v in keys.items()})
-        decision = self._json("decision")
+        decision = self.mirror.json("decision")
         if decision and decision.get("epoch", 0) > self.epoch:
             self.follow(decision)
         if self.proxy.tracker.current() is not None:  # (decided meanwhile, by another member: followed)
@@ -368,7 +354,7 @@ class FleetCoordinator:
 
     def decide(self, new, old, kind):
         """Write the decision every member follows (the next epoch)."""
-        epoch = max(self.epoch, (self._json("decision") or {}).get("epoch", 0)) + 1
+        epoch = max(self.epoch, (self.mirror.json("decision") or {}).get("epoch", 0)) + 1
         seen = self.proxy.tracker.seen.get(new)
         decision = {"epoch": epoch, "primary": new, "old": old, "kind": kind, "by": self.me, "at": time.time(),
                     "timeline": seen.timeline if seen is not None else None}
@@ -410,7 +396,7 @@ class FleetCoordinator:
         name = self.keys.get(f"ids/{peer_id}")
         for key in self.keys:
             if name and key.startswith("members/"):
-                record = self._json(key) or {}
+                record = self.mirror.json(key) or {}
                 if record.get("proxy") == name:
                     return record.get("address")
         return None
@@ -419,13 +405,13 @@ class FleetCoordinator:
         members = []
         for key in sorted(self.keys):
             if key.startswith("members/"):
-                record = self._json(key) or {}
-                record["view"] = self._json(f"views/{record.get('name')}")
+                record = self.mirror.json(key) or {}
+                record["view"] = self.mirror.json(f"views/{record.get('name')}")
                 members.append(record)
         primaries = {(m.get("view") or {}).get("primary") for m in members}
         return {"cluster": self.config.fleet.cluster, "me": self.me, "peer_id": self.peer_id, "dcs": "etcd",
-                "members": members, "lock": self.keys.get("lock"), "switching": self._json("switching"),
-                "decision": self._json("decision"), "decisions": self.decisions,
+                "members": members, "lock": self.keys.get("lock"), "switching": self.mirror.json("switching"),
+                "decision": self.mirror.json("decision"), "decisions": self.decisions,
                 "agree_on_primary": len(primaries) <= 1, "refusal": self.refusal, "error": self.error}
 
 

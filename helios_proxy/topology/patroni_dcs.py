@@ -17,14 +17,13 @@ Members tagged `noloadbalance` take no reads. While etcd cannot be reached the p
 primary it knows and tries the endpoints again; the proxy's own health probes still decide which
 standbys take reads.
 """
-import json
 import logging
 import time
 from urllib.parse import urlparse
 
 import gevent
 
-from .etcd import Etcd, Mirror
+from .etcd import Etcd, Follower, Mirror
 from .events import HealthChanged
 from .tracker import CONFIRMED, NONE, PENDING, STANDBY
 
@@ -43,7 +42,7 @@ def _parse_time(text):
         return 0.0
 
 
-class PatroniDcsProvider:
+class PatroniDcsProvider(Follower):
     """Watches Patroni's keys in etcd; tells the tracker who the leader is."""
 
     def __init__(self, config, tracker, health=None, buffer=None):
@@ -91,20 +90,9 @@ class PatroniDcsProvider:
         self.error = None
         self.apply()
 
-    @property
-    def keys(self):
-        return self.mirror.keys
-
-    @property
-    def revision(self):
-        return self.mirror.revision
-
     # --- what the keys mean -------------------------------------------------------------------
     def member(self, name):
-        try:
-            return json.loads(self.keys.get(f"members/{name}", "") or "{}")
-        except ValueError:
-            return {}
+        return self.mirror.json(f"members/{name}") or {}
 
     def node_for(self, name):
         for node in self.config.nodes:
@@ -184,7 +172,7 @@ class PatroniDcsProvider:
     def _planned(self):
         """Patroni's failover key (patronictl switchover/failover): new transactions wait in the
         switchover buffer from the moment it appears (due) until it is gone or emptied."""
-        buffer, planned = self.buffer, self._json("failover") or {}
+        buffer, planned = self.buffer, self.mirror.json("failover") or {}
         due = bool(planned.get("leader") or planned.get("member")) and not (  # (Patroni empties it when done)
             planned.get("scheduled_at") and _parse_time(planned["scheduled_at"]) > time.time())
         if buffer is None:
@@ -198,13 +186,6 @@ class PatroniDcsProvider:
             self.holding = None
             if buffer.paused:
                 buffer.resume()
-
-    def _json(self, key):
-        try:
-            value = json.loads(self.keys.get(key) or "null")
-        except ValueError:
-            return None
-        return value if isinstance(value, dict) else None
 
     def view(self):
         return {"dcs": self.config.topology.dcs_url, "prefix": self.prefix, "revision": self.revision,
