@@ -80,6 +80,28 @@ def test_a_concurrency_guard_makes_queries_wait_and_all_succeed(start_proxy, dir
     assert body["passed"] == 5 and body["waited"] >= 3 and body["rejected"] == 0
 
 
+def sleepers_at_once(direct, proxies, marker, count=6):
+    """count clients of user app, spread over proxies, each run pg_sleep(0.3): (their errors, the
+    most of them active on the server at once, watched directly on PostgreSQL)."""
+    errors, most = [], 0
+
+    def sleeper(proxy):
+        try:
+            connect(proxy, user="app").cursor().execute(f"select pg_sleep(0.3), '{marker}'")
+        except Exception as e:  # noqa: BLE001 - reported to the caller
+            errors.append(e)
+    threads = [threading.Thread(target=sleeper, args=(proxies[i % len(proxies)],)) for i in range(count)]
+    for t in threads:
+        t.start()
+    watch = direct.cursor()
+    while any(t.is_alive() for t in threads):
+        watch.execute(f"select count(*) from pg_stat_activity where query like '%{marker}%' "
+                      "and state = 'active' and pid <> pg_backend_pid()")  # (not idle ones that ran it)
+        most = max(most, watch.fetchone()[0])
+        time.sleep(0.02)
+    return errors, most
+
+
 def test_a_limit_holds_across_workers(cluster, tmp_path, direct):
     """server.workers = 2: the workers share the limit's state, so clients spread over both never
     get more than the configured rate together, and one connection alone gets all of it."""
@@ -127,23 +149,8 @@ def test_a_limit_holds_across_workers(cluster, tmp_path, direct):
         allowed = 10 + 40 * (time.monotonic() - started)
         assert 0.8 * allowed <= alone[0] <= 1.15 * allowed, (alone[0], allowed)
 
-        errors, most = [], [0]  # a concurrency guard of 2, clients on both workers
-
-        def sleeper():
-            try:
-                connect(proxy, user="app").cursor().execute("select pg_sleep(0.3), 'guard-probe'")
-            except Exception as e:  # noqa: BLE001 - reported below
-                errors.append(e)
-        threads = [threading.Thread(target=sleeper) for _ in range(6)]
-        for t in threads:
-            t.start()
-        watch = direct.cursor()
-        while any(t.is_alive() for t in threads):
-            watch.execute("select count(*) from pg_stat_activity where query like '%guard-probe%' "
-                          "and state = 'active' and pid <> pg_backend_pid()")  # (not idle ones that ran it)
-            most[0] = max(most[0], watch.fetchone()[0])
-            time.sleep(0.02)
-        assert not errors and most[0] == 2
+        errors, most = sleepers_at_once(direct, [proxy], "guard-probe")  # a guard of 2, clients on both workers
+        assert not errors and most == 2
         guard = proxy.api("GET", "/limits")[1][1]
         assert guard["passed"] == 6 and guard["waited"] >= 3 and guard["levels"] == {"app": 0}
     finally:
@@ -337,23 +344,8 @@ def test_a_concurrency_guard_holds_for_a_fleet_of_proxies_sharing_redis(start_pr
               "on_exceed": "wait"}]
     proxies = [start_proxy(pool={"mode": "transaction"}, limits=limit, fleet={"redis_url": redis_server.url})
                for _ in range(2)]
-    errors, most = [], [0]
-
-    def sleeper(proxy):
-        try:
-            connect(proxy, user="app").cursor().execute("select pg_sleep(0.3), 'fleet-guard-probe'")
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-    threads = [threading.Thread(target=sleeper, args=(proxies[i % 2],)) for i in range(6)]
-    for t in threads:
-        t.start()
-    watch = direct.cursor()
-    while any(t.is_alive() for t in threads):
-        watch.execute("select count(*) from pg_stat_activity where query like '%fleet-guard-probe%' "
-                      "and state = 'active' and pid <> pg_backend_pid()")
-        most[0] = max(most[0], watch.fetchone()[0])
-        time.sleep(0.02)
-    assert not errors and most[0] == 2, (errors, most)
+    errors, most = sleepers_at_once(direct, proxies, "fleet-guard-probe")
+    assert not errors and most == 2, (errors, most)
     assert sum(p.api("GET", "/limits")[1][0]["passed"] for p in proxies) == 6
     held = redis.Redis.from_url(redis_server.url)
     deadline = time.monotonic() + 5
