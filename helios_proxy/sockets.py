@@ -92,7 +92,7 @@ class Writer:
     the proxy no memory. A greenlet calling send() waits until its bytes are out, as sendall()
     would. TLS sockets (whose writes cannot be retried byte-exact) are written with sendall() by
     greenlets only; loop callbacks never serve them."""
-    __slots__ = ("sock", "raw", "lock", "pending", "waiters", "on_drained", "_watcher", "error")
+    __slots__ = ("sock", "raw", "lock", "pending", "waiters", "on_drained", "_watcher", "error", "silent")
 
     def __init__(self, sock):
         self.sock = sock
@@ -103,6 +103,7 @@ class Writer:
         self.on_drained = None    # callable, once: the pump that paused for the backlog
         self._watcher = None
         self.error = None         # the OSError that ended writing, if any
+        self.silent = False       # a FATAL went out (or TLS is being negotiated): no more messages to the client
 
     @property
     def backlog(self):

@@ -34,7 +34,7 @@ def node(proxy, n):
 def session_state(session):
     if session.server is not None:
         return "active"
-    if session.counters.wait_started is not None or session.waiting is not None:
+    if session.counters.wait_started is not None or session.slot.waiting is not None:
         return "waiting"
     return "idle"
 
@@ -52,7 +52,7 @@ def clients(proxy):
             "wait_s": round(now - s.counters.wait_started, 3) if s.counters.wait_started is not None else 0.0,
             "node": s.server.node.name if s.server is not None else None,
             "server_pid": s.server.pid if s.server is not None else None,
-            "pinned": s.pinned, "application_name": s.settings.values.get("application_name"),
+            "pinned": s.slot.pinned, "application_name": s.settings.values.get("application_name"),
             "queries": s.counters.queries, "transactions": s.counters.transactions,
         })
     return out
@@ -61,8 +61,9 @@ def clients(proxy):
 def pools(proxy):
     active = {}
     for s in list(proxy.sessions):
-        if s.server is not None and s.lease_pool is not None:
-            active[s.lease_pool.key] = active.get(s.lease_pool.key, 0) + 1
+        lease = s.slot.lease
+        if lease is not None:
+            active[lease.pool.key] = active.get(lease.pool.key, 0) + 1
     now, out = time.monotonic(), []
     check_after = proxy.config.pool.check_after
     for pool in list(proxy.pools.pools.values()):
@@ -88,7 +89,7 @@ def servers(proxy):
     leased = {id(s.server): s for s in list(proxy.sessions) if s.server is not None}
     for pool in list(proxy.pools.pools.values()):
         conns = [(c, "idle") for c in pool.idle]
-        conns += [(s.server, "active") for s in leased.values() if s.lease_pool is pool]
+        conns += [(s.server, "active") for s in leased.values() if s.slot.lease is not None and s.slot.lease.pool is pool]
         for conn, state in conns:
             client = leased.get(id(conn))
             out.append({"node": pool.node.name, "database": pool.database, "user": pool.credentials.user,

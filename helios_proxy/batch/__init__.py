@@ -123,7 +123,7 @@ class Batcher:
     def __init__(self, batches, session, shape, prefix, suffix):
         self.batches, self.proxy = batches, batches.proxy
         self.database, self.table, self.returning = session.identity.database, shape.table, shape.returning
-        self.credentials, self.settings = session.pool.credentials, dict(session.settings.values)
+        self.credentials, self.settings = session.slot.pool.credentials, dict(session.settings.values)
         self.settings_key = session.settings.key
         self.prefix, self.suffix = prefix, suffix
         self.pending, self.pending_bytes, self.timer, self.in_flight = [], 0, None, 0

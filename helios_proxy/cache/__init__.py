@@ -167,7 +167,7 @@ class QueryCache:
         """The Admission of a read for this session now, or None (counted by reason)."""
         if self.proxy.tracker.changes != self.primary_changes:
             self.primary_changed()
-        if session.pinned:
+        if session.slot.pinned:
             return self.skip("pinned session")
         state = session.cache_state
         if state is None:
@@ -323,7 +323,7 @@ class QueryCache:
         """(Admission, constants) of a text admitted before, if every condition of admit() holds for
         this session now (else None: the slow path decides)."""
         state = session.cache_state
-        if session.pinned or state is None or state.off or state.settings_stale or not session.idle_lease.is_set():
+        if session.slot.pinned or state is None or state.off or state.settings_stale or not session.slot.idle.is_set():
             return None  # (a lease still ending may be reading the client's new settings back)
         plan = session.plan
         if (plan.entries or plan.outstanding or plan.in_extended or plan.status != b"I"

@@ -144,11 +144,11 @@ def load(conn):
 def on_server(session, fn):
     """fn(server connection) for the proxy's own query on the session's behalf: on its own server
     (session pooling: the pump stops meanwhile), else on one from its pool."""
-    lease = session.lease
+    lease = session.slot.lease
     if lease is not None:
         with lease.borrow() as server:
             return fn(server)
-    pool = session.pool
+    pool = session.slot.pool
     conn, ok = pool.acquire(), False
     try:
         result = fn(conn)

@@ -46,7 +46,7 @@ JOURNALS = set()  # every live session's journal (journal bytes for /replay)
 class Journal:
     __slots__ = ("limit", "chunks", "size", "over", "digest", "seen", "at", "readies", "ready_seen",
                  "fatal", "xid", "commit_from", "snapshot", "changed", "needs_snapshot", "named", "wrapped",
-                 "asked", "eof",
+                 "asked", "eof", "pending_error",
                  "__weakref__")
 
     def __init__(self, limit, snapshot=None):
@@ -57,8 +57,19 @@ class Journal:
         self.named = {}               # its prepared statements that are a COMMIT ("lone") or a lone write
                                       # ("write"), by the client's names
         self.at = 0                   # received(): the position in the current chunk hashed up to (None: stop)
+        self.pending_error = None     # an ErrorResponse the client's next request gets (its replay failed)
         self.checkpoint()
         JOURNALS.add(self)
+
+    def fail_next(self, error):
+        """A replay failed while the client was owed nothing: its next request gets error. Returns
+        what the client gets now (nothing)."""
+        self.pending_error = error
+        return b""
+
+    def take_error(self):
+        error, self.pending_error = self.pending_error, None
+        return error
 
     def close(self):
         JOURNALS.discard(self)

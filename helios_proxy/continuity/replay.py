@@ -118,7 +118,7 @@ def _send_hidden(server, data):
 def snapshot(session):
     """Session pooling: read the session's state from its server now (it is idle, nothing owed),
     as of the journal that starts here (continuity/session_migrate.py)."""
-    with session.lease.borrow() as server:
+    with session.slot.lease.borrow() as server:
         try:
             session.journal.snapshot = session_migrate.capture(server)
             session.journal.needs_snapshot = False
@@ -133,7 +133,7 @@ def recover(session, lease, stream):
     journal = session.journal
     if journal is None or session.closing is not None or session.identity.home is not None:
         return False
-    why = journal.why_not() or (session.pinned and f"it is pinned ({session.pinned})")
+    why = journal.why_not() or (session.slot.pinned and f"it is pinned ({session.slot.pinned})")
     if why:
         STATS.not_replayable += 1
         log.info("%r: not replayed: %s", session, why)
@@ -161,7 +161,7 @@ def recover(session, lease, stream):
             log.warning("%r: replay %d on %s failed: %s", session, attempt, server.node.name, e)
             pool.release(server, reusable=False)
             continue
-        if session.lease is not lease:  # the client left meanwhile (its session ended)
+        if session.slot.lease is not lease:  # the client left meanwhile (its session ended)
             pool.release(server, reusable=False)
             return True
         switch(session, lease, pool, server)
@@ -180,7 +180,7 @@ def primary_by(session, deadline):
     until deadline (failover.buffer_timeout)."""
     while True:
         try:
-            return session.acquire_primary()
+            return session.slot.acquire_primary()
         except ProxyError as e:  # (NoPrimary: none known, no standby to fail over to: it may come back)
             if not (node_unreachable(e) or isinstance(e, NoPrimary)) or time.monotonic() >= deadline:
                 raise
@@ -441,7 +441,7 @@ def switch(session, lease, pool, server):
     old_pool, old = lease.pool, lease.server
     lease.pool, lease.server = pool, server
     if not session.identity.pooled:
-        session.pool = pool
+        session.slot.set_home(pool)
     journal = session.journal
     journal.fatal = None
     old_pool.release(old, reusable=False)
@@ -458,7 +458,7 @@ def give_error(session, lease, stream, sqlstate, message):
     in_block = not journal.wrapped and (plan.status != m.TX_IDLE or lease.server.tx_status != m.TX_IDLE)
     sent = journal.sent()
     try:
-        pool, server = session.acquire_primary()
+        pool, server = session.slot.acquire_primary()
         try:
             session_migrate.restore(session, server, None if session.identity.pooled else journal.snapshot)
             if not session.identity.pooled:  # statements the client parsed in this journal exist for it
@@ -481,7 +481,7 @@ def give_error(session, lease, stream, sqlstate, message):
     except (ProxyError, OSError) as e:
         log.warning("%r: no server to go on with after a failed replay: %s", session, e)
         return False
-    if session.lease is not lease:  # the client left meanwhile (its session ended)
+    if session.slot.lease is not lease:  # the client left meanwhile (its session ended)
         pool.release(server, reusable=False)
         return True
     if sqlstate == SERIALIZATION_FAILURE:
@@ -490,7 +490,7 @@ def give_error(session, lease, stream, sqlstate, message):
     if plan.outstanding or plan.in_extended:
         out = error + codec.ready_for_query(status) * plan.outstanding
     else:  # owed nothing (idle in its transaction): its next request gets the error
-        out, session.pending_error = b"", error
+        out = journal.fail_next(error)
     plan.entries.clear()
     plan.hidden = 0
     plan.outstanding, plan.in_extended, plan.skipping, plan.status = 0, False, False, status

@@ -68,7 +68,7 @@ def _sockets(proxy):
     leased = {id(s.server): s for s in list(proxy.sessions) if s.server is not None}
     for pool in list(proxy.pools.pools.values()):
         conns = [(c, "idle") for c in pool.idle] + [(s.server, "active") for s in leased.values()
-                                                    if s.lease_pool is pool]
+                                                    if s.slot.lease is not None and s.slot.lease.pool is pool]
         for conn, state in conns:
             client = leased.get(id(conn))
             yield {"type": "server", "fd": _fd(conn.sock), "user": pool.credentials.user, "database": pool.database,

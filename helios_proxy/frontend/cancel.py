@@ -80,7 +80,7 @@ class CancelMap:
 
     def deliver(self, session, peer):
         """Cancel session's query (None: no such session); True once its backend took the request."""
-        sent = session.cancel() if session is not None else False
+        sent = session.slot.cancel() if session is not None else False
         if not sent:
             self.unmatched += 1
             self._summary()

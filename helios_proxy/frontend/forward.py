@@ -136,6 +136,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         that go on as they came form runs sent at once; a message the proxy answers, rewrites or
         refuses cuts the run (`cut`). Each message type has its handler (HANDLERS)."""
         session, plan = self.session, self.session.plan
+        slot, book, journal = session.slot, session.statements, session.journal
         self.data, self.start = buf.buf, buf.pos  # the buffer, and the first byte of the run not yet sent
         self.buf = buf
         handlers = HANDLERS
@@ -153,16 +154,15 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
                     self.skip_to_sync = False
                     self.answer_at_sync()
                 continue
-            if mtype in passes and session.lease is not None and not session.discard_pending and not self.wrapping:
+            if mtype in passes and slot.lease is not None and not book.discard_pending and not self.wrapping:
                 entry = p.PLAIN_FOR.get(mtype)  # the usual Execute, Sync, Flush, CopyData...: as is
                 if entry is not None:
                     plan.entries.append(entry)
                 self.count(mtype)
                 continue
-            if session.pending_error is not None and mtype in VALID:  # (a replay that failed, replay.py)
-                self.cut(begin, end)
-                error, session.pending_error = session.pending_error, None
-                self.refuse(mtype, error)
+            if journal is not None and journal.pending_error is not None and mtype in VALID:
+                self.cut(begin, end)  # (a replay that failed: its error, continuity/replay.py)
+                self.refuse(mtype, journal.take_error())
                 continue
             handler = handlers.get(mtype)
             if handler is None:
@@ -275,12 +275,12 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         session = self.session
         if mtype == B and session.cache_state is not None and session.cache_state.named and self.cache_bind(begin):
             return None  # a cache hit: the whole batch answered
-        if mtype == B and session.named_queries:
+        if mtype == B and session.statements.queries:
             self.executes_named(begin, end)
         if mtype == B and session.statements.texts is not None:  # (a fingerprint limit: limits/admission.py)
             portal, at = codec.read_cstr(self.data, begin + 5)
             session.statements.texts.bound(portal, codec.read_cstr(self.data, at)[0])
-        if mtype == B and session.lease is None and session.route.next_target is None:
+        if mtype == B and session.slot.lease is None and session.route.next_target is None:
             statements.route_of_bind(session, self.data[begin + 5:end])  # where its statement's Parse went
         if not self.leased(mtype, begin, end):
             return None
@@ -302,8 +302,8 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         state = self.session.cache_state
         if state is not None and state.named and self.data[begin + 5] == STATEMENT:
             state.named.pop(codec.read_cstr(self.data[begin + 6:end], 0)[0], None)
-        if self.session.named_queries and self.data[begin + 5] == STATEMENT:
-            self.session.named_queries.pop(codec.read_cstr(self.data[begin + 6:end], 0)[0], None)
+        if self.session.statements.queries and self.data[begin + 5] == STATEMENT:
+            self.session.statements.closed(codec.read_cstr(self.data[begin + 6:end], 0)[0])
         if self.session.journal is not None and not self.session.identity.pooled:
             self.session.journal.changed = True  # (session pooling: its statements, for session migrate)
         if (self.session.identity.pooled and names_statement(mtype, self.data, begin, end)
@@ -316,7 +316,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
             self.cut(end, end)
             self.wrapped_sync()
             return None
-        if self.session.lease is None and not self.session.plan.in_extended:  # all before it was answered here
+        if self.session.slot.lease is None and not self.session.plan.in_extended:  # all before it was answered here
             self.cut(begin, end)
             self.answer(b"")
             return None
@@ -331,7 +331,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         replay.wrap_end(self.session)
 
     def on_flush_or_copy(self, mtype, begin, end):
-        if self.session.lease is None:  # nothing to flush; CopyData outside COPY: PostgreSQL ignores it
+        if self.session.slot.lease is None:  # nothing to flush; CopyData outside COPY: PostgreSQL ignores it
             self.cut(begin, end)
             return None
         return self.on_other(mtype, begin, end)
@@ -383,9 +383,9 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         """Whether the session has a server for this message, leasing one (pooled modes: a new
         transaction) if needed; a lease that cannot be had is the client's error."""
         session = self.session
-        if session.lease is None:
+        if session.slot.lease is None:
             try:
-                session.take_lease()
+                session.slot.take()
             except FatalError:
                 raise
             except ProxyError as e:
@@ -393,8 +393,8 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
                 self.sql_prepare, self.sql_needs = None, ()
                 self.refuse(mtype, codec.error_response(e.sqlstate, e.message, detail=e.detail))
                 return False
-        if session.discard_pending:  # DISCARD ALL / DEALLOCATE ALL drops the server's statements
-            session.discard_pending = False
+        if session.statements.discard_pending:  # DISCARD ALL / DEALLOCATE ALL drops the server's statements
+            session.statements.discarded()
             session.server.statements.clear()
         journal = session.journal
         if journal is not None and journal.needs_snapshot and not session.identity.pooled and not session.plan.owes():
@@ -465,10 +465,10 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
             self.pass_on(buf, length, None)
             self.refuse_too_large(mtype, length + 1)
         elif (length > STREAM_AT and mtype == COPY_DATA and session.server is not None and session.plan.outstanding
-                and not self.skip_to_sync and not session.discard_pending):
+                and not self.skip_to_sync and not session.statements.discard_pending):
             # CopyData of a COPY in progress: streamed; the lease cannot end before the last byte
-            # went to its server (session.streaming), so no byte of it can reach another client
-            session.streaming = True
+            # went to its server (plan.streaming), so no byte of it can reach another client
+            session.plan.streaming = True
             self.pass_on(buf, length, self.send)
         elif length > session.proxy.config.server.max_message_size:
             raise ProtocolViolation(f"invalid message length {length} for message type {bytes((mtype,))!r} "
@@ -488,9 +488,9 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         if self.stream_sink is not None:
             self.stream_sink(data[:n] if n < len(data) else data)
         self.stream_left -= n
-        if not self.stream_left and self.session.streaming:
-            self.session.streaming = False
-            self.session.release_if_idle()  # the server may have finished meanwhile
+        if not self.stream_left and self.session.plan.streaming:
+            self.session.plan.streaming = False
+            self.session.slot.release_if_idle()  # the server may have finished meanwhile
         return data[n:]
 
     def refuse_too_large(self, mtype, size):
@@ -511,8 +511,9 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         (True, message) forward a rewritten message, (False, payload) the proxy answers it. The
         text is decoded straight from the buffer: a large query is copied once, not four times."""
         session = self.session
-        if not session.idle_lease.is_set():  # stages see the state the ending lease leaves behind
-            session.idle_lease.wait()         # (settings, read-your-writes position)
+        idle = session.slot.idle
+        if not idle.is_set():  # stages see the state the ending lease leaves behind
+            idle.wait()        # (settings, read-your-writes position)
         body = begin + 5
         if mtype == Q:
             name, rest, text_at, nul = "", b"", body, data.find(0, body, end)
@@ -534,7 +535,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         if session.plan.completions is not None:  # plugins' on_query_complete, analytics
             if result.action is Action.CONTINUE:
                 if name:  # a named statement: each Bind of it is an execution (executes_named)
-                    session.named_queries[name] = ctx
+                    session.statements.queries[name] = ctx
                 else:
                     session.plan.pending_ctx = ctx  # reported at the ReadyForQuery of its Query or Sync
             else:
@@ -563,15 +564,14 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         if decided.read_after is not None:
             route.read_after(decided.read_after)
         if decided.pin:
-            session.pin(decided.pin)
+            session.slot.pin(decided.pin)
         if decided.settings_changed:
-            session.settings.dirty = True
+            session.settings.changed()
         if decided.discard:
-            session.statements.clear()
-            session.discard_pending = True
+            session.statements.discard()
         if decided.schema_changed:  # re-parsed on every connection before their next use (now, and at lease end)
             invalidate_all()
-            session.schema_changed = True
+            session.statements.schema_change()
         if decided.commits is not None:
             self.commit = decided.commits
         elif decided.autocommit_write:
@@ -622,7 +622,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         if ready:
             session = self.session
             session.send(ready)
-            session.release_if_idle()
+            session.slot.release_if_idle()
             if session.limits_held and not session.plan.owes():  # (the proxy answered the last request)
                 release_limits(session)
 

@@ -19,7 +19,7 @@ class CacheSteps:
         session = self.session
         state = session.cache_state
         if (fill.__class__ is Fill and state is not None and state.fill is None and not session.plan.owes()
-                and session.lease.target == "primary"):  # (a standby may lag behind a write)
+                and session.slot.lease.target == "primary"):  # (a standby may lag behind a write)
             state.fill = fill
 
     def cache_parse(self, begin, end, replacement):
@@ -107,7 +107,7 @@ class CacheSteps:
             return False
         entry, fill = cache.lookup(session, adm, key, hash(sql))
         if entry is None or (describe and entry.rlen < 0):
-            if fill is not None and session.lease is None:
+            if fill is not None and session.slot.lease is None:
                 route = session.route
                 store, route.next_target = cache.fill_target(adm, route.next_target)
                 self.cache_next = fill if store else None

@@ -34,7 +34,7 @@ class CompletionSteps:
             name = bytes(data[portal_end + 1:data.index(0, portal_end + 1, end)]).decode("utf-8", "replace")
         except ValueError:
             return  # (malformed: the server says so)
-        prepared = session.named_queries.get(name)
+        prepared = session.statements.queries.get(name)
         if prepared is not None:
             ctx = pipeline.QueryContext(session, prepared.sql, "extended", name, prepared.size, prepared.large)
             ctx.started, ctx.analyze = time.monotonic(), prepared.analyze

@@ -70,9 +70,8 @@ def startup(session):
                 # descriptor from the start: a client that stalls in it is closed when the time is up
                 tls_sock = tls_ctx.wrap_socket(session.sock, server_side=True, do_handshake_on_connect=False)
                 session.sock = tls_sock
-                session.fatal_sent = True  # (nothing can be said to it before the handshake is done)
+                session.writer.silent = True  # (nothing can be said to it before the handshake is done)
                 tls_sock.do_handshake()
-                session.fatal_sent = False
                 session.writer = Writer(tls_sock)
                 session.identity.tls = True
             negotiated = negotiated or pkt.kind == SSL_REQUEST
@@ -80,7 +79,7 @@ def startup(session):
         return pkt
 
 
-def login(session, pkt):
+def login(session, pkt, timer):
     """Check the startup packet, authenticate the client, attach a server, greet the client."""
     proxy, cfg = session.proxy, session.proxy.config
     params = pkt.params
@@ -94,7 +93,8 @@ def login(session, pkt):
         tenant, user, database = proxy.tenants.identify(user, database, {**params, **options},
                                                         sni=getattr(session.sock, "helios_sni", None))
         proxy.tenants.admit(tenant)
-        session.identity.tenant, session.settings.forced = tenant, tenant.forced()
+        session.identity.tenant = tenant
+        session.settings.force(tenant.forced())
     session.identity.user, session.identity.database = user, database
     if database in proxy.disabled:  # DISABLE db (admin console), until ENABLE db
         raise FatalError(f'database "{database}" is not currently accepting connections (DISABLE, admin console)',
@@ -128,7 +128,8 @@ def login(session, pkt):
         tenant, _, database = proxy.tenants.identify(user, session.identity.database, {**params, **options},
                                                      session.identity.auth_claims)
         proxy.tenants.admit(tenant)
-        session.identity.tenant, session.settings.forced = tenant, tenant.forced()
+        session.identity.tenant = tenant
+        session.settings.force(tenant.forced())
         if database != session.identity.database:  # (isolation = database)
             session.identity.database = database
             session.identity.home = cfg.database_nodes.get(database)
@@ -150,14 +151,14 @@ def login(session, pkt):
         session.send(codec.authentication(m.AUTH_OK) + admin_db.greeting(session))
         return
     session.send(codec.authentication(m.AUTH_OK))
-    session.login_timer.cancel()  # authenticated; waiting for a server has its own timeout
+    timer.cancel()  # authenticated; waiting for a server has its own timeout
 
     # A server connection proves the database and user, gives the ParameterStatus values the
     # client sees, and (session pooling) is the client's for the whole session.
     # During a failover, pooled-mode logins are greeted from a pool known before and their first
     # transaction waits in the switchover buffer; other logins wait there now.
     who = session.identity
-    pool = session.pool = proxy.pools.get(who.home or proxy.known_primary(), who.database, creds)
+    pool = session.slot.set_home(proxy.pools.get(who.home or proxy.known_primary(), who.database, creds))
     server = None
     breakers = proxy.router.breakers
     if session.identity.pooled and pool.server_params is not None:
@@ -181,18 +182,18 @@ def login(session, pkt):
                     raise
                 deferred = False
         if server is None and not deferred:
-            pool, server = session.acquire_primary()
+            pool, server = session.slot.acquire_primary()
     params = dict(server.params if server is not None else pool.server_params)
     # Settings are what the client wants beyond a fresh connection's defaults (pool.server_params),
     # not beyond this connection's, which may carry the last client's settings.
     reported = {k.lower(): v for k, v in pool.server_params.items()}
     session.settings.set({k: v for k, v in settings.items() if reported.get(k.lower()) != v})
     if server is not None:
-        session.attach(pool, server)
+        session.slot.attach(pool, server)
         apply_settings(server, session.settings.values)
         if session.identity.tenant is not None:  # helios.tenant() (tenancy/proof.py)
             proxy.tenants.establish(server, session.identity.tenant)
-        session.settings.checked = True
+        session.settings.applied()
         params = server.params
     else:  # what the server will report once the settings are applied at the first lease
         names = {k.lower(): k for k in params}
@@ -205,8 +206,7 @@ def login(session, pkt):
     greeting.append(codec.backend_key_data(session.identity.backend_pid, session.identity.secret))
     greeting.append(codec.ready_for_query(m.TX_IDLE))
     if session.identity.pooled and server is not None:
-        session.lease = None
-        pool.release(server)
+        session.slot.hand_back()
     session.send(b"".join(greeting))
 
 
@@ -223,18 +223,18 @@ def apply_settings(server, settings):
 def run(session):
     """The whole startup phase under the login timeout; False if the connection ends here."""
     cfg = session.proxy.config.server
-    session.login_timer = gevent.Timeout(cfg.client_login_timeout, LoginTimeout)
-    session.login_timer.start()
+    timer = gevent.Timeout(cfg.client_login_timeout, LoginTimeout)
+    timer.start()
     try:
         pkt = startup(session)
         if pkt is None:
             return False
-        login(session, pkt)
+        login(session, pkt, timer)
         return True
     except LoginTimeout:
         raise FatalError("canceling authentication due to timeout", sqlstate="08006") from None
     except ssl.SSLError as e:
         raise ConnectionResetError(f"TLS handshake failed: {e}") from e
     finally:
-        session.login_timer.cancel()
+        timer.cancel()
 

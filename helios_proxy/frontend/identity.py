@@ -1,5 +1,5 @@
 """Who a client session is: set by the login (handshake.py, auth.py for its claims), then read-only.
-A database that moves to a host of its own on a reload changes `home` (session.acquire_primary)."""
+A database that moves to a host of its own on a reload changes `home` (LeaseSlot.acquire_primary)."""
 import time
 
 

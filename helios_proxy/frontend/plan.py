@@ -45,7 +45,7 @@ class ResponsePlan:
     count, an unsynced extended batch, and (plugins' on_query_complete) the query of each
     ReadyForQuery to come."""
     __slots__ = ("entries", "skipping", "status", "outstanding", "in_extended", "completions", "pending_ctx",
-                 "hidden")
+                 "hidden", "streaming")
 
     def __init__(self, completions=False):
         self.entries = deque()
@@ -56,6 +56,7 @@ class ResponsePlan:
         self.completions = deque() if completions else None  # query context per ReadyForQuery to come
         self.pending_ctx = None   # the query whose Sync has not been sent yet
         self.hidden = 0           # the proxy's own Queries not answered yet (their rows must be seen)
+        self.streaming = False    # a large CopyData is still being streamed to the server (forward.py)
 
     def __bool__(self):
         return bool(self.entries)

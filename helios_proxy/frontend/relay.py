@@ -167,7 +167,7 @@ class ServerStream:
         session = self.session
         name, value = codec.parse_parameter_status(body)
         self.server.params[name] = value
-        session.settings.dirty = True
+        session.settings.changed()
         if session.journal is not None and not session.identity.pooled:
             session.journal.changed = True
 
@@ -253,7 +253,7 @@ class CallbackPump:
         if release:
             lease = self.lease
             self.stop()
-            session.lease_ended(lease, out)
+            session.slot.ended(lease, out)
         elif out:
             self.writer.write(out)
             if self.writer.backlog:  # the client reads slower: wait until it took it all
@@ -286,9 +286,10 @@ class CallbackPump:
 def start(session, lease):
     """The pump for a lease: callbacks on plain sockets, a greenlet where TLS is involved."""
     if plain(lease.server.sock) and session.writer.raw is not None:
-        pump = session.callback_pump
+        slot = session.slot
+        pump = slot.pump
         if pump is None:
-            pump = session.callback_pump = CallbackPump(session)
+            pump = slot.pump = CallbackPump(session)
         return pump.begin(lease)
     return GREENLETS.start(session, lease)
 
@@ -303,8 +304,8 @@ def resume(session, lease, stream, first, out=b""):
     if out:
         session.writer.write(out)
     if plain(lease.server.sock) and session.writer.raw is not None and stream is getattr(
-            session.callback_pump, "stream", None):
-        callbacks = lease.pump = session.callback_pump.begin(lease, go_on=True)
+            session.slot.pump, "stream", None):
+        callbacks = lease.pump = session.slot.pump.begin(lease, go_on=True)
         if first:
             try:
                 callbacks.take(first)
@@ -338,7 +339,7 @@ def pump(session, lease, stream=None, first=b""):
                     completed(session, server, answered)
                 continue
             lease.pump = None
-            session.lease_ended(lease, out)
+            session.slot.ended(lease, out)
             if answered:
                 completed(session, server, answered)
             return True  # the lease ended and the session let go of this pump
@@ -464,7 +465,7 @@ def lost(session, server, error, lease=None, stream=None):
             lease.sick = True  # (its end is not counted a success)
     session.proxy.router.suspect(server.node, why)  # the node may be down: the health checker looks now
     journal = session.journal
-    if journal is not None and isinstance(error, OSError) and lease is not None and lease is session.lease:
+    if journal is not None and isinstance(error, OSError) and lease is not None and lease is session.slot.lease:
         journal.eof = isinstance(error, ServerClosed)
         try:
             if replay.recover(session, lease, stream):  # on a new server, as if nothing happened

@@ -27,7 +27,7 @@ def answer_locally(session, mtype, message):
         if body[0] == 0:
             return NEEDS_SERVER
         name, stmt = session.statements.parse(body)
-        if stmt.server_name not in session.pool.known_statements:
+        if stmt.server_name not in session.slot.pool.known_statements:
             session.statements.forget(name)  # translate() registers it again with the server
             return NEEDS_SERVER
         stmt.route = session.route.next_target
@@ -42,12 +42,12 @@ def translate(session, mtype, message):
     """(bytes for the server, answer for the client now or None) instead of a Parse/Bind/Describe
     naming a statement; None when the message names no statement."""
     body = message[5:]
-    plan, server, known = session.plan, session.server, session.pool.known_statements
+    plan, server, known = session.plan, session.server, session.slot.pool.known_statements
     if mtype == P:
         if body[0] == 0:
             return None
         name, stmt = session.statements.parse(body)
-        stmt.route = (session.lease_target, None)
+        stmt.route = (session.slot.lease.target, None)
         known[stmt.server_name] = True
         if stmt.server_name in server.statements:  # valid for the server, not yet for the pool
             return b"", plan.fake(prepared.PARSE_COMPLETE)
@@ -65,7 +65,7 @@ def translate(session, mtype, message):
             return None
         stmt = session.statements.lookup(codec.read_cstr(body, pos)[0])
         if stmt.sets:
-            session.settings.dirty = True
+            session.settings.changed()
         out = ensure(session, stmt)
         plan.expect(p.ONE)
         return out + prepared.rename_bind(body, stmt.server_name), None
@@ -81,7 +81,7 @@ def sql_statements(session, prepare, needs):
     """For a Query the sql_prepare stage rewrote (PREPARE, or EXECUTE of `needs`): (the proxy's
     answer when the server has the statement already, else None; bytes to send before the Query;
     on_fail for its plan entry)."""
-    server, plan, known = session.server, session.plan, session.pool.known_statements
+    server, plan, known = session.server, session.plan, session.slot.pool.known_statements
     if prepare is not None:
         name, stmt = prepare
         if stmt.server_name in server.statements:

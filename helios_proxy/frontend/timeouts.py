@@ -60,5 +60,5 @@ class SessionTimeouts(Periodic):
     @staticmethod
     def _end(session, message, sqlstate):
         log.warning("%r: %s", session, message)
-        session.closing = message
+        session.close_for(message)
         gevent.spawn(session.terminate, message, sqlstate)  # a client not reading must not block us

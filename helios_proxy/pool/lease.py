@@ -69,4 +69,4 @@ class Lease:
 def ends_here(session, server):
     """At a ReadyForQuery: does the session's lease end, by its pool mode's rule?"""
     return (RELEASED_AT_IDLE[session.identity.mode] and server.tx_status == m.TX_IDLE and not session.plan.owes()
-            and not session.pinned and session.closing is None and not session.streaming)
+            and not session.slot.pinned and session.closing is None and not session.plan.streaming)

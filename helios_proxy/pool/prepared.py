@@ -37,15 +37,22 @@ def server_name(rest):
     return "helios_" + hashlib.blake2b(rest, digest_size=12).hexdigest()
 
 
-class ClientStatements:
-    """The named statements one client prepared, by the client's names: protocol-level (Parse) and
-    SQL-level (PREPARE), which share one namespace as in PostgreSQL."""
+class StatementBook:
+    """Every prepared-statement fact of one client (a session's part): the statements it prepared,
+    by its names, protocol-level (Parse) and SQL-level (PREPARE), which share one namespace as in
+    PostgreSQL; its unnamed statement; the texts a fingerprint limit needs; the query contexts its
+    named statements report completions with; whether the next server must drop its statements
+    (DISCARD ALL / DEALLOCATE ALL) or re-parse shared ones (DDL)."""
+    __slots__ = ("by_name", "sql", "unnamed", "texts", "queries", "discard_pending", "schema_changed")
 
     def __init__(self):
         self.by_name = {}
         self.sql = {}  # SQL-level: Statement.parse holds the server's PREPARE text
         self.unnamed = None  # the client's unnamed statement: its last unnamed Parse as sent (frontend/unnamed.py)
         self.texts = None    # limits/admission.Texts: statement and portal texts, while a limit is keyed by fingerprint
+        self.queries = {}    # (completions on) a named statement's Parse QueryContext: each Bind reports with it
+        self.discard_pending = False  # it sent DISCARD ALL / DEALLOCATE ALL: the next server drops its statements
+        self.schema_changed = False   # it ran DDL: shared statements are re-parsed after its transaction
 
     def _check_free(self, name):
         if name in self.by_name or name in self.sql:
@@ -77,12 +84,43 @@ class ClientStatements:
         return self.by_name.get(name) or _undefined(name)
 
     def forget(self, name):
+        """The server side of name is gone or not made (a failed Parse, a Close answered here)."""
         self.by_name.pop(name, None)
         self.sql.pop(name, None)
+
+    def closed(self, name):
+        """The client closed statement name: its completions' query goes too."""
+        self.queries.pop(name, None)
 
     def clear(self):
         self.by_name.clear()
         self.sql.clear()
+        self.queries.clear()
+
+    def texts_of(self, make):
+        """The statement and portal texts a fingerprint limit keys by, made by make() at first use."""
+        texts = self.texts
+        if texts is None:
+            texts = self.texts = make()
+        return texts
+
+    def schema_change(self):
+        """The client ran DDL: shared statements are re-parsed after its transaction."""
+        self.schema_changed = True
+
+    def take_schema_change(self):
+        """Whether DDL ran since the last call (the lease's end)."""
+        changed, self.schema_changed = self.schema_changed, False
+        return changed
+
+    def discarded(self):
+        """The next server dropped its statements (DISCARD ALL / DEALLOCATE ALL reached it)."""
+        self.discard_pending = False
+
+    def discard(self):
+        """DISCARD ALL / DEALLOCATE ALL went to the server: none left, and the next server drops its own."""
+        self.clear()
+        self.discard_pending = True
 
 
 def _undefined(name):

@@ -86,3 +86,20 @@ class SessionSettings:
         if forced and any(values.get(k) != v for k, v in forced.items()):
             values = {**values, **forced}
         self.values, self.key = values, settings_key(values)
+
+    def changed(self):
+        """Something the client ran may have changed a setting: read back at the lease's end."""
+        self.dirty = True
+
+    def read_back(self, values):
+        """What a server connection holds after the client's changes (the lease's end)."""
+        self.dirty = False
+        self.set(values)
+
+    def applied(self):
+        """The startup settings went onto a server without error: never checked again."""
+        self.checked = True
+
+    def force(self, values):
+        """What the client's tenant always has (tenancy/), put over whatever it sets."""
+        self.forced = values

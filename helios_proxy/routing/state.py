@@ -24,6 +24,10 @@ class RouteState:
         self.next_target = self.next_lag = self.next_tables = None
         return target, node_name, lag, tables
 
+    def wrote(self, lsn):
+        """The WAL position after the client's last transaction on the primary (read-your-writes)."""
+        self.ryw_lsn = lsn
+
     def read_after(self, lsn):
         """Later reads must see WAL position lsn (a write, or SET helios.read_after)."""
         self.ryw_lsn = max(lsn, self.ryw_lsn or 0)

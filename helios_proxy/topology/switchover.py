@@ -89,7 +89,7 @@ def _drain(proxy, node, timeout):
     while True:
         holding = [s for s in list(proxy.sessions) if s.server is not None and s.server.node.name == node.name]
         for session in holding:
-            if session.movable() and session.move_off():
+            if session.slot.movable() and session.slot.move_off():
                 moved += 1
         holding = [s for s in holding if s.server is not None]
         if not holding or time.monotonic() >= deadline:

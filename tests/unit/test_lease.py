@@ -10,7 +10,9 @@ from helios_proxy.frontend.plan import ResponsePlan
 def session(mode, outstanding=0, in_extended=False, **kw):
     plan = ResponsePlan()
     plan.outstanding, plan.in_extended = outstanding, in_extended
-    values = dict(identity=SimpleNamespace(mode=mode), plan=plan, pinned=None, closing=None, streaming=False)
+    plan.streaming = kw.pop("streaming", False)
+    values = dict(identity=SimpleNamespace(mode=mode), plan=plan, slot=SimpleNamespace(pinned=kw.pop("pinned", None)),
+                  closing=None)
     values.update(kw)
     return SimpleNamespace(**values)
 

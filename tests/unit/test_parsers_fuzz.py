@@ -4,7 +4,7 @@ refusal), never another exception that would end in a traceback."""
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from helios_proxy.errors import DECODING_ERRORS
-from helios_proxy.pool.prepared import ClientStatements, rename_bind
+from helios_proxy.pool.prepared import StatementBook, rename_bind
 from helios_proxy.protocol import codec
 from helios_proxy.protocol.scram import ScramClient
 
@@ -30,7 +30,7 @@ def test_backend_message_parsers(data):
 @FAST
 @given(st.binary(max_size=64))
 def test_client_statement_messages(data):
-    only_expected(ClientStatements().parse, data)
+    only_expected(StatementBook().parse, data)
     only_expected(lambda d: rename_bind(d, "s1"), data)
 
 

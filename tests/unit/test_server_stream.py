@@ -15,8 +15,7 @@ def fake_session(mode="transaction", journal=None):
     plan = p.ResponsePlan()
     plan.sent(ord("Q"))
     return SimpleNamespace(plan=plan, counters=Counters(), identity=SimpleNamespace(pooled=True, mode=mode),
-                           pinned=None, closing=None,
-                           streaming=False, settings=SessionSettings(),
+                           slot=SimpleNamespace(pinned=None), closing=None, settings=SessionSettings(),
                            proxy=SimpleNamespace(router=router, analytics=None, at_ready=(), at_error=()),
                            journal=journal, cache_state=None, limits_held=[])
 

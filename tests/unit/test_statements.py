@@ -3,7 +3,7 @@ import pytest
 
 from helios_proxy.backend.statements import ServerStatements, invalidate, invalidate_all
 from helios_proxy.errors import ProxyError
-from helios_proxy.pool.prepared import ClientStatements, rename_bind
+from helios_proxy.pool.prepared import StatementBook, rename_bind
 from helios_proxy.protocol import codec
 
 
@@ -12,7 +12,7 @@ def parse_body(name, sql):
 
 
 def test_the_same_text_gets_the_same_server_name_for_every_client():
-    a, b = ClientStatements(), ClientStatements()
+    a, b = StatementBook(), StatementBook()
     _, one = a.parse(parse_body("s1", "select $1"))
     _, two = b.parse(parse_body("other", "select $1"))
     _, three = b.parse(parse_body("third", "select $2"))
@@ -20,7 +20,7 @@ def test_the_same_text_gets_the_same_server_name_for_every_client():
 
 
 def test_client_names_follow_postgresql_errors():
-    client = ClientStatements()
+    client = StatementBook()
     client.parse(parse_body("s1", "select 1"))
     with pytest.raises(ProxyError) as dup:
         client.parse(parse_body("s1", "select 2"))

@@ -23,7 +23,7 @@ class Batch(Stage):
             batches.never(session)
         if (session in batches.off or ctx.large or not session.identity.pooled or session.server is not None
                 or session.identity.tenant is not None  # (a batch runs on one connection: one tenant's proof)
-                or session.pinned or session.plan.owes() or not session.settings.checked
+                or session.slot.pinned or session.plan.owes() or not session.settings.checked
                 or ctx.word != "insert"):
             return StageResult.CONTINUE
         if ctx.protocol != "simple":  # the forwarder takes the whole batch (frontend/forward_batch.py)

@@ -20,9 +20,7 @@ class RateLimit(Stage):
         admission = session.proxy.admission
         if ctx.protocol != "simple":  # its executions are counted at each Execute
             if admission.by_text:
-                if session.statements.texts is None:
-                    session.statements.texts = Texts()
-                session.statements.texts.parsed(ctx.statement, None if ctx.large else ctx.sql)
+                session.statements.texts_of(Texts).parsed(ctx.statement, None if ctx.large else ctx.sql)
             return StageResult.CONTINUE
         sql = ctx.sql
         count = 1 if ctx.large or ";" not in sql or ctx.word is not None else statements_in(sql)

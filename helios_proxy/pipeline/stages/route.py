@@ -59,7 +59,7 @@ class Route(Stage):
             target = (STANDBY if router.tracker.roles.get(hints["node"]) == STANDBY else PRIMARY, hints["node"])
         elif hints.get("route") in (PRIMARY, STANDBY):
             target = (hints["route"], None)
-        elif session.pinned or (ctx.decided is not None and ctx.decided.pin):
+        elif session.slot.pinned or (ctx.decided is not None and ctx.decided.pin):
             target = (PRIMARY, None)
         elif session.route.override:
             target = (session.route.override, None)
@@ -67,7 +67,7 @@ class Route(Stage):
             router.count_large()
             target = (PRIMARY, None)
         else:
-            router.ensure_catalog(session.identity.database, session.pool)
+            router.ensure_catalog(session.identity.database, session.slot.pool)
             kind = router.classifier.classify(sql, session.identity.database, ctx.skeleton)
             target = (STANDBY if kind in (READ, BEGIN_READ_ONLY) else PRIMARY, None)
         ctx.decide().target = target

@@ -129,7 +129,7 @@ class SqlPreparedStatements(PooledSqlStage):
             ctx.decide().pin = "PREPARE through the extended protocol"
             return StageResult.CONTINUE
         stmt = session.statements.add_sql(name, Statement(sname, text))
-        if sname in session.pool.known_statements:
+        if sname in session.slot.pool.known_statements:
             return StageResult.respond(PREPARE_DONE)
         ctx.decide().sql_prepare = (name, stmt)
         return StageResult.rewrite(text)

@@ -1,0 +1,316 @@
+"""A session's hold on server connections (the spec's pool::session side of a lease): its home pool,
+the lease it has now (pool/lease.py), the pump reused from lease to lease (relay.py), whether a
+lease is being ended, what it waits on for a server, the prepared statements to re-create at its
+next lease, and why it keeps its server connection (pinned).
+
+It takes a lease where the route stage sent the next transaction (a standby that fails or lags
+behind the client's last write gives way to the primary; while there is no primary it waits in
+the switchover buffer), applies the client's settings and tenant proof to it, and ends it at the
+ReadyForQuery its pool mode says (relay.py asks `ends_here`): the client's new settings are read
+back, read-your-writes notes the write position, and the server connection goes back to its pool.
+It is the only writer of its fields (besides the login, which attaches the first lease, and the
+relay, which makes the pump once).
+"""
+import logging
+import time
+
+import gevent
+from gevent.event import Event
+
+from ..errors import QUERY_CANCELED, BackendError, ProxyError, node_unreachable
+from ..jobs import JOBS
+from ..pool import prepared, session_state
+from ..pool.lease import Lease, ends_here
+from ..pool.reset import reset_for_reuse
+from ..backend.statements import invalidate_all
+from ..continuity.session_migrate import capture
+from ..protocol import messages as m
+from ..sockets import in_hub
+from . import handshake, relay
+
+log = logging.getLogger(__name__)
+
+
+class QueryCanceledWhileWaiting(ProxyError):
+    sqlstate = QUERY_CANCELED
+
+
+class LeaseSlot:
+    __slots__ = ("session", "lease", "pool", "pump", "idle", "waiting", "restore", "pinned")
+
+    def __init__(self, session):
+        self.session = session
+        self.lease = None         # pool/lease.py: the server connection lent to it now
+        self.pool = None          # its home pool (credentials; the primary's, or its database's host)
+        self.pump = None          # relay.CallbackPump, made at the first lease, reused
+        self.idle = Event()       # set while no lease is being ended
+        self.idle.set()
+        self.waiting = None       # the AsyncResult it waits on for a server, while it waits
+        self.restore = None       # prepared statements to re-create at the next lease (move_off)
+        self.pinned = None        # why this client keeps its server connection (pooled modes)
+
+    @property
+    def server(self):
+        """The leased server connection, or None between leases."""
+        lease = self.lease
+        return lease.server if lease is not None else None
+
+    def attach(self, pool, server):
+        """The login's server connection becomes the session's lease (its pump starts in run())."""
+        self.pool, self.lease = pool, Lease(self.session, pool, server)
+
+    def hand_back(self):
+        """Pooled modes: the login's server connection goes back to its pool once it greeted the client."""
+        lease, self.lease = self.lease, None
+        lease.pool.release(lease.server)
+
+    def take(self):
+        """Lease a server connection for the next transaction (pooled modes) and start its pump."""
+        self.idle.wait()
+        session = self.session
+        proxy = session.proxy
+        if proxy.paused:  # PAUSE (admin): new transactions wait for RESUME
+            proxy.wait_unpaused(session.identity.database)
+        target, intent, pool, server = self._acquire_routed()
+        try:
+            settings = session.settings
+            if settings.checked:
+                if server.settings_key != settings.key:  # else it carries them already
+                    session_state.apply(server, settings.values, settings.key)
+            else:  # greeted without a server: the startup settings are checked now, FATAL if bad
+                handshake.apply_settings(server, settings.values)
+                settings.applied()
+        except BaseException:
+            pool.release(server, reusable=server.tx_status == m.TX_IDLE and not server.broken)
+            raise
+        if session.identity.tenant is not None:  # helios.tenant() proven anew on every lease (tenancy/proof.py)
+            try:
+                proxy.tenants.establish(server, session.identity.tenant)
+            except BaseException:  # its tenant state cannot be proven: never handed on
+                pool.release(server, reusable=False)
+                raise
+        if self.restore:  # moved off its last server: its prepared statements, re-created here
+            try:
+                prepared.recreate(server, self.restore)
+                self.restore = None
+            except BaseException:
+                pool.release(server, reusable=False)
+                raise
+        router = proxy.router
+        router.count(server.node, target)
+        if router.on and session.identity.home is None:
+            router.balancer.started(server.node)
+        lease = self.lease = Lease(session, pool, server, target, intent)
+        lease.pump = relay.start(session, lease)  # (lease.run(), without a call more per transaction)
+
+    def _acquire_routed(self):
+        """(target, intent, pool, server) where the route stage sent the next transaction; the primary when
+        that standby is unreachable or has not replayed the client's last write in time."""
+        session = self.session
+        router = session.proxy.router
+        route = session.route  # (RouteState.take(), inline: a call less per transaction)
+        target, node_name = route.next_target or ("primary", None)
+        lag, tables = route.next_lag, route.next_tables
+        route.next_target = route.next_lag = route.next_tables = None
+        intent = target  # a read that falls back to the primary is still a read
+        node = router.pick(target, node_name, lag) if session.identity.home is None else None
+        if node is not None:
+            pool = session.proxy.pools.get(node, session.identity.database, self.pool.credentials)
+            try:
+                server = self._acquire(pool)
+            except BackendError as e:  # a standby that fails is not the client's failure
+                router.unreachable(node, e.message, e)
+            else:
+                if target != "standby" or not route.ryw_lsn or self._replayed(router, pool, server):
+                    if tables:
+                        router.tables.count(tables, node.name)
+                    return target, intent, pool, server
+        pool, server = self.acquire_primary()
+        if tables:
+            router.tables.count(tables, pool.node.name)
+        return "primary", intent, pool, server
+
+    def acquire_primary(self):
+        """(pool, server) on the confirmed primary. While there is none (failover, switchover) wait
+        in the switchover buffer; a primary that cannot be reached is reported to the health
+        checker and tried again until it is replaced or failover.buffer_timeout has passed."""
+        session = self.session
+        proxy, who = session.proxy, session.identity
+        if who.home is not None or proxy.config.database_nodes:  # (a reload may move its database)
+            who.home = proxy.config.database_nodes.get(who.database)
+            if who.home is not None:  # a database outside the cluster: its one server, no failover
+                if who.home.name != self.pool.node.name:
+                    self.pool = proxy.pools.get(who.home, who.database, self.pool.credentials)
+                return self.pool, self._acquire(self.pool)
+        node = proxy.buffer.ready()
+        breakers = proxy.router.breakers
+        if node is not None and node.name == self.pool.node.name and (
+                not breakers.enabled or breakers.allows(node)):  # the usual case: its own pool
+            server = self.pool.take_idle()
+            if server is not None:
+                return self.pool, server
+        deadline = time.monotonic() + proxy.config.failover.buffer_timeout
+        while True:
+            try:
+                node = proxy.buffer.primary(deadline, self._waiting_on)
+            finally:
+                self.waiting = None
+            breakers.check(node)  # open: 57P03 at once, nothing else can take the transaction
+            if node.name != self.pool.node.name:  # the primary changed: this client's home pool too
+                self.pool = proxy.pools.get(node, who.database, self.pool.credentials)
+            try:
+                return self.pool, self._acquire(self.pool)
+            except (BackendError, OSError) as e:
+                if not node_unreachable(e) or time.monotonic() >= deadline or not proxy.buffer.failover_possible():
+                    raise  # (nothing to wait for: PostgreSQL's connection error, at once)
+                proxy.router.suspect(node, getattr(e, "message", None) or str(e))
+                gevent.sleep(0.05)
+
+    def set_home(self, pool):
+        """The session's home pool: the login's, or the primary's a replay found elsewhere."""
+        self.pool = pool
+        return pool
+
+    def _acquire(self, pool):
+        counters = self.session.counters
+        counters.wait_started = time.monotonic()
+        try:
+            return pool.acquire(waiting=self._waiting_on)
+        finally:
+            counters.wait_seconds += time.monotonic() - counters.wait_started
+            self.waiting = counters.wait_started = None
+
+    def _replayed(self, router, pool, server):
+        """Read-your-writes: has this standby replayed the client's last write? If not, give it back."""
+        try:
+            fresh = router.caught_up(server.node, server, self.session.route.ryw_lsn)
+        except BaseException:
+            pool.release(server, reusable=False)
+            raise
+        if not fresh:
+            pool.release(server)
+        return fresh
+
+    def _waiting_on(self, result):
+        self.waiting = result
+
+    def release_if_idle(self):
+        """After the proxy answered a request itself: end a lease the server has nothing left for."""
+        lease = self.lease
+        if lease is not None and ends_here(self.session, lease.server):
+            lease.stop_pump(block=False)  # it waits for the server; nothing more will come
+            self.detach()
+            self.end(lease)
+
+    def detach(self):
+        """The lease is ending: from now on the next message needs a new one (once idle is set)."""
+        self.lease = None
+        self.idle.clear()
+
+    def ended(self, lease, out):
+        """The pump saw the lease's last answer (by its pool mode's rule): the client gets the last
+        bytes, the server goes back to its pool. From a loop callback, an end that must ask the
+        server something (settings, WAL position) runs in a worker greenlet."""
+        self.detach()  # before the client can send its next query
+        session = self.session
+        try:
+            if out:
+                session.writer.write(out)
+        except OSError:
+            pass  # the client is gone: its reader sees it; the server is idle and goes back clean
+        if in_hub() and (session.settings.dirty or (session.proxy.router.on and session.identity.home is None
+                                                    and lease.intent == "primary")):
+            JOBS.submit(self.end, lease)
+        else:
+            self.end(lease)
+
+    def end(self, lease):
+        """Back to the pool after a transaction (pooled modes), carrying the client's new settings."""
+        session = self.session
+        server = lease.server
+        try:
+            if session.statements.take_schema_change():
+                invalidate_all()
+            if session.settings.dirty:
+                session.settings.read_back(session_state.capture(server))
+            router = session.proxy.router
+            took = time.monotonic() - lease.started
+            session.proxy.stats.observe(took)
+            if router.breakers.enabled and not lease.sick:
+                router.breakers.success(server.node)  # (a failure seen meanwhile counted already)
+            if router.on and session.identity.home is None:
+                router.balancer.finished(server.node, took)
+                if lease.intent == "primary":  # may have written: later reads must see it
+                    session.route.wrote(router.write_position(server))
+            lease.pool.release(server, reusable=server.tx_status == m.TX_IDLE)
+        except Exception as e:  # the pool gets its slot back whatever went wrong
+            log.info("%r: ending the lease of %r failed (%s); closing it", session, server, e)
+            lease.pool.release(server, reusable=False)
+        finally:
+            self.idle.set()
+
+    def movable(self):
+        """Whether this session may move to another server connection now, unnoticed: session
+        pooling, between transactions, nothing outstanding (a pinned pooled client keeps state
+        that cannot move)."""
+        server, session = self.server, self.session
+        return (server is not None and not session.identity.pooled and session.closing is None
+                and not session.plan.owes() and server.tx_status == m.TX_IDLE and not server.broken)
+
+    def move_off(self):
+        """Take an idle session-mode session off its server connection (a planned switchover):
+        its settings and prepared statements are read from it and re-created on the server its
+        next query leases (on the new primary); the old connection goes back to its pool. Until
+        this is done, its next message waits (idle). Returns False if it was not movable."""
+        if not self.movable():
+            return False
+        session = self.session
+        lease, server = self.lease, self.server
+        self.detach()  # from here its next message takes a new lease, after idle is set
+        try:
+            lease.stop_pump(block=True)
+            state = capture(server)  # (continuity/session_migrate.py)
+            if state.stateful:  # state that cannot move: it stays (and is ended if it must go)
+                self.lease = lease.run()
+                return False
+            session.settings.set(state.settings)
+            session.settings.applied()
+            self.restore = state.statements
+            lease.pool.release(server, reset_for_reuse(
+                server, session.proxy.config.pool.reset_query, in_flight=False, full_reset=True))
+            return True
+        except Exception as e:  # it could not be moved: it ends, as before
+            log.warning("%r could not be moved off %s (%s)", session, server.node.name, e)
+            lease.pool.release(server, reusable=False)
+            session.terminate(f"terminating connection: could not move it off {server.node.name}")
+            return False
+        finally:
+            self.idle.set()
+
+    def pin(self, reason):
+        """Keep the current (or next) server connection for the rest of the session."""
+        if self.session.identity.pooled and not self.pinned:
+            self.pinned = reason
+            log.info("%r pinned to its server connection: it uses %s", self.session, reason)
+
+    def cancel(self):
+        """A CancelRequest for this session: cancel its server's query, or stop waiting for a server.
+        Returns False when there was nothing to cancel, else True or the greenlet sending it on."""
+        server = self.server
+        if server is not None and not server.broken:
+            return server.cancel()
+        if self.waiting is not None and not self.waiting.ready():  # out of the queue, error to the client
+            self.waiting.set_exception(QueryCanceledWhileWaiting("canceling statement due to user request"))
+            return True
+        return False
+
+    def release(self):
+        """At session end: back to the pool if its state is known and clean (pool/reset.py), else closed."""
+        session = self.session
+        lease, self.lease = self.lease, None
+        server = lease.server
+        reusable = reset_for_reuse(server, session.proxy.config.pool.reset_query,
+                                   in_flight=bool(session.plan.outstanding or session.plan.in_extended),
+                                   full_reset=not session.identity.pooled or bool(self.pinned)
+                                   or session.settings.dirty)
+        lease.pool.release(server, reusable)
