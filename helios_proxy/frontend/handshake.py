@@ -80,109 +80,137 @@ def startup(session):
 
 
 def login(session, pkt, timer):
-    """Check the startup packet, authenticate the client, attach a server, greet the client."""
-    proxy, cfg = session.proxy, session.proxy.config
+    """The login's steps, in order: who the client is (identify), its proof (authenticate), then
+    the admin console's greeting, or a server connection for it (first_server) and the greeting
+    (greet). The login is the one writer of the session's Identity."""
+    user, settings, startup = identify(session, pkt)
+    creds = authenticate(session, pkt.params["user"], user, settings, startup)
+    session.logged_in()
+    proxy = session.proxy
+    if session.identity.database == proxy.config.admin.database:
+        if user not in proxy.config.admin.users:
+            raise FatalError(f'user "{user}" may not use the admin console (admin.users)',
+                             sqlstate=INVALID_AUTHORIZATION)
+        who = session.identity
+        who.admin, who.backend_pid = True, who.id
+        who.secret = proxy.cancels.register(session, who.id)
+        session.send(codec.authentication(m.AUTH_OK) + admin_db.greeting(session))
+        return
+    session.send(codec.authentication(m.AUTH_OK))
+    timer.cancel()  # authenticated; waiting for a server has its own timeout
+    pool, server = first_server(session, creds)
+    greet(session, pool, server, settings)
+
+
+def place(session, database, user):
+    """The database the client uses, where it lives and the pool mode it gets."""
+    cfg, who = session.proxy.config, session.identity
+    who.database = database
+    who.home = cfg.database_nodes.get(database)  # a database with a server of its own
+    who.mode = cfg.mode_for(database, user)
+    who.pooled = who.mode != "session"
+
+
+def identify(session, pkt):
+    """Who the client is from its startup packet (and its TLS server name): (the user it logs in
+    as, the settings it asked for, the startup parameters with its options)."""
+    proxy, cfg, who = session.proxy, session.proxy.config, session.identity
     params = pkt.params
     user = params.get("user")
     if not user:
         raise FatalError("no PostgreSQL user name specified in startup packet", sqlstate=INVALID_AUTHORIZATION)
     database = params.get("database") or user
     options = parse_options(params.get("options", ""))
-    tenanted = proxy.tenants is not None and database != cfg.admin.database  # (the admin console: no tenant)
-    if tenanted and not proxy.tenants.after_login:  # the tenant, the user it logs in as, its database
-        tenant, user, database = proxy.tenants.identify(user, database, {**params, **options},
+    startup = {**params, **options}
+    if proxy.tenants is not None and database != cfg.admin.database and not proxy.tenants.after_login:
+        # (the admin console has no tenant) the tenant, the user it logs in as, its database
+        tenant, user, database = proxy.tenants.identify(user, database, startup,
                                                         sni=getattr(session.sock, "helios_sni", None))
         proxy.tenants.admit(tenant)
-        session.identity.tenant = tenant
+        who.tenant = tenant
         session.settings.force(tenant.forced())
-    session.identity.user, session.identity.database = user, database
+    who.user = user
     if database in proxy.disabled:  # DISABLE db (admin console), until ENABLE db
         raise FatalError(f'database "{database}" is not currently accepting connections (DISABLE, admin console)',
                          sqlstate="55000")
-    session.identity.home = cfg.database_nodes.get(session.identity.database)  # a database with a server of its own
-    session.identity.mode = cfg.mode_for(session.identity.database, user)
-    session.identity.pooled = session.identity.mode != "session"
+    place(session, database, user)
     if params.get("replication", "false").lower() not in ("false", "off", "no", "0"):
         raise FatalError("replication connections are not supported by HeliosProxy",
                          sqlstate=FEATURE_NOT_SUPPORTED)
-    if cfg.tls.client_mode == "require" and not session.identity.tls and not session.identity.local:  # (as PG's)
-        raise FatalError(f'no encryption: TLS is required for host "{session.identity.peer[0]}", user "{user}", '
-                         f'database "{session.identity.database}" (tls.client_mode = require)',
+    if cfg.tls.client_mode == "require" and not who.tls and not who.local:  # (as PostgreSQL's)
+        raise FatalError(f'no encryption: TLS is required for host "{who.peer[0]}", user "{user}", '
+                         f'database "{who.database}" (tls.client_mode = require)',
                          sqlstate=INVALID_AUTHORIZATION)
     settings = {k: v for k, v in params.items() if k not in NOT_FORWARDED}
     settings.update(options)
     if pkt.minor > 0 or pkt.extensions:
         session.send(codec.negotiate_protocol_version(3 << 16, pkt.extensions))  # we speak 3.0
+    return user, settings, startup
 
-    admin = session.identity.database == cfg.admin.database
+
+def authenticate(session, sent_user, user, settings, startup):
+    """The client proves who it is (frontend/auth.py); a tenant known only from its token is
+    identified after. Returns the credentials of its backend login (a tenant's own pools: its
+    partition); settings gets the tenant's forced ones."""
+    proxy, cfg, who = session.proxy, session.proxy.config, session.identity
     creds = proxy.authenticator.lookup(user)
-    if session.identity.tenant is not None:  # a users_file line of its own (user.tenant), tenancy.tenant_secrets
-        secret = proxy.tenants.secret_of(proxy.authenticator, user, session.identity.tenant, params["user"])
+    if who.tenant is not None:  # a users_file line of its own (user.tenant), tenancy.tenant_secrets
+        secret = proxy.tenants.secret_of(proxy.authenticator, user, who.tenant, sent_user)
         if secret is not None:  # the client proves the tenant's secret; the backend login stays the user's own
             proxy.authenticator.authenticate(session, secret)
         else:  # (md5 salts with the name the client sent)
-            creds = proxy.authenticator.authenticate(session, dataclasses.replace(creds, login=params["user"]))
+            creds = proxy.authenticator.authenticate(session, dataclasses.replace(creds, login=sent_user))
     else:
         creds = proxy.authenticator.authenticate(session, creds)
-    if tenanted and proxy.tenants.after_login:  # (identify = jwt_claim: from its token)
-        tenant, _, database = proxy.tenants.identify(user, session.identity.database, {**params, **options},
-                                                     session.identity.auth_claims)
+    if proxy.tenants is not None and who.database != cfg.admin.database and proxy.tenants.after_login:
+        # (identify = jwt_claim: from its token)
+        tenant, _, database = proxy.tenants.identify(user, who.database, startup, who.auth_claims)
         proxy.tenants.admit(tenant)
-        session.identity.tenant = tenant
+        who.tenant = tenant
         session.settings.force(tenant.forced())
-        if database != session.identity.database:  # (isolation = database)
-            session.identity.database = database
-            session.identity.home = cfg.database_nodes.get(database)
-            session.identity.mode = cfg.mode_for(database, user)
-            session.identity.pooled = session.identity.mode != "session"
+        if database != who.database:  # (isolation = database)
+            place(session, database, user)
     if session.settings.forced:
         settings.update(session.settings.forced)
-    if session.identity.tenant is not None and session.identity.tenant.cfg.pool_size:  # pools of its own, of that size
-        proxy.pools.partition_sizes[session.identity.tenant.name] = session.identity.tenant.cfg.pool_size
-        creds = dataclasses.replace(creds, partition=session.identity.tenant.name)
-    session.logged_in()
-    if admin:
-        if user not in cfg.admin.users:
-            raise FatalError(f'user "{user}" may not use the admin console (admin.users)',
-                             sqlstate=INVALID_AUTHORIZATION)
-        session.identity.admin = True
-        session.identity.backend_pid = session.identity.id
-        session.identity.secret = proxy.cancels.register(session, session.identity.id)
-        session.send(codec.authentication(m.AUTH_OK) + admin_db.greeting(session))
-        return
-    session.send(codec.authentication(m.AUTH_OK))
-    timer.cancel()  # authenticated; waiting for a server has its own timeout
+    if who.tenant is not None and who.tenant.cfg.pool_size:  # pools of its own, of that size
+        proxy.pools.partition_sizes[who.tenant.name] = who.tenant.cfg.pool_size
+        creds = dataclasses.replace(creds, partition=who.tenant.name)
+    return creds
 
-    # A server connection proves the database and user, gives the ParameterStatus values the
-    # client sees, and (session pooling) is the client's for the whole session.
-    # During a failover, pooled-mode logins are greeted from a pool known before and their first
-    # transaction waits in the switchover buffer; other logins wait there now.
-    who = session.identity
+
+def first_server(session, creds):
+    """(its home pool, a server connection or None). A server connection proves the database and
+    user, gives the ParameterStatus values the client sees, and (session pooling) is the client's
+    for the whole session. During a failover, pooled-mode logins are greeted from a pool known
+    before and their first transaction waits in the switchover buffer; other logins wait there now."""
+    proxy, who = session.proxy, session.identity
     pool = session.slot.set_home(proxy.pools.get(who.home or proxy.known_primary(), who.database, creds))
-    server = None
-    breakers = proxy.router.breakers
-    if session.identity.pooled and pool.server_params is not None:
+    if who.pooled and pool.server_params is not None:
         try:  # pooled modes never wait at login once the pool is known (an open breaker: no server yet)
-            if (session.identity.home or proxy.router.primary() is not None) and breakers.allows(pool.node):
-                server = pool.try_acquire()
+            if (who.home or proxy.router.primary() is not None) and proxy.router.breakers.allows(pool.node):
+                return pool, pool.try_acquire()
         except (BackendError, OSError) as e:
             if not node_unreachable(e):
                 raise
-    else:
-        if proxy.paused:  # PAUSE (admin): a session-pooled login waits for RESUME
-            proxy.wait_unpaused(session.identity.database)
-        # A known pool with none free: greet now from its parameters; the first query waits for a
-        # server (as in PgBouncer), so a client beyond max_size can still log in.
-        deferred = pool.server_params is not None and (session.identity.home or proxy.buffer.ready()) is not None
-        if deferred:
-            try:
-                server = pool.try_acquire()
-            except (BackendError, OSError) as e:
-                if not node_unreachable(e):
-                    raise
-                deferred = False
-        if server is None and not deferred:
-            pool, server = session.slot.acquire_primary()
+        return pool, None
+    if proxy.paused:  # PAUSE (admin): a session-pooled login waits for RESUME
+        proxy.wait_unpaused(who.database)
+    # A known pool with none free: greet now from its parameters; the first query waits for a
+    # server (as in PgBouncer), so a client beyond max_size can still log in.
+    if pool.server_params is not None and (who.home or proxy.buffer.ready()) is not None:
+        try:
+            return pool, pool.try_acquire()
+        except (BackendError, OSError) as e:
+            if not node_unreachable(e):
+                raise
+    return session.slot.acquire_primary()
+
+
+def greet(session, pool, server, settings):
+    """The client's settings (what it wants beyond a fresh connection's defaults) on its server
+    connection, its ParameterStatus values, its cancel key, ReadyForQuery; pooled modes give the
+    server connection back."""
+    proxy, who = session.proxy, session.identity
     params = dict(server.params if server is not None else pool.server_params)
     # Settings are what the client wants beyond a fresh connection's defaults (pool.server_params),
     # not beyond this connection's, which may carry the last client's settings.
@@ -191,8 +219,8 @@ def login(session, pkt, timer):
     if server is not None:
         session.slot.attach(pool, server)
         apply_settings(server, session.settings.values)
-        if session.identity.tenant is not None:  # helios.tenant() (tenancy/proof.py)
-            proxy.tenants.establish(server, session.identity.tenant)
+        if who.tenant is not None:  # helios.tenant() (tenancy/proof.py)
+            proxy.tenants.establish(server, who.tenant)
         session.settings.applied()
         params = server.params
     else:  # what the server will report once the settings are applied at the first lease
@@ -201,11 +229,11 @@ def login(session, pkt, timer):
     greeting = [codec.parameter_status(k, v) for k, v in params.items()]
     # Session pooling shows the real backend pid (pg_backend_pid(), NOTIFY agree); pooled modes
     # (and a session greeted before it had a server) a pid of the proxy's own.
-    session.identity.backend_pid = session.identity.id if session.identity.pooled or server is None else server.pid
-    session.identity.secret = proxy.cancels.register(session, session.identity.backend_pid)
-    greeting.append(codec.backend_key_data(session.identity.backend_pid, session.identity.secret))
+    who.backend_pid = who.id if who.pooled or server is None else server.pid
+    who.secret = proxy.cancels.register(session, who.backend_pid)
+    greeting.append(codec.backend_key_data(who.backend_pid, who.secret))
     greeting.append(codec.ready_for_query(m.TX_IDLE))
-    if session.identity.pooled and server is not None:
+    if who.pooled and server is not None:
         session.slot.hand_back()
     session.send(b"".join(greeting))
 
