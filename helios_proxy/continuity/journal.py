@@ -61,6 +61,10 @@ class Journal:
         self.checkpoint()
         JOURNALS.add(self)
 
+    def note_change(self):
+        """The session's state changed (session pooling): a session migrate must take it along."""
+        self.changed = True
+
     def fail_next(self, error):
         """A replay failed while the client was owed nothing: its next request gets error. Returns
         what the client gets now (nothing)."""

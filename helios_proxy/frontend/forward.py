@@ -9,18 +9,14 @@ the proxy gives itself go out in the order the client asked.
 
 import gevent
 
-from .. import pipeline
-from ..errors import (DECODING_ERRORS, FEATURE_NOT_SUPPORTED, IDLE_SESSION_TIMEOUT, PROGRAM_LIMIT_EXCEEDED,
-                      BackendError, FatalError, ProtocolViolation, ProxyError)
-from ..backend.statements import invalidate_all
+from ..errors import (DECODING_ERRORS, IDLE_SESSION_TIMEOUT, PROGRAM_LIMIT_EXCEEDED, BackendError, FatalError,
+                      ProtocolViolation, ProxyError)
 from ..limits import release as release_limits
-from ..pipeline.context import UNDECIDED
-from ..pipeline.stage import Action
 from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
 from ..sockets import recv, recv_later
 from ..continuity import replay
-from . import plan as p, statements, unnamed
+from . import decisions, plan as p, statements, unnamed
 from .forward_batch import BatchSteps
 from .forward_cache import CacheSteps
 from .forward_complete import CompletionSteps
@@ -76,9 +72,17 @@ TERMINATED = object()  # a handler's answer: the client sent Terminate
 REFUSED = object()     # a statement step's answer: the proxy refused the message with an error
 
 
-class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
+class Forwarder:
+    """The client-to-server direction of one session. The features that take part in it have
+    their steps and state in objects of their own (forward_cache.py, forward_batch.py,
+    forward_journal.py, forward_complete.py), asked only where their feature is on."""
+
     def __init__(self, session):
         self.session = session
+        self.cache_steps = CacheSteps(self)
+        self.batch_steps = BatchSteps(self)
+        self.journal_steps = JournalSteps(self)
+        self.completion_steps = CompletionSteps(self)
         self.skip_to_sync = False  # a refused extended message: drop messages up to Sync
         self.stream_left = 0       # bytes of a large message still to pass on (stream_sink) or drop
         self.stream_sink = None
@@ -87,8 +91,6 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         self.data, self.start = None, 0  # forward(): the buffer and the run not yet sent
         self.commit = None         # replay: the Query/Parse at hand is a COMMIT ("lone", "mixed") or a lone write
         self.wrapping = False      # replay: an extended batch wrapped in a transaction of its own, until its Sync
-        self.cache_next = None     # cache: the Fill of the message at hand (a miss), or a Parse's Admission
-        self.batch_next = False    # batch: the Parse at hand begins an INSERT that may be coalesced
         self.buf = None            # forward(): the MessageBuffer (a cache hit consumes a whole batch)
         self.precounted = False    # the next Execute was counted already (a batch that fell back)
         limit = session.proxy.config.pipeline.max_query_bytes
@@ -136,7 +138,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         that go on as they came form runs sent at once; a message the proxy answers, rewrites or
         refuses cuts the run (`cut`). Each message type has its handler (HANDLERS)."""
         session, plan = self.session, self.session.plan
-        slot, book, journal = session.slot, session.statements, session.journal
+        slot, book, journal, cache = session.slot, session.statements, session.journal, self.cache_steps
         self.data, self.start = buf.buf, buf.pos  # the buffer, and the first byte of the run not yet sent
         self.buf = buf
         handlers = HANDLERS
@@ -170,7 +172,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
                 raise ProtocolViolation(f"invalid frontend message type {mtype}")
             if handler(self, mtype, begin, end) is TERMINATED:
                 return False
-            self.cache_next = None  # (a miss's Fill starts with its own message only)
+            cache.next = None  # (a miss's Fill starts with its own message only)
         self.cut(buf.pos, buf.pos)
         if buf.pending() >= 5:
             self.held(buf)
@@ -227,7 +229,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
             replay.wrap_end(self.session)
             return None
         elif commit and commit != "write":  # a COMMIT: the transaction's xid first, for a commit in doubt
-            self.before_commit(begin, commit)
+            self.journal_steps.before_commit(begin, commit)
         if self.sql_prepare is not None or self.sql_needs:  # PREPARE / EXECUTE in pooled modes
             self.cut(begin, end)
             prepare, needs = self.sql_prepare, self.sql_needs
@@ -240,12 +242,13 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
                 self.session.plan.expect(p.QUERY, on_fail=on_fail)
                 self.count(Q)
             return None
-        self.start_fill()
+        if self.cache_steps.next is not None:
+            self.cache_steps.start_fill()
         return self.as_is(mtype, begin, end, replacement)
 
     def on_parse(self, mtype, begin, end):
         cache = self.session.proxy.cache
-        if cache is not None and cache.quick_ok and self.quick_batch(cache, begin, end):
+        if cache is not None and cache.quick_ok and self.cache_steps.quick_batch(cache, begin, end):
             return None  # a hot read's whole batch, by its exact text (cache/)
         go_on, replacement = self.pipeline(mtype, begin, end)
         commit, self.commit = self.commit, None
@@ -254,12 +257,14 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
             unnamed.parsed(self.session, (replacement or bytes(self.data[begin:end])) if go_on else None)
         if not go_on:
             return None
-        batch, self.batch_next = self.batch_next, False
-        if batch and replacement is None and self.batch_parse(begin, end):
-            return None  # an INSERT coalesced with others' and answered (frontend/forward_batch.py)
-        if self.session.proxy.cache is not None and self.cache_parse(begin, end, replacement):
+        batch = self.batch_steps
+        if batch.next:
+            batch.next = False
+            if replacement is None and batch.batch_parse(begin, end):
+                return None  # an INSERT coalesced with others' and answered (frontend/forward_batch.py)
+        if self.session.proxy.cache is not None and self.cache_steps.cache_parse(begin, end, replacement):
             return None  # a cache hit: the whole batch answered
-        if self.session.journal is not None and not self.journal_parse(begin, end, commit):
+        if self.session.journal is not None and not self.journal_steps.journal_parse(begin, end, commit):
             return None
         named = not anonymous and self.session.identity.pooled
         if named and self.answered_locally(mtype, begin, end, replacement):
@@ -268,15 +273,16 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
             return None
         if anonymous:
             unnamed.sent(self.session)
-        self.start_fill()
+        if self.cache_steps.next is not None:
+            self.cache_steps.start_fill()
         return self.as_is(mtype, begin, end, replacement)
 
     def on_bind_or_describe(self, mtype, begin, end):
         session = self.session
-        if mtype == B and session.cache_state is not None and session.cache_state.named and self.cache_bind(begin):
+        if mtype == B and session.cache_state is not None and session.cache_state.named and self.cache_steps.cache_bind(begin):
             return None  # a cache hit: the whole batch answered
         if mtype == B and session.statements.queries:
-            self.executes_named(begin, end)
+            self.completion_steps.executes_named(begin, end)
         if mtype == B and session.statements.texts is not None:  # (a fingerprint limit: limits/admission.py)
             portal, at = codec.read_cstr(self.data, begin + 5)
             session.statements.texts.bound(portal, codec.read_cstr(self.data, at)[0])
@@ -285,14 +291,14 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         if not self.leased(mtype, begin, end):
             return None
         if mtype == B and session.journal is not None and session.journal.named:
-            self.journal_bind(begin, end)
+            self.journal_steps.journal_bind(begin, end)
         if unnamed.names_unnamed(mtype, self.data, begin, end):  # on this server: the client's own
             first = unnamed.restore(self, session)
             if first:
                 self.cut(begin, begin)
                 self.send(first)
-        if self.cache_next is not None:
-            self.start_fill()  # (a Bind whose batch missed: translated or not, its answer is the fill's)
+        if self.cache_steps.next is not None:
+            self.cache_steps.start_fill()  # (a Bind whose batch missed: translated or not, its answer is the fill's)
         if (session.identity.pooled and names_statement(mtype, self.data, begin, end)
                 and self.translated(mtype, begin, end, None)):
             return None
@@ -305,7 +311,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         if self.session.statements.queries and self.data[begin + 5] == STATEMENT:
             self.session.statements.closed(codec.read_cstr(self.data[begin + 6:end], 0)[0])
         if self.session.journal is not None and not self.session.identity.pooled:
-            self.session.journal.changed = True  # (session pooling: its statements, for session migrate)
+            self.session.journal.note_change()  # (session pooling: its statements, for session migrate)
         if (self.session.identity.pooled and names_statement(mtype, self.data, begin, end)
                 and self.answered_locally(mtype, begin, end, None)):
             return None
@@ -373,7 +379,7 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
             return False, None
         if not self.session.proxy.stages:
             return True, None
-        go_on, replacement = self.run_pipeline(mtype, self.data, begin, end)
+        go_on, replacement = decisions.run(self, mtype, self.data, begin, end)
         if not go_on:
             self.cut(begin, end)
             self.refuse(mtype, replacement)
@@ -504,85 +510,6 @@ class Forwarder(CacheSteps, JournalSteps, BatchSteps, CompletionSteps):
         session.plan.sent(mtype)
         if mtype == Q or mtype == EXECUTE:
             session.counters.queries += 1
-
-    # --- the pipeline ---------------------------------------------------------------------------
-    def run_pipeline(self, mtype, data, begin, end):
-        """Run the stages on the Query or Parse in data[begin:end]: (True, None) forward as is,
-        (True, message) forward a rewritten message, (False, payload) the proxy answers it. The
-        text is decoded straight from the buffer: a large query is copied once, not four times."""
-        session = self.session
-        idle = session.slot.idle
-        if not idle.is_set():  # stages see the state the ending lease leaves behind
-            idle.wait()        # (settings, read-your-writes position)
-        body = begin + 5
-        if mtype == Q:
-            name, rest, text_at, nul = "", b"", body, data.find(0, body, end)
-            if nul != end - 1:
-                raise ProtocolViolation("invalid message format")
-        else:
-            name_end = data.index(0, body, end)
-            name = data[body:name_end].decode("utf-8", "replace")
-            text_at, nul = name_end + 1, data.index(0, name_end + 1, end)
-            rest = bytes(data[nul + 1:end])
-        with memoryview(data) as view:
-            sql = str(view[text_at:nul], "utf-8", "replace")
-        size = nul - text_at
-        ctx = pipeline.QueryContext(session, sql, "simple" if mtype == Q else "extended", name, size,
-                                    size > session.proxy.config.pipeline.max_parse_bytes)
-        result = pipeline.run(session.proxy.stages, ctx)
-        if ctx.decided is not None:
-            self.apply(ctx.decided)
-        if session.plan.completions is not None:  # plugins' on_query_complete, analytics
-            if result.action is Action.CONTINUE:
-                if name:  # a named statement: each Bind of it is an execution (executes_named)
-                    session.statements.queries[name] = ctx
-                else:
-                    session.plan.pending_ctx = ctx  # reported at the ReadyForQuery of its Query or Sync
-            else:
-                self.answered_here(ctx, result)
-        if result.action is Action.CONTINUE:
-            if ctx.sql is sql:
-                return True, None
-            if mtype == Q:
-                return True, codec.query(ctx.sql)
-            return True, codec.message(m.PARSE, codec.cstr(name) + codec.cstr(ctx.sql) + rest)
-        if result.action is Action.REJECT:
-            return False, codec.error_response(result.sqlstate, result.message)
-        if mtype == Q:
-            return False, result.payload
-        return False, codec.error_response(FEATURE_NOT_SUPPORTED,
-                                           "a proxy answer is not available for extended-protocol queries")
-
-    def apply(self, decided):
-        """The stages' decisions about the session (pipeline/context.py Decisions), in one place."""
-        session = self.session
-        route = session.route
-        if decided.target is not None:
-            route.aim(decided.target, decided.lag, decided.tables)
-        if decided.route_override is not UNDECIDED:
-            route.override = decided.route_override
-        if decided.read_after is not None:
-            route.read_after(decided.read_after)
-        if decided.pin:
-            session.slot.pin(decided.pin)
-        if decided.settings_changed:
-            session.settings.changed()
-        if decided.discard:
-            session.statements.discard()
-        if decided.schema_changed:  # re-parsed on every connection before their next use (now, and at lease end)
-            invalidate_all()
-            session.statements.schema_change()
-        if decided.commits is not None:
-            self.commit = decided.commits
-        elif decided.autocommit_write:
-            self.commit = "write"
-        if decided.state_changed:
-            session.journal.changed = True
-        if decided.cache is not None:
-            self.cache_next = decided.cache
-        if decided.batch:
-            self.batch_next = True
-        self.sql_prepare, self.sql_needs = decided.sql_prepare, decided.sql_needs
 
     # --- answers from the proxy -----------------------------------------------------------------
     def refuse(self, mtype, payload):

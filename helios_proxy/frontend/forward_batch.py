@@ -76,18 +76,24 @@ def row_with(row, params, types=()):
 
 
 class BatchSteps:
-    """Mixed into the Forwarder (frontend/forward.py)."""
+    """Asked by the Forwarder (frontend/forward.py) where batching is on; `next`: the Parse at hand
+    begins an INSERT that may be coalesced (the batch stage's decision)."""
+    __slots__ = ("fwd", "next")
+
+    def __init__(self, forwarder):
+        self.fwd = forwarder
+        self.next = False
 
     def batch_parse(self, begin, end):
         """An unnamed Parse the batch stage let through, its whole plain batch received: coalesced
         and answered (True), or left to the usual path (False)."""
-        session = self.session
-        found = extended.batch(self.data, end)
+        session = self.fwd.session
+        found = extended.batch(self.fwd.data, end)
         if found is None:
             return False
         bind_begin, bind_end, describe, sync_end = found
-        name, sql, types = extended.parse_types(self.data, begin, end)
-        statement, params, results = extended.bind_values(self.data, bind_begin, bind_end)
+        name, sql, types = extended.parse_types(self.fwd.data, begin, end)
+        statement, params, results = extended.bind_values(self.fwd.data, bind_begin, bind_end)
         if name or statement or results:
             return False
         batches = session.proxy.batches
@@ -98,17 +104,17 @@ class BatchSteps:
         if admission.on:  # its Execute counts before it joins a batch (limits/admission.py)
             refused = admission.take(session, 1, sql)
             if refused is not None:
-                self.cut(begin, sync_end)
-                self.buf.pos = sync_end
-                self.answer(PARSE_COMPLETE + BIND_COMPLETE + codec.error_response(*refused))
+                self.fwd.cut(begin, sync_end)
+                self.fwd.buf.pos = sync_end
+                self.fwd.answer(PARSE_COMPLETE + BIND_COMPLETE + codec.error_response(*refused))
                 return True
         answer = batches.wait(*row)
         if answer is None:
-            self.precounted = admission.on  # (its Execute, on the usual path, was counted here)
+            self.fwd.precounted = admission.on  # (its Execute, on the usual path, was counted here)
             return False
-        self.cut(begin, sync_end)
-        self.buf.pos = sync_end
-        self.answer(PARSE_COMPLETE + BIND_COMPLETE + extended_answer(answer, describe))
+        self.fwd.cut(begin, sync_end)
+        self.fwd.buf.pos = sync_end
+        self.fwd.answer(PARSE_COMPLETE + BIND_COMPLETE + extended_answer(answer, describe))
         return True
 
 

@@ -9,15 +9,19 @@ from ..plugins.actions import Outcome
 
 
 class CompletionSteps:
-    """Mixed into the Forwarder (frontend/forward.py)."""
+    """Asked by the Forwarder (frontend/forward.py) while completions are watched."""
+    __slots__ = ("fwd",)
+
+    def __init__(self, forwarder):
+        self.fwd = forwarder
 
     def answered_here(self, ctx, result):
         """A query the pipeline answered or refused itself: complete at once."""
-        proxy = self.session.proxy
+        proxy = self.fwd.session.proxy
         tag = None if result.action is Action.REJECT else "proxy answer"
         if proxy.analytics is not None:
-            proxy.analytics.record(self.session, ctx, tag and tag.encode(), result.sqlstate, "proxy",
-                                   self.session.plan.status)
+            proxy.analytics.record(self.fwd.session, ctx, tag and tag.encode(), result.sqlstate, "proxy",
+                                   self.fwd.session.plan.status)
         if proxy.plugins.complete_impls:
             proxy.plugins.query_complete(ctx, Outcome(time.monotonic() - ctx.started, error=result.sqlstate,
                                                       command_tag=tag))
@@ -25,10 +29,10 @@ class CompletionSteps:
     def executes_named(self, begin, end):
         """A Bind of a named statement is one execution of it: its completion is reported at the
         batch's ReadyForQuery (one per batch: the first Bind of an unreported batch)."""
-        session = self.session
+        session = self.fwd.session
         if session.plan.pending_ctx is not None or session.plan.completions is None:
             return
-        data = self.data
+        data = self.fwd.data
         try:
             portal_end = data.index(0, begin + 5, end)
             name = bytes(data[portal_end + 1:data.index(0, portal_end + 1, end)]).decode("utf-8", "replace")
@@ -38,4 +42,4 @@ class CompletionSteps:
         if prepared is not None:
             ctx = pipeline.QueryContext(session, prepared.sql, "extended", name, prepared.size, prepared.large)
             ctx.started, ctx.analyze = time.monotonic(), prepared.analyze
-            session.plan.pending_ctx = ctx
+            session.plan.report(ctx)

@@ -169,7 +169,7 @@ class ServerStream:
         self.server.params[name] = value
         session.settings.changed()
         if session.journal is not None and not session.identity.pooled:
-            session.journal.changed = True
+            session.journal.note_change()
 
 
 def watchers(proxy):

@@ -24,6 +24,10 @@ class RouteState:
         self.next_target = self.next_lag = self.next_tables = None
         return target, node_name, lag, tables
 
+    def route_later(self, override):
+        """SET helios.route: primary, standby or None (automatic) for later transactions."""
+        self.override = override
+
     def wrote(self, lsn):
         """The WAL position after the client's last transaction on the primary (read-your-writes)."""
         self.ryw_lsn = lsn

@@ -42,11 +42,8 @@ WRITERS = {
     "frontend/handshake.py": {"sock", "writer", "writer.silent"},  # (TLS replaces the socket)
     "frontend/auth.py": {"identity.auth_claims"},                  # (a step of the login)
     # the two directions of the relay: per-message counts and flags kept inline (instructions)
-    "frontend/forward.py": {"counters.bytes_in", "counters.queries", "journal.changed", "plan.pending_ctx",
-                            "plan.streaming", "server.unnamed_owner"},
-    "frontend/forward_complete.py": {"plan.pending_ctx"},
-    "frontend/relay.py": {"cache_state.fill", "counters.bytes_out", "counters.transactions", "identity.tenant",
-                          "journal.changed"},
+    "frontend/forward.py": {"counters.bytes_in", "counters.queries", "plan.streaming", "server.unnamed_owner"},
+    "frontend/relay.py": {"cache_state.fill", "counters.bytes_out", "counters.transactions", "identity.tenant"},
     "frontend/unnamed.py": {"server.unnamed_owner", "statements.unnamed"},
 }
 SESSION_ATTRIBUTES_AT_MOST = 15  # ClientSession's own (65 when issue 32 began)

@@ -1,0 +1,91 @@
+"""The pipeline's part of the client-to-server direction: the stages run on a Query or Parse
+(decoded straight from the client's buffer), and their decisions (pipeline/context.py Decisions)
+applied in one place, each to the part of the session that owns it (route, settings, statements,
+lease slot, journal) or to the forwarder's next steps (a COMMIT's xid, a cache fill, a batch)."""
+from .. import pipeline
+from ..backend.statements import invalidate_all
+from ..errors import FEATURE_NOT_SUPPORTED, ProtocolViolation
+from ..pipeline.context import UNDECIDED
+from ..pipeline.stage import Action
+from ..protocol import codec, messages as m
+
+Q = m.QUERY[0]
+
+
+def run(fwd, mtype, data, begin, end):
+    """Run the stages on the Query or Parse in data[begin:end]: (True, None) forward as is,
+    (True, message) forward a rewritten message, (False, payload) the proxy answers it. The
+    text is decoded straight from the buffer: a large query is copied once, not four times."""
+    session = fwd.session
+    idle = session.slot.idle
+    if not idle.is_set():  # stages see the state the ending lease leaves behind
+        idle.wait()        # (settings, read-your-writes position)
+    body = begin + 5
+    if mtype == Q:
+        name, rest, text_at, nul = "", b"", body, data.find(0, body, end)
+        if nul != end - 1:
+            raise ProtocolViolation("invalid message format")
+    else:
+        name_end = data.index(0, body, end)
+        name = data[body:name_end].decode("utf-8", "replace")
+        text_at, nul = name_end + 1, data.index(0, name_end + 1, end)
+        rest = bytes(data[nul + 1:end])
+    with memoryview(data) as view:
+        sql = str(view[text_at:nul], "utf-8", "replace")
+    size = nul - text_at
+    ctx = pipeline.QueryContext(session, sql, "simple" if mtype == Q else "extended", name, size,
+                                size > session.proxy.config.pipeline.max_parse_bytes)
+    result = pipeline.run(session.proxy.stages, ctx)
+    if ctx.decided is not None:
+        apply(fwd, ctx.decided)
+    if session.plan.completions is not None:  # plugins' on_query_complete, analytics
+        if result.action is Action.CONTINUE:
+            if name:  # a named statement: each Bind of it is an execution (executes_named)
+                session.statements.queries[name] = ctx
+            else:
+                session.plan.report(ctx)  # reported at the ReadyForQuery of its Query or Sync
+        else:
+            fwd.completion_steps.answered_here(ctx, result)
+    if result.action is Action.CONTINUE:
+        if ctx.sql is sql:
+            return True, None
+        if mtype == Q:
+            return True, codec.query(ctx.sql)
+        return True, codec.message(m.PARSE, codec.cstr(name) + codec.cstr(ctx.sql) + rest)
+    if result.action is Action.REJECT:
+        return False, codec.error_response(result.sqlstate, result.message)
+    if mtype == Q:
+        return False, result.payload
+    return False, codec.error_response(FEATURE_NOT_SUPPORTED,
+                                       "a proxy answer is not available for extended-protocol queries")
+
+def apply(fwd, decided):
+    """The stages' decisions about the session (pipeline/context.py Decisions), in one place."""
+    session = fwd.session
+    route = session.route
+    if decided.target is not None:
+        route.aim(decided.target, decided.lag, decided.tables)
+    if decided.route_override is not UNDECIDED:
+        route.route_later(decided.route_override)
+    if decided.read_after is not None:
+        route.read_after(decided.read_after)
+    if decided.pin:
+        session.slot.pin(decided.pin)
+    if decided.settings_changed:
+        session.settings.changed()
+    if decided.discard:
+        session.statements.discard()
+    if decided.schema_changed:  # re-parsed on every connection before their next use (now, and at lease end)
+        invalidate_all()
+        session.statements.schema_change()
+    if decided.commits is not None:
+        fwd.commit = decided.commits
+    elif decided.autocommit_write:
+        fwd.commit = "write"
+    if decided.state_changed:
+        session.journal.note_change()
+    if decided.cache is not None:
+        fwd.cache_steps.next = decided.cache
+    if decided.batch:
+        fwd.batch_steps.next = True
+    fwd.sql_prepare, fwd.sql_needs = decided.sql_prepare, decided.sql_needs
