@@ -438,13 +438,10 @@ def statement_texts(session, sent):
 
 def switch(session, lease, pool, server):
     """The lease goes on with server; the lost connection is closed."""
-    old_pool, old = lease.pool, lease.server
-    lease.pool, lease.server = pool, server
+    lease.switch(pool, server)
     if not session.identity.pooled:
         session.slot.set_home(pool)
-    journal = session.journal
-    journal.fatal = None
-    old_pool.release(old, reusable=False)
+    session.journal.fatal = None
 
 
 def give_error(session, lease, stream, sqlstate, message):

@@ -62,7 +62,7 @@ class LeaseSlot:
     def hand_back(self):
         """Pooled modes: the login's server connection goes back to its pool once it greeted the client."""
         lease, self.lease = self.lease, None
-        lease.pool.release(lease.server)
+        lease.end()
 
     def take(self):
         """Lease a server connection for the next transaction (pooled modes) and start its pump."""
@@ -242,10 +242,10 @@ class LeaseSlot:
                 router.balancer.finished(server.node, took)
                 if lease.intent == "primary":  # may have written: later reads must see it
                     session.route.wrote(router.write_position(server))
-            lease.pool.release(server, reusable=server.tx_status == m.TX_IDLE)
+            lease.end(reusable=server.tx_status == m.TX_IDLE)
         except Exception as e:  # the pool gets its slot back whatever went wrong
             log.info("%r: ending the lease of %r failed (%s); closing it", session, server, e)
-            lease.pool.release(server, reusable=False)
+            lease.end(reusable=False)
         finally:
             self.idle.set()
 
@@ -276,12 +276,12 @@ class LeaseSlot:
             session.settings.set(state.settings)
             session.settings.applied()
             self.restore = state.statements
-            lease.pool.release(server, reset_for_reuse(
+            lease.end(reset_for_reuse(
                 server, session.proxy.config.pool.reset_query, in_flight=False, full_reset=True))
             return True
         except Exception as e:  # it could not be moved: it ends, as before
             log.warning("%r could not be moved off %s (%s)", session, server.node.name, e)
-            lease.pool.release(server, reusable=False)
+            lease.end(reusable=False)
             session.terminate(f"terminating connection: could not move it off {server.node.name}")
             return False
         finally:
@@ -313,4 +313,4 @@ class LeaseSlot:
                                    in_flight=bool(session.plan.outstanding or session.plan.in_extended),
                                    full_reset=not session.identity.pooled or bool(self.pinned)
                                    or session.settings.dirty)
-        lease.pool.release(server, reusable)
+        lease.end(reusable)

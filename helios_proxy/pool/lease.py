@@ -17,7 +17,9 @@ streams a large CopyData to it, or while the client is pinned (state that cannot
 A lease is active: `run()` starts its pump (frontend/relay.py `start`, which registers itself as
 `Lease.starter`: the pool layer does not import the client side), `borrow()` lends its server
 connection to the proxy's own statements with the pump stopped meanwhile and started again after
-(one place for that dance), `stop_pump()` stops it for good (the lease ends, or the session does).
+(one place for that dance), `stop_pump()` stops it for good (the lease ends, or the session does),
+`switch()` moves it onto the server connection a replay found (continuity/replay.py), `end()` gives
+its server connection back.
 """
 import time
 from contextlib import contextmanager
@@ -54,6 +56,18 @@ class Lease:
         pump, self.pump = self.pump, None
         if pump is not None:
             pump.stop(block)
+
+    def end(self, reusable=True):
+        """The server connection goes back to its pool (reusable: its state is known and clean),
+        or is closed."""
+        self.pool.release(self.server, reusable)
+
+    def switch(self, pool, server):
+        """A replay moved the lease onto server (of pool): it goes on there; the lost connection is
+        closed."""
+        old_pool, old = self.pool, self.server
+        self.pool, self.server = pool, server
+        old_pool.release(old, reusable=False)
 
     @contextmanager
     def borrow(self):

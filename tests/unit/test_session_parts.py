@@ -63,3 +63,60 @@ def test_a_borrowed_lease_gets_its_pump_back_whatever_happened(monkeypatch):
         with lease.borrow():
             raise RuntimeError("the proxy's own statement failed")
     assert lease.pump is not None and log[-2:] == ["stop", "start"]
+
+
+class Pool:
+    def __init__(self):
+        self.released = []
+
+    def release(self, server, reusable=True):
+        self.released.append((server, reusable))
+
+
+def test_a_lease_ends_into_its_pool_and_a_replay_switches_it_closing_the_lost_connection():
+    old, new = Pool(), Pool()
+    lease = Lease(SimpleNamespace(), pool=old, server="lost")
+    lease.switch(new, "found")
+    assert (lease.pool, lease.server) == (new, "found") and old.released == [("lost", False)]
+    lease.end(reusable=True)
+    assert new.released == [("found", True)]
+
+
+def test_settings_change_read_back_and_apply_through_their_methods():
+    settings = SessionSettings()
+    settings.changed()
+    assert settings.dirty
+    settings.read_back({"search_path": "b"})
+    assert not settings.dirty and settings.values == {"search_path": "b"}
+    settings.applied()
+    settings.force({"helios.tenant": "acme"})
+    settings.set({})
+    assert settings.checked and settings.values == {"helios.tenant": "acme"}
+
+
+def test_the_statement_book_forgets_discards_and_remembers_ddl_once():
+    from helios_proxy.pool.prepared import StatementBook
+    book = StatementBook()
+    name, stmt = book.parse(b"s1\0select 1\0\0\0")
+    book.queries["s1"] = "its query"
+    assert book.lookup("s1") is stmt
+    book.forget("s1")  # (the server side is gone: its completions' query stays until the client closes it)
+    assert "s1" not in book.by_name and book.queries == {"s1": "its query"}
+    book.closed("s1")
+    assert book.queries == {}
+    book.parse(b"s2\0select 2\0\0\0")
+    book.discard()
+    assert book.by_name == {} and book.discard_pending
+    book.discarded()
+    assert not book.discard_pending
+    book.schema_change()
+    assert book.take_schema_change() and not book.take_schema_change()
+    assert book.texts_of(list) is book.texts_of(dict)  # (made once, at first use)
+
+
+def test_a_feature_cannot_put_its_state_on_the_session():
+    from helios_proxy.frontend.session import ClientSession
+    session = ClientSession.__new__(ClientSession)
+    session.closing = "admin"  # (a field of its own)
+    with pytest.raises(AttributeError):
+        session.quota_left = 3  # (__slots__: a feature brings a part of its own instead)
