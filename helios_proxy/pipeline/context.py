@@ -25,7 +25,7 @@ class QueryContext:
 
     def decide(self):
         """The stages' decisions about the session, as data (made on first use); the forwarder
-        applies them in one place (frontend/forward.py apply_decisions) after the pipeline ran."""
+        applies them in one place (frontend/decisions.py apply) after the pipeline ran."""
         if self.decided is None:
             self.decided = Decisions()
         return self.decided
