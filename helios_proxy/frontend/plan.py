@@ -58,6 +58,10 @@ class ResponsePlan:
         self.hidden = 0           # the proxy's own Queries not answered yet (their rows must be seen)
         self.streaming = False    # a large CopyData is still being streamed to the server (forward.py)
 
+    def own_ready(self):
+        """The ReadyForQuery of a Sync or Query the proxy added was seen (not the client's)."""
+        self.outstanding -= 1
+
     def report(self, ctx):
         """ctx's completion is reported at the ReadyForQuery of its Query or Sync (plugins, analytics)."""
         self.pending_ctx = ctx

@@ -66,15 +66,12 @@ class ServerStream:
             self.scanner = StreamScanner(WANTS)
 
     def feed(self, data):
-        """(bytes for the client, does the lease end here?, answers complete [(ctx, tag, error)])."""
+        """(bytes for the client, does the lease end here?, answers complete [(ctx, tag, error)]).
+        Walks the server's messages by their headers: each is told to the plan, which may cut it
+        out or add the proxy's own answers after it; a cache miss's fill takes it; at ReadyForQuery
+        the answer is complete (analytics, plugins), the watchers see it and the lease may end."""
         session, server, plan = self.session, self.server, self.session.plan
-        on_message, journal = plan.on_message, session.journal
-        cache_state = session.cache_state
-        fill = cache_state.fill if cache_state is not None else None
-        if plan.hidden or fill is not None:  # the proxy's own Query is answered: its row must be seen
-            self.scanner.wanted = EVERYTHING    # (plan.py); a cache miss: its rows are kept
-        elif self.scanner.wanted is EVERYTHING:
-            self.scanner.wanted = WANTS
+        on_message, journal, fill = plan.on_message, session.journal, self.fill_of(session)
         found = self.scanner.feed(data)
         if journal is not None:
             journal.chunk()
@@ -95,20 +92,16 @@ class ServerStream:
                 out.append(extra)
                 sent = end
                 if drop is HIDE:  # not the client's (nor in the journal's checksum), nor counted as its answer
-                    if journal is not None:
-                        journal.skip(data, end - 5 - len(body), end)
-                    if mtype == READY:
-                        server.tx_status = body
-                        plan.outstanding -= 1
+                    self.hidden(mtype, body, data, end)
                     continue
             if fill is not None and not drop and fill.take(mtype, data[end - 5 - len(body):end], body):
-                cache_state.fill = fill = None  # (a cache miss's answer, as the client got it: stored)
+                session.cache_state.fill = fill = None  # (a cache miss's answer, as the client got it: stored)
             if mtype == READY:  # a query's answer complete (analytics, plugins), the watchers, the lease's end
                 server.tx_status = body
                 if body == b"I":
                     session.counters.transactions += 1
                 if drop:  # the proxy's own Sync: not one the client counts on
-                    plan.outstanding -= 1
+                    plan.own_ready()
                 else:
                     entry = plan.answered()
                     if plan.completions is not None:
@@ -124,10 +117,36 @@ class ServerStream:
                 self.parameter(body)
             elif mtype == COMPLETE and plan.completions is not None:
                 self.last_tag = body
-        analytics = session.proxy.analytics
+        return self.edited(data, sent, out, journal), release, answered
+
+    def fill_of(self, session):
+        """The cache miss whose answer is being stored, if any; the scanner shows every message
+        whole while the proxy's own Query is answered (its row must be seen) or a fill takes it."""
+        cache_state = session.cache_state
+        fill = cache_state.fill if cache_state is not None else None
+        if session.plan.hidden or fill is not None:
+            self.scanner.wanted = EVERYTHING
+        elif self.scanner.wanted is EVERYTHING:
+            self.scanner.wanted = WANTS
+        return fill
+
+    def hidden(self, mtype, body, data, end):
+        """A message the proxy cut out as not the client's: out of the journal's checksum too; its
+        own Sync's ReadyForQuery still tells the server's state."""
+        journal = self.session.journal
+        if journal is not None:
+            journal.skip(data, end - 5 - len(body), end)
+        if mtype == READY:
+            self.server.tx_status = body
+            self.session.plan.own_ready()
+
+    def edited(self, data, sent, out, journal):
+        """What goes to the client: the edits made, a partial message held back for the next
+        chunk; analytics adds up the answers noted (later, or now when enough wait)."""
+        analytics = self.session.proxy.analytics
         if analytics is not None and analytics.pending and (analytics.timer is None or len(analytics.pending) >= BATCH):
-            analytics.tend()  # (its answers are added up later, or now)
-        partial = self.scanner.partial()  # what goes to the client: the edits made, a partial message held back
+            analytics.tend()
+        partial = self.scanner.partial()
         stop = len(data) - partial
         if journal is not None:  # (held bytes are hashed when they go out, with the next chunk)
             journal.chunk_end(data, stop)
@@ -135,10 +154,10 @@ class ServerStream:
             self.held = data[stop:]
         if out:
             out.append(data[sent:stop])
-            data = b"".join(out)
-        elif sent or partial:
-            data = data[sent:stop]
-        return data, release, answered
+            return b"".join(out)
+        if sent or partial:
+            return data[sent:stop]
+        return data
 
     def completed(self, entry, body, answered):
         """A ReadyForQuery with answers watched: a query's answer complete (entry) is noted for
