@@ -43,6 +43,10 @@ STATS = Stats()
 JOURNALS = set()  # every live session's journal (journal bytes for /replay)
 
 
+def new_digest():
+    return hashlib.blake2b(digest_size=16)
+
+
 class Journal:
     __slots__ = ("limit", "chunks", "size", "over", "digest", "seen", "at", "readies", "ready_seen",
                  "fatal", "xid", "commit_from", "snapshot", "changed", "needs_snapshot", "named", "wrapped",
@@ -81,7 +85,7 @@ class Journal:
     def checkpoint(self):
         """The server is idle with nothing owed: nothing before this needs replaying."""
         self.chunks, self.size, self.over = [], 0, False
-        self.digest, self.seen = hashlib.blake2b(digest_size=16), 0
+        self.digest, self.seen = None, 0  # (made at the first byte hashed: most answers end clean in one chunk)
         self.readies, self.ready_seen = 0, 0  # ReadyForQuery messages since, and `seen` at the last one
         self.fatal = None             # a FATAL the server sent before closing (held back from the client)
         # the COMMIT in flight: its transaction's (xid, WAL position), and its offset in chunks
@@ -166,11 +170,18 @@ class Journal:
     def _hash(self, data, end):
         at = self.at
         if end > at:
-            self.digest.update(data if at == 0 and end == len(data) else memoryview(data)[at:end])
+            digest = self.digest
+            if digest is None:
+                digest = self.digest = new_digest()
+            digest.update(data if at == 0 and end == len(data) else memoryview(data)[at:end])
             self.seen += end - at
             self.at = end
 
     # --- asked at a loss -----------------------------------------------------------------------
+    def checksum(self):
+        """The digest of what the client got since the last checkpoint."""
+        return (self.digest or new_digest()).digest()
+
     def why_not(self):
         """Why this journal cannot be replayed, or None."""
         if self.over:

@@ -35,7 +35,7 @@ from ..protocol.framing import StreamScanner
 from ..routing.classify import BEGIN_READ_ONLY, READ
 from ..frontend import relay  # (relay imports this module too: only its functions are used, at run time)
 from . import session_migrate
-from .journal import STATS, UNKNOWN
+from .journal import STATS, UNKNOWN, new_digest
 from ..topology.switchover_buffer import NoPrimary
 
 log = logging.getLogger(__name__)
@@ -240,7 +240,7 @@ def replay(session, server, sent):
     server.sock.sendall(sent)
     owed = requests(sent)
     scanner = StreamScanner((READY,))
-    digest = type(journal.digest)(digest_size=16)
+    digest = new_digest()
     want, got, readies, status = journal.seen, 0, 0, m.TX_IDLE
     tail = b""
     while True:
@@ -260,7 +260,7 @@ def replay(session, server, sent):
             got += take
         tail = data[take:] if take < len(data) else b""
         if got >= want:
-            if check and digest.digest() != journal.digest.digest():
+            if check and digest.digest() != journal.checksum():
                 raise Mismatch("the transaction was interrupted by a failover and its replay on the new "
                                "primary answered differently")
             if tail or readies >= owed:
@@ -289,9 +289,9 @@ def replay_wrapped(session, server, sent):
     server.execute("BEGIN")
     answer = b"".join(answer_of(server, sent))
     body, seen = answer[:-6], journal.seen
-    digest = type(journal.digest)(digest_size=16)
+    digest = new_digest()
     digest.update(body[:seen])
-    if len(body) < seen or session.proxy.config.replay.checksum and digest.digest() != journal.digest.digest():
+    if len(body) < seen or session.proxy.config.replay.checksum and digest.digest() != journal.checksum():
         server.execute("ROLLBACK")
         raise Mismatch("the write was interrupted by a failover and its replay on the new primary answered "
                        "differently (it was not committed)")

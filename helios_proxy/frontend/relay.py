@@ -110,7 +110,7 @@ class ServerStream:
                     watcher(session, body)
                 release = ends_here(session, server)
                 if journal is not None:
-                    journal.ready(data, end, body == b"I" and not plan.owes())
+                    journal.ready(data, end, release or body == b"I" and not plan.owes())  # (released: owes nothing)
             elif mtype == ERROR:
                 self.error(body)
             elif mtype == PARAMETER_STATUS:
@@ -233,14 +233,14 @@ def stale_statements(session, server, body):
 class CallbackPump:
     """Moves a lease's server bytes from the server connection's read watcher (plain sockets on
     both sides). One per session, serving its leases one after the other."""
-    __slots__ = ("session", "lease", "server", "stream", "writer", "running", "paused", "callback")
+    __slots__ = ("session", "lease", "server", "stream", "writer", "running", "paused", "callback", "resumer")
 
     def __init__(self, session):
         self.session, self.lease, self.server = session, None, None
         self.stream = ServerStream(session)
         self.writer = session.writer
         self.running = self.paused = False
-        self.callback = self.readable  # (bound once)
+        self.callback, self.resumer = self.readable, self.resume  # (bound once)
 
     def begin(self, lease, go_on=False):
         """Serve lease; go_on: its server was replaced by a replay, the stream goes on where it was."""
@@ -278,7 +278,7 @@ class CallbackPump:
             if self.writer.backlog:  # the client reads slower: wait until it took it all
                 self.paused = True
                 server.pause()
-                self.writer.on_drained = self.resume
+                self.writer.on_drained = self.resumer
         if answered:  # after the answer went to the client
             completed(session, server, answered, JOBS.submit)
 
@@ -292,7 +292,7 @@ class CallbackPump:
             self.running = False
             self.server.on_readable = None
             self.resume()  # (the watcher stays armed for the connection's next use)
-            if self.writer.on_drained == self.resume:
+            if self.writer.on_drained is self.resumer:
                 self.writer.on_drained = None
             self.lease = self.server = None
 

@@ -101,7 +101,9 @@ class Router:
 
     def count(self, node, what):
         """Per-node statistics: reads, writes (by lease target), errors."""
-        stats = self.stats.setdefault(node.name, {"reads": 0, "writes": 0, "errors": 0})
+        stats = self.stats.get(node.name)
+        if stats is None:  # (not a dict built per call to setdefault)
+            stats = self.stats[node.name] = {"reads": 0, "writes": 0, "errors": 0}
         stats["reads" if what == STANDBY else "writes" if what == PRIMARY else what] += 1
 
     # --- the catalog of read-only functions ---------------------------------------------------
