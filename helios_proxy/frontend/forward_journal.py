@@ -53,7 +53,7 @@ class JournalSteps:
         """An extended message that runs a COMMIT (its xid first) or a lone write (wrapped in a
         transaction of its own if outside one, up to the batch's Sync)."""
         if kind == "write":
-            if not self.fwd.wrapping and replay.wrap_begin(self.fwd.session, self, begin):
+            if not self.fwd.wrapping and replay.wrap_begin(self.fwd.session, self.fwd, begin):
                 self.fwd.wrapping = True
         elif not self.fwd.wrapping:
             self.before_commit(begin, kind)
