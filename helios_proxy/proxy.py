@@ -143,8 +143,10 @@ class Proxy:
 
     def build_stages(self, config):
         """The pipeline for config (pipeline/__init__.py), whether the cache's quick path may
-        answer before it, and the features that watch the server's answers (relay.watchers)."""
+        answer before it, whether the fast path may run them (frontend/fastpath.py), and the
+        features that watch the server's answers (relay.watchers)."""
         self.stages = pipeline.build(config, self.plugins)
+        self.stages_in_callback = all(stage.callback_safe for stage in self.stages)
         if self.cache is not None:
             self.cache.quick_allowed(self.stages)
         self.at_ready, self.at_error = watchers(self)

@@ -59,6 +59,8 @@ class ProxyProcess:
         self.workdir = workdir
         sections.setdefault("server", {})
         sections["server"].setdefault("listen", f"127.0.0.1:{self.port}")
+        if os.environ.get("HELIOS_TEST_FAST_PATH") == "0":  # the suite with the fast path off (.ci/run)
+            sections["server"].setdefault("fast_path", False)
         self.admin_port = free_port()
         while self.admin_port == self.port:  # free_port() may hand out the same port twice
             self.admin_port = free_port()

@@ -109,6 +109,16 @@ def merge_rows(row_lists, key, biggest=()):
     return out
 
 
+def merge_fast_path(states):
+    """The workers' fast path counts added up, every reason any of them saw."""
+    total, reasons = add(states), {}
+    for state in states:
+        for reason, n in state["misses_by_reason"].items():
+            reasons[reason] = reasons.get(reason, 0) + n
+    total["misses_by_reason"] = reasons
+    return total
+
+
 def merge_snapshots(snaps):
     """One /metrics snapshot for all workers (admin/metrics.py snapshot())."""
     first = snaps[0]
@@ -131,6 +141,7 @@ def merge_snapshots(snaps):
         "history": history,
         "plugins": add([s["plugins"] for s in snaps]),
         "replay": add([s["replay"] for s in snaps]),
+        "fast_path": merge_fast_path([s["fast_path"] for s in snaps]),
         "cache": add([s["cache"] for s in snaps]),
         "limits": add([s.get("limits", {}) for s in snaps]),
         "queries": merge_rows([s.get("queries", []) for s in snaps], ("fingerprint", "query")),
@@ -169,6 +180,10 @@ def create_app(arbiter):
     @app.get("/replay")
     def replay():
         return jsonify(add(json_of(ask_all(workers, "GET", "/replay"))))
+
+    @app.get("/fast_path")
+    def fast_path():
+        return jsonify(merge_fast_path(json_of(ask_all(workers, "GET", "/fast_path"))))
 
     @app.get("/cache")
     def cache():

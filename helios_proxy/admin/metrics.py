@@ -31,6 +31,7 @@ def snapshot(proxy):
         "plugins": {name: {"calls": proxy.plugins.calls[name], "failures": proxy.plugins.failures[name]}
                     for name in proxy.plugins.sources},
         "replay": views.replay(proxy),
+        "fast_path": views.fast_path(proxy),
         "cache": cache_snapshot(proxy.cache),
         "limits": {limit["name"]: {k: limit[k] for k in ("passed", "rejected", "waited")}
                    for limit in proxy.limiter.state()},
@@ -137,6 +138,12 @@ class ProxyCollector:
                         "not_replayable", "over_limit", "failed"):
             replay.add_metric([outcome], s["replay"][outcome])
         yield replay
+        fast = CounterMetricFamily("helios_fast_path_requests", "Requests the fast path took (hit) or handed to "
+                                   "their session's greenlet, by reason (frontend/fastpath.py).", labels=["outcome"])
+        fast.add_metric(["hit"], s["fast_path"]["hits"])
+        for reason, n in sorted(s["fast_path"]["misses_by_reason"].items()):
+            fast.add_metric([reason], n)
+        yield fast
         yield GaugeMetricFamily("helios_replay_journal_bytes", "Bytes of requests journaled now.",
                                 value=s["replay"]["journal_bytes"])
         yield from cache_families(s["cache"])

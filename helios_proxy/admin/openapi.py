@@ -54,6 +54,7 @@ PATHS = {
     "/pools": {"get": op("Pools (SHOW POOLS).")},
     "/servers": {"get": op("Server connections (SHOW SERVERS).")},
     "/stats": {"get": op("Per-database totals (SHOW STATS).")},
+    "/fast_path": {"get": op("Requests the fast path took, and those it handed on by reason.")},
     "/replay": {"get": op("Transaction replay across failovers: replayed, aborted with 40001, commits in doubt "
                           "resolved, journal bytes.")},
     "/version": {"get": op("Version.")},

@@ -52,6 +52,12 @@ def stats():
     return jsonify(views.stats(proxy_of()))
 
 
+@bp.get("/fast_path")
+def fast_path():
+    """Requests the fast path took, and those it handed to their session's greenlet, by reason."""
+    return jsonify(views.fast_path(proxy_of()))
+
+
 @bp.get("/replay")
 def replay():
     """Transaction replay across failovers: replayed, aborted (40001), commits in doubt resolved."""

@@ -4,6 +4,7 @@ Column names follow PgBouncer's SHOW commands where there is one."""
 import time
 
 from .. import __version__
+from ..frontend.fastpath import MISSES
 
 
 def nodes(proxy):
@@ -113,7 +114,8 @@ def stats(proxy):
                      "avg_xact_count": round(t["transactions"] / uptime, 3),
                      "avg_query_count": round(t["queries"] / uptime, 3),
                      "avg_recv": round(t["bytes_in"] / uptime, 3), "avg_sent": round(t["bytes_out"] / uptime, 3),
-                     "avg_wait_time": round(t["wait_seconds"] * 1_000_000 / max(1, t["transactions"]), 3)})
+                     "avg_wait_time": round(t["wait_seconds"] * 1_000_000 / max(1, t["transactions"]), 3),
+                     "total_fast_path_hits": t["fast_hits"], "total_fast_path_misses": t["fast_misses"]})
     return rows
 
 
@@ -162,3 +164,12 @@ def replay(proxy):
     """Transaction replay counters (continuity/journal.py STATS) and the bytes journaled right now."""
     from ..continuity.journal import JOURNALS, STATS
     return dict(STATS.as_dict(sum(j.size for j in list(JOURNALS))), enabled=proxy.config.replay.enabled)
+
+
+def fast_path(proxy):
+    """The fast path (frontend/fastpath.py): requests it took, and those it handed to their session's
+    greenlet, by reason."""
+    totals = proxy.stats.by_database(proxy.sessions).values()
+    return {"enabled": proxy.config.server.fast_path, "stages_allow": proxy.stages_in_callback,
+            "hits": sum(t["fast_hits"] for t in totals), "misses": sum(t["fast_misses"] for t in totals),
+            "misses_by_reason": dict(MISSES)}

@@ -65,6 +65,10 @@ SETTINGS = (
       "Seconds a client may take from connect to finished login.", min=0.1, reloadable=True),
     S("server", "client_idle_timeout", float, 0.0,
       "Close a client idle (outside a transaction) this many seconds; 0 disables.", min=0, reloadable=True),
+    S("server", "fast_path", bool, True,
+      "Handle a pooled session's common query (one simple Query between transactions, every stage "
+      "content to let it through) in the client socket's read callback, without waking its greenlet "
+      "(frontend/fastpath.py); /stats counts hits and misses by reason.", reloadable=True),
     S("server", "shutdown_timeout", float, 30.0,
       "On SIGTERM, seconds to let sessions finish before closing them.", min=0, reloadable=True),
     S("server", "max_startup_packet", int, 10000,

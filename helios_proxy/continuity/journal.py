@@ -149,6 +149,16 @@ class Journal:
             self.ready_seen = self.seen
         self.at = end
 
+    def answered(self, data, clean):
+        """data is a whole answer up to its ReadyForQuery (relay.ServerStream.whole); clean: the
+        server is idle with nothing owed (a checkpoint)."""
+        if clean:
+            self.checkpoint()
+            self.at = len(data)
+            return
+        self.chunk()
+        self.ready(data, len(data), False)
+
     def fatal_error(self, data, start, message):
         """A FATAL (or a 57P0x warning: "terminating connection...") from the server at data[start]:
         not the client's (yet); the stream ends here."""

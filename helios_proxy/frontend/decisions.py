@@ -15,8 +15,14 @@ Q = m.QUERY[0]
 def run(fwd, mtype, data, begin, end):
     """Run the stages on the Query or Parse in data[begin:end]: (True, None) forward as is,
     (True, message) forward a rewritten message, (False, payload) the proxy answers it. The
-    text is decoded straight from the buffer: a large query is copied once, not four times."""
+    text is decoded straight from the buffer: a large query is copied once, not four times.
+    A Query the fast path decided on already (fastpath.py) is not decided again."""
     session = fwd.session
+    premade = fwd.premade
+    if premade is not None:
+        fwd.premade = None
+        ctx, result, sql = premade  # (a simple Query: no name, nothing after its text)
+        return outcome(mtype, ctx, result, sql, "", b"")
     idle = session.slot.idle
     if not idle.is_set():  # stages see the state the ending lease leaves behind
         idle.wait()        # (settings, read-your-writes position)
@@ -35,7 +41,14 @@ def run(fwd, mtype, data, begin, end):
     size = nul - text_at
     ctx = pipeline.QueryContext(session, sql, "simple" if mtype == Q else "extended", name, size,
                                 size > session.proxy.config.pipeline.max_parse_bytes)
-    result = pipeline.run(session.proxy.stages, ctx)
+    return outcome(mtype, ctx, decide(fwd, ctx, name), sql, name, rest)
+
+
+def decide(fwd, ctx, name="", stages=None):
+    """The stages' result for ctx; their decisions applied, its completion noted (analytics, plugins).
+    stages: a part of them (the fast path's, for a text the others let through already)."""
+    session = fwd.session
+    result = pipeline.run(session.proxy.stages if stages is None else stages, ctx)
     if ctx.decided is not None:
         apply(fwd, ctx.decided)
     if session.plan.completions is not None:  # plugins' on_query_complete, analytics
@@ -46,6 +59,11 @@ def run(fwd, mtype, data, begin, end):
                 session.plan.report(ctx)  # reported at the ReadyForQuery of its Query or Sync
         else:
             fwd.completion_steps.answered_here(ctx, result)
+    return result
+
+
+def outcome(mtype, ctx, result, sql, name, rest):
+    """What the forwarder does with the query: see run()."""
     if result.action is Action.CONTINUE:
         if ctx.sql is sql:
             return True, None
@@ -58,6 +76,7 @@ def run(fwd, mtype, data, begin, end):
         return False, result.payload
     return False, codec.error_response(FEATURE_NOT_SUPPORTED,
                                        "a proxy answer is not available for extended-protocol queries")
+
 
 def apply(fwd, decided):
     """The stages' decisions about the session (pipeline/context.py Decisions), in one place."""

@@ -16,11 +16,12 @@ from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
 from ..sockets import recv, recv_later
 from ..continuity import replay
-from . import decisions, plan as p, statements, unnamed
+from . import decisions, fastpath, plan as p, statements, unnamed
 from .forward_batch import BatchSteps
 from .forward_cache import CacheSteps
 from .forward_complete import CompletionSteps
 from .forward_journal import JournalSteps
+from .fastpath import FastPath
 
 Q, P, S, X, F, B, D, C = (t[0] for t in (m.QUERY, m.PARSE, m.SYNC, m.TERMINATE, m.FUNCTION_CALL, m.BIND,
                                          m.DESCRIBE, m.CLOSE))
@@ -93,6 +94,8 @@ class Forwarder:
         self.wrapping = False      # replay: an extended batch wrapped in a transaction of its own, until its Sync
         self.buf = None            # forward(): the MessageBuffer (a cache hit consumes a whole batch)
         self.precounted = False    # the next Execute was counted already (a batch that fell back)
+        self.premade = None        # (ctx, result, sql) of a Query the fast path ran the stages on already
+        self.fast = FastPath(self) if fastpath.enabled(session) else None  # (frontend/fastpath.py)
         limit = session.proxy.config.pipeline.max_query_bytes
         self.max_query = limit + 6 if limit else 1 << 31  # message length with type, length word, NUL
 
@@ -102,9 +105,22 @@ class Forwarder:
         cfg = session.proxy.config.server
         buf = MessageBuffer(FRAME_LIMIT)  # held messages: cfg.max_message_size, checked in held()
         sock = session.sock
+        try:
+            self.serve(buf, sock, cfg)
+        finally:
+            if self.fast is not None:
+                self.fast.close()
+
+    def serve(self, buf, sock, cfg):
+        session = self.session
         while True:
             timeout = cfg.client_idle_timeout
-            if timeout and session.plan.outstanding == 0 and (session.server is None
+            fast = self.fast
+            if fast is not None and not buf.pending() and not self.stream_left and fastpath.enabled(session):
+                data = self.parked(fast, timeout)  # (the fast path reads the socket meanwhile)
+                if data is None:
+                    return
+            elif timeout and session.plan.outstanding == 0 and (session.server is None
                                                          or session.server.tx_status == m.TX_IDLE):
                 try:
                     with gevent.Timeout(timeout, IdleTimeout):
@@ -132,6 +148,24 @@ class Forwarder:
                     return
             except DECODING_ERRORS as e:  # a truncated Query, Parse, Bind...: 08P01, not a traceback
                 raise ProtocolViolation("invalid message format") from e
+
+    def parked(self, fast, timeout):
+        """The client's next bytes the fast path did not take; None once the session ended for
+        being idle (client_idle_timeout: requests the fast path served meanwhile are not idleness)."""
+        session = self.session
+        while True:
+            if not timeout:
+                return fast.park()
+            try:
+                with gevent.Timeout(timeout, IdleTimeout):
+                    return fast.park()
+            except IdleTimeout:
+                served, fast.served = fast.served, 0
+                server = session.server
+                if served or session.plan.outstanding or server is not None and server.tx_status != m.TX_IDLE:
+                    continue
+                session.terminate("terminating connection due to idle-session timeout", sqlstate=IDLE_SESSION_TIMEOUT)
+                return None
 
     def forward(self, buf):
         """Forward every complete message in buf; False once the client sent Terminate. Messages

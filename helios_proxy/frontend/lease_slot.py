@@ -25,7 +25,6 @@ from ..pool.reset import reset_for_reuse
 from ..backend.statements import invalidate_all
 from ..continuity.session_migrate import capture
 from ..protocol import messages as m
-from ..sockets import in_hub
 from . import handshake, relay
 
 log = logging.getLogger(__name__)
@@ -102,6 +101,45 @@ class LeaseSlot:
             router.balancer.started(server.node)
         lease = self.lease = Lease(session, pool, server, target, intent)
         lease.pump = relay.start(session, lease)  # (lease.run(), without a call more per transaction)
+
+    def take_now(self):
+        """take() from a loop callback (the fast path): a lease only where nothing must wait or be
+        done to the server connection first (an idle one in its pool, carrying the client's
+        settings; no tenant proof, no statements to re-create, no read-your-writes question, no
+        database of its own). True when leased, its pump started; else nothing changed (the
+        route's decision stays for take())."""
+        session = self.session
+        proxy, who = session.proxy, session.identity
+        if self.restore or who.tenant is not None or who.home is not None or proxy.config.database_nodes:
+            return False
+        route, router = session.route, proxy.router
+        target, node_name = route.next_target or ("primary", None)
+        node = router.pick(target, node_name, route.next_lag) if target != "primary" or node_name else None
+        if node is not None:
+            if target == "standby" and route.ryw_lsn and router.replayed.get(node.name, -1) < route.ryw_lsn:
+                return False  # (whether it replayed the client's last write must be asked: take() does)
+            pool = proxy.pools.get(node, who.database, self.pool.credentials)
+        else:
+            target, pool, node = "primary", self.pool, proxy.buffer.ready()
+            breakers = router.breakers
+            if node is None or node.name != pool.node.name or breakers.enabled and not breakers.allows(node):
+                return False
+        server = pool.take_idle()
+        if server is None:
+            return False
+        if server.settings_key != session.settings.key:  # (applying them is a round trip: take() does)
+            pool.release(server)
+            return False
+        intent = route.next_target[0] if route.next_target else "primary"
+        if route.next_tables:
+            router.tables.count(route.next_tables, node.name)
+        route.next_target = route.next_lag = route.next_tables = None
+        router.count(server.node, target)
+        if router.on:
+            router.balancer.started(server.node)
+        lease = self.lease = Lease(session, pool, server, target, intent)
+        lease.pump = relay.start(session, lease)
+        return True
 
     def _acquire_routed(self):
         """(target, intent, pool, server) where the route stage sent the next transaction; the primary when
@@ -207,29 +245,41 @@ class LeaseSlot:
         self.lease = None
         self.idle.clear()
 
-    def ended(self, lease, out):
+    def ended(self, lease, out, in_loop=False):
         """The pump saw the lease's last answer (by its pool mode's rule): the client gets the last
-        bytes, the server goes back to its pool. From a loop callback, an end that must ask the
-        server something (settings, WAL position) runs in a worker greenlet."""
-        self.detach()  # before the client can send its next query
+        bytes, the server goes back to its pool. From a loop callback (in_loop), an end that must ask
+        the server something (settings, WAL position) runs in a worker greenlet; its next message
+        waits until it is done (idle)."""
+        self.lease = None  # before the client can send its next query
         session = self.session
         try:
             if out:
                 session.writer.write(out)
         except OSError:
             pass  # the client is gone: its reader sees it; the server is idle and goes back clean
-        if in_hub() and (session.settings.dirty or (session.proxy.router.on and session.identity.home is None
-                                                    and lease.intent == "primary")):
-            JOBS.submit(self.end, lease)
-        else:
+        if not in_loop:
+            self.idle.clear()
             self.end(lease)
+        elif session.settings.dirty or (session.proxy.router.on and session.identity.home is None
+                                        and lease.intent == "primary"):
+            self.idle.clear()
+            JOBS.submit(self.end, lease)
+        else:  # (at once, in this callback: nothing can run in between, nothing needs to wait)
+            self.give_back(lease)
 
     def end(self, lease):
-        """Back to the pool after a transaction (pooled modes), carrying the client's new settings."""
+        """Back to the pool after a transaction (pooled modes), carrying the client's new settings;
+        the session's next message may go on."""
+        try:
+            self.give_back(lease)
+        finally:
+            self.idle.set()
+
+    def give_back(self, lease):
         session = self.session
         server = lease.server
         try:
-            if session.statements.take_schema_change():
+            if session.statements.schema_changed and session.statements.take_schema_change():
                 invalidate_all()
             if session.settings.dirty:
                 session.settings.read_back(session_state.capture(server))
@@ -242,12 +292,10 @@ class LeaseSlot:
                 router.balancer.finished(server.node, took)
                 if lease.intent == "primary":  # may have written: later reads must see it
                     session.route.wrote(router.write_position(server))
-            lease.end(reusable=server.tx_status == m.TX_IDLE)
+            lease.pool.release(server, server.tx_status == m.TX_IDLE)  # (lease.end, inline)
         except Exception as e:  # the pool gets its slot back whatever went wrong
             log.info("%r: ending the lease of %r failed (%s); closing it", session, server, e)
             lease.end(reusable=False)
-        finally:
-            self.idle.set()
 
     def movable(self):
         """Whether this session may move to another server connection now, unnoticed: session

@@ -27,13 +27,13 @@ from ..errors import CONNECTION_FAILURE, DECODING_ERRORS, ProtocolViolation
 from ..jobs import JOBS
 from ..limits import release as release_limits
 from ..plugins.actions import Outcome
-from ..pool.lease import Lease, ends_here
+from ..pool.lease import RELEASED_AT_IDLE, Lease, ends_here
 from ..backend.statements import invalidate, stale_plan
 from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner
-from .plan import HIDE
+from .plan import HIDE, PLAIN_FOR
 from ..continuity import replay
-from ..sockets import call_soon, plain, recv, recv_now, wake_when_readable
+from ..sockets import SCRATCH, call_soon, plain, recv, wake_when_readable
 
 log = logging.getLogger(__name__)
 READY, PARAMETER_STATUS, ERROR = m.READY_FOR_QUERY[0], m.PARAMETER_STATUS[0], m.ERROR_RESPONSE[0]
@@ -43,6 +43,10 @@ NOTICE = m.NOTICE_RESPONSE[0]  # (with SQLSTATE 57P0x: a server's warning that i
 # Every message but DataRow and CopyData (the bulk of the bytes) is seen whole by the plan.
 WANTS = frozenset(range(256)) - {m.DATA_ROW[0], m.COPY_DATA[0]}
 EVERYTHING = frozenset(range(256))  # while the proxy's own Query is answered
+# What the answer to a plain Query may hold for whole() to take it at once (any other message,
+# an ErrorResponse, a notice, a ParameterStatus, COPY..., is feed()'s).
+PLAIN_ANSWER = frozenset(b"TDCIZ")
+QUERY_ENTRY = PLAIN_FOR[m.QUERY[0]]
 
 
 class ServerClosed(ConnectionResetError):
@@ -62,7 +66,8 @@ class ServerStream:
     def reset(self, server):
         """Serve the next lease (a session's stream is reused: one object less per transaction)."""
         self.server, self.held, self.last_tag, self.last_error = server, b"", None, None
-        if not self.scanner.at_boundary():
+        scanner = self.scanner
+        if scanner.skip or scanner.head or scanner.body_type is not None:  # (not at a message boundary)
             self.scanner = StreamScanner(WANTS)
 
     def feed(self, data):
@@ -118,6 +123,62 @@ class ServerStream:
             elif mtype == COMPLETE and plan.completions is not None:
                 self.last_tag = body
         return self.edited(data, sent, out, journal), release, answered
+
+    def whole(self, data):
+        """The common case at once: data is the whole answer to the one plain Query owed (only
+        RowDescription, DataRow, CommandComplete, EmptyQueryResponse, then its ReadyForQuery), with
+        nothing else watching; it goes to the client as it came. (Does the lease end here?, answers
+        complete), as feed() tells them, or None when feed() must walk it (anything else)."""
+        session = self.session
+        plan = session.plan
+        if (plan.outstanding != 1 or plan.hidden or plan.skipping or self.held
+                or plan.in_extended or plan.streaming
+                or len(plan.entries) != 1 or plan.entries[0] is not QUERY_ENTRY or session.proxy.at_ready
+                or self.scanner.skip):  # (skip: the chunk begins inside a DataRow; a partial header is held)
+            return None
+        cache_state = session.cache_state
+        if cache_state is not None and cache_state.fill is not None:
+            return None
+        n, pos, tag = len(data), 0, None
+        while True:
+            mtype = data[pos]
+            if mtype not in PLAIN_ANSWER or n - pos < 6:
+                return None
+            end = pos + 1 + int.from_bytes(data[pos + 1:pos + 5], "big")
+            if mtype == READY:
+                if end != n or end - pos != 6:
+                    return None
+                break
+            if mtype == COMPLETE:
+                tag = pos
+            pos = end
+            if pos >= n:
+                return None  # (the answer goes on in the next chunk)
+        status = data[pos + 5:n]
+        server = self.server
+        server.tx_status = plan.status = status
+        plan.entries.popleft()
+        answered = None
+        if plan.completions is None:
+            plan.outstanding = 0
+        else:  # (analytics, plugins' on_query_complete: as feed() notes them)
+            answered = []
+            self.last_tag = None if tag is None else data[tag + 5:data.index(0, tag + 5) + 1]
+            self.completed(plan.answered(), status, answered)
+            analytics = session.proxy.analytics
+            if analytics is not None and analytics.pending and (analytics.timer is None
+                                                                  or len(analytics.pending) >= BATCH):
+                analytics.tend()
+        if status == b"I":
+            session.counters.transactions += 1
+            # (ends_here, inline: nothing is owed now, nothing streams)
+            release = RELEASED_AT_IDLE[session.identity.mode] and not session.slot.pinned and session.closing is None
+        else:
+            release = False
+        journal = session.journal
+        if journal is not None:
+            journal.answered(data, release or status == b"I")
+        return release, answered
 
     def fill_of(self, session):
         """The cache miss whose answer is being stored, if any; the scanner shows every message
@@ -244,20 +305,26 @@ class CallbackPump:
 
     def begin(self, lease, go_on=False):
         """Serve lease; go_on: its server was replaced by a replay, the stream goes on where it was."""
-        self.lease, self.server = lease, lease.server
+        server = self.server = lease.server
+        self.lease = lease
         if go_on:
-            self.stream.server = lease.server
+            self.stream.server = server
         else:
-            self.stream.reset(lease.server)
+            self.stream.reset(server)
         self.running, self.paused = True, False
-        lease.server.watch(self.callback)
+        if server.watcher is not None:  # (ServerConnection.watch, inline: armed since its first lease)
+            server.on_readable = self.callback
+        else:
+            server.watch(self.callback)
         return self
 
     def readable(self):
         try:
-            data = recv_now(self.server.sock)
-            if data is None:
+            try:
+                n = self.server.sock._sock.recv_into(SCRATCH)  # (sockets.recv_now, inline)
+            except (BlockingIOError, InterruptedError):
                 return
+            data = SCRATCH[:n].tobytes()
             if not data:
                 raise ServerClosed("server closed the connection")
             self.take(data)
@@ -268,11 +335,20 @@ class CallbackPump:
         """The server's bytes: to the client (and the lease ends where its pool mode says)."""
         session, server = self.session, self.server
         session.counters.bytes_out += len(data)
-        out, release, answered = self.stream.feed(data)
+        whole = self.stream.whole(data)  # (the common answer, at once)
+        if whole is None:
+            out, release, answered = self.stream.feed(data)
+        else:
+            out, (release, answered) = data, whole
         if release:
             lease = self.lease
-            self.stop()
-            session.slot.ended(lease, out)
+            if self.paused or self.writer.on_drained is self.resumer:
+                self.stop()
+            else:  # (stop(), the usual case inline)
+                self.running = False
+                server.on_readable = None
+                self.lease = self.server = None
+            session.slot.ended(lease, out, True)
         elif out:
             self.writer.write(out)
             if self.writer.backlog:  # the client reads slower: wait until it took it all
@@ -291,7 +367,8 @@ class CallbackPump:
         if self.running:
             self.running = False
             self.server.on_readable = None
-            self.resume()  # (the watcher stays armed for the connection's next use)
+            if self.paused:  # (the watcher stays armed for the connection's next use)
+                self.resume()
             if self.writer.on_drained is self.resumer:
                 self.writer.on_drained = None
             self.lease = self.server = None

@@ -41,6 +41,15 @@ class Stage:
 
     name = "stage"
     leaves_reads_alone = False
+    # Its process() never waits and may run more than once per session at any moment: the fast path
+    # (frontend/fastpath.py) may run it in a loop callback. A stage that may wait (I/O, a queue), or
+    # whose side effects must happen in the session's greenlet, leaves it False: while it is built,
+    # no query takes the fast path.
+    callback_safe = False
+    # For a pooled session, whether it lets a text through (CONTINUE, no decision) depends only on
+    # the text's words and structure, never on a number's value or on anything it counts: the fast
+    # path may remember such a text and skip it for the text's twins (sqlshape.fast_key).
+    text_only = False
 
     def __init__(self, config):
         self.config = config

@@ -9,6 +9,7 @@ import time
 import gevent
 
 from ..errors import ProxyError, node_unreachable
+from ..jobs import JOBS
 from ..lsn import lsn
 from .balancer import Balancer
 from ..topology.breaker import Breakers
@@ -124,6 +125,17 @@ class Router:
         finally:
             if conn is not None:
                 pool.release(conn, reusable=ok)
+
+    def ensure_catalog_later(self, database, pool):
+        """ensure_catalog from a loop callback: the load runs in a worker greenlet; until it is
+        done, unknown functions are writes (a read may go to the primary, never a write elsewhere)."""
+        if database not in self.classifier.catalog:
+            self.classifier.load_catalog(database, ())
+            JOBS.submit(self._load_catalog, database, pool)
+
+    def _load_catalog(self, database, pool):
+        self.classifier.catalog.pop(database, None)
+        self.ensure_catalog(database, pool)
 
     # --- read-your-writes ----------------------------------------------------------------------
     def caught_up(self, node, server, wanted):

@@ -10,6 +10,7 @@ from ..stage import Stage, StageResult
 
 class Analytics(Stage):
     name = "analytics"
+    callback_safe = True
 
     @classmethod
     def enabled(cls, config):

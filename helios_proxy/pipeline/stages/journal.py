@@ -31,6 +31,8 @@ WRAPPABLE = frozenset(("insert", "update", "delete", "merge"))
 
 class Journal(Stage):
     name = "journal"
+    callback_safe = True
+    text_only = True  # (its first word, COMMIT mentioned: no number changes those)
     leaves_reads_alone = True
 
     @classmethod

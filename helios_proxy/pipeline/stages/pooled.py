@@ -9,6 +9,8 @@ class PooledSqlStage(Stage):
     """Subclasses define `screen(ctx)` (cheap, may say yes too often), `analyze(sql)`,
     `act(ctx, analysis)` and `act_large(ctx)` for a text beyond pipeline.max_parse_bytes (it must
     err on the safe side: pin the client rather than miss session state)."""
+    callback_safe = True  # (a text screen and a parse: nothing waits)
+    text_only = True
 
     def __init__(self, config):
         super().__init__(config)

@@ -11,6 +11,14 @@ from ..stage import Stage, StageResult
 class RateLimit(Stage):
     name = "rate_limit"
 
+    def __init__(self, config):
+        super().__init__(config)
+        # Token buckets and sliding windows kept here answer at once (the workers' shared table is
+        # locked without waiting); a concurrency guard or a wait may queue, the fleet's and a
+        # tenant's qps may ask Redis: then only the session's greenlet may take.
+        self.callback_safe = (not config.tenancy.enabled and not config.fleet.redis_url and all(
+            limit.kind != "concurrency" and limit.on_exceed == "reject" for limit in config.limits))
+
     @classmethod
     def enabled(cls, config):
         return bool(config.limits) or config.tenancy.enabled

@@ -9,6 +9,7 @@ CONTINUE = StageResult.CONTINUE
 
 class Rewrite(Stage):
     name = "rewrite"
+    callback_safe = True
     uses_plugins = True
 
     def __init__(self, config, plugins=None):

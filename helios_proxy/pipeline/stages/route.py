@@ -15,6 +15,7 @@ from ...protocol import codec
 from ...routing.classify import BEGIN_READ_ONLY, READ
 from ...routing.hints import INVALID_PARAMETER_VALUE, parse_hints
 from ...routing.router import PRIMARY, STANDBY, Router, lsn
+from ...sockets import in_hub
 from ..stage import Stage, StageResult
 
 SET_ROUTE = re.compile(r"^\s*set\s+(?:session\s+)?helios\.route\s*(?:=|to)\s*'?(\w+)'?\s*;?\s*$", re.I)
@@ -26,6 +27,7 @@ ROUTE_VALUES = {"primary": PRIMARY, "standby": STANDBY, "auto": None, "default":
 
 class Route(Stage):
     name = "route"
+    callback_safe = True
     leaves_reads_alone = True
 
     @classmethod
@@ -67,7 +69,10 @@ class Route(Stage):
             router.count_large()
             target = (PRIMARY, None)
         else:
-            router.ensure_catalog(session.identity.database, session.slot.pool)
+            if in_hub():  # (the fast path: the catalog loads in a worker; meanwhile functions count as writes)
+                router.ensure_catalog_later(session.identity.database, session.slot.pool)
+            else:
+                router.ensure_catalog(session.identity.database, session.slot.pool)
             kind = router.classifier.classify(sql, session.identity.database, ctx.skeleton)
             target = (STANDBY if kind in (READ, BEGIN_READ_ONLY) else PRIMARY, None)
         ctx.decide().target = target

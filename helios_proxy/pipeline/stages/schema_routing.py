@@ -8,6 +8,7 @@ from ..stage import Stage, StageResult
 
 class SchemaRouting(Stage):
     name = "schema_routing"
+    callback_safe = True
 
     @classmethod
     def enabled(cls, config):

@@ -1,0 +1,200 @@
+"""The fast path (issue 33): a pooled session's common request handled in its client socket's read
+callback, on gevent's loop, without waking the session's greenlet.
+
+While the forwarder has nothing in hand (no partial message, no large message streaming), its
+greenlet parks here instead of reading the socket; the socket's reads are the loop's. When the
+client's bytes are one simple Query between transactions, the callback runs the same code the
+greenlet would (decisions.decide: the stages, their decisions applied to the session's parts),
+takes an idle server connection that needs nothing done to it (LeaseSlot.take_now), sends the
+bytes as they came and counts what the server owes (the plan); the answer comes back through the
+relay's callback pump, which ends the lease at its ReadyForQuery, as always. Anything else (other
+messages, a transaction in progress, a decision only the greenlet can carry out, no idle server
+connection...) is handed to the greenlet with the bytes, and the stages' result when they ran:
+it goes on exactly as if it had read them itself.
+
+It is on while every stage built is `callback_safe` (its process never waits), the query cache is
+off, the client's socket is plain (not TLS) and the session is pooled; `[server] fast_path`.
+Hits and misses by reason: /stats (total_fast_path_*), GET /fast_path, Prometheus.
+"""
+import logging
+
+import gevent
+from gevent.hub import Waiter
+
+from .. import pipeline
+from ..pipeline.stage import StageResult
+from ..sqlshape import DIGITS_TO_0, fast_key_sound
+from ..protocol import messages as m
+from ..sockets import READ, SCRATCH, plain, watcher
+from . import decisions, plan as p, unnamed
+
+log = logging.getLogger(__name__)
+
+Q = m.QUERY[0]
+CONTINUE = StageResult.CONTINUE
+LARGEST = 8192  # a Query larger than this takes the usual way (and the kernel takes it in one send)
+QUIET_TEXTS = 512  # texts (fast keys) a session remembers the stages let through
+QUERY_ENTRY = p.PLAIN_FOR[Q]
+
+MISSES = {}  # reason -> how many requests the fast path handed to their greenlet (this process)
+
+
+def enabled(session):
+    """Whether session's requests may take the fast path (asked when its forwarder starts, and
+    again at each park: a reload may change the stages)."""
+    proxy = session.proxy
+    return (proxy.config.server.fast_path and session.identity.pooled and proxy.cache is None
+            and session.writer.raw is not None and plain(session.sock) and proxy.stages_in_callback)
+
+
+def missed(reason):
+    MISSES[reason] = MISSES.get(reason, 0) + 1
+
+
+class FastPath:
+    """One session's fast path (made by its Forwarder)."""
+    __slots__ = ("fwd", "session", "raw", "watcher", "waiter", "served", "held", "stages", "quiet", "rest")
+
+    def __init__(self, forwarder):
+        self.fwd = forwarder
+        self.session = forwarder.session
+        self.raw = self.session.sock._sock
+        self.watcher = None
+        self.waiter = None
+        self.served = 0  # requests handled in the callback since the greenlet last looked
+        self.held = None  # bytes handed over while the greenlet was not parked (next park returns them)
+        # Texts every stage let through without a decision, by their fast key (sqlshape: digits as
+        # 0, kept only where every digit is a literal's): the stages' screens and analyses look at
+        # words and the statements' structure, never at a number's value, so such a text's twins
+        # (the same query with other numbers) pass them alike (stage.text_only); the other stages
+        # (a limit counts every query) still run for them. Per session (its pool mode and journal
+        # are part of what the stages saw), renewed when a reload rebuilds the stages.
+        self.stages, self.quiet, self.rest = None, set(), ()  # rest: the stages run for a remembered text
+
+    def park(self):
+        """Wait for the client's bytes with its socket's reads in the loop's hands: what the
+        callback does not handle comes back (bytes; b"" at EOF)."""
+        if self.held is not None:
+            data, self.held = self.held, None
+            return data
+        w = self.watcher
+        if w is None:
+            w = self.watcher = watcher(self.session.sock, READ)
+        waiter = self.waiter = Waiter()
+        w.start(self.readable)
+        try:
+            return waiter.get()
+        finally:
+            w.stop()
+            self.waiter = None
+
+    def close(self):
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher.close()
+            self.watcher = None
+
+    def readable(self):
+        try:
+            n = self.raw.recv_into(SCRATCH)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            n = 0  # (the greenlet's own read will see why)
+        data = SCRATCH[:n].tobytes()
+        try:
+            reason = self.query(data) if n else "the client closed"
+        except Exception:  # a bug here costs the fast path, never the session: the greenlet decides
+            log.exception("%r: the fast path failed", self.session)
+            reason = "internal error"
+        if reason is not None:
+            missed(reason)
+            self.session.counters.fast_misses += 1
+            self.hand(data)
+
+    def hand(self, data):
+        """The greenlet takes over with data (it may have parked elsewhere meanwhile: then it reads
+        the socket itself and these bytes must reach it first)."""
+        self.watcher.stop()
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            waiter.switch(data)
+        else:
+            self.held = data
+
+    def query(self, data):
+        """Handle data if it is one simple Query the fast path can take: None, else why not."""
+        session, fwd = self.session, self.fwd
+        n = len(data)
+        if data[0] != Q or n > LARGEST or n < 6 or int.from_bytes(data[1:5], "big") != n - 1 or data[-1] != 0:
+            return "not one Query"
+        slot = session.slot
+        if slot.lease is not None or not slot.idle.is_set():
+            return "a transaction in progress"
+        proxy = session.proxy
+        if slot.pinned or session.closing is not None or proxy.paused or proxy.suspended is not None:
+            return "pinned, paused or ending"
+        journal, plan = session.journal, session.plan
+        if (plan.outstanding or plan.in_extended or plan.entries or fwd.skip_to_sync or fwd.wrapping or session.statements.discard_pending
+                or session.writer.pending or not session.settings.checked
+                or journal is not None and journal.pending_error is not None):
+            return "state the greenlet must see"
+        if n > fwd.max_query or data.find(0, 5, n - 1) >= 0:
+            return "not one Query"
+        if session.statements.unnamed is not None:
+            unnamed.destroyed(session)  # (a simple Query drops the unnamed statement, as in PostgreSQL)
+        stages = proxy.stages
+        if stages:
+            if stages is not self.stages:  # (a reload rebuilt them)
+                self.stages, self.quiet = stages, set()
+                self.rest = tuple(stage for stage in stages if not stage.text_only)
+            key = data.translate(DIGITS_TO_0)
+            known = key in self.quiet
+            if not known or self.rest or plan.completions is not None:
+                sql = data[5:-1].decode("utf-8", "replace")
+                ctx = pipeline.QueryContext(session, sql, "simple", "", n - 6,
+                                            n - 6 > proxy.config.pipeline.max_parse_bytes)
+                result = decisions.decide(fwd, ctx, "", self.rest if known else None)
+                if (result is not CONTINUE or ctx.sql is not sql or fwd.commit is not None
+                        or fwd.sql_prepare is not None or fwd.sql_needs or fwd.batch_steps.next or slot.pinned):
+                    fwd.premade = (ctx, result, sql)
+                    return "a stage's decision"
+                if not known and ctx.decided is None and fast_key_sound(key[5:]):  # (every stage let it through)
+                    if len(self.quiet) >= QUIET_TEXTS:
+                        self.quiet.clear()
+                    self.quiet.add(key)
+            else:
+                stages = None  # (let through by every stage: nothing to hand over if no connection fits)
+        if not slot.take_now():
+            if stages:
+                fwd.premade = (ctx, result, sql)
+            return "no idle server connection that fits"
+        server = slot.lease.server
+        server.unnamed_owner = None
+        if journal is not None:
+            journal.record(data)
+        try:
+            sent = server.sock._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = -1
+        if sent != n:  # (an idle connection's send buffer takes a small Query whole: rare)
+            gevent.spawn(send_rest, server, data, max(sent, 0))
+        plan.entries.append(QUERY_ENTRY)
+        plan.sent(Q)
+        counters = session.counters
+        counters.bytes_in += n
+        counters.queries += 1
+        counters.fast_hits += 1
+        self.served += 1
+        return None
+
+
+def send_rest(server, data, sent):
+    """What the kernel did not take at once (or a send that failed: the pump sees the loss)."""
+    try:
+        server.send(memoryview(data)[sent:])
+    except Exception:  # (BackendError: the connection is broken; its pump reports it to the client)
+        server.broken = True

@@ -1,0 +1,217 @@
+"""The fast path (frontend/fastpath.py): a pooled session's lone simple Query handled in its socket's
+read callback. What a client sees must not change: every test here checks answers and state, and
+the transitions between the fast path and the session's greenlet (pipelined queries, SET, a
+transaction, a large query, COPY, a cancel, PAUSE/RESUME, a client that stops reading, the idle
+timeout). The whole suite runs with it on (the default); HELIOS_TEST_FAST_PATH=0 runs it off."""
+import subprocess
+import threading
+import time
+
+import psycopg2
+import pytest
+
+from helios_proxy.protocol import codec
+
+from .wire import Wire
+
+
+@pytest.fixture(scope="module")
+def fast(cluster, tmp_path_factory):
+    from .fix_proxy import ProxyProcess
+    p = ProxyProcess(str(tmp_path_factory.mktemp("fast")), cluster,
+                     server={"fast_path": True}, pool={"mode": "transaction", "max_size": 4}).start()
+    yield p
+    p.stop()
+
+
+def counts(proxy):
+    status, state = proxy.api("GET", "/fast_path")
+    assert status == 200
+    return state
+
+
+def test_pgbench_select_only_takes_the_fast_path_and_every_answer_is_right(fast, pgbench):
+    before = counts(fast)["hits"]
+    out = subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", str(fast.port), "-U", "postgres", "-n", "-S",
+                          "-c", "4", "-j", "2", "-t", "300", "postgres"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "number of transactions actually processed: 1200/1200" in out.stdout
+    state = counts(fast)
+    assert state["enabled"] and state["stages_allow"]
+    assert state["hits"] - before >= 1100, state  # (a few miss: no idle connection at that instant)
+    rows = fast.api("GET", "/stats")[1]
+    assert sum(r["total_fast_path_hits"] for r in rows) == state["hits"]
+    with psycopg2.connect(host="127.0.0.1", port=fast.port, user="postgres", dbname="postgres") as conn:
+        conn.autocommit = True
+        cur = conn.cursor()
+        cur.execute("select aid, abalance from pgbench_accounts where aid in (1, 2, 3) order by aid")
+        assert [r[0] for r in cur.fetchall()] == [1, 2, 3]
+
+
+def test_prometheus_counts_hits_and_misses_by_reason(fast):
+    conn = fast.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("select 1")
+    cur.execute("begin")
+    cur.execute("select 2")  # (inside a transaction: the greenlet's)
+    cur.execute("commit")
+    conn.close()
+    import urllib.request
+    request = urllib.request.Request(f"http://127.0.0.1:{fast.admin_port}/metrics/prometheus",
+                                     headers={"Authorization": "Bearer test-token"})
+    text = urllib.request.urlopen(request, timeout=30).read().decode()
+    assert 'helios_fast_path_requests_total{outcome="hit"}' in text
+    assert 'helios_fast_path_requests_total{outcome="a transaction in progress"}' in text
+    assert counts(fast)["misses_by_reason"]["a transaction in progress"] >= 1
+
+
+def query_all(wire, *chunks):
+    """Send chunks in one write; the replies up to as many ReadyForQuery as Queries sent."""
+    wire.send(b"".join(chunks))
+    out, ready = [], 0
+    while ready < len(chunks):
+        msg = wire.read()
+        out.append(msg)
+        ready += msg[0] == b"Z"
+    return out
+
+
+def rows(replies):
+    return [body for t, body in replies if t == b"D"]
+
+
+def test_pipelined_queries_a_large_one_and_an_error_go_the_usual_way_and_answer_in_order(fast):
+    w = Wire(fast.port)
+    w.startup(user="postgres", database="postgres")
+    replies = query_all(w, codec.query("select 1"), codec.query("select 1/0"), codec.query("select 3"))
+    assert [t for t, _ in replies] == [b"T", b"D", b"C", b"Z", b"E", b"Z", b"T", b"D", b"C", b"Z"]
+    big = "select '" + "x" * 20000 + "' as big"
+    replies = query_all(w, codec.query(big))
+    assert len(rows(replies)) == 1 and b"x" * 20000 in rows(replies)[0]
+    replies = query_all(w, codec.query("select 4"))  # (fast again)
+    assert rows(replies) == [b"\x00\x01\x00\x00\x00\x014"]
+    w.send(codec.TERMINATE)
+    w.close()
+
+
+def test_settings_follow_the_client_through_the_fast_path(fast):
+    conn = fast.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("set work_mem = '3MB'")
+    for _ in range(20):  # every server connection it lands on carries its setting
+        cur.execute("show work_mem")
+        assert cur.fetchone()[0] == "3MB"
+    other = fast.connect()
+    other.autocommit = True
+    oc = other.cursor()
+    for _ in range(10):  # and none leaks to another client
+        oc.execute("show work_mem")
+        assert oc.fetchone()[0] != "3MB"
+    cur.execute("reset work_mem")
+    cur.execute("show work_mem")
+    assert cur.fetchone()[0] != "3MB"
+    conn.close()
+    other.close()
+
+
+def test_a_transaction_and_copy_in_between_fast_queries(fast, cluster):
+    cluster.sql("create table if not exists fast_t (a int)")
+    cluster.sql("truncate fast_t")
+    conn = fast.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("select 1")
+    cur.execute("begin")
+    cur.execute("insert into fast_t values (1)")
+    cur.execute("select count(*) from fast_t")
+    assert cur.fetchone()[0] == 1
+    cur.execute("rollback")
+    import io
+    cur.copy_expert("copy fast_t from stdin", io.StringIO("5\n6\n"))
+    cur.execute("select sum(a) from fast_t")
+    assert cur.fetchone()[0] == 11
+    conn.close()
+
+
+def test_a_cancel_reaches_a_query_that_took_the_fast_path(fast):
+    conn = fast.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    timer = threading.Timer(0.5, conn.cancel)
+    timer.start()
+    t0 = time.monotonic()
+    with pytest.raises(psycopg2.errors.QueryCanceled):
+        cur.execute("select pg_sleep(10)")
+    assert time.monotonic() - t0 < 5
+    cur.execute("select 7")
+    assert cur.fetchone()[0] == 7
+    conn.close()
+
+
+def test_pause_holds_fast_queries_until_resume(fast):
+    conn = fast.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("select 1")
+    assert fast.api("POST", "/pause", {})[0] in (200, 202)
+    done = []
+    t = threading.Thread(target=lambda: (cur.execute("select 8"), done.append(cur.fetchone()[0])))
+    t.start()
+    time.sleep(0.5)
+    assert done == []  # held while paused
+    assert fast.api("POST", "/resume", {})[0] == 200
+    t.join(10)
+    assert done == [8]
+    conn.close()
+
+
+def test_a_client_that_stops_reading_gets_everything_once_it_reads(fast):
+    w = Wire(fast.port)
+    w.startup(user="postgres", database="postgres")
+    w.send(codec.query("select repeat('y', 100000) from generate_series(1, 100)"))
+    time.sleep(1.0)  # (it reads nothing meanwhile: the proxy stops reading the server)
+    got, size = 0, 0
+    while True:
+        t, body = w.read()
+        if t == b"D":
+            got += 1
+            size += len(body)
+        if t == b"Z":
+            break
+    assert got == 100 and size > 100 * 100000
+    assert rows(query_all(w, codec.query("select 9"))) == [b"\x00\x01\x00\x00\x00\x019"]
+    w.close()
+
+
+def test_the_idle_timeout_ends_an_idle_client_but_not_one_served_by_the_fast_path(cluster, tmp_path):
+    from .fix_proxy import ProxyProcess
+    p = ProxyProcess(str(tmp_path), cluster, server={"fast_path": True, "client_idle_timeout": 1.0},
+                     pool={"mode": "transaction"}).start()
+    try:
+        busy, idle = p.connect(), p.connect()
+        busy.autocommit = idle.autocommit = True
+        cur = busy.cursor()
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            cur.execute("select 1")
+            time.sleep(0.05)
+        cur.execute("select 2")
+        assert cur.fetchone()[0] == 2
+        with pytest.raises(psycopg2.OperationalError):
+            idle.cursor().execute("select 1")
+        busy.close()
+    finally:
+        p.stop()
+
+
+def test_off_it_takes_nothing(cluster, tmp_path):
+    from .fix_proxy import ProxyProcess
+    p = ProxyProcess(str(tmp_path), cluster, server={"fast_path": False}, pool={"mode": "transaction"}).start()
+    try:
+        assert p.query("select 5") == [(5,)]
+        state = p.api("GET", "/fast_path")[1]
+        assert state["hits"] == 0 and not state["enabled"]
+    finally:
+        p.stop()
