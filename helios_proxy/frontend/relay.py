@@ -75,7 +75,7 @@ class ServerStream:
         Walks the server's messages by their headers: each is told to the plan, which may cut it
         out or add the proxy's own answers after it; a cache miss's fill takes it; at ReadyForQuery
         the answer is complete (analytics, plugins), the watchers see it and the lease may end."""
-        session, server, plan = self.session, self.server, self.session.plan
+        session, plan = self.session, self.session.plan
         on_message, journal, fill = plan.on_message, session.journal, self.fill_of(session)
         found = self.scanner.feed(data)
         if journal is not None:
@@ -101,21 +101,8 @@ class ServerStream:
                     continue
             if fill is not None and not drop and fill.take(mtype, data[end - 5 - len(body):end], body):
                 session.cache_state.fill = fill = None  # (a cache miss's answer, as the client got it: stored)
-            if mtype == READY:  # a query's answer complete (analytics, plugins), the watchers, the lease's end
-                server.tx_status = body
-                if body == b"I":
-                    session.counters.transactions += 1
-                if drop:  # the proxy's own Sync: not one the client counts on
-                    plan.own_ready()
-                else:
-                    entry = plan.answered()
-                    if plan.completions is not None:
-                        self.completed(entry, body, answered)
-                for watcher in session.proxy.at_ready:  # (built once: relay.watchers)
-                    watcher(session, body)
-                release = ends_here(session, server)
-                if journal is not None:
-                    journal.ready(data, end, release or body == b"I" and not plan.owes())  # (released: owes nothing)
+            if mtype == READY:
+                release = self.ready(body, drop, data, end, answered)
             elif mtype == ERROR:
                 self.error(body)
             elif mtype == PARAMETER_STATUS:
@@ -123,6 +110,28 @@ class ServerStream:
             elif mtype == COMPLETE and plan.completions is not None:
                 self.last_tag = body
         return self.edited(data, sent, out, journal), release, answered
+
+    def ready(self, body, drop, data, end, answered):
+        """A ReadyForQuery: a query's answer complete (analytics, plugins), the watchers, the journal;
+        whether the lease ends here."""
+        session, server = self.session, self.server
+        plan = session.plan
+        server.tx_status = body
+        if body == b"I":
+            session.counters.transactions += 1
+        if drop:  # the proxy's own Sync: not one the client counts on
+            plan.own_ready()
+        else:
+            entry = plan.answered()
+            if plan.completions is not None:
+                self.completed(entry, body, answered)
+        for watcher in session.proxy.at_ready:  # (built once: relay.watchers)
+            watcher(session, body)
+        release = ends_here(session, server)
+        journal = session.journal
+        if journal is not None:
+            journal.ready(data, end, release or body == b"I" and not plan.owes())  # (released: owes nothing)
+        return release
 
     def whole(self, data):
         """The common case at once: data is the whole answer to the one plain Query owed (only
