@@ -141,6 +141,18 @@ class ProxyProcess:
         except urllib.error.HTTPError as e:
             return e.code, json.load(e)
 
+    def get(self, path):
+        """The JSON of a GET on the admin API that must answer 200."""
+        status, body = self.api("GET", path)
+        assert status == 200, (path, status, body)
+        return body
+
+    def autocommit(self, **kw):
+        """(connection, cursor) of a new autocommit psycopg2 connection."""
+        conn = self.connect(**kw)
+        conn.autocommit = True
+        return conn, conn.cursor()
+
     def signal(self, signum):
         self.proc.send_signal(signum)
 

@@ -52,9 +52,7 @@ def cached(cluster, tables, tmp_path_factory):
 
 
 def stats(proxy):
-    status, body = proxy.api("GET", "/cache")
-    assert status == 200
-    return body
+    return proxy.get("/cache")
 
 
 def one(proxy_or_port, sql, params=None, **kw):

@@ -25,9 +25,7 @@ def fast(cluster, tmp_path_factory):
 
 
 def counts(proxy):
-    status, state = proxy.api("GET", "/fast_path")
-    assert status == 200
-    return state
+    return proxy.get("/fast_path")
 
 
 def test_pgbench_select_only_takes_the_fast_path_and_every_answer_is_right(fast, pgbench):
@@ -39,7 +37,7 @@ def test_pgbench_select_only_takes_the_fast_path_and_every_answer_is_right(fast,
     state = counts(fast)
     assert state["enabled"] and state["stages_allow"]
     assert state["hits"] - before >= 1100, state  # (a few miss: no idle connection at that instant)
-    rows = fast.api("GET", "/stats")[1]
+    rows = fast.get("/stats")
     assert sum(r["total_fast_path_hits"] for r in rows) == state["hits"]
     with psycopg2.connect(host="127.0.0.1", port=fast.port, user="postgres", dbname="postgres") as conn:
         conn.autocommit = True
@@ -49,9 +47,7 @@ def test_pgbench_select_only_takes_the_fast_path_and_every_answer_is_right(fast,
 
 
 def test_prometheus_counts_hits_and_misses_by_reason(fast):
-    conn = fast.connect()
-    conn.autocommit = True
-    cur = conn.cursor()
+    conn, cur = fast.autocommit()
     cur.execute("select 1")
     cur.execute("begin")
     cur.execute("select 2")  # (inside a transaction: the greenlet's)
@@ -96,9 +92,7 @@ def test_pipelined_queries_a_large_one_and_an_error_go_the_usual_way_and_answer_
 
 
 def test_settings_follow_the_client_through_the_fast_path(fast):
-    conn = fast.connect()
-    conn.autocommit = True
-    cur = conn.cursor()
+    conn, cur = fast.autocommit()
     cur.execute("set work_mem = '3MB'")
     for _ in range(20):  # every server connection it lands on carries its setting
         cur.execute("show work_mem")
@@ -119,9 +113,7 @@ def test_settings_follow_the_client_through_the_fast_path(fast):
 def test_a_transaction_and_copy_in_between_fast_queries(fast, cluster):
     cluster.sql("create table if not exists fast_t (a int)")
     cluster.sql("truncate fast_t")
-    conn = fast.connect()
-    conn.autocommit = True
-    cur = conn.cursor()
+    conn, cur = fast.autocommit()
     cur.execute("select 1")
     cur.execute("begin")
     cur.execute("insert into fast_t values (1)")
@@ -136,9 +128,7 @@ def test_a_transaction_and_copy_in_between_fast_queries(fast, cluster):
 
 
 def test_a_cancel_reaches_a_query_that_took_the_fast_path(fast):
-    conn = fast.connect()
-    conn.autocommit = True
-    cur = conn.cursor()
+    conn, cur = fast.autocommit()
     timer = threading.Timer(0.5, conn.cancel)
     timer.start()
     t0 = time.monotonic()
@@ -151,9 +141,7 @@ def test_a_cancel_reaches_a_query_that_took_the_fast_path(fast):
 
 
 def test_pause_holds_fast_queries_until_resume(fast):
-    conn = fast.connect()
-    conn.autocommit = True
-    cur = conn.cursor()
+    conn, cur = fast.autocommit()
     cur.execute("select 1")
     assert fast.api("POST", "/pause", {})[0] in (200, 202)
     done = []
@@ -211,7 +199,7 @@ def test_off_it_takes_nothing(cluster, tmp_path):
     p = ProxyProcess(str(tmp_path), cluster, server={"fast_path": False}, pool={"mode": "transaction"}).start()
     try:
         assert p.query("select 5") == [(5,)]
-        state = p.api("GET", "/fast_path")[1]
+        state = p.get("/fast_path")
         assert state["hits"] == 0 and not state["enabled"]
     finally:
         p.stop()
