@@ -174,6 +174,16 @@ def test_configured_function_lists():
     assert c.classify("select now()", "db") == WRITE
 
 
+def test_a_read_classified_before_its_catalog_loaded_is_classified_again_after():
+    c = Classifier()
+    c.load_catalog("db", ())  # (loading: an unknown function counts as a write meanwhile)
+    assert c.classify("select my_report(1)", "db", "select my_report(?)") == WRITE
+    c.load_catalog("db", ["my_report"])
+    assert c.classify("select my_report(2)", "db", "select my_report(?)") == READ
+    c.load_catalog("other", ())  # (another database's load keeps this one's classifications)
+    assert c.classify("select my_report(3)", "db", "select my_report(?)") == READ
+
+
 def test_hint_parsing():
     assert parse_hints("/*+ route=standby node=a */ select 1", {"a"}) == {"route": "standby", "node": "a"}
     assert parse_hints("select /*+ route=primary */ 1", {"a"}) == {}  # only a leading comment counts

@@ -53,7 +53,8 @@ def missed(reason):
 
 class FastPath:
     """One session's fast path (made by its Forwarder)."""
-    __slots__ = ("fwd", "session", "raw", "watcher", "waiter", "served", "held", "stages", "quiet", "rest")
+    __slots__ = ("fwd", "session", "raw", "watcher", "waiter", "served", "held", "stages", "quiet", "rest",
+                 "ready")
 
     def __init__(self, forwarder):
         self.fwd = forwarder
@@ -70,6 +71,7 @@ class FastPath:
         # (a limit counts every query) still run for them. Per session (its pool mode and journal
         # are part of what the stages saw), renewed when a reload rebuilds the stages.
         self.stages, self.quiet, self.rest = None, set(), ()  # rest: the stages run for a remembered text
+        self.ready = ()  # stages' fast_ready checks
 
     def park(self):
         """Wait for the client's bytes with its socket's reads in the loop's hands: what the
@@ -149,6 +151,10 @@ class FastPath:
             if stages is not self.stages:  # (a reload rebuilt them)
                 self.stages, self.quiet = stages, set()
                 self.rest = tuple(stage for stage in stages if not stage.text_only)
+                self.ready = tuple(stage.fast_ready for stage in stages if stage.fast_ready is not None)
+            for ready in self.ready:
+                if not ready(session):
+                    return "a stage is not ready (a function catalog loading)"
             key = data.translate(DIGITS_TO_0)
             known = key in self.quiet
             if not known or self.rest or plan.completions is not None:

@@ -106,8 +106,8 @@ class LeaseSlot:
         """take() from a loop callback (the fast path): a lease only where nothing must wait or be
         done to the server connection first (an idle one in its pool, carrying the client's
         settings; no tenant proof, no statements to re-create, no read-your-writes question, no
-        database of its own). True when leased, its pump started; else nothing changed (the
-        route's decision stays for take())."""
+        database of its own). True when leased, its pump started; else the route's decision stays
+        for take(), with the standby the balancer chose named (its turn is not taken twice)."""
         session = self.session
         proxy, who = session.proxy, session.identity
         if self.restore or who.tenant is not None or who.home is not None or proxy.config.database_nodes:
@@ -116,6 +116,8 @@ class LeaseSlot:
         target, node_name = route.next_target or ("primary", None)
         node = router.pick(target, node_name, route.next_lag) if target != "primary" or node_name else None
         if node is not None:
+            if node_name is None:  # (the balancer chose it: take() tries the same node, not the next one)
+                route.aim((target, node.name), route.next_lag, route.next_tables)
             if target == "standby" and route.ryw_lsn and router.replayed.get(node.name, -1) < route.ryw_lsn:
                 return False  # (whether it replayed the client's last write must be asked: take() does)
             pool = proxy.pools.get(node, who.database, self.pool.credentials)

@@ -65,7 +65,11 @@ class Classifier:
         self.cache = LRUCache(maxsize=10000)
 
     def load_catalog(self, database, names):
+        """The database's non-volatile functions (re)loaded: what was classified without them (a
+        function unknown then counts as a write) is classified again."""
         self.catalog[database] = frozenset(names)
+        for key in [k for k in self.cache if k[0] == database]:
+            self.cache.pop(key, None)
 
     def classify(self, sql, database, skeleton=None):
         """READ, WRITE or BEGIN_READ_ONLY; skeleton: sqlshape.skeleton(sql) when known already."""

@@ -9,7 +9,6 @@ import time
 import gevent
 
 from ..errors import ProxyError, node_unreachable
-from ..jobs import JOBS
 from ..lsn import lsn
 from .balancer import Balancer
 from ..topology.breaker import Breakers
@@ -27,6 +26,7 @@ class Router:
         self.configure(config)
         self.tracker = tracker  # which node is the primary, which are standbys (topology/tracker.py)
         self.replayed = {}      # node name -> highest replay LSN seen there
+        self.loading = set()    # databases whose function catalog is being loaded
         self.stats = {}         # node name -> {"reads": n, "writes": n}
         self.lag = None         # LagMonitor, once started (lag.py)
         self.health = None      # HealthChecker (topology/health.py), once started
@@ -114,6 +114,7 @@ class Router:
             return
         self.classifier.load_catalog(database, ())  # others meanwhile: unknown functions are writes
         conn, ok = None, False
+        self.loading.add(database)
         try:
             conn = pool.acquire()
             rows = conn.execute(CATALOG_QUERY)
@@ -123,19 +124,13 @@ class Router:
             log.info("loading the function catalog of %s failed (%s); trying again later", database, e)
             self.classifier.catalog.pop(database, None)
         finally:
+            self.loading.discard(database)
             if conn is not None:
                 pool.release(conn, reusable=ok)
 
-    def ensure_catalog_later(self, database, pool):
-        """ensure_catalog from a loop callback: the load runs in a worker greenlet; until it is
-        done, unknown functions are writes (a read may go to the primary, never a write elsewhere)."""
-        if database not in self.classifier.catalog:
-            self.classifier.load_catalog(database, ())
-            JOBS.submit(self._load_catalog, database, pool)
-
-    def _load_catalog(self, database, pool):
-        self.classifier.catalog.pop(database, None)
-        self.ensure_catalog(database, pool)
+    def catalog_loaded(self, database):
+        """Whether classifying a query of database needs nothing loaded first (the fast path asks)."""
+        return database in self.classifier.catalog and database not in self.loading
 
     # --- read-your-writes ----------------------------------------------------------------------
     def caught_up(self, node, server, wanted):

@@ -15,7 +15,6 @@ from ...protocol import codec
 from ...routing.classify import BEGIN_READ_ONLY, READ
 from ...routing.hints import INVALID_PARAMETER_VALUE, parse_hints
 from ...routing.router import PRIMARY, STANDBY, Router, lsn
-from ...sockets import in_hub
 from ..stage import Stage, StageResult
 
 SET_ROUTE = re.compile(r"^\s*set\s+(?:session\s+)?helios\.route\s*(?:=|to)\s*'?(\w+)'?\s*;?\s*$", re.I)
@@ -33,6 +32,12 @@ class Route(Stage):
     @classmethod
     def enabled(cls, config):
         return Router.active(config)
+
+    @staticmethod
+    def fast_ready(session):
+        """Whether it may run in the fast path's callback for session now: not while its database's
+        function catalog must be loaded first (the session's greenlet waits for it)."""
+        return session.proxy.router.catalog_loaded(session.identity.database)
 
     def process(self, ctx):
         session = ctx.session
@@ -69,10 +74,7 @@ class Route(Stage):
             router.count_large()
             target = (PRIMARY, None)
         else:
-            if in_hub():  # (the fast path: the catalog loads in a worker; meanwhile functions count as writes)
-                router.ensure_catalog_later(session.identity.database, session.slot.pool)
-            else:
-                router.ensure_catalog(session.identity.database, session.slot.pool)
+            router.ensure_catalog(session.identity.database, session.slot.pool)
             kind = router.classifier.classify(sql, session.identity.database, ctx.skeleton)
             target = (STANDBY if kind in (READ, BEGIN_READ_ONLY) else PRIMARY, None)
         ctx.decide().target = target
