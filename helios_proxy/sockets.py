@@ -34,13 +34,13 @@ def peek(sock):
 # served with an mmap + munmap pair per transaction (measured with strace: ~20 us of the proxy's
 # ~90 us of CPU per pgbench transaction). Sharing one buffer is safe under gevent: nothing can switch
 # greenlets between the kernel filling it and recv() copying the bytes out.
-SCRATCH = memoryview(bytearray(1 << 16))
+_SCRATCH = memoryview(bytearray(1 << 16))
 
 
 def recv(sock):
     """Up to 64 KiB from sock as bytes (b"" at EOF), waiting cooperatively like sock.recv."""
-    n = sock.recv_into(SCRATCH)
-    return SCRATCH[:n].tobytes()
+    n = sock.recv_into(_SCRATCH)
+    return _SCRATCH[:n].tobytes()
 
 
 def plain(sock):
@@ -72,10 +72,10 @@ def watcher(sock, events=READ):
 def recv_now(sock):
     """Up to 64 KiB without waiting: bytes, b"" at EOF, None when nothing has arrived."""
     try:
-        n = sock._sock.recv_into(SCRATCH)
+        n = sock._sock.recv_into(_SCRATCH)
     except (BlockingIOError, InterruptedError):
         return None
-    return SCRATCH[:n].tobytes()
+    return _SCRATCH[:n].tobytes()
 
 
 def in_hub():

@@ -25,7 +25,7 @@ from .. import pipeline
 from ..pipeline.stage import StageResult
 from ..sqlshape import DIGITS_TO_0, fast_key_sound
 from ..protocol import messages as m
-from ..sockets import READ, SCRATCH, plain, watcher
+from ..sockets import READ, plain, recv_now, watcher
 from . import decisions, plan as p, unnamed
 
 log = logging.getLogger(__name__)
@@ -53,13 +53,12 @@ def missed(reason):
 
 class FastPath:
     """One session's fast path (made by its Forwarder)."""
-    __slots__ = ("fwd", "session", "raw", "watcher", "waiter", "served", "held", "stages", "quiet", "rest",
+    __slots__ = ("fwd", "session", "watcher", "waiter", "served", "held", "stages", "quiet", "rest",
                  "ready")
 
     def __init__(self, forwarder):
         self.fwd = forwarder
         self.session = forwarder.session
-        self.raw = self.session.sock._sock
         self.watcher = None
         self.waiter = None
         self.served = 0  # requests handled in the callback since the greenlet last looked
@@ -98,14 +97,13 @@ class FastPath:
 
     def readable(self):
         try:
-            n = self.raw.recv_into(SCRATCH)
-        except (BlockingIOError, InterruptedError):
-            return
+            data = recv_now(self.session.sock)
         except OSError:
-            n = 0  # (the greenlet's own read will see why)
-        data = SCRATCH[:n].tobytes()
+            data = b""  # (a client gone: the greenlet ends the session as at EOF)
+        if data is None:
+            return
         try:
-            reason = self.query(data) if n else "the client closed"
+            reason = self.query(data) if data else "the client closed"
         except Exception:  # a bug here costs the fast path, never the session: the greenlet decides
             log.exception("%r: the fast path failed", self.session)
             reason = "internal error"

@@ -294,7 +294,7 @@ class LeaseSlot:
                 router.balancer.finished(server.node, took)
                 if lease.intent == "primary":  # may have written: later reads must see it
                     session.route.wrote(router.write_position(server))
-            lease.pool.release(server, server.tx_status == m.TX_IDLE)  # (lease.end, inline)
+            lease.end(reusable=server.tx_status == m.TX_IDLE)
         except Exception as e:  # the pool gets its slot back whatever went wrong
             log.info("%r: ending the lease of %r failed (%s); closing it", session, server, e)
             lease.end(reusable=False)

@@ -27,13 +27,13 @@ from ..errors import CONNECTION_FAILURE, DECODING_ERRORS, ProtocolViolation
 from ..jobs import JOBS
 from ..limits import release as release_limits
 from ..plugins.actions import Outcome
-from ..pool.lease import RELEASED_AT_IDLE, Lease, ends_here
+from ..pool.lease import Lease, ends_here
 from ..backend.statements import invalidate, stale_plan
 from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner
 from .plan import HIDE, PLAIN_FOR
 from ..continuity import replay
-from ..sockets import SCRATCH, call_soon, plain, recv, wake_when_readable
+from ..sockets import call_soon, plain, recv, recv_now, wake_when_readable
 
 log = logging.getLogger(__name__)
 READY, PARAMETER_STATUS, ERROR = m.READY_FOR_QUERY[0], m.PARAMETER_STATUS[0], m.ERROR_RESPONSE[0]
@@ -66,8 +66,7 @@ class ServerStream:
     def reset(self, server):
         """Serve the next lease (a session's stream is reused: one object less per transaction)."""
         self.server, self.held, self.last_tag, self.last_error = server, b"", None, None
-        scanner = self.scanner
-        if scanner.skip or scanner.head or scanner.body_type is not None:  # (not at a message boundary)
+        if not self.scanner.at_boundary():
             self.scanner = StreamScanner(WANTS)
 
     def feed(self, data):
@@ -167,23 +166,18 @@ class ServerStream:
         server = self.server
         server.tx_status = plan.status = status
         plan.entries.popleft()
-        answered = None
-        if plan.completions is None:
-            plan.outstanding = 0
-        else:  # (analytics, plugins' on_query_complete: as feed() notes them)
+        entry, answered = plan.answered(), None
+        if plan.completions is not None:  # (analytics, plugins' on_query_complete: as feed() notes them)
             answered = []
             self.last_tag = None if tag is None else data[tag + 5:data.index(0, tag + 5) + 1]
-            self.completed(plan.answered(), status, answered)
+            self.completed(entry, status, answered)
             analytics = session.proxy.analytics
             if analytics is not None and analytics.pending and (analytics.timer is None
                                                                   or len(analytics.pending) >= BATCH):
                 analytics.tend()
         if status == b"I":
             session.counters.transactions += 1
-            # (ends_here, inline: nothing is owed now, nothing streams)
-            release = RELEASED_AT_IDLE[session.identity.mode] and not session.slot.pinned and session.closing is None
-        else:
-            release = False
+        release = ends_here(session, server)
         journal = session.journal
         if journal is not None:
             journal.answered(data, release or status == b"I")
@@ -314,26 +308,20 @@ class CallbackPump:
 
     def begin(self, lease, go_on=False):
         """Serve lease; go_on: its server was replaced by a replay, the stream goes on where it was."""
-        server = self.server = lease.server
-        self.lease = lease
+        self.lease, self.server = lease, lease.server
         if go_on:
-            self.stream.server = server
+            self.stream.server = lease.server
         else:
-            self.stream.reset(server)
+            self.stream.reset(lease.server)
         self.running, self.paused = True, False
-        if server.watcher is not None:  # (ServerConnection.watch, inline: armed since its first lease)
-            server.on_readable = self.callback
-        else:
-            server.watch(self.callback)
+        lease.server.watch(self.callback)
         return self
 
     def readable(self):
         try:
-            try:
-                n = self.server.sock._sock.recv_into(SCRATCH)  # (sockets.recv_now, inline)
-            except (BlockingIOError, InterruptedError):
+            data = recv_now(self.server.sock)
+            if data is None:
                 return
-            data = SCRATCH[:n].tobytes()
             if not data:
                 raise ServerClosed("server closed the connection")
             self.take(data)
@@ -351,12 +339,7 @@ class CallbackPump:
             out, (release, answered) = data, whole
         if release:
             lease = self.lease
-            if self.paused or self.writer.on_drained is self.resumer:
-                self.stop()
-            else:  # (stop(), the usual case inline)
-                self.running = False
-                server.on_readable = None
-                self.lease = self.server = None
+            self.stop()
             session.slot.ended(lease, out, True)
         elif out:
             self.writer.write(out)

@@ -104,7 +104,7 @@ class Pool:
                 waiter.set(conn)
                 return
         self.idle.append(conn)
-        if conn.watcher is not None:  # stray bytes or EOF while idle: its server went away, or it is unclean
+        if conn.watched:  # stray bytes or EOF while idle: its server went away, or it is unclean
             conn.on_readable = conn.idle_check or self._idle_checker(conn)
         manager = self.manager
         if manager is not None and manager.limited:  # an idle connection here may make room for a sibling's waiter
@@ -130,7 +130,7 @@ class Pool:
         while self.idle:
             conn = self.idle.pop()
             now = time.monotonic()
-            if conn.watcher is not None:  # its read watcher would have reported EOF or stray bytes
+            if conn.watched:  # its read watcher would have reported EOF or stray bytes
                 conn.on_readable = None
                 clean = not conn.broken and not conn.rbuf.pending()
             else:

@@ -18,7 +18,7 @@ class FakeConnection:
         self.pid = FakeConnection.opened
         self.params, self.broken, self.generation, self.cancelling = {"server_version": "15"}, False, 0, []
         self.created = self.last_used = time.monotonic()
-        self.watcher, self.closed = None, False  # (no read watcher: the pool peeks before reuse)
+        self.watched, self.closed = False, False
 
     def connect(self):
         return self
