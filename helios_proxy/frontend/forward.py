@@ -126,8 +126,7 @@ class Forwarder:
                     with gevent.Timeout(timeout, IdleTimeout):
                         data = recv(sock)
                 except IdleTimeout:
-                    session.terminate("terminating connection due to idle-session timeout",
-                                      sqlstate=IDLE_SESSION_TIMEOUT)
+                    self.idle_timeout()
                     return
             elif session.plan.outstanding and not buf.pending():  # it waits for our answer now
                 data = recv_later(sock)
@@ -149,6 +148,9 @@ class Forwarder:
             except DECODING_ERRORS as e:  # a truncated Query, Parse, Bind...: 08P01, not a traceback
                 raise ProtocolViolation("invalid message format") from e
 
+    def idle_timeout(self):
+        self.session.terminate("terminating connection due to idle-session timeout", sqlstate=IDLE_SESSION_TIMEOUT)
+
     def parked(self, fast, timeout):
         """The client's next bytes the fast path did not take; None once the session ended for
         being idle (client_idle_timeout: requests the fast path served meanwhile are not idleness)."""
@@ -164,7 +166,7 @@ class Forwarder:
                 server = session.server
                 if served or session.plan.outstanding or server is not None and server.tx_status != m.TX_IDLE:
                     continue
-                session.terminate("terminating connection due to idle-session timeout", sqlstate=IDLE_SESSION_TIMEOUT)
+                self.idle_timeout()
                 return None
 
     def forward(self, buf):

@@ -95,7 +95,12 @@ class LeaseSlot:
             except BaseException:
                 pool.release(server, reusable=False)
                 raise
-        router = proxy.router
+        self.begin(pool, server, target, intent)
+
+    def begin(self, pool, server, target, intent):
+        """The lease on server begins: counted where it went, its pump started."""
+        session = self.session
+        router = session.proxy.router
         router.count(server.node, target)
         if router.on and session.identity.home is None:
             router.balancer.started(server.node)
@@ -136,11 +141,7 @@ class LeaseSlot:
         if route.next_tables:
             router.tables.count(route.next_tables, node.name)
         route.next_target = route.next_lag = route.next_tables = None
-        router.count(server.node, target)
-        if router.on:
-            router.balancer.started(server.node)
-        lease = self.lease = Lease(session, pool, server, target, intent)
-        lease.pump = relay.start(session, lease)
+        self.begin(pool, server, target, intent)
         return True
 
     def _acquire_routed(self):
