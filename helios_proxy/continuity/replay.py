@@ -85,13 +85,20 @@ def ask_xid(session, how):
     _send_hidden(server, XID_QUERY)  # (if the server is gone, the COMMIT never ran there)
 
 
+def wraps(session):
+    """Whether a lone write going out now on the session's server gets a transaction of its own:
+    only outside a transaction block, with nothing owed, while the journal can replay."""
+    return (not session.plan.owes() and session.server.tx_status == m.TX_IDLE
+            and session.journal.why_not() is None)
+
+
 def wrap_begin(session, forwarder, at):
     """A lone write is about to go out: if it runs outside a transaction block, it gets one of its
     own (a hidden BEGIN now; wrap_end: the xid and COMMIT after it, in the same flight), so that
     the proxy knows its xid before it commits. True if wrapped."""
-    plan, server, journal = session.plan, session.server, session.journal
-    if plan.owes() or server.tx_status != m.TX_IDLE or journal.why_not() is not None:
+    if not wraps(session):
         return False
+    plan, server, journal = session.plan, session.server, session.journal
     forwarder.cut(at, at)
     journal.wrapped, journal.xid = True, UNKNOWN
     plan.expect_hidden()

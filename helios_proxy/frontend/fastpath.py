@@ -1,19 +1,20 @@
-"""The fast path (issue 33): a pooled session's common request handled in its client socket's read
-callback, on gevent's loop, without waking the session's greenlet.
+"""The fast path (issue 33): a session's common request handled in its client socket's read callback,
+on gevent's loop, without waking the session's greenlet.
 
 While the forwarder has nothing in hand (no partial message, no large message streaming), its
 greenlet parks here instead of reading the socket; the socket's reads are the loop's. When the
-client's bytes are one simple Query between transactions, the callback runs the same code the
+client's bytes are one simple Query with nothing owed, the callback runs the same code the
 greenlet would (decisions.decide: the stages, their decisions applied to the session's parts),
-takes an idle server connection that needs nothing done to it (LeaseSlot.take_now), sends the
-bytes as they came and counts what the server owes (the plan); the answer comes back through the
-relay's callback pump, which ends the lease at its ReadyForQuery, as always. Anything else (other
-messages, a transaction in progress, a decision only the greenlet can carry out, no idle server
-connection...) is handed to the greenlet with the bytes, and the stages' result when they ran:
+uses the lease the session holds (inside a transaction, a pinned client, session pooling: when
+the relay's callback pump serves it) or takes an idle server connection that needs nothing done
+to it (LeaseSlot.take_now, between transactions), sends the bytes as they came and counts what
+the server owes (the plan); the answer comes back through the callback pump, which ends the lease
+at its ReadyForQuery where the pool mode says, as always. Anything else (other messages, a
+decision only the greenlet can carry out, no idle server connection...) is handed to the greenlet with the bytes, and the stages' result when they ran:
 it goes on exactly as if it had read them itself.
 
 It is on while every stage built is `callback_safe` (its process never waits), the query cache is
-off, the client's socket is plain (not TLS) and the session is pooled; `[server] fast_path`.
+off and the client's socket is plain (not TLS); `[server] fast_path`.
 Hits and misses by reason: /stats (total_fast_path_*), GET /fast_path, Prometheus.
 """
 import logging
@@ -26,6 +27,7 @@ from ..pipeline.stage import StageResult
 from ..sqlshape import DIGITS_TO_0, fast_key_sound
 from ..protocol import messages as m
 from ..sockets import READ, plain, recv_now, watcher
+from ..continuity import replay
 from . import decisions, plan as p, unnamed
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ def enabled(session):
     """Whether session's requests may take the fast path (asked when its forwarder starts, and
     again at each park: a reload may change the stages)."""
     proxy = session.proxy
-    return (proxy.config.server.fast_path and session.identity.pooled and proxy.cache is None
+    return (proxy.config.server.fast_path and proxy.cache is None
             and session.writer.raw is not None and plain(session.sock) and proxy.stages_in_callback)
 
 
@@ -130,15 +132,23 @@ class FastPath:
         if data[0] != Q or n > LARGEST or n < 6 or int.from_bytes(data[1:5], "big") != n - 1 or data[-1] != 0:
             return "not one Query"
         slot = session.slot
-        if slot.lease is not None or not slot.idle.is_set():
-            return "a transaction in progress"
+        if not slot.idle.is_set():
+            return "a lease ending"
+        lease, pinned = slot.lease, slot.pinned
+        if lease is not None:  # (held: a transaction in progress, a pinned client, session pooling)
+            pump = slot.pump
+            if pump is None or pump.lease is not lease or not pump.running or pump.paused or lease.server.broken:
+                return "a lease its greenlet serves"
+        elif not session.identity.pooled or pinned:
+            return "no lease (session pooling)"
         proxy = session.proxy
-        if slot.pinned or session.closing is not None or proxy.paused or proxy.suspended is not None:
-            return "pinned, paused or ending"
+        if session.closing is not None or proxy.paused or proxy.suspended is not None:
+            return "paused or ending"
         journal, plan = session.journal, session.plan
         if (plan.outstanding or plan.in_extended or plan.entries or fwd.skip_to_sync or fwd.wrapping or session.statements.discard_pending
                 or session.writer.pending or not session.settings.checked
-                or journal is not None and journal.pending_error is not None):
+                or journal is not None and (journal.pending_error is not None
+                                            or journal.needs_snapshot and not session.identity.pooled)):
             return "state the greenlet must see"
         if n > fwd.max_query or data.find(0, 5, n - 1) >= 0:
             return "not one Query"
@@ -160,8 +170,11 @@ class FastPath:
                 ctx = pipeline.QueryContext(session, sql, "simple", "", n - 6,
                                             n - 6 > proxy.config.pipeline.max_parse_bytes)
                 result = decisions.decide(fwd, ctx, "", self.rest if known else None)
+                if fwd.commit == "write" and lease is not None and not replay.wraps(session):
+                    fwd.commit = None  # (a write inside a transaction block goes as it is: on_query's rule)
                 if (result is not CONTINUE or ctx.sql is not sql or fwd.commit is not None
-                        or fwd.sql_prepare is not None or fwd.sql_needs or fwd.batch_steps.next or slot.pinned):
+                        or fwd.sql_prepare is not None or fwd.sql_needs or fwd.batch_steps.next
+                        or slot.pinned is not pinned):
                     fwd.premade = (ctx, result, sql)
                     return "a stage's decision"
                 if not known and ctx.decided is None and fast_key_sound(key[5:]):  # (every stage let it through)
@@ -170,11 +183,13 @@ class FastPath:
                     self.quiet.add(key)
             else:
                 stages = None  # (let through by every stage: nothing to hand over if no connection fits)
-        if not slot.take_now():
-            if stages:
-                fwd.premade = (ctx, result, sql)
-            return "no idle server connection that fits"
-        server = slot.lease.server
+        if lease is None:
+            if not slot.take_now():
+                if stages:
+                    fwd.premade = (ctx, result, sql)
+                return "no idle server connection that fits"
+            lease = slot.lease
+        server = lease.server
         server.unnamed_owner = None
         if journal is not None:
             journal.record(data)
