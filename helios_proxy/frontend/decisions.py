@@ -16,13 +16,13 @@ def run(fwd, mtype, data, begin, end):
     """Run the stages on the Query or Parse in data[begin:end]: (True, None) forward as is,
     (True, message) forward a rewritten message, (False, payload) the proxy answers it. The
     text is decoded straight from the buffer: a large query is copied once, not four times.
-    A Query the fast path decided on already (fastpath.py) is not decided again."""
+    A Query or Parse the fast path decided on already (fastpath.py) is not decided again."""
     session = fwd.session
     premade = fwd.premade
     if premade is not None:
         fwd.premade = None
-        ctx, result, sql = premade  # (a simple Query: no name, nothing after its text)
-        return outcome(mtype, ctx, result, sql, "", b"")
+        ctx, result, sql, name, rest = premade
+        return outcome(mtype, ctx, result, sql, name, rest)
     idle = session.slot.idle
     if not idle.is_set():  # stages see the state the ending lease leaves behind
         idle.wait()        # (settings, read-your-writes position)

@@ -23,7 +23,9 @@ import gevent
 from gevent.hub import Waiter
 
 from .. import pipeline
+from ..errors import DECODING_ERRORS, ProtocolViolation
 from ..pipeline.stage import StageResult
+from ..protocol.framing import MessageBuffer
 from ..sqlshape import DIGITS_TO_0, fast_key_sound
 from ..protocol import messages as m
 from ..sockets import READ, plain, recv_now, watcher
@@ -37,6 +39,8 @@ CONTINUE = StageResult.CONTINUE
 LARGEST = 8192  # a Query larger than this takes the usual way (and the kernel takes it in one send)
 QUIET_TEXTS = 512  # texts (fast keys) a session remembers the stages let through
 QUERY_ENTRY = p.PLAIN_FOR[Q]
+BATCHES = frozenset((b"PBDES", b"PBES"))  # the unnamed extended batches taken (Describe: of the portal or statement)
+DESCRIBED = frozenset(b"PS")
 
 MISSES = {}  # reason -> how many requests the fast path handed to their greenlet (this process)
 
@@ -105,7 +109,7 @@ class FastPath:
         if data is None:
             return
         try:
-            reason = self.query(data) if data else "the client closed"
+            reason = (self.query(data) if data[0] == Q else self.batch(data)) if data else "the client closed"
         except Exception:  # a bug here costs the fast path, never the session: the greenlet decides
             log.exception("%r: the fast path failed", self.session)
             reason = "internal error"
@@ -125,44 +129,72 @@ class FastPath:
         else:
             self.held = data
 
-    def query(self, data):
-        """Handle data if it is one simple Query the fast path can take: None, else why not."""
+    def blocked(self):
+        """Why the session's state keeps a request arriving now from the fast path, or None: the
+        lease it holds must be its callback pump's (else it may take one between transactions)."""
         session, fwd = self.session, self.fwd
-        n = len(data)
-        if data[0] != Q or n > LARGEST or n < 6 or int.from_bytes(data[1:5], "big") != n - 1 or data[-1] != 0:
-            return "not one Query"
         slot = session.slot
         if not slot.idle.is_set():
             return "a lease ending"
-        lease, pinned = slot.lease, slot.pinned
+        lease = slot.lease
         if lease is not None:  # (held: a transaction in progress, a pinned client, session pooling)
             pump = slot.pump
             if pump is None or pump.lease is not lease or not pump.running or pump.paused or lease.server.broken:
                 return "a lease its greenlet serves"
-        elif not session.identity.pooled or pinned:
+        elif not session.identity.pooled or slot.pinned:
             return "no lease (session pooling)"
         proxy = session.proxy
         if session.closing is not None or proxy.paused or proxy.suspended is not None:
             return "paused or ending"
         journal, plan = session.journal, session.plan
-        if (plan.outstanding or plan.in_extended or plan.entries or fwd.skip_to_sync or fwd.wrapping or session.statements.discard_pending
-                or session.writer.pending or not session.settings.checked
+        if (plan.outstanding or plan.in_extended or plan.entries or fwd.skip_to_sync or fwd.wrapping
+                or session.statements.discard_pending or session.writer.pending or not session.settings.checked
                 or journal is not None and (journal.pending_error is not None
                                             or journal.needs_snapshot and not session.identity.pooled)):
             return "state the greenlet must see"
+        return None
+
+    def let_through(self, ctx, result, sql, lease, pinned):
+        """Whether the stages' result lets the request go on as it came, with nothing the greenlet
+        must do first (a COMMIT's xid, a lone write's own transaction, PREPARE, a batch, a pin)."""
+        fwd = self.fwd
+        if fwd.commit == "write" and lease is not None and not replay.wraps(self.session):
+            fwd.commit = None  # (a write inside a transaction block goes as it is: on_query's rule)
+        return not (result is not CONTINUE or ctx.sql is not sql or fwd.commit is not None
+                    or fwd.sql_prepare is not None or fwd.sql_needs or fwd.batch_steps.next
+                    or self.session.slot.pinned is not pinned)
+
+    def stages_ready(self, stages):
+        """Whether every stage can decide now (renewing what the fast path keeps of them after a reload)."""
+        if stages is not self.stages:  # (a reload rebuilt them)
+            self.stages, self.quiet = stages, set()
+            self.rest = tuple(stage for stage in stages if not stage.text_only)
+            self.ready = tuple(stage.fast_ready for stage in stages if stage.fast_ready is not None)
+        session = self.session
+        for ready in self.ready:
+            if not ready(session):
+                return False
+        return True
+
+    def query(self, data):
+        """Handle data if it is one simple Query the fast path can take: None, else why not."""
+        session, fwd = self.session, self.fwd
+        n = len(data)
+        if n > LARGEST or n < 6 or int.from_bytes(data[1:5], "big") != n - 1 or data[-1] != 0:
+            return "not one Query"
+        reason = self.blocked()
+        if reason is not None:
+            return reason
+        slot, proxy, journal, plan = session.slot, session.proxy, session.journal, session.plan
+        lease, pinned = slot.lease, slot.pinned
         if n > fwd.max_query or data.find(0, 5, n - 1) >= 0:
             return "not one Query"
         if session.statements.unnamed is not None:
             unnamed.destroyed(session)  # (a simple Query drops the unnamed statement, as in PostgreSQL)
         stages = proxy.stages
         if stages:
-            if stages is not self.stages:  # (a reload rebuilt them)
-                self.stages, self.quiet = stages, set()
-                self.rest = tuple(stage for stage in stages if not stage.text_only)
-                self.ready = tuple(stage.fast_ready for stage in stages if stage.fast_ready is not None)
-            for ready in self.ready:
-                if not ready(session):
-                    return "a stage is not ready (a function catalog loading)"
+            if not self.stages_ready(stages):
+                return "a stage is not ready (a function catalog loading)"
             key = data.translate(DIGITS_TO_0)
             known = key in self.quiet
             if not known or self.rest or plan.completions is not None:
@@ -170,12 +202,8 @@ class FastPath:
                 ctx = pipeline.QueryContext(session, sql, "simple", "", n - 6,
                                             n - 6 > proxy.config.pipeline.max_parse_bytes)
                 result = decisions.decide(fwd, ctx, "", self.rest if known else None)
-                if fwd.commit == "write" and lease is not None and not replay.wraps(session):
-                    fwd.commit = None  # (a write inside a transaction block goes as it is: on_query's rule)
-                if (result is not CONTINUE or ctx.sql is not sql or fwd.commit is not None
-                        or fwd.sql_prepare is not None or fwd.sql_needs or fwd.batch_steps.next
-                        or slot.pinned is not pinned):
-                    fwd.premade = (ctx, result, sql)
+                if not self.let_through(ctx, result, sql, lease, pinned):
+                    fwd.premade = (ctx, result, sql, "", b"")
                     return "a stage's decision"
                 if not known and ctx.decided is None and fast_key_sound(key[5:]):  # (every stage let it through)
                     if len(self.quiet) >= QUIET_TEXTS:
@@ -186,7 +214,7 @@ class FastPath:
         if lease is None:
             if not slot.take_now():
                 if stages:
-                    fwd.premade = (ctx, result, sql)
+                    fwd.premade = (ctx, result, sql, "", b"")
                 return "no idle server connection that fits"
             lease = slot.lease
         server = lease.server
@@ -207,6 +235,68 @@ class FastPath:
         counters.bytes_in += n
         counters.queries += 1
         counters.fast_hits += 1
+        self.served += 1
+        return None
+
+    def batch(self, data):
+        """Handle data if it is one unnamed extended batch in one read (Parse, Bind, [Describe,]
+        Execute, Sync: the unnamed statement and portal), as most drivers send a query with
+        parameters: the stages decide on its Parse here, a lease is found as for a Query, then the
+        forwarder's own handlers take the batch as the greenlet would (once the lease is there,
+        nothing they do waits). None, or why not."""
+        session, fwd = self.session, self.fwd
+        n = len(data)
+        if n > LARGEST or self.waiter is None:
+            return "not one unnamed batch"
+        starts, pos = [], 0
+        while pos < n:
+            end = pos + 1 + int.from_bytes(data[pos + 1:pos + 5], "big")
+            if n - pos < 5 or end - pos < 5 or end > n:
+                return "not one unnamed batch"
+            starts.append(pos)
+            pos = end
+        shape = bytes(data[i] for i in starts)
+        if shape not in BATCHES:
+            return "not one unnamed batch"
+        parse_end, bind, execute = starts[1], starts[1], starts[-2]
+        nul = data.find(0, 6, parse_end)
+        if (data[5] != 0 or data[bind + 5] != 0 or data[bind + 6] != 0 or data[execute + 5] != 0 or nul < 0
+                or len(starts) == 5 and (data[starts[2] + 5] not in DESCRIBED or data[starts[2] + 6] != 0)):
+            return "not one unnamed batch"  # (a named statement or portal: translated by the greenlet)
+        if parse_end > fwd.max_query:
+            return "not one unnamed batch"
+        reason = self.blocked()
+        if reason is not None:
+            return reason
+        proxy, slot = session.proxy, session.slot
+        if proxy.admission.on:
+            return "executions counted (limits)"
+        lease, pinned, stages = slot.lease, slot.pinned, proxy.stages
+        if stages:
+            if not self.stages_ready(stages):
+                return "a stage is not ready (a function catalog loading)"
+            sql = data[6:nul].decode("utf-8", "replace")
+            ctx = pipeline.QueryContext(session, sql, "extended", "", nul - 6,
+                                        nul - 6 > proxy.config.pipeline.max_parse_bytes)
+            result = decisions.decide(fwd, ctx, "")
+            fwd.premade = (ctx, result, sql, "", bytes(data[nul + 1:parse_end]))  # (the greenlet's, or the handlers')
+            if not self.let_through(ctx, result, sql, lease, pinned):
+                return "a stage's decision"
+        if lease is None and not slot.take_now():
+            return "no idle server connection that fits"
+        buf = MessageBuffer(n + 1)
+        buf.feed(data)
+        session.counters.bytes_in += n
+        try:
+            fwd.forward(buf)  # (the stages' result waits in fwd.premade: its Parse is not decided again)
+        except BaseException as e:  # the greenlet's way too: it ends the session with it
+            if isinstance(e, DECODING_ERRORS):
+                e = ProtocolViolation("invalid message format")
+            self.watcher.stop()
+            waiter, self.waiter = self.waiter, None
+            waiter.throw(e)
+            return None
+        session.counters.fast_hits += 1
         self.served += 1
         return None
 

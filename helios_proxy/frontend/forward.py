@@ -94,7 +94,7 @@ class Forwarder:
         self.wrapping = False      # replay: an extended batch wrapped in a transaction of its own, until its Sync
         self.buf = None            # forward(): the MessageBuffer (a cache hit consumes a whole batch)
         self.precounted = False    # the next Execute was counted already (a batch that fell back)
-        self.premade = None        # (ctx, result, sql) of a Query the fast path ran the stages on already
+        self.premade = None        # (ctx, result, sql, name, rest) of a Query/Parse the fast path decided on
         self.fast = FastPath(self) if fastpath.enabled(session) else None  # (frontend/fastpath.py)
         limit = session.proxy.config.pipeline.max_query_bytes
         self.max_query = limit + 6 if limit else 1 << 31  # message length with type, length word, NUL
