@@ -31,7 +31,7 @@ from ..pool.lease import Lease, ends_here
 from ..backend.statements import invalidate, stale_plan
 from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner
-from .plan import HIDE, PLAIN_FOR
+from .plan import ENDS, HIDE, PLAIN
 from ..continuity import replay
 from ..sockets import call_soon, plain, recv, recv_now, wake_when_readable
 
@@ -45,8 +45,7 @@ WANTS = frozenset(range(256)) - {m.DATA_ROW[0], m.COPY_DATA[0]}
 EVERYTHING = frozenset(range(256))  # while the proxy's own Query is answered
 # What the answer to a plain Query may hold for whole() to take it at once (any other message,
 # an ErrorResponse, a notice, a ParameterStatus, COPY..., is feed()'s).
-PLAIN_ANSWER = frozenset(b"TDCIZ")
-QUERY_ENTRY = PLAIN_FOR[m.QUERY[0]]
+PLAIN_ANSWER = frozenset(b"TDCIZ123nst")  # whole(): the usual answers (no error, notice, copy...)
 
 
 class ServerClosed(ConnectionResetError):
@@ -133,30 +132,39 @@ class ServerStream:
         return release
 
     def whole(self, data):
-        """The common case at once: data is the whole answer to the one plain Query owed (only
-        RowDescription, DataRow, CommandComplete, EmptyQueryResponse, then its ReadyForQuery), with
-        nothing else watching; it goes to the client as it came. (Does the lease end here?, answers
-        complete), as feed() tells them, or None when feed() must walk it (anything else)."""
+        """The common case at once: data is the whole answer to what the plan holds, every entry
+        plain (a Query, or an extended batch up to its Sync: no message of the proxy's own, nothing
+        cut), only the usual messages in it (ParseComplete, BindComplete, RowDescription, NoData,
+        DataRow, CommandComplete...: no error, notice or ParameterStatus) and one ReadyForQuery at
+        its end, with nothing else watching; it goes to the client as it came. (Does the lease end
+        here?, answers complete), as feed() tells them, or None when feed() must walk it."""
         session = self.session
         plan = session.plan
-        if (plan.outstanding != 1 or plan.hidden or plan.skipping or self.held
-                or plan.in_extended or plan.streaming
-                or len(plan.entries) != 1 or plan.entries[0] is not QUERY_ENTRY or session.proxy.at_ready
+        entries = plan.entries
+        if (plan.outstanding != 1 or plan.hidden or plan.skipping or self.held or plan.in_extended
+                or plan.streaming or not entries or session.proxy.at_ready
                 or self.scanner.skip):  # (skip: the chunk begins inside a DataRow; a partial header is held)
             return None
+        for entry in entries:
+            if PLAIN.get(entry.kind) is not entry:
+                return None
         cache_state = session.cache_state
         if cache_state is not None and cache_state.fill is not None:
             return None
-        n, pos, tag = len(data), 0, None
+        n, pos, tag, k, last = len(data), 0, None, 0, len(entries) - 1
         while True:
             mtype = data[pos]
-            if mtype not in PLAIN_ANSWER or n - pos < 6:
+            if mtype not in PLAIN_ANSWER or n - pos < 5:
                 return None
             end = pos + 1 + int.from_bytes(data[pos + 1:pos + 5], "big")
-            if mtype == READY:
-                if end != n or end - pos != 6:
+            if mtype in ENDS[entries[k].kind]:  # (the message that ends the entry's answer)
+                if mtype == READY:
+                    if end != n or end - pos != 6 or k != last:
+                        return None
+                    break
+                k += 1
+                if k > last:
                     return None
-                break
             if mtype == COMPLETE:
                 tag = pos
             pos = end
@@ -165,7 +173,7 @@ class ServerStream:
         status = data[pos + 5:n]
         server = self.server
         server.tx_status = plan.status = status
-        plan.entries.popleft()
+        entries.clear()
         entry, answered = plan.answered(), None
         if plan.completions is not None:  # (analytics, plugins' on_query_complete: as feed() notes them)
             answered = []

@@ -35,6 +35,7 @@ def forwarder(**pipeline):
     session = SimpleNamespace(proxy=proxy, identity=Identity(1, ("127.0.0.1", 1)), plan=ResponsePlan(),
                               statements=StatementBook(), route=RouteState(), settings=SessionSettings(),
                               counters=Counters(), journal=None, cache_state=None, limits_held=[], server=server,
+                              writer=SimpleNamespace(raw=None),  # (no plain socket: no fast path)
                               send=to_client.append)
     session.slot = LeaseSlot(session)
     session.slot.lease = Lease(session, None, server)  # (session pooling: the login's lease goes on)
