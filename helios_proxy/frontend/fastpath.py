@@ -164,17 +164,11 @@ class FastPath:
                     or fwd.sql_prepare is not None or fwd.sql_needs or fwd.batch_steps.next
                     or self.session.slot.pinned is not pinned)
 
-    def stages_ready(self, stages):
-        """Whether every stage can decide now (renewing what the fast path keeps of them after a reload)."""
-        if stages is not self.stages:  # (a reload rebuilt them)
-            self.stages, self.quiet = stages, set()
-            self.rest = tuple(stage for stage in stages if not stage.text_only)
-            self.ready = tuple(stage.fast_ready for stage in stages if stage.fast_ready is not None)
-        session = self.session
-        for ready in self.ready:
-            if not ready(session):
-                return False
-        return True
+    def renew(self, stages):
+        """A reload rebuilt the stages: what the fast path keeps of them, renewed."""
+        self.stages, self.quiet = stages, set()
+        self.rest = tuple(stage for stage in stages if not stage.text_only)
+        self.ready = tuple(stage.fast_ready for stage in stages if stage.fast_ready is not None)
 
     def query(self, data):
         """Handle data if it is one simple Query the fast path can take: None, else why not."""
@@ -193,8 +187,11 @@ class FastPath:
             unnamed.destroyed(session)  # (a simple Query drops the unnamed statement, as in PostgreSQL)
         stages = proxy.stages
         if stages:
-            if not self.stages_ready(stages):
-                return "a stage is not ready (a function catalog loading)"
+            if stages is not self.stages:
+                self.renew(stages)
+            for ready in self.ready:
+                if not ready(session):
+                    return "a stage is not ready (a function catalog loading)"
             key = data.translate(DIGITS_TO_0)
             known = key in self.quiet
             if not known or self.rest or plan.completions is not None:
@@ -248,15 +245,15 @@ class FastPath:
         n = len(data)
         if n > LARGEST or self.waiter is None:
             return "not one unnamed batch"
-        starts, pos = [], 0
+        starts, shape, pos = [], bytearray(), 0
         while pos < n:
             end = pos + 1 + int.from_bytes(data[pos + 1:pos + 5], "big")
             if n - pos < 5 or end - pos < 5 or end > n:
                 return "not one unnamed batch"
             starts.append(pos)
+            shape.append(data[pos])
             pos = end
-        shape = bytes(data[i] for i in starts)
-        if shape not in BATCHES:
+        if bytes(shape) not in BATCHES:
             return "not one unnamed batch"
         parse_end, bind, execute = starts[1], starts[1], starts[-2]
         nul = data.find(0, 6, parse_end)
@@ -273,15 +270,27 @@ class FastPath:
             return "executions counted (limits)"
         lease, pinned, stages = slot.lease, slot.pinned, proxy.stages
         if stages:
-            if not self.stages_ready(stages):
-                return "a stage is not ready (a function catalog loading)"
-            sql = data[6:nul].decode("utf-8", "replace")
-            ctx = pipeline.QueryContext(session, sql, "extended", "", nul - 6,
-                                        nul - 6 > proxy.config.pipeline.max_parse_bytes)
-            result = decisions.decide(fwd, ctx, "")
-            fwd.premade = (ctx, result, sql, "", bytes(data[nul + 1:parse_end]))  # (the greenlet's, or the handlers')
-            if not self.let_through(ctx, result, sql, lease, pinned):
-                return "a stage's decision"
+            if stages is not self.stages:
+                self.renew(stages)
+            for ready in self.ready:
+                if not ready(session):
+                    return "a stage is not ready (a function catalog loading)"
+            key = data[5:nul]  # (the text as it is: a batch's values are in its Bind; NUL first, unlike a Query's)
+            known = key in self.quiet
+            if not known or self.rest or session.plan.completions is not None:
+                sql = data[6:nul].decode("utf-8", "replace")
+                ctx = pipeline.QueryContext(session, sql, "extended", "", nul - 6,
+                                            nul - 6 > proxy.config.pipeline.max_parse_bytes)
+                result = decisions.decide(fwd, ctx, "", self.rest if known else None)
+                fwd.premade = (ctx, result, sql, "", bytes(data[nul + 1:parse_end]))  # (the greenlet's, or the handlers')
+                if not self.let_through(ctx, result, sql, lease, pinned):
+                    return "a stage's decision"
+                if not known and ctx.decided is None:
+                    if len(self.quiet) >= QUIET_TEXTS:
+                        self.quiet.clear()
+                    self.quiet.add(key)
+            else:
+                fwd.premade = decisions.LET_THROUGH
         if lease is None and not slot.take_now():
             return "no idle server connection that fits"
         buf = MessageBuffer(n + 1)

@@ -152,19 +152,21 @@ class ServerStream:
         if cache_state is not None and cache_state.fill is not None:
             return None
         n, pos, tag, k, last = len(data), 0, None, 0, len(entries) - 1
+        ends = ENDS[entries[0].kind]
         while True:
             mtype = data[pos]
             if mtype not in PLAIN_ANSWER or n - pos < 5:
                 return None
             end = pos + 1 + int.from_bytes(data[pos + 1:pos + 5], "big")
-            if mtype in ENDS[entries[k].kind]:  # (the message that ends the entry's answer)
+            if mtype in ends:  # (the message that ends the entry's answer)
                 if mtype == READY:
                     if end != n or end - pos != 6 or k != last:
                         return None
                     break
-                k += 1
-                if k > last:
+                if k == last:
                     return None
+                k += 1
+                ends = ENDS[entries[k].kind]
             if mtype == COMPLETE:
                 tag = pos
             pos = end
