@@ -23,9 +23,7 @@ import gevent
 from gevent.hub import Waiter
 
 from .. import pipeline
-from ..errors import DECODING_ERRORS, ProtocolViolation
 from ..pipeline.stage import StageResult
-from ..protocol.framing import MessageBuffer
 from ..sqlshape import DIGITS_TO_0, fast_key_sound
 from ..protocol import messages as m
 from ..sockets import READ, plain, recv_now, watcher
@@ -179,7 +177,7 @@ class FastPath:
         reason = self.blocked()
         if reason is not None:
             return reason
-        slot, proxy, journal, plan = session.slot, session.proxy, session.journal, session.plan
+        slot, proxy, plan = session.slot, session.proxy, session.plan
         lease, pinned = slot.lease, slot.pinned
         if n > fwd.max_query or data.find(0, 5, n - 1) >= 0:
             return "not one Query"
@@ -216,16 +214,7 @@ class FastPath:
             lease = slot.lease
         server = lease.server
         server.unnamed_owner = None
-        if journal is not None:
-            journal.record(data)
-        try:
-            sent = server.sock._sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            sent = -1
-        if sent != n:  # (an idle connection's send buffer takes a small Query whole: rare)
-            gevent.spawn(send_rest, server, data, max(sent, 0))
+        send(session, server, data)
         plan.entries.append(QUERY_ENTRY)
         plan.sent(Q)
         counters = session.counters
@@ -238,12 +227,11 @@ class FastPath:
     def batch(self, data):
         """Handle data if it is one unnamed extended batch in one read (Parse, Bind, [Describe,]
         Execute, Sync: the unnamed statement and portal), as most drivers send a query with
-        parameters: the stages decide on its Parse here, a lease is found as for a Query, then the
-        forwarder's own handlers take the batch as the greenlet would (once the lease is there,
-        nothing they do waits). None, or why not."""
+        parameters: the stages decide on its Parse here, a lease is found as for a Query, the batch
+        goes as it came. None, or why not."""
         session, fwd = self.session, self.fwd
         n = len(data)
-        if n > LARGEST or self.waiter is None:
+        if n > LARGEST:
             return "not one unnamed batch"
         starts, shape, pos = [], bytearray(), 0
         while pos < n:
@@ -265,9 +253,11 @@ class FastPath:
         reason = self.blocked()
         if reason is not None:
             return reason
-        proxy, slot = session.proxy, session.slot
+        proxy, slot, book, journal = session.proxy, session.slot, session.statements, session.journal
         if proxy.admission.on:
             return "executions counted (limits)"
+        if book.queries or book.texts is not None or journal is not None and journal.named:
+            return "statements followed by name (limits, completions, replay)"
         lease, pinned, stages = slot.lease, slot.pinned, proxy.stages
         if stages:
             if stages is not self.stages:
@@ -291,23 +281,42 @@ class FastPath:
                     self.quiet.add(key)
             else:
                 fwd.premade = decisions.LET_THROUGH
-        if lease is None and not slot.take_now():
-            return "no idle server connection that fits"
-        buf = MessageBuffer(n + 1)
-        buf.feed(data)
-        session.counters.bytes_in += n
-        try:
-            fwd.forward(buf)  # (the stages' result waits in fwd.premade: its Parse is not decided again)
-        except BaseException as e:  # the greenlet's way too: it ends the session with it
-            if isinstance(e, DECODING_ERRORS):
-                e = ProtocolViolation("invalid message format")
-            self.watcher.stop()
-            waiter, self.waiter = self.waiter, None
-            waiter.throw(e)
-            return None
-        session.counters.fast_hits += 1
+        if lease is None:
+            if not slot.take_now():
+                return "no idle server connection that fits"
+            lease = slot.lease
+        fwd.premade = None
+        # What the forwarder's handlers do with these messages once leased (on_parse, on_bind_or_describe,
+        # on_execute, on_sync with no feature of theirs at work): the unnamed statement is the client's,
+        # here; the batch goes as it came; the plan expects each message's usual answer.
+        unnamed.parsed(session, data[:parse_end])
+        server = lease.server
+        unnamed.sent(session)
+        send(session, server, data)
+        entries, count = session.plan.entries, fwd.count
+        for start in starts:
+            mtype = data[start]
+            entries.append(p.entry_for(mtype, data, start))
+            count(mtype)
+        counters = session.counters
+        counters.bytes_in += n
+        counters.fast_hits += 1
         self.served += 1
         return None
+
+def send(session, server, data):
+    """The client's bytes to the server as they came (into the journal first, replay on)."""
+    journal = session.journal
+    if journal is not None:
+        journal.record(data)
+    try:
+        sent = server.sock._sock.send(data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:
+        sent = -1
+    if sent != len(data):  # (a server connection with nothing owed takes a small request whole: rare)
+        gevent.spawn(send_rest, server, data, max(sent, 0))
 
 
 def send_rest(server, data, sent):

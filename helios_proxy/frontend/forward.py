@@ -485,12 +485,9 @@ class Forwarder:
         if replacement is not None:
             self.cut(begin, end)
             self.send(replacement)
-        plan = self.session.plan
-        entry = p.PLAIN_FOR.get(mtype)
+        entry = p.entry_for(mtype, self.data, begin)
         if entry is not None:
-            plan.entries.append(entry)
-        elif mtype == D:
-            plan.expect(p.DESCRIBE_STATEMENT if self.data[begin + 5] == STATEMENT else p.DESCRIBE_PORTAL)
+            self.session.plan.entries.append(entry)
         self.count(mtype)
         return None
 

@@ -19,6 +19,7 @@ ENDS = {ONE: frozenset(b"123"), DESCRIBE_STATEMENT: frozenset(b"Tn"), DESCRIBE_P
         EXECUTE: frozenset(b"CIs"), SYNC: frozenset(b"Z"), QUERY: frozenset(b"Z")}
 ASYNC = frozenset(b"NAS")  # NoticeResponse, NotificationResponse, ParameterStatus: anywhere
 ERROR, READY, DATA_ROW = ord("E"), ord("Z"), ord("D")
+DESCRIBE, STATEMENT = ord("D"), ord("S")
 HIDE = 2  # on_message's drop for the answer to the proxy's own Query (truthy; told from other drops)
 READY_NOW = object()  # in a FAKE payload list: a ReadyForQuery with the status of that moment
 AS_IS = (False, b"")  # on_message's usual answer: forward the message, add nothing
@@ -35,6 +36,15 @@ class Entry:
 # shared by every plan, saving an object per request message.
 PLAIN = {kind: Entry(kind) for kind in (QUERY, SYNC, ONE, DESCRIBE_STATEMENT, DESCRIBE_PORTAL, EXECUTE)}
 PLAIN_FOR = {mtype: PLAIN[kind] for mtype, kind in KIND.items()}  # request message type -> its entry
+
+
+def entry_for(mtype, data, begin):
+    """The entry of a request message in data[begin:] the server answers as usual (None: it answers
+    nothing, e.g. Flush); a Describe's kind is told by its first byte."""
+    entry = PLAIN_FOR.get(mtype)
+    if entry is None and mtype == DESCRIBE:
+        entry = PLAIN[DESCRIBE_STATEMENT if data[begin + 5] == STATEMENT else DESCRIBE_PORTAL]
+    return entry
 
 
 SENDS_READY = frozenset(b"QSF")  # Query, Sync, FunctionCall: each gets one ReadyForQuery
