@@ -7,7 +7,8 @@ from collections import deque
 
 from .periodic import Periodic
 
-COUNTERS = ("queries", "transactions", "bytes_in", "bytes_out", "wait_seconds", "fast_hits", "fast_misses")
+COUNTERS = ("queries", "transactions", "bytes_in", "bytes_out", "wait_seconds", "fast_hits", "fast_misses",
+            "fast_queued")
 
 
 class Counters:
@@ -18,6 +19,7 @@ class Counters:
     def __init__(self):
         self.queries = self.transactions = self.bytes_in = self.bytes_out = 0
         self.fast_hits = self.fast_misses = 0  # requests the fast path took, and handed on (frontend/fastpath.py)
+        self.fast_queued = 0  # those it had wait in their pool's line
         self.wait_seconds = 0.0
         self.wait_started = None  # when the current wait for a server began, while waiting
 

@@ -322,3 +322,91 @@ def test_extended_batches_with_errors_and_parameters_answer_as_postgresql_does(f
             conn.execute("insert into fast_ext values (%s), (%s)", (1, 2))
             assert conn.execute("select sum(a) from fast_ext where a > %s", (0,)).fetchone() == (3,)
         assert conn.execute("select %s::text", ("after",)).fetchone() == ("after",)
+
+
+def test_more_clients_than_connections_wait_in_line_without_their_greenlets(fast):
+    """12 clients on a pool of 4: a query that finds no idle connection waits in the pool's line
+    from the callback and goes on when one is given back; every answer is each client's own."""
+    queued = counts(fast)["queued"]
+    out = subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", str(fast.port), "-U", "postgres", "-n", "-S",
+                          "-c", "12", "-j", "2", "-t", "150", "postgres"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "number of transactions actually processed: 1800/1800" in out.stdout
+    assert counts(fast)["queued"] > queued
+    errors = []
+
+    def client(k):
+        try:
+            conn, cur = fast.autocommit()
+            for i in range(40):
+                cur.execute(f"select {k} * 1000 + {i}, pg_backend_pid()")
+                if cur.fetchone()[0] != k * 1000 + i:
+                    errors.append((k, i))
+            conn.close()
+        except Exception as e:  # pragma: no cover (reported below)
+            errors.append(e)
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+
+
+def hold_every_connection(proxy, n, seconds):
+    """n clients each holding a server connection in a transaction for about `seconds`."""
+    holders = []
+    for _ in range(n):
+        conn, cur = proxy.autocommit()
+        cur.execute("begin")
+        cur.execute("select 1")
+        holders.append(conn)
+
+    def end():
+        time.sleep(seconds)
+        for conn in holders:
+            conn.cursor().execute("commit")
+            conn.close()
+    ender = threading.Thread(target=end)
+    ender.start()
+    return ender
+
+
+def test_a_cancel_reaches_a_query_waiting_in_line_and_the_session_goes_on(fast):
+    conn, cur = fast.autocommit()
+    cur.execute("select 10")  # (its startup settings checked on a server: its requests may take the fast path)
+    ender = hold_every_connection(fast, 4, 3.0)
+    queued = counts(fast)["queued"]
+    timer = threading.Timer(0.5, conn.cancel)
+    timer.start()
+    t0 = time.monotonic()
+    with pytest.raises(psycopg2.errors.QueryCanceled):
+        cur.execute("select 11")
+    assert time.monotonic() - t0 < 2.5  # (before any connection was given back)
+    assert counts(fast)["queued"] == queued + 1
+    ender.join(10)
+    cur.execute("select 12")
+    assert cur.fetchone()[0] == 12
+    conn.close()
+
+
+def test_a_query_waiting_in_line_past_the_acquire_timeout_gets_57014_and_the_session_goes_on(cluster, tmp_path):
+    from .fix_proxy import ProxyProcess
+    p = ProxyProcess(str(tmp_path), cluster, server={"fast_path": True},
+                     pool={"mode": "transaction", "max_size": 1, "acquire_timeout": 1.0}).start()
+    try:
+        conn, cur = p.autocommit()
+        cur.execute("select 10")
+        ender = hold_every_connection(p, 1, 2.5)
+        t0 = time.monotonic()
+        with pytest.raises(psycopg2.errors.QueryCanceled) as e:
+            cur.execute("select 13")
+        assert "timed out after 1 s waiting for a server connection" in str(e.value)
+        assert 0.8 < time.monotonic() - t0 < 2.4
+        assert counts(p)["queued"] >= 1
+        ender.join(10)
+        cur.execute("select 14")
+        assert cur.fetchone()[0] == 14
+        conn.close()
+    finally:
+        p.stop()

@@ -167,9 +167,10 @@ def replay(proxy):
 
 
 def fast_path(proxy):
-    """The fast path (frontend/fastpath.py): requests it took, and those it handed to their session's
-    greenlet, by reason."""
+    """The fast path (frontend/fastpath.py): requests it took, those it had wait in their pool's line
+    (more clients than server connections), and those it handed to their session's greenlet, by reason."""
     totals = proxy.stats.by_database(proxy.sessions).values()
     return {"enabled": proxy.config.server.fast_path, "stages_allow": proxy.stages_in_callback,
             "hits": sum(t["fast_hits"] for t in totals), "misses": sum(t["fast_misses"] for t in totals),
+            "queued": sum(t["fast_queued"] for t in totals),
             "misses_by_reason": dict(MISSES)}

@@ -18,9 +18,10 @@ off and the client's socket is plain (not TLS); `[server] fast_path`.
 Hits and misses by reason: /stats (total_fast_path_*), GET /fast_path, Prometheus.
 """
 import logging
+import time
 
 import gevent
-from gevent.hub import Waiter
+from gevent.hub import Waiter, get_hub
 
 from .. import pipeline
 from ..pipeline.stage import StageResult
@@ -207,22 +208,29 @@ class FastPath:
             else:
                 stages = None  # (let through by every stage: nothing to hand over if no connection fits)
         if lease is None:
-            if not slot.take_now():
+            took = slot.take_now()
+            if took is not True:
                 if stages:
                     fwd.premade = (ctx, result, sql, "", b"")
-                return "no idle server connection that fits"
+                return self.line_up(took, data, self.query_sent, None)
             lease = slot.lease
+        self.query_sent(lease, data, None)
+        return None
+
+    def query_sent(self, lease, data, _):
+        """The Query goes to lease's server as it came; the plan expects its answer."""
+        session = self.session
         server = lease.server
         server.unnamed_owner = None
         send(session, server, data)
+        plan = session.plan
         plan.entries.append(QUERY_ENTRY)
         plan.sent(Q)
         counters = session.counters
-        counters.bytes_in += n
+        counters.bytes_in += len(data)
         counters.queries += 1
         counters.fast_hits += 1
         self.served += 1
-        return None
 
     def batch(self, data):
         """Handle data if it is one unnamed extended batch in one read (Parse, Bind, [Describe,]
@@ -282,27 +290,109 @@ class FastPath:
             else:
                 fwd.premade = decisions.LET_THROUGH
         if lease is None:
-            if not slot.take_now():
-                return "no idle server connection that fits"
+            took = slot.take_now()
+            if took is not True:
+                return self.line_up(took, data, self.batch_sent, starts)
             lease = slot.lease
+        self.batch_sent(lease, data, starts)
+        return None
+
+    def batch_sent(self, lease, data, starts):
+        """What the forwarder's handlers do with these messages once leased (on_parse,
+        on_bind_or_describe, on_execute, on_sync with no feature of theirs at work): the unnamed
+        statement is the client's, here; the batch goes as it came; the plan expects each
+        message's usual answer."""
+        session, fwd = self.session, self.fwd
         fwd.premade = None
-        # What the forwarder's handlers do with these messages once leased (on_parse, on_bind_or_describe,
-        # on_execute, on_sync with no feature of theirs at work): the unnamed statement is the client's,
-        # here; the batch goes as it came; the plan expects each message's usual answer.
-        unnamed.parsed(session, data[:parse_end])
-        server = lease.server
+        unnamed.parsed(session, data[:starts[1]])
         unnamed.sent(session)
-        send(session, server, data)
+        send(session, lease.server, data)
         entries, count = session.plan.entries, fwd.count
         for start in starts:
             mtype = data[start]
             entries.append(p.entry_for(mtype, data, start))
             count(mtype)
         counters = session.counters
-        counters.bytes_in += n
+        counters.bytes_in += len(data)
         counters.fast_hits += 1
         self.served += 1
+
+    # --- a request waiting in its pool's line, without its greenlet ---------------------------
+    def line_up(self, took, data, go, args):
+        """take_now() found no idle connection: in a full pool (took: (pool, target)), the request
+        waits in its line (Queued) with the client's reads stopped; else why the greenlet takes it."""
+        if not took:
+            return "no idle server connection that fits"
+        pool, target = took
+        queued = Queued(self, pool, target, data, go, args)
+        self.session.slot.wait_on(queued)
+        self.watcher.stop()  # (its next request waits for this one: as a client's pipeline would)
+        self.session.counters.fast_queued += 1
         return None
+
+    def dequeued(self, queued, server):
+        """Its pool handed the waiting request a connection (a loop callback after the release)."""
+        session = self.session
+        slot, proxy = session.slot, session.proxy
+        slot.wait_on(None)
+        session.counters.wait_seconds += time.monotonic() - queued.started
+        try:
+            if session.closing is not None or proxy.paused or proxy.suspended is not None:
+                queued.pool.release(server)
+            elif slot.take_from(queued.pool, server, queued.target):
+                queued.go(slot.lease, queued.data, queued.args)
+                if self.waiter is not None:
+                    self.watcher.start(self.readable)  # (the client's next request)
+                return
+        except Exception:  # a bug here costs the request's way, never the loop
+            log.exception("%r: a request waiting in line failed", session)
+        self.hand(queued.data)  # (the greenlet takes it: it waits with the pool's rules, or PAUSE's)
+
+    def refused(self, queued, error):
+        """A cancel, or pool.acquire_timeout in line: the client gets the error the greenlet's wait
+        would give (through its forwarder, as a stage's refusal)."""
+        session = self.session
+        session.slot.wait_on(None)
+        session.counters.wait_seconds += time.monotonic() - queued.started
+        session.route.take()  # (the aim is used up, as by a wait in the greenlet)
+        self.fwd.premade = (None, StageResult.reject(error.sqlstate, error.message), None, "", b"")
+        self.hand(queued.data)
+
+
+class Queued:
+    """A request the fast path took that waits in its pool's line (more clients than server
+    connections): Pool.release() hands it a connection in turn (set), and it goes on in a loop
+    callback; a cancel (set_exception) or the pool's acquire_timeout refuses it."""
+    __slots__ = ("fast", "pool", "target", "data", "go", "args", "timer", "done", "started")
+
+    def __init__(self, fast, pool, target, data, go, args):
+        self.fast, self.pool, self.target, self.data, self.go, self.args = fast, pool, target, data, go, args
+        self.done, self.started = False, time.monotonic()
+        self.timer = get_hub().loop.timer(pool.config.pool.acquire_timeout)
+        self.timer.start(self.expired)
+        pool.line_up(self)
+
+    def ready(self):
+        return self.done
+
+    def set(self, server):
+        self.done = True
+        self.timer.stop()
+        get_hub().loop.run_callback(self.fast.dequeued, self, server)
+
+    def set_exception(self, error):  # (LeaseSlot.cancel, from the cancel's greenlet)
+        get_hub().loop.run_callback(self.finish, error)
+
+    def expired(self):
+        self.finish(self.pool.timed_out())
+
+    def finish(self, error):
+        if not self.done:
+            self.done = True
+            self.timer.stop()
+            self.pool.leave_line(self)
+            self.fast.refused(self, error)
+
 
 def send(session, server, data):
     """The client's bytes to the server as they came (into the journal first, replay on)."""

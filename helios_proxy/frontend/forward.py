@@ -413,7 +413,7 @@ class Forwarder:
             self.cut(begin, end)
             self.refuse_too_large(mtype, end - begin)
             return False, None
-        if not self.session.proxy.stages:
+        if not self.session.proxy.stages and self.premade is None:
             return True, None
         go_on, replacement = decisions.run(self, mtype, self.data, begin, end)
         if not go_on:

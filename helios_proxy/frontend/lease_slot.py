@@ -111,8 +111,10 @@ class LeaseSlot:
         """take() from a loop callback (the fast path): a lease only where nothing must wait or be
         done to the server connection first (an idle one in its pool, carrying the client's
         settings; no tenant proof, no statements to re-create, no read-your-writes question, no
-        database of its own). True when leased, its pump started; else the route's decision stays
-        for take(), with the standby the balancer chose named (its turn is not taken twice)."""
+        database of its own). True when leased, its pump started; (pool, target) when the pool has
+        no idle connection and may open none (the request may wait in its line); else False. Unless leased,
+        the route's decision stays for take(), with the standby the balancer chose named (its turn
+        is not taken twice)."""
         session = self.session
         proxy, who = session.proxy, session.identity
         if self.restore or who.tenant is not None or who.home is not None or proxy.config.database_nodes:
@@ -132,14 +134,22 @@ class LeaseSlot:
             if node is None or node.name != pool.node.name or breakers.enabled and not breakers.allows(node):
                 return False
         server = pool.take_idle()
-        if server is None:
-            return False
-        if server.settings_key != session.settings.key:  # (applying them is a round trip: take() does)
+        if server is None:  # (a full pool: the request may wait in its line, fastpath.Queued)
+            return (pool, target) if pool.size >= pool.max_size and not pool.config.pool.reserve_size else False
+        return self.take_from(pool, server, target)
+
+    def take_from(self, pool, server, target):
+        """take_now()'s end, also for a connection its pool handed to a request waiting in line:
+        the lease on server begins, where the route's decision sent it (False, the connection back
+        to its pool, when it does not carry the client's settings: applying them is take()'s)."""
+        session = self.session
+        if server.settings_key != session.settings.key:
             pool.release(server)
             return False
+        route = session.route
         intent = route.next_target[0] if route.next_target else "primary"
         if route.next_tables:
-            router.tables.count(route.next_tables, node.name)
+            session.proxy.router.tables.count(route.next_tables, server.node.name)
         route.next_target = route.next_lag = route.next_tables = None
         self.begin(pool, server, target, intent)
         return True
@@ -193,7 +203,7 @@ class LeaseSlot:
         deadline = time.monotonic() + proxy.config.failover.buffer_timeout
         while True:
             try:
-                node = proxy.buffer.primary(deadline, self._waiting_on)
+                node = proxy.buffer.primary(deadline, self.wait_on)
             finally:
                 self.waiting = None
             breakers.check(node)  # open: 57P03 at once, nothing else can take the transaction
@@ -216,7 +226,7 @@ class LeaseSlot:
         counters = self.session.counters
         counters.wait_started = time.monotonic()
         try:
-            return pool.acquire(waiting=self._waiting_on)
+            return pool.acquire(waiting=self.wait_on)
         finally:
             counters.wait_seconds += time.monotonic() - counters.wait_started
             self.waiting = counters.wait_started = None
@@ -232,7 +242,8 @@ class LeaseSlot:
             pool.release(server)
         return fresh
 
-    def _waiting_on(self, result):
+    def wait_on(self, result):
+        """What the session waits on for a server connection (a cancel ends the wait), or None."""
         self.waiting = result
 
     def release_if_idle(self):

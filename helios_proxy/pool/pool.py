@@ -177,8 +177,7 @@ class Pool:
         waiter = AsyncResult()
         if waiting is not None:
             waiting(waiter)
-        self.waiters.append(waiter)
-        self.wait_started[waiter] = time.monotonic()
+        self.line_up(waiter)
         try:
             return waiter.get(timeout=max(0.0, until - time.monotonic()))
         except gevent.Timeout:
@@ -186,16 +185,28 @@ class Pool:
                 return waiter.get()
             if time.monotonic() < deadline:
                 return None
-            raise ProxyError(f"timed out after {self.config.pool.acquire_timeout:g} s waiting for a server "
-                             f"connection (pool {self.node.name}/{self.database}/{self.credentials.user} "
-                             f"has {self.size} of max_size {self.max_size} in use)",
-                             sqlstate=QUERY_CANCELED) from None
+            raise self.timed_out() from None
         finally:
-            self.wait_started.pop(waiter, None)
-            try:
-                self.waiters.remove(waiter)
-            except ValueError:
-                pass
+            self.leave_line(waiter)
+
+    def timed_out(self):
+        """The error of a client that waited pool.acquire_timeout in line."""
+        return ProxyError(f"timed out after {self.config.pool.acquire_timeout:g} s waiting for a server "
+                          f"connection (pool {self.node.name}/{self.database}/{self.credentials.user} "
+                          f"has {self.size} of max_size {self.max_size} in use)", sqlstate=QUERY_CANCELED)
+
+    def line_up(self, waiter):
+        """waiter waits in line (an AsyncResult, or a request without a greenlet: frontend/fastpath.py
+        Queued, with ready() and set(conn) too): release() serves them in turn."""
+        self.waiters.append(waiter)
+        self.wait_started[waiter] = time.monotonic()
+
+    def leave_line(self, waiter):
+        self.wait_started.pop(waiter, None)
+        try:
+            self.waiters.remove(waiter)
+        except ValueError:
+            pass
 
     def _discard(self, conn):
         conn.close()
