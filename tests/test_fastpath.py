@@ -410,3 +410,26 @@ def test_a_query_waiting_in_line_past_the_acquire_timeout_gets_57014_and_the_ses
         conn.close()
     finally:
         p.stop()
+
+
+def test_a_query_waiting_in_line_is_not_idleness(cluster, tmp_path):
+    """client_idle_timeout ends idle clients; one whose query waits in line longer than that is
+    answered once a connection is given back, and its next query too."""
+    from .fix_proxy import ProxyProcess
+    p = ProxyProcess(str(tmp_path), cluster, server={"fast_path": True, "client_idle_timeout": 1.0},
+                     pool={"mode": "transaction", "max_size": 1, "acquire_timeout": 10.0}).start()
+    try:
+        conn, cur = p.autocommit()
+        cur.execute("select 10")
+        queued = counts(p)["queued"]
+        ender = hold_every_connection(p, 1, 2.5)  # (its transaction: commit after 2.5 s)
+        t0 = time.monotonic()
+        cur.execute("select 15")
+        assert cur.fetchone()[0] == 15 and time.monotonic() - t0 > 1.5
+        assert counts(p)["queued"] == queued + 1
+        cur.execute("select 16")
+        assert cur.fetchone()[0] == 16
+        ender.join(10)
+        conn.close()
+    finally:
+        p.stop()

@@ -59,7 +59,7 @@ def missed(reason):
 class FastPath:
     """One session's fast path (made by its Forwarder)."""
     __slots__ = ("fwd", "session", "watcher", "waiter", "served", "held", "stages", "quiet", "rest",
-                 "ready")
+                 "ready", "queued")
 
     def __init__(self, forwarder):
         self.fwd = forwarder
@@ -76,6 +76,7 @@ class FastPath:
         # are part of what the stages saw), renewed when a reload rebuilds the stages.
         self.stages, self.quiet, self.rest = None, set(), ()  # rest: the stages run for a remembered text
         self.ready = ()  # stages' fast_ready checks
+        self.queued = None  # the request waiting in its pool's line (Queued); the client's reads wait meanwhile
 
     def park(self):
         """Wait for the client's bytes with its socket's reads in the loop's hands: what the
@@ -87,7 +88,8 @@ class FastPath:
         if w is None:
             w = self.watcher = watcher(self.session.sock, READ)
         waiter = self.waiter = Waiter()
-        w.start(self.readable)
+        if self.queued is None:
+            w.start(self.readable)
         try:
             return waiter.get()
         finally:
@@ -95,6 +97,9 @@ class FastPath:
             self.waiter = None
 
     def close(self):
+        if self.queued is not None:  # (the session ends: its request leaves the line)
+            self.queued.leave()
+            self.queued = None
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher.close()
@@ -324,7 +329,7 @@ class FastPath:
         if not took:
             return "no idle server connection that fits"
         pool, target = took
-        queued = Queued(self, pool, target, data, go, args)
+        queued = self.queued = Queued(self, pool, target, data, go, args)
         self.session.slot.wait_on(queued)
         self.watcher.stop()  # (its next request waits for this one: as a client's pipeline would)
         self.session.counters.fast_queued += 1
@@ -333,13 +338,18 @@ class FastPath:
     def dequeued(self, queued, server):
         """Its pool handed the waiting request a connection (a loop callback after the release)."""
         session = self.session
+        if self.queued is not queued:  # (the session ended meanwhile: close())
+            queued.pool.release(server)
+            return
         slot, proxy = session.slot, session.proxy
         slot.wait_on(None)
+        self.queued = None
         session.counters.wait_seconds += time.monotonic() - queued.started
         try:
             if session.closing is not None or proxy.paused or proxy.suspended is not None:
                 queued.pool.release(server)
             elif slot.take_from(queued.pool, server, queued.target):
+                self.fwd.premade = None  # (the stages' result is spent: the request goes on here)
                 queued.go(slot.lease, queued.data, queued.args)
                 if self.waiter is not None:
                     self.watcher.start(self.readable)  # (the client's next request)
@@ -352,7 +362,10 @@ class FastPath:
         """A cancel, or pool.acquire_timeout in line: the client gets the error the greenlet's wait
         would give (through its forwarder, as a stage's refusal)."""
         session = self.session
+        if self.queued is not queued:
+            return
         session.slot.wait_on(None)
+        self.queued = None
         session.counters.wait_seconds += time.monotonic() - queued.started
         session.route.take()  # (the aim is used up, as by a wait in the greenlet)
         self.fwd.premade = (None, StageResult.reject(error.sqlstate, error.message), None, "", b"")
@@ -388,10 +401,13 @@ class Queued:
 
     def finish(self, error):
         if not self.done:
-            self.done = True
-            self.timer.stop()
-            self.pool.leave_line(self)
+            self.leave()
             self.fast.refused(self, error)
+
+    def leave(self):
+        self.done = True
+        self.timer.stop()
+        self.pool.leave_line(self)
 
 
 def send(session, server, data):

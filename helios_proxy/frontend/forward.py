@@ -164,7 +164,8 @@ class Forwarder:
             except IdleTimeout:
                 served, fast.served = fast.served, 0
                 server = session.server
-                if served or session.plan.outstanding or server is not None and server.tx_status != m.TX_IDLE:
+                if (served or fast.queued is not None or session.plan.outstanding
+                        or server is not None and server.tx_status != m.TX_IDLE):
                     continue
                 self.idle_timeout()
                 return None
