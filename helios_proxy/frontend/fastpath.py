@@ -59,7 +59,7 @@ def missed(reason):
 class FastPath:
     """One session's fast path (made by its Forwarder)."""
     __slots__ = ("fwd", "session", "watcher", "waiter", "served", "held", "stages", "quiet", "rest",
-                 "ready", "queued")
+                 "ready", "queued", "writes")
 
     def __init__(self, forwarder):
         self.fwd = forwarder
@@ -75,6 +75,7 @@ class FastPath:
         # (a limit counts every query) still run for them. Per session (its pool mode and journal
         # are part of what the stages saw), renewed when a reload rebuilds the stages.
         self.stages, self.quiet, self.rest = None, set(), ()  # rest: the stages run for a remembered text
+        self.writes = set()  # texts whose one decision was "a lone write": let through inside a transaction block
         self.ready = ()  # stages' fast_ready checks
         self.queued = None  # the request waiting in its pool's line (Queued); the client's reads wait meanwhile
 
@@ -170,7 +171,7 @@ class FastPath:
 
     def renew(self, stages):
         """A reload rebuilt the stages: what the fast path keeps of them, renewed."""
-        self.stages, self.quiet = stages, set()
+        self.stages, self.quiet, self.writes = stages, set(), set()
         self.rest = tuple(stage for stage in stages if not stage.text_only)
         self.ready = tuple(stage.fast_ready for stage in stages if stage.fast_ready is not None)
 
@@ -197,7 +198,7 @@ class FastPath:
                 if not ready(session):
                     return "a stage is not ready (a function catalog loading)"
             key = data.translate(DIGITS_TO_0)
-            known = key in self.quiet
+            known = key in self.quiet or (key in self.writes and lease is not None and not replay.wraps(session))
             if not known or self.rest or plan.completions is not None:
                 sql = data[5:-1].decode("utf-8", "replace")
                 ctx = pipeline.QueryContext(session, sql, "simple", "", n - 6,
@@ -206,10 +207,11 @@ class FastPath:
                 if not self.let_through(ctx, result, sql, lease, pinned):
                     fwd.premade = (ctx, result, sql, "", b"")
                     return "a stage's decision"
-                if not known and ctx.decided is None and fast_key_sound(key[5:]):  # (every stage let it through)
-                    if len(self.quiet) >= QUIET_TEXTS:
-                        self.quiet.clear()
-                    self.quiet.add(key)
+                if not known and fast_key_sound(key[5:]):
+                    if ctx.decided is None:  # (every stage let it through)
+                        remember(self.quiet, key)
+                    elif ctx.decided.only_a_write():  # (as good as let through inside a transaction block)
+                        remember(self.writes, key)
             else:
                 stages = None  # (let through by every stage: nothing to hand over if no connection fits)
         if lease is None:
@@ -289,9 +291,7 @@ class FastPath:
                 if not self.let_through(ctx, result, sql, lease, pinned):
                     return "a stage's decision"
                 if not known and ctx.decided is None:
-                    if len(self.quiet) >= QUIET_TEXTS:
-                        self.quiet.clear()
-                    self.quiet.add(key)
+                    remember(self.quiet, key)
             else:
                 fwd.premade = decisions.LET_THROUGH
         if lease is None:
@@ -408,6 +408,12 @@ class Queued:
         self.done = True
         self.timer.stop()
         self.pool.leave_line(self)
+
+
+def remember(texts, key):
+    if len(texts) >= QUIET_TEXTS:
+        texts.clear()
+    texts.add(key)
 
 
 def send(session, server, data):

@@ -91,3 +91,11 @@ class Decisions:
         self.autocommit_write = False  # replay: a lone write, wrapped in a transaction if run in autocommit
         self.cache = None             # a miss's cache Fill (simple protocol), or a Parse's Admission (cache/)
         self.batch = False            # an extended-protocol INSERT the forwarder may coalesce (batch/)
+
+    def only_a_write(self):
+        """Whether all that was decided is that the query is a lone write (replay wraps it in a
+        transaction of its own when it runs outside one)."""
+        return self.autocommit_write and all(getattr(self, name) == value for name, value in NOTHING_ELSE)
+
+
+NOTHING_ELSE = tuple((name, getattr(Decisions(), name)) for name in Decisions.__slots__ if name != "autocommit_write")
