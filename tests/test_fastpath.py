@@ -433,3 +433,30 @@ def test_a_query_waiting_in_line_is_not_idleness(cluster, tmp_path):
         conn.close()
     finally:
         p.stop()
+
+
+def test_a_query_waiting_in_line_gets_the_room_of_a_connection_that_was_closed(cluster, tmp_path):
+    """The connection the line waits for is closed instead of given back (its server process was
+    terminated): the waiting query opens one of its own and is answered; nothing in the log."""
+    from .fix_proxy import ProxyProcess
+    p = ProxyProcess(str(tmp_path), cluster, server={"fast_path": True},
+                     pool={"mode": "transaction", "max_size": 1, "acquire_timeout": 10.0}).start()
+    try:
+        conn, cur = p.autocommit()
+        cur.execute("select 10")
+        holder, hcur = p.autocommit()
+        hcur.execute("begin")
+        hcur.execute("select pg_backend_pid()")
+        pid = hcur.fetchone()[0]
+        queued = counts(p)["queued"]
+        killer = threading.Timer(1.0, lambda: cluster.sql(f"select pg_terminate_backend({pid})"))
+        killer.start()
+        t0 = time.monotonic()
+        cur.execute("select 17")
+        assert cur.fetchone()[0] == 17 and time.monotonic() - t0 > 0.8
+        assert counts(p)["queued"] == queued + 1
+        killer.join(10)
+        holder.close()
+        conn.close()
+    finally:
+        p.stop()  # (asserts no traceback in the proxy's log)

@@ -339,14 +339,17 @@ class FastPath:
         """Its pool handed the waiting request a connection (a loop callback after the release)."""
         session = self.session
         if self.queued is not queued:  # (the session ended meanwhile: close())
-            queued.pool.release(server)
+            if server is not None:
+                queued.pool.release(server)
             return
         slot, proxy = session.slot, session.proxy
         slot.wait_on(None)
         self.queued = None
         session.counters.wait_seconds += time.monotonic() - queued.started
         try:
-            if session.closing is not None or proxy.paused or proxy.suspended is not None:
+            if server is None:
+                pass  # (a connection was closed: its room is this request's, to open one: the greenlet's)
+            elif session.closing is not None or proxy.paused or proxy.suspended is not None:
                 queued.pool.release(server)
             elif slot.take_from(queued.pool, server, queued.target):
                 self.fwd.premade = None  # (the stages' result is spent: the request goes on here)
@@ -388,7 +391,7 @@ class Queued:
     def ready(self):
         return self.done
 
-    def set(self, server):
+    def set(self, server):  # (None: room to open a connection, Pool._wake_one)
         self.done = True
         self.timer.stop()
         get_hub().loop.run_callback(self.fast.dequeued, self, server)
