@@ -59,7 +59,7 @@ def missed(reason):
 class FastPath:
     """One session's fast path (made by its Forwarder)."""
     __slots__ = ("fwd", "session", "watcher", "waiter", "served", "held", "stages", "quiet", "rest",
-                 "ready", "queued", "writes")
+                 "ready", "queued", "writes", "line_timer")
 
     def __init__(self, forwarder):
         self.fwd = forwarder
@@ -78,6 +78,7 @@ class FastPath:
         self.writes = set()  # texts whose one decision was "a lone write": let through inside a transaction block
         self.ready = ()  # stages' fast_ready checks
         self.queued = None  # the request waiting in its pool's line (Queued); the client's reads wait meanwhile
+        self.line_timer = None  # its acquire_timeout (one timer, reused from wait to wait)
 
     def park(self):
         """Wait for the client's bytes with its socket's reads in the loop's hands: what the
@@ -101,6 +102,8 @@ class FastPath:
         if self.queued is not None:  # (the session ends: its request leaves the line)
             self.queued.leave()
             self.queued = None
+        if self.line_timer is not None:
+            self.line_timer.close()
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher.close()
@@ -329,7 +332,12 @@ class FastPath:
         if not took:
             return "no idle server connection that fits"
         pool, target = took
-        queued = self.queued = Queued(self, pool, target, data, go, args)
+        timeout, timer = pool.config.pool.acquire_timeout, self.line_timer
+        if timer is None or timer.at != timeout:
+            if timer is not None:
+                timer.close()
+            timer = self.line_timer = get_hub().loop.timer(timeout)
+        queued = self.queued = Queued(self, pool, target, data, go, args, timer)
         self.session.slot.wait_on(queued)
         self.watcher.stop()  # (its next request waits for this one: as a client's pipeline would)
         self.session.counters.fast_queued += 1
@@ -381,11 +389,10 @@ class Queued:
     callback; a cancel (set_exception) or the pool's acquire_timeout refuses it."""
     __slots__ = ("fast", "pool", "target", "data", "go", "args", "timer", "done", "started")
 
-    def __init__(self, fast, pool, target, data, go, args):
+    def __init__(self, fast, pool, target, data, go, args, timer):
         self.fast, self.pool, self.target, self.data, self.go, self.args = fast, pool, target, data, go, args
-        self.done, self.started = False, time.monotonic()
-        self.timer = get_hub().loop.timer(pool.config.pool.acquire_timeout)
-        self.timer.start(self.expired)
+        self.done, self.started, self.timer = False, time.monotonic(), timer
+        timer.start(self.expired)
         pool.line_up(self)
 
     def ready(self):
