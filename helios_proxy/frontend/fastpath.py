@@ -172,11 +172,18 @@ class FastPath:
                     or fwd.sql_prepare is not None or fwd.sql_needs or fwd.batch_steps.next
                     or self.session.slot.pinned is not pinned)
 
-    def renew(self, stages):
-        """A reload rebuilt the stages: what the fast path keeps of them, renewed."""
-        self.stages, self.quiet, self.writes = stages, set(), set()
-        self.rest = tuple(stage for stage in stages if not stage.text_only)
-        self.ready = tuple(stage.fast_ready for stage in stages if stage.fast_ready is not None)
+    def stages_ready(self, stages):
+        """Whether every stage can decide now, renewing what the fast path keeps of them after a
+        reload rebuilt them."""
+        if stages is not self.stages:
+            self.stages, self.quiet, self.writes = stages, set(), set()
+            self.rest = tuple(stage for stage in stages if not stage.text_only)
+            self.ready = tuple(stage.fast_ready for stage in stages if stage.fast_ready is not None)
+        session = self.session
+        for ready in self.ready:
+            if not ready(session):
+                return False
+        return True
 
     def query(self, data):
         """Handle data if it is one simple Query the fast path can take: None, else why not."""
@@ -195,11 +202,8 @@ class FastPath:
             unnamed.destroyed(session)  # (a simple Query drops the unnamed statement, as in PostgreSQL)
         stages = proxy.stages
         if stages:
-            if stages is not self.stages:
-                self.renew(stages)
-            for ready in self.ready:
-                if not ready(session):
-                    return "a stage is not ready (a function catalog loading)"
+            if (stages is not self.stages or self.ready) and not self.stages_ready(stages):
+                return "a stage is not ready (a function catalog loading)"
             key = data.translate(DIGITS_TO_0)
             known = key in self.quiet or (key in self.writes and lease is not None and not replay.wraps(session))
             if not known or self.rest or plan.completions is not None:
@@ -278,11 +282,8 @@ class FastPath:
             return "statements followed by name (limits, completions, replay)"
         lease, pinned, stages = slot.lease, slot.pinned, proxy.stages
         if stages:
-            if stages is not self.stages:
-                self.renew(stages)
-            for ready in self.ready:
-                if not ready(session):
-                    return "a stage is not ready (a function catalog loading)"
+            if (stages is not self.stages or self.ready) and not self.stages_ready(stages):
+                return "a stage is not ready (a function catalog loading)"
             key = data[5:nul]  # (the text as it is: a batch's values are in its Bind; NUL first, unlike a Query's)
             known = key in self.quiet
             if not known or self.rest or session.plan.completions is not None:
