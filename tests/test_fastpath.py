@@ -460,3 +460,41 @@ def test_a_query_waiting_in_line_gets_the_room_of_a_connection_that_was_closed(c
         conn.close()
     finally:
         p.stop()  # (asserts no traceback in the proxy's log)
+
+
+def test_named_prepared_statements_take_the_fast_path(fast, pgbench, cluster):
+    """pgbench -M prepared: each statement parsed once by name, then Bind, Describe, Execute, Sync
+    per run, on whatever server connection the transaction gets (the pool's names translated, the
+    statement parsed there first if it lacks it); answers right, TPC-B consistent."""
+    hits = counts(fast)["hits"]
+    out = subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", str(fast.port), "-U", "postgres", "-n", "-S",
+                          "-M", "prepared", "-c", "4", "-j", "2", "-t", "200", "postgres"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "number of transactions actually processed: 800/800" in out.stdout
+    assert counts(fast)["hits"] - hits >= 700
+
+    def sums():
+        return [int(x) for x in cluster.sql(
+            "select (select sum(abalance) from pgbench_accounts), (select sum(tbalance) from pgbench_tellers), "
+            "(select coalesce(sum(delta), 0) from pgbench_history), (select count(*) from pgbench_history)"
+        ).strip().split("|")]
+    before = sums()
+    pgbench(fast.port, "prepared", 4, 50)
+    after = sums()
+    assert after[3] == 200 and after[0] - before[0] == after[1] - before[1] == after[2]
+
+
+def test_prepared_statements_by_name_from_psycopg3_answer_right_on_the_fast_path(fast):
+    psycopg = pytest.importorskip("psycopg")
+    with psycopg.connect(host="127.0.0.1", port=fast.port, user="postgres", dbname="postgres",
+                         autocommit=True, prepare_threshold=0) as conn:
+        hits = counts(fast)["hits"]
+        for i in range(40):
+            assert conn.execute("select %s::int * 3, %s::text", (i, f"p{i}")).fetchone() == (i * 3, f"p{i}")
+        assert counts(fast)["hits"] - hits >= 30
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("select 1 / %s::int", (0,))
+        assert conn.execute("select 1 / %s::int", (1,)).fetchone() == (1,)
+        with conn.transaction():
+            assert conn.execute("select %s::int * 3, %s::text", (5, "again")).fetchone() == (15, "again")

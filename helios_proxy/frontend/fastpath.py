@@ -24,12 +24,14 @@ import gevent
 from gevent.hub import Waiter, get_hub
 
 from .. import pipeline
+from ..errors import DECODING_ERRORS, ProtocolViolation
 from ..pipeline.stage import StageResult
+from ..protocol.framing import MessageBuffer
 from ..sqlshape import DIGITS_TO_0, fast_key_sound
 from ..protocol import messages as m
 from ..sockets import READ, plain, recv_now, watcher
 from ..continuity import replay
-from . import decisions, plan as p, unnamed
+from . import decisions, plan as p, statements, unnamed
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ QUIET_TEXTS = 512  # texts (fast keys) a session remembers the stages let throug
 QUERY_ENTRY = p.PLAIN_FOR[Q]
 BATCHES = frozenset((b"PBDES", b"PBES"))  # the unnamed extended batches taken (Describe: of the portal or statement)
 DESCRIBED = frozenset(b"PS")
+NAMED = frozenset((b"BDES", b"BES"))  # a named statement's execution (Describe: of the portal)
+PORTAL = ord("P")
 
 MISSES = {}  # reason -> how many requests the fast path handed to their greenlet (this process)
 
@@ -263,7 +267,10 @@ class FastPath:
             starts.append(pos)
             shape.append(data[pos])
             pos = end
-        if bytes(shape) not in BATCHES:
+        shape = bytes(shape)
+        if shape in NAMED:
+            return self.bound(data, starts)
+        if shape not in BATCHES:
             return "not one unnamed batch"
         parse_end, bind, execute = starts[1], starts[1], starts[-2]
         nul = data.find(0, 6, parse_end)
@@ -305,6 +312,59 @@ class FastPath:
             lease = slot.lease
         self.batch_sent(lease, data, starts)
         return None
+
+    def bound(self, data, starts):
+        """A batch that runs a statement the client prepared by name (Bind, [Describe,] Execute,
+        Sync: asyncpg, JDBC, pgbench -M prepared): no stage looks at a Bind; a lease is found where
+        the statement's Parse went, as the forwarder would, then its own handlers take the batch in
+        the callback (the name translated, the statement parsed on this connection first if it
+        lacks it: nothing they do waits once the lease is there). None, or why not."""
+        session = self.session
+        bind, execute = starts[0], starts[-2]
+        name_end = data.find(0, bind + 6, starts[1])
+        if (data[bind + 5] != 0 or name_end <= bind + 6 or data[execute + 5] != 0
+                or len(starts) == 4 and (data[starts[1] + 5] != PORTAL or data[starts[1] + 6] != 0)):
+            return "not one unnamed batch"
+        if data[bind + 6:name_end].decode("utf-8", "replace") not in session.statements.by_name:
+            return "a statement the pool does not translate"  # (session pooling, or not prepared: 26000)
+        reason = self.blocked()
+        if reason is not None:
+            return reason
+        if session.proxy.admission.on:
+            return "executions counted (limits)"
+        slot = session.slot
+        lease = slot.lease
+        if lease is None:
+            if session.route.next_target is None:  # (on_bind_or_describe's rule: where its Parse went)
+                statements.route_of_bind(session, data[bind + 5:starts[1]])
+            took = slot.take_now()
+            if took is not True:
+                return self.line_up(took, data, self.handled, None)
+            lease = slot.lease
+        self.handled(lease, data, None)
+        return None
+
+    def handled(self, lease, data, _):
+        """The forwarder's own handlers take data on lease (nothing they do waits then); what they
+        raise ends the session in its greenlet, as if it had read data itself."""
+        session = self.session
+        buf = MessageBuffer(len(data) + 1)
+        buf.feed(data)
+        session.counters.bytes_in += len(data)
+        try:
+            self.fwd.forward(buf)
+        except BaseException as e:
+            if isinstance(e, DECODING_ERRORS):
+                e = ProtocolViolation("invalid message format")
+            self.watcher.stop()
+            waiter, self.waiter = self.waiter, None
+            if waiter is not None:
+                waiter.throw(e)
+            else:  # (never parked elsewhere while the callback runs: reported, the session goes on)
+                log.error("%r: %s after the fast path handed its request on", session, e)
+            return
+        session.counters.fast_hits += 1
+        self.served += 1
 
     def batch_sent(self, lease, data, starts):
         """What the forwarder's handlers do with these messages once leased (on_parse,
