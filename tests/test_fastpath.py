@@ -30,10 +30,7 @@ def counts(proxy):
 
 def test_pgbench_select_only_takes_the_fast_path_and_every_answer_is_right(fast, pgbench):
     before = counts(fast)["hits"]
-    out = subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", str(fast.port), "-U", "postgres", "-n", "-S",
-                          "-c", "4", "-j", "2", "-t", "300", "postgres"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "number of transactions actually processed: 1200/1200" in out.stdout
+    select_only(fast.port, 4, 300)
     state = counts(fast)
     assert state["enabled"] and state["stages_allow"]
     assert state["hits"] - before >= 1100, state  # (a few miss: no idle connection at that instant)
@@ -60,6 +57,32 @@ def test_prometheus_counts_hits_and_misses_by_reason(fast):
     assert 'helios_fast_path_requests_total{outcome="hit"}' in text
     assert 'helios_fast_path_requests_total{outcome="a stage\'s decision"}' in text
     assert counts(fast)["misses_by_reason"]["a stage's decision"] >= 1
+
+
+def select_only(port, clients, transactions, protocol="simple"):
+    """pgbench -S through the proxy on port: every transaction processed."""
+    out = subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-n", "-S", "-M", protocol,
+                          "-c", str(clients), "-j", "2", "-t", str(transactions), "postgres"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    total = clients * transactions
+    assert f"number of transactions actually processed: {total}/{total}" in out.stdout
+
+
+def tpcb_totals(cluster):
+    """The balances of pgbench's tables, the deltas of its history and how many rows it holds."""
+    return [int(x) for x in cluster.sql(
+        "select (select sum(abalance) from pgbench_accounts), (select sum(tbalance) from pgbench_tellers), "
+        "(select sum(bbalance) from pgbench_branches), (select coalesce(sum(delta), 0) from pgbench_history), "
+        "(select count(*) from pgbench_history)").strip().split("|")]
+
+
+def assert_each_change_stored_once(cluster, before, transactions):
+    """After a pgbench TPC-B run (which empties pgbench_history first): a history row per
+    transaction, and each delta once in every table."""
+    after = tpcb_totals(cluster)
+    assert after[4] == transactions
+    assert after[0] - before[0] == after[1] - before[1] == after[2] - before[2] == after[3]
 
 
 def query_all(wire, *chunks):
@@ -208,18 +231,11 @@ def test_off_it_takes_nothing(cluster, tmp_path):
 def test_queries_inside_a_transaction_take_the_fast_path_and_tpcb_stays_consistent(fast, pgbench, cluster):
     """TPC-B: BEGIN, three UPDATEs, a SELECT, an INSERT, END; the statements between BEGIN and END
     go on the lease the client holds, from the callback. Every change is stored once, in full."""
-    def sums():
-        return [int(x) for x in cluster.sql(
-            "select (select sum(abalance) from pgbench_accounts), (select sum(tbalance) from pgbench_tellers), "
-            "(select sum(bbalance) from pgbench_branches), (select coalesce(sum(delta), 0) from pgbench_history), "
-            "(select count(*) from pgbench_history)").strip().split("|")]
-    before = sums()
+    before = tpcb_totals(cluster)
     hits = counts(fast)["hits"]
     pgbench(fast.port, "simple", 4, 100)
     assert counts(fast)["hits"] - hits >= 4 * 100 * 4  # (UPDATE, SELECT, UPDATE, UPDATE, INSERT of each)
-    after = sums()  # (pgbench empties pgbench_history before it runs: it holds this run's rows)
-    assert after[4] == 400  # a history row per transaction
-    assert after[0] - before[0] == after[1] - before[1] == after[2] - before[2] == after[3]  # each delta, once
+    assert_each_change_stored_once(cluster, before, 400)
 
 
 def test_a_transaction_held_on_the_fast_path_is_the_clients_alone(fast):
@@ -266,11 +282,7 @@ def test_session_pooling_takes_the_fast_path_and_keeps_the_clients_settings(clus
         other, ocur = p.autocommit()
         ocur.execute("show application_name")
         assert ocur.fetchone()[0] != "held-fast"
-        out = subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", str(p.port), "-U", "postgres", "-n", "-S",
-                              "-c", "4", "-j", "2", "-t", "200", "postgres"], capture_output=True, text=True,
-                             timeout=120)
-        assert out.returncode == 0, out.stderr
-        assert "number of transactions actually processed: 800/800" in out.stdout
+        select_only(p.port, 4, 200)
         assert counts(p)["hits"] >= 800 + 50
         conn.close()
         other.close()
@@ -282,23 +294,13 @@ def test_unnamed_extended_batches_take_the_fast_path(fast, pgbench, cluster):
     """pgbench -M extended: Parse, Bind, Describe, Execute, Sync of the unnamed statement per query,
     between transactions and inside them; the answers are right and every change is stored once."""
     hits = counts(fast)["hits"]
-    out = subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", str(fast.port), "-U", "postgres", "-n", "-S",
-                          "-M", "extended", "-c", "4", "-j", "2", "-t", "200", "postgres"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "number of transactions actually processed: 800/800" in out.stdout
+    select_only(fast.port, 4, 200, "extended")
     assert counts(fast)["hits"] - hits >= 700
-    def sums():
-        return [int(x) for x in cluster.sql(
-            "select (select sum(abalance) from pgbench_accounts), (select sum(tbalance) from pgbench_tellers), "
-            "(select coalesce(sum(delta), 0) from pgbench_history), (select count(*) from pgbench_history)"
-        ).strip().split("|")]
-    before = sums()
+    before = tpcb_totals(cluster)
     hits = counts(fast)["hits"]
     pgbench(fast.port, "extended", 4, 50)
     assert counts(fast)["hits"] - hits >= 4 * 50 * 4
-    after = sums()  # (pgbench empties pgbench_history before it runs)
-    assert after[3] == 200 and after[0] - before[0] == after[1] - before[1] == after[2]
+    assert_each_change_stored_once(cluster, before, 200)
 
 
 def test_extended_batches_with_errors_and_parameters_answer_as_postgresql_does(fast):
@@ -328,10 +330,7 @@ def test_more_clients_than_connections_wait_in_line_without_their_greenlets(fast
     """12 clients on a pool of 4: a query that finds no idle connection waits in the pool's line
     from the callback and goes on when one is given back; every answer is each client's own."""
     queued = counts(fast)["queued"]
-    out = subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", str(fast.port), "-U", "postgres", "-n", "-S",
-                          "-c", "12", "-j", "2", "-t", "150", "postgres"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "number of transactions actually processed: 1800/1800" in out.stdout
+    select_only(fast.port, 12, 150)
     assert counts(fast)["queued"] > queued
     errors = []
 
@@ -467,22 +466,12 @@ def test_named_prepared_statements_take_the_fast_path(fast, pgbench, cluster):
     per run, on whatever server connection the transaction gets (the pool's names translated, the
     statement parsed there first if it lacks it); answers right, TPC-B consistent."""
     hits = counts(fast)["hits"]
-    out = subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", str(fast.port), "-U", "postgres", "-n", "-S",
-                          "-M", "prepared", "-c", "4", "-j", "2", "-t", "200", "postgres"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "number of transactions actually processed: 800/800" in out.stdout
+    select_only(fast.port, 4, 200, "prepared")
     assert counts(fast)["hits"] - hits >= 700
 
-    def sums():
-        return [int(x) for x in cluster.sql(
-            "select (select sum(abalance) from pgbench_accounts), (select sum(tbalance) from pgbench_tellers), "
-            "(select coalesce(sum(delta), 0) from pgbench_history), (select count(*) from pgbench_history)"
-        ).strip().split("|")]
-    before = sums()
+    before = tpcb_totals(cluster)
     pgbench(fast.port, "prepared", 4, 50)
-    after = sums()
-    assert after[3] == 200 and after[0] - before[0] == after[1] - before[1] == after[2]
+    assert_each_change_stored_once(cluster, before, 200)
 
 
 def test_prepared_statements_by_name_from_psycopg3_answer_right_on_the_fast_path(fast):

@@ -63,7 +63,7 @@ def missed(reason):
 class FastPath:
     """One session's fast path (made by its Forwarder)."""
     __slots__ = ("fwd", "session", "watcher", "waiter", "served", "held", "stages", "quiet", "rest",
-                 "ready", "queued", "writes", "line_timer")
+                 "ready", "queued", "writes")
 
     def __init__(self, forwarder):
         self.fwd = forwarder
@@ -82,7 +82,6 @@ class FastPath:
         self.writes = set()  # texts whose one decision was "a lone write": let through inside a transaction block
         self.ready = ()  # stages' fast_ready checks
         self.queued = None  # the request waiting in its pool's line (Queued); the client's reads wait meanwhile
-        self.line_timer = None  # its acquire_timeout (one timer, reused from wait to wait)
 
     def park(self):
         """Wait for the client's bytes with its socket's reads in the loop's hands: what the
@@ -106,8 +105,6 @@ class FastPath:
         if self.queued is not None:  # (the session ends: its request leaves the line)
             self.queued.leave()
             self.queued = None
-        if self.line_timer is not None:
-            self.line_timer.close()
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher.close()
@@ -225,14 +222,22 @@ class FastPath:
                         remember(self.writes, key)
             else:
                 stages = None  # (let through by every stage: nothing to hand over if no connection fits)
+        if stages and lease is None:
+            fwd.premade = (ctx, result, sql, "", b"")  # (for the greenlet, should no connection fit)
+        return self.go_on(lease, data, self.query_sent, None)
+
+    def go_on(self, lease, data, go, args):
+        """The request goes on (go): on the lease held, or on one taken now, or once its turn comes
+        in its pool's line (None); else why it cannot (the stages' result stays in fwd.premade for
+        the greenlet)."""
         if lease is None:
+            slot = self.session.slot
             took = slot.take_now()
             if took is not True:
-                if stages:
-                    fwd.premade = (ctx, result, sql, "", b"")
-                return self.line_up(took, data, self.query_sent, None)
+                return self.line_up(took, data, go, args)
             lease = slot.lease
-        self.query_sent(lease, data, None)
+        self.fwd.premade = None
+        go(lease, data, args)
         return None
 
     def query_sent(self, lease, data, _):
@@ -305,13 +310,7 @@ class FastPath:
                     remember(self.quiet, key)
             else:
                 fwd.premade = decisions.LET_THROUGH
-        if lease is None:
-            took = slot.take_now()
-            if took is not True:
-                return self.line_up(took, data, self.batch_sent, starts)
-            lease = slot.lease
-        self.batch_sent(lease, data, starts)
-        return None
+        return self.go_on(lease, data, self.batch_sent, starts)
 
     def bound(self, data, starts):
         """A batch that runs a statement the client prepared by name (Bind, [Describe,] Execute,
@@ -332,17 +331,10 @@ class FastPath:
             return reason
         if session.proxy.admission.on:
             return "executions counted (limits)"
-        slot = session.slot
-        lease = slot.lease
-        if lease is None:
-            if session.route.next_target is None:  # (on_bind_or_describe's rule: where its Parse went)
-                statements.route_of_bind(session, data[bind + 5:starts[1]])
-            took = slot.take_now()
-            if took is not True:
-                return self.line_up(took, data, self.handled, None)
-            lease = slot.lease
-        self.handled(lease, data, None)
-        return None
+        lease = session.slot.lease
+        if lease is None and session.route.next_target is None:  # (on_bind_or_describe's rule: where its Parse went)
+            statements.route_of_bind(session, data[bind + 5:starts[1]])
+        return self.go_on(lease, data, self.handled, None)
 
     def handled(self, lease, data, _):
         """The forwarder's own handlers take data on lease (nothing they do waits then); what they
@@ -372,7 +364,6 @@ class FastPath:
         statement is the client's, here; the batch goes as it came; the plan expects each
         message's usual answer."""
         session, fwd = self.session, self.fwd
-        fwd.premade = None
         unnamed.parsed(session, data[:starts[1]])
         unnamed.sent(session)
         send(session, lease.server, data)
@@ -393,12 +384,7 @@ class FastPath:
         if not took:
             return "no idle server connection that fits"
         pool, target = took
-        timeout, timer = pool.config.pool.acquire_timeout, self.line_timer
-        if timer is None or timer.at != timeout:
-            if timer is not None:
-                timer.close()
-            timer = self.line_timer = get_hub().loop.timer(timeout)
-        queued = self.queued = Queued(self, pool, target, data, go, args, timer)
+        queued = self.queued = Queued(self, pool, target, data, go, args)
         self.session.slot.wait_on(queued)
         self.watcher.stop()  # (its next request waits for this one: as a client's pipeline would)
         self.session.counters.fast_queued += 1
@@ -421,8 +407,7 @@ class FastPath:
             elif session.closing is not None or proxy.paused or proxy.suspended is not None:
                 queued.pool.release(server)
             elif slot.take_from(queued.pool, server, queued.target):
-                self.fwd.premade = None  # (the stages' result is spent: the request goes on here)
-                queued.go(slot.lease, queued.data, queued.args)
+                self.go_on(slot.lease, queued.data, queued.go, queued.args)
                 if self.waiter is not None:
                     self.watcher.start(self.readable)  # (the client's next request)
                 return
@@ -450,10 +435,11 @@ class Queued:
     callback; a cancel (set_exception) or the pool's acquire_timeout refuses it."""
     __slots__ = ("fast", "pool", "target", "data", "go", "args", "timer", "done", "started")
 
-    def __init__(self, fast, pool, target, data, go, args, timer):
+    def __init__(self, fast, pool, target, data, go, args):
         self.fast, self.pool, self.target, self.data, self.go, self.args = fast, pool, target, data, go, args
-        self.done, self.started, self.timer = False, time.monotonic(), timer
-        timer.start(self.expired)
+        self.done, self.started = False, time.monotonic()
+        self.timer = get_hub().loop.timer(pool.config.pool.acquire_timeout)
+        self.timer.start(self.expired)
         pool.line_up(self)
 
     def ready(self):
