@@ -11,8 +11,13 @@ import sys
 import threading
 import time
 
+import psycopg
 import psycopg2
 import pytest
+
+from helios_proxy.protocol import codec
+
+from .wire import Wire
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "plugins", "wasm-examples")
@@ -103,6 +108,32 @@ def test_rewrite_and_respond_and_failure_isolation(plugin_proxy):
         closed.query("select 'boom'")
     assert info.value.pgcode == "XX000" and "plugin tests.plugins.broken failed" in str(info.value)
     assert closed.query("select 1") == [(1,)]
+
+
+def test_a_plugins_answer_in_the_extended_protocol(plugin_proxy):
+    """psycopg 3 sends every query through the extended protocol: a plugin's answer reaches it
+    there too (unnamed and prepared by name), an Execute's row limit suspends the portal as
+    PostgreSQL does, and binary results (which the proxy does not make) are refused with 0A000."""
+    proxy = plugin_proxy({"modules": ["tests.plugins.rewrite"]})
+    for threshold in (None, 0):
+        with psycopg.connect(proxy.dsn(), autocommit=True, prepare_threshold=threshold) as conn:
+            for _ in range(3):
+                assert conn.execute("show plugin_rows").fetchall() == [("1",), ("2",), ("3",)]
+                assert conn.execute("show plugin_answer").fetchone() == ("from the proxy",)
+            with pytest.raises(psycopg.errors.FeatureNotSupported, match="text format only"):
+                conn.cursor(binary=True).execute("show plugin_answer")
+            assert conn.execute("select 'still here'").fetchone() == ("still here",)
+    w = Wire(proxy.port)
+    try:
+        w.startup(user="postgres", database="postgres")
+        w.send(codec.parse("show plugin_rows", name="s") + codec.bind([], portal="p", statement="s")
+               + codec.describe_portal("p") + codec.execute("p", max_rows=2) + codec.execute("p", max_rows=2)
+               + codec.SYNC)
+        msgs = w.until_ready()
+        assert [t for t, _ in msgs] == [b"1", b"2", b"T", b"D", b"D", b"s", b"D", b"C", b"Z"]
+        assert [codec.parse_data_row(b) for t, b in msgs if t == b"D"] == [[b"1"], [b"2"], [b"3"]]
+    finally:
+        w.close()
 
 
 def test_lifecycle_hooks_and_admin_routes(plugin_proxy, tmp_path):

@@ -268,6 +268,57 @@ def test_prepared_statement_errors_match_postgres(cluster, txn):
     assert exchange(txn.port) == exchange(cluster.primary_port)
 
 
+def test_statements_the_proxy_answers_in_the_extended_protocol_match_postgres(cluster, txn):
+    """DEALLOCATE under transaction pooling is the proxy's to answer (the client's statements are
+    its own): through the extended protocol, as psycopg 3, asyncpg and JDBC send it, unnamed or
+    prepared by name, alone or in a batch with the server's statements, in and out of a
+    transaction, the client gets what PostgreSQL sends (it got 0A000 before)."""
+    describe_statement = codec.message(b"D", b"S\0")
+
+    def exchange(port):
+        w = Wire(port)
+        w.startup(user="postgres", database="postgres")
+        out = []
+        steps = [
+            codec.query("PREPARE p1 AS select 1"),
+            codec.query("PREPARE p2 AS select 2"),
+            codec.parse("DEALLOCATE p1") + codec.bind([]) + codec.describe_portal() + codec.execute() + codec.SYNC,
+            codec.query("EXECUTE p2"),
+            codec.query("EXECUTE p1"),                                                       # 26000
+            codec.parse("DEALLOCATE ALL") + describe_statement + codec.bind([]) + codec.execute() + codec.SYNC,
+            codec.query("EXECUTE p2"),                                                       # 26000
+            codec.query("PREPARE p3 AS select 3"),
+            codec.parse("DEALLOCATE p3", name="d3") + codec.SYNC,
+            codec.bind([], statement="d3") + codec.execute() + codec.SYNC,
+            codec.query("EXECUTE p3"),                                                       # 26000
+            codec.bind([], statement="d3") + codec.execute() + codec.SYNC,                  # 26000 again
+            codec.parse("select 1", name="d3") + codec.SYNC,                                 # 42P05
+            codec.message(b"C", b"Sd3\0") + codec.SYNC,
+            codec.bind([], statement="d3") + codec.execute() + codec.SYNC,                  # 26000: closed
+            codec.parse("select 'before'") + codec.bind([]) + codec.execute()               # one batch, in order
+            + codec.parse("DEALLOCATE ALL") + codec.bind([]) + codec.execute()
+            + codec.parse("select 'after'") + codec.bind([]) + codec.execute() + codec.SYNC,
+            codec.query("BEGIN"),
+            codec.query("PREPARE p4 AS select 4"),
+            codec.parse("select 'in'") + codec.bind([]) + codec.execute()
+            + codec.parse("DEALLOCATE p4", name="d4") + codec.bind([], statement="d4") + codec.describe_portal()
+            + codec.execute() + codec.SYNC,
+            codec.query("COMMIT"),
+            codec.query("EXECUTE p4"),                                                       # 26000
+            codec.bind([], statement="") + codec.execute() + codec.SYNC,                    # the unnamed: 'after'
+            codec.query("select 'simple'"),
+            codec.bind([], statement="") + codec.execute() + codec.SYNC,                    # 26000: destroyed
+        ]
+        for step in steps:
+            w.send(step)
+            msgs = w.until_ready()
+            err = error_of(msgs)
+            out.append(([t for t, _ in msgs], err and err["C"], [b for t, b in msgs if t in (b"D", b"C", b"Z")]))
+        w.close()
+        return out
+    assert exchange(txn.port) == exchange(cluster.primary_port)
+
+
 def test_server_statements_are_shared_and_capped(start_proxy, direct):
     proxy = start_proxy(pool={"mode": "transaction", "max_size": 1, "prepared_statements_cap": 2})
 

@@ -126,6 +126,70 @@ def test_prepared_reads_go_to_standbys(routed, cluster):
     assert seen[cluster.ports[0]] == 0 and len(seen) == 2
 
 
+def test_reads_reach_standbys_after_a_primary_transaction_at_a_wal_segment_start(routed, cluster):
+    """After a segment switch (archive_timeout on an idle primary does one), the primary's WAL
+    insert position sits past the new segment's page header, where no standby's replay ever
+    reaches until something else is written: read-your-writes waited for it, so a client's reads
+    stayed on the primary after any transaction there."""
+    primary = psycopg.connect(f"host=127.0.0.1 port={cluster.ports[0]} user=postgres dbname=postgres",
+                              autocommit=True)
+    primary.execute("create table if not exists switch_t(id int)")
+    primary.execute("insert into switch_t values (1)")
+    primary.execute("select pg_switch_wal()")
+    end = primary.execute("select pg_current_wal_lsn()").fetchone()[0]
+    for port in cluster.ports[1:]:
+        with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as s:
+            deadline = time.monotonic() + 15
+            while s.execute("select pg_last_wal_replay_lsn() >= %s::pg_lsn", (end,)).fetchone()[0] is not True:
+                assert time.monotonic() < deadline, "the standby did not replay the switch"
+                time.sleep(0.05)
+    primary.close()
+    conn = routed.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("set helios.route = primary")
+    cur.execute("select inet_server_port()")
+    assert cur.fetchone()[0] == cluster.ports[0]
+    cur.execute("set helios.route = auto")
+    deadline = time.monotonic() + 5
+    while cluster.ports[0] in ports_of(cur, "select inet_server_port()", 1):
+        assert time.monotonic() < deadline, "reads stayed on the primary"
+        time.sleep(0.05)
+
+
+def test_helios_commands_through_psycopg3(routed, cluster):
+    """psycopg 3 sends a statement through the extended protocol once it prepares it (at once with
+    prepare_threshold=0, else after five runs): SET helios.route and SHOW helios.write_lsn, which
+    the proxy answers itself, work there as in psql, each execution of a prepared SET takes effect,
+    and a read it prepared follows SET helios.route = primary (it got 0A000; the read went on to
+    a standby)."""
+    def port(conn):
+        return conn.execute("select inet_server_port()").fetchone()[0]
+
+    def reaches_a_standby(conn):  # (bounded: read-your-writes may hold reads until a standby replays)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if port(conn) != cluster.ports[0]:
+                return True
+            time.sleep(0.05)
+        return False
+
+    with psycopg.connect(routed.dsn(), prepare_threshold=0, autocommit=True) as conn:
+        for _ in range(3):
+            assert reaches_a_standby(conn)
+            conn.execute("set helios.route = primary")
+            assert {port(conn) for _ in range(6)} == {cluster.ports[0]}
+            conn.execute("set helios.route = auto")
+        conn.execute("create table if not exists lsn_t(id int)")
+        conn.execute("insert into lsn_t values (1)")
+        token = conn.execute("show helios.write_lsn").fetchone()[0]
+        assert "/" in token
+        conn.execute(f"set helios.read_after = '{token}'")
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="helios.route"):
+            conn.execute("set helios.route = nowhere")
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
 def test_weighted_distribution(start_proxy, cluster):
     proxy = start_proxy(pool={"mode": "transaction"}, routing={"strategy": "weighted"},
                         nodes=nodes(cluster, standby1=1, standby2=3))

@@ -4,7 +4,7 @@ applied in one place, each to the part of the session that owns it (route, setti
 lease slot, journal) or to the forwarder's next steps (a COMMIT's xid, a cache fill, a batch)."""
 from .. import pipeline
 from ..backend.statements import invalidate_all
-from ..errors import FEATURE_NOT_SUPPORTED, ProtocolViolation
+from ..errors import ProtocolViolation
 from ..pipeline.context import UNDECIDED
 from ..pipeline.stage import Action
 from ..protocol import codec, messages as m
@@ -13,9 +13,18 @@ Q = m.QUERY[0]
 LET_THROUGH = ("let through",)  # a premade decision: every stage lets this text through (fastpath.py)
 
 
+class Answer:
+    """A stage's answer to a Parse: what its statement's executions return (forward_local.py)."""
+    __slots__ = ("sql", "payload")
+
+    def __init__(self, sql, payload):
+        self.sql, self.payload = sql, payload
+
+
 def run(fwd, mtype, data, begin, end):
     """Run the stages on the Query or Parse in data[begin:end]: (True, None) forward as is,
-    (True, message) forward a rewritten message, (False, payload) the proxy answers it. The
+    (True, message) forward a rewritten message, (False, payload) the proxy answers it (a Parse:
+    an error, or the Answer its statement's executions get, forward_local.py). The
     text is decoded straight from the buffer: a large query is copied once, not four times.
     A Query or Parse the fast path decided on already (fastpath.py) is not decided again."""
     session = fwd.session
@@ -77,8 +86,7 @@ def outcome(mtype, ctx, result, sql, name, rest):
         return False, codec.error_response(result.sqlstate, result.message)
     if mtype == Q:
         return False, result.payload
-    return False, codec.error_response(FEATURE_NOT_SUPPORTED,
-                                       "a proxy answer is not available for extended-protocol queries")
+    return False, Answer(sql, result.payload)  # (a Parse: the statement the proxy answers, forward_local.py)
 
 
 def apply(fwd, decided):

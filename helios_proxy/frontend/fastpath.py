@@ -199,7 +199,8 @@ class FastPath:
         lease, pinned = slot.lease, slot.pinned
         if n > fwd.max_query or data.find(0, 5, n - 1) >= 0:
             return "not one Query"
-        if session.statements.unnamed is not None:
+        book = session.statements
+        if book.unnamed is not None or book.local is not None:
             unnamed.destroyed(session)  # (a simple Query drops the unnamed statement, as in PostgreSQL)
         stages = proxy.stages
         if stages:

@@ -21,6 +21,7 @@ from .forward_batch import BatchSteps
 from .forward_cache import CacheSteps
 from .forward_complete import CompletionSteps
 from .forward_journal import JournalSteps
+from .forward_local import LocalSteps
 from .fastpath import FastPath
 
 Q, P, S, X, F, B, D, C = (t[0] for t in (m.QUERY, m.PARSE, m.SYNC, m.TERMINATE, m.FUNCTION_CALL, m.BIND,
@@ -84,6 +85,7 @@ class Forwarder:
         self.batch_steps = BatchSteps(self)
         self.journal_steps = JournalSteps(self)
         self.completion_steps = CompletionSteps(self)
+        self.local_steps = LocalSteps(self)
         self.skip_to_sync = False  # a refused extended message: drop messages up to Sync
         self.stream_left = 0       # bytes of a large message still to pass on (stream_sink) or drop
         self.stream_sink = None
@@ -193,7 +195,8 @@ class Forwarder:
                     self.skip_to_sync = False
                     self.answer_at_sync()
                 continue
-            if mtype in passes and slot.lease is not None and not book.discard_pending and not self.wrapping:
+            if (mtype in passes and slot.lease is not None and not book.discard_pending and not self.wrapping
+                    and book.local is None):
                 entry = p.PLAIN_FOR.get(mtype)  # the usual Execute, Sync, Flush, CopyData...: as is
                 if entry is not None:
                     plan.entries.append(entry)
@@ -293,6 +296,8 @@ class Forwarder:
         if anonymous:  # the client's unnamed statement from now on (frontend/unnamed.py)
             unnamed.parsed(self.session, (replacement or bytes(self.data[begin:end])) if go_on else None)
         if not go_on:
+            if replacement is not None:  # a stage's answer: the client's statement, the proxy's to answer
+                self.local_steps.parsed(begin, end, replacement)
             return None
         batch = self.batch_steps
         if batch.next:
@@ -316,6 +321,9 @@ class Forwarder:
 
     def on_bind_or_describe(self, mtype, begin, end):
         session = self.session
+        if session.statements.local is not None and (
+                self.local_steps.bound(begin, end) if mtype == B else self.local_steps.described(begin, end)):
+            return None  # a statement the proxy answers (frontend/forward_local.py)
         if mtype == B and session.cache_state is not None and session.cache_state.named and self.cache_steps.cache_bind(begin):
             return None  # a cache hit: the whole batch answered
         if mtype == B and session.statements.queries:
@@ -342,6 +350,8 @@ class Forwarder:
         return self.as_is(mtype, begin, end, None)
 
     def on_close(self, mtype, begin, end):
+        if self.session.statements.local is not None and self.local_steps.closed(begin, end):
+            return None
         state = self.session.cache_state
         if state is not None and state.named and self.data[begin + 5] == STATEMENT:
             state.named.pop(codec.read_cstr(self.data[begin + 6:end], 0)[0], None)
@@ -401,6 +411,8 @@ class Forwarder:
                 self.cut(begin, end)
                 self.refuse(mtype, codec.error_response(*refused))
                 return None
+        if mtype == EXECUTE and session.statements.local is not None and self.local_steps.executed(begin, end):
+            return None  # a portal the proxy answers (frontend/forward_local.py)
         return self.on_other(mtype, begin, end)
 
     def on_terminate(self, mtype, begin, end):
@@ -409,7 +421,8 @@ class Forwarder:
 
     # --- the steps the handlers share ----------------------------------------------------------
     def pipeline(self, mtype, begin, end):
-        """The size limit and the stages for a Query or Parse: (go on?, rewritten message or None)."""
+        """The size limit and the stages for a Query or Parse: (go on?, rewritten message or None);
+        (False, decisions.Answer) for a Parse a stage answered (on_parse makes it the client's statement)."""
         if end - begin > self.max_query:
             self.cut(begin, end)
             self.refuse_too_large(mtype, end - begin)
@@ -419,8 +432,11 @@ class Forwarder:
         go_on, replacement = decisions.run(self, mtype, self.data, begin, end)
         if not go_on:
             self.cut(begin, end)
+            if replacement.__class__ is decisions.Answer:  # (a Parse's: forward_local.py, after on_parse's steps)
+                return False, replacement
             self.refuse(mtype, replacement)
-        return go_on, replacement
+            return False, None
+        return True, replacement
 
     def leased(self, mtype, begin, end):
         """Whether the session has a server for this message, leasing one (pooled modes: a new

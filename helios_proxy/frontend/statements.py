@@ -111,12 +111,15 @@ def sql_statements(session, prepare, needs):
 
 
 def route_of_bind(session, body):
-    """Send a Bind of a named statement where the statement's Parse was routed."""
+    """Send a Bind of a named statement where the statement's Parse was routed, or where SET
+    helios.route says now (a statement prepared before it, as psycopg 3 prepares a query it ran
+    five times, follows it as its text would)."""
     pos = body.index(b"\0") + 1
     name = codec.read_cstr(body, pos)[0]
     stmt = session.statements.by_name.get(name) if name else None
     if stmt is not None:
-        session.route.aim(stmt.route)
+        override = session.route.override
+        session.route.aim(stmt.route if override is None else (override, None))
 
 
 def ensure(session, stmt):

@@ -13,7 +13,7 @@ hold the client's gets the Parse again first (its ParseComplete cut), or, when t
 would (26000), never runs another client's statement.
 """
 from ..protocol import codec, messages as m
-from . import plan as p
+from . import forward_local, plan as p
 
 CLOSE_UNNAMED = codec.message(m.CLOSE, b"S\0")
 PARSE, CLOSE = ord("P"), ord("C")
@@ -29,8 +29,12 @@ def names_unnamed(mtype, data, begin, end):
 
 
 def parsed(session, message):
-    """The client's unnamed Parse (as it goes to the server, or answered by the proxy)."""
-    session.statements.unnamed = message
+    """The client's unnamed Parse (as it goes to the server, or refused by the proxy; one the proxy
+    answers is its own statement, forward_local.py, registered after this)."""
+    book = session.statements
+    book.unnamed = message
+    if book.local is not None:
+        forward_local.forget(book, statement="")
 
 
 def sent(session):
@@ -40,7 +44,10 @@ def sent(session):
 
 def destroyed(session):
     """The client's simple Query: PostgreSQL drops the unnamed statement (the server's too, if it goes there)."""
-    session.statements.unnamed = None
+    book = session.statements
+    book.unnamed = None
+    if book.local is not None:  # (and its portal: the Query ends the transaction it belonged to)
+        forward_local.forget(book, statement="", portal="")
 
 
 def restore(forwarder, session):

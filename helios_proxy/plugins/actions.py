@@ -19,7 +19,7 @@ def rewrite(sql):
 
 
 def respond(columns, rows, tag=None):
-    """Answer from the proxy with a text result (simple-protocol queries)."""
+    """Answer from the proxy with a text result (either protocol: frontend/forward_local.py)."""
     return StageResult.respond(codec.table_result(list(columns), [list(r) for r in rows],
                                                   tag or f"SELECT {len(rows)}"))
 

@@ -43,7 +43,7 @@ class StatementBook:
     PostgreSQL; its unnamed statement; the texts a fingerprint limit needs; the query contexts its
     named statements report completions with; whether the next server must drop its statements
     (DISCARD ALL / DEALLOCATE ALL) or re-parse shared ones (DDL)."""
-    __slots__ = ("by_name", "sql", "unnamed", "texts", "queries", "discard_pending", "schema_changed")
+    __slots__ = ("by_name", "sql", "unnamed", "texts", "queries", "discard_pending", "schema_changed", "local")
 
     def __init__(self):
         self.by_name = {}
@@ -53,13 +53,14 @@ class StatementBook:
         self.queries = {}    # (completions on) a named statement's Parse QueryContext: each Bind reports with it
         self.discard_pending = False  # it sent DISCARD ALL / DEALLOCATE ALL: the next server drops its statements
         self.schema_changed = False   # it ran DDL: shared statements are re-parsed after its transaction
+        self.local = None    # frontend/forward_local.LocalStatements: statements the proxy answers (none yet)
 
-    def _check_free(self, name):
-        if name in self.by_name or name in self.sql:
+    def check_free(self, name):
+        if name in self.by_name or name in self.sql or self.local is not None and name in self.local.statements:
             raise ProxyError(f'prepared statement "{name}" already exists', sqlstate=DUPLICATE_PREPARED)
 
     def add_sql(self, name, stmt):
-        self._check_free(name)
+        self.check_free(name)
         self.sql[name] = stmt
         return stmt
 
@@ -67,13 +68,14 @@ class StatementBook:
         return self.sql.get(name) or _undefined(name)
 
     def deallocate(self, name):
-        if self.by_name.pop(name, None) is None and self.sql.pop(name, None) is None:
+        if (self.by_name.pop(name, None) is None and self.sql.pop(name, None) is None
+                and (self.local is None or self.local.statements.pop(name, None) is None)):
             _undefined(name)
 
     def parse(self, body):
         """Register a named Parse; returns (client name, Statement). Raises ProxyError 42P05."""
         name, pos = read_cstr(body, 0)
-        self._check_free(name)
+        self.check_free(name)
         rest = bytes(body[pos:])
         sname = server_name(rest)
         stmt = Statement(sname, codec.message(b"P", codec.cstr(sname) + rest))
@@ -96,6 +98,7 @@ class StatementBook:
         self.by_name.clear()
         self.sql.clear()
         self.queries.clear()
+        self.local = None
 
     def texts_of(self, make):
         """The statement and portal texts a fingerprint limit keys by, made by make() at first use."""

@@ -15,6 +15,11 @@ from ..topology.breaker import Breakers
 from .classify import CATALOG_QUERY, Classifier
 from .tables import TableRouter
 
+# The primary's WAL insert position, its offset in its segment, the WAL page size (write_position).
+WRITE_POSITION = ("SELECT l, (pg_catalog.pg_walfile_name_offset(l)).file_offset, "
+                  "pg_catalog.current_setting('wal_block_size') FROM pg_catalog.pg_current_wal_insert_lsn() l")
+SHORT_PAGE_HEADER, LONG_PAGE_HEADER = 24, 40  # a WAL page's header; the long one begins a segment (64-bit)
+
 log = logging.getLogger(__name__)
 PRIMARY, STANDBY = "primary", "standby"
 
@@ -151,5 +156,15 @@ class Router:
 
     @staticmethod
     def write_position(server):
-        """Where the primary's WAL ends now: past the commit just made, even an asynchronous one."""
-        return lsn(server.execute("SELECT pg_catalog.pg_current_wal_insert_lsn()")[0][0])
+        """Where the primary's WAL ends now: past the commit just made, even an asynchronous one.
+        The insert position is where the next record will begin: just past a page's header when
+        the last record filled its page (always so after a segment switch: archive_timeout on an
+        idle primary), a position no standby ever reports as replayed until something else is
+        written. The end of the last record is the page's start then."""
+        row = server.execute(WRITE_POSITION)[0]
+        at, in_segment, page = lsn(row[0]), int(row[1]), int(row[2])
+        if in_segment == LONG_PAGE_HEADER:
+            return at - LONG_PAGE_HEADER
+        if at % page == SHORT_PAGE_HEADER:
+            return at - SHORT_PAGE_HEADER
+        return at

@@ -9,6 +9,8 @@ def on_query_start(ctx):
         return actions.rewrite("select 'rewritten by a plugin'")
     if ctx.sql.strip().lower() == "show plugin_answer":
         return actions.respond(["answer"], [["from the proxy"]])
+    if ctx.sql.strip().lower() == "show plugin_rows":
+        return actions.respond(["n"], [["1"], ["2"], ["3"]])
     return None
 
 
