@@ -44,6 +44,7 @@ BATCHES = frozenset((b"PBDES", b"PBES"))  # the unnamed extended batches taken (
 DESCRIBED = frozenset(b"PS")
 NAMED = frozenset((b"BDES", b"BES"))  # a named statement's execution (Describe: of the portal)
 PORTAL = ord("P")
+HANDLERS = "the forwarder's handlers"  # let_through(): the request goes through them in the callback
 
 MISSES = {}  # reason -> how many requests the fast path handed to their greenlet (this process)
 
@@ -164,14 +165,17 @@ class FastPath:
         return None
 
     def let_through(self, ctx, result, sql, lease, pinned):
-        """Whether the stages' result lets the request go on as it came, with nothing the greenlet
-        must do first (a COMMIT's xid, a lone write's own transaction, PREPARE, a batch, a pin)."""
+        """Whether the stages' result lets the request go on as it came (True), or through the
+        forwarder's handlers in the callback (HANDLERS: a COMMIT whose xid replay asks first, a
+        lone write it wraps in a transaction of its own: what they do then only sends), or only
+        through the greenlet (False: a refusal, a rewrite, PREPARE, a batch, a pin)."""
         fwd = self.fwd
         if fwd.commit == "write" and lease is not None and not replay.wraps(self.session):
             fwd.commit = None  # (a write inside a transaction block goes as it is: on_query's rule)
-        return not (result is not CONTINUE or ctx.sql is not sql or fwd.commit is not None
-                    or fwd.sql_prepare is not None or fwd.sql_needs or fwd.batch_steps.next
-                    or self.session.slot.pinned is not pinned)
+        if (result is not CONTINUE or ctx.sql is not sql or fwd.sql_prepare is not None or fwd.sql_needs
+                or fwd.batch_steps.next or self.session.slot.pinned is not pinned):
+            return False
+        return True if fwd.commit is None else HANDLERS
 
     def stages_ready(self, stages):
         """Whether every stage can decide now, renewing what the fast path keeps of them after a
@@ -213,9 +217,10 @@ class FastPath:
                 ctx = pipeline.QueryContext(session, sql, "simple", "", n - 6,
                                             n - 6 > proxy.config.pipeline.max_parse_bytes)
                 result = decisions.decide(fwd, ctx, "", self.rest if known else None)
-                if not self.let_through(ctx, result, sql, lease, pinned):
-                    fwd.premade = (ctx, result, sql, "", b"")
-                    return "a stage's decision"
+                through = self.let_through(ctx, result, sql, lease, pinned)
+                if through is not True:
+                    premade = fwd.premade = (ctx, result, sql, "", b"")
+                    return self.go_on(lease, data, self.handled, premade) if through else "a stage's decision"
                 if not known and fast_key_sound(key[5:]):
                     if ctx.decided is None:  # (every stage let it through)
                         remember(self.quiet, key)
@@ -304,9 +309,10 @@ class FastPath:
                 ctx = pipeline.QueryContext(session, sql, "extended", "", nul - 6,
                                             nul - 6 > proxy.config.pipeline.max_parse_bytes)
                 result = decisions.decide(fwd, ctx, "", self.rest if known else None)
-                fwd.premade = (ctx, result, sql, "", bytes(data[nul + 1:parse_end]))  # (the greenlet's, or the handlers')
-                if not self.let_through(ctx, result, sql, lease, pinned):
-                    return "a stage's decision"
+                premade = fwd.premade = (ctx, result, sql, "", bytes(data[nul + 1:parse_end]))  # (the greenlet's, or the handlers')
+                through = self.let_through(ctx, result, sql, lease, pinned)
+                if through is not True:
+                    return self.go_on(lease, data, self.handled, premade) if through else "a stage's decision"
                 if not known and ctx.decided is None:
                     remember(self.quiet, key)
             else:
@@ -337,13 +343,15 @@ class FastPath:
             statements.route_of_bind(session, data[bind + 5:starts[1]])
         return self.go_on(lease, data, self.handled, None)
 
-    def handled(self, lease, data, _):
-        """The forwarder's own handlers take data on lease (nothing they do waits then); what they
-        raise ends the session in its greenlet, as if it had read data itself."""
+    def handled(self, lease, data, premade):
+        """The forwarder's own handlers take data on lease (nothing they do waits then), with the
+        stages' result when they ran (premade); what they raise ends the session in its greenlet,
+        as if it had read data itself."""
         session = self.session
         buf = MessageBuffer(len(data) + 1)
         buf.feed(data)
         session.counters.bytes_in += len(data)
+        self.fwd.premade = premade
         try:
             self.fwd.forward(buf)
         except BaseException as e:
