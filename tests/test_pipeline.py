@@ -58,9 +58,12 @@ def test_long_extended_query_rejected_up_to_sync(limited):
            + codec.query("select 'next'"))
     first = w.until_ready()
     assert error_of(first)["C"] == "54000"
-    assert first[-1] == (b"Z", b"T")  # still in the transaction the server holds
+    assert first[-1] == (b"Z", b"E")  # the error failed the transaction, as any error does in PostgreSQL
     second = w.until_ready()
-    assert (b"D", b"\x00\x01\x00\x00\x00\x04next") in second
+    assert error_of(second)["C"] == "25P02" and second[-1] == (b"Z", b"E")
+    w.send(codec.query("rollback") + codec.query("select 'next'"))
+    w.until_ready()
+    assert (b"D", b"\x00\x01\x00\x00\x00\x04next") in w.until_ready()
     w.close()
 
 

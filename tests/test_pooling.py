@@ -319,6 +319,50 @@ def test_statements_the_proxy_answers_in_the_extended_protocol_match_postgres(cl
     assert exchange(txn.port) == exchange(cluster.primary_port)
 
 
+def test_an_error_the_proxy_gives_inside_a_transaction_fails_it_as_postgres_does(cluster, txn):
+    """An error is an error, whoever raises it: inside a transaction block PostgreSQL's transaction
+    fails (ReadyForQuery 'E', later statements 25P02, the COMMIT rolls back). The proxy's own errors
+    (EXECUTE or Bind of a statement that does not exist, a duplicate name: 26000, 42P05) left the
+    server's transaction going, and the client's COMMIT stored what it had done before."""
+    def exchange(port):
+        w = Wire(port)
+        w.startup(user="postgres", database="postgres")
+        out = []
+        steps = [
+            codec.query("truncate failed_txn"),
+            codec.query("BEGIN"),
+            codec.query("insert into failed_txn values ('simple')"),
+            codec.query("EXECUTE nosuch"),                                                   # 26000
+            codec.query("select 1"),                                                         # 25P02
+            codec.query("COMMIT"),                                                           # ROLLBACK
+            codec.query("BEGIN"),
+            codec.query("insert into failed_txn values ('extended')"),
+            codec.parse("select 1") + codec.bind([]) + codec.execute()
+            + codec.bind([], statement="nosuch") + codec.execute() + codec.SYNC,            # 26000
+            codec.query("COMMIT"),                                                           # ROLLBACK
+            codec.query("BEGIN"),
+            codec.query("insert into failed_txn values ('savepoint')"),
+            codec.query("SAVEPOINT s"),
+            codec.query("DEALLOCATE nosuch"),                                                # 26000
+            codec.query("ROLLBACK TO SAVEPOINT s"),
+            codec.query("COMMIT"),                                                           # stored
+            codec.query("select v from failed_txn"),
+        ]
+        for step in steps:
+            w.send(step)
+            msgs = w.until_ready()
+            err = error_of(msgs)
+            out.append(([t for t, _ in msgs], err and err["C"], [b for t, b in msgs if t in (b"D", b"C", b"Z")]))
+        w.close()
+        return out
+    w = Wire(cluster.primary_port)
+    w.startup(user="postgres", database="postgres")
+    w.send(codec.query("drop table if exists failed_txn; create table failed_txn (v text)"))
+    w.until_ready()
+    w.close()
+    assert exchange(txn.port) == exchange(cluster.primary_port)
+
+
 def test_server_statements_are_shared_and_capped(start_proxy, direct):
     proxy = start_proxy(pool={"mode": "transaction", "max_size": 1, "prepared_statements_cap": 2})
 

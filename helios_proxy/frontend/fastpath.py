@@ -44,6 +44,7 @@ BATCHES = frozenset((b"PBDES", b"PBES"))  # the unnamed extended batches taken (
 DESCRIBED = frozenset(b"PS")
 NAMED = frozenset((b"BDES", b"BES"))  # a named statement's execution (Describe: of the portal)
 PORTAL = ord("P")
+TERMINATE = m.TERMINATE  # (a miss by its own name: not a request the fast path could have taken)
 HANDLERS = "the forwarder's handlers"  # let_through(): the request goes through them in the callback
 
 MISSES = {}  # reason -> how many requests the fast path handed to their greenlet (this process)
@@ -282,7 +283,7 @@ class FastPath:
         if shape in NAMED:
             return self.bound(data, starts)
         if shape not in BATCHES:
-            return "not one unnamed batch"
+            return "the client ends the session" if shape == TERMINATE else "not one unnamed batch"
         parse_end, bind, execute = starts[1], starts[1], starts[-2]
         nul = data.find(0, 6, parse_end)
         if (data[5] != 0 or data[bind + 5] != 0 or data[bind + 6] != 0 or data[execute + 5] != 0 or nul < 0

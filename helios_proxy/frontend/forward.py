@@ -39,6 +39,10 @@ PASS = VALID - {Q, P, B, D, C, X}
 PASS_COUNTED = PASS - {EXECUTE, F}  # while executions are counted (limits/admission.py)
 COPY_MESSAGES = frozenset(b"dcf")  # outside COPY, PostgreSQL ignores them
 COPY_DATA = m.COPY_DATA[0]
+TX_IN_BLOCK = m.TX_IN_BLOCK
+# What fails a server's transaction block when the proxy gives an error inside it (fail_block).
+FAIL_BLOCK = codec.query("DO $helios$BEGIN RAISE EXCEPTION 'helios-proxy: a request of this transaction was "
+                         "refused by the proxy'; END$helios$")
 
 
 def names_statement(mtype, data, begin, end):
@@ -87,6 +91,7 @@ class Forwarder:
         self.completion_steps = CompletionSteps(self)
         self.local_steps = LocalSteps(self)
         self.skip_to_sync = False  # a refused extended message: drop messages up to Sync
+        self.fail_at_sync = False  # ... refused inside a transaction block: the Sync fails it (fail_block)
         self.stream_left = 0       # bytes of a large message still to pass on (stream_sink) or drop
         self.stream_sink = None
         self.sql_prepare = None    # (name, Statement): the Query being forwarded is a PREPARE (Decisions)
@@ -565,12 +570,18 @@ class Forwarder:
     def refuse(self, mtype, payload):
         """Answer a Query/Sync/FunctionCall now. An extended message: the error goes out now (after
         what the server owes before it, as PostgreSQL flushes an error at once, Flush or not), then
-        messages are dropped up to Sync, which gets the ReadyForQuery."""
+        messages are dropped up to Sync, which gets the ReadyForQuery. Inside a transaction block
+        the error fails the server's transaction too, as any error does in PostgreSQL (fail_block)."""
         session = self.session
+        failing = self.in_block()
         if mtype == Q or mtype == S or mtype == F:
-            self.answer(payload)
+            if failing:
+                self.fail_block()
+                self.answer_now(session.plan.fake(payload, p.FAILED_NOW))
+            else:
+                self.answer(payload)
             return
-        self.skip_to_sync = True
+        self.skip_to_sync, self.fail_at_sync = True, failing
         if session.plan.in_extended and session.server is not None:
             self.send(codec.FLUSH)  # the answers to the messages before it, now
         self.answer_now(session.plan.fake(payload))
@@ -581,6 +592,15 @@ class Forwarder:
             self.send(codec.SYNC)
             self.wrapped_sync()
             return
+        if self.fail_at_sync:  # (refused inside a transaction block: the server's fails too)
+            self.fail_at_sync = False
+            if session.plan.in_extended:  # (what went before it is finished; its ReadyForQuery is cut)
+                self.send(codec.SYNC)
+                session.plan.expect(p.SYNC, drop=True)
+                self.count(S)
+            self.fail_block()
+            self.answer_now(session.plan.fake(p.FAILED_NOW))
+            return
         if session.plan.in_extended:
             # Messages of this batch before the refused one reached the server: it finishes them
             # at our Sync, whose ReadyForQuery is the client's. (Unlike PostgreSQL, their effects
@@ -590,6 +610,24 @@ class Forwarder:
             self.count(S)
         else:
             self.answer(b"")
+
+    def in_block(self):
+        """Whether the session's server is inside a transaction block (as far as its answers tell)."""
+        server = self.session.server
+        return server is not None and server.tx_status == TX_IN_BLOCK
+
+    def fail_block(self):
+        """The server's transaction block fails, as PostgreSQL's does on any error: a statement
+        of the proxy's that raises (its answer cut), so that the client's later statements get
+        25P02 and its COMMIT rolls back, as if the server had raised the proxy's error itself."""
+        session = self.session
+        session.plan.expect_hidden()
+        server = session.server
+        server.unnamed_owner = None
+        try:
+            server.send(FAIL_BLOCK)
+        except BackendError:
+            pass  # the server is gone: its pump sees it
 
     def answer(self, payload):
         """An answer and a ReadyForQuery, after everything the server still owes the client."""

@@ -22,6 +22,7 @@ ERROR, READY, DATA_ROW = ord("E"), ord("Z"), ord("D")
 DESCRIBE, STATEMENT = ord("D"), ord("S")
 HIDE = 2  # on_message's drop for the answer to the proxy's own Query (truthy; told from other drops)
 READY_NOW = object()  # in a FAKE payload list: a ReadyForQuery with the status of that moment
+FAILED_NOW = object()  # ... a ReadyForQuery of a failed transaction block (the proxy's error failed it)
 AS_IS = (False, b"")  # on_message's usual answer: forward the message, add nothing
 
 
@@ -141,6 +142,9 @@ class ResponsePlan:
         return None
 
     def _render(self, payload):
+        if payload[-1] is FAILED_NOW:
+            self.status = m.TX_FAILED
+            payload = payload[:-1] + (READY_NOW,)
         return b"".join(codec.ready_for_query(self.status) if p is READY_NOW else p for p in payload)
 
     def on_message(self, mtype, body):
