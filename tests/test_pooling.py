@@ -363,6 +363,27 @@ def test_an_error_the_proxy_gives_inside_a_transaction_fails_it_as_postgres_does
     assert exchange(txn.port) == exchange(cluster.primary_port)
 
 
+def test_settings_a_prepared_statement_changes_follow_its_client(txn):
+    """SET and set_config() prepared by name (psycopg 3 with prepare_threshold=0; a comment may
+    come first, as ORMs add) carry the client's settings to whichever server connection its next
+    transactions get, and to no other client; a prepared UPDATE ... SET is no settings change."""
+    with psycopg.connect(txn.dsn(), prepare_threshold=0, autocommit=True) as conn, \
+            psycopg.connect(txn.dsn(), prepare_threshold=0, autocommit=True) as other:
+        conn.execute("create table if not exists prepared_sets (id int primary key, v int)")
+        conn.execute("insert into prepared_sets values (1, 0) on conflict do nothing")
+        conn.execute("select set_config('application_name', %s, false)", ("prepared-app",))
+        for i in range(20):
+            # each statement is parsed once, then only bound: the Bind's execution carries the SET
+            value = "999ms" if i % 2 else "1234ms"
+            conn.execute(f"/* orm */ SET statement_timeout = '{value}'")
+            with other.transaction():  # (holds a server connection: the next ones may differ)
+                other.execute("update prepared_sets set v = %s where id = 1", (i,))
+                assert conn.execute("show statement_timeout").fetchone() == (value,)
+                assert conn.execute("show application_name").fetchone() == ("prepared-app",)
+            assert other.execute("show statement_timeout").fetchone() not in (("1234ms",), ("999ms",))
+            assert other.execute("show application_name").fetchone() != ("prepared-app",)
+
+
 def test_server_statements_are_shared_and_capped(start_proxy, direct):
     proxy = start_proxy(pool={"mode": "transaction", "max_size": 1, "prepared_statements_cap": 2})
 

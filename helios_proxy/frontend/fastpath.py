@@ -2,16 +2,20 @@
 on gevent's loop, without waking the session's greenlet.
 
 While the forwarder has nothing in hand (no partial message, no large message streaming), its
-greenlet parks here instead of reading the socket; the socket's reads are the loop's. When the
-client's bytes are one simple Query with nothing owed, the callback runs the same code the
-greenlet would (decisions.decide: the stages, their decisions applied to the session's parts),
-uses the lease the session holds (inside a transaction, a pinned client, session pooling: when
-the relay's callback pump serves it) or takes an idle server connection that needs nothing done
-to it (LeaseSlot.take_now, between transactions), sends the bytes as they came and counts what
-the server owes (the plan); the answer comes back through the callback pump, which ends the lease
-at its ReadyForQuery where the pool mode says, as always. Anything else (other messages, a
-decision only the greenlet can carry out, no idle server connection...) is handed to the greenlet with the bytes, and the stages' result when they ran:
-it goes on exactly as if it had read them itself.
+greenlet parks here instead of reading the socket; the socket's reads are the loop's. The callback
+takes a simple Query, an unnamed extended batch (Parse, Bind, [Describe,] Execute, Sync) and a
+named statement's execution (Bind, [Describe,] Execute, Sync): it runs the same code the greenlet
+would (decisions.decide: the stages, their decisions applied to the session's parts), uses the
+lease the session holds (inside a transaction, a pinned client, session pooling: when the relay's
+callback pump serves it) or takes an idle server connection that needs nothing done to it
+(LeaseSlot.take_now; in a full pool the request waits in the pool's line, `Queued`), sends the
+bytes as they came and counts what the server owes (the plan); the answer comes back through the
+callback pump, which ends the lease at its ReadyForQuery where the pool mode says, as always. A
+request whose handling only sends (a named statement's execution, a COMMIT whose xid replay asks
+first, a lone write replay wraps) goes through the forwarder's own handlers, in the callback.
+Anything else (other messages, a refusal, a rewrite, a decision only the greenlet can carry
+out...) is handed to the greenlet with the bytes, and the stages' result when they ran: it goes
+on exactly as if it had read them itself.
 
 It is on while every stage built is `callback_safe` (its process never waits), the query cache is
 off and the client's socket is plain (not TLS); `[server] fast_path`.
@@ -310,7 +314,8 @@ class FastPath:
                 ctx = pipeline.QueryContext(session, sql, "extended", "", nul - 6,
                                             nul - 6 > proxy.config.pipeline.max_parse_bytes)
                 result = decisions.decide(fwd, ctx, "", self.rest if known else None)
-                premade = fwd.premade = (ctx, result, sql, "", bytes(data[nul + 1:parse_end]))  # (the greenlet's, or the handlers')
+                # (the stages' result: the greenlet's, or the handlers')
+                premade = fwd.premade = (ctx, result, sql, "", bytes(data[nul + 1:parse_end]))
                 through = self.let_through(ctx, result, sql, lease, pinned)
                 if through is not True:
                     return self.go_on(lease, data, self.handled, premade) if through else "a stage's decision"

@@ -39,7 +39,7 @@ PASS = VALID - {Q, P, B, D, C, X}
 PASS_COUNTED = PASS - {EXECUTE, F}  # while executions are counted (limits/admission.py)
 COPY_MESSAGES = frozenset(b"dcf")  # outside COPY, PostgreSQL ignores them
 COPY_DATA = m.COPY_DATA[0]
-TX_IN_BLOCK = m.TX_IN_BLOCK
+TX_IN_BLOCK, ERROR_RESPONSE = m.TX_IN_BLOCK, m.ERROR_RESPONSE
 # What fails a server's transaction block when the proxy gives an error inside it (fail_block).
 FAIL_BLOCK = codec.query("DO $helios$BEGIN RAISE EXCEPTION 'helios-proxy: a request of this transaction was "
                          "refused by the proxy'; END$helios$")
@@ -571,9 +571,10 @@ class Forwarder:
         """Answer a Query/Sync/FunctionCall now. An extended message: the error goes out now (after
         what the server owes before it, as PostgreSQL flushes an error at once, Flush or not), then
         messages are dropped up to Sync, which gets the ReadyForQuery. Inside a transaction block
-        the error fails the server's transaction too, as any error does in PostgreSQL (fail_block)."""
+        the error fails the server's transaction too, as any error does in PostgreSQL (fail_block);
+        a Query's payload may also be the proxy's answer (a stage's, a cache hit): that fails nothing."""
         session = self.session
-        failing = self.in_block()
+        failing = payload[:1] == ERROR_RESPONSE and self.in_block()
         if mtype == Q or mtype == S or mtype == F:
             if failing:
                 self.fail_block()

@@ -20,9 +20,9 @@ from ..protocol.codec import read_cstr
 
 # A statement that may change session settings each time it runs (SET, set_config(), DO, CALL):
 # its executions make the session capture its settings at the end of the lease. The keyword must
-# begin the statement (a Parse's text follows its name's NUL): UPDATE ... SET, ON CONFLICT DO
-# UPDATE are not (each run of a prepared UPDATE cost a read-back of the settings).
-SETS = re.compile(rb"set_config|(?:^|\0)\s*(?:set|reset|discard|do|call)\s", re.I)
+# begin the statement (a Parse's text follows its name's NUL; comments may come first): UPDATE ...
+# SET, ON CONFLICT DO UPDATE are not (each run of a prepared UPDATE cost a read-back of the settings).
+SETS = re.compile(rb"set_config|(?:^|\0)(?:\s|/\*.*?\*/|--[^\n]*\n)*(?:set|reset|discard|do|call)\s", re.I | re.S)
 
 
 class Statement:
