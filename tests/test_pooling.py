@@ -22,6 +22,21 @@ def server_connections(direct, app=""):
     return cur.fetchone()[0]
 
 
+def transcript(port, steps, kept=(b"D",)):
+    """What a client sees for each step (bytes sent, up to a ReadyForQuery): the message types, the
+    SQLSTATE of an error, the bodies of the kept types. Compared, proxy against PostgreSQL."""
+    w = Wire(port)
+    w.startup(user="postgres", database="postgres")
+    out = []
+    for step in steps:
+        w.send(step)
+        msgs = w.until_ready()
+        err = error_of(msgs)
+        out.append(([t for t, _ in msgs], err and err["C"], [b for t, b in msgs if t in kept]))
+    w.close()
+    return out
+
+
 def run_threads(n, target):
     errors = []
 
@@ -237,35 +252,24 @@ def test_cancel_while_waiting_for_a_server_leaves_the_queue(start_proxy):
 
 
 def test_prepared_statement_errors_match_postgres(cluster, txn):
-    def exchange(port):
-        w = Wire(port)
-        w.startup(user="postgres", database="postgres")
-        out = []
-        steps = [
-            codec.parse("select $1::int", name="a") + codec.SYNC,
-            codec.parse("select 2", name="a") + codec.SYNC,                       # 42P05
-            codec.bind(["1"], statement="nope") + codec.execute() + codec.SYNC,   # 26000
-            codec.parse("selec oops", name="bad") + codec.SYNC,                   # 42601
-            codec.parse("select 'bad ok'", name="bad") + codec.SYNC,              # name free again
-            codec.bind([], statement="bad") + codec.execute() + codec.SYNC,
-            codec.message(b"C", b"Sa\0") + codec.SYNC,
-            codec.parse("select 'a again'", name="a") + codec.bind([], statement="a") + codec.execute()
-            + codec.SYNC,
-            codec.query("deallocate a"),
-            codec.bind([], statement="a") + codec.execute() + codec.SYNC,         # 26000 after DEALLOCATE
-            codec.query("discard all"),
-            codec.bind([], statement="bad") + codec.execute() + codec.SYNC,       # 26000 after DISCARD ALL
-            codec.parse("select 'fresh'", name="bad") + codec.bind([], statement="bad") + codec.execute()
-            + codec.SYNC,
-        ]
-        for step in steps:
-            w.send(step)
-            msgs = w.until_ready()
-            err = error_of(msgs)
-            out.append(([t for t, _ in msgs], err and err["C"], [b for t, b in msgs if t == b"D"]))
-        w.close()
-        return out
-    assert exchange(txn.port) == exchange(cluster.primary_port)
+    steps = [
+        codec.parse("select $1::int", name="a") + codec.SYNC,
+        codec.parse("select 2", name="a") + codec.SYNC,                       # 42P05
+        codec.bind(["1"], statement="nope") + codec.execute() + codec.SYNC,   # 26000
+        codec.parse("selec oops", name="bad") + codec.SYNC,                   # 42601
+        codec.parse("select 'bad ok'", name="bad") + codec.SYNC,              # name free again
+        codec.bind([], statement="bad") + codec.execute() + codec.SYNC,
+        codec.message(b"C", b"Sa\0") + codec.SYNC,
+        codec.parse("select 'a again'", name="a") + codec.bind([], statement="a") + codec.execute()
+        + codec.SYNC,
+        codec.query("deallocate a"),
+        codec.bind([], statement="a") + codec.execute() + codec.SYNC,         # 26000 after DEALLOCATE
+        codec.query("discard all"),
+        codec.bind([], statement="bad") + codec.execute() + codec.SYNC,       # 26000 after DISCARD ALL
+        codec.parse("select 'fresh'", name="bad") + codec.bind([], statement="bad") + codec.execute()
+        + codec.SYNC,
+    ]
+    assert transcript(txn.port, steps) == transcript(cluster.primary_port, steps)
 
 
 def test_statements_the_proxy_answers_in_the_extended_protocol_match_postgres(cluster, txn):
@@ -275,48 +279,38 @@ def test_statements_the_proxy_answers_in_the_extended_protocol_match_postgres(cl
     transaction, the client gets what PostgreSQL sends (it got 0A000 before)."""
     describe_statement = codec.message(b"D", b"S\0")
 
-    def exchange(port):
-        w = Wire(port)
-        w.startup(user="postgres", database="postgres")
-        out = []
-        steps = [
-            codec.query("PREPARE p1 AS select 1"),
-            codec.query("PREPARE p2 AS select 2"),
-            codec.parse("DEALLOCATE p1") + codec.bind([]) + codec.describe_portal() + codec.execute() + codec.SYNC,
-            codec.query("EXECUTE p2"),
-            codec.query("EXECUTE p1"),                                                       # 26000
-            codec.parse("DEALLOCATE ALL") + describe_statement + codec.bind([]) + codec.execute() + codec.SYNC,
-            codec.query("EXECUTE p2"),                                                       # 26000
-            codec.query("PREPARE p3 AS select 3"),
-            codec.parse("DEALLOCATE p3", name="d3") + codec.SYNC,
-            codec.bind([], statement="d3") + codec.execute() + codec.SYNC,
-            codec.query("EXECUTE p3"),                                                       # 26000
-            codec.bind([], statement="d3") + codec.execute() + codec.SYNC,                  # 26000 again
-            codec.parse("select 1", name="d3") + codec.SYNC,                                 # 42P05
-            codec.message(b"C", b"Sd3\0") + codec.SYNC,
-            codec.bind([], statement="d3") + codec.execute() + codec.SYNC,                  # 26000: closed
-            codec.parse("select 'before'") + codec.bind([]) + codec.execute()               # one batch, in order
-            + codec.parse("DEALLOCATE ALL") + codec.bind([]) + codec.execute()
-            + codec.parse("select 'after'") + codec.bind([]) + codec.execute() + codec.SYNC,
-            codec.query("BEGIN"),
-            codec.query("PREPARE p4 AS select 4"),
-            codec.parse("select 'in'") + codec.bind([]) + codec.execute()
-            + codec.parse("DEALLOCATE p4", name="d4") + codec.bind([], statement="d4") + codec.describe_portal()
-            + codec.execute() + codec.SYNC,
-            codec.query("COMMIT"),
-            codec.query("EXECUTE p4"),                                                       # 26000
-            codec.bind([], statement="") + codec.execute() + codec.SYNC,                    # the unnamed: 'after'
-            codec.query("select 'simple'"),
-            codec.bind([], statement="") + codec.execute() + codec.SYNC,                    # 26000: destroyed
-        ]
-        for step in steps:
-            w.send(step)
-            msgs = w.until_ready()
-            err = error_of(msgs)
-            out.append(([t for t, _ in msgs], err and err["C"], [b for t, b in msgs if t in (b"D", b"C", b"Z")]))
-        w.close()
-        return out
-    assert exchange(txn.port) == exchange(cluster.primary_port)
+    steps = [
+        codec.query("PREPARE p1 AS select 1"),
+        codec.query("PREPARE p2 AS select 2"),
+        codec.parse("DEALLOCATE p1") + codec.bind([]) + codec.describe_portal() + codec.execute() + codec.SYNC,
+        codec.query("EXECUTE p2"),
+        codec.query("EXECUTE p1"),                                                       # 26000
+        codec.parse("DEALLOCATE ALL") + describe_statement + codec.bind([]) + codec.execute() + codec.SYNC,
+        codec.query("EXECUTE p2"),                                                       # 26000
+        codec.query("PREPARE p3 AS select 3"),
+        codec.parse("DEALLOCATE p3", name="d3") + codec.SYNC,
+        codec.bind([], statement="d3") + codec.execute() + codec.SYNC,
+        codec.query("EXECUTE p3"),                                                       # 26000
+        codec.bind([], statement="d3") + codec.execute() + codec.SYNC,                  # 26000 again
+        codec.parse("select 1", name="d3") + codec.SYNC,                                 # 42P05
+        codec.message(b"C", b"Sd3\0") + codec.SYNC,
+        codec.bind([], statement="d3") + codec.execute() + codec.SYNC,                  # 26000: closed
+        codec.parse("select 'before'") + codec.bind([]) + codec.execute()               # one batch, in order
+        + codec.parse("DEALLOCATE ALL") + codec.bind([]) + codec.execute()
+        + codec.parse("select 'after'") + codec.bind([]) + codec.execute() + codec.SYNC,
+        codec.query("BEGIN"),
+        codec.query("PREPARE p4 AS select 4"),
+        codec.parse("select 'in'") + codec.bind([]) + codec.execute()
+        + codec.parse("DEALLOCATE p4", name="d4") + codec.bind([], statement="d4") + codec.describe_portal()
+        + codec.execute() + codec.SYNC,
+        codec.query("COMMIT"),
+        codec.query("EXECUTE p4"),                                                       # 26000
+        codec.bind([], statement="") + codec.execute() + codec.SYNC,                    # the unnamed: 'after'
+        codec.query("select 'simple'"),
+        codec.bind([], statement="") + codec.execute() + codec.SYNC,                    # 26000: destroyed
+    ]
+    kept = (b"D", b"C", b"Z")
+    assert transcript(txn.port, steps, kept) == transcript(cluster.primary_port, steps, kept)
 
 
 def test_an_error_the_proxy_gives_inside_a_transaction_fails_it_as_postgres_does(cluster, txn):
@@ -324,43 +318,29 @@ def test_an_error_the_proxy_gives_inside_a_transaction_fails_it_as_postgres_does
     fails (ReadyForQuery 'E', later statements 25P02, the COMMIT rolls back). The proxy's own errors
     (EXECUTE or Bind of a statement that does not exist, a duplicate name: 26000, 42P05) left the
     server's transaction going, and the client's COMMIT stored what it had done before."""
-    def exchange(port):
-        w = Wire(port)
-        w.startup(user="postgres", database="postgres")
-        out = []
-        steps = [
-            codec.query("truncate failed_txn"),
-            codec.query("BEGIN"),
-            codec.query("insert into failed_txn values ('simple')"),
-            codec.query("EXECUTE nosuch"),                                                   # 26000
-            codec.query("select 1"),                                                         # 25P02
-            codec.query("COMMIT"),                                                           # ROLLBACK
-            codec.query("BEGIN"),
-            codec.query("insert into failed_txn values ('extended')"),
-            codec.parse("select 1") + codec.bind([]) + codec.execute()
-            + codec.bind([], statement="nosuch") + codec.execute() + codec.SYNC,            # 26000
-            codec.query("COMMIT"),                                                           # ROLLBACK
-            codec.query("BEGIN"),
-            codec.query("insert into failed_txn values ('savepoint')"),
-            codec.query("SAVEPOINT s"),
-            codec.query("DEALLOCATE nosuch"),                                                # 26000
-            codec.query("ROLLBACK TO SAVEPOINT s"),
-            codec.query("COMMIT"),                                                           # stored
-            codec.query("select v from failed_txn"),
-        ]
-        for step in steps:
-            w.send(step)
-            msgs = w.until_ready()
-            err = error_of(msgs)
-            out.append(([t for t, _ in msgs], err and err["C"], [b for t, b in msgs if t in (b"D", b"C", b"Z")]))
-        w.close()
-        return out
-    w = Wire(cluster.primary_port)
-    w.startup(user="postgres", database="postgres")
-    w.send(codec.query("drop table if exists failed_txn; create table failed_txn (v text)"))
-    w.until_ready()
-    w.close()
-    assert exchange(txn.port) == exchange(cluster.primary_port)
+    steps = [
+        codec.query("truncate failed_txn"),
+        codec.query("BEGIN"),
+        codec.query("insert into failed_txn values ('simple')"),
+        codec.query("EXECUTE nosuch"),                                                   # 26000
+        codec.query("select 1"),                                                         # 25P02
+        codec.query("COMMIT"),                                                           # ROLLBACK
+        codec.query("BEGIN"),
+        codec.query("insert into failed_txn values ('extended')"),
+        codec.parse("select 1") + codec.bind([]) + codec.execute()
+        + codec.bind([], statement="nosuch") + codec.execute() + codec.SYNC,            # 26000
+        codec.query("COMMIT"),                                                           # ROLLBACK
+        codec.query("BEGIN"),
+        codec.query("insert into failed_txn values ('savepoint')"),
+        codec.query("SAVEPOINT s"),
+        codec.query("DEALLOCATE nosuch"),                                                # 26000
+        codec.query("ROLLBACK TO SAVEPOINT s"),
+        codec.query("COMMIT"),                                                           # stored
+        codec.query("select v from failed_txn"),
+    ]
+    transcript(cluster.primary_port, [codec.query("drop table if exists failed_txn; create table failed_txn (v text)")])
+    kept = (b"D", b"C", b"Z")
+    assert transcript(txn.port, steps, kept) == transcript(cluster.primary_port, steps, kept)
 
 
 def test_settings_a_prepared_statement_changes_follow_its_client(txn):
