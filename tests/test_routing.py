@@ -161,8 +161,9 @@ def test_helios_commands_through_psycopg3(routed, cluster):
     """psycopg 3 sends a statement through the extended protocol once it prepares it (at once with
     prepare_threshold=0, else after five runs): SET helios.route and SHOW helios.write_lsn, which
     the proxy answers itself, work there as in psql, each execution of a prepared SET takes effect,
-    and a read it prepared follows SET helios.route = primary (it got 0A000; the read went on to
-    a standby)."""
+    a read it prepared follows SET helios.route = primary (it got 0A000; the read went on to a
+    standby), and one it prepared while the route said primary reads from a standby once it says
+    auto again (it stayed on the primary)."""
     def port(conn):
         return conn.execute("select inet_server_port()").fetchone()[0]
 
@@ -180,6 +181,12 @@ def test_helios_commands_through_psycopg3(routed, cluster):
             conn.execute("set helios.route = primary")
             assert {port(conn) for _ in range(6)} == {cluster.ports[0]}
             conn.execute("set helios.route = auto")
+    with psycopg.connect(routed.dsn(), autocommit=True) as conn:  # (prepared at its fifth run: while
+        conn.execute("set helios.route = primary")                 # the route says primary)
+        assert {port(conn) for _ in range(8)} == {cluster.ports[0]}
+        conn.execute("set helios.route = auto")
+        assert reaches_a_standby(conn)  # (it follows its own route again)
+    with psycopg.connect(routed.dsn(), prepare_threshold=0, autocommit=True) as conn:
         conn.execute("create table if not exists lsn_t(id int)")
         conn.execute("insert into lsn_t values (1)")
         token = conn.execute("show helios.write_lsn").fetchone()[0]

@@ -97,6 +97,8 @@ def apply(fwd, decided):
         route.aim(decided.target, decided.lag, decided.tables)
     if decided.route_override is not UNDECIDED:
         route.route_later(decided.route_override)
+    if decided.statement_target is not None:
+        route.aim_statement(*decided.statement_target)
     if decided.read_after is not None:
         route.read_after(decided.read_after)
     if decided.pin:

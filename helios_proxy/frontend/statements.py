@@ -30,7 +30,7 @@ def answer_locally(session, mtype, message):
         if stmt.server_name not in session.slot.pool.known_statements:
             session.statements.forget(name)  # translate() registers it again with the server
             return NEEDS_SERVER
-        stmt.route = session.route.next_target
+        stmt.route = session.route.route_of(name, session.route.next_target)
         return session.plan.fake(prepared.PARSE_COMPLETE)
     if body[0] != STATEMENT or body[1] == 0:
         return NEEDS_SERVER
@@ -47,7 +47,7 @@ def translate(session, mtype, message):
         if body[0] == 0:
             return None
         name, stmt = session.statements.parse(body)
-        stmt.route = (session.slot.lease.target, None)
+        stmt.route = session.route.route_of(name, (session.slot.lease.target, None))
         known[stmt.server_name] = True
         if stmt.server_name in server.statements:  # valid for the server, not yet for the pool
             return b"", plan.fake(prepared.PARSE_COMPLETE)

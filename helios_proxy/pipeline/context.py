@@ -72,7 +72,7 @@ class Decisions:
     """What the stages decided about the session for one query. None/False: nothing decided."""
     __slots__ = ("target", "lag", "tables", "route_override", "read_after", "pin", "settings_changed", "discard",
                  "schema_changed", "sql_prepare", "sql_needs", "commits", "state_changed", "autocommit_write",
-                 "cache", "batch")
+                 "cache", "batch", "statement_target")
 
     def __init__(self):
         self.target = None            # (primary|standby, node name or None): where its next lease goes
@@ -91,6 +91,8 @@ class Decisions:
         self.autocommit_write = False  # replay: a lone write, wrapped in a transaction if run in autocommit
         self.cache = None             # a miss's cache Fill (simple protocol), or a Parse's Admission (cache/)
         self.batch = False            # an extended-protocol INSERT the forwarder may coalesce (batch/)
+        self.statement_target = None  # (name, target): a named statement's own route (SET helios.route
+                                      # routed its Parse; its later Binds follow this once the SET is undone)
 
     def only_a_write(self):
         """Whether all that was decided is that the query is a lone write (replay wraps it in a

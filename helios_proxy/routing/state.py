@@ -5,7 +5,7 @@ lease is made (frontend/session.py); the client's last write position is kept fo
 
 
 class RouteState:
-    __slots__ = ("next_target", "next_lag", "next_tables", "override", "ryw_lsn")
+    __slots__ = ("next_target", "next_lag", "next_tables", "override", "ryw_lsn", "statement")
 
     def __init__(self):
         self.next_target = None  # (primary|standby, node name or None) for the next lease (route stage)
@@ -13,6 +13,7 @@ class RouteState:
         self.next_tables = None
         self.override = None     # SET helios.route: primary|standby|None (auto), for later transactions
         self.ryw_lsn = None      # WAL position of the client's last primary transaction
+        self.statement = None    # (name, target): the route of the statement being prepared, when not its Parse's
 
     def aim(self, target, lag=None, tables=None):
         self.next_target, self.next_lag, self.next_tables = target, lag, tables
@@ -23,6 +24,16 @@ class RouteState:
         lag, tables = self.next_lag, self.next_tables
         self.next_target = self.next_lag = self.next_tables = None
         return target, node_name, lag, tables
+
+    def aim_statement(self, name, target):
+        """The named statement being parsed has a route of its own (its Parse goes where SET
+        helios.route says; its later Binds follow its own route once that is undone)."""
+        self.statement = (name, target)
+
+    def route_of(self, name, default):
+        """The route statement name, prepared now, keeps for its later Binds: its own, else default."""
+        own, self.statement = self.statement, None
+        return own[1] if own is not None and own[0] == name else default
 
     def route_later(self, override):
         """SET helios.route: primary, standby or None (automatic) for later transactions."""

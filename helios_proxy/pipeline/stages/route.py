@@ -70,15 +70,22 @@ class Route(Stage):
             target = (PRIMARY, None)
         elif session.route.override:
             target = (session.route.override, None)
+            if ctx.statement and not ctx.large:  # (a named statement: its later Binds follow its own route)
+                ctx.decide().statement_target = (ctx.statement, self.classified(ctx, session, router))
         elif ctx.large:  # too large to parse on the event loop: the primary can run anything
             router.count_large()
             target = (PRIMARY, None)
         else:
-            router.ensure_catalog(session.identity.database, session.slot.pool)
-            kind = router.classifier.classify(sql, session.identity.database, ctx.skeleton)
-            target = (STANDBY if kind in (READ, BEGIN_READ_ONLY) else PRIMARY, None)
+            target = self.classified(ctx, session, router)
         ctx.decide().target = target
         return StageResult.CONTINUE
+
+    @staticmethod
+    def classified(ctx, session, router):
+        """Where the text's own classification sends it: reads to a standby, the rest to the primary."""
+        router.ensure_catalog(session.identity.database, session.slot.pool)
+        kind = router.classifier.classify(ctx.sql, session.identity.database, ctx.skeleton)
+        return (STANDBY if kind in (READ, BEGIN_READ_ONLY) else PRIMARY, None)
 
     @staticmethod
     def session_command(ctx, session, sql):
