@@ -22,6 +22,7 @@ from .forward_cache import CacheSteps
 from .forward_complete import CompletionSteps
 from .forward_journal import JournalSteps
 from .forward_local import LocalSteps
+from .forward_stream import StreamSteps, span
 from .fastpath import FastPath
 
 Q, P, S, X, F, B, D, C = (t[0] for t in (m.QUERY, m.PARSE, m.SYNC, m.TERMINATE, m.FUNCTION_CALL, m.BIND,
@@ -60,14 +61,7 @@ def names_statement(mtype, data, begin, end):
     return data[body] == STATEMENT and data[body + 1] != 0
 
 
-BIG = 1 << 16
-STREAM_AT = 1 << 20       # a message the proxy need not read, larger than this, is streamed
 FRAME_LIMIT = (1 << 30) - 1  # PostgreSQL's own limit on a message
-
-
-def span(data, a, b):
-    """data[a:b] to send; a large span as a view of the buffer, not a copy."""
-    return data[a:b] if b - a < BIG else memoryview(data)[a:b]
 
 
 class IdleTimeout(Exception):
@@ -92,8 +86,7 @@ class Forwarder:
         self.local_steps = LocalSteps(self)
         self.skip_to_sync = False  # a refused extended message: drop messages up to Sync
         self.fail_at_sync = False  # ... refused inside a transaction block: the Sync fails it (fail_block)
-        self.stream_left = 0       # bytes of a large message still to pass on (stream_sink) or drop
-        self.stream_sink = None
+        self.stream_steps = StreamSteps(self)  # a large message passed on or dropped as it arrives
         self.sql_prepare = None    # (name, Statement): the Query being forwarded is a PREPARE (Decisions)
         self.sql_needs = ()        # Statements it EXECUTEs: prepared on the server first
         self.data, self.start = None, 0  # forward(): the buffer and the run not yet sent
@@ -110,7 +103,7 @@ class Forwarder:
         """Read the client until it leaves (Terminate or EOF)."""
         session = self.session
         cfg = session.proxy.config.server
-        buf = MessageBuffer(FRAME_LIMIT)  # held messages: cfg.max_message_size, checked in held()
+        buf = MessageBuffer(FRAME_LIMIT)  # held messages: cfg.max_message_size, checked in forward_stream.py
         sock = session.sock
         try:
             self.serve(buf, sock, cfg)
@@ -123,7 +116,7 @@ class Forwarder:
         while True:
             timeout = cfg.client_idle_timeout
             fast = self.fast
-            if fast is not None and not buf.pending() and not self.stream_left and fastpath.enabled(session):
+            if fast is not None and not buf.pending() and not self.stream_steps.left and fastpath.enabled(session):
                 data = self.parked(fast, timeout)  # (the fast path reads the socket meanwhile)
                 if data is None:
                     return
@@ -144,8 +137,8 @@ class Forwarder:
             if session.proxy.suspended is not None:  # SUSPEND (admin): nothing goes on until RESUME
                 session.proxy.suspended.wait()
             session.counters.bytes_in += len(data)
-            if self.stream_left:  # the rest of a large message, streamed to the server or dropped
-                data = self.stream(data)
+            if self.stream_steps.left:  # the rest of a large message, streamed to the server or dropped
+                data = self.stream_steps.stream(data)
                 if not data:
                     continue
             buf.feed(data)
@@ -219,8 +212,11 @@ class Forwarder:
                 return False
             cache.next = None  # (a miss's Fill starts with its own message only)
         self.cut(buf.pos, buf.pos)
-        if buf.pending() >= 5:
-            self.held(buf)
+        if buf.pending() >= 5:  # a message not complete yet (frontend/forward_stream.py)
+            mtype, length = buf.head()
+            if mtype not in VALID:
+                raise ProtocolViolation(f"invalid frontend message type {mtype}")
+            self.stream_steps.held(mtype, length, buf)
         return True
 
     def cut(self, begin, end):
@@ -512,47 +508,6 @@ class Forwarder:
             self.session.plan.entries.append(entry)
         self.count(mtype)
         return None
-
-    def held(self, buf):
-        """A message not complete yet: stream it to the server if the proxy need not read it (e.g.
-        CopyData, while leased) and it is large; else it is held whole, up to max_message_size."""
-        session = self.session
-        mtype, length = buf.head()
-        if mtype not in VALID:
-            raise ProtocolViolation(f"invalid frontend message type {mtype}")
-        if self.skip_to_sync and length > STREAM_AT:  # ignored up to Sync anyway: never held
-            self.pass_on(buf, length, None)
-        elif (mtype == Q or mtype == P) and length + 1 > self.max_query:  # refused, never held: dropped
-            self.pass_on(buf, length, None)
-            self.refuse_too_large(mtype, length + 1)
-        elif (length > STREAM_AT and mtype == COPY_DATA and session.server is not None and session.plan.outstanding
-                and not self.skip_to_sync and not session.statements.discard_pending):
-            # CopyData of a COPY in progress: streamed; the lease cannot end before the last byte
-            # went to its server (plan.streaming), so no byte of it can reach another client
-            session.plan.streaming = True
-            self.pass_on(buf, length, self.send)
-        elif length > session.proxy.config.server.max_message_size:
-            raise ProtocolViolation(f"invalid message length {length} for message type {bytes((mtype,))!r} "
-                                    f"(server.max_message_size)")
-
-    def pass_on(self, buf, length, sink):
-        """Hand the message begun in buf to sink (None: drop it), now and as the rest arrives."""
-        have = len(buf.buf) - buf.pos
-        if sink is not None:
-            sink(span(buf.buf, buf.pos, len(buf.buf)))
-        buf.pos = len(buf.buf)
-        self.stream_left, self.stream_sink = 1 + length - have, sink
-
-    def stream(self, data):
-        """Pass the next part of a streamed message on; return what follows it."""
-        n = min(len(data), self.stream_left)
-        if self.stream_sink is not None:
-            self.stream_sink(data[:n] if n < len(data) else data)
-        self.stream_left -= n
-        if not self.stream_left and self.session.plan.streaming:
-            self.session.plan.streaming = False
-            self.session.slot.release_if_idle()  # the server may have finished meanwhile
-        return data[n:]
 
     def refuse_too_large(self, mtype, size):
         limit = self.max_query - 6

@@ -67,7 +67,14 @@ class ResponsePlan:
         self.completions = deque() if completions else None  # query context per ReadyForQuery to come
         self.pending_ctx = None   # the query whose Sync has not been sent yet
         self.hidden = 0           # the proxy's own Queries not answered yet (their rows must be seen)
-        self.streaming = False    # a large CopyData is still being streamed to the server (forward.py)
+        self.streaming = False    # a large CopyData is still being streamed to the server (forward_stream.py)
+
+    def stream_begins(self):
+        """A large CopyData is being streamed to the server: the lease cannot end before its last byte."""
+        self.streaming = True
+
+    def stream_ends(self):
+        self.streaming = False
 
     def own_ready(self):
         """The ReadyForQuery of a Sync or Query the proxy added was seen (not the client's)."""
