@@ -82,7 +82,7 @@ def ask_xid(session, how):
         return
     plan.expect_hidden(journal.xid_row)
     journal.asked = True
-    _send_hidden(server, XID_QUERY)  # (if the server is gone, the COMMIT never ran there)
+    send_hidden(server, XID_QUERY)  # (if the server is gone, the COMMIT never ran there)
 
 
 def wraps(session):
@@ -102,7 +102,7 @@ def wrap_begin(session, forwarder, at):
     forwarder.cut(at, at)
     journal.wrapped, journal.xid = True, UNKNOWN
     plan.expect_hidden()
-    _send_hidden(server, BEGIN_QUERY)
+    send_hidden(server, BEGIN_QUERY)
     return True
 
 
@@ -111,10 +111,11 @@ def wrap_end(session):
     plan.expect_hidden(session.journal.xid_row)
     session.journal.asked = True
     plan.expect_hidden(final=True)  # its ReadyForQuery is the client's
-    _send_hidden(session.server, XID_QUERY + COMMIT_QUERY)
+    send_hidden(session.server, XID_QUERY + COMMIT_QUERY)
 
 
-def _send_hidden(server, data):
+def send_hidden(server, data):
+    """A Query of the proxy's own (its answer cut: plan.expect_hidden, the caller's)."""
     server.unnamed_owner = None  # (a Query of the proxy's: the client's unnamed statement is gone there)
     try:
         server.send(data)

@@ -548,23 +548,19 @@ class Forwarder:
             self.send(codec.SYNC)
             self.wrapped_sync()
             return
-        if self.fail_at_sync:  # (refused inside a transaction block: the server's fails too)
-            self.fail_at_sync = False
-            if session.plan.in_extended:  # (what went before it is finished; its ReadyForQuery is cut)
-                self.send(codec.SYNC)
-                session.plan.expect(p.SYNC, drop=True)
-                self.count(S)
+        failing, self.fail_at_sync = self.fail_at_sync, False  # (refused inside a transaction block)
+        extended = session.plan.in_extended
+        if extended:
+            # Messages of this batch before the refused one reached the server: it finishes them
+            # at our Sync, whose ReadyForQuery is the client's (unless the block fails after it).
+            # (Unlike PostgreSQL, their effects are not rolled back with the batch.)
+            self.send(codec.SYNC)
+            session.plan.expect(p.SYNC, drop=failing)
+            self.count(S)
+        if failing:  # the server's transaction fails too
             self.fail_block()
             self.answer_now(session.plan.fake(p.FAILED_NOW))
-            return
-        if session.plan.in_extended:
-            # Messages of this batch before the refused one reached the server: it finishes them
-            # at our Sync, whose ReadyForQuery is the client's. (Unlike PostgreSQL, their effects
-            # are not rolled back with the batch.)
-            self.send(codec.SYNC)
-            session.plan.expect(p.SYNC)
-            self.count(S)
-        else:
+        elif not extended:
             self.answer(b"")
 
     def in_block(self):
@@ -576,14 +572,8 @@ class Forwarder:
         """The server's transaction block fails, as PostgreSQL's does on any error: a statement
         of the proxy's that raises (its answer cut), so that the client's later statements get
         25P02 and its COMMIT rolls back, as if the server had raised the proxy's error itself."""
-        session = self.session
-        session.plan.expect_hidden()
-        server = session.server
-        server.unnamed_owner = None
-        try:
-            server.send(FAIL_BLOCK)
-        except BackendError:
-            pass  # the server is gone: its pump sees it
+        self.session.plan.expect_hidden()
+        replay.send_hidden(self.session.server, FAIL_BLOCK)
 
     def answer(self, payload):
         """An answer and a ReadyForQuery, after everything the server still owes the client."""

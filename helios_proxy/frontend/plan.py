@@ -151,8 +151,8 @@ class ResponsePlan:
     def _render(self, payload):
         if payload[-1] is FAILED_NOW:
             self.status = m.TX_FAILED
-            payload = payload[:-1] + (READY_NOW,)
-        return b"".join(codec.ready_for_query(self.status) if p is READY_NOW else p for p in payload)
+        return b"".join(codec.ready_for_query(self.status) if p is READY_NOW or p is FAILED_NOW else p
+                        for p in payload)
 
     def on_message(self, mtype, body):
         """(drop this message?, bytes to send right after it) for one server message."""
