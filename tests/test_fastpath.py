@@ -295,12 +295,18 @@ def test_session_pooling_takes_the_fast_path_and_keeps_the_clients_settings(clus
 def test_unnamed_extended_batches_take_the_fast_path(fast, pgbench, cluster):
     """pgbench -M extended: Parse, Bind, Describe, Execute, Sync of the unnamed statement per query,
     between transactions and inside them; the answers are right and every change is stored once."""
+    assert_select_only_and_tpcb_on_the_fast_path(fast, pgbench, cluster, "extended")
+
+
+def assert_select_only_and_tpcb_on_the_fast_path(fast, pgbench, cluster, protocol):
+    """pgbench -M protocol select-only (800 requests) then TPC-B (200 transactions): (nearly) every
+    request a hit, all seven of each TPC-B transaction, and every change stored once."""
     hits = counts(fast)["hits"]
-    select_only(fast.port, 4, 200, "extended")
+    select_only(fast.port, 4, 200, protocol)
     assert counts(fast)["hits"] - hits >= 700
     before = tpcb_totals(cluster)
     hits = counts(fast)["hits"]
-    pgbench(fast.port, "extended", 4, 50)
+    pgbench(fast.port, protocol, 4, 50)
     assert counts(fast)["hits"] - hits >= 4 * 50 * 7 - 20
     assert_each_change_stored_once(cluster, before, 200)
 
@@ -466,18 +472,10 @@ def test_a_query_waiting_in_line_gets_the_room_of_a_connection_that_was_closed(c
 def test_named_prepared_statements_take_the_fast_path(fast, pgbench, cluster):
     """pgbench -M prepared: each statement parsed once by name, then Bind, Describe, Execute, Sync
     per run, on whatever server connection the transaction gets (the pool's names translated, the
-    statement parsed there first if it lacks it); answers right, TPC-B consistent."""
-    hits = counts(fast)["hits"]
-    select_only(fast.port, 4, 200, "prepared")
-    assert counts(fast)["hits"] - hits >= 700
-
-    before = tpcb_totals(cluster)
-    hits = counts(fast)["hits"]
-    pgbench(fast.port, "prepared", 4, 50)
-    # (all seven of each: a prepared UPDATE ... SET is no settings change that the lease's end must
-    # read back in a worker greenlet, which kept the next request off the fast path)
-    assert counts(fast)["hits"] - hits >= 4 * 50 * 7 - 20
-    assert_each_change_stored_once(cluster, before, 200)
+    statement parsed there first if it lacks it); answers right, TPC-B consistent. All seven of each
+    TPC-B transaction are hits: a prepared UPDATE ... SET is no settings change that the lease's
+    end must read back in a worker greenlet (which kept the next request off the fast path)."""
+    assert_select_only_and_tpcb_on_the_fast_path(fast, pgbench, cluster, "prepared")
 
 
 def test_prepared_statements_by_name_from_psycopg3_answer_right_on_the_fast_path(fast):

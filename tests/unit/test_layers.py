@@ -187,7 +187,7 @@ def test_the_ownership_check_fails_on_a_violation():
     bad = {"pipeline/stages/quota.py": "def decide(session, sql):\n    session.quota_left = 3\n",
            "cache/__init__.py": "def hit(self, session):\n    session.cache_off = 'a temporary table'\n"
                                 "    session.cache_state.off = True\n",  # (its own part: allowed)
-           "frontend/forward.py": "class F:\n    def go(self):\n        self.session.plan.streaming, x = True, 1\n",
+           "frontend/forward.py": "class F:\n    def go(self):\n        self.session.counters.queries, x = 1, 1\n",
            "pipeline/stages/limit.py": "def take(ctx):\n    ctx.session.statements.texts = {}\n",
            "tenancy/__init__.py": "def enter(session):\n    session.settings.dirty = True\n"}
     found = violations(bad)
@@ -195,7 +195,7 @@ def test_the_ownership_check_fails_on_a_violation():
     assert "a stage writes through the session" in found[0] and "quota_left" in found[0]
     assert "session.cache_off" in found[1] and "cache_state" not in found[1]
     assert "a stage writes through the session" in found[2] and "statements.texts" in found[2]
-    assert "session.settings.dirty" in found[3]  # (forward.py may write plan.streaming: allowed)
+    assert "session.settings.dirty" in found[3]  # (forward.py may write counters.queries: allowed)
 
 
 def test_few_modules_write_through_a_session_and_every_part_has_one_owner():
