@@ -138,3 +138,86 @@ def test_extended_protocol_inserts_are_coalesced_too(batch_proxy, direct):
     assert batch_proxy.api("GET", "/batch")[1]["rows"] - before >= 24
     for c in conns:
         c.close()
+
+
+def test_batched_inserts_wait_for_their_batch_in_the_fast_path(batch_proxy, direct):
+    """With the fast path on, a batched INSERT waits for its batch without its session's greenlet:
+    a request handled in the client's read callback, answered from a callback once committed."""
+    state = batch_proxy.api("GET", "/fast_path")[1]
+    if not state["enabled"]:
+        pytest.skip("the fast path is off in this run (HELIOS_TEST_FAST_PATH=0)")
+    conns = [connect(batch_proxy) for _ in range(8)]
+    for c in conns:
+        c.cursor().execute("select 1")  # (settings known: a new session's first request is its greenlet's)
+    hits = state["hits"]
+
+    def insert(i):
+        cur = conns[i].cursor()
+        for k in range(5):
+            cur.execute("insert into bt_events (client, payload) values (%s, %s)", (i, f"fast {k}"))
+        return cur.statusmessage
+    assert set(together(8, insert).values()) == {"INSERT 0 1"}
+    cur = direct.cursor()
+    cur.execute("SELECT count(*) FROM bt_events WHERE payload LIKE 'fast %'")
+    assert cur.fetchone()[0] == 40
+    assert batch_proxy.api("GET", "/fast_path")[1]["hits"] - hits >= 40
+    for c in conns:
+        c.close()
+
+
+def test_a_session_that_starts_using_lastval_stops_being_batched(batch_proxy, direct):
+    """An INSERT text whose batch decision the fast path remembers is still asked whether its
+    session may wait for a batch: after lastval() its inserts run on its own connection."""
+    conn = connect(batch_proxy)
+    cur = conn.cursor()
+    before = batch_proxy.api("GET", "/batch")[1]["rows"]
+    for i in range(3):  # (the text's decision remembered after the first)
+        cur.execute("insert into bt_events (client, payload) values (%s, 'seq')", (-10 - i,))
+    assert batch_proxy.api("GET", "/batch")[1]["rows"] - before == 3
+    cur.execute("select 1 where false and lastval() > 0")
+    cur.execute("insert into bt_events (client, payload) values (-20, 'seq') returning id")
+    new_id = cur.fetchone()[0]
+    cur.execute("select lastval()")
+    assert cur.fetchone()[0] == new_id
+    assert batch_proxy.api("GET", "/batch")[1]["rows"] - before == 3
+    conn.close()
+
+
+def test_a_client_gone_while_its_row_waits_costs_nothing_else(batch_proxy, direct):
+    """A client that leaves while its batched INSERT waits (its batch blocked by a lock): its row,
+    sent as an autocommit INSERT, is stored; the proxy and the other clients go on."""
+    import os
+    import socket
+    import struct
+    locker = psycopg2.connect(direct.dsn)
+    locker.cursor().execute("LOCK TABLE bt_events IN EXCLUSIVE MODE")
+    waiting = [connect(batch_proxy) for _ in range(3)]
+    for c in waiting:
+        c.cursor().execute("select 1")
+    gone = batch_proxy.connect()  # (psycopg2 for its startup; its socket is then left mid-request)
+    gone.autocommit = True
+    gone.cursor().execute("select 1")
+    text = b"insert into bt_events (client, payload) values (-30, 'gone')\0"
+    sock = socket.socket(fileno=os.dup(gone.fileno()))
+    sock.sendall(b"Q" + struct.pack("!I", len(text) + 4) + text)
+    others = {}
+    threads = [threading.Thread(target=lambda i=i: others.setdefault(i, waiting[i].cursor().execute(
+        "insert into bt_events (client, payload) values (%s, 'after')", (-31 - i,)))) for i in range(3)]
+    for t in threads:
+        t.start()
+    sock.shutdown(socket.SHUT_RDWR)  # (gone without a Terminate)
+    sock.close()
+    gone.close()
+    locker.rollback()  # the batches go on
+    for t in threads:
+        t.join(30)
+    assert len(others) == 3
+    cur = direct.cursor()
+    cur.execute("SELECT count(*) FROM bt_events WHERE client <= -30")
+    assert cur.fetchone()[0] == 4
+    check = connect(batch_proxy).cursor()
+    check.execute("insert into bt_events (client, payload) values (-40, 'still') returning client")
+    assert check.fetchone() == (-40,)
+    locker.close()
+    for c in waiting:
+        c.close()

@@ -22,7 +22,6 @@ import time
 import weakref
 
 import gevent
-from cachetools import TTLCache
 from gevent.event import AsyncResult
 
 from ..errors import CONNECTION_FAILURE, INTERNAL_ERROR, ProxyError
@@ -45,6 +44,29 @@ class Row:
     def __init__(self, sql, row):
         self.sql, self.row, self.result = sql, row, AsyncResult()
 
+    def leave(self):
+        """Its client left before the answer (the fast path's waiting request): the row, sent as
+        an autocommit INSERT, is inserted all the same; its answer goes nowhere."""
+
+
+class Verdicts:
+    """The catalog's verdict per (database, table), kept ttl seconds: asked for every row, so a
+    dict and a clock (cachetools' TTLCache costs ~6x as much per lookup)."""
+    __slots__ = ("ttl", "found")
+    LIMIT = 4096
+
+    def __init__(self, ttl):
+        self.ttl, self.found = ttl, {}
+
+    def get(self, key):
+        found = self.found.get(key)
+        return None if found is None or found[1] < time.monotonic() else found[0]
+
+    def set(self, key, ok):
+        if len(self.found) >= self.LIMIT:
+            self.found.clear()
+        self.found[key] = (ok, time.monotonic() + self.ttl)
+
 
 class Batches:
     """Every Batcher of the proxy, and what the stage asks: may this query wait for a batch?"""
@@ -53,20 +75,17 @@ class Batches:
         self.proxy = proxy
         self.batchers = {}
         self.shapes = {}                     # skeleton or text -> Insert or None
-        self.tables_ok = TTLCache(maxsize=4096, ttl=60)  # (database, table) -> batchable in the catalog
+        self.tables_ok = Verdicts(ttl=60)  # (database, table) -> batchable in the catalog
         self.counts = {"batches": 0, "rows": 0, "fallbacks": 0, "errors": 0, "passed_through": 0}
         self.sizes = [0] * 12                # rows per batch: 1, 2-3, 4-7, ... (powers of two)
         self.off = weakref.WeakSet()         # sessions that used lastval()/currval(): never batched
+        self.anyone_off = False              # (any ever: a WeakSet's size is a Python call)
 
     def never(self, session):
         """session used lastval() or currval(): its INSERTs are never batched (a batched row is
         inserted on another server connection, so its sequence values would not be the session's)."""
         self.off.add(session)
-
-    def submit(self, session, ctx):
-        """The client's answer once its row is committed (bytes), or None: not batchable."""
-        found = self.place(session, ctx.sql, ctx.skeleton or ctx.sql)
-        return None if found is None else self.wait(*found)
+        self.anyone_off = True
 
     def extended_row(self, session, sql, row_with):
         """(batcher, Row) for an extended-protocol INSERT whose parameters row_with(row) made literals."""
@@ -76,9 +95,21 @@ class Batches:
     def wait(batcher, row):
         return batcher.add(row).get()
 
+    def allows(self, session):
+        """Whether session's INSERT may wait for a batch now: a pooled session outside any
+        transaction, owing nothing, its settings known; not a tenant's (a batch runs on one
+        connection: one tenant's proof), nor one that used lastval()/currval()."""
+        identity = session.identity
+        return (identity.pooled and session.slot.lease is None and not session.slot.pinned
+                and identity.tenant is None and session.settings.checked and not session.plan.owes()
+                and not (self.anyone_off and session in self.off))
+
     def place(self, session, sql, key, row_of=None):
-        """(batcher, Row) for a batchable text, or None. row_of(row) may rewrite the row text (or
-        refuse it: None); a rewritten row's client text, run alone, is the INSERT with that row."""
+        """(batcher, Row) for a batchable text of a session that may wait for it now, or None.
+        row_of(row) may rewrite the row text (or refuse it: None); a rewritten row's client text,
+        run alone, is the INSERT with that row."""
+        if not self.allows(session):
+            return None
         cfg = self.proxy.config.batch
         shape = self.shapes.get(key, False)
         if shape is False:
@@ -192,7 +223,8 @@ class Batcher:
         ok = self.batches.tables_ok.get(key)
         if ok is None:
             _, counts, _ = conn.fetch(UNBATCHABLE, [self.table])
-            ok = self.batches.tables_ok[key] = not any(int(c[0]) for c in counts)
+            ok = not any(int(c[0]) for c in counts)
+            self.batches.tables_ok.set(key, ok)
             if not ok:
                 log.info("table %s has INSERT row triggers or rules: its inserts are not batched", self.table)
         return ok

@@ -118,6 +118,6 @@ def apply(fwd, decided):
         session.journal.note_change()
     if decided.cache is not None:
         fwd.cache_steps.next = decided.cache
-    if decided.batch:
-        fwd.batch_steps.next = True
+    if decided.batch is not None:
+        fwd.batch_steps.next = decided.batch
     fwd.sql_prepare, fwd.sql_needs = decided.sql_prepare, decided.sql_needs

@@ -69,7 +69,7 @@ def missed(reason):
 class FastPath:
     """One session's fast path (made by its Forwarder)."""
     __slots__ = ("fwd", "session", "watcher", "waiter", "served", "held", "stages", "quiet", "rest",
-                 "ready", "queued", "writes")
+                 "ready", "queued", "writes", "batching", "text_stages")
 
     def __init__(self, forwarder):
         self.fwd = forwarder
@@ -85,9 +85,13 @@ class FastPath:
         # (a limit counts every query) still run for them. Per session (its pool mode and journal
         # are part of what the stages saw), renewed when a reload rebuilds the stages.
         self.stages, self.quiet, self.rest = None, set(), ()  # rest: the stages run for a remembered text
+        self.text_stages = ()  # the others
         self.writes = set()  # texts whose one decision was "a lone write": let through inside a transaction block
+        self.batching = {}  # texts whose decisions were a batch (and a lone write) -> the batch's shape (batch/)
         self.ready = ()  # stages' fast_ready checks
-        self.queued = None  # the request waiting in its pool's line (Queued); the client's reads wait meanwhile
+        # the request waiting without its greenlet, in its pool's line (Queued) or for its batch
+        # (batch/ Row); the client's reads wait meanwhile
+        self.queued = None
 
     def park(self):
         """Wait for the client's bytes with its socket's reads in the loop's hands: what the
@@ -186,8 +190,9 @@ class FastPath:
         """Whether every stage can decide now, renewing what the fast path keeps of them after a
         reload rebuilt them."""
         if stages is not self.stages:
-            self.stages, self.quiet, self.writes = stages, set(), set()
+            self.stages, self.quiet, self.writes, self.batching = stages, set(), set(), {}
             self.rest = tuple(stage for stage in stages if not stage.text_only)
+            self.text_stages = tuple(stage for stage in stages if stage.text_only)
             self.ready = tuple(stage.fast_ready for stage in stages if stage.fast_ready is not None)
         session = self.session
         for ready in self.ready:
@@ -216,12 +221,28 @@ class FastPath:
             if (stages is not self.stages or self.ready) and not self.stages_ready(stages):
                 return "a stage is not ready (a function catalog loading)"
             key = data.translate(DIGITS_TO_0)
-            known = key in self.quiet or (key in self.writes and lease is not None and not replay.wraps(session))
+            shape = self.batching.get(key) if self.batching and lease is None else None  # (batch/)
+            if shape is not None and not self.rest and plan.completions is None:
+                if self.batched(n, data[5:-1].decode("utf-8", "replace"), shape):
+                    return None  # (a twin's stages decided a batch, and nothing else runs)
+                shape = None
+            known = shape is not None or key in self.quiet or (
+                key in self.writes and lease is not None and not replay.wraps(session))
             if not known or self.rest or plan.completions is not None:
                 sql = data[5:-1].decode("utf-8", "replace")
                 ctx = pipeline.QueryContext(session, sql, "simple", "", n - 6,
                                             n - 6 > proxy.config.pipeline.max_parse_bytes)
                 result = decisions.decide(fwd, ctx, "", self.rest if known else None)
+                if shape is not None and result is CONTINUE:  # (the text stages, whose decision was a batch)
+                    if ctx.sql is sql and self.batched(n, sql, shape):
+                        return None
+                    result = decisions.decide(fwd, ctx, "", self.text_stages)  # (not batchable now)
+                if fwd.batch_steps.next is not None and result is CONTINUE and ctx.sql is sql:
+                    shape = fwd.batch_steps.take()
+                    if self.batched(n, sql, shape):
+                        if not known and fast_key_sound(key[5:]) and self.batch_only(ctx, shape):
+                            remember(self.batching, key, shape)
+                        return None
                 through = self.let_through(ctx, result, sql, lease, pinned)
                 if through is not True:
                     premade = fwd.premade = (ctx, result, sql, "", b"")
@@ -392,7 +413,53 @@ class FastPath:
         counters.fast_hits += 1
         self.served += 1
 
-    # --- a request waiting in its pool's line, without its greenlet ---------------------------
+    # --- a request waiting without its greenlet: for a batch, or in its pool's line ------------
+    def batched(self, size, sql, shape):
+        """A single-row INSERT the batch stage chose (batch/; shape: its key): it joins its batch;
+        its answer is written from a loop callback once the batch committed (`row_answered`), the
+        client's reads stopped meanwhile. False: not batchable now, it goes on as any Query."""
+        session = self.session
+        found = session.proxy.batches.place(session, sql, shape)
+        if found is None:
+            return False
+        batcher, row = found
+        self.fwd.commit = None  # (replay's "a lone write": the proxy answers it, nothing is sent)
+        self.queued = row
+        self.watcher.stop()
+        batcher.add(row).rawlink(self.row_answered)
+        counters = session.counters
+        counters.bytes_in += size
+        counters.fast_hits += 1
+        self.served += 1
+        return True
+
+    def batch_only(self, ctx, shape):
+        """Whether all the text stages decided on ctx's text is this batch (and a lone write, which
+        the batch answers): its twins may then skip them (the other stages run for every query).
+        The stages ran in one pass; where others ran with them, the text stages are asked alone."""
+        decided = ctx.decided
+        if self.rest:
+            probe = pipeline.QueryContext(ctx.session, ctx.sql, ctx.protocol, "", ctx.size, ctx.large)
+            if pipeline.run(self.text_stages, probe) is not CONTINUE:
+                return False
+            decided = probe.decided
+        return decided is not None and decided.batch == shape and decided.only("batch", "autocommit_write")
+
+    def row_answered(self, result):
+        """The batch of the request waiting committed, or failed (a loop callback): its answer."""
+        queued = self.queued
+        if queued is None or queued.result is not result:  # (the session ended meanwhile: close())
+            return
+        self.queued = None
+        try:
+            self.fwd.batch_steps.answer(result.value)
+        except Exception:  # a bug here costs this session's request, never the loop
+            log.exception("%r: answering a batched insert failed", self.session)
+            self.hand(b"")
+            return
+        if self.waiter is not None:
+            self.watcher.start(self.readable)  # (the client's next request)
+
     def line_up(self, took, data, go, args):
         """take_now() found no idle connection: in a full pool (took: (pool, target)), the request
         waits in its line (Queued) with the client's reads stopped; else why the greenlet takes it."""
@@ -482,10 +549,14 @@ class Queued:
         self.pool.leave_line(self)
 
 
-def remember(texts, key):
+def remember(texts, key, shape=None):
+    """key into texts (a set), or with its batch's shape (a dict)."""
     if len(texts) >= QUIET_TEXTS:
         texts.clear()
-    texts.add(key)
+    if shape is None:
+        texts.add(key)
+    else:
+        texts[key] = shape
 
 
 def send(session, server, data):

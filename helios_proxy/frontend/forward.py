@@ -255,7 +255,13 @@ class Forwarder:
                 return None
         go_on, replacement = self.pipeline(mtype, begin, end)
         commit, self.commit = self.commit, None
-        if not go_on or not self.leased(mtype, begin, end):
+        if not go_on:
+            return None
+        if self.batch_steps.next is not None:
+            key = self.batch_steps.take()
+            if replacement is None and self.batch_steps.batch_query(key, begin, end):
+                return None  # an INSERT coalesced with others' and answered (frontend/forward_batch.py)
+        if not self.leased(mtype, begin, end):
             return None
         self.session.server.unnamed_owner = None
         if commit == "write" and replay.wrap_begin(self.session, self, begin):
@@ -301,10 +307,8 @@ class Forwarder:
                 self.local_steps.parsed(begin, end, replacement)
             return None
         batch = self.batch_steps
-        if batch.next:
-            batch.next = False
-            if replacement is None and batch.batch_parse(begin, end):
-                return None  # an INSERT coalesced with others' and answered (frontend/forward_batch.py)
+        if batch.next is not None and batch.take() and replacement is None and batch.batch_parse(begin, end):
+            return None  # an INSERT coalesced with others' and answered (frontend/forward_batch.py)
         if self.session.proxy.cache is not None and self.cache_steps.cache_parse(begin, end, replacement):
             return None  # a cache hit: the whole batch answered
         if self.session.journal is not None and not self.journal_steps.journal_parse(begin, end, commit):
@@ -432,6 +436,7 @@ class Forwarder:
             return True, None
         go_on, replacement = decisions.run(self, mtype, self.data, begin, end)
         if not go_on:
+            self.batch_steps.next = None  # (a stage's refusal or answer: nothing to coalesce)
             self.cut(begin, end)
             if replacement.__class__ is decisions.Answer:  # (a Parse's: forward_local.py, after on_parse's steps)
                 return False, replacement

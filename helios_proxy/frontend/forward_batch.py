@@ -11,7 +11,9 @@ from struct import error as struct_error, unpack
 
 from pglast.parser import ParseError, scan
 
+from ..batch import Batches
 from ..cache import extended
+from ..pipeline.stage import StageResult
 from ..protocol import codec, messages as m
 
 PARSE_COMPLETE = codec.message(m.PARSE_COMPLETE)
@@ -76,13 +78,40 @@ def row_with(row, params, types=()):
 
 
 class BatchSteps:
-    """Asked by the Forwarder (frontend/forward.py) where batching is on; `next`: the Parse at hand
-    begins an INSERT that may be coalesced (the batch stage's decision)."""
+    """Asked by the Forwarder (frontend/forward.py) where batching is on; `next`: the Query or Parse
+    at hand is an INSERT that may be coalesced (the batch stage's decision: its shape's key)."""
     __slots__ = ("fwd", "next")
 
     def __init__(self, forwarder):
         self.fwd = forwarder
-        self.next = False
+        self.next = None
+
+    def take(self):
+        """The batch stage's decision for the Query or Parse at hand (used up)."""
+        key, self.next = self.next, None
+        return key
+
+    def batch_query(self, key, begin, end):
+        """A single-row INSERT in a simple Query the batch stage chose: coalesced and answered
+        once its batch committed (True), or left to the usual path (False: not batchable)."""
+        fwd = self.fwd
+        sql = str(fwd.data[begin + 5:end - 1], "utf-8", "replace")
+        found = fwd.session.proxy.batches.place(fwd.session, sql, key)
+        if found is None:
+            return False
+        fwd.cut(begin, end)
+        self.answer(Batches.wait(*found))
+        return True
+
+    def answer(self, payload):
+        """The batched query's answer (its rows and tag, or its own error) and a ReadyForQuery;
+        its completion reported as any answer the proxy gives (analytics, plugins)."""
+        fwd = self.fwd
+        plan = fwd.session.plan
+        if plan.completions is not None and plan.pending_ctx is not None:
+            ctx, plan.pending_ctx = plan.pending_ctx, None
+            fwd.completion_steps.answered_here(ctx, StageResult.respond(payload))
+        fwd.answer(payload)
 
     def batch_parse(self, begin, end):
         """An unnamed Parse the batch stage let through, its whole plain batch received: coalesced
@@ -114,7 +143,7 @@ class BatchSteps:
             return False
         self.fwd.cut(begin, sync_end)
         self.fwd.buf.pos = sync_end
-        self.fwd.answer(PARSE_COMPLETE + BIND_COMPLETE + extended_answer(answer, describe))
+        self.answer(PARSE_COMPLETE + BIND_COMPLETE + extended_answer(answer, describe))
         return True
 
 

@@ -90,14 +90,18 @@ class Decisions:
         self.state_changed = False    # replay, session pooling: it may change state a migrate re-creates
         self.autocommit_write = False  # replay: a lone write, wrapped in a transaction if run in autocommit
         self.cache = None             # a miss's cache Fill (simple protocol), or a Parse's Admission (cache/)
-        self.batch = False            # an extended-protocol INSERT the forwarder may coalesce (batch/)
+        self.batch = None             # a single-row INSERT the forwarder may coalesce (batch/): its shape's key
         self.statement_target = None  # (name, target): a named statement's own route (SET helios.route
                                       # routed its Parse; its later Binds follow this once the SET is undone)
 
     def only_a_write(self):
         """Whether all that was decided is that the query is a lone write (replay wraps it in a
         transaction of its own when it runs outside one)."""
-        return self.autocommit_write and all(getattr(self, name) == value for name, value in NOTHING_ELSE)
+        return self.autocommit_write and self.only("autocommit_write")
+
+    def only(self, *names):
+        """Whether nothing was decided but (some of) these."""
+        return all(getattr(self, name) == value for name, value in NOTHING if name not in names)
 
 
-NOTHING_ELSE = tuple((name, getattr(Decisions(), name)) for name in Decisions.__slots__ if name != "autocommit_write")
+NOTHING = tuple((name, getattr(Decisions(), name)) for name in Decisions.__slots__)

@@ -1,15 +1,20 @@
 """The batch stage (the spec's "batch", last before the backend but for the journal's bookkeeping):
-a single-row INSERT sent in autocommit by a pooled client waits here for companions and is
-answered once its multi-row batch committed (batch/); one sent in the extended protocol is marked
-for the forwarder, which takes its whole Parse..Sync (frontend/forward_batch.py). Everything else
-passes untouched: inside a transaction, with answers still owed, a session whose settings are not
-checked yet, and any session that ever used lastval() or currval() (a batched row is inserted on
-another server connection, so its sequence values would not be that session's)."""
+a single-row INSERT sent in autocommit by a pooled client is marked for the forwarder's batch steps
+(frontend/forward_batch.py), which coalesce it with other clients' and answer it once its
+multi-row batch committed (batch/): a simple Query, or the whole Parse..Sync of one sent in the
+extended protocol. The stage itself only decides by the text (it never waits: the fast path may run
+it in a loop callback, and wait for the batch there: frontend/fastpath.py); whether the session
+may wait for a batch now is asked when the row is placed (batch/ Batches.place): not inside a
+transaction, with answers still owed, in a session whose settings are not checked yet, nor in
+any session that ever used lastval() or currval() (a batched row is inserted on another server
+connection, so its sequence values would not be that session's)."""
 from ..stage import Stage, StageResult
 
 
 class Batch(Stage):
     name = "batch"
+    callback_safe = True
+    text_only = True  # (its first word; whether the session may wait for a batch now: Batches.place)
 
     @classmethod
     def enabled(cls, config):
@@ -18,17 +23,12 @@ class Batch(Stage):
     def process(self, ctx):
         session = ctx.session
         sql = ctx.sql
-        batches = session.proxy.batches
         if "val(" in sql and ("lastval" in ctx.lower or "currval" in ctx.lower):
-            batches.never(session)
-        if (session in batches.off or ctx.large or not session.identity.pooled or session.server is not None
-                or session.identity.tenant is not None  # (a batch runs on one connection: one tenant's proof)
-                or session.slot.pinned or session.plan.owes() or not session.settings.checked
-                or ctx.word != "insert"):
+            session.proxy.batches.never(session)
+        if ctx.large or ctx.word != "insert":
             return StageResult.CONTINUE
-        if ctx.protocol != "simple":  # the forwarder takes the whole batch (frontend/forward_batch.py)
-            if not ctx.statement:
-                ctx.decide().batch = True
-            return StageResult.CONTINUE
-        answer = batches.submit(session, ctx)
-        return StageResult.CONTINUE if answer is None else StageResult.respond(answer)
+        if ctx.protocol == "simple":  # (texts of one shape share their batcher: by the skeleton)
+            ctx.decide().batch = ctx.skeleton or ctx.sql
+        elif not ctx.statement:  # (the extended protocol: the forwarder takes the whole batch)
+            ctx.decide().batch = ctx.sql
+        return StageResult.CONTINUE
