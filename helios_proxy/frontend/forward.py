@@ -257,10 +257,8 @@ class Forwarder:
         commit, self.commit = self.commit, None
         if not go_on:
             return None
-        if self.batch_steps.next is not None:
-            key = self.batch_steps.take()
-            if replacement is None and self.batch_steps.batch_query(key, begin, end):
-                return None  # an INSERT coalesced with others' and answered (frontend/forward_batch.py)
+        if self.batch_steps.next is not None and self.batch_steps.batch_query(begin, end, replacement):
+            return None  # an INSERT coalesced with others' and answered (frontend/forward_batch.py)
         if not self.leased(mtype, begin, end):
             return None
         self.session.server.unnamed_owner = None
@@ -306,8 +304,7 @@ class Forwarder:
             if replacement is not None:  # a stage's answer: the client's statement, the proxy's to answer
                 self.local_steps.parsed(begin, end, replacement)
             return None
-        batch = self.batch_steps
-        if batch.next is not None and batch.take() and replacement is None and batch.batch_parse(begin, end):
+        if self.batch_steps.next is not None and self.batch_steps.batch_parse(begin, end, replacement):
             return None  # an INSERT coalesced with others' and answered (frontend/forward_batch.py)
         if self.session.proxy.cache is not None and self.cache_steps.cache_parse(begin, end, replacement):
             return None  # a cache hit: the whole batch answered

@@ -91,9 +91,12 @@ class BatchSteps:
         key, self.next = self.next, None
         return key
 
-    def batch_query(self, key, begin, end):
-        """A single-row INSERT in a simple Query the batch stage chose: coalesced and answered
-        once its batch committed (True), or left to the usual path (False: not batchable)."""
+    def batch_query(self, begin, end, replacement):
+        """A single-row INSERT in a simple Query the batch stage chose (not rewritten): coalesced
+        and answered once its batch committed (True), or left to the usual path (False)."""
+        key = self.take()
+        if replacement is not None:
+            return False
         fwd = self.fwd
         sql = str(fwd.data[begin + 5:end - 1], "utf-8", "replace")
         found = fwd.session.proxy.batches.place(fwd.session, sql, key)
@@ -113,9 +116,12 @@ class BatchSteps:
             fwd.completion_steps.answered_here(ctx, StageResult.respond(payload))
         fwd.answer(payload)
 
-    def batch_parse(self, begin, end):
-        """An unnamed Parse the batch stage let through, its whole plain batch received: coalesced
-        and answered (True), or left to the usual path (False)."""
+    def batch_parse(self, begin, end, replacement):
+        """An unnamed Parse the batch stage chose (not rewritten), its whole plain batch received:
+        coalesced and answered (True), or left to the usual path (False)."""
+        self.take()
+        if replacement is not None:
+            return False
         session = self.fwd.session
         found = extended.batch(self.fwd.data, end)
         if found is None:
