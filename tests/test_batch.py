@@ -3,6 +3,7 @@ multi-row INSERTs, yet each client gets exactly its own tag, RETURNING row or er
 stored once, and what must not be batched is not (transactions, row triggers, other settings,
 sessions using currval)."""
 import threading
+import time
 
 import psycopg2
 import pytest
@@ -221,3 +222,97 @@ def test_a_client_gone_while_its_row_waits_costs_nothing_else(batch_proxy, direc
     locker.close()
     for c in waiting:
         c.close()
+
+
+def test_a_batched_insert_is_read_back_by_its_client_from_a_standby(start_proxy, cluster, direct):
+    """Read-your-writes holds for a batched INSERT: the client's next read, sent to a standby, waits
+    until that standby replayed the batch that stored its row (or goes to the primary)."""
+    from tests.test_routing import nodes, wait_standby_reads
+    direct.cursor().execute("DROP TABLE IF EXISTS bt_ryw; CREATE TABLE bt_ryw (id bigserial PRIMARY KEY, client int)")
+    proxy = start_proxy(pool={"mode": "transaction", "max_size": 8}, nodes=nodes(cluster),
+                        batch={"enabled": True, "tables": ["bt_*"], "max_delay_ms": 5})
+    wait_standby_reads(proxy)
+    conns = [connect(proxy) for _ in range(6)]
+    before = proxy.api("GET", "/batch")[1]["rows"]
+    cur = conns[0].cursor()
+    cur.execute("insert into bt_ryw (client) values (-1)")
+    cur.execute("show helios.write_lsn")  # (the position its next reads wait for: past the batch's commit)
+    token = cur.fetchone()[0]
+    check = direct.cursor()
+    check.execute("select %s::pg_lsn <= pg_current_wal_insert_lsn(), "
+                  "pg_current_wal_insert_lsn() - %s::pg_lsn < 1000000", (token or "0/0", token or "0/0"))
+    assert token and check.fetchone() == (True, True), token
+    assert proxy.api("GET", "/batch")[1]["rows"] - before == 1
+
+    def write_then_read(i):
+        cur, misses, standby = conns[i].cursor(), 0, 0
+        for _ in range(60):
+            cur.execute("insert into bt_ryw (client) values (%s) returning id", (i,))
+            row = cur.fetchone()[0]
+            cur.execute("select count(*), inet_server_port() from bt_ryw where id = %s", (row,))
+            found, port = cur.fetchone()
+            misses += found != 1
+            standby += port != cluster.ports[0]
+        return misses, standby
+    results = together(6, write_then_read)
+    assert proxy.api("GET", "/batch")[1]["rows"] - before >= 301  # (the inserts were batched)
+    assert sum(r[0] for r in results.values()) == 0, results
+    assert sum(r[1] for r in results.values()) > 0  # (reads did reach the standbys)
+    for c in conns:
+        c.close()
+
+
+def test_batched_inserts_count_as_the_queries_and_transactions_they_are(batch_proxy, direct):
+    """SHOW STATS (/stats) counts a batched INSERT as one query and one transaction of its client,
+    whichever protocol sent it, as it counts the same INSERT run alone."""
+    import psycopg
+
+    def totals():
+        row = {r["database"]: r for r in batch_proxy.api("GET", "/stats")[1]}["postgres"]
+        return row["total_query_count"], row["total_xact_count"]
+    conn = connect(batch_proxy)
+    cur = conn.cursor()
+    cur.execute("select 1")
+    rows, (queries, transactions) = batch_proxy.api("GET", "/batch")[1]["rows"], totals()
+    for i in range(5):
+        cur.execute("insert into bt_events (client, payload) values (%s, 'counted')", (-50 - i,))
+    with psycopg.connect(host="127.0.0.1", port=batch_proxy.port, user="postgres", dbname="postgres",
+                         autocommit=True) as extended:  # (an unnamed Parse, Bind, Execute, Sync)
+        for i in range(5):
+            extended.execute("insert into bt_events (client, payload) values (%s, 'counted')", (-60 - i,))
+        after = totals()
+    assert batch_proxy.api("GET", "/batch")[1]["rows"] - rows == 10
+    assert after[0] - queries >= 10 and after[1] - transactions >= 10, (queries, transactions, after)
+    conn.close()
+
+
+def test_a_batch_commit_invalidates_the_cache_of_what_its_table_reaches(start_proxy, direct):
+    """The query cache forgets what a batched INSERT changed once its batch committed, as for any
+    write: here a table an AFTER INSERT trigger updates, read (and stored) while the batch waited."""
+    direct.cursor().execute(
+        "DROP TABLE IF EXISTS bt_src, bt_audit; CREATE TABLE bt_src (x int); CREATE TABLE bt_audit (n int); "
+        "INSERT INTO bt_audit VALUES (0); CREATE OR REPLACE FUNCTION bt_count() RETURNS trigger "
+        "LANGUAGE plpgsql AS $$ BEGIN UPDATE bt_audit SET n = n + 1; RETURN NULL; END $$; "
+        "CREATE TRIGGER bt_count AFTER INSERT ON bt_src FOR EACH ROW EXECUTE FUNCTION bt_count()")
+    proxy = start_proxy(pool={"mode": "transaction", "max_size": 8}, cache={"enabled": True},
+                        batch={"enabled": True, "tables": ["bt_*"], "max_delay_ms": 5})
+    reader = connect(proxy).cursor()
+
+    def audit():
+        reader.execute("select n from bt_audit")
+        return reader.fetchone()[0]
+    assert [audit() for _ in range(3)] == [0, 0, 0]  # (the catalog loaded, the answer stored)
+    locker = psycopg2.connect(direct.dsn)
+    locker.cursor().execute("LOCK TABLE bt_src IN EXCLUSIVE MODE")  # (the batch waits for it)
+    before = proxy.api("GET", "/batch")[1]["rows"]
+    inserting = connect(proxy).cursor()
+    inserting.execute("select 1")  # (settings known: a new session's first request is never batched)
+    writer = threading.Thread(target=lambda: inserting.execute("insert into bt_src (x) values (1)"))
+    writer.start()
+    time.sleep(0.5)
+    assert [audit() for _ in range(5)] == [0] * 5  # (read while the batch waits: not committed yet)
+    locker.rollback()
+    writer.join(30)
+    assert proxy.api("GET", "/batch")[1]["rows"] - before == 1
+    assert audit() == 1
+    locker.close()

@@ -39,10 +39,12 @@ IN_FLIGHT = 2  # batches of one batcher running at once before rows wait for com
 
 
 class Row:
-    __slots__ = ("sql", "row", "result")
+    __slots__ = ("sql", "row", "result", "written", "placed")
 
     def __init__(self, sql, row):
         self.sql, self.row, self.result = sql, row, AsyncResult()
+        self.placed = time.monotonic()  # (its client's transaction time, for the statistics)
+        self.written = None  # the primary's WAL position past its batch's commit (read-your-writes), if asked
 
     def leave(self):
         """Its client left before the answer (the fast path's waiting request): the row, sent as
@@ -93,7 +95,9 @@ class Batches:
 
     @staticmethod
     def wait(batcher, row):
-        return batcher.add(row).get()
+        """Until row's batch committed (or failed): the row, its answer in row.result."""
+        batcher.add(row).get()
+        return row
 
     def allows(self, session):
         """Whether session's INSERT may wait for a batch now: a pooled session outside any
@@ -198,11 +202,17 @@ class Batcher:
             session_state.apply(conn, self.settings, self.settings_key)
             if not self._table_ok(conn):
                 self.batches.counts["passed_through"] += len(rows)
-                self._one_by_one(conn, rows)
-            elif not self._together(conn, rows):
-                self.batches.counts["fallbacks"] += 1
-                self._one_by_one(conn, rows)
+                answers = self._one_by_one(conn, rows)
+            else:
+                answers = self._together(conn, rows)
+                if answers is None:
+                    self.batches.counts["fallbacks"] += 1
+                    answers = self._one_by_one(conn, rows)
             ok = True
+            written = self._written(conn)
+            for row, answer in zip(rows, answers):
+                row.written = written
+                row.result.set(answer)
         except (ProxyError, OSError) as e:
             self.batches.counts["errors"] += 1
             log.warning("batched insert into %s of %d rows failed: %s", self.table, len(rows), e)
@@ -216,7 +226,20 @@ class Batcher:
             if conn is not None:
                 pool.release(conn, reusable=ok and conn.tx_status == m.TX_IDLE and not conn.broken)
             if proxy.cache is not None:  # (writes invalidate again once committed)
-                proxy.cache.invalidate(self.database, [self.table.rpartition(".")[2]])
+                proxy.cache.invalidate_writes(self.database, [self.table.rpartition(".")[2]])
+
+    def _written(self, conn):
+        """Where the primary's WAL ends after the batch's commit, when reads go to standbys: each
+        row's client reads its write back (read-your-writes), as after a lease on the primary."""
+        router = self.proxy.router
+        if not router.on:
+            return None
+        try:
+            return router.write_position(conn)
+        except (ProxyError, OSError) as e:  # (committed all the same: the answers go out)
+            log.warning("the WAL position after a batched insert into %s is unknown (%s): its clients' "
+                        "next reads may miss it on a standby", self.table, e)
+            return None
 
     def _table_ok(self, conn):
         key = (self.database, self.table)
@@ -230,35 +253,37 @@ class Batcher:
         return ok
 
     def _together(self, conn, rows):
-        """One multi-row INSERT; False (nothing stored) when the server refused it."""
+        """One multi-row INSERT: each row's answer, or None (nothing stored) when the server refused it."""
         sql = self.prefix + ", ".join(r.row for r in rows) + self.suffix
         messages = run(conn, sql)
         if any(mtype == m.ERROR_RESPONSE for mtype, _ in messages):
-            return False
+            return None
         described = next((codec.message(mtype, body) for mtype, body in messages if mtype == m.ROW_DESCRIPTION), b"")
         data = [codec.message(mtype, body) for mtype, body in messages if mtype == m.DATA_ROW]
         tag = next((codec.read_cstr(body, 0)[0] for mtype, body in messages if mtype == m.COMMAND_COMPLETE), "")
         if tag != f"INSERT 0 {len(rows)}" or (self.returning and len(data) != len(rows)):
             error = codec.error_response(INTERNAL_ERROR, f"batched insert: the server answered {tag!r} for "
                                                          f"{len(rows)} rows; they may have been stored")
-            for row in rows:
-                row.result.set(error)
             self.batches.counts["errors"] += 1
-            return True
-        for i, row in enumerate(rows):
-            row.result.set(described + data[i] + ONE_ROW if self.returning else ONE_ROW)
+            return [error] * len(rows)
         counts = self.batches.counts
         counts["batches"] += 1
         counts["rows"] += len(rows)
         self.batches.sizes[min(len(rows).bit_length() - 1, 11)] += 1
-        return True
+        return [described + one + ONE_ROW for one in data] if self.returning else [ONE_ROW] * len(rows)
 
     def _one_by_one(self, conn, rows):
         """Each row as its client sent it, alone: each gets exactly its own answer or error."""
-        for row in rows:
-            messages = run(conn, row.sql)
-            row.result.set(b"".join(codec.message(mtype, body) for mtype, body in messages
-                                    if mtype != m.PARAMETER_STATUS))
+        answers = []
+        try:
+            for row in rows:
+                answers.append(b"".join(codec.message(mtype, body) for mtype, body in run(conn, row.sql)
+                                        if mtype != m.PARAMETER_STATUS))
+        except (ProxyError, OSError):
+            for row, answer in zip(rows, answers):  # (these committed: their own answers)
+                row.result.set(answer)
+            raise
+        return answers
 
 
 def run(conn, sql):

@@ -504,11 +504,7 @@ class QueryCache:
         """A write is about to go out (names None: it may touch anything): invalidate now, and
         again when its transaction ends (relay.py calls ended()). What it reaches beyond names
         (foreign-key actions, triggers, rules: catalog.reach) goes too."""
-        if names is not None:
-            cat = self.catalogs.get(session.identity.database)
-            if cat is not None and (cat.anything or cat.cascades or cat.views):
-                names = cat.reach(names)
-        self.invalidate(session.identity.database, names)
+        names = self.invalidate_writes(session.identity.database, names)
         state = session.cache_state
         if state is None:
             return
@@ -519,6 +515,16 @@ class QueryCache:
             state.pending = set(names)
         else:
             pending.update(names)
+
+    def invalidate_writes(self, db, names):
+        """Writes to names of db (None: anything) and to what they reach (foreign-key actions,
+        triggers, rules: catalog.reach) are invalidated; what was invalidated (None: anything)."""
+        if names is not None:
+            cat = self.catalogs.get(db)
+            if cat is not None and (cat.anything or cat.cascades or cat.views):
+                names = cat.reach(names)
+        self.invalidate(db, names)
+        return names
 
     def ended(self, session, done):
         """A ReadyForQuery 'I' after writes or settings in a transaction: the writes committed (or

@@ -452,7 +452,7 @@ class FastPath:
             return
         self.queued = None
         try:
-            self.fwd.batch_steps.answer(result.value)
+            self.fwd.batch_steps.answer(result.value, queued)
         except Exception:  # a bug here costs this session's request, never the loop
             log.exception("%r: answering a batched insert failed", self.session)
             self.hand(b"")

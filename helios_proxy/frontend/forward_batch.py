@@ -7,6 +7,7 @@ Binary parameters of the usual types (bool, integers, floats, text, uuid) are re
 text; other binary parameters, binary results, a parameter used inside an expression, a named
 statement: not batched (the usual path)."""
 import uuid
+from time import monotonic
 from struct import error as struct_error, unpack
 
 from pglast.parser import ParseError, scan
@@ -103,14 +104,24 @@ class BatchSteps:
         if found is None:
             return False
         fwd.cut(begin, end)
-        self.answer(Batches.wait(*found))
+        row = Batches.wait(*found)
+        self.answer(row.result.value, row)
         return True
 
-    def answer(self, payload):
+    def answer(self, payload, row):
         """The batched query's answer (its rows and tag, or its own error) and a ReadyForQuery;
-        its completion reported as any answer the proxy gives (analytics, plugins)."""
+        its completion reported as any answer the proxy gives (analytics, plugins). As after a
+        lease on the primary, the client's later reads see its row (read-your-writes), and the
+        statistics count a query, a transaction and its time."""
         fwd = self.fwd
-        plan = fwd.session.plan
+        session = fwd.session
+        if row.written is not None:
+            session.route.read_after(row.written)
+        counters = session.counters
+        counters.queries += 1
+        counters.transactions += 1
+        session.proxy.stats.observe(monotonic() - row.placed)
+        plan = session.plan
         if plan.completions is not None and plan.pending_ctx is not None:
             ctx, plan.pending_ctx = plan.pending_ctx, None
             fwd.completion_steps.answered_here(ctx, StageResult.respond(payload))
@@ -143,13 +154,14 @@ class BatchSteps:
                 self.fwd.buf.pos = sync_end
                 self.fwd.answer(PARSE_COMPLETE + BIND_COMPLETE + codec.error_response(*refused))
                 return True
-        answer = batches.wait(*row)
+        row = batches.wait(*row)
+        answer = row.result.value
         if answer is None:
             self.fwd.precounted = admission.on  # (its Execute, on the usual path, was counted here)
             return False
         self.fwd.cut(begin, sync_end)
         self.fwd.buf.pos = sync_end
-        self.answer(PARSE_COMPLETE + BIND_COMPLETE + extended_answer(answer, describe))
+        self.answer(PARSE_COMPLETE + BIND_COMPLETE + extended_answer(answer, describe), row)
         return True
 
 
