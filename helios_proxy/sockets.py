@@ -69,10 +69,11 @@ def watcher(sock, events=READ):
     return gevent.get_hub().loop.io(sock.fileno(), events)
 
 
-def recv_now(sock):
-    """Up to 64 KiB without waiting: bytes, b"" at EOF, None when nothing has arrived."""
+def recv_now(raw):
+    """Up to 64 KiB from raw, the kernel socket under a plain gevent socket (`sock._sock`), without
+    waiting: bytes, b"" at EOF, None when nothing has arrived."""
     try:
-        n = sock._sock.recv_into(_SCRATCH)
+        n = raw.recv_into(_SCRATCH)
     except (BlockingIOError, InterruptedError):
         return None
     return _SCRATCH[:n].tobytes()

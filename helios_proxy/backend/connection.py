@@ -11,7 +11,7 @@ from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
 from . import kdf
 from .statements import ServerStatements
-from ..sockets import peek, recv, sendall, watcher
+from ..sockets import peek, plain, recv, sendall, watcher
 from ..protocol.scram import MECHANISM, ScramClient, md5_hash, md5_response
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ class ServerConnection:
         self.credentials = credentials
         self.options = options          # the config sections it needs: pool, tls, server
         self.sock = None
+        self.raw = None                 # the kernel socket under a plain sock (the relay's reads), else None
         self.pid = 0
         self.secret = 0
         self.params = {}                # ParameterStatus values as the server reported them
@@ -40,6 +41,7 @@ class ServerConnection:
         self.unnamed_owner = None
         self.generation = 0     # its pool's generation when opened (pool.py: RECONNECT)
         self.watcher = None     # a read watcher on the loop, armed for the connection's whole life
+        self.watched = False    # (watcher is not None): the watcher would have seen EOF or stray bytes
         self.on_readable = None  # what it calls: the pump of a lease, the pool's check when idle
         self.idle_check = None  # the pool's check, made once (pool.py)
         self.last_tag = None    # the CommandComplete tag of the proxy's own last query
@@ -62,6 +64,7 @@ class ServerConnection:
             if self.options.server.tcp_keepalive:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             self.sock = self._negotiate_tls(sock)
+            self.raw = self.sock._sock if plain(self.sock) else None
             params = {"user": self.credentials.user, "database": self.database}
             params.update(startup_params or {})
             self.sock.sendall(codec.startup_message(params))
@@ -278,6 +281,7 @@ class ServerConnection:
         if self.watcher is None:
             self.watcher = watcher(self.sock)
             self.watcher.start(self._readable)
+            self.watched = True
         self.on_readable = callback
 
     def _readable(self):
@@ -292,11 +296,6 @@ class ServerConnection:
     def resume(self):
         if self.watcher is not None and self.sock is not None:
             self.watcher.start(self._readable)
-
-    @property
-    def watched(self):
-        """Whether the read watcher would have seen EOF or stray bytes (no peek needed)."""
-        return self.watcher is not None
 
     def idle_and_clean(self):
         """True if the socket has nothing unread and is not at EOF: a liveness check before reuse,
@@ -320,7 +319,7 @@ class ServerConnection:
             return False
 
     def close(self, terminate=True):
-        sock, self.sock = self.sock, None
+        sock, self.sock, self.raw = self.sock, None, None
         self.broken = True
         if sock is None:
             return

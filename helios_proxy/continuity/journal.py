@@ -107,7 +107,7 @@ class Journal:
             STATS.over_limit += 1
             log.info("a transaction outgrew replay.max_journal_bytes (%d): it will not be replayed", self.limit)
             return
-        self.chunks.append(bytes(data))
+        self.chunks.append(data if type(data) is bytes else bytes(data))  # (a slice of the client's buffer: copied)
         self.size = size
 
     def commit_next(self, xid):

@@ -30,7 +30,7 @@ from ..plugins.actions import Outcome
 from ..pool.lease import Lease, ends_here
 from ..backend.statements import invalidate, stale_plan
 from ..protocol import codec, messages as m
-from ..protocol.framing import StreamScanner
+from ..protocol.framing import StreamScanner, length_of
 from .plan import ENDS, HIDE, PLAIN
 from ..continuity import replay
 from ..sockets import call_soon, plain, recv, recv_now, wake_when_readable
@@ -157,7 +157,7 @@ class ServerStream:
             mtype = data[pos]
             if mtype not in PLAIN_ANSWER or n - pos < 5:
                 return None
-            end = pos + 1 + int.from_bytes(data[pos + 1:pos + 5], "big")
+            end = pos + 1 + length_of(data, pos)[0]
             if mtype in ends:  # (the message that ends the entry's answer)
                 if mtype == READY:
                     if end != n or end - pos != 6 or k != last:
@@ -329,7 +329,7 @@ class CallbackPump:
 
     def readable(self):
         try:
-            data = recv_now(self.server.sock)
+            data = recv_now(self.server.raw)
             if data is None:
                 return
             if not data:
