@@ -69,7 +69,7 @@ def missed(reason):
 class FastPath:
     """One session's fast path (made by its Forwarder)."""
     __slots__ = ("fwd", "session", "watcher", "waiter", "served", "held", "stages", "quiet", "rest",
-                 "ready", "queued", "writes", "batching", "text_stages")
+                 "ready", "queued", "writes", "batching", "text_stages", "batch_rest")
 
     def __init__(self, forwarder):
         self.fwd = forwarder
@@ -86,6 +86,7 @@ class FastPath:
         # are part of what the stages saw), renewed when a reload rebuilds the stages.
         self.stages, self.quiet, self.rest = None, set(), ()  # rest: the stages run for a remembered text
         self.text_stages = ()  # the others
+        self.batch_rest = ()  # the rest but those that only aim the next lease: run for a text a batch answers
         self.writes = set()  # texts whose one decision was "a lone write": let through inside a transaction block
         self.batching = {}  # texts whose decisions were a batch (and a lone write) -> the batch's shape (batch/)
         self.ready = ()  # stages' fast_ready checks
@@ -192,6 +193,7 @@ class FastPath:
         if stages is not self.stages:
             self.stages, self.quiet, self.writes, self.batching = stages, set(), set(), {}
             self.rest = tuple(stage for stage in stages if not stage.text_only)
+            self.batch_rest = tuple(stage for stage in self.rest if not stage.aims_lease)
             self.text_stages = tuple(stage for stage in stages if stage.text_only)
             self.ready = tuple(stage.fast_ready for stage in stages if stage.fast_ready is not None)
         session = self.session
@@ -222,7 +224,7 @@ class FastPath:
                 return "a stage is not ready (a function catalog loading)"
             key = data.translate(DIGITS_TO_0)
             shape = self.batching.get(key) if self.batching and lease is None else None  # (batch/)
-            if shape is not None and not self.rest and plan.completions is None:
+            if shape is not None and not self.batch_rest and plan.completions is None:
                 if self.batched(n, data[5:-1].decode("utf-8", "replace"), shape):
                     return None  # (a twin's stages decided a batch, and nothing else runs)
                 shape = None
@@ -234,11 +236,13 @@ class FastPath:
                 sql = data[5:-1].decode("utf-8", "replace")
                 ctx = pipeline.QueryContext(session, sql, "simple", "", n - 6,
                                             n - 6 > proxy.config.pipeline.max_parse_bytes)
-                result = decisions.decide(fwd, ctx, "", self.rest if known else None)
+                result = decisions.decide(fwd, ctx, "", (self.rest if shape is None else self.batch_rest)
+                                          if known else None)
                 if shape is not None and result is CONTINUE:  # (the text stages, whose decision was a batch)
                     if ctx.sql is sql and self.batched(n, sql, shape):
                         return None
-                    result = decisions.decide(fwd, ctx, "", self.text_stages)  # (not batchable now)
+                    skipped = tuple(stage for stage in self.rest if stage.aims_lease)  # (not batchable now)
+                    result = decisions.decide(fwd, ctx, "", skipped + self.text_stages)
                 if fwd.batch_steps.next is not None and result is CONTINUE and ctx.sql is sql:
                     shape = fwd.batch_steps.take()
                     if self.batched(n, sql, shape):

@@ -50,6 +50,9 @@ class Stage:
     # the text's words and structure, never on a number's value or on anything it counts: the fast
     # path may remember such a text and skip it for the text's twins (sqlshape.fast_key).
     text_only = False
+    # Its one effect on a query is where the session's next lease goes (the route stage): a query
+    # that takes no lease, an INSERT its batch answers (frontend/fastpath.py), may skip it.
+    aims_lease = False
     # fast_ready(session) -> bool, on a stage that is callback_safe only once something is ready
     # (the route stage: its database's function catalog): asked by the fast path before each query.
     fast_ready = None

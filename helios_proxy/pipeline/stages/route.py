@@ -28,6 +28,7 @@ class Route(Stage):
     name = "route"
     callback_safe = True
     leaves_reads_alone = True
+    aims_lease = True  # (for a query its other effects leave alone: not a helios command, not a named statement)
 
     @classmethod
     def enabled(cls, config):
