@@ -227,7 +227,7 @@ def test_a_client_gone_while_its_row_waits_costs_nothing_else(batch_proxy, direc
 def test_a_batched_insert_is_read_back_by_its_client_from_a_standby(start_proxy, cluster, direct):
     """Read-your-writes holds for a batched INSERT: the client's next read, sent to a standby, waits
     until that standby replayed the batch that stored its row (or goes to the primary)."""
-    from tests.test_routing import nodes, wait_standby_reads
+    from tests.test_routing import nodes, wait_standby_reads, writes_read_back
     direct.cursor().execute("DROP TABLE IF EXISTS bt_ryw; CREATE TABLE bt_ryw (id bigserial PRIMARY KEY, client int)")
     proxy = start_proxy(pool={"mode": "transaction", "max_size": 8}, nodes=nodes(cluster),
                         batch={"enabled": True, "tables": ["bt_*"], "max_delay_ms": 5})
@@ -244,17 +244,7 @@ def test_a_batched_insert_is_read_back_by_its_client_from_a_standby(start_proxy,
     assert token and check.fetchone() == (True, True), token
     assert proxy.api("GET", "/batch")[1]["rows"] - before == 1
 
-    def write_then_read(i):
-        cur, misses, standby = conns[i].cursor(), 0, 0
-        for _ in range(60):
-            cur.execute("insert into bt_ryw (client) values (%s) returning id", (i,))
-            row = cur.fetchone()[0]
-            cur.execute("select count(*), inet_server_port() from bt_ryw where id = %s", (row,))
-            found, port = cur.fetchone()
-            misses += found != 1
-            standby += port != cluster.ports[0]
-        return misses, standby
-    results = together(6, write_then_read)
+    results = together(6, lambda i: writes_read_back(conns[i].cursor(), "bt_ryw", "client", i, 60, cluster.ports[0]))
     assert proxy.api("GET", "/batch")[1]["rows"] - before >= 301  # (the inserts were batched)
     assert sum(r[0] for r in results.values()) == 0, results
     assert sum(r[1] for r in results.values()) > 0  # (reads did reach the standbys)

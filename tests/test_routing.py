@@ -42,6 +42,20 @@ def routed(cluster, tmp_path_factory):
     p.stop()
 
 
+def writes_read_back(cur, table, column, value, n, primary_port):
+    """n times: a row inserted into table, then read back at once by its id: (reads that missed
+    it, reads a standby answered)."""
+    misses, standby_reads = 0, 0
+    for _ in range(n):
+        cur.execute(f"insert into {table} ({column}) values (%s) returning id", (value,))
+        rid = cur.fetchone()[0]
+        cur.execute(f"select count(*), inet_server_port() from {table} where id = %s", (rid,))
+        found, port = cur.fetchone()
+        misses += found != 1
+        standby_reads += port != primary_port
+    return misses, standby_reads
+
+
 def ports_of(cur, sql, n):
     seen = collections.Counter()
     for _ in range(n):
@@ -107,14 +121,7 @@ def test_read_your_writes_1000_times_while_reads_reach_standbys(routed, cluster)
     conn.autocommit = True
     cur = conn.cursor()
     cur.execute("create table if not exists ryw_t(id serial primary key, v int)")
-    misses, standby_reads = 0, 0
-    for i in range(1000):
-        cur.execute("insert into ryw_t(v) values (%s) returning id", (i,))
-        rid = cur.fetchone()[0]
-        cur.execute("select count(*), inet_server_port() from ryw_t where id = %s", (rid,))
-        found, port = cur.fetchone()
-        misses += found != 1
-        standby_reads += port != cluster.ports[0]
+    misses, standby_reads = writes_read_back(cur, "ryw_t", "v", 1, 1000, cluster.ports[0])
     assert misses == 0
     assert standby_reads > 100
 
