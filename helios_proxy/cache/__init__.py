@@ -11,6 +11,7 @@ answer to the `Fill` made for it, which stores it when it completed cleanly. The
 - store.py: L1, this process, bounded by bytes; warm.py: L2, Redis, shared by proxies;
 - logical.py: writes made around the proxy, from a logical replication slot;
 - extended.py: the extended protocol's batches, looked up with their Bind's parameters;
+- fill.py: a miss's answer, collected on its way to the client and stored when it completed;
 - this module: admission (what may be cached), the key, the workload class, invalidation, and the
   quick path (a Query or Parse of a text that hit before, answered before the pipeline runs).
 
@@ -33,11 +34,11 @@ from cachetools import LRUCache
 
 from ..errors import ProxyError
 from ..jobs import JOBS
-from ..protocol import messages as m
 from ..routing.classify import READ_ONLY_FUNCTIONS
 from ..routing.hints import HINT, parse_hints
 from . import catalog as catalogs
 from .catalog import on_server
+from .fill import Fill
 from .logical import LogicalReader
 from .policy import (CLASSES, DECAY_AFTER, EXPENSIVE_S, ONE_HIT_CALLS, ONE_HIT_PROBE,  # noqa: F401
                      POPULAR_AFTER, Admission, ClassStats, workload_class)
@@ -64,46 +65,6 @@ NO_TABLE_EFFECTS = READ_ONLY_FUNCTIONS | frozenset((
     "pg_cancel_backend", "pg_terminate_backend", "pg_reload_conf"))
 UNKNOWN_AGE = 5.0      # a relation the catalog does not know: reload it at most this often
 FIRST_SLOT_WAIT = 3.0  # a database's first read waits this long for its logical slot to be made
-PARSE_COMPLETE, BIND_COMPLETE = m.PARSE_COMPLETE[0], m.BIND_COMPLETE[0]
-ROW_DESCRIPTION, DATA_ROW, COMMAND_COMPLETE, READY = (m.ROW_DESCRIPTION[0], m.DATA_ROW[0], m.COMMAND_COMPLETE[0],
-                                                      m.READY_FOR_QUERY[0])
-
-
-class Fill:
-    """A miss on its way to the server: collects its answer (response path) and stores it."""
-    __slots__ = ("cache", "key", "adm", "session", "gens", "warm_gens", "started", "rowdesc", "parts", "size",
-                 "complete", "origin", "database")
-
-    def __init__(self, cache, key, adm, session, warm_gens, origin):
-        self.cache, self.key, self.adm, self.session = cache, key, adm, session
-        self.database = session.identity.database
-        self.gens = cache.generations(session.identity.database, adm.sorted_names)
-        self.warm_gens = warm_gens
-        self.started = time.monotonic()
-        self.rowdesc, self.parts, self.size, self.complete, self.origin = None, [], 0, False, origin
-
-    def take(self, mtype, message, status=None):
-        """One message of the answer as the client gets it; True when the fill is over (stored or not)."""
-        if mtype == DATA_ROW or mtype == COMMAND_COMPLETE:
-            if self.complete:
-                return True
-            self.parts.append(bytes(message))
-            self.size += len(message)
-            if self.size > self.cache.config.max_entry_bytes:
-                self.cache.count("too_large")
-                return True
-            self.complete = mtype == COMMAND_COMPLETE
-            return False
-        if mtype == ROW_DESCRIPTION and self.rowdesc is None and not self.parts:
-            self.rowdesc = bytes(message)
-            return False
-        if mtype == PARSE_COMPLETE or mtype == BIND_COMPLETE:
-            return False
-        if mtype == READY and self.complete and (status == b"I" or status == b"T"):
-            self.cache.store(self)  # (in a transaction: one that has not written, admit() made sure)
-        return True  # anything else (an error, a notice, NoData...): not stored
-
-
 class QueryCache:
     def __init__(self, proxy):
         self.proxy = proxy
