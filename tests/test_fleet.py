@@ -2,6 +2,7 @@
 primary + two standbys (tests/fix_ha.py) and a real etcd (tests/fix_etcd.py): one failover decision
 for all members, a member alone cut off from the primary promotes nothing, no member promotes
 without etcd, a switchover at one member moves them all, cancels reach their query from any member."""
+import json
 import socket
 import struct
 import threading
@@ -250,6 +251,14 @@ def test_the_fleet_lists_its_members_and_the_primary_each_sees(start_proxy, ha_c
     assert fleet["me"] == "p1" and fleet["agree_on_primary"] and not fleet["error"]
     assert {m["name"]: m["view"]["primary"] for m in fleet["members"]} == {"p0": "primary", "p1": "primary"}
     assert {m["address"] for m in fleet["members"]} == {f"127.0.0.1:{p.port}" for p in proxies}
+    # a member listed before it has told what it sees (just registered) disagrees with no one
+    etcd.put("/helios/default/members/p9", json.dumps({"name": "p9", "address": "127.0.0.1:9"}))
+    try:
+        wait_for(lambda: len(proxies[1].api("GET", "/fleet")[1]["members"]) == 3, 5, "p9 listed")
+        fleet = proxies[1].api("GET", "/fleet")[1]
+        assert fleet["agree_on_primary"] and [m["view"] for m in fleet["members"] if m["name"] == "p9"] == [None]
+    finally:
+        etcd.delete("/helios/default/members/p9")
     status, _ = proxies[0].api("POST", "/nodes/standby2/disable", {"reason": "maintenance"})
     assert status == 200  # disabled at one member: out of traffic on every member
 

@@ -12,7 +12,7 @@ import os
 import time
 
 from ..periodic import Periodic
-from .fleet_dcs import member_name
+from .fleet_dcs import agree_on_primary, member_name
 
 log = logging.getLogger(__name__)
 MEMBER_TTL_S = 3
@@ -60,6 +60,5 @@ class FleetMembership(Periodic):
                     members.append(json.loads(value))
         except (self.redis.RedisError, OSError, ValueError) as e:
             error = str(e)
-        primaries = {m.get("primary") for m in members}
         return {"cluster": self.proxy.config.fleet.cluster, "me": self.member, "dcs": "redis", "members": members,
-                "agree_on_primary": len(primaries) <= 1, "error": error}
+                "agree_on_primary": agree_on_primary(members), "error": error}

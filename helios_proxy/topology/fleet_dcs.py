@@ -55,6 +55,12 @@ def member_name(config, worker):
     return f"{proxy_name(config)}/{worker[0]}" if worker[1] > 1 else proxy_name(config)
 
 
+def agree_on_primary(views):
+    """Whether the members that have told what they see name one primary. A member that has not yet
+    (just registered, its first health check to come) disagrees with no one."""
+    return len({v["primary"] for v in views if v and v.get("primary")}) <= 1
+
+
 def advertised(config):
     """host:port the other members reach this one's client port at."""
     if config.fleet.advertise:
@@ -149,6 +155,7 @@ class FleetCoordinator(Follower):
         self.lease = self.etcd.grant(ttl)
         self.peer_id = self._claim_peer_id()
         self.proxy.cancels.peer_id = self.peer_id
+        self.etcd.put(self.prefix + f"views/{self.me}", json.dumps(self.view()), self.lease)  # (listed with it)
         self.etcd.put(self.prefix + f"members/{self.me}", json.dumps(self.record()), self.lease)
         log.info("fleet: registered as %s (peer id %d) in %s", self.me, self.peer_id, self.prefix)
 
@@ -408,11 +415,10 @@ class FleetCoordinator(Follower):
                 record = self.mirror.json(key) or {}
                 record["view"] = self.mirror.json(f"views/{record.get('name')}")
                 members.append(record)
-        primaries = {(m.get("view") or {}).get("primary") for m in members}
         return {"cluster": self.config.fleet.cluster, "me": self.me, "peer_id": self.peer_id, "dcs": "etcd",
                 "members": members, "lock": self.keys.get("lock"), "switching": self.mirror.json("switching"),
                 "decision": self.mirror.json("decision"), "decisions": self.decisions,
-                "agree_on_primary": len(primaries) <= 1, "refusal": self.refusal, "error": self.error}
+                "agree_on_primary": agree_on_primary(m.get("view") for m in members), "refusal": self.refusal, "error": self.error}
 
 
 class TenantChanges:
