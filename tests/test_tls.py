@@ -91,3 +91,28 @@ def test_beyond_max_client_conn_no_tls_handshake_is_spent(start_proxy, tls_files
     with pytest.raises(psycopg2.OperationalError, match="no more connections allowed"):
         proxy.connect(sslmode="prefer")
     held.close()
+
+
+@pytest.mark.parametrize("mode", ["require", "prefer"])
+def test_backend_tls_with_transaction_pooling(start_proxy, tls_files, mode):
+    """The fast path (frontend/fastpath.py) writes to a server's kernel socket: a TLS server
+    connection is left to the greenlet, which speaks TLS on it (plaintext there closed it)."""
+    proxy = start_proxy(tls={"server_mode": mode}, pool={"mode": "transaction", "max_size": 2})
+    conns = [proxy.connect() for _ in range(3)]
+    for conn in conns:
+        conn.autocommit = True
+    for i in range(4):
+        for conn in conns:
+            cur = conn.cursor()
+            cur.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()")
+            assert cur.fetchone()[0] is True
+            cur.execute("select %s::int + 1", (i,))  # (psycopg2 sends its parameters inline: a simple Query)
+            assert cur.fetchone()[0] == i + 1
+    for conn in conns:
+        conn.close()
+    import psycopg
+    with psycopg.connect(host="127.0.0.1", port=proxy.port, user="postgres", dbname="postgres",
+                         autocommit=True) as conn:  # the extended protocol: an unnamed batch
+        for i in range(4):
+            assert conn.execute("select %s::int * 2, (select ssl from pg_stat_ssl where pid = pg_backend_pid())",
+                                (i,)).fetchone() == (i * 2, True)

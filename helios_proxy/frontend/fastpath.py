@@ -48,6 +48,7 @@ BATCHES = frozenset((b"PBDES", b"PBES"))  # the unnamed extended batches taken (
 DESCRIBED = frozenset(b"PS")
 NAMED = frozenset((b"BDES", b"BES"))  # a named statement's execution (Describe: of the portal)
 PORTAL = ord("P")
+PLAIN_SERVERS = frozenset(("disable", "prefer"))  # [tls] server_mode: server connections may be plain
 TERMINATE = m.TERMINATE  # (a miss by its own name: not a request the fast path could have taken)
 HANDLERS = "the forwarder's handlers"  # let_through(): the request goes through them in the callback
 
@@ -58,7 +59,7 @@ def enabled(session):
     """Whether session's requests may take the fast path (asked when its forwarder starts, and
     again at each park: a reload may change the stages)."""
     proxy = session.proxy
-    return (proxy.config.server.fast_path and proxy.cache is None
+    return (proxy.config.server.fast_path and proxy.cache is None and proxy.config.tls.server_mode in PLAIN_SERVERS
             and session.writer.raw is not None and plain(session.sock) and proxy.stages_in_callback)
 
 
@@ -573,7 +574,7 @@ def send(session, server, data):
     if journal is not None:
         journal.record(data)
     try:
-        sent = server.sock._sock.send(data)
+        sent = server.raw.send(data)  # (the kernel socket: the fast path takes no TLS server connection)
     except (BlockingIOError, InterruptedError):
         sent = 0
     except OSError:

@@ -141,9 +141,10 @@ class LeaseSlot:
     def take_from(self, pool, server, target):
         """take_now()'s end, also for a connection its pool handed to a request waiting in line:
         the lease on server begins, where the route's decision sent it (False, the connection back
-        to its pool, when it does not carry the client's settings: applying them is take()'s)."""
+        to its pool, when it does not carry the client's settings: applying them is take()'s; or
+        when it speaks TLS ([tls] server_mode = prefer): its pump is a greenlet, only one may write to it)."""
         session = self.session
-        if server.settings_key != session.settings.key:
+        if server.settings_key != session.settings.key or server.raw is None:  # (raw None: TLS, the greenlet's)
             pool.release(server)
             return False
         route = session.route
@@ -306,7 +307,7 @@ class LeaseSlot:
                 router.balancer.finished(server.node, took)
                 if lease.intent == "primary":  # may have written: later reads must see it
                     session.route.wrote(router.write_position(server))
-            lease.end(reusable=server.tx_status == m.TX_IDLE)
+            lease.pool.release(server, server.tx_status == m.TX_IDLE)  # (lease.end(), inline)
         except Exception as e:  # the pool gets its slot back whatever went wrong
             log.info("%r: ending the lease of %r failed (%s); closing it", session, server, e)
             lease.end(reusable=False)
