@@ -105,7 +105,11 @@ class LeaseSlot:
         if router.on and session.identity.home is None:
             router.balancer.started(server.node)
         lease = self.lease = Lease(session, pool, server, target, intent)
-        lease.pump = relay.start(session, lease)  # (lease.run(), without a call more per transaction)
+        pump = self.pump
+        if pump is not None and server.raw is not None:  # (relay.start's usual case: its callback pump)
+            lease.pump = pump.begin(lease)
+        else:
+            lease.pump = relay.start(session, lease)  # (lease.run(), without a call more per transaction)
 
     def take_now(self):
         """take() from a loop callback (the fast path): a lease only where nothing must wait or be

@@ -16,6 +16,7 @@ Two pumps feed it:
 """
 import logging
 import time
+from struct import error as StructError
 from time import monotonic
 import weakref
 
@@ -45,7 +46,20 @@ WANTS = frozenset(range(256)) - {m.DATA_ROW[0], m.COPY_DATA[0]}
 EVERYTHING = frozenset(range(256))  # while the proxy's own Query is answered
 # What the answer to a plain Query may hold for whole() to take it at once (any other message,
 # an ErrorResponse, a notice, a ParameterStatus, COPY..., is feed()'s).
-PLAIN_ANSWER = frozenset(b"TDCIZ123nst")  # whole(): the usual answers (no error, notice, copy...)
+# whole(): the usual messages of an answer before its ReadyForQuery (no error, notice, copy...);
+# STOPS[entry kind]: the messages the walk stops at, to see what comes (the entry's last, or unusual)
+PLAIN_MIDDLE = frozenset(b"TDCI123nst")
+STOPS = {kind: EVERYTHING - (PLAIN_MIDDLE - ends) for kind, ends in ENDS.items()}
+
+
+def last_tag(data, stop):
+    """The tag (with its NUL) of the last CommandComplete in the whole messages of data[:stop], or None."""
+    pos, tag = 0, None
+    while pos < stop:
+        if data[pos] == COMPLETE:
+            tag = pos
+        pos += 1 + length_of(data, pos)[0]
+    return None if tag is None else data[tag + 5:data.index(0, tag + 5) + 1]
 
 
 class ServerClosed(ConnectionResetError):
@@ -65,7 +79,8 @@ class ServerStream:
     def reset(self, server):
         """Serve the next lease (a session's stream is reused: one object less per transaction)."""
         self.server, self.held, self.last_tag, self.last_error = server, b"", None, None
-        if not self.scanner.at_boundary():
+        scanner = self.scanner
+        if scanner.skip or scanner.head or scanner.body_type is not None:  # (not scanner.at_boundary())
             self.scanner = StreamScanner(WANTS)
 
     def feed(self, data):
@@ -151,43 +166,44 @@ class ServerStream:
         cache_state = session.cache_state
         if cache_state is not None and cache_state.fill is not None:
             return None
-        n, pos, tag, k, last = len(data), 0, None, 0, len(entries) - 1
-        ends = ENDS[entries[0].kind]
-        while True:
-            mtype = data[pos]
-            if mtype not in PLAIN_ANSWER or n - pos < 5:
-                return None
-            end = pos + 1 + length_of(data, pos)[0]
-            if mtype in ends:  # (the message that ends the entry's answer)
-                if mtype == READY:
-                    if end != n or end - pos != 6 or k != last:
-                        return None
+        n, pos, k, last = len(data), 0, 0, len(entries) - 1
+        stops = STOPS[entries[0].kind]
+        try:  # (every message but the last: of the usual kinds, ending its entry's answer in turn)
+            while True:
+                mtype = data[pos]
+                end = pos + 1 + length_of(data, pos)[0]
+                if end >= n:
                     break
-                if k == last:
-                    return None
-                k += 1
-                ends = ENDS[entries[k].kind]
-            if mtype == COMPLETE:
-                tag = pos
-            pos = end
-            if pos >= n:
-                return None  # (the answer goes on in the next chunk)
+                if mtype in stops:  # (one look for both: the message ends the entry's answer, or is not usual)
+                    if mtype not in PLAIN_MIDDLE or k == last:
+                        return None
+                    k += 1
+                    stops = STOPS[entries[k].kind]
+                pos = end
+        except StructError:  # (a header cut by the chunk's end)
+            return None
+        if end != n or mtype != READY or end - pos != 6 or k != last or READY not in ENDS[entries[k].kind]:
+            return None  # (the answer goes on in the next chunk, or ends otherwise)
         status = data[pos + 5:n]
         server = self.server
         server.tx_status = plan.status = status
         entries.clear()
-        entry, answered = plan.answered(), None
-        if plan.completions is not None:  # (analytics, plugins' on_query_complete: as feed() notes them)
-            answered = []
-            self.last_tag = None if tag is None else data[tag + 5:data.index(0, tag + 5) + 1]
+        if plan.completions is None:  # (plan.answered(), inline: nothing owed now)
+            plan.outstanding, answered = 0, None
+        else:  # (analytics, plugins' on_query_complete: as feed() notes them)
+            entry, answered = plan.answered(), []
+            self.last_tag = last_tag(data, pos)
             self.completed(entry, status, answered)
             analytics = session.proxy.analytics
             if analytics is not None and analytics.pending and (analytics.timer is None
                                                                   or len(analytics.pending) >= BATCH):
                 analytics.tend()
+        # ends_here(), inline: the plan owes nothing now and streams nothing (checked above)
         if status == b"I":
             session.counters.transactions += 1
-        release = ends_here(session, server)
+            release = session.identity.pooled and not session.slot.pinned and session.closing is None
+        else:
+            release = False
         journal = session.journal
         if journal is not None:
             journal.answered(data, release or status == b"I")
@@ -324,7 +340,11 @@ class CallbackPump:
         else:
             self.stream.reset(lease.server)
         self.running, self.paused = True, False
-        lease.server.watch(self.callback)
+        server = lease.server
+        if server.watcher is None:
+            server.watch(self.callback)
+        else:  # (armed for the connection's life: server.watch(), without a call more per transaction)
+            server.on_readable = self.callback
         return self
 
     def readable(self):
@@ -383,7 +403,7 @@ class CallbackPump:
 
 def start(session, lease):
     """The pump for a lease: callbacks on plain sockets, a greenlet where TLS is involved."""
-    if plain(lease.server.sock) and session.writer.raw is not None:
+    if lease.server.raw is not None and session.writer.raw is not None:  # (raw: the server's socket is plain)
         slot = session.slot
         pump = slot.pump
         if pump is None:

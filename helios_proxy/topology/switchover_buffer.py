@@ -12,6 +12,7 @@ from gevent import Timeout
 from gevent.event import AsyncResult
 
 from ..errors import CANNOT_CONNECT_NOW, CONNECTION_FAILURE, ProxyError
+from .tracker import CONFIRMED
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ class SwitchoverBuffer:
 
     def ready(self):
         """The confirmed primary if a transaction may go there now, else None (never waits)."""
-        return None if self.paused else self.tracker.current()
+        tracker = self.tracker  # (tracker.current(), inline: this is asked for every transaction)
+        return None if self.paused or tracker.state != CONFIRMED else tracker.by_name.get(tracker.primary)
 
     def _drain(self):
         if self.ready() is None:
