@@ -1,4 +1,5 @@
 """Socket helpers shared by the client and server sides."""
+from os import read, write
 import socket
 
 import gevent
@@ -71,12 +72,13 @@ def watcher(sock, events=READ):
 
 def recv_now(raw):
     """Up to 64 KiB from raw, the kernel socket under a plain gevent socket (`sock._sock`), without
-    waiting: bytes, b"" at EOF, None when nothing has arrived."""
+    waiting: bytes, b"" at EOF, None when nothing has arrived. (os.read on its descriptor: a third of
+    the instructions of recv_into and a slice of the scratch buffer, whose arguments CPython parses
+    the old way; a closed socket's descriptor is -1: EBADF, never another connection's bytes.)"""
     try:
-        n = raw.recv_into(_SCRATCH)
+        return read(raw.fileno(), 65536)
     except (BlockingIOError, InterruptedError):
         return None
-    return _SCRATCH[:n].tobytes()
 
 
 def in_hub():
@@ -123,7 +125,7 @@ class Writer:
             self.pending.append(bytes(data))
             return
         try:
-            sent = self.raw.send(data)
+            sent = write(self.raw.fileno(), data)  # (os.write: cheaper than socket.send, as recv_now's read)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as e:

@@ -22,6 +22,7 @@ off and the client's socket is plain (not TLS); `[server] fast_path`.
 Hits and misses by reason: /stats (total_fast_path_*), GET /fast_path, Prometheus.
 """
 import logging
+from os import write
 import time
 
 import gevent
@@ -574,7 +575,7 @@ def send(session, server, data):
     if journal is not None:
         journal.record(data)
     try:
-        sent = server.raw.send(data)  # (the kernel socket: the fast path takes no TLS server connection)
+        sent = write(server.raw.fileno(), data)  # (its kernel socket, as sockets.recv_now: the fast path takes no TLS connection)
     except (BlockingIOError, InterruptedError):
         sent = 0
     except OSError:
