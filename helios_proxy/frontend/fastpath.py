@@ -45,10 +45,19 @@ CONTINUE = StageResult.CONTINUE
 LARGEST = 8192  # a Query larger than this takes the usual way (and the kernel takes it in one send)
 QUIET_TEXTS = 512  # texts (fast keys) a session remembers the stages let through
 QUERY_ENTRY = p.PLAIN_FOR[Q]
+# the entries of the unnamed batches taken (BATCHES), in order: what each message's answer ends
+PBES = (p.PLAIN[p.ONE], p.PLAIN[p.ONE], p.PLAIN[p.EXECUTE], p.PLAIN[p.SYNC])
+PBDES_PORTAL = PBES[:2] + (p.PLAIN[p.DESCRIBE_PORTAL],) + PBES[2:]
+PBDES_STATEMENT = PBES[:2] + (p.PLAIN[p.DESCRIBE_STATEMENT],) + PBES[2:]
 BATCHES = frozenset((b"PBDES", b"PBES"))  # the unnamed extended batches taken (Describe: of the portal or statement)
 DESCRIBED = frozenset(b"PS")
 NAMED = frozenset((b"BDES", b"BES"))  # a named statement's execution (Describe: of the portal)
 PORTAL = ord("P")
+PARSE, BIND = ord("P"), ord("B")
+# The usual end of an unnamed batch (pgbench -M extended, psycopg 3, JDBC...): Describe of the unnamed
+# portal, Execute of it with no row limit, Sync
+USUAL_TAIL = b"D\0\0\0\x06P\0E\0\0\0\x09\0\0\0\0\0S\0\0\0\x04"
+USUAL_SIZE = len(USUAL_TAIL) + 10  # (and a Parse and a Bind of 5 bytes at least each before it)
 PLAIN_SERVERS = frozenset(("disable", "prefer"))  # [tls] server_mode: server connections may be plain
 TERMINATE = m.TERMINATE  # (a miss by its own name: not a request the fast path could have taken)
 HANDLERS = "the forwarder's handlers"  # let_through(): the request goes through them in the callback
@@ -304,17 +313,10 @@ class FastPath:
         n = len(data)
         if n > LARGEST:
             return "not one unnamed batch"
-        starts, shape, pos = [], bytearray(), 0
-        while pos < n:
-            if n - pos < 5:
-                return "not one unnamed batch"
-            end = pos + 1 + length_of(data, pos)[0]
-            if end - pos < 5 or end > n:
-                return "not one unnamed batch"
-            starts.append(pos)
-            shape.append(data[pos])
-            pos = end
-        shape = bytes(shape)
+        framed = messages(data, n)
+        if framed is None:
+            return "not one unnamed batch"
+        starts, shape = framed
         if shape in NAMED:
             return self.bound(data, starts)
         if shape not in BATCHES:
@@ -411,14 +413,15 @@ class FastPath:
         message's usual answer."""
         session, fwd = self.session, self.fwd
         unnamed.parsed(session, data[:starts[1]])
-        unnamed.sent(session)
+        unnamed.sent(session, lease.server)
         send(session, lease.server, data)
-        entries, count = session.plan.entries, fwd.count
-        for start in starts:
-            mtype = data[start]
-            entries.append(p.entry_for(mtype, data, start))
-            count(mtype)
+        if len(starts) == 5:  # (fwd.count per message, in one: the plan's entries, one query)
+            batch = PBDES_PORTAL if data[starts[2] + 5] == PORTAL else PBDES_STATEMENT
+        else:
+            batch = PBES
+        session.plan.sent_batch(batch)
         counters = session.counters
+        counters.queries += 1
         counters.bytes_in += len(data)
         counters.fast_hits += 1
         self.served += 1
@@ -557,6 +560,27 @@ class Queued:
         self.done = True
         self.timer.stop()
         self.pool.leave_line(self)
+
+
+def messages(data, n):
+    """([where each message starts], their types as bytes) of data, whole messages only; else None.
+    The usual tail (USUAL_TAIL) is recognized in one look: only the Parse and Bind before it are
+    walked."""
+    if n > USUAL_SIZE and data[0] == PARSE and data.endswith(USUAL_TAIL):
+        bind = 1 + length_of(data, 0)[0]
+        if 5 <= bind <= n - 27 and data[bind] == BIND and bind + 1 + length_of(data, bind)[0] == n - 22:
+            return [0, bind, n - 22, n - 15, n - 5], b"PBDES"
+    starts, shape, pos = [], bytearray(), 0
+    while pos < n:
+        if n - pos < 5:
+            return None
+        end = pos + 1 + length_of(data, pos)[0]
+        if end - pos < 5 or end > n:
+            return None
+        starts.append(pos)
+        shape.append(data[pos])
+        pos = end
+    return starts, bytes(shape)
 
 
 def remember(texts, key, shape=None):

@@ -102,6 +102,16 @@ class ResponsePlan:
         elif mtype in m.EXTENDED:  # extended-protocol messages: answered at the next Sync
             self.in_extended = True
 
+    def sent_batch(self, entries):
+        """An extended batch up to its Sync went to the server, entries its messages' (what sent()
+        of each message and an entry each come to, in one call)."""
+        self.entries.extend(entries)
+        self.outstanding += 1
+        self.in_extended = False
+        if self.completions is not None:
+            self.completions.append(self.pending_ctx)
+            self.pending_ctx = None
+
     def answered(self):
         """A ReadyForQuery came: the query context it completes (None if none is tracked)."""
         self.outstanding -= 1

@@ -50,6 +50,7 @@ EVERYTHING = frozenset(range(256))  # while the proxy's own Query is answered
 # STOPS[entry kind]: the messages the walk stops at, to see what comes (the entry's last, or unusual)
 PLAIN_MIDDLE = frozenset(b"TDCI123nst")
 STOPS = {kind: EVERYTHING - (PLAIN_MIDDLE - ends) for kind, ends in ENDS.items()}
+PLAIN_ENTRIES = frozenset(PLAIN.values())  # (plan.py: the usual entry of each kind, shared)
 
 
 def last_tag(data, stop):
@@ -160,9 +161,8 @@ class ServerStream:
                 or plan.streaming or not entries or session.proxy.at_ready
                 or self.scanner.skip):  # (skip: the chunk begins inside a DataRow; a partial header is held)
             return None
-        for entry in entries:
-            if PLAIN.get(entry.kind) is not entry:
-                return None
+        if not PLAIN_ENTRIES.issuperset(entries):  # (every entry the usual one of its kind: one C call)
+            return None
         cache_state = session.cache_state
         if cache_state is not None and cache_state.fill is not None:
             return None

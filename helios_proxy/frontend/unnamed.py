@@ -37,9 +37,9 @@ def parsed(session, message):
         forward_local.forget(book, statement="")
 
 
-def sent(session):
+def sent(session, server=None):
     """Its unnamed Parse went to the leased server: that server holds the client's statement."""
-    session.server.unnamed_owner = session
+    (server if server is not None else session.server).unnamed_owner = session
 
 
 def destroyed(session):
