@@ -1,5 +1,5 @@
 """Socket helpers shared by the client and server sides."""
-from os import read, write
+from os import write
 import socket
 
 import gevent
@@ -70,15 +70,12 @@ def watcher(sock, events=READ):
     return gevent.get_hub().loop.io(sock.fileno(), events)
 
 
-def recv_now(raw):
-    """Up to 64 KiB from raw, the kernel socket under a plain gevent socket (`sock._sock`), without
-    waiting: bytes, b"" at EOF, None when nothing has arrived. (os.read on its descriptor: a third of
-    the instructions of recv_into and a slice of the scratch buffer, whose arguments CPython parses
-    the old way; a closed socket's descriptor is -1: EBADF, never another connection's bytes.)"""
-    try:
-        return read(raw.fileno(), 65536)
-    except (BlockingIOError, InterruptedError):
-        return None
+# The loop callbacks' reads (frontend/relay.py CallbackPump.readable, frontend/fastpath.py
+# FastPath.readable) take up to READ_SIZE bytes with os.read on the kernel socket's descriptor
+# (`raw.fileno()`: -1 once closed, EBADF, never another connection's bytes), inline: a third of the
+# instructions of socket.recv_into and a slice of a scratch buffer (whose arguments CPython parses
+# the old way); BlockingIOError when nothing has arrived, b"" at EOF. Writes likewise use os.write.
+READ_SIZE = 1 << 16
 
 
 def in_hub():
@@ -125,7 +122,7 @@ class Writer:
             self.pending.append(bytes(data))
             return
         try:
-            sent = write(self.raw.fileno(), data)  # (os.write: cheaper than socket.send, as recv_now's read)
+            sent = write(self.raw.fileno(), data)  # (os.write: cheaper than socket.send, see READ_SIZE)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as e:

@@ -82,8 +82,11 @@ class Journal:
     def close(self):
         JOURNALS.discard(self)
 
-    def checkpoint(self):
-        """The server is idle with nothing owed: nothing before this needs replaying."""
+    def checkpoint(self, at=None):
+        """The server is idle with nothing owed: nothing before this needs replaying (at: where in
+        the chunk it is, a whole answer's end: relay.ServerStream.whole)."""
+        if at is not None:
+            self.at = at
         self.chunks, self.size, self.over = [], 0, False
         self.digest, self.seen = None, 0  # (made at the first byte hashed: most answers end clean in one chunk)
         self.readies, self.ready_seen = 0, 0  # ReadyForQuery messages since, and `seen` at the last one
@@ -153,8 +156,7 @@ class Journal:
         """data is a whole answer up to its ReadyForQuery (relay.ServerStream.whole); clean: the
         server is idle with nothing owed (a checkpoint)."""
         if clean:
-            self.checkpoint()
-            self.at = len(data)
+            self.checkpoint(len(data))
             return
         self.chunk()
         self.ready(data, len(data), False)

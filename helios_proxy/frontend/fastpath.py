@@ -22,7 +22,7 @@ off and the client's socket is plain (not TLS); `[server] fast_path`.
 Hits and misses by reason: /stats (total_fast_path_*), GET /fast_path, Prometheus.
 """
 import logging
-from os import write
+from os import read, write
 import time
 
 import gevent
@@ -34,7 +34,7 @@ from ..pipeline.stage import StageResult
 from ..protocol.framing import MessageBuffer, length_of
 from ..sqlshape import DIGITS_TO_0, fast_key_sound
 from ..protocol import messages as m
-from ..sockets import READ, plain, recv_now, watcher
+from ..sockets import READ, READ_SIZE, plain, watcher
 from ..continuity import replay
 from . import decisions, plan as p, statements, unnamed
 
@@ -44,7 +44,7 @@ Q = m.QUERY[0]
 CONTINUE = StageResult.CONTINUE
 LARGEST = 8192  # a Query larger than this takes the usual way (and the kernel takes it in one send)
 QUIET_TEXTS = 512  # texts (fast keys) a session remembers the stages let through
-QUERY_ENTRY = p.PLAIN_FOR[Q]
+QUERY_ENTRIES = (p.PLAIN_FOR[Q],)
 # the entries of the unnamed batches taken (BATCHES), in order: what each message's answer ends
 PBES = (p.PLAIN[p.ONE], p.PLAIN[p.ONE], p.PLAIN[p.EXECUTE], p.PLAIN[p.SYNC])
 PBDES_PORTAL = PBES[:2] + (p.PLAIN[p.DESCRIBE_PORTAL],) + PBES[2:]
@@ -133,12 +133,12 @@ class FastPath:
             self.watcher = None
 
     def readable(self):
-        try:
-            data = recv_now(self.session.writer.raw)
+        try:  # (os.read on the descriptor: sockets.READ_SIZE)
+            data = read(self.session.writer.raw.fileno(), READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
         except OSError:
             data = b""  # (a client gone: the greenlet ends the session as at EOF)
-        if data is None:
-            return
         try:
             reason = (self.query(data) if data[0] == Q else self.batch(data)) if data else "the client closed"
         except Exception:  # a bug here costs the fast path, never the session: the greenlet decides
@@ -263,7 +263,7 @@ class FastPath:
                 through = self.let_through(ctx, result, sql, lease, pinned)
                 if through is not True:
                     premade = fwd.premade = (ctx, result, sql, "", b"")
-                    return self.go_on(lease, data, self.handled, premade) if through else "a stage's decision"
+                    return self.go_on(lease, data, FastPath.handled, premade) if through else "a stage's decision"
                 if not known and fast_key_sound(key[5:]):
                     if ctx.decided is None:  # (every stage let it through)
                         remember(self.quiet, key)
@@ -273,12 +273,12 @@ class FastPath:
                 stages = None  # (let through by every stage: nothing to hand over if no connection fits)
         if stages and lease is None:
             fwd.premade = (ctx, result, sql, "", b"")  # (for the greenlet, should no connection fit)
-        return self.go_on(lease, data, self.query_sent, None)
+        return self.go_on(lease, data, FastPath.query_sent, None)
 
     def go_on(self, lease, data, go, args):
-        """The request goes on (go): on the lease held, or on one taken now, or once its turn comes
-        in its pool's line (None); else why it cannot (the stages' result stays in fwd.premade for
-        the greenlet)."""
+        """The request goes on (go, a FastPath method: no bound method made per request): on the
+        lease held, or on one taken now, or once its turn comes in its pool's line (None); else why
+        it cannot (the stages' result stays in fwd.premade for the greenlet)."""
         if lease is None:
             slot = self.session.slot
             took = slot.take_now()
@@ -286,7 +286,7 @@ class FastPath:
                 return self.line_up(took, data, go, args)
             lease = slot.lease
         self.fwd.premade = None
-        go(lease, data, args)
+        go(self, lease, data, args)
         return None
 
     def query_sent(self, lease, data, _):
@@ -295,9 +295,7 @@ class FastPath:
         server = lease.server
         server.unnamed_owner = None
         send(session, server, data)
-        plan = session.plan
-        plan.entries.append(QUERY_ENTRY)
-        plan.sent(Q)
+        session.plan.sent_request(QUERY_ENTRIES)
         counters = session.counters
         counters.bytes_in += len(data)
         counters.queries += 1
@@ -351,12 +349,12 @@ class FastPath:
                 premade = fwd.premade = (ctx, result, sql, "", bytes(data[nul + 1:parse_end]))
                 through = self.let_through(ctx, result, sql, lease, pinned)
                 if through is not True:
-                    return self.go_on(lease, data, self.handled, premade) if through else "a stage's decision"
+                    return self.go_on(lease, data, FastPath.handled, premade) if through else "a stage's decision"
                 if not known and ctx.decided is None:
                     remember(self.quiet, key)
             else:
                 fwd.premade = decisions.LET_THROUGH
-        return self.go_on(lease, data, self.batch_sent, starts)
+        return self.go_on(lease, data, FastPath.batch_sent, starts)
 
     def bound(self, data, starts):
         """A batch that runs a statement the client prepared by name (Bind, [Describe,] Execute,
@@ -380,7 +378,7 @@ class FastPath:
         lease = session.slot.lease
         if lease is None and session.route.next_target is None:  # (on_bind_or_describe's rule: where its Parse went)
             statements.route_of_bind(session, data[bind + 5:starts[1]])
-        return self.go_on(lease, data, self.handled, None)
+        return self.go_on(lease, data, FastPath.handled, None)
 
     def handled(self, lease, data, premade):
         """The forwarder's own handlers take data on lease (nothing they do waits then), with the
@@ -411,7 +409,7 @@ class FastPath:
         on_bind_or_describe, on_execute, on_sync with no feature of theirs at work): the unnamed
         statement is the client's, here; the batch goes as it came; the plan expects each
         message's usual answer."""
-        session, fwd = self.session, self.fwd
+        session = self.session
         unnamed.parsed(session, data[:starts[1]])
         unnamed.sent(session, lease.server)
         send(session, lease.server, data)
@@ -419,7 +417,7 @@ class FastPath:
             batch = PBDES_PORTAL if data[starts[2] + 5] == PORTAL else PBDES_STATEMENT
         else:
             batch = PBES
-        session.plan.sent_batch(batch)
+        session.plan.sent_request(batch)
         counters = session.counters
         counters.queries += 1
         counters.bytes_in += len(data)
@@ -599,7 +597,7 @@ def send(session, server, data):
     if journal is not None:
         journal.record(data)
     try:
-        sent = write(server.raw.fileno(), data)  # (its kernel socket, as sockets.recv_now: the fast path takes no TLS connection)
+        sent = write(server.raw.fileno(), data)  # (its kernel socket: the fast path takes no TLS connection)
     except (BlockingIOError, InterruptedError):
         sent = 0
     except OSError:

@@ -102,9 +102,9 @@ class ResponsePlan:
         elif mtype in m.EXTENDED:  # extended-protocol messages: answered at the next Sync
             self.in_extended = True
 
-    def sent_batch(self, entries):
-        """An extended batch up to its Sync went to the server, entries its messages' (what sent()
-        of each message and an entry each come to, in one call)."""
+    def sent_request(self, entries):
+        """A Query, or an extended batch up to its Sync, went to the server; entries: its messages'
+        (what an entry and sent() for each message come to, in one call)."""
         self.entries.extend(entries)
         self.outstanding += 1
         self.in_extended = False
