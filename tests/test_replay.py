@@ -131,6 +131,27 @@ def test_a_transaction_whose_replay_answers_differently_gets_40001(start_proxy, 
     assert proxy.api("GET", "/replay")[1]["aborted"] == 1
 
 
+def test_a_failed_transaction_block_stays_failed_through_a_failover(start_proxy, ha_cluster):
+    """A block that had failed can only roll back; a failover must not revive it. Here a request
+    the proxy refused inside it failed the server's block (Forwarder.fail_block); the refusal is
+    not in the journal, so the replay left the new primary's block going: the client's next
+    statement ran, and its COMMIT stored the row it had inserted before the error."""
+    proxy = start_ha_proxy(start_proxy, ha_cluster, replay=REPLAY)
+    conn, cur = in_transaction(proxy, "insert into ha_rows (id) values (-77)")
+    with pytest.raises(psycopg2.errors.InvalidSqlStatementName):  # (26000: the proxy's own answer)
+        cur.execute("EXECUTE nosuch")
+    kill_primary(ha_cluster)
+    _, port = new_primary(proxy)
+    with pytest.raises(psycopg2.errors.InFailedSqlTransaction):  # (25P02, as before the failover)
+        cur.execute("select 1")
+    conn.commit()  # (a failed block's COMMIT rolls back)
+    cur.execute("select count(*) from ha_rows where id = -77")
+    assert cur.fetchone() == (0,)
+    conn.commit()
+    assert query(ha_cluster.ports[port], "select count(*) from ha_rows where id = -77") == [(0,)]
+    assert proxy.api("GET", "/replay")[1]["replayed"] == 1
+
+
 def test_a_transaction_over_the_journal_limit_gets_the_old_error(start_proxy, ha_cluster):
     proxy = start_ha_proxy(start_proxy, ha_cluster, replay={"enabled": True, "max_journal_bytes": 200})
     conn, cur = in_transaction(proxy, "select %s::text", ("x" * 500,))

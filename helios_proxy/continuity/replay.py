@@ -45,6 +45,10 @@ SAFE_WORDS = frozenset(("begin", "start", "rollback", "abort", "set", "reset", "
                         "declare", "savepoint", "release", "prepare", "deallocate", "discard", "listen",
                         "unlisten"))
 COMMIT_WORDS = frozenset(("commit", "end"))
+# What fails a server's transaction block when the proxy gives an error inside it (Forwarder.fail_block),
+# or again after a replay (replay(fail=True)).
+FAIL_BLOCK_SQL = ("DO $helios$BEGIN RAISE EXCEPTION 'helios-proxy: a request of this transaction was refused by "
+                  "the proxy'; END$helios$")
 XID_QUERY = codec.query("SELECT pg_catalog.txid_current_if_assigned(), pg_catalog.pg_current_wal_insert_lsn()")
 BEGIN_QUERY, COMMIT_QUERY = codec.query("BEGIN"), codec.query("COMMIT")
 
@@ -230,6 +234,8 @@ def rerun(session, lease, server):
             STATS.in_doubt_committed += 1
             return codec.ready_for_query(m.TX_IDLE)  # its answer came; only its ReadyForQuery did not
         return replay_wrapped(session, server, sent)
+    if lease.server.tx_status == m.TX_FAILED:  # (before the COMMIT's question: a failed block commits nothing)
+        return replay(session, server, sent[:start], fail=True)
     if journal.commit_from is not None and journal.commit_from >= start:  # a COMMIT not answered
         if outcome(server, journal.xid, "a COMMIT"):
             STATS.in_doubt_committed += 1
@@ -241,8 +247,13 @@ def rerun(session, lease, server):
     return replay(session, server, sent)
 
 
-def replay(session, server, sent):
-    """Send the journal again; check the answer against what the client got; return the rest."""
+def replay(session, server, sent, fail=False):
+    """Send the journal again; check the answer against what the client got; return the rest.
+    fail: the lost server's transaction block had failed (an error, the server's or the proxy's:
+    Forwarder.fail_block): sent is what was answered; should the replay leave the block going (a
+    transient error that did not recur, the proxy's refusal, which is not in the journal), it is
+    failed again before the requests in flight follow, so that they get what a failed block
+    answers (25P02; a COMMIT rolls back), as on the lost server, and nothing of it commits."""
     journal = session.journal
     check = session.proxy.config.replay.checksum
     server.sock.sendall(sent)
@@ -275,6 +286,15 @@ def replay(session, server, sent):
                 break
         if readies >= owed and got < want:
             raise Mismatch("the replay after a failover answered differently (a shorter answer)")
+    if fail and status == m.TX_IN_BLOCK:
+        try:
+            server.execute(FAIL_BLOCK_SQL)
+        except BackendError:
+            if server.broken:
+                raise
+            status = m.TX_FAILED
+    if fail and status != m.TX_FAILED:
+        raise Mismatch("the transaction block had failed and its replay after a failover could not fail it again")
     server.tx_status = status
     # What the client sent while the replay ran went to the lost server: send it here too.
     more = journal.sent()[len(sent):] if journal.size > len(sent) else b""

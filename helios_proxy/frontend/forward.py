@@ -41,9 +41,7 @@ PASS_COUNTED = PASS - {EXECUTE, F}  # while executions are counted (limits/admis
 COPY_MESSAGES = frozenset(b"dcf")  # outside COPY, PostgreSQL ignores them
 COPY_DATA = m.COPY_DATA[0]
 TX_IN_BLOCK, ERROR_RESPONSE = m.TX_IN_BLOCK, m.ERROR_RESPONSE
-# What fails a server's transaction block when the proxy gives an error inside it (fail_block).
-FAIL_BLOCK = codec.query("DO $helios$BEGIN RAISE EXCEPTION 'helios-proxy: a request of this transaction was "
-                         "refused by the proxy'; END$helios$")
+FAIL_BLOCK = codec.query(replay.FAIL_BLOCK_SQL)  # (fail_block)
 
 
 def names_statement(mtype, data, begin, end):
