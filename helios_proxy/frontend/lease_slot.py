@@ -35,7 +35,7 @@ class QueryCanceledWhileWaiting(ProxyError):
 
 
 class LeaseSlot:
-    __slots__ = ("session", "lease", "pool", "pump", "idle", "waiting", "restore", "pinned")
+    __slots__ = ("session", "lease", "pool", "pump", "idle", "waiting", "restore", "pinned", "spare")
 
     def __init__(self, session):
         self.session = session
@@ -47,6 +47,7 @@ class LeaseSlot:
         self.waiting = None       # the AsyncResult it waits on for a server, while it waits
         self.restore = None       # prepared statements to re-create at the next lease (move_off)
         self.pinned = None        # why this client keeps its server connection (pooled modes)
+        self.spare = None         # the last lease, given back in a loop callback: the next one reuses it
 
     @property
     def server(self):
@@ -104,7 +105,12 @@ class LeaseSlot:
         router.count(server.node, target)
         if router.on and session.identity.home is None:
             router.balancer.started(server.node)
-        lease = self.lease = Lease(session, pool, server, target, intent)
+        lease = self.spare
+        if lease is not None:
+            self.spare = None
+            lease = self.lease = lease.again(pool, server, target, intent)
+        else:
+            lease = self.lease = Lease(session, pool, server, target, intent)
         pump = self.pump
         if pump is not None and server.raw is not None:  # (relay.start's usual case: its callback pump)
             lease.pump = pump.begin(lease)
@@ -285,6 +291,7 @@ class LeaseSlot:
             JOBS.submit(self.end, lease)
         else:  # (at once, in this callback: nothing can run in between, nothing needs to wait)
             self.give_back(lease)
+            self.spare = lease  # (nothing holds it now: the pump let it go before this call)
 
     def end(self, lease):
         """Back to the pool after a transaction (pooled modes), carrying the client's new settings;
@@ -303,7 +310,8 @@ class LeaseSlot:
             if session.settings.dirty:
                 session.settings.read_back(session_state.capture(server))
             router = session.proxy.router
-            took = time.monotonic() - lease.started
+            now = time.monotonic()
+            took = now - lease.started
             session.proxy.stats.observe(took)
             if router.breakers.enabled and not lease.sick:
                 router.breakers.success(server.node)  # (a failure seen meanwhile counted already)
@@ -311,7 +319,7 @@ class LeaseSlot:
                 router.balancer.finished(server.node, took)
                 if lease.intent == "primary":  # may have written: later reads must see it
                     session.route.wrote(router.write_position(server))
-            lease.pool.release(server, server.tx_status == m.TX_IDLE)  # (lease.end(), inline)
+            lease.pool.release(server, server.tx_status == m.TX_IDLE, now)  # (lease.end(), inline)
         except Exception as e:  # the pool gets its slot back whatever went wrong
             log.info("%r: ending the lease of %r failed (%s); closing it", session, server, e)
             lease.end(reusable=False)

@@ -33,7 +33,7 @@ from ..pool.lease import Lease, ends_here
 from ..backend.statements import invalidate, stale_plan
 from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner, length_of
-from .plan import ENDS, HIDE, PLAIN
+from .plan import ENDS, HIDE, ONE, PLAIN
 from ..continuity import replay
 from ..sockets import READ_SIZE, call_soon, plain, recv, wake_when_readable
 
@@ -52,6 +52,9 @@ EVERYTHING = frozenset(range(256))  # while the proxy's own Query is answered
 PLAIN_MIDDLE = frozenset(b"TDCI123nst")
 STOPS = {kind: EVERYTHING - (PLAIN_MIDDLE - ends) for kind, ends in ENDS.items()}
 PLAIN_ENTRIES = frozenset(PLAIN.values())  # (plan.py: the usual entry of each kind, shared)
+ONE_ENTRY = PLAIN[ONE]  # (a Parse's, a Bind's: ended by ParseComplete, BindComplete, CloseComplete)
+BOUND = m.BIND_COMPLETE + b"\0\0\0\x04"  # (BindComplete, whole)
+PARSED_BOUND = m.PARSE_COMPLETE + b"\0\0\0\x04" + BOUND
 
 
 def last_tag(data, stop):
@@ -168,7 +171,12 @@ class ServerStream:
         if cache_state is not None and cache_state.fill is not None:
             return None
         n, pos, k, last = len(data), 0, 0, len(entries) - 1
-        stops = STOPS[entries[0].kind]
+        if entries[0] is ONE_ENTRY:  # (a batch's ParseComplete and BindComplete: one look, as the walk would take them)
+            if last > 1 and entries[1] is ONE_ENTRY and n > 10 and data.startswith(PARSED_BOUND):
+                pos, k = 10, 2
+            elif last > 0 and n > 5 and data.startswith(BOUND):
+                pos, k = 5, 1
+        stops = STOPS[entries[k].kind]
         try:  # (every message but the last: of the usual kinds, ending its entry's answer in turn)
             while True:
                 mtype = data[pos]

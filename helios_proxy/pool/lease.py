@@ -43,6 +43,14 @@ class Lease:
         self.pump = None          # relay.CallbackPump or a greenlet (TLS), while running
         self.sick = False         # the server answered an error that means the node fails (breaker)
 
+    def again(self, pool, server, target, intent):
+        """This lease serves its session's next one (LeaseSlot reuses a lease it gave back in a loop
+        callback, which nothing holds any more: an object less per transaction)."""
+        self.pool, self.server, self.target, self.intent = pool, server, target, intent
+        self.started = time.monotonic()
+        self.pump, self.sick = None, False
+        return self
+
     def __repr__(self):
         return f"<lease {self.server!r} {self.target}>"
 

@@ -82,15 +82,17 @@ class Pool:
     def _room(self):
         return self.manager is None or self.manager.has_room(self)
 
-    def release(self, conn, reusable=True):
+    def release(self, conn, reusable=True, now=None):
         """Give a connection back; a connection that is not reusable is closed. One with a cancel
-        request on its way is held back until the server has taken it."""
+        request on its way is held back until the server has taken it. now: time.monotonic(), when
+        the caller just asked it."""
         if conn.cancelling:
             cancelling, conn.cancelling = [g for g in conn.cancelling if not g.dead], []
             if cancelling:
                 gevent.spawn(self._release_after, cancelling, conn, reusable)
                 return
-        now = time.monotonic()
+        if now is None:
+            now = time.monotonic()
         lifetime = self.config.pool.server_lifetime
         if (not reusable or conn.broken or conn.generation != self.generation
                 or (lifetime and now - conn.created > lifetime)):

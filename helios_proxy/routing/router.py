@@ -22,6 +22,7 @@ SHORT_PAGE_HEADER, LONG_PAGE_HEADER = 24, 40  # a WAL page's header; the long on
 
 log = logging.getLogger(__name__)
 PRIMARY, STANDBY = "primary", "standby"
+COUNTED_AS = {STANDBY: "reads", PRIMARY: "writes", "errors": "errors"}  # (count: a lease's target, or errors)
 
 
 class Router:
@@ -106,11 +107,11 @@ class Router:
         self.large_queries += 1
 
     def count(self, node, what):
-        """Per-node statistics: reads, writes (by lease target), errors."""
+        """Per-node statistics: reads, writes (by lease target: standby, primary), errors."""
         stats = self.stats.get(node.name)
         if stats is None:  # (not a dict built per call to setdefault)
             stats = self.stats[node.name] = {"reads": 0, "writes": 0, "errors": 0}
-        stats["reads" if what == STANDBY else "writes" if what == PRIMARY else what] += 1
+        stats[COUNTED_AS[what]] += 1
 
     # --- the catalog of read-only functions ---------------------------------------------------
     def ensure_catalog(self, database, pool):

@@ -130,3 +130,53 @@ def test_a_replay_forgets_hidden_queries_and_owes_the_client_one_ready_for_query
     plan.forget_hidden()
     assert plan.outstanding == 1 and plan.hidden == 0 and [e.kind for e in plan.entries] == [p.QUERY]
     assert plan.on_message(ord("Z"), b"I") == p.AS_IS  # the replay's ReadyForQuery reaches the client
+
+
+def msg(mtype, body=b""):
+    return codec.message(mtype, body)
+
+
+ROWS = msg(m.ROW_DESCRIPTION, b"\0\0") + msg(m.DATA_ROW, b"\0\1\0\0\0\0011")
+DONE = msg(m.COMMAND_COMPLETE, codec.cstr("SELECT 1")) + codec.ready_for_query(b"I")
+PBDES, BES = (p.ONE, p.ONE, p.DESCRIBE_PORTAL, p.EXECUTE, p.SYNC), (p.ONE, p.EXECUTE, p.SYNC)
+ERROR = codec.error_response("42P01", "no such table") + codec.ready_for_query(b"I")
+
+
+@pytest.mark.parametrize("kinds, answer", [
+    (PBDES, msg(b"1") + msg(b"2") + ROWS + DONE),   # the usual extended batch
+    (PBDES, msg(b"1") + msg(b"2") + msg(b"n") + DONE),
+    (BES, msg(b"2") + ROWS[-12:] + DONE),           # a named statement's: Bind, Execute, Sync
+    (PBDES, msg(b"1") + ERROR),                     # an error: not whole()'s
+    (PBDES, msg(b"1") + msg(b"2") + ERROR),
+    (BES, msg(b"2") + ERROR),
+    (PBDES, msg(b"1") + msg(b"2")),                 # the answer goes on in the next chunk
+    (PBDES, msg(b"1") + msg(b"2") + ROWS),
+    (BES, msg(b"2")),
+    ((p.ONE, p.ONE, p.SYNC), msg(b"2") + msg(b"3") + codec.ready_for_query(b"I")),  # Bind, Close, Sync
+    ((p.ONE, p.SYNC), msg(b"1") + codec.ready_for_query(b"T")),
+])
+def test_whole_takes_an_extended_answer_as_feed_walks_it(kinds, answer):
+    """whole() takes a batch's ParseComplete and BindComplete in one look: what it says of an answer
+    (whole, where the lease ends, what the plan still owes) is what feed()'s walk says."""
+    plans = []
+    for way in ("whole", "feed"):
+        session, server = fake_session(), fake_server()
+        session.plan.outstanding = 0
+        session.plan.sent_request(tuple(p.PLAIN[kind] for kind in kinds))
+        stream = ServerStream(session, server)
+        if way == "whole":
+            got = stream.whole(answer)
+            if got is None:  # (not whole()'s: feed() must take it then, and it did not end whole)
+                whole = None
+                continue
+            whole = got[0]
+        else:
+            out, release, _ = stream.feed(answer)
+            assert out == answer
+            if whole is not None:
+                assert release == whole
+        plans.append((session.plan.outstanding, [e.kind for e in session.plan.entries], server.tx_status))
+    if whole is not None:
+        assert plans[0] == plans[1] and plans[0][0] == 0
+    else:
+        assert plans[-1][0] == 1 or answer.endswith(ERROR)  # (feed: still owed, or an error's answer)
