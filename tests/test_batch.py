@@ -306,3 +306,73 @@ def test_a_batch_commit_invalidates_the_cache_of_what_its_table_reaches(start_pr
     assert proxy.api("GET", "/batch")[1]["rows"] - before == 1
     assert audit() == 1
     locker.close()
+
+
+def test_a_cancel_reaches_a_batched_insert_wherever_it_waits(start_proxy, direct):
+    """Ctrl-C on a batched INSERT (its batches blocked by a lock here): a row still waiting for
+    companions, a row alone in a batch the server runs, and a row in a batch with another client's
+    all end at once with 57014 and are not stored; the other rows are, once the lock goes."""
+    direct.cursor().execute("DROP TABLE IF EXISTS bt_cancel; CREATE TABLE bt_cancel (client int)")
+    proxy = start_proxy(pool={"mode": "transaction", "max_size": 8},
+                        batch={"enabled": True, "tables": ["bt_*"], "max_delay_ms": 60000})
+    conns = [connect(proxy) for _ in range(5)]
+    for c in conns:
+        c.cursor().execute("select 1")  # (settings known: a new session's first request is its greenlet's)
+    locker = psycopg2.connect(direct.dsn)
+    locker.cursor().execute("LOCK TABLE bt_cancel IN EXCLUSIVE MODE")
+    watch = direct.cursor()
+
+    def blocked():
+        watch.execute("SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                      "AND query ILIKE 'insert into bt_cancel%' ORDER BY query")
+        return [q for q, in watch.fetchall()]
+
+    def until(what, timeout=30):
+        deadline = time.monotonic() + timeout
+        while not what():
+            assert time.monotonic() < deadline, blocked()
+            time.sleep(0.05)
+
+    got, threads = {}, {}
+
+    def insert(i):
+        def run():
+            try:
+                conns[i].cursor().execute("insert into bt_cancel (client) values (%s)", (i,))
+                got[i] = "INSERT 0 1"
+            except psycopg2.Error as e:
+                got[i] = e
+        threads[i] = threading.Thread(target=run)
+        threads[i].start()
+
+    def answered(i):
+        threads[i].join(15)
+        assert not threads[i].is_alive(), f"client {i} still waits after its cancel"
+        return got[i]
+
+    insert(0)
+    until(lambda: len(blocked()) == 1)
+    insert(1)
+    until(lambda: len(blocked()) == 2)  # (two batches run: the next rows wait for companions)
+    insert(2)
+    insert(3)
+    insert(4)
+    time.sleep(0.5)
+    conns[2].cancel()  # waiting for companions
+    assert isinstance(answered(2), psycopg2.errors.QueryCanceled)
+    conns[0].cancel()  # alone in a batch the server runs
+    assert isinstance(answered(0), psycopg2.errors.QueryCanceled)
+    until(lambda: len(blocked()) == 2 and any("(3)" in q and "(4)" in q for q in blocked()))  # 3 and 4 together
+    conns[3].cancel()  # in a batch with client 4's row
+    assert isinstance(answered(3), psycopg2.errors.QueryCanceled)
+    until(lambda: any("(4)" in q and "(3)" not in q for q in blocked()))  # 4 alone now
+    locker.rollback()
+    assert answered(1) == "INSERT 0 1" and answered(4) == "INSERT 0 1"
+    watch.execute("SELECT client FROM bt_cancel ORDER BY client")
+    assert watch.fetchall() == [(1,), (4,)]
+    conns[0].cursor().execute("insert into bt_cancel (client) values (5)")  # (the canceled sessions go on)
+    watch.execute("SELECT count(*) FROM bt_cancel")
+    assert watch.fetchone() == (3,)
+    locker.close()
+    for c in conns:
+        c.close()

@@ -12,6 +12,12 @@ own RETURNING row: rows come back in VALUES order). When the batch fails (a dupl
 check, a bad value), nothing of it was stored: every row is then run alone, as its client sent
 it, so only the failing client gets its error (e.g. 23505) and the others succeed.
 
+A client's CancelRequest reaches its row wherever it waits (Row.set_exception, through
+LeaseSlot.cancel as for a wait in a pool's line): a row not sent yet leaves its batch and gets
+57014 at once; a row the server runs has the server cancel the statement, and the batch's other
+rows then run one by one without it; a cancel that comes once the row committed is too late, as
+in PostgreSQL.
+
 Not batched: tables with BEFORE or INSTEAD OF row triggers on INSERT or INSERT rules (they may
 skip or change rows, so the batch's rows would not map to its clients; checked in the catalog
 once per table), and everything the stage (pipeline/stages/batch.py) leaves alone. Statement
@@ -39,12 +45,23 @@ IN_FLIGHT = 2  # batches of one batcher running at once before rows wait for com
 
 
 class Row:
-    __slots__ = ("sql", "row", "result", "written", "placed")
+    __slots__ = ("sql", "row", "result", "written", "placed", "batcher", "flight")
 
     def __init__(self, sql, row):
         self.sql, self.row, self.result = sql, row, AsyncResult()
         self.placed = time.monotonic()  # (its client's transaction time, for the statistics)
         self.written = None  # the primary's WAL position past its batch's commit (read-your-writes), if asked
+        self.batcher = None  # where it waits for companions (Batcher.add)
+        self.flight = None   # its batch on its way, once it left the batcher (Flight)
+
+    def ready(self):
+        return self.result.ready()
+
+    def set_exception(self, error):
+        """Its client's CancelRequest (LeaseSlot.cancel, the session waiting on the row; error: a
+        ProxyError, 57014)."""
+        if not self.result.ready() and self.batcher is not None:
+            self.batcher.cancel(self, codec.error_response(error.sqlstate, error.message))
 
     def leave(self):
         """Its client left before the answer (the fast path's waiting request): the row, sent as
@@ -154,6 +171,33 @@ class Batches:
                 "rows_per_batch": {f"{1 << i}-{(2 << i) - 1}" if i else "1": n for i, n in enumerate(self.sizes) if n}}
 
 
+class Flight:
+    """One batch on its way (Batcher.flush): its server connection, the rows the server runs now,
+    the rows whose answers stand (committed, or their own errors) and the rows canceled."""
+    __slots__ = ("conn", "running", "answered", "canceled")
+
+    def __init__(self):
+        self.conn, self.running, self.answered, self.canceled = None, (), set(), {}
+
+    def cancel(self, row, error):
+        if row in self.answered:
+            return  # (too late: committed, or its own error; its answer goes out as it is)
+        self.canceled[row] = error
+        if row in self.running:  # the server decides: the batch fails with 57014, or it committed
+            if self.conn is not None and not self.conn.broken:
+                self.conn.cancel()
+        else:  # not sent, and it never will be
+            row.result.set(error)
+
+    def run(self, conn, rows, sql):
+        """The server's messages for sql, which inserts rows (a cancel of theirs meanwhile reaches it)."""
+        self.running = rows
+        try:
+            return run(conn, sql)
+        finally:
+            self.running = ()
+
+
 class Batcher:
     def __init__(self, batches, session, shape, prefix, suffix):
         self.batches, self.proxy = batches, batches.proxy
@@ -165,6 +209,7 @@ class Batcher:
 
     def add(self, row):
         cfg = self.proxy.config.batch
+        row.batcher = self
         self.pending.append(row)
         self.pending_bytes += len(row.row)
         if (self.in_flight < IN_FLIGHT or len(self.pending) >= cfg.max_rows
@@ -182,37 +227,51 @@ class Batcher:
             self.timer = None
         if rows:
             self.in_flight += 1
-            gevent.spawn(self.flush, rows)
+            flight = Flight()
+            for row in rows:
+                row.flight = flight
+            gevent.spawn(self.flush, rows, flight)
 
-    def flush(self, rows):
+    def cancel(self, row, error):
+        """row's client canceled it (Row.set_exception): out of the batch with error if it still
+        waits for companions, else its flight's."""
+        if row in self.pending:
+            self.pending.remove(row)
+            self.pending_bytes -= len(row.row)
+            row.result.set(error)
+        elif row.flight is not None:
+            row.flight.cancel(row, error)
+
+    def flush(self, rows, flight):
         """Run rows as one statement (or, after a failure, one by one); answer every client."""
         try:
-            self._flush(rows)
+            self._flush(rows, flight)
         finally:
             self.in_flight -= 1
             if self.pending and self.in_flight < IN_FLIGHT:
                 self._go()  # (what arrived meanwhile: at once)
 
-    def _flush(self, rows):
+    def _flush(self, rows, flight):
         proxy, conn, pool, ok = self.proxy, None, None, False
         try:
             node = proxy.buffer.primary(time.monotonic() + proxy.config.failover.buffer_timeout)
             pool = proxy.pools.get(node, self.database, self.credentials)
-            conn = pool.acquire()
+            conn = flight.conn = pool.acquire()
             session_state.apply(conn, self.settings, self.settings_key)
             if not self._table_ok(conn):
                 self.batches.counts["passed_through"] += len(rows)
-                answers = self._one_by_one(conn, rows)
+                answers = self._one_by_one(conn, rows, flight)
             else:
-                answers = self._together(conn, rows)
+                answers = self._together(conn, rows, flight)
                 if answers is None:
                     self.batches.counts["fallbacks"] += 1
-                    answers = self._one_by_one(conn, rows)
+                    answers = self._one_by_one(conn, rows, flight)
             ok = True
             written = self._written(conn)
             for row, answer in zip(rows, answers):
-                row.written = written
-                row.result.set(answer)
+                if not row.result.ready():  # (a row canceled before it was sent has its answer)
+                    row.written = written
+                    row.result.set(answer)
         except (ProxyError, OSError) as e:
             self.batches.counts["errors"] += 1
             log.warning("batched insert into %s of %d rows failed: %s", self.table, len(rows), e)
@@ -252,12 +311,24 @@ class Batcher:
                 log.info("table %s has INSERT row triggers or rules: its inserts are not batched", self.table)
         return ok
 
-    def _together(self, conn, rows):
-        """One multi-row INSERT: each row's answer, or None (nothing stored) when the server refused it."""
-        sql = self.prefix + ", ".join(r.row for r in rows) + self.suffix
-        messages = run(conn, sql)
+    def _together(self, conn, rows, flight):
+        """One multi-row INSERT: each row's answer, or None (nothing stored) when the server refused it
+        (or a client's cancel stopped it)."""
+        canceled = flight.canceled
+        live = [row for row in rows if row not in canceled] if canceled else rows
+        if not live:
+            return [canceled[row] for row in rows]
+        messages = flight.run(conn, live, self.prefix + ", ".join(r.row for r in live) + self.suffix)
         if any(mtype == m.ERROR_RESPONSE for mtype, _ in messages):
             return None
+        flight.answered.update(live)
+        if live is not rows:  # (the rows canceled before it went: their errors, in their places)
+            answers = dict(zip(live, self._answers(messages, live)))
+            return [answers[row] if row in answers else canceled[row] for row in rows]
+        return self._answers(messages, rows)
+
+    def _answers(self, messages, rows):
+        """Each row's answer from the multi-row INSERT's messages."""
         described = next((codec.message(mtype, body) for mtype, body in messages if mtype == m.ROW_DESCRIPTION), b"")
         data = [codec.message(mtype, body) for mtype, body in messages if mtype == m.DATA_ROW]
         tag = next((codec.read_cstr(body, 0)[0] for mtype, body in messages if mtype == m.COMMAND_COMPLETE), "")
@@ -272,16 +343,26 @@ class Batcher:
         self.batches.sizes[min(len(rows).bit_length() - 1, 11)] += 1
         return [described + one + ONE_ROW for one in data] if self.returning else [ONE_ROW] * len(rows)
 
-    def _one_by_one(self, conn, rows):
-        """Each row as its client sent it, alone: each gets exactly its own answer or error."""
+    def _one_by_one(self, conn, rows, flight):
+        """Each row as its client sent it, alone: each gets exactly its own answer or error (a row
+        canceled before its turn: the cancel's)."""
+        for row, error in flight.canceled.items():  # (canceled while their batch ran: answered at once,
+            if not row.result.ready():                # they wrote nothing; the rows run here may wait long)
+                row.result.set(error)
         answers = []
         try:
             for row in rows:
-                answers.append(b"".join(codec.message(mtype, body) for mtype, body in run(conn, row.sql)
+                canceled = flight.canceled.get(row)
+                if canceled is not None:
+                    answers.append(canceled)
+                    continue
+                answers.append(b"".join(codec.message(mtype, body) for mtype, body in flight.run(conn, (row,), row.sql)
                                         if mtype != m.PARAMETER_STATUS))
+                flight.answered.add(row)
         except (ProxyError, OSError):
             for row, answer in zip(rows, answers):  # (these committed: their own answers)
-                row.result.set(answer)
+                if not row.result.ready():
+                    row.result.set(answer)
             raise
         return answers
 

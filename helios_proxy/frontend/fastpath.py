@@ -436,6 +436,7 @@ class FastPath:
         batcher, row = found
         self.fwd.commit = None  # (replay's "a lone write": the proxy answers it, nothing is sent)
         self.queued = row
+        session.slot.wait_on(row)  # (a CancelRequest reaches it: Row.set_exception)
         self.watcher.stop()
         batcher.add(row).rawlink(self.row_answered)
         counters = session.counters
@@ -462,6 +463,7 @@ class FastPath:
         if queued is None or queued.result is not result:  # (the session ended meanwhile: close())
             return
         self.queued = None
+        self.session.slot.wait_on(None)
         try:
             self.fwd.batch_steps.answer(result.value, queued)
         except Exception:  # a bug here costs this session's request, never the loop

@@ -104,9 +104,18 @@ class BatchSteps:
         if found is None:
             return False
         fwd.cut(begin, end)
-        row = Batches.wait(*found)
+        row = self.wait(*found)
         self.answer(row.result.value, row)
         return True
+
+    def wait(self, batcher, row):
+        """Until row's batch committed (or failed, or the client canceled it: Row.set_exception)."""
+        slot = self.fwd.session.slot
+        slot.wait_on(row)
+        try:
+            return Batches.wait(batcher, row)
+        finally:
+            slot.wait_on(None)
 
     def answer(self, payload, row):
         """The batched query's answer (its rows and tag, or its own error) and a ReadyForQuery;
@@ -154,7 +163,7 @@ class BatchSteps:
                 self.fwd.buf.pos = sync_end
                 self.fwd.answer(PARSE_COMPLETE + BIND_COMPLETE + codec.error_response(*refused))
                 return True
-        row = batches.wait(*row)
+        row = self.wait(*row)
         answer = row.result.value
         if answer is None:
             self.fwd.precounted = admission.on  # (its Execute, on the usual path, was counted here)
