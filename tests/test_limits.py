@@ -375,3 +375,45 @@ def test_the_members_of_a_fleet_list_each_other(start_proxy, redis_server):
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert start_proxy().api("GET", "/fleet")[0] == 404  # (a proxy in no fleet)
+
+
+@pytest.mark.parametrize("kind", ["concurrency", "token_bucket"])
+def test_a_cancel_reaches_a_query_waiting_for_a_limit(start_proxy, kind):
+    """Ctrl-C on a query that waits for a limit (on_exceed = "wait", 30 s): 57014 at once, not when
+    its turn comes; its place in line is given up (a concurrency slot is not lost: the next query
+    runs as soon as the holder ends), and the session goes on, also inside a transaction."""
+    limit = {"name": "slow", "kind": kind, "key": "user", "match": "postgres", "on_exceed": "wait",
+             "max_wait_ms": 30000}
+    limit.update({"max": 1} if kind == "concurrency" else {"rate": 0.05, "burst": 1})
+    proxy = start_proxy(pool={"mode": "transaction"}, limits=[limit])
+    holder, waiter = connect(proxy), connect(proxy)
+    held = threading.Thread(target=lambda: holder.cursor().execute("select pg_sleep(3)"))
+    held.start()  # (concurrency: holds the one slot for 3 s; token bucket: takes the one token)
+    time.sleep(0.5)
+    for in_transaction in (False, True):
+        waiter.autocommit = not in_transaction
+        got = []
+
+        def wait(cur=waiter.cursor()):
+            try:
+                cur.execute("select 'waits'")
+                got.append(cur.fetchone())
+            except psycopg2.Error as e:
+                got.append(e)
+        waiting = threading.Thread(target=wait)
+        waiting.start()
+        time.sleep(0.5)
+        assert not got  # (waiting for the limit)
+        asked = time.monotonic()
+        waiter.cancel()
+        waiting.join(10)
+        assert isinstance(got[0], psycopg2.errors.QueryCanceled), got
+        assert time.monotonic() - asked < 2.0 and (kind == "token_bucket" or held.is_alive())
+        waiter.rollback()
+    held.join(10)
+    if kind == "concurrency":  # (the slot is free: the canceled waits left the line)
+        waiter.autocommit = True
+        started = time.monotonic()
+        waiter.cursor().execute("select 1")
+        assert time.monotonic() - started < 2.0
+    assert proxy.api("GET", "/limits")[1][0]["name"] == "slow"

@@ -370,13 +370,16 @@ class LeaseSlot:
 
     def cancel(self):
         """A CancelRequest for this session: cancel its server's query, or stop waiting for a server.
-        Returns False when there was nothing to cancel, else True or the greenlet sending it on."""
+        Returns False when there was nothing to cancel, else True or the greenlet sending it on. A
+        wait comes first: the request waits for it (a pool's line, a batch, a limit, also inside a
+        transaction whose server is idle meanwhile)."""
+        waiting = self.waiting
+        if waiting is not None and not waiting.ready():  # out of the queue, error to the client
+            waiting.set_exception(QueryCanceledWhileWaiting("canceling statement due to user request"))
+            return True
         server = self.server
         if server is not None and not server.broken:
             return server.cancel()
-        if self.waiting is not None and not self.waiting.ready():  # out of the queue, error to the client
-            self.waiting.set_exception(QueryCanceledWhileWaiting("canceling statement due to user request"))
-            return True
         return False
 
     def release(self):

@@ -14,7 +14,7 @@ from fnmatch import fnmatchcase
 from functools import lru_cache
 
 import gevent
-from gevent.event import Event
+from gevent.event import AsyncResult
 from pglast.parser import ParseError, fingerprint
 
 KEYS_KEPT = 10000  # per limit: state of this many keys at most (the least recently seen go first)
@@ -29,6 +29,22 @@ def shape_of(sql):
         return fingerprint(sql)
     except ParseError:
         return "unparsable"
+
+
+def pause(seconds, waiting):
+    """Sleep seconds; waiting(result): the session's (LeaseSlot.wait_on), whose cancel sets the
+    result's exception: raised, the wait over."""
+    if waiting is None:
+        gevent.sleep(seconds)
+        return
+    woken = AsyncResult()
+    waiting(woken)
+    try:
+        woken.wait(seconds)
+    finally:
+        waiting(None)
+    if woken.ready():  # (only a cancel sets it)
+        raise woken.exception
 
 
 class Exceeded(Exception):
@@ -51,18 +67,26 @@ class Guard:
     def __init__(self):
         self.running, self.waiters = 0, collections.deque()
 
-    def wait(self, timeout):
-        """Wait in line for a slot; True when one was handed over."""
-        handed, got = Event(), False
+    def wait(self, timeout, waiting=None):
+        """Wait in line for a slot; True when one was handed over. waiting(result): the session's
+        (LeaseSlot.wait_on): a cancel ends the wait with its error, raised."""
+        handed, got = AsyncResult(), False
         self.waiters.append(handed)
+        if waiting is not None:
+            waiting(handed)
         try:
-            got = handed.wait(timeout)
+            handed.wait(timeout)
+            got = handed.successful()
         finally:
-            if not got:  # timed out, or the client went away while waiting
-                if handed.is_set():
+            if waiting is not None:
+                waiting(None)
+            if not got:  # timed out, canceled, or the client went away while waiting
+                if handed.successful():
                     self.release()  # (handed over just then: on to the next in line)
                 else:
                     self.waiters.remove(handed)
+        if handed.ready() and not got:
+            raise handed.exception
         return got
 
     def release(self):
@@ -128,8 +152,9 @@ class Limit:
         if guard is not None:
             guard.release()
 
-    def take(self, value, n=1):
-        """Count n executions of key value against this limit, waiting if configured; raises Exceeded."""
+    def take(self, value, n=1, waiting=None):
+        """Count n executions of key value against this limit, waiting if configured; raises Exceeded
+        (or, waiting, a cancel's error: see pause)."""
         now = time.monotonic()
         if self.wait_s(value, now, n) == 0:  # the usual case: room now
             self.passed += 1
@@ -149,13 +174,13 @@ class Limit:
                 raise Exceeded(self, value)
             waited = True
             if wait is None:  # a concurrency guard: in line, first come first served
-                if self.state[value].wait(deadline - now):
+                if self.state[value].wait(deadline - now, waiting):
                     self.passed += 1
                     self.waited += 1
                     return
                 now = deadline
             else:
-                gevent.sleep(min(wait, deadline - now))
+                pause(min(wait, deadline - now), waiting)
 
     def levels(self, top=20):
         """The current level of the busiest keys, for /limits."""
@@ -209,11 +234,12 @@ class Limiter:
             return session.identity.tenant.name if session.identity.tenant is not None else None
         return shape_of(sql)
 
-    def take(self, session, sql, count=1, holding=()):
+    def take(self, session, sql, count=1, holding=(), waiting=None):
         """Count count executions of sql (None: unknown) against every limit that applies; raises
-        Exceeded (after giving back the concurrency slots it took). Returns the concurrency slots
-        held, to release later (None: none). holding: the slots the session holds already (its
-        batch runs one thing at a time: one slot)."""
+        Exceeded, or a cancel's error while waiting (after giving back the concurrency slots it
+        took). Returns the concurrency slots held, to release later (None: none). holding: the slots
+        the session holds already (its batch runs one thing at a time: one slot). waiting: the
+        session's LeaseSlot.wait_on (a cancel reaches a wait)."""
         held = None
         try:
             for limit in self.limits:
@@ -221,13 +247,13 @@ class Limiter:
                 if value is not None and limit.applies(value):
                     if limit.kind == "concurrency":
                         if (limit, value) not in holding:
-                            limit.take(value)
+                            limit.take(value, 1, waiting)
                             if held is None:
                                 held = []
                             held.append((limit, value))
                         continue
-                    limit.take(value, count)
-        except Exceeded:
+                    limit.take(value, count, waiting)
+        except BaseException:
             for limit, value in held or ():
                 limit.release(value)
             raise

@@ -10,7 +10,7 @@ from functools import lru_cache
 
 from pglast.parser import split
 
-from ..errors import CONFIGURATION_LIMIT_EXCEEDED
+from ..errors import CONFIGURATION_LIMIT_EXCEEDED, ProxyError
 from . import Exceeded
 
 
@@ -71,9 +71,11 @@ class Admission:
         if not limiter.limits:
             return None
         try:
-            held = limiter.take(session, sql, count, session.limits_held)
+            held = limiter.take(session, sql, count, session.limits_held, session.slot.wait_on)
         except Exceeded as e:
             return CONFIGURATION_LIMIT_EXCEEDED, str(e)
+        except ProxyError as e:  # (its client canceled it while it waited: 57014)
+            return e.sqlstate, e.message
         if held:  # (given back when the server, or the proxy, has answered all it owes: limits.release)
             session.limits_held.extend(held)
         return None
