@@ -12,7 +12,7 @@ import signal
 import time
 
 import gevent
-from gevent.event import Event
+from gevent.event import AsyncResult, Event
 from gevent.pool import Pool as GreenletPool
 from gevent.queue import Queue
 from gevent.server import StreamServer
@@ -196,11 +196,24 @@ class Proxy:
             gate.set()
         return gate is not None
 
-    def wait_unpaused(self, database):
+    def wait_unpaused(self, database, waiting=None):
+        """Until RESUME (of all, and of database). waiting(result): the session's (LeaseSlot.wait_on),
+        whose cancel sets the result's exception: raised, the wait over (57014 to the client)."""
         for key in (None, database):
             gate = self.paused.get(key)
-            if gate is not None:
+            if gate is None:
+                continue
+            if waiting is None:
                 gate.wait()
+                continue
+            canceled = AsyncResult()
+            waiting(canceled)
+            try:
+                gevent.wait((gate, canceled), count=1)
+            finally:
+                waiting(None)
+            if canceled.ready():
+                raise canceled.exception
 
     # --- SUSPEND / RESUME, RECONNECT / WAIT_CLOSE (admin console, as PgBouncer's) -------------
     def suspend(self, timeout=30.0):

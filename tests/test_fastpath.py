@@ -179,6 +179,36 @@ def test_pause_holds_fast_queries_until_resume(fast):
     conn.close()
 
 
+def test_a_cancel_reaches_a_query_held_by_pause_and_the_session_goes_on(fast):
+    """PAUSE holds new transactions; Ctrl-C on one of them ends its wait with 57014 at once (it does
+    not run at RESUME), and the session goes on."""
+    conn, cur = fast.autocommit()
+    cur.execute("select 1")
+    assert fast.api("POST", "/pause", {})[0] in (200, 202)
+    got = []
+
+    def held():
+        try:
+            cur.execute("select 8")
+            got.append(cur.fetchone()[0])
+        except psycopg2.Error as e:
+            got.append(e)
+    t = threading.Thread(target=held)
+    t.start()
+    try:
+        time.sleep(0.5)
+        assert got == []  # held while paused
+        conn.cancel()
+        t.join(5)
+        assert got and isinstance(got[0], psycopg2.errors.QueryCanceled), got
+    finally:
+        assert fast.api("POST", "/resume", {})[0] == 200
+    t.join(10)
+    cur.execute("select 9")
+    assert cur.fetchone() == (9,) and got[1:] == []
+    conn.close()
+
+
 def test_a_client_that_stops_reading_gets_everything_once_it_reads(fast):
     w = Wire(fast.port)
     w.startup(user="postgres", database="postgres")

@@ -70,7 +70,7 @@ class LeaseSlot:
         session = self.session
         proxy = session.proxy
         if proxy.paused:  # PAUSE (admin): new transactions wait for RESUME
-            proxy.wait_unpaused(session.identity.database)
+            proxy.wait_unpaused(session.identity.database, self.wait_on)
         target, intent, pool, server = self._acquire_routed()
         try:
             settings = session.settings
