@@ -12,7 +12,7 @@ import signal
 import time
 
 import gevent
-from gevent.event import AsyncResult, Event
+from gevent.event import Event
 from gevent.pool import Pool as GreenletPool
 from gevent.queue import Queue
 from gevent.server import StreamServer
@@ -23,6 +23,7 @@ from .admin import server as admin_server
 from .analytics import Analytics
 from .batch import Batches
 from .tenancy import Tenants
+from .waits import wait_cancelable
 from .cache import QueryCache
 from .limits import Limiter
 from .limits.admission import Admission
@@ -197,23 +198,12 @@ class Proxy:
         return gate is not None
 
     def wait_unpaused(self, database, waiting=None):
-        """Until RESUME (of all, and of database). waiting(result): the session's (LeaseSlot.wait_on),
-        whose cancel sets the result's exception: raised, the wait over (57014 to the client)."""
+        """Until RESUME (of all, and of database); waiting: the session's LeaseSlot.wait_on (a cancel
+        ends the wait: waits.wait_cancelable)."""
         for key in (None, database):
             gate = self.paused.get(key)
-            if gate is None:
-                continue
-            if waiting is None:
-                gate.wait()
-                continue
-            canceled = AsyncResult()
-            waiting(canceled)
-            try:
-                gevent.wait((gate, canceled), count=1)
-            finally:
-                waiting(None)
-            if canceled.ready():
-                raise canceled.exception
+            if gate is not None:
+                wait_cancelable(waiting, (gate,))
 
     # --- SUSPEND / RESUME, RECONNECT / WAIT_CLOSE (admin console, as PgBouncer's) -------------
     def suspend(self, timeout=30.0):

@@ -13,9 +13,10 @@ import time
 from fnmatch import fnmatchcase
 from functools import lru_cache
 
-import gevent
-from gevent.event import AsyncResult
+from gevent.event import Event
 from pglast.parser import ParseError, fingerprint
+
+from ..waits import wait_cancelable
 
 KEYS_KEPT = 10000  # per limit: state of this many keys at most (the least recently seen go first)
 
@@ -29,22 +30,6 @@ def shape_of(sql):
         return fingerprint(sql)
     except ParseError:
         return "unparsable"
-
-
-def pause(seconds, waiting):
-    """Sleep seconds; waiting(result): the session's (LeaseSlot.wait_on), whose cancel sets the
-    result's exception: raised, the wait over."""
-    if waiting is None:
-        gevent.sleep(seconds)
-        return
-    woken = AsyncResult()
-    waiting(woken)
-    try:
-        woken.wait(seconds)
-    finally:
-        waiting(None)
-    if woken.ready():  # (only a cancel sets it)
-        raise woken.exception
 
 
 class Exceeded(Exception):
@@ -68,25 +53,19 @@ class Guard:
         self.running, self.waiters = 0, collections.deque()
 
     def wait(self, timeout, waiting=None):
-        """Wait in line for a slot; True when one was handed over. waiting(result): the session's
-        (LeaseSlot.wait_on): a cancel ends the wait with its error, raised."""
-        handed, got = AsyncResult(), False
+        """Wait in line for a slot; True when one was handed over (waiting: waits.wait_cancelable's;
+        a cancel's error is raised)."""
+        handed, got = Event(), False
         self.waiters.append(handed)
-        if waiting is not None:
-            waiting(handed)
         try:
-            handed.wait(timeout)
-            got = handed.successful()
+            wait_cancelable(waiting, (handed,), timeout)
+            got = handed.is_set()
         finally:
-            if waiting is not None:
-                waiting(None)
             if not got:  # timed out, canceled, or the client went away while waiting
-                if handed.successful():
+                if handed.is_set():
                     self.release()  # (handed over just then: on to the next in line)
                 else:
                     self.waiters.remove(handed)
-        if handed.ready() and not got:
-            raise handed.exception
         return got
 
     def release(self):
@@ -154,7 +133,7 @@ class Limit:
 
     def take(self, value, n=1, waiting=None):
         """Count n executions of key value against this limit, waiting if configured; raises Exceeded
-        (or, waiting, a cancel's error: see pause)."""
+        (or, waiting, a cancel's error: waits.wait_cancelable)."""
         now = time.monotonic()
         if self.wait_s(value, now, n) == 0:  # the usual case: room now
             self.passed += 1
@@ -180,7 +159,7 @@ class Limit:
                     return
                 now = deadline
             else:
-                pause(min(wait, deadline - now), waiting)
+                wait_cancelable(waiting, (), min(wait, deadline - now))
 
     def levels(self, top=20):
         """The current level of the busiest keys, for /limits."""
