@@ -8,6 +8,8 @@ import time
 import psycopg2
 import pytest
 
+from .background import Background
+
 
 @pytest.fixture
 def batch_proxy(start_proxy, direct):
@@ -333,22 +335,14 @@ def test_a_cancel_reaches_a_batched_insert_wherever_it_waits(start_proxy, direct
             assert time.monotonic() < deadline, blocked()
             time.sleep(0.05)
 
-    got, threads = {}, {}
+    inserts = {}
 
     def insert(i):
-        def run():
-            try:
-                conns[i].cursor().execute("insert into bt_cancel (client) values (%s)", (i,))
-                got[i] = "INSERT 0 1"
-            except psycopg2.Error as e:
-                got[i] = e
-        threads[i] = threading.Thread(target=run)
-        threads[i].start()
+        inserts[i] = Background(conns[i].cursor(), "insert into bt_cancel (client) values (%s)", (i,), fetch=False)
 
     def answered(i):
-        threads[i].join(15)
-        assert not threads[i].is_alive(), f"client {i} still waits after its cancel"
-        return got[i]
+        assert inserts[i].join(15), f"client {i} still waits after its cancel"
+        return inserts[i].got[0]
 
     insert(0)
     until(lambda: len(blocked()) == 1)

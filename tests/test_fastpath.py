@@ -12,6 +12,7 @@ import pytest
 
 from helios_proxy.protocol import codec
 
+from .background import Background
 from .wire import Wire
 
 
@@ -185,16 +186,8 @@ def test_a_cancel_reaches_a_query_held_by_pause_and_the_session_goes_on(fast):
     conn, cur = fast.autocommit()
     cur.execute("select 1")
     assert fast.api("POST", "/pause", {})[0] in (200, 202)
-    got = []
-
-    def held():
-        try:
-            cur.execute("select 8")
-            got.append(cur.fetchone()[0])
-        except psycopg2.Error as e:
-            got.append(e)
-    t = threading.Thread(target=held)
-    t.start()
+    t = Background(cur, "select 8")
+    got = t.got
     try:
         time.sleep(0.5)
         assert got == []  # held while paused

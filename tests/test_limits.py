@@ -7,6 +7,7 @@ import time
 import psycopg2
 import pytest
 
+from tests.background import Background
 from tests.fix_redis import redis_server  # noqa: F401 - a fixture
 
 
@@ -392,16 +393,8 @@ def test_a_cancel_reaches_a_query_waiting_for_a_limit(start_proxy, kind):
     time.sleep(0.5)
     for in_transaction in (False, True):
         waiter.autocommit = not in_transaction
-        got = []
-
-        def wait(cur=waiter.cursor()):
-            try:
-                cur.execute("select 'waits'")
-                got.append(cur.fetchone())
-            except psycopg2.Error as e:
-                got.append(e)
-        waiting = threading.Thread(target=wait)
-        waiting.start()
+        waiting = Background(waiter.cursor(), "select 'waits'")
+        got = waiting.got
         time.sleep(0.5)
         assert not got  # (waiting for the limit)
         asked = time.monotonic()
