@@ -145,7 +145,7 @@ class ProxyCollector:
             fast.add_metric([reason], n)
         yield fast
         yield CounterMetricFamily("helios_fast_path_queued", "Requests the fast path had wait in their pool's "
-                                  "line without a greenlet (frontend/fastpath.py Queued).",
+                                  "line without a greenlet (frontend/queued.py Queued).",
                                   value=s["fast_path"].get("queued", 0))
         yield GaugeMetricFamily("helios_replay_journal_bytes", "Bytes of requests journaled now.",
                                 value=s["replay"]["journal_bytes"])

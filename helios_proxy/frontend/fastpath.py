@@ -26,7 +26,7 @@ from os import read, write
 import time
 
 import gevent
-from gevent.hub import Waiter, get_hub
+from gevent.hub import Waiter
 
 from .. import pipeline
 from ..errors import DECODING_ERRORS, ProtocolViolation
@@ -37,6 +37,7 @@ from ..protocol import messages as m
 from ..sockets import READ, READ_SIZE, plain, watcher
 from ..continuity import replay
 from . import decisions, plan as p, statements, unnamed
+from .queued import Queued
 
 log = logging.getLogger(__name__)
 
@@ -522,44 +523,6 @@ class FastPath:
         session.route.take()  # (the aim is used up, as by a wait in the greenlet)
         self.fwd.premade = (None, StageResult.reject(error.sqlstate, error.message), None, "", b"")
         self.hand(queued.data)
-
-
-class Queued:
-    """A request the fast path took that waits in its pool's line (more clients than server
-    connections): Pool.release() hands it a connection in turn (set), and it goes on in a loop
-    callback; a cancel (set_exception) or the pool's acquire_timeout refuses it."""
-    __slots__ = ("fast", "pool", "target", "data", "go", "args", "timer", "done", "started")
-
-    def __init__(self, fast, pool, target, data, go, args):
-        self.fast, self.pool, self.target, self.data, self.go, self.args = fast, pool, target, data, go, args
-        self.done, self.started = False, time.monotonic()
-        self.timer = get_hub().loop.timer(pool.config.pool.acquire_timeout)
-        self.timer.start(self.expired)
-        pool.line_up(self)
-
-    def ready(self):
-        return self.done
-
-    def set(self, server):  # (None: room to open a connection, Pool._wake_one)
-        self.done = True
-        self.timer.stop()
-        get_hub().loop.run_callback(self.fast.dequeued, self, server)
-
-    def set_exception(self, error):  # (LeaseSlot.cancel, from the cancel's greenlet)
-        get_hub().loop.run_callback(self.finish, error)
-
-    def expired(self):
-        self.finish(self.pool.timed_out())
-
-    def finish(self, error):
-        if not self.done:
-            self.leave()
-            self.fast.refused(self, error)
-
-    def leave(self):
-        self.done = True
-        self.timer.stop()
-        self.pool.leave_line(self)
 
 
 def messages(data, n):

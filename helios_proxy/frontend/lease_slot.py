@@ -144,7 +144,7 @@ class LeaseSlot:
             if node is None or node.name != pool.node.name or breakers.enabled and not breakers.allows(node):
                 return False
         server = pool.take_idle()
-        if server is None:  # (a full pool: the request may wait in its line, fastpath.Queued)
+        if server is None:  # (a full pool: the request may wait in its line, frontend/queued.py)
             return (pool, target) if pool.size >= pool.max_size and not pool.config.pool.reserve_size else False
         return self.take_from(pool, server, target)
 

@@ -198,7 +198,7 @@ class Pool:
                           f"has {self.size} of max_size {self.max_size} in use)", sqlstate=QUERY_CANCELED)
 
     def line_up(self, waiter):
-        """waiter waits in line (an AsyncResult, or a request without a greenlet: frontend/fastpath.py
+        """waiter waits in line (an AsyncResult, or a request without a greenlet: frontend/queued.py
         Queued, with ready() and set(conn) too): release() serves them in turn."""
         self.waiters.append(waiter)
         self.wait_started[waiter] = time.monotonic()
