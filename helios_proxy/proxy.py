@@ -41,7 +41,7 @@ from .topology.failover import FailoverController
 from .topology.health import HealthChecker
 from .topology.nodeops import NodeOps
 from .topology import providers
-from .topology.tracker import PrimaryTracker
+from .topology.tracker import PENDING, PrimaryTracker
 from .routing.router import Router
 from .frontend.auth import Authenticator
 from .frontend.cancel import CancelMap
@@ -124,6 +124,8 @@ class Proxy:
         self.ops = NodeOps(config, self.health.credentials)
         self.failover = FailoverController(config, self.tracker, self.health, self.ops)
         self.topology = providers.build(config, self.tracker, self.health, self.buffer)  # who decides the primary (topology/providers.py)
+        if getattr(self.topology, "confirms_primary", False):  # (the configured primary: a guess until then)
+            self.tracker.expect_confirmation(f"the {config.topology.provider} provider")
         self.fleet = None  # a fleet of proxies: coordinated in etcd (fleet_dcs.py), or members listed in Redis
         if config.fleet.dcs_url:
             from .topology.fleet_dcs import FleetCoordinator
@@ -260,6 +262,9 @@ class Proxy:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         listener.bind((host, port))
         listener.listen(1024)
+        self.health.start()
+        self.topology.start()
+        self._first_say()
         if Router.active(self.config):  # standbys are fit for reads once their lag is known: measure
             self.router.lag = LagMonitor(self.router)  # it before the first client is accepted
             with gevent.Timeout(self.config.health.timeout + 1, False):
@@ -279,8 +284,6 @@ class Proxy:
         if self.admin_socket is not None:  # a worker: its socket appearing tells the arbiter it is up
             self.admin = admin_server.start(self, self.admin_socket)
         self.pools.start()
-        self.health.start()
-        self.topology.start()
         if self.fleet is not None:
             self.fleet.start()
         self.sampler.start()
@@ -297,6 +300,14 @@ class Proxy:
                         "single proxy only (several proxies, each deciding, can promote two nodes: run "
                         "them behind Patroni with topology.provider = \"patroni\" instead)",
                         self.config.failover.mode)
+
+    def _first_say(self):
+        """Where a provider decides which node is the primary (tracker.expect_confirmation), let it
+        have its say before the first client is accepted (they wait in the listener's backlog):
+        the first probes or the first read of Patroni's keys, up to health.timeout + 1 s."""
+        deadline = time.monotonic() + self.config.health.timeout + 1
+        while self.tracker.state == PENDING and time.monotonic() < deadline:
+            gevent.sleep(0.01)
 
     def handle(self, sock, peer):
         if self.suspended is not None:  # SUSPEND (admin): accepted meanwhile, served after RESUME
@@ -344,8 +355,8 @@ class Proxy:
     def serve_forever(self):
         """Run until SIGTERM (graceful) or SIGINT (immediate); SIGHUP reloads; SIGUSR1 pauses and
         SIGUSR2 resumes (PAUSE and SUSPEND), as PgBouncer's."""
+        self.install_signals()  # (first: a signal while it starts waits for its end, never kills it)
         self.start()
-        self.install_signals()
         while True:
             command = self.commands.get()
             if command == "hup":

@@ -2,6 +2,7 @@
 the primary tracker, automatic failover, the switchover buffer and planned switchover."""
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -47,6 +48,7 @@ class Load:
         """base: the first id (several loads at once write different ids)."""
         self.proxy, self.stop, self.base = proxy, threading.Event(), base
         self.acked, self.errors, self.reads = [], [], 0
+        self.acked_at = []  # time.monotonic() of each acknowledgement, in order
         self.first_ok_after = None
         self.kill_at = None
         self.threads = [threading.Thread(target=self.write, args=(w,)) for w in range(writers)]
@@ -72,6 +74,7 @@ class Load:
                     conn.autocommit = True
                 conn.cursor().execute("INSERT INTO ha_rows (id) VALUES (%s)", (i,))
                 self.acked.append(i)
+                self.acked_at.append(time.monotonic())
                 if self.kill_at and started > self.kill_at and self.first_ok_after is None:
                     self.first_ok_after = time.time() - self.kill_at
             except psycopg2.Error as e:
@@ -456,6 +459,81 @@ def test_patroni_through_its_dcs_the_leader_key_in_etcd_moves_the_proxy_at_once(
     assert proxy.query("INSERT INTO ha_rows (id) VALUES (13) RETURNING inet_server_port()") == \
         [(ha_cluster.ports[1],)]
     assert "etcd" in proxy.output() and "unreachable" in proxy.output()
+
+
+def out_of_date(cluster):
+    """[[nodes]] as before a failover: standby1 (a standby) named the primary, primary a standby."""
+    nodes = ha_nodes(cluster)
+    nodes[0]["role"], nodes[1]["role"] = "standby", "primary"
+    return nodes
+
+
+class Write:
+    """An autocommit INSERT through the proxy (its login too) in a thread: the proxy may make both wait."""
+
+    def __init__(self, proxy, i):
+        self.got = []
+        self.thread = threading.Thread(target=self.run, args=(proxy, i), daemon=True)
+        self.thread.start()
+
+    def run(self, proxy, i):
+        try:
+            conn = proxy.connect()
+            conn.autocommit = True
+            cur = conn.cursor()
+            cur.execute("INSERT INTO ha_rows (id) VALUES (%s) RETURNING inet_server_port()", (i,))
+            self.got.append(cur.fetchone()[0])
+            conn.close()
+        except psycopg2.Error as e:
+            self.got.append(e)
+
+    def waits(self, seconds):
+        self.thread.join(seconds)
+        return self.thread.is_alive()
+
+
+def test_a_configured_primary_that_is_a_standby_now_gets_no_write_before_the_probes_tell(start_proxy,
+                                                                                         ha_cluster):
+    """The configuration names a primary that a failover made a standby while the proxy was down:
+    the probes decide, and until they can tell (here: their user cannot log in), writes wait rather
+    than go to the standby (25006); once they can, the writes go to the node that is the primary."""
+    proxy = start_proxy(pool={"mode": "transaction", "max_size": 4}, nodes=out_of_date(ha_cluster),
+                        failover={"mode": "external", "buffer_timeout": 60},
+                        health={**FAST_HEALTH, "user": "nobody_here"})
+    write = Write(proxy, 21)
+    assert write.waits(1.5), write.got  # (before: 25006, cannot execute INSERT in a read-only transaction)
+    assert "not yet confirmed" in proxy.get("/topology")["reason"]
+    proxy.sections["health"]["user"] = "postgres"
+    proxy.write_config()
+    proxy.signal(signal.SIGHUP)
+    assert not write.waits(30) and write.got == [ha_cluster.ports[0]], write.got
+    assert proxy.get("/topology")["primary"] == "primary"
+
+
+def test_a_proxy_that_cannot_reach_patronis_dcs_yet_sends_no_write_to_the_configured_primary(start_proxy,
+                                                                                             ha_cluster):
+    """With Patroni deciding, the configured primary is only a guess: a proxy started while etcd is
+    out of reach makes writes wait (it does not send them to the configured node, a standby since a
+    failover); once etcd answers, they go to the leader Patroni names there."""
+    import json
+    from tests.fix_etcd import Etcd
+    late = Etcd()  # (its ports now; it starts after the proxy)
+    prefix = "/service/pgcluster/"
+    try:
+        proxy = start_proxy(pool={"mode": "transaction", "max_size": 4}, nodes=out_of_date(ha_cluster),
+                            health=FAST_HEALTH, failover={"mode": "external", "buffer_timeout": 60},
+                            topology={"provider": "patroni", "dcs_url": late.url, "scope": "pgcluster"})
+        write = Write(proxy, 22)
+        assert write.waits(1.5), write.got  # (before: 25006 from standby1)
+        late.start()
+        for i, name in enumerate(("primary", "standby1", "standby2")):
+            late.put(f"{prefix}members/{name}", json.dumps(
+                {"conn_url": f"postgres://127.0.0.1:{ha_cluster.ports[i]}/postgres",
+                 "role": "master" if i == 0 else "replica", "state": "running"}))
+        late.put(f"{prefix}leader", "primary")
+        assert not write.waits(30) and write.got == [ha_cluster.ports[0]], write.got
+    finally:
+        late.stop()
 
 
 def test_a_topology_provider_a_package_ships_decides_the_primary(start_proxy, ha_cluster, tmp_path):

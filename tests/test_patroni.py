@@ -97,14 +97,12 @@ def test_kill_9_of_the_leader_loses_no_acknowledged_write(start_proxy, patroni):
     with Load(proxy, writers=3, base=500_000_000) as load:
         time.sleep(1.5)
         patroni.kill(int(leader[1:]))
-        load.kill_at = time.time()
-        killed_at = time.monotonic()
+        killed_at = time.monotonic()  # (its backends may still commit a moment: orphans of a killed postmaster)
         wait_for(lambda: standby in watch.at, 60, "Patroni electing a new leader")
-        wait_for(lambda: load.first_ok_after is not None, 30, "a write after the new leader")
-        resumed = killed_at + load.first_ok_after
+        wait_for(lambda: load.acked_at[-1] > watch.at[standby], 30, "a write after the new leader")
         time.sleep(1)
     watch.stop = True
-    after_key = resumed - watch.at[standby]
+    after_key = next(t for t in load.acked_at if t > watch.at[standby]) - watch.at[standby]
     print(f"new leader key {watch.at[standby] - killed_at:.2f} s after the kill; writes resumed "
           f"{after_key:.2f} s after it")
     assert after_key < 2.0

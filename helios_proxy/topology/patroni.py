@@ -17,6 +17,8 @@ LEADER_ROLES = ("leader", "master")
 
 
 class PatroniProvider(Periodic):
+    confirms_primary = True  # (providers.py: the configured primary waits for Patroni at start)
+
     def __init__(self, config, tracker):
         self.config = config
         self.tracker = tracker

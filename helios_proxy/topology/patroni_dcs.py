@@ -45,6 +45,8 @@ def _parse_time(text):
 class PatroniDcsProvider(Follower):
     """Watches Patroni's keys in etcd; tells the tracker who the leader is."""
 
+    confirms_primary = True  # (providers.py: the configured primary waits for Patroni at start)
+
     def __init__(self, config, tracker, health=None, buffer=None):
         self.config, self.tracker, self.health, self.buffer = config, tracker, health, buffer
         self.leader = None      # the leader the key named last

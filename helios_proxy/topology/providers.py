@@ -2,7 +2,8 @@
 
 Every provider offers `start()`, `stop()`, `subscribe(callback)` (events PrimaryChanged, NodeLeft,
 HealthChanged: topology/events.py), `get_primary()` and `get_node(name)`; what it learns it tells
-the primary tracker (tracker.py), which the rest of the proxy reads. `[topology] provider` names one:
+the primary tracker (tracker.py), which the rest of the proxy reads. A provider whose
+`confirms_primary` is true finds the primary out itself: the configured one waits for it at start. `[topology] provider` names one:
 
 - `postgres`: the health probes decide (the tracker follows what they observe);
 - `standalone`: only the operator or an external orchestrator (admin API / CLI) sets the primary;
@@ -24,6 +25,10 @@ BUILT_IN = ("postgres", "standalone", "patroni")
 
 class TopologyProvider:
     """The interface, and the behaviour of the two providers that only use the tracker itself."""
+
+    # True: this provider finds out which node is the primary, and the configured one waits for
+    # it at start (tracker.expect_confirmation); False: the configuration is the authority.
+    confirms_primary = False
 
     def __init__(self, config, tracker):
         self.config, self.tracker = config, tracker
@@ -49,6 +54,8 @@ class TopologyProvider:
 
 class Postgres(TopologyProvider):
     """The health probes decide (the tracker follows their observations: health.py)."""
+
+    confirms_primary = True
 
 
 class Standalone(TopologyProvider):

@@ -12,7 +12,7 @@ from gevent import Timeout
 from gevent.event import AsyncResult
 
 from ..errors import CANNOT_CONNECT_NOW, CONNECTION_FAILURE, ProxyError
-from .tracker import CONFIRMED
+from .tracker import CONFIRMED, PENDING
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,9 @@ class SwitchoverBuffer:
     def failover_possible(self):
         """Whether waiting can end in a new primary: a planned switchover, or some enabled standby
         that is healthy (promoted by the proxy, Patroni or an operator). Without one, a client is
-        answered at once instead of waiting for a failover that cannot happen."""
-        if self.paused:
+        answered at once instead of waiting for a failover that cannot happen. A PENDING primary
+        (being promoted, or the configured one at start) is waited for too."""
+        if self.paused or self.tracker.state == PENDING:
             return True
         return any(self.health is None or self.health.healthy(n) for n in self.tracker.standbys())
 

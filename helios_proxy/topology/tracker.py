@@ -8,7 +8,11 @@
 Writes go to the primary only while it is CONFIRMED; otherwise they wait in the switchover buffer
 (switchover_buffer.py). Every transition is broadcast to the subscribers as a TopologyEvent (events.py).
 
-The configured primary starts CONFIRMED (the config is trusted until a probe says otherwise).
+The configured primary starts CONFIRMED where the configuration is the authority (`standalone`, a
+package's provider). Where a provider decides (`postgres`: the probes; `patroni`: Patroni), the
+configured primary is only the configuration's guess: it starts PENDING (writes wait) until the
+provider confirms it or names another, and it is never written to on the guess alone (a proxy
+started after a failover, with the old configuration, would send writes to a standby: 25006).
 With the PostgreSQL provider, probe observations move the primary on their own: a PENDING primary
 is confirmed once it answers as not in recovery; a confirmed primary found in recovery is cleared;
 a node promoted by someone else is followed. Split-brain guard: when a second node claims to be
@@ -48,6 +52,7 @@ class PrimaryTracker:
         self.follow = follow       # let probe observations move the primary (PostgreSQL provider)
         self.primary = next(n.name for n in config.nodes if n.role == PRIMARY)
         self.state = CONFIRMED
+        self.guess = False         # the configured primary, until a provider confirms it (expect_confirmation)
         self.roles = {n.name: n.role for n in config.nodes}
         self.seen = {}             # node name -> latest Observation
         self.stale = set()         # claimed primary while another node held the role
@@ -103,11 +108,18 @@ class PrimaryTracker:
         return [name for _, name in sorted(found, reverse=True)]
 
     # --- the lifecycle ---------------------------------------------------------------------------
+    def expect_confirmation(self, who):
+        """At start, when a provider decides which node is the primary: the configured one is PENDING
+        (no event: nothing was confirmed before) until who confirms it, or names or finds another."""
+        self.state, self.guess = PENDING, True
+        self.reason = f"{self.primary}: the configuration's primary, not yet confirmed by {who}"
+        log.info("primary: %s PENDING until %s confirms it", self.primary, who)
+
     def set_primary(self, name, why):
         if self.node(name) is None:
             raise KeyError(name)
         old = self.primary if self.state != NONE else None
-        self.primary, self.state = name, PENDING
+        self.primary, self.state, self.guess = name, PENDING, False
         self.stale.discard(name)
         log.warning("primary: %s PENDING (%s)", name, why)
         self.publish(PrimaryChanged(old, name, PENDING))
@@ -115,7 +127,7 @@ class PrimaryTracker:
     def confirm_primary(self, why="confirmed"):
         if self.state == CONFIRMED or self.primary is None:
             return
-        self.state = CONFIRMED
+        self.state, self.guess = CONFIRMED, False
         self.changes += 1
         self.roles[self.primary] = PRIMARY
         log.warning("primary: %s CONFIRMED (%s)", self.primary, why)
@@ -124,7 +136,7 @@ class PrimaryTracker:
     def clear_primary(self, why):
         if self.state == NONE:
             return
-        self.state = NONE
+        self.state, self.guess = NONE, False
         self.reason = f"{self.primary}: {why}"
         log.warning("primary: NONE (%s was primary: %s)", self.primary, why)
         self.publish(PrimaryChanged(self.primary, None, NONE))
@@ -155,8 +167,9 @@ class PrimaryTracker:
             if name in self.stale:
                 self.stale.discard(name)
                 log.warning("node %s is a standby now; it takes reads again", name)
-            if name == self.primary and self.state == CONFIRMED and self.follow:
-                self.clear_primary("it is in recovery now (demoted outside the proxy?)")
+            if name == self.primary and (self.state == CONFIRMED or self.guess) and self.follow:
+                self.clear_primary("it is in recovery (a standby now: the configuration is out of date?)"
+                                   if self.guess else "it is in recovery now (demoted outside the proxy?)")
             return
         if name in self.fenced or name in self.stale:
             return
