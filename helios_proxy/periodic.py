@@ -11,14 +11,17 @@ class Periodic:
 
     _greenlet = None
 
-    def start(self):
-        self._greenlet = gevent.spawn(self._run)
+    def start(self, wait_first=False):
+        """wait_first: the first run after one interval (the caller just did one)."""
+        self._greenlet = gevent.spawn(self._run, wait_first)
 
     def stop(self):
         if self._greenlet is not None:
             self._greenlet.kill()
 
-    def _run(self):
+    def _run(self, wait_first=False):
+        if wait_first:
+            gevent.sleep(self.interval())
         while True:
             try:
                 self.tick()

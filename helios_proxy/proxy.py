@@ -262,9 +262,9 @@ class Proxy:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         listener.bind((host, port))
         listener.listen(1024)
-        self.health.start()
         self.topology.start()
-        self._first_say()
+        probed = self._first_say()
+        self.health.start(wait_first=probed)
         if Router.active(self.config):  # standbys are fit for reads once their lag is known: measure
             self.router.lag = LagMonitor(self.router)  # it before the first client is accepted
             with gevent.Timeout(self.config.health.timeout + 1, False):
@@ -304,10 +304,24 @@ class Proxy:
     def _first_say(self):
         """Where a provider decides which node is the primary (tracker.expect_confirmation), let it
         have its say before the first client is accepted (they wait in the listener's backlog):
-        the first probes or the first read of Patroni's keys, up to health.timeout + 1 s."""
+        a first round of probes of every node (a second node claiming primary is weighed too), or
+        the first read of Patroni's keys; up to health.timeout + 1 s. When the probes cannot tell
+        (the configured primary down, or the probe user unable to log in), the configuration is
+        trusted, as without them: a client's own attempt then says what is wrong. Patroni is waited
+        for (while it cannot be asked, writes wait: Patroni would not let a primary write either).
+        True when it probed every node (the health checker's first round is then one interval on)."""
+        tracker = self.tracker
+        if not tracker.guess:
+            return False
+        if tracker.follow:
+            self.health.probe_all()
+            if tracker.guess:
+                tracker.confirm_primary("the probes could not tell: the configuration is trusted")
+            return True
         deadline = time.monotonic() + self.config.health.timeout + 1
-        while self.tracker.state == PENDING and time.monotonic() < deadline:
+        while tracker.state == PENDING and time.monotonic() < deadline:
             gevent.sleep(0.01)
+        return False
 
     def handle(self, sock, peer):
         if self.suspended is not None:  # SUSPEND (admin): accepted meanwhile, served after RESUME

@@ -11,8 +11,9 @@ Writes go to the primary only while it is CONFIRMED; otherwise they wait in the 
 The configured primary starts CONFIRMED where the configuration is the authority (`standalone`, a
 package's provider). Where a provider decides (`postgres`: the probes; `patroni`: Patroni), the
 configured primary is only the configuration's guess: it starts PENDING (writes wait) until the
-provider confirms it or names another, and it is never written to on the guess alone (a proxy
-started after a failover, with the old configuration, would send writes to a standby: 25006).
+provider confirms it or names another (a proxy started after a failover, with the old
+configuration, would otherwise send writes to a standby: 25006); the proxy gives the provider its
+first say before it serves the first client (Proxy._first_say).
 With the PostgreSQL provider, probe observations move the primary on their own: a PENDING primary
 is confirmed once it answers as not in recovery; a confirmed primary found in recovery is cleared;
 a node promoted by someone else is followed. Split-brain guard: when a second node claims to be
