@@ -100,6 +100,37 @@ class Load:
                 time.sleep(0.05)
 
 
+def out_of_date(cluster):
+    """[[nodes]] as before a failover: standby1 (a standby) named the primary, primary a standby."""
+    nodes = ha_nodes(cluster)
+    nodes[0]["role"], nodes[1]["role"] = "standby", "primary"
+    return nodes
+
+
+class Write:
+    """An autocommit INSERT through the proxy (its login too) in a thread: the proxy may make both wait."""
+
+    def __init__(self, proxy, i):
+        self.got = []
+        self.thread = threading.Thread(target=self.run, args=(proxy, i), daemon=True)
+        self.thread.start()
+
+    def run(self, proxy, i):
+        try:
+            conn = proxy.connect()
+            conn.autocommit = True
+            cur = conn.cursor()
+            cur.execute("INSERT INTO ha_rows (id) VALUES (%s) RETURNING inet_server_port()", (i,))
+            self.got.append(cur.fetchone()[0])
+            conn.close()
+        except psycopg2.Error as e:
+            self.got.append(e)
+
+    def waits(self, seconds):
+        self.thread.join(seconds)
+        return self.thread.is_alive()
+
+
 def test_failover_promotes_the_sync_standby_and_loses_no_acknowledged_write(start_proxy, ha_cluster):
     proxy = start_ha_proxy(start_proxy, ha_cluster)
     with Load(proxy) as load:
@@ -317,16 +348,15 @@ def test_patroni_provider_follows_the_leader_patroni_reports(start_proxy, ha_clu
                                                         f"http://127.0.0.1:{api.server_address[1]}"})
         assert proxy.query("INSERT INTO ha_rows (id) VALUES (1) RETURNING inet_server_port()") == \
             [(ha_cluster.ports[0],)]
-        ha_cluster._run("pg_ctl", "-D", ha_cluster.datadir(1), "-w", "promote")
-        # the proxy keeps its primary until Patroni says otherwise, even though standby1 answers as primary
-        time.sleep(0.6)
-        # (the old primary waits for its synchronous standby on a write now: ask it a read)
-        assert proxy.query("/*+ route=primary */ SELECT inet_server_port()") == [(ha_cluster.ports[0],)]
+        # Patroni reports the lock's holder as leader before it promotes it: writes wait meanwhile
+        # (they would fail with 25006 there), and go there once it answers as primary
         members["members"][0]["role"], members["members"][1]["role"] = "replica", "leader"
-        wait_for(lambda: proxy.query("/*+ route=primary */ SELECT inet_server_port()") ==
-                 [(ha_cluster.ports[1],)], 10, "Patroni's new leader as the primary")
-        assert proxy.query("INSERT INTO ha_rows (id) VALUES (3) RETURNING inet_server_port()") == \
-            [(ha_cluster.ports[1],)]
+        wait_for(lambda: proxy.get("/topology")["primary"] == "standby1", 10, "Patroni's new leader named")
+        write = Write(proxy, 3)
+        assert write.waits(1.0) and proxy.get("/topology")["state"] == "PENDING", write.got
+        ha_cluster._run("pg_ctl", "-D", ha_cluster.datadir(1), "-w", "promote")
+        assert not write.waits(30) and write.got == [ha_cluster.ports[1]], write.got
+        assert proxy.query("/*+ route=primary */ SELECT inet_server_port()") == [(ha_cluster.ports[1],)]
     finally:
         api.shutdown()
 
@@ -458,37 +488,6 @@ def test_patroni_through_its_dcs_the_leader_key_in_etcd_moves_the_proxy_at_once(
     assert proxy.query("INSERT INTO ha_rows (id) VALUES (13) RETURNING inet_server_port()") == \
         [(ha_cluster.ports[1],)]
     assert "etcd" in proxy.output() and "unreachable" in proxy.output()
-
-
-def out_of_date(cluster):
-    """[[nodes]] as before a failover: standby1 (a standby) named the primary, primary a standby."""
-    nodes = ha_nodes(cluster)
-    nodes[0]["role"], nodes[1]["role"] = "standby", "primary"
-    return nodes
-
-
-class Write:
-    """An autocommit INSERT through the proxy (its login too) in a thread: the proxy may make both wait."""
-
-    def __init__(self, proxy, i):
-        self.got = []
-        self.thread = threading.Thread(target=self.run, args=(proxy, i), daemon=True)
-        self.thread.start()
-
-    def run(self, proxy, i):
-        try:
-            conn = proxy.connect()
-            conn.autocommit = True
-            cur = conn.cursor()
-            cur.execute("INSERT INTO ha_rows (id) VALUES (%s) RETURNING inet_server_port()", (i,))
-            self.got.append(cur.fetchone()[0])
-            conn.close()
-        except psycopg2.Error as e:
-            self.got.append(e)
-
-    def waits(self, seconds):
-        self.thread.join(seconds)
-        return self.thread.is_alive()
 
 
 def test_a_configured_primary_that_is_a_standby_now_gets_no_write_the_probes_decide_first(start_proxy,

@@ -1,8 +1,9 @@
 """The Patroni topology provider: for users who already run Patroni, Patroni decides who the
 primary is and the proxy follows. Its REST API's `GET /cluster` is polled every `health.interval`
 (`patroni_url` may name several members, comma-separated: the first that answers is asked):
-the running member with role "leader" (or "master") becomes the confirmed primary; no leader
-clears the primary (writes wait in the switchover buffer). Members map to nodes by name, else by
+the running member with role "leader" (or "master") becomes the primary, PENDING (writes wait)
+until a probe finds it out of recovery (Patroni reports the lock's holder as leader before it is
+promoted: confirm.py); no leader clears the primary (writes wait in the switchover buffer). Members map to nodes by name, else by
 host and port. The proxy's own health probes still decide which standbys take reads.
 """
 import json
@@ -10,7 +11,8 @@ import logging
 import urllib.request
 
 from ..periodic import Periodic
-from .tracker import CONFIRMED, STANDBY
+from .confirm import LeaderConfirmation
+from .tracker import CONFIRMED, NONE, STANDBY
 
 log = logging.getLogger(__name__)
 LEADER_ROLES = ("leader", "master")
@@ -19,14 +21,19 @@ LEADER_ROLES = ("leader", "master")
 class PatroniProvider(Periodic):
     confirms_primary = True  # (providers.py: the configured primary waits for Patroni at start)
 
-    def __init__(self, config, tracker):
+    def __init__(self, config, tracker, health=None):
         self.config = config
         self.tracker = tracker
+        self.confirmation = LeaderConfirmation(tracker, health)
         self.error = None
         self.good = None  # the member URL that answered last
 
     def interval(self):
         return self.config.health.interval
+
+    def stop(self):
+        super().stop()
+        self.confirmation.stop()
 
     def urls(self):
         """topology.patroni_url: one member's REST API, or several (comma-separated): any that answers."""
@@ -80,5 +87,6 @@ class PatroniProvider(Periodic):
                 tracker.roles[node.name] = STANDBY
         if leader is None:
             tracker.clear_primary("Patroni reports no running leader")
-        elif tracker.primary != leader.name or tracker.state != CONFIRMED:
-            tracker.take_over(leader.name, "Patroni leader")
+        elif tracker.primary != leader.name or tracker.state == NONE or tracker.guess or (
+                tracker.state != CONFIRMED and not self.confirmation.probing(leader)):
+            self.confirmation.begin(leader, "Patroni leader")

@@ -6,7 +6,7 @@ a streaming `/v3/watch`) is all it needs: no client library.
 
 The leader key names the member that holds the leader lock; that member (by node name, else by the
 host and port of its `conn_url`) becomes the primary, PENDING (writes wait) until a probe finds it
-out of recovery (Patroni takes the lock before it promotes), probed every PROBE_S until then. The key
+out of recovery (Patroni takes the lock before it promotes: confirm.py). The key
 deleted (its TTL ran out, or the leader hands over) clears the primary: writes wait in the
 switchover buffer until a new leader answers. A leader whose PostgreSQL went down and came back
 (Patroni restarts it in place) is probed again; one that is shutting down is never taken back on a
@@ -23,14 +23,13 @@ from urllib.parse import urlparse
 
 import gevent
 
+from .confirm import LeaderConfirmation
 from .etcd import Etcd, Follower, Mirror
 from .events import HealthChanged
-from .tracker import CONFIRMED, NONE, PENDING, STANDBY
+from .tracker import CONFIRMED, NONE, STANDBY
 
 log = logging.getLogger(__name__)
 RETRY_S = 0.5
-PROBE_S = 0.05    # a new leader is probed this often until it answers as primary
-CONFIRM_S = 60.0  # for at most this long (the regular probes go on after)
 NOLOADBALANCE = "Patroni tag noloadbalance"
 
 
@@ -50,7 +49,7 @@ class PatroniDcsProvider(Follower):
     def __init__(self, config, tracker, health=None, buffer=None):
         self.config, self.tracker, self.health, self.buffer = config, tracker, health, buffer
         self.leader = None      # the leader the key named last
-        self.confirming = None  # the greenlet probing a new leader
+        self.confirmation = LeaderConfirmation(tracker, health)
         self.holding = None     # why new transactions wait (Patroni's failover key)
         topology = config.topology
         self.prefix = f"{topology.namespace.rstrip('/')}/{topology.scope}/"
@@ -65,8 +64,7 @@ class PatroniDcsProvider(Follower):
         self.greenlet = gevent.spawn(self._run)
 
     def stop(self):
-        if self.confirming is not None:
-            self.confirming.kill(block=False)
+        self.confirmation.stop()
         if self.greenlet is not None:
             self.greenlet.kill(block=False)
             self.greenlet = None
@@ -125,33 +123,14 @@ class PatroniDcsProvider(Follower):
             self.changes += 1
             log.warning("patroni dcs: leader %s (revision %d)", node.name, self.revision)
             if tracker.primary != node.name or tracker.state != CONFIRMED:
-                tracker.set_primary(node.name, f"Patroni leader (etcd revision {self.revision})")
-                self.confirm(node)
-
-    def confirm(self, node):
-        """Probe the new leader until it answers as primary (the tracker confirms it then); Patroni
-        writes the leader key before it promotes."""
-        if self.health is None:
-            self.tracker.confirm_primary("Patroni leader")
-            return
-        if self.confirming is not None and not self.confirming.dead:
-            self.confirming.kill(block=False)
-        self.confirming = gevent.spawn(self._confirm, node)
-
-    def _confirm(self, node):
-        tracker, deadline = self.tracker, time.monotonic() + CONFIRM_S
-        while tracker.primary == node.name and tracker.state == PENDING and time.monotonic() < deadline:
-            self.health.probe(node)
-            if tracker.state == PENDING:
-                gevent.sleep(PROBE_S)
+                self.confirmation.begin(node, f"Patroni leader (etcd revision {self.revision})")
 
     def on_event(self, event):
         """The leader's PostgreSQL is back (restarted in place by Patroni): it is the primary again."""
         tracker = self.tracker
         if (isinstance(event, HealthChanged) and event.healthy and event.node == self.leader
                 and tracker.state == NONE):
-            tracker.set_primary(event.node, "Patroni's leader is back")
-            self.confirm(tracker.node(event.node))
+            self.confirmation.begin(tracker.node(event.node), "Patroni's leader is back")
 
     def _tags(self, leader_name):
         """Members tagged noloadbalance take no reads (fenced while the tag holds, unless leader)."""

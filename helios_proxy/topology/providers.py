@@ -92,7 +92,7 @@ def build(config, tracker, health=None, buffer=None):
         from .patroni import PatroniProvider
         from .patroni_dcs import PatroniDcsProvider
         made = (PatroniDcsProvider(config, tracker, health, buffer) if config.topology.dcs_url
-                else PatroniProvider(config, tracker))
+                else PatroniProvider(config, tracker, health))
     else:
         made = load(spec)(config, tracker)
     for method in ("start", "stop", "subscribe", "get_primary", "get_node"):
