@@ -262,6 +262,7 @@ class Proxy:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         listener.bind((host, port))
         listener.listen(1024)
+        self.plugins.notify("on_startup", proxy=self)  # (before the topology's first events)
         self.topology.start()
         probed = self._first_say()
         self.health.start(wait_first=probed)
@@ -292,7 +293,6 @@ class Proxy:
             self.cache.start()
         if self.router.lag is not None:
             self.router.lag.start()
-        self.plugins.notify("on_startup", proxy=self)
         log.info("HeliosProxy listening on %s (pool mode %s, %d node(s))", self.config.server.listen,
                  self.config.pool.mode, len(self.config.nodes))
         if self.config.failover.mode in ("promote", "command") and not self.config.fleet.dcs_url:
