@@ -54,6 +54,7 @@ class PrimaryTracker:
         self.primary = next(n.name for n in config.nodes if n.role == PRIMARY)
         self.state = CONFIRMED
         self.guess = False         # the configured primary, until a provider confirms it (expect_confirmation)
+        self.baseline = None       # that node, until the first confirmation: confirming it is no change
         self.roles = {n.name: n.role for n in config.nodes}
         self.seen = {}             # node name -> latest Observation
         self.stale = set()         # claimed primary while another node held the role
@@ -112,7 +113,7 @@ class PrimaryTracker:
     def expect_confirmation(self, who):
         """At start, when a provider decides which node is the primary: the configured one is PENDING
         (no event: nothing was confirmed before) until who confirms it, or names or finds another."""
-        self.state, self.guess = PENDING, True
+        self.state, self.guess, self.baseline = PENDING, True, self.primary
         self.reason = f"{self.primary}: the configuration's primary, not yet confirmed by {who}"
         log.info("primary: %s PENDING until %s confirms it", self.primary, who)
 
@@ -129,7 +130,9 @@ class PrimaryTracker:
         if self.state == CONFIRMED or self.primary is None:
             return
         self.state, self.guess = CONFIRMED, False
-        self.changes += 1
+        if self.primary != self.baseline:  # (the configured primary confirmed at start: what was trusted)
+            self.changes += 1
+        self.baseline = None
         self.roles[self.primary] = PRIMARY
         log.warning("primary: %s CONFIRMED (%s)", self.primary, why)
         self.publish(PrimaryChanged(None, self.primary, CONFIRMED))
