@@ -3,8 +3,8 @@ primary is and the proxy follows. Its REST API's `GET /cluster` is polled every 
 (`patroni_url` may name several members, comma-separated: the first that answers is asked):
 the running member with role "leader" (or "master") becomes the primary, PENDING (writes wait)
 until a probe finds it out of recovery (Patroni reports the lock's holder as leader before it is
-promoted: confirm.py); no leader clears the primary (writes wait in the switchover buffer). Members map to nodes by name, else by
-host and port. The proxy's own health probes still decide which standbys take reads.
+promoted: confirm.py); no leader clears the primary (writes wait in the switchover buffer).
+Members map to nodes by name, else by host and port. The proxy's own health probes still decide which standbys take reads.
 """
 import json
 import logging
@@ -12,7 +12,7 @@ import urllib.request
 
 from ..periodic import Periodic
 from .confirm import LeaderConfirmation
-from .tracker import CONFIRMED, NONE, STANDBY
+from .tracker import CONFIRMED, STANDBY
 
 log = logging.getLogger(__name__)
 LEADER_ROLES = ("leader", "master")
@@ -87,6 +87,6 @@ class PatroniProvider(Periodic):
                 tracker.roles[node.name] = STANDBY
         if leader is None:
             tracker.clear_primary("Patroni reports no running leader")
-        elif tracker.primary != leader.name or tracker.state == NONE or tracker.guess or (
-                tracker.state != CONFIRMED and not self.confirmation.probing(leader)):
+        elif tracker.primary != leader.name or (tracker.state != CONFIRMED
+                                                 and not self.confirmation.probing(leader)):
             self.confirmation.begin(leader, "Patroni leader")

@@ -3,7 +3,8 @@
 Every provider offers `start()`, `stop()`, `subscribe(callback)` (events PrimaryChanged, NodeLeft,
 HealthChanged: topology/events.py), `get_primary()` and `get_node(name)`; what it learns it tells
 the primary tracker (tracker.py), which the rest of the proxy reads. A provider whose
-`confirms_primary` is true finds the primary out itself: the configured one waits for it at start. `[topology] provider` names one:
+`confirms_primary` is true finds the primary out itself: the configured one waits for it at start.
+`[topology] provider` names one:
 
 - `postgres`: the health probes decide (the tracker follows what they observe);
 - `standalone`: only the operator or an external orchestrator (admin API / CLI) sets the primary;
