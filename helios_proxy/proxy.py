@@ -124,7 +124,7 @@ class Proxy:
         self.ops = NodeOps(config, self.health.credentials)
         self.failover = FailoverController(config, self.tracker, self.health, self.ops)
         self.topology = providers.build(config, self.tracker, self.health, self.buffer)  # who decides the primary (topology/providers.py)
-        if getattr(self.topology, "confirms_primary", False):  # (the configured primary: a guess until then)
+        if self.topology.confirms_primary:  # (the configured primary: a guess until then)
             self.tracker.expect_confirmation(f"the {config.topology.provider} provider")
         self.fleet = None  # a fleet of proxies: coordinated in etcd (fleet_dcs.py), or members listed in Redis
         if config.fleet.dcs_url:

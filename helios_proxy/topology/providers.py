@@ -99,6 +99,8 @@ def build(config, tracker, health=None, buffer=None):
     for method in ("start", "stop", "subscribe", "get_primary", "get_node"):
         if not hasattr(made, method):
             setattr(made, method, getattr(TopologyProvider(config, tracker), method))
+    if not hasattr(made, "confirms_primary"):  # (a package's provider: its configuration is trusted)
+        made.confirms_primary = TopologyProvider.confirms_primary
     if spec not in BUILT_IN:
         log.warning("topology provider %s (a package's) decides the primary", spec)
     return made
