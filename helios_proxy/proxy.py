@@ -45,7 +45,7 @@ from .topology.tracker import PENDING, PrimaryTracker
 from .routing.router import Router
 from .frontend.auth import Authenticator
 from .frontend.cancel import CancelMap
-from .frontend.relay import watchers
+from .frontend.answer_watchers import watchers
 from .frontend.session import ClientSession, number_sessions
 from .frontend.timeouts import SessionTimeouts
 from .frontend.listen import parse_address, unix_listener
@@ -147,7 +147,7 @@ class Proxy:
     def build_stages(self, config):
         """The pipeline for config (pipeline/__init__.py), whether the cache's quick path may
         answer before it, whether the fast path may run them (frontend/fastpath.py), and the
-        features that watch the server's answers (relay.watchers)."""
+        features that watch the server's answers (frontend/answer_watchers.py)."""
         self.stages = pipeline.build(config, self.plugins)
         self.stages_in_callback = all(stage.callback_safe for stage in self.stages)
         if self.cache is not None:

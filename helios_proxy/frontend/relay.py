@@ -27,10 +27,8 @@ from gevent.hub import Waiter
 from ..analytics import BATCH
 from ..errors import CONNECTION_FAILURE, DECODING_ERRORS, ProtocolViolation
 from ..jobs import JOBS
-from ..limits import release as release_limits
 from ..plugins.actions import Outcome
 from ..pool.lease import Lease, ends_here
-from ..backend.statements import invalidate, stale_plan
 from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner, length_of
 from .plan import ENDS, HIDE, ONE, PLAIN
@@ -143,7 +141,7 @@ class ServerStream:
             entry = plan.answered()
             if plan.completions is not None:
                 self.completed(entry, body, answered)
-        for watcher in session.proxy.at_ready:  # (built once: relay.watchers)
+        for watcher in session.proxy.at_ready:  # (built once: answer_watchers.py)
             watcher(session, body)
         release = ends_here(session, server)
         journal = session.journal
@@ -291,45 +289,6 @@ class ServerStream:
         session.settings.changed()
         if session.journal is not None and not session.identity.pooled:
             session.journal.note_change()
-
-
-def watchers(proxy):
-    """The features that watch the server's answers, built once per configuration (a disabled one
-    costs nothing): (at every ReadyForQuery, at every ErrorResponse)."""
-    at_ready, at_error = [], []
-    if proxy.cache is not None:
-        at_ready.append(cache_transaction_ended)
-    if proxy.limiter.concurrency:
-        at_ready.append(concurrency_ended)
-    if proxy.tenants is not None:
-        at_error.append(tenant_error)
-    if proxy.config.pooled_modes:
-        at_error.append(stale_statements)
-    return tuple(at_ready), tuple(at_error)
-
-
-def cache_transaction_ended(session, status):
-    """Writes (or settings) of a transaction that ended: invalidated again (cache/)."""
-    state = session.cache_state
-    if status == b"I" and state is not None and (state.pending is not None or state.tx_unsafe):
-        session.proxy.cache.ended(session, not session.plan.owes())
-
-
-def concurrency_ended(session, status):
-    """[[limits]] concurrency: the session's queries ended, its slots go back."""
-    if session.limits_held and not session.plan.owes():
-        release_limits(session)
-
-
-def tenant_error(session, server, body):
-    if session.identity.tenant is not None:
-        session.identity.tenant.errors += 1
-
-
-def stale_statements(session, server, body):
-    """Shared prepared statements outlived a schema change: re-parsed at their next use."""
-    if session.identity.pooled and stale_plan(body):
-        invalidate(list(server.statements.names))
 
 
 class CallbackPump:

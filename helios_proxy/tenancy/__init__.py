@@ -54,6 +54,10 @@ class Tenant:
         self.connections = self.logins = self.queries = self.refused = self.rejected = self.errors = 0
         self.bytes_in = self.bytes_out = 0  # of its sessions that ended (view() adds the live ones)
 
+    def answered_error(self):
+        """A query of one of its sessions got an ErrorResponse (/tenants counts them)."""
+        self.errors += 1
+
     def forced(self):
         """The session settings this tenant's sessions always have."""
         cfg, out = self.cfg, {}

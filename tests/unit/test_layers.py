@@ -43,7 +43,7 @@ WRITERS = {
     "frontend/auth.py": {"identity.auth_claims"},                  # (a step of the login)
     # the two directions of the relay: per-message counts and flags kept inline (instructions)
     "frontend/forward.py": {"counters.bytes_in", "counters.queries", "server.unnamed_owner"},
-    "frontend/relay.py": {"cache_state.fill", "counters.bytes_out", "counters.transactions", "identity.tenant"},
+    "frontend/relay.py": {"cache_state.fill", "counters.bytes_out", "counters.transactions"},
     "frontend/unnamed.py": {"server.unnamed_owner", "statements.unnamed"},
     # (the forwarder's fast path counts as it does: bytes_in and queries also through a local name)
     "frontend/fastpath.py": {"counters.bytes_in", "counters.fast_hits", "counters.fast_misses", "counters.fast_queued",
