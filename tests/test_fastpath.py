@@ -116,6 +116,26 @@ def test_pipelined_queries_a_large_one_and_an_error_go_the_usual_way_and_answer_
     w.close()
 
 
+def test_requests_and_answers_about_the_size_of_the_first_read_take_the_fast_path_whole(fast):
+    """The callbacks read FIRST_READ bytes first and the rest only when it filled (sockets.py):
+    a Query and an answer just below, at and above it, and far above, all on the fast path and
+    all answered whole."""
+    from helios_proxy.sockets import FIRST_READ
+    conn, cur = fast.autocommit()
+    cur.execute("select 1")  # (the session's first request)
+    before, asked = counts(fast)["hits"], 0
+    for total in (FIRST_READ - 1, FIRST_READ, FIRST_READ + 1, 3 * FIRST_READ):
+        for answer in (FIRST_READ - 60, FIRST_READ, FIRST_READ * 5, 200000):
+            base = f"select repeat('x', {answer}) as r, length(/**/'') as n"
+            sql = base.replace("/**/", "/*" + "p" * (total - 6 - len(base)) + "*/")
+            assert len(codec.query(sql)) == total
+            cur.execute(sql)
+            assert cur.fetchall() == [("x" * answer, 0)]
+            asked += 1
+    assert counts(fast)["hits"] - before == asked
+    conn.close()
+
+
 def test_settings_follow_the_client_through_the_fast_path(fast):
     conn, cur = fast.autocommit()
     cur.execute("set work_mem = '3MB'")

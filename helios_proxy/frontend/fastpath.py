@@ -34,7 +34,7 @@ from ..pipeline.stage import StageResult
 from ..protocol.framing import MessageBuffer, length_of
 from ..sqlshape import DIGITS_TO_0, fast_key_sound
 from ..protocol import messages as m
-from ..sockets import READ, READ_SIZE, plain, watcher
+from ..sockets import FIRST_READ, READ, plain, read_rest, watcher
 from ..continuity import replay
 from . import decisions, plan as p, statements, unnamed
 from .queued import Queued
@@ -134,8 +134,11 @@ class FastPath:
             self.watcher = None
 
     def readable(self):
-        try:  # (os.read on the descriptor: sockets.READ_SIZE)
-            data = read(self.session.writer.raw.fileno(), READ_SIZE)
+        try:  # (os.read on the descriptor: sockets.READ_SIZE, FIRST_READ)
+            fd = self.session.writer.raw.fileno()
+            data = read(fd, FIRST_READ)
+            if len(data) == FIRST_READ:
+                data = read_rest(fd, data)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:

@@ -129,7 +129,7 @@ class BatchSteps:
         counters = session.counters
         counters.queries += 1
         counters.transactions += 1
-        session.proxy.stats.observe(monotonic() - row.placed)
+        session.proxy.stats.took.append(monotonic() - row.placed)
         plan = session.plan
         if plan.completions is not None and plan.pending_ctx is not None:
             ctx, plan.pending_ctx = plan.pending_ctx, None

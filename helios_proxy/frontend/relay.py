@@ -33,7 +33,7 @@ from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner, length_of
 from .plan import ENDS, HIDE, ONE, PLAIN
 from ..continuity import replay
-from ..sockets import READ_SIZE, call_soon, plain, recv, wake_when_readable
+from ..sockets import FIRST_READ, call_soon, plain, read_rest, recv, wake_when_readable
 
 log = logging.getLogger(__name__)
 READY, PARAMETER_STATUS, ERROR = m.READY_FOR_QUERY[0], m.PARAMETER_STATUS[0], m.ERROR_RESPONSE[0]
@@ -320,8 +320,11 @@ class CallbackPump:
 
     def readable(self):
         try:
-            try:  # (os.read on the descriptor: sockets.READ_SIZE)
-                data = read(self.server.raw.fileno(), READ_SIZE)
+            try:  # (os.read on the descriptor: sockets.READ_SIZE, FIRST_READ)
+                fd = self.server.raw.fileno()
+                data = read(fd, FIRST_READ)
+                if len(data) == FIRST_READ:
+                    data = read_rest(fd, data)
             except (BlockingIOError, InterruptedError):
                 return
             if not data:

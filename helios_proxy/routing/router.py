@@ -5,6 +5,7 @@ WAL position (checked on the standby, waiting at most `routing.ryw_timeout`), el
 """
 import logging
 import time
+from collections import defaultdict
 
 import gevent
 
@@ -22,6 +23,10 @@ SHORT_PAGE_HEADER, LONG_PAGE_HEADER = 24, 40  # a WAL page's header; the long on
 
 log = logging.getLogger(__name__)
 PRIMARY, STANDBY = "primary", "standby"
+def new_counts():
+    return {"reads": 0, "writes": 0, "errors": 0}
+
+
 COUNTED_AS = {STANDBY: "reads", PRIMARY: "writes", "errors": "errors"}  # (count: a lease's target, or errors)
 
 
@@ -33,7 +38,7 @@ class Router:
         self.tracker = tracker  # which node is the primary, which are standbys (topology/tracker.py)
         self.replayed = {}      # node name -> highest replay LSN seen there
         self.loading = set()    # databases whose function catalog is being loaded
-        self.stats = {}         # node name -> {"reads": n, "writes": n}
+        self.stats = defaultdict(new_counts)  # node name -> {"reads": n, "writes": n, "errors": n}
         self.lag = None         # LagMonitor, once started (lag.py)
         self.health = None      # HealthChecker (topology/health.py), once started
         self.large_queries = 0  # sent to the primary unclassified: larger than pipeline.max_parse_bytes
@@ -108,10 +113,7 @@ class Router:
 
     def count(self, node, what):
         """Per-node statistics: reads, writes (by lease target: standby, primary), errors."""
-        stats = self.stats.get(node.name)
-        if stats is None:  # (not a dict built per call to setdefault)
-            stats = self.stats[node.name] = {"reads": 0, "writes": 0, "errors": 0}
-        stats[COUNTED_AS[what]] += 1
+        self.stats[node.name][COUNTED_AS[what]] += 1  # (a node's first count makes its counters)
 
     # --- the catalog of read-only functions ---------------------------------------------------
     def ensure_catalog(self, database, pool):
