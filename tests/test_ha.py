@@ -254,6 +254,41 @@ def test_all_nodes_down_gives_clear_errors_and_recovers(start_proxy, ha_cluster)
     assert proxy.query("SELECT inet_server_port()")[0][0] in ha_cluster.ports
 
 
+def test_writes_waiting_for_a_failover_that_can_no_longer_come_get_08006_at_once(start_proxy, ha_cluster):
+    """The primary is down and nothing promotes (failover.mode = external): writes wait in the
+    switchover buffer for an operator or Patroni. Once the last standby is down too, no failover
+    can come: the writes already waiting get 08006 then, as a new arrival does, not 57P03 after
+    failover.buffer_timeout."""
+    proxy = start_ha_proxy(start_proxy, ha_cluster, failover={"mode": "external", "buffer_timeout": 60.0})
+    conns = [proxy.connect() for _ in range(2)]  # (logged in: their writes wait, not their logins)
+    for conn in conns:
+        conn.autocommit = True
+    ha_cluster._run("pg_ctl", "-D", ha_cluster.datadir(0), "-m", "immediate", "stop")
+    wait_for(lambda: proxy.get("/topology")["state"] != "CONFIRMED", 20, "the primary unhealthy")
+    got = []
+
+    def write(conn, i):
+        try:
+            conn.cursor().execute("INSERT INTO ha_rows (id) VALUES (%s)", (i,))
+            got.append(None)
+        except psycopg2.Error as e:
+            got.append(e)
+    writes = [threading.Thread(target=write, args=(conn, i), daemon=True) for i, conn in enumerate(conns)]
+    for w in writes:
+        w.start()
+    wait_for(lambda: proxy.get("/topology")["buffer"]["waiting"] == 2, 20, "both writes in the buffer")
+    time.sleep(1.0)
+    assert got == []  # (still waiting: the standbys could be promoted)
+    for i in (1, 2):
+        ha_cluster._run("pg_ctl", "-D", ha_cluster.datadir(i), "-m", "immediate", "stop")
+    stopped = time.monotonic()
+    for w in writes:
+        w.join(20)
+    assert time.monotonic() - stopped < 20, "a write still waits for a failover that cannot come"
+    assert [e.pgcode for e in got] == ["08006", "08006"], got
+    assert all("no standby to fail over to" in str(e) for e in got)
+
+
 def test_primary_restart_is_buffered_without_client_errors(start_proxy, ha_cluster):
     """A fast restart of the primary: clients between transactions wait instead of failing."""
     proxy = start_ha_proxy(start_proxy, ha_cluster, failover={"mode": "external"})

@@ -17,7 +17,6 @@ Two pumps feed it:
 import logging
 from os import read
 import time
-from struct import error as StructError
 from time import monotonic
 import weakref
 
@@ -53,6 +52,7 @@ PLAIN_ENTRIES = frozenset(PLAIN.values())  # (plan.py: the usual entry of each k
 ONE_ENTRY = PLAIN[ONE]  # (a Parse's, a Bind's: ended by ParseComplete, BindComplete, CloseComplete)
 BOUND = m.BIND_COMPLETE + b"\0\0\0\x04"  # (BindComplete, whole)
 PARSED_BOUND = m.PARSE_COMPLETE + b"\0\0\0\x04" + BOUND
+READY_HEAD = m.READY_FOR_QUERY + b"\0\0\0\x05"  # (a ReadyForQuery's type and length: its status follows)
 
 
 def last_tag(data, stop):
@@ -174,24 +174,21 @@ class ServerStream:
                 pos, k = 10, 2
             elif last > 0 and n > 5 and data.startswith(BOUND):
                 pos, k = 5, 1
-        stops = STOPS[entries[k].kind]
-        try:  # (every message but the last: of the usual kinds, ending its entry's answer in turn)
-            while True:
-                mtype = data[pos]
-                end = pos + 1 + length_of(data, pos)[0]
-                if end >= n:
-                    break
-                if mtype in stops:  # (one look for both: the message ends the entry's answer, or is not usual)
-                    if mtype not in PLAIN_MIDDLE or k == last:
-                        return None
-                    k += 1
-                    stops = STOPS[entries[k].kind]
-                pos = end
-        except StructError:  # (a header cut by the chunk's end)
-            return None
-        if end != n or mtype != READY or end - pos != 6 or k != last or READY not in ENDS[entries[k].kind]:
+        tail = n - 6  # (where its ReadyForQuery must begin: it ends the chunk)
+        if tail < pos or not data.startswith(READY_HEAD, tail):
             return None  # (the answer goes on in the next chunk, or ends otherwise)
-        status = data[pos + 5:n]
+        stops = STOPS[entries[k].kind]
+        while pos < tail:  # (every message before it: of the usual kinds, ending its entry's answer in turn)
+            mtype = data[pos]
+            if mtype in stops:  # (one look for both: the message ends the entry's answer, or is not usual)
+                if mtype not in PLAIN_MIDDLE or k == last:
+                    return None
+                k += 1
+                stops = STOPS[entries[k].kind]
+            pos += 1 + length_of(data, pos)[0]  # (pos < n - 6: its header is in the chunk)
+        if pos != tail or k != last or READY not in ENDS[entries[k].kind]:
+            return None  # (the ReadyForQuery's bytes were a message's inside, or the answer ends otherwise)
+        status = data[n - 1:n]
         server = self.server
         server.tx_status = plan.status = status
         entries.clear()

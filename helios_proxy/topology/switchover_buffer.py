@@ -2,7 +2,9 @@
 is under way), new write transactions wait here instead of failing, and go on in arrival order to
 the new primary once it is confirmed. Bounded: at most `failover.buffer_max_queries` clients wait
 at once and none longer than `failover.buffer_timeout`; beyond that they get SQLSTATE 57P03 with a
-message that says a failover is in progress. Reads to standbys never pass through here.
+message that says a failover is in progress. Once no failover can come (no healthy standby left
+to promote, nothing planned), the clients waiting get 08006 at once, as a new arrival does. Reads
+to standbys never pass through here.
 """
 import logging
 import time
@@ -56,7 +58,9 @@ class SwitchoverBuffer:
         return None if self.paused or tracker.state != CONFIRMED else tracker.by_name.get(tracker.primary)
 
     def _drain(self):
-        if self.ready() is None:
+        """At every topology event: the waiters go on once a primary is ready, or learn at once
+        that none can come (the last standby down or fenced: no failover to wait for)."""
+        if self.ready() is None and self.failover_possible():
             return
         while self.waiters:
             waiter = self.waiters.popleft()
@@ -72,6 +76,10 @@ class SwitchoverBuffer:
             return True
         return any(self.health is None or self.health.healthy(n) for n in self.tracker.standbys())
 
+    def _no_primary(self):
+        return NoPrimary(f"no primary available ({self.tracker.reason or 'primary not confirmed'}) and no "
+                         "standby to fail over to")
+
     def _why(self):
         return self.paused or f"failover in progress; {self.tracker.reason or 'primary not confirmed yet'}"
 
@@ -82,8 +90,7 @@ class SwitchoverBuffer:
         if node is not None:
             return node
         if not self.failover_possible():
-            raise NoPrimary(f"no primary available ({self.tracker.reason or 'primary not confirmed'}) and no "
-                            "standby to fail over to")
+            raise self._no_primary()
         cfg = self.config.failover
         if deadline is None:
             deadline = time.monotonic() + cfg.buffer_timeout
@@ -114,6 +121,8 @@ class SwitchoverBuffer:
                     except ValueError:
                         pass
                 node = self.ready()
+                if node is None and not self.failover_possible():  # (what a new arrival gets now)
+                    raise self._no_primary()
             return node
         finally:
             self.longest_wait = max(self.longest_wait, time.monotonic() - started)
