@@ -168,6 +168,48 @@ def test_batched_inserts_wait_for_their_batch_in_the_fast_path(batch_proxy, dire
         c.close()
 
 
+def test_extended_protocol_inserts_wait_for_their_batch_in_the_fast_path(batch_proxy, direct):
+    """psycopg 3's unnamed batches (Parse, Bind, Describe, Execute, Sync) of a batched INSERT are
+    placed in their batch from the client's read callback too, and each client gets its own
+    ParseComplete, BindComplete, Describe's answer, row and tag."""
+    import psycopg
+    state = batch_proxy.api("GET", "/fast_path")[1]
+    if not state["enabled"]:
+        pytest.skip("the fast path is off in this run (HELIOS_TEST_FAST_PATH=0)")
+    conns = [psycopg.connect(batch_proxy.dsn(), autocommit=True) for _ in range(8)]
+    for c in conns:
+        c.execute("select 1")  # (settings known: a new session's first request is its greenlet's)
+    state = batch_proxy.api("GET", "/fast_path")[1]
+    rows = batch_proxy.api("GET", "/batch")[1]["rows"]
+
+    def insert(i):
+        got = []
+        for k in range(5):
+            cur = conns[i].execute("insert into bt_events (client, payload) values (%s, %s) returning client, payload",
+                                   (200 + i, f"ext {k}"))
+            got.append((cur.fetchall(), cur.statusmessage))
+        cur = conns[i].execute("insert into bt_events (client, payload) values (%s, %s)", (200 + i, None))
+        got.append((cur.description, cur.statusmessage))
+        return got
+    results = together(8, insert)
+    for i in range(8):
+        assert results[i] == [([(200 + i, f"ext {k}")], "INSERT 0 1") for k in range(5)] + [(None, "INSERT 0 1")], \
+            results[i]
+    cur = direct.cursor()
+    cur.execute("SELECT count(*), count(payload) FROM bt_events WHERE client >= 200")
+    assert cur.fetchone() == (48, 40)
+    after = batch_proxy.api("GET", "/fast_path")[1]
+    assert batch_proxy.api("GET", "/batch")[1]["rows"] - rows == 48
+    assert after["hits"] - state["hits"] >= 48
+    decided = "a stage's decision"
+    assert after["misses_by_reason"].get(decided, 0) == state["misses_by_reason"].get(decided, 0), after
+    with conns[0].cursor() as c:  # (the unnamed statement is the client's, as after any Parse)
+        c.execute("select %s::int + 1", (41,))
+        assert c.fetchone() == (42,)
+    for c in conns:
+        c.close()
+
+
 def test_a_session_that_starts_using_lastval_stops_being_batched(batch_proxy, direct):
     """An INSERT text whose batch decision the fast path remembers is still asked whether its
     session may wait for a batch: after lastval() its inserts run on its own connection."""

@@ -35,8 +35,10 @@ from ..protocol.framing import MessageBuffer, length_of
 from ..sqlshape import DIGITS_TO_0, fast_key_sound
 from ..protocol import messages as m
 from ..sockets import FIRST_READ, READ, plain, read_rest, watcher
+from ..cache import extended
 from ..continuity import replay
 from . import decisions, plan as p, statements, unnamed
+from .forward_batch import BIND_COMPLETE, PARSE_COMPLETE, extended_answer, row_with
 from .queued import Queued
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,7 @@ def missed(reason):
 class FastPath:
     """One session's fast path (made by its Forwarder)."""
     __slots__ = ("fwd", "session", "watcher", "waiter", "served", "held", "stages", "quiet", "rest",
-                 "ready", "queued", "writes", "batching", "text_stages", "batch_rest")
+                 "ready", "queued", "writes", "batching", "text_stages", "batch_rest", "described")
 
     def __init__(self, forwarder):
         self.fwd = forwarder
@@ -105,6 +107,7 @@ class FastPath:
         # the request waiting without its greenlet, in its pool's line (Queued) or for its batch
         # (batch/ Row); the client's reads wait meanwhile
         self.queued = None
+        self.described = None  # the waiting row's, when an unnamed batch sent it: whether it had a Describe
 
     def park(self):
         """Wait for the client's bytes with its socket's reads in the loop's hands: what the
@@ -349,6 +352,10 @@ class FastPath:
                 ctx = pipeline.QueryContext(session, sql, "extended", "", nul - 6,
                                             nul - 6 > proxy.config.pipeline.max_parse_bytes)
                 result = decisions.decide(fwd, ctx, "", self.rest if known else None)
+                if fwd.batch_steps.next is not None and result is CONTINUE and ctx.sql is sql:
+                    fwd.batch_steps.take()  # (used up, as the forwarder's batch_parse does)
+                    if lease is None and self.batched_extended(data, starts, sql):
+                        return None  # (an INSERT the batch stage chose: it waits for its batch)
                 # (the stages' result: the greenlet's, or the handlers')
                 premade = fwd.premade = (ctx, result, sql, "", bytes(data[nul + 1:parse_end]))
                 through = self.let_through(ctx, result, sql, lease, pinned)
@@ -437,7 +444,13 @@ class FastPath:
         found = session.proxy.batches.place(session, sql, shape)
         if found is None:
             return False
-        batcher, row = found
+        self.described = None
+        return self.wait_for_batch(size, *found)
+
+    def wait_for_batch(self, size, batcher, row):
+        """The request (size bytes) waits for its row's batch without its greenlet, the client's
+        reads stopped; row_answered() answers it."""
+        session = self.session
         self.fwd.commit = None  # (replay's "a lone write": the proxy answers it, nothing is sent)
         self.queued = row
         session.slot.wait_on(row)  # (a CancelRequest reaches it: Row.set_exception)
@@ -448,6 +461,29 @@ class FastPath:
         counters.fast_hits += 1
         self.served += 1
         return True
+
+    def batched_extended(self, data, starts, sql):
+        """An unnamed batch whose INSERT the batch stage chose (forward_batch.py batch_parse, in the
+        callback): its text parameters become the row's literals, it joins its batch and is
+        answered once the batch committed (ParseComplete, BindComplete, its Describe's answer, its
+        rows and tag). False: not batchable now (a named statement, binary results, a parameter
+        inside an expression...), it goes on as any batch."""
+        session = self.session
+        parse_end = starts[1]
+        found = extended.batch(data, parse_end)
+        if found is None or found[3] != len(data):
+            return False
+        bind_begin, bind_end, describe, _ = found
+        name, _, types = extended.parse_types(data, 0, parse_end)
+        statement, params, results = extended.bind_values(data, bind_begin, bind_end)
+        if name or statement or results:
+            return False
+        found = session.proxy.batches.extended_row(session, sql, lambda text: row_with(text, params, types))
+        if found is None:
+            return False
+        unnamed.parsed(session, data[:parse_end])  # (the client's unnamed statement, as on_parse notes it)
+        self.described = describe
+        return self.wait_for_batch(len(data), *found)
 
     def batch_only(self, ctx, shape):
         """Whether all the text stages decided on ctx's text is this batch (and a lone write, which
@@ -469,7 +505,10 @@ class FastPath:
         self.queued = None
         self.session.slot.wait_on(None)
         try:
-            self.fwd.batch_steps.answer(result.value, queued)
+            answer = result.value
+            if self.described is not None:  # (an unnamed batch's: as forward_batch.py batch_parse answers it)
+                answer = PARSE_COMPLETE + BIND_COMPLETE + extended_answer(answer, self.described)
+            self.fwd.batch_steps.answer(answer, queued)
         except Exception:  # a bug here costs this session's request, never the loop
             log.exception("%r: answering a batched insert failed", self.session)
             self.hand(b"")
