@@ -11,7 +11,7 @@ from ..protocol import codec, messages as m
 from ..protocol.framing import MessageBuffer
 from . import kdf
 from .statements import ServerStatements
-from ..sockets import peek, plain, recv, sendall, watcher
+from ..sockets import peek, plain, recv, recv_later, sendall, watcher
 from ..protocol.scram import MECHANISM, ScramClient, md5_hash, md5_response
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class ServerConnection:
         self.idle_check = None  # the pool's check, made once (pool.py)
         self.last_tag = None    # the CommandComplete tag of the proxy's own last query
         self.cancelling = []    # greenlets sending cancel requests for this connection, all in flight
+        self.asked = False      # sent something its next read waits for (read_message: no read answered EAGAIN)
 
     def __repr__(self):
         return f"<server {self.node.name} pid={self.pid} db={self.database} user={self.credentials.user}>"
@@ -166,6 +167,7 @@ class ServerConnection:
                                             f"\"{self.credentials.user}\""})
 
     def send(self, data):
+        self.asked = True
         try:
             sendall(self.sock, data)
         except OSError as e:  # the client must hear it was the server, not see its own connection drop
@@ -179,7 +181,11 @@ class ServerConnection:
             msg = self.rbuf.next_message()  # (framing errors raise ProtocolViolation)
             if msg is not None:
                 return msg
-            data = recv(self.sock)
+            if self.asked:  # (its answer cannot have come yet: a read now would raise EAGAIN, ~4,000 instructions)
+                self.asked = False
+                data = recv_later(self.sock)
+            else:
+                data = recv(self.sock)
             if not data:
                 self.broken = True
                 raise BackendError(f"server {self.node.name} closed the connection unexpectedly",

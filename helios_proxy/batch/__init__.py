@@ -215,15 +215,15 @@ class Batcher:
         if (self.in_flight < IN_FLIGHT or len(self.pending) >= cfg.max_rows
                 or self.pending_bytes >= cfg.max_bytes):
             self._go()
-        elif self.timer is None:
-            self.timer = gevent.spawn_later(cfg.max_delay_ms / 1000.0, self._go)
+        elif self.timer is None:  # (a loop timer: no greenlet to make, switch to and kill per batch)
+            self.timer = gevent.get_hub().loop.timer(cfg.max_delay_ms / 1000.0)
+            self.timer.start(self._go)
         return row.result
 
     def _go(self):
         rows, self.pending, self.pending_bytes = self.pending, [], 0
         if self.timer is not None:
-            if self.timer is not gevent.getcurrent():
-                self.timer.kill(block=False)
+            self.timer.close()
             self.timer = None
         if rows:
             self.in_flight += 1

@@ -161,8 +161,10 @@ class ResponsePlan:
     def _render(self, payload):
         if payload[-1] is FAILED_NOW:
             self.status = m.TX_FAILED
-        return b"".join(codec.ready_for_query(self.status) if p is READY_NOW or p is FAILED_NOW else p
-                        for p in payload)
+        out = []  # (a loop, not a generator: join() would make a list of it anyway)
+        for p in payload:
+            out.append(codec.ready_for_query(self.status) if p is READY_NOW or p is FAILED_NOW else p)
+        return b"".join(out)
 
     def on_message(self, mtype, body):
         """(drop this message?, bytes to send right after it) for one server message."""
