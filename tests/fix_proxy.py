@@ -81,6 +81,9 @@ class ProxyProcess:
     def start(self, wait=True, env=None):
         self.write_config()
         self.log = open(self.log_path, "ab")
+        # where the proxy logs ([log] file, else its output) and how long it was: a restart appends
+        self.logs_to = self.sections.get("log", {}).get("file") or self.log_path
+        self.log_from = os.path.getsize(self.logs_to) if os.path.exists(self.logs_to) else 0
         self.proc = subprocess.Popen([BIN, "run", "-c", self.config_path], stdout=self.log,
                                      stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         if wait:
@@ -88,16 +91,30 @@ class ProxyProcess:
         return self
 
     def wait_listening(self, timeout=15):
+        """Until the proxy serves: its port accepts and it logged that its start is over. (The port
+        accepts earlier: its listener is bound while the topology provider has its first say,
+        clients wait in the kernel's backlog meanwhile; the admin API answers then too.)"""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"helios-proxy exited with {self.proc.returncode}:\n{self.output()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
+                if self.started():
+                    return
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         raise RuntimeError(f"helios-proxy did not listen on {self.port}:\n{self.output()}")
+
+    def started(self):
+        """Whether this run logged the end of its start."""
+        try:
+            with open(self.logs_to, "rb") as f:
+                f.seek(self.log_from)
+                return b"HeliosProxy listening on" in f.read()
+        except OSError:
+            return False
 
     def output(self):
         with open(self.log_path, errors="replace") as f:

@@ -554,6 +554,8 @@ def test_a_proxy_that_cannot_reach_patronis_dcs_yet_sends_no_write_to_the_config
                             topology={"provider": "patroni", "dcs_url": late.url, "scope": "pgcluster"})
         write = Write(proxy, 22)
         assert write.waits(1.5), write.got  # (before: 25006 from standby1)
+        status, body = proxy.api("POST", "/switchover", {"target": "standby2"})
+        assert status == 409 and "the primary is not confirmed yet" in body["error"], body
         late.start()
         for i, name in enumerate(("primary", "standby1", "standby2")):
             late.put(f"{prefix}members/{name}", json.dumps(

@@ -22,7 +22,7 @@ import time
 import gevent
 
 from .nodeops import NodeOperationFailed
-from .tracker import STANDBY
+from .tracker import PENDING, STANDBY
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ def switchover(proxy, target_name):
     if target is None:
         raise NodeOperationFailed(f"no node named {target_name!r}")
     old = tracker.current()
+    if old is None and tracker.state == PENDING:  # (a provider's first say at start, or a promotion)
+        raise NodeOperationFailed(f"the primary is not confirmed yet ({tracker.reason}): try again once it is")
     if old is None:
         raise NodeOperationFailed("there is no confirmed primary to switch over from (use failover)")
     if target.name == old.name:
