@@ -23,11 +23,11 @@ SHORT_PAGE_HEADER, LONG_PAGE_HEADER = 24, 40  # a WAL page's header; the long on
 
 log = logging.getLogger(__name__)
 PRIMARY, STANDBY = "primary", "standby"
+COUNTED_AS = {STANDBY: "reads", PRIMARY: "writes", "errors": "errors"}  # (count: a lease's target, or errors)
+
+
 def new_counts():
     return {"reads": 0, "writes": 0, "errors": 0}
-
-
-COUNTED_AS = {STANDBY: "reads", PRIMARY: "writes", "errors": "errors"}  # (count: a lease's target, or errors)
 
 
 class Router:

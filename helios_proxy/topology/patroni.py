@@ -4,7 +4,8 @@ primary is and the proxy follows. Its REST API's `GET /cluster` is polled every 
 the running member with role "leader" (or "master") becomes the primary, PENDING (writes wait)
 until a probe finds it out of recovery (Patroni reports the lock's holder as leader before it is
 promoted: confirm.py); no leader clears the primary (writes wait in the switchover buffer).
-Members map to nodes by name, else by host and port. The proxy's own health probes still decide which standbys take reads.
+Members map to nodes by name, else by host and port. The proxy's own health probes still decide
+which standbys take reads.
 """
 import json
 import logging
