@@ -24,6 +24,14 @@ class Counters:
         self.wait_seconds = 0.0
         self.wait_started = None  # when the current wait for a server began, while waiting
 
+    def queued(self):
+        """A request of the fast path waits in its pool's line (frontend/fastpath_waits.py)."""
+        self.fast_queued += 1
+
+    def waited(self, since):
+        """A wait for a server connection that began at since (time.monotonic()) ended."""
+        self.wait_seconds += time.monotonic() - since
+
 
 # Transaction (lease) durations, seconds: the buckets of the latency histogram.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

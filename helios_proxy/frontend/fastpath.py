@@ -23,7 +23,6 @@ Hits and misses by reason: /stats (total_fast_path_*), GET /fast_path, Prometheu
 """
 import logging
 from os import read, write
-import time
 
 import gevent
 from gevent.hub import Waiter
@@ -35,11 +34,9 @@ from ..protocol.framing import MessageBuffer, length_of
 from ..sqlshape import DIGITS_TO_0, fast_key_sound
 from ..protocol import messages as m
 from ..sockets import FIRST_READ, READ, plain, read_rest, watcher
-from ..cache import extended
 from ..continuity import replay
 from . import decisions, plan as p, statements, unnamed
-from .forward_batch import BIND_COMPLETE, PARSE_COMPLETE, extended_answer, row_with
-from .queued import Queued
+from .fastpath_waits import Waiting
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +77,7 @@ def missed(reason):
     MISSES[reason] = MISSES.get(reason, 0) + 1
 
 
-class FastPath:
+class FastPath(Waiting):
     """One session's fast path (made by its Forwarder)."""
     __slots__ = ("fwd", "session", "watcher", "waiter", "served", "held", "stages", "quiet", "rest",
                  "ready", "queued", "writes", "batching", "text_stages", "batch_rest", "described")
@@ -354,7 +351,7 @@ class FastPath:
                 result = decisions.decide(fwd, ctx, "", self.rest if known else None)
                 if fwd.batch_steps.next is not None and result is CONTINUE and ctx.sql is sql:
                     fwd.batch_steps.take()  # (used up, as the forwarder's batch_parse does)
-                    if lease is None and self.batched_extended(data, starts, sql):
+                    if lease is None and self.batched_extended(data, starts):
                         return None  # (an INSERT the batch stage chose: it waits for its batch)
                 # (the stages' result: the greenlet's, or the handlers')
                 premade = fwd.premade = (ctx, result, sql, "", bytes(data[nul + 1:parse_end]))
@@ -434,137 +431,6 @@ class FastPath:
         counters.bytes_in += len(data)
         counters.fast_hits += 1
         self.served += 1
-
-    # --- a request waiting without its greenlet: for a batch, or in its pool's line ------------
-    def batched(self, size, sql, shape):
-        """A single-row INSERT the batch stage chose (batch/; shape: its key): it joins its batch;
-        its answer is written from a loop callback once the batch committed (`row_answered`), the
-        client's reads stopped meanwhile. False: not batchable now, it goes on as any Query."""
-        session = self.session
-        found = session.proxy.batches.place(session, sql, shape)
-        if found is None:
-            return False
-        self.described = None
-        return self.wait_for_batch(size, *found)
-
-    def wait_for_batch(self, size, batcher, row):
-        """The request (size bytes) waits for its row's batch without its greenlet, the client's
-        reads stopped; row_answered() answers it."""
-        session = self.session
-        self.fwd.commit = None  # (replay's "a lone write": the proxy answers it, nothing is sent)
-        self.queued = row
-        session.slot.wait_on(row)  # (a CancelRequest reaches it: Row.set_exception)
-        self.watcher.stop()
-        batcher.add(row).rawlink(self.row_answered)
-        counters = session.counters
-        counters.bytes_in += size
-        counters.fast_hits += 1
-        self.served += 1
-        return True
-
-    def batched_extended(self, data, starts, sql):
-        """An unnamed batch whose INSERT the batch stage chose (forward_batch.py batch_parse, in the
-        callback): its text parameters become the row's literals, it joins its batch and is
-        answered once the batch committed (ParseComplete, BindComplete, its Describe's answer, its
-        rows and tag). False: not batchable now (a named statement, binary results, a parameter
-        inside an expression...), it goes on as any batch."""
-        session = self.session
-        parse_end = starts[1]
-        found = extended.batch(data, parse_end)
-        if found is None or found[3] != len(data):
-            return False
-        bind_begin, bind_end, describe, _ = found
-        name, _, types = extended.parse_types(data, 0, parse_end)
-        statement, params, results = extended.bind_values(data, bind_begin, bind_end)
-        if name or statement or results:
-            return False
-        found = session.proxy.batches.extended_row(session, sql, lambda text: row_with(text, params, types))
-        if found is None:
-            return False
-        unnamed.parsed(session, data[:parse_end])  # (the client's unnamed statement, as on_parse notes it)
-        self.described = describe
-        return self.wait_for_batch(len(data), *found)
-
-    def batch_only(self, ctx, shape):
-        """Whether all the text stages decided on ctx's text is this batch (and a lone write, which
-        the batch answers): its twins may then skip them (the other stages run for every query).
-        The stages ran in one pass; where others ran with them, the text stages are asked alone."""
-        decided = ctx.decided
-        if self.rest:
-            probe = pipeline.QueryContext(ctx.session, ctx.sql, ctx.protocol, "", ctx.size, ctx.large)
-            if pipeline.run(self.text_stages, probe) is not CONTINUE:
-                return False
-            decided = probe.decided
-        return decided is not None and decided.batch == shape and decided.only("batch", "autocommit_write")
-
-    def row_answered(self, result):
-        """The batch of the request waiting committed, or failed (a loop callback): its answer."""
-        queued = self.queued
-        if queued is None or queued.result is not result:  # (the session ended meanwhile: close())
-            return
-        self.queued = None
-        self.session.slot.wait_on(None)
-        try:
-            answer = result.value
-            if self.described is not None:  # (an unnamed batch's: as forward_batch.py batch_parse answers it)
-                answer = PARSE_COMPLETE + BIND_COMPLETE + extended_answer(answer, self.described)
-            self.fwd.batch_steps.answer(answer, queued)
-        except Exception:  # a bug here costs this session's request, never the loop
-            log.exception("%r: answering a batched insert failed", self.session)
-            self.hand(b"")
-            return
-        if self.waiter is not None:
-            self.watcher.start(self.readable)  # (the client's next request)
-
-    def line_up(self, took, data, go, args):
-        """take_now() found no idle connection: in a full pool (took: (pool, target)), the request
-        waits in its line (Queued) with the client's reads stopped; else why the greenlet takes it."""
-        if not took:
-            return "no idle server connection that fits"
-        pool, target = took
-        queued = self.queued = Queued(self, pool, target, data, go, args)
-        self.session.slot.wait_on(queued)
-        self.watcher.stop()  # (its next request waits for this one: as a client's pipeline would)
-        self.session.counters.fast_queued += 1
-        return None
-
-    def dequeued(self, queued, server):
-        """Its pool handed the waiting request a connection (a loop callback after the release)."""
-        session = self.session
-        if self.queued is not queued:  # (the session ended meanwhile: close())
-            if server is not None:
-                queued.pool.release(server)
-            return
-        slot, proxy = session.slot, session.proxy
-        slot.wait_on(None)
-        self.queued = None
-        session.counters.wait_seconds += time.monotonic() - queued.started
-        try:
-            if server is None:
-                pass  # (a connection was closed: its room is this request's, to open one: the greenlet's)
-            elif session.closing is not None or proxy.paused or proxy.suspended is not None:
-                queued.pool.release(server)
-            elif slot.take_from(queued.pool, server, queued.target):
-                self.go_on(slot.lease, queued.data, queued.go, queued.args)
-                if self.waiter is not None:
-                    self.watcher.start(self.readable)  # (the client's next request)
-                return
-        except Exception:  # a bug here costs the request's way, never the loop
-            log.exception("%r: a request waiting in line failed", session)
-        self.hand(queued.data)  # (the greenlet takes it: it waits with the pool's rules, or PAUSE's)
-
-    def refused(self, queued, error):
-        """A cancel, or pool.acquire_timeout in line: the client gets the error the greenlet's wait
-        would give (through its forwarder, as a stage's refusal)."""
-        session = self.session
-        if self.queued is not queued:
-            return
-        session.slot.wait_on(None)
-        self.queued = None
-        session.counters.wait_seconds += time.monotonic() - queued.started
-        session.route.take()  # (the aim is used up, as by a wait in the greenlet)
-        self.fwd.premade = (None, StageResult.reject(error.sqlstate, error.message), None, "", b"")
-        self.hand(queued.data)
 
 
 def messages(data, n):

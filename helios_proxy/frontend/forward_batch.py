@@ -17,8 +17,7 @@ from ..cache import extended
 from ..pipeline.stage import StageResult
 from ..protocol import codec, messages as m
 
-PARSE_COMPLETE = codec.message(m.PARSE_COMPLETE)
-BIND_COMPLETE = codec.message(m.BIND_COMPLETE)
+PARSED_BOUND = codec.message(m.PARSE_COMPLETE) + codec.message(m.BIND_COMPLETE)
 NO_DATA = codec.message(m.NO_DATA)
 NOT_TEXT = object()
 
@@ -143,42 +142,51 @@ class BatchSteps:
         if replacement is not None:
             return False
         session = self.fwd.session
-        found = extended.batch(self.fwd.data, end)
-        if found is None:
+        placed = extended_row(session, self.fwd.data, begin, end)
+        if placed is None:
             return False
-        bind_begin, bind_end, describe, sync_end = found
-        name, sql, types = extended.parse_types(self.fwd.data, begin, end)
-        statement, params, results = extended.bind_values(self.fwd.data, bind_begin, bind_end)
-        if name or statement or results:
-            return False
-        batches = session.proxy.batches
-        row = batches.extended_row(session, sql, lambda text: row_with(text, params, types))
-        if row is None:
-            return False
+        batcher, row, sql, describe, sync_end = placed
         admission = session.proxy.admission
         if admission.on:  # its Execute counts before it joins a batch (limits/admission.py)
             refused = admission.take(session, 1, sql)
             if refused is not None:
                 self.fwd.cut(begin, sync_end)
                 self.fwd.buf.pos = sync_end
-                self.fwd.answer(PARSE_COMPLETE + BIND_COMPLETE + codec.error_response(*refused))
+                self.fwd.answer(extended_answer(codec.error_response(*refused), describe))
                 return True
-        row = self.wait(*row)
+        row = self.wait(batcher, row)
         answer = row.result.value
         if answer is None:
             self.fwd.precounted = admission.on  # (its Execute, on the usual path, was counted here)
             return False
         self.fwd.cut(begin, sync_end)
         self.fwd.buf.pos = sync_end
-        self.answer(PARSE_COMPLETE + BIND_COMPLETE + extended_answer(answer, describe), row)
+        self.answer(extended_answer(answer, describe), row)
         return True
 
 
+def extended_row(session, data, begin, end):
+    """For the unnamed Parse in data[begin:end], its whole plain batch after it (Bind of the
+    unnamed portal, [Describe], Execute, Sync): (batcher, row, its text, Describe?, end of its
+    Sync) when its INSERT joins a batch now, its text parameters the row's literals (batch/); else
+    None (a named statement, binary results, a parameter inside an expression...: the usual path)."""
+    found = extended.batch(data, end)
+    if found is None:
+        return None
+    bind_begin, bind_end, describe, sync_end = found
+    name, sql, types = extended.parse_types(data, begin, end)
+    statement, params, results = extended.bind_values(data, bind_begin, bind_end)
+    if name or statement or results:
+        return None
+    placed = session.proxy.batches.extended_row(session, sql, lambda text: row_with(text, params, types))
+    return None if placed is None else (*placed, sql, describe, sync_end)
+
+
 def extended_answer(answer, describe):
-    """A simple-protocol answer (batch/) as the extended protocol's: Describe's RowDescription or
-    NoData first when asked, then the rows and tag (or the error)."""
+    """A simple-protocol answer (batch/) as the extended protocol's: ParseComplete, BindComplete,
+    Describe's RowDescription or NoData when asked, then the rows and tag (or the error)."""
     if answer[:1] == m.ERROR_RESPONSE:
-        return answer
+        return PARSED_BOUND + answer
     if answer[:1] == m.ROW_DESCRIPTION:
-        return answer if describe else answer[1 + int.from_bytes(answer[1:5], "big"):]
-    return (NO_DATA if describe else b"") + answer
+        return PARSED_BOUND + (answer if describe else answer[1 + int.from_bytes(answer[1:5], "big"):])
+    return PARSED_BOUND + (NO_DATA if describe else b"") + answer
