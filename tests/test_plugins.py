@@ -29,14 +29,15 @@ ENV = {"PYTHONPATH": ROOT}
 @pytest.fixture(scope="session")
 def examples(tmp_path_factory):
     """The example plugin packages installed (with their entry points) into a folder of their own;
-    a proxy started with ENV finds them there. Nothing is installed into the venv. (Built with the
+    a proxy started with ENV finds them there. Nothing is installed into the venv, nothing is written
+    into the checkout (built from copies). (Built with the
     venv's setuptools and wheel, the test extras: a build environment of their own per package
     took 6 s more.)"""
-    target = tmp_path_factory.mktemp("site")
+    target, sources = tmp_path_factory.mktemp("site"), tmp_path_factory.mktemp("plugin-sources")
+    copies = [shutil.copytree(os.path.join(ROOT, "plugins", name), sources / name)  # (a build writes build/ and
+              for name in ("helios-query-guard", "helios-audit-log")]              # *.egg-info next to the sources)
     done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                           "--target", str(target), os.path.join(ROOT, "plugins", "helios-query-guard"),
-                           os.path.join(ROOT, "plugins", "helios-audit-log")], capture_output=True, text=True,
-                          timeout=300)
+                           "--target", str(target), *map(str, copies)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     ENV["PYTHONPATH"] = os.pathsep.join((ROOT, str(target)))
     yield target
