@@ -270,6 +270,9 @@ class Proxy:
             self.router.lag = LagMonitor(self.router)  # it before the first client is accepted
             with gevent.Timeout(self.config.health.timeout + 1, False):
                 self.router.lag.tick()
+        if self.fleet is not None:  # (its first read of etcd before the first client: fleet_dcs.py)
+            self.fleet.start()
+            self.fleet.first_read(self.config.health.timeout + 1)
         # One greenlet per connection, at most max_client_conn + SPARE at once (as started): more
         # wait in the kernel's backlog instead of costing memory (a SPARE few are refused with
         # 53300 or carry cancel requests while the proxy is full).
@@ -285,8 +288,6 @@ class Proxy:
         if self.admin_socket is not None:  # a worker: its socket appearing tells the arbiter it is up
             self.admin = admin_server.start(self, self.admin_socket)
         self.pools.start()
-        if self.fleet is not None:
-            self.fleet.start()
         self.sampler.start()
         self.timeouts.start()
         if self.cache is not None:

@@ -9,6 +9,7 @@ import threading
 import time
 
 import psycopg2
+import pytest
 
 from tests.fix_etcd import etcd  # noqa: F401 - a fixture
 from tests.fix_ha import ha_nodes, query
@@ -276,3 +277,34 @@ def test_the_fleet_lists_its_members_and_the_primary_each_sees(start_proxy, ha_c
         psycopg2.connect(host="127.0.0.1", port=proxies[1].port, user="postgres", dbname="postgres").close()
     except psycopg2.Error as e:
         raise AssertionError(e)
+
+
+def test_a_starting_member_sends_no_write_before_it_has_read_the_fleets_keys(start_proxy, ha_cluster, etcd):  # noqa: F811
+    """The fleet disabled the primary (the key a member's operator wrote); a member that starts while
+    etcd does not answer it yet knows nothing of that: its writes (and logins, which greet from the
+    primary's pool) wait for the fleet's keys (57P03 naming them once failover.buffer_timeout
+    passed), never go to the disabled node, and follow the fleet once they are read."""
+    etcd.put("/helios/default/disabled/primary", "maintenance (at p0)")
+    relay = Relay(etcd.port)  # (this member's path to etcd, held until the test lets it through)
+    relay.hang()
+    try:
+        proxy = start_proxy(pool={"mode": "transaction", "max_size": 10}, health=FAST_HEALTH,
+                            nodes=ha_nodes(ha_cluster), failover={"mode": "external", "buffer_timeout": 2},
+                            fleet={"name": "p1", "dcs_url": f"etcd3://127.0.0.1:{relay.port}", "ttl": 3})
+        with pytest.raises(psycopg2.Error) as refused:
+            writes_to(proxy)
+        assert "the fleet's state in etcd (fleet.dcs_url) is not read yet" in str(refused.value), refused.value
+        assert proxy.api("GET", "/fleet")[1]["read"] is False
+        relay.hanging = False  # etcd answers now: the member reads the keys and follows them
+        wait_for(lambda: proxy.api("GET", "/fleet")[1]["read"], 30, "the fleet's keys read")
+        nodes = {n["name"]: n for n in proxy.api("GET", "/nodes")[1]}
+        assert "maintenance" in (nodes["primary"]["fenced"] or ""), nodes["primary"]
+        with pytest.raises(psycopg2.Error) as refused:  # the node the fleet disabled takes no write
+            writes_to(proxy)
+        assert "disabled for the fleet: maintenance" in str(refused.value), refused.value
+        etcd.delete("/helios/default/disabled/primary")  # enabled again (at another member)
+        wait_for(lambda: not {n["name"]: n for n in proxy.api("GET", "/nodes")[1]}["primary"]["fenced"], 10,
+                 "the primary enabled again")
+        assert writes_to(proxy) == ha_cluster.ports[0]
+    finally:
+        relay.close()

@@ -32,6 +32,10 @@ class FleetMembership(Periodic):
     def interval(self):
         return 1.0
 
+    def first_read(self, timeout):
+        """Membership only: nothing the proxy must know before its first client."""
+        return True
+
     def me(self):
         proxy = self.proxy
         primary = proxy.tracker.current()

@@ -23,6 +23,13 @@ it still answers), promotes the best standby, and writes the decision with the n
 member follows a decision it sees (the old primary fenced, the new one taken), not its own probes.
 A member that alone loses the primary finds no majority and promotes nothing; with etcd out of
 reach no member promotes, each keeps the primary it knows.
+
+A member that starts knows nothing of the fleet yet: until its first read of the keys is applied
+(the decisions followed, the disabled nodes fenced) it holds every write transaction in the
+switchover buffer, as during a switchover (the proxy waits up to health.timeout + 1 s for that read
+before it accepts clients). A node the fleet disabled, or an old primary a decision replaced that
+still answers as one, never takes a starting member's writes; with etcd out of reach at start, the
+writes wait (failover.buffer_timeout, then 57P03 naming the fleet) as Patroni's would.
 """
 import json
 import logging
@@ -43,6 +50,8 @@ log = logging.getLogger(__name__)
 RETRY_S = 0.5
 PEER_IDS = range(1, 256)
 FLEET_FENCE = "disabled for the fleet: "
+UNREAD = ("the fleet's state in etcd (fleet.dcs_url) is not read yet: its decisions and disabled nodes "
+          "are followed first")
 
 
 def proxy_name(config):
@@ -95,10 +104,20 @@ class FleetCoordinator(Follower):
         if proxy.tenants is not None:  # (runtime changes to the tenants: tenants/ below)
             proxy.tenants.changes = TenantChanges(self)
         self.tenants_seen = None    # the tenants/ keys last applied
+        self.read = Event()         # set once the fleet's keys were read and applied (writes wait until then)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self):
+        """Join the fleet: writes are held until its keys are read (UNREAD), the watch begins."""
+        self.proxy.buffer.pause(UNREAD)
         self.greenlets = [gevent.spawn(self._keep_registered), gevent.spawn(self._watch)]
+
+    def first_read(self, timeout):
+        """Wait up to timeout for the first read of the fleet's keys; whether it came."""
+        if not self.read.wait(timeout):
+            log.warning("fleet: etcd (%s) not read within %g s; write transactions wait until it is",
+                        self.config.fleet.dcs_url, timeout)
+        return self.read.is_set()
 
     def stop(self):
         for g in self.greenlets:
@@ -199,6 +218,10 @@ class FleetCoordinator(Follower):
         self._tenants()
         switching = self.mirror.json("switching")
         buffer = self.proxy.buffer
+        if not self.read.is_set():  # the first read: the start's hold ends (another member's switchover may hold next)
+            self.read.set()
+            if buffer.paused == UNREAD:
+                buffer.resume()
         if switching and switching.get("by") != self.me and not buffer.paused:
             buffer.pause(f"switchover from {switching.get('from')} to {switching.get('to')} by {switching.get('by')}")
             self.paused_for = switching
@@ -418,7 +441,8 @@ class FleetCoordinator(Follower):
         return {"cluster": self.config.fleet.cluster, "me": self.me, "peer_id": self.peer_id, "dcs": "etcd",
                 "members": members, "lock": self.keys.get("lock"), "switching": self.mirror.json("switching"),
                 "decision": self.mirror.json("decision"), "decisions": self.decisions,
-                "agree_on_primary": agree_on_primary(m.get("view") for m in members), "refusal": self.refusal, "error": self.error}
+                "agree_on_primary": agree_on_primary(m.get("view") for m in members), "refusal": self.refusal, "error": self.error,
+                "read": self.read.is_set()}
 
 
 class TenantChanges:
