@@ -91,7 +91,7 @@ class Stats:
 
 
 class StatsSampler(Periodic):
-    """Samples the totals every 2 s for the status page's chart."""
+    """Samples the totals every 2 s for the status page's chart (and adds up what waits to be)."""
 
     def __init__(self, proxy):
         self.proxy = proxy
@@ -101,4 +101,5 @@ class StatsSampler(Periodic):
 
     def tick(self):
         self.proxy.stats.add_up()
+        self.proxy.router.counts()  # (the leases' counts too: their lists stay short)
         self.proxy.stats.sample(self.proxy.sessions)

@@ -16,7 +16,7 @@ def node(proxy, n):
     state = health.state(n)
     lag = proxy.router.lag.lag.get(n.name) if proxy.router.lag is not None else None
     role = tracker.roles.get(n.name, n.role)
-    stats = proxy.router.stats.get(n.name, {})
+    stats = proxy.router.counts().get(n.name, {})
     return {
         "name": n.name, "address": f"{n.host}:{n.port}", "configured_role": n.role, "role": role,
         "primary": tracker.primary == n.name,

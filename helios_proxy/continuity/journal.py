@@ -50,7 +50,7 @@ def new_digest():
 class Journal:
     __slots__ = ("limit", "chunks", "size", "over", "digest", "seen", "at", "readies", "ready_seen",
                  "fatal", "xid", "commit_from", "snapshot", "changed", "needs_snapshot", "named", "wrapped",
-                 "asked", "eof", "pending_error",
+                 "asked", "eof", "pending_error", "marked",
                  "__weakref__")
 
     def __init__(self, limit, snapshot=None):
@@ -62,6 +62,7 @@ class Journal:
                                       # ("write"), by the client's names
         self.at = 0                   # received(): the position in the current chunk hashed up to (None: stop)
         self.pending_error = None     # an ErrorResponse the client's next request gets (its replay failed)
+        self.marked = True            # a field below `over` in checkpoint() may differ from its start (all set now)
         self.checkpoint()
         JOURNALS.add(self)
 
@@ -88,20 +89,22 @@ class Journal:
         if at is not None:
             self.at = at
         self.chunks, self.size, self.over = [], 0, False
-        self.digest, self.seen = None, 0  # (made at the first byte hashed: most answers end clean in one chunk)
-        self.readies, self.ready_seen = 0, 0  # ReadyForQuery messages since, and `seen` at the last one
-        self.fatal = None             # a FATAL the server sent before closing (held back from the client)
-        # the COMMIT in flight: its transaction's (xid, WAL position), and its offset in chunks
-        self.xid = self.commit_from = None
-        self.wrapped = False          # a lone write the proxy wrapped in a transaction (replay.wrap_begin)
-        self.asked = False            # the xid query went out before the COMMIT (replay.ask_xid, wrap_end)
-        self.eof = False              # the lost server closed the connection cleanly (relay.lost)
+        if self.marked:  # (most transactions leave the fields below as they were: record(), a whole answer)
+            self.marked = False       # set by whatever writes them (this class's methods only)
+            self.digest, self.seen = None, 0  # (made at the first byte hashed: most answers end clean in one chunk)
+            self.readies, self.ready_seen = 0, 0  # ReadyForQuery messages since, and `seen` at the last one
+            self.fatal = None         # a FATAL the server sent before closing (held back from the client)
+            # the COMMIT in flight: its transaction's (xid, WAL position), and its offset in chunks
+            self.xid = self.commit_from = None
+            self.wrapped = False      # a lone write the proxy wrapped in a transaction (replay.wrap_begin)
+            self.asked = False        # the xid query went out before the COMMIT (replay.ask_xid, wrap_end)
+            self.eof = False          # the lost server closed the connection cleanly (relay.lost)
         if self.changed:
             self.changed, self.needs_snapshot = False, True
 
     # --- client -> server ----------------------------------------------------------------------
     def record(self, data):
-        """Bytes about to go to the server."""
+        """Bytes about to go to the server (a bytes object: kept as it is)."""
         if self.over:
             return
         size = self.size + len(data)
@@ -110,17 +113,31 @@ class Journal:
             STATS.over_limit += 1
             log.info("a transaction outgrew replay.max_journal_bytes (%d): it will not be replayed", self.limit)
             return
-        self.chunks.append(data if type(data) is bytes else bytes(data))  # (a slice of the client's buffer: copied)
+        self.chunks.append(data)
         self.size = size
 
     def commit_next(self, xid):
         """The next bytes recorded are a COMMIT; xid: its transaction's (None: it has none; UNKNOWN:
         not known, or not yet: replay.ask_xid's answer sets it)."""
-        self.xid, self.commit_from = xid, self.size
+        self.xid, self.commit_from, self.marked = xid, self.size, True
+
+    def note_asked(self):
+        """The xid query went out before the COMMIT (replay.ask_xid, wrap_end)."""
+        self.asked = self.marked = True
+
+    def note_wrapped(self):
+        """A lone write goes out in a transaction the proxy opened for it; its xid is asked at its end."""
+        self.wrapped = self.marked = True
+        self.xid = UNKNOWN
+
+    def note_lost(self, eof):
+        """The server was lost (eof: it closed the connection cleanly)."""
+        self.eof, self.marked = eof, True
 
     def xid_row(self, row):
         """The DataRow (or None: an error) answering replay.XID_QUERY, asked before a COMMIT: the
         transaction's xid and the server's WAL insert position then (all its records are before it)."""
+        self.marked = True
         if row is None:  # a failed transaction: its COMMIT is a rollback, nothing can commit
             self.xid = None
             return
@@ -150,6 +167,7 @@ class Journal:
             self._hash(data, end)
             self.readies += 1
             self.ready_seen = self.seen
+            self.marked = True
         self.at = end
 
     def answered(self, data, clean):
@@ -168,6 +186,7 @@ class Journal:
             self._hash(data, start)
             self.at = None
         self.fatal = message if self.fatal is None else self.fatal + message
+        self.marked = True
 
     def skip(self, data, start, end):
         """data[start:end] is the answer to the proxy's own Query: not in the checksum."""
@@ -188,6 +207,7 @@ class Journal:
             digest.update(data if at == 0 and end == len(data) else memoryview(data)[at:end])
             self.seen += end - at
             self.at = end
+            self.marked = True
 
     # --- asked at a loss -----------------------------------------------------------------------
     def checksum(self):

@@ -85,7 +85,7 @@ def ask_xid(session, how):
         journal.xid = None
         return
     plan.expect_hidden(journal.xid_row)
-    journal.asked = True
+    journal.note_asked()
     send_hidden(server, XID_QUERY)  # (if the server is gone, the COMMIT never ran there)
 
 
@@ -104,7 +104,7 @@ def wrap_begin(session, forwarder, at):
         return False
     plan, server, journal = session.plan, session.server, session.journal
     forwarder.cut(at, at)
-    journal.wrapped, journal.xid = True, UNKNOWN
+    journal.note_wrapped()
     plan.expect_hidden()
     send_hidden(server, BEGIN_QUERY)
     return True
@@ -113,7 +113,7 @@ def wrap_begin(session, forwarder, at):
 def wrap_end(session):
     plan = session.plan
     plan.expect_hidden(session.journal.xid_row)
-    session.journal.asked = True
+    session.journal.note_asked()
     plan.expect_hidden(final=True)  # its ReadyForQuery is the client's
     send_hidden(session.server, XID_QUERY + COMMIT_QUERY)
 

@@ -79,7 +79,7 @@ def missed(reason):
 
 class FastPath(Waiting):
     """One session's fast path (made by its Forwarder)."""
-    __slots__ = ("fwd", "session", "watcher", "waiter", "served", "held", "stages", "quiet", "rest",
+    __slots__ = ("fwd", "session", "watcher", "waiter", "held", "stages", "quiet", "rest",
                  "ready", "queued", "writes", "batching", "text_stages", "batch_rest", "described")
 
     def __init__(self, forwarder):
@@ -87,7 +87,6 @@ class FastPath(Waiting):
         self.session = forwarder.session
         self.watcher = None
         self.waiter = None
-        self.served = 0  # requests handled in the callback since the greenlet last looked
         self.held = None  # bytes handed over while the greenlet was not parked (next park returns them)
         # Texts every stage let through without a decision, by their fast key (sqlshape: digits as
         # 0, kept only where every digit is a literal's): the stages' screens and analyses look at
@@ -226,8 +225,8 @@ class FastPath(Waiting):
         reason = self.blocked()
         if reason is not None:
             return reason
-        slot, proxy, plan = session.slot, session.proxy, session.plan
-        lease, pinned = slot.lease, slot.pinned
+        proxy, plan = session.proxy, session.plan
+        lease = session.slot.lease
         stages = proxy.stages
         if n > fwd.max_query or not stages and data.find(0, 5, n - 1) >= 0:
             return "not one Query"
@@ -248,6 +247,7 @@ class FastPath(Waiting):
             if not known and data.find(0, 5, n - 1) >= 0:  # (a remembered text's twins have no NUL where it had none)
                 return "not one Query"
             if not known or self.rest or plan.completions is not None:
+                pinned = session.slot.pinned  # (as the stages find it: whether one pins the client)
                 sql = data[5:-1].decode("utf-8", "replace")
                 ctx = pipeline.QueryContext(session, sql, "simple", "", n - 6,
                                             n - 6 > proxy.config.pipeline.max_parse_bytes)
@@ -304,7 +304,6 @@ class FastPath(Waiting):
         counters.bytes_in += len(data)
         counters.queries += 1
         counters.fast_hits += 1
-        self.served += 1
 
     def batch(self, data):
         """Handle data if it is one unnamed extended batch in one read (Parse, Bind, [Describe,]
@@ -410,7 +409,6 @@ class FastPath(Waiting):
                 log.error("%r: %s after the fast path handed its request on", session, e)
             return
         session.counters.fast_hits += 1
-        self.served += 1
 
     def batch_sent(self, lease, data, starts):
         """What the forwarder's handlers do with these messages once leased (on_parse,
@@ -430,7 +428,6 @@ class FastPath(Waiting):
         counters.queries += 1
         counters.bytes_in += len(data)
         counters.fast_hits += 1
-        self.served += 1
 
 
 def messages(data, n):

@@ -16,7 +16,7 @@ CONTINUE = StageResult.CONTINUE
 
 class Waiting:
     """FastPath's part for its waiting requests (a base class: FastPath holds the state: session,
-    fwd, watcher, waiter, queued, described, served...)."""
+    fwd, watcher, waiter, queued, described...)."""
     __slots__ = ()
 
     def batched(self, size, sql, shape):
@@ -43,7 +43,6 @@ class Waiting:
         counters = session.counters
         counters.bytes_in += size
         counters.fast_hits += 1
-        self.served += 1
         return True
 
     def batched_extended(self, data, starts):

@@ -156,13 +156,13 @@ class Forwarder:
         while True:
             if not timeout:
                 return fast.park()
+            hits = session.counters.fast_hits  # (requests the fast path takes while the greenlet waits)
             try:
                 with gevent.Timeout(timeout, IdleTimeout):
                     return fast.park()
             except IdleTimeout:
-                served, fast.served = fast.served, 0
                 server = session.server
-                if (served or fast.queued is not None or session.plan.outstanding
+                if (session.counters.fast_hits != hits or fast.queued is not None or session.plan.outstanding
                         or server is not None and server.tx_status != m.TX_IDLE):
                     continue
                 self.idle_timeout()
@@ -231,6 +231,8 @@ class Forwarder:
         if journal is None:
             session.server.send(data)
             return
+        if type(data) is not bytes:  # (a slice of the client's buffer: the journal keeps a copy)
+            data = bytes(data)
         try:
             session.server.send(data)
         except BackendError:

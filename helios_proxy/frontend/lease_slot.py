@@ -12,7 +12,7 @@ It is the only writer of its fields (besides the login, which attaches the first
 relay, which makes the pump once).
 """
 import logging
-import time
+from time import monotonic
 
 import gevent
 from gevent.event import Event
@@ -25,9 +25,11 @@ from ..pool.reset import reset_for_reuse
 from ..backend.statements import invalidate_all
 from ..continuity.session_migrate import capture
 from ..protocol import messages as m
+from ..topology.tracker import CONFIRMED
 from . import handshake, relay
 
 log = logging.getLogger(__name__)
+TX_IDLE = m.TX_IDLE
 
 
 class QueryCanceledWhileWaiting(ProxyError):
@@ -102,7 +104,7 @@ class LeaseSlot:
         """The lease on server begins: counted where it went, its pump started."""
         session = self.session
         router = session.proxy.router
-        router.count(server.node, target)
+        router.leased[target].append(server.node.name)  # (router.counts() adds it up)
         if router.on and session.identity.home is None:
             router.balancer.started(server.node)
         lease = self.spare
@@ -130,8 +132,10 @@ class LeaseSlot:
         if self.restore or who.tenant is not None or who.home is not None or proxy.config.database_nodes:
             return False
         route, router = session.route, proxy.router
-        target, node_name = route.next_target or ("primary", None)
-        node = router.pick(target, node_name, route.next_lag) if target != "primary" or node_name else None
+        aim, node = route.next_target, None
+        if aim is not None and (aim[0] != "primary" or aim[1] is not None):  # (None: the primary, the usual)
+            target, node_name = aim
+            node = router.pick(target, node_name, route.next_lag)
         if node is not None:
             if node_name is None:  # (the balancer chose it: take() tries the same node, not the next one)
                 route.aim((target, node.name), route.next_lag, route.next_tables)
@@ -139,9 +143,13 @@ class LeaseSlot:
                 return False  # (whether it replayed the client's last write must be asked: take() does)
             pool = proxy.pools.get(node, who.database, self.pool.credentials)
         else:
-            target, pool, node = "primary", self.pool, proxy.buffer.ready()
-            breakers = router.breakers
-            if node is None or node.name != pool.node.name or breakers.enabled and not breakers.allows(node):
+            target = "primary"
+            pool = self.pool
+            node = pool.node
+            buffer = proxy.buffer  # (buffer.ready() is this pool's node, inline: one call less per transaction)
+            tracker, breakers = buffer.tracker, router.breakers
+            if (buffer.paused or tracker.state != CONFIRMED or tracker.primary != node.name
+                    or node.name not in tracker.by_name or breakers.enabled and not breakers.allows(node)):
                 return False
         server = pool.take_idle()
         if server is None:  # (a full pool: the request may wait in its line, frontend/queued.py)
@@ -158,10 +166,14 @@ class LeaseSlot:
             pool.release(server)
             return False
         route = session.route
-        intent = route.next_target[0] if route.next_target else "primary"
-        if route.next_tables:
-            session.proxy.router.tables.count(route.next_tables, server.node.name)
-        route.next_target = route.next_lag = route.next_tables = None
+        aim = route.next_target
+        if aim is None:  # (nothing aimed: a lag or tables come only with an aim, routing/state.py)
+            intent = "primary"
+        else:  # (used up)
+            intent = aim[0]
+            if route.next_tables:
+                session.proxy.router.tables.count(route.next_tables, server.node.name)
+            route.next_target = route.next_lag = route.next_tables = None
         self.begin(pool, server, target, intent)
         return True
 
@@ -211,7 +223,7 @@ class LeaseSlot:
             server = self.pool.take_idle()
             if server is not None:
                 return self.pool, server
-        deadline = time.monotonic() + proxy.config.failover.buffer_timeout
+        deadline = monotonic() + proxy.config.failover.buffer_timeout
         while True:
             try:
                 node = proxy.buffer.primary(deadline, self.wait_on)
@@ -223,7 +235,7 @@ class LeaseSlot:
             try:
                 return self.pool, self._acquire(self.pool)
             except (BackendError, OSError) as e:
-                if not node_unreachable(e) or time.monotonic() >= deadline or not proxy.buffer.failover_possible():
+                if not node_unreachable(e) or monotonic() >= deadline or not proxy.buffer.failover_possible():
                     raise  # (nothing to wait for: PostgreSQL's connection error, at once)
                 proxy.router.suspect(node, getattr(e, "message", None) or str(e))
                 gevent.sleep(0.05)
@@ -235,11 +247,11 @@ class LeaseSlot:
 
     def _acquire(self, pool):
         counters = self.session.counters
-        counters.wait_started = time.monotonic()
+        counters.wait_started = monotonic()
         try:
             return pool.acquire(waiting=self.wait_on)
         finally:
-            counters.wait_seconds += time.monotonic() - counters.wait_started
+            counters.wait_seconds += monotonic() - counters.wait_started
             self.waiting = counters.wait_started = None
 
     def _replayed(self, router, pool, server):
@@ -309,17 +321,18 @@ class LeaseSlot:
                 invalidate_all()
             if session.settings.dirty:
                 session.settings.read_back(session_state.capture(server))
-            router = session.proxy.router
-            now = time.monotonic()
+            proxy = session.proxy
+            router = proxy.router
+            now = monotonic()
             took = now - lease.started
-            session.proxy.stats.took.append(took)  # (added up later: Stats.add_up)
+            proxy.stats.took.append(took)  # (added up later: Stats.add_up)
             if router.breakers.enabled and not lease.sick:
                 router.breakers.success(server.node)  # (a failure seen meanwhile counted already)
             if router.on and session.identity.home is None:
                 router.balancer.finished(server.node, took)
                 if lease.intent == "primary":  # may have written: later reads must see it
                     session.route.wrote(router.write_position(server))
-            lease.pool.release(server, server.tx_status == m.TX_IDLE, now)  # (lease.end(), inline)
+            lease.pool.release(server, server.tx_status == TX_IDLE, now)  # (lease.end(), inline)
         except Exception as e:  # the pool gets its slot back whatever went wrong
             log.info("%r: ending the lease of %r failed (%s); closing it", session, server, e)
             lease.end(reusable=False)

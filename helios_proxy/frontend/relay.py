@@ -45,10 +45,11 @@ EVERYTHING = frozenset(range(256))  # while the proxy's own Query is answered
 # What the answer to a plain Query may hold for whole() to take it at once (any other message,
 # an ErrorResponse, a notice, a ParameterStatus, COPY..., is feed()'s).
 # whole(): the usual messages of an answer before its ReadyForQuery (no error, notice, copy...);
-# STOPS[entry kind]: the messages the walk stops at, to see what comes (the entry's last, or unusual)
+# STOPS[plain entry]: the messages the walk stops at, to see what comes (the entry's last, or unusual)
 PLAIN_MIDDLE = frozenset(b"TDCI123nst")
-STOPS = {kind: EVERYTHING - (PLAIN_MIDDLE - ends) for kind, ends in ENDS.items()}
+STOPS = {entry: EVERYTHING - (PLAIN_MIDDLE - ENDS[kind]) for kind, entry in PLAIN.items()}
 PLAIN_ENTRIES = frozenset(PLAIN.values())  # (plan.py: the usual entry of each kind, shared)
+ENDED_BY_READY = frozenset(entry for kind, entry in PLAIN.items() if READY in ENDS[kind])  # (Query, Sync)
 ONE_ENTRY = PLAIN[ONE]  # (a Parse's, a Bind's: ended by ParseComplete, BindComplete, CloseComplete)
 BOUND = m.BIND_COMPLETE + b"\0\0\0\x04"  # (BindComplete, whole)
 PARSED_BOUND = m.PARSE_COMPLETE + b"\0\0\0\x04" + BOUND
@@ -168,7 +169,9 @@ class ServerStream:
         cache_state = session.cache_state
         if cache_state is not None and cache_state.fill is not None:
             return None
-        n, pos, k, last = len(data), 0, 0, len(entries) - 1
+        n = len(data)
+        pos = k = 0
+        last = len(entries) - 1
         if entries[0] is ONE_ENTRY:  # (a batch's ParseComplete and BindComplete: one look, as the walk would take them)
             if last > 1 and entries[1] is ONE_ENTRY and n > 10 and data.startswith(PARSED_BOUND):
                 pos, k = 10, 2
@@ -177,16 +180,15 @@ class ServerStream:
         tail = n - 6  # (where its ReadyForQuery must begin: it ends the chunk)
         if tail < pos or not data.startswith(READY_HEAD, tail):
             return None  # (the answer goes on in the next chunk, or ends otherwise)
-        stops = STOPS[entries[k].kind]
+        stops = STOPS[entries[k]]
         while pos < tail:  # (every message before it: of the usual kinds, ending its entry's answer in turn)
-            mtype = data[pos]
-            if mtype in stops:  # (one look for both: the message ends the entry's answer, or is not usual)
-                if mtype not in PLAIN_MIDDLE or k == last:
+            if data[pos] in stops:  # (one look for both: the message ends the entry's answer, or is not usual)
+                if data[pos] not in PLAIN_MIDDLE or k == last:
                     return None
                 k += 1
-                stops = STOPS[entries[k].kind]
+                stops = STOPS[entries[k]]
             pos += 1 + length_of(data, pos)[0]  # (pos < n - 6: its header is in the chunk)
-        if pos != tail or k != last or READY not in ENDS[entries[k].kind]:
+        if pos != tail or k != last or entries[k] not in ENDED_BY_READY:
             return None  # (the ReadyForQuery's bytes were a message's inside, or the answer ends otherwise)
         status = data[n - 1:n]
         server = self.server
@@ -291,7 +293,8 @@ class ServerStream:
 class CallbackPump:
     """Moves a lease's server bytes from the server connection's read watcher (plain sockets on
     both sides). One per session, serving its leases one after the other."""
-    __slots__ = ("session", "lease", "server", "stream", "writer", "running", "paused", "callback", "resumer")
+    __slots__ = ("session", "lease", "server", "stream", "writer", "running", "paused", "callback", "resumer",
+                 "clean")
 
     def __init__(self, session):
         self.session, self.lease, self.server = session, None, None
@@ -299,61 +302,64 @@ class CallbackPump:
         self.writer = session.writer
         self.running = self.paused = False
         self.callback, self.resumer = self.readable, self.resume  # (bound once)
+        self.clean = False  # the last lease ended at an answer whole() took: its stream holds nothing of it
 
     def begin(self, lease, go_on=False):
         """Serve lease; go_on: its server was replaced by a replay, the stream goes on where it was."""
-        self.lease, self.server = lease, lease.server
-        if go_on:
-            self.stream.server = lease.server
-        else:
-            self.stream.reset(lease.server)
-        self.running, self.paused = True, False
         server = lease.server
+        self.lease, self.server = lease, server
+        if go_on or self.clean:
+            self.stream.server = server
+        else:
+            self.stream.reset(server)
+        self.running, self.paused = True, False
         if server.watcher is None:
             server.watch(self.callback)
         else:  # (armed for the connection's life: server.watch(), without a call more per transaction)
             server.on_readable = self.callback
         return self
 
-    def readable(self):
+    def readable(self, data=None):
+        """The server's bytes (read now; data: already read, a replay's) to the client, and the
+        lease ends where its pool mode says."""
+        server = self.server
         try:
-            try:  # (os.read on the descriptor: sockets.READ_SIZE, FIRST_READ)
-                fd = self.server.raw.fileno()
-                data = read(fd, FIRST_READ)
-                if len(data) == FIRST_READ:
-                    data = read_rest(fd, data)
-            except (BlockingIOError, InterruptedError):
-                return
-            if not data:
-                raise ServerClosed("server closed the connection")
-            self.take(data)
+            if data is None:
+                try:  # (os.read on the descriptor: sockets.READ_SIZE, FIRST_READ)
+                    fd = server.raw.fileno()
+                    data = read(fd, FIRST_READ)
+                    if len(data) == FIRST_READ:
+                        data = read_rest(fd, data)
+                except (BlockingIOError, InterruptedError):
+                    return
+                if not data:
+                    raise ServerClosed("server closed the connection")
+            session = self.session
+            session.counters.bytes_out += len(data)
+            whole = self.stream.whole(data)  # (the common answer, at once)
+            if whole is None:
+                out, release, answered = self.stream.feed(data)
+            else:
+                out = data
+                release, answered = whole
+            if release:
+                lease = self.lease
+                self.clean = whole is not None
+                # stop(), as it is here (running, not paused: a paused pump is not called)
+                self.running = False
+                server.on_readable = None
+                self.lease = self.server = None
+                session.slot.ended(lease, out, True)
+            elif out:
+                self.writer.write(out)
+                if self.writer.pending:  # (its backlog) the client reads slower: wait until it took it all
+                    self.paused = True
+                    server.pause()
+                    self.writer.on_drained = self.resumer
+            if answered:  # after the answer went to the client
+                completed(session, server, answered, JOBS.submit)
         except Exception as e:  # a bug costs this session, never the loop
             self.fail(e)
-
-    def take(self, data):
-        """The server's bytes: to the client (and the lease ends where its pool mode says)."""
-        session, server = self.session, self.server
-        session.counters.bytes_out += len(data)
-        whole = self.stream.whole(data)  # (the common answer, at once)
-        if whole is None:
-            out, release, answered = self.stream.feed(data)
-        else:
-            out, (release, answered) = data, whole
-        if release:
-            lease = self.lease
-            # stop(), as it is here (running, not paused: a paused pump is not called)
-            self.running = False
-            server.on_readable = None
-            self.lease = self.server = None
-            session.slot.ended(lease, out, True)
-        elif out:
-            self.writer.write(out)
-            if self.writer.pending:  # (its backlog) the client reads slower: wait until it took it all
-                self.paused = True
-                server.pause()
-                self.writer.on_drained = self.resumer
-        if answered:  # after the answer went to the client
-            completed(session, server, answered, JOBS.submit)
 
     def resume(self):
         if self.paused:
@@ -362,7 +368,7 @@ class CallbackPump:
 
     def stop(self, block=True):
         if self.running:
-            self.running = False
+            self.running = self.clean = False
             self.server.on_readable = None
             if self.paused:  # (the watcher stays armed for the connection's next use)
                 self.resume()
@@ -400,10 +406,7 @@ def resume(session, lease, stream, first, out=b""):
             session.slot.pump, "stream", None):
         callbacks = lease.pump = session.slot.pump.begin(lease, go_on=True)
         if first:
-            try:
-                callbacks.take(first)
-            except Exception as e:
-                callbacks.fail(e)
+            callbacks.readable(first)  # (a failure: its own, callbacks.fail)
         return
     lease.pump = GreenletPump(gevent.spawn(pump, session, lease, stream, first), GREENLETS)
 
@@ -559,7 +562,7 @@ def lost(session, server, error, lease=None, stream=None):
     session.proxy.router.suspect(server.node, why)  # the node may be down: the health checker looks now
     journal = session.journal
     if journal is not None and isinstance(error, OSError) and lease is not None and lease is session.slot.lease:
-        journal.eof = isinstance(error, ServerClosed)
+        journal.note_lost(isinstance(error, ServerClosed))
         try:
             if replay.recover(session, lease, stream):  # on a new server, as if nothing happened
                 return

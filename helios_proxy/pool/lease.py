@@ -21,7 +21,7 @@ connection to the proxy's own statements with the pump stopped meanwhile and sta
 `switch()` moves it onto the server connection a replay found (continuity/replay.py), `end()` gives
 its server connection back.
 """
-import time
+from time import monotonic
 from contextlib import contextmanager
 
 from ..protocol import messages as m
@@ -39,7 +39,7 @@ class Lease:
         self.server = server
         self.target = target      # where it went: primary | standby
         self.intent = intent      # where routing wanted it (a read that fell back is still a read)
-        self.started = time.monotonic()
+        self.started = monotonic()
         self.pump = None          # relay.CallbackPump or a greenlet (TLS), while running
         self.sick = False         # the server answered an error that means the node fails (breaker)
 
@@ -47,8 +47,8 @@ class Lease:
         """This lease serves its session's next one (LeaseSlot reuses a lease it gave back in a loop
         callback, which nothing holds any more: an object less per transaction)."""
         self.pool, self.server, self.target, self.intent = pool, server, target, intent
-        self.started = time.monotonic()
-        self.pump, self.sick = None, False
+        self.started = monotonic()
+        self.sick = False  # (its pump: the caller starts it)
         return self
 
     def __repr__(self):

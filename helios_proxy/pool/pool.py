@@ -1,6 +1,6 @@
 """A pool of server connections for one (node, database, user), and the manager that owns them."""
 import logging
-import time
+from time import monotonic
 from collections import deque
 
 import gevent
@@ -57,14 +57,14 @@ class Pool:
         waits on, so that a cancel can end the wait with set_exception().
         """
         cfg = self.config.pool
-        started = time.monotonic()
+        started = monotonic()
         deadline = started + (cfg.acquire_timeout if timeout is None else timeout)
         reserve_at = started + cfg.reserve_timeout if cfg.reserve_size else deadline
         while True:
             conn = self.take_idle()
             if conn is not None:
                 return conn
-            now = time.monotonic()
+            now = monotonic()
             limit = self.max_size + (cfg.reserve_size if now >= reserve_at else 0)
             if self.size < limit and self._room():
                 return self._open()
@@ -92,7 +92,7 @@ class Pool:
                 gevent.spawn(self._release_after, cancelling, conn, reusable)
                 return
         if now is None:
-            now = time.monotonic()
+            now = monotonic()
         lifetime = self.config.pool.server_lifetime
         if (not reusable or conn.broken or conn.generation != self.generation
                 or (lifetime and now - conn.created > lifetime)):
@@ -128,16 +128,16 @@ class Pool:
 
     def take_idle(self):
         """An idle connection that passed its checks, or None (never waits, never opens one)."""
-        cfg = self.config.pool
-        while self.idle:
-            conn = self.idle.pop()
-            now = time.monotonic()
+        cfg, idle = self.config.pool, self.idle
+        while idle:
+            conn = idle.pop()
             if conn.watched:  # its read watcher would have reported EOF or stray bytes
                 conn.on_readable = None
                 clean = not conn.broken and not conn.rbuf.pending()
             else:
                 clean = conn.idle_and_clean()
-            if cfg.server_lifetime and now - conn.created > cfg.server_lifetime or not clean:
+            now = monotonic()
+            if not clean or cfg.server_lifetime and now - conn.created > cfg.server_lifetime:
                 self._discard(conn)
                 continue
             if now - conn.last_used >= cfg.check_after:
@@ -181,11 +181,11 @@ class Pool:
             waiting(waiter)
         self.line_up(waiter)
         try:
-            return waiter.get(timeout=max(0.0, until - time.monotonic()))
+            return waiter.get(timeout=max(0.0, until - monotonic()))
         except gevent.Timeout:
             if waiter.ready() and waiter.successful():
                 return waiter.get()
-            if time.monotonic() < deadline:
+            if monotonic() < deadline:
                 return None
             raise self.timed_out() from None
         finally:
@@ -201,7 +201,7 @@ class Pool:
         """waiter waits in line (an AsyncResult, or a request without a greenlet: frontend/queued.py
         Queued, with ready() and set(conn) too): release() serves them in turn."""
         self.waiters.append(waiter)
-        self.wait_started[waiter] = time.monotonic()
+        self.wait_started[waiter] = monotonic()
 
     def leave_line(self, waiter):
         self.wait_started.pop(waiter, None)
@@ -230,7 +230,7 @@ class Pool:
     # --- maintenance ------------------------------------------------------------------------
     def maintain(self):
         """Close connections idle too long or too old; open up to min_size."""
-        cfg, now = self.config.pool, time.monotonic()
+        cfg, now = self.config.pool, monotonic()
         keep = deque()
         while self.idle:
             conn = self.idle.popleft()
@@ -262,7 +262,7 @@ class Pool:
             self._discard(self.idle.pop())
 
     def stats(self):
-        now = time.monotonic()
+        now = monotonic()
         return {"node": self.node.name, "database": self.database, "user": self.credentials.user,
                 "sv_idle": len(self.idle), "sv_active": self.size - len(self.idle),
                 "cl_waiting": len(self.waiters),

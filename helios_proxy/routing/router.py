@@ -5,7 +5,7 @@ WAL position (checked on the standby, waiting at most `routing.ryw_timeout`), el
 """
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import gevent
 
@@ -38,7 +38,10 @@ class Router:
         self.tracker = tracker  # which node is the primary, which are standbys (topology/tracker.py)
         self.replayed = {}      # node name -> highest replay LSN seen there
         self.loading = set()    # databases whose function catalog is being loaded
-        self.stats = defaultdict(new_counts)  # node name -> {"reads": n, "writes": n, "errors": n}
+        self.stats = defaultdict(new_counts)  # node name -> {"reads": n, "writes": n, "errors": n}: counts()
+        # the node names of the leases begun, by target, not added up yet (a list's append per lease,
+        # not a Python call: counts() adds them up every 2 s and before a read)
+        self.leased = {PRIMARY: [], STANDBY: []}
         self.lag = None         # LagMonitor, once started (lag.py)
         self.health = None      # HealthChecker (topology/health.py), once started
         self.large_queries = 0  # sent to the primary unclassified: larger than pipeline.max_parse_bytes
@@ -114,6 +117,18 @@ class Router:
     def count(self, node, what):
         """Per-node statistics: reads, writes (by lease target: standby, primary), errors."""
         self.stats[node.name][COUNTED_AS[what]] += 1  # (a node's first count makes its counters)
+
+    def counts(self):
+        """Per-node statistics (node name -> {"reads", "writes", "errors"}), the leases begun since
+        the last call added up."""
+        stats = self.stats
+        for target, names in self.leased.items():
+            if names:
+                self.leased[target] = []
+                what = COUNTED_AS[target]
+                for name, n in Counter(names).items():  # (a C loop)
+                    stats[name][what] += n
+        return stats
 
     # --- the catalog of read-only functions ---------------------------------------------------
     def ensure_catalog(self, database, pool):
