@@ -190,7 +190,7 @@ class ServerStream:
             pos += 1 + length_of(data, pos)[0]  # (pos < n - 6: its header is in the chunk)
         if pos != tail or k != last or entries[k] not in ENDED_BY_READY:
             return None  # (the ReadyForQuery's bytes were a message's inside, or the answer ends otherwise)
-        status = data[n - 1:n]
+        status = data[-1:]
         server = self.server
         server.tx_status = plan.status = status
         entries.clear()
