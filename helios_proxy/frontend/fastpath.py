@@ -79,12 +79,13 @@ def missed(reason):
 
 class FastPath(Waiting):
     """One session's fast path (made by its Forwarder)."""
-    __slots__ = ("fwd", "session", "watcher", "waiter", "held", "stages", "quiet", "rest",
+    __slots__ = ("fwd", "session", "raw", "watcher", "waiter", "held", "stages", "quiet", "rest",
                  "ready", "queued", "writes", "batching", "text_stages", "batch_rest", "described")
 
     def __init__(self, forwarder):
         self.fwd = forwarder
         self.session = forwarder.session
+        self.raw = self.session.writer.raw  # the client's plain socket (fileno() -1 once it is closed)
         self.watcher = None
         self.waiter = None
         self.held = None  # bytes handed over while the greenlet was not parked (next park returns them)
@@ -134,7 +135,7 @@ class FastPath(Waiting):
 
     def readable(self):
         try:  # (os.read on the descriptor: sockets.READ_SIZE, FIRST_READ)
-            fd = self.session.writer.raw.fileno()
+            fd = self.raw.fileno()
             data = read(fd, FIRST_READ)
             if len(data) == FIRST_READ:
                 data = read_rest(fd, data)

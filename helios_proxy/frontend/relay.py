@@ -191,8 +191,7 @@ class ServerStream:
         if pos != tail or k != last or entries[k] not in ENDED_BY_READY:
             return None  # (the ReadyForQuery's bytes were a message's inside, or the answer ends otherwise)
         status = data[-1:]
-        server = self.server
-        server.tx_status = plan.status = status
+        self.server.tx_status = plan.status = status
         entries.clear()
         if plan.completions is None:  # (plan.answered(), inline: nothing owed now)
             plan.outstanding, answered = 0, None
@@ -205,16 +204,15 @@ class ServerStream:
                                                                   or len(analytics.pending) >= BATCH):
                 analytics.tend()
         # ends_here(), inline: the plan owes nothing now and streams nothing (checked above)
+        journal = session.journal
         if status == b"I":
             session.counters.transactions += 1
             release = session.identity.pooled and not session.slot.pinned and session.closing is None
+            if journal is not None:  # (journal.answered()'s clean case: one call less)
+                journal.checkpoint(n)
         else:
             release = False
-        journal = session.journal
-        if journal is not None:
-            if release or status == b"I":  # (journal.answered()'s clean case: one call less)
-                journal.checkpoint(n)
-            else:
+            if journal is not None:
                 journal.answered(data, False)
         return release, answered
 
