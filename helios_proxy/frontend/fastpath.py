@@ -31,6 +31,7 @@ from .. import pipeline
 from ..errors import DECODING_ERRORS, ProtocolViolation
 from ..pipeline.stage import StageResult
 from ..protocol.framing import MessageBuffer, length_of
+from ..speedups import query_key
 from ..sqlshape import DIGITS_TO_0, fast_key_sound
 from ..protocol import messages as m
 from ..sockets import FIRST_READ, READ, plain, read_rest, watcher
@@ -221,15 +222,16 @@ class FastPath(Waiting):
         """Handle data if it is one simple Query the fast path can take: None, else why not."""
         session, fwd = self.session, self.fwd
         n = len(data)
-        if n > LARGEST or n < 6 or length_of(data, 0)[0] != n - 1 or data[-1] != 0:
-            return "not one Query"
+        key = query_key(data, DIGITS_TO_0) if n <= LARGEST else None  # (its fast key, digits as 0)
+        if key is None:
+            return "not one Query"  # (or a NUL inside its text: the greenlet's error to give)
         reason = self.blocked()
         if reason is not None:
             return reason
         proxy, plan = session.proxy, session.plan
         lease = session.slot.lease
         stages = proxy.stages
-        if n > fwd.max_query or not stages and data.find(0, 5, n - 1) >= 0:
+        if n > fwd.max_query:
             return "not one Query"
         book = session.statements
         if book.unnamed is not None or book.local is not None:
@@ -237,7 +239,6 @@ class FastPath(Waiting):
         if stages:
             if (stages is not self.stages or self.ready) and not self.stages_ready(stages):
                 return "a stage is not ready (a function catalog loading)"
-            key = data.translate(DIGITS_TO_0)
             shape = self.batching.get(key) if self.batching and lease is None else None  # (batch/)
             if shape is not None and not self.batch_rest and plan.completions is None:
                 if self.batched(n, data[5:-1].decode("utf-8", "replace"), shape):
@@ -245,8 +246,6 @@ class FastPath(Waiting):
                 shape = None
             known = shape is not None or key in self.quiet or (
                 key in self.writes and lease is not None and not replay.wraps(session))
-            if not known and data.find(0, 5, n - 1) >= 0:  # (a remembered text's twins have no NUL where it had none)
-                return "not one Query"
             if not known or self.rest or plan.completions is not None:
                 pinned = session.slot.pinned  # (as the stages find it: whether one pins the client)
                 sql = data[5:-1].decode("utf-8", "replace")

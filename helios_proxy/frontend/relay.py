@@ -33,6 +33,7 @@ from ..protocol.framing import StreamScanner, length_of
 from .plan import ENDS, HIDE, ONE, PLAIN
 from ..continuity import replay
 from ..sockets import FIRST_READ, call_soon, plain, read_rest, recv, wake_when_readable
+from ..speedups import table, walk
 
 log = logging.getLogger(__name__)
 READY, PARAMETER_STATUS, ERROR = m.READY_FOR_QUERY[0], m.PARAMETER_STATUS[0], m.ERROR_RESPONSE[0]
@@ -45,9 +46,10 @@ EVERYTHING = frozenset(range(256))  # while the proxy's own Query is answered
 # What the answer to a plain Query may hold for whole() to take it at once (any other message,
 # an ErrorResponse, a notice, a ParameterStatus, COPY..., is feed()'s).
 # whole(): the usual messages of an answer before its ReadyForQuery (no error, notice, copy...);
-# STOPS[plain entry]: the messages the walk stops at, to see what comes (the entry's last, or unusual)
+# STOPS[plain entry]: the messages the walk stops at, to see what comes (the entry's last, or unusual),
+# as speedups.walk's table
 PLAIN_MIDDLE = frozenset(b"TDCI123nst")
-STOPS = {entry: EVERYTHING - (PLAIN_MIDDLE - ENDS[kind]) for kind, entry in PLAIN.items()}
+STOPS = {entry: table(EVERYTHING - (PLAIN_MIDDLE - ENDS[kind])) for kind, entry in PLAIN.items()}
 PLAIN_ENTRIES = frozenset(PLAIN.values())  # (plan.py: the usual entry of each kind, shared)
 ENDED_BY_READY = frozenset(entry for kind, entry in PLAIN.items() if READY in ENDS[kind])  # (Query, Sync)
 ONE_ENTRY = PLAIN[ONE]  # (a Parse's, a Bind's: ended by ParseComplete, BindComplete, CloseComplete)
@@ -181,12 +183,14 @@ class ServerStream:
         if tail < pos or not data.startswith(READY_HEAD, tail):
             return None  # (the answer goes on in the next chunk, or ends otherwise)
         stops = STOPS[entries[k]]
-        while pos < tail:  # (every message before it: of the usual kinds, ending its entry's answer in turn)
-            if data[pos] in stops:  # (one look for both: the message ends the entry's answer, or is not usual)
-                if data[pos] not in PLAIN_MIDDLE or k == last:
-                    return None
-                k += 1
-                stops = STOPS[entries[k]]
+        while True:  # (every message before it: of the usual kinds, ending its entry's answer in turn)
+            pos = walk(data, pos, tail, stops)  # (to the first that ends the entry's answer, or is not usual)
+            if pos >= tail:
+                break
+            if data[pos] not in PLAIN_MIDDLE or k == last:
+                return None
+            k += 1
+            stops = STOPS[entries[k]]
             pos += 1 + length_of(data, pos)[0]  # (pos < n - 6: its header is in the chunk)
         if pos != tail or k != last or entries[k] not in ENDED_BY_READY:
             return None  # (the ReadyForQuery's bytes were a message's inside, or the answer ends otherwise)

@@ -1,0 +1,89 @@
+/* The compiled helper of the fast path (issue 33): the byte walks of the hot path in C.
+ *
+ * Optional: `pip install -e .` builds it where a C compiler is found and goes on without it where
+ * none is (setup.py). helios_proxy/speedups.py holds the pure-Python reference of each function,
+ * chooses this module when it imports, and HELIOS_PURE_PYTHON=1 chooses the reference instead.
+ * tests/unit/test_speedups.py runs both on the same inputs. Each function here does exactly what
+ * its reference does, no more: the protocol's rules stay in Python.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+static inline Py_ssize_t length_at(const unsigned char *p)
+{
+    return ((Py_ssize_t)p[0] << 24) | ((Py_ssize_t)p[1] << 16) | ((Py_ssize_t)p[2] << 8) | (Py_ssize_t)p[3];
+}
+
+/* walk(data, pos, tail, stops) -> int: see speedups.walk. */
+static PyObject *
+walk(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[3])
+            || PyBytes_GET_SIZE(args[3]) != 256) {
+        PyErr_SetString(PyExc_TypeError, "walk(data: bytes, pos: int, tail: int, stops: 256 bytes)");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t tail = PyLong_AsSsize_t(args[2]);
+    if (tail == -1 && PyErr_Occurred())
+        return NULL;
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    const unsigned char *stops = (const unsigned char *)PyBytes_AS_STRING(args[3]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    if (pos < 0 || tail > n - 5) {  /* (every header the walk reads must be in data) */
+        PyErr_SetString(PyExc_ValueError, "walk: pos < 0, or tail beyond the last header in data");
+        return NULL;
+    }
+    while (pos < tail) {
+        if (stops[data[pos]])
+            return PyLong_FromSsize_t(pos);
+        pos += 1 + length_at(data + pos + 1);
+    }
+    return PyLong_FromSsize_t(pos);
+}
+
+/* query_key(data, table) -> bytes or None: see speedups.query_key. */
+static PyObject *
+query_key(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[1])
+            || PyBytes_GET_SIZE(args[1]) != 256) {
+        PyErr_SetString(PyExc_TypeError, "query_key(data: bytes, table: 256 bytes)");
+        return NULL;
+    }
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    const unsigned char *table = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    if (n < 6 || length_at(data + 1) != n - 1 || data[n - 1] != 0
+            || memchr(data + 5, 0, (size_t)(n - 6)) != NULL)
+        Py_RETURN_NONE;
+    PyObject *key = PyBytes_FromStringAndSize(NULL, n);
+    if (key == NULL)
+        return NULL;
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(key);
+    for (Py_ssize_t i = 0; i < n; i++)
+        out[i] = table[data[i]];
+    return key;
+}
+
+static PyMethodDef methods[] = {
+    {"walk", (PyCFunction)(void (*)(void))walk, METH_FASTCALL,
+     "walk(data, pos, tail, stops): where the first message at or after pos whose type stops[] names "
+     "begins, or where the walk passed tail."},
+    {"query_key", (PyCFunction)(void (*)(void))query_key, METH_FASTCALL,
+     "query_key(data, table): data.translate(table) if data is one whole simple Query with no NUL "
+     "inside its text, else None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "helios_proxy._speedups", "The fast path's byte walks in C (speedups.py).", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    return PyModule_Create(&module);
+}
