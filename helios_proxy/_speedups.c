@@ -32,16 +32,19 @@ walk(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
     const unsigned char *stops = (const unsigned char *)PyBytes_AS_STRING(args[3]);
     Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
-    if (pos < 0 || tail > n - 5) {  /* (every header the walk reads must be in data) */
-        PyErr_SetString(PyExc_ValueError, "walk: pos < 0, or tail beyond the last header in data");
-        return NULL;
-    }
     while (pos < tail) {
+        if (pos < 0 || pos >= n)
+            goto beyond;
         if (stops[data[pos]])
             return PyLong_FromSsize_t(pos);
+        if (pos > n - 5)
+            goto beyond;
         pos += 1 + length_at(data + pos + 1);
     }
     return PyLong_FromSsize_t(pos);
+beyond:  /* (a message header it must read is beyond data) */
+    PyErr_SetString(PyExc_ValueError, "walk: a message header beyond the data");
+    return NULL;
 }
 
 /* query_key(data, table) -> bytes or None: see speedups.query_key. */

@@ -15,9 +15,7 @@ from .protocol.framing import length_of
 def py_walk(data, pos, tail, stops):
     """Where the first message at or after data[pos] whose type stops names (stops[type] != 0: a
     256-byte table) begins, walking the messages by their headers; else where the walk passed tail
-    (>= tail). Every header read must be in data: tail <= len(data) - 5."""
-    if pos < 0 or tail > len(data) - 5:
-        raise ValueError("walk: pos < 0, or tail beyond the last header in data")
+    (>= tail). A header it must read beyond data raises (the C one: ValueError)."""
     while pos < tail:
         if stops[data[pos]]:
             return pos
