@@ -1,4 +1,5 @@
-/* The compiled helper of the fast path (issue 33): the byte walks of the hot path in C.
+/* The compiled helper of the fast path (issue 33): the byte walks of the hot path in C (an answer's
+ * headers: walk; a batch's: messages) and the screen of a simple Query (query_key).
  *
  * Optional: `pip install -e .` builds it where a C compiler is found and goes on without it where
  * none is (setup.py). helios_proxy/speedups.py holds the pure-Python reference of each function,
@@ -71,6 +72,49 @@ query_key(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return key;
 }
 
+/* messages(data) -> ([starts], shape) or None: see speedups.py_messages. */
+static PyObject *
+messages(PyObject *self, PyObject *arg)
+{
+    if (!PyBytes_CheckExact(arg)) {
+        PyErr_SetString(PyExc_TypeError, "messages(data: bytes)");
+        return NULL;
+    }
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(arg);
+    Py_ssize_t n = PyBytes_GET_SIZE(arg), pos = 0, count = 0;
+    while (pos < n) {  /* whole messages only: count them */
+        if (n - pos < 5)
+            Py_RETURN_NONE;
+        Py_ssize_t end = pos + 1 + length_at(data + pos + 1);
+        if (end - pos < 5 || end > n)
+            Py_RETURN_NONE;
+        count++;
+        pos = end;
+    }
+    PyObject *starts = PyList_New(count);
+    PyObject *shape = PyBytes_FromStringAndSize(NULL, count);
+    if (starts == NULL || shape == NULL)
+        goto fail;
+    unsigned char *types = (unsigned char *)PyBytes_AS_STRING(shape);
+    pos = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *at = PyLong_FromSsize_t(pos);
+        if (at == NULL)
+            goto fail;
+        PyList_SET_ITEM(starts, i, at);
+        types[i] = data[pos];
+        pos += 1 + length_at(data + pos + 1);
+    }
+    PyObject *out = PyTuple_Pack(2, starts, shape);
+    Py_DECREF(starts);
+    Py_DECREF(shape);
+    return out;
+fail:
+    Py_XDECREF(starts);
+    Py_XDECREF(shape);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"walk", (PyCFunction)(void (*)(void))walk, METH_FASTCALL,
      "walk(data, pos, tail, stops): where the first message at or after pos whose type stops[] names "
@@ -78,6 +122,9 @@ static PyMethodDef methods[] = {
     {"query_key", (PyCFunction)(void (*)(void))query_key, METH_FASTCALL,
      "query_key(data, table): data.translate(table) if data is one whole simple Query with no NUL "
      "inside its text, else None."},
+    {"messages", (PyCFunction)messages, METH_O,
+     "messages(data): ([where each message starts], their types as bytes) of data, whole messages "
+     "only; else None."},
     {NULL, NULL, 0, NULL},
 };
 

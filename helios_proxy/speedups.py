@@ -1,6 +1,6 @@
 """The fast path's byte walks (issue 33), in C where helios_proxy/_speedups.c was built, else in
-Python: the py_ functions here are the reference, the C ones do exactly what they do; `walk` and
-`query_key` are the ones that run.
+Python: the py_ functions here are the reference, the C ones do exactly what they do; `walk`,
+`query_key` and `messages` are the ones that run.
 
 The C module is optional: `pip install -e .` builds it where a C compiler is found and goes on
 without it where none is (setup.py). HELIOS_PURE_PYTHON=1 in the environment chooses the Python
@@ -32,16 +32,45 @@ def py_query_key(data, table):
     return data.translate(table)
 
 
+PARSE, BIND = ord("P"), ord("B")
+# The usual end of an unnamed batch (pgbench -M extended, psycopg 3, JDBC...): Describe of the unnamed
+# portal, Execute of it with no row limit, Sync
+USUAL_TAIL = b"D\0\0\0\x06P\0E\0\0\0\x09\0\0\0\0\0S\0\0\0\x04"
+USUAL_SIZE = len(USUAL_TAIL) + 10  # (and a Parse and a Bind of 5 bytes at least each before it)
+
+
+def py_messages(data):
+    """([where each message starts], their types as bytes) of data, whole messages only (a length
+    field of 4 at least, none beyond data); else None. (The usual tail, USUAL_TAIL, is recognized
+    in one look: only the Parse and Bind before it are walked.)"""
+    n = len(data)
+    if n > USUAL_SIZE and data[0] == PARSE and data.endswith(USUAL_TAIL):
+        bind = 1 + length_of(data, 0)[0]
+        if 5 <= bind <= n - 27 and data[bind] == BIND and bind + 1 + length_of(data, bind)[0] == n - 22:
+            return [0, bind, n - 22, n - 15, n - 5], b"PBDES"
+    starts, shape, pos = [], bytearray(), 0
+    while pos < n:
+        if n - pos < 5:
+            return None
+        end = pos + 1 + length_of(data, pos)[0]
+        if end - pos < 5 or end > n:
+            return None
+        starts.append(pos)
+        shape.append(data[pos])
+        pos = end
+    return starts, bytes(shape)
+
+
 def table(stop_types):
     """The 256-byte table walk() takes: 1 for each message type in stop_types, else 0."""
     return bytes(1 if t in stop_types else 0 for t in range(256))
 
 
-walk, query_key, COMPILED = py_walk, py_query_key, False
+walk, query_key, messages, COMPILED = py_walk, py_query_key, py_messages, False
 if not os.environ.get("HELIOS_PURE_PYTHON"):
     try:
         from . import _speedups
     except ImportError:  # (not built: no compiler where it was installed)
         pass
     else:
-        walk, query_key, COMPILED = _speedups.walk, _speedups.query_key, True
+        walk, query_key, messages, COMPILED = _speedups.walk, _speedups.query_key, _speedups.messages, True

@@ -30,8 +30,8 @@ from gevent.hub import Waiter
 from .. import pipeline
 from ..errors import DECODING_ERRORS, ProtocolViolation
 from ..pipeline.stage import StageResult
-from ..protocol.framing import MessageBuffer, length_of
-from ..speedups import query_key
+from ..protocol.framing import MessageBuffer
+from ..speedups import messages, query_key
 from ..sqlshape import DIGITS_TO_0, fast_key_sound
 from ..protocol import messages as m
 from ..sockets import FIRST_READ, READ, plain, read_rest, watcher
@@ -54,11 +54,6 @@ BATCHES = frozenset((b"PBDES", b"PBES"))  # the unnamed extended batches taken (
 DESCRIBED = frozenset(b"PS")
 NAMED = frozenset((b"BDES", b"BES"))  # a named statement's execution (Describe: of the portal)
 PORTAL = ord("P")
-PARSE, BIND = ord("P"), ord("B")
-# The usual end of an unnamed batch (pgbench -M extended, psycopg 3, JDBC...): Describe of the unnamed
-# portal, Execute of it with no row limit, Sync
-USUAL_TAIL = b"D\0\0\0\x06P\0E\0\0\0\x09\0\0\0\0\0S\0\0\0\x04"
-USUAL_SIZE = len(USUAL_TAIL) + 10  # (and a Parse and a Bind of 5 bytes at least each before it)
 PLAIN_SERVERS = frozenset(("disable", "prefer"))  # [tls] server_mode: server connections may be plain
 TERMINATE = m.TERMINATE  # (a miss by its own name: not a request the fast path could have taken)
 HANDLERS = "the forwarder's handlers"  # let_through(): the request goes through them in the callback
@@ -321,7 +316,7 @@ class FastPath(Waiting):
         n = len(data)
         if n > LARGEST:
             return "not one unnamed batch"
-        framed = messages(data, n)
+        framed = messages(data)
         if framed is None:
             return "not one unnamed batch"
         starts, shape = framed
@@ -435,27 +430,6 @@ class FastPath(Waiting):
         counters.queries += 1
         counters.bytes_in += len(data)
         counters.fast_hits += 1
-
-
-def messages(data, n):
-    """([where each message starts], their types as bytes) of data, whole messages only; else None.
-    The usual tail (USUAL_TAIL) is recognized in one look: only the Parse and Bind before it are
-    walked."""
-    if n > USUAL_SIZE and data[0] == PARSE and data.endswith(USUAL_TAIL):
-        bind = 1 + length_of(data, 0)[0]
-        if 5 <= bind <= n - 27 and data[bind] == BIND and bind + 1 + length_of(data, bind)[0] == n - 22:
-            return [0, bind, n - 22, n - 15, n - 5], b"PBDES"
-    starts, shape, pos = [], bytearray(), 0
-    while pos < n:
-        if n - pos < 5:
-            return None
-        end = pos + 1 + length_of(data, pos)[0]
-        if end - pos < 5 or end > n:
-            return None
-        starts.append(pos)
-        shape.append(data[pos])
-        pos = end
-    return starts, bytes(shape)
 
 
 def remember(texts, key, shape=None):

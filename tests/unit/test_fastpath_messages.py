@@ -1,11 +1,21 @@
-"""The fast path's framing of a client's batch (frontend/fastpath.py `messages`): its one-look
-recognition of the usual tail (Describe, Execute, Sync of the unnamed portal) frames exactly as a
-walk of every header does, whatever the bytes."""
+"""The fast path's framing of a client's batch (speedups.messages, in C and its pure-Python
+reference with its one-look recognition of the usual tail: Describe, Execute, Sync of the unnamed
+portal) frames exactly as a walk of every header does, whatever the bytes."""
 import struct
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from helios_proxy.frontend.fastpath import USUAL_TAIL, messages
+from helios_proxy.speedups import USUAL_TAIL, py_messages
+
+try:
+    from helios_proxy._speedups import messages as c_messages
+except ImportError:  # (not built: no compiler)
+    c_messages = None
+
+IMPLEMENTATIONS = [pytest.param(py_messages, id="python"),
+                   pytest.param(c_messages, id="c", marks=pytest.mark.skipif(c_messages is None,
+                                                                             reason="the C helper is not built"))]
 
 FAST = settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -28,25 +38,28 @@ def message(mtype, body):
     return mtype + struct.pack("!I", 4 + len(body)) + body
 
 
+@pytest.mark.parametrize("messages", IMPLEMENTATIONS)
 @FAST
 @given(st.binary(max_size=40), st.binary(max_size=40), st.integers(-3, 3), st.integers(-3, 3))
-def test_the_usual_tail_frames_as_a_walk_does(parse, bind, parse_off, bind_off):
+def test_the_usual_tail_frames_as_a_walk_does(messages, parse, bind, parse_off, bind_off):
     p, b = message(b"P", parse), message(b"B", bind)
     # lengths a little off (a client's bytes are whatever they are): both framings agree
     p = p[:1] + struct.pack("!I", max(0, len(p) - 1 + parse_off)) + p[5:]
     b = b[:1] + struct.pack("!I", max(0, len(b) - 1 + bind_off)) + b[5:]
     data = p + b + USUAL_TAIL
-    assert messages(data, len(data)) == walk(data)
+    assert messages(data) == walk(data)
 
 
+@pytest.mark.parametrize("messages", IMPLEMENTATIONS)
 @FAST
 @given(st.binary(max_size=80))
-def test_any_bytes_frame_as_a_walk_does(data):
-    assert messages(data, len(data)) == walk(data)
+def test_any_bytes_frame_as_a_walk_does(messages, data):
+    assert messages(data) == walk(data)
     data += USUAL_TAIL
-    assert messages(data, len(data)) == walk(data)
+    assert messages(data) == walk(data)
 
 
-def test_a_usual_batch_is_five_messages():
+@pytest.mark.parametrize("messages", IMPLEMENTATIONS)
+def test_a_usual_batch_is_five_messages(messages):
     data = message(b"P", b"\0select 1\0\0\0") + message(b"B", b"\0\0\0\0\0\0\0\0") + USUAL_TAIL
-    assert messages(data, len(data)) == ([0, 17, 30, 37, 47], b"PBDES")
+    assert messages(data) == ([0, 17, 30, 37, 47], b"PBDES")
