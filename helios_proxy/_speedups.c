@@ -1,5 +1,5 @@
 /* The compiled helper of the fast path (issue 33): the byte walks of the hot path in C (an answer's
- * headers: walk; a batch's: messages) and the screen of a simple Query (query_key).
+ * headers: walk_answer; a batch's: messages) and the screen of a simple Query (query_key).
  *
  * Optional: `pip install -e .` builds it where a C compiler is found and goes on without it where
  * none is (setup.py). helios_proxy/speedups.py holds the pure-Python reference of each function,
@@ -15,36 +15,69 @@ static inline Py_ssize_t length_at(const unsigned char *p)
     return ((Py_ssize_t)p[0] << 24) | ((Py_ssize_t)p[1] << 16) | ((Py_ssize_t)p[2] << 8) | (Py_ssize_t)p[3];
 }
 
-/* walk(data, pos, tail, stops) -> int: see speedups.walk. */
-static PyObject *
-walk(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* The stops table of an entry (stops: {entry: 256 bytes}); NULL with an exception set. */
+static const unsigned char *
+table_of(PyObject *entries, Py_ssize_t k, PyObject *stops)
 {
-    if (nargs != 4 || !PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[3])
-            || PyBytes_GET_SIZE(args[3]) != 256) {
-        PyErr_SetString(PyExc_TypeError, "walk(data: bytes, pos: int, tail: int, stops: 256 bytes)");
+    PyObject *entry = PySequence_GetItem(entries, k);
+    if (entry == NULL)
+        return NULL;
+    PyObject *table = PyDict_GetItemWithError(stops, entry);  /* (borrowed) */
+    Py_DECREF(entry);
+    if (table == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_KeyError, "walk_answer: an entry without a stops table");
         return NULL;
     }
-    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (!PyBytes_CheckExact(table) || PyBytes_GET_SIZE(table) != 256) {
+        PyErr_SetString(PyExc_TypeError, "walk_answer: a stops table is 256 bytes");
+        return NULL;
+    }
+    return (const unsigned char *)PyBytes_AS_STRING(table);
+}
+
+/* walk_answer(data, pos, tail, entries, k, stops, middle) -> int: see speedups.py_walk_answer. */
+static PyObject *
+walk_answer(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7 || !PyBytes_CheckExact(args[0]) || !PyDict_CheckExact(args[5]) || !PyBytes_CheckExact(args[6])
+            || PyBytes_GET_SIZE(args[6]) != 256) {
+        PyErr_SetString(PyExc_TypeError,
+                        "walk_answer(data: bytes, pos, tail, entries, k, stops: dict, middle: 256 bytes)");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]), tail, k, last;
     if (pos == -1 && PyErr_Occurred())
         return NULL;
-    Py_ssize_t tail = PyLong_AsSsize_t(args[2]);
-    if (tail == -1 && PyErr_Occurred())
+    if ((tail = PyLong_AsSsize_t(args[2])) == -1 && PyErr_Occurred())
+        return NULL;
+    if ((k = PyLong_AsSsize_t(args[4])) == -1 && PyErr_Occurred())
+        return NULL;
+    if ((last = PySequence_Size(args[3]) - 1) < -1)
         return NULL;
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    const unsigned char *stops = (const unsigned char *)PyBytes_AS_STRING(args[3]);
+    const unsigned char *middle = (const unsigned char *)PyBytes_AS_STRING(args[6]);
     Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    const unsigned char *table = table_of(args[3], k, args[5]);
+    if (table == NULL)
+        return NULL;
     while (pos < tail) {
         if (pos < 0 || pos >= n)
             goto beyond;
-        if (stops[data[pos]])
-            return PyLong_FromSsize_t(pos);
+        unsigned char mtype = data[pos];
+        if (table[mtype]) {
+            if (!middle[mtype] || k == last)
+                return PyLong_FromLong(-1);
+            if ((table = table_of(args[3], ++k, args[5])) == NULL)
+                return NULL;
+        }
         if (pos > n - 5)
             goto beyond;
         pos += 1 + length_at(data + pos + 1);
     }
-    return PyLong_FromSsize_t(pos);
+    return PyLong_FromSsize_t(pos == tail ? k : -1);
 beyond:  /* (a message header it must read is beyond data) */
-    PyErr_SetString(PyExc_ValueError, "walk: a message header beyond the data");
+    PyErr_SetString(PyExc_ValueError, "walk_answer: a message header beyond the data");
     return NULL;
 }
 
@@ -116,9 +149,9 @@ fail:
 }
 
 static PyMethodDef methods[] = {
-    {"walk", (PyCFunction)(void (*)(void))walk, METH_FASTCALL,
-     "walk(data, pos, tail, stops): where the first message at or after pos whose type stops[] names "
-     "begins, or where the walk passed tail."},
+    {"walk_answer", (PyCFunction)(void (*)(void))walk_answer, METH_FASTCALL,
+     "walk_answer(data, pos, tail, entries, k, stops, middle): the index of the entry whose answer "
+     "ends at tail, walking the messages from pos by their headers; -1 where the walk must stop."},
     {"query_key", (PyCFunction)(void (*)(void))query_key, METH_FASTCALL,
      "query_key(data, table): data.translate(table) if data is one whole simple Query with no NUL "
      "inside its text, else None."},

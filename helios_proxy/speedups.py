@@ -1,5 +1,5 @@
 """The fast path's byte walks (issue 33), in C where helios_proxy/_speedups.c was built, else in
-Python: the py_ functions here are the reference, the C ones do exactly what they do; `walk`,
+Python: the py_ functions here are the reference, the C ones do exactly what they do; `walk_answer`,
 `query_key` and `messages` are the ones that run.
 
 The C module is optional: `pip install -e .` builds it where a C compiler is found and goes on
@@ -12,15 +12,25 @@ import os
 from .protocol.framing import length_of
 
 
-def py_walk(data, pos, tail, stops):
-    """Where the first message at or after data[pos] whose type stops names (stops[type] != 0: a
-    256-byte table) begins, walking the messages by their headers; else where the walk passed tail
-    (>= tail). A header it must read beyond data raises (the C one: ValueError)."""
+def py_walk_answer(data, pos, tail, entries, k, stops, middle):
+    """The index of the entry (of entries, a response plan's) whose answer ends at data[tail] (a
+    ReadyForQuery there: relay.ServerStream.whole), walking the messages from data[pos] (where
+    entries[k]'s answer goes on) by their headers: an entry's answer ends at a message its table in
+    stops ({entry: 256 bytes}) names, which must be a usual one (middle[type]) and leaves the next
+    entry's answer to begin. -1 where the walk must stop: a message that is not usual, an answer
+    past the last entry, a message that crosses tail. A header it must read beyond data raises (the
+    C one: ValueError)."""
+    last = len(entries) - 1
+    table = stops[entries[k]]
     while pos < tail:
-        if stops[data[pos]]:
-            return pos
+        mtype = data[pos]
+        if table[mtype]:
+            if not middle[mtype] or k == last:
+                return -1
+            k += 1
+            table = stops[entries[k]]
         pos += 1 + length_of(data, pos)[0]
-    return pos
+    return k if pos == tail else -1
 
 
 def py_query_key(data, table):
@@ -61,16 +71,17 @@ def py_messages(data):
     return starts, bytes(shape)
 
 
-def table(stop_types):
-    """The 256-byte table walk() takes: 1 for each message type in stop_types, else 0."""
-    return bytes(1 if t in stop_types else 0 for t in range(256))
+def table(types):
+    """The 256-byte table walk_answer() takes: 1 for each message type in types, else 0."""
+    return bytes(1 if t in types else 0 for t in range(256))
 
 
-walk, query_key, messages, COMPILED = py_walk, py_query_key, py_messages, False
+walk_answer, query_key, messages, COMPILED = py_walk_answer, py_query_key, py_messages, False
 if not os.environ.get("HELIOS_PURE_PYTHON"):
     try:
         from . import _speedups
     except ImportError:  # (not built: no compiler where it was installed)
         pass
     else:
-        walk, query_key, messages, COMPILED = _speedups.walk, _speedups.query_key, _speedups.messages, True
+        walk_answer, query_key, messages = _speedups.walk_answer, _speedups.query_key, _speedups.messages
+        COMPILED = True

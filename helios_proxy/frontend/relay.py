@@ -33,7 +33,7 @@ from ..protocol.framing import StreamScanner, length_of
 from .plan import ENDS, HIDE, ONE, PLAIN
 from ..continuity import replay
 from ..sockets import FIRST_READ, call_soon, plain, read_rest, recv, wake_when_readable
-from ..speedups import table, walk
+from ..speedups import table, walk_answer
 
 log = logging.getLogger(__name__)
 READY, PARAMETER_STATUS, ERROR = m.READY_FOR_QUERY[0], m.PARAMETER_STATUS[0], m.ERROR_RESPONSE[0]
@@ -49,6 +49,7 @@ EVERYTHING = frozenset(range(256))  # while the proxy's own Query is answered
 # STOPS[plain entry]: the messages the walk stops at, to see what comes (the entry's last, or unusual),
 # as speedups.walk's table
 PLAIN_MIDDLE = frozenset(b"TDCI123nst")
+MIDDLE = table(PLAIN_MIDDLE)
 STOPS = {entry: table(EVERYTHING - (PLAIN_MIDDLE - ENDS[kind])) for kind, entry in PLAIN.items()}
 PLAIN_ENTRIES = frozenset(PLAIN.values())  # (plan.py: the usual entry of each kind, shared)
 ENDED_BY_READY = frozenset(entry for kind, entry in PLAIN.items() if READY in ENDS[kind])  # (Query, Sync)
@@ -182,17 +183,8 @@ class ServerStream:
         tail = n - 6  # (where its ReadyForQuery must begin: it ends the chunk)
         if tail < pos or not data.startswith(READY_HEAD, tail):
             return None  # (the answer goes on in the next chunk, or ends otherwise)
-        stops = STOPS[entries[k]]
-        while True:  # (every message before it: of the usual kinds, ending its entry's answer in turn)
-            pos = walk(data, pos, tail, stops)  # (to the first that ends the entry's answer, or is not usual)
-            if pos >= tail:
-                break
-            if data[pos] not in PLAIN_MIDDLE or k == last:
-                return None
-            k += 1
-            stops = STOPS[entries[k]]
-            pos += 1 + length_of(data, pos)[0]  # (pos < n - 6: its header is in the chunk)
-        if pos != tail or k != last or entries[k] not in ENDED_BY_READY:
+        # every message before it: of the usual kinds, ending its entry's answer in turn (-1: not so)
+        if walk_answer(data, pos, tail, entries, k, STOPS, MIDDLE) != last or entries[last] not in ENDED_BY_READY:
             return None  # (the ReadyForQuery's bytes were a message's inside, or the answer ends otherwise)
         status = data[-1:]
         self.server.tx_status = plan.status = status
@@ -201,7 +193,7 @@ class ServerStream:
             plan.outstanding, answered = 0, None
         else:  # (analytics, plugins' on_query_complete: as feed() notes them)
             entry, answered = plan.answered(), []
-            self.last_tag = last_tag(data, pos)
+            self.last_tag = last_tag(data, tail)
             self.completed(entry, status, answered)
             analytics = session.proxy.analytics
             if analytics is not None and analytics.pending and (analytics.timer is None

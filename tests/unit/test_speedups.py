@@ -11,8 +11,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from helios_proxy import speedups
-from helios_proxy.frontend.relay import STOPS
-from helios_proxy.frontend.plan import PLAIN, QUERY, SYNC
+from collections import deque
+
+from helios_proxy.frontend.relay import MIDDLE, STOPS
+from helios_proxy.frontend.plan import DESCRIBE_PORTAL, EXECUTE, ONE, PLAIN, QUERY, SYNC
 from helios_proxy.sqlshape import DIGITS_TO_0
 
 try:
@@ -40,55 +42,66 @@ def both(name, *args):
     for f in (getattr(speedups, "py_" + name), getattr(_speedups, name)):
         try:
             out.append(f(*args))
-        except (ValueError, TypeError, OverflowError, IndexError, struct.error) as e:  # (the reference's
+        except (ValueError, TypeError, OverflowError, IndexError, KeyError, struct.error) as e:  # (the reference's
             out.append(ValueError if isinstance(e, (IndexError, struct.error)) else type(e))  # as the C one's)
     return out
 
 
-@needs_c
-@pytest.mark.parametrize("answer", [SELECT_ANSWER, ERROR_ANSWER, TRICKY_ANSWER])
-@pytest.mark.parametrize("entry", [PLAIN[QUERY], PLAIN[SYNC]])
-def test_walk_stops_where_the_reference_stops(answer, entry):
-    tail = len(answer) - 6
-    for pos in range(0, 6):
-        ref, fast = both("walk", answer, pos, tail, STOPS[entry])
-        assert ref == fast
-
-
 IMPLEMENTATIONS = [pytest.param(speedups, id="python"),
                    pytest.param(_speedups, id="c", marks=needs_c)]
+QUERY_PLAN = deque([PLAIN[QUERY]])
+BATCH_PLAN = deque([PLAIN[ONE], PLAIN[ONE], PLAIN[DESCRIBE_PORTAL], PLAIN[EXECUTE], PLAIN[SYNC]])
+BATCH_ANSWER = (msg(b"1") + msg(b"2") + msg(b"T", b"\0\1aid\0" + bytes(18)) + msg(b"D", b"\0\1\0\0\0\x011")
+                + msg(b"C", b"SELECT 1\0") + msg(b"Z", b"I"))
+PLANS = [QUERY_PLAN, BATCH_PLAN, deque([PLAIN[SYNC]]), deque([PLAIN[EXECUTE], PLAIN[SYNC]])]
+
+
+def walked(impl, data, entries, pos=0, k=0):
+    walk_answer = impl.py_walk_answer if impl is speedups else impl.walk_answer
+    return walk_answer(data, pos, len(data) - 6, entries, k, STOPS, MIDDLE)
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_walk_steps_over_a_rows_bytes_and_stops_at_an_error(impl):
-    walk = impl.py_walk if impl is speedups else impl.walk
-    stops = STOPS[PLAIN[QUERY]]
-    assert walk(SELECT_ANSWER, 0, len(SELECT_ANSWER) - 6, stops) == len(SELECT_ANSWER) - 6
-    assert walk(TRICKY_ANSWER, 0, len(TRICKY_ANSWER) - 6, stops) == len(TRICKY_ANSWER) - 6
-    assert walk(ERROR_ANSWER, 0, len(ERROR_ANSWER) - 6, stops) == 0
-    assert walk(SELECT_ANSWER, 0, len(SELECT_ANSWER) - 6, STOPS[PLAIN[SYNC]]) == len(SELECT_ANSWER) - 6
+def test_the_walk_finds_which_entry_the_ready_for_query_ends(impl):
+    assert walked(impl, SELECT_ANSWER, QUERY_PLAN) == 0
+    assert walked(impl, TRICKY_ANSWER, QUERY_PLAN) == 0  # (a row's bytes stepped over)
+    assert walked(impl, BATCH_ANSWER, BATCH_PLAN) == 4
+    assert walked(impl, BATCH_ANSWER, BATCH_PLAN, pos=10, k=2) == 4  # (after ParseComplete, BindComplete)
+    assert walked(impl, ERROR_ANSWER, QUERY_PLAN) == -1  # (not a usual message: feed()'s)
+    assert walked(impl, BATCH_ANSWER, deque([PLAIN[ONE]])) == -1  # (an answer past the last entry)
+    assert walked(impl, SELECT_ANSWER, deque([PLAIN[EXECUTE], PLAIN[SYNC]])) == 1
 
 
 @needs_c
-def test_walk_refuses_what_would_read_beyond_the_data_as_the_reference_does():
-    stops = STOPS[PLAIN[QUERY]]
+@pytest.mark.parametrize("answer", [SELECT_ANSWER, ERROR_ANSWER, TRICKY_ANSWER, BATCH_ANSWER])
+@pytest.mark.parametrize("entries", PLANS)
+def test_walk_answer_is_the_references(answer, entries):
+    for pos in range(0, 12):
+        for k in range(len(entries)):
+            ref, fast = both("walk_answer", answer, pos, len(answer) - 6, entries, k, STOPS, MIDDLE)
+            assert ref == fast
+
+
+@needs_c
+def test_walk_answer_refuses_what_would_read_beyond_the_data_as_the_reference_does():
     cut = SELECT_ANSWER[:SELECT_ANSWER.index(b"D\0")] + b"D\0\0"  # (a DataRow's header cut short)
     for data, pos, tail in ((cut, 0, len(cut)), (cut, len(cut) - 3, len(cut)),
                             (SELECT_ANSWER, len(SELECT_ANSWER), 99)):
-        ref, fast = both("walk", data, pos, tail, stops)
+        ref, fast = both("walk_answer", data, pos, tail, QUERY_PLAN, 0, STOPS, MIDDLE)
         assert ref is fast is ValueError
     with pytest.raises(TypeError):
-        _speedups.walk(bytearray(SELECT_ANSWER), 0, 5, stops)
+        _speedups.walk_answer(bytearray(SELECT_ANSWER), 0, 5, QUERY_PLAN, 0, STOPS, MIDDLE)
     with pytest.raises(TypeError):
-        _speedups.walk(SELECT_ANSWER, 0, 5, b"\0" * 255)
+        _speedups.walk_answer(SELECT_ANSWER, 0, 5, QUERY_PLAN, 0, STOPS, MIDDLE[:255])
+    with pytest.raises(KeyError):
+        _speedups.walk_answer(SELECT_ANSWER, 0, 5, deque(["not an entry"]), 0, STOPS, MIDDLE)
 
 
 @needs_c
 @settings(max_examples=400, deadline=None)
-@given(st.binary(min_size=5, max_size=300), st.integers(0, 40), st.integers(0, 300),
-       st.sampled_from([PLAIN[QUERY], PLAIN[SYNC]]))
-def test_walk_matches_the_reference_on_any_bytes(data, pos, tail, entry):
-    ref, fast = both("walk", data, pos, tail, STOPS[entry])
+@given(st.binary(min_size=5, max_size=300), st.integers(0, 40), st.integers(0, 300), st.sampled_from(PLANS))
+def test_walk_answer_matches_the_reference_on_any_bytes(data, pos, tail, entries):
+    ref, fast = both("walk_answer", data, pos, tail, entries, 0, STOPS, MIDDLE)
     assert ref == fast
 
 
@@ -125,7 +138,8 @@ def test_query_key_matches_the_reference_on_any_bytes(text):
 
 
 def test_helios_pure_python_chooses_the_reference():
-    code = "from helios_proxy import speedups; print(speedups.COMPILED, speedups.walk is speedups.py_walk)"
+    code = ("from helios_proxy import speedups; "
+            "print(speedups.COMPILED, speedups.walk_answer is speedups.py_walk_answer)")
     env = {k: v for k, v in os.environ.items() if k != "HELIOS_PURE_PYTHON"}
     pure = subprocess.run([sys.executable, "-c", code], env={**env, "HELIOS_PURE_PYTHON": "1"},
                           capture_output=True, text=True, check=True).stdout.split()
