@@ -105,14 +105,11 @@ query_key(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return key;
 }
 
-/* messages(data) -> ([starts], shape) or None: see speedups.py_messages. */
+/* ([starts], shape) of data's whole messages: see speedups.py_messages; Py_None (a new reference)
+ * when data is not whole messages; NULL with an exception set. */
 static PyObject *
-messages(PyObject *self, PyObject *arg)
+frame(PyObject *arg)
 {
-    if (!PyBytes_CheckExact(arg)) {
-        PyErr_SetString(PyExc_TypeError, "messages(data: bytes)");
-        return NULL;
-    }
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(arg);
     Py_ssize_t n = PyBytes_GET_SIZE(arg), pos = 0, count = 0;
     while (pos < n) {  /* whole messages only: count them */
@@ -148,6 +145,58 @@ fail:
     return NULL;
 }
 
+/* messages(data) -> ([starts], shape) or None: see speedups.py_messages. */
+static PyObject *
+messages(PyObject *self, PyObject *arg)
+{
+    if (!PyBytes_CheckExact(arg)) {
+        PyErr_SetString(PyExc_TypeError, "messages(data: bytes)");
+        return NULL;
+    }
+    return frame(arg);
+}
+
+/* unnamed_batch(data) -> ([starts], shape, nul) or None: see speedups.py_unnamed_batch. */
+static PyObject *
+unnamed_batch(PyObject *self, PyObject *arg)
+{
+    if (!PyBytes_CheckExact(arg)) {
+        PyErr_SetString(PyExc_TypeError, "unnamed_batch(data: bytes)");
+        return NULL;
+    }
+    PyObject *framed = frame(arg);
+    if (framed == NULL || framed == Py_None)
+        return framed;
+    PyObject *starts = PyTuple_GET_ITEM(framed, 0), *shape = PyTuple_GET_ITEM(framed, 1);
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(arg);
+    const char *types = PyBytes_AS_STRING(shape);
+    Py_ssize_t n = PyBytes_GET_SIZE(arg), count = PyBytes_GET_SIZE(shape), nul = -1;
+    if ((count == 5 && memcmp(types, "PBDES", 5) == 0) || (count == 4 && memcmp(types, "PBES", 4) == 0)) {
+        Py_ssize_t bind = PyLong_AsSsize_t(PyList_GET_ITEM(starts, 1));
+        Py_ssize_t execute = PyLong_AsSsize_t(PyList_GET_ITEM(starts, count - 2));
+        Py_ssize_t describe = count == 5 ? PyLong_AsSsize_t(PyList_GET_ITEM(starts, 2)) : 0;
+        /* (every byte read below is within data: an Execute and a Sync follow the Bind, the Describe) */
+        if (bind > 6) {
+            const unsigned char *end = memchr(data + 6, 0, (size_t)(bind - 6));
+            nul = end != NULL ? end - data : -1;
+        }
+        if (data[5] != 0 || data[bind + 5] != 0 || data[bind + 6] != 0 || data[execute + 5] != 0
+                || (count == 5 && ((data[describe + 5] != 'P' && data[describe + 5] != 'S')
+                                   || data[describe + 6] != 0)))
+            nul = -1;  /* (a named statement or portal) */
+        (void)n;
+    }
+    PyObject *nul_obj = PyLong_FromSsize_t(nul);
+    if (nul_obj == NULL) {
+        Py_DECREF(framed);
+        return NULL;
+    }
+    PyObject *out = PyTuple_Pack(3, starts, shape, nul_obj);
+    Py_DECREF(nul_obj);
+    Py_DECREF(framed);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"walk_answer", (PyCFunction)(void (*)(void))walk_answer, METH_FASTCALL,
      "walk_answer(data, pos, tail, entries, k, stops, middle): the index of the entry whose answer "
@@ -155,6 +204,9 @@ static PyMethodDef methods[] = {
     {"query_key", (PyCFunction)(void (*)(void))query_key, METH_FASTCALL,
      "query_key(data, table): data.translate(table) if data is one whole simple Query with no NUL "
      "inside its text, else None."},
+    {"unnamed_batch", (PyCFunction)unnamed_batch, METH_O,
+     "unnamed_batch(data): messages(data) and where the Parse's text ends if data is one unnamed "
+     "extended batch, else -1; None if data is not whole messages."},
     {"messages", (PyCFunction)messages, METH_O,
      "messages(data): ([where each message starts], their types as bytes) of data, whole messages "
      "only; else None."},

@@ -1,6 +1,6 @@
 """The fast path's byte walks (issue 33), in C where helios_proxy/_speedups.c was built, else in
 Python: the py_ functions here are the reference, the C ones do exactly what they do; `walk_answer`,
-`query_key` and `messages` are the ones that run.
+`query_key`, `messages` and `unnamed_batch` are the ones that run.
 
 The C module is optional: `pip install -e .` builds it where a C compiler is found and goes on
 without it where none is (setup.py). HELIOS_PURE_PYTHON=1 in the environment chooses the Python
@@ -71,12 +71,34 @@ def py_messages(data):
     return starts, bytes(shape)
 
 
+UNNAMED_BATCHES = (b"PBDES", b"PBES")  # (Describe: of the portal or statement)
+
+
+def py_unnamed_batch(data):
+    """messages(data) and, third, where the Parse's text ends (its NUL) if data is one unnamed
+    extended batch (Parse, Bind, [Describe,] Execute, Sync: the unnamed statement and portal, a
+    Describe of either), else -1; None if data is not whole messages."""
+    framed = py_messages(data)
+    if framed is None:
+        return None
+    starts, shape = framed
+    nul = -1
+    if shape in UNNAMED_BATCHES:
+        bind, execute = starts[1], starts[-2]
+        nul = data.find(0, 6, bind)
+        if (data[5] != 0 or data[bind + 5] != 0 or data[bind + 6] != 0 or data[execute + 5] != 0
+                or len(starts) == 5 and (data[starts[2] + 5] not in b"PS" or data[starts[2] + 6] != 0)):
+            nul = -1  # (a named statement or portal)
+    return starts, shape, nul
+
+
 def table(types):
     """The 256-byte table walk_answer() takes: 1 for each message type in types, else 0."""
     return bytes(1 if t in types else 0 for t in range(256))
 
 
-walk_answer, query_key, messages, COMPILED = py_walk_answer, py_query_key, py_messages, False
+walk_answer, query_key, messages, unnamed_batch = py_walk_answer, py_query_key, py_messages, py_unnamed_batch
+COMPILED = False
 if not os.environ.get("HELIOS_PURE_PYTHON"):
     try:
         from . import _speedups
@@ -84,4 +106,4 @@ if not os.environ.get("HELIOS_PURE_PYTHON"):
         pass
     else:
         walk_answer, query_key, messages = _speedups.walk_answer, _speedups.query_key, _speedups.messages
-        COMPILED = True
+        unnamed_batch, COMPILED = _speedups.unnamed_batch, True

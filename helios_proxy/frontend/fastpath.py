@@ -31,7 +31,7 @@ from .. import pipeline
 from ..errors import DECODING_ERRORS, ProtocolViolation
 from ..pipeline.stage import StageResult
 from ..protocol.framing import MessageBuffer
-from ..speedups import messages, query_key
+from ..speedups import query_key, unnamed_batch
 from ..sqlshape import DIGITS_TO_0, fast_key_sound
 from ..protocol import messages as m
 from ..sockets import FIRST_READ, READ, plain, read_rest, watcher
@@ -46,12 +46,10 @@ CONTINUE = StageResult.CONTINUE
 LARGEST = 8192  # a Query larger than this takes the usual way (and the kernel takes it in one send)
 QUIET_TEXTS = 512  # texts (fast keys) a session remembers the stages let through
 QUERY_ENTRIES = (p.PLAIN_FOR[Q],)
-# the entries of the unnamed batches taken (BATCHES), in order: what each message's answer ends
+# the entries of the unnamed batches taken (speedups.unnamed_batch), in order: what each message's answer ends
 PBES = (p.PLAIN[p.ONE], p.PLAIN[p.ONE], p.PLAIN[p.EXECUTE], p.PLAIN[p.SYNC])
 PBDES_PORTAL = PBES[:2] + (p.PLAIN[p.DESCRIBE_PORTAL],) + PBES[2:]
 PBDES_STATEMENT = PBES[:2] + (p.PLAIN[p.DESCRIBE_STATEMENT],) + PBES[2:]
-BATCHES = frozenset((b"PBDES", b"PBES"))  # the unnamed extended batches taken (Describe: of the portal or statement)
-DESCRIBED = frozenset(b"PS")
 NAMED = frozenset((b"BDES", b"BES"))  # a named statement's execution (Describe: of the portal)
 PORTAL = ord("P")
 PLAIN_SERVERS = frozenset(("disable", "prefer"))  # [tls] server_mode: server connections may be plain
@@ -316,19 +314,17 @@ class FastPath(Waiting):
         n = len(data)
         if n > LARGEST:
             return "not one unnamed batch"
-        framed = messages(data)
+        framed = unnamed_batch(data)
         if framed is None:
             return "not one unnamed batch"
-        starts, shape = framed
-        if shape in NAMED:
-            return self.bound(data, starts)
-        if shape not in BATCHES:
-            return "the client ends the session" if shape == TERMINATE else "not one unnamed batch"
-        parse_end, bind, execute = starts[1], starts[1], starts[-2]
-        nul = data.find(0, 6, parse_end)
-        if (data[5] != 0 or data[bind + 5] != 0 or data[bind + 6] != 0 or data[execute + 5] != 0 or nul < 0
-                or len(starts) == 5 and (data[starts[2] + 5] not in DESCRIBED or data[starts[2] + 6] != 0)):
-            return "not one unnamed batch"  # (a named statement or portal: translated by the greenlet)
+        starts, shape, nul = framed
+        if nul < 0:
+            if shape in NAMED:
+                return self.bound(data, starts)
+            if shape == TERMINATE:
+                return "the client ends the session"
+            return "not one unnamed batch"  # (or a named statement or portal: translated by the greenlet)
+        parse_end = starts[1]
         if parse_end > fwd.max_query:
             return "not one unnamed batch"
         reason = self.blocked()

@@ -6,12 +6,12 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from helios_proxy.speedups import USUAL_TAIL, py_messages
+from helios_proxy.speedups import USUAL_TAIL, py_messages, py_unnamed_batch
 
 try:
-    from helios_proxy._speedups import messages as c_messages
+    from helios_proxy._speedups import messages as c_messages, unnamed_batch as c_unnamed_batch
 except ImportError:  # (not built: no compiler)
-    c_messages = None
+    c_messages = c_unnamed_batch = None
 
 IMPLEMENTATIONS = [pytest.param(py_messages, id="python"),
                    pytest.param(c_messages, id="c", marks=pytest.mark.skipif(c_messages is None,
@@ -63,3 +63,37 @@ def test_any_bytes_frame_as_a_walk_does(messages, data):
 def test_a_usual_batch_is_five_messages(messages):
     data = message(b"P", b"\0select 1\0\0\0") + message(b"B", b"\0\0\0\0\0\0\0\0") + USUAL_TAIL
     assert messages(data) == ([0, 17, 30, 37, 47], b"PBDES")
+
+
+BATCH_IMPLEMENTATIONS = [pytest.param(py_unnamed_batch, id="python"),
+                         pytest.param(c_unnamed_batch, id="c", marks=pytest.mark.skipif(
+                             c_unnamed_batch is None, reason="the C helper is not built"))]
+UNNAMED = (message(b"P", b"\0select $1\0\0\0") + message(b"B", b"\0\0\0\0\0\1\0\0\0\0011\0\0")
+           + message(b"D", b"P\0") + message(b"E", b"\0\0\0\0\0") + message(b"S", b""))
+
+
+@pytest.mark.parametrize("unnamed_batch", BATCH_IMPLEMENTATIONS)
+def test_an_unnamed_batch_is_told_from_a_named_one(unnamed_batch):
+    starts, shape, nul = unnamed_batch(UNNAMED)
+    assert shape == b"PBDES" and nul == 15 and UNNAMED[6:nul] == b"select $1"
+    assert unnamed_batch(UNNAMED.replace(b"D\0\0\0\6P\0", b"D\0\0\0\6S\0"))[2] == 15  # (Describe of the statement)
+    named = [message(b"P", b"s1\0select $1\0\0\0") + UNNAMED[18:],  # a named statement
+             UNNAMED.replace(b"E\0\0\0\x09\0", b"E\0\0\0\x0ap\0"),  # a named portal
+             UNNAMED.replace(b"D\0\0\0\6P\0", b"D\0\0\0\6X\0")]  # a Describe of neither
+    for data in named:
+        framed = unnamed_batch(data)
+        assert framed is not None and framed[2] == -1, data
+    assert unnamed_batch(UNNAMED[:-1]) is None
+    bound = UNNAMED[18:]  # (Bind, Describe, Execute, Sync: a prepared statement's execution)
+    assert unnamed_batch(bound)[1:] == (b"BDES", -1)
+
+
+@pytest.mark.skipif(c_unnamed_batch is None, reason="the C helper is not built")
+@FAST
+@given(st.binary(max_size=30), st.binary(max_size=30), st.binary(max_size=8), st.binary(max_size=8),
+       st.booleans())
+def test_unnamed_batch_is_the_references_on_any_batch(parse, bind, describe, execute, described):
+    data = (message(b"P", parse) + message(b"B", bind) + (message(b"D", describe) if described else b"")
+            + message(b"E", execute) + message(b"S", b""))
+    assert c_unnamed_batch(data) == py_unnamed_batch(data)
+    assert c_unnamed_batch(data[:-3]) == py_unnamed_batch(data[:-3])
