@@ -30,7 +30,7 @@ from ..plugins.actions import Outcome
 from ..pool.lease import Lease, ends_here
 from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner, length_of
-from .plan import ENDS, HIDE, ONE, PLAIN
+from .plan import ENDS, HIDE, PLAIN
 from ..continuity import replay
 from ..sockets import FIRST_READ, call_soon, plain, read_rest, recv, wake_when_readable
 from ..speedups import table, walk_answer
@@ -53,9 +53,6 @@ MIDDLE = table(PLAIN_MIDDLE)
 STOPS = {entry: table(EVERYTHING - (PLAIN_MIDDLE - ENDS[kind])) for kind, entry in PLAIN.items()}
 PLAIN_ENTRIES = frozenset(PLAIN.values())  # (plan.py: the usual entry of each kind, shared)
 ENDED_BY_READY = frozenset(entry for kind, entry in PLAIN.items() if READY in ENDS[kind])  # (Query, Sync)
-ONE_ENTRY = PLAIN[ONE]  # (a Parse's, a Bind's: ended by ParseComplete, BindComplete, CloseComplete)
-BOUND = m.BIND_COMPLETE + b"\0\0\0\x04"  # (BindComplete, whole)
-PARSED_BOUND = m.PARSE_COMPLETE + b"\0\0\0\x04" + BOUND
 READY_HEAD = m.READY_FOR_QUERY + b"\0\0\0\x05"  # (a ReadyForQuery's type and length: its status follows)
 
 
@@ -173,18 +170,12 @@ class ServerStream:
         if cache_state is not None and cache_state.fill is not None:
             return None
         n = len(data)
-        pos = k = 0
-        last = len(entries) - 1
-        if entries[0] is ONE_ENTRY:  # (a batch's ParseComplete and BindComplete: one look, as the walk would take them)
-            if last > 1 and entries[1] is ONE_ENTRY and n > 10 and data.startswith(PARSED_BOUND):
-                pos, k = 10, 2
-            elif last > 0 and n > 5 and data.startswith(BOUND):
-                pos, k = 5, 1
         tail = n - 6  # (where its ReadyForQuery must begin: it ends the chunk)
-        if tail < pos or not data.startswith(READY_HEAD, tail):
+        if tail < 0 or not data.startswith(READY_HEAD, tail):
             return None  # (the answer goes on in the next chunk, or ends otherwise)
         # every message before it: of the usual kinds, ending its entry's answer in turn (-1: not so)
-        if walk_answer(data, pos, tail, entries, k, STOPS, MIDDLE) != last or entries[last] not in ENDED_BY_READY:
+        last = len(entries) - 1
+        if walk_answer(data, 0, tail, entries, 0, STOPS, MIDDLE) != last or entries[last] not in ENDED_BY_READY:
             return None  # (the ReadyForQuery's bytes were a message's inside, or the answer ends otherwise)
         status = data[-1:]
         self.server.tx_status = plan.status = status
