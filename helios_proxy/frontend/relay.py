@@ -47,7 +47,7 @@ EVERYTHING = frozenset(range(256))  # while the proxy's own Query is answered
 # an ErrorResponse, a notice, a ParameterStatus, COPY..., is feed()'s).
 # whole(): the usual messages of an answer before its ReadyForQuery (no error, notice, copy...);
 # STOPS[plain entry]: the messages the walk stops at, to see what comes (the entry's last, or unusual),
-# as speedups.walk's table
+# as speedups.walk_answer's tables
 PLAIN_MIDDLE = frozenset(b"TDCI123nst")
 MIDDLE = table(PLAIN_MIDDLE)
 STOPS = {entry: table(EVERYTHING - (PLAIN_MIDDLE - ENDS[kind])) for kind, entry in PLAIN.items()}
