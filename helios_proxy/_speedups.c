@@ -1,5 +1,5 @@
 /* The compiled helper of the fast path (issue 33): the byte walks of the hot path in C (an answer's
- * headers: walk_answer; a batch's: messages) and the screen of a simple Query (query_key).
+ * headers: walk_answer; a batch's: unnamed_batch) and the screen of a simple Query (query_key).
  *
  * Optional: `pip install -e .` builds it where a C compiler is found and goes on without it where
  * none is (setup.py). helios_proxy/speedups.py holds the pure-Python reference of each function,
@@ -145,17 +145,6 @@ fail:
     return NULL;
 }
 
-/* messages(data) -> ([starts], shape) or None: see speedups.py_messages. */
-static PyObject *
-messages(PyObject *self, PyObject *arg)
-{
-    if (!PyBytes_CheckExact(arg)) {
-        PyErr_SetString(PyExc_TypeError, "messages(data: bytes)");
-        return NULL;
-    }
-    return frame(arg);
-}
-
 /* unnamed_batch(data) -> ([starts], shape, nul) or None: see speedups.py_unnamed_batch. */
 static PyObject *
 unnamed_batch(PyObject *self, PyObject *arg)
@@ -205,11 +194,8 @@ static PyMethodDef methods[] = {
      "query_key(data, table): data.translate(table) if data is one whole simple Query with no NUL "
      "inside its text, else None."},
     {"unnamed_batch", (PyCFunction)unnamed_batch, METH_O,
-     "unnamed_batch(data): messages(data) and where the Parse's text ends if data is one unnamed "
+     "unnamed_batch(data): ([starts], shape) of data's whole messages and where the Parse's text ends if data is one unnamed "
      "extended batch, else -1; None if data is not whole messages."},
-    {"messages", (PyCFunction)messages, METH_O,
-     "messages(data): ([where each message starts], their types as bytes) of data, whole messages "
-     "only; else None."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,6 +1,7 @@
 """The fast path's byte walks (issue 33), in C where helios_proxy/_speedups.c was built, else in
 Python: the py_ functions here are the reference, the C ones do exactly what they do; `walk_answer`,
-`query_key`, `messages` and `unnamed_batch` are the ones that run.
+`query_key` and `unnamed_batch` are the ones that run (py_messages: the framing the last one
+starts with).
 
 The C module is optional: `pip install -e .` builds it where a C compiler is found and goes on
 without it where none is (setup.py). HELIOS_PURE_PYTHON=1 in the environment chooses the Python
@@ -75,7 +76,7 @@ UNNAMED_BATCHES = (b"PBDES", b"PBES")  # (Describe: of the portal or statement)
 
 
 def py_unnamed_batch(data):
-    """messages(data) and, third, where the Parse's text ends (its NUL) if data is one unnamed
+    """py_messages(data) and, third, where the Parse's text ends (its NUL) if data is one unnamed
     extended batch (Parse, Bind, [Describe,] Execute, Sync: the unnamed statement and portal, a
     Describe of either), else -1; None if data is not whole messages."""
     framed = py_messages(data)
@@ -97,7 +98,7 @@ def table(types):
     return bytes(1 if t in types else 0 for t in range(256))
 
 
-walk_answer, query_key, messages, unnamed_batch = py_walk_answer, py_query_key, py_messages, py_unnamed_batch
+walk_answer, query_key, unnamed_batch = py_walk_answer, py_query_key, py_unnamed_batch
 COMPILED = False
 if not os.environ.get("HELIOS_PURE_PYTHON"):
     try:
@@ -105,5 +106,5 @@ if not os.environ.get("HELIOS_PURE_PYTHON"):
     except ImportError:  # (not built: no compiler where it was installed)
         pass
     else:
-        walk_answer, query_key, messages = _speedups.walk_answer, _speedups.query_key, _speedups.messages
-        unnamed_batch, COMPILED = _speedups.unnamed_batch, True
+        walk_answer, query_key, unnamed_batch = _speedups.walk_answer, _speedups.query_key, _speedups.unnamed_batch
+        COMPILED = True
