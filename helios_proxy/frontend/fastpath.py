@@ -268,16 +268,9 @@ class FastPath(Waiting):
                         remember(self.writes, key)
             else:
                 stages = None  # (let through by every stage: nothing to hand over if no connection fits)
-        if lease is None:  # (go_on(), as it is here: a call less per transaction)
-            if stages:
-                fwd.premade = (ctx, result, sql, "", b"")  # (for the greenlet, should no connection fit)
-            took = session.slot.take_now()
-            if took is not True:
-                return self.line_up(took, data, FastPath.query_sent, None)
-            lease = session.slot.lease
-        fwd.premade = None
-        self.query_sent(lease, data, None)
-        return None
+        if stages and lease is None:
+            fwd.premade = (ctx, result, sql, "", b"")  # (for the greenlet, should no connection fit)
+        return self.go_on(lease, data, FastPath.query_sent, None)
 
     def go_on(self, lease, data, go, args):
         """The request goes on (go, a FastPath method: no bound method made per request): on the

@@ -25,7 +25,6 @@ from ..pool.reset import reset_for_reuse
 from ..backend.statements import invalidate_all
 from ..continuity.session_migrate import capture
 from ..protocol import messages as m
-from ..topology.tracker import CONFIRMED
 from . import handshake, relay
 
 log = logging.getLogger(__name__)
@@ -145,11 +144,9 @@ class LeaseSlot:
         else:
             target = "primary"
             pool = self.pool
-            node = pool.node
-            buffer = proxy.buffer  # (buffer.ready() is this pool's node, inline: one call less per transaction)
-            tracker, breakers = buffer.tracker, router.breakers
-            if (buffer.paused or tracker.state != CONFIRMED or tracker.primary != node.name
-                    or node.name not in tracker.by_name or breakers.enabled and not breakers.allows(node)):
+            node = proxy.buffer.ready()
+            breakers = router.breakers
+            if node is None or node.name != pool.node.name or breakers.enabled and not breakers.allows(node):
                 return False
         server = pool.take_idle()
         if server is None:  # (a full pool: the request may wait in its line, frontend/queued.py)
