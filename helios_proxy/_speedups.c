@@ -1,5 +1,6 @@
 /* The compiled helper of the fast path (issue 33): the byte walks of the hot path in C (an answer's
- * headers: walk_answer; a batch's: unnamed_batch) and the screen of a simple Query (query_key).
+ * headers: walk_answer; a batch's: unnamed_batch), the screen of a simple Query (query_key), and
+ * the loop callbacks' reads and writes of non-blocking sockets (read, write).
  *
  * Optional: `pip install -e .` builds it where a C compiler is found and goes on without it where
  * none is (setup.py). helios_proxy/speedups.py holds the pure-Python reference of each function,
@@ -9,6 +10,41 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
+#include <unistd.h>
+
+#define READ_SIZE 65536  /* sockets.READ_SIZE */
+static char scratch[READ_SIZE];  /* read()'s: the GIL is held throughout, no other thread uses it */
+
+/* A file descriptor argument; -1 with an exception set. */
+static int
+descriptor(PyObject *arg)
+{
+    long fd = PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred())
+        return -1;
+    if (fd < -1 || fd > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "a file descriptor out of range");
+        return -1;
+    }
+    if (fd == -1) {  /* (a closed socket's fileno()) */
+        errno = EBADF;
+        PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return (int)fd;
+}
+
+/* Whether a system call that failed with errno should be made again (EINTR, no signal handler
+ * raised); else NULL's exception is set. */
+static int
+again(int error)
+{
+    if (error == EINTR)
+        return PyErr_CheckSignals() == 0;
+    errno = error;
+    PyErr_SetFromErrno(PyExc_OSError);
+    return 0;
+}
 
 static inline Py_ssize_t length_at(const unsigned char *p)
 {
@@ -186,6 +222,51 @@ unnamed_batch(PyObject *self, PyObject *arg)
     return out;
 }
 
+/* read(fd) -> bytes: see speedups.py_read. os.read(fd, READ_SIZE) without giving up the GIL (the
+ * descriptor is non-blocking: the call never waits, and giving the GIL up and taking it back cost
+ * more than the system call) and without a bytes object of READ_SIZE shrunk to what came. */
+static PyObject *
+read_(PyObject *self, PyObject *arg)
+{
+    int fd = descriptor(arg);
+    if (fd == -1)
+        return NULL;
+    for (;;) {
+        ssize_t n = read(fd, scratch, READ_SIZE);
+        if (n >= 0)
+            return PyBytes_FromStringAndSize(scratch, n);
+        if (!again(errno))
+            return NULL;
+    }
+}
+
+/* write(fd, data) -> int: os.write(fd, data) without giving up the GIL (as read()). */
+static PyObject *
+write_(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "write(fd, data)");
+        return NULL;
+    }
+    int fd = descriptor(args[0]);
+    if (fd == -1)
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    for (;;) {
+        ssize_t n = write(fd, view.buf, (size_t)view.len);
+        if (n >= 0) {
+            PyBuffer_Release(&view);
+            return PyLong_FromSsize_t(n);
+        }
+        if (!again(errno)) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+    }
+}
+
 static PyMethodDef methods[] = {
     {"walk_answer", (PyCFunction)(void (*)(void))walk_answer, METH_FASTCALL,
      "walk_answer(data, pos, tail, entries, k, stops, middle): the index of the entry whose answer "
@@ -196,6 +277,10 @@ static PyMethodDef methods[] = {
     {"unnamed_batch", (PyCFunction)unnamed_batch, METH_O,
      "unnamed_batch(data): ([starts], shape) of data's whole messages and where the Parse's text ends if data is one unnamed "
      "extended batch, else -1; None if data is not whole messages."},
+    {"read", (PyCFunction)read_, METH_O,
+     "read(fd): os.read(fd, 65536) of a non-blocking descriptor, the GIL kept."},
+    {"write", (PyCFunction)(void (*)(void))write_, METH_FASTCALL,
+     "write(fd, data): os.write(fd, data) of a non-blocking descriptor, the GIL kept."},
     {NULL, NULL, 0, NULL},
 };
 

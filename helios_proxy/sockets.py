@@ -1,11 +1,12 @@
 """Socket helpers shared by the client and server sides."""
-from os import read, write
 import socket
 
 import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 from gevent.lock import Semaphore
+
+from .speedups import write
 
 
 def sendall(sock, data):
@@ -70,27 +71,9 @@ def watcher(sock, events=READ):
     return gevent.get_hub().loop.io(sock.fileno(), events)
 
 
-# The loop callbacks' reads (frontend/relay.py CallbackPump.readable, frontend/fastpath.py
-# FastPath.readable) take up to READ_SIZE bytes with os.read on the kernel socket's descriptor
-# (`raw.fileno()`: -1 once closed, EBADF, never another connection's bytes), inline: a third of the
-# instructions of socket.recv_into and a slice of a scratch buffer (whose arguments CPython parses
-# the old way); BlockingIOError when nothing has arrived, b"" at EOF. Writes likewise use os.write.
-# A read asks for FIRST_READ bytes first: os.read allocates the bytes object of the size asked
-# and shrinks it to what came; up to 479 bytes (512 with its header) CPython's small-object
-# allocator serves it, above that malloc does (~650 instructions more per read: the common
-# request and answer are a few dozen bytes). A read that filled it takes the rest at once
-# (read_rest: one system call more, only for a larger message).
-READ_SIZE = 1 << 16
-FIRST_READ = 479
-
-
-def read_rest(fd, data):
-    """data (FIRST_READ bytes read from fd) and what else fd has now, up to READ_SIZE more (an error
-    or EOF is the next read's to see: the bytes in hand go on first)."""
-    try:
-        return data + read(fd, READ_SIZE)
-    except OSError:
-        return data
+# The loop callbacks' reads and writes use speedups.read and speedups.write on the kernel socket's
+# descriptor (os.read and os.write, or the compiled helper's: a third of the instructions of
+# socket.recv_into and socket.send, whose arguments CPython parses the old way).
 
 
 def in_hub():
@@ -137,7 +120,7 @@ class Writer:
             self.pending.append(bytes(data))
             return
         try:
-            sent = write(self.raw.fileno(), data)  # (os.write: cheaper than socket.send, see READ_SIZE)
+            sent = write(self.raw.fileno(), data)  # (speedups.write: cheaper than socket.send)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as e:

@@ -1,7 +1,7 @@
-"""The fast path's byte walks (issue 33), in C where helios_proxy/_speedups.c was built, else in
-Python: the py_ functions here are the reference, the C ones do exactly what they do; `walk_answer`,
-`query_key` and `unnamed_batch` are the ones that run (py_messages: the framing the last one
-starts with).
+"""The fast path's byte walks (issue 33) and its loop callbacks' reads and writes, in C where
+helios_proxy/_speedups.c was built, else in Python: the py_ functions here are the reference, the C
+ones do exactly what they do; `walk_answer`, `query_key`, `unnamed_batch`, `read` and `write` are
+the ones that run (py_messages: the framing unnamed_batch starts with).
 
 The C module is optional: `pip install -e .` builds it where a C compiler is found and goes on
 without it where none is (setup.py). HELIOS_PURE_PYTHON=1 in the environment chooses the Python
@@ -11,6 +11,35 @@ tests/unit/test_speedups.py runs both on the same inputs.
 import os
 
 from .protocol.framing import length_of
+
+# The loop callbacks' reads (frontend/relay.py CallbackPump.readable, frontend/fastpath.py
+# FastPath.readable) take what a non-blocking socket has, up to READ_SIZE bytes, from its kernel
+# socket's descriptor (`raw.fileno()`: -1 once closed, EBADF, never another connection's bytes):
+# BlockingIOError when nothing has arrived, b"" at EOF, as os.read. In Python (py_read) a read asks
+# for FIRST_READ bytes first: os.read allocates the bytes object of the size asked and shrinks it
+# to what came; up to 479 bytes (512 with its header) CPython's small-object allocator serves it,
+# above that malloc does (~650 instructions more per read: the common request and answer are a few
+# dozen bytes); a read that filled it takes the rest at once (one system call more, only for a
+# larger message). The C read reads into a buffer of its own, and neither it nor the C write gives
+# up the GIL: the descriptor never makes them wait, and giving the GIL up and taking it back cost
+# more than the system call (~500 instructions).
+READ_SIZE = 1 << 16
+FIRST_READ = 479
+
+
+def py_read(fd):
+    """os.read(fd, READ_SIZE), FIRST_READ first (an error or EOF after FIRST_READ bytes is the next
+    read's to see: the bytes in hand go on first)."""
+    data = os.read(fd, FIRST_READ)
+    if len(data) == FIRST_READ:
+        try:
+            data += os.read(fd, READ_SIZE)
+        except OSError:
+            pass
+    return data
+
+
+py_write = os.write
 
 
 def py_walk_answer(data, pos, tail, entries, k, stops, middle):
@@ -98,7 +127,7 @@ def table(types):
     return bytes(1 if t in types else 0 for t in range(256))
 
 
-walk_answer, query_key, unnamed_batch = py_walk_answer, py_query_key, py_unnamed_batch
+walk_answer, query_key, unnamed_batch, read, write = py_walk_answer, py_query_key, py_unnamed_batch, py_read, py_write
 COMPILED = False
 if not os.environ.get("HELIOS_PURE_PYTHON"):
     try:
@@ -107,4 +136,5 @@ if not os.environ.get("HELIOS_PURE_PYTHON"):
         pass
     else:
         walk_answer, query_key, unnamed_batch = _speedups.walk_answer, _speedups.query_key, _speedups.unnamed_batch
+        read, write = _speedups.read, _speedups.write
         COMPILED = True

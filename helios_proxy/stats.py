@@ -2,9 +2,8 @@
 into a Counters of its own (queries, transactions, bytes, wait time: `session.counters`), and these
 totals collect what closed sessions counted. A scrape adds the live sessions to them."""
 import time
-from bisect import bisect_left
-from collections import Counter, deque
-from itertools import repeat
+from bisect import bisect_right
+from collections import deque
 
 from .periodic import Periodic
 
@@ -56,9 +55,17 @@ class Stats:
     def add_up(self):
         """The durations appended to `took` (pooled modes: from lease to release), into the histogram."""
         took, self.took = self.took, []
-        histogram = self._histogram
-        for bucket, n in Counter(map(bisect_left, repeat(BUCKETS), took)).items():  # (C loops)
-            histogram[bucket] += n
+        if not took:
+            return
+        # Sorted (a C sort of floats: ~15 comparisons each), each bucket's count is where its bound
+        # falls: a third of the instructions of finding each duration's bucket.
+        took.sort()
+        histogram, below = self._histogram, 0
+        for bucket, bound in enumerate(BUCKETS):  # (bucket: the durations over the bound before, up to its own)
+            upto = bisect_right(took, bound, below)
+            histogram[bucket] += upto - below
+            below = upto
+        histogram[-1] += len(took) - below
         self._sum += sum(took)
 
     @property

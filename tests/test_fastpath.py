@@ -117,10 +117,10 @@ def test_pipelined_queries_a_large_one_and_an_error_go_the_usual_way_and_answer_
 
 
 def test_requests_and_answers_about_the_size_of_the_first_read_take_the_fast_path_whole(fast):
-    """The callbacks read FIRST_READ bytes first and the rest only when it filled (sockets.py):
-    a Query and an answer just below, at and above it, and far above, all on the fast path and
-    all answered whole."""
-    from helios_proxy.sockets import FIRST_READ
+    """The callbacks' reads in Python take FIRST_READ bytes first and the rest only when it filled
+    (speedups.py_read; the C read, READ_SIZE at once): a Query and an answer just below, at and
+    above it, and far above, all on the fast path and all answered whole."""
+    from helios_proxy.speedups import FIRST_READ
     conn, cur = fast.autocommit()
     cur.execute("select 1")  # (the session's first request)
     before, asked = counts(fast)["hits"], 0

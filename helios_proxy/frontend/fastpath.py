@@ -22,7 +22,6 @@ off and the client's socket is plain (not TLS); `[server] fast_path`.
 Hits and misses by reason: /stats (total_fast_path_*), GET /fast_path, Prometheus.
 """
 import logging
-from os import read, write
 
 import gevent
 from gevent.hub import Waiter
@@ -31,10 +30,10 @@ from .. import pipeline
 from ..errors import DECODING_ERRORS, ProtocolViolation
 from ..pipeline.stage import StageResult
 from ..protocol.framing import MessageBuffer
-from ..speedups import query_key, unnamed_batch
+from ..speedups import query_key, read, unnamed_batch, write
 from ..sqlshape import DIGITS_TO_0, fast_key_sound
 from ..protocol import messages as m
-from ..sockets import FIRST_READ, READ, plain, read_rest, watcher
+from ..sockets import READ, plain, watcher
 from ..continuity import replay
 from . import decisions, plan as p, statements, unnamed
 from .fastpath_waits import Waiting
@@ -128,11 +127,8 @@ class FastPath(Waiting):
             self.watcher = None
 
     def readable(self):
-        try:  # (os.read on the descriptor: sockets.READ_SIZE, FIRST_READ)
-            fd = self.raw.fileno()
-            data = read(fd, FIRST_READ)
-            if len(data) == FIRST_READ:
-                data = read_rest(fd, data)
+        try:
+            data = read(self.raw.fileno())  # (speedups.read: what the socket has)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:

@@ -15,7 +15,6 @@ Two pumps feed it:
   does not show, and its writes cannot be retried byte-exact from a callback).
 """
 import logging
-from os import read
 import time
 from time import monotonic
 import weakref
@@ -32,8 +31,8 @@ from ..protocol import codec, messages as m
 from ..protocol.framing import StreamScanner, length_of
 from .plan import ENDS, HIDE, PLAIN
 from ..continuity import replay
-from ..sockets import FIRST_READ, call_soon, plain, read_rest, recv, wake_when_readable
-from ..speedups import table, walk_answer
+from ..sockets import call_soon, plain, recv, wake_when_readable
+from ..speedups import read, table, walk_answer
 
 log = logging.getLogger(__name__)
 READY, PARAMETER_STATUS, ERROR = m.READY_FOR_QUERY[0], m.PARAMETER_STATUS[0], m.ERROR_RESPONSE[0]
@@ -310,11 +309,8 @@ class CallbackPump:
         server = self.server
         try:
             if data is None:
-                try:  # (os.read on the descriptor: sockets.READ_SIZE, FIRST_READ)
-                    fd = server.raw.fileno()
-                    data = read(fd, FIRST_READ)
-                    if len(data) == FIRST_READ:
-                        data = read_rest(fd, data)
+                try:
+                    data = read(server.raw.fileno())  # (speedups.read: what the socket has)
                 except (BlockingIOError, InterruptedError):
                     return
                 if not data:

@@ -2,7 +2,9 @@
 the same answers (and the same refusals) on the same inputs, from real answers and requests to
 random bytes. The whole suite runs with whichever of the two the environment chooses
 (HELIOS_PURE_PYTHON=1: the reference; .ci/run runs its second pass so)."""
+import errno
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -147,3 +149,52 @@ def test_helios_pure_python_chooses_the_reference():
     chosen = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                             check=True).stdout.split()
     assert chosen == (["True", "False"] if _speedups is not None else ["False", "True"])
+
+
+def io_of(impl):
+    """(read, write) of impl: the reference's py_ functions, or the C module's."""
+    if impl is speedups:
+        return speedups.py_read, speedups.py_write
+    return impl.read, impl.write
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_read_and_write_move_what_a_non_blocking_socket_has_as_os_read_and_write_do(impl):
+    read, write = io_of(impl)
+    a, b = socket.socketpair()
+    try:
+        a.setblocking(False)
+        b.setblocking(False)
+        with pytest.raises(BlockingIOError):  # nothing has arrived
+            read(b.fileno())
+        assert write(a.fileno(), b"Q\0\0\0\x0dselect 1\0") == 14
+        assert read(b.fileno()) == b"Q\0\0\0\x0dselect 1\0"
+        large = bytes(range(256)) * 200  # more than a first small read takes, less than READ_SIZE
+        assert write(a.fileno(), memoryview(large)[:40000]) == 40000  # (any bytes-like object)
+        got = b""
+        while len(got) < 40000:
+            got += read(b.fileno())
+        assert got == large[:40000]
+        a.close()
+        assert read(b.fileno()) == b""  # EOF
+    finally:
+        a.close()
+        b.close()
+    with pytest.raises(OSError) as closed:  # (a closed socket's fileno() is -1: never another connection's bytes)
+        read(b.fileno())
+    assert closed.value.errno == errno.EBADF
+    with pytest.raises(OSError) as closed:
+        write(-1, b"x")
+    assert closed.value.errno == errno.EBADF
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_a_write_the_kernel_takes_only_in_part_says_how_much_it_took(impl):
+    read, write = io_of(impl)
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        sent = write(a.fileno(), bytes(8 << 20))  # (more than a socket buffer holds)
+        assert 0 < sent < 8 << 20
+        with pytest.raises(BlockingIOError):  # full
+            write(a.fileno(), b"x")
