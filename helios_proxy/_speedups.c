@@ -51,7 +51,9 @@ static inline Py_ssize_t length_at(const unsigned char *p)
     return ((Py_ssize_t)p[0] << 24) | ((Py_ssize_t)p[1] << 16) | ((Py_ssize_t)p[2] << 8) | (Py_ssize_t)p[3];
 }
 
-/* The stops table of an entry (stops: {entry: 256 bytes}); NULL with an exception set. */
+static const unsigned char NO_TABLE[1];  /* table_of(): the entry has none (not a usual one) */
+
+/* The stops table of an entry (stops: {entry: 256 bytes}); NO_TABLE; NULL with an exception set. */
 static const unsigned char *
 table_of(PyObject *entries, Py_ssize_t k, PyObject *stops)
 {
@@ -60,11 +62,8 @@ table_of(PyObject *entries, Py_ssize_t k, PyObject *stops)
         return NULL;
     PyObject *table = PyDict_GetItemWithError(stops, entry);  /* (borrowed) */
     Py_DECREF(entry);
-    if (table == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_KeyError, "walk_answer: an entry without a stops table");
-        return NULL;
-    }
+    if (table == NULL)
+        return PyErr_Occurred() ? NULL : NO_TABLE;
     if (!PyBytes_CheckExact(table) || PyBytes_GET_SIZE(table) != 256) {
         PyErr_SetString(PyExc_TypeError, "walk_answer: a stops table is 256 bytes");
         return NULL;
@@ -97,6 +96,8 @@ walk_answer(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     const unsigned char *table = table_of(args[3], k, args[5]);
     if (table == NULL)
         return NULL;
+    if (table == NO_TABLE)
+        return PyLong_FromLong(-1);
     while (pos < tail) {
         if (pos < 0 || pos >= n)
             goto beyond;
@@ -106,6 +107,8 @@ walk_answer(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 return PyLong_FromLong(-1);
             if ((table = table_of(args[3], ++k, args[5])) == NULL)
                 return NULL;
+            if (table == NO_TABLE)
+                return PyLong_FromLong(-1);
         }
         if (pos > n - 5)
             goto beyond;

@@ -47,18 +47,22 @@ def py_walk_answer(data, pos, tail, entries, k, stops, middle):
     ReadyForQuery there: relay.ServerStream.whole), walking the messages from data[pos] (where
     entries[k]'s answer goes on) by their headers: an entry's answer ends at a message its table in
     stops ({entry: 256 bytes}) names, which must be a usual one (middle[type]) and leaves the next
-    entry's answer to begin. -1 where the walk must stop: a message that is not usual, an answer
-    past the last entry, a message that crosses tail. A header it must read beyond data raises (the
-    C one: ValueError)."""
+    entry's answer to begin. -1 where the walk must stop: an entry stops has no table for (not a
+    usual one), a message that is not usual, an answer past the last entry, a message that crosses
+    tail. A header it must read beyond data raises (the C one: ValueError)."""
     last = len(entries) - 1
-    table = stops[entries[k]]
+    table = stops.get(entries[k])
+    if table is None:
+        return -1
     while pos < tail:
         mtype = data[pos]
         if table[mtype]:
             if not middle[mtype] or k == last:
                 return -1
             k += 1
-            table = stops[entries[k]]
+            table = stops.get(entries[k])
+            if table is None:
+                return -1
         pos += 1 + length_of(data, pos)[0]
     return k if pos == tail else -1
 

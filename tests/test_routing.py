@@ -453,3 +453,33 @@ def test_a_busy_primary_pool_never_makes_a_lagging_standby_look_fresh(start_prox
         paused.cursor().execute("select pg_wal_replay_resume()")
         paused.close()
         cluster.wait_replayed()
+
+
+def test_the_health_probes_keep_their_connection_and_a_closed_one_is_not_a_failure(start_proxy, cluster, direct):
+    """A probe per interval on the connection the last good probe used (not a backend's start per
+    probe and node); a kept connection the server closed is replaced at once, and the node stays
+    healthy even when a single failure would count (failure_threshold = 1)."""
+    proxy = start_proxy(pool={"mode": "transaction"}, nodes=nodes(cluster)[:1],  # (its probes: told by their database)
+                        health={"interval": 0.1, "failure_threshold": 1, "database": "template1"})
+    cur = direct.cursor()
+
+    def probes():
+        cur.execute("select pid from pg_stat_activity where application_name = 'helios-health' "
+                    "and datname = 'template1'")
+        return {row[0] for row in cur.fetchall()}
+
+    seen, deadline = set(), time.time() + 1.5  # ~15 probes
+    while time.time() < deadline:
+        seen |= probes()
+        time.sleep(0.02)
+    assert len(seen) == 1, seen  # one backend all along
+    cur.execute("select pg_terminate_backend(%s)", (seen.pop(),))
+    deadline = time.time() + 10
+    while not probes() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert len(probes()) == 1
+    assert "is unhealthy" not in proxy.output()
+    conn, pcur = proxy.autocommit()
+    pcur.execute("select 1")  # (the primary still takes writes: no failover, no buffering)
+    conn.close()

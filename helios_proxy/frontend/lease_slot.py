@@ -159,7 +159,8 @@ class LeaseSlot:
         to its pool, when it does not carry the client's settings: applying them is take()'s; or
         when it speaks TLS ([tls] server_mode = prefer): its pump is a greenlet, only one may write to it)."""
         session = self.session
-        if server.settings_key != session.settings.key or server.raw is None:  # (raw None: TLS, the greenlet's)
+        key = session.settings.key  # (settings_key: equal keys are usually one object, `is` decides at once)
+        if server.settings_key is not key and server.settings_key != key or server.raw is None:  # (raw None: TLS)
             pool.release(server)
             return False
         route = session.route

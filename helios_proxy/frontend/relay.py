@@ -50,7 +50,6 @@ EVERYTHING = frozenset(range(256))  # while the proxy's own Query is answered
 PLAIN_MIDDLE = frozenset(b"TDCI123nst")
 MIDDLE = table(PLAIN_MIDDLE)
 STOPS = {entry: table(EVERYTHING - (PLAIN_MIDDLE - ENDS[kind])) for kind, entry in PLAIN.items()}
-PLAIN_ENTRIES = frozenset(PLAIN.values())  # (plan.py: the usual entry of each kind, shared)
 ENDED_BY_READY = frozenset(entry for kind, entry in PLAIN.items() if READY in ENDS[kind])  # (Query, Sync)
 READY_HEAD = m.READY_FOR_QUERY + b"\0\0\0\x05"  # (a ReadyForQuery's type and length: its status follows)
 
@@ -163,16 +162,15 @@ class ServerStream:
                 or plan.streaming or not entries or session.proxy.at_ready
                 or self.scanner.skip):  # (skip: the chunk begins inside a DataRow; a partial header is held)
             return None
-        if not PLAIN_ENTRIES.issuperset(entries):  # (every entry the usual one of its kind: one C call)
-            return None
         cache_state = session.cache_state
         if cache_state is not None and cache_state.fill is not None:
             return None
         n = len(data)
         tail = n - 6  # (where its ReadyForQuery must begin: it ends the chunk)
-        if tail < 0 or not data.startswith(READY_HEAD, tail):
+        if tail < 0 or data[tail:-1] != READY_HEAD:
             return None  # (the answer goes on in the next chunk, or ends otherwise)
-        # every message before it: of the usual kinds, ending its entry's answer in turn (-1: not so)
+        # every message before it: of the usual kinds, ending its entry's answer in turn, every entry
+        # the usual one of its kind (-1: not so)
         last = len(entries) - 1
         if walk_answer(data, 0, tail, entries, 0, STOPS, MIDDLE) != last or entries[last] not in ENDED_BY_READY:
             return None  # (the ReadyForQuery's bytes were a message's inside, or the answer ends otherwise)

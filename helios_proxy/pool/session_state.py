@@ -29,8 +29,21 @@ def literal(value):
     return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
+KEYS = {}  # settings_key's: one object per key (most clients' settings are alike), up to KEYS_KEPT
+KEYS_KEPT = 4096
+
+
 def settings_key(settings):
-    return tuple(sorted(settings.items()))
+    """The key of settings ({name: value}): equal settings, equal keys; usually the same object, so
+    that a pooled transaction's comparison of its server's key with its client's is one `is` (the
+    keys made are kept up to KEYS_KEPT, then forgotten: only `==` is exact)."""
+    key = tuple(sorted(settings.items()))
+    kept = KEYS.get(key)
+    if kept is None:
+        if len(KEYS) >= KEYS_KEPT:
+            KEYS.clear()
+        kept = KEYS[key] = key
+    return kept
 
 
 def ordered(settings):

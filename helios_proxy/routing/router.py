@@ -126,8 +126,14 @@ class Router:
             if names:
                 self.leased[target] = []
                 what = COUNTED_AS[target]
-                for name, n in Counter(names).items():  # (a C loop)
-                    stats[name][what] += n
+                counted = 0
+                for name, row in stats.items():  # (the nodes counted before: list.count, a C loop of
+                    n = names.count(name)        # identity checks, ~15 instructions a lease; a Counter: ~400)
+                    row[what] += n
+                    counted += n
+                if counted < len(names):  # a node's first leases
+                    for name, n in Counter(name for name in names if name not in stats).items():
+                        stats[name][what] += n
         return stats
 
     # --- the catalog of read-only functions ---------------------------------------------------

@@ -1,5 +1,11 @@
 """Periodic health probes of every node: connect, log in and run a cheap query, with a timeout.
 
+The probe's connection stays open for the next probe while it answers (a connection per probe
+would cost each node a backend's start every health.interval, per proxy: Patroni and the lag
+monitor keep theirs too); a probe that fails closes it, and the next one connects anew, so a node
+that does not take connections fails its probes as before. A probe because a client saw the node
+fail (`suspect`) always connects anew: it asks whether clients can reach the node at all.
+
 A node turns unhealthy after `health.failure_threshold` failed probes in a row (or at once when a
 client's connection attempt to it fails) and healthy again after `health.success_threshold`
 successes. Unhealthy nodes get no reads (routing/router.py). Probes run in their own greenlets and
@@ -30,7 +36,8 @@ APPLICATION_NAME = "helios-health"  # how the probes show in pg_stat_activity
 
 
 class NodeHealth:
-    __slots__ = ("healthy", "failures", "successes", "in_recovery", "lsn", "error", "checked", "suspect")
+    __slots__ = ("healthy", "failures", "successes", "in_recovery", "lsn", "error", "checked", "suspect", "conn",
+                 "conn_for")
 
     def __init__(self):
         self.healthy = True
@@ -40,6 +47,8 @@ class NodeHealth:
         self.error = None
         self.checked = None
         self.suspect = None   # the greenlet probing it quickly after a client saw it fail
+        self.conn = None      # the last good probe's connection, kept for the next probe
+        self.conn_for = None  # where it went and as whom (probe_target): a reload may change them
 
 
 class HealthChecker(Periodic):
@@ -61,6 +70,13 @@ class HealthChecker(Periodic):
     def interval(self):
         return self.config.health.interval
 
+    def stop(self):
+        super().stop()
+        for state in self.nodes.values():
+            conn, state.conn = state.conn, None
+            if conn is not None:
+                conn.close()
+
     def tick(self):
         self.probe_all()
 
@@ -81,7 +97,7 @@ class HealthChecker(Periodic):
         state = self.state(node)
         spacing = min(0.1, self.config.health.interval)
         for _ in range(self.config.health.failure_threshold):
-            self.probe(node)
+            self.probe(node, fresh=True)
             if not state.healthy or state.failures == 0:
                 return
             gevent.sleep(spacing)
@@ -91,26 +107,53 @@ class HealthChecker(Periodic):
         secret = cfg.password or self.users.get(cfg.user)
         return Credentials.from_secret(cfg.user, secret)
 
-    def probe(self, node):
-        """One probe of node; updates its state."""
+    def probe(self, node, fresh=False):
+        """One probe of node, on the last good probe's connection unless fresh; updates its state.
+        A kept connection that fails other than by a timeout (the server closed it while idle, say)
+        is not yet the node's failure: the probe connects anew at once."""
         cfg = self.config
-        conn = ServerConnection(node, cfg.health.database, self.credentials(), cfg)
+        state = self.state(node)
+        conn, state.conn = state.conn, None  # (the probe's own: a probe at the same time connects anew)
+        target = (node.host, node.port, cfg.health.database, cfg.health.user, cfg.health.password)
+        if conn is not None and (fresh or conn.broken or state.conn_for != target):
+            conn.close()
+            conn = None
         try:
-            with gevent.Timeout(cfg.health.timeout, TimeoutError(f"no answer in {cfg.health.timeout:g} s")):
-                conn.connect({"application_name": APPLICATION_NAME}, connect_timeout=cfg.health.timeout)
-                row = conn.execute(PROBE)[0]
+            try:
+                row, conn = self._ask(node, conn)
+            except (ProxyError, OSError) as e:
+                if conn is None or isinstance(e, TimeoutError):
+                    raise
+                row, conn = self._ask(node, None)
         except ProxyError as e:
             if e.sqlstate in (INVALID_PASSWORD, INVALID_AUTHORIZATION):
                 log.warning("health probe of %s cannot log in as %r: %s (check [health])", node.name,
                             cfg.health.user, e.message)
                 return
             self.failed(node, e.message)
-        except (OSError, TimeoutError) as e:
+        except OSError as e:  # (TimeoutError too)
             self.failed(node, str(e) or type(e).__name__)
         else:
+            if state.conn is None:  # kept for the next probe
+                state.conn, state.conn_for = conn, target
+            else:
+                conn.close()
             self._succeeded(node, row)
-        finally:
-            conn.close()
+
+    def _ask(self, node, conn):
+        """(The probe's row, the connection it came on) from node, on conn or on a new connection
+        (None); the connection is closed when it fails."""
+        cfg = self.config
+        try:
+            with gevent.Timeout(cfg.health.timeout, TimeoutError(f"no answer in {cfg.health.timeout:g} s")):
+                if conn is None:
+                    conn = ServerConnection(node, cfg.health.database, self.credentials(), cfg)
+                    conn.connect({"application_name": APPLICATION_NAME}, connect_timeout=cfg.health.timeout)
+                return conn.execute(PROBE)[0], conn
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
 
     def _succeeded(self, node, row):
         in_recovery = row[0] == "t"

@@ -16,7 +16,7 @@ from helios_proxy import speedups
 from collections import deque
 
 from helios_proxy.frontend.relay import MIDDLE, STOPS
-from helios_proxy.frontend.plan import DESCRIBE_PORTAL, EXECUTE, ONE, PLAIN, QUERY, SYNC
+from helios_proxy.frontend.plan import DESCRIBE_PORTAL, EXECUTE, ONE, PLAIN, QUERY, SYNC, Entry
 from helios_proxy.sqlshape import DIGITS_TO_0
 
 try:
@@ -95,8 +95,19 @@ def test_walk_answer_refuses_what_would_read_beyond_the_data_as_the_reference_do
         _speedups.walk_answer(bytearray(SELECT_ANSWER), 0, 5, QUERY_PLAN, 0, STOPS, MIDDLE)
     with pytest.raises(TypeError):
         _speedups.walk_answer(SELECT_ANSWER, 0, 5, QUERY_PLAN, 0, STOPS, MIDDLE[:255])
-    with pytest.raises(KeyError):
-        _speedups.walk_answer(SELECT_ANSWER, 0, 5, deque(["not an entry"]), 0, STOPS, MIDDLE)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_an_entry_that_is_not_the_usual_one_of_its_kind_stops_the_walk(impl):
+    """An entry of the proxy's own (one whose answer it hides, or that runs something on failure)
+    has no stops table: the answer is feed()'s to walk, wherever the entry comes."""
+    own = Entry(QUERY, drop=True)
+    assert walked(impl, SELECT_ANSWER, deque([own])) == -1
+    assert walked(impl, SELECT_ANSWER, QUERY_PLAN) == 0
+    batch = deque(BATCH_PLAN)
+    assert walked(impl, BATCH_ANSWER, batch) == 4
+    batch[3] = Entry(EXECUTE, on_fail=print)
+    assert walked(impl, BATCH_ANSWER, batch) == -1
 
 
 @needs_c

@@ -21,3 +21,25 @@ def test_durations_appended_later_add_to_the_counts():
     counts = stats.histogram
     assert counts[BUCKETS.index(0.025)] == 3 and counts[0] == 1 and counts[BUCKETS.index(10.0)] == 1
     assert sum(counts) == 5
+
+
+def test_the_leases_begun_are_counted_per_node_as_reads_and_writes():
+    """Router.counts(): the node names each lease appended, added up per node (a node's first
+    leases too), and nothing counted twice."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from helios_proxy.routing.router import Router, new_counts
+    router = SimpleNamespace(stats=defaultdict(new_counts), leased={"primary": [], "standby": []})
+    router.leased["primary"].extend(["primary"] * 5)
+    router.leased["standby"].extend(["standby1", "standby2", "standby1"])
+    counts = Router.counts(router)
+    assert counts == {"primary": {"reads": 0, "writes": 5, "errors": 0},
+                      "standby1": {"reads": 2, "writes": 0, "errors": 0},
+                      "standby2": {"reads": 1, "writes": 0, "errors": 0}}
+    router.leased["primary"].extend(["primary", "primary", "standby1"])  # (standby1, promoted)
+    router.leased["standby"].extend(["standby2", "standby3"])  # standby3: its first
+    counts = Router.counts(router)
+    assert counts["primary"]["writes"] == 7 and counts["standby1"] == {"reads": 2, "writes": 1, "errors": 0}
+    assert counts["standby2"]["reads"] == 2 and counts["standby3"]["reads"] == 1
+    assert Router.counts(router) == counts and router.leased == {"primary": [], "standby": []}
