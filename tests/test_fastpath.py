@@ -534,3 +534,30 @@ def test_prepared_statements_by_name_from_psycopg3_answer_right_on_the_fast_path
         assert conn.execute("select 1 / %s::int", (1,)).fetchone() == (1,)
         with conn.transaction():
             assert conn.execute("select %s::int * 3, %s::text", (5, "again")).fetchone() == (15, "again")
+
+
+def test_a_connection_due_for_its_check_is_checked_by_the_greenlet_never_lost(start_proxy):
+    """A server connection unused for pool.check_after is checked (pool.check_query) before it is
+    lent again; that waits for the server, which a loop callback must never do: the fast path
+    leaves it to the session's greenlet. The connection taken is never lost to the pool (before:
+    the check failed in the callback, the connection was neither idle nor lent, and a pool of 2
+    ran dry at the second such request)."""
+    proxy = start_proxy(server={"fast_path": True}, pool={"mode": "transaction", "max_size": 2, "check_after": 0.3,
+                                                          "acquire_timeout": 10})
+    conn, cur = proxy.autocommit()
+    before = counts(proxy)
+    for _ in range(5):
+        cur.execute("select 1")
+        assert cur.fetchone() == (1,)
+        time.sleep(0.5)  # (longer than check_after: the next request's connection is due for its check)
+    after = counts(proxy)
+    assert after["misses"] - before["misses"] >= 4  # (the greenlet took them)
+    assert after["misses_by_reason"]["a server connection due for its check (pool.check_after)"] >= 4
+    others = [proxy.connect() for _ in range(2)]  # the pool's two connections, both still there
+    for other in others:
+        other.autocommit = True
+        other.cursor().execute("begin; select 1")  # (each holds one)
+    for other in others:
+        other.close()
+    assert "the fast path failed" not in proxy.output()
+    conn.close()

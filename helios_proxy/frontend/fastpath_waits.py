@@ -6,6 +6,7 @@ import logging
 
 from .. import pipeline
 from ..pipeline.stage import StageResult
+from ..pool.pool import CHECK_DUE
 from . import unnamed
 from .forward_batch import extended_answer, extended_row
 from .queued import Queued
@@ -92,8 +93,8 @@ class Waiting:
     def line_up(self, took, data, go, args):
         """take_now() found no idle connection: in a full pool (took: (pool, target)), the request
         waits in its line (Queued) with the client's reads stopped; else why the greenlet takes it."""
-        if not took:
-            return "no idle server connection that fits"
+        if not took or took is CHECK_DUE:
+            return took or "no idle server connection that fits"
         pool, target = took
         queued = self.queued = Queued(self, pool, target, data, go, args)
         self.session.slot.wait_on(queued)

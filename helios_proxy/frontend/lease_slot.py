@@ -21,6 +21,7 @@ from ..errors import QUERY_CANCELED, BackendError, ProxyError, node_unreachable
 from ..jobs import JOBS
 from ..pool import prepared, session_state
 from ..pool.lease import Lease, ends_here
+from ..pool.pool import CHECK_DUE
 from ..pool.reset import reset_for_reuse
 from ..backend.statements import invalidate_all
 from ..continuity.session_migrate import capture
@@ -123,7 +124,8 @@ class LeaseSlot:
         done to the server connection first (an idle one in its pool, carrying the client's
         settings; no tenant proof, no statements to re-create, no read-your-writes question, no
         database of its own). True when leased, its pump started; (pool, target) when the pool has
-        no idle connection and may open none (the request may wait in its line); else False. Unless leased,
+        no idle connection and may open none (the request may wait in its line); CHECK_DUE when the
+        connection at hand must be checked first (pool.check_after: the check waits); else False. Unless leased,
         the route's decision stays for take(), with the standby the balancer chose named (its turn
         is not taken twice)."""
         session = self.session
@@ -148,9 +150,11 @@ class LeaseSlot:
             breakers = router.breakers
             if node is None or node.name != pool.node.name or breakers.enabled and not breakers.allows(node):
                 return False
-        server = pool.take_idle()
+        server = pool.take_idle(in_loop=True)
         if server is None:  # (a full pool: the request may wait in its line, frontend/queued.py)
             return (pool, target) if pool.size >= pool.max_size and not pool.config.pool.reserve_size else False
+        if server is CHECK_DUE:  # (its check query waits for the server: take()'s)
+            return CHECK_DUE
         return self.take_from(pool, server, target)
 
     def take_from(self, pool, server, target):

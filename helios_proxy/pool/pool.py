@@ -12,6 +12,7 @@ from ..periodic import Periodic
 from ..errors import BackendError, ProxyError, QUERY_CANCELED
 
 log = logging.getLogger(__name__)
+CHECK_DUE = "a server connection due for its check (pool.check_after)"  # take_idle(in_loop=True)
 
 
 class Pool:
@@ -126,8 +127,11 @@ class Pool:
         gevent.joinall(cancelling, timeout=5)
         self.release(conn, reusable and all(g.dead for g in cancelling))
 
-    def take_idle(self):
-        """An idle connection that passed its checks, or None (never waits, never opens one)."""
+    def take_idle(self, in_loop=False):
+        """An idle connection that passed its checks, or None (never opens one). A connection
+        unused for pool.check_after is checked with pool.check_query first, which waits for the
+        server: from a loop callback (in_loop), where nothing may wait, such a connection stays
+        idle and the answer is CHECK_DUE (a greenlet's take checks it)."""
         cfg, idle = self.config.pool, self.idle
         while idle:
             conn = idle.pop()
@@ -141,12 +145,20 @@ class Pool:
                 self._discard(conn)
                 continue
             if now - conn.last_used >= cfg.check_after:
+                if in_loop:  # (back where it was: the next take checks it)
+                    idle.append(conn)
+                    if conn.watched:
+                        conn.on_readable = conn.idle_check or self._idle_checker(conn)
+                    return CHECK_DUE
                 try:
                     conn.execute(cfg.check_query)
                 except (BackendError, OSError) as e:
                     log.info("%r failed its health check (%s); closing it", conn, e)
                     self._discard(conn)
                     continue
+                except BaseException:  # (neither idle nor lent: never lost to the pool's count)
+                    self._discard(conn)
+                    raise
             return conn
         return None
 
