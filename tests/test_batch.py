@@ -68,6 +68,8 @@ def test_concurrent_inserts_are_coalesced_and_each_client_gets_its_own_answer(ba
     assert cur.fetchall() == [(i, 2) for i in range(16)]
     status, state = batch_proxy.api("GET", "/batch")
     assert status == 200 and state["rows"] == 32 and state["batches"] < 32  # (coalesced)
+    # the table's catalog verdict known after the first batch, the others went without a greenlet
+    assert state["sent_at_once"] >= 1
     for c in conns:
         c.close()
 
@@ -412,3 +414,36 @@ def test_a_cancel_reaches_a_batched_insert_wherever_it_waits(start_proxy, direct
     locker.close()
     for c in conns:
         c.close()
+
+
+def test_a_batch_whose_server_connection_is_lost_tells_its_clients_it_may_not_have_committed(batch_proxy, direct):
+    """A batch sent from a loop callback (sent_at_once) whose server connection ends before its
+    answer (the backend terminated here while a lock holds the batch): its client hears that the
+    insert may or may not have been committed (08006), nothing else, and its session goes on."""
+    client = connect(batch_proxy)
+    client.cursor().execute("insert into bt_events (client, payload) values (1, 'first')")  # (the table's verdict)
+    before = batch_proxy.get("/batch")
+    locker = psycopg2.connect(direct.dsn)
+    locker.cursor().execute("LOCK TABLE bt_events IN EXCLUSIVE MODE")
+    insert = Background(client.cursor(), "insert into bt_events (client, payload) values (2, 'lost')", fetch=False)
+    watch = direct.cursor()
+    deadline, pids = time.monotonic() + 20, []
+    while not pids:
+        assert time.monotonic() < deadline, "the batch never reached the server"
+        watch.execute("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                      "AND query ILIKE 'insert into bt_events%lost%'")
+        pids = [pid for pid, in watch.fetchall()]
+        time.sleep(0.05)
+    watch.execute("SELECT pg_terminate_backend(%s)", (pids[0],))
+    assert insert.join(15), "the client still waits for a batch whose connection is gone"
+    error = insert.got[0]
+    assert isinstance(error, psycopg2.Error) and error.pgcode == "08006", error
+    assert "may or may not have been committed" in str(error)
+    locker.rollback()
+    locker.close()
+    after = batch_proxy.get("/batch")
+    assert after["sent_at_once"] > before["sent_at_once"] and after["errors"] == before["errors"] + 1
+    cur = client.cursor()
+    cur.execute("insert into bt_events (client, payload) values (3, 'after') returning client")
+    assert cur.fetchone() == (3,)
+    client.close()

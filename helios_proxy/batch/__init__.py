@@ -22,6 +22,13 @@ Not batched: tables with BEFORE or INSTEAD OF row triggers on INSERT or INSERT r
 skip or change rows, so the batch's rows would not map to its clients; checked in the catalog
 once per table), and everything the stage (pipeline/stages/batch.py) leaves alone. Statement
 triggers fire once per batch instead of once per row.
+
+The usual batch goes from wherever it is decided (a loop callback, mostly) without a greenlet of
+its own (`Batcher.send_now`, `Landing`): the primary ready, an idle connection of its pool that
+carries the batch's settings and needs nothing done first, its table known to be batchable, reads
+not split (no WAL position to ask after its commit), no query cache; its answer is read by the
+connection's read watcher and its rows answered there. Anything else, and a batch the server
+refuses (its rows then run one by one), is `Batcher.flush`'s, in a greenlet.
 """
 import logging
 import time
@@ -30,9 +37,11 @@ import weakref
 import gevent
 from gevent.event import AsyncResult
 
-from ..errors import CONNECTION_FAILURE, INTERNAL_ERROR, ProxyError
+from ..errors import CONNECTION_FAILURE, DECODING_ERRORS, INTERNAL_ERROR, BackendError, ProxyError
 from ..pool import session_state
+from ..pool.pool import CHECK_DUE
 from ..protocol import codec, messages as m
+from ..speedups import read, write
 from .shape import analyze, split
 
 log = logging.getLogger(__name__)
@@ -42,6 +51,7 @@ UNBATCHABLE = ("SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger WHERE tgre
                "WHERE ev_class = $1::regclass AND ev_type = '3'")
 ONE_ROW = codec.message(m.COMMAND_COMPLETE, codec.cstr("INSERT 0 1"))
 IN_FLIGHT = 2  # batches of one batcher running at once before rows wait for companions
+SENT_AT_ONCE = 65536  # a larger batch's statement goes from a greenlet (flush): its sends may wait
 
 
 class Row:
@@ -95,7 +105,8 @@ class Batches:
         self.batchers = {}
         self.shapes = {}                     # skeleton or text -> Insert or None
         self.tables_ok = Verdicts(ttl=60)  # (database, table) -> batchable in the catalog
-        self.counts = {"batches": 0, "rows": 0, "fallbacks": 0, "errors": 0, "passed_through": 0}
+        # sent_at_once: batches sent without a greenlet of their own (Batcher.send_now), the usual
+        self.counts = {"batches": 0, "rows": 0, "fallbacks": 0, "errors": 0, "passed_through": 0, "sent_at_once": 0}
         self.sizes = [0] * 12                # rows per batch: 1, 2-3, 4-7, ... (powers of two)
         self.off = weakref.WeakSet()         # sessions that used lastval()/currval(): never batched
         self.anyone_off = False              # (any ever: a WeakSet's size is a Python call)
@@ -230,7 +241,37 @@ class Batcher:
             flight = Flight()
             for row in rows:
                 row.flight = flight
-            gevent.spawn(self.flush, rows, flight)
+            if not self.send_now(rows, flight):
+                gevent.spawn(self.flush, rows, flight)
+
+    def send_now(self, rows, flight):
+        """Send the usual batch at once, without waiting (the module's docstring says when); its
+        answer comes to a Landing. False: flush() must do it."""
+        proxy = self.proxy
+        if (proxy.router.on or proxy.cache is not None
+                or self.batches.tables_ok.get((self.database, self.table)) is not True):
+            return False
+        data = codec.query(self.prefix + ", ".join(row.row for row in rows) + self.suffix)
+        node = proxy.buffer.ready()
+        if node is None or len(data) > SENT_AT_ONCE:
+            return False
+        pool = proxy.pools.get(node, self.database, self.credentials)
+        conn = pool.take_idle(in_loop=True)
+        if conn is None or conn is CHECK_DUE:
+            return False
+        if conn.settings_key != self.settings_key or conn.raw is None:  # (raw None: TLS, a greenlet's)
+            pool.release(conn)
+            return False
+        flight.conn, flight.running = conn, rows
+        self.batches.counts["sent_at_once"] += 1
+        Landing(self, pool, conn, rows, flight).send(data)
+        return True
+
+    def flown(self):
+        """A batch of this batcher ended: what waits for companions goes if it may."""
+        self.in_flight -= 1
+        if self.pending and self.in_flight < IN_FLIGHT:
+            self._go()  # (what arrived meanwhile: at once)
 
     def cancel(self, row, error):
         """row's client canceled it (Row.set_exception): out of the batch with error if it still
@@ -242,50 +283,60 @@ class Batcher:
         elif row.flight is not None:
             row.flight.cancel(row, error)
 
-    def flush(self, rows, flight):
-        """Run rows as one statement (or, after a failure, one by one); answer every client."""
+    def flush(self, rows, flight, pool=None, conn=None):
+        """Run rows as one statement (or, after a failure, one by one); answer every client. pool,
+        conn: a batch sent at once (Landing) that the server refused: its rows one by one on conn."""
         try:
-            self._flush(rows, flight)
+            self._flush(rows, flight, pool, conn)
         finally:
-            self.in_flight -= 1
-            if self.pending and self.in_flight < IN_FLIGHT:
-                self._go()  # (what arrived meanwhile: at once)
+            self.flown()
 
-    def _flush(self, rows, flight):
-        proxy, conn, pool, ok = self.proxy, None, None, False
+    def _flush(self, rows, flight, pool, conn):
+        proxy, ok = self.proxy, False
         try:
-            node = proxy.buffer.primary(time.monotonic() + proxy.config.failover.buffer_timeout)
-            pool = proxy.pools.get(node, self.database, self.credentials)
-            conn = flight.conn = pool.acquire()
-            session_state.apply(conn, self.settings, self.settings_key)
-            if not self._table_ok(conn):
-                self.batches.counts["passed_through"] += len(rows)
+            if conn is not None:
+                self.batches.counts["fallbacks"] += 1
                 answers = self._one_by_one(conn, rows, flight)
             else:
-                answers = self._together(conn, rows, flight)
-                if answers is None:
-                    self.batches.counts["fallbacks"] += 1
+                node = proxy.buffer.primary(time.monotonic() + proxy.config.failover.buffer_timeout)
+                pool = proxy.pools.get(node, self.database, self.credentials)
+                conn = flight.conn = pool.acquire()
+                session_state.apply(conn, self.settings, self.settings_key)
+                if not self._table_ok(conn):
+                    self.batches.counts["passed_through"] += len(rows)
                     answers = self._one_by_one(conn, rows, flight)
+                else:
+                    answers = self._together(conn, rows, flight)
+                    if answers is None:
+                        self.batches.counts["fallbacks"] += 1
+                        answers = self._one_by_one(conn, rows, flight)
             ok = True
-            written = self._written(conn)
-            for row, answer in zip(rows, answers):
-                if not row.result.ready():  # (a row canceled before it was sent has its answer)
-                    row.written = written
-                    row.result.set(answer)
+            self.answer(rows, answers, self._written(conn))
         except (ProxyError, OSError) as e:
-            self.batches.counts["errors"] += 1
-            log.warning("batched insert into %s of %d rows failed: %s", self.table, len(rows), e)
-            error = codec.error_response(getattr(e, "sqlstate", CONNECTION_FAILURE) or CONNECTION_FAILURE,
-                                         f"batched insert failed: {getattr(e, 'message', e)}; it may or may not "
-                                         "have been committed")
-            for row in rows:
-                if not row.result.ready():
-                    row.result.set(error)
+            self.failed(rows, e)
         finally:
             if conn is not None:
                 pool.release(conn, reusable=ok and conn.tx_status == m.TX_IDLE and not conn.broken)
             if proxy.cache is not None:  # (writes invalidate again once committed)
                 proxy.cache.invalidate_writes(self.database, [self.table.rpartition(".")[2]])
+
+    @staticmethod
+    def answer(rows, answers, written=None):
+        for row, answer in zip(rows, answers):
+            if not row.result.ready():  # (a row canceled before it was sent has its answer)
+                row.written = written
+                row.result.set(answer)
+
+    def failed(self, rows, e):
+        """The batch's connection failed (e): whether it committed is not known."""
+        self.batches.counts["errors"] += 1
+        log.warning("batched insert into %s of %d rows failed: %s", self.table, len(rows), e)
+        error = codec.error_response(getattr(e, "sqlstate", CONNECTION_FAILURE) or CONNECTION_FAILURE,
+                                     f"batched insert failed: {getattr(e, 'message', e)}; it may or may not "
+                                     "have been committed")
+        for row in rows:
+            if not row.result.ready():
+                row.result.set(error)
 
     def _written(self, conn):
         """Where the primary's WAL ends after the batch's commit, when reads go to standbys: each
@@ -365,6 +416,86 @@ class Batcher:
                     row.result.set(answer)
             raise
         return answers
+
+
+class Landing:
+    """A batch sent at once (Batcher.send_now) on its way back: the connection's read watcher reads
+    the server's answer up to its ReadyForQuery and answers the rows, in loop callbacks. A refusal
+    (any ErrorResponse: a bad row, a client's cancel) goes to Batcher.flush, its rows one by one
+    on the same connection."""
+    __slots__ = ("batcher", "pool", "conn", "rows", "flight", "messages")
+
+    def __init__(self, batcher, pool, conn, rows, flight):
+        self.batcher, self.pool, self.conn, self.rows, self.flight = batcher, pool, conn, rows, flight
+        self.messages = []  # (type, body) up to the ReadyForQuery, as run() returns them
+
+    def send(self, data):
+        conn = self.conn
+        conn.unnamed_owner = None
+        conn.watch(self.readable)
+        try:
+            sent = write(conn.raw.fileno(), data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as e:
+            return self.lost(e)
+        if sent < len(data):  # (the kernel took part of it: the rest from a greenlet)
+            gevent.spawn(self.send_rest, memoryview(data)[sent:])
+
+    def send_rest(self, data):
+        try:
+            self.conn.send(data)
+        except (ProxyError, OSError):  # (the read watcher sees the connection's end)
+            self.conn.broken = True
+
+    def readable(self):
+        conn = self.conn
+        try:
+            try:
+                data = read(conn.raw.fileno())
+            except (BlockingIOError, InterruptedError):
+                return
+            if not data:
+                raise BackendError(f"server {conn.node.name} closed the connection unexpectedly",
+                                   sqlstate=CONNECTION_FAILURE)
+            rbuf = conn.rbuf
+            rbuf.feed(data)
+            while True:
+                message = rbuf.next_message()
+                if message is None:
+                    return
+                if message[0] == m.READY_FOR_QUERY:
+                    conn.tx_status = message[1]
+                    break
+                self.messages.append(message)
+        except (ProxyError, OSError) + DECODING_ERRORS as e:
+            return self.lost(e)
+        conn.on_readable = None
+        self.landed()
+
+    def landed(self):
+        batcher, rows, flight, conn = self.batcher, self.rows, self.flight, self.conn
+        flight.running = ()
+        messages = self.messages
+        if any(mtype == m.ERROR_RESPONSE for mtype, _ in messages):  # (nothing stored: one by one)
+            gevent.spawn(batcher.flush, rows, flight, self.pool, conn)
+            return
+        try:
+            flight.answered.update(rows)
+            batcher.answer(rows, batcher._answers(messages, rows))
+        finally:
+            self.pool.release(conn, reusable=conn.tx_status == m.TX_IDLE and not conn.broken)
+            batcher.flown()
+
+    def lost(self, error):
+        conn = self.conn
+        conn.on_readable = None
+        conn.broken = True
+        try:
+            self.batcher.failed(self.rows, error)
+        finally:
+            self.pool.release(conn, reusable=False)
+            self.batcher.flown()
 
 
 def run(conn, sql):
