@@ -141,7 +141,8 @@ SETTINGS = (
     S("pool", "reset_query", str, "DISCARD ALL", "Run on a server connection before another client gets it.",
       reloadable=True),
     S("pool", "check_after", float, 30.0,
-      "Run check_query on a connection idle longer than this before handing it out; 0 always.", min=0,
+      "Run check_query on a connection idle longer than this before handing it out; 0 always (the "
+      "check waits for the server: such a request takes its session's greenlet, not the fast path).", min=0,
       reloadable=True),
     S("pool", "check_query", str, "SELECT 1", "Cheap query that proves a pooled connection alive.",
       reloadable=True),
