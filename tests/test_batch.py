@@ -291,7 +291,9 @@ def test_a_batched_insert_is_read_back_by_its_client_from_a_standby(start_proxy,
     assert proxy.api("GET", "/batch")[1]["rows"] - before == 1
 
     results = together(6, lambda i: writes_read_back(conns[i].cursor(), "bt_ryw", "client", i, 60, cluster.ports[0]))
-    assert proxy.api("GET", "/batch")[1]["rows"] - before >= 301  # (the inserts were batched)
+    state = proxy.api("GET", "/batch")[1]
+    assert state["rows"] - before >= 301  # (the inserts were batched)
+    assert state["sent_at_once"] >= 1  # (their WAL position asked by the Query sent with them)
     assert sum(r[0] for r in results.values()) == 0, results
     assert sum(r[1] for r in results.values()) > 0  # (reads did reach the standbys)
     for c in conns:

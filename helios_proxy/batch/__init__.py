@@ -25,10 +25,11 @@ triggers fire once per batch instead of once per row.
 
 The usual batch goes from wherever it is decided (a loop callback, mostly) without a greenlet of
 its own (`Batcher.send_now`, `Landing`): the primary ready, an idle connection of its pool that
-carries the batch's settings and needs nothing done first, its table known to be batchable, reads
-not split (no WAL position to ask after its commit), no query cache; its answer is read by the
-connection's read watcher and its rows answered there. Anything else, and a batch the server
-refuses (its rows then run one by one), is `Batcher.flush`'s, in a greenlet.
+carries the batch's settings and needs nothing done first, its table known to be batchable, no
+query cache; its answer is read by the connection's read watcher and its rows answered there (with
+reads split to standbys, the primary's WAL position is asked by a second Query sent with the
+INSERT: it runs once the INSERT committed). Anything else, and a batch the server refuses (its
+rows then run one by one), is `Batcher.flush`'s, in a greenlet.
 """
 import logging
 import time
@@ -41,6 +42,7 @@ from ..errors import CONNECTION_FAILURE, DECODING_ERRORS, INTERNAL_ERROR, Backen
 from ..pool import session_state
 from ..pool.pool import CHECK_DUE
 from ..protocol import codec, messages as m
+from ..routing.router import WRITE_POSITION, Router
 from ..speedups import read, write
 from .shape import analyze, split
 
@@ -52,6 +54,7 @@ UNBATCHABLE = ("SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger WHERE tgre
 ONE_ROW = codec.message(m.COMMAND_COMPLETE, codec.cstr("INSERT 0 1"))
 IN_FLIGHT = 2  # batches of one batcher running at once before rows wait for companions
 SENT_AT_ONCE = 65536  # a larger batch's statement goes from a greenlet (flush): its sends may wait
+WHERE_WAL_ENDS = codec.query(WRITE_POSITION)  # (Router.write_position's question)
 
 
 class Row:
@@ -248,10 +251,11 @@ class Batcher:
         """Send the usual batch at once, without waiting (the module's docstring says when); its
         answer comes to a Landing. False: flush() must do it."""
         proxy = self.proxy
-        if (proxy.router.on or proxy.cache is not None
-                or self.batches.tables_ok.get((self.database, self.table)) is not True):
+        if proxy.cache is not None or self.batches.tables_ok.get((self.database, self.table)) is not True:
             return False
         data = codec.query(self.prefix + ", ".join(row.row for row in rows) + self.suffix)
+        if proxy.router.on:  # (read-your-writes: where the WAL ends once it committed, as _written asks)
+            data += WHERE_WAL_ENDS
         node = proxy.buffer.ready()
         if node is None or len(data) > SENT_AT_ONCE:
             return False
@@ -264,7 +268,7 @@ class Batcher:
             return False
         flight.conn, flight.running = conn, rows
         self.batches.counts["sent_at_once"] += 1
-        Landing(self, pool, conn, rows, flight).send(data)
+        Landing(self, pool, conn, rows, flight, 2 if proxy.router.on else 1).send(data)
         return True
 
     def flown(self):
@@ -423,11 +427,13 @@ class Landing:
     the server's answer up to its ReadyForQuery and answers the rows, in loop callbacks. A refusal
     (any ErrorResponse: a bad row, a client's cancel) goes to Batcher.flush, its rows one by one
     on the same connection."""
-    __slots__ = ("batcher", "pool", "conn", "rows", "flight", "messages")
+    __slots__ = ("batcher", "pool", "conn", "rows", "flight", "messages", "answers", "ended")
 
-    def __init__(self, batcher, pool, conn, rows, flight):
+    def __init__(self, batcher, pool, conn, rows, flight, answers=1):
         self.batcher, self.pool, self.conn, self.rows, self.flight = batcher, pool, conn, rows, flight
-        self.messages = []  # (type, body) up to the ReadyForQuery, as run() returns them
+        self.messages = []    # (type, body) but the ReadyForQuery messages, as run() returns them
+        self.answers = answers  # the Query messages sent: the INSERT, and the WAL position's when asked
+        self.ended = []       # where in messages each answer ended (its ReadyForQuery)
 
     def send(self, data):
         conn = self.conn
@@ -466,7 +472,10 @@ class Landing:
                     return
                 if message[0] == m.READY_FOR_QUERY:
                     conn.tx_status = message[1]
-                    break
+                    self.ended.append(len(self.messages))
+                    if len(self.ended) == self.answers:
+                        break
+                    continue
                 self.messages.append(message)
         except (ProxyError, OSError) + DECODING_ERRORS as e:
             return self.lost(e)
@@ -476,16 +485,28 @@ class Landing:
     def landed(self):
         batcher, rows, flight, conn = self.batcher, self.rows, self.flight, self.conn
         flight.running = ()
-        messages = self.messages
+        messages = self.messages[:self.ended[0]]
         if any(mtype == m.ERROR_RESPONSE for mtype, _ in messages):  # (nothing stored: one by one)
             gevent.spawn(batcher.flush, rows, flight, self.pool, conn)
             return
         try:
             flight.answered.update(rows)
-            batcher.answer(rows, batcher._answers(messages, rows))
+            batcher.answer(rows, batcher._answers(messages, rows), self.written())
         finally:
             self.pool.release(conn, reusable=conn.tx_status == m.TX_IDLE and not conn.broken)
             batcher.flown()
+
+    def written(self):
+        """The WAL position the second answer told (Batcher._written's), or None."""
+        if self.answers < 2:
+            return None
+        position = [body for mtype, body in self.messages[self.ended[0]:] if mtype == m.DATA_ROW]
+        try:
+            return Router.position_of([v.decode() for v in codec.parse_data_row(position[0])])
+        except (IndexError, ValueError, AttributeError) + DECODING_ERRORS as e:  # (an error answered instead)
+            log.warning("the WAL position after a batched insert into %s is unknown (%s): its clients' "
+                        "next reads may miss it on a standby", self.batcher.table, e)
+            return None
 
     def lost(self, error):
         conn = self.conn

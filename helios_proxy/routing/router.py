@@ -185,7 +185,11 @@ class Router:
         the last record filled its page (always so after a segment switch: archive_timeout on an
         idle primary), a position no standby ever reports as replayed until something else is
         written. The end of the last record is the page's start then."""
-        row = server.execute(WRITE_POSITION)[0]
+        return Router.position_of(server.execute(WRITE_POSITION)[0])
+
+    @staticmethod
+    def position_of(row):
+        """write_position() from WRITE_POSITION's row (text values), asked by whoever ran it."""
         at, in_segment, page = lsn(row[0]), int(row[1]), int(row[2])
         if in_segment == LONG_PAGE_HEADER:
             return at - LONG_PAGE_HEADER
