@@ -50,6 +50,10 @@ PBES = (p.PLAIN[p.ONE], p.PLAIN[p.ONE], p.PLAIN[p.EXECUTE], p.PLAIN[p.SYNC])
 PBDES_PORTAL = PBES[:2] + (p.PLAIN[p.DESCRIBE_PORTAL],) + PBES[2:]
 PBDES_STATEMENT = PBES[:2] + (p.PLAIN[p.DESCRIBE_STATEMENT],) + PBES[2:]
 NAMED = frozenset((b"BDES", b"BES"))  # a named statement's execution (Describe: of the portal)
+# the entries of what follows its Bind (statements.translate expects the Bind's own answer)
+NAMED_DESCRIBED = (p.PLAIN[p.DESCRIBE_PORTAL], p.PLAIN[p.EXECUTE], p.PLAIN[p.SYNC])
+NAMED_EXECUTED = NAMED_DESCRIBED[1:]
+B = ord("B")
 PORTAL = ord("P")
 PLAIN_SERVERS = frozenset(("disable", "prefer"))  # [tls] server_mode: server connections may be plain
 TERMINATE = m.TERMINATE  # (a miss by its own name: not a request the fast path could have taken)
@@ -372,7 +376,26 @@ class FastPath(Waiting):
         lease = session.slot.lease
         if lease is None and session.route.next_target is None:  # (on_bind_or_describe's rule: where its Parse went)
             statements.route_of_bind(session, data[bind + 5:starts[1]])
-        return self.go_on(lease, data, FastPath.handled, None)
+        book, journal = session.statements, session.journal
+        if (book.local is not None or book.queries or book.texts is not None or journal is not None and journal.named
+                or not session.identity.pooled):
+            return self.go_on(lease, data, FastPath.handled, None)  # (a feature of the handlers' at work)
+        return self.go_on(lease, data, FastPath.bound_sent, starts)
+
+    def bound_sent(self, lease, data, starts):
+        """What the forwarder's handlers do with a named statement's execution once leased when no
+        feature of theirs is at work (on_bind_or_describe: the Bind translated by statements.translate,
+        which puts the statement on this connection first if it lacks it and expects the answers;
+        the Describe, Execute and Sync as they came): in one send."""
+        session = self.session
+        bound = starts[1]
+        out, _ = statements.translate(session, B, data[:bound])
+        send(session, lease.server, out + data[bound:])
+        session.plan.sent_request(NAMED_DESCRIBED if len(starts) == 4 else NAMED_EXECUTED)
+        counters = session.counters
+        counters.queries += 1
+        counters.bytes_in += len(data)
+        counters.fast_hits += 1
 
     def handled(self, lease, data, premade):
         """The forwarder's own handlers take data on lease (nothing they do waits then), with the
