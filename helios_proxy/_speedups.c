@@ -13,7 +13,7 @@
 #include <errno.h>
 #include <unistd.h>
 
-#define READ_SIZE 65536  /* sockets.READ_SIZE */
+#define READ_SIZE 65536  /* speedups.READ_SIZE */
 static char scratch[READ_SIZE];  /* read()'s: the GIL is held throughout, no other thread uses it */
 
 /* A file descriptor argument; -1 with an exception set. */

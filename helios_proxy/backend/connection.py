@@ -12,6 +12,7 @@ from ..protocol.framing import MessageBuffer
 from . import kdf
 from .statements import ServerStatements
 from ..sockets import peek, plain, recv, recv_later, sendall, watcher
+from ..speedups import write
 from ..protocol.scram import MECHANISM, ScramClient, md5_hash, md5_response
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,25 @@ class ServerConnection:
             self.broken = True
             raise BackendError(f"server {self.node.name} closed the connection unexpectedly ({e.strerror or e})",
                                sqlstate=CONNECTION_FAILURE) from e
+
+    def send_now(self, data):
+        """Send data from a loop callback, where nothing may wait (a plain socket): what the kernel
+        takes now, the rest (rare: a connection with nothing owed takes a small request whole) from
+        a greenlet; a send that fails marks the connection broken, and its reader sees the loss."""
+        try:
+            sent = write(self.raw.fileno(), data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = -1
+        if sent != len(data):
+            gevent.spawn(self._send_rest, data, max(sent, 0))
+
+    def _send_rest(self, data, sent):
+        try:
+            self.send(memoryview(data)[sent:])
+        except Exception:  # (BackendError: broken; whoever reads the connection reports it)
+            self.broken = True
 
     # --- reading ----------------------------------------------------------------------------
     def read_message(self):

@@ -43,7 +43,7 @@ from ..pool import session_state
 from ..pool.pool import CHECK_DUE
 from ..protocol import codec, messages as m
 from ..routing.router import WRITE_POSITION, Router
-from ..speedups import read, write
+from ..speedups import read
 from .shape import analyze, split
 
 log = logging.getLogger(__name__)
@@ -439,20 +439,7 @@ class Landing:
         conn = self.conn
         conn.unnamed_owner = None
         conn.watch(self.readable)
-        try:
-            sent = write(conn.raw.fileno(), data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as e:
-            return self.lost(e)
-        if sent < len(data):  # (the kernel took part of it: the rest from a greenlet)
-            gevent.spawn(self.send_rest, memoryview(data)[sent:])
-
-    def send_rest(self, data):
-        try:
-            self.conn.send(data)
-        except (ProxyError, OSError):  # (the read watcher sees the connection's end)
-            self.conn.broken = True
+        conn.send_now(data)  # (a send that fails: the read watcher sees the connection's end)
 
     def readable(self):
         conn = self.conn
@@ -503,7 +490,7 @@ class Landing:
         position = [body for mtype, body in self.messages[self.ended[0]:] if mtype == m.DATA_ROW]
         try:
             return Router.position_of([v.decode() for v in codec.parse_data_row(position[0])])
-        except (IndexError, ValueError, AttributeError) + DECODING_ERRORS as e:  # (an error answered instead)
+        except (AttributeError,) + DECODING_ERRORS as e:  # (an error answered instead, or a NULL)
             log.warning("the WAL position after a batched insert into %s is unknown (%s): its clients' "
                         "next reads may miss it on a standby", self.batcher.table, e)
             return None

@@ -23,14 +23,13 @@ Hits and misses by reason: /stats (total_fast_path_*), GET /fast_path, Prometheu
 """
 import logging
 
-import gevent
 from gevent.hub import Waiter
 
 from .. import pipeline
 from ..errors import DECODING_ERRORS, ProtocolViolation
 from ..pipeline.stage import StageResult
 from ..protocol.framing import MessageBuffer
-from ..speedups import query_key, read, unnamed_batch, write
+from ..speedups import query_key, read, unnamed_batch
 from ..sqlshape import DIGITS_TO_0, fast_key_sound
 from ..protocol import messages as m
 from ..sockets import READ, plain, watcher
@@ -455,19 +454,4 @@ def send(session, server, data):
     journal = session.journal
     if journal is not None:
         journal.record(data)
-    try:
-        sent = write(server.raw.fileno(), data)  # (its kernel socket: the fast path takes no TLS connection)
-    except (BlockingIOError, InterruptedError):
-        sent = 0
-    except OSError:
-        sent = -1
-    if sent != len(data):  # (a server connection with nothing owed takes a small request whole: rare)
-        gevent.spawn(send_rest, server, data, max(sent, 0))
-
-
-def send_rest(server, data, sent):
-    """What the kernel did not take at once (or a send that failed: the pump sees the loss)."""
-    try:
-        server.send(memoryview(data)[sent:])
-    except Exception:  # (BackendError: the connection is broken; its pump reports it to the client)
-        server.broken = True
+    server.send_now(data)  # (its kernel socket: the fast path takes no TLS connection)

@@ -134,22 +134,21 @@ class Pool:
         idle and the answer is CHECK_DUE (a greenlet's take checks it)."""
         cfg, idle = self.config.pool, self.idle
         while idle:
-            conn = idle.pop()
+            conn = idle[-1]
+            now = monotonic()
+            due = now - conn.last_used >= cfg.check_after
+            if due and in_loop:
+                return CHECK_DUE  # (it stays idle, watched as it was: a greenlet's take checks it)
+            idle.pop()
             if conn.watched:  # its read watcher would have reported EOF or stray bytes
                 conn.on_readable = None
                 clean = not conn.broken and not conn.rbuf.pending()
             else:
                 clean = conn.idle_and_clean()
-            now = monotonic()
             if not clean or cfg.server_lifetime and now - conn.created > cfg.server_lifetime:
                 self._discard(conn)
                 continue
-            if now - conn.last_used >= cfg.check_after:
-                if in_loop:  # (back where it was: the next take checks it)
-                    idle.append(conn)
-                    if conn.watched:
-                        conn.on_readable = conn.idle_check or self._idle_checker(conn)
-                    return CHECK_DUE
+            if due:
                 try:
                     conn.execute(cfg.check_query)
                 except (BackendError, OSError) as e:

@@ -48,7 +48,7 @@ class NodeHealth:
         self.checked = None
         self.suspect = None   # the greenlet probing it quickly after a client saw it fail
         self.conn = None      # the last good probe's connection, kept for the next probe
-        self.conn_for = None  # where it went and as whom (probe_target): a reload may change them
+        self.conn_for = None  # where it went and as whom (probe()'s target): a reload may change them
 
 
 class HealthChecker(Periodic):
