@@ -1,6 +1,7 @@
 /* The compiled helper of the fast path (issue 33): the byte walks of the hot path in C (an answer's
  * headers: walk_answer; a batch's: unnamed_batch), the screen of a simple Query (query_key), and
- * the loop callbacks' reads and writes of non-blocking sockets (read, write).
+ * the loop callbacks' reads and writes of non-blocking sockets (read, write), and the protocol's
+ * NUL-terminated strings (read_cstr: a named statement's execution reads three).
  *
  * Optional: `pip install -e .` builds it where a C compiler is found and goes on without it where
  * none is (setup.py). helios_proxy/speedups.py holds the pure-Python reference of each function,
@@ -270,6 +271,55 @@ write_(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
 }
 
+/* read_cstr(buf, pos) -> (str, next_pos): see speedups.py_read_cstr (the NUL-terminated string at
+ * pos of any bytes-like buf, decoded as UTF-8 with replacement; ValueError without a NUL). */
+static PyObject *
+read_cstr(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "read_cstr(buf, pos)");
+        return NULL;
+    }
+    Py_ssize_t pos = PyNumber_AsSsize_t(args[1], PyExc_OverflowError);
+    if (pos == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const char *buf = (const char *)view.buf;
+    Py_ssize_t n = view.len;
+    if (pos < 0) {  /* (bytes.index's start: from the end) */
+        pos += n;
+        if (pos < 0)
+            pos = 0;
+    }
+    const char *nul = pos < n ? memchr(buf + pos, 0, (size_t)(n - pos)) : NULL;
+    if (nul == NULL) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "subsection not found");
+        return NULL;
+    }
+    Py_ssize_t end = nul - buf;
+    PyObject *text = PyUnicode_DecodeUTF8(buf + pos, end - pos, "replace");
+    PyBuffer_Release(&view);
+    if (text == NULL)
+        return NULL;
+    PyObject *next = PyLong_FromSsize_t(end + 1);
+    if (next == NULL) {
+        Py_DECREF(text);
+        return NULL;
+    }
+    PyObject *out = PyTuple_New(2);
+    if (out == NULL) {
+        Py_DECREF(text);
+        Py_DECREF(next);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(out, 0, text);
+    PyTuple_SET_ITEM(out, 1, next);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"walk_answer", (PyCFunction)(void (*)(void))walk_answer, METH_FASTCALL,
      "walk_answer(data, pos, tail, entries, k, stops, middle): the index of the entry whose answer "
@@ -284,6 +334,9 @@ static PyMethodDef methods[] = {
      "read(fd): os.read(fd, 65536) of a non-blocking descriptor, the GIL kept."},
     {"write", (PyCFunction)(void (*)(void))write_, METH_FASTCALL,
      "write(fd, data): os.write(fd, data) of a non-blocking descriptor, the GIL kept."},
+    {"read_cstr", (PyCFunction)(void (*)(void))read_cstr, METH_FASTCALL,
+     "read_cstr(buf, pos): (the NUL-terminated string at pos, decoded as UTF-8 with replacement, "
+     "the position after its NUL); ValueError without a NUL."},
     {NULL, NULL, 0, NULL},
 };
 

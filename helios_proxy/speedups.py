@@ -1,7 +1,7 @@
 """The fast path's byte walks (issue 33) and its loop callbacks' reads and writes, in C where
 helios_proxy/_speedups.c was built, else in Python: the py_ functions here are the reference, the C
-ones do exactly what they do; `walk_answer`, `query_key`, `unnamed_batch`, `read` and `write` are
-the ones that run (py_messages: the framing unnamed_batch starts with).
+ones do exactly what they do; `walk_answer`, `query_key`, `unnamed_batch`, `read`, `write` and
+`read_cstr` (protocol/codec.py's) are the ones that run (py_messages: the framing unnamed_batch starts with).
 
 The C module is optional: `pip install -e .` builds it where a C compiler is found and goes on
 without it where none is (setup.py). HELIOS_PURE_PYTHON=1 in the environment chooses the Python
@@ -126,12 +126,20 @@ def py_unnamed_batch(data):
     return starts, shape, nul
 
 
+def py_read_cstr(buf, pos):
+    """(str, next_pos) for the NUL-terminated string starting at pos of buf (bytes, bytearray), decoded as
+    UTF-8 with replacement; ValueError when no NUL follows."""
+    end = buf.index(b"\0", pos)
+    return bytes(buf[pos:end]).decode("utf-8", "replace"), end + 1
+
+
 def table(types):
     """The 256-byte table walk_answer() takes: 1 for each message type in types, else 0."""
     return bytes(1 if t in types else 0 for t in range(256))
 
 
 walk_answer, query_key, unnamed_batch, read, write = py_walk_answer, py_query_key, py_unnamed_batch, py_read, py_write
+read_cstr = py_read_cstr
 COMPILED = False
 if not os.environ.get("HELIOS_PURE_PYTHON"):
     try:
@@ -140,5 +148,5 @@ if not os.environ.get("HELIOS_PURE_PYTHON"):
         pass
     else:
         walk_answer, query_key, unnamed_batch = _speedups.walk_answer, _speedups.query_key, _speedups.unnamed_batch
-        read, write = _speedups.read, _speedups.write
+        read, write, read_cstr = _speedups.read, _speedups.write, _speedups.read_cstr
         COMPILED = True

@@ -44,7 +44,7 @@ class ServerStatements:
 
     def __contains__(self, name):
         """Whether the server has name, parsed since its last invalidation."""
-        if self.names.get(name) == generation(name):
+        if self.names.get(name) == (EVERY[0], GENERATIONS.get(name, 0)):  # (generation(name), inline)
             self.names.move_to_end(name)
             return True
         return False

@@ -52,8 +52,8 @@ NAMED = frozenset((b"BDES", b"BES"))  # a named statement's execution (Describe:
 # the entries of what follows its Bind (statements.translate expects the Bind's own answer)
 NAMED_DESCRIBED = (p.PLAIN[p.DESCRIBE_PORTAL], p.PLAIN[p.EXECUTE], p.PLAIN[p.SYNC])
 NAMED_EXECUTED = NAMED_DESCRIBED[1:]
-B = ord("B")
 PORTAL = ord("P")
+EMPTY = b"\0"  # the unnamed portal's name (and NUL)
 PLAIN_SERVERS = frozenset(("disable", "prefer"))  # [tls] server_mode: server connections may be plain
 TERMINATE = m.TERMINATE  # (a miss by its own name: not a request the fast path could have taken)
 HANDLERS = "the forwarder's handlers"  # let_through(): the request goes through them in the callback
@@ -365,7 +365,9 @@ class FastPath(Waiting):
         if (data[bind + 5] != 0 or name_end <= bind + 6 or data[execute + 5] != 0
                 or len(starts) == 4 and (data[starts[1] + 5] != PORTAL or data[starts[1] + 6] != 0)):
             return "not one unnamed batch"
-        if data[bind + 6:name_end].decode("utf-8", "replace") not in session.statements.by_name:
+        book = session.statements
+        stmt = book.by_name.get(data[bind + 6:name_end].decode("utf-8", "replace"))
+        if stmt is None:
             return "a statement the pool does not translate"  # (session pooling, or not prepared: 26000)
         reason = self.blocked()
         if reason is not None:
@@ -374,23 +376,24 @@ class FastPath(Waiting):
             return "executions counted (limits)"
         lease = session.slot.lease
         if lease is None and session.route.next_target is None:  # (on_bind_or_describe's rule: where its Parse went)
-            statements.route_of_bind(session, data[bind + 5:starts[1]])
-        book, journal = session.statements, session.journal
+            statements.aim_at(session, stmt)
+        journal = session.journal
         if (book.local is not None or book.queries or book.texts is not None or journal is not None and journal.named
                 or not session.identity.pooled):
             return self.go_on(lease, data, FastPath.handled, None)  # (a feature of the handlers' at work)
-        return self.go_on(lease, data, FastPath.bound_sent, starts)
+        return self.go_on(lease, data, FastPath.bound_sent, (stmt, name_end + 1, starts[1], len(starts) == 4))
 
-    def bound_sent(self, lease, data, starts):
+    def bound_sent(self, lease, data, bound):
         """What the forwarder's handlers do with a named statement's execution once leased when no
-        feature of theirs is at work (on_bind_or_describe: the Bind translated by statements.translate,
-        which puts the statement on this connection first if it lacks it and expects the answers;
-        the Describe, Execute and Sync as they came): in one send."""
+        feature of theirs is at work (on_bind_or_describe: the Bind translated as statements.translate
+        does it, by statements.bind, which puts the statement on this connection first if it lacks it
+        and expects the answers; the Describe, Execute and Sync as they came): in one send. bound:
+        (the statement, where the Bind's parameters begin and where it ends, whether a Describe follows)."""
         session = self.session
-        bound = starts[1]
-        out, _ = statements.translate(session, B, data[:bound])
-        send(session, lease.server, out + data[bound:])
-        session.plan.sent_request(NAMED_DESCRIBED if len(starts) == 4 else NAMED_EXECUTED)
+        stmt, params, end, described = bound
+        server = lease.server
+        send(session, server, statements.bind(session, server, stmt, EMPTY, data[params:end]) + data[end:])
+        session.plan.sent_request(NAMED_DESCRIBED if described else NAMED_EXECUTED)
         counters = session.counters
         counters.queries += 1
         counters.bytes_in += len(data)

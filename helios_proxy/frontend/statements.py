@@ -60,21 +60,35 @@ def translate(session, mtype, message):
         plan.expect(p.ONE, on_fail=failed)
         return out + stmt.parse, None
     if mtype == B:
-        portal, pos = codec.read_cstr(body, 0)
-        if body[pos] == 0:
+        portal, name, params = bind_names(body)
+        if not name:
             return None
-        stmt = session.statements.lookup(codec.read_cstr(body, pos)[0])
-        if stmt.sets:
-            session.settings.changed()
-        out = ensure(session, stmt)
-        plan.expect(p.ONE)
-        return out + prepared.rename_bind(body, stmt.server_name), None
+        return bind(session, server, session.statements.lookup(name), body[:portal], body[params:]), None
     if body[0] != STATEMENT or body[1] == 0:
         return None
     stmt = session.statements.lookup(codec.read_cstr(body, 1)[0])
-    out = ensure(session, stmt)
+    out = ensure(session, stmt, server)
     plan.expect(p.DESCRIBE_STATEMENT)
     return out + prepared.describe_statement(stmt.server_name), None
+
+
+def bind_names(body):
+    """(where a Bind's body names its statement, the statement's name, where its parameters begin);
+    a DECODING_ERRORS error for a body that is not one."""
+    pos = body.index(0) + 1  # (after the portal's name)
+    name, params = codec.read_cstr(body, pos)
+    return pos, name, params
+
+
+def bind(session, server, stmt, portal, params):
+    """What server gets for a client's Bind of stmt (portal: its portal's name with the NUL; params:
+    the rest of its body as it came): the Bind of the server's statement, after a Parse when server
+    lacks it; the plan expects its answer."""
+    if stmt.sets:
+        session.settings.changed()
+    out = ensure(session, stmt, server)
+    session.plan.expect(p.ONE)
+    return out + prepared.bind(portal, stmt, params)
 
 
 def sql_statements(session, prepare, needs):
@@ -114,17 +128,20 @@ def route_of_bind(session, body):
     """Send a Bind of a named statement where the statement's Parse was routed, or where SET
     helios.route says now (a statement prepared before it, as psycopg 3 prepares a query it ran
     five times, follows it as its text would)."""
-    pos = body.index(b"\0") + 1
-    name = codec.read_cstr(body, pos)[0]
+    name = bind_names(body)[1]
     stmt = session.statements.by_name.get(name) if name else None
     if stmt is not None:
-        override = session.route.override
-        session.route.aim(stmt.route if override is None else (override, None))
+        aim_at(session, stmt)
 
 
-def ensure(session, stmt):
-    """A Parse (answered invisibly) when the leased server lacks stmt, else nothing."""
-    server = session.server
+def aim_at(session, stmt):
+    """The next lease goes where stmt's Parse went, or where SET helios.route says now."""
+    override = session.route.override
+    session.route.aim(stmt.route if override is None else (override, None))
+
+
+def ensure(session, stmt, server):
+    """A Parse (answered invisibly) when server (the leased one) lacks stmt, else nothing."""
     if stmt.server_name in server.statements:
         return b""
     out = make_room(session, stmt.server_name)

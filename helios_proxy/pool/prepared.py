@@ -15,6 +15,7 @@ from ..errors import (
     DUPLICATE_PREPARED_STATEMENT as DUPLICATE_PREPARED, INVALID_SQL_STATEMENT_NAME as UNDEFINED_PREPARED, ProxyError)
 from ..protocol import codec
 from ..protocol.codec import read_cstr
+from ..protocol.framing import INT32
 
 
 
@@ -26,10 +27,11 @@ SETS = re.compile(rb"set_config|(?:^|\0)(?:\s|/\*.*?\*/|--[^\n]*\n)*(?:set|reset
 
 
 class Statement:
-    __slots__ = ("server_name", "parse", "route", "sets")
+    __slots__ = ("server_name", "parse", "route", "sets", "cname")
 
     def __init__(self, server_name, parse):
         self.server_name, self.parse = server_name, parse  # parse: a whole Parse message, server name
+        self.cname = codec.cstr(server_name)  # (its name as a Bind or Describe carries it)
         self.route = None  # where a lease for executing it goes (set by the route stage at Parse)
         self.sets = SETS.search(parse if isinstance(parse, bytes) else parse.encode()) is not None
 
@@ -147,10 +149,10 @@ def recreate(server, saved):
             server.prepare(name, text, [int(t) for t in types.split(",") if t])
 
 
-def rename_bind(body, sname):
-    portal, pos = read_cstr(body, 0)
-    _, pos = read_cstr(body, pos)
-    return codec.message(b"B", codec.cstr(portal) + codec.cstr(sname) + bytes(body[pos:]))
+def bind(portal, stmt, params):
+    """A Bind of stmt's server-side statement: portal (its name and NUL) and params (the client's
+    Bind body after the statement's name) as the client sent them."""
+    return b"B" + INT32.pack(4 + len(portal) + len(stmt.cname) + len(params)) + portal + stmt.cname + params
 
 
 def describe_statement(sname):

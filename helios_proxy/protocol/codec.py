@@ -2,6 +2,7 @@
 from struct import pack, unpack_from
 
 from . import messages as m
+from .. import speedups
 
 
 def message(mtype, body=b""):
@@ -12,10 +13,9 @@ def cstr(s):
     return s.encode() + b"\0" if isinstance(s, str) else s + b"\0"
 
 
-def read_cstr(buf, pos):
-    """Return (str, next_pos) for the NUL-terminated string starting at pos."""
-    end = buf.index(b"\0", pos)
-    return bytes(buf[pos:end]).decode("utf-8", "replace"), end + 1
+# (str, next_pos) for the NUL-terminated string starting at pos (speedups.py_read_cstr; compiled
+# where the helper was built: a named statement's execution reads three)
+read_cstr = speedups.read_cstr
 
 
 # --- backend messages the proxy itself sends to clients ---------------------------------------

@@ -4,7 +4,8 @@ refusal), never another exception that would end in a traceback."""
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from helios_proxy.errors import DECODING_ERRORS
-from helios_proxy.pool.prepared import StatementBook, rename_bind
+from helios_proxy.frontend.statements import bind_names
+from helios_proxy.pool.prepared import StatementBook
 from helios_proxy.protocol import codec
 from helios_proxy.protocol.scram import ScramClient
 
@@ -31,7 +32,7 @@ def test_backend_message_parsers(data):
 @given(st.binary(max_size=64))
 def test_client_statement_messages(data):
     only_expected(StatementBook().parse, data)
-    only_expected(lambda d: rename_bind(d, "s1"), data)
+    only_expected(bind_names, data)
 
 
 @FAST

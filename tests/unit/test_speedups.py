@@ -209,3 +209,24 @@ def test_a_write_the_kernel_takes_only_in_part_says_how_much_it_took(impl):
         assert 0 < sent < 8 << 20
         with pytest.raises(BlockingIOError):  # full
             write(a.fileno(), b"x")
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_read_cstr_reads_a_nul_terminated_string_of_bytes_or_a_bytearray(impl):
+    read_cstr = impl.py_read_cstr if impl is speedups else impl.read_cstr
+    bind = b"\0stmt_1\0\0\0"  # a Bind's body: the unnamed portal, the statement's name, ...
+    assert read_cstr(bind, 0) == ("", 1)
+    assert read_cstr(bind, 1) == ("stmt_1", 8)
+    assert read_cstr(b"xx\xc3\xa9t\xc3\0", 2) == ("\u00e9t\ufffd", 7)  # (UTF-8, a bad byte replaced)
+    assert read_cstr(bytearray(b"a\0b\0"), -2) == ("b", 4)  # (a start from the end, as bytes.index's)
+    for pos in (0, 3, 9):
+        with pytest.raises(ValueError):  # no NUL from pos on (or pos beyond the buffer)
+            read_cstr(b"abc\0"[:3], pos)
+
+
+@needs_c
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=60), st.integers(min_value=-70, max_value=70))
+def test_read_cstr_matches_the_reference_on_any_bytes(data, pos):
+    ref, fast = both("read_cstr", data, pos)
+    assert ref == fast

@@ -3,7 +3,9 @@ import pytest
 
 from helios_proxy.backend.statements import ServerStatements, invalidate, invalidate_all
 from helios_proxy.errors import ProxyError
-from helios_proxy.pool.prepared import StatementBook, rename_bind
+from helios_proxy.frontend.statements import bind_names
+from helios_proxy.pool import prepared
+from helios_proxy.pool.prepared import StatementBook
 from helios_proxy.protocol import codec
 
 
@@ -31,9 +33,12 @@ def test_client_names_follow_postgresql_errors():
 
 
 def test_bind_is_renamed_and_keeps_its_parameters():
-    bind = codec.bind(["42"], portal="p", statement="s1")
-    renamed = rename_bind(bind[5:], "helios_x")
+    body = codec.bind(["42"], portal="p", statement="s1")[5:]
+    portal, name, params = bind_names(body)
+    assert name == "s1"
+    renamed = prepared.bind(body[:portal], prepared.Statement("helios_x", b""), body[params:])
     assert renamed == codec.bind(["42"], portal="p", statement="helios_x")
+    assert bind_names(codec.bind([], statement="")[5:])[1] == ""  # (the unnamed statement: not translated)
 
 
 def test_server_statements_evict_the_least_recently_used_beyond_the_cap():
