@@ -272,6 +272,35 @@ def test_prepared_statement_errors_match_postgres(cluster, txn):
     assert transcript(txn.port, steps) == transcript(cluster.primary_port, steps)
 
 
+@pytest.mark.parametrize("discard", [codec.query("discard all"),
+                                     codec.parse("DISCARD ALL") + codec.bind([]) + codec.execute() + codec.SYNC],
+                         ids=["simple", "extended"])
+def test_a_discard_all_leaves_no_other_client_a_statement_the_server_dropped(start_proxy, discard):
+    """DISCARD ALL drops every prepared statement of the server connection it runs on, those other
+    clients share on it too: the proxy forgets them there, and the next client that prepares one
+    of them on that connection has it parsed again (it got 26000 from the server when the fast path
+    took the DISCARD ALL: the statement's record was kept)."""
+    one = start_proxy(pool={"mode": "transaction", "max_size": 1})  # (one server connection for both)
+    a, b = Wire(one.port), Wire(one.port)
+    try:
+        for w in (a, b):
+            w.startup(user="postgres", database="postgres")
+        run = codec.parse("select 'shared'", name="s") + codec.bind([], statement="s") + codec.execute() + codec.SYNC
+        a.send(run)
+        assert error_of(a.until_ready()) is None
+        a.send(discard)
+        assert error_of(a.until_ready()) is None
+        b.send(run)
+        answer = b.until_ready()
+        assert error_of(answer) is None
+        assert (b"D", b"\0\1\0\0\0\x06shared") in answer
+        a.send(run)  # (its own statement went with its DISCARD ALL: parsed anew)
+        assert error_of(a.until_ready()) is None
+    finally:
+        a.close()
+        b.close()
+
+
 def test_statements_the_proxy_answers_in_the_extended_protocol_match_postgres(cluster, txn):
     """DEALLOCATE under transaction pooling is the proxy's to answer (the client's statements are
     its own): through the extended protocol, as psycopg 3, asyncpg and JDBC send it, unnamed or

@@ -186,12 +186,15 @@ class FastPath(Waiting):
         """Whether the stages' result lets the request go on as it came (True), or through the
         forwarder's handlers in the callback (HANDLERS: a COMMIT whose xid replay asks first, a
         lone write it wraps in a transaction of its own: what they do then only sends), or only
-        through the greenlet (False: a refusal, a rewrite, PREPARE, a batch, a pin)."""
+        through the greenlet (False: a refusal, a rewrite, PREPARE, a batch, a pin, DISCARD ALL: what
+        the forwarder does besides sending when it leases, leased(), is the greenlet's)."""
         fwd = self.fwd
         if fwd.commit == "write" and lease is not None and not replay.wraps(self.session):
             fwd.commit = None  # (a write inside a transaction block goes as it is: on_query's rule)
+        session = self.session
         if (result is not CONTINUE or ctx.sql is not sql or fwd.sql_prepare is not None or fwd.sql_needs
-                or fwd.batch_steps.next or self.session.slot.pinned is not pinned):
+                or fwd.batch_steps.next or session.slot.pinned is not pinned
+                or session.statements.discard_pending):  # (DISCARD ALL: leased() clears the server's statements)
             return False
         return True if fwd.commit is None else HANDLERS
 
@@ -274,7 +277,9 @@ class FastPath(Waiting):
     def go_on(self, lease, data, go, args):
         """The request goes on (go, a FastPath method: no bound method made per request): on the
         lease held, or on one taken now, or once its turn comes in its pool's line (None); else why
-        it cannot (the stages' result stays in fwd.premade for the greenlet)."""
+        it cannot (the stages' result stays in fwd.premade for the greenlet). What go returns goes
+        to the server (into replay's journal first): the client's bytes as they came, or as
+        translated (go returns None when the forwarder's handlers sent them)."""
         if lease is None:
             slot = self.session.slot
             took = slot.take_now()
@@ -282,20 +287,24 @@ class FastPath(Waiting):
                 return self.line_up(took, data, go, args)
             lease = slot.lease
         self.fwd.premade = None
-        go(self, lease, data, args)
+        out = go(self, lease, data, args)
+        if out is not None:
+            journal = self.session.journal
+            if journal is not None:
+                journal.record(out)
+            lease.server.send_now(out)  # (its kernel socket: the fast path takes no TLS connection)
         return None
 
     def query_sent(self, lease, data, _):
         """The Query goes to lease's server as it came; the plan expects its answer."""
         session = self.session
-        server = lease.server
-        server.unnamed_owner = None
-        send(session, server, data)
+        lease.server.unnamed_owner = None
         session.plan.sent_request(QUERY_ENTRIES)
         counters = session.counters
         counters.bytes_in += len(data)
         counters.queries += 1
         counters.fast_hits += 1
+        return data
 
     def batch(self, data):
         """Handle data if it is one unnamed extended batch in one read (Parse, Bind, [Describe,]
@@ -391,13 +400,13 @@ class FastPath(Waiting):
         (the statement, where the Bind's parameters begin and where it ends, whether a Describe follows)."""
         session = self.session
         stmt, params, end, described = bound
-        server = lease.server
-        send(session, server, statements.bind(session, server, stmt, EMPTY, data[params:end]) + data[end:])
+        out = statements.bind(session, lease.server, stmt, EMPTY, data[params:end]) + data[end:]
         session.plan.sent_request(NAMED_DESCRIBED if described else NAMED_EXECUTED)
         counters = session.counters
         counters.queries += 1
         counters.bytes_in += len(data)
         counters.fast_hits += 1
+        return out
 
     def handled(self, lease, data, premade):
         """The forwarder's own handlers take data on lease (nothing they do waits then), with the
@@ -430,7 +439,6 @@ class FastPath(Waiting):
         session = self.session
         unnamed.parsed(session, data[:starts[1]])
         unnamed.sent(session, lease.server)
-        send(session, lease.server, data)
         if len(starts) == 5:  # (fwd.count per message, in one: the plan's entries, one query)
             batch = PBDES_PORTAL if data[starts[2] + 5] == PORTAL else PBDES_STATEMENT
         else:
@@ -440,6 +448,7 @@ class FastPath(Waiting):
         counters.queries += 1
         counters.bytes_in += len(data)
         counters.fast_hits += 1
+        return data
 
 
 def remember(texts, key, shape=None):
@@ -450,11 +459,3 @@ def remember(texts, key, shape=None):
         texts.add(key)
     else:
         texts[key] = shape
-
-
-def send(session, server, data):
-    """The client's bytes to the server as they came (into the journal first, replay on)."""
-    journal = session.journal
-    if journal is not None:
-        journal.record(data)
-    server.send_now(data)  # (its kernel socket: the fast path takes no TLS connection)
