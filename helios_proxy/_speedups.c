@@ -1,5 +1,5 @@
 /* The compiled helper of the fast path (issue 33): the byte walks of the hot path in C (an answer's
- * headers: walk_answer; a batch's: unnamed_batch), the screen of a simple Query (query_key), and
+ * headers: walk_answer, whole_answer; a batch's: unnamed_batch), the screen of a simple Query (query_key), and
  * the loop callbacks' reads and writes of non-blocking sockets (read, write), and the protocol's
  * NUL-terminated strings (read_cstr: a named statement's execution reads three).
  *
@@ -52,6 +52,7 @@ static inline Py_ssize_t length_at(const unsigned char *p)
     return ((Py_ssize_t)p[0] << 24) | ((Py_ssize_t)p[1] << 16) | ((Py_ssize_t)p[2] << 8) | (Py_ssize_t)p[3];
 }
 
+static const unsigned char READY_HEAD[5] = {'Z', 0, 0, 0, 5};  /* a ReadyForQuery's type and length */
 static const unsigned char NO_TABLE[1];  /* table_of(): the entry has none (not a usual one) */
 
 /* The stops table of an entry (stops: {entry: 256 bytes}); NO_TABLE; NULL with an exception set. */
@@ -70,6 +71,39 @@ table_of(PyObject *entries, Py_ssize_t k, PyObject *stops)
         return NULL;
     }
     return (const unsigned char *)PyBytes_AS_STRING(table);
+}
+
+/* The walk of walk_answer() on data (n bytes) from pos: the index of the entry whose answer ends at
+ * tail, or -1; -2 with an exception set. */
+static Py_ssize_t
+walk(const unsigned char *data, Py_ssize_t n, Py_ssize_t pos, Py_ssize_t tail, PyObject *entries, Py_ssize_t k,
+     Py_ssize_t last, PyObject *stops, const unsigned char *middle)
+{
+    const unsigned char *table = table_of(entries, k, stops);
+    if (table == NULL)
+        return -2;
+    if (table == NO_TABLE)
+        return -1;
+    while (pos < tail) {
+        if (pos < 0 || pos >= n)
+            goto beyond;
+        unsigned char mtype = data[pos];
+        if (table[mtype]) {
+            if (!middle[mtype] || k == last)
+                return -1;
+            if ((table = table_of(entries, ++k, stops)) == NULL)
+                return -2;
+            if (table == NO_TABLE)
+                return -1;
+        }
+        if (pos > n - 5)
+            goto beyond;
+        pos += 1 + length_at(data + pos + 1);
+    }
+    return pos == tail ? k : -1;
+beyond:  /* (a message header it must read is beyond data) */
+    PyErr_SetString(PyExc_ValueError, "walk_answer: a message header beyond the data");
+    return -2;
 }
 
 /* walk_answer(data, pos, tail, entries, k, stops, middle) -> int: see speedups.py_walk_answer. */
@@ -91,34 +125,44 @@ walk_answer(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if ((last = PySequence_Size(args[3]) - 1) < -1)
         return NULL;
-    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    const unsigned char *middle = (const unsigned char *)PyBytes_AS_STRING(args[6]);
-    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
-    const unsigned char *table = table_of(args[3], k, args[5]);
-    if (table == NULL)
+    Py_ssize_t found = walk((const unsigned char *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), pos, tail,
+                            args[3], k, last, args[5], (const unsigned char *)PyBytes_AS_STRING(args[6]));
+    return found == -2 ? NULL : PyLong_FromSsize_t(found);
+}
+
+/* whole_answer(data, entries, stops, middle, ended) -> bytes or None: see speedups.py_whole_answer. */
+static PyObject *
+whole_answer(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyBytes_CheckExact(args[0]) || !PyDict_CheckExact(args[2]) || !PyBytes_CheckExact(args[3])
+            || PyBytes_GET_SIZE(args[3]) != 256 || !PyAnySet_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "whole_answer(data: bytes, entries, stops: dict, middle: 256 bytes, ended: a set)");
         return NULL;
-    if (table == NO_TABLE)
-        return PyLong_FromLong(-1);
-    while (pos < tail) {
-        if (pos < 0 || pos >= n)
-            goto beyond;
-        unsigned char mtype = data[pos];
-        if (table[mtype]) {
-            if (!middle[mtype] || k == last)
-                return PyLong_FromLong(-1);
-            if ((table = table_of(args[3], ++k, args[5])) == NULL)
-                return NULL;
-            if (table == NO_TABLE)
-                return PyLong_FromLong(-1);
-        }
-        if (pos > n - 5)
-            goto beyond;
-        pos += 1 + length_at(data + pos + 1);
     }
-    return PyLong_FromSsize_t(pos == tail ? k : -1);
-beyond:  /* (a message header it must read is beyond data) */
-    PyErr_SetString(PyExc_ValueError, "walk_answer: a message header beyond the data");
-    return NULL;
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]), tail = n - 6, last;
+    if (tail < 0 || memcmp(data + tail, READY_HEAD, 5) != 0)
+        Py_RETURN_NONE;
+    if ((last = PySequence_Size(args[1]) - 1) < -1)
+        return NULL;
+    if (last < 0)
+        Py_RETURN_NONE;
+    Py_ssize_t found = walk(data, n, 0, tail, args[1], 0, last, args[2], (const unsigned char *)PyBytes_AS_STRING(args[3]));
+    if (found == -2)
+        return NULL;
+    if (found != last)
+        Py_RETURN_NONE;
+    PyObject *entry = PySequence_GetItem(args[1], last);
+    if (entry == NULL)
+        return NULL;
+    int ends = PySet_Contains(args[4], entry);
+    Py_DECREF(entry);
+    if (ends < 0)
+        return NULL;
+    if (!ends)
+        Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize((const char *)data + n - 1, 1);  /* (its status: a cached one-byte object) */
 }
 
 /* query_key(data, table) -> bytes or None: see speedups.query_key. */
@@ -324,6 +368,9 @@ static PyMethodDef methods[] = {
     {"walk_answer", (PyCFunction)(void (*)(void))walk_answer, METH_FASTCALL,
      "walk_answer(data, pos, tail, entries, k, stops, middle): the index of the entry whose answer "
      "ends at tail, walking the messages from pos by their headers; -1 where the walk must stop."},
+    {"whole_answer", (PyCFunction)(void (*)(void))whole_answer, METH_FASTCALL,
+     "whole_answer(data, entries, stops, middle, ended): the status of data's final ReadyForQuery if data is the "
+     "whole answer to entries, else None."},
     {"query_key", (PyCFunction)(void (*)(void))query_key, METH_FASTCALL,
      "query_key(data, table): data.translate(table) if data is one whole simple Query with no NUL "
      "inside its text, else None."},

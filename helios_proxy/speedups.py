@@ -1,7 +1,7 @@
 """The fast path's byte walks (issue 33) and its loop callbacks' reads and writes, in C where
 helios_proxy/_speedups.c was built, else in Python: the py_ functions here are the reference, the C
-ones do exactly what they do; `walk_answer`, `query_key`, `unnamed_batch`, `read`, `write` and
-`read_cstr` (protocol/codec.py's) are the ones that run (py_messages: the framing unnamed_batch starts with).
+ones do exactly what they do; `whole_answer` (with `walk_answer`), `query_key`, `unnamed_batch`,
+`read`, `write` and `read_cstr` (protocol/codec.py's) are the ones that run (py_messages: the framing unnamed_batch starts with).
 
 The C module is optional: `pip install -e .` builds it where a C compiler is found and goes on
 without it where none is (setup.py). HELIOS_PURE_PYTHON=1 in the environment chooses the Python
@@ -65,6 +65,23 @@ def py_walk_answer(data, pos, tail, entries, k, stops, middle):
                 return -1
         pos += 1 + length_of(data, pos)[0]
     return k if pos == tail else -1
+
+
+READY_HEAD = b"Z\0\0\0\x05"  # a ReadyForQuery's type and length (its status follows)
+
+
+def py_whole_answer(data, entries, stops, middle, ended):
+    """The status of data's final ReadyForQuery (bytes: b"I", b"T" or b"E") if data is the whole
+    answer to entries (a response plan's): a ReadyForQuery ends it, and the walk from its start
+    (py_walk_answer) ends the last entry's answer right before it, an entry of ended (one a
+    ReadyForQuery ends: a Query's, a Sync's); else None."""
+    tail = len(data) - 6
+    if tail < 0 or data[tail:-1] != READY_HEAD or not entries:
+        return None
+    last = len(entries) - 1
+    if py_walk_answer(data, 0, tail, entries, 0, stops, middle) != last or entries[last] not in ended:
+        return None
+    return data[-1:]
 
 
 def py_query_key(data, table):
@@ -139,7 +156,7 @@ def table(types):
 
 
 walk_answer, query_key, unnamed_batch, read, write = py_walk_answer, py_query_key, py_unnamed_batch, py_read, py_write
-read_cstr = py_read_cstr
+whole_answer, read_cstr = py_whole_answer, py_read_cstr
 COMPILED = False
 if not os.environ.get("HELIOS_PURE_PYTHON"):
     try:
@@ -149,4 +166,5 @@ if not os.environ.get("HELIOS_PURE_PYTHON"):
     else:
         walk_answer, query_key, unnamed_batch = _speedups.walk_answer, _speedups.query_key, _speedups.unnamed_batch
         read, write, read_cstr = _speedups.read, _speedups.write, _speedups.read_cstr
+        whole_answer = _speedups.whole_answer
         COMPILED = True

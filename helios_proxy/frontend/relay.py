@@ -32,7 +32,7 @@ from ..protocol.framing import StreamScanner, length_of
 from .plan import ENDS, HIDE, PLAIN
 from ..continuity import replay
 from ..sockets import call_soon, plain, recv, wake_when_readable
-from ..speedups import read, table, walk_answer
+from ..speedups import read, table, whole_answer
 
 log = logging.getLogger(__name__)
 READY, PARAMETER_STATUS, ERROR = m.READY_FOR_QUERY[0], m.PARAMETER_STATUS[0], m.ERROR_RESPONSE[0]
@@ -46,12 +46,11 @@ EVERYTHING = frozenset(range(256))  # while the proxy's own Query is answered
 # an ErrorResponse, a notice, a ParameterStatus, COPY..., is feed()'s).
 # whole(): the usual messages of an answer before its ReadyForQuery (no error, notice, copy...);
 # STOPS[plain entry]: the messages the walk stops at, to see what comes (the entry's last, or unusual),
-# as speedups.walk_answer's tables
+# as speedups.whole_answer's tables
 PLAIN_MIDDLE = frozenset(b"TDCI123nst")
 MIDDLE = table(PLAIN_MIDDLE)
 STOPS = {entry: table(EVERYTHING - (PLAIN_MIDDLE - ENDS[kind])) for kind, entry in PLAIN.items()}
 ENDED_BY_READY = frozenset(entry for kind, entry in PLAIN.items() if READY in ENDS[kind])  # (Query, Sync)
-READY_HEAD = m.READY_FOR_QUERY + b"\0\0\0\x05"  # (a ReadyForQuery's type and length: its status follows)
 
 
 def last_tag(data, stop):
@@ -165,23 +164,19 @@ class ServerStream:
         cache_state = session.cache_state
         if cache_state is not None and cache_state.fill is not None:
             return None
-        n = len(data)
-        tail = n - 6  # (where its ReadyForQuery must begin: it ends the chunk)
-        if tail < 0 or data[tail:-1] != READY_HEAD:
-            return None  # (the answer goes on in the next chunk, or ends otherwise)
-        # every message before it: of the usual kinds, ending its entry's answer in turn, every entry
-        # the usual one of its kind (-1: not so)
-        last = len(entries) - 1
-        if walk_answer(data, 0, tail, entries, 0, STOPS, MIDDLE) != last or entries[last] not in ENDED_BY_READY:
-            return None  # (the ReadyForQuery's bytes were a message's inside, or the answer ends otherwise)
-        status = data[-1:]
+        # a ReadyForQuery ends the chunk, every message before it of the usual kinds, ending its
+        # entry's answer in turn, every entry the usual one of its kind, the last one a Query's or
+        # a Sync's (else None: the answer goes on in the next chunk, or ends otherwise)
+        status = whole_answer(data, entries, STOPS, MIDDLE, ENDED_BY_READY)
+        if status is None:
+            return None
         self.server.tx_status = plan.status = status
         entries.clear()
         if plan.completions is None:  # (plan.answered(), inline: nothing owed now)
             plan.outstanding, answered = 0, None
         else:  # (analytics, plugins' on_query_complete: as feed() notes them)
             entry, answered = plan.answered(), []
-            self.last_tag = last_tag(data, tail)
+            self.last_tag = last_tag(data, len(data) - 6)  # (its ReadyForQuery's start)
             self.completed(entry, status, answered)
             analytics = session.proxy.analytics
             if analytics is not None and analytics.pending and (analytics.timer is None
@@ -193,7 +188,7 @@ class ServerStream:
             session.counters.transactions += 1
             release = session.identity.pooled and not session.slot.pinned and session.closing is None
             if journal is not None:  # (journal.answered()'s clean case: one call less)
-                journal.checkpoint(n)
+                journal.checkpoint(len(data))
         else:
             release = False
             if journal is not None:

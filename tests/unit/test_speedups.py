@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 from helios_proxy import speedups
 from collections import deque
 
-from helios_proxy.frontend.relay import MIDDLE, STOPS
+from helios_proxy.frontend.relay import ENDED_BY_READY, MIDDLE, STOPS
 from helios_proxy.frontend.plan import DESCRIBE_PORTAL, EXECUTE, ONE, PLAIN, QUERY, SYNC, Entry
 from helios_proxy.sqlshape import DIGITS_TO_0
 
@@ -116,6 +116,35 @@ def test_an_entry_that_is_not_the_usual_one_of_its_kind_stops_the_walk(impl):
 def test_walk_answer_matches_the_reference_on_any_bytes(data, pos, tail, entries):
     ref, fast = both("walk_answer", data, pos, tail, entries, 0, STOPS, MIDDLE)
     assert ref == fast
+
+
+def whole_of(impl, data, entries):
+    whole_answer = impl.py_whole_answer if impl is speedups else impl.whole_answer
+    return whole_answer(data, entries, STOPS, MIDDLE, ENDED_BY_READY)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_whole_answer_is_the_status_of_an_answer_that_ends_its_plan_at_its_ready_for_query(impl):
+    assert whole_of(impl, SELECT_ANSWER, QUERY_PLAN) == b"I"
+    assert whole_of(impl, SELECT_ANSWER[:-1] + b"T", QUERY_PLAN) == b"T"
+    assert whole_of(impl, BATCH_ANSWER, BATCH_PLAN) == b"I"
+    assert whole_of(impl, TRICKY_ANSWER, QUERY_PLAN) == b"I"  # (a row's bytes stepped over)
+    assert whole_of(impl, ERROR_ANSWER, QUERY_PLAN) is None  # (not a usual message: feed()'s)
+    assert whole_of(impl, SELECT_ANSWER[:-6], QUERY_PLAN) is None  # (the answer goes on in the next chunk)
+    assert whole_of(impl, SELECT_ANSWER, deque()) is None  # (nothing owed)
+    assert whole_of(impl, SELECT_ANSWER, deque([PLAIN[EXECUTE]])) is None  # (a ReadyForQuery ends no Execute)
+    assert whole_of(impl, SELECT_ANSWER, deque([PLAIN[QUERY], PLAIN[QUERY]])) is None  # (another answer owed)
+    assert whole_of(impl, SELECT_ANSWER, deque([Entry(QUERY, drop=True)])) is None  # (the proxy's own)
+    assert whole_of(impl, b"Z\0\0\0\x05", QUERY_PLAN) is None  # (shorter than a ReadyForQuery)
+
+
+@needs_c
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=200), st.sampled_from(PLANS + [deque()]), st.sampled_from(b"ITE"))
+def test_whole_answer_matches_the_reference_on_any_bytes(data, entries, status):
+    for answer in (data, data + msg(b"Z", bytes((status,)))):
+        ref, fast = both("whole_answer", answer, entries, STOPS, MIDDLE, ENDED_BY_READY)
+        assert ref == fast
 
 
 QUERIES = [msg(b"Q", b"SELECT abalance FROM pgbench_accounts WHERE aid = 12345;\0"),
