@@ -258,6 +258,17 @@ unnamed_batch(PyObject *self, PyObject *arg)
                                    || data[describe + 6] != 0)))
             nul = -1;  /* (a named statement or portal) */
         (void)n;
+    } else if ((count == 4 && memcmp(types, "BDES", 4) == 0) || (count == 3 && memcmp(types, "BES", 3) == 0)) {
+        /* a named statement's execution: the unnamed portal bound to a statement named in the Bind,
+         * [described,] executed (every byte read is within data: an Execute and a Sync follow) */
+        Py_ssize_t next = PyLong_AsSsize_t(PyList_GET_ITEM(starts, 1));
+        Py_ssize_t execute = PyLong_AsSsize_t(PyList_GET_ITEM(starts, count - 2));
+        if (data[5] == 0 && next > 6) {
+            const unsigned char *end = memchr(data + 6, 0, (size_t)(next - 6));
+            if (end != NULL && end > data + 6 && data[execute + 5] == 0
+                    && (count == 3 || (data[next + 5] == 'P' && data[next + 6] == 0)))
+                nul = end - data;
+        }
     }
     PyObject *nul_obj = PyLong_FromSsize_t(nul);
     if (nul_obj == NULL) {

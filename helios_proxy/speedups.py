@@ -94,6 +94,7 @@ def py_query_key(data, table):
 
 
 PARSE, BIND = ord("P"), ord("B")
+PORTAL = ord("P")  # (a Describe's kind)
 # The usual end of an unnamed batch (pgbench -M extended, psycopg 3, JDBC...): Describe of the unnamed
 # portal, Execute of it with no row limit, Sync
 USUAL_TAIL = b"D\0\0\0\x06P\0E\0\0\0\x09\0\0\0\0\0S\0\0\0\x04"
@@ -123,18 +124,27 @@ def py_messages(data):
 
 
 UNNAMED_BATCHES = (b"PBDES", b"PBES")  # (Describe: of the portal or statement)
+NAMED_EXECUTIONS = (b"BDES", b"BES")  # (Describe: of the portal)
 
 
 def py_unnamed_batch(data):
     """py_messages(data) and, third, where the Parse's text ends (its NUL) if data is one unnamed
     extended batch (Parse, Bind, [Describe,] Execute, Sync: the unnamed statement and portal, a
-    Describe of either), else -1; None if data is not whole messages."""
+    Describe of either), or where the statement's name ends (its NUL) if data is one named
+    statement's execution (Bind of the unnamed portal to a statement named, [Describe of the
+    portal,] Execute of it, Sync), else -1; None if data is not whole messages."""
     framed = py_messages(data)
     if framed is None:
         return None
     starts, shape = framed
     nul = -1
-    if shape in UNNAMED_BATCHES:
+    if shape in NAMED_EXECUTIONS:
+        after, execute = starts[1], starts[-2]
+        end = data.find(0, 6, after)
+        if (data[5] == 0 and end > 6 and data[execute + 5] == 0
+                and (len(starts) == 3 or data[after + 5] == PORTAL and data[after + 6] == 0)):
+            nul = end
+    elif shape in UNNAMED_BATCHES:
         bind, execute = starts[1], starts[-2]
         nul = data.find(0, 6, bind)
         if (data[5] != 0 or data[bind + 5] != 0 or data[bind + 6] != 0 or data[execute + 5] != 0

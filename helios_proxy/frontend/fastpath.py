@@ -29,7 +29,7 @@ from .. import pipeline
 from ..errors import DECODING_ERRORS, ProtocolViolation
 from ..pipeline.stage import StageResult
 from ..protocol.framing import MessageBuffer
-from ..speedups import query_key, read, unnamed_batch
+from ..speedups import NAMED_EXECUTIONS, query_key, read, unnamed_batch
 from ..sqlshape import DIGITS_TO_0, fast_key_sound
 from ..protocol import messages as m
 from ..sockets import READ, plain, watcher
@@ -48,7 +48,7 @@ QUERY_ENTRIES = (p.PLAIN_FOR[Q],)
 PBES = (p.PLAIN[p.ONE], p.PLAIN[p.ONE], p.PLAIN[p.EXECUTE], p.PLAIN[p.SYNC])
 PBDES_PORTAL = PBES[:2] + (p.PLAIN[p.DESCRIBE_PORTAL],) + PBES[2:]
 PBDES_STATEMENT = PBES[:2] + (p.PLAIN[p.DESCRIBE_STATEMENT],) + PBES[2:]
-NAMED = frozenset((b"BDES", b"BES"))  # a named statement's execution (Describe: of the portal)
+NAMED = NAMED_EXECUTIONS  # a named statement's execution (Describe: of the portal)
 # the entries of what follows its Bind (statements.translate expects the Bind's own answer)
 NAMED_DESCRIBED = (p.PLAIN[p.DESCRIBE_PORTAL], p.PLAIN[p.EXECUTE], p.PLAIN[p.SYNC])
 NAMED_EXECUTED = NAMED_DESCRIBED[1:]
@@ -319,9 +319,9 @@ class FastPath(Waiting):
         if framed is None:
             return "not one unnamed batch"
         starts, shape, nul = framed
+        if shape in NAMED:  # (nul: where the statement's name ends)
+            return self.bound(data, starts, nul) if nul > 0 else "not one unnamed batch"
         if nul < 0:
-            if shape in NAMED:
-                return self.bound(data, starts)
             if shape == TERMINATE:
                 return "the client ends the session"
             return "not one unnamed batch"  # (or a named statement or portal: translated by the greenlet)
@@ -362,20 +362,17 @@ class FastPath(Waiting):
                 fwd.premade = decisions.LET_THROUGH
         return self.go_on(lease, data, FastPath.batch_sent, starts)
 
-    def bound(self, data, starts):
+    def bound(self, data, starts, name_end):
         """A batch that runs a statement the client prepared by name (Bind, [Describe,] Execute,
         Sync: asyncpg, JDBC, pgbench -M prepared): no stage looks at a Bind; a lease is found where
         the statement's Parse went, as the forwarder would, then its own handlers take the batch in
         the callback (the name translated, the statement parsed on this connection first if it
-        lacks it: nothing they do waits once the lease is there). None, or why not."""
+        lacks it: nothing they do waits once the lease is there). name_end: where the statement's
+        name ends (speedups.unnamed_batch checked the rest: the unnamed portal, described and
+        executed). None, or why not."""
         session = self.session
-        bind, execute = starts[0], starts[-2]
-        name_end = data.find(0, bind + 6, starts[1])
-        if (data[bind + 5] != 0 or name_end <= bind + 6 or data[execute + 5] != 0
-                or len(starts) == 4 and (data[starts[1] + 5] != PORTAL or data[starts[1] + 6] != 0)):
-            return "not one unnamed batch"
         book = session.statements
-        stmt = book.by_name.get(data[bind + 6:name_end].decode("utf-8", "replace"))
+        stmt = book.by_name.get(data[6:name_end].decode("utf-8", "replace"))
         if stmt is None:
             return "a statement the pool does not translate"  # (session pooling, or not prepared: 26000)
         reason = self.blocked()

@@ -150,7 +150,7 @@ class LeaseSlot:
             breakers = router.breakers
             if node is None or node.name != pool.node.name or breakers.enabled and not breakers.allows(node):
                 return False
-        server = pool.take_idle(in_loop=True)
+        server = pool.take_idle(True)  # (in_loop: a positional argument is the cheaper call)
         if server is None:  # (a full pool: the request may wait in its line, frontend/queued.py)
             return (pool, target) if pool.size >= pool.max_size and not pool.config.pool.reserve_size else False
         if server is CHECK_DUE:  # (its check query waits for the server: take()'s)

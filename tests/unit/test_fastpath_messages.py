@@ -90,8 +90,38 @@ def test_an_unnamed_batch_is_told_from_a_named_one(unnamed_batch):
         framed = unnamed_batch(data)
         assert framed is not None and framed[2] == -1, data
     assert unnamed_batch(UNNAMED[:-1]) is None
-    bound = UNNAMED[18:]  # (Bind, Describe, Execute, Sync: a prepared statement's execution)
+    bound = UNNAMED[18:]  # (Bind, Describe, Execute, Sync of the unnamed statement: not a named one's execution)
     assert unnamed_batch(bound)[1:] == (b"BDES", -1)
+
+
+@pytest.mark.parametrize("unnamed_batch", BATCH_IMPLEMENTATIONS)
+def test_a_named_statements_execution_is_told_where_its_name_ends(unnamed_batch):
+    """Bind of the unnamed portal to a statement named, [Describe of the portal,] Execute of it,
+    Sync (asyncpg, JDBC, pgbench -M prepared): the third is where the statement's name ends."""
+    bind = message(b"B", b"\0stmt_1\0\0\0\0\1\0\0\0\0011\0\0")
+    rest = message(b"E", b"\0\0\0\0\0") + message(b"S", b"")
+    described = bind + message(b"D", b"P\0") + rest
+    assert unnamed_batch(described)[1:] == (b"BDES", 12) and described[6:12] == b"stmt_1"
+    assert unnamed_batch(bind + rest)[1:] == (b"BES", 12)
+    for data in (bind.replace(b"\0stmt_1", b"pstmt_1", 1) + rest,  # a named portal
+                 message(b"B", b"\0\0\0\0\0\0\0\0") + rest,  # the unnamed statement
+                 bind + message(b"D", b"S\0") + rest,  # a Describe of the statement
+                 bind + message(b"D", b"Pp\0") + rest,  # ... of a named portal
+                 bind + message(b"E", b"p\0\0\0\0\0") + message(b"S", b"")):  # an Execute of one
+        assert unnamed_batch(data)[2] == -1, data
+
+
+@pytest.mark.skipif(c_unnamed_batch is None, reason="the C helper is not built")
+@FAST
+@given(st.binary(max_size=30), st.binary(max_size=8), st.binary(max_size=8), st.booleans())
+def test_a_named_execution_is_the_references_on_any_batch(bind, describe, execute, described):
+    data = (message(b"B", bind) + (message(b"D", describe) if described else b"")
+            + message(b"E", execute) + message(b"S", b""))
+    assert c_unnamed_batch(data) == py_unnamed_batch(data)
+    for name in (b"\0s\0", b"\0\0", b"p\0s\0"):  # (a named statement's, the unnamed one's, a named portal's)
+        data = (message(b"B", name + bind) + (message(b"D", b"P" + describe) if described else b"")
+                + message(b"E", execute) + message(b"S", b""))
+        assert c_unnamed_batch(data) == py_unnamed_batch(data)
 
 
 @pytest.mark.skipif(c_unnamed_batch is None, reason="the C helper is not built")
