@@ -76,7 +76,7 @@ def missed(reason):
 class FastPath(Waiting):
     """One session's fast path (made by its Forwarder)."""
     __slots__ = ("fwd", "session", "raw", "watcher", "waiter", "held", "stages", "quiet", "rest",
-                 "ready", "queued", "writes", "batching", "text_stages", "batch_rest", "described")
+                 "ready", "queued", "writes", "batching", "text_stages", "batch_rest", "described", "at_rest")
 
     def __init__(self, forwarder):
         self.fwd = forwarder
@@ -101,6 +101,10 @@ class FastPath(Waiting):
         # (batch/ Row); the client's reads wait meanwhile
         self.queued = None
         self.described = None  # the waiting row's, when an unnamed batch sent it: whether it had a Describe
+        # The lease its last request went on as it came (go_on), until its next request or its
+        # greenlet's turn (hand): blocked()'s shortcut (a session's state decided once, again only
+        # when something changes)
+        self.at_rest = None
 
     def park(self):
         """Wait for the client's bytes with its socket's reads in the loop's hands: what the
@@ -150,6 +154,7 @@ class FastPath(Waiting):
         """The greenlet takes over with data (it may have parked elsewhere meanwhile: then it reads
         the socket itself and these bytes must reach it first)."""
         self.watcher.stop()
+        self.at_rest = None  # (whatever the greenlet does, blocked() asks everything again)
         waiter = self.waiter
         if waiter is not None:
             self.waiter = None
@@ -159,9 +164,24 @@ class FastPath(Waiting):
 
     def blocked(self):
         """Why the session's state keeps a request arriving now from the fast path, or None: the
-        lease it holds must be its callback pump's (else it may take one between transactions)."""
-        session, fwd = self.session, self.fwd
+        lease it holds must be its callback pump's (else it may take one between transactions).
+
+        At rest, only what others change is asked: the session's last request went on as it came
+        (at_rest: its lease), the answer ended that lease in whole() (the pump's `clean`: the whole
+        answer, nothing but the usual messages, the plan owes nothing) at once in the callback (the
+        slot's `spare` is still that lease: nothing to ask the server at its end, and no lease began
+        since) and the greenlet was not handed anything since: every other state below is as the
+        checks found it before that request, which changed none of it (let_through hands over every
+        request whose stages' decisions the greenlet carries out), nor did the answer."""
+        session = self.session
         slot = session.slot
+        rest, self.at_rest = self.at_rest, None
+        if rest is not None and slot.spare is rest and slot.pump.clean:
+            proxy = session.proxy
+            if session.closing is not None or proxy.paused or proxy.suspended is not None:
+                return "paused or ending"
+            return "state the greenlet must see" if session.writer.pending else None
+        fwd = self.fwd
         if not slot.idle.is_set():
             return "a lease ending"
         lease = slot.lease
@@ -293,6 +313,7 @@ class FastPath(Waiting):
             if journal is not None:
                 journal.record(out)
             lease.server.send_now(out)  # (its kernel socket: the fast path takes no TLS connection)
+            self.at_rest = lease
         return None
 
     def query_sent(self, lease, data, _):
