@@ -1,4 +1,5 @@
 """Building and parsing individual messages (both directions); no I/O."""
+from functools import lru_cache
 from struct import pack, unpack_from
 
 from . import messages as m
@@ -100,6 +101,7 @@ def ready_for_query(status=m.TX_IDLE):
     return message(m.READY_FOR_QUERY, status)
 
 
+@lru_cache(maxsize=1024)  # (a login's greeting: the same few dozen pairs for every client of a pool)
 def parameter_status(name, value):
     return message(m.PARAMETER_STATUS, cstr(name) + cstr(value))
 
