@@ -258,10 +258,11 @@ def test_a_client_gone_while_its_row_waits_costs_nothing_else(batch_proxy, direc
     locker.rollback()  # the batches go on
     for t in threads:
         t.join(30)
-    assert len(others) == 3
+    assert len(others) == 3, f"answered: {sorted(others)}; still waiting: {[t.is_alive() for t in threads]}"
     cur = direct.cursor()
-    cur.execute("SELECT count(*) FROM bt_events WHERE client <= -30")
-    assert cur.fetchone()[0] == 4
+    cur.execute("SELECT client, payload FROM bt_events WHERE client <= -30 ORDER BY client")
+    stored = cur.fetchall()
+    assert len(stored) == 4, f"stored: {stored}; the proxy's log:\n{batch_proxy.output()[-3000:]}"
     check = connect(batch_proxy).cursor()
     check.execute("insert into bt_events (client, payload) values (-40, 'still') returning client")
     assert check.fetchone() == (-40,)
