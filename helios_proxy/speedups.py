@@ -1,7 +1,8 @@
 """The fast path's byte walks (issue 33) and its loop callbacks' reads and writes, in C where
 helios_proxy/_speedups.c was built, else in Python: the py_ functions here are the reference, the C
 ones do exactly what they do; `whole_answer` (with `walk_answer`), `query_key`, `unnamed_batch`,
-`read`, `write` and `read_cstr` (protocol/codec.py's) are the ones that run (py_messages: the framing unnamed_batch starts with).
+`read`, `write` and `read_cstr` (protocol/codec.py's) are the ones that run (py_messages: the
+framing unnamed_batch starts with).
 
 The C module is optional: `pip install -e .` builds it where a C compiler is found and goes on
 without it where none is (setup.py). HELIOS_PURE_PYTHON=1 in the environment chooses the Python
@@ -94,7 +95,7 @@ def py_query_key(data, table):
 
 
 PARSE, BIND = ord("P"), ord("B")
-PORTAL = ord("P")  # (a Describe's kind)
+PORTAL = ord("P")  # (a Describe's kind: of a portal)
 # The usual end of an unnamed batch (pgbench -M extended, psycopg 3, JDBC...): Describe of the unnamed
 # portal, Execute of it with no row limit, Sync
 USUAL_TAIL = b"D\0\0\0\x06P\0E\0\0\0\x09\0\0\0\0\0S\0\0\0\x04"

@@ -29,7 +29,7 @@ from .. import pipeline
 from ..errors import DECODING_ERRORS, ProtocolViolation
 from ..pipeline.stage import StageResult
 from ..protocol.framing import MessageBuffer
-from ..speedups import NAMED_EXECUTIONS, query_key, read, unnamed_batch
+from ..speedups import NAMED_EXECUTIONS as NAMED, PORTAL, query_key, read, unnamed_batch
 from ..sqlshape import DIGITS_TO_0, fast_key_sound
 from ..protocol import messages as m
 from ..sockets import READ, plain, watcher
@@ -48,11 +48,9 @@ QUERY_ENTRIES = (p.PLAIN_FOR[Q],)
 PBES = (p.PLAIN[p.ONE], p.PLAIN[p.ONE], p.PLAIN[p.EXECUTE], p.PLAIN[p.SYNC])
 PBDES_PORTAL = PBES[:2] + (p.PLAIN[p.DESCRIBE_PORTAL],) + PBES[2:]
 PBDES_STATEMENT = PBES[:2] + (p.PLAIN[p.DESCRIBE_STATEMENT],) + PBES[2:]
-NAMED = NAMED_EXECUTIONS  # a named statement's execution (Describe: of the portal)
 # the entries of what follows its Bind (statements.translate expects the Bind's own answer)
 NAMED_DESCRIBED = (p.PLAIN[p.DESCRIBE_PORTAL], p.PLAIN[p.EXECUTE], p.PLAIN[p.SYNC])
 NAMED_EXECUTED = NAMED_DESCRIBED[1:]
-PORTAL = ord("P")
 EMPTY = b"\0"  # the unnamed portal's name (and NUL)
 PLAIN_SERVERS = frozenset(("disable", "prefer"))  # [tls] server_mode: server connections may be plain
 TERMINATE = m.TERMINATE  # (a miss by its own name: not a request the fast path could have taken)
