@@ -12,6 +12,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <stdint.h>
+#include <string.h>
 #include <unistd.h>
 
 #define READ_SIZE 65536  /* speedups.READ_SIZE */
@@ -165,6 +167,20 @@ whole_answer(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return PyBytes_FromStringAndSize((const char *)data + n - 1, 1);  /* (its status: a cached one-byte object) */
 }
 
+/* The keys query_key made lately, by a hash of a few of their bytes: a text seen again gets the
+ * same object back, its hash kept (the fast path's set lookups hash it once, not per request, and
+ * no object is made). A slot another text takes is simply replaced. */
+#define KEPT_KEYS 256
+#define KEPT_LONGEST 1024
+static PyObject *kept_keys[KEPT_KEYS];
+
+static inline uint64_t word_at(const unsigned char *p)
+{
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return w;
+}
+
 /* query_key(data, table) -> bytes or None: see speedups.query_key. */
 static PyObject *
 query_key(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -180,12 +196,33 @@ query_key(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (n < 6 || length_at(data + 1) != n - 1 || data[n - 1] != 0
             || memchr(data + 5, 0, (size_t)(n - 6)) != NULL)
         Py_RETURN_NONE;
-    PyObject *key = PyBytes_FromStringAndSize(NULL, n);
-    if (key == NULL)
-        return NULL;
-    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(key);
+    if (n < 16 || n > KEPT_LONGEST) {
+        PyObject *key = PyBytes_FromStringAndSize(NULL, n);
+        if (key == NULL)
+            return NULL;
+        unsigned char *out = (unsigned char *)PyBytes_AS_STRING(key);
+        for (Py_ssize_t i = 0; i < n; i++)
+            out[i] = table[data[i]];
+        return key;
+    }
+    unsigned char out[KEPT_LONGEST];
     for (Py_ssize_t i = 0; i < n; i++)
         out[i] = table[data[i]];
+    /* (its length and three words: the text's start, middle and end) */
+    uint64_t h = (word_at(out + 5) * 0x9E3779B97F4A7C15ULL) ^ (word_at(out + n / 2 - 4) * 0xC2B2AE3D27D4EB4FULL)
+                 ^ (word_at(out + n - 9) * 0x165667B19E3779F9ULL) ^ (uint64_t)n;
+    PyObject **slot = &kept_keys[(h ^ (h >> 29) ^ (h >> 47)) & (KEPT_KEYS - 1)];
+    PyObject *kept = *slot;
+    if (kept != NULL && PyBytes_GET_SIZE(kept) == n && memcmp(PyBytes_AS_STRING(kept), out, (size_t)n) == 0) {
+        Py_INCREF(kept);
+        return kept;
+    }
+    PyObject *key = PyBytes_FromStringAndSize((const char *)out, n);
+    if (key == NULL)
+        return NULL;
+    Py_INCREF(key);
+    *slot = key;
+    Py_XDECREF(kept);
     return key;
 }
 
@@ -384,7 +421,7 @@ static PyMethodDef methods[] = {
      "whole answer to entries, else None."},
     {"query_key", (PyCFunction)(void (*)(void))query_key, METH_FASTCALL,
      "query_key(data, table): data.translate(table) if data is one whole simple Query with no NUL "
-     "inside its text, else None."},
+     "inside its text, else None (a key equal to one made lately: that object again)."},
     {"unnamed_batch", (PyCFunction)unnamed_batch, METH_O,
      "unnamed_batch(data): ([starts], shape) of data's whole messages and where the Parse's text ends if data is one unnamed "
      "extended batch, else -1; None if data is not whole messages."},

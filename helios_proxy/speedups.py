@@ -87,7 +87,9 @@ def py_whole_answer(data, entries, stops, middle, ended):
 
 def py_query_key(data, table):
     """data.translate(table) if data is one whole simple Query (its length field, its final NUL,
-    no NUL inside its text), else None."""
+    no NUL inside its text), else None. (The C one gives back the object it made for an equal key
+    lately, one of 256 kept by a hash of a few of their bytes: the fast path's set lookups then take
+    its hash as it was kept, and no object is made.)"""
     n = len(data)
     if n < 6 or length_of(data, 0)[0] != n - 1 or data[-1] != 0 or data.find(0, 5, n - 1) >= 0:
         return None

@@ -179,6 +179,21 @@ def test_query_key_matches_the_reference_on_any_bytes(text):
         assert ref == fast
 
 
+@needs_c
+def test_query_key_gives_a_text_seen_lately_its_key_again():
+    """An equal key made lately is the same object (its hash kept); another text, even one that
+    takes its slot, gets its own key, and a text out of the kept range still gets its key."""
+    first = _speedups.query_key(QUERIES[0], DIGITS_TO_0)
+    again = _speedups.query_key(msg(b"Q", b"SELECT abalance FROM pgbench_accounts WHERE aid = 99;\0"), DIGITS_TO_0)
+    assert again == msg(b"Q", b"SELECT abalance FROM pgbench_accounts WHERE aid = 00;\0")
+    assert _speedups.query_key(QUERIES[0].replace(b"12345", b"67890"), DIGITS_TO_0) is first
+    others = [msg(b"Q", b"SELECT abalance FROM pgbench_accounts WHERE bid = %d;\0" % i) for i in range(3000)]
+    others += [msg(b"Q", b"select %s\0" % (b"x" * i)) for i in range(2000)]
+    for data in others:
+        assert _speedups.query_key(data, DIGITS_TO_0) == data.translate(DIGITS_TO_0)
+    assert _speedups.query_key(QUERIES[0], DIGITS_TO_0) == first
+
+
 def test_helios_pure_python_chooses_the_reference():
     code = ("from helios_proxy import speedups; "
             "print(speedups.COMPILED, speedups.walk_answer is speedups.py_walk_answer)")
