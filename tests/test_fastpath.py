@@ -561,3 +561,41 @@ def test_a_connection_due_for_its_check_is_checked_by_the_greenlet_never_lost(st
         other.close()
     assert "the fast path failed" not in proxy.output()
     conn.close()
+
+
+def test_a_client_at_rest_gets_its_last_connection_again_only_as_the_pool_would_lend_it(start_proxy):
+    """A session at rest takes the server connection of its last transaction again, without the
+    general take, while it is still the pool's idle one on top and may go on as it is
+    (LeaseSlot.take_again): once another client has used it with other settings, or it outlived
+    pool.server_lifetime, the client's next request takes what the pool would lend anyone (its
+    settings applied; a new connection), as every request did before."""
+    proxy = start_proxy(server={"fast_path": True}, pool={"mode": "transaction", "max_size": 1,
+                                                          "server_lifetime": 1.0, "acquire_timeout": 10})
+    conn, cur = proxy.autocommit()
+    cur.execute("set work_mem = '3MB'")
+    pids = set()
+    for _ in range(5):
+        cur.execute("select pg_backend_pid(), current_setting('work_mem')")
+        pid, work_mem = cur.fetchone()
+        assert work_mem == "3MB"
+        pids.add(pid)
+    assert len(pids) == 1  # (one connection in the pool: the same one, again and again)
+    other = proxy.connect()
+    other.autocommit = True
+    oc = other.cursor()
+    oc.execute("select pg_backend_pid(), current_setting('work_mem')")
+    assert oc.fetchone() == (pid, "4MB")  # (the same connection, the server's default setting: not the first client's)
+    hits = counts(proxy)["hits"]
+    cur.execute("select pg_backend_pid(), current_setting('work_mem')")
+    assert cur.fetchone() == (pid, "3MB")  # its setting applied again: the connection carried the other's
+    cur.execute("select current_setting('work_mem')")
+    assert cur.fetchone() == ("3MB",)
+    assert counts(proxy)["hits"] > hits
+    time.sleep(1.3)  # (past server_lifetime: the pool closes the connection instead of lending it)
+    cur.execute("select pg_backend_pid(), current_setting('work_mem')")
+    newer, work_mem = cur.fetchone()
+    assert newer != pid and work_mem == "3MB"
+    oc.execute("select count(*) from pg_stat_activity where pid = %s", (pid,))
+    assert oc.fetchone() == (0,)
+    other.close()
+    conn.close()

@@ -300,9 +300,10 @@ class FastPath(Waiting):
         translated (go returns None when the forwarder's handlers sent them)."""
         if lease is None:
             slot = self.session.slot
-            took = slot.take_now()
-            if took is not True:
-                return self.line_up(took, data, go, args)
+            if slot.spare is None or not slot.take_again():  # (at rest: the last lease's connection again)
+                took = slot.take_now()
+                if took is not True:
+                    return self.line_up(took, data, go, args)
             lease = slot.lease
         self.fwd.premade = None
         out = go(self, lease, data, args)

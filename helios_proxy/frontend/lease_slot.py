@@ -119,6 +119,35 @@ class LeaseSlot:
         else:
             lease.pump = relay.start(session, lease)  # (lease.run(), without a call more per transaction)
 
+    def take_again(self):
+        """take_now() for a session at rest (frontend/fastpath.py): its last lease, ended in a loop
+        callback (spare), goes on with the same server connection when that connection is still
+        the idle one on top of the session's home pool and everything take_now() would decide is as
+        it was then: nothing aimed elsewhere (the primary), the primary ready there (no switchover
+        pause, its breaker closed), no tenant to prove, no statements to re-create, no database of
+        its own, the client's settings on it (Pool.take_again asks the pool's rules). The lease
+        begins as begin() begins one. True when it did; False: take_now() decides."""
+        lease = self.spare
+        session = self.session
+        proxy, who = session.proxy, session.identity
+        pool, server = lease.pool, lease.server
+        if (session.route.next_target is not None or pool is not self.pool or server.settings_key is not session.settings.key
+                or self.restore or who.tenant is not None or who.home is not None or proxy.config.database_nodes):
+            return False
+        node = proxy.buffer.ready()
+        router = proxy.router
+        breakers = router.breakers
+        if (node is None or node.name != pool.node.name or breakers.enabled and not breakers.allows(node)
+                or not pool.take_again(server)):
+            return False
+        router.leased["primary"].append(node.name)  # (begin(), as it is for this lease)
+        if router.on:
+            router.balancer.started(node)
+        self.spare = None
+        lease = self.lease = lease.again(pool, server, "primary", "primary")
+        lease.pump = self.pump.begin(lease)
+        return True
+
     def take_now(self):
         """take() from a loop callback (the fast path): a lease only where nothing must wait or be
         done to the server connection first (an idle one in its pool, carrying the client's
