@@ -376,13 +376,15 @@ def test_a_cancel_reaches_a_batched_insert_wherever_it_waits(start_proxy, direct
                       "AND query ILIKE 'insert into bt_cancel%' ORDER BY query")
         return [q for q, in watch.fetchall()]
 
-    def until(what, timeout=30):
+    inserts = {}
+
+    def until(what, timeout=30):  # (what it saw when it gives up: the waits, each insert's answer, the log)
         deadline = time.monotonic() + timeout
         while not what():
-            assert time.monotonic() < deadline, blocked()
+            assert time.monotonic() < deadline, (
+                f"blocked: {blocked()}; answered: {({i: b.got for i, b in inserts.items()})}; "
+                f"the proxy's log:\n{proxy.output()[-3000:]}")
             time.sleep(0.05)
-
-    inserts = {}
 
     def insert(i):
         inserts[i] = Background(conns[i].cursor(), "insert into bt_cancel (client) values (%s)", (i,), fetch=False)
