@@ -95,6 +95,29 @@ def test_an_open_primary_breaker_fails_transactions_at_once_with_57P03_until_it_
     waiting.close()
 
 
+def test_an_open_primary_breaker_fails_a_client_at_rest_too(cluster, start_proxy):
+    """A client whose last transaction ended at once (at rest: its server connection idle on top of
+    its pool, LeaseSlot.take_again) gets 57P03 like every other while the primary's breaker is open:
+    its next transaction does not go on the connection it used last."""
+    proxy = start_proxy(pool={"mode": "transaction", "min_size": 0}, health=FAST_HEALTH,
+                        circuit_breaker={"enabled": True, "min_requests": 2, "window_s": 30.0, "open_s": 30.0,
+                                         "half_open_requests": 1})
+    rest = psycopg2.connect(host="127.0.0.1", port=proxy.port, user="postgres", dbname="postgres")
+    rest.autocommit = True
+    cur = rest.cursor()
+    for _ in range(3):  # (its own pool: user app's logins below never take its connection)
+        cur.execute("select 1")
+    with app_refused(cluster, 0):
+        for _ in range(2):
+            with pytest.raises(psycopg2.OperationalError):
+                read_port(proxy)
+        assert breaker_of(proxy, "primary")["state"] == "open"
+        with pytest.raises(psycopg2.OperationalError) as refused:
+            cur.execute("select 1")
+        assert refused.value.pgcode == "57P03"
+    rest.close()
+
+
 BREAKERS = {"enabled": True, "window_s": 10.0, "min_requests": 5, "failure_rate": 0.5, "open_s": 3.0}
 
 

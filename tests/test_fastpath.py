@@ -599,3 +599,24 @@ def test_a_client_at_rest_gets_its_last_connection_again_only_as_the_pool_would_
     assert oc.fetchone() == (0,)
     other.close()
     conn.close()
+
+
+def test_a_client_at_rest_waits_for_a_confirmed_primary_like_any_other(start_proxy):
+    """With no confirmed primary (an operator's clear here; a failover, a switchover's pause) a new
+    transaction waits in the switchover buffer, also one whose client is at rest with its last
+    server connection idle on top of its pool: it never goes on that connection meanwhile."""
+    proxy = start_proxy(server={"fast_path": True}, pool={"mode": "transaction"}, health={"interval": 30.0},
+                        failover={"buffer_timeout": 1.0})
+    conn, cur = proxy.autocommit()
+    for _ in range(3):
+        cur.execute("select 1")
+    assert proxy.api("POST", "/primary/clear")[0] == 200
+    started = time.monotonic()
+    with pytest.raises(psycopg2.OperationalError) as waited:
+        cur.execute("select 1")
+    assert waited.value.pgcode in ("57P03", "08006"), waited.value  # (waited for a failover, or none can come)
+    assert proxy.api("POST", "/primary/confirm")[0] == 200
+    cur.execute("select 2")
+    assert cur.fetchone() == (2,)
+    assert time.monotonic() - started < 30
+    conn.close()
