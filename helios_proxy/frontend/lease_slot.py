@@ -142,7 +142,7 @@ class LeaseSlot:
             return False
         router.leased["primary"].append(node.name)  # (begin(), as it is for this lease)
         if router.on:
-            router.balancer.started(node)
+            router.balancer.started(server.node)
         self.spare = None
         lease = self.lease = lease.again(pool, server, "primary", "primary")
         lease.pump = self.pump.begin(lease)
