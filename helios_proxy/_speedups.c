@@ -181,6 +181,29 @@ static inline uint64_t word_at(const unsigned char *p)
     return w;
 }
 
+/* The bytes out[:n] (16 <= n <= KEPT_LONGEST) as a kept key: the one kept for an equal key, or a
+ * new one kept in its place (a new reference; NULL with an exception set). */
+static PyObject *
+kept(const unsigned char *out, Py_ssize_t n)
+{
+    /* (its length and three words: the text's start, middle and end) */
+    uint64_t h = (word_at(out + 5) * 0x9E3779B97F4A7C15ULL) ^ (word_at(out + n / 2 - 4) * 0xC2B2AE3D27D4EB4FULL)
+                 ^ (word_at(out + n - 9) * 0x165667B19E3779F9ULL) ^ (uint64_t)n;
+    PyObject **slot = &kept_keys[(h ^ (h >> 29) ^ (h >> 47)) & (KEPT_KEYS - 1)];
+    PyObject *old = *slot;
+    if (old != NULL && PyBytes_GET_SIZE(old) == n && memcmp(PyBytes_AS_STRING(old), out, (size_t)n) == 0) {
+        Py_INCREF(old);
+        return old;
+    }
+    PyObject *key = PyBytes_FromStringAndSize((const char *)out, n);
+    if (key == NULL)
+        return NULL;
+    Py_INCREF(key);
+    *slot = key;
+    Py_XDECREF(old);
+    return key;
+}
+
 /* query_key(data, table) -> bytes or None: see speedups.query_key. */
 static PyObject *
 query_key(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -208,22 +231,29 @@ query_key(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     unsigned char out[KEPT_LONGEST];
     for (Py_ssize_t i = 0; i < n; i++)
         out[i] = table[data[i]];
-    /* (its length and three words: the text's start, middle and end) */
-    uint64_t h = (word_at(out + 5) * 0x9E3779B97F4A7C15ULL) ^ (word_at(out + n / 2 - 4) * 0xC2B2AE3D27D4EB4FULL)
-                 ^ (word_at(out + n - 9) * 0x165667B19E3779F9ULL) ^ (uint64_t)n;
-    PyObject **slot = &kept_keys[(h ^ (h >> 29) ^ (h >> 47)) & (KEPT_KEYS - 1)];
-    PyObject *kept = *slot;
-    if (kept != NULL && PyBytes_GET_SIZE(kept) == n && memcmp(PyBytes_AS_STRING(kept), out, (size_t)n) == 0) {
-        Py_INCREF(kept);
-        return kept;
-    }
-    PyObject *key = PyBytes_FromStringAndSize((const char *)out, n);
-    if (key == NULL)
+    return kept(out, n);
+}
+
+/* key_of(data, start, end) -> bytes: see speedups.py_key_of. */
+static PyObject *
+key_of(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "key_of(data: bytes, start: int, end: int)");
         return NULL;
-    Py_INCREF(key);
-    *slot = key;
-    Py_XDECREF(kept);
-    return key;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]), end = PyLong_AsSsize_t(args[2]);
+    if ((start == -1 || end == -1) && PyErr_Occurred())
+        return NULL;
+    if (start < 0 || end > n || end < start) {
+        PyErr_SetString(PyExc_ValueError, "key_of: 0 <= start <= end <= len(data)");
+        return NULL;
+    }
+    const unsigned char *from = (const unsigned char *)PyBytes_AS_STRING(args[0]) + start;
+    if (end - start < 16 || end - start > KEPT_LONGEST)
+        return PyBytes_FromStringAndSize((const char *)from, end - start);
+    return kept(from, end - start);
 }
 
 /* ([starts], shape) of data's whole messages: see speedups.py_messages; Py_None (a new reference)
@@ -422,6 +452,8 @@ static PyMethodDef methods[] = {
     {"query_key", (PyCFunction)(void (*)(void))query_key, METH_FASTCALL,
      "query_key(data, table): data.translate(table) if data is one whole simple Query with no NUL "
      "inside its text, else None (a key equal to one made lately: that object again)."},
+    {"key_of", (PyCFunction)(void (*)(void))key_of, METH_FASTCALL,
+     "key_of(data, start, end): data[start:end] (an equal key made lately: that object again)."},
     {"unnamed_batch", (PyCFunction)unnamed_batch, METH_O,
      "unnamed_batch(data): ([starts], shape) of data's whole messages and where the Parse's text ends if data is one unnamed "
      "extended batch, else -1; None if data is not whole messages."},

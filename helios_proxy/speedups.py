@@ -1,6 +1,6 @@
 """The fast path's byte walks (issue 33) and its loop callbacks' reads and writes, in C where
 helios_proxy/_speedups.c was built, else in Python: the py_ functions here are the reference, the C
-ones do exactly what they do; `whole_answer` (with `walk_answer`), `query_key`, `unnamed_batch`,
+ones do exactly what they do; `whole_answer` (with `walk_answer`), `query_key`, `key_of`, `unnamed_batch`,
 `read`, `write` and `read_cstr` (protocol/codec.py's) are the ones that run (py_messages: the
 framing unnamed_batch starts with).
 
@@ -96,6 +96,14 @@ def py_query_key(data, table):
     return data.translate(table)
 
 
+def py_key_of(data, start, end):
+    """data[start:end] (an unnamed batch's text, the fast path's key: the C one gives back an equal
+    key it made lately, as query_key does)."""
+    if not 0 <= start <= end <= len(data):
+        raise ValueError("key_of: 0 <= start <= end <= len(data)")
+    return data[start:end]
+
+
 PARSE, BIND = ord("P"), ord("B")
 PORTAL = ord("P")  # (a Describe's kind: of a portal)
 # The usual end of an unnamed batch (pgbench -M extended, psycopg 3, JDBC...): Describe of the unnamed
@@ -169,7 +177,7 @@ def table(types):
 
 
 walk_answer, query_key, unnamed_batch, read, write = py_walk_answer, py_query_key, py_unnamed_batch, py_read, py_write
-whole_answer, read_cstr = py_whole_answer, py_read_cstr
+whole_answer, read_cstr, key_of = py_whole_answer, py_read_cstr, py_key_of
 COMPILED = False
 if not os.environ.get("HELIOS_PURE_PYTHON"):
     try:
@@ -179,5 +187,5 @@ if not os.environ.get("HELIOS_PURE_PYTHON"):
     else:
         walk_answer, query_key, unnamed_batch = _speedups.walk_answer, _speedups.query_key, _speedups.unnamed_batch
         read, write, read_cstr = _speedups.read, _speedups.write, _speedups.read_cstr
-        whole_answer = _speedups.whole_answer
+        whole_answer, key_of = _speedups.whole_answer, _speedups.key_of
         COMPILED = True

@@ -29,7 +29,7 @@ from .. import pipeline
 from ..errors import DECODING_ERRORS, ProtocolViolation
 from ..pipeline.stage import StageResult
 from ..protocol.framing import MessageBuffer
-from ..speedups import NAMED_EXECUTIONS as NAMED, PORTAL, query_key, read, unnamed_batch
+from ..speedups import NAMED_EXECUTIONS as NAMED, PORTAL, key_of, query_key, read, unnamed_batch
 from ..sqlshape import DIGITS_TO_0, fast_key_sound
 from ..protocol import messages as m
 from ..sockets import READ, plain, watcher
@@ -360,7 +360,7 @@ class FastPath(Waiting):
         if stages:
             if (stages is not self.stages or self.ready) and not self.stages_ready(stages):
                 return "a stage is not ready (a function catalog loading)"
-            key = data[5:nul]  # (the text as it is: a batch's values are in its Bind; NUL first, unlike a Query's)
+            key = key_of(data, 5, nul)  # (the text as it is: a batch's values are in its Bind; NUL first, unlike a Query's)
             known = key in self.quiet
             if not known or self.rest or session.plan.completions is not None:
                 sql = data[6:nul].decode("utf-8", "replace")

@@ -194,6 +194,29 @@ def test_query_key_gives_a_text_seen_lately_its_key_again():
     assert _speedups.query_key(QUERIES[0], DIGITS_TO_0) == first
 
 
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=1200), st.integers(-3, 1300), st.integers(-3, 1300))
+def test_key_of_is_the_references_slice(data, start, end):
+    ref, fast = both("key_of", data, start, end)
+    assert ref == fast
+    if isinstance(ref, bytes):
+        assert ref == data[start:end]
+
+
+@needs_c
+def test_key_of_gives_a_batch_text_seen_lately_its_key_again():
+    """An unnamed batch's text (the fast path's key, NUL first) equal to one made lately is the same
+    object, in another request's bytes; other texts get their own."""
+    batch = b"P\0\0\0\x2c\0select abalance from t where aid = $1\0\0\0B"
+    first = _speedups.key_of(batch, 5, 43)
+    assert first == batch[5:43] and _speedups.key_of(bytes(bytearray(batch)), 5, 43) is first
+    for i in range(1000):
+        other = b"P\0\0\0\x2c\0select abalance from t where bid = $%d\0" % i
+        assert _speedups.key_of(other, 5, len(other) - 1) == other[5:-1]
+    assert _speedups.key_of(batch, 5, 43) == first
+
+
 def test_helios_pure_python_chooses_the_reference():
     code = ("from helios_proxy import speedups; "
             "print(speedups.COMPILED, speedups.walk_answer is speedups.py_walk_answer)")
