@@ -167,9 +167,9 @@ whole_answer(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return PyBytes_FromStringAndSize((const char *)data + n - 1, 1);  /* (its status: a cached one-byte object) */
 }
 
-/* The keys query_key made lately, by a hash of a few of their bytes: a text seen again gets the
- * same object back, its hash kept (the fast path's set lookups hash it once, not per request, and
- * no object is made). A slot another text takes is simply replaced. */
+/* The keys query_key and key_of made lately, by a hash of a few of their bytes: a text seen again
+ * gets the same object back, its hash kept (the fast path's set lookups hash it once, not per
+ * request, and no object is made). A slot another text takes is simply replaced. */
 #define KEPT_KEYS 256
 #define KEPT_LONGEST 1024
 static PyObject *kept_keys[KEPT_KEYS];
