@@ -219,19 +219,16 @@ query_key(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (n < 6 || length_at(data + 1) != n - 1 || data[n - 1] != 0
             || memchr(data + 5, 0, (size_t)(n - 6)) != NULL)
         Py_RETURN_NONE;
+    unsigned char buf[KEPT_LONGEST], *out = buf;
+    PyObject *key = NULL;  /* (a text too short or too long to keep: a bytes object of its own) */
     if (n < 16 || n > KEPT_LONGEST) {
-        PyObject *key = PyBytes_FromStringAndSize(NULL, n);
-        if (key == NULL)
+        if ((key = PyBytes_FromStringAndSize(NULL, n)) == NULL)
             return NULL;
-        unsigned char *out = (unsigned char *)PyBytes_AS_STRING(key);
-        for (Py_ssize_t i = 0; i < n; i++)
-            out[i] = table[data[i]];
-        return key;
+        out = (unsigned char *)PyBytes_AS_STRING(key);
     }
-    unsigned char out[KEPT_LONGEST];
     for (Py_ssize_t i = 0; i < n; i++)
         out[i] = table[data[i]];
-    return kept(out, n);
+    return key != NULL ? key : kept(buf, n);
 }
 
 /* key_of(data, start, end) -> bytes: see speedups.py_key_of. */
