@@ -5,7 +5,7 @@ WAL position (checked on the standby, waiting at most `routing.ryw_timeout`), el
 """
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 import gevent
 
@@ -131,9 +131,9 @@ class Router:
                     n = names.count(name)        # identity checks, ~15 instructions a lease; a Counter: ~400)
                     row[what] += n
                     counted += n
-                if counted < len(names):  # a node's first leases
-                    for name, n in Counter(name for name in names if name not in stats).items():
-                        stats[name][what] += n
+                if counted < len(names):  # a node's first leases (a set of the names, C loops again: a
+                    for name in set(names).difference(stats):  # Counter over a generator was ~950 a lease)
+                        stats[name][what] += names.count(name)
         return stats
 
     # --- the catalog of read-only functions ---------------------------------------------------
