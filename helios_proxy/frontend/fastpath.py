@@ -138,8 +138,25 @@ class FastPath(Waiting):
             return
         except OSError:
             data = b""  # (a client gone: the greenlet ends the session as at EOF)
+        # At rest (blocked()'s shortcut, here: a call less per request), only what others change is
+        # asked: the session's last request went on as it came (at_rest: its lease), the answer
+        # ended that lease in whole() (the pump's `clean`: the whole answer, nothing but the usual
+        # messages, the plan owes nothing) at once in the callback (the slot's `spare` is still that
+        # lease: nothing to ask the server at its end, and no lease began since) and the greenlet was
+        # not handed anything since: every other state blocked() asks is as it found it before that
+        # request, which changed none of it (let_through hands over every request whose stages'
+        # decisions the greenlet carries out), nor did the answer.
+        lease, self.at_rest = self.at_rest, None
         try:
-            reason = (self.query(data) if data[0] == Q else self.batch(data)) if data else "the client closed"
+            rest = None  # (None: blocked() asks everything)
+            if lease is not None:
+                session = self.session
+                slot = session.slot
+                if slot.spare is lease and slot.pump.clean:
+                    proxy = session.proxy
+                    if session.closing is None and not proxy.paused and proxy.suspended is None:
+                        rest = "state the greenlet must see" if session.writer.pending else True
+            reason = (self.query(data, rest) if data[0] == Q else self.batch(data, rest)) if data else "the client closed"
         except Exception:  # a bug here costs the fast path, never the session: the greenlet decides
             log.exception("%r: the fast path failed", self.session)
             reason = "internal error"
@@ -160,25 +177,15 @@ class FastPath(Waiting):
         else:
             self.held = data
 
-    def blocked(self):
+    def blocked(self, rest=None):
         """Why the session's state keeps a request arriving now from the fast path, or None: the
         lease it holds must be its callback pump's (else it may take one between transactions).
-
-        At rest, only what others change is asked: the session's last request went on as it came
-        (at_rest: its lease), the answer ended that lease in whole() (the pump's `clean`: the whole
-        answer, nothing but the usual messages, the plan owes nothing) at once in the callback (the
-        slot's `spare` is still that lease: nothing to ask the server at its end, and no lease began
-        since) and the greenlet was not handed anything since: every other state below is as the
-        checks found it before that request, which changed none of it (let_through hands over every
-        request whose stages' decisions the greenlet carries out), nor did the answer."""
+        rest: what readable() found when the session was at rest (True: nothing; else why not), or
+        None: ask everything."""
+        if rest is not None:
+            return None if rest is True else rest
         session = self.session
         slot = session.slot
-        rest, self.at_rest = self.at_rest, None
-        if rest is not None and slot.spare is rest and slot.pump.clean:
-            proxy = session.proxy
-            if session.closing is not None or proxy.paused or proxy.suspended is not None:
-                return "paused or ending"
-            return "state the greenlet must see" if session.writer.pending else None
         fwd = self.fwd
         if not slot.idle.is_set():
             return "a lease ending"
@@ -231,16 +238,18 @@ class FastPath(Waiting):
                 return False
         return True
 
-    def query(self, data):
-        """Handle data if it is one simple Query the fast path can take: None, else why not."""
+    def query(self, data, rest):
+        """Handle data if it is one simple Query the fast path can take: None, else why not. rest:
+        for blocked()."""
         session, fwd = self.session, self.fwd
         n = len(data)
         key = query_key(data, DIGITS_TO_0) if n <= LARGEST else None  # (its fast key, digits as 0)
         if key is None:
             return "not one Query"  # (or a NUL inside its text: the greenlet's error to give)
-        reason = self.blocked()
-        if reason is not None:
-            return reason
+        if rest is not True:
+            reason = self.blocked(rest)
+            if reason is not None:
+                return reason
         proxy, plan = session.proxy, session.plan
         lease = session.slot.lease
         stages = proxy.stages
@@ -326,7 +335,7 @@ class FastPath(Waiting):
         counters.fast_hits += 1
         return data
 
-    def batch(self, data):
+    def batch(self, data, rest):
         """Handle data if it is one unnamed extended batch in one read (Parse, Bind, [Describe,]
         Execute, Sync: the unnamed statement and portal), as most drivers send a query with
         parameters: the stages decide on its Parse here, a lease is found as for a Query, the batch
@@ -340,7 +349,7 @@ class FastPath(Waiting):
             return "not one unnamed batch"
         starts, shape, nul = framed
         if shape in NAMED:  # (nul: where the statement's name ends)
-            return self.bound(data, starts, nul) if nul > 0 else "not one unnamed batch"
+            return self.bound(data, starts, nul, rest) if nul > 0 else "not one unnamed batch"
         if nul < 0:
             if shape == TERMINATE:
                 return "the client ends the session"
@@ -348,9 +357,10 @@ class FastPath(Waiting):
         parse_end = starts[1]
         if parse_end > fwd.max_query:
             return "not one unnamed batch"
-        reason = self.blocked()
-        if reason is not None:
-            return reason
+        if rest is not True:
+            reason = self.blocked(rest)
+            if reason is not None:
+                return reason
         proxy, slot, book, journal = session.proxy, session.slot, session.statements, session.journal
         if proxy.admission.on:
             return "executions counted (limits)"
@@ -382,7 +392,7 @@ class FastPath(Waiting):
                 fwd.premade = decisions.LET_THROUGH
         return self.go_on(lease, data, FastPath.batch_sent, starts)
 
-    def bound(self, data, starts, name_end):
+    def bound(self, data, starts, name_end, rest):
         """A batch that runs a statement the client prepared by name (Bind, [Describe,] Execute,
         Sync: asyncpg, JDBC, pgbench -M prepared): no stage looks at a Bind; a lease is found where
         the statement's Parse went, as the forwarder would, then its own handlers take the batch in
@@ -395,9 +405,10 @@ class FastPath(Waiting):
         stmt = book.by_name.get(data[6:name_end].decode("utf-8", "replace"))
         if stmt is None:
             return "a statement the pool does not translate"  # (session pooling, or not prepared: 26000)
-        reason = self.blocked()
-        if reason is not None:
-            return reason
+        if rest is not True:
+            reason = self.blocked(rest)
+            if reason is not None:
+                return reason
         if session.proxy.admission.on:
             return "executions counted (limits)"
         lease = session.slot.lease
