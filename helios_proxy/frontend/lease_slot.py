@@ -139,14 +139,16 @@ class LeaseSlot:
         node = proxy.buffer.ready()
         router = proxy.router
         breakers = router.breakers
-        if (node is None or node.name != pool.node.name or breakers.enabled and not breakers.allows(node)
-                or not pool.take_again(server)):
+        if node is None or node.name != pool.node.name or breakers.enabled and not breakers.allows(node):
+            return False
+        now = monotonic()  # (one clock read for the pool's rules and the lease's start)
+        if not pool.take_again(server, now):
             return False
         router.leased["primary"].append(node.name)  # (begin(), inline, as it is for this lease: keep them alike)
         if router.on:
             router.balancer.started(server.node)
         self.spare = None
-        lease = self.lease = lease.again(pool, server, "primary", "primary")
+        lease = self.lease = lease.again(pool, server, "primary", "primary", now)  # (its start: the take's time)
         lease.pump = self.pump.begin(lease)
         return True
 

@@ -43,11 +43,12 @@ class Lease:
         self.pump = None          # relay.CallbackPump or a greenlet (TLS), while running
         self.sick = False         # the server answered an error that means the node fails (breaker)
 
-    def again(self, pool, server, target, intent):
+    def again(self, pool, server, target, intent, now=None):
         """This lease serves its session's next one (LeaseSlot reuses a lease it gave back in a loop
-        callback, which nothing holds any more: an object less per transaction)."""
+        callback, which nothing holds any more: an object less per transaction). now: time.monotonic(),
+        when the caller just asked it."""
         self.pool, self.server, self.target, self.intent = pool, server, target, intent
-        self.started = monotonic()
+        self.started = monotonic() if now is None else now
         self.sick = False  # (its pump: the caller starts it)
         return self
 

@@ -127,16 +127,15 @@ class Pool:
         gevent.joinall(cancelling, timeout=5)
         self.release(conn, reusable and all(g.dead for g in cancelling))
 
-    def take_again(self, conn):
+    def take_again(self, conn, now):
         """Whether conn, a connection its caller gave back, is taken again: only while it is the
         idle one on top (none came back after it, none took it) and may go on as it is by
         take_idle's rules (watched, open, nothing read on it left, no check due, within its
-        lifetime). Else it stays idle, and take_idle decides."""
+        lifetime). Else it stays idle, and take_idle decides. now: time.monotonic()."""
         idle = self.idle
         if not idle or idle[-1] is not conn or not conn.watched or conn.broken or conn.rbuf.pending():
             return False
         cfg = self.config.pool
-        now = monotonic()
         if now - conn.last_used >= cfg.check_after or cfg.server_lifetime and now - conn.created > cfg.server_lifetime:
             return False
         idle.pop()
