@@ -43,7 +43,6 @@ Q = m.QUERY[0]
 CONTINUE = StageResult.CONTINUE
 LARGEST = 8192  # a Query larger than this takes the usual way (and the kernel takes it in one send)
 QUIET_TEXTS = 512  # texts (fast keys) a session remembers the stages let through
-QUERY_ENTRIES = (p.PLAIN_FOR[Q],)
 # the entries of the unnamed batches taken (speedups.unnamed_batch), in order: what each message's answer ends
 PBES = (p.PLAIN[p.ONE], p.PLAIN[p.ONE], p.PLAIN[p.EXECUTE], p.PLAIN[p.SYNC])
 PBDES_PORTAL = PBES[:2] + (p.PLAIN[p.DESCRIBE_PORTAL],) + PBES[2:]
@@ -328,7 +327,7 @@ class FastPath(Waiting):
         """The Query goes to lease's server as it came; the plan expects its answer."""
         session = self.session
         lease.server.unnamed_owner = None
-        session.plan.sent_request(QUERY_ENTRIES)
+        session.plan.sent_query()
         counters = session.counters
         counters.bytes_in += len(data)
         counters.queries += 1

@@ -37,6 +37,7 @@ class Entry:
 # shared by every plan, saving an object per request message.
 PLAIN = {kind: Entry(kind) for kind in (QUERY, SYNC, ONE, DESCRIBE_STATEMENT, DESCRIBE_PORTAL, EXECUTE)}
 PLAIN_FOR = {mtype: PLAIN[kind] for mtype, kind in KIND.items()}  # request message type -> its entry
+QUERY_ENTRY = PLAIN[QUERY]
 
 
 def entry_for(mtype, data, begin):
@@ -101,6 +102,15 @@ class ResponsePlan:
                 self.pending_ctx = None
         elif mtype in m.EXTENDED:  # extended-protocol messages: answered at the next Sync
             self.in_extended = True
+
+    def sent_query(self):
+        """sent_request() of a simple Query (one entry: an append, no iterator over a tuple)."""
+        self.entries.append(QUERY_ENTRY)
+        self.outstanding += 1
+        self.in_extended = False
+        if self.completions is not None:
+            self.completions.append(self.pending_ctx)
+            self.pending_ctx = None
 
     def sent_request(self, entries):
         """A Query, or an extended batch up to its Sync, went to the server; entries: its messages'
