@@ -18,7 +18,8 @@ unpack_int32 = INT32.unpack_from
 
 
 class MessageBuffer:
-    """Accumulates bytes and hands out complete (type, body) messages."""
+    """Accumulates bytes and hands out complete (type, body) messages. buf[pos:] is what is not
+    handed out yet (pending(); a few hot paths read the two fields themselves)."""
 
     __slots__ = ("buf", "pos", "max_size")
 
