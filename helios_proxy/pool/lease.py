@@ -47,7 +47,10 @@ class Lease:
         """This lease serves its session's next one (LeaseSlot reuses a lease it gave back in a loop
         callback, which nothing holds any more: an object less per transaction). now: time.monotonic(),
         when the caller just asked it."""
-        self.pool, self.server, self.target, self.intent = pool, server, target, intent
+        self.pool = pool  # (one by one: four at once would make and unpack a tuple)
+        self.server = server
+        self.target = target
+        self.intent = intent
         self.started = monotonic() if now is None else now
         self.sick = False  # (its pump: the caller starts it)
         return self
