@@ -1,7 +1,8 @@
 /* The compiled helper of the fast path (issue 33): the byte walks of the hot path in C (an answer's
  * headers: walk_answer, whole_answer; a batch's: unnamed_batch), the screen of a simple Query (query_key), and
- * the loop callbacks' reads and writes of non-blocking sockets (read, write), and the protocol's
- * NUL-terminated strings (read_cstr: a named statement's execution reads three).
+ * the loop callbacks' reads and writes of non-blocking sockets (read, write), the protocol's
+ * NUL-terminated strings (read_cstr: a named statement's execution reads three), and a server
+ * connection's read watcher's callback (follow).
  *
  * Optional: `pip install -e .` builds it where a C compiler is found and goes on without it where
  * none is (setup.py). helios_proxy/speedups.py holds the pure-Python reference of each function,
@@ -13,6 +14,7 @@
 #include <Python.h>
 #include <errno.h>
 #include <stdint.h>
+#include <stddef.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -439,6 +441,92 @@ read_cstr(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
+/* follow(obj, name): see speedups.py_follow. A callable that calls whatever obj.name holds when
+ * it is called (nothing when None): a read watcher's callback that follows its connection's
+ * listener of the moment without a Python frame of its own. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *obj;
+    PyObject *name;
+    vectorcallfunc vectorcall;
+} Follow;
+
+static PyObject *
+follow_call(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Follow *f = (Follow *)self;
+    if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "a follow() takes no arguments");
+        return NULL;
+    }
+    PyObject *callback = PyObject_GetAttr(f->obj, f->name);
+    if (callback == NULL)
+        return NULL;
+    if (callback == Py_None) {
+        Py_DECREF(callback);
+        Py_RETURN_NONE;
+    }
+    PyObject *out = PyObject_CallNoArgs(callback);
+    Py_DECREF(callback);
+    return out;
+}
+
+static int
+follow_traverse(Follow *f, visitproc visit, void *arg)
+{
+    Py_VISIT(f->obj);
+    return 0;
+}
+
+static int
+follow_clear(Follow *f)
+{
+    Py_CLEAR(f->obj);
+    return 0;
+}
+
+static void
+follow_dealloc(Follow *f)
+{
+    PyObject_GC_UnTrack(f);
+    Py_CLEAR(f->obj);
+    Py_CLEAR(f->name);
+    PyObject_GC_Del(f);
+}
+
+static PyTypeObject FollowType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "helios_proxy._speedups.follow",
+    .tp_basicsize = sizeof(Follow),
+    .tp_dealloc = (destructor)follow_dealloc,
+    .tp_vectorcall_offset = offsetof(Follow, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "follow(obj, name): a callable that calls obj.<name>() as it is then (nothing when None).",
+    .tp_traverse = (traverseproc)follow_traverse,
+    .tp_clear = (inquiry)follow_clear,
+};
+
+static PyObject *
+follow(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyUnicode_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "follow(obj, name: str)");
+        return NULL;
+    }
+    Follow *f = PyObject_GC_New(Follow, &FollowType);
+    if (f == NULL)
+        return NULL;
+    Py_INCREF(args[0]);
+    f->obj = args[0];
+    Py_INCREF(args[1]);
+    f->name = args[1];
+    PyUnicode_InternInPlace(&f->name);
+    f->vectorcall = follow_call;
+    PyObject_GC_Track(f);
+    return (PyObject *)f;
+}
+
 static PyMethodDef methods[] = {
     {"walk_answer", (PyCFunction)(void (*)(void))walk_answer, METH_FASTCALL,
      "walk_answer(data, pos, tail, entries, k, stops, middle): the index of the entry whose answer "
@@ -461,6 +549,8 @@ static PyMethodDef methods[] = {
     {"read_cstr", (PyCFunction)(void (*)(void))read_cstr, METH_FASTCALL,
      "read_cstr(buf, pos): (the NUL-terminated string at pos, decoded as UTF-8 with replacement, "
      "the position after its NUL); ValueError without a NUL."},
+    {"follow", (PyCFunction)(void (*)(void))follow, METH_FASTCALL,
+     "follow(obj, name): a callable that calls obj.<name>() as it is then (nothing when None)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -471,5 +561,7 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
+    if (PyType_Ready(&FollowType) < 0)
+        return NULL;
     return PyModule_Create(&module);
 }

@@ -12,7 +12,7 @@ from ..protocol.framing import MessageBuffer
 from . import kdf
 from .statements import ServerStatements
 from ..sockets import peek, plain, recv, recv_later, sendall, watcher
-from ..speedups import write
+from ..speedups import follow, write
 from ..protocol.scram import MECHANISM, ScramClient, md5_hash, md5_response
 
 log = logging.getLogger(__name__)
@@ -306,14 +306,9 @@ class ServerConnection:
         connection whose server went away is noticed by the pool at once (as PgBouncer does)."""
         if self.watcher is None:
             self.watcher = watcher(self.sock)
-            self.watcher.start(self._readable)
+            self.watcher.start(follow(self, "on_readable"))  # (calls self.on_readable() as it is then)
             self.watched = True
         self.on_readable = callback
-
-    def _readable(self):
-        callback = self.on_readable
-        if callback is not None:
-            callback()
 
     def pause(self):
         """Stop watching until resume() (backpressure: the client is slower than its server)."""
@@ -321,7 +316,7 @@ class ServerConnection:
 
     def resume(self):
         if self.watcher is not None and self.sock is not None:
-            self.watcher.start(self._readable)
+            self.watcher.start(follow(self, "on_readable"))
 
     def idle_and_clean(self):
         """True if the socket has nothing unread and is not at EOF: a liveness check before reuse,

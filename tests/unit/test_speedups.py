@@ -297,3 +297,51 @@ def test_read_cstr_reads_a_nul_terminated_string_of_bytes_or_a_bytearray(impl):
 def test_read_cstr_matches_the_reference_on_any_bytes(data, pos):
     ref, fast = both("read_cstr", data, pos)
     assert ref == fast
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_follow_calls_what_the_attribute_holds_when_it_is_called(impl):
+    follow = impl.py_follow if impl is speedups else impl.follow
+
+    class Listener:
+        pass
+
+    seen = []
+    who = Listener()
+    who.on_readable = None
+    call = follow(who, "on_readable")
+    assert call() is None and seen == []  # None: nothing is called
+    who.on_readable = lambda: seen.append("pump")
+    call()
+    who.on_readable = lambda: seen.append("idle check")
+    call()
+    call()
+    assert seen == ["pump", "idle check", "idle check"]
+
+    def fails():
+        raise KeyError("the listener's own error")
+
+    who.on_readable = fails
+    with pytest.raises(KeyError):
+        call()
+    del who.on_readable
+    with pytest.raises(AttributeError):
+        call()
+    with pytest.raises(TypeError):
+        call(1)  # (a read watcher calls it without arguments)
+
+
+@needs_c
+def test_a_compiled_follow_goes_with_the_object_it_follows():
+    import gc
+    import weakref
+
+    class Connection:
+        pass
+
+    conn = Connection()
+    conn.callback = _speedups.follow(conn, "on_readable")  # a cycle, as a connection and its watcher make
+    gone = weakref.ref(conn)
+    del conn
+    gc.collect()
+    assert gone() is None
