@@ -1,6 +1,7 @@
 /* The compiled helper of the fast path (issue 33): the byte walks of the hot path in C (an answer's
- * headers: walk_answer, whole_answer; a batch's: unnamed_batch), the screen of a simple Query (query_key), and
- * the loop callbacks' reads and writes of non-blocking sockets (read, write), the protocol's
+ * headers: walk_answer, whole_answer; a batch's: unnamed_batch), the screen of a simple Query (query_key),
+ * an answer's last CommandComplete tag (last_tag: analytics and on_query_complete read it per
+ * answer), the loop callbacks' reads and writes of non-blocking sockets (read, write), the protocol's
  * NUL-terminated strings (read_cstr: a named statement's execution reads three), and a server
  * connection's read watcher's callback (follow).
  *
@@ -167,6 +168,38 @@ whole_answer(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (!ends)
         Py_RETURN_NONE;
     return PyBytes_FromStringAndSize((const char *)data + n - 1, 1);  /* (its status: a cached one-byte object) */
+}
+
+/* last_tag(data, stop) -> bytes or None: see speedups.py_last_tag. */
+static PyObject *
+last_tag(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "last_tag(data: bytes, stop)");
+        return NULL;
+    }
+    Py_ssize_t stop = PyLong_AsSsize_t(args[1]);
+    if (stop == -1 && PyErr_Occurred())
+        return NULL;
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]), pos = 0, tag = -1;
+    while (pos < stop) {
+        if (pos > n - 5) {
+            PyErr_SetString(PyExc_ValueError, "last_tag: a message header beyond the data");
+            return NULL;
+        }
+        if (data[pos] == 'C')
+            tag = pos;
+        pos += 1 + length_at(data + pos + 1);
+    }
+    if (tag < 0)
+        Py_RETURN_NONE;
+    const unsigned char *nul = tag + 5 < n ? memchr(data + tag + 5, 0, (size_t)(n - tag - 5)) : NULL;
+    if (nul == NULL) {
+        PyErr_SetString(PyExc_ValueError, "last_tag: a tag without its NUL");
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize((const char *)data + tag + 5, nul - data - tag - 4);
 }
 
 /* The keys query_key and key_of made lately, by a hash of a few of their bytes: a text seen again
@@ -549,6 +582,9 @@ static PyMethodDef methods[] = {
     {"read_cstr", (PyCFunction)(void (*)(void))read_cstr, METH_FASTCALL,
      "read_cstr(buf, pos): (the NUL-terminated string at pos, decoded as UTF-8 with replacement, "
      "the position after its NUL); ValueError without a NUL."},
+    {"last_tag", (PyCFunction)(void (*)(void))last_tag, METH_FASTCALL,
+     "last_tag(data, stop): the tag (with its NUL) of the last CommandComplete in the whole messages of "
+     "data[:stop], or None."},
     {"follow", (PyCFunction)(void (*)(void))follow, METH_FASTCALL,
      "follow(obj, name): a callable that calls obj.<name>() as it is then (nothing when None)."},
     {NULL, NULL, 0, NULL},

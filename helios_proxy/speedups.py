@@ -1,7 +1,7 @@
 """The fast path's byte walks (issue 33) and its loop callbacks' reads and writes, in C where
 helios_proxy/_speedups.c was built, else in Python: the py_ functions here are the reference, the C
 ones do exactly what they do; `whole_answer` (with `walk_answer`), `query_key`, `key_of`, `unnamed_batch`,
-`read`, `write`, `read_cstr` (protocol/codec.py's) and `follow` are the ones that run (py_messages: the
+`read`, `write`, `read_cstr` (protocol/codec.py's), `last_tag` and `follow` are the ones that run (py_messages: the
 framing unnamed_batch starts with).
 
 The C module is optional: `pip install -e .` builds it where a C compiler is found and goes on
@@ -164,6 +164,21 @@ def py_unnamed_batch(data):
     return starts, shape, nul
 
 
+COMPLETE = ord("C")  # a CommandComplete's type
+
+
+def py_last_tag(data, stop):
+    """The tag (with its NUL) of the last CommandComplete in the whole messages of data[:stop], or
+    None (relay.ServerStream.whole: an answer's, for analytics and plugins' on_query_complete). A
+    header it must read beyond data, or a tag without its NUL, raises (the C one: ValueError)."""
+    pos, tag = 0, None
+    while pos < stop:
+        if data[pos] == COMPLETE:
+            tag = pos
+        pos += 1 + length_of(data, pos)[0]
+    return None if tag is None else data[tag + 5:data.index(0, tag + 5) + 1]
+
+
 def py_read_cstr(buf, pos):
     """(str, next_pos) for the NUL-terminated string starting at pos of buf (bytes, bytearray), decoded as
     UTF-8 with replacement; ValueError when no NUL follows."""
@@ -189,7 +204,7 @@ def table(types):
 
 
 walk_answer, query_key, unnamed_batch, read, write = py_walk_answer, py_query_key, py_unnamed_batch, py_read, py_write
-whole_answer, read_cstr, key_of, follow = py_whole_answer, py_read_cstr, py_key_of, py_follow
+whole_answer, read_cstr, key_of, follow, last_tag = py_whole_answer, py_read_cstr, py_key_of, py_follow, py_last_tag
 COMPILED = False
 if not os.environ.get("HELIOS_PURE_PYTHON"):
     try:
@@ -199,5 +214,5 @@ if not os.environ.get("HELIOS_PURE_PYTHON"):
     else:
         walk_answer, query_key, unnamed_batch = _speedups.walk_answer, _speedups.query_key, _speedups.unnamed_batch
         read, write, read_cstr = _speedups.read, _speedups.write, _speedups.read_cstr
-        whole_answer, key_of, follow = _speedups.whole_answer, _speedups.key_of, _speedups.follow
+        whole_answer, key_of, follow, last_tag = _speedups.whole_answer, _speedups.key_of, _speedups.follow, _speedups.last_tag
         COMPILED = True

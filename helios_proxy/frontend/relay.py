@@ -28,11 +28,11 @@ from ..jobs import JOBS
 from ..plugins.actions import Outcome
 from ..pool.lease import Lease, ends_here
 from ..protocol import codec, messages as m
-from ..protocol.framing import StreamScanner, length_of
+from ..protocol.framing import StreamScanner
 from .plan import ENDS, HIDE, PLAIN
 from ..continuity import replay
 from ..sockets import call_soon, plain, recv, wake_when_readable
-from ..speedups import read, table, whole_answer
+from ..speedups import last_tag, read, table, whole_answer
 
 log = logging.getLogger(__name__)
 READY, PARAMETER_STATUS, ERROR = m.READY_FOR_QUERY[0], m.PARAMETER_STATUS[0], m.ERROR_RESPONSE[0]
@@ -51,16 +51,6 @@ PLAIN_MIDDLE = frozenset(b"TDCI123nst")
 MIDDLE = table(PLAIN_MIDDLE)
 STOPS = {entry: table(EVERYTHING - (PLAIN_MIDDLE - ENDS[kind])) for kind, entry in PLAIN.items()}
 ENDED_BY_READY = frozenset(entry for kind, entry in PLAIN.items() if READY in ENDS[kind])  # (Query, Sync)
-
-
-def last_tag(data, stop):
-    """The tag (with its NUL) of the last CommandComplete in the whole messages of data[:stop], or None."""
-    pos, tag = 0, None
-    while pos < stop:
-        if data[pos] == COMPLETE:
-            tag = pos
-        pos += 1 + length_of(data, pos)[0]
-    return None if tag is None else data[tag + 5:data.index(0, tag + 5) + 1]
 
 
 class ServerClosed(ConnectionResetError):

@@ -345,3 +345,28 @@ def test_a_compiled_follow_goes_with_the_object_it_follows():
     del conn
     gc.collect()
     assert gone() is None
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_last_tag_is_the_last_command_complete_of_an_answers_whole_messages(impl):
+    last_tag = impl.py_last_tag if impl is speedups else impl.last_tag
+    assert last_tag(SELECT_ANSWER, len(SELECT_ANSWER) - 6) == b"SELECT 1\0"
+    two = msg(b"C", b"INSERT 0 1\0") + msg(b"C", b"UPDATE 2\0") + msg(b"Z", b"I")
+    assert last_tag(two, len(two) - 6) == b"UPDATE 2\0"
+    assert last_tag(two, 0) is None  # (nothing walked)
+    assert last_tag(ERROR_ANSWER, len(ERROR_ANSWER) - 6) is None  # (an error: no tag)
+    # a DataRow whose value holds what looks like a CommandComplete: the walk steps over it
+    tricky = msg(b"D", b"\0\1\0\0\0\x0a" + msg(b"C", b"FAKE\0")) + msg(b"Z", b"I")
+    assert last_tag(tricky, len(tricky) - 6) is None
+    with pytest.raises((ValueError, struct.error)):  # a header it must read beyond the data
+        last_tag(SELECT_ANSWER[:3], 10)
+
+
+@needs_c
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.sampled_from([SELECT_ANSWER, ERROR_ANSWER, TRICKY_ANSWER, BATCH_ANSWER]),
+                 st.binary(max_size=40).map(lambda b: msg(b"C", b) + msg(b"Z", b"I")), st.binary(max_size=40)),
+       st.integers(min_value=-3, max_value=60))
+def test_last_tag_matches_the_reference_on_any_bytes(data, stop):
+    ref, fast = both("last_tag", data, stop)
+    assert ref == fast
