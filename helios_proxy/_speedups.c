@@ -1,7 +1,7 @@
 /* The compiled helper of the fast path (issue 33): the byte walks of the hot path in C (an answer's
  * headers: walk_answer, whole_answer; a batch's: unnamed_batch), the screen of a simple Query (query_key),
  * an answer's last CommandComplete tag (last_tag: analytics and on_query_complete read it per
- * answer), the loop callbacks' reads and writes of non-blocking sockets (read, write), the protocol's
+ * answer), the whole messages of a chunk the generic walk is given (scan), the loop callbacks' reads and writes of non-blocking sockets (read, write), the protocol's
  * NUL-terminated strings (read_cstr: a named statement's execution reads three), and a server
  * connection's read watcher's callback (follow).
  *
@@ -168,6 +168,80 @@ whole_answer(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (!ends)
         Py_RETURN_NONE;
     return PyBytes_FromStringAndSize((const char *)data + n - 1, 1);  /* (its status: a cached one-byte object) */
+}
+
+/* scan(data, wanted, max_size) -> (messages, pos): see speedups.py_scan. */
+static PyObject *
+scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyAnySet_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "scan(data, wanted: a set, max_size)");
+        return NULL;
+    }
+    Py_ssize_t max_size = PyLong_AsSsize_t(args[2]);
+    if (max_size == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *data = (const unsigned char *)view.buf;
+    Py_ssize_t n = view.len, pos = 0;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        goto error;
+    while (n - pos >= 5) {
+        unsigned char mtype = data[pos];
+        Py_ssize_t length = (int32_t)(uint32_t)length_at(data + pos + 1);  /* (signed, as the reference's) */
+        if (length < 4 || length > max_size || length > n - pos - 1)
+            break;
+        Py_ssize_t end = pos + 1 + length;
+        PyObject *type = PyLong_FromLong(mtype);  /* (a small int: no object made) */
+        if (type == NULL)
+            goto error;
+        int wanted = PySet_Contains(args[1], type);
+        if (wanted <= 0) {
+            Py_DECREF(type);
+            if (wanted < 0)
+                goto error;
+        } else {
+            PyObject *body = PyBytes_FromStringAndSize((const char *)data + pos + 5, length - 4);
+            PyObject *at = body == NULL ? NULL : PyLong_FromSsize_t(end);
+            PyObject *item = at == NULL ? NULL : PyTuple_New(3);
+            if (item == NULL) {
+                Py_DECREF(type);
+                Py_XDECREF(body);
+                Py_XDECREF(at);
+                goto error;
+            }
+            PyTuple_SET_ITEM(item, 0, type);
+            PyTuple_SET_ITEM(item, 1, body);
+            PyTuple_SET_ITEM(item, 2, at);
+            int failed = PyList_Append(out, item);
+            Py_DECREF(item);
+            if (failed)
+                goto error;
+        }
+        pos = end;
+    }
+    PyBuffer_Release(&view);
+    PyObject *stop = PyLong_FromSsize_t(pos);
+    if (stop == NULL) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    PyObject *result = PyTuple_New(2);
+    if (result == NULL) {
+        Py_DECREF(out);
+        Py_DECREF(stop);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(result, 0, out);
+    PyTuple_SET_ITEM(result, 1, stop);
+    return result;
+error:
+    PyBuffer_Release(&view);
+    Py_XDECREF(out);
+    return NULL;
 }
 
 /* last_tag(data, stop) -> bytes or None: see speedups.py_last_tag. */
@@ -582,6 +656,9 @@ static PyMethodDef methods[] = {
     {"read_cstr", (PyCFunction)(void (*)(void))read_cstr, METH_FASTCALL,
      "read_cstr(buf, pos): (the NUL-terminated string at pos, decoded as UTF-8 with replacement, "
      "the position after its NUL); ValueError without a NUL."},
+    {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
+     "scan(data, wanted, max_size): ([(type, body, end)] of the whole messages at data's start whose type is in "
+     "wanted, the position where the walk stopped)."},
     {"last_tag", (PyCFunction)(void (*)(void))last_tag, METH_FASTCALL,
      "last_tag(data, stop): the tag (with its NUL) of the last CommandComplete in the whole messages of "
      "data[:stop], or None."},

@@ -1,7 +1,8 @@
 """The fast path's byte walks (issue 33) and its loop callbacks' reads and writes, in C where
 helios_proxy/_speedups.c was built, else in Python: the py_ functions here are the reference, the C
 ones do exactly what they do; `whole_answer` (with `walk_answer`), `query_key`, `key_of`, `unnamed_batch`,
-`read`, `write`, `read_cstr` (protocol/codec.py's), `last_tag` and `follow` are the ones that run (py_messages: the
+`read`, `write`, `read_cstr` (protocol/codec.py's), `last_tag`, `scan` (protocol/framing.py's) and `follow`
+are the ones that run (py_messages: the
 framing unnamed_batch starts with).
 
 The C module is optional: `pip install -e .` builds it where a C compiler is found and goes on
@@ -10,8 +11,11 @@ functions (as psycopg, msgpack and gevent let their users choose). `COMPILED` sa
 tests/unit/test_speedups.py runs both on the same inputs.
 """
 import os
+from struct import Struct
 
-from .protocol.framing import length_of
+# (protocol/framing.py's, made here: framing imports scan from this module)
+length_of = Struct("!xI").unpack_from  # the length field of the message at data[pos]
+unpack_int32 = Struct("!i").unpack_from
 
 # The loop callbacks' reads (frontend/relay.py CallbackPump.readable, frontend/fastpath.py
 # FastPath.readable) take what a non-blocking socket has, up to READ_SIZE bytes, from its kernel
@@ -167,6 +171,24 @@ def py_unnamed_batch(data):
 COMPLETE = ord("C")  # a CommandComplete's type
 
 
+def py_scan(data, wanted, max_size):
+    """([(type, body, end)], pos): the whole messages at the start of data (bytes-like) whose type
+    is in wanted (a set of ints), end just past each, and where the walk stopped: at the first
+    message not whole in data, or whose length is out of range (< 4 or > max_size: the caller's
+    error to raise). protocol/framing.py StreamScanner.feed's walk while it holds nothing of a
+    message from the chunk before."""
+    out, pos, n = [], 0, len(data)
+    while n - pos >= 5:
+        mtype, length = data[pos], unpack_int32(data, pos + 1)[0]
+        if length < 4 or length > max_size or length > n - pos - 1:
+            break
+        end = pos + 1 + length
+        if mtype in wanted:
+            out.append((mtype, bytes(data[pos + 5:end]), end))
+        pos = end
+    return out, pos
+
+
 def py_last_tag(data, stop):
     """The tag (with its NUL) of the last CommandComplete in the whole messages of data[:stop], or
     None (relay.ServerStream.whole: an answer's, for analytics and plugins' on_query_complete). A
@@ -205,6 +227,7 @@ def table(types):
 
 walk_answer, query_key, unnamed_batch, read, write = py_walk_answer, py_query_key, py_unnamed_batch, py_read, py_write
 whole_answer, read_cstr, key_of, follow, last_tag = py_whole_answer, py_read_cstr, py_key_of, py_follow, py_last_tag
+scan = py_scan
 COMPILED = False
 if not os.environ.get("HELIOS_PURE_PYTHON"):
     try:
@@ -215,4 +238,5 @@ if not os.environ.get("HELIOS_PURE_PYTHON"):
         walk_answer, query_key, unnamed_batch = _speedups.walk_answer, _speedups.query_key, _speedups.unnamed_batch
         read, write, read_cstr = _speedups.read, _speedups.write, _speedups.read_cstr
         whole_answer, key_of, follow, last_tag = _speedups.whole_answer, _speedups.key_of, _speedups.follow, _speedups.last_tag
+        scan = _speedups.scan
         COMPILED = True
