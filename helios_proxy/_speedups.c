@@ -1,9 +1,10 @@
 /* The compiled helper of the fast path (issue 33): the byte walks of the hot path in C (an answer's
  * headers: walk_answer, whole_answer; a batch's: unnamed_batch), the screen of a simple Query (query_key),
  * an answer's last CommandComplete tag (last_tag: analytics and on_query_complete read it per
- * answer), the whole messages of a chunk the generic walk is given (scan), the loop callbacks' reads and writes of non-blocking sockets (read, write), the protocol's
- * NUL-terminated strings (read_cstr: a named statement's execution reads three), and a server
- * connection's read watcher's callback (follow).
+ * answer), the whole messages of a chunk the generic walk is given (scan), the loop callbacks'
+ * reads and writes of non-blocking sockets (read, write), the protocol's NUL-terminated strings
+ * (read_cstr: a named statement's execution reads three), and a server connection's read
+ * watcher's callback (follow).
  *
  * Optional: `pip install -e .` builds it where a C compiler is found and goes on without it where
  * none is (setup.py). helios_proxy/speedups.py holds the pure-Python reference of each function,

@@ -1,9 +1,9 @@
 """The fast path's byte walks (issue 33) and its loop callbacks' reads and writes, in C where
 helios_proxy/_speedups.c was built, else in Python: the py_ functions here are the reference, the C
-ones do exactly what they do; `whole_answer` (with `walk_answer`), `query_key`, `key_of`, `unnamed_batch`,
-`read`, `write`, `read_cstr` (protocol/codec.py's), `last_tag`, `scan` (protocol/framing.py's) and `follow`
-are the ones that run (py_messages: the
-framing unnamed_batch starts with).
+ones do exactly what they do; `whole_answer` (with `walk_answer`), `query_key`, `key_of`,
+`unnamed_batch`, `read`, `write`, `read_cstr` (protocol/codec.py's), `last_tag`, `scan`
+(protocol/framing.py's) and `follow` are the ones that run (py_messages: the framing
+unnamed_batch starts with).
 
 The C module is optional: `pip install -e .` builds it where a C compiler is found and goes on
 without it where none is (setup.py). HELIOS_PURE_PYTHON=1 in the environment chooses the Python
@@ -13,8 +13,11 @@ tests/unit/test_speedups.py runs both on the same inputs.
 import os
 from struct import Struct
 
-# (protocol/framing.py's, made here: framing imports scan from this module)
-length_of = Struct("!xI").unpack_from  # the length field of the message at data[pos]
+# length_of(data, pos)[0]: the length field of the message at data[pos] (5 bytes there at least),
+# unsigned; unpack_int32's signed (protocol/framing.py's too: it imports scan from here). (One C
+# call: cheaper than int.from_bytes(data[pos + 1:pos + 5], "big"), a slice and a method looked up
+# on the type at every call, which CPython 3.11 does not specialize.)
+length_of = Struct("!xI").unpack_from
 unpack_int32 = Struct("!i").unpack_from
 
 # The loop callbacks' reads (frontend/relay.py CallbackPump.readable, frontend/fastpath.py

@@ -179,10 +179,10 @@ class FastPath(Waiting):
     def blocked(self, rest=None):
         """Why the session's state keeps a request arriving now from the fast path, or None: the
         lease it holds must be its callback pump's (else it may take one between transactions).
-        rest: what readable() found when the session was at rest (True: nothing; else why not), or
-        None: ask everything."""
+        rest: why not, as readable() found it when the session was at rest, or None: ask
+        everything (at rest with nothing in the way, its callers do not ask)."""
         if rest is not None:
-            return None if rest is True else rest
+            return rest
         session = self.session
         slot = session.slot
         fwd = self.fwd

@@ -7,15 +7,10 @@ boundaries, so a relay can forward large results without holding them (server si
 from struct import Struct
 
 from ..errors import ProtocolViolation
-from ..speedups import scan
+from ..speedups import scan, unpack_int32
 
 INT32 = Struct("!i")
 HEADER = Struct("!ci")  # type byte, length (counts itself, not the type byte)
-# length_of(data, pos)[0]: the length field of the message at data[pos] (5 bytes there at least).
-# (One C call: cheaper than int.from_bytes(data[pos + 1:pos + 5], "big"), a slice and a method
-# looked up on the type at every call, which CPython 3.11 does not specialize.)
-length_of = Struct("!xI").unpack_from
-unpack_int32 = INT32.unpack_from
 
 
 class MessageBuffer:
