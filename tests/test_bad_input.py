@@ -9,6 +9,7 @@ import pytest
 
 from helios_proxy.protocol import codec
 
+from .background import Probe
 from .fake_server import FakeServer
 
 
@@ -267,26 +268,9 @@ def test_malformed_message_gets_protocol_violation_and_close(proxy, txn_proxy, m
 def test_unknown_message_type_is_refused_and_never_reaches_another_client(proxy, txn_proxy, mode):
     """A query and a message of an unknown type in one write: FATAL 08P01 for that client only,
     while other clients of the same pool go on without an error (a storm of both, bounded)."""
-    import threading
     target = proxy if mode == "session" else txn_proxy
-    stop, errors, done = threading.Event(), [], [0]
-
-    def innocent():
-        conn = target.connect()
-        conn.autocommit = True
-        cur = conn.cursor()
-        try:
-            while not stop.is_set():
-                cur.execute("select 1")
-                done[0] += 1
-        except Exception as e:
-            errors.append(repr(e))
-        finally:
-            conn.close()
-    threads = [threading.Thread(target=innocent) for _ in range(3)]
-    for t in threads:
-        t.start()
-    try:
+    probes = [Probe(target.connect) for _ in range(3)]
+    with probes[0], probes[1], probes[2]:
         for _ in range(40):
             s = login(target.port)
             s.sendall(codec.query("select pg_sleep(0.001)") + b"y\0\0\0\x04")
@@ -294,11 +278,8 @@ def test_unknown_message_type_is_refused_and_never_reaches_another_client(proxy,
             s.close()
             fields = error_fields(data)
             assert fields["C"] == "08P01" and fields["M"] == "invalid frontend message type 121", fields
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(30)
-    assert not errors and done[0] > 0, errors[:3]
+    for probe in probes:
+        assert not probe.errors and probe.times, probe.errors[:3]
 
 
 @pytest.mark.parametrize("method,message", [

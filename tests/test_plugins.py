@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 
 import psycopg
@@ -17,6 +16,7 @@ import pytest
 
 from helios_proxy.protocol import codec
 
+from .background import Probe
 from .wire import Wire
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -229,19 +229,7 @@ def test_wasm_sandbox_fuel_memory_corruption_and_hot_reload(plugin_proxy, tmp_pa
             time.sleep(0.1)
     assert proxy.query("select 'marker'") == [("marker",)]
     # replace live.wat while queries run: new behaviour within a second, no failed query
-    failures, stop = [], threading.Event()
-
-    def steady():
-        conn = proxy.connect()
-        conn.autocommit = True
-        while not stop.is_set():
-            try:
-                conn.cursor().execute("select 1")
-            except psycopg2.Error as e:
-                failures.append(str(e))
-    t = threading.Thread(target=steady)
-    t.start()
-    try:
+    with Probe(proxy.connect) as probe:
         copy_wat(os.path.join(EXAMPLES, "block_pattern.wat"), wasm, "live.wat")
         swapped = time.monotonic()
         blocked = None
@@ -260,10 +248,7 @@ def test_wasm_sandbox_fuel_memory_corruption_and_hot_reload(plugin_proxy, tmp_pa
         time.sleep(0.6)
         with pytest.raises(psycopg2.Error):
             proxy.query("select 'marker'")
-    finally:
-        stop.set()
-        t.join(10)
-    assert not failures, failures[:3]
+    assert not probe.errors and probe.times, probe.errors[:3]
     assert "wasm plugin wasm:live: " in proxy.output() and "does not load" in proxy.output()
     assert "the previous version keeps serving" in proxy.output()
 
