@@ -36,7 +36,7 @@ import time
 import weakref
 
 import gevent
-from gevent.event import AsyncResult
+from gevent.hub import Waiter, get_hub
 
 from ..errors import CONNECTION_FAILURE, DECODING_ERRORS, INTERNAL_ERROR, BackendError, ProxyError
 from ..pool import session_state
@@ -58,22 +58,26 @@ WHERE_WAL_ENDS = codec.query(WRITE_POSITION)  # (Router.write_position's questio
 
 
 class Row:
-    __slots__ = ("sql", "row", "result", "written", "placed", "batcher", "flight")
+    """A client's row: its text, and its answer once its batch committed or failed (or its client
+    canceled it): the bytes its client gets, set once (settle()); its waiter is then called with
+    the row from a loop callback (the fast path's row_answered, or the switch of a greenlet's
+    Waiter: Batches.wait)."""
+    __slots__ = ("sql", "row", "answer", "waiter", "written", "placed", "batcher", "flight")
 
     def __init__(self, sql, row):
-        self.sql, self.row, self.result = sql, row, AsyncResult()
+        self.sql, self.row, self.answer, self.waiter = sql, row, None, None
         self.placed = time.monotonic()  # (its client's transaction time, for the statistics)
         self.written = None  # the primary's WAL position past its batch's commit (read-your-writes), if asked
         self.batcher = None  # where it waits for companions (Batcher.add)
         self.flight = None   # its batch on its way, once it left the batcher (Flight)
 
     def ready(self):
-        return self.result.ready()
+        return self.answer is not None
 
     def set_exception(self, error):
         """Its client's CancelRequest (LeaseSlot.cancel, the session waiting on the row; error: a
         ProxyError, 57014)."""
-        if not self.result.ready() and self.batcher is not None:
+        if self.answer is None and self.batcher is not None:
             self.batcher.cancel(self, codec.error_response(error.sqlstate, error.message))
 
     def leave(self):
@@ -126,8 +130,11 @@ class Batches:
 
     @staticmethod
     def wait(batcher, row):
-        """Until row's batch committed (or failed): the row, its answer in row.result."""
-        batcher.add(row).get()
+        """Until row's batch committed (or failed, or its client canceled it), in a greenlet: the
+        row, its answer in row.answer."""
+        waiter = Waiter()
+        batcher.add(row, waiter.switch)
+        waiter.get()
         return row
 
     def allows(self, session):
@@ -201,7 +208,7 @@ class Flight:
             if self.conn is not None and not self.conn.broken:
                 self.conn.cancel()
         else:  # not sent, and it never will be
-            row.result.set(error)
+            settle((row,), (error,))
 
     def run(self, conn, rows, sql):
         """The server's messages for sql, which inserts rows (a cancel of theirs meanwhile reaches it)."""
@@ -221,9 +228,10 @@ class Batcher:
         self.prefix, self.suffix = prefix, suffix
         self.pending, self.pending_bytes, self.timer, self.in_flight = [], 0, None, 0
 
-    def add(self, row):
+    def add(self, row, waiter):
+        """row joins the batch; waiter(row) is called once it is answered (settle())."""
         cfg = self.proxy.config.batch
-        row.batcher = self
+        row.batcher, row.waiter = self, waiter
         self.pending.append(row)
         self.pending_bytes += len(row.row)
         if (self.in_flight < IN_FLIGHT or len(self.pending) >= cfg.max_rows
@@ -232,7 +240,6 @@ class Batcher:
         elif self.timer is None:  # (a loop timer: no greenlet to make, switch to and kill per batch)
             self.timer = gevent.get_hub().loop.timer(cfg.max_delay_ms / 1000.0)
             self.timer.start(self._go)
-        return row.result
 
     def _go(self):
         rows, self.pending, self.pending_bytes = self.pending, [], 0
@@ -283,7 +290,7 @@ class Batcher:
         if row in self.pending:
             self.pending.remove(row)
             self.pending_bytes -= len(row.row)
-            row.result.set(error)
+            settle((row,), (error,))
         elif row.flight is not None:
             row.flight.cancel(row, error)
 
@@ -326,10 +333,7 @@ class Batcher:
 
     @staticmethod
     def answer(rows, answers, written=None):
-        for row, answer in zip(rows, answers):
-            if not row.result.ready():  # (a row canceled before it was sent has its answer)
-                row.written = written
-                row.result.set(answer)
+        settle(rows, answers, written)  # (a row canceled before it was sent has its answer)
 
     def failed(self, rows, e):
         """The batch's connection failed (e): whether it committed is not known."""
@@ -338,9 +342,7 @@ class Batcher:
         error = codec.error_response(getattr(e, "sqlstate", CONNECTION_FAILURE) or CONNECTION_FAILURE,
                                      f"batched insert failed: {getattr(e, 'message', e)}; it may or may not "
                                      "have been committed")
-        for row in rows:
-            if not row.result.ready():
-                row.result.set(error)
+        settle(rows, [error] * len(rows))
 
     def _written(self, conn):
         """Where the primary's WAL ends after the batch's commit, when reads go to standbys: each
@@ -401,9 +403,9 @@ class Batcher:
     def _one_by_one(self, conn, rows, flight):
         """Each row as its client sent it, alone: each gets exactly its own answer or error (a row
         canceled before its turn: the cancel's)."""
-        for row, error in flight.canceled.items():  # (canceled while their batch ran: answered at once,
-            if not row.result.ready():                # they wrote nothing; the rows run here may wait long)
-                row.result.set(error)
+        # (canceled while their batch ran: answered at once, they wrote nothing; the rows run
+        # here may wait long)
+        settle(flight.canceled.keys(), flight.canceled.values())
         answers = []
         try:
             for row in rows:
@@ -415,9 +417,7 @@ class Batcher:
                                         if mtype != m.PARAMETER_STATUS))
                 flight.answered.add(row)
         except (ProxyError, OSError):
-            for row, answer in zip(rows, answers):  # (these committed: their own answers)
-                if not row.result.ready():
-                    row.result.set(answer)
+            settle(rows, answers)  # (these committed: their own answers; zip stops at the last)
             raise
         return answers
 
@@ -504,6 +504,29 @@ class Landing:
         finally:
             self.pool.release(conn, reusable=False)
             self.batcher.flown()
+
+
+def settle(rows, answers, written=None):
+    """Each row its answer (bytes; a row answered already keeps its own: a cancel's) and where
+    the WAL ended past its commit (written), then the rows' waiters, all from one loop callback:
+    never in the caller's greenlet or callback (a cancel's greenlet, a batch's Landing)."""
+    woken = []
+    for row, answer in zip(rows, answers):
+        if row.answer is None:
+            row.written, row.answer = written, answer
+            if row.waiter is not None:
+                woken.append(row)
+    if woken:
+        get_hub().loop.run_callback(wake, woken)
+
+
+def wake(rows):
+    for row in rows:
+        waiter, row.waiter = row.waiter, None
+        try:
+            waiter(row)
+        except Exception:  # (a bug in one waiter costs its own client, not the others of the batch)
+            log.exception("answering the batched row %r failed", row.row[:80])
 
 
 def run(conn, sql):

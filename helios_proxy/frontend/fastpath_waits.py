@@ -40,7 +40,7 @@ class Waiting:
         self.queued = row
         session.slot.wait_on(row)  # (a CancelRequest reaches it: Row.set_exception)
         self.watcher.stop()
-        batcher.add(row).rawlink(self.row_answered)
+        batcher.add(row, self.row_answered)
         counters = session.counters
         counters.bytes_in += size
         counters.fast_hits += 1
@@ -71,18 +71,18 @@ class Waiting:
             decided = probe.decided
         return decided is not None and decided.batch == shape and decided.only("batch", "autocommit_write")
 
-    def row_answered(self, result):
+    def row_answered(self, row):
         """The batch of the request waiting committed, or failed (a loop callback): its answer."""
         queued = self.queued
-        if queued is None or queued.result is not result:  # (the session ended meanwhile: close())
+        if queued is not row:  # (the session ended meanwhile: close())
             return
         self.queued = None
         self.session.slot.wait_on(None)
         try:
-            answer = result.value
+            answer = row.answer
             if self.described is not None:  # (an unnamed batch's: as forward_batch.py batch_parse answers it)
                 answer = extended_answer(answer, self.described)
-            self.fwd.batch_steps.answer(answer, queued)
+            self.fwd.batch_steps.answer(answer, row)
         except Exception:  # a bug here costs this session's request, never the loop
             log.exception("%r: answering a batched insert failed", self.session)
             self.hand(b"")

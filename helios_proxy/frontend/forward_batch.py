@@ -104,7 +104,7 @@ class BatchSteps:
             return False
         fwd.cut(begin, end)
         row = self.wait(*found)
-        self.answer(row.result.value, row)
+        self.answer(row.answer, row)
         return True
 
     def wait(self, batcher, row):
@@ -155,7 +155,7 @@ class BatchSteps:
                 self.fwd.answer(extended_answer(codec.error_response(*refused), describe))
                 return True
         row = self.wait(batcher, row)
-        answer = row.result.value
+        answer = row.answer
         if answer is None:
             self.fwd.precounted = admission.on  # (its Execute, on the usual path, was counted here)
             return False
