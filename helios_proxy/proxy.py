@@ -179,16 +179,15 @@ class Proxy:
     # --- PAUSE / RESUME (admin) -------------------------------------------------------------
     def pause(self, database=None, timeout=30.0):
         """Hold new transactions (of database, or all) and wait until none holds a server
-        connection, up to timeout; returns how many sessions still hold one."""
+        connection, up to timeout, nor a batch of INSERTs runs (batch/: the proxy's own
+        transactions for clients that wait); returns how many sessions still hold one, or wait
+        for their batch."""
         self.paused.setdefault(database, Event()).clear()
-        return len(self.wait_released(lambda s: database is None or s.identity.database == database, timeout))
-
-    def wait_released(self, match, timeout):
-        """Wait up to timeout until no session that match(session) selects holds a server
-        connection; returns those that still do."""
         deadline = time.monotonic() + timeout
         while True:
-            holding = [s for s in list(self.sessions) if s.server is not None and match(s)]
+            holding = sum(1 for s in list(self.sessions)
+                          if s.server is not None and (database is None or s.identity.database == database))
+            holding += self.batches.unfinished(database)
             if not holding or time.monotonic() >= deadline:
                 return holding
             gevent.sleep(0.01)
@@ -218,9 +217,9 @@ class Proxy:
                     server.stop_accepting()
         deadline = time.monotonic() + timeout
         while True:
-            busy = [s for s in list(self.sessions) if s.plan.owes()]
+            busy = sum(1 for s in list(self.sessions) if s.plan.owes()) + self.batches.unfinished()
             if not busy or time.monotonic() >= deadline:
-                return len(busy)
+                return busy
             gevent.sleep(0.01)
 
     def resume_suspended(self):

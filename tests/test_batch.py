@@ -212,6 +212,85 @@ def test_extended_protocol_inserts_wait_for_their_batch_in_the_fast_path(batch_p
         c.close()
 
 
+def test_what_follows_a_row_answered_in_the_fast_path_takes_its_own_way(batch_proxy, direct):
+    """A batched row answered from a callback leaves the session as it found it, and what the
+    client sends next is decided as usual: a transaction's INSERT rolls back with it, a setting
+    moves its rows to another batch, and PAUSE holds the next INSERT until RESUME."""
+    state = batch_proxy.api("GET", "/fast_path")[1]
+    if not state["enabled"]:
+        pytest.skip("the fast path is off in this run (HELIOS_TEST_FAST_PATH=0)")
+    conn = connect(batch_proxy)
+    cur = conn.cursor()
+    cur.execute("select 1")  # (settings known: a new session's first request is its greenlet's)
+    rows = batch_proxy.api("GET", "/batch")[1]["rows"]
+    hits = batch_proxy.api("GET", "/fast_path")[1]["hits"]
+    for k in range(3):
+        cur.execute("insert into bt_events (client, payload) values (-20, %s)", (f"rest {k}",))
+        assert cur.statusmessage == "INSERT 0 1"
+    assert batch_proxy.api("GET", "/batch")[1]["rows"] - rows == 3
+    assert batch_proxy.api("GET", "/fast_path")[1]["hits"] - hits >= 3
+
+    cur.execute("begin")  # right after a row the callback answered: a transaction's own insert
+    cur.execute("insert into bt_events (client, payload) values (-20, 'rolled back')")
+    cur.execute("select count(*) from bt_events where payload = 'rolled back'")
+    assert cur.fetchone() == (1,)  # (its transaction sees it: not waiting in a batch)
+    cur.execute("rollback")
+    cur.execute("insert into bt_events (client, payload) values (-20, 'after')")  # (batched again)
+    cur.execute("set search_path = bt_a")  # a setting: its rows are another batcher's
+    cur.execute("insert into bt_where (x) values (20)")
+    cur.execute("reset search_path")
+    with direct.cursor() as d:
+        d.execute("select (select count(*) from bt_events where payload = 'rolled back'), "
+                  "(select count(*) from bt_events where payload = 'after'), (select array_agg(x) from bt_a.bt_where)")
+        assert d.fetchone() == (0, 1, [20])
+
+    assert batch_proxy.api("POST", "/pause", {})[0] in (200, 202)  # the next request after a row waits
+    try:
+        waiting = Background(cur, "insert into bt_events (client, payload) values (-20, 'paused')", fetch=False)
+        time.sleep(0.5)
+        assert not waiting.got, waiting.got
+    finally:
+        assert batch_proxy.api("POST", "/resume", {})[0] == 200
+    assert waiting.join(10) and waiting.got == ["INSERT 0 1"], waiting.got
+    cur.execute("select 'mine'")
+    assert cur.fetchone() == ("mine",)
+    conn.close()
+
+
+def test_pause_waits_for_a_batch_under_way_and_holds_new_rows(batch_proxy, direct):
+    """A batch is a transaction of the proxy's for clients that wait: PAUSE returns once it
+    committed (as for a session holding a server connection), and a row sent during PAUSE waits
+    for RESUME."""
+    direct.cursor().execute(  # (a statement trigger: the batch runs 1.5 s, and it is batchable)
+        "DROP TABLE IF EXISTS bt_slow; CREATE TABLE bt_slow (x int); "
+        "CREATE OR REPLACE FUNCTION bt_slowly() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END$$; "
+        "CREATE TRIGGER bt_slowly AFTER INSERT ON bt_slow FOR EACH STATEMENT EXECUTE FUNCTION bt_slowly()")
+    conn = connect(batch_proxy)
+    cur = conn.cursor()
+    cur.execute("select 1")
+    rows = batch_proxy.api("GET", "/batch")[1]["rows"]
+    running = Background(cur, "insert into bt_slow (x) values (1)", fetch=False)
+    time.sleep(0.4)  # (under way: in its trigger's sleep)
+    status, out = batch_proxy.api("POST", "/pause", {"timeout": 10})
+    try:
+        assert status == 200 and out["still_active"] == 0, out
+        with direct.cursor() as d:  # PAUSE returned after the batch committed
+            d.execute("select count(*) from bt_slow")
+            assert d.fetchone() == (1,)
+        assert running.join(5) and running.got == ["INSERT 0 1"], running.got
+        assert batch_proxy.api("GET", "/batch")[1]["rows"] - rows == 1
+        other = connect(batch_proxy)
+        held = Background(other.cursor(), "insert into bt_events (client, payload) values (-21, 'held')", fetch=False)
+        time.sleep(0.5)
+        assert not held.got, held.got
+    finally:
+        assert batch_proxy.api("POST", "/resume", {})[0] == 200
+    assert held.join(10) and held.got == ["INSERT 0 1"], held.got
+    conn.close()
+    other.close()
+
+
 def test_a_session_that_starts_using_lastval_stops_being_batched(batch_proxy, direct):
     """An INSERT text whose batch decision the fast path remembers is still asked whether its
     session may wait for a batch: after lastval() its inserts run on its own connection."""

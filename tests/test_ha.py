@@ -11,6 +11,7 @@ import psycopg2
 import pytest
 
 from helios_proxy.devcluster import free_port
+from tests.background import Background
 from tests.fix_etcd import etcd  # noqa: F401 - a fixture
 from tests.fix_ha import ha_nodes, query
 
@@ -472,6 +473,34 @@ def test_session_mode_switchover_moves_idle_clients_with_their_settings_and_stat
     with pytest.raises(psycopg.OperationalError):
         busy.execute("select 1")
     assert out["sessions_ended"] == 1
+
+
+def test_a_switchover_waits_for_a_batched_insert_under_way_and_the_new_primary_has_it(start_proxy, ha_cluster):
+    """A batch of INSERTs (batch/) running on the old primary when a switchover starts is waited
+    for like a session's transaction: its client's INSERT 0 1 is a row the new primary has."""
+    with psycopg2.connect(host="127.0.0.1", port=ha_cluster.ports[0], user="postgres", dbname="postgres") as c:
+        c.autocommit = True
+        c.cursor().execute(  # (a statement trigger: the batch runs 1.5 s, and it is batchable)
+            "CREATE TABLE ha_slow (x int); "
+            "CREATE FUNCTION ha_slowly() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END$$; "
+            "CREATE TRIGGER ha_slowly AFTER INSERT ON ha_slow FOR EACH STATEMENT EXECUTE FUNCTION ha_slowly()")
+    c.close()
+    proxy = start_ha_proxy(start_proxy, ha_cluster, failover={"switchover_timeout": 10.0},
+                           batch={"enabled": True, "tables": ["ha_slow"]})
+    conn = proxy.connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("select 1")
+    running = Background(cur, "insert into ha_slow (x) values (7)", fetch=False)
+    time.sleep(0.4)  # (under way on the old primary: in its trigger's sleep)
+    status, out = proxy.api("POST", "/switchover", {"target": "standby1"})
+    assert status == 200, out
+    assert running.join(10) and running.got == ["INSERT 0 1"], running.got
+    assert proxy.api("GET", "/batch")[1]["rows"] == 1
+    assert not in_recovery(ha_cluster.ports[1])
+    assert query(ha_cluster.ports[1], "SELECT count(*) FROM ha_slow WHERE x = 7") == [(1,)]
+    conn.close()
 
 
 def test_session_mode_switchover_ends_a_client_whose_state_cannot_move(start_proxy, ha_cluster):

@@ -32,6 +32,7 @@ INSERT: it runs once the INSERT committed). Anything else, and a batch the serve
 rows then run one by one), is `Batcher.flush`'s, in a greenlet.
 """
 import logging
+import socket
 import time
 import weakref
 
@@ -117,6 +118,33 @@ class Batches:
         self.sizes = [0] * 12                # rows per batch: 1, 2-3, 4-7, ... (powers of two)
         self.off = weakref.WeakSet()         # sessions that used lastval()/currval(): never batched
         self.anyone_off = False              # (any ever: a WeakSet's size is a Python call)
+        self.flying = set()                  # batches under way (Flight), sent or about to be
+
+    def unfinished(self, database=None, node=None):
+        """How many rows (of database) wait for companions or are under way, or, with node, run on
+        a connection to node: transactions of the proxy's own that PAUSE, SUSPEND and a
+        switchover's drain wait for, as for the sessions holding a server connection."""
+        rows = 0
+        for flight in list(self.flying):
+            if database is not None and flight.database != database:
+                continue
+            if node is None or flight.conn is not None and flight.conn.node.name == node.name:
+                rows += len(flight.rows)
+        if node is None:
+            rows += sum(len(b.pending) for b in list(self.batchers.values()) if database in (None, b.database))
+        return rows
+
+    def end_on(self, node):
+        """A switchover's drain gave up waiting: the batches running on node lose their
+        connection (shut down: its reader sees the end), and their clients hear that their
+        INSERT may or may not have been committed, as a session ended in its transaction would."""
+        for flight in list(self.flying):
+            conn = flight.conn
+            if conn is not None and conn.node.name == node.name and conn.sock is not None:
+                try:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def never(self, session):
         """session used lastval() or currval(): its INSERTs are never batched (a batched row is
@@ -140,9 +168,10 @@ class Batches:
     def allows(self, session):
         """Whether session's INSERT may wait for a batch now: a pooled session outside any
         transaction, owing nothing, its settings known; not a tenant's (a batch runs on one
-        connection: one tenant's proof), nor one that used lastval()/currval()."""
+        connection: one tenant's proof), nor one that used lastval()/currval(); and no PAUSE
+        (the INSERT takes the usual way: it waits for RESUME as any transaction)."""
         identity = session.identity
-        return (identity.pooled and session.slot.lease is None and not session.slot.pinned
+        return (not self.proxy.paused and identity.pooled and session.slot.lease is None and not session.slot.pinned
                 and identity.tenant is None and session.settings.checked and not session.plan.owes()
                 and not (self.anyone_off and session in self.off))
 
@@ -193,11 +222,13 @@ class Batches:
 
 
 class Flight:
-    """One batch on its way (Batcher.flush): its server connection, the rows the server runs now,
-    the rows whose answers stand (committed, or their own errors) and the rows canceled."""
-    __slots__ = ("conn", "running", "answered", "canceled")
+    """One batch on its way (Batcher.flush): its rows and database, its server connection, the
+    rows the server runs now, the rows whose answers stand (committed, or their own errors) and
+    the rows canceled."""
+    __slots__ = ("rows", "database", "conn", "running", "answered", "canceled")
 
-    def __init__(self):
+    def __init__(self, rows, database):
+        self.rows, self.database = rows, database
         self.conn, self.running, self.answered, self.canceled = None, (), set(), {}
 
     def cancel(self, row, error):
@@ -248,7 +279,8 @@ class Batcher:
             self.timer = None
         if rows:
             self.in_flight += 1
-            flight = Flight()
+            flight = Flight(rows, self.database)
+            self.batches.flying.add(flight)
             for row in rows:
                 row.flight = flight
             if not self.send_now(rows, flight):
@@ -278,8 +310,9 @@ class Batcher:
         Landing(self, pool, conn, rows, flight, 2 if proxy.router.on else 1).send(data)
         return True
 
-    def flown(self):
+    def flown(self, flight):
         """A batch of this batcher ended: what waits for companions goes if it may."""
+        self.batches.flying.discard(flight)
         self.in_flight -= 1
         if self.pending and self.in_flight < IN_FLIGHT:
             self._go()  # (what arrived meanwhile: at once)
@@ -300,7 +333,7 @@ class Batcher:
         try:
             self._flush(rows, flight, pool, conn)
         finally:
-            self.flown()
+            self.flown(flight)
 
     def _flush(self, rows, flight, pool, conn):
         proxy, ok = self.proxy, False
@@ -481,7 +514,7 @@ class Landing:
             batcher.answer(rows, batcher._answers(messages, rows), self.written())
         finally:
             self.pool.release(conn, reusable=conn.tx_status == m.TX_IDLE and not conn.broken)
-            batcher.flown()
+            batcher.flown(flight)
 
     def written(self):
         """The WAL position the second answer told (Batcher._written's), or None."""
@@ -503,7 +536,7 @@ class Landing:
             self.batcher.failed(self.rows, error)
         finally:
             self.pool.release(conn, reusable=False)
-            self.batcher.flown()
+            self.batcher.flown(self.flight)
 
 
 def settle(rows, answers, written=None):

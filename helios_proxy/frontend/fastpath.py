@@ -35,7 +35,7 @@ from ..protocol import messages as m
 from ..sockets import READ, plain, watcher
 from ..continuity import replay
 from . import decisions, plan as p, statements, unnamed
-from .fastpath_waits import Waiting
+from .fastpath_waits import ANSWERED, Waiting
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +98,9 @@ class FastPath(Waiting):
         # (batch/ Row); the client's reads wait meanwhile
         self.queued = None
         self.described = None  # the waiting row's, when an unnamed batch sent it: whether it had a Describe
-        # The lease its last request went on as it came (go_on), until its next request or its
-        # greenlet's turn (hand): blocked()'s shortcut (a session's state decided once, again only
-        # when something changes)
+        # The lease its last request went on as it came (go_on), or ANSWERED (its batched row
+        # answered in the callback), until its next request or its greenlet's turn (hand):
+        # blocked()'s shortcut (a session's state decided once, again only when something changes)
         self.at_rest = None
 
     def park(self):
@@ -144,14 +144,18 @@ class FastPath(Waiting):
         # lease: nothing to ask the server at its end, and no lease began since) and the greenlet was
         # not handed anything since: every other state blocked() asks is as it found it before that
         # request, which changed none of it (let_through hands over every request whose stages'
-        # decisions the greenlet carries out), nor did the answer.
+        # decisions the greenlet carries out), nor did the answer. Or (ANSWERED) the last request
+        # was a batched row the callback answered (row_answered): placed with no lease and the
+        # plan owing nothing, it sent nothing to a server and took no lease; the client's reads
+        # and the greenlet waited meanwhile, and its answer (the batch's, or a cancel's error)
+        # went out as the proxy's own, from a plan with nothing before it.
         lease, self.at_rest = self.at_rest, None
         try:
             rest = None  # (None: blocked() asks everything)
             if lease is not None:
                 session = self.session
                 slot = session.slot
-                if slot.spare is lease and slot.pump.clean:
+                if slot.spare is lease and slot.pump.clean or lease is ANSWERED:
                     proxy = session.proxy
                     if session.closing is None and not proxy.paused and proxy.suspended is None:
                         rest = "state the greenlet must see" if session.writer.pending else True

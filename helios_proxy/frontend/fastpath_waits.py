@@ -13,6 +13,9 @@ from .queued import Queued
 
 log = logging.getLogger(__name__)
 CONTINUE = StageResult.CONTINUE
+# FastPath.at_rest after a batched row was answered in the callback (row_answered): the state
+# blocked() asks is as it was when the row was placed (readable() says why)
+ANSWERED = "a batched row answered in the callback"
 
 
 class Waiting:
@@ -88,6 +91,7 @@ class Waiting:
             self.hand(b"")
             return
         if self.waiter is not None:
+            self.at_rest = ANSWERED
             self.watcher.start(self.readable)  # (the client's next request)
 
     def line_up(self, took, data, go, args):
