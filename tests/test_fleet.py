@@ -11,6 +11,7 @@ import time
 import psycopg2
 import pytest
 
+from tests.background import Background
 from tests.fix_etcd import etcd  # noqa: F401 - a fixture
 from tests.fix_ha import ha_nodes, query
 from tests.test_ha import FAST_HEALTH, Load, in_recovery, wait_for
@@ -83,9 +84,9 @@ class Relay:
         self.listener.close()
 
 
-def fleet_proxies(start_proxy, cluster, etcd, count=3, nodes=None, **sections):  # noqa: F811
+def fleet_proxies(start_proxy, cluster, etcd, count=3, nodes=None, failover=None, **sections):  # noqa: F811
     return [start_proxy(pool={"mode": "transaction", "max_size": 10}, health=FAST_HEALTH,
-                        nodes=(nodes or {}).get(k) or ha_nodes(cluster), failover={"mode": "promote"},
+                        nodes=(nodes or {}).get(k) or ha_nodes(cluster), failover={"mode": "promote", **(failover or {})},
                         fleet={"name": f"p{k}", "dcs_url": etcd.url, "ttl": 3}, **sections)
             for k in range(count)]
 
@@ -197,6 +198,27 @@ def test_a_switchover_at_one_member_moves_the_whole_fleet(start_proxy, ha_cluste
     present = {r[0] for r in query(ha_cluster.ports[1], "select id from ha_rows")}
     assert load.acked and not [i for i in load.acked if i not in present]
     assert proxies[1].api("GET", "/fleet")[1]["decision"]["kind"] == "switchover"
+
+
+def test_a_switchover_waits_for_a_write_under_way_at_another_member(start_proxy, ha_cluster, etcd):  # noqa: F811
+    """A write another member's client is running on the old primary when the switchover starts
+    is drained by that member before the old primary's WAL head is read: its INSERT 0 1 is a row
+    the new primary has."""
+    proxies = fleet_proxies(start_proxy, ha_cluster, etcd, count=2, failover={"switchover_timeout": 10.0})
+    wait_members(proxies, 2)
+    conn = proxies[1].connect()
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("select 1")
+    running = Background(cur, "insert into ha_rows (id) select -7 from pg_sleep(1.5)", fetch=False)
+    time.sleep(0.4)  # (under way on the old primary, through the other member)
+    status, body = proxies[0].api("POST", "/switchover", {"target": "standby1"})
+    assert status == 200, body
+    assert running.join(10) and running.got == ["INSERT 0 1"], running.got
+    assert query(ha_cluster.ports[1], "select count(*) from ha_rows where id = -7") == [(1,)]
+    wait_for(lambda: proxies[1].api("GET", "/topology")[1]["primary"] == "standby1", 10,
+             "the other member following the switchover")
+    conn.close()
 
 
 def raw_login(port):

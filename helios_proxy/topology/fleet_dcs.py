@@ -7,7 +7,8 @@ Keys, under `/helios/{fleet.cluster}/`:
     views/NAME     what it sees: nodes it finds down, the primary       (bound to its lease)
     ids/N          peer id N (1-255, in its cancel keys) is NAME's      (bound to its lease)
     lock           the failover lock: NAME of the member holding it      (bound to its lease)
-    switching      a planned switchover in progress {from, to, by}      (bound to its lease)
+    switching      a planned switchover in progress {from, to, by, at}  (bound to its lease)
+    drained/NAME   the switching value NAME drained its transactions for (bound to its lease)
     decision       the last failover/switchover {epoch, primary, timeline, old, by, at}   (kept)
     disabled/NODE  a node the operator disabled at any member: why       (kept until enabled)
 
@@ -44,6 +45,7 @@ from ..auth import api_keys
 from .etcd import Etcd, Follower, Mirror
 from .events import HealthChanged, PrimaryChanged
 from .nodeops import NodeOperationFailed
+from .switchover import drain
 from .tracker import CONFIRMED
 
 log = logging.getLogger(__name__)
@@ -225,9 +227,41 @@ class FleetCoordinator(Follower):
         if switching and switching.get("by") != self.me and not buffer.paused:
             buffer.pause(f"switchover from {switching.get('from')} to {switching.get('to')} by {switching.get('by')}")
             self.paused_for = switching
+            self.greenlets = [g for g in self.greenlets if not g.dead]
+            self.greenlets.append(gevent.spawn(self._drain_for, self.keys.get("switching")))
         elif not switching and self.paused_for is not None:
             self.paused_for = None
             buffer.resume()
+
+    def _drain_for(self, switching):
+        """Another member's switchover (switching: its key's value): this member's transactions on
+        the old primary end (as the switching member's own do: switchover.drain), then it says so
+        (drained/NAME), so that the old primary's WAL head is read after them."""
+        try:
+            old = self.proxy.tracker.node(json.loads(switching).get("from"))
+            if old is not None:
+                drain(self.proxy, old, self.config.failover.switchover_timeout)
+            if self.keys.get("switching") == switching:
+                self.etcd.put(self.prefix + f"drained/{self.me}", switching, self.lease)
+        except (OSError, ValueError, AttributeError) as e:
+            log.warning("fleet: draining for another member's switchover failed (%s): it waits "
+                        "switchover_timeout for this member", e)
+
+    def wait_drained(self, deadline):
+        """The switching member, once it drained its own: until every other live member drained
+        its transactions on the old primary for this switchover, or deadline (a member that does
+        not answer: its transactions may still be running; fence_command is what stops them)."""
+        switching = self.keys.get("switching")
+        while True:
+            others = [k[len("members/"):] for k in list(self.keys) if k.startswith("members/")]
+            waiting = [name for name in others if name != self.me and self.keys.get(f"drained/{name}") != switching]
+            if not waiting:
+                return
+            if time.monotonic() >= deadline:
+                log.warning("fleet: switchover goes on without word from %s that its transactions on the "
+                            "old primary ended", ", ".join(sorted(waiting)))
+                return
+            gevent.sleep(0.02)
 
     def _disabled(self):
         """Nodes disabled through any member are fenced on every member, enabled again when the key goes."""
@@ -403,7 +437,9 @@ class FleetCoordinator(Follower):
         if not got:
             raise NodeOperationFailed(f"{holder} holds the fleet's failover lock")
         try:
-            self.etcd.put(self.prefix + "switching", json.dumps({"from": old, "to": new, "by": self.me}), self.lease)
+            switching = json.dumps({"from": old, "to": new, "by": self.me, "at": time.time()})
+            self.etcd.put(self.prefix + "switching", switching, self.lease)
+            self.keys["switching"] = switching  # (wait_drained compares the others' drained/ with it)
             result = run()
             self.decide(new, old, "switchover")
             return result

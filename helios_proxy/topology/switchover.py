@@ -12,7 +12,10 @@ are between transactions.
 5. the buffer drains to it; the other standbys are pointed at it.
 
 In a fleet coordinated through etcd the member running it holds the failover lock, the others hold
-their new transactions meanwhile, and the decision it writes moves them all (fleet_dcs.py).
+their new transactions meanwhile and drain their own (step 2, each for itself): the old primary's
+WAL head is read once every live member said it drained (or after switchover_timeout), so a
+transaction another member acknowledged is in what the target replays. The decision it writes
+moves them all (fleet_dcs.py).
 
 A failure before the promotion puts everything back as it was (the old primary un-fenced).
 """
@@ -46,12 +49,14 @@ def switchover(proxy, target_name):
         raise NodeOperationFailed(f"{target.name} is not a healthy, enabled standby")
     if tracker.busy:
         raise NodeOperationFailed("a failover or switchover is already running")
-    if controller.fleet is not None:  # the whole fleet moves: the others hold transactions, then follow
-        return controller.fleet.switchover(old.name, target.name, lambda: _switch(proxy, old, target))
+    if controller.fleet is not None:  # the whole fleet moves: the others hold and drain theirs, then follow
+        fleet = controller.fleet
+        return fleet.switchover(old.name, target.name, lambda: _switch(proxy, old, target, fleet.wait_drained))
     return _switch(proxy, old, target)
 
 
-def _switch(proxy, old, target):
+def _switch(proxy, old, target, others=None):
+    """others(deadline): in a fleet, wait until the other members drained theirs."""
     tracker, buffer, controller = proxy.tracker, proxy.buffer, proxy.failover
     cfg = proxy.config.failover
     started = time.monotonic()
@@ -59,7 +64,9 @@ def _switch(proxy, old, target):
     buffer.pause(f"switchover from {old.name} to {target.name}")
     promoted = False
     try:
-        ended = _drain(proxy, old, cfg.switchover_timeout)
+        ended = drain(proxy, old, cfg.switchover_timeout)
+        if others is not None:
+            others(time.monotonic() + cfg.switchover_timeout)
         head = proxy.ops.position(old)
         tracker.fence(old.name, f"switchover to {target.name}")
         if cfg.fence_command:
@@ -82,7 +89,7 @@ def _switch(proxy, old, target):
             "paused_s": round(took, 3)}
 
 
-def _drain(proxy, node, timeout):
+def drain(proxy, node, timeout):
     """Wait until no session holds a server connection to node, nor a batch of INSERTs runs on
     one (batch/: its commit must be in the WAL the new primary replays before it is promoted). A
     session-mode session between transactions is moved off it (its settings and prepared
