@@ -291,6 +291,32 @@ def test_pause_waits_for_a_batch_under_way_and_holds_new_rows(batch_proxy, direc
     other.close()
 
 
+def test_a_request_sent_while_a_row_waits_is_answered_after_it(batch_proxy, direct):
+    """A client that sends its next Query while its batched INSERT waits for its batch (a
+    pipeline) gets the INSERT's answer first, then the Query's, each once."""
+    from helios_proxy.protocol import codec
+    from .wire import Wire
+    direct.cursor().execute(  # (a statement trigger: the batch runs 0.8 s, and it is batchable)
+        "DROP TABLE IF EXISTS bt_slow2; CREATE TABLE bt_slow2 (x int); "
+        "CREATE OR REPLACE FUNCTION bt_slowly2() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$BEGIN PERFORM pg_sleep(0.8); RETURN NULL; END$$; "
+        "CREATE TRIGGER bt_slowly2 AFTER INSERT ON bt_slow2 FOR EACH STATEMENT EXECUTE FUNCTION bt_slowly2()")
+    w = Wire(batch_proxy.port)
+    w.startup(user="postgres", database="postgres")
+    w.send(codec.query("select 1"))
+    w.until_ready()
+    for k in range(2):
+        rows = batch_proxy.api("GET", "/batch")[1]["rows"]
+        w.send(codec.query(f"insert into bt_slow2 (x) values ({k})"))
+        time.sleep(0.2)  # (its row waits in the server's trigger)
+        w.send(codec.query(f"select 'after {k}'"))
+        first, second = w.until_ready(), w.until_ready()
+        assert [t for t, _ in first] == [b"C", b"Z"] and bytes(first[0][1]) == b"INSERT 0 1\0", first
+        assert [t for t, _ in second] == [b"T", b"D", b"C", b"Z"] and f"after {k}".encode() in bytes(second[1][1])
+        assert batch_proxy.api("GET", "/batch")[1]["rows"] - rows == 1
+    w.close()
+
+
 def test_a_session_that_starts_using_lastval_stops_being_batched(batch_proxy, direct):
     """An INSERT text whose batch decision the fast path remembers is still asked whether its
     session may wait for a batch: after lastval() its inserts run on its own connection."""
