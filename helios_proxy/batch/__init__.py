@@ -196,7 +196,7 @@ class Batches:
         # once; the scanner reads a text that does not start and end like the last one.
         known = shape.around
         if known is not None and sql.startswith(known[0]) and sql.endswith(known[2]) and (
-                len(sql) > len(known[0]) + len(known[2])):
+                len(sql) > known[3]):
             prefix, suffix = known[0], known[1]
             row = sql[len(prefix):len(sql) - len(known[2])]
         else:
@@ -204,7 +204,8 @@ class Batches:
             if parts is None:
                 return None
             prefix, row, suffix = parts
-            shape.around = (prefix, suffix, sql[len(prefix) + len(row):])
+            tail = sql[len(prefix) + len(row):]
+            shape.around = (prefix, suffix, tail, len(prefix) + len(tail))
         if row_of is not None:
             row = row_of(row)
             if row is None:

@@ -10,7 +10,8 @@ from pglast.parser import ParseError, scan
 
 class Insert:
     """A batchable shape: its table (as written), whether it returns rows, and the text around the
-    row of the last text split (prefix, suffix without ';', the text after the row as it was)."""
+    row of the last text split (prefix, suffix without ';', the text after the row as it was, and
+    the length of the prefix and that text: a text longer than it has a row between them)."""
     __slots__ = ("table", "returning", "around")
 
     def __init__(self, table, returning):

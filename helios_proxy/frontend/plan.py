@@ -169,6 +169,8 @@ class ResponsePlan:
         return None
 
     def _render(self, payload):
+        if len(payload) == 2 and payload[1] is READY_NOW:  # (an answer and its ReadyForQuery: the usual)
+            return payload[0] + codec.ready_for_query(self.status)
         if payload[-1] is FAILED_NOW:
             self.status = m.TX_FAILED
         out = []  # (a loop, not a generator: join() would make a list of it anyway)
