@@ -312,8 +312,13 @@ class Batcher:
         return True
 
     def flown(self, flight):
-        """A batch of this batcher ended: what waits for companions goes if it may."""
+        """A batch of this batcher ended (its rows answered): what waits for companions goes if it
+        may. The flight lets its rows go (each row holds its flight: a cycle the collector would
+        otherwise free, ~2,000 instructions a row)."""
         self.batches.flying.discard(flight)
+        flight.rows = ()
+        flight.answered.clear()
+        flight.canceled.clear()
         self.in_flight -= 1
         if self.pending and self.in_flight < IN_FLIGHT:
             self._go()  # (what arrived meanwhile: at once)
