@@ -620,3 +620,56 @@ def test_a_client_at_rest_waits_for_a_confirmed_primary_like_any_other(start_pro
     assert cur.fetchone() == (2,)
     assert time.monotonic() - started < 30
     conn.close()
+
+
+def test_inside_a_transaction_block_each_statement_sees_what_the_last_one_left(fast):
+    """Statements of a transaction block go on the lease they hold from the client's read
+    callback; what the last answer left is seen by the next request: one sent before the last
+    answer came (a pipeline) waits for it, an error fails the block (25P02 until ROLLBACK), a
+    setting's ParameterStatus reaches the client, PAUSE holds only the next transaction."""
+    before = counts(fast)["hits"]
+    w = Wire(fast.port)
+    w.startup(user="postgres", database="postgres")
+    w.send(codec.query("begin"))
+    assert w.until_ready()[-1] == (b"Z", b"T")
+    for k in range(3):  # (fast: the lease held, the last answer whole)
+        w.send(codec.query(f"select {k}"))
+        assert [t for t, _ in w.until_ready()] == [b"T", b"D", b"C", b"Z"]
+    w.send(codec.query("select pg_sleep(0.3), 'first'"))
+    time.sleep(0.1)
+    w.send(codec.query("select 'second'"))  # (sent while the first runs)
+    first, second = w.until_ready(), w.until_ready()
+    assert b"first" in bytes(first[1][1]) and b"second" in bytes(second[1][1]) and second[-1] == (b"Z", b"T")
+    w.send(codec.query("set local application_name = 'inside'"))
+    assert (b"Z", b"T") in w.until_ready()
+    w.send(codec.query("select current_setting('application_name')"))
+    assert b"inside" in bytes(w.until_ready()[1][1])
+    w.send(codec.query("select 1/0"))
+    assert w.until_ready()[-1] == (b"Z", b"E")
+    for _ in range(2):
+        w.send(codec.query("select 1"))
+        got = w.until_ready()
+        assert got[0][0] == b"E" and b"25P02" in bytes(got[0][1]) and got[-1] == (b"Z", b"E"), got
+    w.send(codec.query("rollback"))
+    assert w.until_ready()[-1] == (b"Z", b"I")
+
+    w.send(codec.query("begin"))
+    w.until_ready()
+    w.send(codec.query("select 'held'"))
+    w.until_ready()
+    assert fast.api("POST", "/pause", {"timeout": 1})[0] in (200, 202)
+    try:
+        w.send(codec.query("select 'inside the block'"))  # (its transaction goes on)
+        assert b"inside the block" in bytes(w.until_ready()[1][1])
+        w.send(codec.query("commit"))
+        assert w.until_ready()[-1] == (b"Z", b"I")
+        w.sock.settimeout(0.5)
+        w.send(codec.query("select 'next'"))  # (a new transaction: held)
+        with pytest.raises(OSError):
+            w.read()
+        w.sock.settimeout(10)
+    finally:
+        assert fast.api("POST", "/resume", {})[0] == 200
+    assert b"next" in bytes(w.until_ready()[1][1])
+    w.close()
+    assert counts(fast)["hits"] - before >= 8

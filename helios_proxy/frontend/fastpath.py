@@ -148,14 +148,23 @@ class FastPath(Waiting):
         # was a batched row the callback answered (row_answered): placed with no lease and the
         # plan owing nothing, it sent nothing to a server and took no lease; the client's reads
         # and the greenlet waited meanwhile, and its answer (the batch's, or a cancel's error)
-        # went out as the proxy's own, from a plan with nothing before it.
+        # went out as the proxy's own, from a plan with nothing before it. Or, inside a transaction
+        # block of a pooled client, the lease the last request went on is still the slot's, its
+        # pump serving it (running, not held back by the client's backlog, the server not broken),
+        # and the last bytes the pump took were the whole answer (`clean`) with nothing owed now
+        # (a request sent since would be owed: a client's pipeline asks everything): as after a
+        # lease that ended, but the lease goes on. (Session pooling asks everything: a statement
+        # that changed the session's state marks the journal at that answer.)
         lease, self.at_rest = self.at_rest, None
         try:
             rest = None  # (None: blocked() asks everything)
             if lease is not None:
                 session = self.session
                 slot = session.slot
-                if slot.spare is lease and slot.pump.clean or lease is ANSWERED:
+                if (slot.spare is lease and slot.pump.clean or lease is ANSWERED
+                        or slot.lease is lease and (pump := slot.pump) is not None and pump.lease is lease
+                        and pump.clean and pump.running and not pump.paused and not session.plan.outstanding
+                        and session.identity.pooled and not lease.server.broken):
                     proxy = session.proxy
                     if session.closing is None and not proxy.paused and proxy.suspended is None:
                         rest = "state the greenlet must see" if session.writer.pending else True

@@ -269,7 +269,7 @@ class CallbackPump:
         self.writer = session.writer
         self.running = self.paused = False
         self.callback, self.resumer = self.readable, self.resume  # (bound once)
-        self.clean = False  # the last lease ended at an answer whole() took: its stream holds nothing of it
+        self.clean = False  # the last bytes it took were an answer whole() took: its stream holds nothing of it
 
     def begin(self, lease, go_on=False):
         """Serve lease; go_on: its server was replaced by a replay, the stream goes on where it was."""
@@ -302,13 +302,14 @@ class CallbackPump:
             session.counters.bytes_out += len(data)
             whole = self.stream.whole(data)  # (the common answer, at once)
             if whole is None:
+                self.clean = False
                 out, release, answered = self.stream.feed(data)
             else:
+                self.clean = True
                 out = data
                 release, answered = whole
             if release:
                 lease = self.lease
-                self.clean = whole is not None
                 # stop(), as it is here (running, not paused: a paused pump is not called)
                 self.running = False
                 server.on_readable = None
