@@ -31,6 +31,7 @@ from .limits import shared as limits_table
 from .config import load_file
 from .config.schema import SETTINGS, TENANT_SETTINGS
 from .errors import TOO_MANY_CONNECTIONS, ConfigError
+from .own_work import OwnWork
 from .protocol import codec
 from .plugins.manager import PluginManager
 from .pool.pool import PoolManager
@@ -105,6 +106,7 @@ class Proxy:
         self.plugins.on_refresh = self._plugins_changed
         self.cache = QueryCache(self) if config.cache.enabled else None  # (before the stages that use it)
         self.analytics = Analytics(config, self.cache) if config.analytics.enabled else None  # (analytics/)
+        self.own_work = OwnWork()  # transactions run for clients outside sessions (own_work.py)
         self.batches = Batches(self)  # INSERT coalescing (batch/), used while [batch] is enabled
         self.tenants = Tenants(config, TENANT_SETTINGS) if config.tenancy.enabled else None  # (tenancy/)
         self.graphql = None
@@ -179,15 +181,15 @@ class Proxy:
     # --- PAUSE / RESUME (admin) -------------------------------------------------------------
     def pause(self, database=None, timeout=30.0):
         """Hold new transactions (of database, or all) and wait until none holds a server
-        connection, up to timeout, nor a batch of INSERTs runs (batch/: the proxy's own
-        transactions for clients that wait); returns how many sessions still hold one, or wait
-        for their batch."""
+        connection, up to timeout, nor runs one of the proxy's own for clients (own_work.py: a
+        batch of INSERTs, an /api/sql or GraphQL request), nor waits for its batch; returns how
+        many still do."""
         self.paused.setdefault(database, Event()).clear()
         deadline = time.monotonic() + timeout
         while True:
             holding = sum(1 for s in list(self.sessions)
                           if s.server is not None and (database is None or s.identity.database == database))
-            holding += self.batches.unfinished(database)
+            holding += self.own_work.count(database) + self.batches.waiting(database)
             if not holding or time.monotonic() >= deadline:
                 return holding
             gevent.sleep(0.01)
@@ -217,7 +219,7 @@ class Proxy:
                     server.stop_accepting()
         deadline = time.monotonic() + timeout
         while True:
-            busy = sum(1 for s in list(self.sessions) if s.plan.owes()) + self.batches.unfinished()
+            busy = sum(1 for s in list(self.sessions) if s.plan.owes()) + self.own_work.count() + self.batches.waiting()
             if not busy or time.monotonic() >= deadline:
                 return busy
             gevent.sleep(0.01)

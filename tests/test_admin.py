@@ -127,6 +127,27 @@ def test_kill_a_session(admin_proxy):
         victim.cursor().execute("select 1")
 
 
+def test_pause_waits_for_an_api_sql_write_under_way(admin_proxy, direct):
+    """An /api/sql statement runs on a connection of its own, outside any session: PAUSE waits
+    for it as for a client's transaction (its row is committed when PAUSE returns)."""
+    direct.cursor().execute("drop table if exists api_paused; create table api_paused (x int)")
+    answered = {}
+    t = threading.Thread(target=lambda: answered.update(out=admin_proxy.api(
+        "POST", "/api/sql", {"sql": "insert into api_paused select 1 from pg_sleep(1.5)"})))
+    t.start()
+    time.sleep(0.4)  # (under way)
+    status, out = admin_proxy.api("POST", "/pause", {"timeout": 10})
+    try:
+        assert status == 200 and out["still_active"] == 0, out
+        with direct.cursor() as cur:
+            cur.execute("select count(*) from api_paused")
+            assert cur.fetchone() == (1,)
+    finally:
+        assert admin_proxy.api("POST", "/resume", {})[0] == 200
+    t.join(10)
+    assert answered["out"][0] == 200 and answered["out"][1]["row_count"] == 0, answered
+
+
 def test_api_sql_routes_writes_and_reads_with_read_your_writes(admin_proxy, cluster, start_proxy):
     sql = lambda body: admin_proxy.api("POST", "/api/sql", body)  # noqa: E731
     status, out = sql({"sql": "create table if not exists api_t (id int, v text)"})

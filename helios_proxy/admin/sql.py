@@ -93,7 +93,7 @@ def run_sql(proxy, sql, params, database, max_rows):
     creds = Credentials.from_secret(cfg.sql_user, proxy.authenticator.users.get(cfg.sql_user))
     home = proxy.config.database_nodes.get(database)
     if home is not None:  # a database with a server of its own: no routing, no read-your-writes
-        return fetch(connect(proxy, home, database, creds), sql, params, max_rows, home, "write")
+        return fetch(proxy, database, connect(proxy, home, database, creds), sql, params, max_rows, home, "write")
     if router.on:
         router.ensure_catalog(database, proxy.pools.get(proxy.buffer.primary(), database, creds))
     read = router.on and router.classifier.classify(sql, database) in (READ, BEGIN_READ_ONLY)
@@ -113,17 +113,19 @@ def run_sql(proxy, sql, params, database, max_rows):
 
     def remember_write(server):  # the WAL position later reads through the API must see
         proxy.api_ryw_lsn = router.write_position(server)
-    return fetch(server, sql, params, max_rows, node, "read" if read else "write",
+    return fetch(proxy, database, server, sql, params, max_rows, node, "read" if read else "write",
                  after=None if read else remember_write)
 
 
-def fetch(server, sql, params, max_rows, node, route, after=None):
-    """Run sql on server (closing it after): the API's answer."""
+def fetch(proxy, database, server, sql, params, max_rows, node, route, after=None):
+    """Run sql on server (closing it after): the API's answer. It is the proxy's own work while it
+    runs (PAUSE and a switchover's drain wait for it: own_work.py)."""
     started = time.monotonic()
     try:
-        columns, rows, truncated = server.fetch(sql, params, max_rows)
-        if after is not None:
-            after(server)
+        with proxy.own_work.running(database, server):
+            columns, rows, truncated = server.fetch(sql, params, max_rows)
+            if after is not None:
+                after(server)
         return {"columns": columns, "rows": rows, "row_count": len(rows), "truncated": truncated,
                 "node": node.name, "route": route,
                 "seconds": round(time.monotonic() - started, 6), "tag": server.last_tag}

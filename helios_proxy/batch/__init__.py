@@ -32,7 +32,6 @@ INSERT: it runs once the INSERT committed). Anything else, and a batch the serve
 rows then run one by one), is `Batcher.flush`'s, in a greenlet.
 """
 import logging
-import socket
 import time
 import weakref
 
@@ -118,33 +117,11 @@ class Batches:
         self.sizes = [0] * 12                # rows per batch: 1, 2-3, 4-7, ... (powers of two)
         self.off = weakref.WeakSet()         # sessions that used lastval()/currval(): never batched
         self.anyone_off = False              # (any ever: a WeakSet's size is a Python call)
-        self.flying = set()                  # batches under way (Flight), sent or about to be
 
-    def unfinished(self, database=None, node=None):
-        """How many rows (of database) wait for companions or are under way, or, with node, run on
-        a connection to node: transactions of the proxy's own that PAUSE, SUSPEND and a
-        switchover's drain wait for, as for the sessions holding a server connection."""
-        rows = 0
-        for flight in list(self.flying):
-            if database is not None and flight.database != database:
-                continue
-            if node is None or flight.conn is not None and flight.conn.node.name == node.name:
-                rows += len(flight.rows)
-        if node is None:
-            rows += sum(len(b.pending) for b in list(self.batchers.values()) if database in (None, b.database))
-        return rows
-
-    def end_on(self, node):
-        """A switchover's drain gave up waiting: the batches running on node lose their
-        connection (shut down: its reader sees the end), and their clients hear that their
-        INSERT may or may not have been committed, as a session ended in its transaction would."""
-        for flight in list(self.flying):
-            conn = flight.conn
-            if conn is not None and conn.node.name == node.name and conn.sock is not None:
-                try:
-                    conn.sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+    def waiting(self, database=None):
+        """How many rows (of database) wait for companions: transactions PAUSE and SUSPEND wait
+        for (a batch under way is the proxy's own work: own_work.py)."""
+        return sum(len(b.pending) for b in list(self.batchers.values()) if database in (None, b.database))
 
     def never(self, session):
         """session used lastval() or currval(): its INSERTs are never batched (a batched row is
@@ -223,13 +200,12 @@ class Batches:
 
 
 class Flight:
-    """One batch on its way (Batcher.flush): its rows and database, its server connection, the
-    rows the server runs now, the rows whose answers stand (committed, or their own errors) and
-    the rows canceled."""
-    __slots__ = ("rows", "database", "conn", "running", "answered", "canceled")
+    """One batch on its way (Batcher.flush): its server connection, the rows the server runs now,
+    the rows whose answers stand (committed, or their own errors) and the rows canceled. It is
+    the proxy's own work while it flies (own_work.py)."""
+    __slots__ = ("conn", "running", "answered", "canceled")
 
-    def __init__(self, rows, database):
-        self.rows, self.database = rows, database
+    def __init__(self):
         self.conn, self.running, self.answered, self.canceled = None, (), set(), {}
 
     def cancel(self, row, error):
@@ -280,8 +256,8 @@ class Batcher:
             self.timer = None
         if rows:
             self.in_flight += 1
-            flight = Flight(rows, self.database)
-            self.batches.flying.add(flight)
+            flight = Flight()
+            self.proxy.own_work.begin(flight, self.database)
             for row in rows:
                 row.flight = flight
             if not self.send_now(rows, flight):
@@ -307,6 +283,7 @@ class Batcher:
             pool.release(conn)
             return False
         flight.conn, flight.running = conn, rows
+        proxy.own_work.on(flight, conn)
         self.batches.counts["sent_at_once"] += 1
         Landing(self, pool, conn, rows, flight, 2 if proxy.router.on else 1).send(data)
         return True
@@ -315,8 +292,8 @@ class Batcher:
         """A batch of this batcher ended (its rows answered): what waits for companions goes if it
         may. The flight lets its rows go (each row holds its flight: a cycle the collector would
         otherwise free, ~2,000 instructions a row)."""
-        self.batches.flying.discard(flight)
-        flight.rows = ()
+        self.proxy.own_work.end(flight)
+        flight.running = ()
         flight.answered.clear()
         flight.canceled.clear()
         self.in_flight -= 1
@@ -351,6 +328,7 @@ class Batcher:
                 node = proxy.buffer.primary(time.monotonic() + proxy.config.failover.buffer_timeout)
                 pool = proxy.pools.get(node, self.database, self.credentials)
                 conn = flight.conn = pool.acquire()
+                proxy.own_work.on(flight, conn)
                 session_state.apply(conn, self.settings, self.settings_key)
                 if not self._table_ok(conn):
                     self.batches.counts["passed_through"] += len(rows)

@@ -237,7 +237,7 @@ class Gateway:
             try:
                 document = parse(text, max_tokens=cfg.max_tokens)
             except GraphQLError as e:
-                raise Refused(e.message.replace("Parsing aborted.", f"Parsing aborted (graphql.max_tokens)."))\
+                raise Refused(e.message.replace("Parsing aborted.", "Parsing aborted (graphql.max_tokens)."))\
                     from None
             if depth(document, cfg.max_depth) > cfg.max_depth:
                 raise Refused(f"the query is deeper than graphql.max_depth ({cfg.max_depth})")
@@ -264,30 +264,35 @@ class Gateway:
     def _run(self, document, variables, operation, role, tenant=None):
         conn = self.connect()
         try:
-            conn.execute("BEGIN")
-            conn.execute(f"SET LOCAL ROLE {query.ident(role)}")
-            conn.execute(f"SET LOCAL statement_timeout = {int(self.cfg.statement_timeout_ms)}")
-            forced = tenant.forced() if tenant is not None else {}
-            if tenant is not None:  # helios.tenant(): its proof on this connection (tenancy/proof.py)
-                forced[PROOF_SETTING] = self.proxy.tenants.prover.proof(conn, tenant)
-            if forced:  # (tenancy/: its helios.tenant, search_path... for this transaction)
-                conn.fetch("SELECT " + ", ".join(f"pg_catalog.set_config(${2 * i + 1}, ${2 * i + 2}, true)"
-                                                 for i in range(len(forced))), [x for kv in forced.items() for x in kv])
-            schema = self.schema(conn, (role, tenant.name if tenant is not None else None))
-            problems = validate(schema, document)
-            if problems:
-                conn.execute("ROLLBACK")
-                self.errors += 1
-                return {"errors": [e.formatted for e in problems]}
-            request = Request(conn, self.cfg.max_rows)
-            result = execute_sync(schema, document, variable_values=variables, operation_name=operation,
-                                  field_resolver=yielding_resolver(),
-                                  context_value=request)
-            conn.execute("ROLLBACK" if result.errors else "COMMIT")
-            out = {"data": result.data}
-            if result.errors:
-                self.errors += 1
-                out["errors"] = [e.formatted for e in result.errors]
-            return out
+            with self.proxy.own_work.running(self.cfg.database, conn):  # (PAUSE, a switchover's drain wait for it)
+                return self._transaction(conn, document, variables, operation, role, tenant)
         finally:
             conn.close()
+
+    def _transaction(self, conn, document, variables, operation, role, tenant):
+        """The request's transaction on conn: its answer."""
+        conn.execute("BEGIN")
+        conn.execute(f"SET LOCAL ROLE {query.ident(role)}")
+        conn.execute(f"SET LOCAL statement_timeout = {int(self.cfg.statement_timeout_ms)}")
+        forced = tenant.forced() if tenant is not None else {}
+        if tenant is not None:  # helios.tenant(): its proof on this connection (tenancy/proof.py)
+            forced[PROOF_SETTING] = self.proxy.tenants.prover.proof(conn, tenant)
+        if forced:  # (tenancy/: its helios.tenant, search_path... for this transaction)
+            conn.fetch("SELECT " + ", ".join(f"pg_catalog.set_config(${2 * i + 1}, ${2 * i + 2}, true)"
+                                             for i in range(len(forced))), [x for kv in forced.items() for x in kv])
+        schema = self.schema(conn, (role, tenant.name if tenant is not None else None))
+        problems = validate(schema, document)
+        if problems:
+            conn.execute("ROLLBACK")
+            self.errors += 1
+            return {"errors": [e.formatted for e in problems]}
+        request = Request(conn, self.cfg.max_rows)
+        result = execute_sync(schema, document, variable_values=variables, operation_name=operation,
+                              field_resolver=yielding_resolver(),
+                              context_value=request)
+        conn.execute("ROLLBACK" if result.errors else "COMMIT")
+        out = {"data": result.data}
+        if result.errors:
+            self.errors += 1
+            out["errors"] = [e.formatted for e in result.errors]
+        return out

@@ -90,8 +90,9 @@ def _switch(proxy, old, target, others=None):
 
 
 def drain(proxy, node, timeout):
-    """Wait until no session holds a server connection to node, nor a batch of INSERTs runs on
-    one (batch/: its commit must be in the WAL the new primary replays before it is promoted). A
+    """Wait until no session holds a server connection to node, nor runs the proxy's own work on
+    one (own_work.py: a batch of INSERTs, an /api/sql or GraphQL request; its commit must be in
+    the WAL the new primary replays before it is promoted). A
     session-mode session between transactions is moved off it (its settings and prepared
     statements follow it to the new primary); one still in a transaction after timeout is ended."""
     deadline = time.monotonic() + timeout
@@ -102,14 +103,14 @@ def drain(proxy, node, timeout):
             if session.slot.movable() and session.slot.move_off():
                 moved += 1
         holding = [s for s in holding if s.server is not None]
-        batched = proxy.batches.unfinished(node=node)
-        if not holding and not batched or time.monotonic() >= deadline:
+        own = proxy.own_work.count(node=node)
+        if not holding and not own or time.monotonic() >= deadline:
             break
         gevent.sleep(0.01)
-    if batched:
-        log.warning("switchover: ended %d batched insert(s) still running on %s after %g s", batched,
-                    node.name, timeout)
-        proxy.batches.end_on(node)
+    if own:
+        log.warning("switchover: ended %d transaction(s) of the proxy's own (batched inserts, /api/sql, "
+                    "GraphQL) still running on %s after %g s", own, node.name, timeout)
+        proxy.own_work.end_on(node)
     if moved:
         log.warning("switchover: moved %d idle session(s) off %s", moved, node.name)
     for session in holding:
