@@ -339,7 +339,7 @@ class Batcher:
                         self.batches.counts["fallbacks"] += 1
                         answers = self._one_by_one(conn, rows, flight)
             ok = True
-            self.answer(rows, answers, self._written(conn))
+            settle(rows, answers, self._written(conn))
         except (ProxyError, OSError) as e:
             self.failed(rows, e)
         finally:
@@ -347,10 +347,6 @@ class Batcher:
                 pool.release(conn, reusable=ok and conn.tx_status == m.TX_IDLE and not conn.broken)
             if proxy.cache is not None:  # (writes invalidate again once committed)
                 proxy.cache.invalidate_writes(self.database, [self.table.rpartition(".")[2]])
-
-    @staticmethod
-    def answer(rows, answers, written=None):
-        settle(rows, answers, written)  # (a row canceled before it was sent has its answer)
 
     def failed(self, rows, e):
         """The batch's connection failed (e): whether it committed is not known."""
@@ -495,7 +491,7 @@ class Landing:
             return
         try:
             flight.answered.update(rows)
-            batcher.answer(rows, batcher._answers(messages, rows), self.written())
+            settle(rows, batcher._answers(messages, rows), self.written())
         finally:
             self.pool.release(conn, reusable=conn.tx_status == m.TX_IDLE and not conn.broken)
             batcher.flown(flight)

@@ -162,9 +162,8 @@ class FastPath(Waiting):
                 session = self.session
                 slot = session.slot
                 if (slot.spare is lease and slot.pump.clean or lease is ANSWERED
-                        or slot.lease is lease and (pump := slot.pump) is not None and pump.lease is lease
-                        and pump.clean and pump.running and not pump.paused and not session.plan.outstanding
-                        and session.identity.pooled and not lease.server.broken):
+                        or slot.lease is lease and not session.plan.outstanding and session.identity.pooled
+                        and slot.pump is not None and slot.pump.rests_on(lease)):
                     proxy = session.proxy
                     if session.closing is None and not proxy.paused and proxy.suspended is None:
                         rest = "state the greenlet must see" if session.writer.pending else True

@@ -326,6 +326,12 @@ class CallbackPump:
         except Exception as e:  # a bug costs this session, never the loop
             self.fail(e)
 
+    def rests_on(self, lease):
+        """Whether it serves lease, not held back by the client's backlog, its server not broken,
+        and the last bytes it took were an answer whole() took (the fast path's at-rest shortcut
+        inside a transaction block)."""
+        return self.lease is lease and self.clean and self.running and not self.paused and not lease.server.broken
+
     def resume(self):
         if self.paused:
             self.paused = False
