@@ -40,6 +40,26 @@ def test_lifecycle_pending_confirmed_none(tracker):
     assert [s.name for s in tracker.standbys()] == ["c"]
 
 
+def test_the_primary_new_transactions_go_to_follows_every_change_of_the_tracker_and_the_buffer(tracker):
+    """What the fast path's take reads for every transaction (tracker.confirmed, the buffer's pause)
+    is what current() and ready() answer after each change, a reload's new node objects included."""
+    buffer = SwitchoverBuffer(tracker, config())
+    assert buffer.ready() is tracker.current() is tracker.node("a")
+    buffer.pause("switchover")
+    assert buffer.ready() is None and tracker.current().name == "a"
+    buffer.resume()
+    reloaded = load({"nodes": [{"name": "a", "port": 6001, "role": "primary"},
+                               {"name": "b", "port": 5002, "role": "standby"}]})
+    tracker.apply_config(reloaded)
+    assert buffer.ready().port == 6001 and buffer.ready() is tracker.node("a")
+    tracker.expect_confirmation("a provider")
+    assert tracker.state == PENDING and buffer.ready() is None
+    tracker.confirm_primary()
+    assert buffer.ready().name == "a"
+    tracker.fence("a", "operator")
+    assert tracker.state == NONE and buffer.ready() is None and tracker.current() is None
+
+
 def test_old_primary_coming_back_on_an_older_timeline_gets_no_traffic(tracker):
     tracker.observe("a", False, timeline=1, lsn=500)
     tracker.health_changed("a", False, "down")

@@ -136,7 +136,7 @@ class LeaseSlot:
         if (session.route.next_target is not None or pool is not self.pool or server.settings_key is not session.settings.key
                 or self.restore or who.tenant is not None or who.home is not None or proxy.config.database_nodes):
             return False
-        node = proxy.buffer.ready()
+        node = None if proxy.buffer.paused else proxy.tracker.confirmed  # (buffer.ready(), inline: a call less)
         router = proxy.router
         breakers = router.breakers
         if node is None or node.name != pool.node.name or breakers.enabled and not breakers.allows(node):
@@ -310,7 +310,7 @@ class LeaseSlot:
         if lease is not None and ends_here(self.session, lease.server):
             lease.stop_pump(block=False)  # it waits for the server; nothing more will come
             self.detach()
-            self.end(lease)
+            self.ended(lease, None)
 
     def detach(self):
         """The lease is ending: from now on the next message needs a new one (once idle is set)."""
@@ -319,9 +319,11 @@ class LeaseSlot:
 
     def ended(self, lease, out, in_loop=False):
         """The pump saw the lease's last answer (by its pool mode's rule): the client gets the last
-        bytes, the server goes back to its pool. From a loop callback (in_loop), an end that must ask
-        the server something (settings, WAL position) runs in a worker greenlet; its next message
-        waits until it is done (idle)."""
+        bytes (out), the server goes back to its pool carrying the client's new settings, and the
+        session's next message may go on (idle). From a loop callback (in_loop), an end that must
+        ask the server something (settings, WAL position) runs in a worker greenlet (this method
+        again, out given); else it ends here at once and the lease stays the slot's spare (the
+        fast path's take_again). One method for every end: a call less per transaction."""
         self.lease = None  # before the client can send its next query
         session = self.session
         try:
@@ -329,35 +331,20 @@ class LeaseSlot:
                 session.writer.write(out)
         except OSError:
             pass  # the client is gone: its reader sees it; the server is idle and goes back clean
+        proxy = session.proxy
+        router = proxy.router
         if not in_loop:
             self.idle.clear()
-            self.end(lease)
-        elif session.settings.dirty or (session.proxy.router.on and session.identity.home is None
-                                        and lease.intent == "primary"):
+        elif session.settings.dirty or router.on and session.identity.home is None and lease.intent == "primary":
             self.idle.clear()
-            JOBS.submit(self.end, lease)
-        else:  # (at once, in this callback: nothing can run in between, nothing needs to wait)
-            self.give_back(lease)
-            self.spare = lease  # (nothing holds it now: the pump let it go before this call)
-
-    def end(self, lease):
-        """Back to the pool after a transaction (pooled modes), carrying the client's new settings;
-        the session's next message may go on."""
-        try:
-            self.give_back(lease)
-        finally:
-            self.idle.set()
-
-    def give_back(self, lease):
-        session = self.session
+            JOBS.submit(self.ended, lease, None)
+            return
         server = lease.server
         try:
             if session.statements.schema_changed and session.statements.take_schema_change():
                 invalidate_all()
             if session.settings.dirty:
                 session.settings.read_back(session_state.capture(server))
-            proxy = session.proxy
-            router = proxy.router
             now = monotonic()
             took = now - lease.started
             proxy.stats.took.append(took)  # (added up later: Stats.add_up)
@@ -371,6 +358,11 @@ class LeaseSlot:
         except Exception as e:  # the pool gets its slot back whatever went wrong
             log.info("%r: ending the lease of %r failed (%s); closing it", session, server, e)
             lease.end(reusable=False)
+        finally:
+            if in_loop:  # (at once, in this callback: nothing ran in between, nothing needed to wait)
+                self.spare = lease  # (nothing holds it now: the pump let it go before this call)
+            else:
+                self.idle.set()
 
     def movable(self):
         """Whether this session may move to another server connection now, unnoticed: session

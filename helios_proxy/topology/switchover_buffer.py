@@ -14,7 +14,7 @@ from gevent import Timeout
 from gevent.event import AsyncResult
 
 from ..errors import CANNOT_CONNECT_NOW, CONNECTION_FAILURE, ProxyError
-from .tracker import CONFIRMED, PENDING
+from .tracker import PENDING
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,7 @@ class SwitchoverBuffer:
 
     def ready(self):
         """The confirmed primary if a transaction may go there now, else None (never waits)."""
-        tracker = self.tracker  # (tracker.current(), inline: this is asked for every transaction)
-        return None if self.paused or tracker.state != CONFIRMED else tracker.by_name.get(tracker.primary)
+        return None if self.paused else self.tracker.confirmed  # (tracker.current(): its field)
 
     def _drain(self):
         """At every topology event: the waiters go on once a primary is ready, or learn at once

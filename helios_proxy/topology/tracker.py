@@ -63,6 +63,8 @@ class PrimaryTracker:
         self.reason = None         # why there is no confirmed primary (for clients' error messages)
         self.subscribers = []
         self.changes = 0           # primary changes since start (metrics)
+        self.confirmed = None      # the primary node while CONFIRMED, else None: current(), kept by _settled()
+        self._settled()
 
     CONFIG_FENCE = "disabled in the configuration"
 
@@ -71,6 +73,7 @@ class PrimaryTracker:
         when the configuration had fenced them."""
         self.config = config
         self.by_name = {n.name: n for n in config.nodes}
+        self._settled()
         for n in config.nodes:
             self.roles.setdefault(n.name, n.role)
             if not n.enabled and n.name not in self.fenced:
@@ -95,7 +98,12 @@ class PrimaryTracker:
 
     def current(self):
         """The primary node while it is CONFIRMED, else None."""
-        return self.by_name.get(self.primary) if self.state == CONFIRMED else None
+        return self.confirmed
+
+    def _settled(self):
+        """After every change of state, primary or by_name (this class's methods only): `confirmed`,
+        a field read for every transaction (switchover_buffer.ready, the fast path's take)."""
+        self.confirmed = self.by_name.get(self.primary) if self.state == CONFIRMED else None
 
     def usable(self, name):
         return name not in self.fenced and name not in self.stale
@@ -114,6 +122,7 @@ class PrimaryTracker:
         """At start, when a provider decides which node is the primary: the configured one is PENDING
         (no event: nothing was confirmed before) until who confirms it, or names or finds another."""
         self.state, self.guess, self.baseline = PENDING, True, self.primary
+        self._settled()
         self.reason = f"{self.primary}: the configuration's primary, not yet confirmed by {who}"
         log.info("primary: %s PENDING until %s confirms it", self.primary, who)
 
@@ -122,6 +131,7 @@ class PrimaryTracker:
             raise KeyError(name)
         old = self.primary if self.state != NONE else None
         self.primary, self.state, self.guess = name, PENDING, False
+        self._settled()
         self.stale.discard(name)
         log.warning("primary: %s PENDING (%s)", name, why)
         self.publish(PrimaryChanged(old, name, PENDING))
@@ -130,6 +140,7 @@ class PrimaryTracker:
         if self.state == CONFIRMED or self.primary is None:
             return
         self.state, self.guess = CONFIRMED, False
+        self._settled()
         if self.primary != self.baseline:  # (the configured primary confirmed at start: what was trusted)
             self.changes += 1
         self.baseline = None
@@ -141,6 +152,7 @@ class PrimaryTracker:
         if self.state == NONE:
             return
         self.state, self.guess = NONE, False
+        self._settled()
         self.reason = f"{self.primary}: {why}"
         log.warning("primary: NONE (%s was primary: %s)", self.primary, why)
         self.publish(PrimaryChanged(self.primary, None, NONE))
