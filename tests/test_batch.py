@@ -2,6 +2,7 @@
 multi-row INSERTs, yet each client gets exactly its own tag, RETURNING row or error, every row is
 stored once, and what must not be batched is not (transactions, row triggers, other settings,
 sessions using currval)."""
+import signal
 import threading
 import time
 
@@ -70,6 +71,57 @@ def test_concurrent_inserts_are_coalesced_and_each_client_gets_its_own_answer(ba
     assert status == 200 and state["rows"] == 32 and state["batches"] < 32  # (coalesced)
     # the table's catalog verdict known after the first batch, the others went without a greenlet
     assert state["sent_at_once"] >= 1
+    for c in conns:
+        c.close()
+
+
+def test_rows_that_arrive_together_while_a_batch_runs_go_as_one_batch(start_proxy, direct):
+    """While a batch of its table runs, the rows that arrive in one turn of the proxy's loop go as
+    one batch (one commit), not the first of them alone at once and the others after it: under
+    load a batch's clients all send their next row as soon as it is answered. Here the proxy is
+    stopped while eight clients send their rows (they arrive together) and a lock holds the batch
+    of a ninth on the server."""
+    direct.cursor().execute("DROP TABLE IF EXISTS bt_turn; CREATE TABLE bt_turn (client int)")
+    proxy = start_proxy(pool={"mode": "transaction", "max_size": 12},
+                        batch={"enabled": True, "tables": ["bt_*"], "max_delay_ms": 20})
+    conns = [connect(proxy) for _ in range(9)]
+    for i, c in enumerate(conns):  # (settings, the text and the table's verdict known: the fast path's)
+        c.cursor().execute("insert into bt_turn (client) values (%s)", (100 + i,))
+    locker = psycopg2.connect(direct.dsn)
+    locker.cursor().execute("LOCK TABLE bt_turn IN SHARE MODE")
+    watch = direct.cursor()
+
+    def waiting():
+        watch.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                      "AND query ILIKE 'insert into bt_turn%'")
+        return watch.fetchone()[0]
+
+    _, before = proxy.api("GET", "/batch")
+    first = Background(conns[0].cursor(), "insert into bt_turn (client) values (0)", fetch=False)
+    deadline = time.monotonic() + 30
+    while waiting() < 1:
+        assert time.monotonic() < deadline, "the first batch never reached the lock"
+        time.sleep(0.05)
+    proxy.signal(signal.SIGSTOP)
+    try:
+        rest = [Background(c.cursor(), "insert into bt_turn (client) values (%s)", (i,), fetch=False)
+                for i, c in enumerate(conns[1:], 1)]
+        time.sleep(1.0)  # (their rows wait in the proxy's sockets)
+    finally:
+        proxy.signal(signal.SIGCONT)
+    while waiting() < 2:
+        assert time.monotonic() < deadline, "the rows that came together never reached the server"
+        time.sleep(0.05)
+    time.sleep(0.2)  # (a row sent alone would make a third batch meanwhile: max_delay_ms is 20)
+    locker.rollback()
+    for b in [first, *rest]:
+        assert b.join(15) and b.got == ["INSERT 0 1"]
+    _, after = proxy.api("GET", "/batch")
+    assert after["rows"] - before["rows"] == 9
+    assert after["batches"] - before["batches"] == 2, (before, after)
+    watch.execute("SELECT count(*) FROM bt_turn WHERE client < 100")
+    assert watch.fetchone()[0] == 9
+    locker.close()
     for c in conns:
         c.close()
 

@@ -3,9 +3,11 @@ multi-row batches"): single-row INSERTs of many clients into one table become on
 INSERT, one statement and one commit on one server connection.
 
 A Batcher per (database, user, session settings, the text before the row, the text after it),
-like group commit: a row goes at once while fewer than IN_FLIGHT batches of its batcher run;
-otherwise it waits for companions until one of them ends, at most `max_delay_ms` (or until
-`max_rows`/`max_bytes` are reached). So a lone client is not slowed down, and under load the
+like group commit: a row goes at once when no batch of its batcher runs; while fewer than
+IN_FLIGHT run, with the rows that arrive in the same turn of the loop (at its end: a batch's
+clients send their next rows together once it is answered, and the first of them alone would be a
+commit of its own); otherwise it waits for companions until one of them ends, at most
+`max_delay_ms` (or until `max_rows`/`max_bytes` are reached). So a lone client is not slowed down, and under load the
 batches grow to what arrives while the last ones commit. The batch runs as one autocommit statement, `INSERT INTO t (cols) VALUES (r1), (r2), ... [RETURNING
 ...]`; each client is answered only after its commit, with exactly its own `INSERT 0 1` (and its
 own RETURNING row: rows come back in VALUES order). When the batch fails (a duplicate key, a
@@ -235,6 +237,7 @@ class Batcher:
         self.settings_key = session.settings.key
         self.prefix, self.suffix = prefix, suffix
         self.pending, self.pending_bytes, self.timer, self.in_flight = [], 0, None, 0
+        self.soon = None  # the loop callback that sends what arrived in this turn (a batch running)
 
     def add(self, row, waiter):
         """row joins the batch; waiter(row) is called once it is answered (settle())."""
@@ -242,15 +245,20 @@ class Batcher:
         row.batcher, row.waiter = self, waiter
         self.pending.append(row)
         self.pending_bytes += len(row.row)
-        if (self.in_flight < IN_FLIGHT or len(self.pending) >= cfg.max_rows
-                or self.pending_bytes >= cfg.max_bytes):
+        if self.in_flight == 0 or len(self.pending) >= cfg.max_rows or self.pending_bytes >= cfg.max_bytes:
             self._go()
+        elif self.in_flight < IN_FLIGHT:
+            if self.soon is None:
+                self.soon = gevent.get_hub().loop.run_callback(self._go)
         elif self.timer is None:  # (a loop timer: no greenlet to make, switch to and kill per batch)
             self.timer = gevent.get_hub().loop.timer(cfg.max_delay_ms / 1000.0)
             self.timer.start(self._go)
 
     def _go(self):
         rows, self.pending, self.pending_bytes = self.pending, [], 0
+        if self.soon is not None:
+            self.soon.stop()
+            self.soon = None
         if self.timer is not None:
             self.timer.close()
             self.timer = None
