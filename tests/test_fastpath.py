@@ -673,3 +673,36 @@ def test_inside_a_transaction_block_each_statement_sees_what_the_last_one_left(f
     assert b"next" in bytes(w.until_ready()[1][1])
     w.close()
     assert counts(fast)["hits"] - before >= 8
+
+
+def test_a_commit_seen_again_ends_its_block_as_the_first_one_did(fast):
+    """A COMMIT text is decided by the stages once per session (replay's decision: its xid is
+    asked before it goes), then goes through the forwarder's handlers in the callback without
+    them: each commits its block, one in a failed block answers ROLLBACK, one outside a block
+    warns, as PostgreSQL does."""
+    conn, cur = fast.autocommit()
+    cur.execute("drop table if exists fp_commits; create table fp_commits (k int)")
+    w = Wire(fast.port)
+    w.startup(user="postgres", database="postgres")
+    for k in range(4):
+        for sql in ("begin", f"insert into fp_commits values ({k})"):
+            w.send(codec.query(sql))
+            assert w.until_ready()[-1] == (b"Z", b"T")
+        w.send(codec.query("commit"))
+        got = w.until_ready()
+        assert (b"C", b"COMMIT\0") in [(t, bytes(b)) for t, b in got] and got[-1] == (b"Z", b"I"), got
+    w.send(codec.query("begin"))
+    w.until_ready()
+    w.send(codec.query("select 1/0"))
+    assert w.until_ready()[-1] == (b"Z", b"E")
+    w.send(codec.query("commit"))
+    got = w.until_ready()
+    assert (b"C", b"ROLLBACK\0") in [(t, bytes(b)) for t, b in got] and got[-1] == (b"Z", b"I"), got
+    w.send(codec.query("commit"))  # (no transaction in progress: a warning, then COMMIT)
+    got = w.until_ready()
+    assert [t for t, _ in got] == [b"N", b"C", b"Z"] and got[-1] == (b"Z", b"I"), got
+    w.close()
+    cur.execute("select array_agg(k order by k) from fp_commits")
+    assert cur.fetchone()[0] == [0, 1, 2, 3]
+    cur.execute("drop table fp_commits")
+    conn.close()

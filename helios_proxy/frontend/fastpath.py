@@ -73,7 +73,7 @@ def missed(reason):
 class FastPath(Waiting):
     """One session's fast path (made by its Forwarder)."""
     __slots__ = ("fwd", "session", "raw", "watcher", "waiter", "held", "stages", "quiet", "rest",
-                 "ready", "queued", "writes", "batching", "text_stages", "batch_rest", "described", "at_rest")
+                 "ready", "queued", "writes", "commits", "batching", "text_stages", "batch_rest", "described", "at_rest")
 
     def __init__(self, forwarder):
         self.fwd = forwarder
@@ -92,6 +92,7 @@ class FastPath(Waiting):
         self.text_stages = ()  # the others
         self.batch_rest = ()  # the rest but those that only aim the next lease: run for a text a batch answers
         self.writes = set()  # texts whose one decision was "a lone write": let through inside a transaction block
+        self.commits = set()  # texts whose one decision was "a COMMIT alone" (replay asks its xid): the handlers'
         self.batching = {}  # texts whose decisions were a batch (and a lone write) -> the batch's shape (batch/)
         self.ready = ()  # stages' fast_ready checks
         # the request waiting without its greenlet, in its pool's line (Queued) or for its batch
@@ -239,6 +240,7 @@ class FastPath(Waiting):
         reload rebuilt them."""
         if stages is not self.stages:
             self.stages, self.quiet, self.writes, self.batching = stages, set(), set(), {}
+            self.commits = set()
             self.rest = tuple(stage for stage in stages if not stage.text_only)
             self.batch_rest = tuple(stage for stage in self.rest if not stage.aims_lease)
             self.text_stages = tuple(stage for stage in stages if stage.text_only)
@@ -279,6 +281,12 @@ class FastPath(Waiting):
                 shape = None
             known = shape is not None or key in self.quiet or (
                 key in self.writes and lease is not None and not replay.wraps(session))
+            if (not known and key in self.commits and not self.rest and plan.completions is None
+                    and fwd.sql_prepare is None and not fwd.sql_needs and fwd.batch_steps.next is None
+                    and not session.statements.discard_pending):
+                fwd.commit = "lone"  # (its one decision, as decisions.apply() takes it: the handlers ask its xid)
+                fwd.premade = decisions.LET_THROUGH  # (for the greenlet, should no connection fit)
+                return self.go_on(lease, data, FastPath.handled, decisions.LET_THROUGH)
             if not known or self.rest or plan.completions is not None:
                 pinned = session.slot.pinned  # (as the stages find it: whether one pins the client)
                 sql = data[5:-1].decode("utf-8", "replace")
@@ -300,7 +308,11 @@ class FastPath(Waiting):
                 through = self.let_through(ctx, result, sql, lease, pinned)
                 if through is not True:
                     premade = fwd.premade = (ctx, result, sql, "", b"")
-                    return self.go_on(lease, data, FastPath.handled, premade) if through else "a stage's decision"
+                    if not through:
+                        return "a stage's decision"
+                    if not known and ctx.decided.only_a_commit() and fast_key_sound(key[5:]):
+                        remember(self.commits, key)
+                    return self.go_on(lease, data, FastPath.handled, premade)
                 if not known and fast_key_sound(key[5:]):
                     if ctx.decided is None:  # (every stage let it through)
                         remember(self.quiet, key)

@@ -99,6 +99,11 @@ class Decisions:
         transaction of its own when it runs outside one)."""
         return self.autocommit_write and self.only("autocommit_write")
 
+    def only_a_commit(self):
+        """Whether all that was decided is that the query is a COMMIT alone (replay asks its
+        transaction's xid before it goes)."""
+        return self.commits == "lone" and self.only("commits")
+
     def only(self, *names):
         """Whether nothing was decided but (some of) these."""
         return all(getattr(self, name) == value for name, value in NOTHING if name not in names)
