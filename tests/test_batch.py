@@ -75,6 +75,17 @@ def test_concurrent_inserts_are_coalesced_and_each_client_gets_its_own_answer(ba
         c.close()
 
 
+def unread(port):
+    """How many of the connections accepted on port (IPv4) hold bytes their server has not read."""
+    count = 0
+    with open("/proc/net/tcp") as f:
+        for line in list(f)[1:]:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == port and int(fields[4].split(":")[1], 16) > 0:
+                count += 1
+    return count
+
+
 def test_rows_that_arrive_together_while_a_batch_runs_go_as_one_batch(start_proxy, direct):
     """While a batch of its table runs, the rows that arrive in one turn of the proxy's loop go as
     one batch (one commit), not the first of them alone at once and the others after it: under
@@ -106,7 +117,9 @@ def test_rows_that_arrive_together_while_a_batch_runs_go_as_one_batch(start_prox
     try:
         rest = [Background(c.cursor(), "insert into bt_turn (client) values (%s)", (i,), fetch=False)
                 for i, c in enumerate(conns[1:], 1)]
-        time.sleep(1.0)  # (their rows wait in the proxy's sockets)
+        while unread(proxy.port) < len(rest):  # (their rows wait in the proxy's sockets)
+            assert time.monotonic() < deadline, "the rows were not sent"
+            time.sleep(0.05)
     finally:
         proxy.signal(signal.SIGCONT)
     while waiting() < 2:
