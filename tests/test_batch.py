@@ -75,6 +75,20 @@ def test_concurrent_inserts_are_coalesced_and_each_client_gets_its_own_answer(ba
         c.close()
 
 
+def locked(direct, table, mode):
+    """A connection of its own holding table locked in mode (until its rollback or close)."""
+    locker = psycopg2.connect(direct.dsn)
+    locker.cursor().execute(f"LOCK TABLE {table} IN {mode} MODE")
+    return locker
+
+
+def lock_waits(cur, table):
+    """The INSERTs into table the server holds waiting for a lock, in order of their text."""
+    cur.execute("SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query ILIKE %s ORDER BY query", (f"insert into {table}%",))
+    return [q for q, in cur.fetchall()]
+
+
 def unread(port):
     """How many of the connections accepted on port (IPv4) hold bytes their server has not read."""
     count = 0
@@ -98,19 +112,13 @@ def test_rows_that_arrive_together_while_a_batch_runs_go_as_one_batch(start_prox
     conns = [connect(proxy) for _ in range(9)]
     for i, c in enumerate(conns):  # (settings, the text and the table's verdict known: the fast path's)
         c.cursor().execute("insert into bt_turn (client) values (%s)", (100 + i,))
-    locker = psycopg2.connect(direct.dsn)
-    locker.cursor().execute("LOCK TABLE bt_turn IN SHARE MODE")
+    locker = locked(direct, "bt_turn", "SHARE")
     watch = direct.cursor()
-
-    def waiting():
-        watch.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                      "AND query ILIKE 'insert into bt_turn%'")
-        return watch.fetchone()[0]
 
     _, before = proxy.api("GET", "/batch")
     first = Background(conns[0].cursor(), "insert into bt_turn (client) values (0)", fetch=False)
     deadline = time.monotonic() + 30
-    while waiting() < 1:
+    while len(lock_waits(watch, "bt_turn")) < 1:
         assert time.monotonic() < deadline, "the first batch never reached the lock"
         time.sleep(0.05)
     proxy.signal(signal.SIGSTOP)
@@ -122,7 +130,7 @@ def test_rows_that_arrive_together_while_a_batch_runs_go_as_one_batch(start_prox
             time.sleep(0.05)
     finally:
         proxy.signal(signal.SIGCONT)
-    while waiting() < 2:
+    while len(lock_waits(watch, "bt_turn")) < 2:
         assert time.monotonic() < deadline, "the rows that came together never reached the server"
         time.sleep(0.05)
     time.sleep(0.2)  # (a row sent alone would make a third batch meanwhile: max_delay_ms is 20)
@@ -537,14 +545,11 @@ def test_a_cancel_reaches_a_batched_insert_wherever_it_waits(start_proxy, direct
     conns = [connect(proxy) for _ in range(5)]
     for c in conns:
         c.cursor().execute("select 1")  # (settings known: a new session's first request is its greenlet's)
-    locker = psycopg2.connect(direct.dsn)
-    locker.cursor().execute("LOCK TABLE bt_cancel IN EXCLUSIVE MODE")
+    locker = locked(direct, "bt_cancel", "EXCLUSIVE")
     watch = direct.cursor()
 
     def blocked():
-        watch.execute("SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                      "AND query ILIKE 'insert into bt_cancel%' ORDER BY query")
-        return [q for q, in watch.fetchall()]
+        return lock_waits(watch, "bt_cancel")
 
     inserts = {}
 

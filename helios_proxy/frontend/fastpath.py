@@ -281,9 +281,7 @@ class FastPath(Waiting):
                 shape = None
             known = shape is not None or key in self.quiet or (
                 key in self.writes and lease is not None and not replay.wraps(session))
-            if (not known and key in self.commits and not self.rest and plan.completions is None
-                    and fwd.sql_prepare is None and not fwd.sql_needs and fwd.batch_steps.next is None
-                    and not session.statements.discard_pending):
+            if not known and key in self.commits and not self.rest and plan.completions is None:  # (as quiet texts)
                 fwd.commit = "lone"  # (its one decision, as decisions.apply() takes it: the handlers ask its xid)
                 fwd.premade = decisions.LET_THROUGH  # (for the greenlet, should no connection fit)
                 return self.go_on(lease, data, FastPath.handled, decisions.LET_THROUGH)
